@@ -1,0 +1,1 @@
+"""The composition root: config, etcd store, IPAM, pipeline, control API, CLI, metrics, lab."""

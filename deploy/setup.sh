@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what vxmesh needs on a fresh Debian machine, as root, and builds the venv in .venv.
+#   deploy/setup.sh          runtime: iproute2, nftables, etcd, iperf3 and the Python package
+#   deploy/setup.sh --test   also the test and CI tools (promtool, shellcheck, vagrant, serf)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0
+for arg in "$@"; do
+    case "$arg" in
+        --test) want_test=1 ;;
+        *) echo "setup.sh: unknown option '$arg' (known: --test)" >&2; exit 2 ;;
+    esac
+done
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup.sh: run as root (it installs Debian packages and creates network namespaces)" >&2
+    exit 1
+fi
+
+packages=(iproute2 nftables etcd-server etcd-client iperf3 procps psmisc curl python3-venv)
+if [ "$want_test" -eq 1 ]; then
+    packages+=(prometheus shellcheck vagrant serf systemd)
+fi
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian's etcd-server package starts a system etcd on 2379; vxmesh runs its own.
+if systemctl is-active --quiet etcd 2>/dev/null; then systemctl disable --now etcd >/dev/null 2>&1 || true; fi
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv
+fi
+extras="bench"
+[ "$want_test" -eq 1 ] && extras="test,bench"
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e ".[${extras}]"
+echo "setup.sh: ready (.venv/bin/vxmesh)"

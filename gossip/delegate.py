@@ -1,0 +1,36 @@
+"""The seam through which a layer above (overlay/) rides on gossip.
+
+Pure: a delegate is called synchronously by the SWIM core with `now` passed in; it must not
+block, sleep or do I/O. Membership changes reach the layer above as events from the core
+(`MemberJoined`, `MemberFailed`, ...), not through this protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+
+class Delegate(Protocol):
+    """What the SWIM core asks of the layer that carries application state over gossip."""
+
+    def node_meta(self, limit: int) -> bytes:
+        """Metadata for our alive messages; at most `limit` bytes."""
+        ...
+
+    def notify_user_msg(self, payload: bytes, now: float) -> None:
+        """A user message (piggybacked broadcast or direct) arrived from a peer."""
+        ...
+
+    def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
+        """User broadcasts to piggyback, each costing `overhead` bytes plus its length, within
+        `limit` bytes in total."""
+        ...
+
+    def local_state(self, join: bool) -> Iterable[bytes]:
+        """Full state for push-pull, as a sequence of bounded chunks streamed over TCP."""
+        ...
+
+    def merge_remote_state(self, chunk: bytes, join: bool, now: float) -> None:
+        """One chunk of a peer's push-pull state."""
+        ...

@@ -1,0 +1,46 @@
+"""Repository checks: README and CI agree, and ruff, mypy and import-linter are clean."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def _readme_commands() -> list[str]:
+    lines = (ROOT / "README.md").read_text().splitlines()
+    return [line.strip() for line in lines if line.startswith("    bash deploy/setup.sh")]
+
+
+def test_readme_gives_exactly_two_setup_commands() -> None:
+    commands = _readme_commands()
+    assert len(commands) == 2, commands
+    assert any("--test" in c and "pytest" in c for c in commands)
+    assert any("lab demo" in c for c in commands)
+
+
+def test_ci_runs_readme_test_command() -> None:
+    test_command = next(c for c in _readme_commands() if "pytest" in c)
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert test_command in ci_lines
+
+
+def _check(argv: list[str]) -> None:
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_clean() -> None:
+    _check([str(BIN / "ruff"), "check", "agent", "gossip", "overlay", "underlay", "tests",
+            "bench"])
+
+
+def test_mypy_clean() -> None:
+    _check([str(BIN / "mypy"), "agent", "gossip", "overlay", "underlay", "bench"])
+
+
+def test_import_layers_hold() -> None:
+    _check([str(BIN / "lint-imports")])
