@@ -13,6 +13,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import errno as errno_codes
 import queue
 import threading
@@ -79,10 +80,9 @@ class NetlinkThread:
                 box.append(result)
                 done.set()
 
-            try:
+            # If the trio run that asked is gone, nobody is waiting for the result.
+            with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(finish)
-            except trio.RunFinishedError:
-                pass  # the trio run that asked is gone; nobody is waiting
 
         self._requests.put((fn, deliver))
         await done.wait()
