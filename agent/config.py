@@ -1,0 +1,390 @@
+"""Agent configuration: TOML file, then `VXMESH_*` environment, then flags, into frozen dataclasses.
+
+Owns: the schema of `/etc/vxmesh/agent.toml` (one dataclass per `[section]`, every field
+documented with its unit in the field metadata), parsing, type coercion and validation.
+
+Rules:
+- Precedence, lowest first: defaults, the TOML file, environment variables
+  `VXMESH_<SECTION>_<KEY>` (lists comma-separated), flags (`--set section.key=value`).
+- A bad key or value raises `ConfigError` naming the key, the value and where it came from;
+  nothing is half-applied (the result is built only when everything is valid).
+- A missing file is an error only when the path was given explicitly.
+- `deploy/agent.example.toml` documents every key; a test keeps the two in step.
+
+May import: the standard library and `agent.errors`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import socket
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from agent.errors import AgentError
+
+DEFAULT_CONFIG_PATH = Path("/etc/vxmesh/agent.toml")
+ENV_PREFIX = "VXMESH_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+GOSSIP_PROFILES = ("lan", "wan", "local")
+
+
+class ConfigError(AgentError):
+    """A configuration key or value is wrong; the message names it."""
+
+
+def _doc(text: str, unit: str = "", **checks: Any) -> dict[str, Any]:
+    return {"doc": text, "unit": unit, **checks}
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """[node]: who this agent is and where it keeps its state."""
+
+    name: str = field(default="", metadata=_doc(
+        "node name in gossip and etcd; empty means the host name", "text"))
+    state_dir: Path = field(default=Path("/var/lib/vxmesh"), metadata=_doc(
+        "directory for the agent's own state (keyring, local endpoints); written atomically",
+        "path"))
+    log_level: str = field(default="info", metadata=_doc(
+        "log level; SIGHUP re-reads it", "one of debug, info, warning, error",
+        choices=LOG_LEVELS))
+
+
+@dataclass(frozen=True)
+class UnderlayConfig:
+    """[underlay]: the host network that carries the overlay."""
+
+    interface: str = field(default="", metadata=_doc(
+        "interface carrying VXLAN traffic; empty means the interface of the default route",
+        "interface name"))
+    address: str = field(default="", metadata=_doc(
+        "VTEP address; empty means the first global address of the interface",
+        "IPv4 or IPv6 address", kind="address"))
+    vxlan_port: int = field(default=4789, metadata=_doc(
+        "UDP destination port of VXLAN packets", "UDP port", minimum=1, maximum=65535))
+
+
+@dataclass(frozen=True)
+class GossipConfig:
+    """[gossip]: SWIM membership and the replicated neighbor table."""
+
+    port: int = field(default=7946, metadata=_doc(
+        "UDP and TCP port gossip binds on the underlay address", "port",
+        minimum=1, maximum=65535))
+    seeds: tuple[str, ...] = field(default=(), metadata=_doc(
+        "peers to join at start; etcd's node registry adds more", "list of host:port",
+        kind="hostport"))
+    profile: str = field(default="lan", metadata=_doc(
+        "timing preset of the SWIM protocol", "one of lan, wan, local",
+        choices=GOSSIP_PROFILES))
+    keyring_file: str = field(default="", metadata=_doc(
+        "keyring (base64 AES keys, first is primary); empty means <state_dir>/keyring.json;"
+        " `vxmesh keys` edits it, SIGHUP re-reads it", "path"))
+    encrypt: bool = field(default=True, metadata=_doc(
+        "encrypt gossip with the keyring (AES-GCM); when false, packets travel in clear",
+        "true or false"))
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """[store]: the etcd cluster holding networks, VNIs, address blocks and the node registry."""
+
+    endpoints: tuple[str, ...] = field(default=("http://127.0.0.1:2379",), metadata=_doc(
+        "etcd client URLs, tried in order", "list of http://host:port", kind="url"))
+    timeout: float = field(default=2.0, metadata=_doc(
+        "deadline of one etcd request", "seconds", minimum=0.05, maximum=60.0))
+    lease_ttl: int = field(default=30, metadata=_doc(
+        "TTL of this node's registry lease", "seconds", minimum=5, maximum=3600))
+    retry_interval: float = field(default=1.0, metadata=_doc(
+        "pause between reconnection attempts while etcd is down", "seconds",
+        minimum=0.05, maximum=60.0))
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """[api]: the control API (HTTP/1.1 + JSON on a unix socket)."""
+
+    socket: Path = field(default=Path("/run/vxmesh/agent.sock"), metadata=_doc(
+        "unix socket path of the control API", "path"))
+    socket_group: str = field(default="", metadata=_doc(
+        "group owning the socket (members may use the CLI); empty keeps root's group",
+        "group name"))
+    socket_mode: str = field(default="0660", metadata=_doc(
+        "permission bits of the socket", "octal string", kind="octal"))
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """[metrics]: the Prometheus exposition."""
+
+    enabled: bool = field(default=True, metadata=_doc(
+        "serve /metrics over HTTP", "true or false"))
+    address: str = field(default="0.0.0.0", metadata=_doc(
+        "listen address of the metrics endpoint", "IPv4 or IPv6 address", kind="address"))
+    port: int = field(default=9476, metadata=_doc(
+        "TCP port of the metrics endpoint", "port", minimum=1, maximum=65535))
+
+
+@dataclass(frozen=True)
+class DataplaneConfig:
+    """[dataplane]: how the reconciler applies desired state to the kernel."""
+
+    resync_interval: float = field(default=90.0, metadata=_doc(
+        "period of the full kernel dump that catches drift", "seconds",
+        minimum=1.0, maximum=86400.0))
+    apply_interval: float = field(default=0.02, metadata=_doc(
+        "minimum pause between two apply passes (throttle; newest desired state wins)",
+        "seconds", minimum=0.0, maximum=10.0))
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The whole configuration: one field per TOML section."""
+
+    node: NodeConfig = NodeConfig()
+    underlay: UnderlayConfig = UnderlayConfig()
+    gossip: GossipConfig = GossipConfig()
+    store: StoreConfig = StoreConfig()
+    api: ApiConfig = ApiConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    dataplane: DataplaneConfig = DataplaneConfig()
+
+    @property
+    def node_name(self) -> str:
+        """The node's name: configured, or this host's name."""
+        return self.node.name or socket.gethostname()
+
+    @property
+    def keyring_path(self) -> Path:
+        """Where the gossip keyring lives."""
+        if self.gossip.keyring_file:
+            return Path(self.gossip.keyring_file)
+        return self.node.state_dir / "keyring.json"
+
+    @property
+    def socket_mode_bits(self) -> int:
+        """`api.socket_mode` as an integer."""
+        return int(self.api.socket_mode, 8)
+
+
+SECTIONS: dict[str, type] = {f.name: type(f.default) for f in dataclasses.fields(AgentConfig)}
+
+
+def section_fields(section: str) -> list[dataclasses.Field[Any]]:
+    """The fields of one section, in declaration order."""
+    return list(dataclasses.fields(SECTIONS[section]))
+
+
+def all_keys() -> list[str]:
+    """Every `section.key` the configuration knows."""
+    return [f"{s}.{f.name}" for s in SECTIONS for f in section_fields(s)]
+
+
+def _describe(value: Any) -> str:
+    return repr(value)
+
+
+def _coerce(key: str, raw: Any, fld: dataclasses.Field[Any], hint: Any, origin: str) -> Any:
+    """Turn a TOML value or an environment/flag string into the field's type, checked."""
+    meta = fld.metadata
+
+    def fail(expected: str) -> ConfigError:
+        return ConfigError(f"{key}: expected {expected}, got {_describe(raw)} (from {origin})")
+
+    from_text = isinstance(raw, str) and origin != "file"
+    if hint is bool:
+        if isinstance(raw, bool):
+            value: Any = raw
+        elif from_text and raw.strip().lower() in ("true", "1", "yes", "on"):
+            value = True
+        elif from_text and raw.strip().lower() in ("false", "0", "no", "off"):
+            value = False
+        else:
+            raise fail("true or false")
+    elif hint is int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            value = raw
+        elif from_text and raw.strip().lstrip("-").isdigit():
+            value = int(raw)
+        else:
+            raise fail("an integer")
+    elif hint is float:
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            value = float(raw)
+        else:
+            try:
+                if not from_text:
+                    raise ValueError
+                value = float(raw)
+            except ValueError:
+                raise fail("a number") from None
+    elif hint is str:
+        if not isinstance(raw, str):
+            raise fail("a string")
+        value = raw
+    elif hint is Path:
+        if not isinstance(raw, str):
+            raise fail("a path string")
+        value = Path(raw)
+    elif hint == tuple[str, ...]:
+        if isinstance(raw, list) and all(isinstance(x, str) for x in raw):
+            value = tuple(raw)
+        elif from_text:
+            value = tuple(part.strip() for part in raw.split(",") if part.strip())
+        else:
+            raise fail("a list of strings")
+    else:  # pragma: no cover - a schema mistake, caught by the tests
+        raise TypeError(f"{key}: unsupported field type {hint!r}")
+
+    _check(key, value, meta, origin)
+    return value
+
+
+def _check(key: str, value: Any, meta: Mapping[str, Any], origin: str) -> None:
+    where = f"(from {origin})"
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(meta['choices'])} {where}")
+    if "minimum" in meta and value < meta["minimum"]:
+        raise ConfigError(f"{key}: {value!r} is below the minimum {meta['minimum']} {where}")
+    if "maximum" in meta and value > meta["maximum"]:
+        raise ConfigError(f"{key}: {value!r} is above the maximum {meta['maximum']} {where}")
+    kind = meta.get("kind")
+    items = value if isinstance(value, tuple) else (value,)
+    for item in items:
+        if kind == "address" and item:
+            try:
+                ipaddress.ip_address(item)
+            except ValueError:
+                raise ConfigError(f"{key}: {item!r} is not an IP address {where}") from None
+        elif kind == "hostport":
+            parse_hostport(item, key=key, origin=origin)
+        elif kind == "url" and not (item.startswith("http://") or item.startswith("https://")):
+            raise ConfigError(f"{key}: {item!r} is not an http:// or https:// URL {where}")
+        elif kind == "octal":
+            try:
+                bits = int(item, 8)
+            except ValueError:
+                raise ConfigError(f"{key}: {item!r} is not an octal mode like 0660 {where}") \
+                    from None
+            if not 0 <= bits <= 0o777:
+                raise ConfigError(f"{key}: {item!r} is outside 0000-0777 {where}")
+
+
+def parse_hostport(text: str, *, key: str = "address", origin: str = "argument") -> tuple[str, int]:
+    """`host:port` or `[v6]:port` to a tuple; `ConfigError` naming `key` when malformed."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{key}: {text!r} is not host:port (from {origin})")
+    return host, int(port)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """`VXMESH_SECTION_KEY=value` to {"section.key": (value, origin)}; unknown names refused."""
+    known = {f"{ENV_PREFIX}{k.replace('.', '_').upper()}": k for k in all_keys()}
+    out: dict[str, tuple[str, str]] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == "VXMESH_CONFIG":
+            continue
+        if name not in known:
+            raise ConfigError(f"unknown environment variable {name} (known: "
+                              f"{', '.join(sorted(known))})")
+        out[known[name]] = (value, f"environment {name}")
+    return out
+
+
+def _flag_overrides(assignments: Sequence[str]) -> dict[str, tuple[str, str]]:
+    out: dict[str, tuple[str, str]] = {}
+    for text in assignments:
+        key, sep, value = text.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {text!r}: expected section.key=value")
+        out[key.strip()] = (value, f"flag --set {key.strip()}")
+    return out
+
+
+def build_config(data: Mapping[str, Any], *, origin: str = "file",
+                 overrides: Mapping[str, tuple[str, str]] | None = None) -> AgentConfig:
+    """Validate a parsed TOML mapping plus text overrides into an `AgentConfig`."""
+    values: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for section, body in data.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown section [{section}] in {origin} "
+                              f"(known: {', '.join(SECTIONS)})")
+        if not isinstance(body, dict):
+            raise ConfigError(f"[{section}] in {origin} must be a table, got {body!r}")
+        for key, raw in body.items():
+            values[section][key] = (raw, "file" if origin == "file" else origin)
+    for dotted, (raw, where) in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown key {dotted!r} (from {where})")
+        values[section][key] = (raw, where)
+
+    built: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        hints = get_type_hints(cls)
+        by_name = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, (raw, where) in values[section].items():
+            dotted = f"{section}.{key}"
+            if key not in by_name:
+                raise ConfigError(f"unknown key {dotted!r} (from {where}; known in [{section}]: "
+                                  f"{', '.join(by_name)})")
+            kind_origin = "file" if where == "file" else where
+            kwargs[key] = _coerce(dotted, raw, by_name[key], hints[key], kind_origin)
+        built[section] = cls(**kwargs)
+    return AgentConfig(**built)
+
+
+def load_config(path: Path | None = None, *, environ: Mapping[str, str] | None = None,
+                assignments: Sequence[str] = ()) -> AgentConfig:
+    """Read the file (default `/etc/vxmesh/agent.toml` or `$VXMESH_CONFIG`), env and flags."""
+    env = os.environ if environ is None else environ
+    explicit = path is not None or "VXMESH_CONFIG" in env
+    config_path = path or Path(env.get("VXMESH_CONFIG", str(DEFAULT_CONFIG_PATH)))
+    data: dict[str, Any] = {}
+    try:
+        with open(config_path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"config file {config_path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {config_path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {config_path}: {exc}") from None
+    overrides = {**_env_overrides(env), **_flag_overrides(assignments)}
+    try:
+        return build_config(data, overrides=overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{config_path}: {exc}") from None
+
+
+def render_toml(config: AgentConfig) -> str:
+    """A TOML document that `load_config` reads back to `config` (lab and Vagrant write it)."""
+    lines: list[str] = []
+    for section in SECTIONS:
+        lines.append(f"[{section}]")
+        body = getattr(config, section)
+        for fld in dataclasses.fields(body):
+            lines.append(f"{fld.name} = {_toml_value(getattr(body, fld.name))}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    text = str(value)
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,98 @@
+"""agent.config: file, environment and flags into frozen dataclasses; bad input named."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from agent.config import (
+    SECTIONS,
+    AgentConfig,
+    ConfigError,
+    all_keys,
+    build_config,
+    load_config,
+    render_toml,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "deploy" / "agent.example.toml"
+
+
+def test_example_parses_to_the_defaults_and_covers_every_key() -> None:
+    data = tomllib.loads(EXAMPLE.read_text())
+    present = {f"{section}.{key}" for section, body in data.items() for key in body}
+    assert present == set(all_keys())
+    assert build_config(data) == AgentConfig()
+
+
+def test_every_field_is_documented_with_a_unit() -> None:
+    for section in SECTIONS:
+        for fld in dataclasses.fields(SECTIONS[section]):
+            assert fld.metadata.get("doc"), f"{section}.{fld.name} has no doc"
+            assert fld.metadata.get("unit"), f"{section}.{fld.name} has no unit"
+
+
+def test_precedence_file_then_environment_then_flags(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text('[gossip]\nport = 8000\nprofile = "wan"\n[node]\nlog_level = "debug"\n')
+    config = load_config(path, environ={"VXMESH_GOSSIP_PORT": "8001",
+                                        "VXMESH_GOSSIP_SEEDS": "10.0.0.1:7946, [fd00::2]:7946"},
+                         assignments=["gossip.port=8002"])
+    assert config.gossip.port == 8002
+    assert config.gossip.profile == "wan"
+    assert config.node.log_level == "debug"
+    assert config.gossip.seeds == ("10.0.0.1:7946", "[fd00::2]:7946")
+
+
+def test_render_round_trips() -> None:
+    config = build_config({"node": {"name": "h1", "state_dir": "/tmp/x"},
+                           "gossip": {"seeds": ["10.0.0.1:7946"], "encrypt": False}})
+    assert build_config(tomllib.loads(render_toml(config))) == config
+
+
+@pytest.mark.parametrize(("data", "named"), [
+    ({"gossip": {"port": "seven"}}, "gossip.port"),
+    ({"gossip": {"port": 0}}, "gossip.port"),
+    ({"gossip": {"prot": 1}}, "gossip.prot"),
+    ({"gosip": {}}, "gosip"),
+    ({"node": {"log_level": "loud"}}, "node.log_level"),
+    ({"underlay": {"address": "10.0.0.300"}}, "underlay.address"),
+    ({"gossip": {"seeds": ["nohost"]}}, "gossip.seeds"),
+    ({"store": {"endpoints": ["127.0.0.1:2379"]}}, "store.endpoints"),
+    ({"store": {"timeout": "soon"}}, "store.timeout"),
+    ({"api": {"socket_mode": "0999"}}, "api.socket_mode"),
+    ({"metrics": {"enabled": "yes"}}, "metrics.enabled"),
+])
+def test_bad_values_are_named(data: dict[str, dict[str, object]], named: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        build_config(data)
+
+
+def test_bad_environment_and_flags_are_named() -> None:
+    with pytest.raises(ConfigError, match="VXMESH_GOSIP_PORT"):
+        load_config(None, environ={"VXMESH_GOSIP_PORT": "1"})
+    with pytest.raises(ConfigError, match=re.escape("metrics.port")):
+        load_config(None, environ={}, assignments=["metrics.port=http"])
+    with pytest.raises(ConfigError, match=re.escape("expected section.key=value")):
+        load_config(None, environ={}, assignments=["metrics.port"])
+
+
+def test_missing_explicit_file_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "absent.toml", environ={})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[node\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad, environ={})
+
+
+def test_derived_values() -> None:
+    config = build_config({"node": {"name": "h1", "state_dir": "/s"}})
+    assert config.node_name == "h1"
+    assert config.keyring_path == Path("/s/keyring.json")
+    assert config.socket_mode_bits == 0o660
