@@ -1,0 +1,181 @@
+"""Prometheus metrics of the agent: one registry of our own, served over HTTP at /metrics.
+
+Owns: metric names, help texts and labels; the scrape-time collector that reads a
+`MetricsSnapshot` (built by the daemon from the components' `statistics()`); the histograms the
+agent observes as things happen (probe round trips, apply passes, endpoint propagation).
+
+Rules:
+- Names follow Prometheus conventions: `vxmesh_` prefix, base units (seconds, bytes),
+  `_total` on counters, no unit suffix on plain gauges. `promtool check metrics` accepts the
+  exposition (a test runs it on a real scrape).
+- Counters come from cumulative component statistics, so a scrape never resets anything.
+- Never the process-global registry: two agents in one process (tests) never collide.
+
+May import: prometheus_client, trio, agent.http_server, the standard library.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+
+import trio
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from agent.http_server import HttpServerStatistics, Request, Response, serve_http
+
+MEMBER_STATES = ("alive", "suspect", "dead", "left")
+DROP_REASONS = ("decode", "auth", "size")
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    """What the agent's components report at one scrape (cumulative counts, current gauges)."""
+
+    members_by_state: Mapping[str, int] = field(default_factory=dict)
+    gossip_messages: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    """(message type, direction "sent"|"received") -> messages."""
+    gossip_bytes: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    """(message type, direction) -> bytes on the wire."""
+    dropped_packets: Mapping[str, int] = field(default_factory=dict)
+    """reason (decode, auth, size) -> packets dropped."""
+    health_score: int = 0
+    neighbor_entries: Mapping[str, int] = field(default_factory=dict)
+    """network name -> live entries in the neighbor table."""
+    dataplane_operations: Mapping[str, int] = field(default_factory=dict)
+    """result ("ok", "failed") -> kernel operations."""
+    in_sync: bool = False
+    store_up: bool = False
+    store_errors: int = 0
+    local_endpoints: int = 0
+    api_requests: int = 0
+
+
+class AgentMetrics:
+    """The registry, the histograms the agent observes, and the scrape-time collector."""
+
+    def __init__(self, snapshot: Callable[[], MetricsSnapshot]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.probe_rtt = Histogram(
+            "vxmesh_gossip_probe_rtt_seconds",
+            "Round-trip time of direct gossip probes (ping to ack).",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=self.registry)
+        self.apply_duration = Histogram(
+            "vxmesh_dataplane_apply_duration_seconds",
+            "Duration of one data-plane apply pass (diff and kernel writes).",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+                     5, 10),
+            registry=self.registry)
+        self.propagation = Histogram(
+            "vxmesh_endpoint_propagation_seconds",
+            "Time from an endpoint change at its owner to this host's kernel holding it.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry)
+        self.registry.register(_SnapshotCollector(snapshot))
+
+    def exposition(self) -> bytes:
+        """The text exposition of everything, as a scrape sees it."""
+        return generate_latest(self.registry)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("vxmesh")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class _SnapshotCollector(Collector):
+    def __init__(self, snapshot: Callable[[], MetricsSnapshot]) -> None:
+        self._snapshot = snapshot
+
+    def describe(self) -> list[object]:
+        return []  # collected lazily: the snapshot source may not be ready at registration
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        snap = self._snapshot()
+        info = GaugeMetricFamily("vxmesh_build_info", "Version of vxmesh and Python; always 1.",
+                                 labels=["version", "python"])
+        info.add_metric([_version(), platform.python_version()], 1)
+        yield info
+
+        members = GaugeMetricFamily("vxmesh_gossip_members",
+                                    "Gossip members known, by state.", labels=["state"])
+        for state in sorted(set(MEMBER_STATES) | set(snap.members_by_state)):
+            members.add_metric([state], snap.members_by_state.get(state, 0))
+        yield members
+
+        messages = CounterMetricFamily("vxmesh_gossip_messages",
+                                       "Gossip messages, by type and direction.",
+                                       labels=["type", "direction"])
+        for (kind, direction), count in sorted(snap.gossip_messages.items()):
+            messages.add_metric([kind, direction], count)
+        yield messages
+
+        wire = CounterMetricFamily("vxmesh_gossip_bytes",
+                                   "Gossip bytes on the wire, by type and direction.",
+                                   labels=["type", "direction"])
+        for (kind, direction), count in sorted(snap.gossip_bytes.items()):
+            wire.add_metric([kind, direction], count)
+        yield wire
+
+        dropped = CounterMetricFamily("vxmesh_gossip_dropped_packets",
+                                      "Gossip packets dropped, by reason (decode, auth, size).",
+                                      labels=["reason"])
+        for reason in sorted(set(DROP_REASONS) | set(snap.dropped_packets)):
+            dropped.add_metric([reason], snap.dropped_packets.get(reason, 0))
+        yield dropped
+
+        yield GaugeMetricFamily("vxmesh_gossip_health_score",
+                                "Local health (Lifeguard awareness); 0 is healthy.",
+                                value=snap.health_score)
+
+        entries = GaugeMetricFamily("vxmesh_neighbor_entries",
+                                    "Live neighbor-table entries, by network.",
+                                    labels=["network"])
+        for network, count in sorted(snap.neighbor_entries.items()):
+            entries.add_metric([network], count)
+        yield entries
+
+        ops = CounterMetricFamily("vxmesh_dataplane_operations",
+                                  "Kernel operations applied by the reconciler, by result.",
+                                  labels=["result"])
+        for result in sorted({"ok", "failed"} | set(snap.dataplane_operations)):
+            ops.add_metric([result], snap.dataplane_operations.get(result, 0))
+        yield ops
+
+        yield GaugeMetricFamily("vxmesh_dataplane_in_sync",
+                                "1 when the kernel holds exactly the desired state.",
+                                value=1 if snap.in_sync else 0)
+        yield GaugeMetricFamily("vxmesh_store_up", "1 when etcd answers.",
+                                value=1 if snap.store_up else 0)
+        yield CounterMetricFamily("vxmesh_store_errors", "Failed etcd requests.",
+                                  value=snap.store_errors)
+        yield GaugeMetricFamily("vxmesh_local_endpoints", "Endpoints this host owns.",
+                                value=snap.local_endpoints)
+        yield CounterMetricFamily("vxmesh_api_requests", "Control API requests served.",
+                                  value=snap.api_requests)
+
+
+async def serve_metrics(metrics: AgentMetrics, address: str, port: int, *,
+                        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve GET /metrics on address:port; reports the bound port (useful with port 0)."""
+    listeners = await trio.open_tcp_listeners(port, host=address)
+    bound = listeners[0].socket.getsockname()[1]
+
+    async def handle(request: Request) -> Response:
+        if request.path != "/metrics":
+            return Response.error(404, f"no such path {request.path!r}; try /metrics")
+        if request.method not in ("GET", "HEAD"):
+            return Response.error(405, f"{request.method} not allowed on /metrics")
+        return Response(200, metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_http, listeners, handle, HttpServerStatistics())
+        task_status.started(bound)
