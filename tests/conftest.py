@@ -1,13 +1,15 @@
-"""Shared fixtures: root/kernel gating and throw-away network namespaces."""
+"""Shared fixtures: root/kernel gating, throw-away network namespaces, a local etcd."""
 
 from __future__ import annotations
 
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from agent.etcd_local import ETCD_BINARY, LocalEtcd
 from tests.netns import NetnsLab
 
 
@@ -36,3 +38,16 @@ def netns_lab(request: pytest.FixtureRequest) -> Iterator[NetnsLab]:
         yield lab
     finally:
         lab.close()
+
+
+@pytest.fixture
+def local_etcd(tmp_path: Path) -> Iterator[LocalEtcd]:
+    """A real etcd server on free loopback ports in a temporary data directory (stopped after)."""
+    if not os.path.exists(ETCD_BINARY):
+        pytest.skip(f"needs the etcd server binary {ETCD_BINARY} (Debian: etcd-server)")
+    server = LocalEtcd(tmp_path / "etcd-data")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,69 @@
+"""Errors of the etcd store, the IPAM and the local etcd runner (all under AgentError).
+
+Rules: a person's bad input (`InvalidNetwork`) names the field and the value; etcd being away
+is always `StoreUnavailable` (callers may retry it), never a raw grpc or etcd3 exception.
+Imports: agent.errors only (the pure IPAM core imports this module too).
+"""
+
+from __future__ import annotations
+
+from agent.errors import AgentError
+
+
+class StoreError(AgentError):
+    """Base of every error of the etcd store and its IPAM."""
+
+
+class StoreUnavailable(StoreError):
+    """etcd did not answer (down, unreachable, timed out); the call changed nothing we know of."""
+
+
+class InvalidNetwork(StoreError):
+    """A network definition is invalid; the message names the field and the value."""
+
+    def __init__(self, field: str, value: object, reason: str) -> None:
+        super().__init__(f"network {field}={value!r}: {reason}")
+        self.field = field
+        self.value = value
+        self.reason = reason
+
+
+class NetworkConflict(StoreError):
+    """Another network already holds this name, VNI or an overlapping subnet."""
+
+    def __init__(self, field: str, value: object, holder: str) -> None:
+        super().__init__(f"network {field}={value!r} is already taken by network {holder!r}")
+        self.field = field
+        self.value = value
+        self.holder = holder
+
+
+class NetworkNotFound(StoreError):
+    """No network with this name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"network {name!r} does not exist")
+        self.name = name
+
+
+class NetworkInUse(StoreError):
+    """A network still has endpoints and deletion was not forced."""
+
+    def __init__(self, name: str, endpoints: int) -> None:
+        super().__init__(
+            f"network {name!r} still has {endpoints} endpoint(s); delete them or use --force"
+        )
+        self.name = name
+        self.endpoints = endpoints
+
+
+class AddressExhausted(StoreError):
+    """No free address is left (in a block, or in a whole network's subnet)."""
+
+
+class AddressNotAllocated(StoreError):
+    """A release named an address that is not allocated in the given block."""
+
+
+class EtcdStartError(StoreError):
+    """The local etcd server did not start or did not become healthy in time."""
