@@ -165,7 +165,7 @@ class LocalEtcd:
             status = self.health()
             if status is True:
                 return
-            last = status
+            last = str(status)
             if time.monotonic() >= deadline:
                 raise EtcdStartError(
                     f"etcd on {self.client_url} not healthy after {timeout:.1f}s ({last});"
