@@ -219,7 +219,7 @@ def measure(system: GossipSystem, lab: BenchLab, *, repeats: int, idle_window: f
     try:
         first = system.start(lab, seed, None)
         if _first(system, first, "joined", seed.name, 0.0, time.monotonic() + timeout) is None:
-            result.notes.append("first agent did not start")
+            result.notes.append(f"first agent did not start: {first.last_words()}")
             return result
         agents = [first] + [system.start(lab, host, seed) for host in hosts[1:-1]]
         if _converged(system, agents, time.monotonic() + timeout) is None:

@@ -92,8 +92,8 @@ class AgentProcess:
                     if line.at >= since and match(line.text):
                         return line
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
+                if remaining <= 0 or not self._reader.is_alive():
+                    return None  # out of time, or the process exited and said nothing more
                 self._changed.wait(min(remaining, 0.2))
 
     def send_line(self, text: str) -> None:
@@ -101,6 +101,10 @@ class AgentProcess:
         assert self.popen.stdin is not None
         self.popen.stdin.write(text + "\n")
         self.popen.stdin.flush()
+
+    def last_words(self, count: int = 5) -> str:
+        """The last `count` output lines, for reporting a process that failed."""
+        return " | ".join(line.text.strip() for line in self.lines()[-count:])
 
     def alive(self) -> bool:
         return self.popen.poll() is None
