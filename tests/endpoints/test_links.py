@@ -1,0 +1,93 @@
+"""underlay.links on a real kernel: idempotent create/adopt, conflicts, moves, addresses, routes."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.netns import NetnsLab, run
+from underlay import links
+from underlay.errors import KernelError
+from underlay.kernel import NetlinkThread
+
+pytestmark = pytest.mark.kernel
+
+
+def test_bridge_veth_addresses_routes_and_deletes(netns_lab: NetnsLab) -> None:
+    host = netns_lab.ns("h")
+    ep = netns_lab.ns("e")
+    nl = NetlinkThread(host)
+    nle = NetlinkThread(ep)
+    try:
+        first = nl.call_blocking(lambda ipr: links.ensure_bridge(ipr, "vxbr9", mtu=1400))
+        again = nl.call_blocking(lambda ipr: links.ensure_bridge(ipr, "vxbr9", mtu=1400))
+        assert first.index == again.index and again.kind == "bridge" and again.up
+        assert again.mtu == 1400
+        veth = nl.call_blocking(lambda ipr: links.ensure_veth(
+            ipr, "vxv9", "eth0", peer_netns=ep, mtu=1400, master="vxbr9",
+            peer_mac="02:42:0a:09:00:02"))
+        assert veth.master == first.index and veth.kind == "veth"
+        nl.call_blocking(lambda ipr: links.ensure_veth(ipr, "vxv9", "eth0", peer_netns=ep))
+        with pytest.raises(links.LinkConflict, match="vxbr9"):
+            nl.call_blocking(lambda ipr: links.ensure_veth(ipr, "vxbr9", "x"))
+        with pytest.raises(links.BadLinkName, match="ifname"):
+            nl.call_blocking(lambda ipr: links.ensure_bridge(ipr, "a-very-long-name-x"))
+        nl.call_blocking(lambda ipr: links.add_address(ipr, "vxbr9", "10.9.0.1/24"))
+        nl.call_blocking(lambda ipr: links.add_address(ipr, "vxbr9", "10.9.0.1/24"))
+        nle.call_blocking(lambda ipr: links.set_link(ipr, "eth0", up=True))
+        nle.call_blocking(lambda ipr: links.add_address(ipr, "eth0", "10.9.0.2/24"))
+        nle.call_blocking(lambda ipr: links.add_address(ipr, "eth0", "fd00:9::2/64"))
+        nle.call_blocking(lambda ipr: links.replace_route(ipr, "default", gateway="10.9.0.1"))
+        inside = nle.call_blocking(lambda ipr: links.get_link(ipr, "eth0"))
+        assert inside is not None and inside.mac == "02:42:0a:09:00:02" and inside.mtu == 1400
+        addrs = {str(a.interface) for a in
+                 nle.call_blocking(lambda ipr: links.list_addresses(ipr, "eth0"))}
+        assert {"10.9.0.2/24", "fd00:9::2/64"} <= addrs
+        assert "nodad" in run(["ip", "-6", "addr", "show", "eth0"], netns=ep).stdout
+        assert "default via 10.9.0.1" in run(["ip", "route"], netns=ep).stdout
+        nl.call_blocking(lambda ipr: links.ensure_veth(ipr, "vxtmp9", "vxtmp9p"))
+        nl.call_blocking(lambda ipr: links.move_link(ipr, "vxtmp9p", ep, new_name="eth1"))
+        assert nle.call_blocking(lambda ipr: links.get_link(ipr, "eth1")) is not None
+        assert nl.call_blocking(lambda ipr: links.delete_link(ipr, "vxv9")) is True
+        assert nl.call_blocking(lambda ipr: links.delete_link(ipr, "vxv9")) is False
+        assert nle.call_blocking(lambda ipr: links.get_link(ipr, "eth0")) is None
+        nl.call_blocking(lambda ipr: links.delete_route(ipr, "10.77.0.0/16"))
+    finally:
+        nl.close()
+        nle.close()
+
+
+def test_namespaces_are_never_created_by_accident(netns_lab: NetnsLab) -> None:
+    name = f"{netns_lab.prefix}n"
+    netns_lab.namespaces.append(name)  # the lab deletes it even if an assertion fails
+    assert not links.netns_exists(name)
+    with pytest.raises(KernelError):
+        NetlinkThread(name)
+    assert not links.netns_exists(name)
+    assert links.create_netns(name) is True
+    assert links.create_netns(name) is False
+    assert "state UNKNOWN" in run(["ip", "link", "show", "lo"], netns=name).stdout
+    assert name in links.list_netns(prefix=netns_lab.prefix)
+    assert links.delete_netns(name) is True
+    assert links.delete_netns(name) is False
+
+
+def test_macvlan_is_born_in_its_namespace_and_ipvlan_reports_missing_support(
+        netns_lab: NetnsLab) -> None:
+    host = netns_lab.ns("h")
+    ep = netns_lab.ns("e")
+    run(["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"], netns=host)
+    nl = NetlinkThread(host)
+    try:
+        nl.call_blocking(lambda ipr: links.ensure_macvlan(ipr, "mv0", "eth0", netns=ep))
+        info = run(["ip", "-d", "link", "show", "mv0"], netns=ep).stdout
+        assert "macvlan mode bridge" in info
+        with pytest.raises(links.UnderlayError, match="mode='bogus'"):
+            nl.call_blocking(lambda ipr: links.ensure_macvlan(ipr, "mv1", "eth0", mode="bogus"))
+        try:
+            nl.call_blocking(lambda ipr: links.ensure_ipvlan(ipr, "iv0", "eth0", netns=ep))
+        except KernelError as exc:
+            assert "no ipvlan support" in str(exc)
+        else:
+            assert "ipvlan" in run(["ip", "-d", "link", "show", "iv0"], netns=ep).stdout
+    finally:
+        nl.close()
