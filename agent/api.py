@@ -1,0 +1,395 @@
+"""The control API: HTTP/1.1 + JSON on a unix socket (`/run/vxmesh/agent.sock`).
+
+Owns: the routes, request validation (every bad field answered with 400 naming the field and
+the value, nothing changed), the mapping of agent errors to status codes, and the `Control`
+protocol the daemon implements. Usable with `curl --unix-socket /run/vxmesh/agent.sock
+http://vxmesh/v1/status`.
+
+Routes (all JSON; errors are {"error": {"status": N, "message": "..."}}):
+  GET    /v1/status                 node, VTEP, readiness, sync and store state, counts
+  GET    /v1/members                gossip members
+  GET    /v1/networks               networks (from etcd, or the last copy while etcd is away)
+  POST   /v1/networks               {"name", "subnet"?, "vni"?, "mtu"?}           -> 201
+  DELETE /v1/networks/NAME
+  GET    /v1/endpoints              every endpoint known (local and remote)
+  GET    /v1/endpoints/NAME         one local endpoint (with its namespace, for exec)
+  POST   /v1/endpoints              {"name", "network", "mode"?, "ip"?, "publish"?, "ports"?}
+  DELETE /v1/endpoints/NAME
+  GET    /v1/keys                   {"primary": b64, "keys": [b64...]}
+  POST   /v1/keys/install|use|remove  {"key": b64}
+  GET    /v1/fdb[?network=NAME]     desired vs kernel entries
+
+May import: trio, agent.http_server, agent.errors, the standard library.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+
+from agent.errors import AgentError
+from agent.http_server import (
+    Handler,
+    HttpServerStatistics,
+    Request,
+    Response,
+    bind_unix_listener,
+    serve_http,
+)
+
+ENDPOINT_MODES = ("overlay", "bridge", "host", "none", "macvlan", "ipvlan")
+PROTOCOLS = ("tcp", "udp")
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,30}$")
+MAX_VNI = (1 << 24) - 1
+KEY_LENGTHS = (16, 24, 32)
+
+
+class ApiError(AgentError):
+    """An error with the HTTP status the API answers it with."""
+
+    status = 400
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class InvalidRequest(ApiError):
+    """A field of a request is missing or wrong; the message names it and its value."""
+
+    status = 400
+
+
+class NotFound(ApiError):
+    """The named object does not exist."""
+
+    status = 404
+
+
+class Conflict(ApiError):
+    """The request collides with existing state (name taken, port claimed, VNI used)."""
+
+    status = 409
+
+
+class Unavailable(ApiError):
+    """A dependency (etcd) is away and the request needs it."""
+
+    status = 503
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    """A port a workload uses: `port/proto`, optionally published as `host_port:port/proto`."""
+
+    port: int
+    protocol: str
+    host_port: int | None = None
+
+    def render(self) -> str:
+        head = f"{self.host_port}:" if self.host_port is not None else ""
+        return f"{head}{self.port}/{self.protocol}"
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """A validated network-create request."""
+
+    name: str
+    subnet: str | None = None
+    vni: int | None = None
+    mtu: int | None = None
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    """A validated endpoint-create request."""
+
+    name: str
+    network: str
+    mode: str = "overlay"
+    ip: str | None = None
+    publish: tuple[PortSpec, ...] = ()
+    ports: tuple[PortSpec, ...] = ()
+
+
+class Control(Protocol):
+    """What the API asks of the running agent (the daemon implements it)."""
+
+    def status(self) -> dict[str, Any]: ...
+    def members(self) -> list[dict[str, Any]]: ...
+    async def networks(self) -> list[dict[str, Any]]: ...
+    async def create_network(self, spec: NetworkSpec) -> dict[str, Any]: ...
+    async def delete_network(self, name: str) -> None: ...
+    def endpoints(self) -> list[dict[str, Any]]: ...
+    def endpoint(self, name: str) -> dict[str, Any]: ...
+    async def create_endpoint(self, spec: EndpointSpec) -> dict[str, Any]: ...
+    async def delete_endpoint(self, name: str) -> None: ...
+    def keys(self) -> dict[str, Any]: ...
+    async def change_key(self, action: str, key: bytes) -> dict[str, Any]: ...
+    async def fdb(self, network: str | None) -> dict[str, Any]: ...
+
+
+# -- request validation (pure) ----------------------------------------------------------------
+
+def _field(body: Mapping[str, Any], name: str, *, required: bool = False) -> Any:
+    if name not in body or body[name] is None:
+        if required:
+            raise InvalidRequest(f"{name}: required")
+        return None
+    return body[name]
+
+
+def validate_name(value: Any, field_name: str = "name") -> str:
+    if not isinstance(value, str) or not NAME_PATTERN.match(value):
+        raise InvalidRequest(f"{field_name}: {value!r} is not a name (lower-case letters, digits, "
+                             "'-', '_', '.', 1-31 characters, starting with a letter or digit)")
+    return value
+
+
+def _int_in(value: Any, field_name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidRequest(f"{field_name}: {value!r} is not an integer in {low}-{high}")
+    return value
+
+
+def parse_port(text: Any, field_name: str, *, published: bool) -> PortSpec:
+    """`P/proto` (or `H:P/proto` when published) to a `PortSpec`; 400 naming the field."""
+    pattern = r"^(?:(\d+):)?(\d+)/(tcp|udp)$" if published else r"^(\d+)/(tcp|udp)$"
+    match = re.match(pattern, text) if isinstance(text, str) else None
+    shape = "HOST:PORT/tcp|udp" if published else "PORT/tcp|udp"
+    if match is None:
+        raise InvalidRequest(f"{field_name}: {text!r} is not {shape}")
+    groups = match.groups()
+    if published:
+        host, port, proto = groups
+        host_port = int(host) if host is not None else int(port)
+        spec = PortSpec(int(port), proto, host_port)
+    else:
+        port, proto = groups
+        spec = PortSpec(int(port), proto)
+    for number in (spec.port, spec.host_port):
+        if number is not None and not 1 <= number <= 65535:
+            raise InvalidRequest(f"{field_name}: {text!r} has a port outside 1-65535")
+    return spec
+
+
+def parse_network_spec(body: Mapping[str, Any]) -> NetworkSpec:
+    _refuse_unknown(body, {"name", "subnet", "vni", "mtu"})
+    name = validate_name(_field(body, "name", required=True))
+    subnet = _field(body, "subnet")
+    if subnet is not None:
+        try:
+            net = ipaddress.ip_network(subnet, strict=True)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest(f"subnet: {subnet!r} is not a CIDR network ({exc})") from None
+        if net.num_addresses < 4:
+            raise InvalidRequest(f"subnet: {subnet!r} is too small (need at least a /30)")
+    vni = _field(body, "vni")
+    mtu = _field(body, "mtu")
+    return NetworkSpec(
+        name=name, subnet=subnet,
+        vni=_int_in(vni, "vni", 1, MAX_VNI) if vni is not None else None,
+        mtu=_int_in(mtu, "mtu", 576, 9000) if mtu is not None else None,
+    )
+
+
+def parse_endpoint_spec(body: Mapping[str, Any]) -> EndpointSpec:
+    _refuse_unknown(body, {"name", "network", "mode", "ip", "publish", "ports"})
+    name = validate_name(_field(body, "name", required=True))
+    mode = _field(body, "mode") or "overlay"
+    if mode not in ENDPOINT_MODES:
+        raise InvalidRequest(f"mode: {mode!r} is not one of {', '.join(ENDPOINT_MODES)}")
+    network_raw = _field(body, "network", required=mode in ("overlay", "bridge"))
+    network = validate_name(network_raw, "network") if network_raw is not None else ""
+    ip = _field(body, "ip")
+    if ip is not None:
+        try:
+            ipaddress.ip_address(ip)
+        except (TypeError, ValueError):
+            raise InvalidRequest(f"ip: {ip!r} is not an IP address") from None
+    publish = _list(body, "publish")
+    ports = _list(body, "ports")
+    if publish and mode != "bridge":
+        raise InvalidRequest(f"publish: only bridge endpoints publish ports (mode is {mode!r})")
+    if ports and mode != "host":
+        raise InvalidRequest(f"ports: only host endpoints claim host ports (mode is {mode!r})")
+    return EndpointSpec(
+        name=name, network=network, mode=mode, ip=ip,
+        publish=tuple(parse_port(p, "publish", published=True) for p in publish),
+        ports=tuple(parse_port(p, "ports", published=False) for p in ports),
+    )
+
+
+def parse_key(body: Mapping[str, Any]) -> bytes:
+    _refuse_unknown(body, {"key"})
+    text = _field(body, "key", required=True)
+    try:
+        key = base64.b64decode(text, validate=True) if isinstance(text, str) else b""
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) not in KEY_LENGTHS:
+        raise InvalidRequest(f"key: {text!r} is not a base64 AES key of 16, 24 or 32 bytes")
+    return key
+
+
+def _list(body: Mapping[str, Any], name: str) -> list[Any]:
+    value = _field(body, name)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidRequest(f"{name}: {value!r} is not a list")
+    return value
+
+
+def _refuse_unknown(body: Mapping[str, Any], known: set[str]) -> None:
+    extra = sorted(set(body) - known)
+    if extra:
+        raise InvalidRequest(f"{extra[0]}: unknown field (known: {', '.join(sorted(known))})")
+
+
+def _json_body(request: Request) -> dict[str, Any]:
+    if not request.body:
+        return {}
+    try:
+        value = json.loads(request.body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"body: not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"body: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+# -- routing ----------------------------------------------------------------------------------
+
+Route = Callable[[Control, Request, str], Awaitable[Response]]
+
+
+async def _status(control: Control, request: Request, arg: str) -> Response:
+    return Response.json(200, control.status())
+
+
+async def _members(control: Control, request: Request, arg: str) -> Response:
+    return Response.json(200, control.members())
+
+
+async def _networks(control: Control, request: Request, arg: str) -> Response:
+    return Response.json(200, await control.networks())
+
+
+async def _network_create(control: Control, request: Request, arg: str) -> Response:
+    spec = parse_network_spec(_json_body(request))
+    return Response.json(201, await control.create_network(spec))
+
+
+async def _network_delete(control: Control, request: Request, arg: str) -> Response:
+    await control.delete_network(validate_name(arg))
+    return Response.json(200, {"deleted": arg})
+
+
+async def _endpoints(control: Control, request: Request, arg: str) -> Response:
+    return Response.json(200, control.endpoints())
+
+
+async def _endpoint_get(control: Control, request: Request, arg: str) -> Response:
+    return Response.json(200, control.endpoint(validate_name(arg)))
+
+
+async def _endpoint_create(control: Control, request: Request, arg: str) -> Response:
+    spec = parse_endpoint_spec(_json_body(request))
+    return Response.json(201, await control.create_endpoint(spec))
+
+
+async def _endpoint_delete(control: Control, request: Request, arg: str) -> Response:
+    await control.delete_endpoint(validate_name(arg))
+    return Response.json(200, {"deleted": arg})
+
+
+async def _keys(control: Control, request: Request, arg: str) -> Response:
+    return Response.json(200, control.keys())
+
+
+async def _key_change(control: Control, request: Request, arg: str) -> Response:
+    if arg not in ("install", "use", "remove"):
+        raise NotFound(f"no key action {arg!r} (install, use, remove)")
+    return Response.json(200, await control.change_key(arg, parse_key(_json_body(request))))
+
+
+async def _fdb(control: Control, request: Request, arg: str) -> Response:
+    network = request.query.get("network")
+    if network is not None:
+        validate_name(network, "network")
+    return Response.json(200, await control.fdb(network))
+
+
+ROUTES: dict[tuple[str, str], Route] = {
+    ("GET", "/v1/status"): _status,
+    ("GET", "/v1/members"): _members,
+    ("GET", "/v1/networks"): _networks,
+    ("POST", "/v1/networks"): _network_create,
+    ("DELETE", "/v1/networks/*"): _network_delete,
+    ("GET", "/v1/endpoints"): _endpoints,
+    ("GET", "/v1/endpoints/*"): _endpoint_get,
+    ("POST", "/v1/endpoints"): _endpoint_create,
+    ("DELETE", "/v1/endpoints/*"): _endpoint_delete,
+    ("GET", "/v1/keys"): _keys,
+    ("POST", "/v1/keys/*"): _key_change,
+    ("GET", "/v1/fdb"): _fdb,
+}
+
+
+def _resolve(method: str, path: str) -> tuple[Route, str]:
+    path = path.rstrip("/") or "/"
+    head, _, tail = path.rpartition("/")
+    candidates = [((method, path), ""), ((method, f"{head}/*"), tail)]
+    for key, arg in candidates:
+        if key in ROUTES:
+            return ROUTES[key], arg
+    allowed = sorted({m for (m, p) in ROUTES if p in (path, f"{head}/*")})
+    if allowed:
+        raise ApiError(f"{method} not allowed on {path} (allowed: {', '.join(allowed)})", 405)
+    raise NotFound(f"no such path {path!r}")
+
+
+ErrorStatus = Callable[[AgentError], int]
+
+
+def make_handler(control: Control, error_status: ErrorStatus | None = None) -> Handler:
+    """The request handler: route, validate, call `control`, map errors to statuses."""
+
+    async def handle(request: Request) -> Response:
+        try:
+            route, arg = _resolve(request.method, request.path)
+            return await route(control, request, arg)
+        except ApiError as exc:
+            return Response.error(exc.status, str(exc))
+        except AgentError as exc:
+            status = error_status(exc) if error_status is not None else 422
+            return Response.error(status, str(exc))
+
+    return handle
+
+
+async def serve_api(control: Control, socket_path: Path, *, mode: int = 0o660, group: str = "",
+                    error_status: ErrorStatus | None = None,
+                    stats: HttpServerStatistics | None = None,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve the control API on `socket_path` until cancelled; removes the socket on exit."""
+    listener = await bind_unix_listener(socket_path, mode=mode, group=group)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_http, [listener], make_handler(control, error_status),
+                                stats)
+            task_status.started()
+    finally:
+        socket_path.unlink(missing_ok=True)
