@@ -19,13 +19,11 @@ Routes (all JSON; errors are {"error": {"status": N, "message": "..."}}):
   POST   /v1/keys/install|use|remove  {"key": b64}
   GET    /v1/fdb[?network=NAME]     desired vs kernel entries
 
-May import: trio, agent.http_server, agent.errors, the standard library.
+May import: trio, agent.http_server, agent.state_files, agent.errors, the standard library.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import json
 import re
@@ -45,12 +43,12 @@ from agent.http_server import (
     bind_unix_listener,
     serve_http,
 )
+from agent.state_files import StateReadError, decode_key
 
 ENDPOINT_MODES = ("overlay", "bridge", "host", "none", "macvlan", "ipvlan")
 PROTOCOLS = ("tcp", "udp")
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,30}$")
 MAX_VNI = (1 << 24) - 1
-KEY_LENGTHS = (16, 24, 32)
 
 
 class ApiError(AgentError):
@@ -235,12 +233,9 @@ def parse_key(body: Mapping[str, Any]) -> bytes:
     _refuse_unknown(body, {"key"})
     text = _field(body, "key", required=True)
     try:
-        key = base64.b64decode(text, validate=True) if isinstance(text, str) else b""
-    except (binascii.Error, ValueError):
-        key = b""
-    if len(key) not in KEY_LENGTHS:
-        raise InvalidRequest(f"key: {text!r} is not a base64 AES key of 16, 24 or 32 bytes")
-    return key
+        return decode_key(text, "key")
+    except StateReadError as exc:
+        raise InvalidRequest(str(exc)) from None
 
 
 def _list(body: Mapping[str, Any], name: str) -> list[Any]:

@@ -7,22 +7,21 @@ rendering a validated `agent.toml` for one node.
 Run on a machine: `python -m agent.provision --name node1 --address 192.168.56.11
 --etcd http://192.168.56.11:2379 --seed 192.168.56.11:7946 --output /etc/vxmesh/agent.toml`.
 
-May import: agent.config, agent.errors, the standard library.
+May import: agent.config, agent.state_files, agent.errors, the standard library.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig, ConfigError, build_config, render_toml
+from agent.state_files import write_atomically
 
 
 def interface_for_address(addresses: Sequence[Mapping[str, Any]], address: str) -> str:
@@ -50,22 +49,6 @@ def node_config(*, name: str, address: str, interface: str, etcd: Sequence[str],
     for section, values in (sections or {}).items():
         data.setdefault(section, {}).update(values)
     return build_config(data, origin="generated config")
-
-
-def write_atomically(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write `text` to `path` so readers see the old or the new file, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def main(argv: Sequence[str] | None = None) -> int:
