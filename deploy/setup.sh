@@ -18,7 +18,7 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-packages=(iproute2 nftables etcd-server etcd-client iperf3 procps psmisc curl python3-venv)
+packages=(iproute2 nftables etcd-server etcd-client iperf3 procps psmisc curl iputils-ping python3-venv)
 if [ "$want_test" -eq 1 ]; then
     packages+=(prometheus shellcheck vagrant serf systemd)
 fi
