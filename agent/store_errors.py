@@ -32,7 +32,8 @@ class NetworkConflict(StoreError):
     """Another network already holds this name, VNI or an overlapping subnet."""
 
     def __init__(self, field: str, value: object, holder: str) -> None:
-        super().__init__(f"network {field}={value!r} is already taken by network {holder!r}")
+        verb = "overlaps" if field == "subnet" else "is already taken by"
+        super().__init__(f"network {field}={value!r} {verb} network {holder!r}")
         self.field = field
         self.value = value
         self.holder = holder

@@ -1,0 +1,209 @@
+"""IPAM arithmetic and a host's blocks: pure, no I/O.
+
+Owns the address math of vxmesh's Calico-style IPAM: a network's subnet is carved into blocks
+of `network.block_prefix`; a host claims whole blocks through etcd (agent.store does the
+transaction) and then hands out addresses from its own blocks locally, without a round trip,
+which is what lets endpoints be created while etcd is away. Rules:
+- the network address, the gateway and (IPv4) the broadcast address are never handed out;
+- an address belongs to exactly one block and a block to exactly one host;
+- every local change bumps the block's generation; the store flushes the newest generation of
+  each dirty block with a compare on the block's last known mod revision.
+Imports: stdlib, agent.schema, agent.store_errors (listed among the pure cores).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
+
+from agent.schema import Block, IPAddress, IPNetwork, Network
+from agent.store_errors import AddressExhausted, AddressNotAllocated
+
+
+def reserved_addresses(network: Network) -> frozenset[IPAddress]:
+    """Addresses of the subnet that are never handed out."""
+    reserved: set[IPAddress] = {network.subnet.network_address, network.gateway}
+    if network.subnet.version == 4:
+        reserved.add(network.subnet.broadcast_address)
+    return frozenset(reserved)
+
+
+def block_of(network: Network, address: IPAddress) -> IPNetwork:
+    """The block of `network` that contains `address`."""
+    if address not in network.subnet:
+        raise ValueError(f"{address} is not in {network.subnet}")
+    return ipaddress.ip_network(f"{address}/{network.block_prefix}", strict=False)
+
+
+def iter_blocks(network: Network) -> Iterator[IPNetwork]:
+    """Every block of the network's subnet, lowest first (lazily: IPv6 has very many)."""
+    return network.subnet.subnets(new_prefix=network.block_prefix)
+
+
+def usable_in_block(network: Network, cidr: IPNetwork) -> int:
+    reserved = reserved_addresses(network)
+    return cidr.num_addresses - sum(1 for a in reserved if a in cidr)
+
+
+def choose_free_block(
+    network: Network, taken: Collection[IPNetwork], rng: random.Random, spread: int = 4
+) -> IPNetwork:
+    """A block nobody holds: one of the first `spread` free ones, picked with `rng`.
+
+    Picking among a few (rather than always the first) keeps hosts that claim at the same time
+    from all racing for the same block. Raises `AddressExhausted` when every block is taken.
+    """
+    candidates: list[IPNetwork] = []
+    for cidr in iter_blocks(network):
+        if cidr in taken or usable_in_block(network, cidr) == 0:
+            continue
+        candidates.append(cidr)
+        if len(candidates) >= spread:
+            break
+    if not candidates:
+        raise AddressExhausted(f"network {network.name}: every block of {network.subnet} is held")
+    return rng.choice(candidates)
+
+
+@dataclass
+class HeldBlock:
+    """One block this host holds, with its local allocations and flush bookkeeping."""
+
+    cidr: IPNetwork
+    allocations: dict[IPAddress, str]
+    mod_revision: int
+    generation: int = 0
+    flushed_generation: int = 0
+    next_offset: int = 0
+
+    @property
+    def dirty(self) -> bool:
+        return self.generation != self.flushed_generation
+
+
+@dataclass(frozen=True)
+class PendingFlush:
+    """A block's state to write, with the revision etcd must still hold for it."""
+
+    block: Block
+    expected_mod_revision: int
+    generation: int
+
+
+@dataclass
+class HostBlocks:
+    """The blocks one host holds in one network, and the addresses it handed out from them."""
+
+    network: Network
+    host: str
+    blocks: dict[IPNetwork, HeldBlock] = field(default_factory=dict)
+    handles: dict[str, IPAddress] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._reserved = reserved_addresses(self.network)
+
+    # -- what etcd says ----------------------------------------------------------------------
+
+    def adopt(self, block: Block, mod_revision: int) -> None:
+        """Take a block record read from etcd as ours (at start, or after a claim)."""
+        if block.host != self.host or block.network != self.network.name:
+            raise ValueError(f"block {block.cidr} belongs to {block.host}/{block.network}")
+        held = self.blocks.get(block.cidr)
+        if held is None:
+            self.blocks[block.cidr] = HeldBlock(block.cidr, dict(block.allocations), mod_revision)
+            for address, handle in block.allocations.items():
+                self.handles[handle] = address
+            return
+        # We already hold it: our local allocations are newer than anything stored (only this
+        # host writes its blocks), so keep them and just learn the revision.
+        held.mod_revision = mod_revision
+
+    def drop(self, cidr: IPNetwork) -> list[str]:
+        """Forget a block etcd says is no longer ours; returns the handles that lost addresses."""
+        held = self.blocks.pop(cidr, None)
+        if held is None:
+            return []
+        lost = list(held.allocations.values())
+        for handle in lost:
+            self.handles.pop(handle, None)
+        return lost
+
+    # -- local allocation --------------------------------------------------------------------
+
+    def allocate(self, handle: str) -> IPAddress | None:
+        """An address for `handle` from our blocks (the same one again for a known handle).
+
+        None when every held block is full: the caller must claim a block first.
+        """
+        known = self.handles.get(handle)
+        if known is not None:
+            return known
+        for held in sorted(self.blocks.values(), key=lambda b: int(b.cidr.network_address)):
+            address = self._free_in(held)
+            if address is not None:
+                held.allocations[address] = handle
+                held.generation += 1
+                self.handles[handle] = address
+                return address
+        return None
+
+    def _free_in(self, held: HeldBlock) -> IPAddress | None:
+        size = held.cidr.num_addresses
+        if len(held.allocations) >= size:
+            return None
+        base = held.cidr.network_address
+        for step in range(size):
+            offset = (held.next_offset + step) % size
+            address = base + offset
+            if address not in held.allocations and address not in self._reserved:
+                held.next_offset = (offset + 1) % size
+                return address
+        return None
+
+    def release(self, address: IPAddress) -> str:
+        """Give `address` back; returns the handle that held it."""
+        for held in self.blocks.values():
+            if address in held.cidr:
+                handle = held.allocations.pop(address, None)
+                if handle is None:
+                    break
+                held.generation += 1
+                self.handles.pop(handle, None)
+                return handle
+        raise AddressNotAllocated(
+            f"{address} is not allocated by {self.host} in {self.network.name}"
+        )
+
+    def free_count(self) -> int:
+        total = 0
+        for held in self.blocks.values():
+            reserved_here = sum(1 for a in self._reserved if a in held.cidr)
+            total += held.cidr.num_addresses - reserved_here - len(held.allocations)
+        return total
+
+    def allocated_count(self) -> int:
+        return len(self.handles)
+
+    # -- flush bookkeeping -------------------------------------------------------------------
+
+    def pending_flushes(self) -> list[PendingFlush]:
+        return [
+            PendingFlush(
+                Block(self.network.name, held.cidr, self.host, dict(held.allocations)),
+                held.mod_revision,
+                held.generation,
+            )
+            for held in self.blocks.values()
+            if held.dirty
+        ]
+
+    def flushed(self, flushes: Collection[PendingFlush], revision: int) -> None:
+        """etcd committed `flushes` at `revision`."""
+        for flush in flushes:
+            held = self.blocks.get(flush.block.cidr)
+            if held is None:
+                continue
+            held.mod_revision = revision
+            held.flushed_generation = max(held.flushed_generation, flush.generation)

@@ -1,0 +1,110 @@
+"""The networks this agent believes exist, kept in step with etcd by a list then a watch (pure).
+
+A watch driver (agent.store) feeds it: `replace()` with a full listing at a revision, then
+`apply()` with watch events in revision order. It decodes values, skips malformed ones (and
+reports their keys so the driver can log each once and count them), and returns what changed as
+past-tense events. `revision` is where a resumed watch must start (revision + 1).
+Imports: stdlib, agent.schema (listed among the pure cores).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from agent.schema import NETWORKS, MalformedRecord, Network, decode_network
+
+
+@dataclass(frozen=True)
+class NetworkAdded:
+    network: Network
+
+
+@dataclass(frozen=True)
+class NetworkChanged:
+    network: Network
+
+
+@dataclass(frozen=True)
+class NetworkRemoved:
+    name: str
+
+
+NetworkEvent = NetworkAdded | NetworkChanged | NetworkRemoved
+
+
+@dataclass(frozen=True)
+class KeyChange:
+    """One watch event: `value` None for a delete."""
+
+    key: str
+    value: bytes | None
+    mod_revision: int
+
+
+@dataclass
+class NetworkView:
+    networks: dict[str, Network] = field(default_factory=dict)
+    revision: int = 0
+    version: int = 0
+    """Bumped on every change, so waiters can tell "changed since I looked"."""
+    malformed: list[MalformedRecord] = field(default_factory=list)
+    """Problems found by the last replace/apply (the driver logs and counts, then clears)."""
+
+    def replace(self, listing: Iterable[tuple[str, bytes]], revision: int) -> list[NetworkEvent]:
+        """Adopt a full listing taken at `revision`; return the difference to what we had."""
+        fresh: dict[str, Network] = {}
+        for key, value in listing:
+            network = self._decode(key, value)
+            if network is not None:
+                fresh[network.name] = network
+        events: list[NetworkEvent] = [
+            NetworkRemoved(name) for name in sorted(self.networks.keys() - fresh.keys())
+        ]
+        for name, network in sorted(fresh.items()):
+            old = self.networks.get(name)
+            if old is None:
+                events.append(NetworkAdded(network))
+            elif old != network:
+                events.append(NetworkChanged(network))
+        self.networks = fresh
+        self.revision = max(self.revision, revision)
+        if events:
+            self.version += 1
+        return events
+
+    def apply(self, changes: Iterable[KeyChange], revision: int = 0) -> list[NetworkEvent]:
+        """Apply watch events; `revision` (a progress header) may move `revision` on too."""
+        events: list[NetworkEvent] = []
+        for change in changes:
+            self.revision = max(self.revision, change.mod_revision)
+            name = change.key[len(NETWORKS) :]
+            if change.value is None:
+                if self.networks.pop(name, None) is not None:
+                    events.append(NetworkRemoved(name))
+                continue
+            network = self._decode(change.key, change.value)
+            if network is None:
+                if self.networks.pop(name, None) is not None:
+                    events.append(NetworkRemoved(name))
+                continue
+            old = self.networks.get(network.name)
+            self.networks[network.name] = network
+            if old is None:
+                events.append(NetworkAdded(network))
+            elif old != network:
+                events.append(NetworkChanged(network))
+        self.revision = max(self.revision, revision)
+        if events:
+            self.version += 1
+        return events
+
+    def snapshot(self) -> Mapping[str, Network]:
+        return dict(self.networks)
+
+    def _decode(self, key: str, value: bytes) -> Network | None:
+        try:
+            return decode_network(key, value)
+        except MalformedRecord as exc:
+            self.malformed.append(exc)
+            return None

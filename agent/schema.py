@@ -1,0 +1,383 @@
+"""The etcd key schema of vxmesh (version 1) and the records stored under it, in one place.
+
+Every key lives under `/vxmesh/v1/`; values are UTF-8 JSON objects (guard keys hold a plain
+network name). Anything else found under the prefix is *malformed*: readers skip it, log it once
+and count it; it never crashes an agent.
+
+    /vxmesh/v1/networks/<name>                    Network: name, vni, subnet, gateway, mtu,
+                                                  mode, options, block_prefix
+    /vxmesh/v1/vnis/<vni:08d>                     guard: the name of the network holding the VNI
+    /vxmesh/v1/subnets/<4|6>/<hex addr>/<len:03d> guard: the name of the network holding the
+                                                  subnet. Keys sort by address, so "does any
+                                                  network overlap 10.1.0.0/16" is one range
+                                                  compare (subnets inside it) plus one compare per
+                                                  shorter prefix length (subnets around it)
+    /vxmesh/v1/blocks/<network>/<addr>-<len>      Block: an IPAM block of the network's subnet,
+                                                  claimed by one host (Calico block affinity);
+                                                  `allocations` maps address -> endpoint handle.
+                                                  These maps ARE the endpoint registry of the
+                                                  network: a network "has endpoints" when any of
+                                                  its blocks has an allocation.
+    /vxmesh/v1/nodes/<name>                       Node: name, vtep, gossip [host, port], version;
+                                                  attached to the node's lease (it disappears
+                                                  when the agent stops refreshing the lease);
+                                                  the gossip seed list
+
+Writes that need uniqueness are single etcd transactions: network create (compares the name,
+the VNI guard and the subnet guards, puts all three), block claim (compares the block key is
+absent and the network is the same incarnation), network delete (compares that no block changed
+since the endpoint count was read). Nothing here does I/O: this module is pure (stdlib only,
+plus agent.store_errors) and is listed among the pure cores in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.store_errors import InvalidNetwork, StoreError
+
+PREFIX = "/vxmesh/v1/"
+NETWORKS = PREFIX + "networks/"
+VNIS = PREFIX + "vnis/"
+SUBNETS = PREFIX + "subnets/"
+BLOCKS = PREFIX + "blocks/"
+NODES = PREFIX + "nodes/"
+
+VNI_MIN = 1
+VNI_MAX = 16_777_215
+VNI_AUTO_FIRST = 4096
+"""Allocated VNIs start here (as Docker's overlay driver does), below are for operators."""
+
+MODES = ("overlay", "bridge", "macvlan", "ipvlan")
+MODE_OPTIONS: Mapping[str, Mapping[str, tuple[str, ...] | None]] = {
+    # option -> allowed values (None: any non-empty string)
+    "overlay": {},
+    "bridge": {"masquerade": ("true", "false")},
+    "macvlan": {"parent": None, "macvlan_mode": ("bridge", "private", "vepa", "passthru")},
+    "ipvlan": {"parent": None, "ipvlan_mode": ("l2", "l3")},
+}
+MTU_MIN = 576
+MTU_MAX = 9216
+SUBNET_PREFIX_RANGE = {4: (8, 29), 6: (48, 120)}
+"""Accepted subnet prefix lengths per family; also bounds the guard compares of a create."""
+BLOCK_PREFIX_DEFAULT = {4: 26, 6: 122}
+"""Default block size: 64 addresses, as Calico."""
+BLOCK_PREFIX_RANGE = {4: (20, 30), 6: (116, 126)}
+
+_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class MalformedRecord(StoreError):
+    """A value under our prefix that does not decode into the record its key promises."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+
+
+# -- keys ----------------------------------------------------------------------------------
+
+
+def prefix_end(prefix: str) -> str:
+    """The exclusive range end that covers every key starting with `prefix`."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def network_key(name: str) -> str:
+    return NETWORKS + name
+
+
+def vni_key(vni: int) -> str:
+    return f"{VNIS}{vni:08d}"
+
+
+def _address_hex(address: IPAddress) -> str:
+    width = 8 if address.version == 4 else 32
+    return f"{int(address):0{width}x}"
+
+
+def subnet_key(subnet: IPNetwork) -> str:
+    return (
+        f"{SUBNETS}{subnet.version}/{_address_hex(subnet.network_address)}/{subnet.prefixlen:03d}"
+    )
+
+
+def subnet_inner_range(subnet: IPNetwork) -> tuple[str, str]:
+    """[start, end) over the guard keys of every subnet equal to or inside `subnet`."""
+    base = f"{SUBNETS}{subnet.version}/"
+    start = base + _address_hex(subnet.network_address)
+    # "/" sorts before "0", so every key <hex of the last address>/<len> is below this end.
+    end = base + _address_hex(subnet.broadcast_address) + "0"
+    return start, end
+
+
+def subnet_outer_keys(subnet: IPNetwork) -> list[str]:
+    """Guard keys of every strictly larger subnet that could contain `subnet`."""
+    shortest, _ = SUBNET_PREFIX_RANGE[subnet.version]
+    return [subnet_key(subnet.supernet(new_prefix=p)) for p in range(shortest, subnet.prefixlen)]
+
+
+def blocks_prefix(network: str) -> str:
+    return f"{BLOCKS}{network}/"
+
+
+def block_key(network: str, cidr: IPNetwork) -> str:
+    return f"{blocks_prefix(network)}{cidr.network_address}-{cidr.prefixlen}"
+
+
+def node_key(name: str) -> str:
+    return NODES + name
+
+
+# -- records -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Network:
+    """A network as stored; build one from user input with `validate_network`."""
+
+    name: str
+    vni: int
+    subnet: IPNetwork
+    gateway: IPAddress
+    mtu: int | None = None
+    mode: str = "overlay"
+    options: Mapping[str, str] = field(default_factory=dict)
+    block_prefix: int = 26
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "vni": self.vni,
+            "subnet": str(self.subnet),
+            "gateway": str(self.gateway),
+            "mtu": self.mtu,
+            "mode": self.mode,
+            "options": dict(self.options),
+            "block_prefix": self.block_prefix,
+        }
+
+
+def validate_name(name: object) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise InvalidNetwork(
+            "name",
+            name,
+            "must be 1-63 characters of letters, digits, '_', '.', '-',"
+            " starting with a letter or digit",
+        )
+    return name
+
+
+def validate_vni(vni: object) -> int:
+    if not isinstance(vni, int) or isinstance(vni, bool) or not VNI_MIN <= vni <= VNI_MAX:
+        raise InvalidNetwork("vni", vni, f"must be an integer in {VNI_MIN}..{VNI_MAX}")
+    return vni
+
+
+def validate_network(
+    *,
+    name: object,
+    subnet: object,
+    vni: object = None,
+    gateway: object = None,
+    mtu: object = None,
+    mode: object = "overlay",
+    options: object = None,
+    block_prefix: object = None,
+) -> Network:
+    """A `Network` from loosely typed input; `InvalidNetwork` names the first bad field.
+
+    `vni=None` leaves the VNI to the store (0 in the result, allocated at create time).
+    """
+    validate_name(name)
+    assert isinstance(name, str)
+    vni_value = 0 if vni is None else validate_vni(vni)
+    if not isinstance(subnet, str):
+        raise InvalidNetwork("subnet", subnet, "must be a CIDR string such as 10.1.0.0/16")
+    try:
+        net: IPNetwork = ipaddress.ip_network(subnet, strict=True)
+    except ValueError as exc:
+        raise InvalidNetwork("subnet", subnet, str(exc)) from None
+    shortest, longest = SUBNET_PREFIX_RANGE[net.version]
+    if not shortest <= net.prefixlen <= longest:
+        raise InvalidNetwork(
+            "subnet", subnet, f"IPv{net.version} prefix length must be {shortest}..{longest}"
+        )
+    if gateway is None:
+        gw: IPAddress = net.network_address + 1
+    else:
+        if not isinstance(gateway, str):
+            raise InvalidNetwork("gateway", gateway, "must be an address string")
+        try:
+            gw = ipaddress.ip_address(gateway)
+        except ValueError as exc:
+            raise InvalidNetwork("gateway", gateway, str(exc)) from None
+        if gw.version != net.version or gw not in net:
+            raise InvalidNetwork("gateway", gateway, f"must be inside subnet {net}")
+        if gw == net.network_address or (net.version == 4 and gw == net.broadcast_address):
+            raise InvalidNetwork("gateway", gateway, "must not be the network or broadcast address")
+    if mtu is not None and (
+        not isinstance(mtu, int) or isinstance(mtu, bool) or not MTU_MIN <= mtu <= MTU_MAX
+    ):
+        raise InvalidNetwork("mtu", mtu, f"must be an integer in {MTU_MIN}..{MTU_MAX}")
+    if mode not in MODES:
+        raise InvalidNetwork("mode", mode, f"must be one of {', '.join(MODES)}")
+    assert isinstance(mode, str)
+    opts = _validate_options(mode, {} if options is None else options)
+    if block_prefix is None:
+        bp = max(BLOCK_PREFIX_DEFAULT[net.version], net.prefixlen)
+    else:
+        low, high = BLOCK_PREFIX_RANGE[net.version]
+        if (
+            not isinstance(block_prefix, int)
+            or isinstance(block_prefix, bool)
+            or not low <= block_prefix <= high
+        ):
+            raise InvalidNetwork(
+                "block_prefix", block_prefix, f"must be an integer in {low}..{high}"
+            )
+        bp = max(block_prefix, net.prefixlen)
+    return Network(name, vni_value, net, gw, mtu if isinstance(mtu, int) else None, mode, opts, bp)
+
+
+def _validate_options(mode: str, options: object) -> dict[str, str]:
+    if not isinstance(options, Mapping):
+        raise InvalidNetwork("options", options, "must be a mapping of option to value")
+    allowed = MODE_OPTIONS[mode]
+    result: dict[str, str] = {}
+    for key, value in options.items():
+        if key not in allowed:
+            known = ", ".join(allowed) or "none"
+            raise InvalidNetwork(
+                f"options.{key}", value, f"unknown for mode {mode} (known: {known})"
+            )
+        choices = allowed[key]
+        if not isinstance(value, str) or not value:
+            raise InvalidNetwork(f"options.{key}", value, "must be a non-empty string")
+        if choices is not None and value not in choices:
+            raise InvalidNetwork(f"options.{key}", value, f"must be one of {', '.join(choices)}")
+        result[key] = value
+    return result
+
+
+@dataclass(frozen=True)
+class Node:
+    """A node's registry record: where its VTEP and its gossip listener are."""
+
+    name: str
+    vtep: IPAddress
+    gossip: tuple[str, int]
+    version: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "vtep": str(self.vtep),
+            "gossip": [self.gossip[0], self.gossip[1]],
+            "version": self.version,
+        }
+
+
+@dataclass(frozen=True)
+class Block:
+    """An IPAM block as stored: which host holds it and what it has handed out."""
+
+    network: str
+    cidr: IPNetwork
+    host: str
+    allocations: Mapping[IPAddress, str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "network": self.network,
+            "cidr": str(self.cidr),
+            "host": self.host,
+            "allocations": {str(a): h for a, h in sorted(self.allocations.items())},
+        }
+
+
+# -- encoding ------------------------------------------------------------------------------
+
+
+def encode(record: Network | Node | Block) -> bytes:
+    return json.dumps(record.to_json(), sort_keys=True, separators=(",", ":")).encode()
+
+
+def _load(key: str, value: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(value.decode())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MalformedRecord(key, f"not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise MalformedRecord(key, "not a JSON object")
+    return data
+
+
+def decode_network(key: str, value: bytes) -> Network:
+    data = _load(key, value)
+    try:
+        network = validate_network(
+            name=data.get("name"),
+            subnet=data.get("subnet"),
+            vni=data.get("vni"),
+            gateway=data.get("gateway"),
+            mtu=data.get("mtu"),
+            mode=data.get("mode"),
+            options=data.get("options"),
+            block_prefix=data.get("block_prefix"),
+        )
+    except InvalidNetwork as exc:
+        raise MalformedRecord(key, f"{exc}") from None
+    if network.vni == 0 or network_key(network.name) != key:
+        raise MalformedRecord(key, "name or vni does not match the key")
+    return network
+
+
+def decode_node(key: str, value: bytes) -> Node:
+    data = _load(key, value)
+    try:
+        name = data["name"]
+        vtep = ipaddress.ip_address(data["vtep"])
+        host, port = data["gossip"]
+        version = data["version"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MalformedRecord(key, f"bad node record ({exc!r})") from None
+    if (
+        not isinstance(name, str)
+        or node_key(name) != key
+        or not isinstance(host, str)
+        or not isinstance(port, int)
+        or not 0 < port < 65536
+        or not isinstance(version, str)
+    ):
+        raise MalformedRecord(key, "bad node record")
+    return Node(name, vtep, (host, port), version)
+
+
+def decode_block(key: str, value: bytes) -> Block:
+    data = _load(key, value)
+    try:
+        network = data["network"]
+        cidr: IPNetwork = ipaddress.ip_network(data["cidr"])
+        host = data["host"]
+        raw = data["allocations"]
+        allocations = {ipaddress.ip_address(a): h for a, h in raw.items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MalformedRecord(key, f"bad block record ({exc!r})") from None
+    if (
+        not isinstance(network, str)
+        or not isinstance(host, str)
+        or block_key(network, cidr) != key
+        or any(a not in cidr or not isinstance(h, str) for a, h in allocations.items())
+    ):
+        raise MalformedRecord(key, "bad block record")
+    return Block(network, cidr, host, allocations)

@@ -1,0 +1,709 @@
+"""The etcd store of an agent: networks and VNIs, IPAM blocks, the node registry, watches.
+
+Owns every read and write under `/vxmesh/v1/` (the key schema is in agent.schema). Rules:
+- trio shell over a blocking client: every etcd call runs in a worker thread
+  (`trio.to_thread.run_sync`), never on the event loop.
+- Uniqueness is decided by etcd in ONE transaction per write (network create, block claim,
+  network delete, block reclaim), never by read-then-write.
+- etcd away: a call fails fast with `StoreUnavailable` (the gRPC deadline bounds it); the store
+  turns `degraded` (see `statistics()`), and the services (`run_health_probe`,
+  `run_network_watch`, `run_node_registration`, `AddressPool.run_flusher`) retry with
+  exponential backoff and jitter from the injected `random.Random`, so the agent reconverges by
+  itself when etcd returns. Address pools keep allocating from held blocks meanwhile.
+- Malformed values under our prefix are skipped, logged once per key, and counted.
+Imports: trio, agent.etcd_client, agent.schema, agent.ipam, agent.network_view, agent.backoff,
+agent.store_errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import trio
+
+from agent.backoff import Backoff
+from agent.etcd_client import (
+    Compare,
+    Delete,
+    EtcdClient,
+    Get,
+    KeyValue,
+    LeaseNotFound,
+    Op,
+    Put,
+    RevisionCompacted,
+    TxnResult,
+    WatchBatch,
+)
+from agent.ipam import HostBlocks, PendingFlush, choose_free_block
+from agent.network_view import KeyChange, NetworkEvent, NetworkView
+from agent.schema import (
+    BLOCKS,
+    NETWORKS,
+    NODES,
+    VNI_AUTO_FIRST,
+    VNI_MAX,
+    VNIS,
+    Block,
+    IPAddress,
+    IPNetwork,
+    MalformedRecord,
+    Network,
+    Node,
+    block_key,
+    blocks_prefix,
+    decode_block,
+    decode_network,
+    decode_node,
+    encode,
+    network_key,
+    node_key,
+    prefix_end,
+    subnet_inner_range,
+    subnet_key,
+    subnet_outer_keys,
+    vni_key,
+)
+from agent.store_errors import (
+    AddressExhausted,
+    NetworkConflict,
+    NetworkInUse,
+    NetworkNotFound,
+    StoreError,
+    StoreUnavailable,
+)
+
+__all__ = [
+    "AddressPool",
+    "BlockSummary",
+    "NetworkInfo",
+    "PoolStatistics",
+    "Store",
+    "StoreStatistics",
+]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_MALFORMED_KEYS_REMEMBERED = 10_000
+CREATE_ATTEMPTS = 8
+"""Network create retries, only when an allocated VNI was taken by a concurrent create."""
+COMMIT_ATTEMPTS = 16
+"""Block claim/flush retries after a compare failed (another host claimed the candidate)."""
+DELETE_ATTEMPTS = 8
+
+
+@dataclass(frozen=True)
+class StoreStatistics:
+    degraded: bool
+    round_trips: int
+    failed_calls: int
+    malformed_records: int
+    """Distinct keys under our prefix that did not decode (each logged once)."""
+    watch_relists: int
+    """Full re-lists because etcd had compacted past the watch revision."""
+    watch_resumes: int
+    """Watches re-opened from the last revision after etcd went away."""
+    watch_revision: int
+    node_registered: bool
+    last_error: str
+
+
+@dataclass(frozen=True)
+class BlockSummary:
+    cidr: IPNetwork
+    host: str
+    allocated: int
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    network: Network
+    endpoints: int
+    blocks: tuple[BlockSummary, ...]
+
+
+@dataclass(frozen=True)
+class PoolStatistics:
+    network: str
+    host: str
+    blocks: int
+    allocated: int
+    free: int
+    dirty_blocks: int
+    claims: int
+    flushes: int
+    lost_blocks: int
+
+
+class Store:
+    """Async access to etcd for one agent. Build with `Store.connect(host, port, rng=...)`."""
+
+    def __init__(
+        self,
+        client: EtcdClient,
+        *,
+        rng: random.Random,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 5.0,
+    ) -> None:
+        self.client = client
+        self.rng = rng
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.network_view = NetworkView()
+        self._degraded = False
+        self._degraded_event = trio.Event()
+        self._views_changed = trio.Event()
+        self._failed_calls = 0
+        self._last_error = ""
+        self._malformed_keys: set[str] = set()
+        self._relists = 0
+        self._resumes = 0
+        self._node_registered = False
+
+    @classmethod
+    def connect(
+        cls, host: str, port: int, *, rng: random.Random, timeout: float = 2.0, **kwargs: Any
+    ) -> Store:
+        """A store on etcd at host:port; connecting is lazy, so this never blocks."""
+        return cls(EtcdClient(host, port, timeout=timeout), rng=rng, **kwargs)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def statistics(self) -> StoreStatistics:
+        return StoreStatistics(
+            degraded=self._degraded,
+            round_trips=self.client.round_trips,
+            failed_calls=self._failed_calls,
+            malformed_records=len(self._malformed_keys),
+            watch_relists=self._relists,
+            watch_resumes=self._resumes,
+            watch_revision=self.network_view.revision,
+            node_registered=self._node_registered,
+            last_error=self._last_error,
+        )
+
+    def new_backoff(self) -> Backoff:
+        return Backoff(self.rng, self.backoff_initial, self.backoff_max)
+
+    # -- calling etcd ------------------------------------------------------------------------
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run one blocking client call in a worker thread; track degraded/healthy."""
+        try:
+            result = await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+        except StoreUnavailable as exc:
+            self._mark_unavailable(exc)
+            raise
+        self._mark_available()
+        return result
+
+    async def txn(
+        self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
+    ) -> TxnResult:
+        return await self.call(self.client.txn, compares, success, failure)
+
+    def _mark_unavailable(self, exc: StoreError) -> None:
+        self._failed_calls += 1
+        self._last_error = str(exc)
+        if not self._degraded:
+            log.warning("etcd store degraded: %s", exc)
+            self._degraded = True
+            self._degraded_event.set()
+
+    def _mark_available(self) -> None:
+        if self._degraded:
+            log.info("etcd store back in service")
+            self._degraded = False
+            self._degraded_event = trio.Event()
+
+    def note_malformed(self, exc: MalformedRecord) -> None:
+        """Skip a malformed record: log it the first time its key is seen, count the key."""
+        if exc.key in self._malformed_keys:
+            return
+        if len(self._malformed_keys) < MAX_MALFORMED_KEYS_REMEMBERED:
+            self._malformed_keys.add(exc.key)
+        log.warning("skipping malformed etcd record %s", exc)
+
+    def _decoded(self, kvs: Iterable[KeyValue], decode: Callable[[str, bytes], T]) -> list[T]:
+        records: list[T] = []
+        for kv in kvs:
+            try:
+                records.append(decode(kv.key, kv.value))
+            except MalformedRecord as exc:
+                self.note_malformed(exc)
+        return records
+
+    async def run_health_probe(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """While degraded, probe etcd with backoff until it answers (then the store is healthy)."""
+        task_status.started()
+        while True:
+            await self._degraded_event.wait()
+            backoff = self.new_backoff()
+            while self._degraded:
+                await trio.sleep(backoff.next_delay())
+                try:
+                    await self.call(self.client.status)
+                except StoreError:
+                    continue
+
+    # -- networks ----------------------------------------------------------------------------
+
+    async def create_network(self, network: Network) -> Network:
+        """Store a validated network (vni 0: allocate one); refuses name/VNI/subnet clashes.
+
+        The name, the VNI guard and every subnet guard are compared and written in one
+        transaction; on a clash the same transaction reads who holds what, so the error names
+        the holder.
+        """
+        for _ in range(CREATE_ATTEMPTS):
+            candidate = network
+            if network.vni == 0:
+                candidate = dataclasses.replace(network, vni=await self._free_vni())
+            inner_start, inner_end = subnet_inner_range(candidate.subnet)
+            outer = subnet_outer_keys(candidate.subnet)
+            name = candidate.name
+            compares = [
+                Compare(network_key(name), "create", "=", 0),
+                Compare(vni_key(candidate.vni), "create", "=", 0),
+                Compare(inner_start, "create", "=", 0, range_end=inner_end),
+                *(Compare(key, "create", "=", 0) for key in outer),
+            ]
+            success: list[Op] = [
+                Put(network_key(name), encode(candidate)),
+                Put(vni_key(candidate.vni), name.encode()),
+                Put(subnet_key(candidate.subnet), name.encode()),
+            ]
+            failure: list[Op] = [
+                Get(network_key(name)),
+                Get(vni_key(candidate.vni)),
+                Get(inner_start, inner_end),
+                *(Get(key) for key in outer),
+            ]
+            result = await self.txn(compares, success, failure)
+            if result.succeeded:
+                return candidate
+            conflict = _conflict(candidate, result.ranges)
+            if conflict.field == "vni" and network.vni == 0:
+                continue  # a concurrent create took the VNI we picked: pick again
+            raise conflict
+        raise StoreError(f"network {network.name}: no free VNI after {CREATE_ATTEMPTS} attempts")
+
+    async def _free_vni(self) -> int:
+        kvs, _ = await self.call(self.client.range, VNIS, prefix_end(VNIS), True)
+        used = set()
+        for kv in kvs:
+            suffix = kv.key[len(VNIS) :]
+            if suffix.isdigit():
+                used.add(int(suffix))
+        for vni in (*range(VNI_AUTO_FIRST, VNI_MAX + 1), *range(1, VNI_AUTO_FIRST)):
+            if vni not in used:
+                return vni
+        raise StoreError("every VNI is taken")
+
+    async def list_networks(self) -> list[Network]:
+        kvs, _ = await self.call(self.client.range, NETWORKS, prefix_end(NETWORKS))
+        return self._decoded(kvs, decode_network)
+
+    async def inspect_network(self, name: str) -> NetworkInfo:
+        network_kv, block_kvs, _ = await self._network_and_blocks(name)
+        network = decode_network(network_kv.key, network_kv.value)
+        blocks = [block for _, block in self.blocks_with_keys(block_kvs)]
+        summaries = tuple(
+            BlockSummary(b.cidr, b.host, len(b.allocations))
+            for b in sorted(blocks, key=lambda b: int(b.cidr.network_address))
+        )
+        return NetworkInfo(network, sum(s.allocated for s in summaries), summaries)
+
+    async def _network_and_blocks(self, name: str) -> tuple[KeyValue, list[KeyValue], int]:
+        """The network's record, its blocks' records and the revision, in one round trip."""
+        prefix = blocks_prefix(name)
+        result = await self.txn([], [Get(network_key(name)), Get(prefix, prefix_end(prefix))])
+        network_kvs, block_kvs = result.ranges
+        if not network_kvs:
+            raise NetworkNotFound(name)
+        return network_kvs[0], block_kvs, result.revision
+
+    async def delete_network(self, name: str, *, force: bool = False) -> None:
+        """Delete a network, its guards and its blocks; refuses while it has endpoints.
+
+        The transaction compares that the network and its blocks are exactly as read when the
+        endpoints were counted, so an endpoint registered in between makes it retry.
+        """
+        for _ in range(DELETE_ATTEMPTS):
+            network_kv, block_kvs, revision = await self._network_and_blocks(name)
+            blocks = [block for _, block in self.blocks_with_keys(block_kvs)]
+            endpoints = sum(len(b.allocations) for b in blocks)
+            if endpoints and not force:
+                raise NetworkInUse(name, endpoints)
+            try:
+                network: Network | None = decode_network(network_kv.key, network_kv.value)
+            except MalformedRecord as exc:
+                self.note_malformed(exc)
+                network = None
+            prefix = blocks_prefix(name)
+            compares = [Compare(network_kv.key, "mod", "=", network_kv.mod_revision)]
+            if not force:
+                compares.append(Compare(prefix, "mod", "<", revision + 1, prefix_end(prefix)))
+            ops: list[Op] = [Delete(network_kv.key), Delete(prefix, prefix_end(prefix))]
+            if network is not None:
+                ops += [Delete(vni_key(network.vni)), Delete(subnet_key(network.subnet))]
+            result = await self.txn(compares, ops)
+            if result.succeeded:
+                return
+        raise StoreError(f"network {name}: kept changing during delete; try again")
+
+    # -- network watch -----------------------------------------------------------------------
+
+    async def run_network_watch(
+        self, *, task_status: trio.TaskStatus[NetworkView] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Keep `network_view` equal to etcd: list, then watch from the listed revision.
+
+        A broken watch resumes from `revision + 1`; when etcd compacted past it, re-list.
+        Started at once (with the view) so an agent starts while etcd is down.
+        """
+        view = self.network_view
+        task_status.started(view)
+        backoff = self.new_backoff()
+        listed = False
+        while True:
+            try:
+                if not listed:
+                    kvs, revision = await self.call(
+                        self.client.range, NETWORKS, prefix_end(NETWORKS)
+                    )
+                    self._publish(view.replace([(kv.key, kv.value) for kv in kvs], revision))
+                    listed = True
+                    backoff.reset()
+                await self._follow_watch(view.revision + 1, backoff)
+            except RevisionCompacted as exc:
+                log.info("network watch: %s; re-listing", exc)
+                self._relists += 1
+                listed = False
+            except StoreUnavailable:
+                if listed:
+                    self._resumes += 1
+                await trio.sleep(backoff.next_delay())
+
+    async def _follow_watch(self, start_revision: int, backoff: Backoff) -> None:
+        stream = self.client.watch(NETWORKS, prefix_end(NETWORKS), start_revision)
+        token = trio.lowlevel.current_trio_token()
+
+        def apply(batch: WatchBatch) -> None:
+            backoff.reset()
+            self._mark_available()
+            changes = [KeyChange(k, v, r) for k, v, r in batch.changes]
+            self._publish(self.network_view.apply(changes))
+
+        def pump() -> None:
+            for batch in stream:
+                try:
+                    trio.from_thread.run_sync(apply, batch, trio_token=token)
+                except (trio.RunFinishedError, trio.Cancelled):
+                    return
+
+        try:
+            await trio.to_thread.run_sync(pump, abandon_on_cancel=True)
+        except StoreUnavailable as exc:
+            self._mark_unavailable(exc)
+            raise
+        finally:
+            stream.cancel()
+
+    def _publish(self, events: list[NetworkEvent]) -> None:
+        for exc in self.network_view.malformed:
+            self.note_malformed(exc)
+        self.network_view.malformed.clear()
+        if events:
+            self._views_changed.set()
+            self._views_changed = trio.Event()
+
+    async def wait_networks_changed(self, seen_version: int) -> int:
+        """Wait until the network view's version differs from `seen_version`; return it."""
+        while self.network_view.version == seen_version:
+            await self._views_changed.wait()
+        return self.network_view.version
+
+    # -- node registry -----------------------------------------------------------------------
+
+    async def register_node(self, node: Node, ttl: int) -> int:
+        """Grant a lease of `ttl` seconds and put the node record under it; the lease id."""
+        lease = await self.call(self.client.lease_grant, ttl)
+        await self.txn([], [Put(node_key(node.name), encode(node), lease)])
+        return lease
+
+    async def list_nodes(self) -> list[Node]:
+        kvs, _ = await self.call(self.client.range, NODES, prefix_end(NODES))
+        return self._decoded(kvs, decode_node)
+
+    async def gossip_seeds(self, *, exclude: str | None = None) -> list[tuple[str, int]]:
+        """Gossip addresses of the registered nodes (but `exclude`), for joining."""
+        return [n.gossip for n in await self.list_nodes() if n.name != exclude]
+
+    async def run_node_registration(
+        self,
+        node: Node,
+        *,
+        ttl: int = 10,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Keep the node record alive: refresh its lease every ttl/3 s, re-register if lost.
+
+        Started at once (etcd may be down). On cancellation the lease is revoked (graceful
+        leave: the record disappears now rather than after the TTL), shielded, within 2 s.
+        """
+        task_status.started()
+        backoff = self.new_backoff()
+        lease: int | None = None
+        try:
+            while True:
+                try:
+                    if lease is None:
+                        lease = await self.register_node(node, ttl)
+                        self._node_registered = True
+                    if await self.call(self.client.lease_keepalive, lease) <= 0:
+                        raise LeaseNotFound(f"lease {lease:x} expired")
+                    backoff.reset()
+                    await trio.sleep(ttl / 3)
+                except LeaseNotFound:
+                    log.warning("node %s: lease lost, registering again", node.name)
+                    lease = None
+                    self._node_registered = False
+                except StoreUnavailable:
+                    await trio.sleep(backoff.next_delay())
+        finally:
+            self._node_registered = False
+            if lease is not None:
+                with trio.move_on_after(2) as scope:
+                    scope.shield = True
+                    try:
+                        await self.call(self.client.lease_revoke, lease)
+                    except StoreError as exc:
+                        log.warning("node %s: could not revoke lease: %s", node.name, exc)
+
+    # -- IPAM --------------------------------------------------------------------------------
+
+    async def open_address_pool(self, network_name: str, host: str) -> AddressPool:
+        """The pool of `host` in a network, with the blocks etcd says it already holds."""
+        network_kv, block_kvs, _ = await self._network_and_blocks(network_name)
+        network = decode_network(network_kv.key, network_kv.value)
+        pool = AddressPool(self, network, network_kv.create_revision, host)
+        pool.resync(block_kvs)
+        return pool
+
+    async def reclaim_host_blocks(self, host: str) -> int:
+        """Free every block of a host that left for good (its node record is gone).
+
+        One transaction: compares that the node is still unregistered and that each block is
+        unchanged, then deletes them. Returns how many blocks were freed.
+        """
+        for _ in range(DELETE_ATTEMPTS):
+            result = await self.txn([], [Get(node_key(host)), Get(BLOCKS, prefix_end(BLOCKS))])
+            node_kvs, block_kvs = result.ranges
+            if node_kvs:
+                raise StoreError(f"host {host} is still registered; it has not left")
+            mine = [kv for kv, b in self.blocks_with_keys(block_kvs) if b.host == host]
+            if not mine:
+                return 0
+            compares = [Compare(node_key(host), "create", "=", 0)]
+            compares += [Compare(kv.key, "mod", "=", kv.mod_revision) for kv in mine]
+            done = await self.txn(compares, [Delete(kv.key) for kv in mine])
+            if done.succeeded:
+                log.info("reclaimed %d blocks of departed host %s", len(mine), host)
+                return len(mine)
+        raise StoreError(f"host {host}: blocks kept changing during reclaim")
+
+    def blocks_with_keys(self, kvs: Iterable[KeyValue]) -> list[tuple[KeyValue, Block]]:
+        pairs = []
+        for kv in kvs:
+            try:
+                pairs.append((kv, decode_block(kv.key, kv.value)))
+            except MalformedRecord as exc:
+                self.note_malformed(exc)
+        return pairs
+
+
+def _conflict(network: Network, ranges: list[list[KeyValue]]) -> NetworkConflict:
+    name_kvs, vni_kvs, inner_kvs, *outer = ranges
+    if name_kvs:
+        return NetworkConflict("name", network.name, network.name)
+    if vni_kvs:
+        return NetworkConflict("vni", network.vni, vni_kvs[0].value.decode(errors="replace"))
+    for kvs in (inner_kvs, *outer):
+        if kvs:
+            holder = kvs[0].value.decode(errors="replace")
+            return NetworkConflict("subnet", str(network.subnet), holder)
+    return NetworkConflict("name", network.name, "(a concurrent change)")
+
+
+class AddressPool:
+    """Addresses of one host in one network, handed out from the blocks it holds.
+
+    `allocate` is local while a held block has room; only a claim (a new block) waits for etcd.
+    Changes are written back by `flush()` (one transaction for every dirty block), which
+    `run_flusher` calls periodically; it also claims the next block ahead of need.
+    """
+
+    def __init__(self, store: Store, network: Network, network_revision: int, host: str) -> None:
+        self.store = store
+        self.network = network
+        self.host = host
+        self._network_revision = network_revision
+        self._blocks = HostBlocks(network, host)
+        self._taken: set[IPNetwork] = set()
+        self._lock = trio.Lock()
+        self._dirty = trio.Event()
+        self._claims = 0
+        self._flushes = 0
+        self._lost_blocks = 0
+
+    def statistics(self) -> PoolStatistics:
+        return PoolStatistics(
+            network=self.network.name,
+            host=self.host,
+            blocks=len(self._blocks.blocks),
+            allocated=self._blocks.allocated_count(),
+            free=self._blocks.free_count(),
+            dirty_blocks=sum(1 for b in self._blocks.blocks.values() if b.dirty),
+            claims=self._claims,
+            flushes=self._flushes,
+            lost_blocks=self._lost_blocks,
+        )
+
+    def allocations(self) -> dict[str, IPAddress]:
+        return dict(self._blocks.handles)
+
+    def allocate_nowait(self, handle: str) -> IPAddress | None:
+        """An address from held blocks, or None when they are full (no etcd call)."""
+        address = self._blocks.allocate(handle)
+        if address is not None:
+            self._dirty.set()
+        return address
+
+    async def allocate(self, handle: str) -> IPAddress:
+        """An address for `handle` (the same one again for a known handle).
+
+        Claims a block when the held ones are full; that needs etcd (`StoreUnavailable`
+        otherwise), and `AddressExhausted` when the subnet has no free block left.
+        """
+        address = self.allocate_nowait(handle)
+        if address is not None:
+            return address
+        async with self._lock:
+            while (address := self.allocate_nowait(handle)) is None:
+                await self._commit(claim=True)
+        return address
+
+    def release(self, address: IPAddress) -> str:
+        """Return an address (locally at once; etcd learns it at the next flush)."""
+        handle = self._blocks.release(address)
+        self._dirty.set()
+        return handle
+
+    async def flush(self) -> None:
+        """Write every dirty block in one transaction (nothing to do: no round trip)."""
+        async with self._lock:
+            if self._blocks.pending_flushes():
+                await self._commit(claim=False)
+
+    async def claim_block(self) -> None:
+        """Claim one more block now (normally done by `allocate` or the flusher)."""
+        async with self._lock:
+            await self._commit(claim=True)
+
+    async def run_flusher(
+        self,
+        *,
+        interval: float = 0.2,
+        low_water: int = 8,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Flush dirty blocks at most every `interval` s; claim ahead below `low_water` free."""
+        task_status.started()
+        backoff = self.store.new_backoff()
+        while True:
+            await self._dirty.wait()
+            await trio.sleep(interval)
+            self._dirty = trio.Event()
+            try:
+                await self.flush()
+                if self._blocks.free_count() < low_water:
+                    await self.claim_block()
+                backoff.reset()
+            except AddressExhausted:
+                pass
+            except StoreUnavailable:
+                self._dirty.set()
+                await trio.sleep(backoff.next_delay())
+
+    async def _commit(self, *, claim: bool) -> None:
+        """One transaction: every dirty block (compare-and-swap) and, if `claim`, a new block."""
+        store = self.store
+        net_key = network_key(self.network.name)
+        prefix = blocks_prefix(self.network.name)
+        for _ in range(COMMIT_ATTEMPTS):
+            pending = self._blocks.pending_flushes()
+            new = choose_free_block(self.network, self._taken, store.rng) if claim else None
+            compares = [Compare(net_key, "create", "=", self._network_revision)]
+            success: list[Op] = []
+            if new is not None:
+                compares.append(Compare(block_key(self.network.name, new), "create", "=", 0))
+                empty = Block(self.network.name, new, self.host, {})
+                success.append(Put(block_key(self.network.name, new), encode(empty)))
+            for flush in pending:
+                key = block_key(self.network.name, flush.block.cidr)
+                compares.append(Compare(key, "mod", "=", flush.expected_mod_revision))
+                success.append(Put(key, encode(flush.block)))
+            failure = [Get(net_key), Get(prefix, prefix_end(prefix))]
+            result = await store.txn(compares, success, failure)
+            if result.succeeded:
+                self._committed(pending, new, result.revision)
+                return
+            network_kvs, block_kvs = result.ranges
+            if not network_kvs or network_kvs[0].create_revision != self._network_revision:
+                raise NetworkNotFound(self.network.name)
+            self.resync(block_kvs)
+            if claim and self._blocks.free_count() > 0:
+                claim = False  # a lost reply had already claimed a block for us: use it
+                if not self._blocks.pending_flushes():
+                    return
+        raise StoreError(f"network {self.network.name}: no block claimed after {COMMIT_ATTEMPTS}")
+
+    def _committed(self, pending: list[PendingFlush], new: IPNetwork | None, revision: int) -> None:
+        self._blocks.flushed(pending, revision)
+        if pending:
+            self._flushes += 1
+        if new is not None:
+            self._blocks.adopt(Block(self.network.name, new, self.host, {}), revision)
+            self._taken.add(new)
+            self._claims += 1
+
+    def resync(self, block_kvs: Iterable[KeyValue]) -> None:
+        """Learn the network's blocks as etcd has them: who holds what, our revisions."""
+        stored = {block.cidr: (kv, block) for kv, block in self.store.blocks_with_keys(block_kvs)}
+        self._taken = set(stored)
+        for cidr in list(self._blocks.blocks):
+            entry = stored.get(cidr)
+            if entry is None or entry[1].host != self.host:
+                lost = self._blocks.drop(cidr)
+                self._lost_blocks += 1
+                log.error(
+                    "network %s: block %s is no longer held by %s; %d addresses lost",
+                    self.network.name,
+                    cidr,
+                    self.host,
+                    len(lost),
+                )
+        for kv, block in stored.values():
+            if block.host == self.host:
+                self._blocks.adopt(block, kv.mod_revision)
