@@ -12,7 +12,7 @@ venv=/opt/vxmesh/venv
 
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-packages=(iproute2 nftables python3-venv curl)
+packages=(iproute2 nftables python3-venv curl iputils-ping)
 if [ "$VXMESH_RUN_ETCD" = "1" ]; then
     packages+=(etcd-server etcd-client)
 fi
