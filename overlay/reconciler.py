@@ -1,0 +1,442 @@
+"""The data-plane reconciler: makes one namespace's kernel hold the desired VXLAN state.
+
+Owns `Reconciler` (Calico Felix's vxlanfdb + deltatracker are the model) and the trio
+service `run_dataplane`.
+
+Rules:
+- `set_desired(state)` is cheap: it keeps a reference to the newest state and wakes the
+  service; nothing touches the kernel outside `apply()`.
+- `apply()`: (1) when a resync is flagged (at start, periodically, after a surprising
+  failure) re-read links, FDB and neighbor entries from full kernel dumps and make that the
+  kernel view; (2) bring devices to the desired shape (bridges, vxlan devices, bridge ports);
+  (3) write pending updates, then pending deletions, all in one ordered batch (neighbor
+  entries before FDB entries, as flannel does, so the kernel never needs to ARP across the
+  tunnel). A key whose write failed stays pending and is retried by the next apply; a bad
+  entry never blocks the others.
+- Ownership: a device is ours when its name follows overlay.desired's scheme (`vxbr<VNI>`,
+  `vxtun<VNI>`); an FDB entry is ours when it sits on one of our vxlan devices with NTF_SELF
+  and NUD_PERMANENT; a neighbor entry when it sits on one of our vxlan devices with
+  NUD_PERMANENT. Nothing else is ever changed or deleted.
+- Never delete before the first full sync: the kernel view only fills from a dump.
+- Restart: a new reconciler dumps what the previous run left and adopts it (nothing is
+  flushed, an unchanged entry is not rewritten, so running traffic does not notice).
+  A device of ours in the wrong shape (a crash mid-creation, a changed VNI/port) is deleted and
+  re-created instead of failing with "file exists".
+- Logging: the first failure of an apply plus the count; "back in sync" once after failures.
+
+May import: trio, the standard library, overlay.*, underlay.* (via `KernelPort`).
+"""
+
+from __future__ import annotations
+
+import errno as errno_codes
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Protocol
+
+import trio
+
+from overlay.delta import DeltaTracker
+from overlay.desired import (
+    ZERO_MAC,
+    DesiredNetwork,
+    DesiredState,
+    FdbKey,
+    FloodKey,
+    NeighborKey,
+    owned_device,
+)
+from underlay.errors import KernelError, UnderlayError
+from underlay.netlink_ops import (
+    NTF_MASTER,
+    NTF_SELF,
+    NUD_PERMANENT,
+    FdbRecord,
+    FdbWrite,
+    LinkRecord,
+    NeighborRecord,
+    NeighborWrite,
+    VxlanSpec,
+    Write,
+    WriteAction,
+    vxlan_matches,
+)
+
+log = logging.getLogger("vxmesh.dataplane")
+
+#: Failures worth a fresh look at the kernel: our belief about it was wrong.
+_SURPRISES = {errno_codes.ENOENT, errno_codes.ENODEV, errno_codes.EEXIST, errno_codes.EINVAL}
+
+
+class KernelPort(Protocol):
+    """What the reconciler needs from a namespace's kernel (`underlay.netlink_ops.NetlinkKernel`
+    in production, an in-memory fake in unit tests)."""
+
+    async def dump_links(self) -> list[LinkRecord]: ...
+
+    async def dump_fdb(self) -> list[FdbRecord]: ...
+
+    async def dump_neighbors(self) -> list[NeighborRecord]: ...
+
+    async def send_writes(self, writes: list[Write]) -> list[int]: ...
+
+    async def ensure_bridge(self, name: str, mtu: int, mac: str) -> int: ...
+
+    async def create_vxlan(self, spec: VxlanSpec) -> int: ...
+
+    async def tune_vxlan(self, index: int, spec: VxlanSpec) -> None: ...
+
+    async def attach(self, name: str, master: str, mtu: int) -> None: ...
+
+    async def delete_link(self, index: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class ReconcilerStatistics:
+    """Counters for metrics and status. Entry counts are what the kernel is believed to hold."""
+
+    networks: int
+    fdb_entries: int
+    flood_entries: int
+    neighbor_entries: int
+    pending_updates: int
+    pending_deletions: int
+    ops_by_result: Mapping[str, int] = field(default_factory=dict)
+    applies: int = 0
+    resyncs: int = 0
+    last_apply_seconds: float = 0.0
+    in_sync: bool = False
+
+
+def _result_name(code: int) -> str:
+    return "ok" if code == 0 else errno_codes.errorcode.get(code, str(code))
+
+
+def _spec(network: DesiredNetwork) -> VxlanSpec:
+    return VxlanSpec(name=network.vxlan, vni=network.vni, port=network.port,
+                     local=network.local, mtu=network.mtu, mac=network.vxlan_mac)
+
+
+class Reconciler:
+    """Desired VXLAN state in, kernel writes out; see the module docstring for the rules."""
+
+    def __init__(self, kernel: KernelPort, *,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.kernel = kernel
+        self._clock = clock
+        self._newest: DesiredState | None = None
+        self._networks: Mapping[str, DesiredNetwork] = {}
+        self._fdb: DeltaTracker[FdbKey, str] = DeltaTracker()
+        self._flood: DeltaTracker[FloodKey, bool] = DeltaTracker()
+        self._neighbors: DeltaTracker[NeighborKey, str] = DeltaTracker()
+        self._ifindex: dict[str, int] = {}
+        self._links: list[LinkRecord] | None = None
+        self._resync_needed = True
+        self._devices_dirty = True
+        self._ops: Counter[str] = Counter()
+        self._applies = 0
+        self._resyncs = 0
+        self._last_apply = 0.0
+        self._in_sync = False
+        self._failing = False
+        self._wakeup = trio.Event()
+
+    # -- cheap, from the pipeline --------------------------------------------------------
+
+    def set_desired(self, state: DesiredState) -> None:
+        """Hand over the newest desired state (replaces any not yet applied). Call from trio."""
+        self._newest = state
+        self._wakeup.set()
+
+    def request_resync(self) -> None:
+        """Re-read the kernel at the next apply (periodic repair of drift)."""
+        self._resync_needed = True
+        self._wakeup.set()
+
+    async def wait_dirty(self) -> None:
+        """Return when there is something to apply (new desired state or a resync)."""
+        await self._wakeup.wait()
+
+    def in_sync(self) -> bool:
+        return self._in_sync
+
+    def statistics(self) -> ReconcilerStatistics:
+        return ReconcilerStatistics(
+            networks=len(self._networks),
+            fdb_entries=len(self._fdb.kernel()),
+            flood_entries=len(self._flood.kernel()),
+            neighbor_entries=len(self._neighbors.kernel()),
+            pending_updates=sum(len(t.pending_updates()) for t in self._trackers()),
+            pending_deletions=sum(len(t.pending_deletions()) for t in self._trackers()),
+            ops_by_result=dict(self._ops),
+            applies=self._applies,
+            resyncs=self._resyncs,
+            last_apply_seconds=self._last_apply,
+            in_sync=self._in_sync,
+        )
+
+    def _trackers(self) -> tuple[DeltaTracker[FdbKey, str], DeltaTracker[FloodKey, bool],
+                                 DeltaTracker[NeighborKey, str]]:
+        return (self._fdb, self._flood, self._neighbors)
+
+    # -- the apply pass ------------------------------------------------------------------
+
+    async def apply(self) -> bool:
+        """One reconciliation pass; returns True when the kernel now matches desired state."""
+        started = self._clock()
+        self._applies += 1
+        self._wakeup = trio.Event()
+        failures: list[str] = []
+        total = 0
+        newest, self._newest = self._newest, None
+        if newest is not None:
+            self._install(newest)
+        try:
+            if self._resync_needed:
+                await self._resync()
+            if self._devices_dirty:
+                total += await self._apply_devices(failures)
+            total += await self._apply_entries(failures)
+        except (KernelError, UnderlayError, OSError) as exc:
+            # A dump or a whole batch failed: keep everything dirty, look again next time.
+            self._resync_needed = True
+            failures.append(f"kernel access failed: {exc}")
+            total += 1
+        self._in_sync = (not failures and not self._resync_needed and not self._devices_dirty
+                         and all(t.in_sync() for t in self._trackers()))
+        self._last_apply = self._clock() - started
+        if failures:
+            log.warning("dataplane: %d of %d operations failed; first: %s",
+                        len(failures), total, failures[0])
+            self._failing = True
+        elif self._in_sync and self._failing:
+            log.info("dataplane: back in sync")
+            self._failing = False
+        return self._in_sync
+
+    def _install(self, state: DesiredState) -> None:
+        if state.networks != self._networks:
+            self._devices_dirty = True
+        self._networks = dict(state.networks)
+        self._fdb.replace_desired(state.fdb)
+        self._flood.replace_desired(dict.fromkeys(state.flood, True))
+        self._neighbors.replace_desired(state.neighbors)
+
+    async def _resync(self) -> None:
+        links = await self.kernel.dump_links()
+        fdb = await self.kernel.dump_fdb()
+        neighbors = await self.kernel.dump_neighbors()
+        ours = {
+            link.index: link.name for link in links
+            if link.kind == "vxlan" and (owned_device(link.name) or ("", 0))[0] == "vxlan"
+        }
+        unicast: dict[FdbKey, str] = {}
+        flood: dict[FloodKey, bool] = {}
+        for record in fdb:
+            device = ours.get(record.ifindex)
+            if (device is None or not record.flags & NTF_SELF or record.flags & NTF_MASTER
+                    or not record.state & NUD_PERMANENT or record.dst is None):
+                continue
+            if record.mac == ZERO_MAC:
+                flood[FloodKey(device, record.dst)] = True
+            else:
+                unicast[FdbKey(device, record.mac)] = record.dst
+        owned_neighbors: dict[NeighborKey, str] = {}
+        for neighbor in neighbors:
+            device = ours.get(neighbor.ifindex)
+            if device is None or not neighbor.state & NUD_PERMANENT or neighbor.mac is None:
+                continue
+            owned_neighbors[NeighborKey(device, neighbor.ip)] = neighbor.mac
+        self._fdb.replace_kernel(unicast)
+        self._flood.replace_kernel(flood)
+        self._neighbors.replace_kernel(owned_neighbors)
+        self._links = links
+        self._ifindex = {name: index for index, name in ours.items()}
+        self._resync_needed = False
+        self._devices_dirty = True
+        self._resyncs += 1
+
+    def _forget_device(self, device: str) -> None:
+        """Entries on `device` vanished with it (deleted or re-created)."""
+        self._fdb.forget_kernel([k for k in self._fdb.kernel() if k.device == device])
+        self._flood.forget_kernel([k for k in self._flood.kernel() if k.device == device])
+        self._neighbors.forget_kernel(
+            [k for k in self._neighbors.kernel() if k.device == device])
+        self._ifindex.pop(device, None)
+
+    def _count(self, code: int) -> None:
+        self._ops[_result_name(code)] += 1
+
+    async def _apply_devices(self, failures: list[str]) -> int:
+        links = self._links if self._links is not None else await self.kernel.dump_links()
+        self._links = None  # ifindexes are read fresh on every device pass
+        by_name = {link.name: link for link in links}
+        bridges = {n.bridge for n in self._networks.values()}
+        operations = 0
+        failed_before = len(failures)
+        # Our devices that are no longer wanted: vxlan devices first, then bridges.
+        stale = [
+            link for link in links
+            if (owned := owned_device(link.name)) is not None
+            and ((owned[0] == "vxlan" and link.name not in self._networks)
+                 or (owned[0] == "bridge" and link.name not in bridges))
+        ]
+        stale.sort(key=lambda link: (owned_device(link.name) or ("", 0))[0] != "vxlan")
+        for link in stale:
+            operations += 1
+            try:
+                await self.kernel.delete_link(link.index)
+                self._count(0)
+                self._forget_device(link.name)
+                del by_name[link.name]
+            except (KernelError, UnderlayError) as exc:
+                self._count(exc.errno if isinstance(exc, KernelError) and exc.errno else -1)
+                failures.append(f"delete {link.name}: {exc}")
+        for name in sorted(self._networks):
+            network = self._networks[name]
+            operations += 1
+            try:
+                await self._ensure_network(network, by_name)
+                self._count(0)
+            except (KernelError, UnderlayError) as exc:
+                code = exc.errno if isinstance(exc, KernelError) and exc.errno else -1
+                self._count(code)
+                failures.append(f"network {network.network} ({network.vxlan}): {exc}")
+        self._devices_dirty = len(failures) > failed_before
+        return operations
+
+    async def _ensure_network(self, network: DesiredNetwork,
+                              by_name: dict[str, LinkRecord]) -> None:
+        bridge = by_name.get(network.bridge)
+        if bridge is not None and bridge.kind != "bridge":
+            await self.kernel.delete_link(bridge.index)  # our name, wrong kind: an orphan
+        await self.kernel.ensure_bridge(network.bridge, network.mtu, network.bridge_mac)
+        spec = _spec(network)
+        vxlan = by_name.get(network.vxlan)
+        if vxlan is not None and not vxlan_matches(vxlan, spec):
+            await self.kernel.delete_link(vxlan.index)
+            self._forget_device(network.vxlan)
+            vxlan = None
+        if vxlan is None:
+            self._forget_device(network.vxlan)
+            try:
+                index = await self.kernel.create_vxlan(spec)
+            except KernelError as exc:
+                if exc.errno != errno_codes.EEXIST:
+                    raise
+                holders = [link.name for link in by_name.values()
+                           if link.vxlan is not None and link.vxlan.vni == network.vni
+                           and link.vxlan.port == network.port]
+                raise KernelError(f"VNI {network.vni} port {network.port} is held by "
+                                  f"{', '.join(holders) or 'another device'}, not ours",
+                                  errno_codes.EEXIST) from exc
+        else:
+            index = vxlan.index
+            found = vxlan.vxlan
+            if (vxlan.mtu != spec.mtu or (vxlan.mac or "") != spec.mac
+                    or found is None or found.learning != spec.learning):
+                await self.kernel.tune_vxlan(index, spec)
+        await self.kernel.attach(network.vxlan, network.bridge, network.mtu)
+        for port in sorted(network.ports):
+            if port in by_name:
+                await self.kernel.attach(port, network.bridge, network.mtu)
+        self._ifindex[network.vxlan] = index
+
+    async def _apply_entries(self, failures: list[str]) -> int:
+        writes: list[Write] = []
+        done: list[Callable[[], None]] = []
+        waiting = 0
+
+        def index_of(device: str) -> int | None:
+            return self._ifindex.get(device)
+
+        # Updates, neighbors first (flannel's order), then FDB, then flood entries.
+        for nkey, mac in list(self._neighbors.pending_updates().items()):
+            if (index := index_of(nkey.device)) is None:
+                waiting += 1
+                continue
+            writes.append(NeighborWrite(WriteAction.REPLACE, index, nkey.ip, mac))
+            done.append(partial(self._neighbors.set_kernel, nkey, mac))
+        for fkey, dst in list(self._fdb.pending_updates().items()):
+            if (index := index_of(fkey.device)) is None:
+                waiting += 1
+                continue
+            writes.append(FdbWrite(WriteAction.REPLACE, index, fkey.mac, dst))
+            done.append(partial(self._fdb.set_kernel, fkey, dst))
+        for lkey in list(self._flood.pending_updates()):
+            if (index := index_of(lkey.device)) is None:
+                waiting += 1
+                continue
+            writes.append(FdbWrite(WriteAction.APPEND, index, ZERO_MAC, lkey.dst))
+            done.append(partial(self._flood.set_kernel, lkey, True))
+        # Deletions, in reverse order. An entry whose device is gone went with it.
+        for fkey in self._fdb.pending_deletions():
+            if (index := index_of(fkey.device)) is None:
+                self._fdb.delete_kernel(fkey)
+                continue
+            writes.append(FdbWrite(WriteAction.DELETE, index, fkey.mac,
+                                   self._fdb.kernel()[fkey]))
+            done.append(partial(self._fdb.delete_kernel, fkey))
+        for lkey in self._flood.pending_deletions():
+            if (index := index_of(lkey.device)) is None:
+                self._flood.delete_kernel(lkey)
+                continue
+            writes.append(FdbWrite(WriteAction.DELETE, index, ZERO_MAC, lkey.dst))
+            done.append(partial(self._flood.delete_kernel, lkey))
+        for nkey in self._neighbors.pending_deletions():
+            if (index := index_of(nkey.device)) is None:
+                self._neighbors.delete_kernel(nkey)
+                continue
+            writes.append(NeighborWrite(WriteAction.DELETE, index, nkey.ip, None))
+            done.append(partial(self._neighbors.delete_kernel, nkey))
+        if waiting:
+            failures.append(f"{waiting} entries wait for their device")
+        if not writes:
+            return waiting
+        results = await self.kernel.send_writes(writes)
+        for write, code, commit in zip(writes, results, done, strict=True):
+            self._count(code)
+            if code == 0:
+                commit()
+                continue
+            failures.append(f"{_describe(write)}: {errno_codes.errorcode.get(code, code)}")
+            if code in _SURPRISES:
+                self._resync_needed = True
+        return len(writes) + waiting
+
+
+def _describe(write: Write) -> str:
+    if isinstance(write, FdbWrite):
+        return f"fdb {write.action.value} {write.mac} dst {write.dst} dev #{write.ifindex}"
+    return f"neighbor {write.action.value} {write.ip} lladdr {write.mac} dev #{write.ifindex}"
+
+
+async def run_dataplane(reconciler: Reconciler, *, resync_interval: float = 90.0,
+                        retry_interval: float = 1.0, min_interval: float = 0.05,
+                        task_status: trio.TaskStatus[Reconciler] = trio.TASK_STATUS_IGNORED
+                        ) -> None:
+    """Keep the kernel in line with the reconciler's desired state until cancelled.
+
+    Applies once (with a full resync) before reporting started; then applies whenever new
+    desired state arrives (at most once per `min_interval`, so bursts coalesce), retries
+    failures every `retry_interval` and re-reads the kernel every `resync_interval` seconds.
+    """
+    reconciler.request_resync()
+    await reconciler.apply()
+    task_status.started(reconciler)
+    next_resync = trio.current_time() + resync_interval
+    while True:
+        wait = next_resync - trio.current_time()
+        if not reconciler.in_sync():
+            wait = min(wait, retry_interval)
+        with trio.move_on_after(max(wait, 0.0)):
+            await reconciler.wait_dirty()
+        if trio.current_time() >= next_resync:
+            reconciler.request_resync()
+            next_resync = trio.current_time() + resync_interval
+        await reconciler.apply()
+        await trio.sleep(min_interval)
