@@ -18,6 +18,7 @@ agent.store_errors.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -111,6 +112,7 @@ class StoreStatistics:
     """Watches re-opened from the last revision after etcd went away."""
     watch_revision: int
     node_registered: bool
+    node_lease_refreshes: int
     last_error: str
 
 
@@ -166,6 +168,7 @@ class Store:
         self._relists = 0
         self._resumes = 0
         self._node_registered = False
+        self._lease_refreshes = 0
 
     @classmethod
     def connect(
@@ -187,6 +190,7 @@ class Store:
             watch_resumes=self._resumes,
             watch_revision=self.network_view.revision,
             node_registered=self._node_registered,
+            node_lease_refreshes=self._lease_refreshes,
             last_error=self._last_error,
         )
 
@@ -305,7 +309,7 @@ class Store:
             suffix = kv.key[len(VNIS) :]
             if suffix.isdigit():
                 used.add(int(suffix))
-        for vni in (*range(VNI_AUTO_FIRST, VNI_MAX + 1), *range(1, VNI_AUTO_FIRST)):
+        for vni in itertools.chain(range(VNI_AUTO_FIRST, VNI_MAX + 1), range(1, VNI_AUTO_FIRST)):
             if vni not in used:
                 return vni
         raise StoreError("every VNI is taken")
@@ -375,7 +379,7 @@ class Store:
         view = self.network_view
         task_status.started(view)
         backoff = self.new_backoff()
-        listed = False
+        listed = view.revision > 0  # a restarted service resumes where the last one stopped
         while True:
             try:
                 if not listed:
@@ -473,6 +477,7 @@ class Store:
                         self._node_registered = True
                     if await self.call(self.client.lease_keepalive, lease) <= 0:
                         raise LeaseNotFound(f"lease {lease:x} expired")
+                    self._lease_refreshes += 1
                     backoff.reset()
                     await trio.sleep(ttl / 3)
                 except LeaseNotFound:

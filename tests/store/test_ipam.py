@@ -1,0 +1,137 @@
+"""IPAM arithmetic and a host's blocks (pure): reserved addresses, carving, allocate/release."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.ipam import (
+    HostBlocks,
+    block_of,
+    choose_free_block,
+    iter_blocks,
+    reserved_addresses,
+    usable_in_block,
+)
+from agent.schema import Block, IPAddress, validate_network
+from agent.store_errors import AddressExhausted, AddressNotAllocated
+
+
+def test_reserved_v4_and_v6() -> None:
+    v4 = validate_network(name="a", subnet="10.1.0.0/24", vni=1)
+    assert {str(a) for a in reserved_addresses(v4)} == {"10.1.0.0", "10.1.0.1", "10.1.0.255"}
+    v6 = validate_network(name="b", subnet="fd00:1::/64", vni=2, gateway="fd00:1::fe")
+    assert {str(a) for a in reserved_addresses(v6)} == {"fd00:1::", "fd00:1::fe"}
+
+
+def test_blocks_carve_the_subnet() -> None:
+    net = validate_network(name="a", subnet="10.1.0.0/24", vni=1)
+    blocks = list(iter_blocks(net))
+    assert [str(b) for b in blocks] == [f"10.1.0.{i}/26" for i in (0, 64, 128, 192)]
+    assert usable_in_block(net, blocks[0]) == 62
+    assert usable_in_block(net, blocks[3]) == 63
+    assert block_of(net, ipaddress.ip_address("10.1.0.130")) == blocks[2]
+    small = validate_network(name="s", subnet="10.2.0.0/29", vni=2)
+    assert [str(b) for b in iter_blocks(small)] == ["10.2.0.0/29"]
+    v6 = validate_network(name="v", subnet="fd00::/64", vni=3)
+    first = next(iter(iter_blocks(v6)))
+    assert str(first) == "fd00::/122"
+
+
+def test_whole_subnet_allocates_every_address_but_the_reserved() -> None:
+    net = validate_network(name="a", subnet="10.1.0.0/28", vni=1, block_prefix=30)
+    hb = HostBlocks(net, "h1")
+    rng = random.Random(1)
+    got: list[IPAddress] = []
+    while True:
+        address = hb.allocate(f"ep{len(got)}")
+        if address is None:
+            taken = set(hb.blocks)
+            try:
+                cidr = choose_free_block(net, taken, rng)
+            except AddressExhausted:
+                break
+            hb.adopt(Block("a", cidr, "h1", {}), 1)
+            continue
+        got.append(address)
+    assert len(got) == len(set(got)) == 16 - 3
+    assert not set(got) & reserved_addresses(net)
+
+
+def test_v6_block_allocation_skips_anycast_and_gateway() -> None:
+    net = validate_network(name="v", subnet="fd00:1::/64", vni=3)
+    hb = HostBlocks(net, "h1")
+    hb.adopt(Block("v", next(iter(iter_blocks(net))), "h1", {}), 5)
+    got = [hb.allocate(f"e{i}") for i in range(62)]
+    assert None not in got
+    assert hb.allocate("one-too-many") is None
+    assert str(got[0]) == "fd00:1::2"
+
+
+def test_release_reuse_and_known_handle() -> None:
+    net = validate_network(name="a", subnet="10.1.0.0/24", vni=1)
+    hb = HostBlocks(net, "h1")
+    hb.adopt(Block("a", ipaddress.ip_network("10.1.0.64/26"), "h1", {}), 3)
+    first = hb.allocate("x")
+    assert hb.allocate("x") == first
+    assert first is not None
+    assert hb.release(first) == "x"
+    with pytest.raises(AddressNotAllocated):
+        hb.release(first)
+    assert hb.allocated_count() == 0
+
+
+def test_flush_generations_keep_later_changes_dirty() -> None:
+    net = validate_network(name="a", subnet="10.1.0.0/24", vni=1)
+    hb = HostBlocks(net, "h1")
+    hb.adopt(Block("a", ipaddress.ip_network("10.1.0.0/26"), "h1", {}), 3)
+    hb.allocate("a")
+    pending = hb.pending_flushes()
+    assert [p.expected_mod_revision for p in pending] == [3]
+    hb.allocate("b")  # while the flush is in flight
+    hb.flushed(pending, 9)
+    again = hb.pending_flushes()
+    assert len(again) == 1
+    assert again[0].expected_mod_revision == 9
+    assert len(again[0].block.allocations) == 2
+    hb.flushed(again, 10)
+    assert hb.pending_flushes() == []
+
+
+def test_choose_free_block_spreads_and_exhausts() -> None:
+    net = validate_network(name="a", subnet="10.1.0.0/24", vni=1)
+    rng = random.Random(7)
+    picks = {choose_free_block(net, set(), rng) for _ in range(50)}
+    assert len(picks) > 1
+    with pytest.raises(AddressExhausted):
+        choose_free_block(net, set(iter_blocks(net)), rng)
+
+
+def test_adopt_refuses_foreign_block() -> None:
+    net = validate_network(name="a", subnet="10.1.0.0/24", vni=1)
+    hb = HostBlocks(net, "h1")
+    with pytest.raises(ValueError, match="h2"):
+        hb.adopt(Block("a", ipaddress.ip_network("10.1.0.0/26"), "h2", {}), 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=st.lists(st.tuples(st.booleans(), st.integers(0, 40)), max_size=200))
+def test_allocate_release_never_duplicates(ops: list[tuple[bool, int]]) -> None:
+    net = validate_network(name="a", subnet="10.1.0.0/26", vni=1, block_prefix=28)
+    hb = HostBlocks(net, "h1")
+    for cidr in list(iter_blocks(net))[:2]:
+        hb.adopt(Block("a", cidr, "h1", {}), 1)
+    for allocate, n in ops:
+        handle = f"h{n}"
+        if allocate:
+            hb.allocate(handle)
+        elif handle in hb.handles:
+            hb.release(hb.handles[handle])
+        addresses = list(hb.handles.values())
+        assert len(addresses) == len(set(addresses))
+        assert not set(addresses) & reserved_addresses(net)
+        assert hb.free_count() + hb.allocated_count() == 16 + 16 - 2

@@ -1,0 +1,142 @@
+"""Key schema, network validation, record decoding and the network view (pure)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+
+import pytest
+
+from agent.network_view import KeyChange, NetworkAdded, NetworkChanged, NetworkRemoved, NetworkView
+from agent.schema import (
+    Block,
+    MalformedRecord,
+    Node,
+    block_key,
+    decode_block,
+    decode_network,
+    decode_node,
+    encode,
+    network_key,
+    node_key,
+    subnet_inner_range,
+    subnet_key,
+    subnet_outer_keys,
+    validate_network,
+)
+from agent.store_errors import InvalidNetwork
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "value"),
+    [
+        ({"name": "bad name", "subnet": "10.0.0.0/24"}, "name", "bad name"),
+        ({"name": "", "subnet": "10.0.0.0/24"}, "name", ""),
+        ({"name": "n", "subnet": "10.0.0.1/24"}, "subnet", "10.0.0.1/24"),
+        ({"name": "n", "subnet": "10.0.0.0/30"}, "subnet", "10.0.0.0/30"),
+        ({"name": "n", "subnet": "fd00::/32"}, "subnet", "fd00::/32"),
+        ({"name": "n", "subnet": 42}, "subnet", 42),
+        ({"name": "n", "subnet": "10.0.0.0/24", "vni": 0}, "vni", 0),
+        ({"name": "n", "subnet": "10.0.0.0/24", "vni": 16_777_216}, "vni", 16_777_216),
+        ({"name": "n", "subnet": "10.0.0.0/24", "vni": True}, "vni", True),
+        ({"name": "n", "subnet": "10.0.0.0/24", "mtu": 100}, "mtu", 100),
+        ({"name": "n", "subnet": "10.0.0.0/24", "gateway": "10.0.1.1"}, "gateway", "10.0.1.1"),
+        ({"name": "n", "subnet": "10.0.0.0/24", "gateway": "10.0.0.255"}, "gateway", "10.0.0.255"),
+        ({"name": "n", "subnet": "10.0.0.0/24", "mode": "host"}, "mode", "host"),
+        (
+            {"name": "n", "subnet": "10.0.0.0/24", "mode": "macvlan", "options": {"x": "1"}},
+            "options.x",
+            "1",
+        ),
+        (
+            {
+                "name": "n",
+                "subnet": "10.0.0.0/24",
+                "mode": "ipvlan",
+                "options": {"ipvlan_mode": "l9"},
+            },
+            "options.ipvlan_mode",
+            "l9",
+        ),
+        ({"name": "n", "subnet": "10.0.0.0/24", "block_prefix": 8}, "block_prefix", 8),
+    ],
+)
+def test_invalid_network_names_field_and_value(kwargs: dict, field: str, value: object) -> None:
+    with pytest.raises(InvalidNetwork) as info:
+        validate_network(**kwargs)
+    assert info.value.field == field
+    assert info.value.value == value
+    assert field in str(info.value)
+
+
+def test_valid_network_defaults_and_roundtrip() -> None:
+    net = validate_network(name="blue", subnet="10.5.0.0/16", vni=77, mtu=1450)
+    assert str(net.gateway) == "10.5.0.1"
+    assert net.block_prefix == 26
+    assert decode_network(network_key("blue"), encode(net)) == net
+    small = validate_network(name="s", subnet="10.6.0.0/29", vni=3)
+    assert small.block_prefix == 29
+    mac = validate_network(
+        name="m", subnet="fd00:2::/64", vni=5, mode="macvlan", options={"parent": "eth0"}
+    )
+    assert decode_network(network_key("m"), encode(mac)) == mac
+
+
+def test_subnet_guard_keys_find_overlaps_both_ways() -> None:
+    big = ipaddress.ip_network("10.1.0.0/16")
+    inside = ipaddress.ip_network("10.1.4.0/24")
+    outside = ipaddress.ip_network("10.2.0.0/24")
+    start, end = subnet_inner_range(big)
+    assert start <= subnet_key(inside) < end
+    assert start <= subnet_key(big) < end
+    assert not start <= subnet_key(outside) < end
+    assert subnet_key(big) in subnet_outer_keys(inside)
+    assert subnet_key(big) not in subnet_outer_keys(outside)
+    last = ipaddress.ip_network("10.1.255.252/30")
+    assert start <= subnet_key(last) < end
+    v6 = ipaddress.ip_network("fd00:1::/64")
+    assert len(subnet_outer_keys(v6)) == 64 - 48
+
+
+def test_malformed_records_raise_only_malformed() -> None:
+    key = network_key("x")
+    for value in (
+        b"\xff",
+        b"[]",
+        b"{}",
+        json.dumps({"name": "y", "subnet": "10.0.0.0/24", "vni": 3}).encode(),
+    ):
+        with pytest.raises(MalformedRecord) as info:
+            decode_network(key, value)
+        assert info.value.key == key
+    with pytest.raises(MalformedRecord):
+        decode_node(node_key("n"), b'{"name": "n", "vtep": "nope", "gossip": ["a", 1]}')
+    with pytest.raises(MalformedRecord):
+        decode_block("/vxmesh/v1/blocks/a/x", b'{"allocations": 3}')
+    node = Node("n", ipaddress.ip_address("10.0.0.1"), ("10.0.0.1", 7946), "0.1.0")
+    assert decode_node(node_key("n"), encode(node)) == node
+    cidr = ipaddress.ip_network("10.0.0.64/26")
+    block = Block("a", cidr, "h", {ipaddress.ip_address("10.0.0.70"): "ep"})
+    assert decode_block(block_key("a", cidr), encode(block)) == block
+
+
+def test_network_view_replace_apply_and_malformed() -> None:
+    a = validate_network(name="a", subnet="10.1.0.0/24", vni=1)
+    b = validate_network(name="b", subnet="10.2.0.0/24", vni=2)
+    view = NetworkView()
+    events = view.replace([(network_key("a"), encode(a)), (network_key("bad"), b"{")], 10)
+    assert events == [NetworkAdded(a)]
+    assert [m.key for m in view.malformed] == [network_key("bad")]
+    assert view.revision == 10
+    a2 = validate_network(name="a", subnet="10.1.0.0/24", vni=1, mtu=1400)
+    events = view.apply(
+        [
+            KeyChange(network_key("b"), encode(b), 11),
+            KeyChange(network_key("a"), encode(a2), 12),
+            KeyChange(network_key("b"), None, 13),
+        ]
+    )
+    assert events == [NetworkAdded(b), NetworkChanged(a2), NetworkRemoved("b")]
+    assert view.revision == 13
+    assert view.replace([], 20) == [NetworkRemoved("a")]
+    assert view.snapshot() == {}

@@ -1,0 +1,427 @@
+"""The etcd store against a real etcd server (the `local_etcd` fixture): the issue's proof."""
+
+from __future__ import annotations
+
+import inspect
+import ipaddress
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+import trio
+
+from agent.etcd_local import LocalEtcd
+from agent.ipam import reserved_addresses
+from agent.schema import (
+    BLOCKS,
+    IPAddress,
+    Network,
+    Node,
+    decode_block,
+    network_key,
+    node_key,
+    prefix_end,
+    validate_network,
+)
+from agent.store import AddressPool, Store
+from agent.store_errors import (
+    NetworkConflict,
+    NetworkInUse,
+    NetworkNotFound,
+    StoreError,
+    StoreUnavailable,
+)
+
+pytestmark = pytest.mark.etcd
+
+
+def connect(server: LocalEtcd, seed: int = 0, **kwargs: float) -> Store:
+    host, port = server.endpoint
+    return Store.connect(host, port, rng=random.Random(seed), backoff_max=0.5, **kwargs)
+
+
+async def eventually(
+    condition: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0
+) -> None:
+    """Wait (bounded) until `condition()` holds; polls every 50 ms."""
+    with trio.fail_after(timeout):
+        while True:
+            result = condition()
+            if inspect.isawaitable(result):
+                result = await result
+            if result:
+                return
+            await trio.sleep(0.05)
+
+
+async def stored_allocations(store: Store) -> list[tuple[IPAddress, str, str]]:
+    """(address, handle, host) of every allocation etcd holds, all networks."""
+    kvs, _ = await store.call(store.client.range, BLOCKS, prefix_end(BLOCKS))
+    rows = []
+    for kv in kvs:
+        block = decode_block(kv.key, kv.value)
+        rows += [(a, h, block.host) for a, h in block.allocations.items()]
+    return rows
+
+
+async def test_same_vni_from_eight_clients_exactly_one_wins(local_etcd: LocalEtcd) -> None:
+    stores = [connect(local_etcd, i) for i in range(8)]
+    wins: list[Network] = []
+    conflicts: list[NetworkConflict] = []
+
+    async def create(i: int) -> None:
+        net = validate_network(name=f"net{i}", subnet=f"10.{i}.0.0/16", vni=4242)
+        try:
+            wins.append(await stores[i].create_network(net))
+        except NetworkConflict as exc:
+            conflicts.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(8):
+            nursery.start_soon(create, i)
+    assert len(wins) == 1
+    assert len(conflicts) == 7
+    assert all(c.field == "vni" and c.holder == wins[0].name for c in conflicts)
+    assert [n.name for n in await stores[0].list_networks()] == [wins[0].name]
+    for store in stores:
+        store.close()
+
+
+async def test_overlapping_subnets_and_names_are_refused(local_etcd: LocalEtcd) -> None:
+    store = connect(local_etcd)
+    a = await store.create_network(validate_network(name="a", subnet="10.1.0.0/16"))
+    assert a.vni == 4096
+    b = await store.create_network(validate_network(name="b", subnet="fd00:1::/64"))
+    assert b.vni == 4097
+    refused = [
+        (validate_network(name="a", subnet="10.9.0.0/16"), "name"),
+        (validate_network(name="c", subnet="10.1.128.0/24"), "subnet"),
+        (validate_network(name="c", subnet="10.0.0.0/8"), "subnet"),
+        (validate_network(name="c", subnet="10.1.0.0/16"), "subnet"),
+        (validate_network(name="c", subnet="fd00:1:0:0:8000::/80"), "subnet"),
+        (validate_network(name="c", subnet="10.2.0.0/16", vni=4096), "vni"),
+    ]
+    for net, which in refused:
+        with pytest.raises(NetworkConflict) as info:
+            await store.create_network(net)
+        assert info.value.field == which
+    # Concurrent overlapping creates under different names: exactly one wins.
+    results: list[str] = []
+
+    async def create(i: int) -> None:
+        try:
+            await store.create_network(validate_network(name=f"o{i}", subnet=f"10.3.{i}.0/24"))
+            results.append("won")
+        except NetworkConflict:
+            results.append("lost")
+
+    async def create_big() -> None:
+        try:
+            await store.create_network(validate_network(name="big", subnet="10.3.0.0/16"))
+            results.append("big")
+        except NetworkConflict:
+            results.append("big lost")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(create_big)
+        for i in range(4):
+            nursery.start_soon(create, i)
+    assert results.count("big") + results.count("won") >= 1
+    assert not ("big" in results and "won" in results)
+    store.close()
+
+
+async def test_delete_needs_force_with_endpoints(local_etcd: LocalEtcd) -> None:
+    store = connect(local_etcd)
+    net = await store.create_network(validate_network(name="n", subnet="10.1.0.0/24"))
+    pool = await store.open_address_pool("n", "h1")
+    address = await pool.allocate("ep1")
+    await pool.flush()
+    info = await store.inspect_network("n")
+    assert info.endpoints == 1
+    with pytest.raises(NetworkInUse, match="1 endpoint"):
+        await store.delete_network("n")
+    pool.release(address)
+    await pool.flush()
+    await store.delete_network("n")
+    with pytest.raises(NetworkNotFound):
+        await store.inspect_network("n")
+    # Name, VNI and subnet are free again.
+    again = await store.create_network(validate_network(name="n", subnet="10.1.0.0/24"))
+    assert again.vni == net.vni
+    pool = await store.open_address_pool("n", "h1")
+    await pool.allocate("ep1")
+    await pool.flush()
+    await store.delete_network("n", force=True)
+    assert await stored_allocations(store) == []
+    # A pool of the deleted network finds out at its next write.
+    pool.allocate_nowait("ep2")
+    with pytest.raises(NetworkNotFound):
+        await pool.flush()
+    store.close()
+
+
+@dataclass
+class Pause:
+    after: int
+    resume: trio.Event = field(default_factory=trio.Event)
+    arrived: int = 0
+
+
+async def run_allocators(
+    pools: list[AddressPool], per_pool: int, *, pause: Pause | None = None
+) -> dict[str, IPAddress]:
+    """Allocate `per_pool` handles from every pool concurrently, retrying while etcd is away.
+
+    With `pause`, every allocator stops after `pause.after` handles until `pause.resume` is set.
+    """
+    done: dict[str, IPAddress] = {}
+
+    async def allocator(pool: AddressPool) -> None:
+        backoff = pool.store.new_backoff()
+        for i in range(per_pool):
+            handle = f"{pool.host}-ep{i}"
+            while True:
+                try:
+                    done[handle] = await pool.allocate(handle)
+                    backoff.reset()
+                    break
+                except StoreUnavailable:
+                    await trio.sleep(backoff.next_delay())
+            if pause is not None and i + 1 == pause.after:
+                pause.arrived += 1
+                await pause.resume.wait()
+            await trio.lowlevel.checkpoint()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for pool in pools:
+                nursery.start_soon(allocator, pool)
+    return done
+
+
+async def flush_all(pools: list[AddressPool]) -> None:
+    with trio.fail_after(30):
+        for pool in pools:
+            while True:
+                try:
+                    await pool.flush()
+                    break
+                except StoreUnavailable:
+                    await trio.sleep(0.1)
+
+
+def assert_unique_and_complete(
+    done: dict[str, IPAddress], stored: list[tuple[IPAddress, str, str]], network: Network
+) -> None:
+    addresses = [a for a, _, _ in stored]
+    assert len(addresses) == len(set(addresses)), "an address was handed out twice"
+    assert {h: a for a, h, _ in stored} == done, "etcd and the allocators disagree"
+    assert not set(addresses) & reserved_addresses(network)
+    assert all(a in network.subnet for a in addresses)
+
+
+async def test_eight_allocators_times_500(local_etcd: LocalEtcd) -> None:
+    admin = connect(local_etcd)
+    network = await admin.create_network(validate_network(name="n", subnet="10.8.0.0/19"))
+    stores = [connect(local_etcd, seed) for seed in range(8)]
+    pools = [await s.open_address_pool("n", f"host{i}") for i, s in enumerate(stores)]
+    done = await run_allocators(pools, 500)
+    await flush_all(pools)
+    assert len(done) == 4000
+    assert_unique_and_complete(done, await stored_allocations(admin), network)
+    info = await admin.inspect_network("n")
+    assert info.endpoints == 4000
+    hosts_by_block = {b.cidr: b.host for b in info.blocks}
+    assert all(hosts_by_block[ipaddress.ip_network(f"{a}/26", strict=False)] for a in done.values())
+    # A restarted agent re-reads its blocks and hands out nothing twice.
+    again = await connect(local_etcd, 99).open_address_pool("n", "host0")
+    assert again.allocations() == pools[0].allocations()
+    assert await again.allocate("host0-ep7") == done["host0-ep7"]
+    fresh = await again.allocate("host0-new")
+    assert fresh not in done.values()
+    for store in [admin, *stores]:
+        store.close()
+
+
+@pytest.mark.slow
+async def test_etcd_killed_and_restarted_mid_run(local_etcd: LocalEtcd) -> None:
+    admin = connect(local_etcd)
+    network = await admin.create_network(
+        validate_network(name="n", subnet="10.9.0.0/18", block_prefix=27)
+    )
+    stores = [connect(local_etcd, seed, timeout=1.0) for seed in range(4)]
+    watcher = stores[0]
+    pools = [await s.open_address_pool("n", f"host{i}") for i, s in enumerate(stores)]
+    per_pool = 400
+    total = per_pool * len(pools)
+    pause = Pause(after=per_pool // 3)
+    observed: dict[str, int] = {}
+
+    async def chaos() -> None:
+        await eventually(lambda: pause.arrived == len(pools))
+        await trio.to_thread.run_sync(local_etcd.kill)
+        before = sum(p.statistics().allocated for p in pools)
+        pause.resume.set()
+        # Allocations go on from held blocks; claims fail fast and the stores turn degraded.
+        await eventually(lambda: all(s.statistics().degraded for s in stores))
+        observed["degraded"] = True
+        observed["allocated_while_down"] = sum(p.statistics().allocated for p in pools) - before
+        await trio.to_thread.run_sync(local_etcd.start)
+
+    async with trio.open_nursery() as nursery:
+        view = await nursery.start(watcher.run_network_watch)
+        for store in stores:
+            await nursery.start(store.run_health_probe)
+        for pool in pools:
+            await nursery.start(pool.run_flusher)
+        await eventually(lambda: "n" in view.networks)
+        nursery.start_soon(chaos)
+        done = await run_allocators(pools, per_pool, pause=pause)
+        assert observed.get("degraded")
+        assert observed["allocated_while_down"] > 0
+        await eventually(lambda: not any(s.statistics().degraded for s in stores))
+        # The watch resumes from its revision and sees what happens after the restart.
+        await admin.create_network(validate_network(name="after", subnet="10.200.0.0/16"))
+        await eventually(lambda: "after" in view.networks)
+        stats = watcher.statistics()
+        assert stats.watch_resumes >= 1
+        assert stats.watch_relists == 0
+        nursery.cancel_scope.cancel()
+    await flush_all(pools)
+    assert len(done) == total
+    assert_unique_and_complete(
+        done, [r for r in await stored_allocations(admin) if r[2].startswith("host")], network
+    )
+    for store in [admin, *stores]:
+        store.close()
+
+
+async def test_watch_relists_after_compaction(local_etcd: LocalEtcd) -> None:
+    store = connect(local_etcd)
+    other = connect(local_etcd, 1)
+    await other.create_network(validate_network(name="a", subnet="10.1.0.0/16"))
+    await other.create_network(validate_network(name="b", subnet="10.2.0.0/16"))
+    async with trio.open_nursery() as nursery:
+        view = await nursery.start(store.run_network_watch)
+        await eventually(lambda: set(view.networks) == {"a", "b"})
+        nursery.cancel_scope.cancel()
+    seen = view.revision
+    # While the watch is away: changes, then history compacted past its revision.
+    await other.create_network(validate_network(name="c", subnet="10.3.0.0/16"))
+    await other.delete_network("a")
+    revision = await other.call(other.client.status)
+    await other.call(other.client.compact, revision)
+    assert revision > seen
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run_network_watch)
+        await eventually(lambda: set(view.networks) == {"b", "c"})
+        assert store.statistics().watch_relists == 1
+        await other.create_network(validate_network(name="d", subnet="10.4.0.0/16"))
+        await eventually(lambda: set(view.networks) == {"b", "c", "d"})
+        nursery.cancel_scope.cancel()
+    store.close()
+    other.close()
+
+
+async def test_lease_expiry_removes_node_record(local_etcd: LocalEtcd) -> None:
+    store = connect(local_etcd)
+    node = Node("h1", ipaddress.ip_address("10.0.0.1"), ("10.0.0.1", 7946), "0.1.0")
+    await store.register_node(node, ttl=1)
+    assert await store.list_nodes() == [node]
+    assert await store.gossip_seeds() == [("10.0.0.1", 7946)]
+    assert await store.gossip_seeds(exclude="h1") == []
+
+    async def gone() -> bool:
+        return await store.list_nodes() == []
+
+    await eventually(gone, timeout=10)
+    # The registration service keeps a short lease alive well past its TTL ...
+    node2 = Node("h2", ipaddress.ip_address("10.0.0.2"), ("10.0.0.2", 7946), "0.1.0")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: store.run_node_registration(node2, ttl=1, task_status=task_status)
+        )
+        await eventually(lambda: store.statistics().node_registered)
+        first = await store.call(store.client.range, node_key("h2"))
+        # Past twice the TTL: only the keepalives hold the record.
+        await eventually(lambda: store.statistics().node_lease_refreshes >= 7)
+        assert await store.list_nodes() == [node2]
+        again = await store.call(store.client.range, node_key("h2"))
+        assert again[0][0].lease == first[0][0].lease
+        nursery.cancel_scope.cancel()
+    # ... and revokes it on a graceful stop.
+    assert await store.list_nodes() == []
+    store.close()
+
+
+async def test_reclaim_blocks_of_departed_host(local_etcd: LocalEtcd) -> None:
+    store = connect(local_etcd)
+    await store.create_network(validate_network(name="n", subnet="10.1.0.0/24"))
+    node = Node("gone", ipaddress.ip_address("10.0.0.9"), ("10.0.0.9", 7946), "0.1.0")
+    lease = await store.register_node(node, ttl=30)
+    pool = await store.open_address_pool("n", "gone")
+    await pool.allocate("ep")
+    await pool.flush()
+    with pytest.raises(StoreError, match="still registered"):
+        await store.reclaim_host_blocks("gone")
+    await store.call(store.client.lease_revoke, lease)
+    assert await store.reclaim_host_blocks("gone") == 1
+    assert (await store.inspect_network("n")).blocks == ()
+    assert await store.reclaim_host_blocks("gone") == 0
+    store.close()
+
+
+async def test_malformed_keys_are_skipped_and_counted(local_etcd: LocalEtcd) -> None:
+    store = connect(local_etcd)
+    await store.create_network(validate_network(name="good", subnet="10.1.0.0/24"))
+    put = store.client.txn
+    from agent.etcd_client import Put
+
+    await store.call(put, [], [Put(network_key("junk"), b"\x00not json")])
+    await store.call(put, [], [Put(network_key("liar"), b'{"name": "other"}')])
+    await store.call(put, [], [Put(node_key("n"), b"[1, 2]")])
+    await store.call(put, [], [Put(BLOCKS + "good/garbage", b"{}")])
+    assert [n.name for n in await store.list_networks()] == ["good"]
+    assert [n.name for n in await store.list_networks()] == ["good"]
+    assert store.statistics().malformed_records == 2  # counted once per key
+    assert await store.list_nodes() == []
+    pool = await store.open_address_pool("good", "h1")
+    assert await pool.allocate("ep") in ipaddress.ip_network("10.1.0.0/24")
+    assert store.statistics().malformed_records == 4
+    async with trio.open_nursery() as nursery:
+        view = await nursery.start(store.run_network_watch)
+        await eventually(lambda: "good" in view.networks)
+        await store.call(put, [], [Put(network_key("late"), b"{{{")])
+        await store.create_network(validate_network(name="later", subnet="10.2.0.0/24"))
+        await eventually(lambda: "later" in view.networks)
+        assert "late" not in view.networks
+        assert store.statistics().malformed_records == 5
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
+async def test_etcd_down_fails_fast_then_reconverges(local_etcd: LocalEtcd) -> None:
+    store = connect(local_etcd, timeout=1.0)
+    await store.create_network(validate_network(name="n", subnet="10.1.0.0/24"))
+    pool = await store.open_address_pool("n", "h1")
+    await pool.allocate("ep0")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run_health_probe)
+        await trio.to_thread.run_sync(local_etcd.kill)
+        with trio.fail_after(3):
+            with pytest.raises(StoreUnavailable):
+                await store.list_networks()
+        assert store.statistics().degraded
+        # Local allocation goes on while the held block has room.
+        for i in range(1, 20):
+            assert pool.allocate_nowait(f"ep{i}") is not None
+        with trio.fail_after(3), pytest.raises(StoreUnavailable):
+            await pool.flush()
+        await trio.to_thread.run_sync(local_etcd.start)
+        await eventually(lambda: not store.statistics().degraded)
+        nursery.cancel_scope.cancel()
+    await pool.flush()
+    assert (await store.inspect_network("n")).endpoints == 20
+    store.close()
