@@ -61,7 +61,7 @@ class SystemdNotifier:
         return True
 
     def ready(self, status: str = "") -> bool:
-        return self.notify("READY=1", *( [f"STATUS={status}"] if status else []))
+        return self.notify("READY=1", *([f"STATUS={status}"] if status else []))
 
     def status(self, status: str) -> bool:
         return self.notify(f"STATUS={status}")
