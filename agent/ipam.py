@@ -13,6 +13,7 @@ Imports: stdlib, agent.schema, agent.store_errors (listed among the pure cores).
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import random
 from collections.abc import Collection, Iterator
@@ -103,6 +104,8 @@ class HostBlocks:
 
     def __post_init__(self) -> None:
         self._reserved = reserved_addresses(self.network)
+        self._order: list[int] = []  # held blocks by network address, lowest first
+        self._first_open = 0  # no block before this index in _order has room
 
     # -- what etcd says ----------------------------------------------------------------------
 
@@ -115,6 +118,9 @@ class HostBlocks:
             self.blocks[block.cidr] = HeldBlock(block.cidr, dict(block.allocations), mod_revision)
             for address, handle in block.allocations.items():
                 self.handles[handle] = address
+            index = bisect.bisect(self._order, int(block.cidr.network_address))
+            self._order.insert(index, int(block.cidr.network_address))
+            self._first_open = min(self._first_open, index)
             return
         # We already hold it: our local allocations are newer than anything stored (only this
         # host writes its blocks), so keep them and just learn the revision.
@@ -125,6 +131,8 @@ class HostBlocks:
         held = self.blocks.pop(cidr, None)
         if held is None:
             return []
+        self._order.remove(int(cidr.network_address))
+        self._first_open = 0
         lost = list(held.allocations.values())
         for handle in lost:
             self.handles.pop(handle, None)
@@ -140,18 +148,24 @@ class HostBlocks:
         known = self.handles.get(handle)
         if known is not None:
             return known
-        for held in sorted(self.blocks.values(), key=lambda b: int(b.cidr.network_address)):
+        prefix = self.network.block_prefix
+        for index in range(self._first_open, len(self._order)):
+            cidr = ipaddress.ip_network((self._order[index], prefix))
+            held = self.blocks[cidr]
             address = self._free_in(held)
             if address is not None:
+                self._first_open = index
                 held.allocations[address] = handle
                 held.generation += 1
                 self.handles[handle] = address
                 return address
+        self._first_open = len(self._order)
         return None
 
     def _free_in(self, held: HeldBlock) -> IPAddress | None:
         size = held.cidr.num_addresses
-        if len(held.allocations) >= size:
+        reserved_here = sum(1 for a in self._reserved if a in held.cidr)
+        if len(held.allocations) + reserved_here >= size:
             return None
         base = held.cidr.network_address
         for step in range(size):
@@ -171,6 +185,8 @@ class HostBlocks:
                     break
                 held.generation += 1
                 self.handles.pop(handle, None)
+                index = bisect.bisect_left(self._order, int(held.cidr.network_address))
+                self._first_open = min(self._first_open, index)
                 return handle
         raise AddressNotAllocated(
             f"{address} is not allocated by {self.host} in {self.network.name}"

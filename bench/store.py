@@ -1,0 +1,175 @@
+"""Benchmark of the etcd store against a real local etcd: what blocks buy over one txn per address.
+
+Usage: .venv/bin/python bench/store.py [--json] [--endpoints 1000] [--networks 50] [--claims 50]
+
+Measures, in one run on one fresh etcd (agent.etcd_local, loopback, temporary directory):
+- network create latency (median, ms): validated network, allocated VNI, one guard transaction;
+- block claim latency (median, ms): one transaction per claimed block;
+- local address allocations per second (from blocks already held: no etcd call);
+- etcd round trips per 1,000 endpoint creations with per-host blocks (pool open, claims,
+  flushes), against the baseline: the same 1,000 allocations done one transaction each
+  (compare-and-put of the address key, as an IPAM without blocks does), in the same run.
+Prints a table; with --json the last line is one JSON object with network_create_ms,
+block_claim_ms, allocs_per_s, roundtrips_per_1000, roundtrips_per_1000_baseline (and timings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+from agent.etcd_client import Compare, Put
+from agent.etcd_local import LocalEtcd
+from agent.ipam import iter_blocks, reserved_addresses
+from agent.schema import validate_network
+from agent.store import Store
+
+BASELINE_PREFIX = "/vxmesh/bench/baseline/"
+
+
+async def bench_network_create(store: Store, count: int) -> float:
+    latencies = []
+    for i in range(count):
+        network = validate_network(name=f"bench{i}", subnet=f"10.{100 + i // 256}.{i % 256}.0/24")
+        start = time.perf_counter()
+        await store.create_network(network)
+        latencies.append(time.perf_counter() - start)
+    return statistics.median(latencies) * 1000
+
+
+async def bench_block_claims(store: Store, count: int) -> float:
+    await store.create_network(validate_network(name="claims", subnet="10.64.0.0/16"))
+    pool = await store.open_address_pool("claims", "claimer")
+    latencies = []
+    for _ in range(count):
+        start = time.perf_counter()
+        await pool.claim_block()
+        latencies.append(time.perf_counter() - start)
+    return statistics.median(latencies) * 1000
+
+
+async def bench_local_allocations(store: Store, blocks: int) -> tuple[float, int]:
+    await store.create_network(validate_network(name="local", subnet="10.65.0.0/16"))
+    pool = await store.open_address_pool("local", "allocator")
+    for _ in range(blocks):
+        await pool.claim_block()
+    capacity = pool.statistics().free
+    start = time.perf_counter()
+    for i in range(capacity):
+        if pool.allocate_nowait(f"ep{i}") is None:
+            raise RuntimeError(f"held blocks ran out after {i} of {capacity} allocations")
+    elapsed = time.perf_counter() - start
+    return capacity / elapsed, capacity
+
+
+async def bench_endpoint_creations(store: Store, endpoints: int) -> tuple[int, float]:
+    """Round trips and seconds for `endpoints` allocations through blocks, flushed."""
+    await store.create_network(validate_network(name="blocks", subnet="10.66.0.0/16"))
+    before = store.client.round_trips
+    start = time.perf_counter()
+    pool = await store.open_address_pool("blocks", "host1")
+    for i in range(endpoints):
+        await pool.allocate(f"ep{i}")
+    await pool.flush()
+    elapsed = time.perf_counter() - start
+    if pool.statistics().allocated != endpoints:
+        raise RuntimeError("block allocation lost addresses")
+    return store.client.round_trips - before, elapsed
+
+
+async def bench_baseline(store: Store, endpoints: int) -> tuple[int, float]:
+    """The same allocations, one compare-and-put transaction per address."""
+    network = validate_network(name="baseline", subnet="10.67.0.0/16")
+    reserved = reserved_addresses(network)
+    addresses = (a for cidr in iter_blocks(network) for a in cidr if a not in reserved)
+    before = store.client.round_trips
+    start = time.perf_counter()
+    done = 0
+    for address in addresses:
+        if done == endpoints:
+            break
+        key = f"{BASELINE_PREFIX}{address}"
+        result = await store.txn([Compare(key, "create", "=", 0)], [Put(key, f"ep{done}".encode())])
+        if result.succeeded:
+            done += 1
+    elapsed = time.perf_counter() - start
+    return store.client.round_trips - before, elapsed
+
+
+async def run(args: argparse.Namespace, port: int) -> dict[str, float | int]:
+    store = Store.connect("127.0.0.1", port, rng=random.Random(1))
+    try:
+        create_ms = await bench_network_create(store, args.networks)
+        claim_ms = await bench_block_claims(store, args.claims)
+        allocs_per_s, allocated = await bench_local_allocations(store, args.local_blocks)
+        trips, blocks_s = await bench_endpoint_creations(store, args.endpoints)
+        base_trips, base_s = await bench_baseline(store, args.endpoints)
+    finally:
+        store.close()
+    scale = 1000 / args.endpoints
+    return {
+        "network_create_ms": round(create_ms, 2),
+        "block_claim_ms": round(claim_ms, 2),
+        "allocs_per_s": round(allocs_per_s),
+        "roundtrips_per_1000": round(trips * scale, 1),
+        "roundtrips_per_1000_baseline": round(base_trips * scale, 1),
+        "endpoint_creations_s": round(blocks_s, 3),
+        "endpoint_creations_s_baseline": round(base_s, 3),
+        "endpoints": args.endpoints,
+        "local_allocations": allocated,
+    }
+
+
+def render(result: dict[str, float | int]) -> str:
+    rows = [
+        ("network create, median", f"{result['network_create_ms']} ms", "-"),
+        ("block claim, median", f"{result['block_claim_ms']} ms", "-"),
+        ("local allocations", f"{result['allocs_per_s']}/s", "-"),
+        (
+            "etcd round trips per 1,000 endpoints",
+            f"{result['roundtrips_per_1000']}",
+            f"{result['roundtrips_per_1000_baseline']} (one txn per address)",
+        ),
+        (
+            f"time for {result['endpoints']} endpoint allocations",
+            f"{result['endpoint_creations_s']} s",
+            f"{result['endpoint_creations_s_baseline']} s",
+        ),
+    ]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'measure':<{width}}  {'vxmesh (blocks)':>16}  baseline", "-" * (width + 40)]
+    lines += [f"{name:<{width}}  {ours:>16}  {base}" for name, ours, base in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object last")
+    parser.add_argument("--endpoints", type=int, default=1000)
+    parser.add_argument("--networks", type=int, default=50)
+    parser.add_argument("--claims", type=int, default=50)
+    parser.add_argument("--local-blocks", type=int, default=160, help="blocks held for allocs/s")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="vxmesh-bench-store-") as tmp:
+        server = LocalEtcd(Path(tmp) / "etcd")
+        server.start()
+        try:
+            result = trio.run(run, args, server.client_port)
+        finally:
+            server.stop()
+    print(render(result))
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
