@@ -133,6 +133,15 @@ def block_key(network: str, cidr: IPNetwork) -> str:
     return f"{blocks_prefix(network)}{cidr.network_address}-{cidr.prefixlen}"
 
 
+def block_cidr_from_key(key: str) -> IPNetwork | None:
+    """The block a `blocks/<network>/<addr>-<len>` key names (None if it names none)."""
+    address, _, length = key.rpartition("/")[2].partition("-")
+    try:
+        return ipaddress.ip_network(f"{address}/{length}", strict=True)
+    except ValueError:
+        return None
+
+
 def node_key(name: str) -> str:
     return NODES + name
 

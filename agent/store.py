@@ -56,6 +56,7 @@ from agent.schema import (
     MalformedRecord,
     Network,
     Node,
+    block_cidr_from_key,
     block_key,
     blocks_prefix,
     decode_block,
@@ -398,6 +399,9 @@ class Store:
                 if listed:
                     self._resumes += 1
                 await trio.sleep(backoff.next_delay())
+            except StoreError as exc:
+                log.warning("network watch: %s; retrying", exc)
+                await trio.sleep(backoff.next_delay())
 
     async def _follow_watch(self, start_revision: int, backoff: Backoff) -> None:
         stream = self.client.watch(NETWORKS, prefix_end(NETWORKS), start_revision)
@@ -485,6 +489,9 @@ class Store:
                     lease = None
                     self._node_registered = False
                 except StoreUnavailable:
+                    await trio.sleep(backoff.next_delay())
+                except StoreError as exc:
+                    log.warning("node %s: registration failed: %s; retrying", node.name, exc)
                     await trio.sleep(backoff.next_delay())
         finally:
             self._node_registered = False
@@ -647,7 +654,14 @@ class AddressPool:
                 backoff.reset()
             except AddressExhausted:
                 pass
-            except StoreUnavailable:
+            except NetworkNotFound:
+                log.warning(
+                    "network %s is gone; its address pool stops flushing", self.network.name
+                )
+                return
+            except StoreError as exc:
+                if not isinstance(exc, StoreUnavailable):
+                    log.warning("network %s: flush failed: %s; retrying", self.network.name, exc)
                 self._dirty.set()
                 await trio.sleep(backoff.next_delay())
 
@@ -695,8 +709,11 @@ class AddressPool:
 
     def resync(self, block_kvs: Iterable[KeyValue]) -> None:
         """Learn the network's blocks as etcd has them: who holds what, our revisions."""
+        block_kvs = list(block_kvs)
         stored = {block.cidr: (kv, block) for kv, block in self.store.blocks_with_keys(block_kvs)}
-        self._taken = set(stored)
+        # A malformed record still occupies its key: never try to claim that block.
+        self._taken = {c for c in (block_cidr_from_key(kv.key) for kv in block_kvs) if c}
+        self._taken |= set(stored)
         for cidr in list(self._blocks.blocks):
             entry = stored.get(cidr)
             if entry is None or entry[1].host != self.host:
