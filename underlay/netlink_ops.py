@@ -57,6 +57,7 @@ from underlay.kernel import NetlinkThread, is_missing, netlink_errno
 AF_BRIDGE = 7
 NUD_PERMANENT = 0x80
 NUD_NOARP = 0x40
+NUD_REACHABLE = 0x02
 NTF_SELF = 0x02
 NTF_MASTER = 0x04
 ZERO_MAC = "00:00:00:00:00:00"
@@ -181,7 +182,7 @@ Write = FdbWrite | NeighborWrite
 
 _MAC_SENTINEL = bytes.fromhex("fe5e7e11ad01")
 _IP4_SENTINEL = socket.inet_pton(socket.AF_INET, "198.51.100.213")
-_IP6_SENTINEL = socket.inet_pton(socket.AF_INET6, "2001:db8:7e11:ad01:fe5e:7e11:ad01:fe5e")
+_IP6_SENTINEL = socket.inet_pton(socket.AF_INET6, "2001:db8:1234:5678:9abc:def0:1357:2468")
 _IP_SENTINELS: dict[int, bytes] = {socket.AF_INET: _IP4_SENTINEL, socket.AF_INET6: _IP6_SENTINEL}
 
 

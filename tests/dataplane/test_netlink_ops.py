@@ -1,0 +1,108 @@
+"""Encoding and dumps of underlay.netlink_ops, without a kernel.
+
+- A rendered template is byte-for-byte what pyroute2's `ndmsg` encodes for the same entry.
+- A dump the kernel flags NLM_F_DUMP_INTR is retried; one that keeps being interrupted
+  raises KernelError(EINTR).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+import threading
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pyroute2.netlink import NLM_F_DUMP_INTR, NLM_F_MULTI, NLMSG_DONE
+from pyroute2.netlink.rtnl import RTM_NEWNEIGH
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+
+from underlay import netlink_ops
+from underlay.errors import KernelError
+from underlay.netlink_ops import (
+    FdbWrite,
+    NeighborWrite,
+    WriteAction,
+    encode_ndmsg,
+    encode_write,
+    write_fields,
+)
+
+macs = st.binary(min_size=6, max_size=6).map(lambda b: ":".join(f"{x:02x}" for x in b))
+ipv4 = st.ip_addresses(v=4).map(str)
+ipv6 = st.ip_addresses(v=6).map(str)
+actions = st.sampled_from(list(WriteAction))
+fdb_writes = st.builds(FdbWrite, actions, st.integers(1, 2**31 - 1),
+                       st.one_of(macs, st.just(netlink_ops.ZERO_MAC)), st.one_of(ipv4, ipv6))
+neighbor_writes = st.builds(NeighborWrite,
+                            st.sampled_from([WriteAction.REPLACE, WriteAction.DELETE]),
+                            st.integers(1, 2**31 - 1), st.one_of(ipv4, ipv6), macs)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(fdb_writes, neighbor_writes), st.integers(0x0100_0000, 0x7FFF_FFFF))
+def test_template_render_equals_pyroute2_encoding(write: Any, seq: int) -> None:
+    assert encode_write(write, seq) == encode_ndmsg(seq=seq, **write_fields(write))
+
+
+def test_writes_state_and_flags_explicitly() -> None:
+    fields = write_fields(FdbWrite(WriteAction.REPLACE, 5, "02:00:00:00:00:01", "10.0.0.2"))
+    assert fields["state"] == netlink_ops.NUD_PERMANENT
+    assert fields["flags"] == netlink_ops.NTF_SELF
+    flood = write_fields(FdbWrite(WriteAction.APPEND, 5, netlink_ops.ZERO_MAC, "10.0.0.2"))
+    assert flood["nl_flags"] & 0x800  # NLM_F_APPEND
+    unicast_delete = write_fields(FdbWrite(WriteAction.DELETE, 5, "02:00:00:00:00:01", "x"))
+    flood_delete = write_fields(FdbWrite(WriteAction.DELETE, 5, netlink_ops.ZERO_MAC,
+                                         "10.0.0.2"))
+    assert unicast_delete["dst"] is None and flood_delete["dst"] == "10.0.0.2"
+    neigh = write_fields(NeighborWrite(WriteAction.REPLACE, 5, "fd10::2", "02:00:00:00:00:01"))
+    assert neigh["family"] == socket.AF_INET6 and neigh["state"] == netlink_ops.NUD_PERMANENT
+
+
+def _fake_kernel(interrupted_answers: int) -> tuple[Any, socket.socket, threading.Thread]:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ours.setblocking(False)
+
+    def answer() -> None:
+        for attempt in range(interrupted_answers + 1):
+            request = theirs.recv(65536)
+            if not request:
+                return
+            (seq,) = struct.unpack_from("=I", request, 8)
+            flags = NLM_F_MULTI | (NLM_F_DUMP_INTR if attempt < interrupted_answers else 0)
+            entry = encode_ndmsg(msg_type=RTM_NEWNEIGH, nl_flags=flags, seq=seq, family=7,
+                                 ifindex=4, state=0x80, flags=2,
+                                 lladdr=f"02:00:00:00:00:{attempt:02x}", dst="10.0.0.2")
+            done = struct.pack("=IHHIIi", 20, NLMSG_DONE, NLM_F_MULTI, seq, 0, 0)
+            theirs.send(entry + done)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    ipr = SimpleNamespace(asyncore=SimpleNamespace(socket=ours), marshal=MarshalRtnl())
+    return ipr, theirs, thread
+
+
+def test_interrupted_dump_is_retried() -> None:
+    ipr, theirs, thread = _fake_kernel(interrupted_answers=2)
+    try:
+        records = netlink_ops.dump_fdb(ipr)
+    finally:
+        thread.join(5)
+        theirs.close()
+    assert [(r.ifindex, r.mac, r.dst) for r in records] == [(4, "02:00:00:00:00:02",
+                                                             "10.0.0.2")]
+
+
+def test_dump_that_keeps_being_interrupted_raises() -> None:
+    ipr, theirs, thread = _fake_kernel(interrupted_answers=netlink_ops.DUMP_ATTEMPTS)
+    try:
+        with pytest.raises(KernelError) as caught:
+            netlink_ops.dump_fdb(ipr)
+    finally:
+        theirs.close()
+        thread.join(5)
+    assert caught.value.errno == errno.EINTR
