@@ -1,9 +1,11 @@
 """The networks this agent believes exist, kept in step with etcd by a list then a watch (pure).
 
 A watch driver (agent.store) feeds it: `replace()` with a full listing at a revision, then
-`apply()` with watch events in revision order. It decodes values, skips malformed ones (and
-reports their keys so the driver can log each once and count them), and returns what changed as
-past-tense events. `revision` is where a resumed watch must start (revision + 1).
+`apply()` with watch events in revision order. `version` moves on every change and on the
+first listing (even an empty one), so a consumer can wait for "listed" and for "changed".
+It decodes values, skips malformed ones (and reports their keys so the driver can log each
+once and count them), and returns what changed as past-tense events. `revision` is where a
+resumed watch must start (revision + 1).
 Imports: stdlib, agent.schema (listed among the pure cores).
 """
 
@@ -48,6 +50,8 @@ class NetworkView:
     revision: int = 0
     version: int = 0
     """Bumped on every change, so waiters can tell "changed since I looked"."""
+    listed: bool = False
+    """True once a full listing was adopted (an empty listing too)."""
     malformed: list[MalformedRecord] = field(default_factory=list)
     """Problems found by the last replace/apply (the driver logs and counts, then clears)."""
 
@@ -69,8 +73,9 @@ class NetworkView:
                 events.append(NetworkChanged(network))
         self.networks = fresh
         self.revision = max(self.revision, revision)
-        if events:
-            self.version += 1
+        if events or not self.listed:
+            self.version += 1  # the first listing is news even when it is empty
+        self.listed = True
         return events
 
     def apply(self, changes: Iterable[KeyChange], revision: int = 0) -> list[NetworkEvent]:

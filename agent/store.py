@@ -42,7 +42,7 @@ from agent.etcd_client import (
     WatchBatch,
 )
 from agent.ipam import HostBlocks, PendingFlush, choose_free_block
-from agent.network_view import KeyChange, NetworkEvent, NetworkView
+from agent.network_view import KeyChange, NetworkView
 from agent.schema import (
     BLOCKS,
     NETWORKS,
@@ -163,6 +163,7 @@ class Store:
         self._degraded = False
         self._degraded_event = trio.Event()
         self._views_changed = trio.Event()
+        self._published_version = 0
         self._failed_calls = 0
         self._last_error = ""
         self._malformed_keys: set[str] = set()
@@ -387,7 +388,8 @@ class Store:
                     kvs, revision = await self.call(
                         self.client.range, NETWORKS, prefix_end(NETWORKS)
                     )
-                    self._publish(view.replace([(kv.key, kv.value) for kv in kvs], revision))
+                    view.replace([(kv.key, kv.value) for kv in kvs], revision)
+                    self._publish()
                     listed = True
                     backoff.reset()
                 await self._follow_watch(view.revision + 1, backoff)
@@ -411,7 +413,8 @@ class Store:
             backoff.reset()
             self._mark_available()
             changes = [KeyChange(k, v, r) for k, v, r in batch.changes]
-            self._publish(self.network_view.apply(changes))
+            self.network_view.apply(changes)
+            self._publish()
 
         def pump() -> None:
             for batch in stream:
@@ -428,11 +431,13 @@ class Store:
         finally:
             stream.cancel()
 
-    def _publish(self, events: list[NetworkEvent]) -> None:
+    def _publish(self) -> None:
+        """Log and count malformed records the view met; wake waiters if it changed."""
         for exc in self.network_view.malformed:
             self.note_malformed(exc)
         self.network_view.malformed.clear()
-        if events:
+        if self.network_view.version != self._published_version:
+            self._published_version = self.network_view.version
             self._views_changed.set()
             self._views_changed = trio.Event()
 

@@ -128,6 +128,8 @@ def test_network_view_replace_apply_and_malformed() -> None:
     assert events == [NetworkAdded(a)]
     assert [m.key for m in view.malformed] == [network_key("bad")]
     assert view.revision == 10
+    assert view.listed
+    assert view.version == 1
     a2 = validate_network(name="a", subnet="10.1.0.0/24", vni=1, mtu=1400)
     events = view.apply(
         [
@@ -140,3 +142,6 @@ def test_network_view_replace_apply_and_malformed() -> None:
     assert view.revision == 13
     assert view.replace([], 20) == [NetworkRemoved("a")]
     assert view.snapshot() == {}
+    empty = NetworkView()
+    assert empty.replace([], 3) == []
+    assert (empty.listed, empty.version) == (True, 1)  # an empty first listing is news too
