@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import etcd3
@@ -42,3 +43,25 @@ def test_bad_binary_fails_with_log_tail(tmp_path: Path) -> None:
     with pytest.raises(EtcdStartError, match="exited"):
         server.start(timeout=3)
     assert server.pid is None
+
+
+def test_port_taken_before_first_start_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        busy = squatter.getsockname()[1]
+        ports = iter([busy, free_loopback_port()])
+        monkeypatch.setattr(
+            "agent.etcd_local.free_loopback_port",
+            lambda: next(ports, None) or free_loopback_port(),
+        )
+        server = LocalEtcd(tmp_path / "d")
+        assert server.client_port == busy
+        try:
+            server.start()
+            assert server.client_port != busy
+            assert server.health() is True
+        finally:
+            server.stop()
