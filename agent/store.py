@@ -578,6 +578,7 @@ class AddressPool:
         self._network_revision = network_revision
         self._blocks = HostBlocks(network, host)
         self._taken: set[IPNetwork] = set()
+        self._unsure_claim: IPNetwork | None = None
         self._lock = trio.Lock()
         self._dirty = trio.Event()
         self._claims = 0
@@ -677,7 +678,9 @@ class AddressPool:
         prefix = blocks_prefix(self.network.name)
         for _ in range(COMMIT_ATTEMPTS):
             pending = self._blocks.pending_flushes()
-            new = choose_free_block(self.network, self._taken, store.rng) if claim else None
+            new = self._unsure_claim
+            if new is None and claim:
+                new = choose_free_block(self.network, self._taken, store.rng)
             compares = [Compare(net_key, "create", "=", self._network_revision)]
             success: list[Op] = []
             if new is not None:
@@ -689,7 +692,14 @@ class AddressPool:
                 compares.append(Compare(key, "mod", "=", flush.expected_mod_revision))
                 success.append(Put(key, encode(flush.block)))
             failure = [Get(net_key), Get(prefix, prefix_end(prefix))]
-            result = await store.txn(compares, success, failure)
+            try:
+                result = await store.txn(compares, success, failure)
+            except StoreUnavailable:
+                # The claim may have committed with only its reply lost: claim the same block
+                # again next time, so a committed claim is found (and adopted), never leaked.
+                self._unsure_claim = new
+                raise
+            self._unsure_claim = None
             if result.succeeded:
                 self._committed(pending, new, result.revision)
                 return

@@ -7,10 +7,12 @@ import ipaddress
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 import trio
 
+from agent.etcd_client import EtcdClient, TxnResult
 from agent.etcd_local import LocalEtcd
 from agent.ipam import reserved_addresses
 from agent.schema import (
@@ -428,4 +430,56 @@ async def test_etcd_down_fails_fast_then_reconverges(local_etcd: LocalEtcd) -> N
         nursery.cancel_scope.cancel()
     await pool.flush()
     assert (await store.inspect_network("n")).endpoints == 20
+    store.close()
+
+
+class LosingClient(EtcdClient):
+    """A real client whose next `lose` transactions commit but whose replies are lost."""
+
+    lose = 0
+
+    def txn(self, *args: Any, **kwargs: Any) -> TxnResult:
+        result = super().txn(*args, **kwargs)
+        if self.lose > 0 and result.succeeded:
+            self.lose -= 1
+            raise StoreUnavailable("reply lost (injected)")
+        return result
+
+
+async def test_lost_replies_neither_duplicate_nor_lose(local_etcd: LocalEtcd) -> None:
+    host, port = local_etcd.endpoint
+    client = LosingClient(host, port)
+    store = Store(client, rng=random.Random(5))
+    network = await store.create_network(
+        validate_network(name="n", subnet="10.1.0.0/24", block_prefix=28)
+    )
+    pool = await store.open_address_pool("n", "h1")
+    done = {f"ep{i}": await pool.allocate(f"ep{i}") for i in range(10)}
+    # A flush commits but its reply is lost: the next flush finds a newer revision of our own
+    # block, adopts it and writes again.
+    done["ep10"] = await pool.allocate("ep10")
+    client.lose = 1
+    with pytest.raises(StoreUnavailable):
+        await pool.flush()
+    await pool.flush()
+    # A claim commits but its reply is lost: the retry finds the block already ours.
+    i = len(done)
+    while (address := pool.allocate_nowait(f"ep{i}")) is not None:
+        done[f"ep{i}"] = address
+        i += 1
+    claims = pool.statistics().blocks
+    client.lose = 1
+    with pytest.raises(StoreUnavailable):
+        await pool.allocate(f"ep{i}")
+    done[f"ep{i}"] = await pool.allocate(f"ep{i}")
+    assert pool.statistics().blocks == claims + 1
+    for j in range(i + 1, 40):
+        done[f"ep{j}"] = await pool.allocate(f"ep{j}")
+    await pool.flush()
+    assert_unique_and_complete(done, await stored_allocations(store), network)
+    info = await store.inspect_network("n")
+    assert all(b.host == "h1" for b in info.blocks)
+    assert sum(b.allocated for b in info.blocks) == 40
+    assert pool.statistics().lost_blocks == 0
+    assert len(info.blocks) == pool.statistics().blocks  # no claimed block left behind
     store.close()
