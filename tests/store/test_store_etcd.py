@@ -248,7 +248,19 @@ async def test_eight_allocators_times_500(local_etcd: LocalEtcd) -> None:
         store.close()
 
 
-@pytest.mark.slow
+async def test_ipv6_network_two_hosts(local_etcd: LocalEtcd) -> None:
+    admin = connect(local_etcd)
+    network = await admin.create_network(validate_network(name="six", subnet="fd00:6::/64"))
+    stores = [connect(local_etcd, seed) for seed in (1, 2)]
+    pools = [await s.open_address_pool("six", f"v6host{i}") for i, s in enumerate(stores)]
+    done = await run_allocators(pools, 150)
+    await flush_all(pools)
+    assert_unique_and_complete(done, await stored_allocations(admin), network)
+    assert all(b.cidr.prefixlen == 122 for b in (await admin.inspect_network("six")).blocks)
+    for store in [admin, *stores]:
+        store.close()
+
+
 async def test_etcd_killed_and_restarted_mid_run(local_etcd: LocalEtcd) -> None:
     admin = connect(local_etcd)
     network = await admin.create_network(
@@ -328,6 +340,7 @@ async def test_watch_relists_after_compaction(local_etcd: LocalEtcd) -> None:
     other.close()
 
 
+@pytest.mark.slow
 async def test_lease_expiry_removes_node_record(local_etcd: LocalEtcd) -> None:
     store = connect(local_etcd)
     node = Node("h1", ipaddress.ip_address("10.0.0.1"), ("10.0.0.1", 7946), "0.1.0")
