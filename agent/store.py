@@ -169,6 +169,7 @@ class Store:
         self._malformed_keys: set[str] = set()
         self._relists = 0
         self._resumes = 0
+        self._watch_broken = False
         self._node_registered = False
         self._lease_refreshes = 0
 
@@ -398,8 +399,7 @@ class Store:
                 self._relists += 1
                 listed = False
             except StoreUnavailable:
-                if listed:
-                    self._resumes += 1
+                self._watch_broken = listed
                 await trio.sleep(backoff.next_delay())
             except StoreError as exc:
                 log.warning("network watch: %s; retrying", exc)
@@ -412,6 +412,9 @@ class Store:
         def apply(batch: WatchBatch) -> None:
             backoff.reset()
             self._mark_available()
+            if self._watch_broken:  # etcd answered a watch re-opened at our revision
+                self._watch_broken = False
+                self._resumes += 1
             changes = [KeyChange(k, v, r) for k, v, r in batch.changes]
             self.network_view.apply(changes)
             self._publish()
