@@ -109,6 +109,7 @@ class ReconcilerStatistics:
     applies: int = 0
     resyncs: int = 0
     last_apply_seconds: float = 0.0
+    last_resync_seconds: float = 0.0
     in_sync: bool = False
 
 
@@ -141,6 +142,7 @@ class Reconciler:
         self._applies = 0
         self._resyncs = 0
         self._last_apply = 0.0
+        self._last_resync = 0.0
         self._in_sync = False
         self._failing = False
         self._wakeup = trio.Event()
@@ -176,6 +178,7 @@ class Reconciler:
             applies=self._applies,
             resyncs=self._resyncs,
             last_apply_seconds=self._last_apply,
+            last_resync_seconds=self._last_resync,
             in_sync=self._in_sync,
         )
 
@@ -227,6 +230,7 @@ class Reconciler:
         self._neighbors.replace_desired(state.neighbors)
 
     async def _resync(self) -> None:
+        started = self._clock()
         links = await self.kernel.dump_links()
         fdb = await self.kernel.dump_fdb()
         neighbors = await self.kernel.dump_neighbors()
@@ -259,6 +263,7 @@ class Reconciler:
         self._resync_needed = False
         self._devices_dirty = True
         self._resyncs += 1
+        self._last_resync = self._clock() - started
 
     def _forget_device(self, device: str) -> None:
         """Entries on `device` vanished with it (deleted or re-created)."""

@@ -43,7 +43,7 @@ neighbor_writes = st.builds(NeighborWrite,
                             st.integers(1, 2**31 - 1), st.one_of(ipv4, ipv6), macs)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.one_of(fdb_writes, neighbor_writes), st.integers(0x0100_0000, 0x7FFF_FFFF))
 def test_template_render_equals_pyroute2_encoding(write: Any, seq: int) -> None:
     assert encode_write(write, seq) == encode_ndmsg(seq=seq, **write_fields(write))

@@ -1,0 +1,42 @@
+"""The data-plane benchmarks run and end with the JSON line their docstrings promise."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.kernel
+
+
+def last_json(argv: list[str], timeout: float) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_netlink_rate_small() -> None:
+    result = last_json(["bench/netlink_rate.py", "--entries", "300", "--json"], 120)
+    assert result["entries"] == 300
+    for key in ("fdb_add_per_s", "fdb_add_per_s_iproute2", "neigh_add_per_s",
+                "neigh_add_per_s_iproute2", "ratio_min"):
+        assert isinstance(result[key], (int, float)) and result[key] > 0, key
+
+
+@pytest.mark.slow
+def test_dataplane_short() -> None:
+    result = last_json(["bench/dataplane.py", "--seconds", "1", "--rounds", "1", "--json"], 240)
+    for path in ("overlay_reconciler", "overlay_hand", "host"):
+        figures = result[path]
+        assert isinstance(figures, dict)
+        assert figures["gbps_p1"] > 0 and figures["gbps_p4"] > 0 and figures["rr_us"] > 0
+    for key in ("ratio_throughput", "ratio_latency"):
+        assert isinstance(result[key], float) and result[key] > 0
