@@ -1,0 +1,72 @@
+"""Batched writes on a real kernel: every acknowledgement matched, a bad entry blocks none."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from tests.netns import NetnsLab, run
+from underlay.kernel import NetlinkThread
+from underlay.netlink_ops import (
+    BATCH_MESSAGES,
+    NUD_PERMANENT,
+    ZERO_MAC,
+    FdbWrite,
+    NeighborWrite,
+    VxlanSpec,
+    WriteAction,
+    create_vxlan,
+    dump_fdb,
+    dump_links,
+    dump_neighbors,
+    send_writes,
+    vxlan_matches,
+)
+
+pytestmark = pytest.mark.kernel
+
+
+def test_batches_with_failures_in_the_middle(netns_lab: NetnsLab) -> None:
+    ns = netns_lab.ns("h")
+    nl = NetlinkThread(ns)
+    try:
+        spec = VxlanSpec(name="vxtun42", vni=42, port=4789, local="10.0.0.1", mtu=1450,
+                         mac="02:00:00:00:00:42")
+        index = nl.call_blocking(lambda ipr: create_vxlan(ipr, spec))
+        link = next(r for r in nl.call_blocking(dump_links) if r.name == "vxtun42")
+        assert vxlan_matches(link, spec) and link.mtu == 1450 and link.mac == spec.mac
+        assert link.vxlan is not None and not link.vxlan.learning and link.vxlan.proxy
+        n = BATCH_MESSAGES * 2 + 17  # three sends
+        writes: list[FdbWrite | NeighborWrite] = [
+            FdbWrite(WriteAction.REPLACE, index, f"02:00:00:01:{i >> 8:02x}:{i & 255:02x}",
+                     "10.0.0.2") for i in range(n)]
+        writes[5] = FdbWrite(WriteAction.REPLACE, 999_999, "02:00:00:00:00:01", "10.0.0.2")
+        writes[600] = NeighborWrite(WriteAction.REPLACE, index, "10.1.0.1", "02:00:zz")
+        writes.append(FdbWrite(WriteAction.APPEND, index, ZERO_MAC, "10.0.0.2"))
+        writes.append(FdbWrite(WriteAction.APPEND, index, ZERO_MAC, "10.0.0.3"))
+        writes.append(NeighborWrite(WriteAction.REPLACE, index, "fd10::1", "02:00:00:00:00:09"))
+        results = nl.call_blocking(lambda ipr: send_writes(ipr, writes))
+        assert results[5] == errno.ENODEV and results[600] == errno.EINVAL
+        assert sum(1 for r in results if r != 0) == 2
+        fdb = [r for r in nl.call_blocking(dump_fdb) if r.ifindex == index]
+        assert len(fdb) == n - 2 + 2
+        assert all(r.state & NUD_PERMANENT for r in fdb)
+        assert {r.dst for r in fdb if r.mac == ZERO_MAC} == {"10.0.0.2", "10.0.0.3"}
+        neigh = [r for r in nl.call_blocking(dump_neighbors) if r.ifindex == index]
+        assert [(r.ip, r.mac) for r in neigh] == [("fd10::1", "02:00:00:00:00:09")]
+        # Deletes: gone already is success; a flood delete removes only its remote.
+        deletes: list[FdbWrite | NeighborWrite] = [
+            FdbWrite(WriteAction.DELETE, index, ZERO_MAC, "10.0.0.3"),
+                   FdbWrite(WriteAction.DELETE, index, "02:00:00:01:00:00", "10.0.0.2"),
+                   FdbWrite(WriteAction.DELETE, index, "02:00:00:01:00:00", "10.0.0.2"),
+                   NeighborWrite(WriteAction.DELETE, index, "fd10::1", None),
+                   NeighborWrite(WriteAction.DELETE, index, "fd10::1", None)]
+        assert nl.call_blocking(lambda ipr: send_writes(ipr, deletes)) == [0] * 5
+        shown = run("bridge fdb show dev vxtun42", netns=ns).stdout
+        assert "00:00:00:00:00:00 dst 10.0.0.2 self permanent" in shown
+        assert "dst 10.0.0.3" not in shown and "02:00:00:01:00:00" not in shown
+        # pyroute2's own requests still work on the same socket afterwards.
+        assert nl.call_blocking(lambda ipr: ipr.link_lookup(ifname="vxtun42")) == [index]
+    finally:
+        nl.close()
