@@ -58,10 +58,10 @@ def test_batches_with_failures_in_the_middle(netns_lab: NetnsLab) -> None:
         # Deletes: gone already is success; a flood delete removes only its remote.
         deletes: list[FdbWrite | NeighborWrite] = [
             FdbWrite(WriteAction.DELETE, index, ZERO_MAC, "10.0.0.3"),
-                   FdbWrite(WriteAction.DELETE, index, "02:00:00:01:00:00", "10.0.0.2"),
-                   FdbWrite(WriteAction.DELETE, index, "02:00:00:01:00:00", "10.0.0.2"),
-                   NeighborWrite(WriteAction.DELETE, index, "fd10::1", None),
-                   NeighborWrite(WriteAction.DELETE, index, "fd10::1", None)]
+            FdbWrite(WriteAction.DELETE, index, "02:00:00:01:00:00", "10.0.0.2"),
+            FdbWrite(WriteAction.DELETE, index, "02:00:00:01:00:00", "10.0.0.2"),
+            NeighborWrite(WriteAction.DELETE, index, "fd10::1", None),
+            NeighborWrite(WriteAction.DELETE, index, "fd10::1", None)]
         assert nl.call_blocking(lambda ipr: send_writes(ipr, deletes)) == [0] * 5
         shown = run("bridge fdb show dev vxtun42", netns=ns).stdout
         assert "00:00:00:00:00:00 dst 10.0.0.2 self permanent" in shown
