@@ -146,6 +146,7 @@ class Reconciler:
         self._in_sync = False
         self._failing = False
         self._wakeup = trio.Event()
+        self._applying = trio.Lock()
 
     # -- cheap, from the pipeline --------------------------------------------------------
 
@@ -189,7 +190,14 @@ class Reconciler:
     # -- the apply pass ------------------------------------------------------------------
 
     async def apply(self) -> bool:
-        """One reconciliation pass; returns True when the kernel now matches desired state."""
+        """One reconciliation pass; returns True when the kernel now matches desired state.
+
+        Passes never overlap: a second caller waits for the running one to finish.
+        """
+        async with self._applying:
+            return await self._apply()
+
+    async def _apply(self) -> bool:
         started = self._clock()
         self._applies += 1
         self._wakeup = trio.Event()
