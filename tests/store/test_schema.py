@@ -6,6 +6,8 @@ import ipaddress
 import json
 
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from agent.network_view import KeyChange, NetworkAdded, NetworkChanged, NetworkRemoved, NetworkView
 from agent.schema import (
@@ -145,3 +147,25 @@ def test_network_view_replace_apply_and_malformed() -> None:
     empty = NetworkView()
     assert empty.replace([], 3) == []
     assert (empty.listed, empty.version) == (True, 1)  # an empty first listing is news too
+
+
+def _v4_subnets() -> st.SearchStrategy[ipaddress.IPv4Network]:
+    return st.builds(
+        lambda address, length: ipaddress.IPv4Network(f"{address}/{length}", strict=False),
+        st.integers(10 << 24, (10 << 24) + (1 << 20)).map(
+            ipaddress.IPv4Address
+        ),  # overlaps are common
+        st.integers(8, 29),
+    )
+
+
+@settings(max_examples=2000, deadline=None)
+@given(a=_v4_subnets(), b=_v4_subnets())
+def test_guard_keys_detect_exactly_the_overlaps(
+    a: ipaddress.IPv4Network, b: ipaddress.IPv4Network
+) -> None:
+    """What the create transaction compares sees `b` exactly when `b` overlaps `a`."""
+    start, end = subnet_inner_range(a)
+    seen = start <= subnet_key(b) < end or subnet_key(b) in subnet_outer_keys(a)
+    assert seen == a.overlaps(b)
+    event("overlap" if seen else "disjoint")
