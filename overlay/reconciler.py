@@ -22,7 +22,8 @@ Rules:
   flushed, an unchanged entry is not rewritten, so running traffic does not notice).
   A device of ours in the wrong shape (a crash mid-creation, a changed VNI/port) is deleted and
   re-created instead of failing with "file exists".
-- Logging: the first failure of an apply plus the count; "back in sync" once after failures.
+- Logging: the first failure of an apply plus the count (the same failure repeating is
+  warned about once a minute); "back in sync" once after failures.
 
 May import: trio, the standard library, overlay.*, underlay.* (via `KernelPort`).
 """
@@ -67,6 +68,9 @@ from underlay.netlink_ops import (
 )
 
 log = logging.getLogger("vxmesh.dataplane")
+
+#: Seconds between two warnings about the same repeating failure.
+FAILURE_LOG_INTERVAL = 60.0
 
 #: Failures worth a fresh look at the kernel: our belief about it was wrong.
 _SURPRISES = {errno_codes.ENOENT, errno_codes.ENODEV, errno_codes.EEXIST, errno_codes.EINVAL}
@@ -145,6 +149,8 @@ class Reconciler:
         self._last_resync = 0.0
         self._in_sync = False
         self._failing = False
+        self._last_failure = ""
+        self._last_failure_logged = 0.0
         self._wakeup = trio.Event()
         self._applying = trio.Lock()
 
@@ -221,12 +227,20 @@ class Reconciler:
                          and all(t.in_sync() for t in self._trackers()))
         self._last_apply = self._clock() - started
         if failures:
-            log.warning("dataplane: %d of %d operations failed; first: %s",
-                        len(failures), total, failures[0])
+            # The same failure repeating (a retry every second) is logged once a minute.
+            now = self._clock()
+            repeated = (failures[0] == self._last_failure
+                        and now - self._last_failure_logged < FAILURE_LOG_INTERVAL)
+            log.log(logging.DEBUG if repeated else logging.WARNING,
+                    "dataplane: %d of %d operations failed; first: %s",
+                    len(failures), total, failures[0])
+            if not repeated:
+                self._last_failure, self._last_failure_logged = failures[0], now
             self._failing = True
         elif self._in_sync and self._failing:
             log.info("dataplane: back in sync")
             self._failing = False
+            self._last_failure = ""
         return self._in_sync
 
     def _install(self, state: DesiredState) -> None:

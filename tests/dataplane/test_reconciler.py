@@ -124,7 +124,7 @@ async def test_dead_member_entries_withdrawn() -> None:
 
 async def test_ebusy_entry_stays_dirty_and_does_not_block_others(
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="vxmesh.dataplane")
+    caplog.set_level(logging.DEBUG, logger="vxmesh.dataplane")
     kernel = FakeKernel(injections=[Injection(
         lambda w: isinstance(w, FdbWrite) and w.mac == MAC2, errno.EBUSY, times=2)])
     reconciler = Reconciler(kernel)
@@ -140,7 +140,10 @@ async def test_ebusy_entry_stays_dirty_and_does_not_block_others(
     assert (MAC2, "10.0.0.2") in kernel.fdb_of("vxtun4097")
     assert reconciler.statistics().ops_by_result["EBUSY"] == 2
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 2 and "1 of" in warnings[0] and "EBUSY" in warnings[0]
+    repeats = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    # The same failure twice in a row: one warning, the repeat at debug level.
+    assert len(warnings) == 1 and "1 of" in warnings[0] and "EBUSY" in warnings[0]
+    assert repeats == warnings
     assert [r.getMessage() for r in caplog.records].count("dataplane: back in sync") == 1
     assert await reconciler.apply()
     assert [r.getMessage() for r in caplog.records].count("dataplane: back in sync") == 1
