@@ -143,7 +143,8 @@ async def test_ebusy_entry_stays_dirty_and_does_not_block_others(
     repeats = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
     # The same failure twice in a row: one warning, the repeat at debug level.
     assert len(warnings) == 1 and "1 of" in warnings[0] and "EBUSY" in warnings[0]
-    assert repeats == warnings
+    assert len(repeats) == 1
+    assert repeats[0].split("first: ")[1] == warnings[0].split("first: ")[1]
     assert [r.getMessage() for r in caplog.records].count("dataplane: back in sync") == 1
     assert await reconciler.apply()
     assert [r.getMessage() for r in caplog.records].count("dataplane: back in sync") == 1
