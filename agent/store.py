@@ -406,7 +406,9 @@ class Store:
                 await trio.sleep(backoff.next_delay())
 
     async def _follow_watch(self, start_revision: int, backoff: Backoff) -> None:
-        stream = self.client.watch(NETWORKS, prefix_end(NETWORKS), start_revision)
+        stream = await trio.to_thread.run_sync(
+            self.client.watch, NETWORKS, prefix_end(NETWORKS), start_revision
+        )
         token = trio.lowlevel.current_trio_token()
 
         def apply(batch: WatchBatch) -> None:
