@@ -223,3 +223,27 @@ class HostBlocks:
                 continue
             held.mod_revision = revision
             held.flushed_generation = max(held.flushed_generation, flush.generation)
+
+
+@dataclass
+class DepartureClock:
+    """Which block-holding hosts have been unregistered for longer than `grace` seconds.
+
+    Fed periodically with the hosts that hold blocks and the hosts in the node registry; a host
+    absent from the registry at every observation since `grace` seconds ago has left for good
+    (a reboot or an etcd outage is shorter than the grace, and resets the clock).
+    """
+
+    grace: float
+    absent_since: dict[str, float] = field(default_factory=dict)
+
+    def observe(
+        self, holders: Collection[str], registered: Collection[str], now: float
+    ) -> list[str]:
+        """Record an observation; return the hosts whose blocks may be reclaimed now."""
+        absent = {host for host in holders if host not in registered}
+        self.absent_since = {h: self.absent_since.get(h, now) for h in absent}
+        return sorted(h for h, since in self.absent_since.items() if now - since >= self.grace)
+
+    def forget(self, host: str) -> None:
+        self.absent_since.pop(host, None)

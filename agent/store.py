@@ -11,6 +11,8 @@ Owns every read and write under `/vxmesh/v1/` (the key schema is in agent.schema
   exponential backoff and jitter from the injected `random.Random`, so the agent reconverges by
   itself when etcd returns. Address pools keep allocating from held blocks meanwhile.
 - Malformed values under our prefix are skipped, logged once per key, and counted.
+- Blocks of a host that left for good (unregistered for longer than a grace period) are
+  reclaimed by `run_block_reclaimer`, or at once by `reclaim_host_blocks`.
 Imports: trio, agent.etcd_client, agent.schema, agent.ipam, agent.network_view, agent.backoff,
 agent.store_errors.
 """
@@ -41,7 +43,7 @@ from agent.etcd_client import (
     TxnResult,
     WatchBatch,
 )
-from agent.ipam import HostBlocks, PendingFlush, choose_free_block
+from agent.ipam import DepartureClock, HostBlocks, PendingFlush, choose_free_block
 from agent.network_view import KeyChange, NetworkView
 from agent.schema import (
     BLOCKS,
@@ -544,6 +546,35 @@ class Store:
                 log.info("reclaimed %d blocks of departed host %s", len(mine), host)
                 return len(mine)
         raise StoreError(f"host {host}: blocks kept changing during reclaim")
+
+    async def run_block_reclaimer(
+        self,
+        *,
+        grace: float = 3600.0,
+        interval: float = 60.0,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Reclaim the blocks of hosts unregistered for longer than `grace` seconds.
+
+        Every agent may run it: the reclaim transaction compares every block it deletes, so
+        concurrent reclaimers free each block once. An etcd outage only delays it.
+        """
+        task_status.started()
+        clock = DepartureClock(grace)
+        while True:
+            try:
+                result = await self.txn(
+                    [], [Get(NODES, prefix_end(NODES)), Get(BLOCKS, prefix_end(BLOCKS))]
+                )
+                node_kvs, block_kvs = result.ranges
+                registered = {node.name for node in self._decoded(node_kvs, decode_node)}
+                holders = {block.host for _, block in self.blocks_with_keys(block_kvs)}
+                for host in clock.observe(holders, registered, trio.current_time()):
+                    await self.reclaim_host_blocks(host)
+                    clock.forget(host)
+            except StoreError as exc:
+                log.info("block reclaimer: %s; next pass in %.0f s", exc, interval)
+            await trio.sleep(interval)
 
     def blocks_with_keys(self, kvs: Iterable[KeyValue]) -> list[tuple[KeyValue, Block]]:
         pairs = []

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.ipam import (
+    DepartureClock,
     HostBlocks,
     block_of,
     choose_free_block,
@@ -135,3 +136,15 @@ def test_allocate_release_never_duplicates(ops: list[tuple[bool, int]]) -> None:
         assert len(addresses) == len(set(addresses))
         assert not set(addresses) & reserved_addresses(net)
         assert hb.free_count() + hb.allocated_count() == 16 + 16 - 2
+
+
+def test_departure_clock_waits_out_the_grace_and_resets() -> None:
+    clock = DepartureClock(grace=10.0)
+    assert clock.observe({"a", "b"}, {"a"}, now=0.0) == []
+    assert clock.observe({"a", "b"}, {"a"}, now=9.0) == []
+    assert clock.observe({"a", "b"}, {"a", "b"}, now=9.5) == []  # b came back: clock resets
+    assert clock.observe({"a", "b"}, {"a"}, now=12.0) == []
+    assert clock.observe({"a", "b"}, {"a"}, now=22.0) == ["b"]
+    clock.forget("b")
+    assert clock.observe({"a"}, set(), now=23.0) == []
+    assert clock.observe({"a"}, set(), now=33.0) == ["a"]

@@ -397,6 +397,34 @@ async def test_reclaim_blocks_of_departed_host(local_etcd: LocalEtcd) -> None:
     store.close()
 
 
+async def test_block_reclaimer_frees_departed_hosts_after_grace(local_etcd: LocalEtcd) -> None:
+    store = connect(local_etcd)
+    await store.create_network(validate_network(name="n", subnet="10.1.0.0/24"))
+    alive = Node("alive", ipaddress.ip_address("10.0.0.1"), ("10.0.0.1", 7946), "0.1.0")
+    await store.register_node(alive, ttl=30)
+    for host in ("alive", "departed"):
+        pool = await store.open_address_pool("n", host)
+        await pool.allocate(f"{host}-ep")
+        await pool.flush()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: store.run_block_reclaimer(
+                grace=0.3, interval=0.05, task_status=task_status
+            )
+        )
+
+        async def hosts() -> set[str]:
+            return {b.host for b in (await store.inspect_network("n")).blocks}
+
+        await eventually(lambda: _equals(hosts(), {"alive"}))
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
+async def _equals(value: Awaitable[object], expected: object) -> bool:
+    return await value == expected
+
+
 async def test_malformed_keys_are_skipped_and_counted(local_etcd: LocalEtcd) -> None:
     store = connect(local_etcd)
     await store.create_network(validate_network(name="good", subnet="10.1.0.0/24"))
