@@ -106,3 +106,21 @@ def test_dump_that_keeps_being_interrupted_raises() -> None:
         theirs.close()
         thread.join(5)
     assert caught.value.errno == errno.EINTR
+
+
+def test_acks_matched_by_sequence_number_and_missing_ones_time_out() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ours.setblocking(False)
+    try:
+        def ack(seq: int, code: int) -> bytes:
+            return struct.pack("=IHHIIi", 36, 2, 0, seq, 0, -code) + b"\0" * 16
+
+        # Out of order, with a stranger's answer (pyroute2's own seq) in between.
+        theirs.send(ack(0x0100_0002, errno.EBUSY) + ack(77, 0) + ack(0x0100_0000, 0))
+        results = [-1, -1, -1]
+        netlink_ops._read_acks(ours, {0x0100_0000: 0, 0x0100_0001: 1, 0x0100_0002: 2},
+                               results, timeout=0.2)
+    finally:
+        ours.close()
+        theirs.close()
+    assert results == [0, errno.ETIMEDOUT, errno.EBUSY]
