@@ -1,0 +1,132 @@
+"""Transmit-limited broadcast queue: what gets piggybacked on the next packets.
+
+Owns: the order and lifetime of pending broadcasts (membership news and delegate payloads).
+Rules (memberlist's TransmitLimitedQueue, in our own shape):
+- each broadcast is sent at most `retransmit_limit(n)` = mult * ceil(log10(n + 1)) times, n
+  being the cluster size at the moment of sending;
+- broadcasts sent fewer times go first; among equals, the newest first;
+- a broadcast queued with a key (a node name, or any hashable the delegate picks) replaces
+  any pending broadcast with the same key: newer news about a node invalidates older news;
+  keyless broadcasts never invalidate anything;
+- the queue is bounded; beyond `max_pending` the most transmitted (then oldest) are dropped.
+Usable by the layer above for its own delegate broadcasts. Pure: standard library only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class _Pending:
+    key: Hashable | None
+    payload: bytes
+    transmits: int
+    order: int
+
+
+def retransmit_limit(mult: int, n: int) -> int:
+    """mult * ceil(log10(n + 1)): how many times a broadcast is sent in a cluster of n."""
+    return int(mult * math.ceil(math.log10(max(n, 1) + 1)))
+
+
+class BroadcastQueue:
+    """Pending broadcasts, fewest transmissions first, each sent a bounded number of times."""
+
+    def __init__(self, retransmit_mult: int, *, max_pending: int = 16_384) -> None:
+        self._mult = retransmit_mult
+        self._max_pending = max_pending
+        # transmits -> {order: pending}; dicts keep insertion (= age) order.
+        self._levels: dict[int, dict[int, _Pending]] = {}
+        self._by_key: dict[Hashable, _Pending] = {}
+        self._order = 0
+        self._size = 0
+        self._smallest = 1 << 30
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def queue(self, payload: bytes, key: Hashable | None = None) -> None:
+        """Add a broadcast; with a key, replace the pending broadcast of that key."""
+        if key is not None:
+            old = self._by_key.pop(key, None)
+            if old is not None:
+                self._remove(old)
+        self._order += 1
+        item = _Pending(key, payload, 0, self._order)
+        self._levels.setdefault(0, {})[item.order] = item
+        self._size += 1
+        self._smallest = min(self._smallest, len(payload))
+        if key is not None:
+            self._by_key[key] = item
+        if self._size > self._max_pending:
+            self._drop_one()
+
+    def pending_for(self, key: Hashable) -> bytes | None:
+        """The payload pending under `key`, if any."""
+        item = self._by_key.get(key)
+        return None if item is None else item.payload
+
+    def take(self, overhead: int, limit: int, cluster_size: int) -> list[bytes]:
+        """Broadcasts for one packet: each costs `overhead` + its length, within `limit` bytes.
+
+        Every broadcast returned counts one transmission; it leaves the queue once it reached
+        the retransmit limit for `cluster_size`.
+        """
+        if self._size == 0 or limit < overhead + self._smallest:
+            return []
+        chosen: list[_Pending] = []
+        remaining = limit
+        floor = overhead + self._smallest
+        for level in sorted(self._levels):
+            for item in reversed(self._levels[level].values()):
+                cost = overhead + len(item.payload)
+                if cost <= remaining:
+                    chosen.append(item)
+                    remaining -= cost
+                    if remaining < floor:
+                        break
+            if remaining < floor:
+                break
+        if not chosen:
+            return []
+        cap = retransmit_limit(self._mult, cluster_size)
+        for item in chosen:
+            del self._levels[item.transmits][item.order]
+            if not self._levels[item.transmits]:
+                del self._levels[item.transmits]
+            item.transmits += 1
+            if item.transmits >= cap:
+                self._forget(item)
+            else:
+                self._levels.setdefault(item.transmits, {})[item.order] = item
+        return [item.payload for item in chosen]
+
+    def clear(self) -> None:
+        """Forget every pending broadcast."""
+        self._levels.clear()
+        self._by_key.clear()
+        self._size = 0
+
+    def _remove(self, item: _Pending) -> None:
+        level = self._levels[item.transmits]
+        del level[item.order]
+        if not level:
+            del self._levels[item.transmits]
+        self._size -= 1
+
+    def _forget(self, item: _Pending) -> None:
+        self._size -= 1
+        if item.key is not None and self._by_key.get(item.key) is item:
+            del self._by_key[item.key]
+
+    def _drop_one(self) -> None:
+        level = self._levels[max(self._levels)]
+        item = next(iter(level.values()))
+        self._remove(item)
+        if item.key is not None and self._by_key.get(item.key) is item:
+            del self._by_key[item.key]
+        self.dropped += 1

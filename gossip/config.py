@@ -1,0 +1,207 @@
+"""SWIM configuration: one frozen dataclass, three presets, and the formulas derived from it.
+
+Owns: every tunable of the membership protocol, each with its unit, and the functions of the
+cluster size `n` that memberlist made standard (retransmit limit, suspicion timeouts, push-pull
+scaling). Rules: fields are plain numbers; presets are built with `dataclasses.replace`;
+`validate()` rejects a bad value naming the field. Pure: imports only the standard library and
+`gossip.errors`.
+
+Formulas (n = estimated cluster size, members alive or suspect, self included):
+
+    retransmit_limit(n)   = retransmit_mult * ceil(log10(n + 1))           [transmissions]
+    suspicion_min_s(n)    = suspicion_mult * max(1, log10(n)) * probe_interval_s   [s]
+    suspicion_max_s(n)    = suspicion_max_timeout_mult * suspicion_min_s(n)       [s]
+    suspicion timeout after c independent confirmations (Lifeguard):
+        max(min, max - (max - min) * ln(c + 1) / ln(k + 1)),  k = confirmations_needed(n)
+    confirmations_needed(n) = suspicion_confirmations, or 0 when n - 2 < it      [peers]
+    push_pull_interval_for(n) = push_pull_interval_s * (ceil(log2 n - log2 T) + 1) if n > T,
+        else push_pull_interval_s, T = push_pull_scale_threshold                    [s]
+    probe interval / probe timeout actually used = value * (awareness + 1), awareness in
+        [0, awareness_max_multiplier - 1] (Lifeguard local health)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+
+from gossip.errors import GossipError
+
+
+class ConfigError(GossipError):
+    """A configuration value is out of range; the message names the field and the value."""
+
+
+@dataclass(frozen=True)
+class SwimConfig:
+    """Tunables of the SWIM core. Defaults are the LAN preset; see `lan()`, `wan()`, `local()`."""
+
+    #: s. Time between two probes of randomly ordered members (scaled by awareness).
+    probe_interval_s: float = 1.0
+    #: s. Wait for a direct ack before asking `indirect_checks` peers (scaled by awareness).
+    probe_timeout_s: float = 0.5
+    #: peers. How many members are asked to ping a target that missed its direct ack.
+    indirect_checks: int = 3
+    #: multiplier. Upper bound of the awareness scaling of probe interval and timeout.
+    awareness_max_multiplier: int = 8
+    #: s. Time between two piggyback gossip rounds (only when something is queued).
+    gossip_interval_s: float = 0.2
+    #: peers. Members each gossip round sends a packet to.
+    gossip_nodes: int = 3
+    #: s. After a member is declared failed we still gossip to it this long, so it can refute.
+    gossip_to_dead_s: float = 30.0
+    #: transmissions per log10 step. See retransmit_limit(n).
+    retransmit_mult: int = 4
+    #: probe intervals per log10 step. See suspicion_min_s(n).
+    suspicion_mult: float = 2.0
+    #: multiplier. Suspicion starts at this times the minimum. See suspicion_max_s(n).
+    suspicion_max_timeout_mult: float = 6.0
+    #: peers. Independent suspicions that bring the timeout down to its minimum (Lifeguard k).
+    suspicion_confirmations: int = 3
+    #: s. Base period of full-state push-pull with one random member (scaled by cluster size).
+    push_pull_interval_s: float = 30.0
+    #: members. Above this size the push-pull period grows with log2(n).
+    push_pull_scale_threshold: int = 32
+    #: s. Period of re-joining (push-pull) one random failed member, so partitions heal;
+    #: None disables it (bare memberlist behaviour: partitions never heal).
+    reconnect_interval_s: float | None = 30.0
+    #: s. A failed member is remembered (and re-joined) this long, then reaped.
+    remember_failed_s: float = 86_400.0
+    #: s. A member that left gracefully is remembered (as a tombstone) this long.
+    remember_left_s: float = 86_400.0
+    #: bytes. UDP payload budget of one compound packet, encryption overhead included.
+    udp_budget: int = 1400
+    #: bytes. Largest node metadata carried in alive messages.
+    meta_limit: int = 512
+    #: bytes. Largest push-pull chunk (membership or delegate state) streamed over TCP.
+    push_pull_chunk_limit: int = 65_536
+    #: peers. A graceful leave is sent directly to this many members, then gossiped.
+    leave_fanout: int = 8
+
+    def validate(self) -> SwimConfig:
+        """Return self, or raise ConfigError naming the first bad field and its value."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.name == "reconnect_interval_s":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"SwimConfig.{f.name}: expected a number, got {value!r}")
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(
+                    f"SwimConfig.{f.name}: must be a finite number >= 0, got {value!r}"
+                )
+        positive = ("probe_interval_s", "probe_timeout_s", "gossip_interval_s",
+                    "push_pull_interval_s", "retransmit_mult", "suspicion_mult",
+                    "awareness_max_multiplier", "gossip_nodes", "push_pull_scale_threshold")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"SwimConfig.{name}: must be > 0, got {getattr(self, name)!r}")
+        if self.reconnect_interval_s is not None and self.reconnect_interval_s <= 0:
+            raise ConfigError(
+                f"SwimConfig.reconnect_interval_s: must be > 0 or None, "
+                f"got {self.reconnect_interval_s!r}"
+            )
+        if self.probe_timeout_s >= self.probe_interval_s:
+            raise ConfigError(
+                f"SwimConfig.probe_timeout_s: must be below probe_interval_s "
+                f"({self.probe_interval_s!r}), got {self.probe_timeout_s!r}"
+            )
+        if self.suspicion_max_timeout_mult < 1:
+            raise ConfigError(
+                f"SwimConfig.suspicion_max_timeout_mult: must be >= 1, "
+                f"got {self.suspicion_max_timeout_mult!r}"
+            )
+        if not 200 <= self.udp_budget <= 65_000:
+            raise ConfigError(f"SwimConfig.udp_budget: must be in [200, 65000], "
+                              f"got {self.udp_budget!r}")
+        if not 0 <= self.meta_limit <= self.udp_budget // 2:
+            raise ConfigError(f"SwimConfig.meta_limit: must be in [0, udp_budget/2], "
+                              f"got {self.meta_limit!r}")
+        if self.push_pull_chunk_limit < 4096:
+            raise ConfigError(f"SwimConfig.push_pull_chunk_limit: must be >= 4096, "
+                              f"got {self.push_pull_chunk_limit!r}")
+        return self
+
+    # -- presets ---------------------------------------------------------------------------
+
+    @classmethod
+    def lan(cls) -> SwimConfig:
+        """Our LAN preset: memberlist's LAN timings, a faster Lifeguard suspicion, re-joins.
+
+        probe 1 s / timeout 0.5 s, 3 indirect checks, gossip 200 ms to 3 members, retransmit
+        4 * ceil(log10(n+1)); suspicion_min = 2 * max(1, log10 n) * 1 s (6 s at n = 1,000),
+        maximum 6x that, reaching the minimum after 3 independent confirmations; push-pull
+        every 30 s scaled by cluster size; failed members re-joined every 30 s and remembered
+        24 h (serf's reconnect), so partitions heal.
+        """
+        return cls()
+
+    @classmethod
+    def wan(cls) -> SwimConfig:
+        """WAN preset: memberlist's DefaultWANConfig timings plus re-joins.
+
+        probe 5 s / timeout 3 s, gossip 500 ms to 4 members, gossip to the dead 60 s,
+        suspicion_min = 6 * max(1, log10 n) * 5 s, push-pull every 60 s scaled by size,
+        re-join a failed member every 60 s.
+        """
+        return replace(cls(), probe_interval_s=5.0, probe_timeout_s=3.0,
+                       gossip_interval_s=0.5, gossip_nodes=4, gossip_to_dead_s=60.0,
+                       suspicion_mult=6.0, push_pull_interval_s=60.0,
+                       reconnect_interval_s=60.0)
+
+    @classmethod
+    def local(cls) -> SwimConfig:
+        """Loopback / single host preset: memberlist's DefaultLocalConfig timings.
+
+        probe 1 s / timeout 200 ms, 1 indirect check, gossip 100 ms, retransmit
+        2 * ceil(log10(n+1)), suspicion_min = 3 * max(1, log10 n) * 1 s, push-pull every
+        15 s scaled by size, gossip to the dead 15 s, re-join a failed member every 10 s.
+        """
+        return replace(cls(), probe_timeout_s=0.2, indirect_checks=1,
+                       gossip_interval_s=0.1, gossip_to_dead_s=15.0, retransmit_mult=2,
+                       suspicion_mult=3.0, push_pull_interval_s=15.0,
+                       reconnect_interval_s=10.0)
+
+    @classmethod
+    def memberlist_lan(cls) -> SwimConfig:
+        """Baseline: memberlist's DefaultLANConfig numbers, no re-join (bare memberlist).
+
+        suspicion_min = 4 * max(1, log10 n) * 1 s (12 s at n = 1,000), maximum 6x, reached
+        after SuspicionMult - 2 = 2 confirmations; partitions never heal (memberlist#222).
+        """
+        return replace(cls(), suspicion_mult=4.0, suspicion_confirmations=2,
+                       reconnect_interval_s=None)
+
+    # -- formulas of the cluster size -------------------------------------------------------
+
+    def retransmit_limit(self, n: int) -> int:
+        """Transmissions of one broadcast: retransmit_mult * ceil(log10(n + 1))."""
+        return int(self.retransmit_mult * math.ceil(math.log10(max(n, 1) + 1)))
+
+    def suspicion_min_s(self, n: int) -> float:
+        """Shortest suspicion, s: suspicion_mult * max(1, log10 n) * probe_interval_s."""
+        return self.suspicion_mult * max(1.0, math.log10(max(n, 1))) * self.probe_interval_s
+
+    def suspicion_max_s(self, n: int) -> float:
+        """Longest suspicion, s: suspicion_max_timeout_mult * suspicion_min_s(n)."""
+        return self.suspicion_max_timeout_mult * self.suspicion_min_s(n)
+
+    def confirmations_needed(self, n: int) -> int:
+        """Lifeguard k: suspicion_confirmations, or 0 if fewer peers exist (n - 2 < k)."""
+        k = self.suspicion_confirmations
+        return 0 if n - 2 < k else k
+
+    def push_pull_interval_for(self, n: int) -> float:
+        """Push-pull period, s, stretched by ceil(log2 n - log2 threshold) + 1 above threshold."""
+        if n <= self.push_pull_scale_threshold:
+            return self.push_pull_interval_s
+        mult = math.ceil(math.log2(n) - math.log2(self.push_pull_scale_threshold)) + 1
+        return self.push_pull_interval_s * mult
+
+
+def suspicion_timeout(min_s: float, max_s: float, needed: int, confirmations: int) -> float:
+    """Lifeguard's shrinking timeout, s: max falling to min after `needed` confirmations."""
+    if needed <= 0:
+        return min_s
+    frac = math.log(confirmations + 1.0) / math.log(needed + 1.0)
+    return max(min_s, max_s - frac * (max_s - min_s))

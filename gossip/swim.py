@@ -1,0 +1,918 @@
+"""The SWIM membership state machine with the Lifeguard extensions, free of I/O.
+
+Owns: the member table (state, incarnation, address, metadata), probing, suspicion,
+refutation, local health, piggybacked dissemination, push-pull scheduling and merging,
+graceful leave, re-joining failed members, reaping.
+
+Shape (h11 / aioquic style): bytes and time go in, datagrams, push-pull requests and events
+come out. The caller (the trio driver `gossip.node`, or the simulator `gossip.sim`) calls
+`receive_datagram(data, addr, now)` for each UDP payload, `handle_timeout(now)` once
+`now >= next_deadline()`, then drains `datagrams_to_send()`, `push_pulls_to_start()` and
+`next_event()`. TCP push-pull streams are the caller's: it sends `push_pull_state(join)` and
+feeds each received chunk to `merge_push_pull_chunk`. Sealing/opening with the keyring
+happens here, so the caller moves opaque bytes only.
+
+Protocol (memberlist's algorithms, our structure):
+- probing: members in a shuffled round-robin order; a direct ping, then after the (awareness
+  scaled) probe timeout `indirect_checks` ping-reqs with nack; at the end of the probe interval
+  an unanswered target is suspected. Pings to a suspect carry the suspicion so it can refute.
+- suspicion (Lifeguard): the timeout starts at `suspicion_max_s(n)` and shrinks to
+  `suspicion_min_s(n)` as independent suspicions of the same member arrive; when it runs out
+  the member is declared failed (a DEAD message). A member told it is suspect or dead refutes
+  with a higher incarnation (and counts that against its own health).
+- local health: a failed probe with missing nacks, or a refutation, raises awareness; a
+  successful probe lowers it; probe interval and timeout are multiplied by awareness + 1.
+- dissemination: news is queued in a `BroadcastQueue` (transmit-limited, newer news about a
+  node replaces older) and piggybacked on every packet we send, plus gossip rounds to
+  `gossip_nodes` members every `gossip_interval_s` while anything is queued (or a delegate
+  is set, since it may have broadcasts). Recently failed members still get gossip so they can
+  refute.
+- push-pull: every `push_pull_interval_for(n)` with one random alive member, and on join with
+  each seed. A remote claim that a member we see alive is suspect or dead makes us suspect it
+  locally (not broadcast) and tell that member directly, so a wrongly failed side refutes fast.
+- re-join: every `reconnect_interval_s` a push-pull with one random failed member we still
+  remember; this is what heals partitions (serf's reconnect; bare memberlist has none).
+- graceful leave: a DEAD message about ourselves sent from ourselves; peers mark us LEFT at once.
+- reaping: failed members are forgotten after `remember_failed_s`, left ones after
+  `remember_left_s`.
+
+Events: `MemberJoined` (new, or back from failed/left), `MemberUpdated` (address or
+metadata changed while alive), `MemberSuspected`, `MemberRecovered` (a suspect refuted),
+`MemberFailed`, `MemberLeft`, `MemberForgotten` (reaped). Each transition emits exactly one
+of them (plus `MemberUpdated` when a recovery also changes metadata).
+
+Pure: never imports trio, socket, time, threading or pyroute2; randomness only from the
+injected `random.Random`. Network input raises nothing (garbage is counted).
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gossip.broadcast import BroadcastQueue
+from gossip.config import SwimConfig, suspicion_timeout
+from gossip.delegate import Delegate
+from gossip.errors import GossipError, WireError
+from gossip.wire import (
+    ENCRYPTION_OVERHEAD,
+    PACKET_OVERHEAD,
+    USER_MESSAGE_OVERHEAD,
+    Ack,
+    Addr,
+    Alive,
+    Dead,
+    IndirectPing,
+    MemberRecord,
+    MemberState,
+    Nack,
+    Ping,
+    Suspect,
+    UnknownMessage,
+    UserMessage,
+    decode_chunk,
+    decode_packet,
+    encode_member_record,
+    encode_members_chunk,
+    encode_message,
+    encode_packet,
+    encode_user_state_chunk,
+)
+
+__all__ = [
+    "Member", "MemberFailed", "MemberForgotten", "MemberJoined", "MemberLeft",
+    "MemberRecovered", "MemberState", "MemberSuspected", "MemberUpdated", "MembershipEvent",
+    "PacketCipher", "StartPushPull", "Swim", "SwimStatistics",
+]
+
+_MAX_INCARNATION = 2**64 - 1
+_CHUNK_SLACK = 16
+
+
+class PacketCipher(Protocol):
+    """What the core needs of `gossip.keyring.Keyring`: seal and open whole packets."""
+
+    def seal(self, plaintext: bytes) -> bytes: ...
+
+    def open(self, data: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A snapshot of one member as this node sees it."""
+
+    name: str
+    addr: Addr
+    meta: bytes
+    state: MemberState
+    incarnation: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemberJoined:
+    member: Member
+
+
+@dataclass(frozen=True, slots=True)
+class MemberUpdated:
+    member: Member
+
+
+@dataclass(frozen=True, slots=True)
+class MemberSuspected:
+    member: Member
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRecovered:
+    member: Member
+
+
+@dataclass(frozen=True, slots=True)
+class MemberFailed:
+    member: Member
+
+
+@dataclass(frozen=True, slots=True)
+class MemberLeft:
+    member: Member
+
+
+@dataclass(frozen=True, slots=True)
+class MemberForgotten:
+    member: Member
+
+
+MembershipEvent = (MemberJoined | MemberUpdated | MemberSuspected | MemberRecovered
+                   | MemberFailed | MemberLeft | MemberForgotten)
+
+
+@dataclass(frozen=True, slots=True)
+class StartPushPull:
+    """Open a TCP stream to `addr` and exchange full state (`join`: this is a join)."""
+
+    addr: Addr
+    join: bool
+
+
+@dataclass(frozen=True)
+class SwimStatistics:
+    """Counters and gauges of one `Swim` (what metrics read)."""
+
+    members_alive: int
+    members_suspect: int
+    members_failed: int
+    members_left: int
+    incarnation: int
+    awareness: int
+    packets_sent: int
+    bytes_sent: int
+    packets_received: int
+    bytes_received: int
+    wire_errors: int
+    auth_failures: int
+    unknown_messages: int
+    misdirected_pings: int
+    probes_sent: int
+    probes_failed: int
+    indirect_pings_sent: int
+    suspicions_started: int
+    refutations: int
+    broadcasts_pending: int
+    broadcasts_dropped: int
+    push_pulls_started: int
+    reconnects_started: int
+    push_pull_chunks_merged: int
+
+
+class _Node:
+    __slots__ = ("addr", "incarnation", "meta", "name", "state", "state_change", "suspicion")
+
+    def __init__(self, name: str, addr: Addr, meta: bytes, incarnation: int,
+                 state: MemberState, now: float) -> None:
+        self.name = name
+        self.addr = addr
+        self.meta = meta
+        self.incarnation = incarnation
+        self.state = state
+        self.state_change = now
+        self.suspicion: _Suspicion | None = None
+
+    def snapshot(self) -> Member:
+        return Member(self.name, self.addr, self.meta, self.state, self.incarnation)
+
+
+class _Suspicion:
+    __slots__ = ("confirmers", "deadline", "max_s", "min_s", "needed", "node", "start")
+
+    def __init__(self, node: str, sender: str, now: float, min_s: float, max_s: float,
+                 needed: int) -> None:
+        self.node = node
+        self.confirmers = {sender}
+        self.start = now
+        self.min_s = min_s
+        self.max_s = max_s
+        self.needed = needed
+        self.deadline = now + suspicion_timeout(min_s, max_s, needed, 0)
+
+    def confirm(self, sender: str) -> bool:
+        """Count an independent suspicion; True if it was new (the deadline may move in)."""
+        if sender in self.confirmers or len(self.confirmers) > self.needed:
+            return False
+        self.confirmers.add(sender)
+        timeout = suspicion_timeout(self.min_s, self.max_s, self.needed,
+                                    len(self.confirmers) - 1)
+        self.deadline = self.start + timeout
+        return True
+
+
+class _Probe:
+    __slots__ = ("acked", "addr", "nacks", "nacks_expected", "seq", "target")
+
+    def __init__(self, seq: int, target: str, addr: Addr) -> None:
+        self.seq = seq
+        self.target = target
+        self.addr = addr
+        self.acked = False
+        self.nacks = 0
+        self.nacks_expected = 0
+
+
+class _Relay:
+    __slots__ = ("nack", "requester", "seq")
+
+    def __init__(self, requester: Addr, seq: int, nack: bool) -> None:
+        self.requester = requester
+        self.seq = seq
+        self.nack = nack
+
+
+# Timer kinds.
+_PROBE, _PROBE_TIMEOUT, _GOSSIP, _PUSH_PULL, _RECONNECT, _REAP, _SUSPICION, _RELAY = range(8)
+
+_ALIVE, _SUSPECT, _DEAD, _LEFT = (MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD,
+                                  MemberState.LEFT)
+
+
+class Swim:
+    """One node's SWIM + Lifeguard membership, driven by `now` and an injected RNG."""
+
+    def __init__(self, config: SwimConfig, name: str, addr: Addr, *, meta: bytes,
+                 rng: random.Random, now: float, delegate: Delegate | None = None,
+                 keyring: PacketCipher | None = None) -> None:
+        config.validate()
+        if not name or len(name) > 128:
+            raise GossipError(f"Swim name: expected 1..128 characters, got {name!r}")
+        if len(meta) > config.meta_limit:
+            raise GossipError(f"Swim meta: {len(meta)} bytes exceed meta_limit "
+                              f"{config.meta_limit}")
+        self.config = config
+        self.name = name
+        self.addr = addr
+        self.keyring = keyring
+        self._rng = rng
+        self._delegate = delegate
+        self._self = _Node(name, addr, meta, 0, _ALIVE, now)
+        self._nodes: dict[str, _Node] = {name: self._self}
+        self._others: list[str] = []
+        self._others_index: dict[str, int] = {}
+        self._counts = [0, 0, 0, 0]
+        self._probe_order: list[str] = []
+        self._probe_pos = 0
+        self._probe: _Probe | None = None
+        self._relays: dict[int, _Relay] = {}
+        self._seq = 0
+        self._timers: list[tuple[float, int, int, Any]] = []
+        self._timer_seq = 0
+        self._broadcasts = BroadcastQueue(config.retransmit_mult)
+        self._outbox: list[tuple[bytes, Addr]] = []
+        self._events: deque[MembershipEvent] = deque()
+        self._push_pulls: list[StartPushPull] = []
+        self._awareness = 0
+        self._leaving = False
+        self._gossip_armed = False
+        self._stats: dict[str, int] = dict.fromkeys(
+            ("packets_sent", "bytes_sent", "packets_received", "bytes_received", "wire_errors",
+             "auth_failures", "unknown_messages", "misdirected_pings", "probes_sent",
+             "probes_failed", "indirect_pings_sent", "suspicions_started", "refutations",
+             "push_pulls_started", "reconnects_started", "push_pull_chunks_merged"), 0)
+        self._at(now + rng.uniform(0, config.probe_interval_s), _PROBE, None)
+        self._push_pull_token = 0
+        self._at(now + rng.uniform(0, config.push_pull_interval_s), _PUSH_PULL, 0)
+        if config.reconnect_interval_s is not None:
+            self._at(now + rng.uniform(0, config.reconnect_interval_s), _RECONNECT, None)
+        self._at(now + self._reap_period(), _REAP, None)
+        if delegate is not None:
+            self._arm_gossip(now)
+
+    # -- the caller's side: input ----------------------------------------------------------
+
+    def join(self, seeds: list[Addr], now: float) -> None:
+        """Push-pull with each seed (join flag set) and announce ourselves."""
+        for seed in seeds:
+            if seed != self.addr:
+                self._push_pulls.append(StartPushPull(seed, True))
+                self._stats["push_pulls_started"] += 1
+        self._announce_self(now)
+
+    def leave(self, now: float) -> None:
+        """Announce a graceful leave: sent directly to `leave_fanout` members, then gossiped.
+
+        We stop probing; the caller keeps driving us until `statistics().broadcasts_pending`
+        is 0 (or its own time box ends), then stops.
+        """
+        if self._leaving:
+            return
+        self._leaving = True
+        me = self._self
+        self._self.state = _LEFT
+        self._self.state_change = now
+        encoded = encode_message(Dead(me.incarnation, me.name, me.name))
+        self._broadcasts.queue(encoded, me.name)
+        for node in self._random_members(self.config.leave_fanout, _is_alive):
+            self._emit(node.addr, [encoded])
+        self._arm_gossip(now)
+
+    def set_meta(self, meta: bytes, now: float) -> None:
+        """Change our metadata; spread with a new incarnation."""
+        if len(meta) > self.config.meta_limit:
+            raise GossipError(f"Swim meta: {len(meta)} bytes exceed meta_limit "
+                              f"{self.config.meta_limit}")
+        self._self.meta = meta
+        self._self.incarnation = min(self._self.incarnation + 1, _MAX_INCARNATION)
+        self._announce_self(now)
+
+    def broadcast_user(self, payload: bytes, now: float, key: str | None = None) -> None:
+        """Queue a user message for piggybacking (a newer one with the same key replaces it)."""
+        if len(payload) + USER_MESSAGE_OVERHEAD > self._budget():
+            raise GossipError(f"user broadcast of {len(payload)} bytes exceeds the packet "
+                              f"budget of {self._budget()} bytes")
+        self._broadcasts.queue(encode_message(UserMessage(payload)),
+                               None if key is None else ("user", key))
+        self._arm_gossip(now)
+
+    def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
+        """One UDP payload from `addr`. Garbage, forgeries and plain text (with a keyring)
+        are counted and dropped; this never raises for any input."""
+        stats = self._stats
+        stats["packets_received"] += 1
+        stats["bytes_received"] += len(data)
+        if self.keyring is not None:
+            try:
+                data = self.keyring.open(data)
+            except WireError:
+                stats["auth_failures"] += 1
+                return
+        try:
+            messages = decode_packet(data)
+        except WireError:
+            stats["wire_errors"] += 1
+            return
+        # Suspicions first: a refutation then rides on the ack we send for a ping.
+        for msg in messages:
+            if isinstance(msg, Suspect):
+                self._on_suspect(msg, now)
+        for msg in messages:
+            if isinstance(msg, Ping):
+                self._on_ping(msg, addr)
+            elif isinstance(msg, Ack):
+                self._on_ack(msg, now)
+            elif isinstance(msg, Alive):
+                self._on_alive(msg, now)
+            elif isinstance(msg, Dead):
+                self._on_dead(msg, now)
+            elif isinstance(msg, IndirectPing):
+                self._on_indirect_ping(msg, addr, now)
+            elif isinstance(msg, Nack):
+                self._on_nack(msg)
+            elif isinstance(msg, UserMessage):
+                if self._delegate is not None:
+                    self._delegate.notify_user_msg(msg.payload, now)
+            elif isinstance(msg, UnknownMessage):
+                stats["unknown_messages"] += 1
+
+    def handle_timeout(self, now: float) -> None:
+        """Run every timer due at `now`."""
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, kind, arg = heapq.heappop(timers)
+            if kind == _PROBE:
+                self._probe_tick(now)
+            elif kind == _PROBE_TIMEOUT:
+                self._probe_timed_out(arg, now)
+            elif kind == _GOSSIP:
+                self._gossip_tick(now)
+            elif kind == _SUSPICION:
+                self._suspicion_expired(arg, now)
+            elif kind == _RELAY:
+                self._relay_timed_out(arg)
+            elif kind == _PUSH_PULL:
+                self._push_pull_tick(arg, now)
+            elif kind == _RECONNECT:
+                self._reconnect_tick(now)
+            else:
+                self._reap_tick(now)
+
+    def merge_push_pull_chunk(self, chunk: bytes, addr: Addr, join: bool, now: float) -> bool:
+        """One chunk of a peer's push-pull state. False (and counted) if it is garbage."""
+        try:
+            decoded = decode_chunk(chunk)
+        except WireError:
+            self._stats["wire_errors"] += 1
+            return False
+        self._stats["push_pull_chunks_merged"] += 1
+        if decoded is None:
+            self._stats["unknown_messages"] += 1
+        elif isinstance(decoded, bytes):
+            if self._delegate is not None:
+                self._delegate.merge_remote_state(decoded, join, now)
+        else:
+            for record in decoded:
+                self._merge_record(record, now)
+        return True
+
+    def adopt_members(self, records: list[MemberRecord], now: float) -> None:
+        """Take members as already known: no events, no broadcasts, unknown names only.
+
+        For a simulation or test that starts from a formed cluster; a live node learns
+        members through `join` and `merge_push_pull_chunk`.
+        """
+        for record in records:
+            if record.name not in self._nodes:
+                self._add(_Node(record.name, record.addr, record.meta, record.incarnation,
+                                record.state, now))
+        # Re-draw the push-pull phase for the size of the cluster we now belong to.
+        self._push_pull_token += 1
+        period = self.config.push_pull_interval_for(self.cluster_size())
+        self._at(now + self._rng.uniform(0, period), _PUSH_PULL, self._push_pull_token)
+
+    # -- the caller's side: output ---------------------------------------------------------
+
+    def next_deadline(self) -> float:
+        """When `handle_timeout` must next be called (inf if never)."""
+        return self._timers[0][0] if self._timers else float("inf")
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
+        """Sealed UDP payloads with their destinations, oldest first."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    def push_pulls_to_start(self) -> list[StartPushPull]:
+        """Push-pull exchanges the caller should open now."""
+        out, self._push_pulls = self._push_pulls, []
+        return out
+
+    def next_event(self) -> MembershipEvent | None:
+        """The oldest undelivered membership event, or None."""
+        return self._events.popleft() if self._events else None
+
+    def push_pull_state(self, join: bool) -> list[bytes]:
+        """Our full state as chunks: membership first, then the delegate's, each bounded."""
+        limit = self.config.push_pull_chunk_limit - _CHUNK_SLACK
+        chunks: list[bytes] = []
+        packed: list[bytes] = []
+        size = 0
+        for node in self._nodes.values():
+            record = encode_member_record(MemberRecord(node.name, node.addr, node.meta,
+                                                       node.incarnation, node.state))
+            if size + len(record) > limit:
+                chunks.append(encode_members_chunk(packed))
+                packed, size = [], 0
+            packed.append(record)
+            size += len(record)
+        chunks.append(encode_members_chunk(packed))
+        if self._delegate is not None:
+            for piece in self._delegate.local_state(join):
+                if len(piece) > limit:
+                    raise GossipError(f"delegate state chunk of {len(piece)} bytes exceeds "
+                                      f"push_pull_chunk_limit {self.config.push_pull_chunk_limit}")
+                chunks.append(encode_user_state_chunk(piece))
+        return chunks
+
+    def members(self) -> list[Member]:
+        """Every member we know (self included), in any state."""
+        return [node.snapshot() for node in self._nodes.values()]
+
+    def member(self, name: str) -> Member | None:
+        node = self._nodes.get(name)
+        return None if node is None else node.snapshot()
+
+    def state_of(self, name: str) -> MemberState | None:
+        """A member's state, cheaply (no snapshot)."""
+        node = self._nodes.get(name)
+        return None if node is None else node.state
+
+    @property
+    def incarnation(self) -> int:
+        return self._self.incarnation
+
+    @property
+    def leaving(self) -> bool:
+        return self._leaving
+
+    def cluster_size(self) -> int:
+        """Members alive or suspect, self included: the n of every formula."""
+        return self._counts[_ALIVE] + self._counts[_SUSPECT] + 1
+
+    def statistics(self) -> SwimStatistics:
+        c = self._counts
+        return SwimStatistics(
+            members_alive=c[_ALIVE], members_suspect=c[_SUSPECT], members_failed=c[_DEAD],
+            members_left=c[_LEFT], incarnation=self._self.incarnation,
+            awareness=self._awareness, broadcasts_pending=len(self._broadcasts),
+            broadcasts_dropped=self._broadcasts.dropped, **self._stats)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def _budget(self) -> int:
+        overhead = PACKET_OVERHEAD + (ENCRYPTION_OVERHEAD if self.keyring is not None else 0)
+        return self.config.udp_budget - overhead
+
+    def _send(self, addr: Addr, parts: list[bytes]) -> None:
+        """Send messages to one peer, filling the rest of the packet with broadcasts."""
+        room = self._budget() - sum(len(p) for p in parts)
+        self._emit(addr, parts + self._piggyback(room))
+
+    def _piggyback(self, room: int) -> list[bytes]:
+        parts = self._broadcasts.take(0, room, self.cluster_size())
+        if self._delegate is not None:
+            room -= sum(len(p) for p in parts)
+            if room > USER_MESSAGE_OVERHEAD:
+                for payload in self._delegate.get_broadcasts(USER_MESSAGE_OVERHEAD, room):
+                    encoded = encode_message(UserMessage(payload))
+                    if len(encoded) <= room:
+                        parts.append(encoded)
+                        room -= len(encoded)
+        return parts
+
+    def _emit(self, addr: Addr, parts: list[bytes]) -> None:
+        data = encode_packet(parts)
+        if self.keyring is not None:
+            data = self.keyring.seal(data)
+        self._outbox.append((data, addr))
+        self._stats["packets_sent"] += 1
+        self._stats["bytes_sent"] += len(data)
+
+    def _queue_broadcast(self, name: str, encoded: bytes, now: float) -> None:
+        self._broadcasts.queue(encoded, name)
+        self._arm_gossip(now)
+
+    def _announce_self(self, now: float) -> None:
+        me = self._self
+        self._queue_broadcast(me.name, encode_message(Alive(me.incarnation, me.name, me.addr,
+                                                            me.meta)), now)
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def _at(self, when: float, kind: int, arg: Any) -> None:
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (when, self._timer_seq, kind, arg))
+
+    def _scaled(self, seconds: float) -> float:
+        return seconds * (self._awareness + 1)
+
+    def _adjust_awareness(self, delta: int) -> None:
+        top = self.config.awareness_max_multiplier - 1
+        self._awareness = min(top, max(0, self._awareness + delta))
+
+    def _arm_gossip(self, now: float) -> None:
+        if not self._gossip_armed:
+            self._gossip_armed = True
+            self._at(now + self._rng.uniform(0, self.config.gossip_interval_s), _GOSSIP, None)
+
+    def _reap_period(self) -> float:
+        c = self.config
+        return min(60.0, max(1.0, min(c.remember_failed_s, c.remember_left_s) / 4))
+
+    # -- probing -----------------------------------------------------------------------------
+
+    def _probe_tick(self, now: float) -> None:
+        probe = self._probe
+        if probe is not None:
+            self._probe = None
+            self._finish_probe(probe, now)
+        if not self._leaving:
+            target = self._next_probe_target()
+            if target is not None:
+                self._start_probe(target, now)
+        self._at(now + self._scaled(self.config.probe_interval_s), _PROBE, None)
+
+    def _next_probe_target(self) -> _Node | None:
+        for _ in range(2):
+            order = self._probe_order
+            nodes = self._nodes
+            while self._probe_pos < len(order):
+                node = nodes.get(order[self._probe_pos])
+                self._probe_pos += 1
+                if node is not None and node.state <= _SUSPECT and node is not self._self:
+                    return node
+            self._probe_order = [name for name in self._others
+                                 if nodes[name].state <= _SUSPECT]
+            self._rng.shuffle(self._probe_order)
+            self._probe_pos = 0
+            if not self._probe_order:
+                return None
+        return None
+
+    def _start_probe(self, target: _Node, now: float) -> None:
+        self._seq += 1
+        probe = _Probe(self._seq, target.name, target.addr)
+        self._probe = probe
+        parts = [encode_message(Ping(probe.seq, target.name))]
+        if target.state == _SUSPECT:
+            parts.insert(0, encode_message(Suspect(target.incarnation, target.name, self.name)))
+        self._send(target.addr, parts)
+        self._stats["probes_sent"] += 1
+        self._at(now + self._scaled(self.config.probe_timeout_s), _PROBE_TIMEOUT, probe)
+
+    def _probe_timed_out(self, probe: _Probe, now: float) -> None:
+        if probe is not self._probe or probe.acked:
+            return
+        target = probe.target
+        helpers = self._random_members(self.config.indirect_checks,
+                                       lambda n: n.state == _ALIVE and n.name != target)
+        if not helpers:
+            return
+        encoded = encode_message(IndirectPing(probe.seq, target, probe.addr, True))
+        for helper in helpers:
+            self._send(helper.addr, [encoded])
+        probe.nacks_expected = len(helpers)
+        self._stats["indirect_pings_sent"] += len(helpers)
+
+    def _finish_probe(self, probe: _Probe, now: float) -> None:
+        if probe.acked:
+            return
+        if probe.nacks_expected > 0:
+            self._adjust_awareness(max(0, probe.nacks_expected - probe.nacks))
+        else:
+            self._adjust_awareness(1)
+        node = self._nodes.get(probe.target)
+        if node is None or node.state > _SUSPECT or node.addr != probe.addr:
+            return
+        self._stats["probes_failed"] += 1
+        self._on_suspect(Suspect(node.incarnation, node.name, self.name), now)
+
+    def _on_ping(self, msg: Ping, addr: Addr) -> None:
+        if msg.target != self.name:
+            self._stats["misdirected_pings"] += 1
+            return
+        self._send(addr, [encode_message(Ack(msg.seq))])
+
+    def _on_indirect_ping(self, msg: IndirectPing, addr: Addr, now: float) -> None:
+        self._seq += 1
+        self._relays[self._seq] = _Relay(addr, msg.seq, msg.nack)
+        self._send(msg.addr, [encode_message(Ping(self._seq, msg.target))])
+        self._at(now + self.config.probe_timeout_s, _RELAY, self._seq)
+
+    def _relay_timed_out(self, seq: int) -> None:
+        relay = self._relays.pop(seq, None)
+        if relay is not None and relay.nack:
+            self._send(relay.requester, [encode_message(Nack(relay.seq))])
+
+    def _on_ack(self, msg: Ack, now: float) -> None:
+        probe = self._probe
+        if probe is not None and probe.seq == msg.seq:
+            if not probe.acked:
+                probe.acked = True
+                self._adjust_awareness(-1)
+            return
+        relay = self._relays.pop(msg.seq, None)
+        if relay is not None:
+            self._send(relay.requester, [encode_message(Ack(relay.seq))])
+
+    def _on_nack(self, msg: Nack) -> None:
+        probe = self._probe
+        if probe is not None and probe.seq == msg.seq:
+            probe.nacks += 1
+
+    # -- gossip, push-pull, re-join, reaping -----------------------------------------------------
+
+    def _gossip_tick(self, now: float) -> None:
+        self._gossip_armed = False
+        if not self._broadcasts and self._delegate is None:
+            return
+        horizon = now - self.config.gossip_to_dead_s
+
+        def eligible(node: _Node) -> bool:
+            return node.state <= _SUSPECT or (node.state == _DEAD
+                                              and node.state_change > horizon)
+
+        for target in self._random_members(self.config.gossip_nodes, eligible):
+            parts = self._piggyback(self._budget())
+            if not parts:
+                break
+            self._emit(target.addr, parts)
+        if self._broadcasts or self._delegate is not None:
+            self._gossip_armed = True
+            self._at(now + self.config.gossip_interval_s, _GOSSIP, None)
+
+    def _push_pull_tick(self, token: int, now: float) -> None:
+        if token != self._push_pull_token:
+            return
+        if not self._leaving:
+            for node in self._random_members(1, _is_alive):
+                self._push_pulls.append(StartPushPull(node.addr, False))
+                self._stats["push_pulls_started"] += 1
+        self._at(now + self.config.push_pull_interval_for(self.cluster_size()), _PUSH_PULL,
+                 token)
+
+    def _reconnect_tick(self, now: float) -> None:
+        interval = self.config.reconnect_interval_s
+        assert interval is not None
+        if not self._leaving and self._counts[_DEAD]:
+            for node in self._random_members(1, lambda n: n.state == _DEAD):
+                self._push_pulls.append(StartPushPull(node.addr, False))
+                self._stats["reconnects_started"] += 1
+        self._at(now + interval, _RECONNECT, None)
+
+    def _reap_tick(self, now: float) -> None:
+        failed_before = now - self.config.remember_failed_s
+        left_before = now - self.config.remember_left_s
+        for name in list(self._others):
+            node = self._nodes[name]
+            if ((node.state == _DEAD and node.state_change < failed_before)
+                    or (node.state == _LEFT and node.state_change < left_before)):
+                self._forget(node)
+        self._at(now + self._reap_period(), _REAP, None)
+
+    # -- member table --------------------------------------------------------------------------
+
+    def _random_members(self, k: int, wanted: Callable[[_Node], bool]) -> list[_Node]:
+        """Up to k distinct other members satisfying `wanted`, uniformly at random."""
+        others = self._others
+        count = len(others)
+        if k <= 0 or count == 0:
+            return []
+        nodes = self._nodes
+        if count > 4 * k + 16:
+            chosen: dict[str, _Node] = {}
+            rand = self._rng.randrange
+            for _ in range(4 * k + 16):
+                name = others[rand(count)]
+                if name not in chosen:
+                    node = nodes[name]
+                    if wanted(node):
+                        chosen[name] = node
+                        if len(chosen) == k:
+                            return list(chosen.values())
+            rest = [nodes[n] for n in others if n not in chosen and wanted(nodes[n])]
+            picked = list(chosen.values())
+            return picked + self._rng.sample(rest, min(k - len(picked), len(rest)))
+        candidates = [nodes[n] for n in others if wanted(nodes[n])]
+        return self._rng.sample(candidates, min(k, len(candidates)))
+
+    def _add(self, node: _Node) -> None:
+        self._nodes[node.name] = node
+        self._others_index[node.name] = len(self._others)
+        self._others.append(node.name)
+        self._counts[node.state] += 1
+        if node.state <= _SUSPECT:
+            self._insert_probe_target(node.name)
+
+    def _forget(self, node: _Node) -> None:
+        del self._nodes[node.name]
+        index = self._others_index.pop(node.name)
+        last = self._others.pop()
+        if last != node.name:
+            self._others[index] = last
+            self._others_index[last] = index
+        self._counts[node.state] -= 1
+        self._events.append(MemberForgotten(node.snapshot()))
+
+    def _set_state(self, node: _Node, state: MemberState, now: float) -> None:
+        self._counts[node.state] -= 1
+        self._counts[state] += 1
+        node.state = state
+        node.state_change = now
+        if state != _SUSPECT:
+            node.suspicion = None
+
+    def _refute(self, incarnation: int, now: float) -> None:
+        me = self._self
+        me.incarnation = min(max(me.incarnation, incarnation) + 1, _MAX_INCARNATION)
+        self._adjust_awareness(1)
+        self._stats["refutations"] += 1
+        self._announce_self(now)
+
+    def _on_alive(self, msg: Alive, now: float) -> None:
+        if msg.node == self.name:
+            me = self._self
+            if not self._leaving and (
+                    msg.incarnation > me.incarnation
+                    or (msg.incarnation == me.incarnation
+                        and (msg.addr != me.addr or msg.meta != me.meta))):
+                self._refute(msg.incarnation, now)
+            return
+        if len(msg.meta) > self.config.meta_limit:
+            self._stats["wire_errors"] += 1
+            return
+        node = self._nodes.get(msg.node)
+        if node is None:
+            node = _Node(msg.node, msg.addr, msg.meta, msg.incarnation, _ALIVE, now)
+            self._add(node)
+            self._events.append(MemberJoined(node.snapshot()))
+            self._queue_broadcast(msg.node, encode_message(msg), now)
+            return
+        if msg.incarnation <= node.incarnation:
+            return
+        previous = node.state
+        changed = node.addr != msg.addr or node.meta != msg.meta
+        node.incarnation = msg.incarnation
+        node.addr = msg.addr
+        node.meta = msg.meta
+        if previous != _ALIVE:
+            self._set_state(node, _ALIVE, now)
+            if previous == _SUSPECT:
+                self._events.append(MemberRecovered(node.snapshot()))
+                if changed:
+                    self._events.append(MemberUpdated(node.snapshot()))
+            else:
+                self._insert_probe_target(node.name)
+                self._events.append(MemberJoined(node.snapshot()))
+        elif changed:
+            self._events.append(MemberUpdated(node.snapshot()))
+        self._queue_broadcast(msg.node, encode_message(msg), now)
+
+    def _insert_probe_target(self, name: str) -> None:
+        order = self._probe_order
+        order.insert(self._rng.randint(self._probe_pos, len(order)), name)
+
+    def _on_suspect(self, msg: Suspect, now: float, *, spread: bool = True) -> None:
+        node = self._nodes.get(msg.node)
+        if node is None or msg.incarnation < node.incarnation:
+            return
+        if node is self._self:
+            if not self._leaving:
+                self._refute(msg.incarnation, now)
+            return
+        if node.state == _SUSPECT:
+            suspicion = node.suspicion
+            if suspicion is not None and suspicion.confirm(msg.sender):
+                self._at(suspicion.deadline, _SUSPICION, suspicion)
+                if spread:
+                    self._queue_broadcast(msg.node, encode_message(msg), now)
+            return
+        if node.state != _ALIVE:
+            return
+        node.incarnation = msg.incarnation
+        self._set_state(node, _SUSPECT, now)
+        n = self.cluster_size()
+        config = self.config
+        suspicion = _Suspicion(node.name, msg.sender, now, config.suspicion_min_s(n),
+                               config.suspicion_max_s(n), config.confirmations_needed(n))
+        node.suspicion = suspicion
+        self._at(suspicion.deadline, _SUSPICION, suspicion)
+        self._stats["suspicions_started"] += 1
+        self._events.append(MemberSuspected(node.snapshot()))
+        if spread:
+            self._queue_broadcast(msg.node, encode_message(msg), now)
+
+    def _suspicion_expired(self, suspicion: _Suspicion, now: float) -> None:
+        node = self._nodes.get(suspicion.node)
+        if (node is None or node.suspicion is not suspicion or node.state != _SUSPECT
+                or now < suspicion.deadline):
+            return
+        self._on_dead(Dead(node.incarnation, node.name, self.name), now)
+
+    def _on_dead(self, msg: Dead, now: float) -> None:
+        node = self._nodes.get(msg.node)
+        if node is None or msg.incarnation < node.incarnation:
+            return
+        if node is self._self:
+            if not self._leaving:
+                self._refute(msg.incarnation, now)
+            return
+        if node.state >= _DEAD:
+            return
+        node.incarnation = msg.incarnation
+        left = msg.sender == msg.node
+        self._set_state(node, _LEFT if left else _DEAD, now)
+        self._events.append((MemberLeft if left else MemberFailed)(node.snapshot()))
+        self._queue_broadcast(msg.node, encode_message(msg), now)
+
+    def _merge_record(self, record: MemberRecord, now: float) -> None:
+        state = record.state
+        if state == _ALIVE:
+            self._on_alive(Alive(record.incarnation, record.name, record.addr, record.meta), now)
+        elif state == _LEFT:
+            self._on_dead(Dead(record.incarnation, record.name, record.name), now)
+        elif record.name == self.name:
+            self._on_suspect(Suspect(record.incarnation, record.name, self.name), now)
+        else:
+            node = self._nodes.get(record.name)
+            if (node is None or node.state > _SUSPECT
+                    or record.incarnation < node.incarnation):
+                return
+            # A peer thinks this member failed. Suspect it here without spreading the word,
+            # and tell the member itself so that, if it is alive, it refutes at once.
+            suspect = Suspect(record.incarnation, record.name, self.name)
+            self._on_suspect(suspect, now, spread=False)
+            self._emit(node.addr, [encode_message(suspect)])
+
+
+def _is_alive(node: _Node) -> bool:
+    return node.state == _ALIVE
