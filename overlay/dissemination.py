@@ -1,0 +1,466 @@
+"""Carries the neighbor table over SWIM gossip: the `gossip.delegate.Delegate` of the overlay.
+
+Owns: the msgpack encoding of table records, the transmit-limited broadcast queue for the
+piggyback path, push-pull full state as bounded chunks, and the mapping of membership events
+onto the table's owner rules.
+
+Rules:
+- Local changes, refutations and newly accepted remote broadcasts go on the queue; each is sent
+  at most `retransmit_mult * ceil(log10(n + 1))` times (n = alive members), least-sent and newest
+  first; a newer record for the same key replaces the queued older one (counted as invalidated).
+- Push-pull state is everything the table holds, grouped by (network, owner) so names are not
+  repeated, cut into chunks of at most `chunk_limit` bytes. Records merged from push-pull are not
+  re-broadcast (anti-entropy must not start a storm); only refutations are.
+- A tombstone's remaining lifetime is written in milliseconds at encoding time; the receiver's
+  deadline is its own `now` plus that.
+- Bytes from a peer that do not decode raise `TableWireError`, a `gossip.errors.WireError` (the
+  core counts and drops them); they are also counted in `statistics().decode_errors`. A chunk is
+  decoded whole before any record of it is merged.
+- `get_broadcasts` and `local_state` receive no clock from the core: encoding uses the latest
+  `now` this delegate was given (by `handle_timeout`, a merge or a membership event).
+
+Pure: time is passed in; imports msgpack, the standard library, gossip.delegate/errors/swim
+event types and overlay (never trio, socket, time, threading or pyroute2).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import msgpack
+
+from gossip.errors import WireError
+from overlay.errors import OverlayError
+from overlay.table import Entry, Membership, NeighborTable, Record
+
+FORMAT = 1
+# Message kinds: append-only, never renumber (peers of other versions decode by them).
+KIND_ENDPOINT = 1
+KIND_MEMBERSHIP = 2
+KIND_STATE = 3
+
+_VERSION_MAX = 2**63 - 1
+_TTL_MAX_MS = 2**40
+_NAME_MAX = 255
+_ADDRESS_CACHE_MAX = 1 << 16
+_RECORD_MIN = 20  # no encoded record is shorter: stop filling a packet below this room
+_CHUNK_MIN = 2048  # a group head (two names of up to 255 characters) plus one record fits
+
+
+class TableWireError(OverlayError, WireError):
+    """Bytes from a peer are not a valid table message (caught by the core as a WireError)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DisseminationConfig:
+    retransmit_mult: int = 4  # each broadcast is sent retransmit_mult * ceil(log10(n + 1)) times
+    chunk_limit: int = 32 * 1024  # bytes per push-pull chunk (TCP stream)
+    queue_limit: int = 8192  # queued broadcasts; beyond it the most-sent are dropped
+
+
+@dataclass(frozen=True, slots=True)
+class DisseminationStatistics:
+    queued: int
+    broadcasts_sent: int  # record transmissions handed to the core
+    invalidated: int  # queued records replaced by a newer one of the same key
+    dropped_queue_full: int
+    user_msgs: int
+    chunks_sent: int
+    chunks_merged: int
+    decode_errors: int
+    alive_members: int
+
+
+# --------------------------------------------------------------------------- encoding
+
+_address_text: dict[bytes, str] = {}
+
+
+def _pack_address(text: str) -> bytes:
+    return ipaddress.ip_address(text).packed
+
+
+def _unpack_address(raw: object) -> str:
+    if not isinstance(raw, bytes) or len(raw) not in (4, 16):
+        raise TableWireError(f"address must be 4 or 16 bytes, got {raw!r:.40}")
+    text = _address_text.get(raw)
+    if text is None:
+        text = str(ipaddress.ip_address(raw))
+        if len(_address_text) >= _ADDRESS_CACHE_MAX:
+            _address_text.clear()
+        _address_text[raw] = text
+    return text
+
+
+def _unpack_mac(raw: object) -> str:
+    if not isinstance(raw, bytes) or len(raw) != 6:
+        raise TableWireError(f"mac must be 6 bytes, got {raw!r:.40}")
+    return raw.hex(":")
+
+
+def _name(raw: object) -> str:
+    if not isinstance(raw, str) or not raw or len(raw) > _NAME_MAX:
+        raise TableWireError(f"name must be 1 to {_NAME_MAX} characters, got {raw!r:.40}")
+    return raw
+
+
+def _version(raw: object) -> int:
+    if not isinstance(raw, int) or isinstance(raw, bool) or not 0 < raw <= _VERSION_MAX:
+        raise TableWireError(f"version must be a positive integer, got {raw!r:.40}")
+    return raw
+
+
+def _ttl(raw: object, now: float) -> tuple[bool, float]:
+    """(deleted, expires_at) from the wire's remaining lifetime (None for a live record)."""
+    if raw is None:
+        return False, math.inf
+    if not isinstance(raw, int) or isinstance(raw, bool) or not 0 <= raw <= _TTL_MAX_MS:
+        raise TableWireError(f"tombstone ttl must be milliseconds, got {raw!r:.40}")
+    return True, now + raw / 1000.0
+
+
+def _ttl_ms(record: Record, now: float) -> int | None:
+    if not record.deleted:
+        return None
+    return max(0, min(_TTL_MAX_MS, math.ceil((record.expires_at - now) * 1000.0)))
+
+
+def _fields(raw: object, count: int, what: str) -> list[object]:
+    if not isinstance(raw, list) or len(raw) != count:
+        raise TableWireError(f"{what} must be a list of {count} fields")
+    return raw
+
+
+def encode_record(record: Record, now: float) -> bytes:
+    """One record as a broadcast payload."""
+    if isinstance(record, Entry):
+        return msgpack.packb([
+            FORMAT, KIND_ENDPOINT, record.network, record.owner, _pack_address(record.ip),
+            bytes.fromhex(record.mac.replace(":", "")), _pack_address(record.vtep),
+            record.version, _ttl_ms(record, now),
+        ])
+    return msgpack.packb([
+        FORMAT, KIND_MEMBERSHIP, record.network, record.node, _pack_address(record.vtep),
+        record.version, _ttl_ms(record, now),
+    ])
+
+
+def _unpack(data: bytes) -> list[object]:
+    try:
+        message = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+    except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
+        raise TableWireError(f"not msgpack: {exc}") from None
+    if not isinstance(message, list) or len(message) < 2:
+        raise TableWireError("message must be a list starting with format and kind")
+    if message[0] != FORMAT:
+        raise TableWireError(f"unknown format {message[0]!r:.20}")
+    return message
+
+
+def _endpoint(network: str, owner: str, raw: object, now: float) -> Entry:
+    ip, mac, vtep, version, ttl = _fields(raw, 5, "endpoint")
+    deleted, expires_at = _ttl(ttl, now)
+    return Entry(network, _unpack_address(ip), _unpack_mac(mac), owner, _unpack_address(vtep),
+                 _version(version), deleted, expires_at)
+
+
+def _membership(network: str, node: str, raw: object, now: float) -> Membership:
+    vtep, version, ttl = _fields(raw, 3, "membership")
+    deleted, expires_at = _ttl(ttl, now)
+    return Membership(network, node, _unpack_address(vtep), _version(version), deleted,
+                      expires_at)
+
+
+def decode_records(data: bytes, now: float) -> list[Record]:
+    """Records in a broadcast payload or a push-pull chunk; raises only TableWireError."""
+    message = _unpack(data)
+    kind = message[1]
+    if kind == KIND_ENDPOINT:
+        fields = _fields(message, 9, "endpoint message")
+        return [_endpoint(_name(fields[2]), _name(fields[3]), fields[4:], now)]
+    if kind == KIND_MEMBERSHIP:
+        fields = _fields(message, 7, "membership message")
+        return [_membership(_name(fields[2]), _name(fields[3]), fields[4:], now)]
+    if kind == KIND_STATE:
+        groups = _fields(message, 3, "state chunk")[2]
+        if not isinstance(groups, list):
+            raise TableWireError("state chunk groups must be a list")
+        records: list[Record] = []
+        for group in groups:
+            network_raw, owner_raw, membership, endpoints = _fields(group, 4, "state group")
+            network, owner = _name(network_raw), _name(owner_raw)
+            if membership is not None:
+                records.append(_membership(network, owner, membership, now))
+            if not isinstance(endpoints, list):
+                raise TableWireError("state group endpoints must be a list")
+            records.extend(_endpoint(network, owner, raw, now) for raw in endpoints)
+        return records
+    raise TableWireError(f"unknown message kind {kind!r:.20}")
+
+
+def encode_state(records: Iterable[Record], now: float, chunk_limit: int) -> Iterator[bytes]:
+    """Push-pull chunks, each at most `chunk_limit` bytes, grouped by (network, owner)."""
+    groups: dict[tuple[str, str], tuple[list[Membership], list[Entry]]] = {}
+    for record in records:
+        memberships, entries = groups.setdefault((record.network, record.owner), ([], []))
+        if isinstance(record, Entry):
+            entries.append(record)
+        else:
+            memberships.append(record)
+    chunk = _StateChunk(chunk_limit)
+    for (network, owner), (memberships, entries) in groups.items():
+        head = msgpack.packb(network) + msgpack.packb(owner)
+        membership = b"\xc0"  # nil
+        if memberships:
+            m = memberships[0]
+            membership = msgpack.packb([_pack_address(m.vtep), m.version, _ttl_ms(m, now)])
+        packed = [
+            msgpack.packb([
+                _pack_address(e.ip), bytes.fromhex(e.mac.replace(":", "")),
+                _pack_address(e.vtep), e.version, _ttl_ms(e, now),
+            ])
+            for e in entries
+        ]
+        yield from chunk.add_group(head, membership, packed)
+    yield from chunk.flush()
+
+
+class _StateChunk:
+    """Accumulates groups into chunks of bounded size (a group may span several chunks)."""
+
+    _FRAME = 16  # array headers of the chunk and of one group, generously
+
+    def __init__(self, limit: int) -> None:
+        if limit < _CHUNK_MIN:
+            raise OverlayError(f"chunk_limit: {limit!r} must be at least {_CHUNK_MIN} bytes")
+        self.limit = limit
+        self.groups: list[bytes] = []
+        self.size = 8
+
+    def add_group(self, head: bytes, membership: bytes, packed: list[bytes]) -> Iterator[bytes]:
+        start = 0
+        first = True
+        while first or start < len(packed):
+            base = len(head) + self._FRAME + (len(membership) if first else 1)
+            if self.size + base + (len(packed[start]) if start < len(packed) else 0) > self.limit:
+                yield from self.flush()
+            budget = self.limit - self.size - base
+            end = start
+            while end < len(packed) and len(packed[end]) <= budget:
+                budget -= len(packed[end])
+                end += 1
+            if end == start and start < len(packed):
+                end = start + 1  # one record alone always fits a fresh chunk
+            body = _array_header(len(packed[start:end])) + b"".join(packed[start:end])
+            group = _array_header(4) + head + (membership if first else b"\xc0") + body
+            self.groups.append(group)
+            self.size += len(group)
+            start = end
+            first = False
+
+    def flush(self) -> Iterator[bytes]:
+        if self.groups:
+            yield (_array_header(3) + msgpack.packb(FORMAT) + msgpack.packb(KIND_STATE)
+                   + _array_header(len(self.groups)) + b"".join(self.groups))
+        self.groups = []
+        self.size = 8
+
+
+def _array_header(length: int) -> bytes:
+    packer = msgpack.Packer()
+    return packer.pack_array_header(length)
+
+
+# --------------------------------------------------------------------------- broadcast queue
+
+
+@dataclass(slots=True)
+class _Queued:
+    record: Record
+    transmits: int
+    payload: bytes | None = None  # cached for live records (a tombstone's TTL changes)
+
+    def encode(self, now: float) -> bytes:
+        if self.payload is not None:
+            return self.payload
+        payload = encode_record(self.record, now)
+        if not self.record.deleted:
+            self.payload = payload
+        return payload
+
+
+class BroadcastQueue:
+    """Transmit-limited queue: least-sent first, newest first among equals; newer invalidates."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: dict[tuple[str, ...], _Queued] = {}
+        # _by_transmits[t] holds keys sent t times, in insertion order (newest last)
+        self._by_transmits: list[dict[tuple[str, ...], None]] = [{}]
+        self.invalidated = 0
+        self.dropped = 0
+        self.sent = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def push(self, record: Record) -> None:
+        key = _queue_key(record)
+        old = self._items.pop(key, None)
+        if old is not None:
+            del self._by_transmits[old.transmits][key]
+            self.invalidated += 1
+        self._items[key] = _Queued(record, 0)
+        self._by_transmits[0][key] = None
+        while len(self._items) > self.limit:
+            self._drop_most_sent()
+
+    def take(self, overhead: int, limit: int, max_transmits: int, now: float) -> list[bytes]:
+        out: list[bytes] = []
+        room = limit
+        moved: list[tuple[tuple[str, ...], _Queued]] = []
+        for keys in self._by_transmits:
+            if room < overhead + _RECORD_MIN:
+                break
+            for key in reversed(list(keys)):
+                item = self._items[key]
+                payload = item.encode(now)
+                if overhead + len(payload) > room:
+                    continue
+                room -= overhead + len(payload)
+                out.append(payload)
+                del keys[key]
+                moved.append((key, item))
+                if room < overhead + _RECORD_MIN:
+                    break
+        for key, item in moved:
+            item.transmits += 1
+            self.sent += 1
+            if item.transmits >= max_transmits:
+                del self._items[key]
+                continue
+            while len(self._by_transmits) <= item.transmits:
+                self._by_transmits.append({})
+            self._by_transmits[item.transmits][key] = None
+        return out
+
+    def _drop_most_sent(self) -> None:
+        for keys in reversed(self._by_transmits):
+            if keys:
+                key = next(iter(keys))
+                del keys[key]
+                del self._items[key]
+                self.dropped += 1
+                return
+
+
+def _queue_key(record: Record) -> tuple[str, ...]:
+    if isinstance(record, Entry):
+        return ("e", *record.key)
+    return ("m", *record.key)
+
+
+# --------------------------------------------------------------------------- the delegate
+
+
+class TableDelegate:
+    """`gossip.delegate.Delegate` over a `NeighborTable`; the shell also feeds it membership."""
+
+    def __init__(
+        self, table: NeighborTable, config: DisseminationConfig | None = None, *, now: float
+    ) -> None:
+        self.table = table
+        self.config = config or DisseminationConfig()
+        self._queue = BroadcastQueue(self.config.queue_limit)
+        self._now = now
+        self._alive: set[str] = set()
+        self._user_msgs = 0
+        self._chunks_sent = 0
+        self._chunks_merged = 0
+        self._decode_errors = 0
+
+    # Delegate protocol -------------------------------------------------------------------
+
+    def node_meta(self, limit: int) -> bytes:
+        return b""
+
+    def notify_user_msg(self, payload: bytes, now: float) -> None:
+        self._now = now
+        self._user_msgs += 1
+        try:
+            records = decode_records(payload, now)
+        except TableWireError:
+            self._decode_errors += 1
+            raise
+        for record in records:
+            self.table.merge(record, now, relay=True)
+        self._drain_table()
+
+    def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
+        self._drain_table()
+        return self._queue.take(overhead, limit, self.retransmit_limit(), self._now)
+
+    def local_state(self, join: bool) -> Iterable[bytes]:
+        for chunk in encode_state(self.table.records(), self._now, self.config.chunk_limit):
+            self._chunks_sent += 1
+            yield chunk
+
+    def merge_remote_state(self, chunk: bytes, join: bool, now: float) -> None:
+        self._now = now
+        try:
+            records = decode_records(chunk, now)
+        except TableWireError:
+            self._decode_errors += 1
+            raise
+        self._chunks_merged += 1
+        for record in records:
+            self.table.merge(record, now)
+        self._drain_table()
+
+    # Shell side --------------------------------------------------------------------------
+
+    def handle_timeout(self, now: float) -> None:
+        self._now = now
+        self.table.handle_timeout(now)
+        self._drain_table()
+
+    def next_deadline(self) -> float:
+        return self.table.next_deadline()
+
+    def member_alive(self, name: str, addr: tuple[str, int], now: float) -> None:
+        self._now = now
+        self._alive.add(name)
+        self.table.member_alive(name, addr, now)
+
+    def member_failed(self, name: str, now: float) -> None:
+        self._now = now
+        self._alive.discard(name)
+        self.table.member_failed(name, now)
+
+    def member_left(self, name: str, now: float) -> None:
+        self._now = now
+        self._alive.discard(name)
+        self.table.member_left(name, now)
+
+    def retransmit_limit(self) -> int:
+        return self.config.retransmit_mult * max(1, math.ceil(math.log10(len(self._alive) + 2)))
+
+    def statistics(self) -> DisseminationStatistics:
+        return DisseminationStatistics(
+            queued=len(self._queue),
+            broadcasts_sent=self._queue.sent,
+            invalidated=self._queue.invalidated,
+            dropped_queue_full=self._queue.dropped,
+            user_msgs=self._user_msgs,
+            chunks_sent=self._chunks_sent,
+            chunks_merged=self._chunks_merged,
+            decode_errors=self._decode_errors,
+            alive_members=len(self._alive),
+        )
+
+    def _drain_table(self) -> None:
+        for record in self.table.records_to_send():
+            self._queue.push(record)

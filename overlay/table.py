@@ -1,0 +1,607 @@
+"""The replicated neighbor table: every endpoint of the overlay networks this node takes part in.
+
+Owns: endpoint entries (network, IP, MAC, owner node, owner VTEP) and per-network membership
+records (network, node, VTEP), their last-writer-wins merge, tombstones and their reaping, the
+owner-status rules (failed, left, superseded, gone) and the data-plane view with its change events.
+
+Rules:
+- A record is written only by its owner. Each node keeps one Lamport clock: a local write takes
+  clock + 1, every record seen raises the clock to its version. Merge keeps the strictly greater
+  version; equal versions break ties on `rank` (a tombstone beats a live record, then the larger
+  MAC / VTEP), so every node picks the same winner whatever the delivery order.
+- A delete leaves a tombstone that lives `tombstone_ttl` seconds; its remaining lifetime travels
+  on the wire and the receiver keeps the later of the two deadlines (the merge stays a join).
+  Tombstones are reaped when their deadline passes. If an old copy comes back after that (or after
+  the owner restarted and forgot), the owner refutes it: it re-issues what it holds, or a tombstone,
+  with a version above the stale one (as SWIM refutes suspicion with a higher incarnation).
+- Scoping: endpoint records are held only for networks this node has joined (others are dropped,
+  counted); membership records (which node is in which network) are held for every network.
+- A failed or departed owner's entries leave the view at once and are kept `failed_grace`
+  seconds; if the owner comes back within it they return to the view from local state (events,
+  no broadcast). After the grace they are purged and late copies are dropped while the owner stays
+  gone. A new node name at an address an older name used supersedes the older name's entries at
+  once (a restart with a new identity).
+- The view holds, per (network, IP), the visible live entry with the highest (version, owner);
+  every change of it is an `EndpointChanged(previous, current)` computed from local state, and
+  every change of a network's peer set a `NetworkPeerChanged`.
+
+Pure: takes `now`, returns records and events; imports only the standard library and overlay.errors
+(never trio, socket, time, threading or pyroute2).
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import math
+import re
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from enum import Enum
+
+from overlay.errors import OverlayError
+
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+NAME_MAX = 255
+
+
+class InvalidEndpoint(OverlayError):
+    """A local write named a bad network, IP, MAC or VTEP; nothing was changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One endpoint as its owner published it; `deleted` marks a tombstone.
+
+    `expires_at` is local: when a tombstone may be reaped (infinite for a live entry).
+    """
+
+    network: str
+    ip: str
+    mac: str
+    owner: str
+    vtep: str
+    version: int
+    deleted: bool = False
+    expires_at: float = math.inf
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.network, self.owner, self.ip)
+
+    @property
+    def rank(self) -> tuple[bool, str, str]:
+        """Tie-break between two different records of equal version (greater wins)."""
+        return (self.deleted, self.mac, self.vtep)
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """`node` takes part in `network` with VTEP `vtep`; `deleted` means it left the network."""
+
+    network: str
+    node: str
+    vtep: str
+    version: int
+    deleted: bool = False
+    expires_at: float = math.inf
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.network, self.node)
+
+    @property
+    def owner(self) -> str:
+        return self.node
+
+    @property
+    def rank(self) -> tuple[bool, str]:
+        return (self.deleted, self.vtep)
+
+
+Record = Entry | Membership
+
+
+def supersedes(incoming: Record, current: Record) -> bool:
+    """True if `incoming` replaces `current` (same key): strictly greater (version, rank)."""
+    if incoming.version != current.version:
+        return incoming.version > current.version
+    return incoming.rank > current.rank
+
+
+def merge_records(a: Record, b: Record) -> Record:
+    """The last-writer-wins join of two records of one key: commutative, associative, idempotent.
+
+    Equal version and rank means the same write seen twice: keep the later tombstone deadline.
+    """
+    if a.version == b.version and a.rank == b.rank:
+        return a if a.expires_at >= b.expires_at else b
+    return b if supersedes(b, a) else a
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointChanged:
+    """The visible entry for (network, ip) changed: apply "delete previous, add current"."""
+
+    network: str
+    ip: str
+    previous: Entry | None
+    current: Entry | None
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkPeerChanged:
+    """The visible membership of `node` in `network` changed (joined, left, VTEP moved, failed)."""
+
+    network: str
+    node: str
+    previous: Membership | None
+    current: Membership | None
+
+
+TableEvent = EndpointChanged | NetworkPeerChanged
+
+
+class Merge(Enum):
+    """What `merge` did with a remote record."""
+
+    ACCEPTED = "accepted"  # newer than what we held: stored (and queued for relay if asked)
+    STALE = "stale"  # older than or equal to what we held
+    OUT_OF_SCOPE = "out_of_scope"  # endpoint of a network we have not joined
+    OWNER_GONE = "owner_gone"  # owner purged after its grace, or superseded
+    REFUTED = "refuted"  # a record in our own name we do not hold: we re-issued ours
+
+
+class OwnerStatus(Enum):
+    ALIVE = "alive"
+    FAILED = "failed"
+    LEFT = "left"
+    SUPERSEDED = "superseded"
+    GONE = "gone"
+
+
+_HIDDEN = frozenset({OwnerStatus.FAILED, OwnerStatus.LEFT})
+_DROPPED = frozenset({OwnerStatus.SUPERSEDED, OwnerStatus.GONE})
+
+
+@dataclass(slots=True)
+class _Owner:
+    status: OwnerStatus
+    addr: tuple[str, int] | None
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class TableStatistics:
+    entries: int  # endpoint records held, tombstones included
+    tombstones: int
+    visible_endpoints: int
+    memberships: int
+    hidden_owners: int  # failed or left, within their grace
+    clock: int
+    accepted: int
+    stale: int
+    out_of_scope: int
+    owner_gone: int
+    refuted: int
+    reaped: int
+    purged: int  # entries dropped after an owner's grace or on supersede
+
+
+def canonical_ip(value: str, field_name: str = "ip") -> str:
+    """The canonical text of an IPv4/IPv6 address; raises InvalidEndpoint naming the value."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise InvalidEndpoint(f"{field_name}: {value!r} is not an IPv4 or IPv6 address") from None
+
+
+def canonical_mac(value: str) -> str:
+    mac = value.strip().lower().replace("-", ":")
+    if not _MAC.match(mac):
+        raise InvalidEndpoint(f"mac: {value!r} is not a MAC address like 02:42:0a:00:00:02")
+    return mac
+
+
+def _check_name(field_name: str, value: str) -> str:
+    if not value or len(value) > NAME_MAX:
+        raise InvalidEndpoint(f"{field_name}: {value!r} must be 1 to {NAME_MAX} characters")
+    return value
+
+
+class NeighborTable:
+    """One node's copy of the neighbor table (see the module docstring for the rules)."""
+
+    def __init__(
+        self,
+        node: str,
+        vtep: str,
+        *,
+        tombstone_ttl: float = 600.0,
+        failed_grace: float = 60.0,
+    ) -> None:
+        self.node = _check_name("node", node)
+        self.vtep = canonical_ip(vtep, "vtep")
+        if not tombstone_ttl > 0:
+            raise InvalidEndpoint(f"tombstone_ttl: {tombstone_ttl!r} must be > 0 seconds")
+        if not failed_grace >= 0:
+            raise InvalidEndpoint(f"failed_grace: {failed_grace!r} must be >= 0 seconds")
+        self.tombstone_ttl = tombstone_ttl
+        self.failed_grace = failed_grace
+        self._clock = 0
+        self._networks: set[str] = set()
+        self._entries: dict[tuple[str, str, str], Entry] = {}
+        self._memberships: dict[tuple[str, str], Membership] = {}
+        self._by_owner: dict[str, set[tuple[str, str, str]]] = {}
+        self._candidates: dict[tuple[str, str], set[str]] = {}  # live entries per (network, ip)
+        self._view: dict[tuple[str, str], Entry] = {}
+        self._peer_view: dict[tuple[str, str], Membership] = {}
+        self._owners: dict[str, _Owner] = {}
+        self._tombstones = 0
+        self._reap_entries: list[tuple[float, tuple[str, str, str]]] = []
+        self._reap_memberships: list[tuple[float, tuple[str, str]]] = []
+        self._owner_at: dict[tuple[str, int], str] = {}
+        self._owner_heap: list[tuple[float, str, int]] = []
+        self._events: deque[TableEvent] = deque()
+        self._outbox: list[Record] = []
+        self._counts = {m: 0 for m in Merge}
+        self._reaped = 0
+        self._purged = 0
+
+    # ----------------------------------------------------------------- local writes (owner)
+
+    def join_network(self, network: str, now: float) -> Membership:
+        """Take part in `network`: from now on its endpoint records are held and gossiped."""
+        _check_name("network", network)
+        self._networks.add(network)
+        record = Membership(network, self.node, self.vtep, self._tick())
+        self._store(record, now)
+        self._outbox.append(record)
+        return record
+
+    def leave_network(self, network: str, now: float) -> list[Record]:
+        """Stop taking part: our endpoints there are deleted, the network's records dropped."""
+        if network not in self._networks:
+            raise InvalidEndpoint(f"network: {network!r} is not joined")
+        out: list[Record] = []
+        for key in [k for k in self._by_owner.get(self.node, ()) if k[0] == network]:
+            if not self._entries[key].deleted:
+                out.append(self.delete_endpoint(network, key[2], now))
+        record = Membership(
+            network, self.node, self.vtep, self._tick(), True, now + self.tombstone_ttl
+        )
+        self._store(record, now)
+        self._outbox.append(record)
+        out.append(record)
+        self._networks.discard(network)
+        for key in [k for k in self._entries if k[0] == network]:
+            self._drop(key)
+        return out
+
+    def put_endpoint(self, network: str, ip: str, mac: str, now: float) -> Entry:
+        """Publish (or change) one of our endpoints; returns the record to gossip."""
+        if network not in self._networks:
+            raise InvalidEndpoint(f"network: {network!r} is not joined by this node")
+        entry = Entry(network, canonical_ip(ip), canonical_mac(mac), self.node, self.vtep,
+                      self._tick())
+        self._store(entry, now)
+        self._outbox.append(entry)
+        return entry
+
+    def delete_endpoint(self, network: str, ip: str, now: float) -> Entry:
+        """Delete one of our endpoints: a tombstone replaces it; returns the record to gossip."""
+        key = (network, self.node, canonical_ip(ip))
+        current = self._entries.get(key)
+        if current is None or current.deleted:
+            raise InvalidEndpoint(f"ip: {ip!r} is not an endpoint of ours in network {network!r}")
+        entry = replace(current, version=self._tick(), deleted=True,
+                        expires_at=now + self.tombstone_ttl)
+        self._store(entry, now)
+        self._outbox.append(entry)
+        return entry
+
+    def records_to_send(self) -> list[Record]:
+        """Records to broadcast (our writes, refutations, relays), oldest first; drains them."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    # ----------------------------------------------------------------- remote records
+
+    def merge(self, record: Record, now: float, *, relay: bool = False) -> Merge:
+        """Merge one record from a peer (its `expires_at` already set from the wire's TTL).
+
+        With `relay`, an accepted record is queued on `records_to_send` for further gossip.
+        """
+        if record.version > self._clock:
+            self._clock = record.version
+        owner = record.owner
+        if owner == self.node:
+            result = self._merge_own(record, now)
+        else:
+            result = self._merge_other(record, now)
+            if relay and result is Merge.ACCEPTED:
+                self._outbox.append(record)
+        self._counts[result] += 1
+        return result
+
+    def _merge_other(self, record: Record, now: float) -> Merge:
+        status = self._owners.get(record.owner)
+        if status is not None and status.status in _DROPPED:
+            return Merge.OWNER_GONE
+        if isinstance(record, Entry) and record.network not in self._networks:
+            return Merge.OUT_OF_SCOPE
+        current = self._current(record)
+        if current is not None:
+            merged = merge_records(current, record)
+            if merged is current:
+                return Merge.STALE
+            if merged.version == current.version and merged.rank == current.rank:
+                self._store(merged, now)  # same write, later tombstone deadline
+                return Merge.STALE
+        self._store(record, now)
+        return Merge.ACCEPTED
+
+    def _merge_own(self, record: Record, now: float) -> Merge:
+        current = self._current(record)
+        if current is not None and not supersedes(record, current):
+            return Merge.STALE
+        if current is None and record.deleted:
+            self._store(record, now)  # a deletion of something we no longer hold: keep it
+            return Merge.ACCEPTED
+        # A copy in our name that we did not write (we restarted, or reaped its tombstone):
+        # re-issue what we hold, or delete it, above its version.
+        self._clock = max(self._clock, record.version)
+        base = current if current is not None else record
+        deleted = current is None or current.deleted
+        fresh = replace(base, version=self._tick(), deleted=deleted,
+                        expires_at=now + self.tombstone_ttl if deleted else math.inf)
+        self._store(fresh, now)
+        self._outbox.append(fresh)
+        return Merge.REFUTED
+
+    def records(self) -> Iterator[Record]:
+        """Everything held (entries with tombstones, memberships), for a push-pull exchange."""
+        yield from self._memberships.values()
+        yield from self._entries.values()
+
+    def _current(self, record: Record) -> Record | None:
+        if isinstance(record, Entry):
+            return self._entries.get(record.key)
+        return self._memberships.get(record.key)
+
+    # ----------------------------------------------------------------- membership of nodes
+
+    def member_alive(self, name: str, addr: tuple[str, int], now: float) -> None:
+        """The membership layer sees `name` alive at `addr` (joined, recovered, updated)."""
+        if name == self.node:
+            return
+        previous = self._owner_at.get(addr)
+        self._owner_at[addr] = name
+        if previous is not None and previous != name:
+            other = self._owners.get(previous)
+            if other is not None and other.addr == addr and other.status is not OwnerStatus.GONE:
+                self._set_status(previous, OwnerStatus.SUPERSEDED, now)
+        state = self._owners.get(name)
+        if state is None:
+            self._owners[name] = _Owner(OwnerStatus.ALIVE, addr, 0)
+            return
+        state.addr = addr
+        if state.status is not OwnerStatus.ALIVE:
+            self._set_status(name, OwnerStatus.ALIVE, now)
+
+    def member_failed(self, name: str, now: float) -> None:
+        """`name` was declared dead: its records leave the view now, purged after the grace."""
+        self._member_down(name, OwnerStatus.FAILED, now)
+
+    def member_left(self, name: str, now: float) -> None:
+        """`name` left gracefully: treated as a failure (it may be back soon, e.g. an upgrade)."""
+        self._member_down(name, OwnerStatus.LEFT, now)
+
+    def _member_down(self, name: str, status: OwnerStatus, now: float) -> None:
+        if name == self.node:
+            return
+        state = self._owners.setdefault(name, _Owner(OwnerStatus.ALIVE, None, 0))
+        if state.status in _HIDDEN or state.status in _DROPPED:
+            return
+        self._set_status(name, status, now)
+
+    def owner_status(self, name: str) -> OwnerStatus:
+        state = self._owners.get(name)
+        return OwnerStatus.ALIVE if state is None else state.status
+
+    def _set_status(self, name: str, status: OwnerStatus, now: float) -> None:
+        state = self._owners[name]
+        state.status = status
+        state.generation += 1
+        if status in _HIDDEN:
+            heapq.heappush(self._owner_heap, (now + self.failed_grace, name, state.generation))
+        elif status in _DROPPED:
+            self._purge_owner(name)
+            heapq.heappush(self._owner_heap, (now + self.tombstone_ttl, name, state.generation))
+        self._refresh_owner(name)
+
+    def _purge_owner(self, name: str) -> None:
+        for key in list(self._by_owner.get(name, ())):
+            self._drop(key)
+            self._purged += 1
+        for membership_key in [k for k in self._memberships if k[1] == name]:
+            self._drop_membership(membership_key)
+
+    # ----------------------------------------------------------------- time
+
+    def next_deadline(self) -> float:
+        """When `handle_timeout` next has work (a tombstone to reap, a grace to end)."""
+        first = math.inf
+        if self._reap_entries:
+            first = self._reap_entries[0][0]
+        if self._reap_memberships:
+            first = min(first, self._reap_memberships[0][0])
+        if self._owner_heap:
+            first = min(first, self._owner_heap[0][0])
+        return first
+
+    def handle_timeout(self, now: float) -> None:
+        while self._reap_entries and self._reap_entries[0][0] <= now:
+            entry = self._entries.get(heapq.heappop(self._reap_entries)[1])
+            if entry is not None and entry.deleted and entry.expires_at <= now:
+                self._drop(entry.key)
+                self._reaped += 1
+        while self._reap_memberships and self._reap_memberships[0][0] <= now:
+            record = self._memberships.get(heapq.heappop(self._reap_memberships)[1])
+            if record is not None and record.deleted and record.expires_at <= now:
+                self._drop_membership(record.key)
+                self._reaped += 1
+        while self._owner_heap and self._owner_heap[0][0] <= now:
+            _, name, generation = heapq.heappop(self._owner_heap)
+            state = self._owners.get(name)
+            if state is None or state.generation != generation:
+                continue
+            if state.status in _HIDDEN:
+                self._set_status(name, OwnerStatus.GONE, now)
+            elif state.status in _DROPPED:
+                del self._owners[name]  # forgotten: a later record counts as a new owner
+                if state.addr is not None and self._owner_at.get(state.addr) == name:
+                    del self._owner_at[state.addr]
+
+    # ----------------------------------------------------------------- views and events
+
+    def next_event(self) -> TableEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def lookup(self, network: str, ip: str) -> Entry | None:
+        """The visible entry for (network, ip), if any."""
+        return self._view.get((network, ip))
+
+    def endpoints(self, network: str | None = None) -> list[Entry]:
+        """Visible entries (ours included), optionally of one network."""
+        return [e for (n, _), e in self._view.items() if network is None or n == network]
+
+    def network_peers(self, network: str) -> dict[str, str]:
+        """Visible nodes taking part in `network` (ourselves included) -> their VTEP."""
+        return {node: m.vtep for (n, node), m in self._peer_view.items() if n == network}
+
+    def networks(self) -> frozenset[str]:
+        return frozenset(self._networks)
+
+    def get(self, network: str, owner: str, ip: str) -> Entry | None:
+        """The record held for one key, tombstone or hidden owner included."""
+        return self._entries.get((network, owner, ip))
+
+    def get_membership(self, network: str, node: str) -> Membership | None:
+        return self._memberships.get((network, node))
+
+    def statistics(self) -> TableStatistics:
+        return TableStatistics(
+            entries=len(self._entries),
+            tombstones=self._tombstones,
+            visible_endpoints=len(self._view),
+            memberships=len(self._memberships),
+            hidden_owners=sum(1 for s in self._owners.values() if s.status in _HIDDEN),
+            clock=self._clock,
+            accepted=self._counts[Merge.ACCEPTED],
+            stale=self._counts[Merge.STALE],
+            out_of_scope=self._counts[Merge.OUT_OF_SCOPE],
+            owner_gone=self._counts[Merge.OWNER_GONE],
+            refuted=self._counts[Merge.REFUTED],
+            reaped=self._reaped,
+            purged=self._purged,
+        )
+
+    # ----------------------------------------------------------------- internals
+
+    def _tick(self) -> int:
+        self._clock += 1
+        return self._clock
+
+    def _visible_owner(self, owner: str) -> bool:
+        state = self._owners.get(owner)
+        return state is None or state.status is OwnerStatus.ALIVE
+
+    def _store(self, record: Record, now: float) -> None:
+        if isinstance(record, Membership):
+            self._store_membership(record)
+            return
+        key = record.key
+        old = self._entries.get(key)
+        self._entries[key] = record
+        self._by_owner.setdefault(record.owner, set()).add(key)
+        if old is not None and old.deleted:
+            self._tombstones -= 1
+        if record.deleted:
+            self._tombstones += 1
+            heapq.heappush(self._reap_entries, (record.expires_at, key))
+        view_key = (record.network, record.ip)
+        candidates = self._candidates.setdefault(view_key, set())
+        if record.deleted:
+            candidates.discard(record.owner)
+        else:
+            candidates.add(record.owner)
+        self._refresh_view(view_key)
+
+    def _store_membership(self, record: Membership) -> None:
+        old = self._memberships.get(record.key)
+        self._memberships[record.key] = record
+        if record.deleted and (old is None or old.expires_at != record.expires_at):
+            heapq.heappush(self._reap_memberships, (record.expires_at, record.key))
+        self._refresh_peer(record.key)
+
+    def _drop(self, key: tuple[str, str, str]) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return
+        if entry.deleted:
+            self._tombstones -= 1
+        keys = self._by_owner.get(entry.owner)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_owner[entry.owner]
+        view_key = (entry.network, entry.ip)
+        candidates = self._candidates.get(view_key)
+        if candidates is not None:
+            candidates.discard(entry.owner)
+            if not candidates:
+                del self._candidates[view_key]
+        self._refresh_view(view_key)
+
+    def _drop_membership(self, key: tuple[str, str]) -> None:
+        if self._memberships.pop(key, None) is not None:
+            self._refresh_peer(key)
+
+    def _refresh_owner(self, owner: str) -> None:
+        for network, _, ip in list(self._by_owner.get(owner, ())):
+            self._refresh_view((network, ip))
+        for key in [k for k in self._memberships if k[1] == owner]:
+            self._refresh_peer(key)
+
+    def _refresh_view(self, view_key: tuple[str, str]) -> None:
+        network, ip = view_key
+        best: Entry | None = None
+        for owner in self._candidates.get(view_key, ()):
+            if not self._visible_owner(owner):
+                continue
+            entry = self._entries[(network, owner, ip)]
+            if best is None or (entry.version, entry.owner) > (best.version, best.owner):
+                best = entry
+        previous = self._view.get(view_key)
+        if previous is best:
+            return
+        if best is None:
+            del self._view[view_key]
+        else:
+            self._view[view_key] = best
+        self._events.append(EndpointChanged(network, ip, previous, best))
+
+    def _refresh_peer(self, key: tuple[str, str]) -> None:
+        record = self._memberships.get(key)
+        if record is not None and (record.deleted or not self._visible_owner(record.node)):
+            record = None
+        previous = self._peer_view.get(key)
+        if previous is record:
+            return
+        if record is None:
+            del self._peer_view[key]
+        else:
+            self._peer_view[key] = record
+        self._events.append(NetworkPeerChanged(key[0], key[1], previous, record))

@@ -1,0 +1,352 @@
+"""The neighbor table: merge algebra (Hypothesis), convergence under any delivery order,
+tombstones, scoping, owner failure / return / supersede, refutation after a restart, events."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from overlay.dissemination import decode_records, encode_record, encode_state
+from overlay.table import (
+    EndpointChanged,
+    Entry,
+    InvalidEndpoint,
+    Membership,
+    Merge,
+    NeighborTable,
+    NetworkPeerChanged,
+    OwnerStatus,
+    Record,
+    TableEvent,
+    merge_records,
+)
+
+NET = "blue"
+MACS = ["02:42:0a:00:00:01", "02:42:0a:00:00:02", "02:42:0a:00:00:03"]
+IPS = ["10.1.0.1", "10.1.0.2", "fd00::3", "10.1.0.4"]
+VTEPS = ["192.0.2.1", "192.0.2.2", "2001:db8::3"]
+
+
+def make_table(name: str, vtep: str = "192.0.2.9", networks: tuple[str, ...] = (NET,),
+               **kwargs: float) -> NeighborTable:
+    table = NeighborTable(name, vtep, **kwargs)
+    for network in networks:
+        table.join_network(network, 0.0)
+    table.records_to_send()
+    drain(table)
+    return table
+
+
+def drain(table: NeighborTable) -> list[TableEvent]:
+    events = []
+    while (event := table.next_event()) is not None:
+        events.append(event)
+    return events
+
+
+def snapshot(table: NeighborTable) -> tuple[object, ...]:
+    records = sorted(
+        (type(r).__name__, r.key, r.version, r.rank, r.expires_at) for r in table.records()
+    )
+    view = sorted((e.key, e.version) for e in table.endpoints())
+    return (records, view, sorted(table.network_peers(NET).items()))
+
+
+# --------------------------------------------------------------------------- merge algebra
+
+records_of_one_key = st.builds(
+    Entry,
+    network=st.just(NET),
+    ip=st.just("10.1.0.1"),
+    mac=st.sampled_from(MACS),
+    owner=st.just("a"),
+    vtep=st.sampled_from(VTEPS),
+    version=st.integers(1, 4),
+    deleted=st.booleans(),
+    expires_at=st.sampled_from([100.0, 200.0]),
+).map(lambda e: e if e.deleted else Entry(e.network, e.ip, e.mac, e.owner, e.vtep, e.version))
+
+
+@given(records_of_one_key, records_of_one_key, records_of_one_key)
+def test_merge_is_commutative_associative_idempotent(a: Entry, b: Entry, c: Entry) -> None:
+    assert merge_records(a, b) == merge_records(b, a)
+    assert merge_records(merge_records(a, b), c) == merge_records(a, merge_records(b, c))
+    assert merge_records(a, a) == a
+    winner = merge_records(a, b)
+    assert winner.version == max(a.version, b.version)
+
+
+# --------------------------------------------------------------------------- convergence
+
+operation = st.tuples(
+    st.integers(0, 2),  # owner
+    st.sampled_from(["put", "delete", "sync"]),  # sync: the owner hears everything so far
+    st.integers(0, len(IPS) - 1),
+    st.integers(0, len(MACS) - 1),
+)
+
+
+def run_owners(ops: list[tuple[int, str, int, int]]) -> list[Record]:
+    owners = [make_table(f"node{i}", VTEPS[i]) for i in range(3)]
+    produced: list[Record] = [m for o in owners for m in o.records() if isinstance(m, Membership)]
+    now = 1.0
+    for index, kind, ip_index, mac_index in ops:
+        now += 0.5
+        owner = owners[index]
+        ip = IPS[ip_index]
+        if kind == "put":
+            owner.put_endpoint(NET, ip, MACS[mac_index], now)
+        elif kind == "delete":
+            current = owner.get(NET, owner.node, ip)
+            if current is not None and not current.deleted:
+                owner.delete_endpoint(NET, ip, now)
+        else:
+            for record in produced:
+                owner.merge(record, now, relay=True)
+        produced.extend(owner.records_to_send())
+    return produced
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(operation, max_size=30), st.randoms(use_true_random=False),
+       st.randoms(use_true_random=False))
+def test_any_delivery_order_and_duplication_converges(
+    ops: list[tuple[int, str, int, int]], order_a: random.Random, order_b: random.Random
+) -> None:
+    produced = run_owners(ops)
+    tables = []
+    for rng in (order_a, order_b):
+        deliveries = produced + [rng.choice(produced) for _ in range(len(produced) // 2)]
+        rng.shuffle(deliveries)
+        table = make_table("observer")
+        for record in deliveries:
+            table.merge(record, 50.0)
+        tables.append(table)
+    assert snapshot(tables[0]) == snapshot(tables[1])
+    # ... and equals the fold of the join over everything sent, key by key
+    expected: dict[object, Record] = {}
+    for record in produced:
+        key = (type(record), record.key)
+        expected[key] = merge_records(expected[key], record) if key in expected else record
+    held = {(type(r), r.key): r for r in tables[0].records() if r.owner != "observer"}
+    assert held == expected
+    # the view holds, per (network, ip), the newest live entry
+    for entry in tables[0].endpoints():
+        rivals = [r for r in expected.values() if isinstance(r, Entry) and r.ip == entry.ip
+                  and not r.deleted]
+        assert (entry.version, entry.owner) == max((r.version, r.owner) for r in rivals)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(operation, max_size=30), st.randoms(use_true_random=False))
+def test_wire_and_push_pull_paths_converge_to_the_same_table(
+    ops: list[tuple[int, str, int, int]], rng: random.Random
+) -> None:
+    produced = run_owners(ops)
+    by_broadcast = make_table("x")
+    shuffled = list(produced)
+    rng.shuffle(shuffled)
+    for record in shuffled:
+        for decoded in decode_records(encode_record(record, 50.0), 50.0):
+            by_broadcast.merge(decoded, 50.0, relay=True)
+    by_push_pull = make_table("y")
+    for chunk in encode_state(by_broadcast.records(), 50.0, 2048):
+        for decoded in decode_records(chunk, 50.0):
+            by_push_pull.merge(decoded, 50.0)
+    assert {(type(r), r.key, r.version, r.rank) for r in by_broadcast.records() if r.owner != "x"} \
+        == {(type(r), r.key, r.version, r.rank) for r in by_push_pull.records()
+            if r.owner not in ("x", "y")}
+
+
+# --------------------------------------------------------------------------- local writes, events
+
+
+def test_put_change_delete_events_carry_previous_and_current() -> None:
+    table = make_table("a", "192.0.2.1")
+    first = table.put_endpoint(NET, "10.1.0.1", "02:42:0A:00:00:01", 1.0)
+    assert first.mac == "02:42:0a:00:00:01" and first.vtep == "192.0.2.1"
+    assert drain(table) == [EndpointChanged(NET, "10.1.0.1", None, first)]
+    second = table.put_endpoint(NET, "10.1.0.1", MACS[1], 2.0)
+    assert second.version > first.version
+    assert drain(table) == [EndpointChanged(NET, "10.1.0.1", first, second)]
+    tombstone = table.delete_endpoint(NET, "10.1.0.1", 3.0)
+    assert tombstone.deleted and tombstone.expires_at == 3.0 + table.tombstone_ttl
+    assert drain(table) == [EndpointChanged(NET, "10.1.0.1", second, None)]
+    assert table.records_to_send() == [first, second, tombstone]
+    assert table.statistics().tombstones == 1
+
+
+def test_bad_local_input_names_field_and_changes_nothing() -> None:
+    table = make_table("a")
+    before = snapshot(table)
+    with pytest.raises(InvalidEndpoint, match=r"ip: '10\.1\.0\.300'"):
+        table.put_endpoint(NET, "10.1.0.300", MACS[0], 1.0)
+    with pytest.raises(InvalidEndpoint, match="mac: 'zz'"):
+        table.put_endpoint(NET, "10.1.0.3", "zz", 1.0)
+    with pytest.raises(InvalidEndpoint, match="network: 'red'"):
+        table.put_endpoint("red", "10.1.0.3", MACS[0], 1.0)
+    with pytest.raises(InvalidEndpoint, match=r"ip: '10\.1\.0\.3'"):
+        table.delete_endpoint(NET, "10.1.0.3", 1.0)
+    with pytest.raises(InvalidEndpoint, match="vtep"):
+        NeighborTable("a", "not-an-ip")
+    assert snapshot(table) == before and table.records_to_send() == []
+
+
+def test_tombstones_are_reaped_and_a_stale_copy_is_then_refuted_by_its_owner() -> None:
+    owner = make_table("a", tombstone_ttl=10.0)
+    peer = make_table("b", tombstone_ttl=10.0)
+    live = owner.put_endpoint(NET, "10.1.0.1", MACS[0], 1.0)
+    tombstone = owner.delete_endpoint(NET, "10.1.0.1", 2.0)
+    owner.records_to_send()
+    assert owner.next_deadline() == 12.0
+    owner.handle_timeout(11.9)
+    assert owner.get(NET, "a", "10.1.0.1") is not None
+    owner.handle_timeout(12.0)
+    assert owner.get(NET, "a", "10.1.0.1") is None and owner.statistics().reaped == 1
+    # a peer that missed the delete still has the live copy and offers it back
+    peer.merge(live, 20.0)
+    assert owner.merge(live, 20.0) is Merge.REFUTED
+    (refutation,) = owner.records_to_send()
+    assert refutation.deleted and refutation.version > tombstone.version
+    peer.merge(refutation, 20.5)
+    assert peer.lookup(NET, "10.1.0.1") is None
+
+
+def test_tombstone_remaining_lifetime_travels_on_the_wire() -> None:
+    owner = make_table("a", tombstone_ttl=600.0)
+    owner.put_endpoint(NET, "fd00::3", MACS[0], 100.0)
+    tombstone = owner.delete_endpoint(NET, "fd00::3", 100.0)
+    # encoded 250 s later, received by a node whose clock reads 5000: 350 s remain
+    (decoded,) = decode_records(encode_record(tombstone, 350.0), 5000.0)
+    assert isinstance(decoded, Entry) and decoded.deleted
+    assert decoded.expires_at == pytest.approx(5350.0)
+    (live,) = decode_records(encode_record(owner.get(NET, "a", "fd00::3") or tombstone, 0), 1)
+    assert live.expires_at == pytest.approx(1.0 + 700.0)
+
+
+# --------------------------------------------------------------------------- scoping
+
+
+def test_endpoints_held_only_for_joined_networks_memberships_for_all() -> None:
+    red_owner = make_table("a", "192.0.2.1", networks=("red", NET))
+    observer = make_table("b", "192.0.2.2", networks=(NET,))
+    red_owner.put_endpoint("red", "10.2.0.1", MACS[0], 1.0)
+    red_owner.put_endpoint(NET, "10.1.0.1", MACS[1], 1.0)
+    results = [observer.merge(r, 1.0) for r in red_owner.records()]
+    assert results.count(Merge.OUT_OF_SCOPE) == 1
+    assert [e.ip for e in observer.endpoints()] == ["10.1.0.1"]
+    assert observer.network_peers("red") == {"a": "192.0.2.1"}
+    assert observer.network_peers(NET) == {"a": "192.0.2.1", "b": "192.0.2.2"}
+    drain(observer)
+    # leaving a network tombstones our endpoints there and drops its records
+    observer.join_network("red", 2.0)
+    observer.merge(red_owner.get("red", "a", "10.2.0.1") or red_owner.records_to_send()[0], 2.0)
+    observer.put_endpoint("red", "10.2.0.2", MACS[2], 2.0)
+    observer.records_to_send()
+    sent = observer.leave_network("red", 3.0)
+    assert [type(r).__name__ for r in sent] == ["Entry", "Membership"]
+    assert all(r.deleted for r in sent)
+    assert observer.endpoints("red") == [] and "red" not in observer.networks()
+    assert red_owner.merge(sent[1], 3.0) is Merge.ACCEPTED
+    assert red_owner.network_peers("red") == {"a": "192.0.2.1"}
+
+
+# --------------------------------------------------------------------------- owner failure
+
+
+def fed_observer(grace: float = 30.0) -> tuple[NeighborTable, NeighborTable]:
+    owner = make_table("a", "192.0.2.1")
+    for i in range(3):
+        owner.put_endpoint(NET, f"10.1.0.{i + 1}", MACS[i], 1.0)
+    observer = make_table("b", "192.0.2.2", failed_grace=grace)
+    observer.member_alive("a", ("192.0.2.1", 7946), 1.0)
+    for record in owner.records():
+        observer.merge(record, 1.0)
+    drain(observer)
+    return owner, observer
+
+
+def test_failed_owner_is_withdrawn_at_once_and_restored_without_broadcasts() -> None:
+    _, observer = fed_observer()
+    observer.member_failed("a", 5.0)
+    events = drain(observer)
+    withdrawn = [e for e in events if isinstance(e, EndpointChanged)]
+    assert len(withdrawn) == 3 and all(e.current is None for e in withdrawn)
+    assert NetworkPeerChanged in {type(e) for e in events}
+    assert observer.endpoints() == [] and observer.statistics().entries == 3
+    observer.member_alive("a", ("192.0.2.1", 7946), 20.0)
+    restored = [e for e in drain(observer) if isinstance(e, EndpointChanged)]
+    assert len(restored) == 3 and all(e.previous is None for e in restored)
+    assert observer.records_to_send() == []  # no storm
+    observer.handle_timeout(100.0)  # the old grace deadline must not purge a returned owner
+    assert len(observer.endpoints()) == 3
+
+
+def test_failed_owner_is_purged_after_grace_and_late_copies_dropped() -> None:
+    owner, observer = fed_observer(grace=30.0)
+    observer.member_failed("a", 5.0)
+    assert observer.next_deadline() == 35.0
+    observer.handle_timeout(35.0)
+    assert observer.statistics().entries == 0 and observer.owner_status("a") is OwnerStatus.GONE
+    assert observer.network_peers(NET) == {"b": "192.0.2.2"}
+    stale = next(r for r in owner.records() if isinstance(r, Entry))
+    assert observer.merge(stale, 36.0) is Merge.OWNER_GONE
+    observer.member_alive("a", ("192.0.2.1", 7946), 40.0)
+    assert observer.merge(stale, 40.0) is Merge.ACCEPTED
+
+
+def test_new_identity_on_the_same_address_supersedes_the_old_one() -> None:
+    old, observer = fed_observer()
+    observer.member_alive("a-2", ("192.0.2.1", 7946), 10.0)
+    assert observer.endpoints() == []
+    assert observer.owner_status("a") is OwnerStatus.SUPERSEDED
+    assert observer.statistics().purged == 3
+    stale = next(r for r in old.records() if isinstance(r, Entry))
+    assert observer.merge(stale, 11.0) is Merge.OWNER_GONE
+    new = make_table("a-2", "192.0.2.1")
+    observer.merge(new.put_endpoint(NET, "10.1.0.1", MACS[2], 11.0), 11.0)
+    assert observer.lookup(NET, "10.1.0.1") == new.get(NET, "a-2", "10.1.0.1")
+
+
+def test_restart_with_same_identity_refutes_its_old_entries() -> None:
+    before, observer = fed_observer()
+    for _ in range(5):  # the old incarnation had a high clock
+        before.put_endpoint(NET, "10.1.0.1", MACS[1], 2.0)
+    for record in before.records_to_send():
+        observer.merge(record, 2.0)
+    restarted = make_table("a", "192.0.2.1")  # forgot everything
+    fresh = restarted.put_endpoint(NET, "10.1.0.1", MACS[2], 3.0)
+    assert observer.merge(fresh, 3.0) is Merge.STALE  # lower clock: it loses ... for now
+    restarted.records_to_send()
+    # push-pull on join: the observer's full state reaches the restarted owner
+    for record in list(observer.records()):
+        restarted.merge(record, 4.0)
+    refutations = restarted.records_to_send()
+    assert {r.ip for r in refutations if isinstance(r, Entry)} == {"10.1.0.1", "10.1.0.2",
+                                                                   "10.1.0.3"}
+    for record in refutations:
+        observer.merge(record, 4.5, relay=True)
+    entry = observer.lookup(NET, "10.1.0.1")
+    assert entry is not None and entry.mac == MACS[2]
+    assert {e.ip for e in observer.endpoints()} == {"10.1.0.1"}
+
+
+def test_reused_ip_shows_the_newer_owner_until_the_old_delete_arrives() -> None:
+    a = make_table("a", "192.0.2.1")
+    b = make_table("b", "192.0.2.2")
+    observer = make_table("c")
+    old = a.put_endpoint(NET, "10.1.0.1", MACS[0], 1.0)
+    observer.merge(old, 1.0)
+    gone = a.delete_endpoint(NET, "10.1.0.1", 2.0)
+    b.merge(gone, 2.0)  # b allocated the IP after hearing of the delete
+    new = b.put_endpoint(NET, "10.1.0.1", MACS[1], 3.0)
+    observer.merge(new, 3.0)
+    assert observer.lookup(NET, "10.1.0.1") == new
+    drain(observer)
+    observer.merge(gone, 4.0)
+    assert observer.lookup(NET, "10.1.0.1") == new and drain(observer) == []
+    assert math.isinf(new.expires_at)
