@@ -5,19 +5,24 @@ piggyback path, push-pull full state as bounded chunks, and the mapping of membe
 onto the table's owner rules.
 
 Rules:
-- Local changes, refutations and newly accepted remote broadcasts go on the queue; each is sent
-  at most `retransmit_mult * ceil(log10(n + 1))` times (n = alive members), least-sent and newest
-  first; a newer record for the same key replaces the queued older one (counted as invalidated).
+- Local changes, refutations and newly accepted remote broadcasts go on the gossip core's
+  transmit-limited `BroadcastQueue`, keyed by record key: each is sent at most
+  `retransmit_mult * ceil(log10(n + 1))` times (n = alive members, self included), least-sent
+  and newest first; a newer record for the same key replaces the queued older one (counted as
+  invalidated).
 - Push-pull state is everything the table holds, grouped by (network, owner) so names are not
   repeated, cut into chunks of at most `chunk_limit` bytes. Records merged from push-pull are not
   re-broadcast (anti-entropy must not start a storm); only refutations are.
 - A tombstone's remaining lifetime is written in milliseconds at encoding time; the receiver's
   deadline is its own `now` plus that.
-- Bytes from a peer that do not decode raise `TableWireError`, a `gossip.errors.WireError` (the
-  core counts and drops them); they are also counted in `statistics().decode_errors`. A chunk is
-  decoded whole before any record of it is merged.
-- `get_broadcasts` and `local_state` receive no clock from the core: encoding uses the latest
-  `now` this delegate was given (by `handle_timeout`, a merge or a membership event).
+- Bytes from a peer that do not decode make `decode_records` raise `TableWireError` (a
+  `gossip.errors.WireError`); the delegate catches it, counts it in
+  `statistics().decode_errors` and drops the message: the SWIM core calls the delegate without
+  a guard, and network bytes must never crash it. A chunk is decoded whole before any record of
+  it is merged.
+- `get_broadcasts` and `local_state` receive no clock from the core: a broadcast is encoded
+  when queued (a tombstone's TTL may then be overstated by its time in the queue, seconds), push-
+  pull state with the latest `now` the table was given (`NeighborTable.now`).
 
 Pure: time is passed in; imports msgpack, the standard library, gossip.delegate/errors/swim
 event types and overlay (never trio, socket, time, threading or pyroute2).
@@ -32,7 +37,16 @@ from dataclasses import dataclass
 
 import msgpack
 
+from gossip.broadcast import BroadcastQueue, retransmit_limit
 from gossip.errors import WireError
+from gossip.swim import (
+    MemberFailed,
+    MemberJoined,
+    MemberLeft,
+    MemberRecovered,
+    MembershipEvent,
+    MemberUpdated,
+)
 from overlay.errors import OverlayError
 from overlay.table import Entry, Membership, NeighborTable, Record
 
@@ -46,7 +60,6 @@ _VERSION_MAX = 2**63 - 1
 _TTL_MAX_MS = 2**40
 _NAME_MAX = 255
 _ADDRESS_CACHE_MAX = 1 << 16
-_RECORD_MIN = 20  # no encoded record is shorter: stop filling a packet below this room
 _CHUNK_MIN = 2048  # a group head (two names of up to 255 characters) plus one record fits
 
 
@@ -58,7 +71,7 @@ class TableWireError(OverlayError, WireError):
 class DisseminationConfig:
     retransmit_mult: int = 4  # each broadcast is sent retransmit_mult * ceil(log10(n + 1)) times
     chunk_limit: int = 32 * 1024  # bytes per push-pull chunk (TCP stream)
-    queue_limit: int = 8192  # queued broadcasts; beyond it the most-sent are dropped
+    queue_limit: int = 16_384  # queued broadcasts; beyond it the most-sent are dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,95 +287,6 @@ def _array_header(length: int) -> bytes:
     return packer.pack_array_header(length)
 
 
-# --------------------------------------------------------------------------- broadcast queue
-
-
-@dataclass(slots=True)
-class _Queued:
-    record: Record
-    transmits: int
-    payload: bytes | None = None  # cached for live records (a tombstone's TTL changes)
-
-    def encode(self, now: float) -> bytes:
-        if self.payload is not None:
-            return self.payload
-        payload = encode_record(self.record, now)
-        if not self.record.deleted:
-            self.payload = payload
-        return payload
-
-
-class BroadcastQueue:
-    """Transmit-limited queue: least-sent first, newest first among equals; newer invalidates."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._items: dict[tuple[str, ...], _Queued] = {}
-        # _by_transmits[t] holds keys sent t times, in insertion order (newest last)
-        self._by_transmits: list[dict[tuple[str, ...], None]] = [{}]
-        self.invalidated = 0
-        self.dropped = 0
-        self.sent = 0
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def push(self, record: Record) -> None:
-        key = _queue_key(record)
-        old = self._items.pop(key, None)
-        if old is not None:
-            del self._by_transmits[old.transmits][key]
-            self.invalidated += 1
-        self._items[key] = _Queued(record, 0)
-        self._by_transmits[0][key] = None
-        while len(self._items) > self.limit:
-            self._drop_most_sent()
-
-    def take(self, overhead: int, limit: int, max_transmits: int, now: float) -> list[bytes]:
-        out: list[bytes] = []
-        room = limit
-        moved: list[tuple[tuple[str, ...], _Queued]] = []
-        for keys in self._by_transmits:
-            if room < overhead + _RECORD_MIN:
-                break
-            for key in reversed(list(keys)):
-                item = self._items[key]
-                payload = item.encode(now)
-                if overhead + len(payload) > room:
-                    continue
-                room -= overhead + len(payload)
-                out.append(payload)
-                del keys[key]
-                moved.append((key, item))
-                if room < overhead + _RECORD_MIN:
-                    break
-        for key, item in moved:
-            item.transmits += 1
-            self.sent += 1
-            if item.transmits >= max_transmits:
-                del self._items[key]
-                continue
-            while len(self._by_transmits) <= item.transmits:
-                self._by_transmits.append({})
-            self._by_transmits[item.transmits][key] = None
-        return out
-
-    def _drop_most_sent(self) -> None:
-        for keys in reversed(self._by_transmits):
-            if keys:
-                key = next(iter(keys))
-                del keys[key]
-                del self._items[key]
-                self.dropped += 1
-                return
-
-
-def _queue_key(record: Record) -> tuple[str, ...]:
-    if isinstance(record, Entry):
-        return ("e", *record.key)
-    return ("m", *record.key)
-
-
 # --------------------------------------------------------------------------- the delegate
 
 
@@ -372,10 +296,14 @@ class TableDelegate:
     def __init__(
         self, table: NeighborTable, config: DisseminationConfig | None = None, *, now: float
     ) -> None:
+        """`now` starts the table's clock for TTL encoding (see the module docstring)."""
         self.table = table
         self.config = config or DisseminationConfig()
-        self._queue = BroadcastQueue(self.config.queue_limit)
-        self._now = now
+        self._queue = BroadcastQueue(self.config.retransmit_mult,
+                                     max_pending=self.config.queue_limit)
+        table.handle_timeout(now)
+        self._broadcasts_sent = 0
+        self._invalidated = 0
         self._alive: set[str] = set()
         self._user_msgs = 0
         self._chunks_sent = 0
@@ -388,33 +316,33 @@ class TableDelegate:
         return b""
 
     def notify_user_msg(self, payload: bytes, now: float) -> None:
-        self._now = now
         self._user_msgs += 1
         try:
             records = decode_records(payload, now)
         except TableWireError:
             self._decode_errors += 1
-            raise
+            return
         for record in records:
             self.table.merge(record, now, relay=True)
         self._drain_table()
 
     def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
         self._drain_table()
-        return self._queue.take(overhead, limit, self.retransmit_limit(), self._now)
+        payloads = self._queue.take(overhead, limit, len(self._alive) + 1)
+        self._broadcasts_sent += len(payloads)
+        return payloads
 
     def local_state(self, join: bool) -> Iterable[bytes]:
-        for chunk in encode_state(self.table.records(), self._now, self.config.chunk_limit):
+        for chunk in encode_state(self.table.records(), self.table.now, self.config.chunk_limit):
             self._chunks_sent += 1
             yield chunk
 
     def merge_remote_state(self, chunk: bytes, join: bool, now: float) -> None:
-        self._now = now
         try:
             records = decode_records(chunk, now)
         except TableWireError:
             self._decode_errors += 1
-            raise
+            return
         self._chunks_merged += 1
         for record in records:
             self.table.merge(record, now)
@@ -423,7 +351,6 @@ class TableDelegate:
     # Shell side --------------------------------------------------------------------------
 
     def handle_timeout(self, now: float) -> None:
-        self._now = now
         self.table.handle_timeout(now)
         self._drain_table()
 
@@ -431,28 +358,37 @@ class TableDelegate:
         return self.table.next_deadline()
 
     def member_alive(self, name: str, addr: tuple[str, int], now: float) -> None:
-        self._now = now
         self._alive.add(name)
         self.table.member_alive(name, addr, now)
 
     def member_failed(self, name: str, now: float) -> None:
-        self._now = now
         self._alive.discard(name)
         self.table.member_failed(name, now)
 
     def member_left(self, name: str, now: float) -> None:
-        self._now = now
         self._alive.discard(name)
         self.table.member_left(name, now)
 
+    def member_event(self, event: MembershipEvent, now: float) -> None:
+        """Feed one membership event of the SWIM core to the table's owner rules."""
+        member = event.member
+        if isinstance(event, MemberJoined | MemberUpdated | MemberRecovered):
+            self.member_alive(member.name, member.addr, now)
+        elif isinstance(event, MemberFailed):
+            self.member_failed(member.name, now)
+        elif isinstance(event, MemberLeft):
+            self.member_left(member.name, now)
+        # MemberSuspected changes nothing (Lifeguard: most suspicions are refuted);
+        # MemberForgotten comes long after the failure whose grace already ran out.
+
     def retransmit_limit(self) -> int:
-        return self.config.retransmit_mult * max(1, math.ceil(math.log10(len(self._alive) + 2)))
+        return retransmit_limit(self.config.retransmit_mult, len(self._alive) + 1)
 
     def statistics(self) -> DisseminationStatistics:
         return DisseminationStatistics(
             queued=len(self._queue),
-            broadcasts_sent=self._queue.sent,
-            invalidated=self._queue.invalidated,
+            broadcasts_sent=self._broadcasts_sent,
+            invalidated=self._invalidated,
             dropped_queue_full=self._queue.dropped,
             user_msgs=self._user_msgs,
             chunks_sent=self._chunks_sent,
@@ -462,5 +398,12 @@ class TableDelegate:
         )
 
     def _drain_table(self) -> None:
-        for record in self.table.records_to_send():
-            self._queue.push(record)
+        records = self.table.records_to_send()
+        if not records:
+            return
+        now = self.table.now
+        for record in records:
+            key = ("e", *record.key) if isinstance(record, Entry) else ("m", *record.key)
+            if self._queue.pending_for(key) is not None:
+                self._invalidated += 1
+            self._queue.queue(encode_record(record, now), key)

@@ -230,6 +230,7 @@ class NeighborTable:
         self.tombstone_ttl = tombstone_ttl
         self.failed_grace = failed_grace
         self._clock = 0
+        self.now = -math.inf  # the latest time any call brought: encoders compute TTLs from it
         self._networks: set[str] = set()
         self._entries: dict[tuple[str, str, str], Entry] = {}
         self._memberships: dict[tuple[str, str], Membership] = {}
@@ -374,6 +375,7 @@ class NeighborTable:
 
     def member_alive(self, name: str, addr: tuple[str, int], now: float) -> None:
         """The membership layer sees `name` alive at `addr` (joined, recovered, updated)."""
+        self.now = max(self.now, now)
         if name == self.node:
             return
         previous = self._owner_at.get(addr)
@@ -399,6 +401,7 @@ class NeighborTable:
         self._member_down(name, OwnerStatus.LEFT, now)
 
     def _member_down(self, name: str, status: OwnerStatus, now: float) -> None:
+        self.now = max(self.now, now)
         if name == self.node:
             return
         state = self._owners.setdefault(name, _Owner(OwnerStatus.ALIVE, None, 0))
@@ -442,6 +445,7 @@ class NeighborTable:
         return first
 
     def handle_timeout(self, now: float) -> None:
+        self.now = max(self.now, now)
         while self._reap_entries and self._reap_entries[0][0] <= now:
             entry = self._entries.get(heapq.heappop(self._reap_entries)[1])
             if entry is not None and entry.deleted and entry.expires_at <= now:
@@ -519,6 +523,7 @@ class NeighborTable:
         return state is None or state.status is OwnerStatus.ALIVE
 
     def _store(self, record: Record, now: float) -> None:
+        self.now = max(self.now, now)
         if isinstance(record, Membership):
             self._store_membership(record)
             return

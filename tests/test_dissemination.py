@@ -11,16 +11,23 @@ from hypothesis import strategies as st
 
 from gossip.delegate import Delegate
 from gossip.errors import WireError
+from gossip.swim import (
+    Member,
+    MemberFailed,
+    MemberJoined,
+    MemberLeft,
+    MemberRecovered,
+    MemberState,
+    MemberSuspected,
+)
 from overlay.dissemination import (
-    BroadcastQueue,
     DisseminationConfig,
     TableDelegate,
     TableWireError,
     decode_records,
-    encode_record,
     encode_state,
 )
-from overlay.table import Entry, NeighborTable
+from overlay.table import Entry, NeighborTable, OwnerStatus
 
 NET = "blue"
 
@@ -31,48 +38,40 @@ def make_delegate(name: str, vtep: str) -> TableDelegate:
     return TableDelegate(table, now=0.0)
 
 
-def entry(ip: str, version: int, mac: str = "02:00:00:00:00:01") -> Entry:
-    return Entry(NET, ip, mac, "a", "192.0.2.1", version)
-
-
 def test_the_delegate_satisfies_the_gossip_protocol() -> None:
     delegate: Delegate = make_delegate("a", "192.0.2.1")
     assert delegate.node_meta(512) == b""
 
 
 def test_newer_change_to_the_same_entry_invalidates_the_queued_one() -> None:
-    queue = BroadcastQueue(limit=100)
-    queue.push(entry("10.1.0.1", 1))
-    queue.push(entry("10.1.0.2", 2))
-    queue.push(entry("10.1.0.1", 3, "02:00:00:00:00:03"))
-    assert len(queue) == 2 and queue.invalidated == 1
-    payloads = queue.take(overhead=3, limit=1400, max_transmits=5, now=0.0)
-    versions = [r.version for p in payloads for r in decode_records(p, 0.0)]
-    assert versions == [3, 2]  # newest first
+    delegate = make_delegate("a", "192.0.2.1")
+    delegate.get_broadcasts(2, 1400)  # the network join
+    delegate.table.put_endpoint(NET, "10.1.0.1", "02:00:00:00:00:01", 1.0)
+    delegate.table.put_endpoint(NET, "10.1.0.2", "02:00:00:00:00:02", 1.0)
+    delegate.handle_timeout(1.0)
+    delegate.table.put_endpoint(NET, "10.1.0.1", "02:00:00:00:00:03", 2.0)
+    payloads = delegate.get_broadcasts(overhead=3, limit=1400)
+    records = [r for p in payloads for r in decode_records(p, 0.0)]
+    assert [(r.ip, r.mac) for r in records if isinstance(r, Entry)] == [
+        ("10.1.0.1", "02:00:00:00:00:03"), ("10.1.0.2", "02:00:00:00:00:02")]  # newest first
+    assert delegate.statistics().invalidated == 1
 
 
-def test_queue_respects_budget_least_sent_first_and_transmit_limit() -> None:
-    queue = BroadcastQueue(limit=100)
+def test_broadcasts_respect_the_budget_and_the_transmit_limit() -> None:
+    delegate = make_delegate("a", "192.0.2.1")
     for i in range(40):
-        queue.push(entry(f"10.1.0.{i + 1}", i + 1))
-    size = len(encode_record(entry("10.1.0.10", 10), 0.0))
-    first = queue.take(overhead=2, limit=10 * (size + 2), max_transmits=2, now=0.0)
-    assert sum(len(p) + 2 for p in first) <= 10 * (size + 2) and len(first) >= 9
-    second = queue.take(overhead=2, limit=10 * (size + 2), max_transmits=2, now=0.0)
-    assert not {bytes(p) for p in first} & {bytes(p) for p in second}  # unsent ones go first
+        delegate.table.put_endpoint(NET, f"10.1.0.{i + 1}", "02:00:00:00:00:01", 1.0)
+    limit = delegate.retransmit_limit()
+    assert limit == 4  # alone: 4 * ceil(log10(1 + 1))
+    first = delegate.get_broadcasts(overhead=2, limit=300)
+    assert sum(len(p) + 2 for p in first) <= 300 and len(first) >= 5
+    second = delegate.get_broadcasts(overhead=2, limit=300)
+    entries = [p for p in first + second if len(p) > 20]  # not the small membership record
+    assert len(entries) == len(set(entries))  # unsent ones go first
     total = len(first) + len(second)
-    while payloads := queue.take(overhead=2, limit=1400, max_transmits=2, now=0.0):
+    while payloads := delegate.get_broadcasts(overhead=2, limit=1400):
         total += len(payloads)
-    assert total == 80 and len(queue) == 0  # each sent exactly twice
-
-
-def test_queue_drops_the_most_sent_beyond_its_limit() -> None:
-    queue = BroadcastQueue(limit=3)
-    for i in range(3):
-        queue.push(entry(f"10.1.0.{i + 1}", i + 1))
-    queue.take(overhead=0, limit=60, max_transmits=9, now=0.0)
-    queue.push(entry("10.1.0.9", 9))
-    assert len(queue) == 3 and queue.dropped == 1
+    assert total == 41 * limit and delegate.statistics().broadcasts_sent == total
 
 
 def test_state_chunks_are_bounded_and_round_trip() -> None:
@@ -127,12 +126,12 @@ GARBAGE = [
 
 
 @pytest.mark.parametrize("payload", GARBAGE)
-def test_garbage_raises_only_the_wire_error_and_is_counted(payload: bytes) -> None:
-    delegate = make_delegate("a", "192.0.2.1")
+def test_garbage_is_a_wire_error_counted_and_dropped(payload: bytes) -> None:
     with pytest.raises(WireError):
-        delegate.notify_user_msg(payload, 1.0)
-    with pytest.raises(TableWireError):
-        delegate.merge_remote_state(payload, False, 1.0)
+        decode_records(payload, 1.0)
+    delegate = make_delegate("a", "192.0.2.1")
+    delegate.notify_user_msg(payload, 1.0)  # the core calls us unguarded: never raise
+    delegate.merge_remote_state(payload, False, 1.0)
     assert delegate.statistics().decode_errors == 2
     assert next(iter(delegate.table.records())).owner == "a"  # nothing else was stored
 
@@ -149,9 +148,19 @@ def test_decoding_random_bytes_never_raises_anything_but_wire_error(payload: byt
         decode_records(payload, 0.0)
 
 
-def test_retransmit_limit_grows_with_the_cluster() -> None:
+def test_membership_events_drive_the_owner_rules_and_the_retransmit_limit() -> None:
     delegate = TableDelegate(NeighborTable("a", "192.0.2.1"), DisseminationConfig(), now=0.0)
     assert delegate.retransmit_limit() == 4
     for i in range(150):
-        delegate.member_alive(f"n{i}", ("192.0.2.9", 7000 + i), 0.0)
+        member = Member(f"n{i}", ("192.0.2.9", 7000 + i), b"", MemberState.ALIVE, 1)
+        delegate.member_event(MemberJoined(member), 0.0)
     assert delegate.retransmit_limit() == 12
+    failed = Member("n1", ("192.0.2.9", 7001), b"", MemberState.DEAD, 1)
+    delegate.member_event(MemberSuspected(failed), 1.0)
+    assert delegate.table.owner_status("n1") is OwnerStatus.ALIVE
+    delegate.member_event(MemberFailed(failed), 1.0)
+    assert delegate.table.owner_status("n1") is OwnerStatus.FAILED
+    delegate.member_event(MemberRecovered(failed), 2.0)
+    delegate.member_event(MemberLeft(failed), 3.0)
+    assert delegate.table.owner_status("n1") is OwnerStatus.LEFT
+    assert delegate.statistics().alive_members == 149
