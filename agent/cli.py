@@ -1,0 +1,418 @@
+"""The `vxmesh` command line: talks to the agent's control API, runs the agent and the lab.
+
+Owns: argument parsing, the HTTP client over the unix socket (stdlib http.client), human
+tables and `--json` output, exit codes.
+
+Exit codes: 0 success; 1 the agent refused or failed the request; 2 bad usage or a bad value
+(the message names it); 3 the agent cannot be reached; 4 not found; 5 conflict; 6 a
+dependency (etcd) is unavailable; 130 interrupted.
+
+The socket is `--socket`, else `$VXMESH_API_SOCKET` (the same variable configures the agent),
+else `/run/vxmesh/agent.sock`.
+
+May import: everything in agent/ (it is the top of the composition root), the standard library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from agent.config import ConfigError
+from agent.errors import AgentError
+
+DEFAULT_SOCKET = "/run/vxmesh/agent.sock"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_UNAVAILABLE = 4, 5, 6
+_STATUS_EXIT = {400: EXIT_USAGE, 404: EXIT_NOT_FOUND, 409: EXIT_CONFLICT,
+                503: EXIT_UNAVAILABLE}
+
+
+class CliError(AgentError):
+    """A failure the CLI reports on stderr and turns into an exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("vxmesh", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class ApiClient:
+    """Blocking JSON client of the control API over its unix socket."""
+
+    def __init__(self, socket_path: str, timeout: float = 30.0) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """Send one request; return the decoded JSON, or raise `CliError` with an exit code."""
+        conn = _UnixHTTPConnection(self.socket_path, self.timeout)
+        payload = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        try:
+            conn.request(method, path, body=payload, headers=headers)
+            reply = conn.getresponse()
+            raw = reply.read()
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise CliError(f"cannot reach the agent at {self.socket_path}: {exc.strerror} "
+                           "(is it running? `systemctl status vxmesh-agent`, or pass --socket)",
+                           EXIT_UNREACHABLE) from None
+        except PermissionError:
+            raise CliError(f"no permission to use {self.socket_path} (run as root or as a "
+                           "member of the socket's group)", EXIT_UNREACHABLE) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise CliError(f"talking to the agent at {self.socket_path} failed: {exc}",
+                           EXIT_UNREACHABLE) from None
+        finally:
+            conn.close()
+        try:
+            value = json.loads(raw) if raw else None
+        except json.JSONDecodeError:
+            raise CliError(f"the agent answered {reply.status} with a body that is not JSON",
+                           EXIT_FAILED) from None
+        if reply.status >= 400:
+            message = (value or {}).get("error", {}).get("message", raw.decode(errors="replace"))
+            raise CliError(f"{message} (HTTP {reply.status})",
+                           _STATUS_EXIT.get(reply.status, EXIT_FAILED))
+        return value
+
+
+# -- output -----------------------------------------------------------------------------------
+
+def render_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """Rows as an aligned text table with an upper-case header."""
+    cells = [[_cell(row.get(col)) for col in columns] for row in rows]
+    widths = [max([len(col)] + [len(r[i]) for r in cells]) for i, col in enumerate(columns)]
+    lines = ["  ".join(col.upper().ljust(w) for col, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return ",".join(_cell(v) for v in value) or "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _emit(args: argparse.Namespace, value: Any, columns: Sequence[str] | None = None) -> None:
+    if args.json:
+        print(json.dumps(value, indent=2, sort_keys=True))
+    elif columns is not None and isinstance(value, list):
+        print(render_table(value, columns) if value else "(none)")
+    elif isinstance(value, dict):
+        width = max((len(k) for k in value), default=0)
+        for key, item in value.items():
+            print(f"{key.ljust(width)}  {_cell(item) if not isinstance(item, dict) else ''}")
+            if isinstance(item, dict):
+                for sub, subval in item.items():
+                    print(f"  {sub.ljust(width)}  {_cell(subval)}")
+    else:
+        print(_cell(value))
+
+
+class Progress:
+    """One line per step on stderr: `step ... ok (0.12 s)`; silent with --json when piped."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+
+    def step(self, text: str) -> _Step:
+        return _Step(self, text)
+
+
+class _Step:
+    def __init__(self, progress: Progress, text: str) -> None:
+        self.progress = progress
+        self.text = text
+        self.start = 0.0
+
+    def __enter__(self) -> _Step:
+        self.start = time.monotonic()
+        if not self.progress.quiet:
+            print(f"{self.text} ...", end="", file=sys.stderr, flush=True)
+        return self
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        if self.progress.quiet:
+            return
+        took = time.monotonic() - self.start
+        print(f" {'ok' if kind is None else 'FAILED'} ({took:.2f} s)", file=sys.stderr,
+              flush=True)
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+def _client(args: argparse.Namespace) -> ApiClient:
+    return ApiClient(args.socket or os.environ.get("VXMESH_API_SOCKET") or DEFAULT_SOCKET)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    _emit(args, _client(args).request("GET", "/v1/status"))
+    return EXIT_OK
+
+
+def cmd_members(args: argparse.Namespace) -> int:
+    _emit(args, _client(args).request("GET", "/v1/members"),
+          ["name", "address", "state", "incarnation", "vtep"])
+    return EXIT_OK
+
+
+def cmd_networks(args: argparse.Namespace) -> int:
+    _emit(args, _client(args).request("GET", "/v1/networks"),
+          ["name", "vni", "subnet", "mtu", "endpoints"])
+    return EXIT_OK
+
+
+def cmd_endpoints(args: argparse.Namespace) -> int:
+    _emit(args, _client(args).request("GET", "/v1/endpoints"),
+          ["name", "network", "mode", "ip", "mac", "node", "vtep", "local"])
+    return EXIT_OK
+
+
+def cmd_network(args: argparse.Namespace) -> int:
+    client = _client(args)
+    progress = Progress(quiet=args.json)
+    if args.action == "create":
+        body = {"name": args.name, "subnet": args.subnet, "vni": args.vni, "mtu": args.mtu}
+        with progress.step(f"creating network {args.name}"):
+            result = client.request("POST", "/v1/networks",
+                                    {k: v for k, v in body.items() if v is not None})
+        _emit(args, result)
+    else:
+        with progress.step(f"deleting network {args.name}"):
+            result = client.request("DELETE", f"/v1/networks/{args.name}")
+        if args.json:
+            _emit(args, result)
+    return EXIT_OK
+
+
+def cmd_endpoint(args: argparse.Namespace) -> int:
+    client = _client(args)
+    progress = Progress(quiet=args.json)
+    if args.action == "create":
+        body: dict[str, Any] = {"name": args.name, "network": args.network, "mode": args.mode,
+                                "ip": args.ip, "publish": args.publish or None,
+                                "ports": args.port or None}
+        with progress.step(f"creating {args.mode} endpoint {args.name}"):
+            result = client.request("POST", "/v1/endpoints",
+                                    {k: v for k, v in body.items() if v is not None})
+        _emit(args, result)
+        return EXIT_OK
+    if args.action == "delete":
+        with progress.step(f"deleting endpoint {args.name}"):
+            result = client.request("DELETE", f"/v1/endpoints/{args.name}")
+        if args.json:
+            _emit(args, result)
+        return EXIT_OK
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise CliError("endpoint exec: give a command after --, e.g. "
+                       "`vxmesh endpoint exec web -- ip addr`", EXIT_USAGE)
+    record = client.request("GET", f"/v1/endpoints/{args.name}")
+    netns = record.get("netns")
+    argv = ["ip", "netns", "exec", netns, *command] if netns else command
+    sys.stdout.flush()
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        raise CliError(f"cannot run {argv[0]!r}: {exc.strerror}", EXIT_FAILED) from None
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.action == "list":
+        result = client.request("GET", "/v1/keys")
+        if args.json:
+            _emit(args, result)
+        else:
+            for key in result["keys"]:
+                print(f"{key}{'  (primary)' if key == result['primary'] else ''}")
+        return EXIT_OK
+    if args.action == "generate":
+        import base64
+
+        print(base64.b64encode(os.urandom(32)).decode())
+        return EXIT_OK
+    if not args.key:
+        raise CliError(f"keys {args.action}: give the base64 key", EXIT_USAGE)
+    with Progress(quiet=args.json).step(f"keys {args.action}"):
+        result = client.request("POST", f"/v1/keys/{args.action}", {"key": args.key})
+    if args.json:
+        _emit(args, result)
+    return EXIT_OK
+
+
+def cmd_fdb(args: argparse.Namespace) -> int:
+    path = "/v1/fdb" + (f"?network={args.network}" if args.network else "")
+    result = _client(args).request("GET", path)
+    if args.json:
+        _emit(args, result)
+        return EXIT_OK
+    print(render_table(result["entries"], ["network", "kind", "key", "value", "desired",
+                                           "kernel", "state"]) if result["entries"]
+          else "(no entries)")
+    print(f"\nin sync: {_cell(result.get('in_sync'))}")
+    return EXIT_OK
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    # pyroute2 forks small helpers to enter namespaces; gRPC's fork handlers (etcd client
+    # threads) can hang such a child, so they are turned off, and their log line with them.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    from agent.config import load_config
+    from agent.daemon import run_agent_process
+
+    assignments = list(args.set or [])
+    if args.log_level:
+        assignments.append(f"node.log_level={args.log_level}")
+    config = load_config(Path(args.config) if args.config else None, assignments=assignments)
+    return run_agent_process(config, config_path=Path(args.config) if args.config else None,
+                             assignments=assignments)
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from agent.lab import run_lab_command
+
+    return run_lab_command(args)
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="machine-readable output")
+    common.add_argument("--socket", default=argparse.SUPPRESS,
+                        help=f"control socket (default $VXMESH_API_SOCKET or {DEFAULT_SOCKET})")
+    parser = argparse.ArgumentParser(
+        prog="vxmesh", parents=[common],
+        description="vxmesh: multi-host container networking (SWIM gossip, etcd, VXLAN).",
+        epilog="exit codes: 0 ok, 1 failed, 2 usage/bad value, 3 agent unreachable, "
+               "4 not found, 5 conflict, 6 etcd unavailable")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("status", parents=[common], help="this node's state").set_defaults(
+        func=cmd_status)
+    sub.add_parser("members", parents=[common], help="gossip members").set_defaults(
+        func=cmd_members)
+    sub.add_parser("networks", parents=[common], help="networks").set_defaults(
+        func=cmd_networks)
+    sub.add_parser("endpoints", parents=[common], help="endpoints of every host").set_defaults(
+        func=cmd_endpoints)
+
+    network = sub.add_parser("network", parents=[common], help="create or delete a network")
+    net_sub = network.add_subparsers(dest="action", required=True)
+    create = net_sub.add_parser("create", parents=[common])
+    create.add_argument("name")
+    create.add_argument("--subnet", help="CIDR, e.g. 10.10.0.0/16 (default: allocated)")
+    create.add_argument("--vni", type=int, help="VXLAN network id 1-16777215 (default: next)")
+    create.add_argument("--mtu", type=int, help="endpoint MTU (default: underlay MTU - 50)")
+    net_sub.add_parser("delete", parents=[common]).add_argument("name")
+    network.set_defaults(func=cmd_network)
+
+    endpoint = sub.add_parser("endpoint", parents=[common], help="create, delete, exec")
+    ep_sub = endpoint.add_subparsers(dest="action", required=True)
+    ep_create = ep_sub.add_parser("create", parents=[common])
+    ep_create.add_argument("name")
+    ep_create.add_argument("--network", help="network name (overlay and bridge modes)")
+    ep_create.add_argument("--mode", default="overlay",
+                           choices=["overlay", "bridge", "host", "none", "macvlan", "ipvlan"])
+    ep_create.add_argument("--ip", help="address (default: next free in the network)")
+    ep_create.add_argument("--publish", action="append", metavar="H:P/PROTO",
+                           help="publish container port P on host port H (bridge mode)")
+    ep_create.add_argument("--port", action="append", metavar="P/PROTO",
+                           help="host port the workload binds (host mode)")
+    ep_sub.add_parser("delete", parents=[common]).add_argument("name")
+    ep_exec = ep_sub.add_parser("exec", parents=[common], help="run a command in the endpoint")
+    ep_exec.add_argument("name")
+    ep_exec.add_argument("command", nargs=argparse.REMAINDER)
+    endpoint.set_defaults(func=cmd_endpoint)
+
+    keys = sub.add_parser("keys", parents=[common], help="gossip encryption keyring")
+    keys.add_argument("action", choices=["list", "install", "use", "remove", "generate"])
+    keys.add_argument("key", nargs="?", help="base64 AES key (16, 24 or 32 bytes)")
+    keys.set_defaults(func=cmd_keys)
+
+    fdb = sub.add_parser("fdb", parents=[common], help="desired vs kernel FDB/neighbor entries")
+    fdb.add_argument("--network")
+    fdb.set_defaults(func=cmd_fdb)
+
+    agent = sub.add_parser("agent", parents=[common], help="run the agent (systemd runs this)")
+    agent.add_argument("--config", help="config file (default /etc/vxmesh/agent.toml)")
+    agent.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                       help="override one config key (repeatable)")
+    agent.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    agent.set_defaults(func=cmd_agent)
+
+    lab = sub.add_parser("lab", parents=[common], help="a multi-host lab in network namespaces")
+    lab_sub = lab.add_subparsers(dest="action", required=True)
+    up = lab_sub.add_parser("up", parents=[common], help="build the lab")
+    up.add_argument("--hosts", type=int, default=3, help="number of hosts (2-16, default 3)")
+    lab_sub.add_parser("down", parents=[common], help="stop agents, etcd; delete namespaces")
+    lab_sub.add_parser("status", parents=[common], help="hosts, agents, etcd")
+    lab_exec = lab_sub.add_parser("exec", parents=[common], help="run a command on a host")
+    lab_exec.add_argument("host")
+    lab_exec.add_argument("command", nargs=argparse.REMAINDER)
+    demo = lab_sub.add_parser("demo", parents=[common],
+                              help="network, endpoints, HTTP and ping across hosts")
+    demo.add_argument("--hosts", type=int, default=3, help="hosts if the lab is not up yet")
+    lab.set_defaults(func=cmd_lab)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.json = getattr(args, "json", False)
+    args.socket = getattr(args, "socket", None)
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        print(f"vxmesh: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except ConfigError as exc:  # a person's input, named in the message
+        print(f"vxmesh: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except AgentError as exc:
+        print(f"vxmesh: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("vxmesh: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

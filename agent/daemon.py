@@ -1,0 +1,640 @@
+"""The agent process: one trio nursery composing every component, and the control it offers.
+
+Owns: start-up order (metrics, kernel adapter, underlay facts, store, gossip, pipeline, data
+plane, control API), readiness (READY=1 after the first full sync), signals (SIGTERM/SIGINT:
+graceful leave then exit 0; SIGHUP: re-read keys and log level), the `Control` the API calls
+(networks, endpoints, keys, fdb) and the metrics snapshot read at scrape time.
+
+Rules:
+- Gossip never waits on the kernel: membership and table changes only mark the pipeline
+  dirty; the reconciler applies the newest desired state on its own schedule.
+- etcd away = degraded: networks come from the last copy in the state directory, endpoints
+  are still created from address blocks this host holds, gossip and data plane keep running.
+- A restart adopts the kernel: our own endpoints are re-published before joining, and the
+  data plane is first applied only after the initial gossip sync, so no entry of a live peer
+  is removed and re-added.
+- Shutdown work (leave, lease revoke) runs shielded and time-boxed.
+
+May import: everything below it (agent.*, overlay, gossip, underlay), trio, the stdlib.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from agent.api import Conflict, EndpointSpec, InvalidRequest, NetworkSpec, NotFound, serve_api
+from agent.config import AgentConfig, ConfigError, load_config
+from agent.errors import AgentError
+from agent.gossip_link import GossipLink
+from agent.http_server import HttpServerStatistics
+from agent.local_endpoints import EndpointRecord, LocalState
+from agent.metrics import AgentMetrics, MetricsSnapshot, serve_metrics
+from agent.overlay_endpoints import OverlayPlumbing, endpoint_mac
+from agent.pipeline import DesiredInputs, Pipeline
+from agent.schema import Network, decode_network, validate_network
+from agent.state_files import StateReadError, StateWriteError
+from agent.store import AddressPool, Store
+from agent.store_errors import (
+    AddressExhausted,
+    InvalidNetwork,
+    NetworkConflict,
+    NetworkInUse,
+    NetworkNotFound,
+    StoreError,
+    StoreUnavailable,
+)
+from agent.systemd import SystemdNotifier, run_watchdog
+from overlay import desired as desired_state
+from overlay.reconciler import Reconciler, run_dataplane
+from overlay.table import EndpointChanged, NeighborTable
+from underlay.facts import UnderlayFacts, probe_capabilities, read_underlay
+from underlay.kernel import NetlinkThread
+from underlay.netlink_ops import NUD_PERMANENT, NetlinkKernel
+
+log = logging.getLogger("vxmesh.agent")
+
+SHUTDOWN_TIMEOUT = 3.0
+INITIAL_SYNC_TIMEOUT = 5.0
+
+
+def error_status(exc: AgentError) -> int:
+    """The HTTP status of an agent error the API did not classify itself."""
+    if isinstance(exc, InvalidNetwork | ConfigError):
+        return 400
+    if isinstance(exc, NetworkNotFound):
+        return 404
+    if isinstance(exc, NetworkConflict | NetworkInUse | AddressExhausted):
+        return 409
+    if isinstance(exc, StoreUnavailable):
+        return 503
+    if isinstance(exc, StateWriteError):
+        return 507
+    return 500
+
+
+@dataclass(frozen=True)
+class AgentExit:
+    """How the process ends: exit code and why."""
+
+    code: int
+    reason: str
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(stream=sys.stderr, level=level.upper(), force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run_agent_process(config: AgentConfig, *, config_path: Path | None = None,
+                      assignments: Sequence[str] = ()) -> int:
+    """`vxmesh agent`: run until SIGTERM/SIGINT; 0 after a graceful stop, else an error code."""
+    configure_logging(config.node.log_level)
+    try:
+        result: AgentExit = trio.run(run_agent, config, config_path, tuple(assignments))
+    except (ConfigError, StateReadError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    except AgentError as exc:
+        log.error("agent failed: %s", exc)
+        return 1
+    log.info("agent stopped: %s", result.reason)
+    return result.code
+
+
+async def run_agent(config: AgentConfig, config_path: Path | None = None,
+                    assignments: tuple[str, ...] = ()) -> AgentExit:
+    """The agent's whole life in one nursery; returns how it ended."""
+    notifier = SystemdNotifier()
+    agent = Agent(config, notifier=notifier, config_path=config_path, assignments=assignments)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(agent.run)
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    agent.reload()
+                    continue
+                name = signal.Signals(signum).name
+                log.info("received %s: leaving gracefully", name)
+                notifier.stopping()
+                await agent.shutdown()
+                nursery.cancel_scope.cancel()
+                return AgentExit(0, f"{name}: left gracefully")
+    return AgentExit(1, "the agent's tasks ended by themselves")
+
+
+class Agent:
+    """The running agent: components, readiness, and the `agent.api.Control` it implements."""
+
+    def __init__(self, config: AgentConfig, *, notifier: SystemdNotifier,
+                 config_path: Path | None = None, assignments: tuple[str, ...] = ()) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.assignments = assignments
+        self.node = config.node_name
+        self.notifier = notifier
+        self.rng = random.Random()
+        self.started_at = time.time()
+        self.ready = False
+        self.metrics = AgentMetrics(self.snapshot)
+        self.api_stats = HttpServerStatistics()
+        self.state = LocalState.load(config.node.state_dir)
+        self.known_networks: dict[str, Network] = {}
+        for name, raw in self.state.networks.items():
+            self.known_networks[name] = _network_from_json(name, raw)
+        self.pools: dict[str, AddressPool] = {}
+        self._nursery: trio.Nursery | None = None
+        self._endpoint_lock = trio.Lock()
+        self.nl: NetlinkThread | None = None
+        self.kernel: NetlinkKernel | None = None
+        self.facts: UnderlayFacts | None = None
+        self.store: Store | None = None
+        self.table: NeighborTable | None = None
+        self.gossip: GossipLink | None = None
+        self.pipeline: Pipeline | None = None
+        self.reconciler: Reconciler | None = None
+        self.plumbing: OverlayPlumbing | None = None
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        config = self.config
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            # 1. metrics
+            if config.metrics.enabled:
+                await nursery.start(serve_metrics, self.metrics, config.metrics.address,
+                                    config.metrics.port)
+            # 2. kernel adapter
+            self.nl = NetlinkThread(None)
+            self.kernel = NetlinkKernel(self.nl)
+            self.plumbing = OverlayPlumbing(self.nl)
+            # 3. underlay facts
+            address = config.underlay.address
+            selector = f"{address}/{128 if ':' in address else 32}" if address else None
+            self.facts = await read_underlay(self.nl, interface=config.underlay.interface or None,
+                                             cidr=selector)
+            capabilities = await probe_capabilities(self.nl)
+            log.info("underlay: %s address %s mtu %d (chosen by %s); %s", self.facts.interface,
+                     self.facts.address, self.facts.mtu, self.facts.chosen_by,
+                     capabilities.describe())
+            for needed in ("vxlan", "bridge"):
+                if needed not in capabilities.available:
+                    raise AgentError(f"this kernel lacks {needed}: "
+                                     f"{capabilities.missing.get(needed)}")
+            # 4. store (lazy connection; its services retry while etcd is away)
+            host, port = _etcd_endpoint(config.store.endpoints[0])
+            self.store = Store.connect(host, port, rng=self.rng, timeout=config.store.timeout,
+                                       backoff_max=max(config.store.retry_interval, 0.1))
+            nursery.start_soon(self.store.run_health_probe)
+            await nursery.start(self.store.run_network_watch)
+            nursery.start_soon(self._follow_networks)
+            # 5. gossip: our own endpoints are published before we join
+            self.table = NeighborTable(self.node, self.facts.address)
+            self._republish_local_endpoints()
+            store = self.store
+            self.gossip = GossipLink(config, self.node, self.facts.address, self.table,
+                                     on_change=self._table_changed,
+                                     probe_rtt=self.metrics.probe_rtt.observe,
+                                     extra_seeds=lambda: store.gossip_seeds(exclude=self.node))
+            await nursery.start(self.gossip.run)
+            nursery.start_soon(self._register_node)
+            with trio.move_on_after(INITIAL_SYNC_TIMEOUT):
+                await self.gossip.wait_initial_sync()
+            # 6. pipeline
+            self.reconciler = Reconciler(self.kernel)
+            self.pipeline = Pipeline(self.reconciler, self.desired_inputs,
+                                     observe_propagation=self.metrics.propagation.observe)
+            await nursery.start(self.pipeline.run)
+            # 7. data plane (one full resync and apply before it reports started)
+            await nursery.start(self._run_dataplane)
+            # 8. control API
+            await nursery.start(lambda task_status: serve_api(
+                self, config.api.socket, mode=config.socket_mode_bits,
+                group=config.api.socket_group, error_status=error_status,
+                stats=self.api_stats, task_status=task_status))
+            await nursery.start(run_watchdog, self.notifier, self._healthy)
+            self.ready = True
+            self.notifier.ready(f"{len(self.gossip.members())} members, "
+                                f"{len(self.state.endpoints)} local endpoints")
+            log.info("agent %s ready (VTEP %s, gossip port %d)", self.node, self.facts.address,
+                     config.gossip.port)
+            task_status.started(self)
+
+    async def _run_dataplane(self, *, task_status: trio.TaskStatus[None] =
+                             trio.TASK_STATUS_IGNORED) -> None:
+        reconciler = self.reconciler
+        assert reconciler is not None
+        stats_before = reconciler.statistics().applies
+
+        async def timed() -> None:
+            seen = stats_before
+            while True:
+                await trio.sleep(0.05)
+                stats = reconciler.statistics()
+                if stats.applies != seen:
+                    seen = stats.applies
+                    self.metrics.apply_duration.observe(stats.last_apply_seconds)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(timed)
+            await nursery.start(lambda task_status: run_dataplane(
+                reconciler, resync_interval=self.config.dataplane.resync_interval,
+                min_interval=self.config.dataplane.apply_interval, task_status=task_status))
+            task_status.started()
+
+    def _healthy(self) -> bool:
+        return self.ready
+
+    async def shutdown(self) -> None:
+        """Graceful leave (peers drop our entries at once), shielded and time-boxed."""
+        with trio.move_on_after(SHUTDOWN_TIMEOUT) as scope:
+            scope.shield = True
+            if self.gossip is not None:
+                await self.gossip.leave()
+        self.config.api.socket.unlink(missing_ok=True)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the log level from the config and the keyring from its file."""
+        try:
+            fresh = load_config(self.config_path, assignments=self.assignments)
+        except ConfigError as exc:
+            log.error("SIGHUP: config not reloaded: %s", exc)
+            return
+        logging.getLogger().setLevel(fresh.node.log_level.upper())
+        if self.gossip is not None:
+            try:
+                self.gossip.reload_keyring()
+            except AgentError as exc:
+                log.error("SIGHUP: keyring not reloaded: %s", exc)
+        log.info("SIGHUP: log level %s, keyring re-read", fresh.node.log_level)
+
+    # -- following etcd and gossip ------------------------------------------------------------
+
+    async def _follow_networks(self) -> None:
+        """Mirror the store's network view into `self.known_networks` (and its file) once listed."""
+        assert self.store is not None
+        version = -1
+        while True:
+            version = await self.store.wait_networks_changed(version)
+            if self.store.network_view.revision == 0:
+                continue  # not listed yet: keep the copy from the state directory
+            view = dict(self.store.network_view.snapshot())
+            self.known_networks = view
+            try:
+                self.state.save_networks({n: net.to_json() for n, net in view.items()})
+            except StateWriteError as exc:
+                log.error("%s", exc)
+            if self.pipeline is not None:
+                self.pipeline.mark_dirty()
+
+    async def _register_node(self) -> None:
+        assert self.store is not None and self.facts is not None
+        from agent.schema import Node
+
+        node = Node(self.node, ipaddress.ip_address(self.facts.address),
+                    (self.facts.address, self.config.gossip.port), _version())
+        await self.store.run_node_registration(node, ttl=self.config.store.lease_ttl)
+
+    def _table_changed(self, event: object) -> None:
+        """Called by the gossip link for every table event (never blocks)."""
+        pipeline = self.pipeline
+        if pipeline is None:
+            return
+        if isinstance(event, EndpointChanged) and event.current is not None \
+                and event.current.owner != self.node:
+            pipeline.endpoint_arrived(event.network, event.ip)
+        else:
+            pipeline.mark_dirty()
+
+    def _republish_local_endpoints(self) -> None:
+        assert self.table is not None
+        now = trio.current_time()
+        for record in self.state.endpoints.values():
+            if record.mode != "overlay" or record.ip is None or record.mac is None:
+                continue
+            if record.network not in self.table.networks():
+                self.table.join_network(record.network, now)
+            self.table.put_endpoint(record.network, record.ip, record.mac, now)
+
+    # -- desired state inputs -----------------------------------------------------------------
+
+    def desired_inputs(self) -> DesiredInputs:
+        assert self.table is not None and self.facts is not None and self.gossip is not None
+        joined = self.table.networks()
+        networks = tuple(
+            desired_state.NetworkSpec(name, net.vni, net.mtu, self.config.underlay.vxlan_port)
+            for name, net in self.known_networks.items() if name in joined)
+        members = tuple(desired_state.AliveMember(name, vtep)
+                        for name, vtep in self.gossip.alive_vteps().items())
+        endpoints = tuple(desired_state.EndpointEntry(e.network, e.owner, e.mac, (e.ip,))
+                          for e in self.table.endpoints())
+        local = tuple(desired_state.LocalEndpoint(r.network, r.host_ifname)
+                      for r in self.state.endpoints.values()
+                      if r.mode == "overlay" and r.host_ifname)
+        return DesiredInputs(networks, members, endpoints, local, self.facts, self.node)
+
+    # -- metrics ------------------------------------------------------------------------------
+
+    def snapshot(self) -> MetricsSnapshot:
+        gossip = self.gossip.metrics() if self.gossip is not None else None
+        entries: dict[str, int] = {}
+        if self.table is not None:
+            for entry in self.table.endpoints():
+                entries[entry.network] = entries.get(entry.network, 0) + 1
+        ops: dict[str, int] = {}
+        in_sync = False
+        if self.reconciler is not None:
+            stats = self.reconciler.statistics()
+            in_sync = stats.in_sync
+            for result, count in stats.ops_by_result.items():
+                key = "ok" if result == "ok" else "failed"
+                ops[key] = ops.get(key, 0) + count
+        store = self.store.statistics() if self.store is not None else None
+        return MetricsSnapshot(
+            members_by_state=gossip.members_by_state if gossip else {},
+            gossip_messages=gossip.messages if gossip else {},
+            gossip_bytes=gossip.bytes if gossip else {},
+            dropped_packets=gossip.dropped if gossip else {},
+            health_score=gossip.health_score if gossip else 0,
+            neighbor_entries=entries,
+            dataplane_operations=ops,
+            in_sync=in_sync,
+            store_up=store is not None and not store.degraded,
+            store_errors=store.failed_calls if store else 0,
+            local_endpoints=len(self.state.endpoints),
+            api_requests=self.api_stats.requests,
+        )
+
+    # -- Control: status and members ----------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        members = self.gossip.members() if self.gossip is not None else []
+        store = self.store.statistics() if self.store is not None else None
+        reconciler = self.reconciler.statistics() if self.reconciler is not None else None
+        return {
+            "node": self.node,
+            "version": _version(),
+            "ready": self.ready,
+            "vtep": self.facts.address if self.facts else None,
+            "underlay_interface": self.facts.interface if self.facts else None,
+            "underlay_mtu": self.facts.mtu if self.facts else None,
+            "gossip_port": self.config.gossip.port,
+            "members_alive": sum(1 for m in members if m["state"] == "alive"),
+            "members": len(members),
+            "networks": len(self.known_networks),
+            "endpoints": len(self.state.endpoints),
+            "visible_endpoints": len(self.table.endpoints()) if self.table else 0,
+            "in_sync": bool(reconciler and reconciler.in_sync),
+            "pending_kernel_changes": (reconciler.pending_updates + reconciler.pending_deletions
+                                       if reconciler else None),
+            "store_up": bool(store and not store.degraded),
+            "degraded": bool(store is None or store.degraded),
+            "store_error": store.last_error if store and store.degraded else None,
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+        }
+
+    def members(self) -> list[dict[str, Any]]:
+        return self.gossip.members() if self.gossip is not None else []
+
+    # -- Control: networks --------------------------------------------------------------------
+
+    async def networks(self) -> list[dict[str, Any]]:
+        counts: dict[str, int] = {}
+        if self.table is not None:
+            for entry in self.table.endpoints():
+                counts[entry.network] = counts.get(entry.network, 0) + 1
+        return [{"name": n.name, "vni": n.vni, "subnet": str(n.subnet),
+                 "gateway": str(n.gateway), "mtu": n.mtu, "mode": n.mode,
+                 "endpoints": counts.get(n.name, 0),
+                 "joined": self.table is not None and n.name in self.table.networks()}
+                for n in sorted(self.known_networks.values(), key=lambda n: n.name)]
+
+    async def create_network(self, spec: NetworkSpec) -> dict[str, Any]:
+        assert self.store is not None
+        if spec.subnet is None:
+            raise InvalidRequest("subnet: required (for example 10.10.0.0/16)")
+        network = validate_network(name=spec.name, subnet=spec.subnet, vni=spec.vni,
+                                   mtu=spec.mtu)
+        created = await self.store.create_network(network)
+        self.known_networks[created.name] = created
+        return _network_json(created)
+
+    async def delete_network(self, name: str) -> None:
+        assert self.store is not None
+        if any(r.network == name for r in self.state.endpoints.values()):
+            raise Conflict(f"network {name!r} has endpoints on this host; delete them first")
+        await self.store.delete_network(name)
+        self.known_networks.pop(name, None)
+
+    # -- Control: endpoints -------------------------------------------------------------------
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        local_by_ip = {(r.network, r.ip): r for r in self.state.endpoints.values()}
+        if self.table is not None:
+            for entry in sorted(self.table.endpoints(), key=lambda e: (e.network, e.ip)):
+                record = local_by_ip.get((entry.network, entry.ip))
+                mine = entry.owner == self.node
+                rows.append({"name": record.name if record and mine else None,
+                             "network": entry.network, "mode": "overlay", "ip": entry.ip,
+                             "mac": entry.mac, "node": entry.owner, "vtep": entry.vtep,
+                             "local": mine})
+        for record in self.state.endpoints.values():
+            if record.mode != "overlay":
+                rows.append({"name": record.name, "network": record.network or None,
+                             "mode": record.mode, "ip": record.ip, "mac": record.mac,
+                             "node": self.node, "vtep": None, "local": True})
+        return rows
+
+    def endpoint(self, name: str) -> dict[str, Any]:
+        record = self.state.endpoints.get(name)
+        if record is None:
+            raise NotFound(f"no endpoint {name!r} on this host")
+        return {**record.to_json(), "node": self.node}
+
+    async def create_endpoint(self, spec: EndpointSpec) -> dict[str, Any]:
+        if spec.mode != "overlay":
+            raise InvalidRequest(f"mode: {spec.mode!r} endpoints are not available in this "
+                                 "agent yet (overlay is)")
+        if spec.ip is not None:
+            raise InvalidRequest("ip: addresses come from the network's IPAM; omit --ip")
+        async with self._endpoint_lock:
+            if spec.name in self.state.endpoints:
+                raise Conflict(f"endpoint {spec.name!r} already exists on this host")
+            network = self.known_networks.get(spec.network)
+            if network is None:
+                raise NotFound(f"no network {spec.network!r} (known: "
+                               f"{', '.join(sorted(self.known_networks)) or 'none'})")
+            pool = await self._pool(network)
+            handle = f"{self.node}/{spec.name}"
+            address = await pool.allocate(handle)
+            return await self._plumb_endpoint(spec, network, pool, str(address))
+
+    async def _plumb_endpoint(self, spec: EndpointSpec, network: Network, pool: AddressPool,
+                              ip: str) -> dict[str, Any]:
+        assert self.plumbing is not None and self.table is not None
+        assert self.facts is not None and self.pipeline is not None
+        mac = endpoint_mac(ip)
+        mtu = network.mtu or desired_state.overlay_mtu(self.facts.mtu, self.facts.address)
+        created_at = time.time()
+        record = EndpointRecord(
+            name=spec.name, network=network.name, mode="overlay", ip=ip, mac=mac,
+            netns=self.plumbing.netns_name(self.node, spec.name),
+            host_ifname=self.plumbing.host_ifname(self.node, spec.name),
+            created_at=created_at, prefixlen=network.subnet.prefixlen)
+        try:
+            await self.plumbing.create(record, mtu=mtu)
+            self.state.put(record)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.plumbing.delete(record)
+                pool.release(ipaddress.ip_address(ip))
+            raise
+        now = trio.current_time()
+        if network.name not in self.table.networks():
+            self.table.join_network(network.name, now)
+        self.table.put_endpoint(network.name, ip, mac, now)
+        assert self.gossip is not None
+        self.gossip.records_changed()
+        self.pipeline.mark_dirty()
+        return self.endpoint(spec.name)
+
+    async def _pool(self, network: Network) -> AddressPool:
+        pool = self.pools.get(network.name)
+        if pool is not None:
+            return pool
+        assert self.store is not None and self._nursery is not None
+        pool = await self.store.open_address_pool(network.name, self.node)
+        self.pools[network.name] = pool
+        self._nursery.start_soon(pool.run_flusher)
+        return pool
+
+    async def delete_endpoint(self, name: str) -> None:
+        assert self.plumbing is not None and self.table is not None
+        assert self.pipeline is not None and self.gossip is not None
+        async with self._endpoint_lock:
+            record = self.state.endpoints.get(name)
+            if record is None:
+                raise NotFound(f"no endpoint {name!r} on this host")
+            now = trio.current_time()
+            if record.ip is not None and self.table.get(record.network, self.node, record.ip):
+                self.table.delete_endpoint(record.network, record.ip, now)
+            self.gossip.records_changed()
+            await self.plumbing.delete(record)
+            self.state.remove(name)
+            if not any(r.network == record.network for r in self.state.endpoints.values()) \
+                    and record.network in self.table.networks():
+                self.table.leave_network(record.network, now)
+                self.gossip.records_changed()
+            self.pipeline.mark_dirty()
+            network = self.known_networks.get(record.network)
+            if network is not None and record.ip is not None:
+                try:
+                    pool = await self._pool(network)
+                    pool.release(ipaddress.ip_address(record.ip))
+                except (StoreError, AgentError) as exc:
+                    log.warning("endpoint %s: address %s not released yet: %s", name,
+                                record.ip, exc)
+
+    # -- Control: keys and fdb ----------------------------------------------------------------
+
+    def keys(self) -> dict[str, Any]:
+        assert self.gossip is not None
+        return self.gossip.keys_json()
+
+    async def change_key(self, action: str, key: bytes) -> dict[str, Any]:
+        assert self.gossip is not None
+        self.gossip.change_key(action, key)
+        return self.gossip.keys_json()
+
+    async def fdb(self, network: str | None) -> dict[str, Any]:
+        assert self.kernel is not None and self.pipeline is not None
+        want = self.pipeline.desired or desired_state.DesiredState()
+        links = await self.kernel.dump_links()
+        fdb = await self.kernel.dump_fdb()
+        neighbors = await self.kernel.dump_neighbors()
+        by_index = {link.index: link.name for link in links}
+        device_network = {d.vxlan: d.network for d in want.networks.values()}
+        rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+        def row(device: str, kind: str, key: str) -> dict[str, Any]:
+            return rows.setdefault((device, kind, key), {
+                "network": device_network.get(device, device), "kind": kind, "key": key,
+                "value": None, "desired": None, "kernel": None})
+
+        for fkey, vtep in want.fdb.items():
+            row(fkey.device, "fdb", fkey.mac)["desired"] = vtep
+        for flood in want.flood:
+            row(flood.device, "flood", flood.dst)["desired"] = "00:00:00:00:00:00"
+        for nkey, mac in want.neighbors.items():
+            row(nkey.device, "neigh", nkey.ip)["desired"] = mac
+        for record in fdb:
+            device = by_index.get(record.ifindex, "")
+            if desired_state.owned_device(device) is None or not device.startswith("vxtun") \
+                    or not record.state & NUD_PERMANENT:
+                continue
+            if record.mac == "00:00:00:00:00:00":
+                row(device, "flood", record.dst or "-")["kernel"] = record.mac
+            elif record.dst is not None:
+                row(device, "fdb", record.mac)["kernel"] = record.dst
+        for neighbor in neighbors:
+            device = by_index.get(neighbor.ifindex, "")
+            if device.startswith("vxtun") and desired_state.owned_device(device) is not None \
+                    and neighbor.state & NUD_PERMANENT:
+                row(device, "neigh", neighbor.ip)["kernel"] = neighbor.mac
+        out = []
+        for item in sorted(rows.values(), key=lambda r: (r["network"], r["kind"], r["key"])):
+            if network is not None and item["network"] != network:
+                continue
+            item["value"] = item["desired"] or item["kernel"]
+            if item["desired"] == item["kernel"]:
+                item["state"] = "ok"
+            elif item["kernel"] is None:
+                item["state"] = "missing"
+            elif item["desired"] is None:
+                item["state"] = "extra"
+            else:
+                item["state"] = "differs"
+            out.append(item)
+        return {"entries": out, "in_sync": all(r["state"] == "ok" for r in out),
+                "problems": list(want.problems)}
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("vxmesh")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _etcd_endpoint(url: str) -> tuple[str, int]:
+    rest = url.split("://", 1)[-1].rstrip("/")
+    host, _, port = rest.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port or 2379)
+
+
+def _network_json(network: Network) -> dict[str, Any]:
+    return network.to_json()
+
+
+def _network_from_json(name: str, raw: dict[str, Any]) -> Network:
+    import json
+
+    try:
+        return decode_network(f"/vxmesh/v1/networks/{name}", json.dumps(raw).encode())
+    except StoreError as exc:
+        raise StateReadError(f"networks.json: network {name!r}: {exc}") from None

@@ -1,0 +1,334 @@
+"""The agent's side of gossip: the SWIM node, the neighbor table riding on it, the keyring file.
+
+Owns: building the `Swim` core (preset from `gossip.profile`, node meta carrying our VTEP,
+the keyring from the keyring file), running the gossip shell (`gossip.node`), feeding
+membership events to the neighbor table's delegate, handing every table event to the agent
+(which only marks its pipeline dirty: gossip never waits on the kernel), joining seeds
+(configured, then etcd's node registry) until a peer answers, the members view, the gossip
+part of the metrics snapshot, and key rotation (validated, written to the keyring file, then
+used).
+
+May import: gossip, overlay, agent.*, trio, the standard library.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from agent.api import InvalidRequest
+from agent.config import AgentConfig, ConfigError
+from agent.state_files import KeyringFile, load_keyring, save_keyring
+from gossip.config import SwimConfig
+from gossip.keyring import Keyring, KeyringError
+from gossip.node import GossipNode, Subscription
+from gossip.swim import (
+    Member,
+    MemberFailed,
+    MemberForgotten,
+    MemberJoined,
+    MemberLeft,
+    MemberRecovered,
+    MembershipEvent,
+    MemberUpdated,
+)
+from gossip.wire import MemberState
+from overlay.dissemination import TableDelegate
+from overlay.table import NeighborTable, TableEvent
+
+log = logging.getLogger("vxmesh.gossip")
+
+META_VERSION = 1
+PROFILES: dict[str, Callable[[], SwimConfig]] = {
+    "lan": SwimConfig.lan, "wan": SwimConfig.wan, "local": SwimConfig.local}
+STATE_NAMES = {MemberState.ALIVE: "alive", MemberState.SUSPECT: "suspect",
+               MemberState.DEAD: "dead", MemberState.LEFT: "left"}
+SEED_RETRY = 1.0
+
+
+def encode_meta(vtep: str) -> bytes:
+    """Node meta: what peers need to reach our endpoints (well inside 512 bytes)."""
+    return json.dumps({"v": META_VERSION, "vtep": vtep}, separators=(",", ":")).encode()
+
+
+def decode_meta(meta: bytes) -> dict[str, Any]:
+    """Peer meta to a dict; garbage gives {} (a peer's bad meta never crashes us)."""
+    try:
+        value = json.loads(meta)
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+@dataclass(frozen=True)
+class GossipMetrics:
+    """The gossip part of a metrics snapshot."""
+
+    members_by_state: dict[str, int]
+    messages: dict[tuple[str, str], int]
+    bytes: dict[tuple[str, str], int]
+    dropped: dict[str, int]
+    health_score: int
+
+
+def read_keyring(config: AgentConfig) -> KeyringFile | None:
+    """The keyring the config asks for: None when encryption is off; ConfigError when missing."""
+    if not config.gossip.encrypt:
+        return None
+    keyring = load_keyring(config.keyring_path)
+    if keyring is None:
+        raise ConfigError(
+            f"gossip.encrypt is true but there is no keyring at {config.keyring_path}; write "
+            f'{{"primary": "KEY", "keys": ["KEY"]}} there, KEY being one `vxmesh keys generate`'
+            " shared by every node (or set gossip.encrypt = false)")
+    return keyring
+
+
+def _b64(key: bytes) -> str:
+    return base64.b64encode(key).decode()
+
+
+class AgentTableDelegate(TableDelegate):
+    """The table's delegate, telling the agent about every table change as it happens."""
+
+    def __init__(self, table: NeighborTable, on_change: Callable[[TableEvent], None], *,
+                 now: float) -> None:
+        super().__init__(table, now=now)
+        self.on_change = on_change
+
+    def drain_events(self) -> None:
+        while (event := self.table.next_event()) is not None:
+            self.on_change(event)
+
+    def notify_user_msg(self, payload: bytes, now: float) -> None:
+        try:
+            super().notify_user_msg(payload, now)
+        finally:
+            self.drain_events()
+
+    def merge_remote_state(self, chunk: bytes, join: bool, now: float) -> None:
+        try:
+            super().merge_remote_state(chunk, join, now)
+        finally:
+            self.drain_events()
+
+    def handle_timeout(self, now: float) -> None:
+        super().handle_timeout(now)
+        self.drain_events()
+
+
+class GossipLink:
+    """One SWIM node carrying this agent's neighbor table."""
+
+    def __init__(self, config: AgentConfig, node: str, vtep: str, table: NeighborTable, *,
+                 on_change: Callable[[TableEvent], None],
+                 probe_rtt: Callable[[float], None],
+                 extra_seeds: Callable[[], Awaitable[list[tuple[str, int]]]] | None = None
+                 ) -> None:
+        self.config = config
+        self.node = node
+        self.vtep = vtep
+        self.table = table
+        self.probe_rtt = probe_rtt
+        self.extra_seeds = extra_seeds
+        self.keyring_file = read_keyring(config)
+        self.keyring = self._keyring(self.keyring_file)
+        self.delegate = AgentTableDelegate(table, on_change, now=trio.current_time())
+        self.gossip = GossipNode(PROFILES[config.gossip.profile](), node,
+                                 (vtep, config.gossip.port), meta=encode_meta(vtep),
+                                 keyring=self.keyring, delegate=self.delegate)
+        self._synced = trio.Event()
+        self._running = False
+
+    @staticmethod
+    def _keyring(keys: KeyringFile | None) -> Keyring | None:
+        if keys is None:
+            return None
+        return Keyring(list(keys.keys), keys.primary)
+
+    # -- membership events --------------------------------------------------------------------
+
+    def handle_event(self, event: MembershipEvent) -> None:
+        """A membership event from the core: feed the table's owner rules (cheap)."""
+        now = trio.current_time()
+        member = event.member
+        if member.name == self.node:
+            return
+        if isinstance(event, MemberJoined | MemberUpdated | MemberRecovered):
+            self.delegate.member_alive(member.name, member.addr, now)
+            self._synced.set()
+        elif isinstance(event, MemberFailed):
+            log.info("member %s failed", member.name)
+            self.delegate.member_failed(member.name, now)
+        elif isinstance(event, MemberLeft | MemberForgotten):
+            if isinstance(event, MemberLeft):
+                log.info("member %s left", member.name)
+            self.delegate.member_left(member.name, now)
+        self.delegate.drain_events()
+
+    # -- the service --------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Gossip until cancelled (or left): the node, its events, table timers, joining."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.gossip.run)
+            self._running = True
+            subscription = self.gossip.subscribe(capacity=4096)
+            nursery.start_soon(self._consume, subscription)
+            nursery.start_soon(self._drive_table)
+            nursery.start_soon(self._join_until_answered)
+            task_status.started()
+
+    async def _consume(self, subscription: Subscription) -> None:
+        async for event in subscription:
+            self.handle_event(event)
+
+    async def _drive_table(self) -> None:
+        """The table's own timers (tombstone reaping, failed owners' grace)."""
+        while True:
+            with trio.move_on_at(min(self.delegate.next_deadline(), trio.current_time() + 1.0)):
+                await trio.sleep_forever()
+            if trio.current_time() >= self.delegate.next_deadline():
+                self.delegate.handle_timeout(trio.current_time())
+
+    async def _join_until_answered(self) -> None:
+        """Join seeds until one answers (their full state merged); retry while alone."""
+        while True:
+            if any(m.name != self.node and m.state == MemberState.ALIVE
+                   for m in self.gossip.members()):
+                self._synced.set()
+            seeds = await self.seeds()
+            if not seeds and not self._synced.is_set():
+                log.info("no gossip seeds answered or known yet; running alone for now")
+                self._synced.set()
+            if seeds and not any(m.name != self.node for m in self.gossip.members()
+                                 if m.state == MemberState.ALIVE):
+                answered = await self.gossip.join(seeds)
+                if answered:
+                    log.info("joined through %d of %d seeds", answered, len(seeds))
+                    self._synced.set()
+            await trio.sleep(SEED_RETRY if not self._synced.is_set() else 5 * SEED_RETRY)
+
+    async def leave(self) -> None:
+        """Graceful leave: peers mark us left at once and drop our entries."""
+        if self._running:
+            await self.gossip.leave(timeout_s=2.0)
+
+    async def wait_initial_sync(self) -> None:
+        """Return once a peer answered our join (its full state is merged), at once if alone."""
+        await self._synced.wait()
+
+    def records_changed(self) -> None:
+        """Local table writes happened: let the agent see the events now."""
+        self.delegate.drain_events()
+
+    # -- seeds ----------------------------------------------------------------------------------
+
+    async def seeds(self) -> list[tuple[str, int]]:
+        from agent.config import parse_hostport
+
+        own = (self.vtep, self.config.gossip.port)
+        found = [parse_hostport(s, key="gossip.seeds") for s in self.config.gossip.seeds]
+        if self.extra_seeds is not None:
+            try:
+                found += await self.extra_seeds()
+            except Exception as exc:  # etcd away: configured seeds only
+                log.debug("no seeds from etcd: %s", exc)
+        unique = []
+        for seed in found:
+            if seed != own and seed not in unique:
+                unique.append(seed)
+        return unique
+
+    # -- views ------------------------------------------------------------------------------
+
+    def members(self) -> list[dict[str, Any]]:
+        if not self._running:
+            return []
+        return [self._member_json(m) for m in sorted(self.gossip.members(),
+                                                      key=lambda m: m.name)]
+
+    @staticmethod
+    def _member_json(member: Member) -> dict[str, Any]:
+        return {"name": member.name, "address": f"{member.addr[0]}:{member.addr[1]}",
+                "state": STATE_NAMES.get(member.state, str(member.state)),
+                "incarnation": member.incarnation,
+                "vtep": decode_meta(member.meta).get("vtep")}
+
+    def alive_vteps(self) -> dict[str, str]:
+        """Alive members (ourselves included) and the VTEP each advertises."""
+        out: dict[str, str] = {}
+        for member in self.gossip.members():
+            if member.state in (MemberState.ALIVE, MemberState.SUSPECT):
+                vtep = decode_meta(member.meta).get("vtep")
+                if isinstance(vtep, str):
+                    out[member.name] = vtep
+        return out
+
+    def metrics(self) -> GossipMetrics:
+        if not self._running:
+            return GossipMetrics({}, {}, {}, {}, 0)
+        stats = self.gossip.statistics()
+        table = self.delegate.statistics()
+        swim = stats.swim
+        direction = {"in": "received", "out": "sent"}
+        messages = {(kind, direction.get(way, way)): n
+                    for (way, kind), n in stats.transport.packets.items()}
+        messages[("table_record", "sent")] = table.broadcasts_sent
+        messages[("table_message", "received")] = table.user_msgs
+        messages[("probe", "sent")] = swim.probes_sent
+        messages[("indirect_probe", "sent")] = swim.indirect_pings_sent
+        return GossipMetrics(
+            members_by_state={"alive": swim.members_alive + 1, "suspect": swim.members_suspect,
+                              "dead": swim.members_failed, "left": swim.members_left},
+            messages=messages,
+            bytes={(kind, direction.get(way, way)): n
+                   for (way, kind), n in stats.transport.bytes.items()},
+            dropped={"decode": 0, "auth": 0, "size": 0, **stats.dropped},
+            health_score=swim.awareness,
+        )
+
+    # -- keys -------------------------------------------------------------------------------
+
+    def keys_json(self) -> dict[str, Any]:
+        if self.keyring is None:
+            return {"primary": None, "keys": [], "encrypt": False}
+        installed = self.keyring.keys()
+        return {"primary": _b64(self.keyring.primary), "keys": [_b64(k) for k in installed],
+                "encrypt": True}
+
+    def change_key(self, action: str, key: bytes) -> None:
+        """install / use / remove: validated on a copy, written to the file, then used."""
+        if self.keyring is None:
+            raise InvalidRequest("gossip.encrypt is false on this node: there is no keyring")
+        candidate = Keyring(self.keyring.keys(), self.keyring.primary)
+        try:
+            getattr(candidate, action)(key)
+        except KeyringError as exc:
+            raise InvalidRequest(f"key: {exc}") from None
+        saved = KeyringFile(candidate.primary, tuple(candidate.keys()))
+        save_keyring(self.config.keyring_path, saved)
+        self.keyring_file = saved
+        getattr(self.keyring, action)(key)  # the live keyring: core and transport share it
+        log.info("keyring: %s done; %d keys installed", action, len(saved.keys))
+
+    def reload_keyring(self) -> None:
+        """SIGHUP: bring the live keyring to what the keyring file says now."""
+        keys = read_keyring(self.config)
+        if keys is None or self.keyring is None:
+            return
+        for key in keys.keys:
+            self.keyring.install(key)
+        self.keyring.use(keys.primary)
+        installed = self.keyring.keys()
+        stale = [k for k in installed if k not in keys.keys]
+        for key in stale:
+            self.keyring.remove(key)
+        self.keyring_file = keys

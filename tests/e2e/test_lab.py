@@ -1,0 +1,240 @@
+"""End to end: a real 5-host lab (namespaces, etcd, one agent process per host).
+
+One lab serves the whole module (building it is the expensive part); every test leaves it as it
+found it: all agents running, etcd up, the underlay connected. Traffic stays inside the lab's
+namespaces. The etcd outage lasts VXMESH_E2E_ETCD_OUTAGE seconds (default 20, to keep the
+module inside its 6-minute budget; the issue's 60 s is `VXMESH_E2E_ETCD_OUTAGE=60`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.lab import Lab, LabHost, LabState
+from tests.test_agent_metrics import REQUIRED
+
+pytestmark = [pytest.mark.kernel, pytest.mark.etcd, pytest.mark.slow]
+
+HOSTS = 5
+NETWORK = "e2e"
+SUBNET = "10.201.0.0/24"
+DETECTION_TARGET = 12.0  # seconds: the gossip issue's kill-detection target (LAN preset)
+GRACEFUL_TARGET = 1.0
+OUTAGE = float(os.environ.get("VXMESH_E2E_ETCD_OUTAGE", "20"))
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, LabState]]:
+    if shutil.which("etcd") is None:
+        pytest.skip("needs the etcd server binary (Debian package etcd-server)")
+    directory = tmp_path_factory.mktemp("lab")
+    the_lab = Lab(directory, prefix=f"e{os.getpid() % 10000}")
+    try:
+        state = the_lab.up(HOSTS)
+        client = the_lab.client(state.hosts[0])
+        client.request("POST", "/v1/networks", {"name": NETWORK, "subnet": SUBNET})
+        for host in state.hosts:
+            the_lab.client(host).request("POST", "/v1/endpoints",
+                                         {"name": f"ep-{host.name}", "network": NETWORK})
+        _wait_everyone_has(the_lab, state, {_ip(the_lab, h) for h in state.hosts})
+        yield the_lab, state
+    finally:
+        the_lab.down()
+
+
+def _ep(lab: Lab, host: LabHost, name: str | None = None) -> dict[str, Any]:
+    record: dict[str, Any] = lab.client(host).request(
+        "GET", f"/v1/endpoints/{name or f'ep-{host.name}'}")
+    return record
+
+
+def _ip(lab: Lab, host: LabHost) -> str:
+    return str(_ep(lab, host)["ip"])
+
+
+def _visible_ips(lab: Lab, host: LabHost) -> set[str]:
+    return {e["ip"] for e in lab.client(host, timeout=5).request("GET", "/v1/endpoints")
+            if e.get("network") == NETWORK}
+
+
+def _wait_everyone_has(lab: Lab, state: LabState, ips: set[str], timeout: float = 20.0,
+                       hosts: list[LabHost] | None = None) -> float:
+    def done() -> bool:
+        for host in hosts or state.hosts:
+            status = lab.client(host, timeout=5).request("GET", "/v1/status")
+            if not ips <= _visible_ips(lab, host) or not status.get("in_sync"):
+                return False
+        return True
+
+    return lab.wait_for(done, f"every host to hold {sorted(ips)}", timeout)
+
+
+def _kernel_neighbors(host: LabHost) -> str:
+    return subprocess.run(["ip", "netns", "exec", host.netns, "ip", "neigh", "show",
+                           "nud", "permanent"], capture_output=True, text=True,
+                          timeout=10).stdout
+
+
+def _ping(src: dict[str, Any], dst_ip: str, count: int = 1, interval: float = 0.2,
+          deadline: float = 2.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", src["netns"], "ping", "-n", "-c", str(count),
+                           "-i", str(interval), "-W", str(deadline), dst_ip],
+                          capture_output=True, text=True, timeout=count * interval + 30)
+
+
+def _loss(output: str) -> float:
+    found = re.search(r"([\d.]+)% packet loss", output)
+    assert found, output
+    return float(found.group(1))
+
+
+def test_full_mesh_reachability(lab: tuple[Lab, LabState]) -> None:
+    the_lab, state = lab
+    endpoints = {h.name: _ep(the_lab, h) for h in state.hosts}
+    failures = []
+    for src in state.hosts:
+        for dst in state.hosts:
+            if src is not dst:
+                done = _ping(endpoints[src.name], endpoints[dst.name]["ip"])
+                if done.returncode != 0:
+                    failures.append(f"{src.name} -> {dst.name}")
+    assert not failures, failures
+
+
+def test_kill9_and_restart_loses_no_packet_of_a_running_stream(
+        lab: tuple[Lab, LabState]) -> None:
+    the_lab, state = lab
+    h2, h3 = state.hosts[1], state.hosts[2]
+    before = _kernel_neighbors(h2)
+    stream = subprocess.Popen(
+        ["ip", "netns", "exec", _ep(the_lab, h2)["netns"], "ping", "-n", "-c", "150", "-i",
+         "0.02", "-W", "1", _ip(the_lab, h3)], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    the_lab.stop_agent(state, h2, kill=True)
+    the_lab.start_agent(state, h2)
+    the_lab.wait_agent_ready(h2, 30)
+    out, _ = stream.communicate(timeout=60)
+    assert _loss(out) == 0.0, out
+    assert _kernel_neighbors(h2) == before  # adopted, nothing flushed or rewritten
+    status = the_lab.client(h2).request("GET", "/v1/status")
+    assert status["in_sync"]
+
+
+def test_graceful_stop_withdraws_entries_in_under_a_second(lab: tuple[Lab, LabState]) -> None:
+    the_lab, state = lab
+    h5 = state.hosts[4]
+    ip5 = _ip(the_lab, h5)
+    others = state.hosts[:4]
+    start = time.monotonic()
+    the_lab.stop_agent(state, h5)
+    gone = the_lab.wait_for(lambda: all(ip5 not in _visible_ips(the_lab, h)
+                                        and ip5 not in _kernel_neighbors(h) for h in others),
+                            "h5's endpoint to leave every other host", 10.0)
+    took = time.monotonic() - start
+    the_lab.start_agent(state, h5)
+    the_lab.wait_agent_ready(h5, 30)
+    _wait_everyone_has(the_lab, state, {ip5})
+    assert took < GRACEFUL_TARGET + 0.5, f"stop + withdrawal took {took:.2f} s ({gone:.2f} s)"
+
+
+def test_removing_a_whole_host_withdraws_it_within_the_detection_target(
+        lab: tuple[Lab, LabState]) -> None:
+    the_lab, state = lab
+    h4 = state.hosts[3]
+    ip4 = _ip(the_lab, h4)
+    others = [h for h in state.hosts if h is not h4]
+    subprocess.run(["ip", "netns", "exec", h4.netns, "ip", "link", "set", "eth0", "down"],
+                   check=True, timeout=10)
+    the_lab.stop_agent(state, h4, kill=True)
+    try:
+        took = the_lab.wait_for(lambda: all(ip4 not in _visible_ips(the_lab, h)
+                                            and ip4 not in _kernel_neighbors(h)
+                                            for h in others),
+                                "h4's endpoint to leave every other host",
+                                DETECTION_TARGET + 5)
+    finally:
+        subprocess.run(["ip", "netns", "exec", h4.netns, "ip", "link", "set", "eth0", "up"],
+                       check=True, timeout=10)
+        the_lab.start_agent(state, h4)
+    the_lab.wait_agent_ready(h4, 30)
+    _wait_everyone_has(the_lab, state, {ip4}, timeout=30)
+    assert took <= DETECTION_TARGET, f"withdrawn after {took:.1f} s"
+
+
+def test_etcd_outage_keeps_traffic_and_propagation(lab: tuple[Lab, LabState]) -> None:
+    the_lab, state = lab
+    h1, h2, h3 = state.hosts[:3]
+    count = int(OUTAGE / 0.05)
+    stream = subprocess.Popen(
+        ["ip", "netns", "exec", _ep(the_lab, h1)["netns"], "ping", "-n", "-c", str(count),
+         "-i", "0.05", "-W", "1", _ip(the_lab, h2)], stdout=subprocess.PIPE, text=True)
+    the_lab.stop_etcd(state)
+    try:
+        the_lab.wait_for(lambda: not the_lab.client(h3).request("GET", "/v1/status")
+                         ["store_up"], "h3 to notice etcd is down", 30)
+        created = the_lab.client(h3).request("POST", "/v1/endpoints",
+                                             {"name": "during-outage", "network": NETWORK})
+        _wait_everyone_has(the_lab, state, {created["ip"]})
+        out, _ = stream.communicate(timeout=OUTAGE + 60)
+    finally:
+        the_lab.start_etcd(state)
+    assert _loss(out) == 0.0, out
+    the_lab.wait_for(lambda: all(the_lab.client(h).request("GET", "/v1/status")["store_up"]
+                                 for h in state.hosts), "every agent back on etcd", 30)
+    the_lab.client(h3).request("DELETE", "/v1/endpoints/during-outage")
+
+
+FORGE = """
+import os, socket, sys
+from gossip.keyring import Keyring
+key = os.urandom(32)
+packet = Keyring([key], key).seal(b"\\x01" + os.urandom(64))
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    for _ in range(5):
+        s.sendto(packet, (sys.argv[1], int(sys.argv[2])))
+"""
+
+
+def test_forged_gossip_packet_is_dropped_and_counted(lab: tuple[Lab, LabState]) -> None:
+    the_lab, state = lab
+    h1, h2 = state.hosts[:2]
+    series = 'vxmesh_gossip_dropped_packets_total{reason="auth"}'
+    before = the_lab.scrape(h1).get(series, 0.0)
+    members_before = the_lab.client(h1).request("GET", "/v1/members")
+    endpoints_before = the_lab.client(h1).request("GET", "/v1/endpoints")
+    subprocess.run(["ip", "netns", "exec", h2.netns, sys.executable, "-c", FORGE,
+                    h1.address, "7946"], check=True, timeout=30,
+                   cwd=Path(__file__).resolve().parents[2])
+    the_lab.wait_for(lambda: the_lab.scrape(h1).get(series, 0.0) >= before + 5,
+                     "h1 to count 5 forged packets", 10)
+    members_after = the_lab.client(h1).request("GET", "/v1/members")
+    assert [(m["name"], m["state"]) for m in members_after] == \
+        [(m["name"], m["state"]) for m in members_before]
+    assert the_lab.client(h1).request("GET", "/v1/endpoints") == endpoints_before
+
+
+def test_metrics_scrape_holds_every_metric(lab: tuple[Lab, LabState]) -> None:
+    the_lab, state = lab
+    text = subprocess.run(["ip", "netns", "exec", state.hosts[0].netns, "curl", "-s",
+                           "http://127.0.0.1:9476/metrics"], capture_output=True, text=True,
+                          timeout=10).stdout
+    for name in REQUIRED:
+        assert f"\n{name}" in text, name
+    values = the_lab.scrape(state.hosts[0])
+    assert values[f'vxmesh_neighbor_entries{{network="{NETWORK}"}}'] >= HOSTS
+    assert values["vxmesh_dataplane_in_sync"] == 1.0
+    assert values["vxmesh_endpoint_propagation_seconds_count"] >= 1
+    if shutil.which("promtool"):
+        checked = subprocess.run(["promtool", "check", "metrics"], input=text, text=True,
+                                 capture_output=True, timeout=60)
+        assert checked.returncode == 0, checked.stdout + checked.stderr

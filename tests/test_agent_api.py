@@ -1,0 +1,149 @@
+"""agent.api + agent.cli over a real unix socket: routing, validation, errors, exit codes.
+
+The daemon's side is `RecordingControl` here, which records what the API asked for; the real
+daemon behind the same API is exercised by tests/e2e.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from agent.api import (
+    EndpointSpec,
+    InvalidRequest,
+    NetworkSpec,
+    NotFound,
+    parse_endpoint_spec,
+    serve_api,
+)
+from agent.cli import EXIT_NOT_FOUND, EXIT_UNREACHABLE, EXIT_USAGE, main, render_table
+
+
+class RecordingControl:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def status(self) -> dict[str, Any]:
+        return {"node": "h1", "ready": True}
+
+    def members(self) -> list[dict[str, Any]]:
+        return [{"name": "h1", "address": "10.0.0.1:7946", "state": "alive"}]
+
+    async def networks(self) -> list[dict[str, Any]]:
+        return []
+
+    async def create_network(self, spec: NetworkSpec) -> dict[str, Any]:
+        self.calls.append(("create_network", spec))
+        return {"name": spec.name, "vni": spec.vni or 4096}
+
+    async def delete_network(self, name: str) -> None:
+        raise NotFound(f"no network {name!r}")
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        return []
+
+    def endpoint(self, name: str) -> dict[str, Any]:
+        raise NotFound(f"no endpoint {name!r}")
+
+    async def create_endpoint(self, spec: EndpointSpec) -> dict[str, Any]:
+        self.calls.append(("create_endpoint", spec))
+        return {"name": spec.name}
+
+    async def delete_endpoint(self, name: str) -> None:
+        self.calls.append(("delete_endpoint", name))
+
+    def keys(self) -> dict[str, Any]:
+        return {"primary": "k", "keys": ["k"]}
+
+    async def change_key(self, action: str, key: bytes) -> dict[str, Any]:
+        self.calls.append((action, key))
+        return {"primary": "k", "keys": ["k"]}
+
+    async def fdb(self, network: str | None) -> dict[str, Any]:
+        return {"entries": [], "in_sync": True}
+
+
+def _curl(sock: Path, method: str, path: str, body: object = None) -> tuple[int, Any]:
+    argv = ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket", str(sock),
+            "-X", method, f"http://vxmesh{path}"]
+    if body is not None:
+        argv += ["-H", "Content-Type: application/json", "--data", json.dumps(body)]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
+    text, _, code = out.rpartition("\n")
+    return int(code), json.loads(text) if text.strip() else None
+
+
+async def test_api_over_unix_socket(tmp_path: Path) -> None:
+    sock = tmp_path / "run" / "agent.sock"
+    control = RecordingControl()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_api, control, sock)
+        assert stat.S_IMODE(os.stat(sock).st_mode) == 0o660
+
+        def exercise() -> None:
+            assert _curl(sock, "GET", "/v1/status") == (200, {"node": "h1", "ready": True})
+            code, body = _curl(sock, "POST", "/v1/networks", {"name": "blue", "vni": 0})
+            assert code == 400 and "vni" in body["error"]["message"]
+            assert body["error"]["status"] == 400
+            code, body = _curl(sock, "POST", "/v1/networks",
+                               {"name": "blue", "subnet": "10.9.0.0/16", "mtu": 1400})
+            assert code == 201 and body["name"] == "blue"
+            code, body = _curl(sock, "POST", "/v1/endpoints",
+                               {"name": "web", "network": "blue", "publish": ["8080:80/tcp"]})
+            assert code == 400 and "publish" in body["error"]["message"]
+            code, body = _curl(sock, "DELETE", "/v1/networks/red")
+            assert code == 404 and "red" in body["error"]["message"]
+            assert _curl(sock, "PUT", "/v1/status")[0] == 405
+            assert _curl(sock, "GET", "/v2/nothing")[0] == 404
+            code, body = _curl(sock, "POST", "/v1/keys/install", {"key": "c2hvcnQ="})
+            assert code == 400 and "16, 24 or 32" in body["error"]["message"]
+
+        await trio.to_thread.run_sync(exercise)
+        assert [c[0] for c in control.calls] == ["create_network"]
+        assert control.calls[0][1] == NetworkSpec("blue", "10.9.0.0/16", None, 1400)
+
+        args = ["--socket", str(sock)]
+        code = await trio.to_thread.run_sync(main, ["network", "delete", "red", *args])
+        assert code == EXIT_NOT_FOUND
+        code = await trio.to_thread.run_sync(main, ["members", "--json", *args])
+        assert code == 0
+        nursery.cancel_scope.cancel()
+    assert not sock.exists()
+
+
+def test_cli_exit_codes_without_an_agent(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                         ) -> None:
+    assert main(["status", "--socket", str(tmp_path / "none.sock")]) == EXIT_UNREACHABLE
+    assert "cannot reach the agent" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["endpoint", "create", "web", "--mode", "warp"])
+    assert exited.value.code == EXIT_USAGE
+
+
+def test_endpoint_spec_validation_names_fields() -> None:
+    spec = parse_endpoint_spec({"name": "web", "network": "blue", "mode": "bridge",
+                                "publish": ["8080:80/tcp", "53/udp"]})
+    assert [p.render() for p in spec.publish] == ["8080:80/tcp", "53:53/udp"]
+    cases: list[tuple[dict[str, Any], str]] = [
+                        ({"name": "Web!", "network": "blue"}, "name"),
+                        ({"name": "web"}, "network"),
+                        ({"name": "web", "network": "blue", "ip": "10.0.0.300"}, "ip"),
+                        ({"name": "web", "mode": "host", "ports": ["80/sctp"]}, "ports"),
+                        ({"name": "web", "network": "blue", "colour": "red"}, "colour")]
+    for body, field in cases:
+        with pytest.raises(InvalidRequest, match=field):
+            parse_endpoint_spec(body)
+
+
+def test_render_table_aligns_columns() -> None:
+    text = render_table([{"name": "h1", "ok": True}, {"name": "host-2", "ok": None}],
+                        ["name", "ok"])
+    assert text.splitlines() == ["NAME    OK", "h1      yes", "host-2  -"]
