@@ -164,6 +164,17 @@ def set_link(ipr: IPRoute, name: str, *, mtu: int | None = None, mac: str | None
     return _require(ipr, name) if changes or up is not None else info
 
 
+def set_bridge_port(ipr: IPRoute, name: str, *, hairpin: bool) -> None:
+    """Set the hairpin flag of bridge port `name` (frames may leave by the port they came in).
+
+    Needed for NAT hairpin when bridged frames pass through netfilter (br_netfilter): a
+    packet DNATed back to the bridge is bridged out of its ingress port.
+    """
+    info = _require(ipr, name)
+    _kernel(f"set hairpin={hairpin} on {name!r}",
+            lambda: ipr.brport("set", index=info.index, mode=1 if hairpin else 0))
+
+
 def _adopt(ipr: IPRoute, name: str, kind: str) -> LinkInfo | None:
     info = get_link(ipr, name)
     if info is not None and info.kind != kind:

@@ -1,0 +1,474 @@
+"""Endpoints in Docker's networking modes on a real kernel: the API the control API calls.
+
+Owns: creating, deleting, listing, inspecting endpoints and running commands inside them, for
+modes none, host, bridge, overlay, macvlan and ipvlan (see `underlay.endpoints_model`), and
+the recovery pass at start that garbage-collects what a crashed agent left behind.
+
+Rules:
+- Every host-side operation happens in `config.host_netns` (None: the agent's namespace).
+- A request is validated, checked against other endpoints, live sockets and the kernel
+  before anything changes; a refused request changes nothing. The record is persisted (state
+  `creating`) BEFORE the first kernel object exists; a failure after that rolls back what was
+  made; a crash is rolled back by `start()` at the next run (records left `creating` or
+  `deleting`, namespaces with our prefix and host veths named like ours that no record owns,
+  nftables rules re-rendered from the records).
+- Create and delete are idempotent: the same spec again re-ensures the kernel objects and
+  returns the record; a different spec under a taken name is refused naming the field;
+  deleting an unknown name returns False.
+- Published ports and MASQUERADE live in our own `ip <nft_table>` table, replaced whole in
+  one transaction (`underlay.nat_table`); other tables are never touched.
+- Kernel work is synchronous (netlink threads, nft); the async methods run it in a worker
+  thread, one mutation at a time.
+
+May import: trio, the standard library, underlay.*.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import subprocess
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+from pyroute2 import IPRoute
+
+from underlay import links, nft, ports
+from underlay.endpoints_model import (
+    HOST_VETH_PATTERN,
+    EndpointConflict,
+    EndpointError,
+    EndpointNotFound,
+    EndpointRecord,
+    EndpointsConfig,
+    EndpointSpec,
+    ListeningSocket,
+    Mode,
+    State,
+    endpoint_holding,
+    resolve,
+    socket_holding,
+)
+from underlay.endpoints_state import RecordStore
+from underlay.errors import KernelError, UnderlayError
+from underlay.kernel import NetlinkThread
+from underlay.nat_table import replace_transaction
+
+log = logging.getLogger(__name__)
+
+StepHook = Callable[[str, str], None]
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What `start()` found and did."""
+
+    rolled_back: tuple[str, ...]
+    orphan_namespaces: tuple[str, ...]
+    orphan_links: tuple[str, ...]
+    reensured: tuple[str, ...]
+    failed: tuple[str, ...]
+    unreadable: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """An endpoint as the kernel shows it now (None/empty where the mode has no interface)."""
+
+    record: EndpointRecord
+    mac: str | None
+    mtu: int | None
+    up: bool | None
+    addresses: tuple[str, ...]
+    ports: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """A finished command run inside an endpoint."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@dataclass(frozen=True)
+class EndpointsStatistics:
+    """Counters for metrics."""
+
+    endpoints: int
+    by_mode: tuple[tuple[str, int], ...]
+    created: int
+    deleted: int
+    failed_creates: int
+    refused: int
+    orphans_collected: int
+
+
+class Endpoints:
+    """The endpoint service of one host. Call `await start()` before anything else."""
+
+    def __init__(self, config: EndpointsConfig, *, on_step: StepHook | None = None) -> None:
+        self.config = config
+        self._on_step = on_step
+        self._store = RecordStore(config.state_dir)
+        self._records: dict[str, EndpointRecord] = {}
+        self._host_nl: NetlinkThread | None = None
+        self._lock = trio.Lock()
+        self._counts: Counter[str] = Counter()
+
+    # --- public API -----------------------------------------------------------------------
+
+    async def start(self) -> RecoveryReport:
+        """Load records and garbage-collect what a previous (crashed) run left behind."""
+        async with self._lock:
+            return await trio.to_thread.run_sync(self._recover)
+
+    async def create(self, spec: EndpointSpec) -> EndpointRecord:
+        """Create endpoint `spec.name` (or re-ensure the same spec) and return its record."""
+        async with self._lock:
+            return await trio.to_thread.run_sync(self._create, spec)
+
+    async def delete(self, name: str) -> bool:
+        """Delete endpoint `name` with all its kernel objects; False if it did not exist."""
+        async with self._lock:
+            return await trio.to_thread.run_sync(self._delete, name)
+
+    def records(self) -> list[EndpointRecord]:
+        """Every endpoint, by name."""
+        return [self._records[name] for name in sorted(self._records)]
+
+    def get(self, name: str) -> EndpointRecord:
+        """The record of endpoint `name`, or EndpointNotFound."""
+        try:
+            return self._records[name]
+        except KeyError:
+            raise EndpointNotFound(f"name={name!r}: no such endpoint") from None
+
+    async def inspect(self, name: str) -> Inspection:
+        """The endpoint's record with its live MAC, MTU, state and addresses."""
+        record = self.get(name)
+        return await trio.to_thread.run_sync(self._inspect, record)
+
+    def exec_argv(self, name: str, argv: list[str]) -> list[str]:
+        """The command line that runs `argv` inside endpoint `name` (for long-lived processes)."""
+        record = self.get(name)
+        return nft.in_netns(record.netns if record.netns else self.config.host_netns, argv)
+
+    async def exec(self, name: str, argv: list[str], *, timeout: float = 30) -> ExecResult:
+        """Run `argv` inside endpoint `name` and return its exit status and output."""
+        full = self.exec_argv(name, argv)
+        with trio.move_on_after(timeout) as scope:
+            proc = await trio.run_process(full, capture_stdout=True, capture_stderr=True,
+                                          check=False)
+        if scope.cancelled_caught:
+            raise EndpointError(f"exec in endpoint {name!r}: {argv!r} took over {timeout}s")
+        return ExecResult(proc.returncode, proc.stdout.decode(errors="replace"),
+                          proc.stderr.decode(errors="replace"))
+
+    def statistics(self) -> EndpointsStatistics:
+        by_mode = Counter(record.mode.value for record in self._records.values())
+        return EndpointsStatistics(
+            endpoints=len(self._records), by_mode=tuple(sorted(by_mode.items())),
+            created=self._counts["created"], deleted=self._counts["deleted"],
+            failed_creates=self._counts["failed_creates"], refused=self._counts["refused"],
+            orphans_collected=self._counts["orphans"])
+
+    def close(self) -> None:
+        """Release the netlink thread and the state lock (kernel objects stay)."""
+        if self._host_nl is not None:
+            self._host_nl.close()
+            self._host_nl = None
+        self._store.close()
+
+    # --- synchronous core (worker thread) -------------------------------------------------
+
+    @property
+    def host_nl(self) -> NetlinkThread:
+        if self._host_nl is None:
+            self._host_nl = NetlinkThread(self.config.host_netns)
+        return self._host_nl
+
+    def _step(self, name: str, step: str) -> None:
+        if self._on_step is not None:
+            self._on_step(name, step)
+
+    def _create(self, spec: EndpointSpec) -> EndpointRecord:
+        existing = self._records.get(spec.name)
+        others = [r for r in self._records.values() if r.name != spec.name]
+        try:
+            record = resolve(spec, self.config, others)
+            if existing is not None:
+                self._check_same(existing, record)
+                self._ensure_kernel(existing)
+                return existing
+            self._check_ports(record, others)
+            self._check_kernel(record)
+        except UnderlayError:
+            self._counts["refused"] += 1
+            raise
+        self._store.save(record)
+        self._records[record.name] = record
+        self._step(record.name, "recorded")
+        try:
+            self._ensure_kernel(record)
+        except Exception as exc:
+            self._counts["failed_creates"] += 1
+            self._rollback(record)
+            if isinstance(exc, UnderlayError):
+                raise
+            raise KernelError(f"create endpoint {record.name!r}: {exc}") from exc
+        ready = dataclasses.replace(record, state=State.READY)
+        self._store.save(ready)
+        self._records[ready.name] = ready
+        self._counts["created"] += 1
+        return ready
+
+    def _check_same(self, existing: EndpointRecord, wanted: EndpointRecord) -> None:
+        for field in dataclasses.fields(EndpointSpec):
+            have = getattr(existing.spec, field.name)
+            want = getattr(wanted.spec, field.name)
+            if have != want:
+                raise EndpointConflict(
+                    f"{field.name}={want!r}: endpoint {existing.name!r} exists with "
+                    f"{field.name}={have!r}; delete it first")
+
+    def _check_ports(self, record: EndpointRecord, others: list[EndpointRecord]) -> None:
+        claims = record.port_claims()
+        if not claims:
+            return
+        sockets: list[ListeningSocket] = ports.listening_sockets(self.config.host_netns)
+        for claim in claims:
+            holder = endpoint_holding(claim, others, exclude=record.name)
+            if holder is not None:
+                raise EndpointConflict(
+                    f"port {claim} of endpoint {record.name!r} is held by endpoint "
+                    f"{holder.name!r} ({holder.mode.value} mode)")
+            sock = socket_holding(claim, sockets)
+            if sock is not None:
+                owners = ports.socket_owners(sock.inode)
+                who = ", ".join(f"pid {o.pid} ({o.program})" for o in owners) or \
+                    f"a socket with inode {sock.inode} (owner not visible)"
+                raise EndpointConflict(
+                    f"port {claim} of endpoint {record.name!r} is already bound "
+                    f"({sock.address}:{sock.port}/{sock.proto}) by {who}")
+        # Two claims inside one request must not overlap each other either.
+        for index, claim in enumerate(claims):
+            for other in claims[index + 1:]:
+                if claim == other:
+                    raise EndpointConflict(f"port {claim} is claimed twice by {record.name!r}")
+
+    def _check_kernel(self, record: EndpointRecord) -> None:
+        if record.netns is not None and links.netns_exists(record.netns):
+            raise EndpointConflict(
+                f"name={record.name!r}: namespace {record.netns!r} exists and no record owns "
+                f"it (not ours, or a leftover: restart the agent to collect it)")
+        mode = record.mode
+        if mode is Mode.OVERLAY:
+            bridge = record.bridge or ""
+            info = self.host_nl.call_blocking(lambda ipr: links.get_link(ipr, bridge))
+            if info is None or info.kind != "bridge":
+                raise EndpointError(
+                    f"bridge={bridge!r}: no such bridge in the host namespace (the overlay "
+                    f"network must be set up first)")
+        if mode in (Mode.MACVLAN, Mode.IPVLAN):
+            parent = record.spec.parent or self.config.underlay_interface
+            if self.host_nl.call_blocking(lambda ipr: links.get_link(ipr, parent)) is None:
+                raise EndpointError(f"parent={parent!r}: no such interface on the host")
+        if mode is Mode.IPVLAN:
+            reason = probe_link_kind("ipvlan", self.config.netns_prefix)
+            if reason is not None:
+                raise EndpointError(f"mode='ipvlan': {reason}")
+
+    def _ensure_kernel(self, record: EndpointRecord) -> None:
+        mode = record.mode
+        if mode is Mode.HOST:
+            return
+        assert record.netns is not None
+        links.create_netns(record.netns)
+        self._step(record.name, "netns")
+        if mode is Mode.NONE:
+            return
+        mtu = record.spec.mtu
+        if mode is Mode.BRIDGE:
+            net = self.config.bridge_network(record.network)
+            mtu = mtu or net.mtu
+            self._ensure_bridge_network(net.name)
+        if mode in (Mode.BRIDGE, Mode.OVERLAY):
+            host_ifname, netns, bridge = record.host_ifname or "", record.netns, record.bridge
+            self.host_nl.call_blocking(lambda ipr: links.ensure_veth(
+                ipr, host_ifname, "eth0", peer_netns=netns, mtu=mtu, peer_mac=record.mac,
+                master=bridge))
+            if mode is Mode.BRIDGE:
+                self.host_nl.call_blocking(
+                    lambda ipr: links.set_bridge_port(ipr, host_ifname, hairpin=True))
+        else:
+            parent = record.spec.parent or self.config.underlay_interface
+            netns = record.netns
+            if mode is Mode.MACVLAN:
+                self.host_nl.call_blocking(lambda ipr: links.ensure_macvlan(
+                    ipr, "eth0", parent, netns=netns, mtu=mtu, mac=record.mac))
+            else:
+                ipvlan_mode = record.spec.ipvlan_mode
+                self.host_nl.call_blocking(lambda ipr: links.ensure_ipvlan(
+                    ipr, "eth0", parent, mode=ipvlan_mode, netns=netns, mtu=mtu))
+        self._step(record.name, "link")
+        inside = NetlinkThread(record.netns)
+        try:
+            def configure(ipr: IPRoute) -> None:
+                links.set_link(ipr, "eth0", mtu=mtu, mac=record.mac, up=True)
+                for cidr in record.addresses:
+                    links.add_address(ipr, "eth0", cidr)
+                if record.gateway:
+                    links.replace_route(ipr, "default", gateway=record.gateway)
+
+            inside.call_blocking(configure)
+        finally:
+            inside.close()
+        self._step(record.name, "addresses")
+        if mode is Mode.BRIDGE:
+            self._apply_nat()
+            self._step(record.name, "nat")
+
+    def _ensure_bridge_network(self, name: str) -> None:
+        net = self.config.bridge_network(name)
+        gateway = str(net.gateway)
+
+        def ensure(ipr: IPRoute) -> None:
+            links.ensure_bridge(ipr, net.ifname, mtu=net.mtu)
+            links.add_address(ipr, net.ifname, gateway)
+
+        self.host_nl.call_blocking(ensure)
+        self._sysctl("net.ipv4.ip_forward", "1")
+        # DNAT from the host's 127.0.0.0/8 to an endpoint (as Docker without userland proxy).
+        self._sysctl(f"net.ipv4.conf.{net.ifname}.route_localnet", "1")
+
+    def _sysctl(self, key: str, value: str) -> None:
+        argv = nft.in_netns(self.config.host_netns, ["sysctl", "-qw", f"{key}={value}"])
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
+        if proc.returncode != 0:
+            raise KernelError(f"sysctl {key}={value}: {proc.stderr.strip()}")
+
+    def _apply_nat(self, *, without: str | None = None) -> None:
+        live = [r for r in self._records.values() if r.name != without]
+        script = replace_transaction(self.config.nft_table, self.config.bridges, live)
+        nft.apply_script(self.config.host_netns, script)
+
+    def _remove_kernel(self, record: EndpointRecord) -> None:
+        """Remove every kernel object of `record` that exists (each step tolerates absence)."""
+        if record.host_ifname is not None:
+            host_ifname = record.host_ifname
+            self.host_nl.call_blocking(lambda ipr: links.delete_link(ipr, host_ifname))
+        if record.netns is not None:
+            links.delete_netns(record.netns)
+        if record.mode is Mode.BRIDGE:
+            self._apply_nat(without=record.name)
+
+    def _rollback(self, record: EndpointRecord) -> None:
+        try:
+            self._remove_kernel(record)
+        except Exception:
+            log.exception("rollback of endpoint %r failed; the next start collects it",
+                          record.name)
+            return
+        self._records.pop(record.name, None)
+        self._store.remove(record.name)
+
+    def _delete(self, name: str) -> bool:
+        record = self._records.get(name)
+        if record is None:
+            return False
+        deleting = dataclasses.replace(record, state=State.DELETING)
+        self._store.save(deleting)
+        self._records[name] = deleting
+        self._remove_kernel(deleting)
+        self._records.pop(name, None)
+        self._store.remove(name)
+        self._counts["deleted"] += 1
+        return True
+
+    def _recover(self) -> RecoveryReport:
+        records, unreadable = self._store.load()
+        self._records = {r.name: r for r in records}
+        rolled_back, reensured, failed = [], [], []
+        for record in records:
+            if record.state is not State.READY:
+                self._rollback(record)
+                rolled_back.append(record.name)
+        owned_netns = {r.netns for r in self._records.values() if r.netns}
+        orphan_netns = [ns for ns in links.list_netns(prefix=self.config.netns_prefix)
+                        if ns not in owned_netns]
+        for ns in orphan_netns:
+            links.delete_netns(ns)
+        owned_links = {r.host_ifname for r in self._records.values() if r.host_ifname}
+
+        def collect(ipr: IPRoute) -> list[str]:
+            gone = []
+            for info in links.list_links(ipr, prefix="vxep"):
+                if HOST_VETH_PATTERN.match(info.name) and info.kind == "veth" \
+                        and info.name not in owned_links:
+                    links.delete_link(ipr, info.name)
+                    gone.append(info.name)
+            return gone
+
+        orphan_links = self.host_nl.call_blocking(collect)
+        self._counts["orphans"] += len(rolled_back) + len(orphan_netns) + len(orphan_links)
+        for record in list(self._records.values()):
+            try:
+                self._ensure_kernel(record)
+                reensured.append(record.name)
+            except UnderlayError:
+                log.exception("endpoint %r could not be re-ensured at start", record.name)
+                failed.append(record.name)
+        self._apply_nat()
+        return RecoveryReport(tuple(rolled_back), tuple(orphan_netns), tuple(orphan_links),
+                              tuple(reensured), tuple(failed), tuple(unreadable))
+
+    def _inspect(self, record: EndpointRecord) -> Inspection:
+        port_texts = tuple(str(c) for c in record.spec.claims) + \
+            tuple(str(m) for m in record.spec.publish)
+        if record.netns is None:
+            return Inspection(record, None, None, None, (), port_texts)
+        inside = NetlinkThread(record.netns)
+        try:
+            def read(ipr: IPRoute) -> tuple[links.LinkInfo | None, list[str]]:
+                info = links.get_link(ipr, record.ifname or "lo")
+                if info is None:
+                    return None, []
+                return info, [str(a.interface)
+                              for a in links.list_addresses(ipr, record.ifname or "lo")]
+
+            info, addresses = inside.call_blocking(read)
+        finally:
+            inside.close()
+        if info is None:
+            return Inspection(record, None, None, None, (), port_texts)
+        return Inspection(record, info.mac, info.mtu, info.up, tuple(addresses), port_texts)
+
+
+def probe_link_kind(kind: str, prefix: str) -> str | None:
+    """None when this kernel can create a `kind` (ipvlan, macvlan) sub-interface, else why.
+
+    Probes for real: a throw-away namespace holding a veth, a `kind` on it, then deleted.
+    """
+    probe_ns = f"{prefix}.probe"  # never an endpoint's: names cannot start with "."
+    links.create_netns(probe_ns)
+    nl = NetlinkThread(probe_ns)
+    try:
+        def attempt(ipr: IPRoute) -> None:
+            links.ensure_veth(ipr, "vxprobe0", "vxprobe1")
+            if kind == "ipvlan":
+                links.ensure_ipvlan(ipr, "vxprobe2", "vxprobe0")
+            else:
+                links.ensure_macvlan(ipr, "vxprobe2", "vxprobe0")
+
+        nl.call_blocking(attempt)
+    except KernelError as exc:
+        return f"this kernel cannot create {kind} links ({exc})"
+    finally:
+        nl.close()
+        links.delete_netns(probe_ns)
+    return None
+

@@ -1,0 +1,487 @@
+"""Endpoint model: specs, records, validation, address/MAC/name derivation, port conflicts.
+
+Owns: everything about an endpoint that is decided rather than done: which fields a mode
+accepts, the kernel names derived from an endpoint's name, the MAC rule, local address
+allocation on a bridge network, the parse of `HOSTPORT:PORT/proto` and `ADDR:PORT/proto`, who
+holds a port, and the JSON form of a record.
+
+Rules:
+- Pure: no I/O, no clock, no pyroute2/trio/socket. Bad input raises `EndpointSpecError`
+  naming the field and the value.
+- MAC rule (overlay and bridge endpoints without a given MAC): Docker's `02:42` followed by the
+  four IPv4 octets; for an IPv6-only endpoint `02:` followed by the first five bytes of the
+  SHA-256 of the 16 address bytes (deterministic, locally administered, unicast).
+- Kernel names: namespace `<netns_prefix><name>`, host-side veth `vxep` + 10 hex digits of
+  the SHA-256 of the name (15-byte limit), interface inside the namespace `eth0`.
+
+May import: the standard library and underlay.errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from underlay.errors import UnderlayError
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+HOST_VETH_PATTERN = re.compile(r"^vxep[0-9a-f]{10}$")
+INSIDE_IFNAME = "eth0"
+PROTOCOLS = ("tcp", "udp")
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+class EndpointError(UnderlayError):
+    """Base of endpoint failures; nothing was changed unless the message says otherwise."""
+
+
+class EndpointSpecError(EndpointError):
+    """A request names a bad field value; the message names the field and the value."""
+
+
+class EndpointConflict(EndpointError):
+    """The request collides with an existing endpoint, port holder or kernel object."""
+
+
+class EndpointNotFound(EndpointError):
+    """No endpoint has this name."""
+
+
+class Mode(StrEnum):
+    """Docker's networking modes."""
+
+    NONE = "none"
+    HOST = "host"
+    BRIDGE = "bridge"
+    OVERLAY = "overlay"
+    MACVLAN = "macvlan"
+    IPVLAN = "ipvlan"
+
+
+NAMESPACED_MODES = frozenset({Mode.NONE, Mode.BRIDGE, Mode.OVERLAY, Mode.MACVLAN, Mode.IPVLAN})
+
+
+class State(StrEnum):
+    """Where an endpoint's life is; `creating`/`deleting` left at start mean a crash."""
+
+    CREATING = "creating"
+    READY = "ready"
+    DELETING = "deleting"
+
+
+@dataclass(frozen=True)
+class PortClaim:
+    """A port a host-mode workload binds (or a published port's host side)."""
+
+    proto: str
+    address: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}/{self.proto}"
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """A published port: `host_ip:host_port` on the host DNATed to `port` in the endpoint."""
+
+    host_port: int
+    port: int
+    proto: str = "tcp"
+    host_ip: str | None = None
+
+    def __str__(self) -> str:
+        prefix = f"{self.host_ip}:" if self.host_ip else ""
+        return f"{prefix}{self.host_port}:{self.port}/{self.proto}"
+
+    def host_claim(self) -> PortClaim:
+        return PortClaim(self.proto, self.host_ip or "0.0.0.0", self.host_port)
+
+
+@dataclass(frozen=True)
+class ListeningSocket:
+    """A socket bound in the host namespace, as the kernel's socket diagnostics report it."""
+
+    proto: str
+    address: str
+    port: int
+    inode: int
+    v6only: bool = False
+
+
+@dataclass(frozen=True)
+class BridgeNetwork:
+    """A local bridge network (like docker0): kernel bridge, subnet, gateway, NAT or routed.
+
+    `gateway_mode` "nat": outbound MASQUERADE, inbound only through published ports;
+    "routed": no MASQUERADE, the subnet is reachable from hosts that route to it.
+    """
+
+    name: str = "bridge"
+    ifname: str = "vxlocal0"
+    subnet: str = "172.29.0.0/16"
+    gateway_mode: str = "nat"
+    mtu: int = 1500
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.subnet)
+
+    @property
+    def gateway(self) -> ipaddress.IPv4Interface:
+        return ipaddress.IPv4Interface(f"{next(self.network.hosts())}/{self.network.prefixlen}")
+
+
+@dataclass(frozen=True)
+class EndpointsConfig:
+    """What an endpoint service needs to know about its host.
+
+    state_dir: where records live (one JSON file per endpoint).
+    host_netns: the namespace standing for the host (None: the agent's own).
+    netns_prefix: endpoint namespaces are `<prefix><name>`; only these are garbage-collected.
+    underlay_interface: default parent of macvlan/ipvlan endpoints.
+    bridges: the local bridge networks (the first is the default).
+    nft_table: name of our nftables table (family ip) in the host namespace.
+    """
+
+    state_dir: Path
+    host_netns: str | None = None
+    netns_prefix: str = "vxep-"
+    underlay_interface: str = "eth0"
+    bridges: tuple[BridgeNetwork, ...] = (BridgeNetwork(),)
+    nft_table: str = "vxmesh"
+
+    def bridge_network(self, name: str | None) -> BridgeNetwork:
+        wanted = name or self.bridges[0].name
+        for net in self.bridges:
+            if net.name == wanted:
+                return net
+        raise EndpointSpecError(
+            f"network={name!r}: no such bridge network (have {[n.name for n in self.bridges]})")
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    """What a caller asks for. Unused fields stay at their defaults (checked per mode).
+
+    network: bridge mode: the bridge network's name (default: the first configured);
+      overlay mode: the overlay network's name, carried into the record for the neighbor table.
+    bridge: overlay mode: the kernel bridge to plug the veth into (it must exist).
+    addresses: CIDRs inside the endpoint (bridge: optional, allocated from the subnet).
+    mac: inside interface MAC (default: derived from the first address, see module doc).
+    mtu: inside interface MTU in bytes (default: the bridge network's, else the kernel's).
+    gateway: default route inside the endpoint (bridge: the network's gateway by default).
+    publish: bridge mode published ports. claims: host mode port claims.
+    parent: macvlan/ipvlan underlay interface (default: the configured underlay interface).
+    ipvlan_mode: "l2", "l3" or "l3s".
+    """
+
+    name: str
+    mode: Mode
+    network: str | None = None
+    bridge: str | None = None
+    addresses: tuple[str, ...] = ()
+    mac: str | None = None
+    mtu: int | None = None
+    gateway: str | None = None
+    publish: tuple[PortMapping, ...] = ()
+    claims: tuple[PortClaim, ...] = ()
+    parent: str | None = None
+    ipvlan_mode: str = "l2"
+
+
+@dataclass(frozen=True)
+class EndpointRecord:
+    """An endpoint as persisted: the spec plus everything resolved from it.
+
+    For an overlay endpoint, (network, addresses, mac) is what the neighbor table carries.
+    """
+
+    spec: EndpointSpec
+    state: State
+    netns: str | None
+    host_ifname: str | None
+    ifname: str | None
+    addresses: tuple[str, ...]
+    mac: str | None
+    gateway: str | None
+    bridge: str | None
+    network: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def mode(self) -> Mode:
+        return self.spec.mode
+
+    def port_claims(self) -> tuple[PortClaim, ...]:
+        """Host ports this endpoint holds (claims, or published ports' host side)."""
+        return self.spec.claims + tuple(m.host_claim() for m in self.spec.publish)
+
+
+# --- parsing --------------------------------------------------------------------------------
+
+
+def _port(text: str, field_name: str, value: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise EndpointSpecError(f"{field_name}={value!r}: port {text!r} is not 1..65535")
+    return int(text)
+
+
+def _split_proto(text: str, field_name: str) -> tuple[str, str]:
+    body, _, proto = text.partition("/")
+    proto = proto or "tcp"
+    if proto not in PROTOCOLS:
+        raise EndpointSpecError(f"{field_name}={text!r}: protocol {proto!r} is not tcp or udp")
+    return body, proto
+
+
+def _address(text: str, field_name: str, value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        raise EndpointSpecError(f"{field_name}={value!r}: {text!r} is not an IP address") from None
+
+
+def parse_port_mapping(text: str, *, field_name: str = "publish") -> PortMapping:
+    """`HOSTPORT:PORT[/tcp|udp]` or `HOSTIP:HOSTPORT:PORT[/proto]` (IPv4 host address)."""
+    body, proto = _split_proto(text, field_name)
+    parts = body.split(":")
+    if len(parts) == 2:
+        host_ip = None
+    elif len(parts) == 3:
+        host_ip = _address(parts[0], field_name, text)
+    else:
+        raise EndpointSpecError(f"{field_name}={text!r}: expected HOSTPORT:PORT/proto")
+    return PortMapping(_port(parts[-2], field_name, text), _port(parts[-1], field_name, text),
+                       proto, host_ip)
+
+
+def parse_port_claim(text: str, *, field_name: str = "claims") -> PortClaim:
+    """`PORT[/proto]`, `ADDR:PORT[/proto]` or `[V6ADDR]:PORT[/proto]`; address 0.0.0.0 if none."""
+    body, proto = _split_proto(text, field_name)
+    if body.startswith("["):
+        address, sep, port = body[1:].partition("]:")
+        if not sep:
+            raise EndpointSpecError(f"{field_name}={text!r}: expected [ADDR]:PORT/proto")
+        return PortClaim(proto, _address(address, field_name, text),
+                         _port(port, field_name, text))
+    address, sep, port = body.rpartition(":")
+    if not sep:
+        return PortClaim(proto, "0.0.0.0", _port(body, field_name, text))
+    return PortClaim(proto, _address(address, field_name, text), _port(port, field_name, text))
+
+
+def _interface(text: str, field_name: str) -> IPInterface:
+    try:
+        iface = ipaddress.ip_interface(text)
+    except ValueError:
+        raise EndpointSpecError(f"{field_name}={text!r}: not an address with prefix") from None
+    if "/" not in text:
+        raise EndpointSpecError(f"{field_name}={text!r}: give the prefix length (e.g. /24)")
+    return iface
+
+
+def normalize_mac(text: str, *, field_name: str = "mac") -> str:
+    """Lower-case colon form; unicast only."""
+    parts = text.lower().replace("-", ":").split(":")
+    if len(parts) != 6 or not all(re.fullmatch(r"[0-9a-f]{2}", p) for p in parts):
+        raise EndpointSpecError(f"{field_name}={text!r}: not a MAC address (aa:bb:cc:dd:ee:ff)")
+    if int(parts[0], 16) & 1:
+        raise EndpointSpecError(f"{field_name}={text!r}: a multicast MAC cannot be an endpoint's")
+    return ":".join(parts)
+
+
+# --- derivation -----------------------------------------------------------------------------
+
+
+def mac_for_address(address: str) -> str:
+    """The default MAC of an endpoint whose first address is `address` (see module doc)."""
+    ip = ipaddress.ip_interface(address).ip
+    if ip.version == 4:
+        raw = bytes([0x02, 0x42]) + ip.packed
+    else:
+        raw = bytes([0x02]) + hashlib.sha256(ip.packed).digest()[:5]
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def host_veth_name(name: str) -> str:
+    """The host-side veth of endpoint `name` (recognisable by HOST_VETH_PATTERN)."""
+    return "vxep" + hashlib.sha256(name.encode()).hexdigest()[:10]
+
+
+def allocate_address(net: BridgeNetwork, taken: set[str]) -> str:
+    """The lowest free host address of the bridge network (gateway excluded), as a CIDR."""
+    used = {ipaddress.ip_interface(a).ip for a in taken} | {net.gateway.ip}
+    for ip in net.network.hosts():
+        if ip not in used:
+            return f"{ip}/{net.network.prefixlen}"
+    raise EndpointConflict(f"network={net.name!r}: subnet {net.subnet} has no free address")
+
+
+def _check_common(spec: EndpointSpec) -> None:
+    if not NAME_PATTERN.match(spec.name):
+        raise EndpointSpecError(
+            f"name={spec.name!r}: 1-63 characters of a-z, 0-9, '_', '.', '-' "
+            f"starting with a letter or digit")
+    if spec.mtu is not None and not 68 <= spec.mtu <= 65535:
+        raise EndpointSpecError(f"mtu={spec.mtu!r}: must be between 68 and 65535 bytes")
+    for text in spec.addresses:
+        _interface(text, "addresses")
+    if spec.mac is not None:
+        normalize_mac(spec.mac)
+    if spec.gateway is not None:
+        _address(spec.gateway, "gateway", spec.gateway)
+    if spec.ipvlan_mode not in ("l2", "l3", "l3s"):
+        raise EndpointSpecError(f"ipvlan_mode={spec.ipvlan_mode!r}: expected l2, l3 or l3s")
+
+
+def _refuse_fields(spec: EndpointSpec, names: tuple[str, ...]) -> None:
+    defaults = EndpointSpec(name=spec.name, mode=spec.mode)
+    for name in names:
+        value = getattr(spec, name)
+        if value != getattr(defaults, name):
+            raise EndpointSpecError(f"{name}={value!r}: not used by mode {spec.mode.value!r}")
+
+
+def resolve(spec: EndpointSpec, config: EndpointsConfig,
+            others: list[EndpointRecord]) -> EndpointRecord:
+    """Validate `spec` for its mode and resolve it into a record in state `creating`."""
+    try:
+        spec = dataclasses.replace(spec, mode=Mode(spec.mode))
+    except ValueError:
+        raise EndpointSpecError(
+            f"mode={spec.mode!r}: expected one of {[m.value for m in Mode]}") from None
+    _check_common(spec)
+    mode = spec.mode
+    netns = f"{config.netns_prefix}{spec.name}" if mode in NAMESPACED_MODES else None
+    addresses = spec.addresses
+    gateway = spec.gateway
+    bridge: str | None = None
+    network = spec.network
+    host_ifname: str | None = None
+    if mode is Mode.HOST:
+        _refuse_fields(spec, ("network", "bridge", "addresses", "mac", "mtu", "gateway",
+                              "publish", "parent"))
+    elif mode is Mode.NONE:
+        _refuse_fields(spec, ("network", "bridge", "addresses", "mac", "mtu", "gateway",
+                              "publish", "claims", "parent"))
+    elif mode is Mode.BRIDGE:
+        _refuse_fields(spec, ("bridge", "claims", "parent"))
+        net = config.bridge_network(spec.network)
+        network, bridge, host_ifname = net.name, net.ifname, host_veth_name(spec.name)
+        if not addresses:
+            taken = {a for r in others if r.network == net.name and r.mode is Mode.BRIDGE
+                     for a in r.addresses}
+            addresses = (allocate_address(net, taken),)
+        for text in addresses:
+            iface = _interface(text, "addresses")
+            if iface.version == 4 and (iface.ip not in net.network
+                                       or iface.network != net.network):
+                raise EndpointSpecError(
+                    f"addresses={text!r}: not inside bridge network {net.name!r} ({net.subnet})")
+            if iface.ip == net.gateway.ip:
+                raise EndpointSpecError(f"addresses={text!r}: that is the network's gateway")
+        gateway = gateway or str(net.gateway.ip)
+    elif mode is Mode.OVERLAY:
+        _refuse_fields(spec, ("claims", "publish", "parent"))
+        if not spec.bridge:
+            raise EndpointSpecError("bridge=None: an overlay endpoint needs the network's bridge")
+        if not addresses:
+            raise EndpointSpecError("addresses=(): an overlay endpoint needs its address")
+        bridge, host_ifname = spec.bridge, host_veth_name(spec.name)
+    else:  # macvlan, ipvlan
+        _refuse_fields(spec, ("bridge", "claims", "publish"))
+        if not addresses:
+            raise EndpointSpecError(f"addresses=(): a {mode.value} endpoint needs its address")
+        if mode is Mode.IPVLAN and spec.mac is not None:
+            raise EndpointSpecError(f"mac={spec.mac!r}: ipvlan shares its parent's MAC")
+    mac = None
+    if mode in (Mode.BRIDGE, Mode.OVERLAY, Mode.MACVLAN):
+        mac = normalize_mac(spec.mac) if spec.mac else mac_for_address(addresses[0])
+    for other in others:
+        if other.name == spec.name:
+            continue
+        shared = set(addresses) & set(other.addresses)
+        same_segment = (other.bridge == bridge and bridge is not None) or (
+            other.mode in (Mode.MACVLAN, Mode.IPVLAN) and mode in (Mode.MACVLAN, Mode.IPVLAN))
+        if shared and same_segment:
+            raise EndpointConflict(
+                f"addresses={sorted(shared)!r}: already held by endpoint {other.name!r}")
+        if mac is not None and other.mac == mac and other.bridge == bridge and bridge:
+            raise EndpointConflict(f"mac={mac!r}: already held by endpoint {other.name!r}")
+    return EndpointRecord(
+        spec=spec, state=State.CREATING, netns=netns, host_ifname=host_ifname,
+        ifname=INSIDE_IFNAME if mode in (Mode.BRIDGE, Mode.OVERLAY, Mode.MACVLAN, Mode.IPVLAN)
+        else None,
+        addresses=tuple(addresses), mac=mac, gateway=gateway, bridge=bridge, network=network)
+
+
+# --- port holders ---------------------------------------------------------------------------
+
+
+def claims_overlap(a: PortClaim, b: PortClaim, *, b_v6only: bool = False) -> bool:
+    """True when binding `a` would fail because `b` is bound (same proto and port)."""
+    if a.proto != b.proto or a.port != b.port:
+        return False
+    ip_a, ip_b = ipaddress.ip_address(a.address), ipaddress.ip_address(b.address)
+    if ip_a.version == ip_b.version:
+        return ip_a == ip_b or ip_a.is_unspecified or ip_b.is_unspecified
+    # A dual-stack (not v6only) wildcard on [::] also holds every IPv4 address.
+    v6, v6_is_b = (ip_b, True) if ip_b.version == 6 else (ip_a, False)
+    return v6.is_unspecified and not (v6_is_b and b_v6only)
+
+
+def endpoint_holding(claim: PortClaim, records: list[EndpointRecord],
+                     exclude: str) -> EndpointRecord | None:
+    """The endpoint (other than `exclude`) whose port claims overlap `claim`, if any."""
+    for record in records:
+        if record.name == exclude:
+            continue
+        if any(claims_overlap(claim, held) for held in record.port_claims()):
+            return record
+    return None
+
+
+def socket_holding(claim: PortClaim, sockets: list[ListeningSocket]) -> ListeningSocket | None:
+    """A live socket whose binding overlaps `claim`, if any."""
+    for sock in sockets:
+        held = PortClaim(sock.proto, sock.address, sock.port)
+        if claims_overlap(claim, held, b_v6only=sock.v6only):
+            return sock
+    return None
+
+
+# --- JSON form ------------------------------------------------------------------------------
+
+
+def record_to_json(record: EndpointRecord) -> dict[str, Any]:
+    """A JSON-ready dict of the record (the state file's content)."""
+    return dataclasses.asdict(record)
+
+
+def record_from_json(data: dict[str, Any]) -> EndpointRecord:
+    """Inverse of `record_to_json`; raises EndpointError on a malformed document."""
+    try:
+        raw = dict(data["spec"])
+        raw["mode"] = Mode(raw["mode"])
+        raw["addresses"] = tuple(raw["addresses"])
+        raw["publish"] = tuple(PortMapping(**m) for m in raw["publish"])
+        raw["claims"] = tuple(PortClaim(**c) for c in raw["claims"])
+        spec = EndpointSpec(**raw)
+        rest = {k: v for k, v in data.items() if k != "spec"}
+        rest["state"] = State(rest["state"])
+        rest["addresses"] = tuple(rest["addresses"])
+        return EndpointRecord(spec=spec, **rest)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EndpointError(f"malformed endpoint record: {exc!r}") from exc

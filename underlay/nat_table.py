@@ -1,0 +1,84 @@
+"""The text of our nftables table: NAT and filtering for the local bridge networks.
+
+Owns: rendering one whole `table ip <name>` from the bridge networks and the endpoints on
+them, and the transaction that replaces it atomically.
+
+Rules:
+- Pure: returns text; `underlay.nft` runs it. Deterministic order (networks as configured,
+  endpoints by name, mappings as given), so the same state renders the same text.
+- The transaction declares the table, deletes it and declares it again with its full body,
+  in one `nft -f` run: atomic, and it touches no other table (never a flush of the ruleset).
+- Per network in use: MASQUERADE of its subnet leaving by any other interface ("nat" mode),
+  MASQUERADE of hairpin traffic (an endpoint reaching a published port of the same bridge,
+  and 127.0.0.0/8 sources DNATed from the host itself), and a forward filter that lets into the
+  bridge only replies, DNATed (published) connections and bridge-internal traffic ("nat"
+  mode), like Docker's isolation. Published ports DNAT traffic addressed to any local address
+  (or the given host address), from other hosts (prerouting) and from the host (output).
+
+May import: the standard library and underlay.endpoints_model.
+"""
+
+from __future__ import annotations
+
+from underlay.endpoints_model import BridgeNetwork, EndpointRecord, Mode
+
+
+def _published_rules(records: list[EndpointRecord]) -> list[str]:
+    rules = []
+    for record in sorted(records, key=lambda r: r.name):
+        if record.mode is not Mode.BRIDGE or not record.spec.publish:
+            continue
+        target = record.addresses[0].split("/")[0]
+        for mapping in record.spec.publish:
+            match = f"ip daddr {mapping.host_ip} " if mapping.host_ip else ""
+            rules.append(f'{match}{mapping.proto} dport {mapping.host_port} '
+                         f'dnat to {target}:{mapping.port} comment "{record.name}"')
+    return rules
+
+
+def render_table(table: str, networks: tuple[BridgeNetwork, ...],
+                 records: list[EndpointRecord]) -> str:
+    """The body `table ip <table> { ... }` for the networks that have endpoints."""
+    in_use = [net for net in networks
+              if any(r.mode is Mode.BRIDGE and r.network == net.name for r in records)]
+    postrouting: list[str] = []
+    forward: list[str] = []
+    for net in in_use:
+        br, subnet = f'"{net.ifname}"', net.subnet
+        postrouting.append(f"ip saddr {subnet} ip daddr {subnet} ct status dnat masquerade")
+        postrouting.append(f"oifname {br} ip saddr 127.0.0.0/8 masquerade")
+        if net.gateway_mode == "nat":
+            postrouting.append(f"ip saddr {subnet} oifname != {br} masquerade")
+        forward.append(f"oifname {br} ct state established,related accept")
+        forward.append(f"oifname {br} ct status dnat accept")
+        forward.append(f"oifname {br} iifname {br} accept")
+        if net.gateway_mode == "nat":
+            forward.append(f"oifname {br} drop")
+
+    def chain(name: str, hook: str | None, rules: list[str]) -> str:
+        lines = [f"  chain {name} {{"]
+        if hook:
+            lines.append(f"    {hook}; policy accept;")
+        lines.extend(f"    {rule}" for rule in rules)
+        lines.append("  }")
+        return "\n".join(lines)
+
+    body = [
+        chain("published", None, _published_rules(records)),
+        chain("prerouting", "type nat hook prerouting priority dstnat",
+              ["fib daddr type local jump published"]),
+        chain("output", "type nat hook output priority -100",
+              ["fib daddr type local jump published"]),
+        chain("postrouting", "type nat hook postrouting priority srcnat", postrouting),
+        chain("forward", "type filter hook forward priority filter", forward),
+    ]
+    return f"table ip {table} {{\n" + "\n".join(body) + "\n}\n"
+
+
+def replace_transaction(table: str, networks: tuple[BridgeNetwork, ...],
+                        records: list[EndpointRecord]) -> str:
+    """One atomic `nft -f` script replacing our table (or removing it if nothing uses it)."""
+    script = f"table ip {table}\ndelete table ip {table}\n"
+    if any(r.mode is Mode.BRIDGE for r in records):
+        script += render_table(table, networks, records)
+    return script
