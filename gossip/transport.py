@@ -247,7 +247,7 @@ class Transport:
             self._streams_active -= 1
             self._push_pulls["in", outcome] += 1
 
-    async def _exchange(self, stream: trio.SocketStream, peer: Addr, join: bool, state: State,
+    async def _exchange(self, stream: trio.abc.Stream, peer: Addr, join: bool, state: State,
                         merge: Merge, *, first: tuple[int, bytes] | None, expect: int,
                         request_id: bytes | None) -> str:
         """One side of a push-pull. The initiator sends first; the responder answers."""
@@ -294,7 +294,7 @@ class Transport:
             return "failed"
         return "ok"
 
-    async def _send_state(self, stream: trio.SocketStream, header: tuple[int, bytes],
+    async def _send_state(self, stream: trio.abc.Stream, header: tuple[int, bytes],
                           chunks: list[bytes]) -> None:
         frames = [encode_frame(header[0], header[1], self.keyring)]
         frames += [encode_frame(CHUNK, chunk, self.keyring) for chunk in chunks]
