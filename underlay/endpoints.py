@@ -53,6 +53,7 @@ from underlay.endpoints_model import (
 )
 from underlay.endpoints_state import RecordStore
 from underlay.errors import KernelError, UnderlayError
+from underlay.facts import CapabilityReport, probe_capabilities
 from underlay.kernel import NetlinkThread
 from underlay.nat_table import replace_transaction
 
@@ -118,12 +119,14 @@ class Endpoints:
         self._host_nl: NetlinkThread | None = None
         self._lock = trio.Lock()
         self._counts: Counter[str] = Counter()
+        self.capabilities = CapabilityReport(available=frozenset())
 
     # --- public API -----------------------------------------------------------------------
 
     async def start(self) -> RecoveryReport:
         """Load records and garbage-collect what a previous (crashed) run left behind."""
         async with self._lock:
+            self.capabilities = await probe_capabilities(self.host_nl)
             return await trio.to_thread.run_sync(self._recover)
 
     async def create(self, spec: EndpointSpec) -> EndpointRecord:
@@ -277,10 +280,8 @@ class Endpoints:
             parent = record.spec.parent or self.config.underlay_interface
             if self.host_nl.call_blocking(lambda ipr: links.get_link(ipr, parent)) is None:
                 raise EndpointError(f"parent={parent!r}: no such interface on the host")
-        if mode is Mode.IPVLAN:
-            reason = probe_link_kind("ipvlan", self.config.netns_prefix)
-            if reason is not None:
-                raise EndpointError(f"mode='ipvlan': {reason}")
+        if mode in (Mode.MACVLAN, Mode.IPVLAN) and mode.value in self.capabilities.missing:
+            raise EndpointError(f"mode={mode.value!r}: {self.capabilities.missing[mode.value]}")
 
     def _ensure_kernel(self, record: EndpointRecord) -> None:
         mode = record.mode
@@ -446,29 +447,4 @@ class Endpoints:
         if info is None:
             return Inspection(record, None, None, None, (), port_texts)
         return Inspection(record, info.mac, info.mtu, info.up, tuple(addresses), port_texts)
-
-
-def probe_link_kind(kind: str, prefix: str) -> str | None:
-    """None when this kernel can create a `kind` (ipvlan, macvlan) sub-interface, else why.
-
-    Probes for real: a throw-away namespace holding a veth, a `kind` on it, then deleted.
-    """
-    probe_ns = f"{prefix}.probe"  # never an endpoint's: names cannot start with "."
-    links.create_netns(probe_ns)
-    nl = NetlinkThread(probe_ns)
-    try:
-        def attempt(ipr: IPRoute) -> None:
-            links.ensure_veth(ipr, "vxprobe0", "vxprobe1")
-            if kind == "ipvlan":
-                links.ensure_ipvlan(ipr, "vxprobe2", "vxprobe0")
-            else:
-                links.ensure_macvlan(ipr, "vxprobe2", "vxprobe0")
-
-        nl.call_blocking(attempt)
-    except KernelError as exc:
-        return f"this kernel cannot create {kind} links ({exc})"
-    finally:
-        nl.close()
-        links.delete_netns(probe_ns)
-    return None
 
