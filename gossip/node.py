@@ -126,6 +126,7 @@ class GossipNode:
         self._events_published = 0
         self._events_dropped = 0
         self._in_flight = 0
+        self._left = False
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -177,6 +178,9 @@ class GossipNode:
         """Announce a graceful leave and wait (at most `timeout_s`, shielded) until it has
         been sent; then stop `run`."""
         swim = self._running()
+        if self._nursery is None or self._left:
+            return  # `run` has ended or is ending: nothing left to announce with
+        self._left = True
         with trio.CancelScope(shield=True, deadline=trio.current_time() + timeout_s):
             swim.leave(trio.current_time())
             self._wake()

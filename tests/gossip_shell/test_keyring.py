@@ -107,7 +107,7 @@ def test_random_bytes_raise_only_wire_error(data: bytes) -> None:
         pytest.fail("random bytes authenticated")
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.binary(max_size=200), st.data())
 def test_mutated_sealed_packets_raise_only_wire_error(plaintext: bytes,
                                                       data: st.DataObject) -> None:

@@ -100,13 +100,14 @@ async def test_key_rotation_on_a_running_cluster_without_failure_or_partition() 
 
         # one node at a time, so every mixed state of the cluster is exercised
         for step in ("install", "use", "remove"):
-            for node in nodes:
+            for i, node in enumerate(nodes):
                 getattr(node, f"{step}_key")(new if step != "remove" else old)
                 await gossip_flows()
+                # push-pull (TCP) both ways between the node that changed and one that has not
+                assert await nodes[(i + 1) % 4].join([addrs[i]]) == 1
+                assert await node.join([addrs[(i + 1) % 4]]) == 1
         assert all(node.keys() == [new] for node in nodes)
 
-        # push-pull (TCP) under the new key only
-        assert await nodes[3].join([addrs[1]]) == 1
         for node, subscription in zip(nodes, subscriptions, strict=True):
             bad = [e for e in drain(subscription)
                    if isinstance(e, MemberSuspected | MemberFailed | MemberLeft)]
@@ -211,6 +212,8 @@ async def test_graceful_leave_is_seen_as_left_and_stops_the_node() -> None:
         await wait_for(lambda: all(states(n)["l2"] == MemberState.LEFT for n in nodes[:2]),
                        "l2 seen as left")
         assert [type(e) for e in drain(subscription)] == [MemberLeft]
+        with trio.fail_after(0.5):
+            await nodes[2].leave()  # a second leave has nothing to do
         nursery.cancel_scope.cancel()
 
 
