@@ -20,6 +20,7 @@ May import: everything below it (agent.*, overlay, gossip, underlay), trio, the 
 
 from __future__ import annotations
 
+import faulthandler
 import ipaddress
 import logging
 import random
@@ -100,6 +101,7 @@ def run_agent_process(config: AgentConfig, *, config_path: Path | None = None,
                       assignments: Sequence[str] = ()) -> int:
     """`vxmesh agent`: run until SIGTERM/SIGINT; 0 after a graceful stop, else an error code."""
     configure_logging(config.node.log_level)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: stacks to the log
     try:
         result: AgentExit = trio.run(run_agent, config, config_path, tuple(assignments))
     except (ConfigError, StateReadError) as exc:

@@ -31,12 +31,10 @@ from gossip.node import GossipNode, Subscription
 from gossip.swim import (
     Member,
     MemberFailed,
-    MemberForgotten,
     MemberJoined,
     MemberLeft,
     MemberRecovered,
     MembershipEvent,
-    MemberUpdated,
 )
 from gossip.wire import MemberState
 from overlay.dissemination import TableDelegate
@@ -156,20 +154,15 @@ class GossipLink:
 
     def handle_event(self, event: MembershipEvent) -> None:
         """A membership event from the core: feed the table's owner rules (cheap)."""
-        now = trio.current_time()
         member = event.member
         if member.name == self.node:
             return
-        if isinstance(event, MemberJoined | MemberUpdated | MemberRecovered):
-            self.delegate.member_alive(member.name, member.addr, now)
+        if isinstance(event, MemberJoined | MemberRecovered):
             self._synced.set()
-        elif isinstance(event, MemberFailed):
-            log.info("member %s failed", member.name)
-            self.delegate.member_failed(member.name, now)
-        elif isinstance(event, MemberLeft | MemberForgotten):
-            if isinstance(event, MemberLeft):
-                log.info("member %s left", member.name)
-            self.delegate.member_left(member.name, now)
+        elif isinstance(event, MemberFailed | MemberLeft):
+            log.info("member %s %s", member.name,
+                     "failed" if isinstance(event, MemberFailed) else "left")
+        self.delegate.member_event(event, trio.current_time())
         self.delegate.drain_events()
 
     # -- the service --------------------------------------------------------------------------

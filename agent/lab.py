@@ -505,7 +505,7 @@ def parse_exposition(text: str) -> dict[str, float]:
 # -- the demo ---------------------------------------------------------------------------------
 
 DEMO_NETWORK = "demo"
-DEMO_SUBNET = "10.200.0.0/24"
+DEMO_SUBNET = "10.200.0.0/16"
 DEMO_METRICS = (
     ("vxmesh_neighbor_entries{network=\"demo\"}", "neighbor entries (demo)"),
     ("vxmesh_dataplane_operations_total{result=\"ok\"}", "kernel operations applied"),

@@ -2,8 +2,8 @@
 
 One lab serves the whole module (building it is the expensive part); every test leaves it as it
 found it: all agents running, etcd up, the underlay connected. Traffic stays inside the lab's
-namespaces. The etcd outage lasts VXMESH_E2E_ETCD_OUTAGE seconds (default 20, to keep the
-module inside its 6-minute budget; the issue's 60 s is `VXMESH_E2E_ETCD_OUTAGE=60`).
+namespaces. The etcd outage lasts VXMESH_E2E_ETCD_OUTAGE seconds (default 60, as the issue
+asks; the whole module takes about 90 s of its 6-minute budget).
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ pytestmark = [pytest.mark.kernel, pytest.mark.etcd, pytest.mark.slow]
 
 HOSTS = 5
 NETWORK = "e2e"
-SUBNET = "10.201.0.0/24"
+SUBNET = "10.201.0.0/16"
 DETECTION_TARGET = 12.0  # seconds: the gossip issue's kill-detection target (LAN preset)
 GRACEFUL_TARGET = 1.0
-OUTAGE = float(os.environ.get("VXMESH_E2E_ETCD_OUTAGE", "20"))
+OUTAGE = float(os.environ.get("VXMESH_E2E_ETCD_OUTAGE", "60"))
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +192,8 @@ def test_etcd_outage_keeps_traffic_and_propagation(lab: tuple[Lab, LabState]) ->
     the_lab.wait_for(lambda: all(the_lab.client(h).request("GET", "/v1/status")["store_up"]
                                  for h in state.hosts), "every agent back on etcd", 30)
     the_lab.client(h3).request("DELETE", "/v1/endpoints/during-outage")
+    the_lab.wait_for(lambda: all(created["ip"] not in _visible_ips(the_lab, h)
+                                 for h in state.hosts), "the deletion to reach everyone", 10)
 
 
 FORGE = """
