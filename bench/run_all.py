@@ -126,7 +126,7 @@ def gossip_ratio_rows(result: dict[str, object]) -> list[str]:
     return out
 
 
-def render(runs: Sequence[BenchRun], options: dict[str, str]) -> str:
+def render(runs: Sequence[BenchRun], options: dict[str, str], out_dir: Path) -> str:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine = machine_description()
     out = ["# vxmesh benchmark results", "",
@@ -148,6 +148,11 @@ def render(runs: Sequence[BenchRun], options: dict[str, str]) -> str:
             out += ["**Not measured / failed:**", "", "```", run.error, "```", ""]
         if run.table:
             out += [run.table, ""]
+        plot = run.result.get("plot") if run.result is not None else None
+        if isinstance(plot, str):
+            shown = os.path.relpath(plot, out_dir)
+            out += [f"Plot (bench/out is not committed; re-run to regenerate): ![{run.name}]"
+                    f"({shown})", ""]
         if run.result is not None:
             found = gossip_ratio_rows(run.result) if run.name == "gossip_vs_serf" else [
                 f"- {where}: {value}" for where, value in ratios(run.result)]
@@ -197,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "gossip_vs_serf": " ".join(bench_args["gossip_vs_serf"]),
         "scale": " ".join(bench_args["scale"]),
     }
-    text = render(runs, options)
+    text = render(runs, options, args.out.resolve().parent)
     args.out.write_text(text)
     print(text)
     if args.json:
