@@ -4,7 +4,8 @@ Owns: the order and lifetime of pending broadcasts (membership news and delegate
 Rules (memberlist's TransmitLimitedQueue, in our own shape):
 - each broadcast is sent at most `retransmit_limit(n)` = mult * ceil(log10(n + 1)) times, n
   being the cluster size at the moment of sending;
-- broadcasts sent fewer times go first; among equals, the newest first;
+- broadcasts sent fewer times go first; among equals, the newest first (levels are kept in
+  age order as items move up, so this holds up to ties between moves);
 - a broadcast queued with a key (a node name, or any hashable the delegate picks) replaces
   any pending broadcast with the same key: newer news about a node invalidates older news;
   keyless broadcasts never invalidate anything;
@@ -94,7 +95,8 @@ class BroadcastQueue:
         if not chosen:
             return []
         cap = retransmit_limit(self._mult, cluster_size)
-        for item in chosen:
+        # Oldest first, so that each level stays (nearly) in age order for the next take.
+        for item in sorted(chosen, key=lambda pending: pending.order):
             del self._levels[item.transmits][item.order]
             if not self._levels[item.transmits]:
                 del self._levels[item.transmits]

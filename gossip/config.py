@@ -3,8 +3,8 @@
 Owns: every tunable of the membership protocol, each with its unit, and the functions of the
 cluster size `n` that memberlist made standard (retransmit limit, suspicion timeouts, push-pull
 scaling). Rules: fields are plain numbers; presets are built with `dataclasses.replace`;
-`validate()` rejects a bad value naming the field. Pure: imports only the standard library and
-`gossip.errors`.
+`validate()` rejects a bad value naming the field. Pure: imports only the standard library,
+`gossip.broadcast` and `gossip.errors`.
 
 Formulas (n = estimated cluster size, members alive or suspect, self included):
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields, replace
 
+from gossip.broadcast import retransmit_limit
 from gossip.errors import GossipError
 
 
@@ -176,7 +177,7 @@ class SwimConfig:
 
     def retransmit_limit(self, n: int) -> int:
         """Transmissions of one broadcast: retransmit_mult * ceil(log10(n + 1))."""
-        return int(self.retransmit_mult * math.ceil(math.log10(max(n, 1) + 1)))
+        return retransmit_limit(self.retransmit_mult, n)
 
     def suspicion_min_s(self, n: int) -> float:
         """Shortest suspicion, s: suspicion_mult * max(1, log10 n) * probe_interval_s."""

@@ -347,7 +347,12 @@ class Swim:
         self._announce_self(now)
 
     def broadcast_user(self, payload: bytes, now: float, key: str | None = None) -> None:
-        """Queue a user message for piggybacking (a newer one with the same key replaces it)."""
+        """Queue a user message for piggybacking (a newer one with the same key replaces it).
+
+        It is sent `retransmit_limit(n)` times, to random members; receivers hand it to their
+        delegate and do not re-broadcast it: spreading further is the delegate's decision
+        (as with memberlist's user broadcasts).
+        """
         if len(payload) + USER_MESSAGE_OVERHEAD > self._budget():
             raise GossipError(f"user broadcast of {len(payload)} bytes exceeds the packet "
                               f"budget of {self._budget()} bytes")

@@ -1,0 +1,332 @@
+"""Pair tests of the pure SWIM core: a few `Swim`s on a fake link, virtual time, no sockets."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable
+
+import pytest
+
+from gossip.config import SwimConfig
+from gossip.errors import GossipError
+from gossip.keyring import Keyring
+from gossip.swim import (
+    MemberFailed,
+    MemberForgotten,
+    MemberJoined,
+    MemberLeft,
+    MemberRecovered,
+    MemberState,
+    MemberSuspected,
+    MemberUpdated,
+    Swim,
+)
+from gossip.wire import (
+    Alive,
+    Dead,
+    Ping,
+    Suspect,
+    decode_packet,
+    encode_message,
+    encode_packet,
+)
+from tests.gossip.fakelink import FakeLink
+
+LAN = SwimConfig.lan()
+
+
+def states(swim: Swim) -> dict[str, MemberState]:
+    return {m.name: m.state for m in swim.members()}
+
+
+def test_join_through_a_seed_makes_both_sides_see_each_other() -> None:
+    link = FakeLink(2)
+    a, b = link.swims
+    b.join([a.addr], link.now)
+    link.flush()
+    assert states(a) == states(b) == {"a": MemberState.ALIVE, "b": MemberState.ALIVE}
+    assert link.kinds("a") == ["MemberJoined"] and link.kinds("b") == ["MemberJoined"]
+    joined = link.events["a"][0]
+    assert isinstance(joined, MemberJoined) and joined.member.meta == b"meta-b"
+
+
+def test_steady_probing_suspects_nobody_and_stays_quiet() -> None:
+    link = FakeLink(3)
+    link.form()
+    before = len(link.sent)
+    link.advance(30.0)
+    for swim in link.swims:
+        stats = swim.statistics()
+        assert stats.probes_sent >= 25 and stats.probes_failed == 0
+        assert stats.suspicions_started == 0 and stats.awareness == 0
+    # about one ping and one ack per node per second, plus push-pulls: no gossip when idle.
+    assert len(link.sent) - before <= 3 * 2 * 31
+
+
+def test_a_dead_node_is_suspected_through_indirect_probes_then_failed() -> None:
+    link = FakeLink(4)
+    link.form()
+    link.down.add(link["d"].addr)
+    link.advance(2.5)
+    suspected = [e for e in link.events["a"] if isinstance(e, MemberSuspected)]
+    assert any(e.member.name == "d" for e in link.events["a"] + link.events["b"]
+               if isinstance(e, MemberSuspected))
+    link.advance(LAN.suspicion_max_s(4) + 2 * LAN.probe_interval_s)
+    for name in "abc":
+        assert link[name].state_of("d") is MemberState.DEAD, name
+        assert [type(e) for e in link.events[name] if e.member.name == "d"][-1] is MemberFailed
+        stats = link[name].statistics()
+        # nacks from live relays keep our own health good (Lifeguard).
+        assert stats.awareness == 0
+    assert sum(link[n].statistics().indirect_pings_sent for n in "abc") > 0
+    assert not suspected or suspected[0].member.state is MemberState.SUSPECT
+
+
+def test_suspicion_timeout_is_bounded_by_min_and_max() -> None:
+    link = FakeLink(5)
+    link.form()
+    link.down.add(link["e"].addr)
+    start = link.now
+    failed_at: dict[str, float] = {}
+    while len(failed_at) < 4 and link.now < start + 60:
+        link.advance(0.1)
+        for name in "abcd":
+            if name not in failed_at and link[name].state_of("e") is MemberState.DEAD:
+                failed_at[name] = link.now - start
+    n = 5
+    assert len(failed_at) == 4
+    assert min(failed_at.values()) >= LAN.suspicion_min_s(n)
+    assert max(failed_at.values()) <= LAN.suspicion_max_s(n) + 4 * LAN.probe_interval_s
+
+
+def test_a_suspected_member_refutes_with_a_higher_incarnation() -> None:
+    link = FakeLink(3)
+    link.form()
+    b = link["b"]
+    assert b.incarnation == 0
+    packet = encode_packet([encode_message(Suspect(0, "b", "c"))])
+    link["a"].receive_datagram(packet, link["c"].addr, link.now)
+    link.flush()
+    assert link["a"].state_of("b") is MemberState.SUSPECT
+    link.advance(2.0)
+    assert b.incarnation == 1 and b.statistics().refutations == 1
+    assert link["a"].state_of("b") is MemberState.ALIVE
+    assert "MemberRecovered" in link.kinds("a")
+
+
+def test_a_falsely_failed_member_refutes_and_rejoins() -> None:
+    link = FakeLink(3)
+    link.form()
+    packet = encode_packet([encode_message(Dead(0, "b", "c"))])
+    link["a"].receive_datagram(packet, link["c"].addr, link.now)
+    link.flush()
+    link.advance(2.0)
+    kinds = [type(e) for e in link.events["a"] if e.member.name == "b"]
+    assert kinds[-2:] == [MemberFailed, MemberJoined]
+    assert link["a"].state_of("b") is MemberState.ALIVE and link["b"].incarnation >= 1
+
+
+def test_graceful_leave_is_seen_as_left_at_once_never_failed() -> None:
+    link = FakeLink(4)
+    link.form()
+    link["d"].leave(link.now)
+    link.flush()
+    for name in "abc":
+        assert link[name].state_of("d") is MemberState.LEFT, name
+    link.down.add(link["d"].addr)
+    link.advance(LAN.suspicion_max_s(4) + 10)
+    for name in "abc":
+        kinds = [type(e) for e in link.events[name] if e.member.name == "d"]
+        assert MemberLeft in kinds and MemberFailed not in kinds
+        assert link[name].statistics().reconnects_started == 0
+
+
+def test_metadata_change_spreads_and_oversize_is_refused() -> None:
+    link = FakeLink(3)
+    link.form()
+    link["b"].set_meta(b"vtep=10.0.0.2;v=2", link.now)
+    link.advance(2.0)
+    updated = [e for e in link.events["a"] if isinstance(e, MemberUpdated)]
+    assert updated and updated[-1].member.meta == b"vtep=10.0.0.2;v=2"
+    assert link["c"].member("b").meta == b"vtep=10.0.0.2;v=2"  # type: ignore[union-attr]
+    with pytest.raises(GossipError, match="meta"):
+        link["b"].set_meta(b"x" * 513, link.now)
+
+
+def test_garbage_and_unknown_types_are_counted_never_raised() -> None:
+    link = FakeLink(2)
+    a = link["a"]
+    for junk in (b"", b"\x01", b"\x02\x90", b"\x01\xc1", b"\x01\x91\x92\x00\xff", os.urandom(64)):
+        a.receive_datagram(junk, ("127.0.0.9", 1), 0.0)
+    assert a.statistics().wire_errors >= 5
+    a.receive_datagram(b"\x01\x91\x92\x7f\x01", ("127.0.0.9", 1), 0.0)  # type 127: unknown
+    assert a.statistics().unknown_messages == 1
+    assert not a.merge_push_pull_chunk(b"\x01\xc1", ("127.0.0.9", 1), False, 0.0)
+
+
+def test_a_ping_for_someone_else_is_not_acked() -> None:
+    link = FakeLink(2)
+    a, b = link.swims
+    b.receive_datagram(encode_packet([encode_message(Ping(9, "zed"))]), a.addr, 0.0)
+    assert b.datagrams_to_send() == [] and b.statistics().misdirected_pings == 1
+
+
+def test_packets_stay_within_the_budget_with_and_without_a_keyring() -> None:
+    key = os.urandom(32)
+    for keyrings in (None, [Keyring([key], key) for _ in range(3)]):
+        link = FakeLink(3, keyrings=keyrings)  # type: ignore[arg-type]
+        link.form()
+        for i in range(300):
+            link["a"].receive_datagram(
+                link["a"].keyring.seal(encode_packet([encode_message(
+                    Alive(0, f"m{i:04d}", ("10.1.0.1", 7946), os.urandom(200)))]))
+                if keyrings else encode_packet([encode_message(
+                    Alive(0, f"m{i:04d}", ("10.1.0.1", 7946), os.urandom(200)))]),
+                link["b"].addr, link.now)
+        link.advance(3.0)
+        sizes = [len(data) for _, _, data in link.sent]
+        assert max(sizes) <= 1400
+        assert max(sizes) > 1200  # packets really are filled
+
+
+def test_with_a_keyring_plain_and_foreign_packets_are_dropped() -> None:
+    key = os.urandom(32)
+    link = FakeLink(2, keyrings=[Keyring([key], key), Keyring([key], key)])
+    link.form()
+    a = link["a"]
+    assert a.state_of("b") is MemberState.ALIVE
+    plain = encode_packet([encode_message(Dead(5, "b", "x"))])
+    a.receive_datagram(plain, ("127.0.0.9", 1), link.now)
+    other = os.urandom(32)
+    a.receive_datagram(Keyring([other], other).seal(plain), ("127.0.0.9", 1), link.now)
+    assert a.statistics().auth_failures == 2
+    assert a.state_of("b") is MemberState.ALIVE
+    # what goes on the wire is sealed: it does not decode as plain text
+    _, _, data = link.sent[-1]
+    with pytest.raises(GossipError):
+        decode_packet(data)
+
+
+def test_a_partition_heals_through_rejoining_failed_members() -> None:
+    config = dataclasses.replace(LAN, reconnect_interval_s=5.0)
+    link = FakeLink(4, config)
+    link.form()
+    for x in "ab":
+        for y in "cd":
+            link.cut.add(frozenset((link[x].addr, link[y].addr)))
+    link.advance(config.suspicion_max_s(4) + 10)
+    assert link["a"].state_of("c") is MemberState.DEAD
+    assert link["c"].state_of("a") is MemberState.DEAD
+    link.cut.clear()
+    link.advance(2 * config.reconnect_interval_s + 5)  # type: ignore[operator]
+    for swim in link.swims:
+        assert set(states(swim).values()) == {MemberState.ALIVE}, swim.name
+
+
+def test_bare_memberlist_profile_does_not_heal() -> None:
+    config = SwimConfig.memberlist_lan()
+    link = FakeLink(4, config)
+    link.form()
+    for x in "ab":
+        for y in "cd":
+            link.cut.add(frozenset((link[x].addr, link[y].addr)))
+    link.advance(config.suspicion_max_s(4) + config.gossip_to_dead_s + 10)
+    link.cut.clear()
+    link.advance(60)
+    assert link["a"].state_of("c") is MemberState.DEAD
+
+
+def test_failed_members_are_reaped_after_the_remembered_time() -> None:
+    config = dataclasses.replace(LAN, remember_failed_s=20.0)
+    link = FakeLink(3, config)
+    link.form()
+    link.down.add(link["c"].addr)
+    link.advance(config.suspicion_max_s(3) + 30)
+    assert link["a"].state_of("c") is None
+    assert any(isinstance(e, MemberForgotten) for e in link.events["a"])
+
+
+def test_a_restarted_node_overrides_its_old_failure() -> None:
+    link = FakeLink(3)
+    link.form()
+    link.down.add(link["c"].addr)
+    link.advance(LAN.suspicion_max_s(3) + 5)
+    assert link["a"].state_of("c") is MemberState.DEAD
+    fresh = Swim(LAN, "c", link["c"].addr, meta=b"new", rng=__import__("random").Random(3),
+                 now=link.now)
+    link.swims[2] = fresh
+    link.by_addr[fresh.addr] = fresh
+    link.down.clear()
+    fresh.join([link["a"].addr], link.now)
+    link.advance(3.0)
+    assert link["a"].state_of("c") is MemberState.ALIVE
+    assert link["b"].member("c").meta == b"new"  # type: ignore[union-attr]
+    assert fresh.incarnation >= 1
+
+
+class RecordingDelegate:
+    """A delegate that records what the core hands it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.received: list[bytes] = []
+        self.merged: list[tuple[bytes, bool]] = []
+        self.outgoing: list[bytes] = []
+
+    def node_meta(self, limit: int) -> bytes:
+        return b""
+
+    def notify_user_msg(self, payload: bytes, now: float) -> None:
+        self.received.append(payload)
+
+    def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
+        out, self.outgoing = self.outgoing, []
+        return out
+
+    def local_state(self, join: bool) -> Iterable[bytes]:
+        return [f"state-of-{self.name}".encode()]
+
+    def merge_remote_state(self, chunk: bytes, join: bool, now: float) -> None:
+        self.merged.append((chunk, join))
+
+
+def test_delegate_state_and_broadcasts_ride_on_gossip() -> None:
+    delegates = [RecordingDelegate("a"), RecordingDelegate("b")]
+    link = FakeLink(2, delegates=delegates)  # type: ignore[arg-type]
+    link["b"].join([link["a"].addr], link.now)
+    link.flush()
+    assert delegates[0].merged == [(b"state-of-b", True)]
+    assert delegates[1].merged == [(b"state-of-a", True)]
+    delegates[0].outgoing.append(b"endpoint 10.9.0.5 on a")
+    link["a"].broadcast_user(b"queued user news", link.now, key="k1")
+    link.advance(1.0)
+    assert b"endpoint 10.9.0.5 on a" in delegates[1].received
+    assert b"queued user news" in delegates[1].received
+    with pytest.raises(GossipError, match="budget"):
+        link["a"].broadcast_user(b"x" * 1400, link.now)
+
+
+def test_local_health_slows_an_isolated_node() -> None:
+    link = FakeLink(5)
+    link.form()
+    link.isolate("a")
+    a = link["a"]
+    before = a.statistics().probes_sent
+    link.advance(20.0)
+    stats = a.statistics()
+    assert stats.awareness == LAN.awareness_max_multiplier - 1
+    # without health scaling it would have sent ~20 probes
+    assert stats.probes_sent - before < 12
+
+
+def test_suspect_in_ping_lets_the_target_refute_on_the_spot() -> None:
+    link = FakeLink(3)
+    link.form()
+    a = link["a"]
+    a.receive_datagram(encode_packet([encode_message(Suspect(0, "b", "c"))]), link["c"].addr,
+                       link.now)
+    link.cut.add(frozenset((link["b"].addr, link["c"].addr)))
+    link.advance(5.0)
+    assert a.state_of("b") is MemberState.ALIVE
+    assert any(isinstance(e, MemberRecovered) for e in link.events["a"])
