@@ -64,7 +64,7 @@ def test_suspicion_timeout_shrinks_from_max_to_min() -> None:
     ("retransmit_mult", float("nan")), ("indirect_checks", True),
 ])
 def test_bad_values_are_refused_naming_the_field(field: str, value: object) -> None:
-    config = dataclasses.replace(SwimConfig.lan(), **{field: value})
+    config = dataclasses.replace(SwimConfig.lan(), **{field: value})  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=field) as info:
         config.validate()
     assert repr(value) in str(info.value) or field == "probe_timeout_s"

@@ -177,13 +177,13 @@ def test_packets_stay_within_the_budget_with_and_without_a_keyring() -> None:
     for keyrings in (None, [Keyring([key], key) for _ in range(3)]):
         link = FakeLink(3, keyrings=keyrings)  # type: ignore[arg-type]
         link.form()
+        a = link["a"]
         for i in range(300):
-            link["a"].receive_datagram(
-                link["a"].keyring.seal(encode_packet([encode_message(
-                    Alive(0, f"m{i:04d}", ("10.1.0.1", 7946), os.urandom(200)))]))
-                if keyrings else encode_packet([encode_message(
-                    Alive(0, f"m{i:04d}", ("10.1.0.1", 7946), os.urandom(200)))]),
-                link["b"].addr, link.now)
+            packet = encode_packet([encode_message(
+                Alive(0, f"m{i:04d}", ("10.1.0.1", 7946), os.urandom(200)))])
+            if a.keyring is not None:
+                packet = a.keyring.seal(packet)
+            a.receive_datagram(packet, link["b"].addr, link.now)
         link.advance(3.0)
         sizes = [len(data) for _, _, data in link.sent]
         assert max(sizes) <= 1400

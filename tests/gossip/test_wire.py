@@ -22,6 +22,7 @@ from gossip.wire import (
     IndirectPing,
     MemberRecord,
     MemberState,
+    Message,
     MessageType,
     Nack,
     Ping,
@@ -37,7 +38,7 @@ from gossip.wire import (
     encode_user_state_chunk,
 )
 
-SAMPLES = [
+SAMPLES: list[Message] = [
     Ping(1, "node-a"), IndirectPing(2**64 - 1, "b", ("10.0.0.2", 7946), True), Ack(3), Nack(4),
     Suspect(5, "c", "d"), Alive(6, "e", ("fd00::5", 7946), b"\x00" * 512), Dead(7, "f", "f"),
     UserMessage(b"payload"),
