@@ -23,6 +23,7 @@ from __future__ import annotations
 import faulthandler
 import ipaddress
 import logging
+import os
 import random
 import signal
 import sys
@@ -102,6 +103,7 @@ def run_agent_process(config: AgentConfig, *, config_path: Path | None = None,
     """`vxmesh agent`: run until SIGTERM/SIGINT; 0 after a graceful stop, else an error code."""
     configure_logging(config.node.log_level)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: stacks to the log
+    os.register_at_fork(after_in_child=_default_signals_in_child)
     try:
         result: AgentExit = trio.run(run_agent, config, config_path, tuple(assignments))
     except (ConfigError, StateReadError) as exc:
@@ -112,6 +114,17 @@ def run_agent_process(config: AgentConfig, *, config_path: Path | None = None,
         return 1
     log.info("agent stopped: %s", result.reason)
     return result.code
+
+
+def _default_signals_in_child() -> None:
+    """Children forked by libraries (pyroute2's namespace helpers) must die on SIGTERM.
+
+    They inherit trio's Python-level handlers, which only record a signal; a helper stuck
+    after the fork would then ignore the SIGTERM its parent sends and hang the parent's wait.
+    """
+    signal.set_wakeup_fd(-1)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 async def run_agent(config: AgentConfig, config_path: Path | None = None,
