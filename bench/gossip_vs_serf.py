@@ -102,13 +102,17 @@ class SerfSystem:
 
 
 class GossipDriverSystem:
-    """vxmesh's gossip layer: one `bench/gossip_node_runner.py` (gossip/node.py driver, LAN
-    preset) per namespace; an update is a broadcast through the gossip layer."""
+    """vxmesh's gossip stack: one `bench/gossip_node_runner.py` per namespace (the agent's
+    GossipLink: gossip/node.py driver, LAN preset, neighbor table as delegate). An update is
+    one endpoint record published on h1; it arrives when it is visible in a node's table."""
 
     name = "vxmesh"
-    dissemination_via = "gossip-layer broadcast (vxmesh agent not measured)"
+    dissemination_via = "neighbor-table endpoint record visible in every node's table"
     _runner = Path(__file__).resolve().parent / "gossip_node_runner.py"
     _pattern = re.compile(r"^event (joined|failed|update) (\S+)")
+
+    def __init__(self) -> None:
+        self._key_of_ip: dict[str, str] = {}
 
     def start(self, lab: BenchLab, host: LabHost, seed: LabHost | None) -> AgentProcess:
         argv = [sys.executable, "-u", str(self._runner), "--name", host.name,
@@ -119,11 +123,20 @@ class GossipDriverSystem:
 
     def parse(self, text: str) -> Observed | None:
         found = self._pattern.search(text)
-        return Observed(found.group(1), found.group(2)) if found else None
+        if found is None:
+            return None
+        kind, subject = found.group(1), found.group(2)
+        if kind == "update":
+            subject = self._key_of_ip.get(subject, subject)
+        return Observed(kind, subject)
 
     def publish_update(self, lab: BenchLab, host: LabHost, key: str) -> None:
+        """Publish an endpoint with a fresh IP (10.200.0.0/16) standing for `key`."""
+        count = len(self._key_of_ip) + 1
+        ip = f"10.200.{count >> 8 & 255}.{count & 255}"
+        self._key_of_ip[ip] = key
         agent = next(a for a in lab.agents if a.host == host and a.alive())
-        agent.send_line(f"update {key}")
+        agent.send_line(f"update {ip}")
 
 
 SYSTEMS: dict[str, Callable[[], GossipSystem]] = {
@@ -380,6 +393,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     row[name] = measured.as_dict(system)
             rows.append(row)
     print(render_table(rows))
+    for row in rows:
+        for name in names:
+            system_row = row[name]
+            assert isinstance(system_row, dict)
+            for note in system_row["notes"]:
+                print(f"note: n={row['n']} {name}: {note}")
     print(f"\nloss window {args.loss_window:g} s at {LOSS_PERCENT}% input loss; idle window "
           f"{args.idle_window:g} s; {args.repeats} updates per size; load before "
           f"{load_before}, after {machine_load()}; wall {time.monotonic() - started:.0f} s")

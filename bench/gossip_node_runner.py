@@ -1,0 +1,105 @@
+"""One vxmesh gossip node for the gossip benchmark: the agent's own gossip stack, no kernel.
+
+Usage (run by bench/gossip_vs_serf.py inside a lab namespace):
+    gossip_node_runner.py --name h3 --bind 10.77.0.3:7946 [--join 10.77.0.1:7946]
+
+Runs `agent.gossip_link.GossipLink` (the `gossip.node.GossipNode` trio driver with the LAN
+preset, carrying the agent's `overlay.table.NeighborTable` through its delegate), exactly as
+`vxmesh agent` composes it, minus etcd and the data plane. Prints one line per event, flushed:
+  `event joined NAME` (member joined or recovered, ourselves once at start),
+  `event failed NAME` (member declared failed),
+  `event update IP` (an endpoint record for IP became visible in our table).
+Reads commands on stdin: `update IP` publishes an endpoint (network `bench`) with that IP from
+this node. No encryption (the serf side runs without -encrypt too).
+
+May import: agent.gossip_link, agent.provision, overlay.table, gossip.swim, trio, stdlib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Sequence
+
+import trio
+
+from agent.config import parse_hostport
+from agent.gossip_link import GossipLink
+from agent.provision import node_config
+from gossip.swim import MemberFailed, MemberJoined, MemberRecovered
+from overlay.table import EndpointChanged, NeighborTable, TableEvent
+
+NETWORK = "bench"
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def on_table_change(event: TableEvent) -> None:
+    if isinstance(event, EndpointChanged) and event.current is not None:
+        say(f"event update {event.ip}")
+
+
+def endpoint_mac(ip: str) -> str:
+    """A locally administered MAC derived from the IPv4 address (as Docker does: 02:42...)."""
+    octets = [int(part) for part in ip.split(".")]
+    return "02:42:" + ":".join(f"{o:02x}" for o in octets)
+
+
+async def run_runner(name: str, bind: tuple[str, int], seed: tuple[str, int] | None,
+                     state_dir: str) -> None:
+    config = node_config(name=name, address=bind[0], interface="eth0", etcd=[],
+                         seeds=[f"{seed[0]}:{seed[1]}"] if seed else [],
+                         sections={"node": {"state_dir": state_dir},
+                                   "gossip": {"profile": "lan", "port": bind[1],
+                                              "encrypt": False}})
+    table = NeighborTable(name, bind[0])
+    table.join_network(NETWORK, trio.current_time())
+    link = GossipLink(config, name, bind[0], table, on_change=on_table_change,
+                      probe_rtt=lambda rtt: None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(link.run)
+        subscription = link.gossip.subscribe(capacity=4096)
+        say(f"event joined {name}")
+
+        async def print_membership() -> None:
+            async for event in subscription:
+                if event.member.name == name:
+                    continue
+                if isinstance(event, MemberJoined | MemberRecovered):
+                    say(f"event joined {event.member.name}")
+                elif isinstance(event, MemberFailed):
+                    say(f"event failed {event.member.name}")
+
+        nursery.start_soon(print_membership)
+        while True:
+            line = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
+            if not line:  # the bench closed our stdin: it is stopping us
+                nursery.cancel_scope.cancel()
+                return
+            command, _, argument = line.strip().partition(" ")
+            if command == "update":
+                table.put_endpoint(NETWORK, argument, endpoint_mac(argument),
+                                   trio.current_time())
+                link.records_changed()
+            else:
+                say(f"error unknown command {line.strip()!r}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--bind", required=True, help="address:port to gossip on")
+    parser.add_argument("--join", default=None, help="seed address:port")
+    args = parser.parse_args(argv)
+    bind = parse_hostport(args.bind, key="--bind")
+    seed = parse_hostport(args.join, key="--join") if args.join else None
+    with tempfile.TemporaryDirectory(prefix="vxbench-") as state_dir:
+        trio.run(run_runner, args.name, bind, seed, state_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
