@@ -18,6 +18,7 @@ from underlay.endpoints_model import (
     host_veth_name,
     parse_port_mapping,
 )
+from underlay.errors import KernelError
 from underlay.kernel import NetlinkThread
 
 pytestmark = pytest.mark.kernel
@@ -121,3 +122,17 @@ async def test_a_second_agent_on_the_same_state_is_refused(site: Site) -> None:
     site.service(config)
     with pytest.raises(Exception, match="another agent holds"):
         site.service(config)
+
+
+async def test_a_kernel_failure_mid_create_rolls_back_everything(site: Site) -> None:
+    config = site.config(site.h1, "a")
+    h1 = site.service(config)
+    await h1.start()
+    # The kernel refuses a macvlan larger than its parent (eth0: 1500) after the namespace
+    # exists: the error names the step, and the namespace and record are gone again.
+    with pytest.raises(KernelError, match="macvlan"):
+        await h1.create(EndpointSpec("big", Mode.MACVLAN, addresses=("10.0.0.30/24",),
+                                     mtu=9000))
+    assert h1.records() == [] and links.list_netns(prefix=config.netns_prefix) == []
+    assert list((config.state_dir / "endpoints").glob("*.json")) == []
+    assert h1.statistics().failed_creates == 1
