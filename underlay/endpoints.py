@@ -109,7 +109,11 @@ class EndpointsStatistics:
 
 
 class Endpoints:
-    """The endpoint service of one host. Call `await start()` before anything else."""
+    """The endpoint service of one host. Call `await start()` before anything else.
+
+    `capabilities` holds `underlay.facts.probe_capabilities` as found by `start()`; macvlan and
+    ipvlan requests are refused with its reason when the kernel lacks them.
+    """
 
     def __init__(self, config: EndpointsConfig, *, on_step: StepHook | None = None) -> None:
         self.config = config
