@@ -208,7 +208,7 @@ def parse_endpoint_spec(body: Mapping[str, Any]) -> EndpointSpec:
     mode = _field(body, "mode") or "overlay"
     if mode not in ENDPOINT_MODES:
         raise InvalidRequest(f"mode: {mode!r} is not one of {', '.join(ENDPOINT_MODES)}")
-    network_raw = _field(body, "network", required=mode in ("overlay", "bridge"))
+    network_raw = _field(body, "network", required=mode == "overlay")
     network = validate_name(network_raw, "network") if network_raw is not None else ""
     ip = _field(body, "ip")
     if ip is not None:

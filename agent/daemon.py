@@ -28,21 +28,29 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
-from agent.api import Conflict, EndpointSpec, InvalidRequest, NetworkSpec, NotFound, serve_api
+from agent.api import (
+    ApiError,
+    Conflict,
+    EndpointSpec,
+    InvalidRequest,
+    NetworkSpec,
+    NotFound,
+    Unavailable,
+    serve_api,
+)
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.errors import AgentError
 from agent.gossip_link import GossipLink
 from agent.http_server import HttpServerStatistics
-from agent.local_endpoints import EndpointRecord, LocalState
 from agent.metrics import AgentMetrics, MetricsSnapshot, serve_metrics
-from agent.overlay_endpoints import OverlayPlumbing, endpoint_mac
+from agent.network_cache import NetworkCache
 from agent.pipeline import DesiredInputs, Pipeline
 from agent.schema import Network, decode_network, validate_network
 from agent.state_files import StateReadError, StateWriteError
@@ -60,11 +68,26 @@ from agent.systemd import SystemdNotifier, run_watchdog
 from overlay import desired as desired_state
 from overlay.reconciler import Reconciler, run_dataplane
 from overlay.table import EndpointChanged, NeighborTable
+from underlay import links
+from underlay.endpoints import Endpoints
+from underlay.endpoints_model import (
+    EndpointConflict,
+    EndpointNotFound,
+    EndpointRecord,
+    EndpointsConfig,
+    EndpointSpecError,
+    Mode,
+    parse_port_claim,
+    parse_port_mapping,
+)
+from underlay.endpoints_model import EndpointSpec as UnderlayEndpointSpec
+from underlay.errors import UnderlayError
 from underlay.facts import UnderlayFacts, probe_capabilities, read_underlay
 from underlay.kernel import NetlinkThread
 from underlay.netlink_ops import NUD_PERMANENT, NetlinkKernel
 
 log = logging.getLogger("vxmesh.agent")
+T = TypeVar("T")
 
 SHUTDOWN_TIMEOUT = 3.0
 INITIAL_SYNC_TIMEOUT = 5.0
@@ -163,9 +186,9 @@ class Agent:
         self.ready = False
         self.metrics = AgentMetrics(self.snapshot)
         self.api_stats = HttpServerStatistics()
-        self.state = LocalState.load(config.node.state_dir)
+        self.network_cache = NetworkCache.load(config.node.state_dir)
         self.known_networks: dict[str, Network] = {}
-        for name, raw in self.state.networks.items():
+        for name, raw in self.network_cache.networks.items():
             self.known_networks[name] = _network_from_json(name, raw)
         self.pools: dict[str, AddressPool] = {}
         self._nursery: trio.Nursery | None = None
@@ -178,7 +201,7 @@ class Agent:
         self.gossip: GossipLink | None = None
         self.pipeline: Pipeline | None = None
         self.reconciler: Reconciler | None = None
-        self.plumbing: OverlayPlumbing | None = None
+        self.endpoint_service: Endpoints | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -194,7 +217,6 @@ class Agent:
             # 2. kernel adapter
             self.nl = NetlinkThread(None)
             self.kernel = NetlinkKernel(self.nl)
-            self.plumbing = OverlayPlumbing(self.nl)
             # 3. underlay facts
             address = config.underlay.address
             selector = f"{address}/{128 if ':' in address else 32}" if address else None
@@ -208,6 +230,14 @@ class Agent:
                 if needed not in capabilities.available:
                     raise AgentError(f"this kernel lacks {needed}: "
                                      f"{capabilities.missing.get(needed)}")
+            # Endpoints left by a previous run are recovered now, before any gRPC thread
+            # exists (the recovery forks pyroute2 helpers into endpoint namespaces).
+            self.endpoint_service = Endpoints(EndpointsConfig(
+                state_dir=config.node.state_dir / "endpoints", netns_prefix=f"vxep-{self.node}-",
+                underlay_interface=self.facts.interface))
+            report = await self.endpoint_service.start()
+            if report.failed or report.rolled_back or report.orphan_namespaces:
+                log.warning("endpoint recovery: %s", report)
             # 4. store (lazy connection; its services retry while etcd is away)
             host, port = _etcd_endpoint(config.store.endpoints[0])
             self.store = Store.connect(host, port, rng=self.rng, timeout=config.store.timeout,
@@ -242,7 +272,7 @@ class Agent:
             await nursery.start(run_watchdog, self.notifier, self._healthy)
             self.ready = True
             self.notifier.ready(f"{len(self.gossip.members())} members, "
-                                f"{len(self.state.endpoints)} local endpoints")
+                                f"{len(self.endpoint_service.records())} local endpoints")
             log.info("agent %s ready (VTEP %s, gossip port %d)", self.node, self.facts.address,
                      config.gossip.port)
             task_status.started(self)
@@ -308,7 +338,7 @@ class Agent:
             view = dict(self.store.network_view.snapshot())
             self.known_networks = view
             try:
-                self.state.save_networks({n: net.to_json() for n, net in view.items()})
+                self.network_cache.save({n: net.to_json() for n, net in view.items()})
             except StateWriteError as exc:
                 log.error("%s", exc)
             if self.pipeline is not None:
@@ -334,14 +364,17 @@ class Agent:
             pipeline.mark_dirty()
 
     def _republish_local_endpoints(self) -> None:
-        assert self.table is not None
+        """Our overlay endpoints go back into the table before we join (restart)."""
+        assert self.table is not None and self.endpoint_service is not None
         now = trio.current_time()
-        for record in self.state.endpoints.values():
-            if record.mode != "overlay" or record.ip is None or record.mac is None:
+        for record in self.endpoint_service.records():
+            ip = _ip_of(record)
+            if record.mode is not Mode.OVERLAY or not ip or not record.mac \
+                    or not record.network:
                 continue
             if record.network not in self.table.networks():
                 self.table.join_network(record.network, now)
-            self.table.put_endpoint(record.network, record.ip, record.mac, now)
+            self.table.put_endpoint(record.network, ip, record.mac, now)
 
     # -- desired state inputs -----------------------------------------------------------------
 
@@ -355,9 +388,10 @@ class Agent:
                         for name, vtep in self.gossip.alive_vteps().items())
         endpoints = tuple(desired_state.EndpointEntry(e.network, e.owner, e.mac, (e.ip,))
                           for e in self.table.endpoints())
+        assert self.endpoint_service is not None
         local = tuple(desired_state.LocalEndpoint(r.network, r.host_ifname)
-                      for r in self.state.endpoints.values()
-                      if r.mode == "overlay" and r.host_ifname)
+                      for r in self.endpoint_service.records()
+                      if r.mode is Mode.OVERLAY and r.host_ifname and r.network)
         return DesiredInputs(networks, members, endpoints, local, self.facts, self.node)
 
     # -- metrics ------------------------------------------------------------------------------
@@ -388,7 +422,8 @@ class Agent:
             in_sync=in_sync,
             store_up=store is not None and not store.degraded,
             store_errors=store.failed_calls if store else 0,
-            local_endpoints=len(self.state.endpoints),
+            local_endpoints=(len(self.endpoint_service.records())
+                             if self.endpoint_service is not None else 0),
             api_requests=self.api_stats.requests,
         )
 
@@ -409,7 +444,8 @@ class Agent:
             "members_alive": sum(1 for m in members if m["state"] == "alive"),
             "members": len(members),
             "networks": len(self.known_networks),
-            "endpoints": len(self.state.endpoints),
+            "endpoints": (len(self.endpoint_service.records())
+                          if self.endpoint_service is not None else 0),
             "visible_endpoints": len(self.table.endpoints()) if self.table else 0,
             "in_sync": bool(reconciler and reconciler.in_sync),
             "pending_kernel_changes": (reconciler.pending_updates + reconciler.pending_deletions
@@ -448,7 +484,8 @@ class Agent:
 
     async def delete_network(self, name: str) -> None:
         assert self.store is not None
-        if any(r.network == name for r in self.state.endpoints.values()):
+        assert self.endpoint_service is not None
+        if any(r.network == name for r in self.endpoint_service.records()):
             raise Conflict(f"network {name!r} has endpoints on this host; delete them first")
         await self.store.delete_network(name)
         self.known_networks.pop(name, None)
@@ -456,8 +493,10 @@ class Agent:
     # -- Control: endpoints -------------------------------------------------------------------
 
     def endpoints(self) -> list[dict[str, Any]]:
+        assert self.endpoint_service is not None
         rows: list[dict[str, Any]] = []
-        local_by_ip = {(r.network, r.ip): r for r in self.state.endpoints.values()}
+        records = self.endpoint_service.records()
+        local_by_ip = {(r.network, _ip_of(r)): r for r in records if r.mode is Mode.OVERLAY}
         if self.table is not None:
             for entry in sorted(self.table.endpoints(), key=lambda e: (e.network, e.ip)):
                 record = local_by_ip.get((entry.network, entry.ip))
@@ -466,65 +505,93 @@ class Agent:
                              "network": entry.network, "mode": "overlay", "ip": entry.ip,
                              "mac": entry.mac, "node": entry.owner, "vtep": entry.vtep,
                              "local": mine})
-        for record in self.state.endpoints.values():
-            if record.mode != "overlay":
-                rows.append({"name": record.name, "network": record.network or None,
-                             "mode": record.mode, "ip": record.ip, "mac": record.mac,
+        for record in records:
+            if record.mode is not Mode.OVERLAY:
+                rows.append({"name": record.name, "network": record.network,
+                             "mode": record.mode.value, "ip": _ip_of(record), "mac": record.mac,
                              "node": self.node, "vtep": None, "local": True})
         return rows
 
     def endpoint(self, name: str) -> dict[str, Any]:
-        record = self.state.endpoints.get(name)
-        if record is None:
-            raise NotFound(f"no endpoint {name!r} on this host")
-        return {**record.to_json(), "node": self.node}
+        assert self.endpoint_service is not None
+        try:
+            record = self.endpoint_service.get(name)
+        except EndpointNotFound:
+            raise NotFound(f"no endpoint {name!r} on this host") from None
+        return _endpoint_json(record, self.node)
 
     async def create_endpoint(self, spec: EndpointSpec) -> dict[str, Any]:
-        if spec.mode != "overlay":
-            raise InvalidRequest(f"mode: {spec.mode!r} endpoints are not available in this "
-                                 "agent yet (overlay is)")
-        if spec.ip is not None:
-            raise InvalidRequest("ip: addresses come from the network's IPAM; omit --ip")
+        assert self.endpoint_service is not None
         async with self._endpoint_lock:
-            if spec.name in self.state.endpoints:
+            if any(r.name == spec.name for r in self.endpoint_service.records()):
                 raise Conflict(f"endpoint {spec.name!r} already exists on this host")
-            network = self.known_networks.get(spec.network)
-            if network is None:
-                raise NotFound(f"no network {spec.network!r} (known: "
-                               f"{', '.join(sorted(self.known_networks)) or 'none'})")
-            pool = await self._pool(network)
-            handle = f"{self.node}/{spec.name}"
-            address = await pool.allocate(handle)
-            return await self._plumb_endpoint(spec, network, pool, str(address))
+            if spec.mode == "overlay":
+                return await self._create_overlay_endpoint(spec)
+            ip = spec.ip
+            wanted = UnderlayEndpointSpec(
+                name=spec.name, mode=Mode(spec.mode),
+                network=spec.network or None if spec.mode == "bridge" else None,
+                addresses=(f"{ip}/{32 if ':' not in ip else 128}",) if ip else (),
+                publish=tuple(parse_port_mapping(p.render()) for p in spec.publish),
+                claims=tuple(parse_port_claim(p.render()) for p in spec.ports))
+            record = await self._call_endpoints(self.endpoint_service.create(wanted))
+            return _endpoint_json(record, self.node)
 
-    async def _plumb_endpoint(self, spec: EndpointSpec, network: Network, pool: AddressPool,
-                              ip: str) -> dict[str, Any]:
-        assert self.plumbing is not None and self.table is not None
-        assert self.facts is not None and self.pipeline is not None
-        mac = endpoint_mac(ip)
-        mtu = network.mtu or desired_state.overlay_mtu(self.facts.mtu, self.facts.address)
-        created_at = time.time()
-        record = EndpointRecord(
-            name=spec.name, network=network.name, mode="overlay", ip=ip, mac=mac,
-            netns=self.plumbing.netns_name(self.node, spec.name),
-            host_ifname=self.plumbing.host_ifname(self.node, spec.name),
-            created_at=created_at, prefixlen=network.subnet.prefixlen)
+    async def _create_overlay_endpoint(self, spec: EndpointSpec) -> dict[str, Any]:
+        assert self.endpoint_service is not None and self.table is not None
+        assert self.facts is not None and self.pipeline is not None and self.gossip is not None
+        if spec.ip is not None:
+            raise InvalidRequest("ip: overlay addresses come from the network's IPAM; omit it")
+        network = self.known_networks.get(spec.network)
+        if network is None:
+            raise NotFound(f"no network {spec.network!r} (known: "
+                           f"{', '.join(sorted(self.known_networks)) or 'none'})")
+        pool = await self._pool(network)
+        address = await pool.allocate(f"{self.node}/{spec.name}")
+        ip = str(address)
         try:
-            await self.plumbing.create(record, mtu=mtu)
-            self.state.put(record)
+            if network.name not in self.table.networks():
+                self.table.join_network(network.name, trio.current_time())
+                self.gossip.records_changed()
+                self.pipeline.mark_dirty()
+            bridge = desired_state.bridge_name(network.vni)
+            await self._wait_link(bridge)
+            mtu = network.mtu or desired_state.overlay_mtu(self.facts.mtu, self.facts.address)
+            record = await self._call_endpoints(self.endpoint_service.create(
+                UnderlayEndpointSpec(name=spec.name, mode=Mode.OVERLAY, network=network.name,
+                                     bridge=bridge, mtu=mtu,
+                                     addresses=(f"{ip}/{network.subnet.prefixlen}",))))
         except BaseException:
-            with trio.CancelScope(shield=True):
-                await self.plumbing.delete(record)
-                pool.release(ipaddress.ip_address(ip))
+            pool.release(address)
             raise
-        now = trio.current_time()
-        if network.name not in self.table.networks():
-            self.table.join_network(network.name, now)
-        self.table.put_endpoint(network.name, ip, mac, now)
-        assert self.gossip is not None
+        assert record.mac is not None
+        self.table.put_endpoint(network.name, ip, record.mac, trio.current_time())
         self.gossip.records_changed()
         self.pipeline.mark_dirty()
-        return self.endpoint(spec.name)
+        return _endpoint_json(record, self.node)
+
+    async def _wait_link(self, name: str, timeout: float = 10.0) -> None:
+        """Wait until the reconciler made link `name` (a network's bridge)."""
+        assert self.nl is not None
+        with trio.move_on_after(timeout):
+            while await self.nl.call(lambda ipr: links.get_link(ipr, name)) is None:
+                await trio.sleep(0.01)
+            return
+        raise Unavailable(f"bridge {name} did not appear within {timeout:.0f} s "
+                          "(see `vxmesh fdb` and the agent's log)")
+
+    async def _call_endpoints(self, call: Awaitable[T]) -> T:
+        """Run an endpoint-service call, turning its errors into API errors."""
+        try:
+            return await call
+        except EndpointNotFound as exc:
+            raise NotFound(str(exc)) from None
+        except EndpointConflict as exc:
+            raise Conflict(str(exc)) from None
+        except EndpointSpecError as exc:
+            raise InvalidRequest(str(exc)) from None
+        except UnderlayError as exc:
+            raise ApiError(str(exc), 422) from None
 
     async def _pool(self, network: Network) -> AddressPool:
         pool = self.pools.get(network.name)
@@ -537,31 +604,36 @@ class Agent:
         return pool
 
     async def delete_endpoint(self, name: str) -> None:
-        assert self.plumbing is not None and self.table is not None
+        assert self.endpoint_service is not None and self.table is not None
         assert self.pipeline is not None and self.gossip is not None
         async with self._endpoint_lock:
-            record = self.state.endpoints.get(name)
-            if record is None:
-                raise NotFound(f"no endpoint {name!r} on this host")
+            try:
+                record = self.endpoint_service.get(name)
+            except EndpointNotFound:
+                raise NotFound(f"no endpoint {name!r} on this host") from None
+            ip = _ip_of(record)
+            network_name = record.network or ""
             now = trio.current_time()
-            if record.ip is not None and self.table.get(record.network, self.node, record.ip):
-                self.table.delete_endpoint(record.network, record.ip, now)
-            self.gossip.records_changed()
-            await self.plumbing.delete(record)
-            self.state.remove(name)
-            if not any(r.network == record.network for r in self.state.endpoints.values()) \
-                    and record.network in self.table.networks():
-                self.table.leave_network(record.network, now)
+            overlay = record.mode is Mode.OVERLAY
+            if overlay and ip and self.table.get(network_name, self.node, ip) is not None:
+                self.table.delete_endpoint(network_name, ip, now)
                 self.gossip.records_changed()
-            self.pipeline.mark_dirty()
-            network = self.known_networks.get(record.network)
-            if network is not None and record.ip is not None:
-                try:
-                    pool = await self._pool(network)
-                    pool.release(ipaddress.ip_address(record.ip))
-                except (StoreError, AgentError) as exc:
-                    log.warning("endpoint %s: address %s not released yet: %s", name,
-                                record.ip, exc)
+            await self._call_endpoints(self.endpoint_service.delete(name))
+            if overlay:
+                still = any(r.network == network_name and r.mode is Mode.OVERLAY
+                            for r in self.endpoint_service.records())
+                if not still and network_name in self.table.networks():
+                    self.table.leave_network(network_name, now)
+                    self.gossip.records_changed()
+                self.pipeline.mark_dirty()
+                network = self.known_networks.get(network_name)
+                if network is not None and ip:
+                    try:
+                        pool = await self._pool(network)
+                        pool.release(ipaddress.ip_address(ip))
+                    except AgentError as exc:
+                        log.warning("endpoint %s: address %s not released yet: %s", name, ip,
+                                    exc)
 
     # -- Control: keys and fdb ----------------------------------------------------------------
 
@@ -625,6 +697,20 @@ class Agent:
             out.append(item)
         return {"entries": out, "in_sync": all(r["state"] == "ok" for r in out),
                 "problems": list(want.problems)}
+
+
+def _ip_of(record: EndpointRecord) -> str | None:
+    """The endpoint's first address without its prefix length."""
+    return record.addresses[0].split("/")[0] if record.addresses else None
+
+
+def _endpoint_json(record: EndpointRecord, node: str) -> dict[str, Any]:
+    return {"name": record.name, "network": record.network, "mode": record.mode.value,
+            "ip": _ip_of(record), "addresses": list(record.addresses), "mac": record.mac,
+            "netns": record.netns, "host_ifname": record.host_ifname, "bridge": record.bridge,
+            "gateway": record.gateway, "state": record.state.value, "node": node,
+            "publish": [str(m) for m in record.spec.publish],
+            "ports": [str(c) for c in record.spec.claims]}
 
 
 def _version() -> str:

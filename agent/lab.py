@@ -425,7 +425,7 @@ class Lab:
                 self.stop_etcd(state)
                 removed.append("etcd")
         orphans = [n for h in (state.hosts if state else [])
-                   for n in links.list_netns(prefix=f"vx-{h.node or h.name}-")]
+                   for n in links.list_netns(prefix=f"vxep-{h.node or h.name}-")]
         for name in [*orphans, *links.list_netns(prefix=self.prefix)]:
             self._kill_namespace_processes(name)
             links.delete_netns(name)
