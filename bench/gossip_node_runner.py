@@ -1,7 +1,8 @@
 """One vxmesh gossip node for the gossip benchmark: the agent's own gossip stack, no kernel.
 
 Usage (run by bench/gossip_vs_serf.py inside a lab namespace):
-    gossip_node_runner.py --name h3 --bind 10.77.0.3:7946 [--join 10.77.0.1:7946]
+    gossip_node_runner.py --name h3 --bind 10.77.0.3:7946 --state-dir DIR
+                          [--join 10.77.0.1:7946]
 
 Runs `agent.gossip_link.GossipLink` (the `gossip.node.GossipNode` trio driver with the LAN
 preset, carrying the agent's `overlay.table.NeighborTable` through its delegate), exactly as
@@ -18,8 +19,8 @@ May import: agent.gossip_link, agent.provision, overlay.table, gossip.swim, trio
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
-import tempfile
 from collections.abc import Sequence
 
 import trio
@@ -74,6 +75,13 @@ async def run_runner(name: str, bind: tuple[str, int], seed: tuple[str, int] | N
                     say(f"event failed {event.member.name}")
 
         nursery.start_soon(print_membership)
+
+        async def stop_on_sigterm() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM) as signals:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+
+        nursery.start_soon(stop_on_sigterm)
         while True:
             line = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
             if not line:  # the bench closed our stdin: it is stopping us
@@ -93,11 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", required=True)
     parser.add_argument("--bind", required=True, help="address:port to gossip on")
     parser.add_argument("--join", default=None, help="seed address:port")
+    parser.add_argument("--state-dir", required=True,
+                        help="the agent's state directory (the bench creates and removes it)")
     args = parser.parse_args(argv)
     bind = parse_hostport(args.bind, key="--bind")
     seed = parse_hostport(args.join, key="--join") if args.join else None
-    with tempfile.TemporaryDirectory(prefix="vxbench-") as state_dir:
-        trio.run(run_runner, args.name, bind, seed, state_dir)
+    trio.run(run_runner, args.name, bind, seed, args.state_dir)
     return 0
 
 

@@ -1,37 +1,51 @@
 """Gossip benchmark: HashiCorp serf against vxmesh on the same namespace lab, side by side.
 
-Usage: bench/gossip_vs_serf.py [--sizes 5,10,20,40] [--loss-window 60] [--json]
+Usage: bench/gossip_vs_serf.py [--sizes 5,10,20,40] [--systems serf,vxmesh,vxmesh-gossip]
+                               [--loss-window 60] [--idle-window 10] [--repeats 5] [--json]
 
-For each size N a lab of N namespace hosts on one bridge (bench/netns_bench.py) runs, in turn,
-N serf agents (LAN profile) and N vxmesh nodes (LAN preset), and measures for each system:
-- join_s: from starting the last node until every node (it included) lists all N;
-- dissemination_s: median over repeats of the time from publishing one update on h1 until
-  the slowest node has it (serf: a user event; vxmesh: see `VXMESH_SYSTEMS`);
+For each size N a lab of N namespace hosts on one bridge (bench/netns_bench.py) runs, in turn:
+- `serf`: N HashiCorp serf agents (Debian serf, `-profile=lan`, RPC on loopback per namespace);
+- `vxmesh`: N real `vxmesh agent` processes (LAN preset) with one etcd in the switch namespace;
+- `vxmesh-gossip` (optional): N copies of the agent's gossip stack alone (GossipLink: the
+  gossip/node.py driver carrying the neighbor table), bench/gossip_node_runner.py.
+Neither side encrypts gossip (serf runs without -encrypt; vxmesh with gossip.encrypt = false).
+Measured for each system:
+- join_s: from starting the last node until every node (it included) lists all N alive;
+- dissemination_s: median over repeats of the time from publishing one update on h1 until the
+  slowest node has it (serf: a user event received; vxmesh: an overlay endpoint created through
+  h1's API until its FDB entry is in every host's kernel; vxmesh-gossip: an endpoint record
+  visible in every node's table);
 - false_positives: failure events about live nodes, summed over observers, during the loss
   window at 10% input packet loss (nftables, a table of our own in each namespace);
 - cpu_pct, rss_mb: idle CPU (percent of one core over the idle window) and RSS per agent;
 - detect_first_s / detect_all_s: from a kill -9 of one node until the first / every other
   node declares it failed.
-Events are read from each agent's output, time-stamped on arrival (serf's own log lines;
-vxmesh's event lines). Prints a table with the vxmesh/serf ratio and whether each target is
-met; with --json the last line is `{"rows": [{"n", "serf": {...}, "vxmesh": {...}}]}`.
+Events are time-stamped as they arrive on each agent's output (serf's log lines, the agent's
+`member X failed` log line, the runner's event lines, `bridge monitor fdb`); the agent's
+membership is polled through its API. Prints one table per vxmesh variant beside serf with the
+ratio and whether each target is met; with --json the last line is
+`{"rows": [{"n", "serf": {...}, "vxmesh": {...}}], ...}`.
 
-May import: bench/netns_bench.py and the standard library (the agents run as processes).
+May import: bench/netns_bench.py, agent (cli client, config, provision, lab's etcd) and the
+standard library; the systems under test run as processes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from netns_bench import (
     ROOT,
@@ -41,12 +55,19 @@ from netns_bench import (
     cleanup_on_sigterm,
     machine_load,
     measure_idle,
+    wait_until,
 )
+
+from agent.cli import ApiClient, CliError
+from agent.config import render_toml
+from agent.lab import NamespacedEtcd
+from agent.provision import node_config
 
 METRICS = ("join_s", "detect_first_s", "detect_all_s", "dissemination_s", "false_positives",
            "cpu_pct", "rss_mb")
 LOSS_PERCENT = 10
 GOSSIP_PORT = 7946
+BENCH_NETWORK = "bench"
 
 
 @dataclass(frozen=True)
@@ -57,24 +78,66 @@ class Observed:
     subject: str
 
 
-class GossipSystem(Protocol):
-    """One system under test: how to start an agent, read its events, publish an update."""
+class GossipSystem:
+    """One system under test. By default every event is read from the agents' output lines
+    (`parse`); a system that cannot print some event overrides the matching `wait_*`."""
 
-    name: str
-    dissemination_via: str
+    name = ""
+    dissemination_via = ""
 
-    def start(self, lab: BenchLab, host: LabHost, seed: LabHost | None) -> AgentProcess: ...
+    def prepare(self, lab: BenchLab) -> None:
+        """Shared services the agents need, before the first `start`."""
 
-    def parse(self, text: str) -> Observed | None: ...
+    def cleanup(self, lab: BenchLab) -> None:
+        """Undo what the agents made (called before they are stopped)."""
 
-    def publish_update(self, lab: BenchLab, host: LabHost, key: str) -> None: ...
+    def finish(self) -> None:
+        """Stop what `prepare` started (called after the agents stopped)."""
+
+    def start(self, lab: BenchLab, host: LabHost, seed: LabHost | None) -> AgentProcess:
+        raise NotImplementedError
+
+    def parse(self, text: str) -> Observed | None:
+        raise NotImplementedError
+
+    def publish_update(self, lab: BenchLab, host: LabHost, key: str) -> None:
+        raise NotImplementedError
+
+    def first(self, agent: AgentProcess, kind: str, subject: str, since: float,
+              deadline: float) -> float | None:
+        """Arrival time of the first output line saying `kind subject`, after `since`."""
+        def match(text: str) -> bool:
+            return self.parse(text) == Observed(kind, subject)
+
+        line = agent.wait_line(match, deadline, since)
+        return None if line is None else line.at
+
+    def wait_started(self, agent: AgentProcess, deadline: float) -> bool:
+        return self.first(agent, "joined", agent.host.name, 0.0, deadline) is not None
+
+    def wait_converged(self, agents: Sequence[AgentProcess], deadline: float) -> float | None:
+        """Time every agent has seen every other join, or None at the deadline."""
+        latest = 0.0
+        for agent in agents:
+            for other in agents:
+                if other is not agent:
+                    at = self.first(agent, "joined", other.host.name, 0.0, deadline)
+                    if at is None:
+                        return None
+                    latest = max(latest, at)
+        return latest
+
+    def wait_update(self, lab: BenchLab, agents: Sequence[AgentProcess], key: str,
+                    published: float, deadline: float) -> list[float | None]:
+        """Per agent, when update `key` (published at `published`) reached it."""
+        return [self.first(a, "update", key, published, deadline) for a in agents]
 
 
-class SerfSystem:
+class SerfSystem(GossipSystem):
     """HashiCorp serf (Debian package), LAN profile, RPC on loopback inside each namespace."""
 
     name = "serf"
-    dissemination_via = "serf user event"
+    dissemination_via = "serf user event received by every agent"
     _patterns: tuple[tuple[str, re.Pattern[str]], ...] = (
         ("joined", re.compile(r"serf: EventMemberJoin: (\S+) ")),
         ("failed", re.compile(r"serf: EventMemberFailed: (\S+) ")),
@@ -101,22 +164,34 @@ class SerfSystem:
                        check=True, capture_output=True, timeout=10)
 
 
-class GossipDriverSystem:
+class GossipDriverSystem(GossipSystem):
     """vxmesh's gossip stack: one `bench/gossip_node_runner.py` per namespace (the agent's
     GossipLink: gossip/node.py driver, LAN preset, neighbor table as delegate). An update is
     one endpoint record published on h1; it arrives when it is visible in a node's table."""
 
-    name = "vxmesh"
+    name = "vxmesh-gossip"
     dissemination_via = "neighbor-table endpoint record visible in every node's table"
     _runner = Path(__file__).resolve().parent / "gossip_node_runner.py"
     _pattern = re.compile(r"^event (joined|failed|update) (\S+)")
 
     def __init__(self) -> None:
         self._key_of_ip: dict[str, str] = {}
+        self._work: Path | None = None
+
+    def prepare(self, lab: BenchLab) -> None:
+        self._work = Path(tempfile.mkdtemp(prefix=f"vxbench-{lab.prefix}-"))
+
+    def finish(self) -> None:
+        if self._work is not None:
+            shutil.rmtree(self._work, ignore_errors=True)
+            self._work = None
 
     def start(self, lab: BenchLab, host: LabHost, seed: LabHost | None) -> AgentProcess:
+        assert self._work is not None
+        state_dir = self._work / host.name
+        state_dir.mkdir()
         argv = [sys.executable, "-u", str(self._runner), "--name", host.name,
-                "--bind", f"{host.addr}:{GOSSIP_PORT}"]
+                "--bind", f"{host.addr}:{GOSSIP_PORT}", "--state-dir", str(state_dir)]
         if seed is not None:
             argv += ["--join", f"{seed.addr}:{GOSSIP_PORT}"]
         return lab.spawn(host, argv, cwd=ROOT)
@@ -139,9 +214,189 @@ class GossipDriverSystem:
         agent.send_line(f"update {ip}")
 
 
+ETCD_ADDRESS = "10.77.255.254"
+
+
+class AgentSystem(GossipSystem):
+    """Real `vxmesh agent` processes (LAN preset, no gossip encryption, as serf runs), one per
+    namespace, with one etcd in the switch namespace. Join is read from each agent's API
+    (`/v1/members`, polled, so it carries the polling round); failures from the agents' log
+    (`member X failed`). An update is an overlay endpoint created through h1's API; it arrives
+    when its MAC is in a host's kernel FDB (`bridge monitor fdb` in every namespace), on h1
+    when the API call returns. Every host first gets one endpoint, so it is in the network."""
+
+    name = "vxmesh"
+    dissemination_via = "vxmesh endpoint created on h1 until its FDB entry is in every kernel"
+    _failed = re.compile(r"member (\S+) failed")
+
+    def __init__(self) -> None:
+        self._work: Path | None = None
+        self._etcd: NamespacedEtcd | None = None
+        self._endpoints: list[tuple[LabHost, dict[str, object]]] = []
+        self._monitors: dict[str, AgentProcess] = {}
+        self._keys: dict[str, str] = {}
+        self._lab_prefix = ""
+        self._created = ("", 0.0)
+
+    def _node(self, host: LabHost) -> str:
+        return f"{self._lab_prefix}{host.name}"
+
+    def _socket(self, host: LabHost) -> str:
+        assert self._work is not None
+        return str(self._work / host.name / "agent.sock")
+
+    def _client(self, host: LabHost) -> ApiClient:
+        return ApiClient(self._socket(host), timeout=15.0)
+
+    def prepare(self, lab: BenchLab) -> None:
+        self._lab_prefix = lab.prefix
+        self._work = Path(tempfile.mkdtemp(prefix=f"vxbench-{lab.prefix}-"))
+        lab.add_switch_address(f"{ETCD_ADDRESS}/16")
+        self._etcd = NamespacedEtcd(self._work / "etcd", netns=lab.switch, address=ETCD_ADDRESS)
+        self._etcd.start()
+        self._endpoints.clear()
+
+    def start(self, lab: BenchLab, host: LabHost, seed: LabHost | None) -> AgentProcess:
+        assert self._work is not None and self._etcd is not None
+        directory = self._work / host.name
+        directory.mkdir(parents=True, exist_ok=True)
+        config = node_config(
+            name=self._node(host), address=host.addr, interface="eth0",
+            etcd=[self._etcd.client_url],
+            seeds=[f"{seed.addr}:{GOSSIP_PORT}"] if seed is not None else [],
+            sections={"node": {"state_dir": str(directory), "log_level": "info"},
+                      "gossip": {"profile": "lan", "port": GOSSIP_PORT, "encrypt": False},
+                      "api": {"socket": self._socket(host)},
+                      "store": {"lease_ttl": 10}})
+        path = directory / "agent.toml"
+        path.write_text(render_toml(config))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VXMESH_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        return lab.spawn(host, [sys.executable, "-m", "agent.cli", "agent", "--config",
+                                str(path)], env=env, cwd=ROOT)
+
+    def parse(self, text: str) -> Observed | None:
+        found = self._failed.search(text)
+        if found is None:
+            return None
+        return Observed("failed", found.group(1).removeprefix(self._lab_prefix))
+
+    def _alive_seen(self, agent: AgentProcess) -> set[str]:
+        try:
+            members = self._client(agent.host).request("GET", "/v1/members")
+        except CliError:
+            return set()
+        return {str(m["name"]).removeprefix(self._lab_prefix) for m in members
+                if m.get("state") == "alive"}
+
+    def wait_started(self, agent: AgentProcess, deadline: float) -> bool:
+        while time.monotonic() < deadline and agent.alive():
+            with contextlib.suppress(CliError):
+                if self._client(agent.host).request("GET", "/v1/status").get("ready"):
+                    return True
+            time.sleep(0.1)
+        return False
+
+    def wait_converged(self, agents: Sequence[AgentProcess], deadline: float) -> float | None:
+        want = {a.host.name for a in agents}
+        pending = list(agents)
+        latest = 0.0
+        while pending and time.monotonic() < deadline:
+            for agent in list(pending):
+                if want <= self._alive_seen(agent) | {agent.host.name}:
+                    latest = time.monotonic()
+                    pending.remove(agent)
+            time.sleep(0.02)
+        return None if pending else latest
+
+    def _create_endpoint(self, host: LabHost, name: str) -> dict[str, object]:
+        record = self._client(host).request("POST", "/v1/endpoints",
+                                            {"name": name, "network": BENCH_NETWORK})
+        assert isinstance(record, dict)
+        self._endpoints.append((host, record))
+        return record
+
+    def _kernel_has(self, host: LabHost, mac: str) -> bool:
+        shown = subprocess.run(["ip", "netns", "exec", host.netns, "bridge", "fdb", "show"],
+                               capture_output=True, text=True, timeout=10).stdout
+        return mac.lower() in shown.lower()
+
+    def _setup_network(self, lab: BenchLab) -> None:
+        """The network, one endpoint per host, every kernel holding every endpoint."""
+        seed = lab.hosts[0]
+        self._client(seed).request("POST", "/v1/networks",
+                                   {"name": BENCH_NETWORK, "subnet": "10.200.0.0/16"})
+        known = {str(n["name"]) for n in self._client(seed).request("GET", "/v1/networks")}
+        if BENCH_NETWORK not in known:
+            raise RuntimeError(f"network {BENCH_NETWORK} not created")
+        alive = [a.host for a in lab.agents if a.alive()]
+        for host in alive:
+            deadline = time.monotonic() + 30
+            while True:  # the network reaches each agent through its etcd watch
+                try:
+                    self._create_endpoint(host, f"b{host.name}")
+                    break
+                except CliError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+        macs = [str(r["mac"]) for _, r in self._endpoints]
+        for host in alive:
+            def complete(host: LabHost = host) -> bool:
+                return all(self._kernel_has(host, mac) for mac in macs)
+
+            if not wait_until(complete, 60, poll=0.2):
+                raise RuntimeError(f"{host.name}'s kernel did not get every endpoint")
+        for host in alive:
+            self._monitors[host.name] = lab.spawn(host, ["bridge", "monitor", "fdb"])
+
+    def publish_update(self, lab: BenchLab, host: LabHost, key: str) -> None:
+        if not self._monitors:
+            self._setup_network(lab)
+        record = self._create_endpoint(host, f"u{len(self._endpoints)}")
+        self._keys[key] = str(record["mac"]).lower()
+        self._created = (host.name, time.monotonic())
+
+    def wait_update(self, lab: BenchLab, agents: Sequence[AgentProcess], key: str,
+                    published: float, deadline: float) -> list[float | None]:
+        mac = self._keys[key]
+        arrivals: list[float | None] = []
+        for agent in agents:
+            if agent.host.name == self._created[0]:
+                arrivals.append(self._created[1])
+                continue
+            line = self._monitors[agent.host.name].wait_line(
+                lambda text: mac in text.lower() and "Deleted" not in text, deadline, published)
+            arrivals.append(None if line is None else line.at)
+        return arrivals
+
+    def cleanup(self, lab: BenchLab) -> None:
+        for host, record in reversed(self._endpoints):
+            with contextlib.suppress(CliError):
+                self._client(host).request("DELETE", f"/v1/endpoints/{record['name']}")
+        for _host, record in self._endpoints:  # those of a killed agent: its namespaces
+            netns = record.get("netns")
+            if isinstance(netns, str) and netns and Path(f"/run/netns/{netns}").exists():
+                subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=10)
+        self._endpoints.clear()
+        for monitor in self._monitors.values():
+            monitor.stop(grace=1.0)
+        self._monitors.clear()
+
+    def finish(self) -> None:
+        """After the agents stopped: etcd and the work directory."""
+        if self._etcd is not None:
+            self._etcd.stop()
+            self._etcd = None
+        if self._work is not None:
+            shutil.rmtree(self._work, ignore_errors=True)
+            self._work = None
+
+
 SYSTEMS: dict[str, Callable[[], GossipSystem]] = {
     "serf": SerfSystem,
-    "vxmesh": GossipDriverSystem,
+    "vxmesh": AgentSystem,
+    "vxmesh-gossip": GossipDriverSystem,
 }
 
 
@@ -169,32 +424,9 @@ def _round(value: float | int | None) -> float | int | None:
     return round(value, 4) if isinstance(value, float) else value
 
 
-def _first(system: GossipSystem, agent: AgentProcess, kind: str, subject: str, since: float,
-           deadline: float) -> float | None:
-    def match(text: str) -> bool:
-        return system.parse(text) == Observed(kind, subject)
-
-    line = agent.wait_line(match, deadline, since)
-    return None if line is None else line.at
-
-
-def _converged(system: GossipSystem, agents: Sequence[AgentProcess], deadline: float,
-               since: float = 0.0) -> float | None:
-    """Time every agent has seen every other join (after `since`), or None at the deadline."""
-    latest = since
-    for agent in agents:
-        for other in agents:
-            if other is agent:
-                continue
-            at = _first(system, agent, "joined", other.host.name, since, deadline)
-            if at is None:
-                return None
-            latest = max(latest, at)
-    return latest
-
-
 def _failures_between(system: GossipSystem, agents: Sequence[AgentProcess], start: float,
                       end: float) -> int:
+    """Failure events in [start, end], summed over observers."""
     count = 0
     for agent in agents:
         for line in agent.lines():
@@ -204,25 +436,6 @@ def _failures_between(system: GossipSystem, agents: Sequence[AgentProcess], star
     return count
 
 
-def _all_alive_again(system: GossipSystem, agents: Sequence[AgentProcess],
-                     timeout: float) -> bool:
-    """Every observer's newest join/failed event about every member is a join (bounded)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        healthy = True
-        for agent in agents:
-            last: dict[str, str] = {}
-            for line in agent.lines():
-                seen = system.parse(line.text)
-                if seen is not None and seen.kind in ("joined", "failed"):
-                    last[seen.subject] = seen.kind
-            healthy = healthy and all(v == "joined" for v in last.values())
-        if healthy:
-            return True
-        time.sleep(0.5)
-    return False
-
-
 def measure(system: GossipSystem, lab: BenchLab, *, repeats: int, idle_window: float,
             loss_window: float, timeout: float, log: Callable[[str], None]) -> Measured:
     """Run every measurement of one system on `lab`; agents are stopped before returning."""
@@ -230,18 +443,19 @@ def measure(system: GossipSystem, lab: BenchLab, *, repeats: int, idle_window: f
     hosts = lab.hosts
     seed = hosts[0]
     try:
+        system.prepare(lab)
         first = system.start(lab, seed, None)
-        if _first(system, first, "joined", seed.name, 0.0, time.monotonic() + timeout) is None:
+        if not system.wait_started(first, time.monotonic() + timeout):
             result.notes.append(f"first agent did not start: {first.last_words()}")
             return result
         agents = [first] + [system.start(lab, host, seed) for host in hosts[1:-1]]
-        if _converged(system, agents, time.monotonic() + timeout) is None:
+        if system.wait_converged(agents, time.monotonic() + timeout) is None:
             result.notes.append(f"{len(agents)} agents did not converge in {timeout} s")
             return result
         # Join of the last node.
         joined_from = time.monotonic()
         agents.append(system.start(lab, hosts[-1], seed))
-        converged = _converged(system, agents, joined_from + timeout, since=0.0)
+        converged = system.wait_converged(agents, joined_from + timeout)
         if converged is None:
             result.notes.append("last node's join did not converge")
             return result
@@ -254,8 +468,7 @@ def measure(system: GossipSystem, lab: BenchLab, *, repeats: int, idle_window: f
             key = f"bench{repeat}x{lab.n}"
             published = time.monotonic()
             system.publish_update(lab, seed, key)
-            arrivals = [_first(system, a, "update", key, published, published + timeout)
-                        for a in agents]
+            arrivals = system.wait_update(lab, agents, key, published, published + timeout)
             if None in arrivals:
                 result.notes.append(f"update {key} did not reach every node")
                 continue
@@ -277,15 +490,16 @@ def measure(system: GossipSystem, lab: BenchLab, *, repeats: int, idle_window: f
         result.false_positives = _failures_between(system, agents, loss_from,
                                                    time.monotonic())
         log(f"  {system.name} n={lab.n}: false positives {result.false_positives}")
-        if result.false_positives and not _all_alive_again(system, agents, timeout):
+        if result.false_positives and system.wait_converged(
+                agents, time.monotonic() + timeout) is None:
             result.notes.append("membership did not heal after the loss window")
 
         # Detection of a kill -9.
         victim = agents[len(agents) // 2]
         killed_at = victim.kill9()
         survivors = [a for a in agents if a is not victim]
-        detected = [_first(system, a, "failed", victim.host.name, killed_at,
-                           killed_at + timeout) for a in survivors]
+        detected = [system.first(a, "failed", victim.host.name, killed_at,
+                                 killed_at + timeout) for a in survivors]
         seen = [d - killed_at for d in detected if d is not None]
         if seen:
             result.detect_first_s = min(seen)
@@ -297,9 +511,13 @@ def measure(system: GossipSystem, lab: BenchLab, *, repeats: int, idle_window: f
             f"all {result.detect_all_s}")
         return result
     finally:
-        for agent in lab.agents:
-            agent.stop()
-        lab.agents.clear()
+        try:
+            system.cleanup(lab)
+        finally:
+            for agent in lab.agents:
+                agent.stop()
+            lab.agents.clear()
+            system.finish()
 
 
 # Target per metric: (limit as a multiple of serf's figure, "lower is better").
@@ -334,17 +552,26 @@ def _fmt(value: float | int | None) -> str:
 
 
 def render_table(rows: Sequence[dict[str, object]]) -> str:
-    lines = ["| N | metric | serf | vxmesh | vxmesh/serf | target |",
-             "|---|---|---|---|---|---|"]
-    for row in rows:
-        serf = row.get("serf", {})
-        vx = row.get("vxmesh", {})
-        assert isinstance(serf, dict) and isinstance(vx, dict)
-        for metric in METRICS:
-            s, v = serf.get(metric), vx.get(metric)
-            lines.append(f"| {row['n']} | {metric} | {_fmt(s)} | {_fmt(v)} | {ratio(s, v)} | "
-                         f"{verdict(metric, s, v)} |")
-    return "\n".join(lines)
+    """One table per vxmesh variant measured, each beside serf with the ratio and target."""
+    variants = [name for name in SYSTEMS if name != "serf" and any(name in r for r in rows)]
+    tables = []
+    for variant in variants or ["vxmesh"]:
+        lines = [f"| N | metric | serf | {variant} | {variant}/serf | target |",
+                 "|---|---|---|---|---|---|"]
+        for row in rows:
+            serf = row.get("serf", {})
+            ours = row.get(variant, {})
+            assert isinstance(serf, dict) and isinstance(ours, dict)
+            for metric in METRICS:
+                s, v = serf.get(metric), ours.get(metric)
+                lines.append(f"| {row['n']} | {metric} | {_fmt(s)} | {_fmt(v)} | "
+                             f"{ratio(s, v)} | {verdict(metric, s, v)} |")
+        measured = [r.get(variant) for r in rows]
+        via = next((m.get("dissemination_via") for m in measured if isinstance(m, dict)), None)
+        if via:
+            lines.append(f"\n{variant} dissemination: {via}.")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

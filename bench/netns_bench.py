@@ -60,9 +60,10 @@ class AgentProcess:
                  cwd: Path | None = None) -> None:
         self.host = host
         self.started_at = time.monotonic()
-        # `ip netns exec` execs the command, so popen.pid is the agent's own pid.
+        # nsenter enters only the network namespace (`ip netns exec` would add a private mount
+        # namespace, hiding namespaces an agent creates) and execs: popen.pid is the agent's.
         self.popen = subprocess.Popen(
-            ["ip", "netns", "exec", host.netns, *argv], stdout=subprocess.PIPE,
+            ["nsenter", f"--net=/run/netns/{host.netns}", *argv], stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, stdin=subprocess.PIPE, text=True, bufsize=1,
             env=env, cwd=cwd)
         self.pid = self.popen.pid
@@ -177,10 +178,12 @@ class BenchLab:
         self.hosts: list[LabHost] = []
         self.agents: list[AgentProcess] = []
         self._lossy: list[LabHost] = []
+        self.switch = ""
+        self.prefix = self._netns.prefix
 
     def __enter__(self) -> BenchLab:
         try:
-            switch = self._netns.underlay_bridge()
+            self.switch = switch = self._netns.underlay_bridge()
             for index in range(1, self.n + 1):
                 name = f"h{index}"
                 netns = self._netns.ns(name)
@@ -194,6 +197,10 @@ class BenchLab:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def add_switch_address(self, cidr: str) -> None:
+        """Give the switch's bridge an address (for a service all hosts reach, e.g. etcd)."""
+        run(["ip", "addr", "add", cidr, "dev", "br0"], netns=self.switch)
 
     def spawn(self, host: LabHost, argv: Sequence[str], env: dict[str, str] | None = None,
               cwd: Path | None = None) -> AgentProcess:

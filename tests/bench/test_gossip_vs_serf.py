@@ -1,4 +1,4 @@
-"""bench/gossip_vs_serf.py in its smallest mode: a 2-host lab, serf only, JSON last line."""
+"""bench/gossip_vs_serf.py in its smallest mode: a 2-host lab, serf and vxmesh agents, JSON."""
 
 from __future__ import annotations
 
@@ -15,12 +15,15 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 @pytest.mark.kernel
 @pytest.mark.slow
+@pytest.mark.etcd
 @pytest.mark.skipif(shutil.which("serf") is None, reason="needs the serf binary (Debian serf)")
-def test_smallest_serf_run_prints_json_rows() -> None:
+@pytest.mark.skipif(shutil.which("etcd") is None, reason="needs the etcd server binary")
+def test_smallest_run_prints_json_rows() -> None:
     done = subprocess.run(
-        [sys.executable, str(BENCH / "gossip_vs_serf.py"), "--sizes", "2", "--systems", "serf",
+        [sys.executable, str(BENCH / "gossip_vs_serf.py"), "--sizes", "2",
+         "--systems", "serf,vxmesh",
          "--loss-window", "1", "--idle-window", "0.5", "--repeats", "1", "--timeout", "20",
-         "--json"], capture_output=True, text=True, timeout=90, check=True)
+         "--json"], capture_output=True, text=True, timeout=110, check=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     [row] = result["rows"]
     assert row["n"] == 2
@@ -33,4 +36,10 @@ def test_smallest_serf_run_prints_json_rows() -> None:
     assert serf["false_positives"] == 0
     assert 0 <= serf["cpu_pct"] < 50
     assert 1 < serf["rss_mb"] < 200
+    vxmesh = row["vxmesh"]
+    assert vxmesh["notes"] == []
+    for metric in ("join_s", "detect_first_s", "detect_all_s", "dissemination_s", "cpu_pct",
+                   "rss_mb"):
+        assert isinstance(vxmesh[metric], float), (metric, vxmesh)
+    assert vxmesh["false_positives"] == 0
     assert "| 2 | detect_all_s |" in done.stdout
