@@ -414,7 +414,7 @@ def run_scenario(scenario: str, nodes: int, seed: int, *, profile: str = "lan",
     duration = defaults[scenario] if duration is None else duration
     wall_start = time.perf_counter()
     rng = random.Random(f"scenario:{seed}")
-    formed = nodes - (max(1, nodes // 100) if joiners is None else joiners) \
+    formed = max(1, nodes - (max(1, nodes // 100) if joiners is None else joiners)) \
         if scenario == "join" else nodes
     sim = Simulation(nodes, seed=seed, config=config, loss=loss, formed=formed)
     grace = config.suspicion_max_s(nodes) + 4 * config.probe_interval_s
@@ -436,7 +436,7 @@ def run_scenario(scenario: str, nodes: int, seed: int, *, profile: str = "lan",
         join_at = 1.0
         sim.run_until(join_at)
         for index in range(formed, nodes):
-            sim.start_node(index, rng.sample(range(formed), 3))
+            sim.start_node(index, rng.sample(range(formed), min(3, formed)))
         result.converged_s = run_checking(duration, sim.views_converged, join_at)
         sim.run_until(duration)
     elif scenario in ("fail", "loss"):
@@ -538,7 +538,8 @@ def format_table(results: list[ScenarioResult]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Scenarios (simulated time; the cluster starts formed unless the scenario says so):
-    join: N - J formed, J = N/100 (min 1) new nodes join through 3 seeds at t = 1 s;
+    join: N - J formed, J = --joiners (default N/100, min 1) new nodes join through 3 seeds
+        at t = 1 s (J = N - 1: cold start, everyone joins through node 0);
         converged_s = until every node sees every node alive.
     fail: a random node crashes at t = 5 s; detect_first_s / detect_all_s.
     loss: like fail with --loss (default 0.1) on every datagram; false_positives.
@@ -558,6 +559,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="datagram loss probability (default 0.1 for loss, else 0)")
     parser.add_argument("--duration", type=float, default=None,
                         help="simulated seconds (default depends on the scenario)")
+    parser.add_argument("--joiners", type=int, default=None,
+                        help="join scenario: nodes joining the formed cluster at t = 1 s "
+                             "(default N/100; N-1 is a cold start through one seed)")
     parser.add_argument("--profile", choices=(*PROFILES, "both"), default="lan",
                         help="config preset; 'both' runs lan and the memberlist baseline")
     parser.add_argument("--json", action="store_true",
@@ -567,11 +571,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--nodes: need at least 4, got {args.nodes}")
     if args.loss is not None and not 0.0 <= args.loss < 1.0:
         parser.error(f"--loss: must be in [0, 1), got {args.loss}")
+    if args.joiners is not None and not 1 <= args.joiners < args.nodes:
+        parser.error(f"--joiners: must be in [1, nodes), got {args.joiners}")
     if args.duration is not None and args.duration <= 0:
         parser.error(f"--duration: must be > 0, got {args.duration}")
     profiles = ["lan", "memberlist"] if args.profile == "both" else [args.profile]
     results = [run_scenario(args.scenario, args.nodes, args.seed, profile=p, loss=args.loss,
-                            duration=args.duration) for p in profiles]
+                            duration=args.duration, joiners=args.joiners) for p in profiles]
     print(f"scenario={args.scenario} nodes={args.nodes} seed={args.seed} "
           f"loss={results[0].loss}")
     print(format_table(results))

@@ -190,7 +190,8 @@ class SwimStatistics:
 
 
 class _Node:
-    __slots__ = ("addr", "incarnation", "meta", "name", "state", "state_change", "suspicion")
+    __slots__ = ("addr", "incarnation", "meta", "name", "packed", "packed_key", "state",
+                 "state_change", "suspicion")
 
     def __init__(self, name: str, addr: Addr, meta: bytes, incarnation: int,
                  state: MemberState, now: float) -> None:
@@ -201,6 +202,17 @@ class _Node:
         self.state = state
         self.state_change = now
         self.suspicion: _Suspicion | None = None
+        self.packed = b""
+        self.packed_key: tuple[object, ...] = ()
+
+    def record(self) -> bytes:
+        """This member as a packed push-pull record (cached while unchanged)."""
+        key = (self.incarnation, self.state, self.addr, self.meta)
+        if key != self.packed_key:
+            self.packed = encode_member_record(MemberRecord(self.name, self.addr, self.meta,
+                                                            self.incarnation, self.state))
+            self.packed_key = key
+        return self.packed
 
     def snapshot(self) -> Member:
         return Member(self.name, self.addr, self.meta, self.state, self.incarnation)
@@ -446,10 +458,19 @@ class Swim:
         For a simulation or test that starts from a formed cluster; a live node learns
         members through `join` and `merge_push_pull_chunk`.
         """
+        fresh: list[str] = []
+        nodes, others, index = self._nodes, self._others, self._others_index
         for record in records:
-            if record.name not in self._nodes:
-                self._add(_Node(record.name, record.addr, record.meta, record.incarnation,
-                                record.state, now))
+            if record.name not in nodes:
+                nodes[record.name] = _Node(record.name, record.addr, record.meta,
+                                           record.incarnation, record.state, now)
+                index[record.name] = len(others)
+                others.append(record.name)
+                self._counts[record.state] += 1
+                if record.state <= _SUSPECT:
+                    fresh.append(record.name)
+        self._rng.shuffle(fresh)
+        self._probe_order.extend(fresh)
         # Re-draw the push-pull phase for the size of the cluster we now belong to.
         self._push_pull_token += 1
         period = self.config.push_pull_interval_for(self.cluster_size())
@@ -482,8 +503,7 @@ class Swim:
         packed: list[bytes] = []
         size = 0
         for node in self._nodes.values():
-            record = encode_member_record(MemberRecord(node.name, node.addr, node.meta,
-                                                       node.incarnation, node.state))
+            record = node.record()
             if size + len(record) > limit:
                 chunks.append(encode_members_chunk(packed))
                 packed, size = [], 0

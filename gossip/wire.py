@@ -333,13 +333,22 @@ def encode_user_state_chunk(payload: bytes) -> bytes:
     return bytes((WIRE_VERSION,)) + _packer.pack([ChunkType.USER_STATE, payload])
 
 
+_STATES = tuple(MemberState)
+
+
 def _decode_record(item: object) -> MemberRecord:
-    f = _fields(item, 6, "member record")
-    state = f[5]
+    if type(item) is not list or len(item) != 6:
+        raise WireError("member record: expected 6 fields")
+    name, host, port, meta, incarnation, state = item
     if type(state) is not int or not 0 <= state <= 3:
         raise WireError("member record: state out of range")
-    return MemberRecord(_name(f[0], "member record.name"), _addr(f[1], f[2]), _meta(f[3]),
-                        _uint(f[4], "member record.incarnation"), MemberState(state))
+    if type(name) is not str or not 0 < len(name) <= MAX_NAME_CHARS:
+        name = _name(name, "member record.name")
+    if type(incarnation) is not int or not 0 <= incarnation < 2**64:
+        incarnation = _uint(incarnation, "member record.incarnation")
+    if type(meta) is not bytes or len(meta) > MAX_META_BYTES:
+        meta = _meta(meta)
+    return MemberRecord(name, _addr(host, port), meta, incarnation, _STATES[state])
 
 
 def decode_chunk(data: bytes) -> list[MemberRecord] | bytes | None:

@@ -37,7 +37,7 @@ def test_no_false_positives_at_ten_percent_loss() -> None:
 
 
 def test_a_partition_is_seen_and_heals_to_one_view() -> None:
-    result = run_scenario("partition", N, seed=14, cut_s=45.0, duration=5.0 + 45.0 + 60.0)
+    result = run_scenario("partition", N, seed=14, cut_s=60.0, duration=5.0 + 60.0 + 60.0)
     assert result.detect_all_s is not None          # each side saw the other fail
     assert result.converged_s is not None and result.converged_s <= 60.0
     assert result.false_positives == 0
