@@ -104,6 +104,9 @@ class StoreConfig:
     retry_interval: float = field(default=1.0, metadata=_doc(
         "pause between reconnection attempts while etcd is down", "seconds",
         minimum=0.05, maximum=60.0))
+    reclaim_grace: float = field(default=3600.0, metadata=_doc(
+        "a host unregistered this long has left for good: its address blocks are freed",
+        "seconds", minimum=60.0, maximum=30 * 86400.0))
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ import sys
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -245,6 +246,8 @@ class Agent:
             nursery.start_soon(self.store.run_health_probe)
             await nursery.start(self.store.run_network_watch)
             nursery.start_soon(self._follow_networks)
+            nursery.start_soon(partial(self.store.run_block_reclaimer,
+                                       grace=config.store.reclaim_grace))
             # 5. gossip: our own endpoints are published before we join
             self.table = NeighborTable(self.node, self.facts.address)
             self._republish_local_endpoints()

@@ -74,7 +74,7 @@ class AgentMetrics:
             registry=self.registry)
         self.propagation = Histogram(
             "vxmesh_endpoint_propagation_seconds",
-            "Time from an endpoint change at its owner to this host's kernel holding it.",
+            "Time from an endpoint change reaching this host to this host's kernel holding it.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=self.registry)
         self.registry.register(_SnapshotCollector(snapshot))

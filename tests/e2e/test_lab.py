@@ -8,9 +8,12 @@ asks; the whole module takes about 90 s of its 6-minute budget).
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -20,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from agent.cli import CliError
 from agent.lab import Lab, LabHost, LabState
 from tests.test_agent_metrics import REQUIRED
 
@@ -240,3 +244,34 @@ def test_metrics_scrape_holds_every_metric(lab: tuple[Lab, LabState]) -> None:
         checked = subprocess.run(["promtool", "check", "metrics"], input=text, text=True,
                                  capture_output=True, timeout=60)
         assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_key_rotation_and_sighup_reload_keep_the_cluster_whole(
+        lab: tuple[Lab, LabState]) -> None:
+    the_lab, state = lab
+    new_key = base64.b64encode(os.urandom(32)).decode()
+    old_key = the_lab.client(state.hosts[0]).request("GET", "/v1/keys")["primary"]
+    for action in ("install", "use"):
+        for host in state.hosts:
+            the_lab.client(host).request("POST", f"/v1/keys/{action}", {"key": new_key})
+    # The last host learns the removal from its keyring file and SIGHUP, as an operator would.
+    last = state.hosts[-1]
+    for host in state.hosts[:-1]:
+        the_lab.client(host).request("POST", "/v1/keys/remove", {"key": old_key})
+    keyring = Path(last.directory) / "state" / "keyring.json"
+    keyring.write_text(json.dumps({"primary": new_key, "keys": [new_key]}))
+    assert last.pid is not None
+    os.kill(last.pid, signal.SIGHUP)
+    the_lab.wait_for(lambda: the_lab.client(last).request("GET", "/v1/keys")["keys"]
+                     == [new_key], "h5 to reload its keyring", 10)
+    for host in state.hosts:
+        keys = the_lab.client(host).request("GET", "/v1/keys")
+        assert keys == {"primary": new_key, "keys": [new_key], "encrypt": True}
+    names = {h.node for h in state.hosts}
+    start = time.monotonic()
+    while time.monotonic() - start < 3:  # a few probe rounds on the new key only
+        for host in state.hosts:
+            assert names <= the_lab.alive_members(host)
+        time.sleep(0.5)
+    with pytest.raises(CliError, match="primary"):
+        the_lab.client(state.hosts[0]).request("POST", "/v1/keys/remove", {"key": new_key})
