@@ -96,3 +96,15 @@ def test_derived_values() -> None:
     assert config.node_name == "h1"
     assert config.keyring_path == Path("/s/keyring.json")
     assert config.socket_mode_bits == 0o660
+
+
+def test_agent_refuses_to_start_on_a_bad_key_naming_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.cli import EXIT_USAGE, main
+
+    bad = tmp_path / "agent.toml"
+    bad.write_text('[gossip]\nport = 7946\nprofil = "lan"\n')
+    assert main(["agent", "--config", str(bad)]) == EXIT_USAGE
+    assert "gossip.profil" in capsys.readouterr().err
+    assert main(["agent", "--config", str(tmp_path / "absent.toml")]) == EXIT_USAGE
+    assert "does not exist" in capsys.readouterr().err
