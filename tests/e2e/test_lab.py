@@ -139,16 +139,19 @@ def test_graceful_stop_withdraws_entries_in_under_a_second(lab: tuple[Lab, LabSt
     h5 = state.hosts[4]
     ip5 = _ip(the_lab, h5)
     others = state.hosts[:4]
+    assert h5.pid is not None
     start = time.monotonic()
-    the_lab.stop_agent(state, h5)
-    gone = the_lab.wait_for(lambda: all(ip5 not in _visible_ips(the_lab, h)
-                                        and ip5 not in _kernel_neighbors(h) for h in others),
-                            "h5's endpoint to leave every other host", 10.0)
+    os.kill(h5.pid, signal.SIGTERM)
+    the_lab.wait_for(lambda: all(ip5 not in _visible_ips(the_lab, h)
+                                 and ip5 not in _kernel_neighbors(h) for h in others),
+                     "h5's endpoint to leave every other host", 10.0, interval=0.01)
     took = time.monotonic() - start
+    the_lab.stop_agent(state, h5)  # reaps it (it exits by itself after leaving)
     the_lab.start_agent(state, h5)
     the_lab.wait_agent_ready(h5, 30)
     _wait_everyone_has(the_lab, state, {ip5})
-    assert took < GRACEFUL_TARGET + 0.5, f"stop + withdrawal took {took:.2f} s ({gone:.2f} s)"
+    print(f"graceful stop: SIGTERM to gone everywhere {took:.2f} s")
+    assert took < GRACEFUL_TARGET, f"SIGTERM to withdrawal everywhere took {took:.2f} s"
 
 
 def test_removing_a_whole_host_withdraws_it_within_the_detection_target(
@@ -172,6 +175,7 @@ def test_removing_a_whole_host_withdraws_it_within_the_detection_target(
         the_lab.start_agent(state, h4)
     the_lab.wait_agent_ready(h4, 30)
     _wait_everyone_has(the_lab, state, {ip4}, timeout=30)
+    print(f"host removed: withdrawn everywhere after {took:.1f} s")
     assert took <= DETECTION_TARGET, f"withdrawn after {took:.1f} s"
 
 
