@@ -411,11 +411,13 @@ class Measured:
     false_positives: int | None = None
     cpu_pct: float | None = None
     rss_mb: float | None = None
+    dissemination_samples: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self, system: GossipSystem) -> dict[str, object]:
         row: dict[str, object] = {m: _round(getattr(self, m)) for m in METRICS}
         row["dissemination_via"] = system.dissemination_via
+        row["dissemination_samples_s"] = [round(x, 4) for x in self.dissemination_samples]
         row["notes"] = self.notes
         return row
 
@@ -474,6 +476,7 @@ def measure(system: GossipSystem, lab: BenchLab, *, repeats: int, idle_window: f
                 continue
             samples.append(max(a for a in arrivals if a is not None) - published)
             time.sleep(0.3)
+        result.dissemination_samples = samples
         if samples:
             result.dissemination_s = statistics.median(samples)
             log(f"  {system.name} n={lab.n}: dissemination {samples}")
