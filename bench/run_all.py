@@ -16,12 +16,14 @@ May import: the standard library only (benchmarks are run as subprocesses).
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import json
 import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -68,14 +70,32 @@ def run_bench(name: str, args: Sequence[str], timeout: float) -> BenchRun:
     if not script.exists():
         return BenchRun(name, argv, "", None, f"{script.name} does not exist (not landed)",
                         0.0, before, before)
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, cwd=BENCH.parent)
+    errors: collections.deque[str] = collections.deque(maxlen=15)
+
+    def relay_progress() -> None:  # the bench's stderr is its progress: show it, keep a tail
+        assert process.stderr is not None
+        for line in process.stderr:
+            print(f"  {name}: {line.rstrip()}", file=sys.stderr, flush=True)
+            errors.append(line.rstrip())
+
+    relay = threading.Thread(target=relay_progress, daemon=True)
+    relay.start()
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              cwd=BENCH.parent)
-    except subprocess.TimeoutExpired as exc:
-        return BenchRun(name, argv, "", None, f"timed out after {exc.timeout:g} s",
+        stdout, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.terminate()  # the bench cleans its lab up on SIGTERM
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        return BenchRun(name, argv, "", None, f"timed out after {timeout:g} s",
                         time.monotonic() - started, before, load())
+    relay.join(timeout=5)
     wall = time.monotonic() - started
-    lines = done.stdout.rstrip("\n").splitlines()
+    lines = stdout.rstrip("\n").splitlines()
     result: dict[str, object] | None = None
     error: str | None = None
     if lines:
@@ -85,9 +105,9 @@ def run_bench(name: str, args: Sequence[str], timeout: float) -> BenchRun:
             lines = lines[:-1]
         except json.JSONDecodeError:
             error = "last output line is not JSON"
-    if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-        error = f"exit status {done.returncode}\n{tail}"
+    if process.returncode != 0:
+        tail = "\n".join(errors)
+        error = f"exit status {process.returncode}\n{tail}"
     elif result is None and error is None:
         error = "no output"
     return BenchRun(name, argv, "\n".join(lines).strip(), result, error, wall, before, load())
