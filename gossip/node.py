@@ -211,8 +211,7 @@ class GossipNode:
         assert transport is not None and self._nursery is not None
         for start in swim.push_pulls_to_start():
             self._nursery.start_soon(self._push_pull, start.addr, start.join)
-        while (event := swim.next_event()) is not None:
-            self._publish(event)
+        self._publish_events()
         for data, addr in swim.datagrams_to_send():
             await transport.send_datagram(data, addr)
 
@@ -223,6 +222,7 @@ class GossipNode:
         while True:
             data, addr = await transport.receive_datagram()
             swim.receive_datagram(data, addr, trio.current_time())
+            self._publish_events()
             self._wake()
 
     async def _push_pull(self, addr: Addr, join: bool) -> bool:
@@ -240,18 +240,23 @@ class GossipNode:
 
     def _merge(self, chunk: bytes, addr: Addr, join: bool) -> bool:
         merged = self._running().merge_push_pull_chunk(chunk, addr, join, trio.current_time())
+        self._publish_events()
         self._wake()
         return merged
 
-    def _publish(self, event: MembershipEvent) -> None:
-        self._events_published += 1
-        kept = []
-        for subscription in self._subscribers:
-            before = subscription.dropped
-            if subscription._offer(event):
-                kept.append(subscription)
-                self._events_dropped += subscription.dropped - before
-        self._subscribers = kept
+    def _publish_events(self) -> None:
+        """Hand the core's events to subscribers at once (never waits), so a change seen in
+        `members()` is already in every subscriber's buffer."""
+        swim = self._running()
+        while (event := swim.next_event()) is not None:
+            self._events_published += 1
+            kept = []
+            for subscription in self._subscribers:
+                before = subscription.dropped
+                if subscription._offer(event):
+                    kept.append(subscription)
+                    self._events_dropped += subscription.dropped - before
+            self._subscribers = kept
 
     def _wake(self) -> None:
         self._wakeup.set()
