@@ -243,3 +243,15 @@ async def test_bad_input_from_a_person_is_refused_clearly() -> None:
             keyed.remove_key(key)
         assert keyed.keys() == [key]
         nursery.cancel_scope.cancel()
+
+
+async def test_ipv6_loopback_pair_probes_and_push_pulls() -> None:
+    async with trio.open_nursery() as nursery:
+        nodes = [GossipNode(CONFIG, name, ("::1", 0)) for name in ("v0", "v1")]
+        addrs = [(await start_node(nursery, node))[0] for node in nodes]
+        assert addrs[0][0] == "::1"
+        assert await nodes[1].join([addrs[0]]) == 1
+        await wait_for(lambda: all(sees_alive(n, ["v0", "v1"]) for n in nodes), "pair formed")
+        await wait_for(lambda: nodes[0].statistics().swim.probes_sent >= 2, "two probes", 5)
+        assert nodes[0].statistics().swim.probes_failed == 0
+        nursery.cancel_scope.cancel()
