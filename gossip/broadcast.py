@@ -19,6 +19,8 @@ import math
 from collections.abc import Hashable
 from dataclasses import dataclass
 
+_MAX_MISSES = 16
+
 
 @dataclass(slots=True)
 class _Pending:
@@ -82,6 +84,7 @@ class BroadcastQueue:
         chosen: list[_Pending] = []
         remaining = limit
         floor = overhead + self._smallest
+        misses = 0
         for level in sorted(self._levels):
             for item in reversed(self._levels[level].values()):
                 cost = overhead + len(item.payload)
@@ -90,7 +93,13 @@ class BroadcastQueue:
                     remaining -= cost
                     if remaining < floor:
                         break
-            if remaining < floor:
+                else:
+                    # A nearly full packet: stop looking after a few misses rather than
+                    # walking a long queue for a tiny item.
+                    misses += 1
+                    if misses > _MAX_MISSES:
+                        break
+            if remaining < floor or misses > _MAX_MISSES:
                 break
         if not chosen:
             return []
@@ -112,6 +121,7 @@ class BroadcastQueue:
         self._levels.clear()
         self._by_key.clear()
         self._size = 0
+        self._smallest = 1 << 30
 
     def _remove(self, item: _Pending) -> None:
         level = self._levels[item.transmits]

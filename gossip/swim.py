@@ -14,8 +14,9 @@ happens here, so the caller moves opaque bytes only.
 
 Protocol (memberlist's algorithms, our structure):
 - probing: members in a shuffled round-robin order; a direct ping, then after the (awareness
-  scaled) probe timeout `indirect_checks` ping-reqs with nack; at the end of the probe interval
-  an unanswered target is suspected. Pings to a suspect carry the suspicion so it can refute.
+  scaled) probe timeout `indirect_checks` ping-reqs with nack plus one direct retry (where
+  memberlist would try TCP); at the end of the probe interval an unanswered target is
+  suspected. Pings to a suspect carry the suspicion so it can refute.
 - suspicion (Lifeguard): the timeout starts at `suspicion_max_s(n)` and shrinks to
   `suspicion_min_s(n)` as independent suspicions of the same member arrive; when it runs out
   the member is declared failed (a DEAD message). A member told it is suspect or dead refutes
@@ -658,6 +659,9 @@ class Swim:
         if probe is not self._probe or probe.acked:
             return
         target = probe.target
+        # A second direct try: memberlist falls back to a TCP ping here; a UDP retry is what
+        # a pure core can do, and it halves false suspicions on a lossy path.
+        self._send(probe.addr, [encode_message(Ping(probe.seq, target))])
         helpers = self._random_members(self.config.indirect_checks,
                                        lambda n: n.state == _ALIVE and n.name != target)
         if not helpers:

@@ -260,13 +260,26 @@ def _fields(item: object, count: int, kind: str) -> list[object]:
     return item
 
 
+def _is_uint(value: object) -> bool:
+    return type(value) is int and 0 <= value < 2**64
+
+
+def _is_name(value: object) -> bool:
+    return type(value) is str and 0 < len(value) <= MAX_NAME_CHARS
+
+
 def _decode_message(item: object) -> Message | UnknownMessage:
     if type(item) is not list or not item:
         raise WireError("message: expected a non-empty array")
     code = item[0]
     if type(code) is not int:
         raise WireError("message: type is not an integer")
+    size = len(item)
+    # Fast paths for the frequent, well-formed cases; anything else falls through to the
+    # field-by-field checks below, which name what is wrong.
     if code == MessageType.PING:
+        if size == 3 and _is_uint(item[1]) and _is_name(item[2]):
+            return Ping(item[1], item[2])
         f = _fields(item, 3, "ping")
         return Ping(_uint(f[1], "ping.seq"), _name(f[2], "ping.target"))
     if code == MessageType.ACK:
@@ -274,16 +287,21 @@ def _decode_message(item: object) -> Message | UnknownMessage:
         return Ack(_uint(f[1], "ack.seq"))
     if code == MessageType.ALIVE:
         f = _fields(item, 6, "alive")
+        meta = f[5]
+        if not (type(meta) is bytes and len(meta) <= MAX_META_BYTES):
+            meta = _meta(meta)
         return Alive(_uint(f[1], "alive.incarnation"), _name(f[2], "alive.node"),
-                     _addr(f[3], f[4]), _meta(f[5]))
-    if code == MessageType.SUSPECT:
-        f = _fields(item, 4, "suspect")
-        return Suspect(_uint(f[1], "suspect.incarnation"), _name(f[2], "suspect.node"),
-                       _name(f[3], "suspect.sender"))
-    if code == MessageType.DEAD:
-        f = _fields(item, 4, "dead")
-        return Dead(_uint(f[1], "dead.incarnation"), _name(f[2], "dead.node"),
-                    _name(f[3], "dead.sender"))
+                     _addr(f[3], f[4]), meta)
+    if code == MessageType.SUSPECT or code == MessageType.DEAD:
+        if size == 4 and _is_uint(item[1]) and _is_name(item[2]) and _is_name(item[3]):
+            kind = Suspect if code == MessageType.SUSPECT else Dead
+            return kind(item[1], item[2], item[3])
+        what = "suspect" if code == MessageType.SUSPECT else "dead"
+        f = _fields(item, 4, what)
+        _uint(f[1], f"{what}.incarnation")
+        _name(f[2], f"{what}.node")
+        _name(f[3], f"{what}.sender")
+        raise WireError(f"{what}: malformed")  # unreachable: one of the checks raised
     if code == MessageType.INDIRECT_PING:
         f = _fields(item, 6, "indirect ping")
         if type(f[5]) is not bool:
