@@ -62,7 +62,7 @@ def test_broadcasts_respect_the_budget_and_the_transmit_limit() -> None:
     for i in range(40):
         delegate.table.put_endpoint(NET, f"10.1.0.{i + 1}", "02:00:00:00:00:01", 1.0)
     limit = delegate.retransmit_limit()
-    assert limit == 4  # alone: 4 * ceil(log10(1 + 1))
+    assert limit == 6  # alone: 6 * ceil(log10(1 + 1))
     first = delegate.get_broadcasts(overhead=2, limit=300)
     assert sum(len(p) + 2 for p in first) <= 300 and len(first) >= 5
     second = delegate.get_broadcasts(overhead=2, limit=300)
@@ -150,11 +150,11 @@ def test_decoding_random_bytes_never_raises_anything_but_wire_error(payload: byt
 
 def test_membership_events_drive_the_owner_rules_and_the_retransmit_limit() -> None:
     delegate = TableDelegate(NeighborTable("a", "192.0.2.1"), DisseminationConfig(), now=0.0)
-    assert delegate.retransmit_limit() == 4
+    assert delegate.retransmit_limit() == 6
     for i in range(150):
         member = Member(f"n{i}", ("192.0.2.9", 7000 + i), b"", MemberState.ALIVE, 1)
         delegate.member_event(MemberJoined(member), 0.0)
-    assert delegate.retransmit_limit() == 12
+    assert delegate.retransmit_limit() == 18
     failed = Member("n1", ("192.0.2.9", 7001), b"", MemberState.DEAD, 1)
     delegate.member_event(MemberSuspected(failed), 1.0)
     assert delegate.table.owner_status("n1") is OwnerStatus.ALIVE
@@ -164,3 +164,19 @@ def test_membership_events_drive_the_owner_rules_and_the_retransmit_limit() -> N
     delegate.member_event(MemberLeft(failed), 3.0)
     assert delegate.table.owner_status("n1") is OwnerStatus.LEFT
     assert delegate.statistics().alive_members == 149
+
+
+def test_out_of_scope_broadcasts_are_forwarded_once_per_version_but_not_held() -> None:
+    owner = make_delegate("a", "192.0.2.1")
+    owner.table.join_network("red", 0.0)
+    bystander = make_delegate("b", "192.0.2.2")  # only in NET
+    bystander.get_broadcasts(2, 1400)
+    owner.table.put_endpoint("red", "10.2.0.1", "02:00:00:00:00:01", 1.0)
+    payloads = owner.get_broadcasts(2, 1400)
+    for payload in payloads + payloads:  # duplicated delivery
+        bystander.notify_user_msg(payload, 1.0)
+    assert bystander.table.endpoints("red") == []
+    assert bystander.table.statistics().out_of_scope == 2
+    forwarded = [r for p in bystander.get_broadcasts(2, 1400) for r in decode_records(p, 1.0)]
+    assert [(r.network, r.ip) for r in forwarded if isinstance(r, Entry)] == [("red", "10.2.0.1")]
+    assert bystander.statistics().forwarded == 1

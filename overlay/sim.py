@@ -1,0 +1,405 @@
+"""Simulation of the replicated neighbor table on the real SWIM core (`gossip.sim.Simulation`).
+
+Owns: the scenario behind `python -m overlay.sim` and its measurements. Every node runs the real
+`gossip.swim.Swim` with a real `TableDelegate` over a real `NeighborTable`; the gossip simulator
+provides the seeded fake network (loss, latency, TCP push-pull). Nothing here decides anything
+the product does; it only drives and measures.
+
+Scenario (simulated time):
+- t = 0: the cluster is formed (as after a completed join) and every table holds the warm state
+  (every node's endpoints of its networks, every membership record), as after a push-pull.
+- from `warmup_s` for `duration_s`: endpoint changes at `churn` per second cluster-wide (Poisson
+  arrivals), each at a random live node: half of them change the MAC of one of its endpoints, the
+  others add an endpoint (below E) or delete one (at E or above).
+- at a third of the churn window one random node is killed (crash, no leave).
+- after the churn, the run settles for `settle_s`; then stale and missing entries are counted.
+
+Measurements: converged_* = from a change at its owner until every live node of that network
+holds it (or a newer version of the same key), from the exact merge times; detect_all_s = until
+every live node's SWIM declared the killed node failed; withdraw_all_s = until no live node's
+view shows any entry of the killed node; stale_entries = visible entries whose owner is dead, or
+no longer has them at that version; missing_entries = live entries of live owners that a node of
+that network does not hold at the owner's version; bytes_per_node_s = UDP + push-pull bytes over
+the churn window per node. The same run without churn (same seed, same kill) is the baseline.
+
+Usage:
+    python -m overlay.sim --nodes N --endpoints-per-node E --churn R --loss P --seed S
+        [--duration SECONDS] [--network-size M] [--json]
+
+Imports: gossip, overlay and the standard library; `time` only for the wall-clock figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+
+from gossip.config import SwimConfig
+from gossip.sim import Simulation
+from gossip.swim import MemberFailed, MembershipEvent
+from overlay.dissemination import TableDelegate
+from overlay.table import Entry, Merge, NeighborTable, Record
+
+_VTEP_BASE = ipaddress.ip_address("100.64.0.0")  # simulated VTEPs: never used as addresses
+
+
+@dataclass
+class TableSimResult:
+    """What one run measured (times in simulated seconds; None: never reached)."""
+
+    nodes: int
+    endpoints: int  # endpoints per node at the start
+    networks: int
+    churn: float
+    loss: float
+    seed: int
+    duration_s: float
+    changes: int = 0
+    converged_p50_s: float | None = None
+    converged_p99_s: float | None = None
+    converged_max_s: float | None = None
+    unconverged: int = 0  # changes some interested node never got
+    detect_all_s: float | None = None
+    withdraw_all_s: float | None = None
+    stale_entries: int = 0
+    missing_entries: int = 0
+    bytes_per_node_s: float = 0.0
+    udp_bytes_per_node_s: float = 0.0
+    push_pull_bytes_per_node_s: float = 0.0
+    decode_errors: int = 0
+    wall_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Change:
+    start: float
+    version: int
+    waiting: set[int]
+
+
+class _ObservedTable(NeighborTable):
+    """A real NeighborTable that reports each accepted remote record to the run (measurement)."""
+
+    run: _Run
+    index: int
+
+    def merge(self, record: Record, now: float, *, relay: bool = False) -> Merge:
+        result = super().merge(record, now, relay=relay)
+        if result is Merge.ACCEPTED and isinstance(record, Entry):
+            self.run.accepted(self.index, record, now)
+        return result
+
+
+class _Run:
+    def __init__(self, nodes: int, endpoints: int, churn: float, loss: float, seed: int,
+                 duration_s: float, network_size: int, warmup_s: float, settle_s: float) -> None:
+        self.rng = random.Random(f"overlay-sim:{seed}")
+        self.churn_rng = random.Random(f"overlay-sim:churn:{seed}")
+        self.endpoints = endpoints
+        self.churn = churn
+        self.duration_s = duration_s
+        self.warmup_s = warmup_s
+        self.settle_s = settle_s
+        size = nodes if network_size <= 0 else network_size
+        self.network_count = max(1, math.ceil(nodes / size))
+        self.network_of = [f"net{i % self.network_count}" for i in range(nodes)]
+        self.members_of: dict[str, list[int]] = {}
+        for index, network in enumerate(self.network_of):
+            self.members_of.setdefault(network, []).append(index)
+        self.tables: list[_ObservedTable] = []
+        self.delegates: list[TableDelegate] = []
+        self.pending: dict[tuple[str, str, str], list[_Change]] = {}
+        self.latencies: list[float] = []
+        self.index_of: dict[str, int] = {}
+        self.next_ip = [0] * nodes
+        self.target = -1
+        self.detected: dict[int, float] = {}
+        self.result = TableSimResult(nodes, endpoints, self.network_count, churn, loss, seed,
+                                     duration_s)
+        self.sim = Simulation(nodes, seed=seed, config=SwimConfig.lan(), loss=loss,
+                              delegate_factory=self._make_delegate)
+        self.sim.add_observer(self._observe)
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def _make_delegate(self, index: int, name: str) -> TableDelegate:
+        now = self.sim.now if hasattr(self, "sim") else 0.0  # None yet while it is built
+        table = _ObservedTable(name, str(_VTEP_BASE + index))
+        table.run, table.index = self, index
+        table.join_network(self.network_of[index], now)
+        delegate = TableDelegate(table, now=now)
+        if index < len(self.tables):
+            self.tables[index], self.delegates[index] = table, delegate
+        else:
+            self.tables.append(table)
+            self.delegates.append(delegate)
+        self.index_of[name] = index
+        return delegate
+
+    def warm_start(self) -> None:
+        """Every table gets its networks' endpoints and all memberships (shared objects)."""
+        for index, table in enumerate(self.tables):
+            for _ in range(self.endpoints):
+                self._add_endpoint(index, 0.0)
+            table.records_to_send()
+        memberships = [r for t in self.tables for r in t.records() if not isinstance(r, Entry)]
+        own = [list(t.endpoints()) for t in self.tables]  # before any table learns its peers'
+        for index, table in enumerate(self.tables):
+            delegate = self.delegates[index]
+            for node in self.sim.nodes:
+                if node.index != index:
+                    delegate.member_alive(node.name, node.addr, 0.0)
+            for membership in memberships:
+                table.merge(membership, 0.0)
+            for peer in self.members_of[self.network_of[index]]:
+                if peer != index:
+                    for entry in own[peer]:
+                        table.merge(entry, 0.0)
+            table.records_to_send()
+            while table.next_event() is not None:
+                pass
+        self.pending.clear()
+
+    def _add_endpoint(self, index: int, now: float) -> Entry:
+        self.next_ip[index] += 1
+        n = self.next_ip[index]
+        ip = f"fd00:{index:x}::{n:x}" if n % 2 else f"10.{index >> 8 & 255}.{index & 255}.{n}"
+        mac = f"02:{index >> 16 & 255:02x}:{index >> 8 & 255:02x}:{index & 255:02x}:" \
+              f"{n >> 8 & 255:02x}:{n & 255:02x}"
+        return self.tables[index].put_endpoint(self.network_of[index], ip, mac, now)
+
+    # -- driving ----------------------------------------------------------------------------
+
+    def _observe(self, index: int, event: MembershipEvent, now: float) -> None:
+        self.delegates[index].member_event(event, now)
+        if isinstance(event, MemberFailed) and self.index_of.get(event.member.name) == \
+                self.target and index not in self.detected:
+            self.detected[index] = now
+
+    def _tick(self) -> None:
+        now = self.sim.now
+        for node in self.sim.nodes:
+            if node.up:
+                self.delegates[node.index].handle_timeout(now)
+        self.sim.at(now + 1.0, self._tick)
+
+    def _change(self) -> None:
+        now = self.sim.now
+        up = [n.index for n in self.sim.nodes if n.up]
+        index = self.churn_rng.choice(up)
+        table = self.tables[index]
+        network = self.network_of[index]
+        mine = [e for e in table.endpoints(network) if e.owner == table.node]
+        roll = self.churn_rng.random()
+        if mine and roll < 0.5:
+            old = self.churn_rng.choice(mine)
+            mac = bytes([6]) + self.churn_rng.getrandbits(40).to_bytes(5, "big")
+            record = table.put_endpoint(network, old.ip, mac.hex(":"), now)
+        elif mine and len(mine) >= self.endpoints:
+            record = table.delete_endpoint(network, self.churn_rng.choice(mine).ip, now)
+        else:
+            record = self._add_endpoint(index, now)
+        waiting = {i for i in self.members_of[network] if i != index and self.sim.nodes[i].up}
+        self.pending.setdefault(record.key, []).append(_Change(now, record.version, waiting))
+        self.result.changes += 1
+
+    def accepted(self, index: int, record: Entry, now: float) -> None:
+        changes = self.pending.get(record.key)
+        if not changes:
+            return
+        for change in changes:
+            if change.version <= record.version and index in change.waiting:
+                change.waiting.discard(index)
+                if not change.waiting:
+                    self.latencies.append(now - change.start)
+        self.pending[record.key] = [c for c in changes if c.waiting]
+        if not self.pending[record.key]:
+            del self.pending[record.key]
+
+    def kill(self) -> None:
+        self.target = self.rng.choice([n.index for n in self.sim.nodes if n.up])
+        victim = self.tables[self.target]
+        shown = [e for e in victim.endpoints() if e.owner == victim.node]
+        kill_at = self.sim.now
+        self.sim.kill(self.target)
+        for key in [k for k in self.pending if k[1] == victim.node]:
+            del self.pending[key]  # changes of a dead owner never converge: not counted
+        for changes in self.pending.values():
+            for change in changes:
+                change.waiting.discard(self.target)
+        watchers = {i for i in self.members_of[self.network_of[self.target]]
+                    if i != self.target}
+
+        def shows_victim(table: NeighborTable) -> bool:
+            for e in shown:
+                held = table.lookup(e.network, e.ip)
+                if held is not None and held.owner == victim.node:
+                    return True
+            return False
+
+        def withdraw_check() -> None:
+            for i in list(watchers):
+                if not shows_victim(self.tables[i]):
+                    watchers.discard(i)
+            if watchers:
+                self.sim.at(self.sim.now + 0.01, withdraw_check)
+            elif self.result.withdraw_all_s is None:
+                self.result.withdraw_all_s = self.sim.now - kill_at
+
+        self.kill_at = kill_at
+        self.sim.at(kill_at + 0.01, withdraw_check)
+
+    def run(self) -> TableSimResult:
+        wall = time.perf_counter()
+        self.warm_start()
+        sim = self.sim
+        sim.at(0.5, self._tick)
+        start = self.warmup_s
+        end = start + self.duration_s
+        if self.churn > 0:
+            t = start + self.churn_rng.expovariate(self.churn)
+            while t < end:
+                sim.at(t, self._change)
+                t += self.churn_rng.expovariate(self.churn)
+        sim.at(start + self.duration_s / 3, self.kill)
+        sim.run_until(start)
+        before = (sim.counters.datagram_bytes, sim.counters.push_pull_bytes)
+        sim.run_until(end)
+        udp = sim.counters.datagram_bytes - before[0]
+        push_pull = sim.counters.push_pull_bytes - before[1]
+        sim.run_until(end + self.settle_s)
+        self._finish(udp, push_pull)
+        self.result.wall_s = time.perf_counter() - wall
+        return self.result
+
+    # -- results ----------------------------------------------------------------------------
+
+    def _finish(self, udp: int, push_pull: int) -> None:
+        r = self.result
+        per = r.nodes * self.duration_s
+        r.udp_bytes_per_node_s = udp / per
+        r.push_pull_bytes_per_node_s = push_pull / per
+        r.bytes_per_node_s = (udp + push_pull) / per
+        r.unconverged = sum(len(changes) for changes in self.pending.values())
+        if self.latencies:
+            ordered = sorted(self.latencies)
+            r.converged_p50_s = _percentile(ordered, 0.50)
+            r.converged_p99_s = _percentile(ordered, 0.99)
+            r.converged_max_s = ordered[-1]
+        live = [n.index for n in self.sim.nodes if n.up]
+        if live and all(i in self.detected for i in live):
+            r.detect_all_s = max(self.detected[i] for i in live) - self.kill_at
+        r.decode_errors = sum(d.statistics().decode_errors for d in self.delegates)
+        alive = set(live)
+        for index in live:
+            table = self.tables[index]
+            for entry in table.endpoints():
+                owner = self.index_of[entry.owner]
+                truth = self.tables[owner].get(entry.network, entry.owner, entry.ip) \
+                    if owner in alive else None
+                if truth is None or truth.deleted or truth.version != entry.version:
+                    r.stale_entries += 1
+        for owner in live:
+            mine = [e for e in self.tables[owner].endpoints()
+                    if e.owner == self.tables[owner].node]
+            for peer in self.members_of[self.network_of[owner]]:
+                if peer == owner or peer not in alive:
+                    continue
+                table = self.tables[peer]
+                for entry in mine:
+                    held = table.lookup(entry.network, entry.ip)
+                    if held is None or held.version != entry.version:
+                        r.missing_entries += 1
+        if r.unconverged:
+            r.notes.append(f"{r.unconverged} changes not held by every interested node")
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def run_table_sim(nodes: int, endpoints: int, churn: float, loss: float, seed: int, *,
+                  duration_s: float = 30.0, network_size: int = 0, warmup_s: float = 2.0,
+                  settle_s: float = 10.0) -> TableSimResult:
+    """One run of the scenario in the module docstring."""
+    if nodes < 4:
+        raise ValueError(f"nodes: need at least 4, got {nodes}")
+    if endpoints < 1:
+        raise ValueError(f"endpoints-per-node: need at least 1, got {endpoints}")
+    if churn < 0:
+        raise ValueError(f"churn: must be >= 0 changes per second, got {churn}")
+    if not 0.0 <= loss < 1.0:
+        raise ValueError(f"loss: must be in [0, 1), got {loss}")
+    if duration_s <= 0:
+        raise ValueError(f"duration: must be > 0 seconds, got {duration_s}")
+    if network_size < 0 or 0 < network_size < 2:
+        raise ValueError(f"network-size: 0 (one network) or at least 2, got {network_size}")
+    return _Run(nodes, endpoints, churn, loss, seed, duration_s, network_size, warmup_s,
+                settle_s).run()
+
+
+_COLUMNS = ("changes", "converged_p50_s", "converged_p99_s", "converged_max_s", "unconverged",
+            "detect_all_s", "withdraw_all_s", "stale_entries", "missing_entries",
+            "bytes_per_node_s", "udp_bytes_per_node_s", "push_pull_bytes_per_node_s",
+            "decode_errors", "wall_s")
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m overlay.sim",
+                                     description="Neighbor table over SWIM, simulated.")
+    parser.add_argument("--nodes", type=int, default=200)
+    parser.add_argument("--endpoints-per-node", type=int, default=50)
+    parser.add_argument("--churn", type=float, default=20.0,
+                        help="endpoint changes per second, cluster-wide")
+    parser.add_argument("--loss", type=float, default=0.05, help="datagram loss probability")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--duration", type=float, default=30.0,
+                        help="simulated seconds of churn")
+    parser.add_argument("--network-size", type=int, default=0,
+                        help="nodes per overlay network (0: all nodes in one network)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object as the last line")
+    args = parser.parse_args(argv)
+    try:
+        runs = [run_table_sim(args.nodes, args.endpoints_per_node, churn, args.loss, args.seed,
+                              duration_s=args.duration, network_size=args.network_size)
+                for churn in (args.churn, 0.0)]
+    except ValueError as exc:
+        parser.error(str(exc))
+    result, baseline = runs
+    print(f"nodes={result.nodes} endpoints/node={result.endpoints} networks={result.networks} "
+          f"loss={result.loss} seed={result.seed} churn window={result.duration_s:g}s")
+    print(f"{'metric':<28}{'churn ' + format(result.churn, 'g') + '/s':>16}{'no churn':>16}")
+    for column in _COLUMNS:
+        print(f"{column:<28}{_cell(getattr(result, column)):>16}"
+              f"{_cell(getattr(baseline, column)):>16}")
+    for note in result.notes:
+        print(f"note: {note}")
+    if args.json:
+        payload = result.as_dict()
+        payload["baseline"] = baseline.as_dict()
+        payload["wall_s"] = result.wall_s + baseline.wall_s
+        print(json.dumps(payload, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
