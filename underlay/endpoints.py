@@ -301,6 +301,10 @@ class Endpoints:
             net = self.config.bridge_network(record.network)
             mtu = mtu or net.mtu
             self._ensure_bridge_network(net.name)
+        if mode is Mode.OVERLAY and mtu is None:  # default: the network's (its bridge's) MTU
+            bridge_name = record.bridge or ""
+            bridge_info = self.host_nl.call_blocking(lambda ipr: links.get_link(ipr, bridge_name))
+            mtu = bridge_info.mtu if bridge_info is not None else None
         if mode in (Mode.BRIDGE, Mode.OVERLAY):
             host_ifname, netns, bridge = record.host_ifname or "", record.netns, record.bridge
             self.host_nl.call_blocking(lambda ipr: links.ensure_veth(
@@ -434,8 +438,13 @@ class Endpoints:
     def _inspect(self, record: EndpointRecord) -> Inspection:
         port_texts = tuple(str(c) for c in record.spec.claims) + \
             tuple(str(m) for m in record.spec.publish)
-        if record.netns is None:
-            return Inspection(record, None, None, None, (), port_texts)
+        if record.netns is None:  # host mode: the host's own addresses
+            def host_addresses(ipr: IPRoute) -> list[str]:
+                return [str(a.interface) for link in links.list_links(ipr) if link.name != "lo"
+                        for a in links.list_addresses(ipr, link.name)]
+
+            addresses = self.host_nl.call_blocking(host_addresses)
+            return Inspection(record, None, None, None, tuple(addresses), port_texts)
         inside = NetlinkThread(record.netns)
         try:
             def read(ipr: IPRoute) -> tuple[links.LinkInfo | None, list[str]]:

@@ -25,7 +25,9 @@ async def test_host_mode_port_conflicts_name_the_holder(site: Site) -> None:
     h1 = site.service(site.config(site.h1, "a"))
     await h1.start()
     web = await h1.create(EndpointSpec("web", Mode.HOST, claims=claims("8080/tcp")))
-    assert web.netns is None and (await h1.inspect("web")).ports == ("0.0.0.0:8080/tcp",)
+    looked = await h1.inspect("web")
+    assert web.netns is None and looked.ports == ("0.0.0.0:8080/tcp",)
+    assert "10.0.0.1/24" in looked.addresses
     # A second host-mode web server on the same port: refused, naming the endpoint.
     for clash in ("8080/tcp", "10.0.0.1:8080/tcp", "[::]:8080/tcp"):
         with pytest.raises(EndpointConflict, match=r"held by endpoint 'web'"):

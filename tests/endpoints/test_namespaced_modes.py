@@ -34,7 +34,7 @@ async def test_none_mode_has_loopback_only(site: Site) -> None:
 
 def _vxlan(netns: str, local: str, remote: str) -> None:
     """A hand-built VXLAN segment (VNI 42) on bridge vxbr42, flooding to the other VTEP."""
-    run(["ip", "link", "add", "vxbr42", "type", "bridge"], netns=netns)
+    run(["ip", "link", "add", "vxbr42", "mtu", "1450", "type", "bridge"], netns=netns)
     run(["ip", "link", "add", "vxlan42", "type", "vxlan", "id", "42", "local", local,
          "dstport", "4789", "nolearning"], netns=netns)
     run(["ip", "link", "set", "vxlan42", "master", "vxbr42", "mtu", "1450", "up"], netns=netns)
@@ -49,7 +49,7 @@ async def test_overlay_endpoints_talk_across_hosts_and_nowhere_else(site: Site) 
     await h1.start()
     await h2.start()
     spec = EndpointSpec("o1", Mode.OVERLAY, network="blue", bridge="vxbr42",
-                        addresses=("10.42.0.1/24",), mtu=1450)
+                        addresses=("10.42.0.1/24",))  # MTU: the bridge's (1450)
     with pytest.raises(EndpointError, match="bridge='vxbr42'"):
         await h1.create(spec)  # the overlay network is not there yet: refused, nothing made
     assert h1.records() == [] and links.list_netns(prefix=h1.config.netns_prefix) == []
@@ -63,6 +63,7 @@ async def test_overlay_endpoints_talk_across_hosts_and_nowhere_else(site: Site) 
     assert o2.mac == "02:42:0a:2a:00:02"
     looked = await h2.inspect("o2")
     assert looked.mac == o2.mac and looked.mtu == 1450 and "fd00:42::2/64" in looked.addresses
+    assert (await h1.inspect("o1")).mtu == 1450
     site.serve(h2.exec_argv("o2", []), "tcp", "0.0.0.0", 80)
     assert site.reach(h1.exec_argv("o1", []), "tcp", "10.42.0.2", 80) == "10.42.0.1"
     # Must not: the hosts and the outside have no address on the overlay.
