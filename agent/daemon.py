@@ -557,6 +557,8 @@ class Agent:
                 self.table.join_network(network.name, trio.current_time())
                 self.gossip.records_changed()
                 self.pipeline.mark_dirty()
+                with trio.move_on_after(2.0):
+                    await self.gossip.sync_network(network.name)
             bridge = desired_state.bridge_name(network.vni)
             await self._wait_link(bridge)
             mtu = network.mtu or desired_state.overlay_mtu(self.facts.mtu, self.facts.address)

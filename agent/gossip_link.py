@@ -209,6 +209,18 @@ class GossipLink:
                     self._synced.set()
             await trio.sleep(SEED_RETRY if not self._synced.is_set() else 5 * SEED_RETRY)
 
+    async def sync_network(self, network: str) -> int:
+        """Bulk sync after joining `network` (Docker's NetworkDB does the same): push-pull with
+        up to three alive peers taking part in it, so its existing endpoints, whose broadcasts
+        we dropped as out of scope before joining, arrive now. Returns how many answered."""
+        peers = [m for m in self.gossip.members()
+                 if m.name != self.node and m.state == MemberState.ALIVE]
+        in_network = set(self.table.network_peers(network))
+        peers.sort(key=lambda m: (m.name not in in_network, m.name))
+        if not peers:
+            return 0
+        return await self.gossip.join([m.addr for m in peers[:3]])
+
     async def leave(self) -> None:
         """Graceful leave: peers mark us left at once and drop our entries."""
         if self._running:

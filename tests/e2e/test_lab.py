@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from agent.cli import CliError
-from agent.lab import Lab, LabHost, LabState
+from agent.lab import Lab, LabError, LabHost, LabState
 from tests.test_agent_metrics import REQUIRED
 
 pytestmark = [pytest.mark.kernel, pytest.mark.etcd, pytest.mark.slow]
@@ -73,14 +73,22 @@ def _visible_ips(lab: Lab, host: LabHost) -> set[str]:
 
 def _wait_everyone_has(lab: Lab, state: LabState, ips: set[str], timeout: float = 20.0,
                        hosts: list[LabHost] | None = None) -> float:
+    lagging: dict[str, str] = {}
+
     def done() -> bool:
+        lagging.clear()
         for host in hosts or state.hosts:
             status = lab.client(host, timeout=5).request("GET", "/v1/status")
-            if not ips <= _visible_ips(lab, host) or not status.get("in_sync"):
-                return False
-        return True
+            missing = ips - _visible_ips(lab, host)
+            if missing or not status.get("in_sync"):
+                lagging[host.name] = f"missing {sorted(missing)}, in_sync {status['in_sync']}"
+        return not lagging
 
-    return lab.wait_for(done, f"every host to hold {sorted(ips)}", timeout)
+    try:
+        return lab.wait_for(done, f"every host to hold {sorted(ips)}", timeout)
+    except LabError as exc:
+        logs = "\n".join(f"--- {h.name}\n{lab.log_tail(h, 30)}" for h in state.hosts)
+        raise AssertionError(f"{exc}; lagging: {lagging}\n{logs}") from None
 
 
 def _kernel_neighbors(host: LabHost) -> str:
@@ -113,6 +121,34 @@ def test_full_mesh_reachability(lab: tuple[Lab, LabState]) -> None:
                 if done.returncode != 0:
                     failures.append(f"{src.name} -> {dst.name}")
     assert not failures, failures
+
+
+def test_a_host_joining_a_network_late_gets_its_existing_endpoints(
+        lab: tuple[Lab, LabState]) -> None:
+    the_lab, state = lab
+    h1, h2 = state.hosts[:2]
+    the_lab.client(h1).request("POST", "/v1/networks", {"name": "late",
+                                                        "subnet": "10.202.0.0/16"})
+    first = the_lab.client(h1).request("POST", "/v1/endpoints",
+                                       {"name": "early", "network": "late"})
+    sent = 'vxmesh_gossip_messages_total{direction="sent",type="table_record"}'
+    seen: list[float] = []
+
+    def broadcasts_ran_out() -> bool:  # h1 stopped retransmitting: only a sync can help h2
+        seen.append(the_lab.scrape(h1).get(sent, 0.0))
+        return len(seen) >= 5 and seen[-1] == seen[-5]
+
+    the_lab.wait_for(broadcasts_ran_out, "h1's broadcasts to run out", 20, interval=0.25)
+    second = the_lab.client(h2).request("POST", "/v1/endpoints",
+                                        {"name": "late", "network": "late"})
+    the_lab.wait_for(lambda: first["ip"] in {e["ip"] for e in the_lab.client(h2).request(
+        "GET", "/v1/endpoints") if e["network"] == "late"}, "h2 to learn h1's endpoint", 5)
+    assert _ping(_ep(the_lab, h2, "late"), first["ip"]).returncode == 0
+    the_lab.client(h1).request("DELETE", "/v1/endpoints/early")
+    the_lab.client(h2).request("DELETE", "/v1/endpoints/late")
+    the_lab.wait_for(lambda: all(second["ip"] not in _kernel_neighbors(h)
+                                 and first["ip"] not in _kernel_neighbors(h)
+                                 for h in state.hosts), "the late network's entries to go", 10)
 
 
 def test_kill9_and_restart_loses_no_packet_of_a_running_stream(
