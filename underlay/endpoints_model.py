@@ -358,7 +358,8 @@ def resolve(spec: EndpointSpec, config: EndpointsConfig,
             others: list[EndpointRecord]) -> EndpointRecord:
     """Validate `spec` for its mode and resolve it into a record in state `creating`."""
     try:
-        spec = dataclasses.replace(spec, mode=Mode(spec.mode))
+        spec = dataclasses.replace(spec, mode=Mode(spec.mode), addresses=tuple(spec.addresses),
+                                   publish=tuple(spec.publish), claims=tuple(spec.claims))
     except ValueError:
         raise EndpointSpecError(
             f"mode={spec.mode!r}: expected one of {[m.value for m in Mode]}") from None
