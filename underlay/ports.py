@@ -74,15 +74,26 @@ def socket_owners(inode: int) -> list[SocketOwner]:
     target = f"socket:[{inode}]"
     owners = []
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            fds = os.listdir(f"/proc/{entry.name}/fd")
-            if not any(os.readlink(f"/proc/{entry.name}/fd/{fd}") == target for fd in fds):
-                continue
-            with open(f"/proc/{entry.name}/comm") as comm:
-                program = comm.read().strip()
-        except OSError:
-            continue  # exited or not ours to read
-        owners.append(SocketOwner(int(entry.name), program))
+        if entry.name.isdigit() and _holds(entry.name, target):
+            try:
+                with open(f"/proc/{entry.name}/comm") as comm:
+                    program = comm.read().strip()
+            except OSError:
+                continue  # exited meanwhile
+            owners.append(SocketOwner(int(entry.name), program))
     return owners
+
+
+def _holds(pid: str, target: str) -> bool:
+    """True when process `pid` has a descriptor on `target`; fds closing meanwhile are skipped."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False  # exited, or not ours to read
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                return True
+        except OSError:
+            continue
+    return False
