@@ -118,3 +118,28 @@ def test_nat_table_text() -> None:
     assert replace_transaction("vxmesh", config.bridges, []) == (
         "table ip vxmesh\ndelete table ip vxmesh\n")
     assert "flush" not in replace_transaction("vxmesh", config.bridges, [web])
+
+
+ports_st = st.integers(min_value=1, max_value=65535)
+protos = st.sampled_from(["tcp", "udp"])
+
+
+@given(ports_st, ports_st, protos, st.one_of(st.none(), st.ip_addresses(v=4).map(str)))
+def test_port_mapping_text_round_trips(host_port: int, port: int, proto: str,
+                                       host_ip: str | None) -> None:
+    mapping = PortMapping(host_port, port, proto, host_ip)
+    assert parse_port_mapping(str(mapping)) == mapping
+
+
+@given(ports_st, protos, st.ip_addresses().map(str))
+def test_port_claim_text_round_trips(port: int, proto: str, address: str) -> None:
+    claim = PortClaim(proto, address, port)
+    assert parse_port_claim(str(claim)) == claim
+
+
+@given(st.lists(st.tuples(ports_st, ports_st), max_size=4), st.integers(2, 6))
+def test_bridge_records_survive_json(pairs: list[tuple[int, int]], host: int) -> None:
+    spec = EndpointSpec("app", Mode.BRIDGE, addresses=(f"172.29.0.{host}/29",),
+                        publish=tuple(PortMapping(a, b) for a, b in pairs))
+    record = resolve(spec, CONFIG, [])
+    assert record_from_json(record_to_json(record)) == record
