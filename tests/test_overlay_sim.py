@@ -6,7 +6,11 @@ import json
 
 import pytest
 
+from gossip.config import SwimConfig
+from gossip.sim import Simulation
+from overlay.dissemination import TableDelegate
 from overlay.sim import main, run_table_sim
+from overlay.table import NeighborTable
 
 
 @pytest.mark.slow
@@ -45,3 +49,39 @@ def test_cli_refuses_bad_values_naming_them(capsys: pytest.CaptureFixture[str]) 
     with pytest.raises(SystemExit):
         main(["--nodes", "2"])
     assert "nodes" in capsys.readouterr().err
+
+
+def test_restarted_owner_refutes_its_old_entries_through_the_real_core() -> None:
+    tables: dict[int, NeighborTable] = {}
+    delegates: dict[int, TableDelegate] = {}
+
+    built: list[Simulation] = []
+
+    def make(index: int, name: str) -> TableDelegate:
+        table = NeighborTable(name, f"100.64.0.{index + 1}")
+        table.join_network("blue", built[0].now if built else 0.0)
+        tables[index] = table
+        delegates[index] = TableDelegate(table, now=table.now)
+        return delegates[index]
+
+    sim = Simulation(12, seed=5, config=SwimConfig.lan(), loss=0.05, delegate_factory=make)
+    built.append(sim)
+    sim.add_observer(lambda i, event, now: delegates[i].member_event(event, now))
+    for index in range(12):
+        for other in sim.nodes:
+            if other.index != index:
+                delegates[index].member_alive(other.name, other.addr, 0.0)
+    for n in range(5):
+        tables[3].put_endpoint("blue", f"10.1.3.{n + 1}", f"02:00:00:00:03:{n + 1:02x}", 0.0)
+    sim.run_until(5.0)
+    assert all(len(tables[i].endpoints()) == 5 for i in range(12) if i != 3)
+    sim.kill(3)
+    sim.run_until(20.0)
+    assert all(tables[i].endpoints() == [] for i in range(12) if i != 3)  # withdrawn
+    sim.start_node(3, [0, 1, 2])  # same name and address, a fresh process with an empty table
+    tables[3].put_endpoint("blue", "10.1.3.9", "02:00:00:00:03:09", sim.now)
+    sim.run_until(30.0)
+    assert tables[3].statistics().refuted >= 5  # its old entries came back at it: re-deleted
+    for i in range(12):
+        if i != 3:
+            assert {e.ip for e in tables[i].endpoints()} == {"10.1.3.9"}, i
