@@ -40,7 +40,8 @@ def test_formulas_give_the_pinned_numbers(preset: str, n: int, retransmit: int, 
 
 def test_preset_timings() -> None:
     lan, wan, local, ml = (PRESETS[p] for p in ("lan", "wan", "local", "memberlist"))
-    assert (lan.probe_interval_s, lan.probe_timeout_s, lan.indirect_checks) == (1.0, 0.5, 3)
+    assert (lan.probe_interval_s, lan.probe_timeout_s, lan.indirect_checks) == (1.0, 0.5, 4)
+    assert (ml.indirect_checks, ml.suspicion_mult, ml.suspicion_confirmations) == (3, 4.0, 2)
     assert (lan.gossip_interval_s, lan.gossip_nodes, lan.udp_budget, lan.meta_limit) == (
         0.2, 3, 1400, 512)
     assert lan.reconnect_interval_s == 30.0 and ml.reconnect_interval_s is None
