@@ -47,6 +47,7 @@ from underlay.endpoints_model import (
     ListeningSocket,
     Mode,
     State,
+    claims_overlap,
     endpoint_holding,
     resolve,
     socket_holding,
@@ -264,8 +265,9 @@ class Endpoints:
         # Two claims inside one request must not overlap each other either.
         for index, claim in enumerate(claims):
             for other in claims[index + 1:]:
-                if claim == other:
-                    raise EndpointConflict(f"port {claim} is claimed twice by {record.name!r}")
+                if claims_overlap(claim, other):
+                    raise EndpointConflict(
+                        f"ports {claim} and {other} of endpoint {record.name!r} overlap")
 
     def _check_kernel(self, record: EndpointRecord) -> None:
         if record.netns is not None and links.netns_exists(record.netns):

@@ -48,8 +48,10 @@ async def test_host_mode_port_conflicts_name_the_holder(site: Site) -> None:
     udp = site.serve(nsenter(site.h1), "udp", "::", 7778)
     with pytest.raises(EndpointConflict, match=rf"bound \(:::7778/udp\) by pid {udp.pid}"):
         await h1.create(EndpointSpec("web4", Mode.HOST, claims=claims("10.0.0.1:7778/udp")))
+    with pytest.raises(EndpointConflict, match="overlap"):
+        await h1.create(EndpointSpec("web5", Mode.HOST, claims=claims("7000", "10.0.0.1:7000")))
     assert sorted(r.name for r in h1.records()) == ["a1", "a2", "dns", "web"]
-    assert h1.statistics().refused == 6
+    assert h1.statistics().refused == 7
 
     # Exec runs in the host's namespace; deleting frees the claim.
     assert "10.0.0.1/24" in (await h1.exec("web", ["ip", "-o", "addr"])).stdout
