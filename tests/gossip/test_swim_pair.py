@@ -330,3 +330,25 @@ def test_suspect_in_ping_lets_the_target_refute_on_the_spot() -> None:
     link.advance(5.0)
     assert a.state_of("b") is MemberState.ALIVE
     assert any(isinstance(e, MemberRecovered) for e in link.events["a"])
+
+
+def test_push_pull_state_is_chunked_within_the_limit_and_merges_whole() -> None:
+    import random
+
+    from gossip.wire import MemberRecord
+
+    records = [MemberRecord(f"m{i:05d}", ("10.2.0.1", 7946), os.urandom(300), 0,
+                            MemberState.ALIVE) for i in range(600)]
+    big = Swim(LAN, "big", ("10.0.0.1", 7946), meta=b"", rng=random.Random(1), now=0.0)
+    big.adopt_members(records, 0.0)
+    chunks = big.push_pull_state(join=False)
+    assert len(chunks) >= 3
+    assert all(len(c) <= LAN.push_pull_chunk_limit for c in chunks)
+    fresh = Swim(LAN, "fresh", ("10.0.0.2", 7946), meta=b"", rng=random.Random(2), now=0.0)
+    for chunk in chunks:
+        assert fresh.merge_push_pull_chunk(chunk, big.addr, False, 1.0)
+    assert fresh.statistics().members_alive == 601
+    joined = 0
+    while (event := fresh.next_event()) is not None:
+        joined += isinstance(event, MemberJoined)
+    assert joined == 601
