@@ -336,6 +336,15 @@ class Endpoints:
                     links.replace_route(ipr, "default", gateway=record.gateway)
 
             inside.call_blocking(configure)
+            # Hand back an endpoint that carries traffic: wait (bounded) for the link watcher.
+            ready = inside.call_blocking(lambda ipr: links.wait_operational(ipr, "eth0"))
+            if record.host_ifname is not None:
+                host_ifname = record.host_ifname
+                ready = ready and self.host_nl.call_blocking(
+                    lambda ipr: links.wait_operational(ipr, host_ifname))
+            if not ready:
+                log.warning("endpoint %r: link not operational after 10 s (busy kernel?)",
+                            record.name)
         finally:
             inside.close()
         self._step(record.name, "addresses")

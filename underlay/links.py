@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno as errno_codes
 import ipaddress
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -74,6 +75,12 @@ class LinkInfo:
     up: bool
     master: int | None
     link: int | None
+    operstate: str = "UNKNOWN"
+
+    @property
+    def operational(self) -> bool:
+        """Carrier up and activated by the kernel's link watcher (UNKNOWN: no carrier notion)."""
+        return self.up and self.operstate in ("UP", "UNKNOWN")
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,7 @@ def _to_info(msg: Any) -> LinkInfo:
         up=bool(msg["flags"] & 1),
         master=msg.get_attr("IFLA_MASTER"),
         link=msg.get_attr("IFLA_LINK"),
+        operstate=str(msg.get_attr("IFLA_OPERSTATE") or "UNKNOWN"),
     )
 
 
@@ -182,6 +190,22 @@ def set_bridge_port(ipr: IPRoute, name: str, *, hairpin: bool) -> None:
     info = _require(ipr, name)
     _kernel(f"set hairpin={hairpin} on {name!r}",
             lambda: ipr.brport("set", index=info.index, mode=1 if hairpin else 0))
+
+
+def wait_operational(ipr: IPRoute, name: str, *, timeout: float = 10.0) -> bool:
+    """Wait (at most `timeout` seconds) until link `name` is operational; False if it is not.
+
+    The kernel activates a link's queue and a bridge port's forwarding state from its link
+    watcher, which may lag seconds behind `up` on a busy host: until then frames are dropped.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        info = get_link(ipr, name)
+        if info is not None and info.operational:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
 
 
 def _adopt(ipr: IPRoute, name: str, kind: str) -> LinkInfo | None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.endpoints.lab_links import wait_links_operational
 from tests.netns import NetnsLab, run
 from underlay import links
 from underlay.endpoints import Endpoints
@@ -97,6 +98,8 @@ def site(netns_lab: NetnsLab, tmp_path: Path) -> Iterator[Site]:
     run(["ip", "addr", "add", "10.99.0.1/32", "dev", "lo"], netns=out)
     for host in (h1, h2):
         run(["ip", "route", "add", "default", "via", "10.0.0.254"], netns=host)
+    for netns in (sw, h1, h2, out):
+        wait_links_operational(netns)
     s = Site(netns_lab, tmp_path, h1, h2, out)
     try:
         yield s
