@@ -194,6 +194,7 @@ class Agent:
         self.pools: dict[str, AddressPool] = {}
         self._nursery: trio.Nursery | None = None
         self._endpoint_lock = trio.Lock()
+        self._pool_lock = trio.Lock()
         self.nl: NetlinkThread | None = None
         self.kernel: NetlinkKernel | None = None
         self.facts: UnderlayFacts | None = None
@@ -273,6 +274,7 @@ class Agent:
                 group=config.api.socket_group, error_status=error_status,
                 stats=self.api_stats, task_status=task_status))
             await nursery.start(run_watchdog, self.notifier, self._healthy)
+            nursery.start_soon(self._open_pools)
             self.ready = True
             self.notifier.ready(f"{len(self.gossip.members())} members, "
                                 f"{len(self.endpoint_service.records())} local endpoints")
@@ -598,15 +600,34 @@ class Agent:
         except UnderlayError as exc:
             raise ApiError(str(exc), 422) from None
 
+    async def _open_pools(self) -> None:
+        """Open the address pools of the networks we have endpoints in, while etcd answers,
+        so that endpoints can still be created from our blocks if it goes away later."""
+        assert self.endpoint_service is not None
+        wanted = {r.network for r in self.endpoint_service.records()
+                  if r.mode is Mode.OVERLAY and r.network}
+        while wanted:
+            for name in sorted(wanted):
+                network = self.known_networks.get(name)
+                if network is None:
+                    continue
+                try:
+                    await self._pool(network)
+                    wanted.discard(name)
+                except AgentError as exc:
+                    log.debug("address pool of %s not open yet: %s", name, exc)
+            await trio.sleep(self.config.store.retry_interval)
+
     async def _pool(self, network: Network) -> AddressPool:
-        pool = self.pools.get(network.name)
-        if pool is not None:
+        async with self._pool_lock:  # one pool (and one flusher) per network
+            pool = self.pools.get(network.name)
+            if pool is not None:
+                return pool
+            assert self.store is not None and self._nursery is not None
+            pool = await self.store.open_address_pool(network.name, self.node)
+            self.pools[network.name] = pool
+            self._nursery.start_soon(pool.run_flusher)
             return pool
-        assert self.store is not None and self._nursery is not None
-        pool = await self.store.open_address_pool(network.name, self.node)
-        self.pools[network.name] = pool
-        self._nursery.start_soon(pool.run_flusher)
-        return pool
 
     async def delete_endpoint(self, name: str) -> None:
         assert self.endpoint_service is not None and self.table is not None

@@ -192,21 +192,30 @@ class GossipLink:
                 self.delegate.handle_timeout(trio.current_time())
 
     async def _join_until_answered(self) -> None:
-        """Join seeds until one answers (their full state merged); retry while alone."""
+        """Join seeds (configured, then etcd's registry) that are not alive members yet.
+
+        Until one answers we retry every second; afterwards every five, so two groups that
+        started apart (nobody up yet when each joined) still become one cluster.
+        """
         while True:
-            if any(m.name != self.node and m.state == MemberState.ALIVE
-                   for m in self.gossip.members()):
+            alive = {m.addr for m in self.gossip.members()
+                     if m.name != self.node and m.state == MemberState.ALIVE}
+            if alive:
                 self._synced.set()
-            seeds = await self.seeds()
+            seeds = [seed for seed in await self.seeds() if seed not in alive]
             if not seeds and not self._synced.is_set():
-                log.info("no gossip seeds answered or known yet; running alone for now")
+                log.info("no gossip seeds known yet; running alone for now")
                 self._synced.set()
-            if seeds and not any(m.name != self.node for m in self.gossip.members()
-                                 if m.state == MemberState.ALIVE):
+            if seeds:
+                started = trio.current_time()
                 answered = await self.gossip.join(seeds)
+                took = trio.current_time() - started
                 if answered:
-                    log.info("joined through %d of %d seeds", answered, len(seeds))
+                    log.info("joined through %d of %d seeds in %.2f s", answered, len(seeds),
+                             took)
                     self._synced.set()
+                elif not alive:
+                    log.info("join: none of %s answered (%.2f s); retrying", seeds, took)
             await trio.sleep(SEED_RETRY if not self._synced.is_set() else 5 * SEED_RETRY)
 
     async def sync_network(self, network: str) -> int:
@@ -242,10 +251,11 @@ class GossipLink:
         own = (self.vtep, self.config.gossip.port)
         found = [parse_hostport(s, key="gossip.seeds") for s in self.config.gossip.seeds]
         if self.extra_seeds is not None:
-            try:
-                found += await self.extra_seeds()
-            except Exception as exc:  # etcd away: configured seeds only
-                log.debug("no seeds from etcd: %s", exc)
+            with trio.move_on_after(1.0):  # etcd slow or away: configured seeds only
+                try:
+                    found += await self.extra_seeds()
+                except Exception as exc:
+                    log.debug("no seeds from etcd: %s", exc)
         unique = []
         for seed in found:
             if seed != own and seed not in unique:

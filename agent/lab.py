@@ -151,23 +151,32 @@ def _pid_runs(pid: int | None, marker: str) -> bool:
 
 
 def _stop_pid(pid: int | None, marker: str, *, sig: int = signal.SIGTERM,
-              timeout: float = 10.0) -> None:
-    """Signal `pid` (if it still runs `marker`), wait up to `timeout`, then SIGKILL it."""
+              timeout: float = 10.0) -> int | None:
+    """Signal `pid` (if it still runs `marker`), wait up to `timeout`, then SIGKILL it.
+
+    Returns its exit code when it was our child (so we reaped it), else None.
+    """
     if not _pid_runs(pid, marker):
-        return
+        return None
     assert pid is not None
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and _pid_runs(pid, marker):
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
+        try:
+            reaped, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            reaped, status = 0, 0
+        if reaped:
+            return os.waitstatus_to_exitcode(status)
         time.sleep(0.02)
     if _pid_runs(pid, marker):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
+    try:
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    except ChildProcessError:
+        return None
 
 
 def _in_netns(netns: str, argv: Sequence[str], timeout: float = 30.0,
@@ -302,7 +311,8 @@ class Lab:
                 "gossip": {"profile": self.gossip_profile, "port": GOSSIP_PORT},
                 "api": {"socket": str(host.socket)},
                 "metrics": {"address": "0.0.0.0", "port": METRICS_PORT},
-                "store": {"lease_ttl": 10},
+                # A loaded CI machine can take seconds to accept a connection.
+                "store": {"lease_ttl": 10, "timeout": 5.0},
             })
         host.state_dir.mkdir(parents=True, exist_ok=True)
         write_atomically(host.config_path, render_toml(config))
@@ -329,9 +339,11 @@ class Lab:
         state.etcd_pid = None
         self.save(state)
 
-    def start_agent(self, state: LabState, host: LabHost) -> None:
+    def start_agent(self, state: LabState, host: LabHost,
+                    extra_env: dict[str, str] | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("VXMESH_")}
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(extra_env or {})
         with open(host.log_path, "ab") as log:
             process = subprocess.Popen(
                 # nsenter enters only the network namespace: `ip netns exec` would also give the
@@ -343,12 +355,14 @@ class Lab:
         host.pid = process.pid
         self.save(state)
 
-    def stop_agent(self, state: LabState, host: LabHost, *, kill: bool = False) -> None:
-        """SIGTERM (graceful leave) or SIGKILL (a crash) the host's agent."""
-        _stop_pid(host.pid, str(host.config_path),
-                  sig=signal.SIGKILL if kill else signal.SIGTERM)
+    def stop_agent(self, state: LabState, host: LabHost, *, kill: bool = False) -> int | None:
+        """SIGTERM (graceful leave) or SIGKILL (a crash) the host's agent; its exit code if
+        this process started it."""
+        code = _stop_pid(host.pid, str(host.config_path),
+                         sig=signal.SIGKILL if kill else signal.SIGTERM)
         host.pid = None
         self.save(state)
+        return code
 
     def wait_agent_ready(self, host: LabHost, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import socket as socketlib
 import subprocess
 import sys
 import time
@@ -188,6 +189,38 @@ def test_graceful_stop_withdraws_entries_in_under_a_second(lab: tuple[Lab, LabSt
     _wait_everyone_has(the_lab, state, {ip5})
     print(f"graceful stop: SIGTERM to gone everywhere {took:.2f} s")
     assert took < GRACEFUL_TARGET, f"SIGTERM to withdrawal everywhere took {took:.2f} s"
+
+
+def test_sd_notify_ready_after_sync_watchdog_stopping_and_exit_0(
+        lab: tuple[Lab, LabState], tmp_path: Path) -> None:
+    the_lab, state = lab
+    h3 = state.hosts[2]
+    notify = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(30)
+    try:
+        assert the_lab.stop_agent(state, h3) == 0  # SIGTERM: graceful leave, exit 0
+        the_lab.start_agent(state, h3, {"NOTIFY_SOCKET": str(tmp_path / "notify"),
+                                        "WATCHDOG_USEC": "1000000"})
+        assert h3.pid is not None
+        messages = [notify.recv(4096).decode()]
+        assert messages[0].startswith("READY=1")
+        status = the_lab.client(h3).request("GET", "/v1/status")
+        assert status["ready"] and status["in_sync"]  # READY came after the first full sync
+        messages += [notify.recv(4096).decode() for _ in range(2)]
+        assert messages[1:] == ["WATCHDOG=1", "WATCHDOG=1"]
+        os.kill(h3.pid, signal.SIGTERM)
+        while (message := notify.recv(4096).decode()) == "WATCHDOG=1":
+            pass
+        assert message == "STOPPING=1"
+        _, status = os.waitpid(h3.pid, 0)  # it exits by itself after leaving
+        assert os.waitstatus_to_exitcode(status) == 0
+        h3.pid = None
+    finally:
+        notify.close()
+        the_lab.start_agent(state, h3)
+        the_lab.wait_agent_ready(h3, 30)
+    _wait_everyone_has(the_lab, state, {_ip(the_lab, h3)})
 
 
 def test_removing_a_whole_host_withdraws_it_within_the_detection_target(
