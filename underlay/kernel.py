@@ -7,6 +7,10 @@ Rules:
   the exception. Calls on one namespace are serialised in submission order.
 - Named namespaces are opened with `flags=0`, so a typo raises instead of silently creating a
   new, empty namespace.
+- pyroute2 forks a helper to open a socket in (or create) a named namespace and stops it
+  with SIGTERM; a helper inheriting a Python SIGTERM handler (the agent's graceful leave, a
+  benchmark's clean-up) would run our handler instead of dying and stall each namespace
+  operation by seconds. Importing this module makes those helpers reset the handlers.
 - Cancellation: a cancelled `call` stops waiting, but a netlink request already handed to the
   thread still runs to completion (netlink requests are not interruptible).
 """
@@ -23,6 +27,7 @@ from typing import Any, TypeVar
 import outcome
 import trio
 from pyroute2 import IPRoute
+from pyroute2 import config as pyroute2_config
 from pyroute2.netlink.exceptions import NetlinkError
 
 from underlay.errors import KernelError
@@ -30,6 +35,8 @@ from underlay.errors import KernelError
 T = TypeVar("T")
 
 _STOP = object()
+
+pyroute2_config.disable_mp_signal = True
 
 
 class NetlinkThread:

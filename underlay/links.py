@@ -15,8 +15,6 @@ Rules:
 - Named namespaces are created, opened and deleted through `pyroute2.netns`; opening never
   creates (flags=0), so a typo fails instead of making an empty namespace.
 - Interface names are at most 15 bytes (IFNAMSIZ - 1); longer names are refused up front.
-- Importing this module sets pyroute2's `disable_mp_signal` (see below): the forked helpers
-  pyroute2 uses for namespaces must not run an inherited SIGTERM handler.
 
 May import: pyroute2, underlay.errors, underlay.kernel.
 """
@@ -32,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
-from pyroute2 import config as pyroute2_config
 from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
@@ -41,12 +38,6 @@ from underlay.errors import KernelError, UnderlayError
 from underlay.kernel import is_missing, netlink_errno
 
 T = TypeVar("T")
-
-# pyroute2 forks a child to open a socket in (or create) a named namespace, then stops it
-# with SIGTERM. A child inheriting a Python SIGTERM handler (an agent's graceful leave, a
-# benchmark's clean-up) would run our handler, i.e. the parent's code, instead of dying:
-# make the children reset SIGINT/SIGTERM to their defaults.
-pyroute2_config.disable_mp_signal = True
 
 IFNAME_MAX = 15
 NETNS_DIR = "/var/run/netns"
