@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -99,8 +100,12 @@ def test_derived_values() -> None:
 
 
 def test_agent_refuses_to_start_on_a_bad_key_naming_it(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from agent.cli import EXIT_USAGE, main
+
+    for name in [n for n in os.environ if n.startswith("VXMESH_")]:
+        monkeypatch.delenv(name)
 
     bad = tmp_path / "agent.toml"
     bad.write_text('[gossip]\nport = 7946\nprofil = "lan"\n')

@@ -2,7 +2,7 @@
 
 One lab serves the whole module (building it is the expensive part); every test leaves it as it
 found it: all agents running, etcd up, the underlay connected. Traffic stays inside the lab's
-namespaces. The etcd outage lasts VXMESH_E2E_ETCD_OUTAGE seconds (default 60, as the issue
+namespaces. The etcd outage lasts E2E_ETCD_OUTAGE seconds (default 60, as the issue
 asks; the whole module takes about 90 s of its 6-minute budget).
 """
 
@@ -35,7 +35,7 @@ NETWORK = "e2e"
 SUBNET = "10.201.0.0/16"
 DETECTION_TARGET = 12.0  # seconds: the gossip issue's kill-detection target (LAN preset)
 GRACEFUL_TARGET = 1.0
-OUTAGE = float(os.environ.get("VXMESH_E2E_ETCD_OUTAGE", "60"))
+OUTAGE = float(os.environ.get("E2E_ETCD_OUTAGE", "60"))
 
 
 @pytest.fixture(scope="module")
