@@ -19,7 +19,8 @@ Routes (all JSON; errors are {"error": {"status": N, "message": "..."}}):
   POST   /v1/keys/install|use|remove  {"key": b64}
   GET    /v1/fdb[?network=NAME]     desired vs kernel entries
 
-May import: trio, agent.http_server, agent.state_files, agent.errors, the standard library.
+May import: trio, agent.http_server, agent.state_files, agent.errors, underlay.endpoints_model
+(the port syntax), the standard library.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -44,7 +45,15 @@ from agent.http_server import (
     serve_http,
 )
 from agent.state_files import StateReadError, decode_key
+from underlay.endpoints_model import (
+    EndpointSpecError,
+    PortClaim,
+    PortMapping,
+    parse_port_claim,
+    parse_port_mapping,
+)
 
+T = TypeVar("T")
 ENDPOINT_MODES = ("overlay", "bridge", "host", "none", "macvlan", "ipvlan")
 PROTOCOLS = ("tcp", "udp")
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,30}$")
@@ -87,19 +96,6 @@ class Unavailable(ApiError):
 
 
 @dataclass(frozen=True)
-class PortSpec:
-    """A port a workload uses: `port/proto`, optionally published as `host_port:port/proto`."""
-
-    port: int
-    protocol: str
-    host_port: int | None = None
-
-    def render(self) -> str:
-        head = f"{self.host_port}:" if self.host_port is not None else ""
-        return f"{head}{self.port}/{self.protocol}"
-
-
-@dataclass(frozen=True)
 class NetworkSpec:
     """A validated network-create request."""
 
@@ -117,8 +113,8 @@ class EndpointSpec:
     network: str
     mode: str = "overlay"
     ip: str | None = None
-    publish: tuple[PortSpec, ...] = ()
-    ports: tuple[PortSpec, ...] = ()
+    publish: tuple[PortMapping, ...] = ()
+    ports: tuple[PortClaim, ...] = ()
 
 
 class Control(Protocol):
@@ -161,25 +157,17 @@ def _int_in(value: Any, field_name: str, low: int, high: int) -> int:
     return value
 
 
-def parse_port(text: Any, field_name: str, *, published: bool) -> PortSpec:
-    """`P/proto` (or `H:P/proto` when published) to a `PortSpec`; 400 naming the field."""
-    pattern = r"^(?:(\d+):)?(\d+)/(tcp|udp)$" if published else r"^(\d+)/(tcp|udp)$"
-    match = re.match(pattern, text) if isinstance(text, str) else None
-    shape = "HOST:PORT/tcp|udp" if published else "PORT/tcp|udp"
-    if match is None:
-        raise InvalidRequest(f"{field_name}: {text!r} is not {shape}")
-    groups = match.groups()
-    if published:
-        host, port, proto = groups
-        host_port = int(host) if host is not None else int(port)
-        spec = PortSpec(int(port), proto, host_port)
-    else:
-        port, proto = groups
-        spec = PortSpec(int(port), proto)
-    for number in (spec.port, spec.host_port):
-        if number is not None and not 1 <= number <= 65535:
-            raise InvalidRequest(f"{field_name}: {text!r} has a port outside 1-65535")
-    return spec
+def _ports(values: list[Any], field_name: str, parse: Callable[..., T]) -> tuple[T, ...]:
+    """Port texts through the endpoint model's own parser; a bad one is a 400 naming it."""
+    out = []
+    for text in values:
+        if not isinstance(text, str):
+            raise InvalidRequest(f"{field_name}: {text!r} is not a string")
+        try:
+            out.append(parse(text, field_name=field_name))
+        except EndpointSpecError as exc:
+            raise InvalidRequest(str(exc)) from None
+    return tuple(out)
 
 
 def parse_network_spec(body: Mapping[str, Any]) -> NetworkSpec:
@@ -224,8 +212,8 @@ def parse_endpoint_spec(body: Mapping[str, Any]) -> EndpointSpec:
         raise InvalidRequest(f"ports: only host endpoints claim host ports (mode is {mode!r})")
     return EndpointSpec(
         name=name, network=network, mode=mode, ip=ip,
-        publish=tuple(parse_port(p, "publish", published=True) for p in publish),
-        ports=tuple(parse_port(p, "ports", published=False) for p in ports),
+        publish=_ports(publish, "publish", parse_port_mapping),
+        ports=_ports(ports, "ports", parse_port_claim),
     )
 
 

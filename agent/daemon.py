@@ -78,8 +78,6 @@ from underlay.endpoints_model import (
     EndpointsConfig,
     EndpointSpecError,
     Mode,
-    parse_port_claim,
-    parse_port_mapping,
 )
 from underlay.endpoints_model import EndpointSpec as UnderlayEndpointSpec
 from underlay.errors import UnderlayError
@@ -537,8 +535,7 @@ class Agent:
                 name=spec.name, mode=Mode(spec.mode),
                 network=spec.network or None if spec.mode == "bridge" else None,
                 addresses=(f"{ip}/{32 if ':' not in ip else 128}",) if ip else (),
-                publish=tuple(parse_port_mapping(p.render()) for p in spec.publish),
-                claims=tuple(parse_port_claim(p.render()) for p in spec.ports))
+                publish=spec.publish, claims=spec.ports)
             record = await self._call_endpoints(self.endpoint_service.create(wanted))
             return _endpoint_json(record, self.node)
 
