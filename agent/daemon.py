@@ -289,7 +289,7 @@ class Agent:
         async def timed() -> None:
             seen = stats_before
             while True:
-                await trio.sleep(0.05)
+                await trio.sleep(0.2)  # one sample per pass at most five times a second
                 stats = reconciler.statistics()
                 if stats.applies != seen:
                     seen = stats.applies

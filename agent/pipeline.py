@@ -83,6 +83,7 @@ class Pipeline:
         self._problems: tuple[str, ...] = ()
         self._reported_problems: set[str] = set()
         self._pending: dict[tuple[str, str], float] = {}
+        self._has_pending = trio.Event()
         self._observed = 0
         self._newest: DesiredState | None = None
         self.computed = trio.Event()
@@ -102,6 +103,7 @@ class Pipeline:
         key = (network, ip)
         if key not in self._pending:
             self._pending[key] = since if since is not None else self._clock()
+            self._has_pending.set()
         self.mark_dirty()
 
     def endpoint_withdrawn(self, network: str, ip: str) -> None:
@@ -157,7 +159,11 @@ class Pipeline:
         """After each apply pass that leaves the kernel in sync, observe what was pending."""
         applies = self.reconciler.statistics().applies
         while True:
-            await trio.sleep(0.005 if self._pending else 0.05)
+            if not self._pending:
+                self._has_pending = trio.Event()
+                await self._has_pending.wait()
+                applies = self.reconciler.statistics().applies  # only passes from now count
+            await trio.sleep(0.005)
             stats = self.reconciler.statistics()
             if stats.applies == applies:
                 continue
