@@ -96,7 +96,8 @@ class StoreConfig:
     """[store]: the etcd cluster holding networks, VNIs, address blocks and the node registry."""
 
     endpoints: tuple[str, ...] = field(default=("http://127.0.0.1:2379",), metadata=_doc(
-        "etcd client URLs, tried in order", "list of http://host:port", kind="url"))
+        "etcd client URLs; the agent talks to the first (put a local proxy or load balancer"
+        " there for a cluster)", "list of http://host:port", kind="url"))
     timeout: float = field(default=2.0, metadata=_doc(
         "deadline of one etcd request", "seconds", minimum=0.05, maximum=60.0))
     lease_ttl: int = field(default=30, metadata=_doc(

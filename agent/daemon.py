@@ -215,7 +215,7 @@ class Agent:
                 await nursery.start(serve_metrics, self.metrics, config.metrics.address,
                                     config.metrics.port)
             # 2. kernel adapter
-            self.nl = NetlinkThread(None)
+            self.nl = await trio.to_thread.run_sync(NetlinkThread)
             self.kernel = NetlinkKernel(self.nl)
             # 3. underlay facts
             address = config.underlay.address
@@ -253,7 +253,6 @@ class Agent:
             store = self.store
             self.gossip = GossipLink(config, self.node, self.facts.address, self.table,
                                      on_change=self._table_changed,
-                                     probe_rtt=self.metrics.probe_rtt.observe,
                                      extra_seeds=lambda: store.gossip_seeds(exclude=self.node))
             await nursery.start(self.gossip.run)
             nursery.start_soon(self._register_node)

@@ -126,14 +126,12 @@ class GossipLink:
 
     def __init__(self, config: AgentConfig, node: str, vtep: str, table: NeighborTable, *,
                  on_change: Callable[[TableEvent], None],
-                 probe_rtt: Callable[[float], None],
                  extra_seeds: Callable[[], Awaitable[list[tuple[str, int]]]] | None = None
                  ) -> None:
         self.config = config
         self.node = node
         self.vtep = vtep
         self.table = table
-        self.probe_rtt = probe_rtt
         self.extra_seeds = extra_seeds
         self.keyring_file = read_keyring(config)
         self.keyring = self._keyring(self.keyring_file)
