@@ -302,6 +302,22 @@ def test_forged_gossip_packet_is_dropped_and_counted(lab: tuple[Lab, LabState]) 
     assert the_lab.client(h1).request("GET", "/v1/endpoints") == endpoints_before
 
 
+def test_fdb_shows_desired_equal_to_kernel(lab: tuple[Lab, LabState]) -> None:
+    the_lab, state = lab
+    h1 = state.hosts[0]
+    report = the_lab.client(h1).request("GET", f"/v1/fdb?network={NETWORK}")
+    others = {_ip(the_lab, h) for h in state.hosts[1:]}
+    vteps = {h.address for h in state.hosts[1:]}
+    kinds: dict[str, set[str]] = {}
+    for entry in report["entries"]:
+        assert entry["state"] == "ok", entry
+        kinds.setdefault(entry["kind"], set()).add(entry["key"])
+    assert kinds["neigh"] == others
+    assert kinds["flood"] == vteps
+    assert len(kinds["fdb"]) == len(others)
+    assert report["in_sync"] and not report["problems"]
+
+
 def test_metrics_scrape_holds_every_metric(lab: tuple[Lab, LabState]) -> None:
     the_lab, state = lab
     text = subprocess.run(["ip", "netns", "exec", state.hosts[0].netns, "curl", "-s",
