@@ -20,9 +20,8 @@ apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 
 if [ "$VXMESH_RUN_ETCD" = "1" ]; then
     # Debian's etcd listens on loopback only; the other machines reach it on the private network.
+    # (Name and data directory stay the package's: the member was bootstrapped with them.)
     cat > /etc/default/etcd <<CONF
-ETCD_NAME="${VXMESH_NODE}"
-ETCD_DATA_DIR="/var/lib/etcd/default"
 ETCD_LISTEN_CLIENT_URLS="${VXMESH_ETCD_URL},http://127.0.0.1:2379"
 ETCD_ADVERTISE_CLIENT_URLS="${VXMESH_ETCD_URL}"
 CONF
