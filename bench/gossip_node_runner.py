@@ -58,8 +58,7 @@ async def run_runner(name: str, bind: tuple[str, int], seed: tuple[str, int] | N
                                               "encrypt": False}})
     table = NeighborTable(name, bind[0])
     table.join_network(NETWORK, trio.current_time())
-    link = GossipLink(config, name, bind[0], table, on_change=on_table_change,
-                      probe_rtt=lambda rtt: None)
+    link = GossipLink(config, name, bind[0], table, on_change=on_table_change)
     async with trio.open_nursery() as nursery:
         await nursery.start(link.run)
         subscription = link.gossip.subscribe(capacity=4096)

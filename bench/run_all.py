@@ -21,6 +21,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import threading
@@ -30,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
+# Keys naming a ratio to a baseline: `ratio`, `ratio_min`, `ratio_to_host`, `speedup`, ...
+RATIO_KEY = re.compile(r"(^|_)(ratio|speedup)(_|$)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -118,8 +121,7 @@ def ratios(value: object, path: str = "") -> Iterator[tuple[str, object]]:
     if isinstance(value, dict):
         for key, inner in value.items():
             where = f"{path}.{key}" if path else str(key)
-            if any(word in str(key).lower() for word in ("ratio", "speedup", "vs_", "_x")) \
-                    and not isinstance(inner, dict | list):
+            if RATIO_KEY.search(str(key)) and not isinstance(inner, dict | list):
                 yield where, inner
             else:
                 yield from ratios(inner, where)
@@ -188,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(ALL), help=f"subset of {','.join(ALL)}")
     parser.add_argument("--gossip-sizes", default="5,10,20,40")
+    parser.add_argument("--gossip-systems", default="serf,vxmesh,vxmesh-gossip",
+                        help="gossip_vs_serf's --systems (default serf,vxmesh,vxmesh-gossip)")
     parser.add_argument("--loss-window", type=float, default=60.0,
                         help="gossip_vs_serf's 10%% loss window per size and system, seconds")
     parser.add_argument("--idle-window", type=float, default=10.0)
@@ -205,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"--only {args.only!r}: unknown {unknown}")
     bench_args: dict[str, list[str]] = {
-        "gossip_vs_serf": ["--sizes", args.gossip_sizes, "--loss-window", str(args.loss_window),
+        "gossip_vs_serf": ["--sizes", args.gossip_sizes, "--systems", args.gossip_systems,
+                           "--loss-window", str(args.loss_window),
                            "--idle-window", str(args.idle_window),
                            "--repeats", str(args.repeats)],
         "scale": ["--nodes", args.scale_nodes] + (
