@@ -7,7 +7,8 @@ network, once with vxmesh's `lan` preset and once with the `memberlist` preset (
 LAN defaults, the baseline serf and Docker use), and measures in simulated seconds:
 - converged_s: `join` scenario, N/100 nodes join a formed cluster; until every node sees all;
 - detect_first_s / detect_all_s: `fail` scenario, one node crashes at t = 5 s;
-- bytes_per_node_s: traffic (UDP + push-pull) per node per second over the `fail` run;
+- bytes_per_node_s: traffic per node per second over the `fail` run, and its two parts:
+  UDP gossip (SWIM: constant per member) and TCP push-pull (full state, grows with N);
 - wall_s: wall time of both scenarios for that profile (the 3,000-node point is slow).
 Prints a table with the lan/memberlist ratio, writes a PNG plot of the three metrics against
 N (log x axis, with a c*log10(N) reference so logarithmic growth can be seen) to
@@ -30,7 +31,8 @@ from gossip.sim import run_scenario
 
 OUT = Path(__file__).resolve().parent / "out"
 PROFILES = ("lan", "memberlist")
-METRICS = ("converged_s", "detect_first_s", "detect_all_s", "bytes_per_node_s", "wall_s")
+METRICS = ("converged_s", "detect_first_s", "detect_all_s", "bytes_per_node_s",
+           "udp_bytes_per_node_s", "push_pull_bytes_per_node_s", "wall_s")
 
 
 def measure(nodes: int, profile: str, seed: int, duration: float | None) -> dict[str, object]:
@@ -43,6 +45,8 @@ def measure(nodes: int, profile: str, seed: int, duration: float | None) -> dict
         "detect_first_s": fail.detect_first_s,
         "detect_all_s": fail.detect_all_s,
         "bytes_per_node_s": fail.bytes_per_node_s,
+        "udp_bytes_per_node_s": fail.udp_bytes_per_node_s,
+        "push_pull_bytes_per_node_s": fail.push_pull_bytes_per_node_s,
         "false_positives": fail.false_positives,
         "simulated_s": fail.duration_s,
         "wall_s": time.perf_counter() - started,
@@ -83,8 +87,9 @@ def plot(rows: Sequence[dict[str, object]], path: Path) -> None:
     sizes = [int(str(row["n"])) for row in rows]
     panels = (("converged_s", "join convergence (s)"),
               ("detect_all_s", "kill detected by all (s)"),
-              ("bytes_per_node_s", "bytes per node per second"))
-    figure, axes = plt.subplots(1, len(panels), figsize=(14, 4.2))
+              ("bytes_per_node_s", "bytes per node per second (all)"),
+              ("udp_bytes_per_node_s", "UDP gossip bytes per node per second"))
+    figure, axes = plt.subplots(1, len(panels), figsize=(18, 4.2))
     for axis, (metric, title) in zip(axes, panels, strict=True):
         for profile, style in zip(PROFILES, ("o-", "s--"), strict=True):
             values = []
