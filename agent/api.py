@@ -9,11 +9,12 @@ Routes (all JSON; errors are {"error": {"status": N, "message": "..."}}):
   GET    /v1/status                 node, VTEP, readiness, sync and store state, counts
   GET    /v1/members                gossip members
   GET    /v1/networks               networks (from etcd, or the last copy while etcd is away)
-  POST   /v1/networks               {"name", "subnet"?, "vni"?, "mtu"?}           -> 201
+  POST   /v1/networks               {"name", "subnet", "vni"?, "mtu"?}            -> 201
   DELETE /v1/networks/NAME
   GET    /v1/endpoints              every endpoint known (local and remote)
   GET    /v1/endpoints/NAME         one local endpoint (with its namespace, for exec)
-  POST   /v1/endpoints              {"name", "network", "mode"?, "ip"?, "publish"?, "ports"?}
+  POST   /v1/endpoints              {"name", "network" (overlay), "mode"?, "ip"?,
+                                     "publish"? (bridge), "ports"? (host)}           -> 201
   DELETE /v1/endpoints/NAME
   GET    /v1/keys                   {"primary": b64, "keys": [b64...]}
   POST   /v1/keys/install|use|remove  {"key": b64}

@@ -337,9 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     net_sub = network.add_subparsers(dest="action", required=True)
     create = net_sub.add_parser("create", parents=[common])
     create.add_argument("name")
-    create.add_argument("--subnet", help="CIDR, e.g. 10.10.0.0/16 (default: allocated)")
+    create.add_argument("--subnet", help="CIDR, e.g. 10.10.0.0/16 (needed: it is not chosen "
+                        "for you)")
     create.add_argument("--vni", type=int, help="VXLAN network id 1-16777215 (default: next)")
-    create.add_argument("--mtu", type=int, help="endpoint MTU (default: underlay MTU - 50)")
+    create.add_argument("--mtu", type=int, help="endpoint MTU (default: underlay MTU - 50, "
+                        "- 70 on an IPv6 underlay)")
     net_sub.add_parser("delete", parents=[common]).add_argument("name")
     network.set_defaults(func=cmd_network)
 
