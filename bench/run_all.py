@@ -83,10 +83,18 @@ def run_bench(name: str, args: Sequence[str], timeout: float) -> BenchRun:
             print(f"  {name}: {line.rstrip()}", file=sys.stderr, flush=True)
             errors.append(line.rstrip())
 
-    relay = threading.Thread(target=relay_progress, daemon=True)
-    relay.start()
+    output: list[str] = []
+
+    def collect_output() -> None:
+        assert process.stdout is not None
+        output.append(process.stdout.read())
+
+    readers = [threading.Thread(target=relay_progress, daemon=True),
+               threading.Thread(target=collect_output, daemon=True)]
+    for reader in readers:
+        reader.start()
     try:
-        stdout, _ = process.communicate(timeout=timeout)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.terminate()  # the bench cleans its lab up on SIGTERM
         try:
@@ -96,9 +104,10 @@ def run_bench(name: str, args: Sequence[str], timeout: float) -> BenchRun:
             process.wait()
         return BenchRun(name, argv, "", None, f"timed out after {timeout:g} s",
                         time.monotonic() - started, before, load())
-    relay.join(timeout=5)
+    for reader in readers:
+        reader.join(timeout=5)
     wall = time.monotonic() - started
-    lines = stdout.rstrip("\n").splitlines()
+    lines = "".join(output).rstrip("\n").splitlines()
     result: dict[str, object] | None = None
     error: str | None = None
     if lines:
