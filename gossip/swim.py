@@ -21,6 +21,10 @@ Protocol (memberlist's algorithms, our structure):
   `suspicion_min_s(n)` as independent suspicions of the same member arrive; when it runs out
   the member is declared failed (a DEAD message). A member told it is suspect or dead refutes
   with a higher incarnation (and counts that against its own health).
+- last-chance probes (ours): at 1/2 and 3/4 of its suspicion timeout, a node that heard no
+  refutation pings the suspect with the suspicion attached; a live member answers a stale
+  suspicion with its current alive message on the ack. This closes the gap where a node
+  missed a gossiped refutation and would declare a live member failed.
 - local health: a failed probe with missing nacks, or a refutation, raises awareness; a
   successful probe lowers it; probe interval and timeout are multiplied by awareness + 1.
 - dissemination: news is queued in a `BroadcastQueue` (transmit-limited, newer news about a
@@ -265,7 +269,11 @@ class _Relay:
 
 
 # Timer kinds.
-_PROBE, _PROBE_TIMEOUT, _GOSSIP, _PUSH_PULL, _RECONNECT, _REAP, _SUSPICION, _RELAY = range(8)
+(_PROBE, _PROBE_TIMEOUT, _GOSSIP, _PUSH_PULL, _RECONNECT, _REAP, _SUSPICION, _RELAY,
+ _LAST_CHANCE) = range(9)
+#: Fractions of a suspicion's timeout at which a node that heard no refutation pings the
+#: suspect itself (see `_last_chance_probe`).
+_LAST_CHANCE_AT = (0.5, 0.75)
 
 _ALIVE, _SUSPECT, _DEAD, _LEFT = (MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD,
                                   MemberState.LEFT)
@@ -430,6 +438,8 @@ class Swim:
                 self._relay_timed_out(arg)
             elif kind == _PUSH_PULL:
                 self._push_pull_tick(arg, now)
+            elif kind == _LAST_CHANCE:
+                self._last_chance_probe(arg)
             elif kind == _RECONNECT:
                 self._reconnect_tick(now)
             else:
@@ -872,7 +882,13 @@ class Swim:
 
     def _on_suspect(self, msg: Suspect, now: float, *, spread: bool = True) -> None:
         node = self._nodes.get(msg.node)
-        if node is None or msg.incarnation < node.incarnation:
+        if node is None:
+            return
+        if msg.incarnation < node.incarnation:
+            if node is self._self and not self._leaving:
+                # Someone still suspects an older us: repeat our alive message (it rides on
+                # the ack if this came with a ping).
+                self._announce_self(now)
             return
         if node is self._self:
             if not self._leaving:
@@ -895,10 +911,27 @@ class Swim:
                                config.suspicion_max_s(n), config.confirmations_needed(n))
         node.suspicion = suspicion
         self._at(suspicion.deadline, _SUSPICION, suspicion)
+        for fraction in _LAST_CHANCE_AT:
+            self._at(now + fraction * (suspicion.deadline - now), _LAST_CHANCE, suspicion)
         self._stats["suspicions_started"] += 1
         self._events.append(MemberSuspected(node.snapshot()))
         if spread:
             self._queue_broadcast(msg.node, encode_message(msg), now)
+
+    def _last_chance_probe(self, suspicion: _Suspicion) -> None:
+        """Ping a member we still suspect, carrying the suspicion.
+
+        The refutation of a falsely suspected member spreads by gossip; a node that missed
+        it would declare a live member failed. So before the timeout runs out, a node that
+        heard no refutation asks the member itself: an alive member answers a stale
+        suspicion with its current alive message, piggybacked on the ack.
+        """
+        node = self._nodes.get(suspicion.node)
+        if node is None or node.suspicion is not suspicion or node.state != _SUSPECT:
+            return
+        self._seq += 1
+        self._send(node.addr, [encode_message(Suspect(node.incarnation, node.name, self.name)),
+                               encode_message(Ping(self._seq, node.name))])
 
     def _suspicion_expired(self, suspicion: _Suspicion, now: float) -> None:
         node = self._nodes.get(suspicion.node)
