@@ -23,6 +23,7 @@ from gossip.swim import (
     Swim,
 )
 from gossip.wire import (
+    Ack,
     Alive,
     Dead,
     Ping,
@@ -352,3 +353,40 @@ def test_push_pull_state_is_chunked_within_the_limit_and_merges_whole() -> None:
     while (event := fresh.next_event()) is not None:
         joined += isinstance(event, MemberJoined)
     assert joined == 601
+
+
+def test_a_node_that_missed_the_refutation_asks_the_suspect_itself() -> None:
+    import random
+
+    from gossip.wire import MemberRecord
+
+    a = Swim(LAN, "a", ("10.0.0.1", 7946), meta=b"", rng=random.Random(4), now=0.0)
+    a.adopt_members([MemberRecord(f"m{i:03d}", ("10.3.0.1", 7000 + i), b"", 0,
+                                  MemberState.ALIVE) for i in range(100)], 0.0)
+    a.receive_datagram(encode_packet([encode_message(Suspect(0, "m007", "m001"))]),
+                       ("10.3.0.1", 7001), 0.0)
+    timeout = LAN.suspicion_max_s(101)
+    asked_at = []
+    now = 0.0
+    while now < timeout * 0.8:
+        now += 0.05
+        a.handle_timeout(now)
+        for data, addr in a.datagrams_to_send():
+            messages = decode_packet(data)
+            if addr == ("10.3.0.1", 7007) and Suspect(0, "m007", "a") in messages:
+                asked_at.append(now)
+    assert any(abs(t - timeout * 0.5) < 0.1 for t in asked_at)
+    assert any(abs(t - timeout * 0.75) < 0.1 for t in asked_at)
+    # The suspect, already refuted (incarnation 1), answers the stale suspicion with its
+    # alive message on the ack.
+    b = Swim(LAN, "m007", ("10.3.0.1", 7007), meta=b"", rng=random.Random(5), now=0.0)
+    b.receive_datagram(encode_packet([encode_message(Suspect(0, "m007", "x"))]), a.addr, 0.0)
+    b.datagrams_to_send()
+    assert b.incarnation == 1
+    b.receive_datagram(encode_packet([encode_message(Suspect(0, "m007", "a")),
+                                      encode_message(Ping(9, "m007"))]), a.addr, 1.0)
+    [(reply, _)] = b.datagrams_to_send()
+    assert Ack(9) in decode_packet(reply)
+    assert any(isinstance(m, Alive) and m.incarnation == 1 for m in decode_packet(reply))
+    a.receive_datagram(reply, b.addr, 1.0)
+    assert a.state_of("m007") is MemberState.ALIVE
