@@ -124,6 +124,24 @@ def test_full_mesh_reachability(lab: tuple[Lab, LabState]) -> None:
     assert not failures, failures
 
 
+def test_a_new_endpoint_reaches_every_kernel_within_a_second(
+        lab: tuple[Lab, LabState]) -> None:
+    the_lab, state = lab
+    h1, others = state.hosts[0], state.hosts[1:]
+    start = time.monotonic()
+    created = the_lab.client(h1).request("POST", "/v1/endpoints",
+                                         {"name": "fresh", "network": NETWORK})
+    took = the_lab.wait_for(lambda: all(created["ip"] in _kernel_neighbors(h) for h in others),
+                            "every kernel to hold the new endpoint", 10, interval=0.01)
+    total = time.monotonic() - start
+    print(f"propagation: API create on h1 to 4 kernels {total:.3f} s ({took:.3f} s after "
+          "the create returned)")
+    the_lab.client(h1).request("DELETE", "/v1/endpoints/fresh")
+    the_lab.wait_for(lambda: all(created["ip"] not in _kernel_neighbors(h) for h in others),
+                     "every kernel to drop it", 10, interval=0.01)
+    assert total < 1.0
+
+
 def test_a_host_joining_a_network_late_gets_its_existing_endpoints(
         lab: tuple[Lab, LabState]) -> None:
     the_lab, state = lab
