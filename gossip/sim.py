@@ -10,9 +10,15 @@ partition groups cannot reach each other (UDP or TCP); a push-pull succeeds when
 up and connected (TCP retransmits hide loss), its two halves each taking one latency.
 Only the CLI's wall-clock measurement uses `time`; the simulation never reads a clock.
 
+Profiles: `lan`, `wan`, `local` are our presets; `memberlist` is the baseline: the same core
+run with memberlist's DefaultLANConfig numbers (3 indirect checks, suspicion 4 * log10 n
+probe intervals, 2 confirmations) and no re-join of failed members, as bare memberlist.
+It is our code with their numbers, not memberlist itself.
+
 Usage (see `main`):
     python -m gossip.sim --nodes N --scenario {join,fail,loss,partition,churn} --seed S
-        [--loss P] [--duration SECONDS] [--profile {lan,wan,local,memberlist,both}] [--json]
+        [--loss P] [--duration SECONDS] [--joiners J]
+        [--profile {lan,wan,local,memberlist,both}] [--json]
 
 Imports: gossip.* and the standard library.
 """
@@ -34,7 +40,6 @@ from gossip.config import SwimConfig
 from gossip.delegate import Delegate
 from gossip.swim import (
     MemberFailed,
-    MemberJoined,
     MemberLeft,
     MembershipEvent,
     MemberState,
@@ -383,8 +388,6 @@ class _Watch:
                         n.index in seen for n in self.sim.nodes
                         if n.swim is not None and n.index != target):
                     self.left_done[target] = now - self.leaves[target]
-        elif isinstance(event, MemberJoined):
-            pass
 
     def detection(self, target: int) -> tuple[float | None, float | None]:
         kill = self.targets[target]
