@@ -11,8 +11,10 @@ For each mode a server endpoint on h1 and a client endpoint on h2:
 | host          | host-mode endpoints (the host's own stack): the baseline                  |
 | bridge_routed | bridge networks with gateway_mode=routed, hosts route each other's subnet |
 | bridge_nat    | client MASQUERADEd by h2, server reached on h1's published port (DNAT)    |
-| overlay       | overlay endpoints on a hand-built VXLAN (VNI 42, static flood entries;    |
-|               | not the dataplane reconciler), MTU 1450                                   |
+| overlay       | overlay endpoints in network "bench" (VNI 42), reconciler-programmed:     |
+|               | per host `overlay.reconciler.Reconciler` makes bridge vxbr42 + vxlan      |
+|               | vxtun42 (MTU = eth0's 1500 - 50) and the FDB, neighbor and flood entries  |
+|               | of the remote endpoint from `overlay.desired.compute_desired`             |
 | macvlan       | macvlan (bridge mode) endpoints on each host's eth0, underlay addresses   |
 
 Measured per mode: iperf3 -c, TCP, 1 stream and 4 streams (`gbps_p1`, `gbps_p4`, received
@@ -22,9 +24,16 @@ are the path's).
 `ratio_to_host` is gbps_p1 / host's gbps_p1; the table also shows the p4 and latency ratios.
 The host namespace of the machine is shared with other work: figures carry that noise.
 
+The overlay is programmed as the agent does it, in two passes per host: first the desired
+state of the network alone (members = both hosts, VTEP = eth0's address read by
+`underlay.facts.read_underlay`), so the bridge exists for the endpoints; then, once the
+endpoints exist, the desired state with the remote endpoint (its MAC and address from the
+endpoint record) and the local endpoint's host veth as a bridge port.
+
 Rules: everything runs inside namespaces this script creates and deletes (even on failure or
 Ctrl-C); processes it starts are stopped by pid.
-May import: the standard library, trio, underlay.*, bench/netns_bench.py, tests.netns.
+May import: the standard library, trio, overlay.*, underlay.*, bench/netns_bench.py,
+tests.netns, tests.endpoints.lab_links.
 """
 
 from __future__ import annotations
@@ -41,7 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,23 +60,39 @@ from netns_bench import ROOT, BenchLab, LabHost, cleanup_on_sigterm
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from overlay.desired import (
+    AliveMember,
+    EndpointEntry,
+    LocalEndpoint,
+    NetworkSpec,
+    bridge_name,
+    compute_desired,
+    overlay_mtu,
+    vxlan_name,
+)
+from overlay.reconciler import Reconciler, ReconcilerStatistics
 from tests.endpoints.lab_links import wait_links_operational
 from tests.netns import run
 from underlay import links
 from underlay.endpoints import Endpoints
 from underlay.endpoints_model import (
     BridgeNetwork,
+    EndpointRecord,
     EndpointsConfig,
     EndpointSpec,
     Mode,
     parse_port_claim,
     parse_port_mapping,
 )
+from underlay.facts import UnderlayFacts, read_underlay
+from underlay.kernel import NetlinkThread
+from underlay.netlink_ops import NetlinkKernel
 
 IPERF_PORT = 5201
 RR_PORT = 5301
 RR_REPEATS = 3  # the request/response figure is the median of this many runs
 MODES = ("host", "bridge_routed", "bridge_nat", "overlay", "macvlan")
+OVERLAY = NetworkSpec("bench", 42)  # MTU None: derived from the underlay, as in the agent
 
 
 @dataclass(frozen=True)
@@ -161,16 +186,66 @@ class Processes:
         self.procs.clear()
 
 
-def hand_built_vxlan(host: LabHost, remote: LabHost) -> None:
-    """Bridge vxbr42 + vxlan42 (VNI 42) flooding to the other host (what the reconciler makes)."""
-    ns = host.netns
-    run(["ip", "link", "add", "vxbr42", "mtu", "1450", "type", "bridge"], netns=ns)
-    run(["ip", "link", "add", "vxlan42", "mtu", "1450", "type", "vxlan", "id", "42",
-         "local", host.addr, "dstport", "4789", "nolearning"], netns=ns)
-    run(["ip", "link", "set", "vxlan42", "master", "vxbr42", "up"], netns=ns)
-    run(["ip", "link", "set", "vxbr42", "up"], netns=ns)
-    run(["bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vxlan42", "dst", remote.addr],
-        netns=ns)
+@dataclass(frozen=True)
+class OverlayNode:
+    """One lab host as the overlay's data plane sees it: node name, underlay, reconciler."""
+
+    name: str
+    underlay: UnderlayFacts
+    reconciler: Reconciler
+
+
+@contextlib.contextmanager
+def netlink_threads(hosts: Sequence[LabHost]) -> Iterator[list[NetlinkThread]]:
+    """One netlink thread per host namespace (the reconcilers' kernel), closed at exit."""
+    threads: list[NetlinkThread] = []
+    try:
+        for host in hosts:
+            threads.append(NetlinkThread(host.netns))
+        yield threads
+    finally:
+        for nl in threads:
+            nl.close()
+
+
+async def overlay_nodes(hosts: Sequence[LabHost],
+                        threads: Sequence[NetlinkThread]) -> list[OverlayNode]:
+    """A reconciler per host; the VTEP address and MTU are eth0's, read from the kernel."""
+    return [OverlayNode(host.name, await read_underlay(nl, interface="eth0"),
+                        Reconciler(NetlinkKernel(nl)))
+            for host, nl in zip(hosts, threads, strict=True)]
+
+
+async def reconcile_overlay(nodes: Sequence[OverlayNode],
+                            endpoints: Mapping[str, EndpointRecord]) -> None:
+    """Every node's reconciler applies the desired state of OVERLAY computed from the lab's
+    members and `endpoints` (node name -> its overlay endpoint record; empty: the network's
+    bridge and vxlan device only). Raises RuntimeError naming the node if anything is left."""
+    members = [AliveMember(node.name, node.underlay.address) for node in nodes]
+    entries = [EndpointEntry(OVERLAY.name, owner, record.mac or "",
+                             tuple(address.split("/")[0] for address in record.addresses))
+               for owner, record in endpoints.items()]
+    for node in nodes:
+        local = [LocalEndpoint(OVERLAY.name, record.host_ifname)
+                 for owner, record in endpoints.items()
+                 if owner == node.name and record.host_ifname is not None]
+        desired = compute_desired([OVERLAY], members, entries, local, node.underlay, node.name)
+        node.reconciler.set_desired(desired)
+        if desired.problems or not await node.reconciler.apply():
+            raise RuntimeError(f"overlay on {node.name}: problems {list(desired.problems)}, "
+                               f"{node.reconciler.statistics()}")
+
+
+def overlay_note(nodes: Sequence[OverlayNode]) -> str:
+    """What the reconcilers hold, for the notes above the table."""
+    def counts(stats: ReconcilerStatistics) -> str:
+        return (f"{stats.fdb_entries} fdb/{stats.flood_entries} flood/"
+                f"{stats.neighbor_entries} neighbor")
+    underlay = nodes[0].underlay
+    held = ", ".join(f"{node.name} {counts(node.reconciler.statistics())}" for node in nodes)
+    return (f"overlay: reconciler-programmed (overlay.reconciler from compute_desired): "
+            f"{bridge_name(OVERLAY.vni)} + {vxlan_name(OVERLAY.vni)} per host, MTU "
+            f"{overlay_mtu(underlay.mtu, underlay.address)} (eth0 {underlay.mtu}); {held}")
 
 
 def host_config(host: LabHost, index: int, state_root: Path) -> EndpointsConfig:
@@ -182,7 +257,8 @@ def host_config(host: LabHost, index: int, state_root: Path) -> EndpointsConfig:
                                subnet=f"172.30.{index}.0/24", gateway_mode="routed")))
 
 
-async def build(lab: BenchLab, state_root: Path) -> tuple[Endpoints, Endpoints, list[Target]]:
+async def build(lab: BenchLab, state_root: Path,
+                nodes: Sequence[OverlayNode]) -> tuple[Endpoints, Endpoints, list[Target]]:
     h1, h2 = lab.hosts
     for netns in (lab.switch, h1.netns, h2.netns):
         wait_links_operational(netns)
@@ -201,12 +277,13 @@ async def build(lab: BenchLab, state_root: Path) -> tuple[Endpoints, Endpoints, 
                parse_port_mapping(f"{RR_PORT + 1}:{RR_PORT}/tcp"))
     await s1.create(EndpointSpec("nat-srv", Mode.BRIDGE, network="nat", publish=publish))
     await s2.create(EndpointSpec("nat-cli", Mode.BRIDGE, network="nat"))
-    hand_built_vxlan(h1, h2)
-    hand_built_vxlan(h2, h1)
-    await s1.create(EndpointSpec("ovl-srv", Mode.OVERLAY, network="bench", bridge="vxbr42",
-                                 addresses=("10.42.0.1/24",), mtu=1450))
-    await s2.create(EndpointSpec("ovl-cli", Mode.OVERLAY, network="bench", bridge="vxbr42",
-                                 addresses=("10.42.0.2/24",), mtu=1450))
+    await reconcile_overlay(nodes, {})  # the bridges the overlay endpoints plug into
+    overlay_bridge = bridge_name(OVERLAY.vni)
+    ovl_srv = await s1.create(EndpointSpec("ovl-srv", Mode.OVERLAY, network=OVERLAY.name,
+                                           bridge=overlay_bridge, addresses=("10.42.0.1/24",)))
+    ovl_cli = await s2.create(EndpointSpec("ovl-cli", Mode.OVERLAY, network=OVERLAY.name,
+                                           bridge=overlay_bridge, addresses=("10.42.0.2/24",)))
+    await reconcile_overlay(nodes, {h1.name: ovl_srv, h2.name: ovl_cli})
     await s1.create(EndpointSpec("mv-srv", Mode.MACVLAN, addresses=("10.77.1.1/16",)))
     await s2.create(EndpointSpec("mv-cli", Mode.MACVLAN, addresses=("10.77.1.2/16",)))
     targets = [
@@ -214,7 +291,8 @@ async def build(lab: BenchLab, state_root: Path) -> tuple[Endpoints, Endpoints, 
         Target("bridge_routed", "routed-srv", "routed-cli",
                routed_srv.addresses[0].split("/")[0], IPERF_PORT, RR_PORT),
         Target("bridge_nat", "nat-srv", "nat-cli", h1.addr, IPERF_PORT + 1, RR_PORT + 1),
-        Target("overlay", "ovl-srv", "ovl-cli", "10.42.0.1", IPERF_PORT, RR_PORT),
+        Target("overlay", "ovl-srv", "ovl-cli", ovl_srv.addresses[0].split("/")[0],
+               IPERF_PORT, RR_PORT),
         Target("macvlan", "mv-srv", "mv-cli", "10.77.1.1", IPERF_PORT, RR_PORT),
     ]
     return s1, s2, targets
@@ -278,14 +356,18 @@ def endpoint_namespaces_removed(lab: BenchLab) -> Iterator[None]:
                 links.delete_netns(name)
 
 
-async def bench(seconds: int, round_trips: int) -> dict[str, Figures]:
+async def bench(seconds: int, round_trips: int) -> tuple[dict[str, Figures], str]:
+    """Figures per mode and the note on how the overlay was programmed."""
     results: dict[str, Figures] = {}
     procs = Processes()
     with tempfile.TemporaryDirectory(prefix="vxmesh-modes-") as state_root, \
-            BenchLab(2, "mod") as lab, endpoint_namespaces_removed(lab):
+            BenchLab(2, "mod") as lab, endpoint_namespaces_removed(lab), \
+            netlink_threads(lab.hosts) as threads:
         s1, s2 = None, None
         try:
-            s1, s2, targets = await build(lab, Path(state_root))
+            nodes = await overlay_nodes(lab.hosts, threads)
+            s1, s2, targets = await build(lab, Path(state_root), nodes)
+            note = overlay_note(nodes)
             for target in targets:
                 results[target.mode] = measure(s1, s2, target, procs, seconds, round_trips)
         finally:
@@ -293,7 +375,7 @@ async def bench(seconds: int, round_trips: int) -> dict[str, Figures]:
             for service in (s1, s2):
                 if service is not None:
                     service.close()
-    return results
+    return results, note
 
 
 def table(results: dict[str, Figures]) -> str:
@@ -325,9 +407,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 1 <= args.seconds <= 60 or not 10 <= args.round_trips <= 1_000_000:
         parser.error("--seconds must be 1..60 and --round-trips 10..1000000")
     with cleanup_on_sigterm():
-        results = trio.run(bench, args.seconds, args.round_trips)
+        results, note = trio.run(bench, args.seconds, args.round_trips)
     print(f"load average after: {Path('/proc/loadavg').read_text().strip()}")
-    print("overlay: hand-built VXLAN (static flood entries), not the dataplane reconciler")
+    print(note)
     print(table(results))
     if args.json:
         host = results["host"]
