@@ -52,7 +52,7 @@ from agent.gossip_link import GossipLink
 from agent.http_server import HttpServerStatistics
 from agent.metrics import AgentMetrics, MetricsSnapshot, serve_metrics
 from agent.network_cache import NetworkCache
-from agent.pipeline import DesiredInputs, Pipeline
+from agent.pipeline import DesiredInputs, Pipeline, moves_kernel_entry
 from agent.schema import Network, decode_network, validate_network
 from agent.state_files import StateReadError, StateWriteError
 from agent.store import AddressPool, Store
@@ -261,7 +261,7 @@ class Agent:
             # 6. pipeline
             self.reconciler = Reconciler(self.kernel)
             self.pipeline = Pipeline(self.reconciler, self.desired_inputs,
-                                     observe_propagation=self.metrics.propagation.observe)
+                                     observe_propagation=self.metrics.observe_propagation)
             await nursery.start(self.pipeline.run)
             # 7. data plane (one full resync and apply before it reports started)
             await nursery.start(self._run_dataplane)
@@ -360,8 +360,8 @@ class Agent:
         if pipeline is None:
             return
         if isinstance(event, EndpointChanged) and event.current is not None \
-                and event.current.owner != self.node:
-            pipeline.endpoint_arrived(event.network, event.ip)
+                and event.current.owner != self.node and moves_kernel_entry(event):
+            pipeline.endpoint_arrived(event.network, event.ip, event.current.changed_at)
         else:
             pipeline.mark_dirty()
 
@@ -376,7 +376,7 @@ class Agent:
                 continue
             if record.network not in self.table.networks():
                 self.table.join_network(record.network, now)
-            self.table.put_endpoint(record.network, ip, record.mac, now)
+            self.table.put_endpoint(record.network, ip, record.mac, now, changed_at=time.time())
 
     # -- desired state inputs -----------------------------------------------------------------
 
@@ -568,7 +568,8 @@ class Agent:
             pool.release(address)
             raise
         assert record.mac is not None
-        self.table.put_endpoint(network.name, ip, record.mac, trio.current_time())
+        self.table.put_endpoint(network.name, ip, record.mac, trio.current_time(),
+                                changed_at=time.time())
         self.gossip.records_changed()
         self.pipeline.mark_dirty()
         return _endpoint_json(record, self.node)
@@ -638,7 +639,7 @@ class Agent:
             now = trio.current_time()
             overlay = record.mode is Mode.OVERLAY
             if overlay and ip and self.table.get(network_name, self.node, ip) is not None:
-                self.table.delete_endpoint(network_name, ip, now)
+                self.table.delete_endpoint(network_name, ip, now, changed_at=time.time())
                 self.gossip.records_changed()
             await self._call_endpoints(self.endpoint_service.delete(name))
             if overlay:

@@ -10,6 +10,11 @@ Rules:
   exposition (a test runs it on a real scrape).
 - Counters come from cumulative component statistics, so a scrape never resets anything.
 - Never the process-global registry: two agents in one process (tests) never collide.
+- Endpoint propagation is measured from the owner's wall clock (the change time its record
+  carries) to this host's wall clock when the kernel holds it, so skew between the two clocks
+  enters the figure; `observe_propagation` records a negative value (skew larger than the real
+  latency) as 0 and counts it in `vxmesh_endpoint_propagation_clock_skew_total`: a rising count
+  means the hosts' clocks need NTP, and the histogram's low buckets are then unreliable.
 
 May import: prometheus_client, trio, agent.http_server, the standard library.
 """
@@ -22,7 +27,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 
 import trio
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -74,10 +79,23 @@ class AgentMetrics:
             registry=self.registry)
         self.propagation = Histogram(
             "vxmesh_endpoint_propagation_seconds",
-            "Time from an endpoint change reaching this host to this host's kernel holding it.",
+            "Time from an endpoint change on its owner (owner's wall clock) to this host's "
+            "kernel holding it (this host's wall clock).",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=self.registry)
+        self.propagation_clock_skew = Counter(
+            "vxmesh_endpoint_propagation_clock_skew",
+            "Endpoint propagations that measured below zero (owner's clock ahead of ours), "
+            "observed as 0.",
+            registry=self.registry)
         self.registry.register(_SnapshotCollector(snapshot))
+
+    def observe_propagation(self, seconds: float) -> None:
+        """One endpoint propagation; a negative figure is clock skew: observed as 0, counted."""
+        if seconds < 0:
+            self.propagation_clock_skew.inc()
+            seconds = 0.0
+        self.propagation.observe(seconds)
 
     def exposition(self) -> bytes:
         """The text exposition of everything, as a scrape sees it."""

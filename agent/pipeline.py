@@ -4,8 +4,12 @@ Owns: the dirty flag the other components raise (gossip membership events, neigh
 changes, store watch updates, local endpoint changes), the recompute of desired state
 (`overlay.desired.compute_desired`, pure) and the hand-over to the reconciler
 (`Reconciler.set_desired`, which keeps only the newest). It also times endpoint propagation:
-from the moment an endpoint change reached this host (or, for our own endpoints, the moment
-the owner made it) to the first apply pass after which the kernel holds it.
+from the owner's change (the wall-clock `changed_at` its record carries) to the first apply
+pass after which this host's kernel holds it: `wall_clock()` at that pass minus `changed_at`.
+Owner and this host have different clocks: a value below zero is clock skew, which the
+`observe_propagation` callback receives as is (`AgentMetrics.observe_propagation` clamps it to
+0 and counts it). A record without `changed_at` (an older peer) is timed on this host's
+monotonic clock from its arrival here.
 
 Rules:
 - `mark_dirty()` never blocks and never queues: a burst of a thousand gossip events costs one
@@ -14,7 +18,7 @@ Rules:
 - Inputs are read at recompute time through `DesiredInputs` (a function the daemon supplies),
   so the pipeline always sees one consistent, current snapshot.
 
-May import: trio, overlay (desired, reconciler), the standard library.
+May import: trio, overlay (desired, reconciler, table), the standard library.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from overlay.desired import (
     compute_desired,
 )
 from overlay.reconciler import Reconciler
+from overlay.table import EndpointChanged
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,14 @@ class DesiredInputs:
     local_endpoints: tuple[LocalEndpoint, ...]
     underlay: UnderlayAddressing
     node: str
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """An endpoint waiting for the kernel: the owner's wall time, our monotonic arrival."""
+
+    changed_at: float | None
+    arrived: float
 
 
 @dataclass(frozen=True)
@@ -70,19 +83,21 @@ class Pipeline:
     def __init__(self, reconciler: Reconciler, inputs: Callable[[], DesiredInputs], *,
                  observe_propagation: Callable[[float], None] = lambda seconds: None,
                  min_interval: float = 0.005,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.reconciler = reconciler
         self._inputs = inputs
         self._observe = observe_propagation
         self._min_interval = min_interval
         self._clock = clock
+        self._wall_clock = wall_clock
         self._dirty = trio.Event()
         self._marks = 0
         self._recomputes = 0
         self._last_compute = 0.0
         self._problems: tuple[str, ...] = ()
         self._reported_problems: set[str] = set()
-        self._pending: dict[tuple[str, str], float] = {}
+        self._pending: dict[tuple[str, str], _Pending] = {}
         self._has_pending = trio.Event()
         self._observed = 0
         self._newest: DesiredState | None = None
@@ -95,15 +110,14 @@ class Pipeline:
         self._marks += 1
         self._dirty.set()
 
-    def endpoint_arrived(self, network: str, ip: str, since: float | None = None) -> None:
+    def endpoint_arrived(self, network: str, ip: str, changed_at: float | None = None) -> None:
         """An endpoint (network, ip) became visible here; time it until the kernel has it.
 
-        `since` is when its owner made the change (same clock as ours), if known.
+        `changed_at` is the owner's wall-clock time of the change (`Entry.changed_at`), if known.
+        A newer change of a pending endpoint restarts its timing.
         """
-        key = (network, ip)
-        if key not in self._pending:
-            self._pending[key] = since if since is not None else self._clock()
-            self._has_pending.set()
+        self._pending[(network, ip)] = _Pending(changed_at, self._clock())
+        self._has_pending.set()
         self.mark_dirty()
 
     def endpoint_withdrawn(self, network: str, ip: str) -> None:
@@ -170,11 +184,22 @@ class Pipeline:
             applies = stats.applies
             if not self._pending or not stats.in_sync or self._dirty.is_set():
                 continue
-            now = self._clock()
-            for since in self._pending.values():
-                self._observe(max(0.0, now - since))
+            now, wall = self._clock(), self._wall_clock()
+            for pending in self._pending.values():
+                if pending.changed_at is not None:
+                    self._observe(wall - pending.changed_at)  # below 0: skew, see the docstring
+                else:
+                    self._observe(max(0.0, now - pending.arrived))
                 self._observed += 1
             self._pending.clear()
+
+
+def moves_kernel_entry(event: EndpointChanged) -> bool:
+    """True if the change is one the kernel must apply: not merely a newer version of the same
+    (owner, MAC, VTEP), as an owner's restart or refutation re-issues (nothing to time then)."""
+    previous, current = event.previous, event.current
+    return previous is None or current is None or \
+        (previous.owner, previous.mac, previous.vtep) != (current.owner, current.mac, current.vtep)
 
 
 def alive_members(members: Iterable[tuple[str, str]]) -> tuple[AliveMember, ...]:

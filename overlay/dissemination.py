@@ -19,6 +19,10 @@ Rules:
   re-broadcast (anti-entropy must not start a storm); only refutations are.
 - A tombstone's remaining lifetime is written in milliseconds at encoding time; the receiver's
   deadline is its own `now` plus that.
+- An endpoint record ends with its owner's wall-clock change time (`Entry.changed_at`, float
+  seconds since the epoch, nil if unknown). Records of older peers lack that last field: they
+  decode with `changed_at=None`. (An older peer cannot decode the longer records: it drops them
+  as wire errors, so a cluster is upgraded as a whole.)
 - Bytes from a peer that do not decode make `decode_records` raise `TableWireError` (a
   `gossip.errors.WireError`); the delegate catches it, counts it in
   `statistics().decode_errors` and drops the message: the SWIM core calls the delegate without
@@ -63,6 +67,7 @@ KIND_STATE = 3
 
 _VERSION_MAX = 2**63 - 1
 _TTL_MAX_MS = 2**40
+_WALL_MAX = 2.0**40  # seconds since the epoch (year 36812): anything above is garbage
 _NAME_MAX = 255
 _ADDRESS_CACHE_MAX = 1 << 16
 _CHUNK_MIN = 2048  # a group head (two names of up to 255 characters) plus one record fits
@@ -154,16 +159,26 @@ def _ttl(raw: object, now: float) -> tuple[bool, float]:
     return True, now + raw / 1000.0
 
 
+def _changed_at(raw: object) -> float | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, float | int) or isinstance(raw, bool) \
+            or not 0 <= raw <= _WALL_MAX:  # also rejects NaN
+        raise TableWireError(f"changed_at must be epoch seconds, got {raw!r:.40}")
+    return float(raw)
+
+
 def _ttl_ms(record: Record, now: float) -> int | None:
     if not record.deleted:
         return None
     return max(0, min(_TTL_MAX_MS, math.ceil((record.expires_at - now) * 1000.0)))
 
 
-def _fields(raw: object, count: int, what: str) -> list[object]:
-    if not isinstance(raw, list) or len(raw) != count:
+def _fields(raw: object, count: int, what: str, *, optional: int = 0) -> list[object]:
+    """`raw` as a list of `count` fields; up to `optional` trailing ones may be missing (None)."""
+    if not isinstance(raw, list) or not count - optional <= len(raw) <= count:
         raise TableWireError(f"{what} must be a list of {count} fields")
-    return raw
+    return raw + [None] * (count - len(raw))
 
 
 def encode_record(record: Record, now: float) -> bytes:
@@ -172,7 +187,7 @@ def encode_record(record: Record, now: float) -> bytes:
         return msgpack.packb([
             FORMAT, KIND_ENDPOINT, record.network, record.owner, _pack_address(record.ip),
             bytes.fromhex(record.mac.replace(":", "")), _pack_address(record.vtep),
-            record.version, _ttl_ms(record, now),
+            record.version, _ttl_ms(record, now), record.changed_at,
         ])
     return msgpack.packb([
         FORMAT, KIND_MEMBERSHIP, record.network, record.node, _pack_address(record.vtep),
@@ -193,10 +208,10 @@ def _unpack(data: bytes) -> list[object]:
 
 
 def _endpoint(network: str, owner: str, raw: object, now: float) -> Entry:
-    ip, mac, vtep, version, ttl = _fields(raw, 5, "endpoint")
+    ip, mac, vtep, version, ttl, changed_at = _fields(raw, 6, "endpoint", optional=1)
     deleted, expires_at = _ttl(ttl, now)
     return Entry(network, _unpack_address(ip), _unpack_mac(mac), owner, _unpack_address(vtep),
-                 _version(version), deleted, expires_at)
+                 _version(version), deleted, expires_at, _changed_at(changed_at))
 
 
 def _membership(network: str, node: str, raw: object, now: float) -> Membership:
@@ -211,7 +226,7 @@ def decode_records(data: bytes, now: float) -> list[Record]:
     message = _unpack(data)
     kind = message[1]
     if kind == KIND_ENDPOINT:
-        fields = _fields(message, 9, "endpoint message")
+        fields = _fields(message, 10, "endpoint message", optional=1)
         return [_endpoint(_name(fields[2]), _name(fields[3]), fields[4:], now)]
     if kind == KIND_MEMBERSHIP:
         fields = _fields(message, 7, "membership message")
@@ -252,7 +267,7 @@ def encode_state(records: Iterable[Record], now: float, chunk_limit: int) -> Ite
         packed = [
             msgpack.packb([
                 _pack_address(e.ip), bytes.fromhex(e.mac.replace(":", "")),
-                _pack_address(e.vtep), e.version, _ttl_ms(e, now),
+                _pack_address(e.vtep), e.version, _ttl_ms(e, now), e.changed_at,
             ])
             for e in entries
         ]

@@ -24,6 +24,11 @@ Rules:
 - The view holds, per (network, IP), the visible live entry with the highest (version, owner);
   every change of it is an `EndpointChanged(previous, current)` computed from local state, and
   every change of a network's peer set a `NetworkPeerChanged`.
+- An endpoint record carries `changed_at`, the owner's wall-clock time (seconds since the epoch)
+  of the write, passed in by the caller (None: not known, e.g. from an older peer). It is
+  metadata for latency metrics only: never part of the version, the rank or the view's choice.
+  A refutation re-issues the record it holds with its `changed_at` (no new change was made); a
+  refuting tombstone of something we no longer hold has none.
 
 Pure: takes `now`, returns records and events; imports only the standard library and overlay.errors
 (never trio, socket, time, threading or pyroute2).
@@ -55,6 +60,7 @@ class Entry:
     """One endpoint as its owner published it; `deleted` marks a tombstone.
 
     `expires_at` is local: when a tombstone may be reaped (infinite for a live entry).
+    `changed_at` is the owner's wall-clock time of the write (None if unknown); metadata only.
     """
 
     network: str
@@ -65,6 +71,7 @@ class Entry:
     version: int
     deleted: bool = False
     expires_at: float = math.inf
+    changed_at: float | None = None
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -113,11 +120,17 @@ def supersedes(incoming: Record, current: Record) -> bool:
 def merge_records(a: Record, b: Record) -> Record:
     """The last-writer-wins join of two records of one key: commutative, associative, idempotent.
 
-    Equal version and rank means the same write seen twice: keep the later tombstone deadline.
+    Equal version and rank means the same write seen twice: keep the later tombstone deadline
+    (then, only so that the join stays commutative on any input, the larger `changed_at`).
     """
     if a.version == b.version and a.rank == b.rank:
-        return a if a.expires_at >= b.expires_at else b
+        return a if _copy_order(a) >= _copy_order(b) else b
     return b if supersedes(b, a) else a
+
+
+def _copy_order(record: Record) -> tuple[float, float]:
+    changed_at = record.changed_at if isinstance(record, Entry) else None
+    return (record.expires_at, -math.inf if changed_at is None else changed_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +217,12 @@ def canonical_mac(value: str) -> str:
     return mac
 
 
+def _check_wall_time(value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise InvalidEndpoint(f"changed_at: {value!r} must be a wall-clock time in seconds >= 0")
+    return value
+
+
 def _check_name(field_name: str, value: str) -> str:
     if not value or len(value) > NAME_MAX:
         raise InvalidEndpoint(f"{field_name}: {value!r} must be 1 to {NAME_MAX} characters")
@@ -280,24 +299,34 @@ class NeighborTable:
             self._drop(key)
         return out
 
-    def put_endpoint(self, network: str, ip: str, mac: str, now: float) -> Entry:
-        """Publish (or change) one of our endpoints; returns the record to gossip."""
+    def put_endpoint(self, network: str, ip: str, mac: str, now: float, *,
+                     changed_at: float | None = None) -> Entry:
+        """Publish (or change) one of our endpoints; returns the record to gossip.
+
+        `changed_at`: the wall-clock time of this change (the caller's clock, seconds since the
+        epoch; `now` is the monotonic clock of the table's timers), carried to every peer.
+        """
         if network not in self._networks:
             raise InvalidEndpoint(f"network: {network!r} is not joined by this node")
         entry = Entry(network, canonical_ip(ip), canonical_mac(mac), self.node, self.vtep,
-                      self._tick())
+                      self._tick(), changed_at=_check_wall_time(changed_at))
         self._store(entry, now)
         self._outbox.append(entry)
         return entry
 
-    def delete_endpoint(self, network: str, ip: str, now: float) -> Entry:
-        """Delete one of our endpoints: a tombstone replaces it; returns the record to gossip."""
+    def delete_endpoint(self, network: str, ip: str, now: float, *,
+                        changed_at: float | None = None) -> Entry:
+        """Delete one of our endpoints: a tombstone replaces it; returns the record to gossip.
+
+        `changed_at` as for `put_endpoint`.
+        """
         key = (network, self.node, canonical_ip(ip))
         current = self._entries.get(key)
         if current is None or current.deleted:
             raise InvalidEndpoint(f"ip: {ip!r} is not an endpoint of ours in network {network!r}")
         entry = replace(current, version=self._tick(), deleted=True,
-                        expires_at=now + self.tombstone_ttl)
+                        expires_at=now + self.tombstone_ttl,
+                        changed_at=_check_wall_time(changed_at))
         self._store(entry, now)
         self._outbox.append(entry)
         return entry
@@ -357,6 +386,8 @@ class NeighborTable:
         deleted = current is None or current.deleted
         fresh = replace(base, version=self._tick(), deleted=deleted,
                         expires_at=now + self.tombstone_ttl if deleted else math.inf)
+        if current is None and isinstance(fresh, Entry):
+            fresh = replace(fresh, changed_at=None)  # our deletion, time unknown
         self._store(fresh, now)
         self._outbox.append(fresh)
         return Merge.REFUTED

@@ -121,6 +121,12 @@ GARBAGE = [
     msgpack.packb([1, 1, "blue", "a", b"\x00" * 4, b"\x00" * 6, b"\x00" * 4, 1, -5]),
     msgpack.packb([1, 3, [["blue", "a", None, [[1, 2]]]]]),
     msgpack.packb([1, 3, {"x": 1}]),
+    # the owner's change time: not a number, negative, NaN, absurd, a bool, one field too many
+    *(msgpack.packb([1, 1, "blue", "a", b"\x00" * 4, b"\x00" * 6, b"\x00" * 4, 1, None, bad])
+      for bad in ("x", -1.0, float("nan"), 2.0**41, True)),
+    msgpack.packb([1, 1, "blue", "a", b"\x00" * 4, b"\x00" * 6, b"\x00" * 4, 1, None, 1.0, 2]),
+    msgpack.packb([1, 3, [["blue", "a", None, [[b"\x00" * 4, b"\x00" * 6, b"\x00" * 4, 1, None,
+                                               "x"]]]]]),
     msgpack.packb({1: 2}),
 ]
 
@@ -141,8 +147,9 @@ def test_garbage_is_a_wire_error_counted_and_dropped(payload: bytes) -> None:
     lambda kind, items: msgpack.packb([1, kind, *items]),
     st.sampled_from([1, 2, 3]),
     st.lists(st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
-             | st.binary(max_size=17) | st.text(max_size=4)
-             | st.lists(st.integers(0, 9) | st.binary(max_size=6), max_size=5), max_size=9)))
+             | st.binary(max_size=17) | st.text(max_size=4) | st.floats()
+             | st.lists(st.integers(0, 9) | st.binary(max_size=6) | st.floats(), max_size=6),
+             max_size=10)))
 def test_decoding_random_bytes_never_raises_anything_but_wire_error(payload: bytes) -> None:
     with contextlib.suppress(TableWireError):
         decode_records(payload, 0.0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -29,6 +30,7 @@ NET = "blue"
 MACS = ["02:42:0a:00:00:01", "02:42:0a:00:00:02", "02:42:0a:00:00:03"]
 IPS = ["10.1.0.1", "10.1.0.2", "fd00::3", "10.1.0.4"]
 VTEPS = ["192.0.2.1", "192.0.2.2", "2001:db8::3"]
+WALL = 1_700_000_000.0  # an owner's wall clock (changed_at) as the agent passes it
 
 
 def make_table(name: str, vtep: str = "192.0.2.9", networks: tuple[str, ...] = (NET,),
@@ -68,7 +70,9 @@ records_of_one_key = st.builds(
     version=st.integers(1, 4),
     deleted=st.booleans(),
     expires_at=st.sampled_from([100.0, 200.0]),
-).map(lambda e: e if e.deleted else Entry(e.network, e.ip, e.mac, e.owner, e.vtep, e.version))
+    changed_at=st.sampled_from([None, WALL, WALL + 0.5]),
+).map(lambda e: e if e.deleted else Entry(e.network, e.ip, e.mac, e.owner, e.vtep, e.version,
+                                          changed_at=e.changed_at))
 
 
 @given(records_of_one_key, records_of_one_key, records_of_one_key)
@@ -99,11 +103,11 @@ def run_owners(ops: list[tuple[int, str, int, int]]) -> list[Record]:
         owner = owners[index]
         ip = IPS[ip_index]
         if kind == "put":
-            owner.put_endpoint(NET, ip, MACS[mac_index], now)
+            owner.put_endpoint(NET, ip, MACS[mac_index], now, changed_at=WALL + now)
         elif kind == "delete":
             current = owner.get(NET, owner.node, ip)
             if current is not None and not current.deleted:
-                owner.delete_endpoint(NET, ip, now)
+                owner.delete_endpoint(NET, ip, now, changed_at=WALL + now)
         else:
             for record in produced:
                 owner.merge(record, now, relay=True)
@@ -157,9 +161,17 @@ def test_wire_and_push_pull_paths_converge_to_the_same_table(
     for chunk in encode_state(by_broadcast.records(), 50.0, 2048):
         for decoded in decode_records(chunk, 50.0):
             by_push_pull.merge(decoded, 50.0)
-    assert {(type(r), r.key, r.version, r.rank) for r in by_broadcast.records() if r.owner != "x"} \
-        == {(type(r), r.key, r.version, r.rank) for r in by_push_pull.records()
-            if r.owner not in ("x", "y")}
+    def summary(records: list[Record]) -> set[object]:
+        return {(type(r), r.key, r.version, r.rank, getattr(r, "changed_at", None))
+                for r in records}
+
+    expected: dict[object, Record] = {}
+    for record in produced:  # the join of everything sent, with the owners' change times
+        key = (type(record), record.key)
+        expected[key] = merge_records(expected[key], record) if key in expected else record
+    broadcast = summary([r for r in by_broadcast.records() if r.owner != "x"])
+    assert broadcast == summary([r for r in by_push_pull.records() if r.owner not in ("x", "y")])
+    assert broadcast == summary(list(expected.values()))
 
 
 # --------------------------------------------------------------------------- local writes, events
@@ -229,6 +241,54 @@ def test_tombstone_remaining_lifetime_travels_on_the_wire() -> None:
 
 
 # --------------------------------------------------------------------------- scoping
+
+
+def test_owner_wall_time_travels_on_the_wire_and_never_orders_records() -> None:
+    owner = make_table("a", "192.0.2.1")
+    first = owner.put_endpoint(NET, "10.1.0.1", MACS[0], 1.0, changed_at=WALL + 0.25)
+    assert first.changed_at == WALL + 0.25
+    (decoded,) = decode_records(encode_record(first, 1.0), 2.0)
+    assert decoded == first
+    (chunk,) = encode_state([first], 1.0, 2048)
+    assert [r for r in decode_records(chunk, 2.0) if isinstance(r, Entry)] == [first]
+    # a later write with an earlier wall time (the owner's clock stepped back) still wins
+    second = owner.put_endpoint(NET, "10.1.0.1", MACS[1], 2.0, changed_at=WALL - 100)
+    observer = make_table("c")
+    observer.merge(second, 2.0)
+    assert observer.merge(first, 2.0) is Merge.STALE
+    assert observer.lookup(NET, "10.1.0.1") == second
+    # the tombstone carries the time of the delete
+    gone = owner.delete_endpoint(NET, "10.1.0.1", 3.0, changed_at=WALL + 3)
+    assert gone.deleted and gone.changed_at == WALL + 3
+    # records of peers that predate the field decode with changed_at unknown
+    old_broadcast = msgpack.packb([1, 1, NET, "b", bytes([10, 1, 0, 2]), bytes(6),
+                                   bytes([192, 0, 2, 2]), 7, None])
+    (old,) = decode_records(old_broadcast, 1.0)
+    assert isinstance(old, Entry) and old.changed_at is None and old.version == 7
+    old_chunk = msgpack.packb([1, 3, [[NET, "b", None, [[bytes([10, 1, 0, 3]), bytes(6),
+                                                          bytes([192, 0, 2, 2]), 8, None]]]]])
+    (old,) = decode_records(old_chunk, 1.0)
+    assert isinstance(old, Entry) and old.changed_at is None and old.ip == "10.1.0.3"
+    for bad in (math.nan, -1.0, math.inf):
+        with pytest.raises(InvalidEndpoint, match="changed_at"):
+            owner.put_endpoint(NET, "10.1.0.9", MACS[0], 4.0, changed_at=bad)
+    assert owner.get(NET, "a", "10.1.0.9") is None
+
+
+def test_a_refutation_keeps_the_time_of_the_change_it_reissues() -> None:
+    owner = make_table("a", "192.0.2.1")
+    mine = owner.put_endpoint(NET, "10.1.0.1", MACS[0], 1.0, changed_at=WALL)
+    owner.records_to_send()
+    stale = Entry(NET, "10.1.0.1", MACS[1], "a", "192.0.2.1", mine.version + 5,
+                  changed_at=WALL - 50)
+    assert owner.merge(stale, 2.0) is Merge.REFUTED
+    (fresh,) = owner.records_to_send()
+    assert isinstance(fresh, Entry) and fresh.version > stale.version
+    assert (fresh.mac, fresh.changed_at) == (MACS[0], WALL)
+    ghost = Entry(NET, "10.1.0.7", MACS[1], "a", "192.0.2.1", 1, changed_at=WALL - 50)
+    assert owner.merge(ghost, 3.0) is Merge.REFUTED
+    (tombstone,) = owner.records_to_send()
+    assert isinstance(tombstone, Entry) and tombstone.deleted and tombstone.changed_at is None
 
 
 def test_endpoints_held_only_for_joined_networks_memberships_for_all() -> None:
