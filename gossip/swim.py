@@ -21,7 +21,8 @@ Protocol (memberlist's algorithms, our structure):
   `suspicion_min_s(n)` as independent suspicions of the same member arrive; when it runs out
   the member is declared failed (a DEAD message). A member told it is suspect or dead refutes
   with a higher incarnation (and counts that against its own health).
-- last-chance probes (ours): at 1/2 and 3/4 of its suspicion timeout, a node that heard no
+- last-chance probes (ours): at 50, 70 and 85 % of its suspicion timeout (and halfway
+  through what is left whenever a confirmation shortens it), a node that heard no
   refutation pings the suspect with the suspicion attached; a live member answers a stale
   suspicion with its current alive message on the ack. This closes the gap where a node
   missed a gossiped refutation and would declare a live member failed.
@@ -273,7 +274,7 @@ class _Relay:
  _LAST_CHANCE) = range(9)
 #: Fractions of a suspicion's timeout at which a node that heard no refutation pings the
 #: suspect itself (see `_last_chance_probe`).
-_LAST_CHANCE_AT = (0.5, 0.75)
+_LAST_CHANCE_AT = (0.5, 0.7, 0.85)
 
 _ALIVE, _SUSPECT, _DEAD, _LEFT = (MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD,
                                   MemberState.LEFT)
@@ -896,8 +897,15 @@ class Swim:
             return
         if node.state == _SUSPECT:
             suspicion = node.suspicion
-            if suspicion is not None and suspicion.confirm(msg.sender):
+            if msg.incarnation > node.incarnation:
+                # It refuted (we missed that) and is suspected again: a new suspicion, not a
+                # confirmation of the old one.
+                node.incarnation = msg.incarnation
+                self._start_suspicion(node, msg, now, spread)
+            elif suspicion is not None and suspicion.confirm(msg.sender):
                 self._at(suspicion.deadline, _SUSPICION, suspicion)
+                self._at(now + _LAST_CHANCE_AT[0] * (suspicion.deadline - now), _LAST_CHANCE,
+                         suspicion)
                 if spread:
                     self._queue_broadcast(msg.node, encode_message(msg), now)
             return
@@ -905,6 +913,11 @@ class Swim:
             return
         node.incarnation = msg.incarnation
         self._set_state(node, _SUSPECT, now)
+        self._start_suspicion(node, msg, now, spread)
+        self._stats["suspicions_started"] += 1
+        self._events.append(MemberSuspected(node.snapshot()))
+
+    def _start_suspicion(self, node: _Node, msg: Suspect, now: float, spread: bool) -> None:
         n = self.cluster_size()
         config = self.config
         suspicion = _Suspicion(node.name, msg.sender, now, config.suspicion_min_s(n),
@@ -913,8 +926,6 @@ class Swim:
         self._at(suspicion.deadline, _SUSPICION, suspicion)
         for fraction in _LAST_CHANCE_AT:
             self._at(now + fraction * (suspicion.deadline - now), _LAST_CHANCE, suspicion)
-        self._stats["suspicions_started"] += 1
-        self._events.append(MemberSuspected(node.snapshot()))
         if spread:
             self._queue_broadcast(msg.node, encode_message(msg), now)
 
