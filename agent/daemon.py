@@ -20,6 +20,7 @@ May import: everything below it (agent.*, overlay, gossip, underlay), trio, the 
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import ipaddress
 import logging
@@ -53,11 +54,13 @@ from agent.http_server import HttpServerStatistics
 from agent.metrics import AgentMetrics, MetricsSnapshot, serve_metrics
 from agent.network_cache import NetworkCache
 from agent.pipeline import DesiredInputs, Pipeline, moves_kernel_entry
-from agent.schema import Network, decode_network, validate_network
+from agent.schema import IPAddress, Network, decode_network, validate_network
 from agent.state_files import StateReadError, StateWriteError
 from agent.store import AddressPool, Store
 from agent.store_errors import (
     AddressExhausted,
+    AddressTaken,
+    InvalidAddress,
     InvalidNetwork,
     NetworkConflict,
     NetworkInUse,
@@ -94,11 +97,11 @@ INITIAL_SYNC_TIMEOUT = 5.0
 
 def error_status(exc: AgentError) -> int:
     """The HTTP status of an agent error the API did not classify itself."""
-    if isinstance(exc, InvalidNetwork | ConfigError):
+    if isinstance(exc, InvalidNetwork | InvalidAddress | ConfigError):
         return 400
     if isinstance(exc, NetworkNotFound):
         return 404
-    if isinstance(exc, NetworkConflict | NetworkInUse | AddressExhausted):
+    if isinstance(exc, NetworkConflict | NetworkInUse | AddressExhausted | AddressTaken):
         return 409
     if isinstance(exc, StoreUnavailable):
         return 503
@@ -541,14 +544,11 @@ class Agent:
     async def _create_overlay_endpoint(self, spec: EndpointSpec) -> dict[str, Any]:
         assert self.endpoint_service is not None and self.table is not None
         assert self.facts is not None and self.pipeline is not None and self.gossip is not None
-        if spec.ip is not None:
-            raise InvalidRequest("ip: overlay addresses come from the network's IPAM; omit it")
         network = self.known_networks.get(spec.network)
         if network is None:
             raise NotFound(f"no network {spec.network!r} (known: "
                            f"{', '.join(sorted(self.known_networks)) or 'none'})")
-        pool = await self._pool(network)
-        address = await pool.allocate(f"{self.node}/{spec.name}")
+        address, pool = await self._allocate_overlay_address(network, spec)
         ip = str(address)
         try:
             if network.name not in self.table.networks():
@@ -573,6 +573,22 @@ class Agent:
         self.gossip.records_changed()
         self.pipeline.mark_dirty()
         return _endpoint_json(record, self.node)
+
+    async def _allocate_overlay_address(self, network: Network, spec: EndpointSpec
+                                        ) -> tuple[IPAddress, AddressPool]:
+        """The endpoint's address: `spec.ip` if given (checked and recorded in etcd by the
+        pool), else the next free one, confirmed in etcd while it answers (another host may
+        have recorded a chosen address in our block that we had not re-read yet)."""
+        assert self.store is not None
+        pool = await self._pool(network)
+        handle = f"{self.node}/{spec.name}"
+        if spec.ip is not None:
+            return await pool.allocate_address(handle, spec.ip), pool
+        address = await pool.allocate(handle)
+        if not self.store.statistics().degraded:
+            with contextlib.suppress(StoreUnavailable):  # gone now: flushed later
+                address = await pool.confirm(handle)
+        return address, pool
 
     async def _wait_link(self, name: str, timeout: float = 10.0) -> None:
         """Wait until the reconciler made link `name` (a network's bridge)."""

@@ -8,6 +8,12 @@ which is what lets endpoints be created while etcd is away. Rules:
 - an address belongs to exactly one block and a block to exactly one host;
 - every local change bumps the block's generation; the store flushes the newest generation of
   each dirty block with a compare on the block's last known mod revision.
+- a chosen address (`check_chosen`) is allocated locally when a held block contains it;
+  otherwise the store claims its block, or records it in another host's block
+  (`record_in_block`) with a compare on that block's mod revision. So a block's record in etcd
+  may gain or lose entries its holder did not write: when the holder re-reads it (`adopt`), etcd
+  wins except for the holder's own changes not flushed yet, and an unflushed local allocation of
+  an address another host recorded first is given up (`adopt` returns its handle).
 Imports: stdlib, agent.schema, agent.store_errors (listed among the pure cores).
 """
 
@@ -20,7 +26,12 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 
 from agent.schema import Block, IPAddress, IPNetwork, Network
-from agent.store_errors import AddressExhausted, AddressNotAllocated
+from agent.store_errors import (
+    AddressExhausted,
+    AddressNotAllocated,
+    AddressTaken,
+    InvalidAddress,
+)
 
 
 def reserved_addresses(network: Network) -> frozenset[IPAddress]:
@@ -29,6 +40,35 @@ def reserved_addresses(network: Network) -> frozenset[IPAddress]:
     if network.subnet.version == 4:
         reserved.add(network.subnet.broadcast_address)
     return frozenset(reserved)
+
+
+def check_chosen(network: Network, value: str | IPAddress, field: str = "ip") -> IPAddress:
+    """`value` as an address that may be handed out in `network`, or `InvalidAddress`."""
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise InvalidAddress(field, str(value), "not an IP address") from None
+    if address.version != network.subnet.version or address not in network.subnet:
+        raise InvalidAddress(
+            field, str(address), f"outside network {network.name}'s subnet {network.subnet}"
+        )
+    if address == network.gateway:
+        raise InvalidAddress(field, str(address), f"the gateway of network {network.name}")
+    if address == network.subnet.network_address:
+        raise InvalidAddress(field, str(address), f"the network address of {network.subnet}")
+    if network.subnet.version == 4 and address == network.subnet.broadcast_address:
+        raise InvalidAddress(field, str(address), f"the broadcast address of {network.subnet}")
+    return address
+
+
+def record_in_block(block: Block, address: IPAddress, handle: str) -> Block:
+    """`block` with `address` allocated to `handle`; `AddressTaken` names a current holder."""
+    if address not in block.cidr:
+        raise ValueError(f"{address} is not in block {block.cidr}")
+    holder = block.allocations.get(address)
+    if holder is not None and holder != handle:
+        raise AddressTaken(address, holder)
+    return Block(block.network, block.cidr, block.host, {**block.allocations, address: handle})
 
 
 def block_of(network: Network, address: IPAddress) -> IPNetwork:
@@ -68,6 +108,16 @@ def choose_free_block(
     return rng.choice(candidates)
 
 
+@dataclass(frozen=True)
+class Unflushed:
+    """A local change of one address not in etcd yet: its generation, the handle now holding
+    it ("" once released) and the handles released from it since the last flush."""
+
+    generation: int
+    handle: str
+    released: frozenset[str] = frozenset()
+
+
 @dataclass
 class HeldBlock:
     """One block this host holds, with its local allocations and flush bookkeeping."""
@@ -78,6 +128,8 @@ class HeldBlock:
     generation: int = 0
     flushed_generation: int = 0
     next_offset: int = 0
+    unflushed: dict[IPAddress, Unflushed] = field(default_factory=dict)
+    """Addresses allocated or released here and not flushed yet."""
 
     @property
     def dirty(self) -> bool:
@@ -109,8 +161,12 @@ class HostBlocks:
 
     # -- what etcd says ----------------------------------------------------------------------
 
-    def adopt(self, block: Block, mod_revision: int) -> None:
-        """Take a block record read from etcd as ours (at start, or after a claim)."""
+    def adopt(self, block: Block, mod_revision: int) -> list[str]:
+        """Take a block record read from etcd as ours (at start, after a claim, on a re-read).
+
+        Returns the handles whose unflushed local address another host recorded first (they
+        lost it; normally none).
+        """
         if block.host != self.host or block.network != self.network.name:
             raise ValueError(f"block {block.cidr} belongs to {block.host}/{block.network}")
         held = self.blocks.get(block.cidr)
@@ -121,10 +177,37 @@ class HostBlocks:
             index = bisect.bisect(self._order, int(block.cidr.network_address))
             self._order.insert(index, int(block.cidr.network_address))
             self._first_open = min(self._first_open, index)
-            return
-        # We already hold it: our local allocations are newer than anything stored (only this
-        # host writes its blocks), so keep them and just learn the revision.
+            return []
+        # We already hold it. etcd is the truth (another host may have recorded or released a
+        # chosen address in it) except for our own changes not flushed yet.
         held.mod_revision = mod_revision
+        merged = dict(block.allocations)
+        lost: list[str] = []
+        for address, change in held.unflushed.items():
+            stored = merged.get(address)
+            ours = stored is None or stored == change.handle or stored in change.released
+            if change.handle and ours:  # we allocated it locally
+                merged[address] = change.handle
+            elif change.handle:
+                lost.append(change.handle)  # another host recorded it first: theirs
+            elif stored in change.released:  # we released it locally
+                del merged[address]
+        if merged != held.allocations:
+            for handle in held.allocations.values():
+                mine = self.handles.get(handle)
+                if mine is not None and mine in held.cidr:
+                    del self.handles[handle]
+            held.allocations = merged
+            for address, handle in merged.items():
+                self.handles[handle] = address
+            held.generation += 1  # the merged map must be written back (compared on revision)
+            index = bisect.bisect_left(self._order, int(block.cidr.network_address))
+            self._first_open = min(self._first_open, index)
+        for handle in lost:
+            held.unflushed = {a: c for a, c in held.unflushed.items() if c.handle != handle}
+        if not held.unflushed:
+            held.flushed_generation = held.generation  # etcd holds exactly this map
+        return lost
 
     def drop(self, cidr: IPNetwork) -> list[str]:
         """Forget a block etcd says is no longer ours; returns the handles that lost addresses."""
@@ -155,12 +238,49 @@ class HostBlocks:
             address = self._free_in(held)
             if address is not None:
                 self._first_open = index
-                held.allocations[address] = handle
-                held.generation += 1
-                self.handles[handle] = address
+                self._record(held, address, handle)
                 return address
         self._first_open = len(self._order)
         return None
+
+    def allocate_chosen(self, handle: str, address: IPAddress) -> IPAddress | None:
+        """`address` for `handle` if a held block contains it (check it with `check_chosen`).
+
+        None when no held block contains it (the store must claim or record it in etcd);
+        `AddressTaken` when it is allocated, or `handle` already holds another address.
+        """
+        known = self.handles.get(handle)
+        if known is not None and known != address:
+            raise InvalidAddress("ip", str(address), f"{handle} already holds {known}")
+        for held in self.blocks.values():
+            if address in held.cidr:
+                holder = held.allocations.get(address)
+                if holder is not None and holder != handle:
+                    raise AddressTaken(address, holder)
+                if holder is None:
+                    self._record(held, address, handle)
+                return address
+        return None
+
+    def holder_of(self, address: IPAddress) -> str | None:
+        for held in self.blocks.values():
+            if address in held.cidr:
+                return held.allocations.get(address)
+        return None
+
+    def _record(self, held: HeldBlock, address: IPAddress, handle: str) -> None:
+        held.allocations[address] = handle
+        held.generation += 1
+        self._note_change(held, address, handle, frozenset())
+        self.handles[handle] = address
+
+    @staticmethod
+    def _note_change(
+        held: HeldBlock, address: IPAddress, handle: str, released: frozenset[str]
+    ) -> None:
+        before = held.unflushed.get(address)
+        earlier = before.released if before is not None else frozenset()
+        held.unflushed[address] = Unflushed(held.generation, handle, earlier | released)
 
     def _free_in(self, held: HeldBlock) -> IPAddress | None:
         size = held.cidr.num_addresses
@@ -184,6 +304,7 @@ class HostBlocks:
                 if handle is None:
                     break
                 held.generation += 1
+                self._note_change(held, address, "", frozenset({handle}))
                 self.handles.pop(handle, None)
                 index = bisect.bisect_left(self._order, int(held.cidr.network_address))
                 self._first_open = min(self._first_open, index)
@@ -223,6 +344,9 @@ class HostBlocks:
                 continue
             held.mod_revision = revision
             held.flushed_generation = max(held.flushed_generation, flush.generation)
+            held.unflushed = {
+                a: c for a, c in held.unflushed.items() if c.generation > flush.generation
+            }
 
 
 @dataclass

@@ -13,6 +13,10 @@ Owns every read and write under `/vxmesh/v1/` (the key schema is in agent.schema
 - Malformed values under our prefix are skipped, logged once per key, and counted.
 - Blocks of a host that left for good (unregistered for longer than a grace period) are
   reclaimed by `run_block_reclaimer`, or at once by `reclaim_host_blocks`.
+- A chosen address (`AddressPool.allocate_address`) outside the held blocks is claimed with its
+  free block, or recorded in another host's block, in one transaction compared on the block's
+  create/mod revision; the pool remembers such foreign addresses (and, after a restart,
+  recognises entries whose handle starts with "<host>/") and releases them the same way.
 Imports: trio, agent.etcd_client, agent.schema, agent.ipam, agent.network_view, agent.backoff,
 agent.store_errors.
 """
@@ -43,7 +47,15 @@ from agent.etcd_client import (
     TxnResult,
     WatchBatch,
 )
-from agent.ipam import DepartureClock, HostBlocks, PendingFlush, choose_free_block
+from agent.ipam import (
+    DepartureClock,
+    HostBlocks,
+    PendingFlush,
+    block_of,
+    check_chosen,
+    choose_free_block,
+    record_in_block,
+)
 from agent.network_view import KeyChange, NetworkView
 from agent.schema import (
     BLOCKS,
@@ -75,6 +87,8 @@ from agent.schema import (
 )
 from agent.store_errors import (
     AddressExhausted,
+    AddressTaken,
+    InvalidAddress,
     NetworkConflict,
     NetworkInUse,
     NetworkNotFound,
@@ -144,6 +158,10 @@ class PoolStatistics:
     claims: int
     flushes: int
     lost_blocks: int
+    foreign: int = 0
+    """Chosen addresses this host holds in other hosts' blocks."""
+    lost_addresses: int = 0
+    """Unflushed local allocations given up because another host recorded them first."""
 
 
 class Store:
@@ -620,6 +638,9 @@ class AddressPool:
         self._claims = 0
         self._flushes = 0
         self._lost_blocks = 0
+        self._lost_addresses = 0
+        self._foreign: dict[IPAddress, tuple[IPNetwork, str]] = {}
+        self._foreign_releases: set[IPAddress] = set()
 
     def statistics(self) -> PoolStatistics:
         return PoolStatistics(
@@ -632,10 +653,13 @@ class AddressPool:
             claims=self._claims,
             flushes=self._flushes,
             lost_blocks=self._lost_blocks,
+            foreign=len(self._foreign),
+            lost_addresses=self._lost_addresses,
         )
 
     def allocations(self) -> dict[str, IPAddress]:
-        return dict(self._blocks.handles)
+        foreign = {handle: address for address, (_, handle) in self._foreign.items()}
+        return {**self._blocks.handles, **foreign}
 
     def allocate_nowait(self, handle: str) -> IPAddress | None:
         """An address from held blocks, or None when they are full (no etcd call)."""
@@ -658,8 +682,119 @@ class AddressPool:
                 await self._commit(claim=True)
         return address
 
+    async def confirm(self, handle: str) -> IPAddress:
+        """Flush now and return `handle`'s address as etcd holds it.
+
+        Another host may have recorded a chosen address in one of our blocks that we handed
+        out locally before re-reading the block; then `handle` gets the next free address
+        (bounded retries). etcd away: `StoreUnavailable` (the local address stays in use).
+        """
+        for _ in range(COMMIT_ATTEMPTS):
+            await self.flush()
+            address = self.allocations().get(handle)
+            if address is not None:
+                return address
+            await self.allocate(handle)
+        raise StoreError(f"network {self.network.name}: {handle} kept losing its address")
+
+    async def allocate_address(self, handle: str, chosen: str | IPAddress) -> IPAddress:
+        """Allocate the chosen address to `handle` (the same address again is a no-op).
+
+        `InvalidAddress` (outside the subnet, network/gateway/broadcast address) and
+        `AddressTaken` (naming the holder) change nothing. In a held block the address is
+        allocated locally and confirmed by a flush (kept if etcd is away); in a free block the
+        block is claimed with it, in another host's block it is recorded there, each in one
+        transaction (`StoreUnavailable` if etcd is away).
+        """
+        address = check_chosen(self.network, chosen)
+        refreshed = False
+        async with self._lock:
+            for _ in range(COMMIT_ATTEMPTS):
+                known = self.allocations().get(handle)
+                if known is not None and known != address:
+                    raise InvalidAddress("ip", str(address), f"{handle} already holds {known}")
+                foreign = self._foreign.get(address)
+                if foreign is not None:
+                    if foreign[1] != handle:
+                        raise AddressTaken(address, foreign[1])
+                    self._foreign_releases.discard(address)
+                    return address
+                try:
+                    local = self._blocks.allocate_chosen(handle, address)
+                except AddressTaken as exc:
+                    if refreshed:
+                        raise
+                    refreshed = True  # its holder may have released it since we read the block
+                    try:
+                        await self._refresh_block(address)
+                    except StoreUnavailable:
+                        raise exc from None
+                    continue
+                if local is not None:
+                    self._dirty.set()
+                    try:
+                        if self._blocks.pending_flushes():
+                            await self._commit(claim=False)
+                    except StoreUnavailable:
+                        return address  # degraded: our block, our address; flushed later
+                    if self._blocks.handles.get(handle) == address:
+                        return address
+                    raise AddressTaken(address, self._blocks.holder_of(address))
+                if await self._claim_or_record(handle, address):
+                    return address
+        raise StoreError(f"network {self.network.name}: ip={str(chosen)!r} kept changing")
+
+    async def _refresh_block(self, address: IPAddress) -> None:
+        """Re-read the held block containing `address` (another host may have changed it)."""
+        key = block_key(self.network.name, block_of(self.network, address))
+        (block_kvs,) = (await self.store.txn([], [Get(key)])).ranges
+        for kv, block in self.store.blocks_with_keys(block_kvs):
+            if block.host == self.host:
+                self._adopt(block, kv.mod_revision)
+
+    async def _claim_or_record(self, handle: str, address: IPAddress) -> bool:
+        """One transaction putting `address` in its block in etcd; False: re-read and retry."""
+        cidr = block_of(self.network, address)
+        net_key = network_key(self.network.name)
+        key = block_key(self.network.name, cidr)
+        result = await self.store.txn([], [Get(net_key), Get(key)])
+        network_kvs, block_kvs = result.ranges
+        if not network_kvs or network_kvs[0].create_revision != self._network_revision:
+            raise NetworkNotFound(self.network.name)
+        compares = [Compare(net_key, "create", "=", self._network_revision)]
+        if not block_kvs:  # a free block: claim it with the address in it (Calico affinity)
+            block = Block(self.network.name, cidr, self.host, {address: handle})
+            compares.append(Compare(key, "create", "=", 0))
+            done = await self.store.txn(compares, [Put(key, encode(block))])
+            if done.succeeded:
+                self._adopt(block, done.revision)
+                self._taken.add(cidr)
+                self._claims += 1
+            return False  # allocate_chosen finds it in a held block now (or re-read)
+        kv = block_kvs[0]
+        try:
+            stored = decode_block(kv.key, kv.value)
+        except MalformedRecord as exc:
+            self.store.note_malformed(exc)
+            raise StoreError(f"block {cidr} of network {self.network.name} is unreadable") from exc
+        self._taken.add(cidr)
+        if stored.host == self.host:  # ours in etcd (a claim whose reply was lost): adopt it
+            self._adopt(stored, kv.mod_revision)
+            return False
+        updated = record_in_block(stored, address, handle)
+        compares.append(Compare(key, "mod", "=", kv.mod_revision))
+        done = await self.store.txn(compares, [Put(key, encode(updated))])
+        if done.succeeded:
+            self._foreign[address] = (cidr, handle)
+        return done.succeeded
+
     def release(self, address: IPAddress) -> str:
         """Return an address (locally at once; etcd learns it at the next flush)."""
+        foreign = self._foreign.get(address)
+        if foreign is not None:  # in another host's block: removed there by the next flush
+            self._foreign_releases.add(address)
+            self._dirty.set()
+            return foreign[1]
         handle = self._blocks.release(address)
         self._dirty.set()
         return handle
@@ -667,8 +802,42 @@ class AddressPool:
     async def flush(self) -> None:
         """Write every dirty block in one transaction (nothing to do: no round trip)."""
         async with self._lock:
+            for address in sorted(self._foreign_releases):
+                await self._release_foreign(address)
             if self._blocks.pending_flushes():
                 await self._commit(claim=False)
+
+    async def _release_foreign(self, address: IPAddress) -> None:
+        """Remove our entry from another host's block (compared on its mod revision)."""
+        cidr, handle = self._foreign[address]
+        key = block_key(self.network.name, cidr)
+        for _ in range(COMMIT_ATTEMPTS):
+            (block_kvs,) = (await self.store.txn([], [Get(key)])).ranges
+            stored = self.store.blocks_with_keys(block_kvs)
+            if not stored or stored[0][1].allocations.get(address) != handle:
+                break  # already gone (its block was reclaimed, or released before)
+            kv, block = stored[0]
+            left = {a: h for a, h in block.allocations.items() if a != address}
+            kept = Block(block.network, block.cidr, block.host, left)
+            done = await self.store.txn(
+                [Compare(key, "mod", "=", kv.mod_revision)], [Put(key, encode(kept))]
+            )
+            if done.succeeded:
+                break
+        else:
+            raise StoreError(f"block {cidr}: kept changing while releasing {address}")
+        self._foreign.pop(address, None)
+        self._foreign_releases.discard(address)
+
+    def _adopt(self, block: Block, mod_revision: int) -> None:
+        for handle in self._blocks.adopt(block, mod_revision):
+            self._lost_addresses += 1
+            log.error(
+                "network %s: %s lost its unflushed address in %s to another host's chosen address",
+                self.network.name,
+                handle,
+                block.cidr,
+            )
 
     async def claim_block(self) -> None:
         """Claim one more block now (normally done by `allocate` or the flusher)."""
@@ -777,6 +946,14 @@ class AddressPool:
                     self.host,
                     len(lost),
                 )
+        foreign: dict[IPAddress, tuple[IPNetwork, str]] = {}
         for kv, block in stored.values():
             if block.host == self.host:
-                self._blocks.adopt(block, kv.mod_revision)
+                self._adopt(block, kv.mod_revision)
+                continue
+            for address, handle in block.allocations.items():
+                known = self._foreign.get(address)
+                if handle.startswith(f"{self.host}/") or (known and known[1] == handle):
+                    foreign[address] = (block.cidr, handle)
+        self._foreign = foreign
+        self._foreign_releases &= set(foreign)

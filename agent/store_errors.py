@@ -68,3 +68,23 @@ class AddressNotAllocated(StoreError):
 
 class EtcdStartError(StoreError):
     """The local etcd server did not start or did not become healthy in time."""
+
+
+class InvalidAddress(StoreError):
+    """A chosen address cannot be handed out at all; the message names the field and value."""
+
+    def __init__(self, field: str, value: object, reason: str) -> None:
+        super().__init__(f"{field}={value!r}: {reason}")
+        self.field = field
+        self.value = value
+        self.reason = reason
+
+
+class AddressTaken(StoreError):
+    """A chosen address is already allocated (to `holder`, when known)."""
+
+    def __init__(self, address: object, holder: str | None) -> None:
+        held_by = f"allocated to {holder!r}" if holder else "already allocated"
+        super().__init__(f"ip={str(address)!r} is {held_by}")
+        self.address = address
+        self.holder = holder

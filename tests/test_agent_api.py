@@ -10,6 +10,7 @@ import json
 import os
 import stat
 import subprocess
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,17 @@ from agent.api import (
     parse_endpoint_spec,
     serve_api,
 )
-from agent.cli import EXIT_NOT_FOUND, EXIT_UNREACHABLE, EXIT_USAGE, main, render_table
+from agent.cli import (
+    EXIT_CONFLICT,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    main,
+    render_table,
+)
+from agent.daemon import error_status
+from agent.store_errors import AddressTaken, InvalidAddress
 
 
 class RecordingControl:
@@ -147,3 +158,38 @@ def test_render_table_aligns_columns() -> None:
     text = render_table([{"name": "h1", "ok": True}, {"name": "host-2", "ok": None}],
                         ["name", "ok"])
     assert text.splitlines() == ["NAME    OK", "h1      yes", "host-2  -"]
+
+
+class ChosenAddressControl(RecordingControl):
+    """Answers `--ip` like the daemon's IPAM would: one address taken, the gateway invalid."""
+
+    async def create_endpoint(self, spec: EndpointSpec) -> dict[str, Any]:
+        self.calls.append(("create_endpoint", spec))
+        if spec.ip == "10.9.0.7":
+            raise AddressTaken(spec.ip, "h2/db")
+        if spec.ip == "10.9.0.1":
+            raise InvalidAddress("ip", spec.ip, "the gateway of network blue")
+        return {"name": spec.name, "network": spec.network, "mode": spec.mode, "ip": spec.ip}
+
+
+async def test_cli_ip_for_an_overlay_endpoint_and_its_errors(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sock = tmp_path / "agent.sock"
+    control = ChosenAddressControl()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(serve_api, control, sock, error_status=error_status))
+
+        def create(ip: str) -> int:
+            return main(["endpoint", "create", "web", "--network", "blue", "--ip", ip,
+                         "--socket", str(sock), "--json"])
+
+        assert await trio.to_thread.run_sync(create, "10.9.0.20") == EXIT_OK
+        assert json.loads(capsys.readouterr().out)["ip"] == "10.9.0.20"
+        assert await trio.to_thread.run_sync(create, "10.9.0.7") == EXIT_CONFLICT
+        assert "ip='10.9.0.7' is allocated to 'h2/db' (HTTP 409)" in capsys.readouterr().err
+        assert await trio.to_thread.run_sync(create, "10.9.0.1") == EXIT_USAGE
+        assert "ip='10.9.0.1': the gateway" in capsys.readouterr().err
+        nursery.cancel_scope.cancel()
+    specs = [c[1] for c in control.calls]
+    assert [(s.mode, s.network, s.ip) for s in specs] == [
+        ("overlay", "blue", ip) for ip in ("10.9.0.20", "10.9.0.7", "10.9.0.1")]

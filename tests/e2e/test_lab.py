@@ -9,6 +9,8 @@ asks; the whole module takes about 90 s of its 6-minute budget).
 from __future__ import annotations
 
 import base64
+import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -24,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from agent.cli import CliError
+from agent.cli import EXIT_CONFLICT, EXIT_OK, EXIT_USAGE, CliError, main
 from agent.lab import Lab, LabError, LabHost, LabState
 from tests.test_agent_metrics import REQUIRED
 
@@ -140,6 +142,57 @@ def test_a_new_endpoint_reaches_every_kernel_within_a_second(
     the_lab.wait_for(lambda: all(created["ip"] not in _kernel_neighbors(h) for h in others),
                      "every kernel to drop it", 10, interval=0.01)
     assert total < 1.0
+
+
+def _cli(host: LabHost, *args: str) -> int:
+    return main([*args, "--socket", str(host.socket), "--json"])
+
+
+def test_endpoint_create_with_a_chosen_ip_in_another_hosts_block(
+        lab: tuple[Lab, LabState]) -> None:
+    the_lab, state = lab
+    h1, h2, h3 = state.hosts[:3]
+    theirs = ipaddress.ip_address(_ip(the_lab, h2))
+    chosen = str(theirs + 1)  # h2's block, and the next address h2 itself would hand out
+    made = [(h1, "chosen"), (h2, "next-free"), (h3, "again")]
+    try:
+        assert _cli(h1, "endpoint", "create", "chosen", "--network", NETWORK, "--ip",
+                    chosen) == EXIT_OK
+        assert _ep(the_lab, h1, "chosen")["ip"] == chosen
+        _wait_everyone_has(the_lab, state, {chosen})
+        assert _ping(_ep(the_lab, h2), chosen).returncode == 0
+        # h2 allocates next-free after h1 recorded an address in h2's block: never the same
+        fresh = the_lab.client(h2).request("POST", "/v1/endpoints",
+                                           {"name": "next-free", "network": NETWORK})
+        assert fresh["ip"] != chosen
+        # taken (409, naming the holder), the gateway, outside the subnet (400): no change
+        with pytest.raises(CliError, match=f"ip='{re.escape(chosen)}' is allocated to "
+                           "'[^']*/chosen'.*HTTP 409") as taken:
+            the_lab.client(h3).request("POST", "/v1/endpoints",
+                                       {"name": "dup", "network": NETWORK, "ip": chosen})
+        assert taken.value.exit_code == EXIT_CONFLICT
+        assert _cli(h3, "endpoint", "create", "gw", "--network", NETWORK, "--ip",
+                    "10.201.0.1") == EXIT_USAGE
+        assert _cli(h3, "endpoint", "create", "out", "--network", NETWORK, "--ip",
+                    "10.9.0.1") == EXIT_USAGE
+        assert not {e["name"] for e in the_lab.client(h3).request("GET", "/v1/endpoints")
+                    if e.get("local")} & {"dup", "gw", "out"}
+        # deleting the endpoint releases the address in h2's block: h3 may then take it
+        the_lab.client(h1).request("DELETE", "/v1/endpoints/chosen")
+
+        def h3_takes_it() -> bool:
+            client = the_lab.client(h3)
+            if any(e["name"] == "again" for e in client.request("GET", "/v1/endpoints")
+                   if e.get("local")):
+                return bool(_ep(the_lab, h3, "again")["ip"] == chosen)
+            return bool(client.request("POST", "/v1/endpoints", {
+                "name": "again", "network": NETWORK, "ip": chosen})["ip"] == chosen)
+
+        the_lab.wait_for(h3_takes_it, "h3 to get the released address", 15, interval=0.2)
+    finally:
+        for host, name in made:
+            with contextlib.suppress(CliError):
+                the_lab.client(host).request("DELETE", f"/v1/endpoints/{name}")
 
 
 def test_a_host_joining_a_network_late_gets_its_existing_endpoints(
