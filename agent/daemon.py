@@ -403,6 +403,11 @@ class Agent:
 
     def snapshot(self) -> MetricsSnapshot:
         gossip = self.gossip.metrics() if self.gossip is not None else None
+        if self.gossip is not None:
+            # Probe round trips are drained at scrape time: a scrape shows those of the
+            # probes acked up to the previous scrape at the latest.
+            for rtt in self.gossip.take_probe_rtts():
+                self.metrics.probe_rtt.observe(rtt)
         entries: dict[str, int] = {}
         if self.table is not None:
             for entry in self.table.endpoints():

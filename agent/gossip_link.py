@@ -285,6 +285,10 @@ class GossipLink:
                     out[member.name] = vtep
         return out
 
+    def take_probe_rtts(self) -> list[float]:
+        """Probe round trips (seconds) since the last call; none while gossip is stopped."""
+        return self.gossip.take_probe_rtts() if self._running else []
+
     def metrics(self) -> GossipMetrics:
         if not self._running:
             return GossipMetrics({}, {}, {}, {}, 0)

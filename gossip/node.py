@@ -295,6 +295,10 @@ class GossipNode:
         self._running().broadcast_user(payload, trio.current_time(), key)
         self._wake()
 
+    def take_probe_rtts(self) -> list[float]:
+        """Probe round trips (seconds) since the last call; see `Swim.take_probe_rtts`."""
+        return self._running().take_probe_rtts()
+
     def keys(self) -> list[bytes]:
         """Installed keys, primary first ([] when encryption is off)."""
         return [] if self._keyring is None else self._keyring.keys()

@@ -98,6 +98,9 @@ __all__ = [
 _MAX_INCARNATION = 2**64 - 1
 _CHUNK_SLACK = 16
 
+#: How many probe round trips a `Swim` keeps until `take_probe_rtts` drains them.
+PROBE_RTT_SAMPLES = 1024
+
 
 class PacketCipher(Protocol):
     """What the core needs of `gossip.keyring.Keyring`: seal and open whole packets."""
@@ -249,12 +252,13 @@ class _Suspicion:
 
 
 class _Probe:
-    __slots__ = ("acked", "addr", "nacks", "nacks_expected", "seq", "target")
+    __slots__ = ("acked", "addr", "nacks", "nacks_expected", "sent_at", "seq", "target")
 
-    def __init__(self, seq: int, target: str, addr: Addr) -> None:
+    def __init__(self, seq: int, target: str, addr: Addr, sent_at: float) -> None:
         self.seq = seq
         self.target = target
         self.addr = addr
+        self.sent_at = sent_at
         self.acked = False
         self.nacks = 0
         self.nacks_expected = 0
@@ -306,6 +310,9 @@ class Swim:
         self._probe_order: list[str] = []
         self._probe_pos = 0
         self._probe: _Probe | None = None
+        # Round trips of acked probes (ping to ack, direct or through helpers), newest kept
+        # when nobody drains them; `take_probe_rtts` hands them to metrics.
+        self._probe_rtts: deque[float] = deque(maxlen=PROBE_RTT_SAMPLES)
         self._relays: dict[int, _Relay] = {}
         self._seq = 0
         self._timers: list[tuple[float, int, int, Any]] = []
@@ -555,6 +562,13 @@ class Swim:
         """Members alive or suspect, self included: the n of every formula."""
         return self._counts[_ALIVE] + self._counts[_SUSPECT] + 1
 
+    def take_probe_rtts(self) -> list[float]:
+        """Round trips (seconds, ping sent to ack received) of the probes acked since the last
+        call, oldest first; at most `PROBE_RTT_SAMPLES` are kept in between."""
+        rtts = list(self._probe_rtts)
+        self._probe_rtts.clear()
+        return rtts
+
     def statistics(self) -> SwimStatistics:
         c = self._counts
         return SwimStatistics(
@@ -657,7 +671,7 @@ class Swim:
 
     def _start_probe(self, target: _Node, now: float) -> None:
         self._seq += 1
-        probe = _Probe(self._seq, target.name, target.addr)
+        probe = _Probe(self._seq, target.name, target.addr, now)
         self._probe = probe
         parts = [encode_message(Ping(probe.seq, target.name))]
         if target.state == _SUSPECT:
@@ -719,6 +733,7 @@ class Swim:
             if not probe.acked:
                 probe.acked = True
                 self._adjust_awareness(-1)
+                self._probe_rtts.append(now - probe.sent_at)
             return
         relay = self._relays.pop(msg.seq, None)
         if relay is not None:

@@ -400,6 +400,7 @@ def test_metrics_scrape_holds_every_metric(lab: tuple[Lab, LabState]) -> None:
     assert values[f'vxmesh_neighbor_entries{{network="{NETWORK}"}}'] >= HOSTS
     assert values["vxmesh_dataplane_in_sync"] == 1.0
     assert values["vxmesh_endpoint_propagation_seconds_count"] >= 1
+    assert values["vxmesh_gossip_probe_rtt_seconds_count"] >= 1
     if shutil.which("promtool"):
         checked = subprocess.run(["promtool", "check", "metrics"], input=text, text=True,
                                  capture_output=True, timeout=60)

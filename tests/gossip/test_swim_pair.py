@@ -390,3 +390,27 @@ def test_a_node_that_missed_the_refutation_asks_the_suspect_itself() -> None:
     assert any(isinstance(m, Alive) and m.incarnation == 1 for m in decode_packet(reply))
     a.receive_datagram(reply, b.addr, 1.0)
     assert a.state_of("m007") is MemberState.ALIVE
+
+
+def test_an_acked_probe_reports_its_round_trip() -> None:
+    link = FakeLink(2)
+    link.form()
+    a, b = link.swims
+    a.take_probe_rtts()
+    pings: list[bytes] = []
+    deadline = link.now + 10.0
+    while not pings and link.now < deadline:
+        link.now = a.next_deadline()
+        a.handle_timeout(link.now)
+        b.datagrams_to_send()
+        for data, addr in a.datagrams_to_send():
+            if addr == b.addr and any(isinstance(m, Ping) for m in decode_packet(data)):
+                pings.append(data)
+    assert pings, "a never probed b within 10 s"
+    sent_at = link.now
+    b.receive_datagram(pings[0], a.addr, sent_at + 0.004)
+    for data, addr in b.datagrams_to_send():
+        if addr == a.addr:
+            a.receive_datagram(data, b.addr, sent_at + 0.009)
+    assert a.take_probe_rtts() == [pytest.approx(0.009)]
+    assert a.take_probe_rtts() == []
