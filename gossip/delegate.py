@@ -2,7 +2,8 @@
 
 Pure: a delegate is called synchronously by the SWIM core with `now` passed in; it must not
 block, sleep or do I/O. Membership changes reach the layer above as events from the core
-(`MemberJoined`, `MemberFailed`, ...), not through this protocol.
+(`MemberJoined`, `MemberFailed`, ...), and node metadata is set on the core (`Swim(meta=...)`,
+`set_meta`), not through this protocol.
 """
 
 from __future__ import annotations
@@ -13,10 +14,6 @@ from typing import Protocol
 
 class Delegate(Protocol):
     """What the SWIM core asks of the layer that carries application state over gossip."""
-
-    def node_meta(self, limit: int) -> bytes:
-        """Metadata for our alive messages; at most `limit` bytes."""
-        ...
 
     def notify_user_msg(self, payload: bytes, now: float) -> None:
         """A user message (piggybacked broadcast or direct) arrived from a peer."""

@@ -348,9 +348,6 @@ class TableDelegate:
 
     # Delegate protocol -------------------------------------------------------------------
 
-    def node_meta(self, limit: int) -> bytes:
-        return b""
-
     def notify_user_msg(self, payload: bytes, now: float) -> None:
         self._user_msgs += 1
         try:

@@ -27,7 +27,7 @@ from overlay.dissemination import (
     decode_records,
     encode_state,
 )
-from overlay.table import Entry, NeighborTable, OwnerStatus
+from overlay.table import Entry, Membership, NeighborTable, OwnerStatus
 
 NET = "blue"
 
@@ -40,7 +40,11 @@ def make_delegate(name: str, vtep: str) -> TableDelegate:
 
 def test_the_delegate_satisfies_the_gossip_protocol() -> None:
     delegate: Delegate = make_delegate("a", "192.0.2.1")
-    assert delegate.node_meta(512) == b""
+    (payload,) = delegate.get_broadcasts(3, 1400)
+    (joined,) = decode_records(payload, 0.0)
+    assert isinstance(joined, Membership)
+    assert (joined.network, joined.node, joined.vtep, joined.deleted) == (
+        NET, "a", "192.0.2.1", False)
 
 
 def test_newer_change_to_the_same_entry_invalidates_the_queued_one() -> None:

@@ -89,9 +89,6 @@ class CountingDelegate:
         self.merged = 0
         self.messages: list[bytes] = []
 
-    def node_meta(self, limit: int) -> bytes:
-        return b""
-
     def notify_user_msg(self, payload: bytes, now: float) -> None:
         self.messages.append(payload)
 

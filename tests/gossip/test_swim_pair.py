@@ -275,9 +275,6 @@ class RecordingDelegate:
         self.merged: list[tuple[bytes, bool]] = []
         self.outgoing: list[bytes] = []
 
-    def node_meta(self, limit: int) -> bytes:
-        return b""
-
     def notify_user_msg(self, payload: bytes, now: float) -> None:
         self.received.append(payload)
 
