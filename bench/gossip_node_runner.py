@@ -30,6 +30,7 @@ from agent.gossip_link import GossipLink
 from agent.provision import node_config
 from gossip.swim import MemberFailed, MemberJoined, MemberRecovered
 from overlay.table import EndpointChanged, NeighborTable, TableEvent
+from underlay.endpoints_model import mac_for_address
 
 NETWORK = "bench"
 
@@ -41,12 +42,6 @@ def say(line: str) -> None:
 def on_table_change(event: TableEvent) -> None:
     if isinstance(event, EndpointChanged) and event.current is not None:
         say(f"event update {event.ip}")
-
-
-def endpoint_mac(ip: str) -> str:
-    """A locally administered MAC derived from the IPv4 address (as Docker does: 02:42...)."""
-    octets = [int(part) for part in ip.split(".")]
-    return "02:42:" + ":".join(f"{o:02x}" for o in octets)
 
 
 async def run_runner(name: str, bind: tuple[str, int], seed: tuple[str, int] | None,
@@ -88,7 +83,7 @@ async def run_runner(name: str, bind: tuple[str, int], seed: tuple[str, int] | N
                 return
             command, _, argument = line.strip().partition(" ")
             if command == "update":
-                table.put_endpoint(NETWORK, argument, endpoint_mac(argument),
+                table.put_endpoint(NETWORK, argument, mac_for_address(argument),
                                    trio.current_time())
                 link.records_changed()
             else:
