@@ -4,7 +4,7 @@ Usage (run by bench/gossip_vs_serf.py inside a lab namespace):
     gossip_node_runner.py --name h3 --bind 10.77.0.3:7946 --state-dir DIR
                           [--join 10.77.0.1:7946]
 
-Runs `agent.gossip_link.GossipLink` (the `gossip.node.GossipNode` trio driver with the LAN
+Runs `agent.runtime.gossip_link.GossipLink` (the `gossip.node.GossipNode` trio driver with the LAN
 preset, carrying the agent's `overlay.table.NeighborTable` through its delegate), exactly as
 `vxmesh agent` composes it, minus etcd and the data plane. Prints one line per event, flushed:
   `event joined NAME` (member joined or recovered, ourselves once at start),
@@ -13,7 +13,8 @@ preset, carrying the agent's `overlay.table.NeighborTable` through its delegate)
 Reads commands on stdin: `update IP` publishes an endpoint (network `bench`) with that IP from
 this node. No encryption (the serf side runs without -encrypt too).
 
-May import: agent.gossip_link, agent.provision, overlay.table, gossip.swim, trio, stdlib.
+May import: agent.runtime.gossip_link, agent.lab.provision, overlay.table, gossip.swim, trio,
+stdlib.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from collections.abc import Sequence
 import trio
 
 from agent.config import parse_hostport
-from agent.gossip_link import GossipLink
-from agent.provision import node_config
+from agent.lab.provision import node_config
+from agent.runtime.gossip_link import GossipLink
 from gossip.swim import MemberFailed, MemberJoined, MemberRecovered
 from overlay.table import EndpointChanged, NeighborTable, TableEvent
 from underlay.endpoints_model import mac_for_address

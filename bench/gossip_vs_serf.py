@@ -58,10 +58,10 @@ from netns_bench import (
     wait_until,
 )
 
-from agent.cli import ApiClient, CliError
+from agent.api.client import ApiClient, CliError
 from agent.config import render_toml
-from agent.lab import NamespacedEtcd
-from agent.provision import node_config
+from agent.lab.hosts import NamespacedEtcd
+from agent.lab.provision import node_config
 
 METRICS = ("join_s", "detect_first_s", "detect_all_s", "dissemination_s", "false_positives",
            "cpu_pct", "rss_mb")
@@ -272,7 +272,7 @@ class AgentSystem(GossipSystem):
         path.write_text(render_toml(config))
         env = {k: v for k, v in os.environ.items() if not k.startswith("VXMESH_")}
         env["PYTHONUNBUFFERED"] = "1"
-        return lab.spawn(host, [sys.executable, "-m", "agent.cli", "agent", "--config",
+        return lab.spawn(host, [sys.executable, "-m", "agent.cli.main", "agent", "--config",
                                 str(path)], env=env, cwd=ROOT)
 
     def parse(self, text: str) -> Observed | None:

@@ -49,7 +49,8 @@ from overlay.desired import (  # noqa: E402
 from overlay.reconciler import Reconciler  # noqa: E402
 from tests.netns import NetnsLab, run  # noqa: E402
 from underlay.kernel import NetlinkThread  # noqa: E402
-from underlay.netlink_ops import NTF_SELF, NUD_PERMANENT, NetlinkKernel  # noqa: E402
+from underlay.netlink_ops import NetlinkKernel  # noqa: E402
+from underlay.records import NTF_SELF, NUD_PERMANENT  # noqa: E402
 
 VNI = 100
 BASELINE_DEVICE = "benchvx101"

@@ -2,7 +2,7 @@
 
 Usage: .venv/bin/python bench/store.py [--json] [--endpoints 1000] [--networks 50] [--claims 50]
 
-Measures, in one run on one fresh etcd (agent.etcd_local, loopback, temporary directory):
+Measures, in one run on one fresh etcd (agent.lab.etcd_local, loopback, temporary directory):
 - network create latency (median, ms): validated network, allocated VNI, one guard transaction;
 - block claim latency (median, ms): one transaction per claimed block;
 - local address allocations per second (from blocks already held: no etcd call);
@@ -26,11 +26,11 @@ from pathlib import Path
 
 import trio
 
-from agent.etcd_client import Compare, Put
-from agent.etcd_local import LocalEtcd
-from agent.ipam import iter_blocks, reserved_addresses
-from agent.schema import validate_network
-from agent.store import Store
+from agent.lab.etcd_local import LocalEtcd
+from agent.store.etcd_client import Compare, Put
+from agent.store.ipam import iter_blocks, reserved_addresses
+from agent.store.schema import validate_network
+from agent.store.service import Store
 
 BASELINE_PREFIX = "/vxmesh/bench/baseline/"
 

@@ -52,7 +52,7 @@ from overlay.desired import (
     owned_device,
 )
 from underlay.errors import KernelError, UnderlayError
-from underlay.netlink_ops import (
+from underlay.records import (
     NTF_MASTER,
     NTF_SELF,
     NUD_PERMANENT,

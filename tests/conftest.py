@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.etcd_local import ETCD_BINARY, LocalEtcd
+from agent.lab.etcd_local import ETCD_BINARY, LocalEtcd
 from tests.netns import NetnsLab
 
 

@@ -1,4 +1,5 @@
-"""agent.api + agent.cli over a real unix socket: routing, validation, errors, exit codes.
+"""agent.api.routes + agent.cli.main over a real unix socket: routing, validation, errors,
+exit codes.
 
 The daemon's side is `RecordingControl` here, which records what the API asked for; the real
 daemon behind the same API is exercised by tests/e2e.
@@ -17,25 +18,19 @@ from typing import Any
 import pytest
 import trio
 
-from agent.api import (
-    EndpointSpec,
-    InvalidRequest,
-    NetworkSpec,
-    NotFound,
-    parse_endpoint_spec,
-    serve_api,
-)
-from agent.cli import (
+from agent.api.errors import (
     EXIT_CONFLICT,
     EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
-    main,
-    render_table,
+    InvalidRequest,
+    NotFound,
 )
-from agent.daemon import error_status
-from agent.store_errors import AddressTaken, InvalidAddress
+from agent.api.routes import EndpointSpec, NetworkSpec, parse_endpoint_spec, serve_api
+from agent.cli.main import main
+from agent.store.errors import AddressTaken, InvalidAddress
+from agent.terminal import render_table
 
 
 class RecordingControl:
@@ -177,7 +172,7 @@ async def test_cli_ip_for_an_overlay_endpoint_and_its_errors(
     sock = tmp_path / "agent.sock"
     control = ChosenAddressControl()
     async with trio.open_nursery() as nursery:
-        await nursery.start(partial(serve_api, control, sock, error_status=error_status))
+        await nursery.start(partial(serve_api, control, sock))
 
         def create(ip: str) -> int:
             return main(["endpoint", "create", "web", "--network", "blue", "--ip", ip,

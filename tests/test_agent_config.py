@@ -102,7 +102,8 @@ def test_derived_values() -> None:
 def test_agent_refuses_to_start_on_a_bad_key_naming_it(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent.cli import EXIT_USAGE, main
+    from agent.api.errors import EXIT_USAGE
+    from agent.cli.main import main
 
     for name in [n for n in os.environ if n.startswith("VXMESH_")]:
         monkeypatch.delenv(name)

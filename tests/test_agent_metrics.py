@@ -1,4 +1,5 @@
-"""agent.metrics: a real scrape over HTTP, checked by promtool, holds every metric issue 8 lists."""
+"""agent.runtime.metrics: a real scrape over HTTP, checked by promtool, holds every metric
+issue 8 lists."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import urllib.request
 import pytest
 import trio
 
-from agent.metrics import AgentMetrics, MetricsSnapshot, serve_metrics
+from agent.runtime.metrics import AgentMetrics, MetricsSnapshot, serve_metrics
 
 REQUIRED = (
     "vxmesh_build_info", "vxmesh_gossip_members", "vxmesh_gossip_messages_total",

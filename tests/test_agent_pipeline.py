@@ -1,6 +1,6 @@
-"""agent.pipeline: bursts coalesce, only the newest desired state is handed over, propagation
-is timed from the owner's change until the reconciler's kernel holds it and lands in the real
-metrics histogram (real Reconciler, in-memory kernel)."""
+"""agent.runtime.pipeline: bursts coalesce, only the newest desired state is handed over,
+propagation is timed from the owner's change until the reconciler's kernel holds it and lands
+in the real metrics histogram (real Reconciler, in-memory kernel)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from dataclasses import replace
 import trio
 import trio.testing
 
-from agent.metrics import AgentMetrics, MetricsSnapshot
-from agent.pipeline import DesiredInputs, Pipeline, moves_kernel_entry
+from agent.runtime.metrics import AgentMetrics, MetricsSnapshot
+from agent.runtime.pipeline import DesiredInputs, Pipeline, moves_kernel_entry
 from overlay.desired import AliveMember, EndpointEntry, NetworkSpec, UnderlayView
 from overlay.reconciler import Reconciler, run_dataplane
 from overlay.table import EndpointChanged, Entry

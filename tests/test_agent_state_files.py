@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.network_cache import NetworkCache
 from agent.state_files import (
     KeyringFile,
     StateReadError,
@@ -18,6 +17,7 @@ from agent.state_files import (
     save_keyring,
     write_json,
 )
+from agent.store.network_cache import NetworkCache
 
 
 @pytest.mark.kernel

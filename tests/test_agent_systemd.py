@@ -1,4 +1,5 @@
-"""agent.systemd: sd_notify datagrams reach $NOTIFY_SOCKET; watchdog pings at half the timeout."""
+"""agent.runtime.systemd: sd_notify datagrams reach $NOTIFY_SOCKET; watchdog pings at half
+the timeout."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from agent.systemd import SystemdNotifier, run_watchdog
+from agent.runtime.systemd import SystemdNotifier, run_watchdog
 
 
 def _receiver(path: str) -> socket.socket:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from agent.config import ConfigError, load_config
-from agent.metrics import AgentMetrics, MetricsSnapshot
-from agent.provision import interface_for_address, main, node_config
+from agent.lab.provision import interface_for_address, main, node_config
+from agent.runtime.metrics import AgentMetrics, MetricsSnapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -24,14 +24,12 @@ May import: pyroute2, trio (through underlay.kernel), the standard library, unde
 
 from __future__ import annotations
 
-import enum
 import errno as errno_codes
 import itertools
 import select
 import socket
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -53,14 +51,20 @@ from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from underlay import links
 from underlay.errors import KernelError
 from underlay.kernel import NetlinkThread, is_missing, netlink_errno
-
-AF_BRIDGE = 7
-NUD_PERMANENT = 0x80
-NUD_NOARP = 0x40
-NUD_REACHABLE = 0x02
-NTF_SELF = 0x02
-NTF_MASTER = 0x04
-ZERO_MAC = "00:00:00:00:00:00"
+from underlay.records import (
+    AF_BRIDGE,
+    NTF_SELF,
+    NUD_PERMANENT,
+    ZERO_MAC,
+    FdbRecord,
+    FdbWrite,
+    LinkRecord,
+    NeighborRecord,
+    VxlanAttributes,
+    VxlanSpec,
+    Write,
+    WriteAction,
+)
 
 #: Messages per `send`. Each acknowledgement costs about 1 KiB of receive buffer in the
 #: kernel's accounting; 512 of them stay well inside the buffer we ask for.
@@ -81,101 +85,6 @@ _sequence = itertools.count()
 
 def _next_seq() -> int:
     return _SEQ_BASE + next(_sequence) % _SEQ_SPAN
-
-
-# --------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True)
-class VxlanAttributes:
-    """What the kernel reports about a vxlan device."""
-
-    vni: int
-    port: int
-    local: str | None
-    learning: bool
-    proxy: bool
-
-
-@dataclass(frozen=True)
-class LinkRecord:
-    """One network device as a link dump reports it."""
-
-    index: int
-    name: str
-    kind: str | None
-    master: int | None
-    mtu: int
-    up: bool
-    mac: str | None
-    vxlan: VxlanAttributes | None = None
-
-
-@dataclass(frozen=True)
-class FdbRecord:
-    """One AF_BRIDGE FDB entry from a dump (dst None: none given)."""
-
-    ifindex: int
-    mac: str
-    dst: str | None
-    state: int
-    flags: int
-
-
-@dataclass(frozen=True)
-class NeighborRecord:
-    """One IPv4 ARP or IPv6 NDP neighbor entry from a dump."""
-
-    ifindex: int
-    ip: str
-    mac: str | None
-    state: int
-    flags: int
-
-
-@dataclass(frozen=True)
-class VxlanSpec:
-    """A vxlan device as we want it. `local` decides the underlay family (IPv4 or IPv6)."""
-
-    name: str
-    vni: int
-    port: int
-    local: str
-    mtu: int
-    mac: str
-    learning: bool = False
-    proxy: bool = True
-
-
-class WriteAction(enum.Enum):
-    """What a write does: replace (create or overwrite), append (flood), delete."""
-
-    REPLACE = "replace"
-    APPEND = "append"
-    DELETE = "delete"
-
-
-@dataclass(frozen=True)
-class FdbWrite:
-    """One FDB message: MAC -> dst on a vxlan device (NTF_SELF, NUD_PERMANENT)."""
-
-    action: WriteAction
-    ifindex: int
-    mac: str
-    dst: str | None
-
-
-@dataclass(frozen=True)
-class NeighborWrite:
-    """One neighbor message: IP -> MAC on a device (NUD_PERMANENT)."""
-
-    action: WriteAction
-    ifindex: int
-    ip: str
-    mac: str | None
-
-
-Write = FdbWrite | NeighborWrite
 
 
 # --------------------------------------------------------------------------- encoding
@@ -543,20 +452,6 @@ def dump_links(ipr: IPRoute) -> list[LinkRecord]:
 
 
 # --------------------------------------------------------------------------- vxlan devices
-
-
-def vxlan_matches(record: LinkRecord, spec: VxlanSpec) -> bool:
-    """True when `record` can be adopted for `spec` without re-creating it.
-
-    VNI, dstport, local address and the proxy flag cannot be changed on a live vxlan device;
-    MTU, MAC and learning can, and are fixed in place.
-    """
-    found = record.vxlan
-    return (
-        record.kind == "vxlan" and found is not None and found.vni == spec.vni
-        and found.port == spec.port and found.local == spec.local
-        and found.proxy == spec.proxy
-    )
 
 
 def create_vxlan(ipr: IPRoute, spec: VxlanSpec) -> int:

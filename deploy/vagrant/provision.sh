@@ -43,7 +43,7 @@ IFS=',' read -r -a seeds <<< "$VXMESH_SEEDS"
 for seed in "${seeds[@]}"; do
     seed_args+=(--seed "$seed")
 done
-"$venv/bin/python" -m agent.provision --name "$VXMESH_NODE" --address "$VXMESH_ADDRESS" \
+"$venv/bin/python" -m agent.lab.provision --name "$VXMESH_NODE" --address "$VXMESH_ADDRESS" \
     --etcd "$VXMESH_ETCD_URL" "${seed_args[@]}" --output /etc/vxmesh/agent.toml
 
 umask 077

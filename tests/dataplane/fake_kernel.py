@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from underlay.errors import KernelError
-from underlay.netlink_ops import (
+from underlay.records import (
     NTF_SELF,
     NUD_PERMANENT,
     ZERO_MAC,

@@ -21,23 +21,17 @@ from pyroute2.netlink import NLM_F_DUMP_INTR, NLM_F_MULTI, NLMSG_DONE
 from pyroute2.netlink.rtnl import RTM_NEWNEIGH
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
-from underlay import netlink_ops
+from underlay import netlink_ops, records
 from underlay.errors import KernelError
-from underlay.netlink_ops import (
-    FdbWrite,
-    NeighborWrite,
-    WriteAction,
-    encode_ndmsg,
-    encode_write,
-    write_fields,
-)
+from underlay.netlink_ops import encode_ndmsg, encode_write, write_fields
+from underlay.records import FdbWrite, NeighborWrite, WriteAction
 
 macs = st.binary(min_size=6, max_size=6).map(lambda b: ":".join(f"{x:02x}" for x in b))
 ipv4 = st.ip_addresses(v=4).map(str)
 ipv6 = st.ip_addresses(v=6).map(str)
 actions = st.sampled_from(list(WriteAction))
 fdb_writes = st.builds(FdbWrite, actions, st.integers(1, 2**31 - 1),
-                       st.one_of(macs, st.just(netlink_ops.ZERO_MAC)), st.one_of(ipv4, ipv6))
+                       st.one_of(macs, st.just(records.ZERO_MAC)), st.one_of(ipv4, ipv6))
 neighbor_writes = st.builds(NeighborWrite,
                             st.sampled_from([WriteAction.REPLACE, WriteAction.DELETE]),
                             st.integers(1, 2**31 - 1), st.one_of(ipv4, ipv6), macs)
@@ -51,16 +45,16 @@ def test_template_render_equals_pyroute2_encoding(write: Any, seq: int) -> None:
 
 def test_writes_state_and_flags_explicitly() -> None:
     fields = write_fields(FdbWrite(WriteAction.REPLACE, 5, "02:00:00:00:00:01", "10.0.0.2"))
-    assert fields["state"] == netlink_ops.NUD_PERMANENT
-    assert fields["flags"] == netlink_ops.NTF_SELF
-    flood = write_fields(FdbWrite(WriteAction.APPEND, 5, netlink_ops.ZERO_MAC, "10.0.0.2"))
+    assert fields["state"] == records.NUD_PERMANENT
+    assert fields["flags"] == records.NTF_SELF
+    flood = write_fields(FdbWrite(WriteAction.APPEND, 5, records.ZERO_MAC, "10.0.0.2"))
     assert flood["nl_flags"] & 0x800  # NLM_F_APPEND
     unicast_delete = write_fields(FdbWrite(WriteAction.DELETE, 5, "02:00:00:00:00:01", "x"))
-    flood_delete = write_fields(FdbWrite(WriteAction.DELETE, 5, netlink_ops.ZERO_MAC,
+    flood_delete = write_fields(FdbWrite(WriteAction.DELETE, 5, records.ZERO_MAC,
                                          "10.0.0.2"))
     assert unicast_delete["dst"] is None and flood_delete["dst"] == "10.0.0.2"
     neigh = write_fields(NeighborWrite(WriteAction.REPLACE, 5, "fd10::2", "02:00:00:00:00:01"))
-    assert neigh["family"] == socket.AF_INET6 and neigh["state"] == netlink_ops.NUD_PERMANENT
+    assert neigh["family"] == socket.AF_INET6 and neigh["state"] == records.NUD_PERMANENT
 
 
 def _fake_kernel(interrupted_answers: int) -> tuple[Any, socket.socket, threading.Thread]:

@@ -10,17 +10,19 @@ from tests.netns import NetnsLab, run
 from underlay.kernel import NetlinkThread
 from underlay.netlink_ops import (
     BATCH_MESSAGES,
+    create_vxlan,
+    dump_fdb,
+    dump_links,
+    dump_neighbors,
+    send_writes,
+)
+from underlay.records import (
     NUD_PERMANENT,
     ZERO_MAC,
     FdbWrite,
     NeighborWrite,
     VxlanSpec,
     WriteAction,
-    create_vxlan,
-    dump_fdb,
-    dump_links,
-    dump_neighbors,
-    send_writes,
     vxlan_matches,
 )
 

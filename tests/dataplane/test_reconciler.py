@@ -22,7 +22,7 @@ from overlay.desired import (
 )
 from overlay.reconciler import Reconciler, run_dataplane
 from tests.dataplane.fake_kernel import FakeKernel, Injection
-from underlay.netlink_ops import (
+from underlay.records import (
     NTF_MASTER,
     NTF_SELF,
     NUD_NOARP,

@@ -21,7 +21,7 @@ from overlay.desired import (
 )
 from overlay.reconciler import Reconciler
 from tests.dataplane.fake_kernel import FakeKernel, Injection
-from underlay.netlink_ops import NTF_SELF, NUD_NOARP, NUD_PERMANENT, ZERO_MAC, Write
+from underlay.records import NTF_SELF, NUD_NOARP, NUD_PERMANENT, ZERO_MAC, Write
 
 CODES = [errno.EBUSY, errno.ENOENT, errno.EEXIST, errno.ENOBUFS, errno.EINVAL]
 

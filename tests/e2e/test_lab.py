@@ -26,8 +26,10 @@ from typing import Any
 
 import pytest
 
-from agent.cli import EXIT_CONFLICT, EXIT_OK, EXIT_USAGE, CliError, main
-from agent.lab import Lab, LabError, LabHost, LabState
+from agent.api.client import CliError
+from agent.api.errors import EXIT_CONFLICT, EXIT_OK, EXIT_USAGE
+from agent.cli.main import main
+from agent.lab.hosts import Lab, LabError, LabHost, LabState
 from tests.test_agent_metrics import REQUIRED
 
 pytestmark = [pytest.mark.kernel, pytest.mark.etcd, pytest.mark.slow]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from agent.backoff import Backoff
+from agent.store.backoff import Backoff
 
 
 def test_delays_grow_cap_and_reset() -> None:

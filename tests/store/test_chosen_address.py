@@ -7,11 +7,11 @@ import ipaddress
 import pytest
 import trio
 
-from agent.etcd_local import LocalEtcd
-from agent.ipam import HostBlocks, check_chosen, record_in_block
-from agent.schema import Block, IPAddress, block_key, decode_block, validate_network
-from agent.store import AddressPool, Store
-from agent.store_errors import AddressTaken, InvalidAddress
+from agent.lab.etcd_local import LocalEtcd
+from agent.store.errors import AddressTaken, InvalidAddress
+from agent.store.ipam import HostBlocks, check_chosen, record_in_block
+from agent.store.schema import Block, IPAddress, block_key, decode_block, validate_network
+from agent.store.service import AddressPool, Store
 from tests.store.test_store_etcd import connect, stored_allocations
 
 NET = validate_network(name="n", subnet="10.1.0.0/24", block_prefix=26)

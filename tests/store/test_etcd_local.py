@@ -8,8 +8,8 @@ from pathlib import Path
 import etcd3
 import pytest
 
-from agent.etcd_local import LocalEtcd, free_loopback_port
-from agent.store_errors import EtcdStartError
+from agent.lab.etcd_local import LocalEtcd, free_loopback_port
+from agent.store.errors import EtcdStartError
 
 pytestmark = pytest.mark.etcd
 
@@ -54,7 +54,7 @@ def test_port_taken_before_first_start_is_replaced(
         busy = squatter.getsockname()[1]
         ports = iter([busy, free_loopback_port()])
         monkeypatch.setattr(
-            "agent.etcd_local.free_loopback_port",
+            "agent.lab.etcd_local.free_loopback_port",
             lambda: next(ports, None) or free_loopback_port(),
         )
         server = LocalEtcd(tmp_path / "d")

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.ipam import (
+from agent.store.errors import AddressExhausted, AddressNotAllocated
+from agent.store.ipam import (
     DepartureClock,
     HostBlocks,
     block_of,
@@ -18,8 +19,7 @@ from agent.ipam import (
     reserved_addresses,
     usable_in_block,
 )
-from agent.schema import Block, IPAddress, validate_network
-from agent.store_errors import AddressExhausted, AddressNotAllocated
+from agent.store.schema import Block, IPAddress, validate_network
 
 
 def test_reserved_v4_and_v6() -> None:

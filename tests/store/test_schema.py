@@ -9,8 +9,15 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from agent.network_view import KeyChange, NetworkAdded, NetworkChanged, NetworkRemoved, NetworkView
-from agent.schema import (
+from agent.store.errors import InvalidNetwork
+from agent.store.network_view import (
+    KeyChange,
+    NetworkAdded,
+    NetworkChanged,
+    NetworkRemoved,
+    NetworkView,
+)
+from agent.store.schema import (
     Block,
     MalformedRecord,
     Node,
@@ -26,7 +33,6 @@ from agent.schema import (
     subnet_outer_keys,
     validate_network,
 )
-from agent.store_errors import InvalidNetwork
 
 
 @pytest.mark.parametrize(

@@ -12,10 +12,17 @@ from typing import Any
 import pytest
 import trio
 
-from agent.etcd_client import EtcdClient, TxnResult
-from agent.etcd_local import LocalEtcd
-from agent.ipam import reserved_addresses
-from agent.schema import (
+from agent.lab.etcd_local import LocalEtcd
+from agent.store.errors import (
+    NetworkConflict,
+    NetworkInUse,
+    NetworkNotFound,
+    StoreError,
+    StoreUnavailable,
+)
+from agent.store.etcd_client import EtcdClient, TxnResult
+from agent.store.ipam import reserved_addresses
+from agent.store.schema import (
     BLOCKS,
     IPAddress,
     Network,
@@ -27,14 +34,7 @@ from agent.schema import (
     prefix_end,
     validate_network,
 )
-from agent.store import AddressPool, Store
-from agent.store_errors import (
-    NetworkConflict,
-    NetworkInUse,
-    NetworkNotFound,
-    StoreError,
-    StoreUnavailable,
-)
+from agent.store.service import AddressPool, Store
 
 pytestmark = pytest.mark.etcd
 
@@ -429,7 +429,7 @@ async def test_malformed_keys_are_skipped_and_counted(local_etcd: LocalEtcd) -> 
     store = connect(local_etcd)
     await store.create_network(validate_network(name="good", subnet="10.1.0.0/24"))
     put = store.client.txn
-    from agent.etcd_client import Put
+    from agent.store.etcd_client import Put
 
     await store.call(put, [], [Put(network_key("junk"), b"\x00not json")])
     await store.call(put, [], [Put(network_key("liar"), b'{"name": "other"}')])

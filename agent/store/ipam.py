@@ -1,7 +1,7 @@
 """IPAM arithmetic and a host's blocks: pure, no I/O.
 
 Owns the address math of vxmesh's Calico-style IPAM: a network's subnet is carved into blocks
-of `network.block_prefix`; a host claims whole blocks through etcd (agent.store does the
+of `network.block_prefix`; a host claims whole blocks through etcd (agent.store.service does the
 transaction) and then hands out addresses from its own blocks locally, without a round trip,
 which is what lets endpoints be created while etcd is away. Rules:
 - the network address, the gateway and (IPv4) the broadcast address are never handed out;
@@ -14,7 +14,7 @@ which is what lets endpoints be created while etcd is away. Rules:
   may gain or lose entries its holder did not write: when the holder re-reads it (`adopt`), etcd
   wins except for the holder's own changes not flushed yet, and an unflushed local allocation of
   an address another host recorded first is given up (`adopt` returns its handle).
-Imports: stdlib, agent.schema, agent.store_errors (listed among the pure cores).
+Imports: stdlib, agent.store.schema, agent.store.errors (listed among the pure cores).
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ import random
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 
-from agent.schema import Block, IPAddress, IPNetwork, Network
-from agent.store_errors import (
+from agent.store.errors import (
     AddressExhausted,
     AddressNotAllocated,
     AddressTaken,
     InvalidAddress,
 )
+from agent.store.schema import Block, IPAddress, IPNetwork, Network
 
 
 def reserved_addresses(network: Network) -> frozenset[IPAddress]:

@@ -4,7 +4,7 @@ Owns: choosing the interface that carries a given underlay address (from `ip -j 
 output, so the NAT interface every Vagrant VM shares is never picked by accident), and
 rendering a validated `agent.toml` for one node.
 
-Run on a machine: `python -m agent.provision --name node1 --address 192.168.56.11
+Run on a machine: `python -m agent.lab.provision --name node1 --address 192.168.56.11
 --etcd http://192.168.56.11:2379 --seed 192.168.56.11:7946 --output /etc/vxmesh/agent.toml`.
 
 May import: agent.config, agent.state_files, agent.errors, the standard library.
@@ -52,7 +52,7 @@ def node_config(*, name: str, address: str, interface: str, etcd: Sequence[str],
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent.provision",
+    parser = argparse.ArgumentParser(prog="python -m agent.lab.provision",
                                      description="write this node's /etc/vxmesh/agent.toml")
     parser.add_argument("--name", required=True)
     parser.add_argument("--address", required=True, help="underlay (private network) address")

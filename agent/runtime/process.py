@@ -37,38 +37,23 @@ from typing import Any, TypeVar
 
 import trio
 
-from agent.api import (
-    ApiError,
-    Conflict,
-    EndpointSpec,
-    InvalidRequest,
-    NetworkSpec,
-    NotFound,
-    Unavailable,
-    serve_api,
-)
+from agent.api.errors import ApiError, Conflict, InvalidRequest, NotFound, Unavailable
+from agent.api.http import HttpServerStatistics
+from agent.api.routes import EndpointSpec, NetworkSpec, serve_api
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.errors import AgentError
-from agent.gossip_link import GossipLink
-from agent.http_server import HttpServerStatistics
-from agent.metrics import AgentMetrics, MetricsSnapshot, serve_metrics
-from agent.network_cache import NetworkCache
-from agent.pipeline import DesiredInputs, Pipeline, moves_kernel_entry
-from agent.schema import IPAddress, Network, decode_network, validate_network
+from agent.runtime.gossip_link import GossipLink
+from agent.runtime.metrics import AgentMetrics, MetricsSnapshot, serve_metrics
+from agent.runtime.pipeline import DesiredInputs, Pipeline, moves_kernel_entry
+from agent.runtime.systemd import SystemdNotifier, run_watchdog
 from agent.state_files import StateReadError, StateWriteError
-from agent.store import AddressPool, Store
-from agent.store_errors import (
-    AddressExhausted,
-    AddressTaken,
-    InvalidAddress,
-    InvalidNetwork,
-    NetworkConflict,
-    NetworkInUse,
-    NetworkNotFound,
+from agent.store.errors import (
     StoreError,
     StoreUnavailable,
 )
-from agent.systemd import SystemdNotifier, run_watchdog
+from agent.store.network_cache import NetworkCache
+from agent.store.schema import IPAddress, Network, decode_network, validate_network
+from agent.store.service import AddressPool, Store
 from overlay import desired as desired_state
 from overlay.reconciler import Reconciler, run_dataplane
 from overlay.table import EndpointChanged, NeighborTable
@@ -86,28 +71,14 @@ from underlay.endpoints_model import EndpointSpec as UnderlayEndpointSpec
 from underlay.errors import UnderlayError
 from underlay.facts import UnderlayFacts, probe_capabilities, read_underlay
 from underlay.kernel import NetlinkThread
-from underlay.netlink_ops import NUD_PERMANENT, NetlinkKernel
+from underlay.netlink_ops import NetlinkKernel
+from underlay.records import NUD_PERMANENT
 
 log = logging.getLogger("vxmesh.agent")
 T = TypeVar("T")
 
 SHUTDOWN_TIMEOUT = 3.0
 INITIAL_SYNC_TIMEOUT = 5.0
-
-
-def error_status(exc: AgentError) -> int:
-    """The HTTP status of an agent error the API did not classify itself."""
-    if isinstance(exc, InvalidNetwork | InvalidAddress | ConfigError):
-        return 400
-    if isinstance(exc, NetworkNotFound):
-        return 404
-    if isinstance(exc, NetworkConflict | NetworkInUse | AddressExhausted | AddressTaken):
-        return 409
-    if isinstance(exc, StoreUnavailable):
-        return 503
-    if isinstance(exc, StateWriteError):
-        return 507
-    return 500
 
 
 @dataclass(frozen=True)
@@ -174,7 +145,7 @@ async def run_agent(config: AgentConfig, config_path: Path | None = None,
 
 
 class Agent:
-    """The running agent: components, readiness, and the `agent.api.Control` it implements."""
+    """The running agent: components, readiness, and the `agent.api.routes.Control`."""
 
     def __init__(self, config: AgentConfig, *, notifier: SystemdNotifier,
                  config_path: Path | None = None, assignments: tuple[str, ...] = ()) -> None:
@@ -271,8 +242,7 @@ class Agent:
             # 8. control API
             await nursery.start(lambda task_status: serve_api(
                 self, config.api.socket, mode=config.socket_mode_bits,
-                group=config.api.socket_group, error_status=error_status,
-                stats=self.api_stats, task_status=task_status))
+                group=config.api.socket_group, stats=self.api_stats, task_status=task_status))
             await nursery.start(run_watchdog, self.notifier, self._healthy)
             nursery.start_soon(self._open_pools)
             self.ready = True
@@ -351,7 +321,7 @@ class Agent:
 
     async def _register_node(self) -> None:
         assert self.store is not None and self.facts is not None
-        from agent.schema import Node
+        from agent.store.schema import Node
 
         node = Node(self.node, ipaddress.ip_address(self.facts.address),
                     (self.facts.address, self.config.gossip.port), _version())

@@ -20,7 +20,7 @@ Routes (all JSON; errors are {"error": {"status": N, "message": "..."}}):
   POST   /v1/keys/install|use|remove  {"key": b64}
   GET    /v1/fdb[?network=NAME]     desired vs kernel entries
 
-May import: trio, agent.http_server, agent.state_files, agent.errors, underlay.endpoints_model
+May import: trio, agent.api.http, agent.state_files, agent.errors, underlay.endpoints_model
 (the port syntax), the standard library.
 """
 
@@ -36,8 +36,8 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
-from agent.errors import AgentError
-from agent.http_server import (
+from agent.api.errors import ApiError, InvalidRequest, NotFound, http_status
+from agent.api.http import (
     Handler,
     HttpServerStatistics,
     Request,
@@ -45,6 +45,7 @@ from agent.http_server import (
     bind_unix_listener,
     serve_http,
 )
+from agent.errors import AgentError
 from agent.state_files import StateReadError, decode_key
 from underlay.endpoints_model import (
     EndpointSpecError,
@@ -59,41 +60,6 @@ ENDPOINT_MODES = ("overlay", "bridge", "host", "none", "macvlan", "ipvlan")
 PROTOCOLS = ("tcp", "udp")
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,30}$")
 MAX_VNI = (1 << 24) - 1
-
-
-class ApiError(AgentError):
-    """An error with the HTTP status the API answers it with."""
-
-    status = 400
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        if status is not None:
-            self.status = status
-
-
-class InvalidRequest(ApiError):
-    """A field of a request is missing or wrong; the message names it and its value."""
-
-    status = 400
-
-
-class NotFound(ApiError):
-    """The named object does not exist."""
-
-    status = 404
-
-
-class Conflict(ApiError):
-    """The request collides with existing state (name taken, port claimed, VNI used)."""
-
-    status = 409
-
-
-class Unavailable(ApiError):
-    """A dependency (etcd) is away and the request needs it."""
-
-    status = 503
 
 
 @dataclass(frozen=True)
@@ -345,34 +311,27 @@ def _resolve(method: str, path: str) -> tuple[Route, str]:
     raise NotFound(f"no such path {path!r}")
 
 
-ErrorStatus = Callable[[AgentError], int]
-
-
-def make_handler(control: Control, error_status: ErrorStatus | None = None) -> Handler:
+def make_handler(control: Control) -> Handler:
     """The request handler: route, validate, call `control`, map errors to statuses."""
 
     async def handle(request: Request) -> Response:
         try:
             route, arg = _resolve(request.method, request.path)
             return await route(control, request, arg)
-        except ApiError as exc:
-            return Response.error(exc.status, str(exc))
         except AgentError as exc:
-            status = error_status(exc) if error_status is not None else 422
-            return Response.error(status, str(exc))
+            return Response.error(http_status(exc), str(exc))
 
     return handle
 
 
 async def serve_api(control: Control, socket_path: Path, *, mode: int = 0o660, group: str = "",
-                    error_status: ErrorStatus | None = None,
                     stats: HttpServerStatistics | None = None,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the control API on `socket_path` until cancelled; removes the socket on exit."""
     listener = await bind_unix_listener(socket_path, mode=mode, group=group)
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(serve_http, [listener], make_handler(control, error_status),
+            await nursery.start(serve_http, [listener], make_handler(control),
                                 stats)
             task_status.started()
     finally:

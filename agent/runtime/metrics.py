@@ -16,7 +16,7 @@ Rules:
   latency) as 0 and counts it in `vxmesh_endpoint_propagation_clock_skew_total`: a rising count
   means the hosts' clocks need NTP, and the histogram's low buckets are then unreliable.
 
-May import: prometheus_client, trio, agent.http_server, the standard library.
+May import: prometheus_client, trio, agent.api.http, the standard library.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from agent.http_server import HttpServerStatistics, Request, Response, serve_http
+from agent.api.http import HttpServerStatistics, Request, Response, serve_http
 
 MEMBER_STATES = ("alive", "suspect", "dead", "left")
 DROP_REASONS = ("decode", "auth", "size")

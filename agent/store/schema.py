@@ -27,7 +27,7 @@ Writes that need uniqueness are single etcd transactions: network create (compar
 the VNI guard and the subnet guards, puts all three), block claim (compares the block key is
 absent and the network is the same incarnation), network delete (compares that no block changed
 since the endpoint count was read). Nothing here does I/O: this module is pure (stdlib only,
-plus agent.store_errors) and is listed among the pure cores in pyproject.toml.
+plus agent.store.errors) and is listed among the pure cores in pyproject.toml.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.store_errors import InvalidNetwork, StoreError
+from agent.store.errors import InvalidNetwork, StoreError
 
 PREFIX = "/vxmesh/v1/"
 NETWORKS = PREFIX + "networks/"

@@ -10,7 +10,7 @@ Rules: every method is blocking and thread-safe (the gRPC channel is); callers o
 in worker threads. Every RPC counts one round trip. Errors: etcd unreachable, timed out, or
 leaderless -> `StoreUnavailable`; a compacted revision -> `RevisionCompacted`; an unknown lease
 -> `LeaseNotFound`; anything else -> `StoreError`. Never a raw grpc exception.
-Imports: grpc, etcd3 (its stubs and messages), agent.store_errors.
+Imports: grpc, etcd3 (its stubs and messages), agent.store.errors.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import etcd3
 import grpc
 from etcd3 import etcdrpc
 
-from agent.store_errors import StoreError, StoreUnavailable
+from agent.store.errors import StoreError, StoreUnavailable
 
 T = TypeVar("T")
 

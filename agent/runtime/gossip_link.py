@@ -22,7 +22,7 @@ from typing import Any
 
 import trio
 
-from agent.api import InvalidRequest
+from agent.api.errors import InvalidRequest
 from agent.config import AgentConfig, ConfigError
 from agent.state_files import KeyringFile, load_keyring, save_keyring
 from gossip.config import SwimConfig

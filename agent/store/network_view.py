@@ -1,12 +1,12 @@
 """The networks this agent believes exist, kept in step with etcd by a list then a watch (pure).
 
-A watch driver (agent.store) feeds it: `replace()` with a full listing at a revision, then
+A watch driver (agent.store.service) feeds it: `replace()` with a full listing at a revision, then
 `apply()` with watch events in revision order. `version` moves on every change and on the
 first listing (even an empty one), so a consumer can wait for "listed" and for "changed".
 It decodes values, skips malformed ones (and reports their keys so the driver can log each
 once and count them), and returns what changed as past-tense events. `revision` is where a
 resumed watch must start (revision + 1).
-Imports: stdlib, agent.schema (listed among the pure cores).
+Imports: stdlib, agent.store.schema (listed among the pure cores).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from agent.schema import NETWORKS, MalformedRecord, Network, decode_network
+from agent.store.schema import NETWORKS, MalformedRecord, Network, decode_network
 
 
 @dataclass(frozen=True)

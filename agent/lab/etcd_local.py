@@ -9,7 +9,7 @@ port 0), its data directory and its log file. Rules:
 - A stopped server restarts on the same data directory and the same ports (`start()` again):
   its keys, revisions and leases survive, as they would on a real host.
 The calls block (subprocess, HTTP health probe); from trio, wrap them in
-`trio.to_thread.run_sync`. Imports: stdlib and agent.store_errors only.
+`trio.to_thread.run_sync`. Imports: stdlib and agent.store.errors only.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from agent.store_errors import EtcdStartError
+from agent.store.errors import EtcdStartError
 
 ETCD_BINARY = "/usr/bin/etcd"
 LOOPBACK = "127.0.0.1"

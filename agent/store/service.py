@@ -1,6 +1,6 @@
 """The etcd store of an agent: networks and VNIs, IPAM blocks, the node registry, watches.
 
-Owns every read and write under `/vxmesh/v1/` (the key schema is in agent.schema). Rules:
+Owns every read and write under `/vxmesh/v1/` (the key schema is in agent.store.schema). Rules:
 - trio shell over a blocking client: every etcd call runs in a worker thread
   (`trio.to_thread.run_sync`), never on the event loop.
 - Uniqueness is decided by etcd in ONE transaction per write (network create, block claim,
@@ -17,8 +17,8 @@ Owns every read and write under `/vxmesh/v1/` (the key schema is in agent.schema
   free block, or recorded in another host's block, in one transaction compared on the block's
   create/mod revision; the pool remembers such foreign addresses (and, after a restart,
   recognises entries whose handle starts with "<host>/") and releases them the same way.
-Imports: trio, agent.etcd_client, agent.schema, agent.ipam, agent.network_view, agent.backoff,
-agent.store_errors.
+Imports: trio, agent.store.etcd_client, agent.store.schema, agent.store.ipam,
+agent.store.network_view, agent.store.backoff, agent.store.errors.
 """
 
 from __future__ import annotations
@@ -33,8 +33,18 @@ from typing import Any, TypeVar
 
 import trio
 
-from agent.backoff import Backoff
-from agent.etcd_client import (
+from agent.store.backoff import Backoff
+from agent.store.errors import (
+    AddressExhausted,
+    AddressTaken,
+    InvalidAddress,
+    NetworkConflict,
+    NetworkInUse,
+    NetworkNotFound,
+    StoreError,
+    StoreUnavailable,
+)
+from agent.store.etcd_client import (
     Compare,
     Delete,
     EtcdClient,
@@ -47,7 +57,7 @@ from agent.etcd_client import (
     TxnResult,
     WatchBatch,
 )
-from agent.ipam import (
+from agent.store.ipam import (
     DepartureClock,
     HostBlocks,
     PendingFlush,
@@ -56,8 +66,8 @@ from agent.ipam import (
     choose_free_block,
     record_in_block,
 )
-from agent.network_view import KeyChange, NetworkView
-from agent.schema import (
+from agent.store.network_view import KeyChange, NetworkView
+from agent.store.schema import (
     BLOCKS,
     NETWORKS,
     NODES,
@@ -84,16 +94,6 @@ from agent.schema import (
     subnet_key,
     subnet_outer_keys,
     vni_key,
-)
-from agent.store_errors import (
-    AddressExhausted,
-    AddressTaken,
-    InvalidAddress,
-    NetworkConflict,
-    NetworkInUse,
-    NetworkNotFound,
-    StoreError,
-    StoreUnavailable,
 )
 
 __all__ = [

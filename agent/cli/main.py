@@ -16,111 +16,19 @@ May import: everything in agent/ (it is the top of the composition root), the st
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
-import socket
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
+from agent.api.client import DEFAULT_SOCKET, ApiClient, CliError
+from agent.api.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from agent.config import ConfigError
 from agent.errors import AgentError
-
-DEFAULT_SOCKET = "/run/vxmesh/agent.sock"
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_UNAVAILABLE = 4, 5, 6
-_STATUS_EXIT = {400: EXIT_USAGE, 404: EXIT_NOT_FOUND, 409: EXIT_CONFLICT,
-                503: EXIT_UNAVAILABLE}
-
-
-class CliError(AgentError):
-    """A failure the CLI reports on stderr and turns into an exit code."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("vxmesh", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-class ApiClient:
-    """Blocking JSON client of the control API over its unix socket."""
-
-    def __init__(self, socket_path: str, timeout: float = 30.0) -> None:
-        self.socket_path = socket_path
-        self.timeout = timeout
-
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """Send one request; return the decoded JSON, or raise `CliError` with an exit code."""
-        conn = _UnixHTTPConnection(self.socket_path, self.timeout)
-        payload = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if payload is not None else {}
-        try:
-            conn.request(method, path, body=payload, headers=headers)
-            reply = conn.getresponse()
-            raw = reply.read()
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise CliError(f"cannot reach the agent at {self.socket_path}: {exc.strerror} "
-                           "(is it running? `systemctl status vxmesh-agent`, or pass --socket)",
-                           EXIT_UNREACHABLE) from None
-        except PermissionError:
-            raise CliError(f"no permission to use {self.socket_path} (run as root or as a "
-                           "member of the socket's group)", EXIT_UNREACHABLE) from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise CliError(f"talking to the agent at {self.socket_path} failed: {exc}",
-                           EXIT_UNREACHABLE) from None
-        finally:
-            conn.close()
-        try:
-            value = json.loads(raw) if raw else None
-        except json.JSONDecodeError:
-            raise CliError(f"the agent answered {reply.status} with a body that is not JSON",
-                           EXIT_FAILED) from None
-        if reply.status >= 400:
-            message = (value or {}).get("error", {}).get("message", raw.decode(errors="replace"))
-            raise CliError(f"{message} (HTTP {reply.status})",
-                           _STATUS_EXIT.get(reply.status, EXIT_FAILED))
-        return value
-
+from agent.terminal import Progress, render_cell, render_table
 
 # -- output -----------------------------------------------------------------------------------
-
-def render_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    """Rows as an aligned text table with an upper-case header."""
-    cells = [[_cell(row.get(col)) for col in columns] for row in rows]
-    widths = [max([len(col)] + [len(r[i]) for r in cells]) for i, col in enumerate(columns)]
-    lines = ["  ".join(col.upper().ljust(w) for col, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, list | tuple):
-        return ",".join(_cell(v) for v in value) or "-"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value)
-
 
 def _emit(args: argparse.Namespace, value: Any, columns: Sequence[str] | None = None) -> None:
     if args.json:
@@ -130,42 +38,12 @@ def _emit(args: argparse.Namespace, value: Any, columns: Sequence[str] | None = 
     elif isinstance(value, dict):
         width = max((len(k) for k in value), default=0)
         for key, item in value.items():
-            print(f"{key.ljust(width)}  {_cell(item) if not isinstance(item, dict) else ''}")
+            print(f"{key.ljust(width)}  {render_cell(item) if not isinstance(item, dict) else ''}")
             if isinstance(item, dict):
                 for sub, subval in item.items():
-                    print(f"  {sub.ljust(width)}  {_cell(subval)}")
+                    print(f"  {sub.ljust(width)}  {render_cell(subval)}")
     else:
-        print(_cell(value))
-
-
-class Progress:
-    """One line per step on stderr: `step ... ok (0.12 s)`; silent with --json when piped."""
-
-    def __init__(self, quiet: bool = False) -> None:
-        self.quiet = quiet
-
-    def step(self, text: str) -> _Step:
-        return _Step(self, text)
-
-
-class _Step:
-    def __init__(self, progress: Progress, text: str) -> None:
-        self.progress = progress
-        self.text = text
-        self.start = 0.0
-
-    def __enter__(self) -> _Step:
-        self.start = time.monotonic()
-        if not self.progress.quiet:
-            print(f"{self.text} ...", end="", file=sys.stderr, flush=True)
-        return self
-
-    def __exit__(self, kind: object, exc: object, tb: object) -> None:
-        if self.progress.quiet:
-            return
-        took = time.monotonic() - self.start
-        print(f" {'ok' if kind is None else 'FAILED'} ({took:.2f} s)", file=sys.stderr,
-              flush=True)
+        print(render_cell(value))
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -281,7 +159,7 @@ def cmd_fdb(args: argparse.Namespace) -> int:
     print(render_table(result["entries"], ["network", "kind", "key", "value", "desired",
                                            "kernel", "state"]) if result["entries"]
           else "(no entries)")
-    print(f"\nin sync: {_cell(result.get('in_sync'))}")
+    print(f"\nin sync: {render_cell(result.get('in_sync'))}")
     return EXIT_OK
 
 
@@ -293,7 +171,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     from agent.config import load_config
-    from agent.daemon import run_agent_process
+    from agent.runtime.process import run_agent_process
 
     assignments = list(args.set or [])
     if args.log_level:
@@ -304,7 +182,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    from agent.lab import run_lab_command
+    from agent.lab.hosts import run_lab_command
 
     return run_lab_command(args)
 
@@ -380,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     agent.set_defaults(func=cmd_agent)
 
     lab = sub.add_parser("lab", parents=[common], help="a multi-host lab in network namespaces")
+    lab.add_argument("--dir", default=None,
+                     help="the lab's directory (default /run/vxmesh-lab); one lab per directory")
+    lab.add_argument("--prefix", default=None,
+                     help="namespace name prefix, 1-8 lower-case letters or digits (default vxl)")
     lab_sub = lab.add_subparsers(dest="action", required=True)
     up = lab_sub.add_parser("up", parents=[common], help="build the lab")
     up.add_argument("--hosts", type=int, default=3, help="number of hosts (2-16, default 3)")

@@ -2,7 +2,7 @@
 
 Owns: the lab's namespaces (`<prefix>sw`, a switch namespace whose bridge `br0` carries the
 underlay 10.77.0.0/24 and also hosts etcd on 10.77.0.1; `<prefix>h1..hN`, one per host with
-`eth0` = 10.77.0.(10+i)), one etcd process (agent.etcd_local, run inside the switch
+`eth0` = 10.77.0.(10+i)), one etcd process (agent.lab.etcd_local, run inside the switch
 namespace), one agent process per host (started in its namespace with its own config,
 state directory, control socket and log), and the lab state file that lets `down`,
 `status` and `exec` find all of it from another process.
@@ -37,12 +37,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ApiClient, CliError, Progress, render_table
+from agent.api.client import ApiClient, CliError
+from agent.api.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from agent.config import render_toml
 from agent.errors import AgentError
-from agent.etcd_local import LocalEtcd
-from agent.provision import node_config
+from agent.lab.etcd_local import LocalEtcd
+from agent.lab.provision import node_config
 from agent.state_files import write_atomically
+from agent.terminal import Progress, render_table
 from underlay import links
 from underlay.kernel import NetlinkThread
 
@@ -349,7 +351,7 @@ class Lab:
                 # nsenter enters only the network namespace: `ip netns exec` would also give the
                 # agent a private mount namespace, hiding the endpoint namespaces it creates.
                 ["nsenter", f"--net=/run/netns/{host.netns}", sys.executable, "-m",
-                 "agent.cli", "agent", "--config", str(host.config_path)],
+                 "agent.cli.main", "agent", "--config", str(host.config_path)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, env=env, cwd="/")
         host.pid = process.pid
@@ -650,7 +652,8 @@ def _print_demo(report: dict[str, Any]) -> None:
 # -- CLI entry --------------------------------------------------------------------------------
 
 def run_lab_command(args: argparse.Namespace) -> int:
-    lab = Lab(progress=Progress(quiet=args.json))
+    lab = Lab(Path(args.dir) if args.dir else DEFAULT_DIR, args.prefix or DEFAULT_PREFIX,
+              progress=Progress(quiet=args.json))
     if args.action == "up":
         state = lab.up(args.hosts)
         if args.json:

@@ -1,0 +1,1 @@
+"""`vxmesh lab`: namespace hosts, a local etcd, provisioning."""

@@ -1,0 +1,1 @@
+"""The agent process: composition root, pipeline, gossip link, metrics, systemd."""

@@ -1,0 +1,1 @@
+"""The etcd store: client, key schema, IPAM, address pools, network view."""

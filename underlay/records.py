@@ -1,0 +1,130 @@
+"""Kernel object records: what dumps report and what writes ask, with no netlink library.
+
+Owns: the link, FDB and neighbor records a dump returns, the vxlan device spec, the write
+commands (replace, append, delete), the NUD_*/NTF_* values they carry, the zero MAC and the
+adoption rule for vxlan devices (`vxlan_matches`). overlay/ builds on these types without
+reaching pyroute2; underlay.netlink_ops turns them into netlink messages.
+
+May import: the standard library.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+AF_BRIDGE = 7
+NUD_PERMANENT = 0x80
+NUD_NOARP = 0x40
+NUD_REACHABLE = 0x02
+NTF_SELF = 0x02
+NTF_MASTER = 0x04
+ZERO_MAC = "00:00:00:00:00:00"
+
+
+
+
+@dataclass(frozen=True)
+class VxlanAttributes:
+    """What the kernel reports about a vxlan device."""
+
+    vni: int
+    port: int
+    local: str | None
+    learning: bool
+    proxy: bool
+
+
+@dataclass(frozen=True)
+class LinkRecord:
+    """One network device as a link dump reports it."""
+
+    index: int
+    name: str
+    kind: str | None
+    master: int | None
+    mtu: int
+    up: bool
+    mac: str | None
+    vxlan: VxlanAttributes | None = None
+
+
+@dataclass(frozen=True)
+class FdbRecord:
+    """One AF_BRIDGE FDB entry from a dump (dst None: none given)."""
+
+    ifindex: int
+    mac: str
+    dst: str | None
+    state: int
+    flags: int
+
+
+@dataclass(frozen=True)
+class NeighborRecord:
+    """One IPv4 ARP or IPv6 NDP neighbor entry from a dump."""
+
+    ifindex: int
+    ip: str
+    mac: str | None
+    state: int
+    flags: int
+
+
+@dataclass(frozen=True)
+class VxlanSpec:
+    """A vxlan device as we want it. `local` decides the underlay family (IPv4 or IPv6)."""
+
+    name: str
+    vni: int
+    port: int
+    local: str
+    mtu: int
+    mac: str
+    learning: bool = False
+    proxy: bool = True
+
+
+class WriteAction(enum.Enum):
+    """What a write does: replace (create or overwrite), append (flood), delete."""
+
+    REPLACE = "replace"
+    APPEND = "append"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True)
+class FdbWrite:
+    """One FDB message: MAC -> dst on a vxlan device (NTF_SELF, NUD_PERMANENT)."""
+
+    action: WriteAction
+    ifindex: int
+    mac: str
+    dst: str | None
+
+
+@dataclass(frozen=True)
+class NeighborWrite:
+    """One neighbor message: IP -> MAC on a device (NUD_PERMANENT)."""
+
+    action: WriteAction
+    ifindex: int
+    ip: str
+    mac: str | None
+
+
+Write = FdbWrite | NeighborWrite
+
+
+def vxlan_matches(record: LinkRecord, spec: VxlanSpec) -> bool:
+    """True when `record` can be adopted for `spec` without re-creating it.
+
+    VNI, dstport, local address and the proxy flag cannot be changed on a live vxlan device;
+    MTU, MAC and learning can, and are fixed in place.
+    """
+    found = record.vxlan
+    return (
+        record.kind == "vxlan" and found is not None and found.vni == spec.vni
+        and found.port == spec.port and found.local == spec.local
+        and found.proxy == spec.proxy
+    )
