@@ -9,7 +9,10 @@ state directory, control socket and log), and the lab state file that lets `down
 
 Rules:
 - Every process is started by us and stopped by its recorded pid, after checking that the
-  pid still runs the command we started (a recycled pid is never signalled).
+  pid still runs the command we started (a recycled pid is never signalled). An agent this
+  `Lab` object started is checked through its `Popen` (running until it exits, even in the
+  moment between fork and exec when /proc still shows our own command line); one started by
+  another process (`vxmesh lab down` after `up`) by its command line.
 - `down` removes everything `up` made, even after a crash half-way: agents, etcd, the
   endpoints' namespaces the agents made, the lab's namespaces, the lab directory.
 - Traffic stays inside the lab's namespaces.
@@ -199,6 +202,7 @@ class Lab:
         self.progress = progress or Progress(quiet=True)
         self.etcd: NamespacedEtcd | None = None
         self.gossip_profile = gossip_profile
+        self._agents: dict[int, subprocess.Popen[bytes]] = {}  # the agents we started, by pid
 
     # -- state ------------------------------------------------------------------------------
 
@@ -269,7 +273,7 @@ class Lab:
             self._write_host_files(state, host, seeds)
         with self.progress.step(f"starting {hosts} agents"):
             for host in state.hosts:
-                if not _pid_runs(host.pid, str(host.config_path)):
+                if not self.agent_runs(host):
                     self.start_agent(state, host)
         with self.progress.step("waiting for every agent to sync and see every member"):
             self.wait_converged(state, timeout=AGENT_READY_TIMEOUT)
@@ -355,13 +359,32 @@ class Lab:
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, env=env, cwd="/")
         host.pid = process.pid
+        self._agents[process.pid] = process
         self.save(state)
 
-    def stop_agent(self, state: LabState, host: LabHost, *, kill: bool = False) -> int | None:
-        """SIGTERM (graceful leave) or SIGKILL (a crash) the host's agent; its exit code if
-        this process started it."""
-        code = _stop_pid(host.pid, str(host.config_path),
-                         sig=signal.SIGKILL if kill else signal.SIGTERM)
+    def agent_runs(self, host: LabHost) -> bool:
+        """True while the host's agent process runs (see the module docstring)."""
+        process = self._agents.get(host.pid or 0)
+        if process is not None:
+            return process.poll() is None
+        return _pid_runs(host.pid, str(host.config_path))
+
+    def stop_agent(self, state: LabState, host: LabHost, *, kill: bool = False,
+                   timeout: float = 10.0) -> int | None:
+        """SIGTERM (a stop) or SIGKILL (a crash) the host's agent, SIGKILL after `timeout`; its
+        exit code if this process started it."""
+        sig = signal.SIGKILL if kill else signal.SIGTERM
+        process = self._agents.pop(host.pid or 0, None)
+        if process is None:
+            code = _stop_pid(host.pid, str(host.config_path), sig=sig, timeout=timeout)
+        else:
+            if process.poll() is None:
+                process.send_signal(sig)
+            try:
+                code = process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                code = process.wait()
         host.pid = None
         self.save(state)
         return code
@@ -370,7 +393,7 @@ class Lab:
         deadline = time.monotonic() + timeout
         last = "no answer"
         while time.monotonic() < deadline:
-            if host.pid is not None and not _pid_runs(host.pid, str(host.config_path)):
+            if host.pid is not None and not self.agent_runs(host):
                 raise LabError(f"agent of {host.name} exited; log tail:\n{self.log_tail(host)}")
             try:
                 status = self.client(host, timeout=2).request("GET", "/v1/status")
@@ -431,7 +454,7 @@ class Lab:
         state = self.load()
         if state is not None:
             for host in state.hosts:
-                if _pid_runs(host.pid, str(host.config_path)):
+                if self.agent_runs(host):
                     self._delete_endpoints(host)
                     self.stop_agent(state, host)
                     removed.append(f"agent {host.name}")
@@ -475,7 +498,7 @@ class Lab:
             return {"up": False, "directory": str(self.directory), "hosts": []}
         rows = []
         for host in state.hosts:
-            running = _pid_runs(host.pid, str(host.config_path))
+            running = self.agent_runs(host)
             row: dict[str, Any] = {"name": host.name, "netns": host.netns,
                                    "address": host.address, "pid": host.pid if running else None,
                                    "socket": str(host.socket), "ready": False, "members": None,
@@ -534,7 +557,7 @@ def run_demo(lab: Lab, hosts: int) -> dict[str, Any]:
     """Network, one endpoint per host, HTTP from every host to one, pings across."""
     progress = lab.progress
     loaded = lab.load()
-    if loaded is None or not all(_pid_runs(h.pid, str(h.config_path)) for h in loaded.hosts):
+    if loaded is None or not all(lab.agent_runs(h) for h in loaded.hosts):
         state = lab.up(len(loaded.hosts) if loaded is not None else hosts)
     else:
         state = loaded
