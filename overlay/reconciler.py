@@ -13,6 +13,12 @@ Rules:
   entries before FDB entries, as flannel does, so the kernel never needs to ARP across the
   tunnel). A key whose write failed stays pending and is retried by the next apply; a bad
   entry never blocks the others.
+- Every kind of entry (FDB, flood, neighbor) goes through one table of `EntryKind`s (its
+  delta tracker, its desired values, its update and delete writes); devices are the pass's
+  step (2), done one by one because they are not batched netlink writes.
+- Waiting on a pass: `wait_applied()` returns when a pass that started after the call has
+  finished; the `on_applied` hook sees every pass (metrics observe its duration). Nobody
+  polls `statistics()` for that.
 - Ownership: a device is ours when its name follows overlay.desired's scheme (`vxbr<VNI>`,
   `vxtun<VNI>`); an FDB entry is ours when it sits on one of our vxlan devices with NTF_SELF
   and NUD_PERMANENT; a neighbor entry when it sits on one of our vxlan devices with
@@ -34,10 +40,10 @@ import errno as errno_codes
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
@@ -117,8 +123,60 @@ class ReconcilerStatistics:
     in_sync: bool = False
 
 
+@dataclass(frozen=True)
+class AppliedPass:
+    """One finished apply pass, as `wait_applied()` and the `on_applied` hook report it."""
+
+    number: int  # 1 for the first pass of this reconciler
+    seconds: float  # how long the pass took
+    in_sync: bool  # the kernel matched the desired state at its end
+
+
 def _result_name(code: int) -> str:
     return "ok" if code == 0 else errno_codes.errorcode.get(code, str(code))
+
+
+class _OnDevice(Hashable, Protocol):
+    """A key of a kernel entry: which of our vxlan devices holds it."""
+
+    @property
+    def device(self) -> str: ...
+
+
+KeyT = TypeVar("KeyT", bound=_OnDevice)
+ValueT = TypeVar("ValueT")
+
+
+@dataclass(frozen=True)
+class EntryKind(Generic[KeyT, ValueT]):
+    """One kind of kernel entry the reconciler keeps: its delta tracker, where its desired
+    values come from, and how one update or one deletion is written."""
+
+    name: str
+    tracker: DeltaTracker[KeyT, ValueT]
+    desired: Callable[[DesiredState], Mapping[KeyT, ValueT]]
+    update: Callable[[int, KeyT, ValueT], Write]
+    delete: Callable[[int, KeyT, ValueT], Write]
+
+
+def _entry_kinds(fdb: DeltaTracker[FdbKey, str], flood: DeltaTracker[FloodKey, bool],
+                 neighbors: DeltaTracker[NeighborKey, str]) -> tuple[EntryKind[Any, Any], ...]:
+    """The table of entry kinds, in update order: neighbor entries before FDB entries
+    (flannel's order: the kernel never needs to ARP across the tunnel), flood entries last.
+    Deletions run in the reverse order."""
+    neighbor_kind: EntryKind[NeighborKey, str] = EntryKind(
+        "neighbor", neighbors, lambda state: state.neighbors,
+        lambda index, key, mac: NeighborWrite(WriteAction.REPLACE, index, key.ip, mac),
+        lambda index, key, _mac: NeighborWrite(WriteAction.DELETE, index, key.ip, None))
+    fdb_kind: EntryKind[FdbKey, str] = EntryKind(
+        "fdb", fdb, lambda state: state.fdb,
+        lambda index, key, dst: FdbWrite(WriteAction.REPLACE, index, key.mac, dst),
+        lambda index, key, dst: FdbWrite(WriteAction.DELETE, index, key.mac, dst))
+    flood_kind: EntryKind[FloodKey, bool] = EntryKind(
+        "flood", flood, lambda state: dict.fromkeys(state.flood, True),
+        lambda index, key, _on: FdbWrite(WriteAction.APPEND, index, ZERO_MAC, key.dst),
+        lambda index, key, _on: FdbWrite(WriteAction.DELETE, index, ZERO_MAC, key.dst))
+    return (neighbor_kind, fdb_kind, flood_kind)
 
 
 def _spec(network: DesiredNetwork) -> VxlanSpec:
@@ -130,14 +188,20 @@ class Reconciler:
     """Desired VXLAN state in, kernel writes out; see the module docstring for the rules."""
 
     def __init__(self, kernel: KernelPort, *,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter,
+                 on_applied: Callable[[AppliedPass], None] | None = None) -> None:
+        """`on_applied` is called (from trio, synchronously) after every pass."""
         self.kernel = kernel
         self._clock = clock
+        self._on_applied = on_applied
+        self._last_pass = AppliedPass(0, 0.0, False)
+        self._applied = trio.Event()
         self._newest: DesiredState | None = None
         self._networks: Mapping[str, DesiredNetwork] = {}
         self._fdb: DeltaTracker[FdbKey, str] = DeltaTracker()
         self._flood: DeltaTracker[FloodKey, bool] = DeltaTracker()
         self._neighbors: DeltaTracker[NeighborKey, str] = DeltaTracker()
+        self._kinds = _entry_kinds(self._fdb, self._flood, self._neighbors)
         self._ifindex: dict[str, int] = {}
         self._links: list[LinkRecord] | None = None
         self._resync_needed = True
@@ -173,14 +237,21 @@ class Reconciler:
     def in_sync(self) -> bool:
         return self._in_sync
 
+    async def wait_applied(self) -> AppliedPass:
+        """Return when a pass that started after this call has finished; its report."""
+        started_before = self._applies
+        while self._last_pass.number <= started_before:
+            await self._applied.wait()
+        return self._last_pass
+
     def statistics(self) -> ReconcilerStatistics:
         return ReconcilerStatistics(
             networks=len(self._networks),
             fdb_entries=len(self._fdb.kernel()),
             flood_entries=len(self._flood.kernel()),
             neighbor_entries=len(self._neighbors.kernel()),
-            pending_updates=sum(len(t.pending_updates()) for t in self._trackers()),
-            pending_deletions=sum(len(t.pending_deletions()) for t in self._trackers()),
+            pending_updates=sum(len(k.tracker.pending_updates()) for k in self._kinds),
+            pending_deletions=sum(len(k.tracker.pending_deletions()) for k in self._kinds),
             ops_by_result=dict(self._ops),
             applies=self._applies,
             resyncs=self._resyncs,
@@ -188,10 +259,6 @@ class Reconciler:
             last_resync_seconds=self._last_resync,
             in_sync=self._in_sync,
         )
-
-    def _trackers(self) -> tuple[DeltaTracker[FdbKey, str], DeltaTracker[FloodKey, bool],
-                                 DeltaTracker[NeighborKey, str]]:
-        return (self._fdb, self._flood, self._neighbors)
 
     # -- the apply pass ------------------------------------------------------------------
 
@@ -201,7 +268,13 @@ class Reconciler:
         Passes never overlap: a second caller waits for the running one to finish.
         """
         async with self._applying:
-            return await self._apply()
+            in_sync = await self._apply()
+            self._last_pass = AppliedPass(self._applies, self._last_apply, in_sync)
+            self._applied.set()
+            self._applied = trio.Event()
+            if self._on_applied is not None:
+                self._on_applied(self._last_pass)
+            return in_sync
 
     async def _apply(self) -> bool:
         started = self._clock()
@@ -224,7 +297,7 @@ class Reconciler:
             failures.append(f"kernel access failed: {exc}")
             total += 1
         self._in_sync = (not failures and not self._resync_needed and not self._devices_dirty
-                         and all(t.in_sync() for t in self._trackers()))
+                         and all(k.tracker.in_sync() for k in self._kinds))
         self._last_apply = self._clock() - started
         if failures:
             # The same failure repeating (a retry every second) is logged once a minute.
@@ -247,9 +320,8 @@ class Reconciler:
         if state.networks != self._networks:
             self._devices_dirty = True
         self._networks = dict(state.networks)
-        self._fdb.replace_desired(state.fdb)
-        self._flood.replace_desired(dict.fromkeys(state.flood, True))
-        self._neighbors.replace_desired(state.neighbors)
+        for kind in self._kinds:
+            kind.tracker.replace_desired(kind.desired(state))
 
     async def _resync(self) -> None:
         started = self._clock()
@@ -260,26 +332,23 @@ class Reconciler:
             link.index: link.name for link in links
             if link.kind == "vxlan" and (owned_device(link.name) or ("", 0))[0] == "vxlan"
         }
-        unicast: dict[FdbKey, str] = {}
-        flood: dict[FloodKey, bool] = {}
+        found: dict[str, dict[Any, Any]] = {kind.name: {} for kind in self._kinds}
         for record in fdb:
             device = ours.get(record.ifindex)
             if (device is None or not record.flags & NTF_SELF or record.flags & NTF_MASTER
                     or not record.state & NUD_PERMANENT or record.dst is None):
                 continue
             if record.mac == ZERO_MAC:
-                flood[FloodKey(device, record.dst)] = True
+                found["flood"][FloodKey(device, record.dst)] = True
             else:
-                unicast[FdbKey(device, record.mac)] = record.dst
-        owned_neighbors: dict[NeighborKey, str] = {}
+                found["fdb"][FdbKey(device, record.mac)] = record.dst
         for neighbor in neighbors:
             device = ours.get(neighbor.ifindex)
             if device is None or not neighbor.state & NUD_PERMANENT or neighbor.mac is None:
                 continue
-            owned_neighbors[NeighborKey(device, neighbor.ip)] = neighbor.mac
-        self._fdb.replace_kernel(unicast)
-        self._flood.replace_kernel(flood)
-        self._neighbors.replace_kernel(owned_neighbors)
+            found["neighbor"][NeighborKey(device, neighbor.ip)] = neighbor.mac
+        for kind in self._kinds:
+            kind.tracker.replace_kernel(found[kind.name])
         self._links = links
         self._ifindex = {name: index for index, name in ours.items()}
         self._resync_needed = False
@@ -289,10 +358,8 @@ class Reconciler:
 
     def _forget_device(self, device: str) -> None:
         """Entries on `device` vanished with it (deleted or re-created)."""
-        self._fdb.forget_kernel([k for k in self._fdb.kernel() if k.device == device])
-        self._flood.forget_kernel([k for k in self._flood.kernel() if k.device == device])
-        self._neighbors.forget_kernel(
-            [k for k in self._neighbors.kernel() if k.device == device])
+        for kind in self._kinds:
+            kind.tracker.forget_kernel([k for k in kind.tracker.kernel() if k.device == device])
         self._ifindex.pop(device, None)
 
     def _count(self, code: int) -> None:
@@ -374,52 +441,26 @@ class Reconciler:
         self._ifindex[network.vxlan] = index
 
     async def _apply_entries(self, failures: list[str]) -> int:
+        """Every kind's pending updates (in table order), then its deletions (in reverse), as
+        one ordered batch. A key whose device is not there yet waits; a deletion whose device
+        is gone went with it."""
         writes: list[Write] = []
         done: list[Callable[[], None]] = []
         waiting = 0
-
-        def index_of(device: str) -> int | None:
-            return self._ifindex.get(device)
-
-        # Updates, neighbors first (flannel's order), then FDB, then flood entries.
-        for nkey, mac in list(self._neighbors.pending_updates().items()):
-            if (index := index_of(nkey.device)) is None:
-                waiting += 1
-                continue
-            writes.append(NeighborWrite(WriteAction.REPLACE, index, nkey.ip, mac))
-            done.append(partial(self._neighbors.set_kernel, nkey, mac))
-        for fkey, dst in list(self._fdb.pending_updates().items()):
-            if (index := index_of(fkey.device)) is None:
-                waiting += 1
-                continue
-            writes.append(FdbWrite(WriteAction.REPLACE, index, fkey.mac, dst))
-            done.append(partial(self._fdb.set_kernel, fkey, dst))
-        for lkey in list(self._flood.pending_updates()):
-            if (index := index_of(lkey.device)) is None:
-                waiting += 1
-                continue
-            writes.append(FdbWrite(WriteAction.APPEND, index, ZERO_MAC, lkey.dst))
-            done.append(partial(self._flood.set_kernel, lkey, True))
-        # Deletions, in reverse order. An entry whose device is gone went with it.
-        for fkey in self._fdb.pending_deletions():
-            if (index := index_of(fkey.device)) is None:
-                self._fdb.delete_kernel(fkey)
-                continue
-            writes.append(FdbWrite(WriteAction.DELETE, index, fkey.mac,
-                                   self._fdb.kernel()[fkey]))
-            done.append(partial(self._fdb.delete_kernel, fkey))
-        for lkey in self._flood.pending_deletions():
-            if (index := index_of(lkey.device)) is None:
-                self._flood.delete_kernel(lkey)
-                continue
-            writes.append(FdbWrite(WriteAction.DELETE, index, ZERO_MAC, lkey.dst))
-            done.append(partial(self._flood.delete_kernel, lkey))
-        for nkey in self._neighbors.pending_deletions():
-            if (index := index_of(nkey.device)) is None:
-                self._neighbors.delete_kernel(nkey)
-                continue
-            writes.append(NeighborWrite(WriteAction.DELETE, index, nkey.ip, None))
-            done.append(partial(self._neighbors.delete_kernel, nkey))
+        for kind in self._kinds:
+            for key, value in list(kind.tracker.pending_updates().items()):
+                if (index := self._ifindex.get(key.device)) is None:
+                    waiting += 1
+                    continue
+                writes.append(kind.update(index, key, value))
+                done.append(partial(kind.tracker.set_kernel, key, value))
+        for kind in reversed(self._kinds):
+            for key in kind.tracker.pending_deletions():
+                if (index := self._ifindex.get(key.device)) is None:
+                    kind.tracker.delete_kernel(key)
+                    continue
+                writes.append(kind.delete(index, key, kind.tracker.kernel()[key]))
+                done.append(partial(kind.tracker.delete_kernel, key))
         if waiting:
             failures.append(f"{waiting} entries wait for their device")
         if not writes:

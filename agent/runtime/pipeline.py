@@ -171,18 +171,12 @@ class Pipeline:
 
     async def _time_propagation(self) -> None:
         """After each apply pass that leaves the kernel in sync, observe what was pending."""
-        applies = self.reconciler.statistics().applies
         while True:
             if not self._pending:
                 self._has_pending = trio.Event()
                 await self._has_pending.wait()
-                applies = self.reconciler.statistics().applies  # only passes from now count
-            await trio.sleep(0.005)
-            stats = self.reconciler.statistics()
-            if stats.applies == applies:
-                continue
-            applies = stats.applies
-            if not self._pending or not stats.in_sync or self._dirty.is_set():
+            applied = await self.reconciler.wait_applied()  # only passes from now count
+            if not self._pending or not applied.in_sync or self._dirty.is_set():
                 continue
             now, wall = self._clock(), self._wall_clock()
             for pending in self._pending.values():

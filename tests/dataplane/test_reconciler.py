@@ -350,3 +350,35 @@ async def test_run_dataplane_applies_retries_and_resyncs(
             while kernel.fdb_of("vxtun4097"):
                 await trio.sleep(0.1)
         nursery.cancel_scope.cancel()
+
+
+async def test_deletions_remove_fdb_entries_before_neighbor_entries() -> None:
+    kernel, reconciler = await programmed()
+    kernel.writes_seen.clear()
+    reconciler.set_desired(desired([]))
+    assert await reconciler.apply()
+    kinds = [type(w) for w in kernel.writes_seen]
+    assert all(w.action is WriteAction.DELETE for w in kernel.writes_seen)
+    assert max(i for i, k in enumerate(kinds) if k is FdbWrite) < kinds.index(NeighborWrite)
+
+
+async def test_wait_applied_returns_a_pass_that_started_after_the_call() -> None:
+    seen = []
+    kernel = FakeKernel(injections=[Injection(
+        lambda w: isinstance(w, FdbWrite) and w.mac == MAC3, errno.EBUSY, times=1)])
+    reconciler = Reconciler(kernel, on_applied=seen.append)
+    reconciler.set_desired(desired())
+    assert not await reconciler.apply()  # pass 1 finished before anyone waits
+    results = []
+
+    async def waiter() -> None:
+        results.append(await reconciler.wait_applied())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        assert results == []  # pass 1 does not count: it ended before the call
+        assert await reconciler.apply()
+    assert [(p.number, p.in_sync) for p in results] == [(2, True)]
+    assert [(p.number, p.in_sync) for p in seen] == [(1, False), (2, True)]
+    assert seen[-1].seconds == reconciler.statistics().last_apply_seconds
