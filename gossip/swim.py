@@ -41,6 +41,12 @@ Protocol (memberlist's algorithms, our structure):
 - graceful leave: a DEAD message about ourselves sent from ourselves; peers mark us LEFT at once.
 - reaping: failed members are forgotten after `remember_failed_s`, left ones after
   `remember_left_s`.
+- bounds: an alive, suspect or dead claim whose incarnation is more than `INCARNATION_JUMP`
+  (2**20) above the one we hold for that member (0 for an unknown member) is dropped and
+  counted (`implausible_claims`), about ourselves too (we do not refute up to it). So a
+  forgery can move an incarnation by at most 2**20 per accepted claim, the victim's
+  refutation (one above the claim) always fits in 64 bits, and it wins back its identity as
+  soon as it hears the forgery.
 
 Events: `MemberJoined` (new, or back from failed/left), `MemberUpdated` (address or
 metadata changed while alive), `MemberSuspected`, `MemberRecovered` (a suspect refuted),
@@ -90,13 +96,21 @@ from gossip.wire import (
 )
 
 __all__ = [
-    "Member", "MemberFailed", "MemberForgotten", "MemberJoined", "MemberLeft",
-    "MemberRecovered", "MemberState", "MemberSuspected", "MemberUpdated", "MembershipEvent",
-    "PacketCipher", "StartPushPull", "Swim", "SwimStatistics",
+    "INCARNATION_JUMP", "Member", "MemberFailed", "MemberForgotten", "MemberJoined",
+    "MemberLeft", "MemberRecovered", "MemberState", "MemberSuspected", "MemberUpdated",
+    "MembershipEvent", "PacketCipher", "StartPushPull", "Swim", "SwimStatistics",
 ]
 
 _MAX_INCARNATION = 2**64 - 1
 _CHUNK_SLACK = 16
+
+#: How far one claim may move a member's incarnation past the one we know (0 for a member we
+#: do not know yet). A member's own incarnation grows by one per refutation or metadata change,
+#: so honest claims stay far below this; a claim further ahead is dropped and counted
+#: (`implausible_claims`): otherwise one forged `Alive(2**64 - 1, ...)` would win forever, since
+#: the victim could no longer refute above it. Reaching the type's limit takes at least
+#: 2**64 / 2**20 = 2**44 accepted claims in a row.
+INCARNATION_JUMP = 2**20
 
 #: How many probe round trips a `Swim` keeps until `take_probe_rtts` drains them.
 PROBE_RTT_SAMPLES = 1024
@@ -196,6 +210,7 @@ class SwimStatistics:
     push_pulls_started: int
     reconnects_started: int
     push_pull_chunks_merged: int
+    implausible_claims: int
 
 
 class _Node:
@@ -328,7 +343,8 @@ class Swim:
             ("packets_sent", "bytes_sent", "packets_received", "bytes_received", "wire_errors",
              "auth_failures", "unknown_messages", "misdirected_pings", "probes_sent",
              "probes_failed", "indirect_pings_sent", "suspicions_started", "refutations",
-             "push_pulls_started", "reconnects_started", "push_pull_chunks_merged"), 0)
+             "push_pulls_started", "reconnects_started", "push_pull_chunks_merged",
+             "implausible_claims"), 0)
         self._at(now + rng.uniform(0, config.probe_interval_s), _PROBE, None)
         self._push_pull_token = 0
         self._at(now + rng.uniform(0, config.push_pull_interval_s), _PUSH_PULL, 0)
@@ -853,7 +869,17 @@ class Swim:
         self._stats["refutations"] += 1
         self._announce_self(now)
 
+    def _implausible(self, incarnation: int, node: _Node | None) -> bool:
+        """True (and counted) for a claim jumping more than INCARNATION_JUMP ahead."""
+        known = 0 if node is None else node.incarnation
+        if incarnation <= known + INCARNATION_JUMP:
+            return False
+        self._stats["implausible_claims"] += 1
+        return True
+
     def _on_alive(self, msg: Alive, now: float) -> None:
+        if self._implausible(msg.incarnation, self._nodes.get(msg.node)):
+            return
         if msg.node == self.name:
             me = self._self
             if not self._leaving and (
@@ -876,6 +902,7 @@ class Swim:
             return
         previous = node.state
         changed = node.addr != msg.addr or node.meta != msg.meta
+        moved_from = node.addr if node.addr != msg.addr else None
         node.incarnation = msg.incarnation
         node.addr = msg.addr
         node.meta = msg.meta
@@ -890,7 +917,12 @@ class Swim:
                 self._events.append(MemberJoined(node.snapshot()))
         elif changed:
             self._events.append(MemberUpdated(node.snapshot()))
-        self._queue_broadcast(msg.node, encode_message(msg), now)
+        encoded = encode_message(msg)
+        self._queue_broadcast(msg.node, encoded, now)
+        if moved_from is not None:
+            # Tell the old address too: if the member is still there, this was a forgery or
+            # a stale copy, and it refutes at once instead of when gossip finds it.
+            self._emit(moved_from, [encoded])
 
     def _insert_probe_target(self, name: str) -> None:
         order = self._probe_order
@@ -898,7 +930,7 @@ class Swim:
 
     def _on_suspect(self, msg: Suspect, now: float, *, spread: bool = True) -> None:
         node = self._nodes.get(msg.node)
-        if node is None:
+        if node is None or self._implausible(msg.incarnation, node):
             return
         if msg.incarnation < node.incarnation:
             if node is self._self and not self._leaving:
@@ -968,7 +1000,8 @@ class Swim:
 
     def _on_dead(self, msg: Dead, now: float) -> None:
         node = self._nodes.get(msg.node)
-        if node is None or msg.incarnation < node.incarnation:
+        if (node is None or msg.incarnation < node.incarnation
+                or self._implausible(msg.incarnation, node)):
             return
         if node is self._self:
             if not self._leaving:
@@ -980,7 +1013,11 @@ class Swim:
         left = msg.sender == msg.node
         self._set_state(node, _LEFT if left else _DEAD, now)
         self._events.append((MemberLeft if left else MemberFailed)(node.snapshot()))
-        self._queue_broadcast(msg.node, encode_message(msg), now)
+        encoded = encode_message(msg)
+        self._queue_broadcast(msg.node, encoded, now)
+        # Tell the member itself (once, on the transition): if it is alive this was forged
+        # or wrong, and it refutes now instead of never hearing it (nobody gossips to it).
+        self._emit(node.addr, [encoded])
 
     def _merge_record(self, record: MemberRecord, now: float) -> None:
         state = record.state

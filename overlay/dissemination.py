@@ -57,7 +57,15 @@ from gossip.swim import (
     MemberUpdated,
 )
 from overlay.errors import OverlayError
-from overlay.table import Entry, Membership, Merge, NeighborTable, Record, supersedes
+from overlay.table import (
+    VERSION_MAX,
+    Entry,
+    Membership,
+    Merge,
+    NeighborTable,
+    Record,
+    supersedes,
+)
 
 FORMAT = 1
 # Message kinds: append-only, never renumber (peers of other versions decode by them).
@@ -65,7 +73,6 @@ KIND_ENDPOINT = 1
 KIND_MEMBERSHIP = 2
 KIND_STATE = 3
 
-_VERSION_MAX = 2**63 - 1
 _TTL_MAX_MS = 2**40
 _WALL_MAX = 2.0**40  # seconds since the epoch (year 36812): anything above is garbage
 _NAME_MAX = 255
@@ -145,7 +152,7 @@ def _name(raw: object) -> str:
 
 
 def _version(raw: object) -> int:
-    if not isinstance(raw, int) or isinstance(raw, bool) or not 0 < raw <= _VERSION_MAX:
+    if not isinstance(raw, int) or isinstance(raw, bool) or not 0 < raw <= VERSION_MAX:
         raise TableWireError(f"version must be a positive integer, got {raw!r:.40}")
     return raw
 

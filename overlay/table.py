@@ -10,7 +10,10 @@ Rules:
   version; equal versions break ties on `rank` (a tombstone beats a live record, then the larger
   MAC / VTEP), so every node picks the same winner whatever the delivery order.
 - A delete leaves a tombstone that lives `tombstone_ttl` seconds; its remaining lifetime travels
-  on the wire and the receiver keeps the later of the two deadlines (the merge stays a join).
+  on the wire and the receiver keeps the later of the two deadlines (the merge stays a join),
+  but never more than its own `tombstone_ttl` from now (a remote lifetime is capped on receipt).
+- Bounds: a remote record whose version is more than `VERSION_JUMP` (2**32) above our clock
+  is dropped and counted (`Merge.IMPLAUSIBLE`), so no record can push clocks to the limit.
   Tombstones are reaped when their deadline passes. If an old copy comes back after that (or after
   the owner restarted and forgot), the owner refutes it: it re-issues what it holds, or a tombstone,
   with a version above the stale one (as SWIM refutes suspicion with a higher incarnation).
@@ -49,6 +52,14 @@ from overlay.errors import OverlayError
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 NAME_MAX = 255
+#: Largest version a record may carry (msgpack's signed 64-bit range, what peers decode).
+VERSION_MAX = 2**63 - 1
+#: How far ahead of our Lamport clock a remote record's version may be; further is dropped
+#: and counted (`Merge.IMPLAUSIBLE`). Honest clocks move one per write cluster-wide, so a
+#: newcomer (clock 0) still accepts a cluster that has made up to 2**32 writes; a forgery
+#: raises the clock by at most 2**32 per accepted record, so reaching VERSION_MAX takes
+#: 2**31 of them in a row (and with signed records none is accepted).
+VERSION_JUMP = 2**32
 
 
 class InvalidEndpoint(OverlayError):
@@ -164,6 +175,7 @@ class Merge(Enum):
     OUT_OF_SCOPE = "out_of_scope"  # endpoint of a network we have not joined
     OWNER_GONE = "owner_gone"  # owner purged after its grace, or superseded
     REFUTED = "refuted"  # a record in our own name we do not hold: we re-issued ours
+    IMPLAUSIBLE = "implausible"  # version more than VERSION_JUMP above our clock
 
 
 class OwnerStatus(Enum):
@@ -198,6 +210,7 @@ class TableStatistics:
     out_of_scope: int
     owner_gone: int
     refuted: int
+    implausible: int
     reaped: int
     purged: int  # entries dropped after an owner's grace or on supersede
 
@@ -342,7 +355,13 @@ class NeighborTable:
         """Merge one record from a peer (its `expires_at` already set from the wire's TTL).
 
         With `relay`, an accepted record is queued on `records_to_send` for further gossip.
+        A tombstone's deadline is capped at `now + tombstone_ttl`.
         """
+        if record.version > self._clock + VERSION_JUMP:
+            self._counts[Merge.IMPLAUSIBLE] += 1
+            return Merge.IMPLAUSIBLE
+        if record.deleted and record.expires_at > now + self.tombstone_ttl:
+            record = replace(record, expires_at=now + self.tombstone_ttl)
         if record.version > self._clock:
             self._clock = record.version
         owner = record.owner
@@ -539,6 +558,7 @@ class NeighborTable:
             out_of_scope=self._counts[Merge.OUT_OF_SCOPE],
             owner_gone=self._counts[Merge.OWNER_GONE],
             refuted=self._counts[Merge.REFUTED],
+            implausible=self._counts[Merge.IMPLAUSIBLE],
             reaped=self._reaped,
             purged=self._purged,
         )

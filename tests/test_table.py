@@ -410,3 +410,31 @@ def test_reused_ip_shows_the_newer_owner_until_the_old_delete_arrives() -> None:
     observer.merge(gone, 4.0)
     assert observer.lookup(NET, "10.1.0.1") == new and drain(observer) == []
     assert math.isinf(new.expires_at)
+
+
+def test_a_version_far_ahead_of_the_clock_is_dropped_and_writes_go_on() -> None:
+    from overlay.table import VERSION_JUMP, VERSION_MAX
+
+    a = make_table("a")
+    b = make_table("b")
+    forged = Entry(NET, IPS[0], MACS[0], "b", VTEPS[1], VERSION_MAX)
+    assert a.merge(forged, 1.0) is Merge.IMPLAUSIBLE
+    assert a.statistics().implausible == 1 and a.statistics().clock < VERSION_JUMP
+    near = Entry(NET, IPS[1], MACS[1], "c", VTEPS[2], a.statistics().clock + VERSION_JUMP)
+    assert a.merge(near, 1.0) is Merge.ACCEPTED
+    entry = a.put_endpoint(NET, IPS[2], MACS[2], 2.0)
+    assert entry.version < VERSION_MAX
+    record = decode_records(encode_record(entry, 2.0), 2.0)[0]
+    assert b.merge(record, 2.0) is Merge.IMPLAUSIBLE  # b's clock is far behind
+    assert b.merge(near, 2.0) is Merge.ACCEPTED  # the news that moved a's clock reaches b
+    assert b.merge(record, 2.0) is Merge.ACCEPTED
+
+
+def test_a_remote_tombstone_lifetime_is_capped_at_ours() -> None:
+    a = make_table("a", tombstone_ttl=600.0)
+    tomb = Entry(NET, IPS[0], MACS[0], "b", VTEPS[1], 5, True, 10.0 + 2**40 / 1000)
+    assert a.merge(tomb, 10.0) is Merge.ACCEPTED
+    held = a.get(NET, "b", IPS[0])
+    assert held is not None and held.expires_at == 610.0
+    a.handle_timeout(611.0)
+    assert a.get(NET, "b", IPS[0]) is None
