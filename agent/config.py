@@ -148,6 +148,28 @@ class DataplaneConfig:
 
 
 @dataclass(frozen=True)
+class DnsConfig:
+    """[dns]: the resolver at 127.0.0.11 in every endpoint namespace (names from gossip)."""
+
+    enabled: bool = field(default=True, metadata=_doc(
+        "serve endpoint names at 127.0.0.11:53 (UDP and TCP) inside endpoint namespaces",
+        "true or false"))
+    ttl: int = field(default=2, metadata=_doc(
+        "TTL of the answers for endpoint names (a deleted endpoint stops resolving within"
+        " the table's convergence plus this)", "seconds", minimum=0, maximum=3600))
+    upstreams: tuple[str, ...] = field(default=(), metadata=_doc(
+        "resolvers that other names are forwarded to, port 53; empty means the nameservers"
+        " of the agent's /etc/resolv.conf", "list of IP or IP:port ([v6]:port)",
+        kind="resolver"))
+    forward: bool = field(default=True, metadata=_doc(
+        "forward names outside the cluster's zone upstream (false: answer them REFUSED)",
+        "true or false"))
+    upstream_timeout: float = field(default=2.0, metadata=_doc(
+        "how long one forwarded query waits for an upstream before trying the next",
+        "seconds", minimum=0.05, maximum=30.0))
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """The whole configuration: one field per TOML section."""
 
@@ -158,6 +180,7 @@ class AgentConfig:
     api: ApiConfig = ApiConfig()
     metrics: MetricsConfig = MetricsConfig()
     dataplane: DataplaneConfig = DataplaneConfig()
+    dns: DnsConfig = DnsConfig()
 
     @property
     def node_name(self) -> str:
@@ -268,6 +291,8 @@ def _check(key: str, value: Any, meta: Mapping[str, Any], origin: str) -> None:
                 raise ConfigError(f"{key}: {item!r} is not an IP address {where}") from None
         elif kind == "hostport":
             parse_hostport(item, key=key, origin=origin)
+        elif kind == "resolver":
+            parse_resolver(item, key=key, origin=origin)
         elif kind == "url" and not (item.startswith("http://") or item.startswith("https://")):
             raise ConfigError(f"{key}: {item!r} is not an http:// or https:// URL {where}")
         elif kind == "octal":
@@ -287,6 +312,21 @@ def parse_hostport(text: str, *, key: str = "address", origin: str = "argument")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ConfigError(f"{key}: {text!r} is not host:port (from {origin})")
     return host, int(port)
+
+
+def parse_resolver(text: str, *, key: str = "resolver", origin: str = "argument"
+                   ) -> tuple[str, int]:
+    """A DNS server: `IP` (port 53), `IP:port` or `[v6]:port`; `ConfigError` naming `key`."""
+    try:
+        return str(ipaddress.ip_address(text)), 53
+    except ValueError:
+        pass
+    host, port = parse_hostport(text, key=key, origin=origin)
+    try:
+        return str(ipaddress.ip_address(host)), port
+    except ValueError:
+        raise ConfigError(f"{key}: {text!r} is not an IP address or IP:port (from {origin})") \
+            from None
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, tuple[str, str]]:

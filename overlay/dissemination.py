@@ -22,7 +22,9 @@ Rules:
 - An endpoint record ends with its owner's wall-clock change time (`Entry.changed_at`, float
   seconds since the epoch, nil if unknown). Records of older peers lack that last field: they
   decode with `changed_at=None`. (An older peer cannot decode the longer records: it drops them
-  as wire errors, so a cluster is upgraded as a whole.)
+  as wire errors, so a cluster is upgraded as a whole.) After it come the endpoint's attributes
+  (`[name, [aliases], [[port, proto], ...]]`, nil when it has none), validated on receipt by
+  overlay.attributes' rules; records without that field decode with no attributes.
 - Bytes from a peer that do not decode make `decode_records` raise `TableWireError` (a
   `gossip.errors.WireError`); the delegate catches it, counts it in
   `statistics().decode_errors` and drops the message: the SWIM core calls the delegate without
@@ -56,6 +58,7 @@ from gossip.swim import (
     MembershipEvent,
     MemberUpdated,
 )
+from overlay.attributes import NO_ATTRIBUTES, EndpointAttributes, InvalidAttributes, make_attributes
 from overlay.errors import OverlayError
 from overlay.table import (
     VERSION_MAX,
@@ -195,6 +198,7 @@ def encode_record(record: Record, now: float) -> bytes:
             FORMAT, KIND_ENDPOINT, record.network, record.owner, _pack_address(record.ip),
             bytes.fromhex(record.mac.replace(":", "")), _pack_address(record.vtep),
             record.version, _ttl_ms(record, now), record.changed_at,
+            _pack_attributes(record.attributes),
         ])
     return msgpack.packb([
         FORMAT, KIND_MEMBERSHIP, record.network, record.node, _pack_address(record.vtep),
@@ -215,10 +219,30 @@ def _unpack(data: bytes) -> list[object]:
 
 
 def _endpoint(network: str, owner: str, raw: object, now: float) -> Entry:
-    ip, mac, vtep, version, ttl, changed_at = _fields(raw, 6, "endpoint", optional=1)
+    ip, mac, vtep, version, ttl, changed_at, attributes = _fields(raw, 7, "endpoint",
+                                                                   optional=2)
     deleted, expires_at = _ttl(ttl, now)
     return Entry(network, _unpack_address(ip), _unpack_mac(mac), owner, _unpack_address(vtep),
-                 _version(version), deleted, expires_at, _changed_at(changed_at))
+                 _version(version), deleted, expires_at, _changed_at(changed_at),
+                 _unpack_attributes(attributes))
+
+
+def _pack_attributes(attributes: EndpointAttributes) -> list[object] | None:
+    if attributes == NO_ATTRIBUTES:
+        return None
+    return [attributes.name, list(attributes.aliases), [list(p) for p in attributes.ports]]
+
+
+def _unpack_attributes(raw: object) -> EndpointAttributes:
+    if raw is None:
+        return NO_ATTRIBUTES
+    name, aliases, ports = _fields(raw, 3, "endpoint attributes")
+    if not isinstance(aliases, list) or not isinstance(ports, list):
+        raise TableWireError("endpoint attributes: aliases and ports must be lists")
+    try:
+        return make_attributes(name, aliases, ports)
+    except InvalidAttributes as exc:
+        raise TableWireError(f"endpoint attributes: {exc}") from None
 
 
 def _membership(network: str, node: str, raw: object, now: float) -> Membership:
@@ -233,7 +257,7 @@ def decode_records(data: bytes, now: float) -> list[Record]:
     message = _unpack(data)
     kind = message[1]
     if kind == KIND_ENDPOINT:
-        fields = _fields(message, 10, "endpoint message", optional=1)
+        fields = _fields(message, 11, "endpoint message", optional=2)
         return [_endpoint(_name(fields[2]), _name(fields[3]), fields[4:], now)]
     if kind == KIND_MEMBERSHIP:
         fields = _fields(message, 7, "membership message")
@@ -275,6 +299,7 @@ def encode_state(records: Iterable[Record], now: float, chunk_limit: int) -> Ite
             msgpack.packb([
                 _pack_address(e.ip), bytes.fromhex(e.mac.replace(":", "")),
                 _pack_address(e.vtep), e.version, _ttl_ms(e, now), e.changed_at,
+                _pack_attributes(e.attributes),
             ])
             for e in entries
         ]

@@ -32,6 +32,8 @@ Rules:
   metadata for latency metrics only: never part of the version, the rank or the view's choice.
   A refutation re-issues the record it holds with its `changed_at` (no new change was made); a
   refuting tombstone of something we no longer hold has none.
+- An endpoint record carries its `attributes` (name, aliases, service ports; see
+  overlay.attributes), written by the owner with the record: the names the resolver serves.
 
 Pure: takes `now`, returns records and events; imports only the standard library and overlay.errors
 (never trio, socket, time, threading or pyroute2).
@@ -48,6 +50,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from enum import Enum
 
+from overlay.attributes import NO_ATTRIBUTES, EndpointAttributes
 from overlay.errors import OverlayError
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -72,6 +75,7 @@ class Entry:
 
     `expires_at` is local: when a tombstone may be reaped (infinite for a live entry).
     `changed_at` is the owner's wall-clock time of the write (None if unknown); metadata only.
+    `attributes` are the endpoint's name, aliases and service ports (empty if none given).
     """
 
     network: str
@@ -83,6 +87,7 @@ class Entry:
     deleted: bool = False
     expires_at: float = math.inf
     changed_at: float | None = None
+    attributes: EndpointAttributes = NO_ATTRIBUTES
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -313,16 +318,19 @@ class NeighborTable:
         return out
 
     def put_endpoint(self, network: str, ip: str, mac: str, now: float, *,
-                     changed_at: float | None = None) -> Entry:
+                     changed_at: float | None = None,
+                     attributes: EndpointAttributes = NO_ATTRIBUTES) -> Entry:
         """Publish (or change) one of our endpoints; returns the record to gossip.
 
         `changed_at`: the wall-clock time of this change (the caller's clock, seconds since the
         epoch; `now` is the monotonic clock of the table's timers), carried to every peer.
+        `attributes`: its name, aliases and service ports (validated by the caller).
         """
         if network not in self._networks:
             raise InvalidEndpoint(f"network: {network!r} is not joined by this node")
         entry = Entry(network, canonical_ip(ip), canonical_mac(mac), self.node, self.vtep,
-                      self._tick(), changed_at=_check_wall_time(changed_at))
+                      self._tick(), changed_at=_check_wall_time(changed_at),
+                      attributes=attributes)
         self._store(entry, now)
         self._outbox.append(entry)
         return entry

@@ -1,0 +1,319 @@
+"""The resolver shell: 127.0.0.11:53 (UDP and TCP) inside every endpoint namespace, on trio.
+
+Owns: the sockets bound inside each served namespace (through underlay.netns_sockets), the
+receive loops that hand each query to the pure `DnsZone`, forwarding of foreign names to the
+upstream resolvers (UDP, then TCP when the answer comes back truncated, each upstream tried in
+turn within `upstream_timeout`), the resolv.conf written for named endpoint namespaces, and the
+statistics the metrics read.
+
+Rules:
+- A receive loop never waits on an upstream: each forwarded query runs in its own task, at
+  most `MAX_FORWARDS` at once (beyond that the query is answered SERVFAIL at once).
+- A namespace is served from `serve()` until `stop()`; serving one that is already served only
+  updates its networks. Sockets are closed when the namespace stops being served.
+- Upstream sockets live in the agent's own namespace (where its resolv.conf's servers are
+  reachable), as Docker's embedded resolver does for the host's servers.
+- Nothing from the network raises: garbage is answered FORMERR or dropped by the zone.
+
+May import: trio, dnspython, agent.dns.zone, underlay.netns_sockets, the standard library.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import dns.flags
+import dns.message
+import dns.rcode
+import trio
+
+from agent.dns.zone import Answered, DnsZone, Dropped, Forward
+from underlay.netns_sockets import open_socket_in_netns
+
+log = logging.getLogger("vxmesh.dns")
+
+RESOLVER_ADDRESS = "127.0.0.11"
+DNS_PORT = 53
+MAX_FORWARDS = 256
+MAX_UDP = 65535
+TCP_IDLE_TIMEOUT = 10.0
+ETC_NETNS = Path("/etc/netns")
+
+
+@dataclass(frozen=True)
+class ResolverStatistics:
+    """Cumulative counts of the resolver (what the metrics read)."""
+
+    queries: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(query type, result) -> queries; results noerror, nxdomain, formerr, servfail, ..."""
+    forwarded: int = 0
+    upstream_failures: int = 0
+    dropped: int = 0
+    namespaces: int = 0
+
+
+def upstreams_from_resolv_conf(path: Path = Path("/etc/resolv.conf")
+                               ) -> tuple[tuple[str, int], ...]:
+    """The nameservers of a resolv.conf (port 53), without our own 127.0.0.11."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return ()
+    servers = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver" and parts[1] != RESOLVER_ADDRESS:
+            servers.append((parts[1], DNS_PORT))
+    return tuple(servers)
+
+
+def resolv_conf_text(search: tuple[str, ...]) -> str:
+    """What an endpoint namespace's resolv.conf says: us, its networks as search domains."""
+    lines = [f"nameserver {RESOLVER_ADDRESS}"]
+    if search:
+        lines.append("search " + " ".join(search))
+    lines.append("options ndots:0")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class _Served:
+    networks: tuple[str, ...]
+    scope: trio.CancelScope
+    sockets: list[socket.socket]
+
+
+class DnsResolver:
+    """Serves the zone in every endpoint namespace and forwards the rest upstream."""
+
+    def __init__(self, zone: DnsZone, *, upstreams: tuple[tuple[str, int], ...],
+                 forward: bool = True,
+                 upstream_timeout: float = 2.0, rng: random.Random | None = None,
+                 observe_latency: Callable[[float], None] | None = None) -> None:
+        self.zone = zone
+        self.upstreams = upstreams
+        self.forward = forward
+        self.upstream_timeout = upstream_timeout
+        self.rng = rng or random.Random()
+        self.observe_latency = observe_latency or (lambda seconds: None)
+        self._served: dict[str, _Served] = {}
+        self._nursery: trio.Nursery | None = None
+        self._forward_limit = trio.CapacityLimiter(MAX_FORWARDS)
+        self._queries: dict[tuple[str, str], int] = {}
+        self._forwarded = 0
+        self._upstream_failures = 0
+        self._dropped = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[DnsResolver] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Own the serving tasks until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started(self)
+            await trio.sleep_forever()
+
+    def statistics(self) -> ResolverStatistics:
+        return ResolverStatistics(dict(self._queries), self._forwarded,
+                                  self._upstream_failures, self._dropped, len(self._served))
+
+    def served(self) -> dict[str, tuple[str, ...]]:
+        """Namespace -> the networks its endpoint is on."""
+        return {netns: s.networks for netns, s in self._served.items()}
+
+    async def serve(self, netns: str, networks: tuple[str, ...]) -> None:
+        """Answer at 127.0.0.11:53 inside `netns` for an endpoint on `networks`."""
+        current = self._served.get(netns)
+        if current is not None:
+            current.networks = networks
+            return
+        if self._nursery is None:
+            raise RuntimeError("DnsResolver.serve before run() started")
+        address = (RESOLVER_ADDRESS, DNS_PORT)
+        udp = await trio.to_thread.run_sync(partial(
+            open_socket_in_netns, netns, socket.AF_INET, socket.SOCK_DGRAM, bind=address))
+        try:
+            tcp = await trio.to_thread.run_sync(partial(
+                open_socket_in_netns, netns, socket.AF_INET, socket.SOCK_STREAM, bind=address,
+                listen=64))
+        except BaseException:
+            udp.close()
+            raise
+        served = _Served(networks, trio.CancelScope(), [udp, tcp])
+        self._served[netns] = served
+        self._nursery.start_soon(self._serve_namespace, netns, served)
+
+    def stop(self, netns: str) -> None:
+        """Stop answering inside `netns` (its endpoint is gone)."""
+        served = self._served.pop(netns, None)
+        if served is not None:
+            served.scope.cancel()
+
+    async def _serve_namespace(self, netns: str, served: _Served) -> None:
+        udp_raw, tcp_raw = served.sockets
+        udp = trio.socket.from_stdlib_socket(udp_raw)
+        tcp = trio.SocketListener(trio.socket.from_stdlib_socket(tcp_raw))
+        with served.scope, udp:
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._udp_loop, udp, served)
+                    nursery.start_soon(trio.serve_listeners,
+                                       lambda stream: self._tcp_connection(stream, served),
+                                       [tcp])
+            finally:
+                await tcp.aclose()
+        log.debug("dns: stopped serving %s", netns)
+
+    # ------------------------------------------------------------------ UDP and TCP
+
+    async def _udp_loop(self, sock: trio.socket.SocketType, served: _Served) -> None:
+        assert self._nursery is not None
+        while True:
+            data, peer = await sock.recvfrom(MAX_UDP)
+            started = trio.current_time()
+            outcome = self.zone.answer(data, served.networks, self.rng)
+            if isinstance(outcome, Forward):
+                self._nursery.start_soon(self._forward_udp, sock, peer, outcome, started)
+                continue
+            await self._finish(outcome, started)
+            if isinstance(outcome, Answered):
+                await sock.sendto(outcome.wire, peer)
+
+    async def _forward_udp(self, sock: trio.socket.SocketType, peer: tuple[str, int],
+                           outcome: Forward, started: float) -> None:
+        reply = await self._forwarded_reply(outcome, tcp=False)
+        await self._finish(reply, started)
+        if isinstance(reply, Answered):
+            with contextlib.suppress(OSError):  # the endpoint's namespace went away meanwhile
+                await sock.sendto(reply.wire, peer)
+
+    async def _tcp_connection(self, stream: trio.SocketStream, served: _Served) -> None:
+        async with stream:
+            while True:
+                with trio.move_on_after(TCP_IDLE_TIMEOUT) as idle:
+                    frame = await _read_frame(stream)
+                if idle.cancelled_caught or frame is None:
+                    return
+                started = trio.current_time()
+                outcome = self.zone.answer(frame, served.networks, self.rng, tcp=True)
+                if isinstance(outcome, Forward):
+                    outcome = await self._forwarded_reply(outcome, tcp=True)
+                await self._finish(outcome, started)
+                if not isinstance(outcome, Answered):
+                    return
+                try:
+                    await stream.send_all(struct.pack("!H", len(outcome.wire)) + outcome.wire)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+
+    async def _finish(self, outcome: Answered | Dropped, started: float) -> None:
+        if isinstance(outcome, Dropped):
+            self._dropped += 1
+            return
+        key = (outcome.qtype, outcome.result)
+        self._queries[key] = self._queries.get(key, 0) + 1
+        self.observe_latency(trio.current_time() - started)
+
+    # ------------------------------------------------------------------ forwarding
+
+    async def _forwarded_reply(self, outcome: Forward, *, tcp: bool) -> Answered:
+        """The upstream's answer to a foreign query, or SERVFAIL/REFUSED of our own.
+
+        A UDP asker gets the upstream's UDP answer as it is (truncated, TC set, when it did not
+        fit: the asker then retries over TCP); a TCP asker's query goes over TCP upstream when
+        the UDP answer came back truncated.
+        """
+        query = dns.message.from_wire(outcome.wire)
+        if not self.forward:
+            return self._own_reply(query, dns.rcode.REFUSED, outcome.qtype, "refused")
+        if self._forward_limit.available_tokens == 0:
+            self._upstream_failures += 1
+            return self._own_reply(query, dns.rcode.SERVFAIL, outcome.qtype, "servfail")
+        async with self._forward_limit:
+            self._forwarded += 1
+            for upstream in self.upstreams:
+                with trio.move_on_after(self.upstream_timeout):
+                    try:
+                        wire = await self._ask_upstream(upstream, outcome.wire, query.id,
+                                                        tcp=tcp)
+                    except OSError as exc:
+                        log.debug("dns: upstream %s failed: %s", upstream, exc)
+                        continue
+                    return Answered(wire, outcome.qtype, "forwarded")
+            self._upstream_failures += 1
+        return self._own_reply(query, dns.rcode.SERVFAIL, outcome.qtype, "servfail")
+
+    async def _ask_upstream(self, upstream: tuple[str, int], wire: bytes, query_id: int, *,
+                            tcp: bool) -> bytes:
+        family = socket.AF_INET6 if ":" in upstream[0] else socket.AF_INET
+        with trio.socket.socket(family, socket.SOCK_DGRAM) as sock:
+            await sock.connect(upstream)
+            await sock.send(wire)
+            while True:
+                reply = await sock.recv(MAX_UDP)
+                if len(reply) >= 12 and struct.unpack("!H", reply[:2])[0] == query_id:
+                    break
+        if tcp and reply[2] & (dns.flags.TC >> 8):
+            return await self._ask_upstream_tcp(family, upstream, wire)
+        return reply
+
+    async def _ask_upstream_tcp(self, family: int, upstream: tuple[str, int], wire: bytes
+                                ) -> bytes:
+        with trio.socket.socket(family, socket.SOCK_STREAM) as sock:
+            await sock.connect(upstream)
+            stream = trio.SocketStream(sock)
+            await stream.send_all(struct.pack("!H", len(wire)) + wire)
+            frame = await _read_frame(stream)
+        if frame is None:
+            raise OSError(f"upstream {upstream[0]}:{upstream[1]} closed TCP without an answer")
+        return frame
+
+    @staticmethod
+    def _own_reply(query: dns.message.Message, rcode: dns.rcode.Rcode, qtype: str,
+                   result: str) -> Answered:
+        response = dns.message.make_response(query, recursion_available=True)
+        response.set_rcode(rcode)
+        return Answered(response.to_wire(), qtype, result)
+
+
+async def _read_frame(stream: trio.SocketStream) -> bytes | None:
+    """One length-prefixed DNS message from a TCP stream; None at end of stream."""
+    header = await _read_exactly(stream, 2)
+    if header is None:
+        return None
+    return await _read_exactly(stream, struct.unpack("!H", header)[0])
+
+
+async def _read_exactly(stream: trio.SocketStream, count: int) -> bytes | None:
+    buffer = bytearray()
+    while len(buffer) < count:
+        chunk = await stream.receive_some(count - len(buffer))
+        if not chunk:
+            return None
+        buffer += chunk
+    return bytes(buffer)
+
+
+def write_resolv_conf(netns: str, search: tuple[str, ...], root: Path = ETC_NETNS) -> Path:
+    """/etc/netns/<netns>/resolv.conf (what `ip netns exec` bind-mounts over /etc/resolv.conf)."""
+    directory = root / netns
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "resolv.conf"
+    tmp = directory / ".resolv.conf.tmp"
+    tmp.write_text(resolv_conf_text(search))
+    tmp.replace(path)
+    return path
+
+
+def remove_resolv_conf(netns: str, root: Path = ETC_NETNS) -> None:
+    directory = root / netns
+    (directory / "resolv.conf").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty (someone else's files) or already gone
+        directory.rmdir()

@@ -1,0 +1,100 @@
+"""Sockets born inside another network namespace, used from this one.
+
+Owns: `open_socket_in_netns(netns, family, kind, bind=, listen=)`: a socket created (and
+optionally bound, listening) inside
+the namespace `netns` (a name under /run/netns or a path such as Docker's or a CNI runtime's
+/proc/PID/ns/net or /var/run/netns/...), handed back to the caller. A socket belongs to the
+namespace it was created in for its whole life, whichever thread uses it later: this is how one
+agent serves 127.0.0.11 inside every endpoint namespace without a process per namespace.
+
+Rules:
+- The namespace switch (setns(2)) happens on a fresh thread that exists only for the call, so
+  no thread of the agent (trio's worker cache, the netlink thread) is ever left in another
+  namespace, whatever fails.
+- Errors are `KernelError` naming the namespace and the address.
+
+May import: the standard library, underlay.errors.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import socket
+import threading
+from pathlib import Path
+
+from underlay.errors import KernelError
+
+CLONE_NEWNET = 0x40000000
+NETNS_RUN_DIR = Path("/run/netns")
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def netns_path(netns: str) -> Path:
+    """The file of a namespace given by name (under /run/netns) or by path."""
+    return Path(netns) if "/" in netns else NETNS_RUN_DIR / netns
+
+
+def open_socket_in_netns(netns: str, family: int, kind: int, *,
+                         bind: tuple[str, int] | None = None, listen: int = 0) -> socket.socket:
+    """A socket of `family`/`kind` created in `netns`, bound to `bind` there if given, and
+    listening with backlog `listen` if that is positive (stream sockets)."""
+    result: list[socket.socket] = []
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            result.append(_create_inside(netns_path(netns), family, kind, bind, listen))
+        except BaseException as exc:  # reported to the caller below
+            failure.append(exc)
+
+    thread = threading.Thread(target=work, name=f"netns-socket {netns}", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        exc = failure[0]
+        if isinstance(exc, KernelError):
+            raise exc
+        where = f" {bind[0]}:{bind[1]}" if bind else ""
+        raise KernelError(f"cannot open a socket{where} in namespace {netns}: {exc}",
+                          getattr(exc, "errno", None)) from exc
+    return result[0]
+
+
+def _create_inside(path: Path, family: int, kind: int, bind: tuple[str, int] | None,
+                   listen: int) -> socket.socket:
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise KernelError(f"namespace {path} cannot be opened: {exc.strerror}",
+                              exc.errno) from None
+        try:
+            _setns(target, path)
+            try:
+                sock = socket.socket(family, kind)
+                try:
+                    if bind is not None:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                        sock.bind(bind)
+                    if listen > 0:
+                        sock.listen(listen)
+                except BaseException:
+                    sock.close()
+                    raise
+            finally:
+                _setns(own, Path("/proc/thread-self/ns/net"))
+        finally:
+            os.close(target)
+    finally:
+        os.close(own)
+    return sock
+
+
+def _setns(fd: int, path: Path) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise KernelError(f"setns into {path} failed: {os.strerror(err)}", err)
