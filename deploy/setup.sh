@@ -20,7 +20,7 @@ fi
 
 packages=(iproute2 nftables etcd-server etcd-client iperf3 procps psmisc curl iputils-ping python3-venv)
 if [ "$want_test" -eq 1 ]; then
-    packages+=(prometheus shellcheck vagrant serf systemd)
+    packages+=(prometheus shellcheck vagrant serf systemd dnsmasq-base)
 fi
 missing=()
 for p in "${packages[@]}"; do
