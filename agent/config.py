@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from agent.errors import AgentError
+from gossip.config import PRESETS
 
 DEFAULT_CONFIG_PATH = Path("/etc/vxmesh/agent.toml")
 ENV_PREFIX = "VXMESH_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
-GOSSIP_PROFILES = ("lan", "wan", "local")
+GOSSIP_PROFILES = tuple(PRESETS)
 
 
 class ConfigError(AgentError):
@@ -81,7 +82,7 @@ class GossipConfig:
         "peers to join at start; etcd's node registry adds more", "list of host:port",
         kind="hostport"))
     profile: str = field(default="lan", metadata=_doc(
-        "timing preset of the SWIM protocol", "one of lan, wan, local",
+        "timing preset of the SWIM protocol", f"one of {', '.join(GOSSIP_PROFILES)}",
         choices=GOSSIP_PROFILES))
     keyring_file: str = field(default="", metadata=_doc(
         "keyring (base64 AES keys, first is primary); empty means <state_dir>/keyring.json;"

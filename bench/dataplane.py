@@ -40,6 +40,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from underlay.netns_exec import ip_netns_exec
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -125,7 +127,7 @@ class Server:
     """A server process in a namespace, stopped by its pid."""
 
     def __init__(self, ns: str, argv: list[str], port: int) -> None:
-        self.popen = subprocess.Popen(["ip", "netns", "exec", ns, *argv],
+        self.popen = subprocess.Popen(ip_netns_exec(ns, argv),
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -62,6 +62,7 @@ from agent.api.client import ApiClient, CliError
 from agent.config import render_toml
 from agent.lab.hosts import NamespacedEtcd
 from agent.lab.provision import node_config
+from underlay.netns_exec import ip_netns_exec
 
 METRICS = ("join_s", "detect_first_s", "detect_all_s", "dissemination_s", "false_positives",
            "cpu_pct", "rss_mb")
@@ -159,8 +160,8 @@ class SerfSystem(GossipSystem):
         return None
 
     def publish_update(self, lab: BenchLab, host: LabHost, key: str) -> None:
-        subprocess.run(["ip", "netns", "exec", host.netns, "serf", "event",
-                        "-rpc-addr=127.0.0.1:7373", "-coalesce=false", key, "bench"],
+        subprocess.run(ip_netns_exec(host.netns, ["serf", "event", "-rpc-addr=127.0.0.1:7373",
+                                                  "-coalesce=false", key, "bench"]),
                        check=True, capture_output=True, timeout=10)
 
 
@@ -317,7 +318,7 @@ class AgentSystem(GossipSystem):
         return record
 
     def _kernel_has(self, host: LabHost, mac: str) -> bool:
-        shown = subprocess.run(["ip", "netns", "exec", host.netns, "bridge", "fdb", "show"],
+        shown = subprocess.run(ip_netns_exec(host.netns, ["bridge", "fdb", "show"]),
                                capture_output=True, text=True, timeout=10).stdout
         return mac.lower() in shown.lower()
 

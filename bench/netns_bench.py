@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from underlay.netns_exec import ip_netns_exec, nsenter_net
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -63,7 +65,7 @@ class AgentProcess:
         # nsenter enters only the network namespace (`ip netns exec` would add a private mount
         # namespace, hiding namespaces an agent creates) and execs: popen.pid is the agent's.
         self.popen = subprocess.Popen(
-            ["nsenter", f"--net=/run/netns/{host.netns}", *argv], stdout=subprocess.PIPE,
+            nsenter_net(host.netns, argv), stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, stdin=subprocess.PIPE, text=True, bufsize=1,
             env=env, cwd=cwd)
         self.pid = self.popen.pid
@@ -216,7 +218,7 @@ class BenchLab:
                 f"add chain inet {LOSS_TABLE} input {{ type filter hook input priority -10; }}\n"
                 f"add rule inet {LOSS_TABLE} input iifname \"eth0\" "
                 f"numgen random mod 100 < {percent} drop\n")
-            subprocess.run(["ip", "netns", "exec", host.netns, "nft", "-f", "-"], input=script,
+            subprocess.run(ip_netns_exec(host.netns, ["nft", "-f", "-"]), input=script,
                            text=True, check=True, capture_output=True, timeout=10)
             self._lossy.append(host)
 

@@ -1,4 +1,5 @@
-"""SWIM configuration: one frozen dataclass, three presets, and the formulas derived from it.
+"""SWIM configuration: one frozen dataclass, three presets (`PRESETS` by name), and the formulas
+derived from it.
 
 Owns: every tunable of the membership protocol, each with its unit, and the functions of the
 cluster size `n` that memberlist made standard (retransmit limit, suspicion timeouts, push-pull
@@ -23,6 +24,7 @@ Formulas (n = estimated cluster size, members alive or suspect, self included):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 
 from gossip.broadcast import retransmit_limit
@@ -208,3 +210,8 @@ def suspicion_timeout(min_s: float, max_s: float, needed: int, confirmations: in
         return min_s
     frac = math.log(confirmations + 1.0) / math.log(needed + 1.0)
     return max(min_s, max_s - frac * (max_s - min_s))
+
+
+#: The presets by the name an agent's config (`[gossip] profile`) and the simulator use.
+PRESETS: Mapping[str, Callable[[], SwimConfig]] = {
+    "lan": SwimConfig.lan, "wan": SwimConfig.wan, "local": SwimConfig.local}

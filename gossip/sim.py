@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gossip.config import SwimConfig
+from gossip.config import PRESETS, SwimConfig
 from gossip.delegate import Delegate
 from gossip.swim import (
     MemberFailed,
@@ -310,8 +310,7 @@ class Simulation:
 # -- scenarios ---------------------------------------------------------------------------------
 
 SCENARIOS = ("join", "fail", "loss", "partition", "churn")
-PROFILES = {"lan": SwimConfig.lan, "wan": SwimConfig.wan, "local": SwimConfig.local,
-            "memberlist": SwimConfig.memberlist_lan}
+PROFILES = {**PRESETS, "memberlist": SwimConfig.memberlist_lan}
 
 
 @dataclass

@@ -25,26 +25,25 @@ advertises. Entries of another address family than the underlay's are skipped. B
 (VNI out of range, unusable MTU, malformed MAC or address) never raises: the offending
 network or entry is left out and named in `DesiredState.problems`.
 
-Pure: no I/O, no clock, no trio, no pyroute2. May import the standard library and overlay.*.
+Pure: no I/O, no clock, no trio, no pyroute2. May import the standard library, overlay.* and
+underlay.records (the shared MAC/IP/VNI vocabulary).
 """
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-VNI_MIN = 1
-VNI_MAX = 16_777_215
+from underlay.records import VNI_MAX, VNI_MIN, canonical_ip, canonical_mac
+
 DEFAULT_VXLAN_PORT = 4789
 #: VXLAN encapsulation overhead: outer Ethernet 14 + IP (20 or 40) + UDP 8 + VXLAN 8.
 OVERHEAD_IPV4 = 50
 OVERHEAD_IPV6 = 70
 MTU_MIN = 1280  # IPv6 endpoints need at least this
-ZERO_MAC = "00:00:00:00:00:00"
 
 BRIDGE_PREFIX = "vxbr"
 VXLAN_PREFIX = "vxtun"
@@ -207,20 +206,6 @@ def overlay_mtu(underlay_mtu: int, underlay_address: str) -> int:
     return underlay_mtu - overhead
 
 
-def normal_mac(mac: str) -> str:
-    """`mac` as six lower-case colon-separated octets; ValueError if it is not one."""
-    raw = mac.replace("-", ":").lower().split(":")
-    if len(raw) != 6 or not all(len(p) == 2 for p in raw):
-        raise ValueError(f"not a MAC address: {mac!r}")
-    int("".join(raw), 16)
-    return ":".join(raw)
-
-
-def normal_ip(ip: str) -> str:
-    """`ip` in the kernel's canonical text form; ValueError if it is not an address."""
-    return str(ipaddress.ip_address(ip))
-
-
 # --------------------------------------------------------------------------- the function
 
 
@@ -241,7 +226,7 @@ def _network_devices(spec: NetworkSpec, node: str, underlay: UnderlayAddressing,
         return None
     return DesiredNetwork(
         network=spec.name, vni=spec.vni, bridge=bridge_name(spec.vni),
-        vxlan=vxlan_name(spec.vni), port=spec.port, local=normal_ip(underlay.address),
+        vxlan=vxlan_name(spec.vni), port=spec.port, local=canonical_ip(underlay.address),
         mtu=mtu, vxlan_mac=vtep_mac(node), bridge_mac=stable_mac("vxmesh-bridge", node,
                                                                  str(spec.vni)),
         ports=ports,
@@ -260,7 +245,7 @@ def compute_desired(networks: Iterable[NetworkSpec], members: Iterable[AliveMemb
         if member.name == node:
             continue
         try:
-            vtep = normal_ip(member.vtep)
+            vtep = canonical_ip(member.vtep)
         except ValueError:
             problems.append(f"member {member.name!r}: vtep={member.vtep!r} is not an address")
             continue
@@ -299,8 +284,8 @@ def compute_desired(networks: Iterable[NetworkSpec], members: Iterable[AliveMemb
         if devices is None or remote_vtep is None:
             continue
         try:
-            mac = normal_mac(entry.mac)
-            ips = [normal_ip(ip) for ip in entry.ips]
+            mac = canonical_mac(entry.mac)
+            ips = [canonical_ip(ip) for ip in entry.ips]
         except ValueError as exc:
             problems.append(f"endpoint on {entry.node!r} in {entry.network!r}: {exc}")
             continue

@@ -49,7 +49,6 @@ import trio
 
 from overlay.delta import DeltaTracker
 from overlay.desired import (
-    ZERO_MAC,
     DesiredNetwork,
     DesiredState,
     FdbKey,
@@ -62,6 +61,7 @@ from underlay.records import (
     NTF_MASTER,
     NTF_SELF,
     NUD_PERMANENT,
+    ZERO_MAC,
     FdbRecord,
     FdbWrite,
     LinkRecord,

@@ -42,9 +42,7 @@ Pure: takes `now`, returns records and events; imports only the standard library
 from __future__ import annotations
 
 import heapq
-import ipaddress
 import math
-import re
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -52,8 +50,8 @@ from enum import Enum
 
 from overlay.attributes import NO_ATTRIBUTES, EndpointAttributes
 from overlay.errors import OverlayError
+from underlay.records import canonical_ip, canonical_mac
 
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 NAME_MAX = 255
 #: Largest version a record may carry (msgpack's signed 64-bit range, what peers decode).
 VERSION_MAX = 2**63 - 1
@@ -220,19 +218,18 @@ class TableStatistics:
     purged: int  # entries dropped after an owner's grace or on supersede
 
 
-def canonical_ip(value: str, field_name: str = "ip") -> str:
-    """The canonical text of an IPv4/IPv6 address; raises InvalidEndpoint naming the value."""
+def _checked_ip(value: str, field_name: str = "ip") -> str:
     try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        raise InvalidEndpoint(f"{field_name}: {value!r} is not an IPv4 or IPv6 address") from None
+        return canonical_ip(value)
+    except ValueError as exc:
+        raise InvalidEndpoint(f"{field_name}: {exc}") from None
 
 
-def canonical_mac(value: str) -> str:
-    mac = value.strip().lower().replace("-", ":")
-    if not _MAC.match(mac):
-        raise InvalidEndpoint(f"mac: {value!r} is not a MAC address like 02:42:0a:00:00:02")
-    return mac
+def _checked_mac(value: str) -> str:
+    try:
+        return canonical_mac(value)
+    except ValueError as exc:
+        raise InvalidEndpoint(f"mac: {exc}") from None
 
 
 def _check_wall_time(value: float | None) -> float | None:
@@ -259,7 +256,7 @@ class NeighborTable:
         failed_grace: float = 60.0,
     ) -> None:
         self.node = _check_name("node", node)
-        self.vtep = canonical_ip(vtep, "vtep")
+        self.vtep = _checked_ip(vtep, "vtep")
         if not tombstone_ttl > 0:
             raise InvalidEndpoint(f"tombstone_ttl: {tombstone_ttl!r} must be > 0 seconds")
         if not failed_grace >= 0:
@@ -328,7 +325,7 @@ class NeighborTable:
         """
         if network not in self._networks:
             raise InvalidEndpoint(f"network: {network!r} is not joined by this node")
-        entry = Entry(network, canonical_ip(ip), canonical_mac(mac), self.node, self.vtep,
+        entry = Entry(network, _checked_ip(ip), _checked_mac(mac), self.node, self.vtep,
                       self._tick(), changed_at=_check_wall_time(changed_at),
                       attributes=attributes)
         self._store(entry, now)
@@ -341,7 +338,7 @@ class NeighborTable:
 
         `changed_at` as for `put_endpoint`.
         """
-        key = (network, self.node, canonical_ip(ip))
+        key = (network, self.node, _checked_ip(ip))
         current = self._entries.get(key)
         if current is None or current.deleted:
             raise InvalidEndpoint(f"ip: {ip!r} is not an endpoint of ours in network {network!r}")

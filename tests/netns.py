@@ -13,6 +13,8 @@ import shlex
 import subprocess
 from collections.abc import Sequence
 
+from underlay.netns_exec import ip_netns_exec
+
 _counter = itertools.count()
 
 
@@ -21,7 +23,7 @@ def run(cmd: Sequence[str] | str, *, netns: str | None = None, check: bool = Tru
     """Run a command (in `netns` if given) and return its completed process."""
     argv = shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
     if netns is not None:
-        argv = ["ip", "netns", "exec", netns, *argv]
+        argv = ip_netns_exec(netns, argv)
     return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=timeout)
 
 

@@ -14,7 +14,7 @@ Rules:
 - Kernel names: namespace `<netns_prefix><name>`, host-side veth `vxep` + 10 hex digits of
   the SHA-256 of the name (15-byte limit), interface inside the namespace `eth0`.
 
-May import: the standard library and underlay.errors.
+May import: the standard library, underlay.errors and underlay.records.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from underlay.errors import UnderlayError
+from underlay.records import canonical_ip, canonical_mac
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 HOST_VETH_PATTERN = re.compile(r"^vxep[0-9a-f]{10}$")
@@ -66,6 +67,8 @@ class Mode(StrEnum):
 
 
 NAMESPACED_MODES = frozenset({Mode.NONE, Mode.BRIDGE, Mode.OVERLAY, Mode.MACVLAN, Mode.IPVLAN})
+#: The modes a network can be created in (its driver); `none` and `host` are endpoint-only.
+NETWORK_MODES = (Mode.OVERLAY, Mode.BRIDGE, Mode.MACVLAN, Mode.IPVLAN)
 
 
 class State(StrEnum):
@@ -248,7 +251,7 @@ def _split_proto(text: str, field_name: str) -> tuple[str, str]:
 
 def _address(text: str, field_name: str, value: str) -> str:
     try:
-        return str(ipaddress.ip_address(text.strip("[]")))
+        return canonical_ip(text.strip("[]"))
     except ValueError:
         raise EndpointSpecError(f"{field_name}={value!r}: {text!r} is not an IP address") from None
 
@@ -293,13 +296,15 @@ def _interface(text: str, field_name: str) -> IPInterface:
 
 
 def normalize_mac(text: str, *, field_name: str = "mac") -> str:
-    """Lower-case colon form; unicast only."""
-    parts = text.lower().replace("-", ":").split(":")
-    if len(parts) != 6 or not all(re.fullmatch(r"[0-9a-f]{2}", p) for p in parts):
-        raise EndpointSpecError(f"{field_name}={text!r}: not a MAC address (aa:bb:cc:dd:ee:ff)")
-    if int(parts[0], 16) & 1:
+    """The canonical form (underlay.records.canonical_mac); unicast only."""
+    try:
+        mac = canonical_mac(text)
+    except ValueError:
+        raise EndpointSpecError(f"{field_name}={text!r}: not a MAC address (aa:bb:cc:dd:ee:ff)"
+                                ) from None
+    if int(mac[:2], 16) & 1:
         raise EndpointSpecError(f"{field_name}={text!r}: a multicast MAC cannot be an endpoint's")
-    return ":".join(parts)
+    return mac
 
 
 # --- derivation -----------------------------------------------------------------------------

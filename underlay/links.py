@@ -36,11 +36,11 @@ from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 from underlay.errors import KernelError, UnderlayError
 from underlay.kernel import is_missing, netlink_errno
+from underlay.netns_exec import netns_path
 
 T = TypeVar("T")
 
 IFNAME_MAX = 15
-NETNS_DIR = "/var/run/netns"
 
 MACVLAN_MODES = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8, "source": 16}
 IPVLAN_MODES = {"l2": 0, "l3": 1, "l3s": 2}
@@ -427,7 +427,7 @@ def check_netns_name(name: str) -> str:
 
 def open_netns_path(name: str) -> str:
     """The path of an existing named namespace; KernelError if it does not exist."""
-    path = os.path.join(NETNS_DIR, check_netns_name(name))
+    path = netns_path(check_netns_name(name))
     if not os.path.exists(path):
         raise KernelError(f"network namespace {name!r} does not exist", errno_codes.ENOENT)
     return path

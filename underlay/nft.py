@@ -6,7 +6,7 @@ listing tables, in the host namespace given by name (entered with `nsenter --net
 Rules: only whole transactions built by `underlay.nat_table`; never `flush ruleset`; a failure
 raises KernelError with nft's message and leaves the previous ruleset in place (nft applies a
 script all or nothing).
-May import: the standard library, underlay.errors, underlay.links.
+May import: the standard library, underlay.errors, underlay.links, underlay.netns_exec.
 """
 
 from __future__ import annotations
@@ -15,13 +15,15 @@ import subprocess
 
 from underlay.errors import KernelError
 from underlay.links import open_netns_path
+from underlay.netns_exec import nsenter_net
 
 
 def in_netns(netns: str | None, argv: list[str]) -> list[str]:
     """`argv` run inside the named namespace (None: unchanged, our own namespace)."""
     if netns is None:
         return argv
-    return ["nsenter", f"--net={open_netns_path(netns)}", "--", *argv]
+    open_netns_path(netns)  # KernelError naming it if it does not exist
+    return nsenter_net(netns, argv)
 
 
 def apply_script(netns: str | None, script: str, *, timeout: float = 20) -> None:

@@ -1,9 +1,15 @@
 """Kernel object records: what dumps report and what writes ask, with no netlink library.
 
 Owns: the link, FDB and neighbor records a dump returns, the vxlan device spec, the write
-commands (replace, append, delete), the NUD_*/NTF_* values they carry, the zero MAC and the
-adoption rule for vxlan devices (`vxlan_matches`). overlay/ builds on these types without
-reaching pyroute2; underlay.netlink_ops turns them into netlink messages.
+commands (replace, append, delete), the NUD_*/NTF_* values they carry and the adoption rule
+for vxlan devices (`vxlan_matches`). overlay/ builds on these types without reaching pyroute2;
+underlay.netlink_ops turns them into netlink messages.
+
+Also the one source of the vocabulary every layer shares about these objects: the canonical
+text of a MAC (`canonical_mac`: six lower-case, colon-separated octets) and of an IP address
+(`canonical_ip`: the kernel's, i.e. Python's `ipaddress` compressed form), the zero MAC of
+flood entries, and the VNI bounds (`VNI_MIN`..`VNI_MAX`, 24 bits, 0 reserved). Both parsers
+raise ValueError naming the value; each caller wraps it in its own package's error.
 
 May import: the standard library.
 """
@@ -11,6 +17,7 @@ May import: the standard library.
 from __future__ import annotations
 
 import enum
+import ipaddress
 from dataclasses import dataclass
 
 AF_BRIDGE = 7
@@ -20,6 +27,32 @@ NUD_REACHABLE = 0x02
 NTF_SELF = 0x02
 NTF_MASTER = 0x04
 ZERO_MAC = "00:00:00:00:00:00"
+VNI_MIN = 1
+VNI_MAX = (1 << 24) - 1  # 16,777,215
+
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+def canonical_mac(text: str) -> str:
+    """`text` (any case, `:` or `-` separated) as six lower-case colon-separated octets;
+    ValueError naming the value if it is not a MAC address."""
+    octets = text.strip().lower().replace("-", ":").split(":")
+    if len(octets) != 6 or not all(len(o) == 2 and set(o) <= _HEX_DIGITS for o in octets):
+        raise ValueError(f"{text!r} is not a MAC address like 02:42:0a:00:00:02")
+    return ":".join(octets)
+
+
+def canonical_ip(text: str) -> str:
+    """`text` as the kernel prints the IPv4 or IPv6 address; ValueError naming the value."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv4 or IPv6 address") from None
+
+
+def vni_in_range(vni: object) -> bool:
+    """True for an integer (not a bool) VNI within VNI_MIN..VNI_MAX."""
+    return isinstance(vni, int) and not isinstance(vni, bool) and VNI_MIN <= vni <= VNI_MAX
 
 
 

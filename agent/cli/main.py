@@ -27,6 +27,9 @@ from agent.api.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from agent.config import ConfigError
 from agent.errors import AgentError
 from agent.terminal import Progress, render_cell, render_table
+from underlay.endpoints_model import Mode
+from underlay.netns_exec import ip_netns_exec
+from underlay.records import VNI_MAX, VNI_MIN
 
 # -- output -----------------------------------------------------------------------------------
 
@@ -118,7 +121,7 @@ def cmd_endpoint(args: argparse.Namespace) -> int:
                        "`vxmesh endpoint exec web -- ip addr`", EXIT_USAGE)
     record = client.request("GET", f"/v1/endpoints/{args.name}")
     netns = record.get("netns")
-    argv = ["ip", "netns", "exec", netns, *command] if netns else command
+    argv = ip_netns_exec(netns, command) if netns else command
     sys.stdout.flush()
     try:
         os.execvp(argv[0], argv)
@@ -217,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--subnet", help="CIDR, e.g. 10.10.0.0/16 (needed: it is not chosen "
                         "for you)")
-    create.add_argument("--vni", type=int, help="VXLAN network id 1-16777215 (default: next)")
+    create.add_argument("--vni", type=int,
+                        help=f"VXLAN network id {VNI_MIN}-{VNI_MAX} (default: next)")
     create.add_argument("--mtu", type=int, help="endpoint MTU (default: underlay MTU - 50, "
                         "- 70 on an IPv6 underlay)")
     net_sub.add_parser("delete", parents=[common]).add_argument("name")
@@ -229,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     ep_create.add_argument("name")
     ep_create.add_argument("--network", help="network name (overlay and bridge modes)")
     ep_create.add_argument("--mode", default="overlay",
-                           choices=["overlay", "bridge", "host", "none", "macvlan", "ipvlan"])
+                           choices=[mode.value for mode in Mode])
     ep_create.add_argument("--ip", help="address (default: next free in the network)")
     ep_create.add_argument("--publish", action="append", metavar="H:P/PROTO",
                            help="publish container port P on host port H (bridge mode)")

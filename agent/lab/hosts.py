@@ -50,6 +50,7 @@ from agent.state_files import write_atomically
 from agent.terminal import Progress, render_table
 from underlay import links
 from underlay.kernel import NetlinkThread
+from underlay.netns_exec import ip_netns_exec, nsenter_net
 
 DEFAULT_DIR = Path("/run/vxmesh-lab")
 DEFAULT_PREFIX = "vxl"
@@ -127,12 +128,13 @@ class NamespacedEtcd(LocalEtcd):
         return (self.address, self.client_port)
 
     def command(self) -> list[str]:
-        return ["ip", "netns", "exec", self.netns, *super().command()]
+        return ip_netns_exec(self.netns, super().command())
 
     def health(self) -> bool | str:
         answer = subprocess.run(
-            ["ip", "netns", "exec", self.netns, "curl", "-s", "-m", "1",
-             f"{self.client_url}/health"], capture_output=True, text=True, timeout=5)
+            ip_netns_exec(self.netns, ["curl", "-s", "-m", "1",
+                                       f"{self.client_url}/health"]),
+            capture_output=True, text=True, timeout=5)
         if answer.returncode != 0:
             return f"curl exit {answer.returncode}"
         try:
@@ -186,7 +188,7 @@ def _stop_pid(pid: int | None, marker: str, *, sig: int = signal.SIGTERM,
 
 def _in_netns(netns: str, argv: Sequence[str], timeout: float = 30.0,
               check: bool = False) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", netns, *argv], capture_output=True, text=True,
+    return subprocess.run(ip_netns_exec(netns, argv), capture_output=True, text=True,
                           timeout=timeout, check=check)
 
 
@@ -354,8 +356,8 @@ class Lab:
             process = subprocess.Popen(
                 # nsenter enters only the network namespace: `ip netns exec` would also give the
                 # agent a private mount namespace, hiding the endpoint namespaces it creates.
-                ["nsenter", f"--net=/run/netns/{host.netns}", sys.executable, "-m",
-                 "agent.cli.main", "agent", "--config", str(host.config_path)],
+                nsenter_net(host.netns, [sys.executable, "-m", "agent.cli.main", "agent",
+                                         "--config", str(host.config_path)]),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, env=env, cwd="/")
         host.pid = process.pid
@@ -519,8 +521,8 @@ class Lab:
         host = self.host(state, host_name)
         if command and command[0] == "vxmesh":  # this installation's CLI, even off PATH
             command = [str(Path(sys.executable).parent / "vxmesh"), *command[1:]]
-        return ["ip", "netns", "exec", host.netns, "env", f"VXMESH_API_SOCKET={host.socket}",
-                *command]
+        return ip_netns_exec(host.netns, ["env", f"VXMESH_API_SOCKET={host.socket}",
+                                          *command])
 
     def scrape(self, host: LabHost) -> dict[str, float]:
         """The host's metrics as {series: value} (series = name plus labels)."""
@@ -604,8 +606,8 @@ def run_demo(lab: Lab, hosts: int) -> dict[str, Any]:
     (site / "index.html").write_text(f"hello from {server['name']} on {first.name}\n")
     with progress.step(f"HTTP server in {server['name']} on {url}"):
         http_server = subprocess.Popen(
-            ["ip", "netns", "exec", server["netns"], sys.executable, "-m", "http.server",
-             "8080", "--bind", server["ip"], "--directory", str(site)],
+            ip_netns_exec(server["netns"], [sys.executable, "-m", "http.server", "8080",
+                                            "--bind", server["ip"], "--directory", str(site)]),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
         state.helpers.append(http_server.pid)

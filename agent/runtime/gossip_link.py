@@ -25,7 +25,7 @@ import trio
 from agent.api.errors import InvalidRequest
 from agent.config import AgentConfig, ConfigError
 from agent.state_files import KeyringFile, load_keyring, save_keyring
-from gossip.config import SwimConfig
+from gossip.config import PRESETS
 from gossip.keyring import Keyring, KeyringError
 from gossip.node import GossipNode, Subscription
 from gossip.swim import (
@@ -43,8 +43,6 @@ from overlay.table import NeighborTable, TableEvent
 log = logging.getLogger("vxmesh.gossip")
 
 META_VERSION = 1
-PROFILES: dict[str, Callable[[], SwimConfig]] = {
-    "lan": SwimConfig.lan, "wan": SwimConfig.wan, "local": SwimConfig.local}
 STATE_NAMES = {MemberState.ALIVE: "alive", MemberState.SUSPECT: "suspect",
                MemberState.DEAD: "dead", MemberState.LEFT: "left"}
 SEED_RETRY = 1.0
@@ -136,7 +134,7 @@ class GossipLink:
         self.keyring_file = read_keyring(config)
         self.keyring = self._keyring(self.keyring_file)
         self.delegate = AgentTableDelegate(table, on_change, now=trio.current_time())
-        self.gossip = GossipNode(PROFILES[config.gossip.profile](), node,
+        self.gossip = GossipNode(PRESETS[config.gossip.profile](), node,
                                  (vtep, config.gossip.port), meta=encode_meta(vtep),
                                  keyring=self.keyring, delegate=self.delegate)
         self._synced = trio.Event()

@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.store.errors import InvalidNetwork, StoreError
+from underlay.endpoints_model import NETWORK_MODES
+from underlay.records import VNI_MAX, VNI_MIN, vni_in_range
 
 PREFIX = "/vxmesh/v1/"
 NETWORKS = PREFIX + "networks/"
@@ -48,12 +50,10 @@ SUBNETS = PREFIX + "subnets/"
 BLOCKS = PREFIX + "blocks/"
 NODES = PREFIX + "nodes/"
 
-VNI_MIN = 1
-VNI_MAX = 16_777_215
 VNI_AUTO_FIRST = 4096
 """Allocated VNIs start here (as Docker's overlay driver does), below are for operators."""
 
-MODES = ("overlay", "bridge", "macvlan", "ipvlan")
+MODES = tuple(mode.value for mode in NETWORK_MODES)
 MODE_OPTIONS: Mapping[str, Mapping[str, tuple[str, ...] | None]] = {
     # option -> allowed values (None: any non-empty string)
     "overlay": {},
@@ -187,8 +187,9 @@ def validate_name(name: object) -> str:
 
 
 def validate_vni(vni: object) -> int:
-    if not isinstance(vni, int) or isinstance(vni, bool) or not VNI_MIN <= vni <= VNI_MAX:
+    if not vni_in_range(vni):
         raise InvalidNetwork("vni", vni, f"must be an integer in {VNI_MIN}..{VNI_MAX}")
+    assert isinstance(vni, int)
     return vni
 
 

@@ -72,7 +72,6 @@ from agent.store.schema import (
     NETWORKS,
     NODES,
     VNI_AUTO_FIRST,
-    VNI_MAX,
     VNIS,
     Block,
     IPAddress,
@@ -95,6 +94,7 @@ from agent.store.schema import (
     subnet_outer_keys,
     vni_key,
 )
+from underlay.records import VNI_MAX
 
 __all__ = [
     "AddressPool",

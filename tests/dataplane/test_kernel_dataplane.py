@@ -30,6 +30,7 @@ from overlay.reconciler import Reconciler
 from tests.netns import NetnsLab, run
 from underlay.kernel import NetlinkThread
 from underlay.netlink_ops import NetlinkKernel
+from underlay.netns_exec import ip_netns_exec
 
 pytestmark = pytest.mark.kernel
 
@@ -146,8 +147,9 @@ async def test_restart_under_traffic_loses_nothing(v4lab: Lab) -> None:
     await v4lab.program()
     e1, e2 = v4lab.hosts[0], v4lab.hosts[1]
     stream = subprocess.Popen(
-        ["ip", "netns", "exec", e1.endpoint_ns, "ping", "-i", "0.01", "-c", "300", "-W", "1",
-         "10.1.0.2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        ip_netns_exec(e1.endpoint_ns, ["ping", "-i", "0.01", "-c", "300", "-W", "1",
+                                       "10.1.0.2"]),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         await trio.sleep(0.5)  # the stream is running
         for host in (e1, e2):

@@ -31,6 +31,7 @@ from agent.api.errors import EXIT_CONFLICT, EXIT_OK, EXIT_USAGE
 from agent.cli.main import main
 from agent.lab.hosts import Lab, LabError, LabHost, LabState
 from tests.test_agent_metrics import REQUIRED
+from underlay.netns_exec import ip_netns_exec
 
 pytestmark = [pytest.mark.kernel, pytest.mark.etcd, pytest.mark.slow]
 
@@ -97,15 +98,16 @@ def _wait_everyone_has(lab: Lab, state: LabState, ips: set[str], timeout: float 
 
 
 def _kernel_neighbors(host: LabHost) -> str:
-    return subprocess.run(["ip", "netns", "exec", host.netns, "ip", "neigh", "show",
-                           "nud", "permanent"], capture_output=True, text=True,
+    return subprocess.run(ip_netns_exec(host.netns, ["ip", "neigh", "show",
+                                                     "nud", "permanent"]),
+                          capture_output=True, text=True,
                           timeout=10).stdout
 
 
 def _ping(src: dict[str, Any], dst_ip: str, count: int = 1, interval: float = 0.2,
           deadline: float = 2.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", src["netns"], "ping", "-n", "-c", str(count),
-                           "-i", str(interval), "-W", str(deadline), dst_ip],
+    return subprocess.run(ip_netns_exec(src["netns"], ["ping", "-n", "-c", str(count), "-i",
+                                                       str(interval), "-W", str(deadline), dst_ip]),
                           capture_output=True, text=True, timeout=count * interval + 30)
 
 
@@ -231,8 +233,9 @@ def test_kill9_and_restart_loses_no_packet_of_a_running_stream(
     h2, h3 = state.hosts[1], state.hosts[2]
     before = _kernel_neighbors(h2)
     stream = subprocess.Popen(
-        ["ip", "netns", "exec", _ep(the_lab, h2)["netns"], "ping", "-n", "-c", "150", "-i",
-         "0.02", "-W", "1", _ip(the_lab, h3)], stdout=subprocess.PIPE, text=True)
+        ip_netns_exec(_ep(the_lab, h2)["netns"], ["ping", "-n", "-c", "150", "-i",
+                                                  "0.02", "-W", "1", _ip(the_lab, h3)]),
+        stdout=subprocess.PIPE, text=True)
     time.sleep(0.5)
     the_lab.stop_agent(state, h2, kill=True)
     the_lab.start_agent(state, h2)
@@ -302,7 +305,7 @@ def test_removing_a_whole_host_withdraws_it_within_the_detection_target(
     h4 = state.hosts[3]
     ip4 = _ip(the_lab, h4)
     others = [h for h in state.hosts if h is not h4]
-    subprocess.run(["ip", "netns", "exec", h4.netns, "ip", "link", "set", "eth0", "down"],
+    subprocess.run(ip_netns_exec(h4.netns, ["ip", "link", "set", "eth0", "down"]),
                    check=True, timeout=10)
     the_lab.stop_agent(state, h4, kill=True)
     try:
@@ -312,7 +315,7 @@ def test_removing_a_whole_host_withdraws_it_within_the_detection_target(
                                 "h4's endpoint to leave every other host",
                                 DETECTION_TARGET + 5)
     finally:
-        subprocess.run(["ip", "netns", "exec", h4.netns, "ip", "link", "set", "eth0", "up"],
+        subprocess.run(ip_netns_exec(h4.netns, ["ip", "link", "set", "eth0", "up"]),
                        check=True, timeout=10)
         the_lab.start_agent(state, h4)
     the_lab.wait_agent_ready(h4, 30)
@@ -326,8 +329,9 @@ def test_etcd_outage_keeps_traffic_and_propagation(lab: tuple[Lab, LabState]) ->
     h1, h2, h3 = state.hosts[:3]
     count = int(OUTAGE / 0.05)
     stream = subprocess.Popen(
-        ["ip", "netns", "exec", _ep(the_lab, h1)["netns"], "ping", "-n", "-c", str(count),
-         "-i", "0.05", "-W", "1", _ip(the_lab, h2)], stdout=subprocess.PIPE, text=True)
+        ip_netns_exec(_ep(the_lab, h1)["netns"], ["ping", "-n", "-c", str(count),
+                                                  "-i", "0.05", "-W", "1", _ip(the_lab, h2)]),
+        stdout=subprocess.PIPE, text=True)
     the_lab.stop_etcd(state)
     try:
         the_lab.wait_for(lambda: not the_lab.client(h3).request("GET", "/v1/status")
@@ -364,8 +368,8 @@ def test_forged_gossip_packet_is_dropped_and_counted(lab: tuple[Lab, LabState]) 
     before = the_lab.scrape(h1).get(series, 0.0)
     members_before = the_lab.client(h1).request("GET", "/v1/members")
     endpoints_before = the_lab.client(h1).request("GET", "/v1/endpoints")
-    subprocess.run(["ip", "netns", "exec", h2.netns, sys.executable, "-c", FORGE,
-                    h1.address, "7946"], check=True, timeout=30,
+    subprocess.run(ip_netns_exec(h2.netns, [sys.executable, "-c", FORGE,
+                                            h1.address, "7946"]), check=True, timeout=30,
                    cwd=Path(__file__).resolve().parents[2])
     the_lab.wait_for(lambda: the_lab.scrape(h1).get(series, 0.0) >= before + 5,
                      "h1 to count 5 forged packets", 10)
@@ -393,9 +397,9 @@ def test_fdb_shows_desired_equal_to_kernel(lab: tuple[Lab, LabState]) -> None:
 
 def test_metrics_scrape_holds_every_metric(lab: tuple[Lab, LabState]) -> None:
     the_lab, state = lab
-    text = subprocess.run(["ip", "netns", "exec", state.hosts[0].netns, "curl", "-s",
-                           "http://127.0.0.1:9476/metrics"], capture_output=True, text=True,
-                          timeout=10).stdout
+    text = subprocess.run(ip_netns_exec(state.hosts[0].netns,
+                                        ["curl", "-s", "http://127.0.0.1:9476/metrics"]),
+                          capture_output=True, text=True, timeout=10).stdout
     for name in REQUIRED:
         assert f"\n{name}" in text, name
     values = the_lab.scrape(state.hosts[0])

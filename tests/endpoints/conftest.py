@@ -26,12 +26,14 @@ from tests.netns import NetnsLab, run
 from underlay import links
 from underlay.endpoints import Endpoints
 from underlay.endpoints_model import BridgeNetwork, EndpointsConfig
+from underlay.netns_exec import nsenter_net
 
 PROBE = str(Path(__file__).with_name("probe.py"))
 
 
 def nsenter(netns: str) -> list[str]:
-    return ["nsenter", f"--net=/var/run/netns/{netns}", "--"]
+    """The argv prefix that runs a command in `netns`'s network namespace."""
+    return nsenter_net(netns, [])
 
 
 @dataclass
