@@ -547,9 +547,6 @@ class NeighborTable:
         """The record held for one key, tombstone or hidden owner included."""
         return self._entries.get((network, owner, ip))
 
-    def get_membership(self, network: str, node: str) -> Membership | None:
-        return self._memberships.get((network, node))
-
     def statistics(self) -> TableStatistics:
         return TableStatistics(
             entries=len(self._entries),

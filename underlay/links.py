@@ -127,17 +127,6 @@ def get_link(ipr: IPRoute, name: str) -> LinkInfo | None:
     return _to_info(msgs[0])
 
 
-def get_link_by_index(ipr: IPRoute, index: int) -> LinkInfo | None:
-    """The link with ifindex `index` in this namespace, or None."""
-    try:
-        msgs = ipr.link("get", index=index)
-    except NetlinkError as exc:
-        if is_missing(exc):
-            return None
-        raise KernelError(f"look up link #{index}: {exc}", netlink_errno(exc)) from exc
-    return _to_info(msgs[0])
-
-
 def list_links(ipr: IPRoute, *, prefix: str = "") -> list[LinkInfo]:
     """Every link in this namespace whose name starts with `prefix`."""
     infos = [_to_info(msg) for msg in _kernel("dump links", lambda: list(ipr.get_links()))]
@@ -365,21 +354,6 @@ def add_address(ipr: IPRoute, name: str, cidr: str) -> None:
     except NetlinkError as exc:
         if netlink_errno(exc) != errno_codes.EEXIST:
             raise KernelError(f"add address {cidr} to {name!r}: {exc}",
-                              netlink_errno(exc)) from exc
-
-
-def delete_address(ipr: IPRoute, name: str, cidr: str) -> None:
-    """Remove `cidr` from link `name`; already gone (address or link) is success."""
-    iface = parse_interface(cidr)
-    info = get_link(ipr, name)
-    if info is None:
-        return
-    try:
-        ipr.addr("del", index=info.index, address=str(iface.ip),
-                 prefixlen=iface.network.prefixlen)
-    except NetlinkError as exc:
-        if not is_missing(exc) and netlink_errno(exc) != errno_codes.EADDRNOTAVAIL:
-            raise KernelError(f"delete address {cidr} from {name!r}: {exc}",
                               netlink_errno(exc)) from exc
 
 
