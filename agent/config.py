@@ -21,6 +21,7 @@ import ipaddress
 import os
 import socket
 import tomllib
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,18 +98,36 @@ class StoreConfig:
     """[store]: the etcd cluster holding networks, VNIs, address blocks and the node registry."""
 
     endpoints: tuple[str, ...] = field(default=("http://127.0.0.1:2379",), metadata=_doc(
-        "etcd client URLs; the agent talks to the first (put a local proxy or load balancer"
-        " there for a cluster)", "list of http://host:port", kind="url"))
+        "client URLs of the etcd members; calls go to the first healthy one and fail over to"
+        " the next (list every member; https:// needs ca_file or the system's roots)",
+        "list of http://host:port or https://host:port", kind="url"))
+    ca_file: str = field(default="", metadata=_doc(
+        "CA certificate(s) that sign the members' server certificates; empty means the"
+        " system's trusted roots (https:// endpoints only)", "path to a PEM file",
+        kind="file"))
+    cert_file: str = field(default="", metadata=_doc(
+        "client certificate presented to etcd (mutual TLS, with key_file)",
+        "path to a PEM file", kind="file"))
+    key_file: str = field(default="", metadata=_doc(
+        "private key of cert_file", "path to a PEM file", kind="file"))
+    username: str = field(default="", metadata=_doc(
+        "etcd user (etcd authentication, with password_file); empty means none", "text"))
+    password_file: str = field(default="", metadata=_doc(
+        "file holding the etcd user's password (one line)", "path", kind="file"))
     timeout: float = field(default=2.0, metadata=_doc(
-        "deadline of one etcd request", "seconds", minimum=0.05, maximum=60.0))
+        "deadline of one etcd request, failover to other members included", "seconds",
+        minimum=0.05, maximum=60.0))
+    member_timeout: float = field(default=1.0, metadata=_doc(
+        "a member that has not answered one request within this is left for the next;"
+        " keep it near etcd's election timeout", "seconds", minimum=0.05, maximum=60.0))
     lease_ttl: int = field(default=30, metadata=_doc(
         "TTL of this node's registry lease", "seconds", minimum=5, maximum=3600))
     retry_interval: float = field(default=1.0, metadata=_doc(
         "pause between reconnection attempts while etcd is down", "seconds",
         minimum=0.05, maximum=60.0))
     reclaim_grace: float = field(default=3600.0, metadata=_doc(
-        "a host unregistered this long has left for good: its address blocks are freed",
-        "seconds", minimum=60.0, maximum=30 * 86400.0))
+        "a host unregistered and not alive in gossip this long has left for good: its"
+        " address blocks are freed", "seconds", minimum=60.0, maximum=30 * 86400.0))
 
 
 @dataclass(frozen=True)
@@ -294,8 +313,11 @@ def _check(key: str, value: Any, meta: Mapping[str, Any], origin: str) -> None:
             parse_hostport(item, key=key, origin=origin)
         elif kind == "resolver":
             parse_resolver(item, key=key, origin=origin)
-        elif kind == "url" and not (item.startswith("http://") or item.startswith("https://")):
-            raise ConfigError(f"{key}: {item!r} is not an http:// or https:// URL {where}")
+        elif kind == "url":
+            parse_etcd_url(item, key=key, origin=origin)
+        elif kind == "file" and item and not os.access(item, os.R_OK):
+            reason = "does not exist" if not os.path.exists(item) else "is not readable"
+            raise ConfigError(f"{key}: {item!r} {reason} {where}")
         elif kind == "octal":
             try:
                 bits = int(item, 8)
@@ -304,6 +326,61 @@ def _check(key: str, value: Any, meta: Mapping[str, Any], origin: str) -> None:
                     from None
             if not 0 <= bits <= 0o777:
                 raise ConfigError(f"{key}: {item!r} is outside 0000-0777 {where}")
+
+
+def parse_etcd_url(text: str, *, key: str = "store.endpoints",
+                   origin: str = "argument") -> tuple[bool, str, int]:
+    """An etcd client URL `http(s)://host:port` to (tls, host, port); `ConfigError` naming
+    `key` and the value when it has another scheme, no port, a path, a query or credentials."""
+    where = f"(from {origin})"
+    try:
+        parsed = urllib.parse.urlsplit(text)
+        port = parsed.port
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {text!r} is not a URL ({exc}) {where}") from None
+    if parsed.scheme not in ("http", "https"):
+        raise ConfigError(f"{key}: {text!r} must start with http:// or https:// {where}")
+    if not parsed.hostname:
+        raise ConfigError(f"{key}: {text!r} has no host {where}")
+    if parsed.username or parsed.password:
+        raise ConfigError(f"{key}: {text!r} must not carry credentials (use store.username"
+                          f" and store.password_file) {where}")
+    if parsed.path not in ("", "/") or parsed.query or parsed.fragment:
+        raise ConfigError(f"{key}: {text!r} must be scheme://host:port, without a path {where}")
+    if port is None:
+        raise ConfigError(f"{key}: {text!r} has no port (etcd's client port is usually 2379:"
+                          f" {parsed.scheme}://{parsed.hostname}:2379) {where}")
+    return parsed.scheme == "https", parsed.hostname, port
+
+
+def check_store(store: StoreConfig) -> None:
+    """Rules across [store] keys; `ConfigError` naming the key and the value."""
+    schemes = {parse_etcd_url(url)[0] for url in store.endpoints}
+    if not store.endpoints:
+        raise ConfigError("store.endpoints: give at least one etcd URL")
+    if len(schemes) > 1:
+        raise ConfigError(f"store.endpoints: {list(store.endpoints)!r} mixes http:// and"
+                          " https:// (a cluster is all TLS or none)")
+    tls = schemes == {True}
+    for name in ("ca_file", "cert_file", "key_file"):
+        value = getattr(store, name)
+        if value and not tls:
+            raise ConfigError(f"store.{name}: {value!r} is set but store.endpoints are http://"
+                              " (use https:// URLs for TLS)")
+    if bool(store.cert_file) != bool(store.key_file):
+        named, missing = ("cert_file", "key_file") if store.cert_file else ("key_file",
+                                                                             "cert_file")
+        raise ConfigError(f"store.{missing}: empty, but store.{named}="
+                          f"{getattr(store, named)!r} is set (mutual TLS needs both)")
+    if bool(store.username) != bool(store.password_file):
+        if store.username:
+            raise ConfigError(f"store.password_file: empty, but store.username="
+                              f"{store.username!r} is set")
+        raise ConfigError(f"store.username: empty, but store.password_file="
+                          f"{store.password_file!r} is set")
+    if store.member_timeout > store.timeout:
+        raise ConfigError(f"store.member_timeout: {store.member_timeout!r} is above"
+                          f" store.timeout={store.timeout!r}")
 
 
 def parse_hostport(text: str, *, key: str = "address", origin: str = "argument") -> tuple[str, int]:
@@ -385,6 +462,7 @@ def build_config(data: Mapping[str, Any], *, origin: str = "file",
             kind_origin = "file" if where == "file" else where
             kwargs[key] = _coerce(dotted, raw, by_name[key], hints[key], kind_origin)
         built[section] = cls(**kwargs)
+    check_store(built["store"])
     return AgentConfig(**built)
 
 

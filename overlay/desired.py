@@ -37,13 +37,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from underlay.records import VNI_MAX, VNI_MIN, canonical_ip, canonical_mac
+from underlay.records import MTU_MAX, MTU_MIN, VNI_MAX, VNI_MIN, canonical_ip, canonical_mac
 
 DEFAULT_VXLAN_PORT = 4789
 #: VXLAN encapsulation overhead: outer Ethernet 14 + IP (20 or 40) + UDP 8 + VXLAN 8.
 OVERHEAD_IPV4 = 50
 OVERHEAD_IPV6 = 70
-MTU_MIN = 1280  # IPv6 endpoints need at least this
 
 BRIDGE_PREFIX = "vxbr"
 VXLAN_PREFIX = "vxtun"
@@ -220,10 +219,14 @@ def _network_devices(spec: NetworkSpec, node: str, underlay: UnderlayAddressing,
         return None
     limit = overlay_mtu(underlay.mtu, underlay.address)
     mtu = spec.mtu if spec.mtu is not None else limit
-    if not MTU_MIN <= mtu <= limit:
-        problems.append(f"network {spec.name!r}: mtu={mtu} must be within {MTU_MIN}..{limit} "
-                        f"(underlay MTU {underlay.mtu} minus VXLAN overhead); skipped")
+    if not MTU_MIN <= mtu <= MTU_MAX:
+        problems.append(f"network {spec.name!r}: mtu={mtu} must be within {MTU_MIN}..{MTU_MAX};"
+                        " skipped")
         return None
+    if mtu > limit:  # too big for this host's underlay: clamp rather than cut the network off
+        problems.append(f"network {spec.name!r}: mtu={mtu} is above this host's limit {limit} "
+                        f"(underlay MTU {underlay.mtu} minus VXLAN overhead); using {limit}")
+        mtu = limit
     return DesiredNetwork(
         network=spec.name, vni=spec.vni, bridge=bridge_name(spec.vni),
         vxlan=vxlan_name(spec.vni), port=spec.port, local=canonical_ip(underlay.address),

@@ -8,7 +8,9 @@ underlay.netlink_ops turns them into netlink messages.
 Also the one source of the vocabulary every layer shares about these objects: the canonical
 text of a MAC (`canonical_mac`: six lower-case, colon-separated octets) and of an IP address
 (`canonical_ip`: the kernel's, i.e. Python's `ipaddress` compressed form), the zero MAC of
-flood entries, and the VNI bounds (`VNI_MIN`..`VNI_MAX`, 24 bits, 0 reserved). Both parsers
+flood entries, the VNI bounds (`VNI_MIN`..`VNI_MAX`, 24 bits, 0 reserved) and the network MTU
+range (`MTU_MIN`..`MTU_MAX`: the control API, the store's schema and desired state accept the
+same MTUs, so a value one layer takes is never refused by the next). Both parsers
 raise ValueError naming the value; each caller wraps it in its own package's error.
 
 May import: the standard library.
@@ -29,6 +31,8 @@ NTF_MASTER = 0x04
 ZERO_MAC = "00:00:00:00:00:00"
 VNI_MIN = 1
 VNI_MAX = (1 << 24) - 1  # 16,777,215
+MTU_MIN = 1280  # IPv6 endpoints need at least this
+MTU_MAX = 9216  # the largest jumbo frame common NICs take
 
 _HEX_DIGITS = frozenset("0123456789abcdef")
 

@@ -54,6 +54,7 @@ from underlay.endpoints_model import (
     parse_port_claim,
     parse_port_mapping,
 )
+from underlay.records import MTU_MAX, MTU_MIN
 
 T = TypeVar("T")
 ENDPOINT_MODES = ("overlay", "bridge", "host", "none", "macvlan", "ipvlan")
@@ -153,7 +154,7 @@ def parse_network_spec(body: Mapping[str, Any]) -> NetworkSpec:
     return NetworkSpec(
         name=name, subnet=subnet,
         vni=_int_in(vni, "vni", 1, MAX_VNI) if vni is not None else None,
-        mtu=_int_in(mtu, "mtu", 576, 9000) if mtu is not None else None,
+        mtu=_int_in(mtu, "mtu", MTU_MIN, MTU_MAX) if mtu is not None else None,
     )
 
 

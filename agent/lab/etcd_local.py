@@ -1,7 +1,9 @@
-"""A real, single-member etcd server on loopback, for the lab and the tests.
+"""Real etcd servers for the lab and the tests: one member on loopback, or a cluster of them.
 
-Owns one `/usr/bin/etcd` child process: its ports (given, or free ones picked by binding
-port 0), its data directory and its log file. Rules:
+Owns one `/usr/bin/etcd` child process per member: its ports (given, or free ones picked by
+binding port 0), its data directory and its log file; with `MemberTls`, its server certificate
+(client and peer traffic over TLS, client certificates required, an optional revocation list).
+`LocalCluster` runs N members on loopback (`cluster=` lists every member's peer URL). Rules:
 - `start()` blocks until `/health` answers `{"health": "true"}` or the deadline passes (then
   the process is stopped and `EtcdStartError` carries the tail of its log).
 - `stop()` sends SIGTERM to the pid we started, waits, then SIGKILL; `kill()` is SIGKILL at once
@@ -19,13 +21,17 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from agent.lab.certs import CertFiles, LabCA
 from agent.store.errors import EtcdStartError
 
 ETCD_BINARY = "/usr/bin/etcd"
@@ -40,11 +46,28 @@ def free_loopback_port() -> int:
         return port
 
 
+@dataclass(frozen=True)
+class MemberTls:
+    """A member's TLS: its certificate (server and peer), the CA clients and peers must be
+    signed by, a certificate clients' health probes present, and an optional CRL."""
+
+    ca: Path
+    member: CertFiles
+    probe: CertFiles
+    crl: Path | None = None
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        context.load_cert_chain(str(self.probe.cert), str(self.probe.key))
+        return context
+
+
 class LocalEtcd:
-    """One etcd member listening on 127.0.0.1:`client_port` (clients) and `peer_port` (raft).
+    """One etcd member listening on `address`:`client_port` (clients) and `peer_port` (raft).
 
     `heartbeat_ms` and `election_ms` are etcd's raft timings; the defaults here (50 ms, 500 ms)
     make a single-member server elect itself fast and let leases as short as 1 s expire on time.
+    `cluster` (name -> peer URL of every member, this one included) makes it one of several.
     """
 
     def __init__(
@@ -58,8 +81,16 @@ class LocalEtcd:
         heartbeat_ms: int = 50,
         election_ms: int = 500,
         log_path: Path | None = None,
+        address: str = LOOPBACK,
+        tls: MemberTls | None = None,
+        cluster: dict[str, str] | None = None,
+        auth_token_ttl: int | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.address = address
+        self.tls = tls
+        self.cluster = cluster
+        self.auth_token_ttl = auth_token_ttl
         self._ports_are_ours = client_port is None and peer_port is None
         self.client_port = client_port if client_port is not None else free_loopback_port()
         self.peer_port = peer_port if peer_port is not None else free_loopback_port()
@@ -74,17 +105,21 @@ class LocalEtcd:
     # -- addresses -------------------------------------------------------------------------
 
     @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
     def client_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.client_port}"
+        return f"{self.scheme}://{self.address}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.peer_port}"
+        return f"{self.scheme}://{self.address}:{self.peer_port}"
 
     @property
     def endpoint(self) -> tuple[str, int]:
-        """(host, port) for the etcd3 client."""
-        return (LOOPBACK, self.client_port)
+        """(host, port) for the etcd client."""
+        return (self.address, self.client_port)
 
     @property
     def pid(self) -> int | None:
@@ -105,12 +140,33 @@ class LocalEtcd:
             f"--advertise-client-urls={self.client_url}",
             f"--listen-peer-urls={self.peer_url}",
             f"--initial-advertise-peer-urls={self.peer_url}",
-            f"--initial-cluster={self.name}={self.peer_url}",
+            "--initial-cluster=" + ",".join(f"{n}={url}" for n, url in self.members().items()),
             "--initial-cluster-state=new",
             f"--heartbeat-interval={self.heartbeat_ms}",
             f"--election-timeout={self.election_ms}",
             "--enable-v2=false",
+            *self._tls_flags(),
+            *(["--auth-token=simple", f"--auth-token-ttl={self.auth_token_ttl}"]
+              if self.auth_token_ttl else []),
         ]
+
+    def members(self) -> dict[str, str]:
+        """Name -> peer URL of every member of this member's cluster."""
+        return self.cluster or {self.name: self.peer_url}
+
+    def _tls_flags(self) -> list[str]:
+        tls = self.tls
+        if tls is None:
+            return []
+        flags = [
+            f"--cert-file={tls.member.cert}", f"--key-file={tls.member.key}",
+            f"--trusted-ca-file={tls.ca}", "--client-cert-auth",
+            f"--peer-cert-file={tls.member.cert}", f"--peer-key-file={tls.member.key}",
+            f"--peer-trusted-ca-file={tls.ca}", "--peer-client-cert-auth",
+        ]
+        if tls.crl is not None:
+            flags.append(f"--client-crl-file={tls.crl}")
+        return flags
 
     def start(self, timeout: float = 15.0) -> None:
         """Start (or restart) the server and block until it is healthy.
@@ -133,6 +189,17 @@ class LocalEtcd:
         self._started_once = True
 
     def _start_once(self, timeout: float) -> None:
+        self.launch()
+        try:
+            self.wait_healthy(timeout)
+        except EtcdStartError:
+            self.stop()
+            raise
+
+    def launch(self) -> None:
+        """Start the process without waiting (members of a new cluster wait for each other)."""
+        if self.is_running():
+            return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)
         with open(self.log_path, "ab") as log:
@@ -143,11 +210,6 @@ class LocalEtcd:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        try:
-            self.wait_healthy(timeout)
-        except EtcdStartError:
-            self.stop()
-            raise
 
     def wait_healthy(self, timeout: float) -> None:
         """Poll `/health` until it reports healthy; raise `EtcdStartError` at the deadline."""
@@ -176,8 +238,11 @@ class LocalEtcd:
 
     def health(self) -> bool | str:
         """True when etcd says it is healthy, else a short reason."""
+        context = self.tls.client_context() if self.tls else None
         try:
-            with urllib.request.urlopen(f"{self.client_url}/health", timeout=1.0) as answer:
+            with urllib.request.urlopen(
+                f"{self.client_url}/health", timeout=1.0, context=context
+            ) as answer:
                 body = json.loads(answer.read() or b"{}")
         except (OSError, ValueError, urllib.error.URLError) as exc:
             return f"{type(exc).__name__}: {exc}"
@@ -234,4 +299,77 @@ class LocalEtcd:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.stop()
+
+
+class LocalCluster:
+    """`size` etcd members on loopback (free ports), optionally all over mutual TLS.
+
+    With `tls`, `directory/pki` holds a fresh lab CA, each member's certificate (its address
+    as an IP SAN) and a client certificate `client` for the tests and agents; every name in
+    `revoked_clients` gets a client certificate too, listed in the members' CRL.
+    Raft timings default to etcd's own (100 ms heartbeat, 1 s election timeout).
+    """
+
+    def __init__(self, directory: Path, size: int = 3, *, tls: bool = False,
+                 heartbeat_ms: int = 100, election_ms: int = 1000,
+                 revoked_clients: Sequence[str] = ()) -> None:
+        self.directory = Path(directory)
+        self.election_ms = election_ms
+        self.ca: LabCA | None = LabCA(self.directory / "pki") if tls else None
+        self.client_cert: CertFiles | None = None
+        self.revoked: dict[str, CertFiles] = {}
+        probe: CertFiles | None = None
+        crl: Path | None = None
+        if self.ca is not None:
+            self.client_cert = self.ca.issue("client", client=True)
+            probe = self.ca.issue("probe", client=True)
+            self.revoked = {n: self.ca.issue(n, client=True) for n in revoked_clients}
+            if self.revoked:
+                crl = self.ca.revocation_list([c.cert for c in self.revoked.values()])
+        names = [f"m{i}" for i in range(1, size + 1)]
+        peer_ports = {name: free_loopback_port() for name in names}
+        scheme = "https" if tls else "http"
+        cluster = {name: f"{scheme}://{LOOPBACK}:{port}" for name, port in peer_ports.items()}
+        self.members: list[LocalEtcd] = []
+        for name in names:
+            member_tls = None
+            if self.ca is not None and probe is not None:
+                member_cert = self.ca.issue(name, addresses=[LOOPBACK], server=True, client=True)
+                member_tls = MemberTls(self.ca.cert_path, member_cert, probe, crl)
+            self.members.append(LocalEtcd(
+                self.directory / name, client_port=free_loopback_port(),
+                peer_port=peer_ports[name], name=name, heartbeat_ms=heartbeat_ms,
+                election_ms=election_ms, tls=member_tls, cluster=cluster))
+
+    @property
+    def urls(self) -> list[str]:
+        return [member.client_url for member in self.members]
+
+    def start(self, timeout: float = 30.0) -> None:
+        for member in self.members:
+            member.launch()
+        deadline = time.monotonic() + timeout
+        try:
+            for member in self.members:
+                member.wait_healthy(max(1.0, deadline - time.monotonic()))
+        except EtcdStartError:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
+
+    def member(self, name: str) -> LocalEtcd:
+        for member in self.members:
+            if member.name == name:
+                return member
+        raise KeyError(name)
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -57,6 +57,10 @@ class MetricsSnapshot:
     in_sync: bool = False
     store_up: bool = False
     store_errors: int = 0
+    store_rejected_values: int = 0
+    """etcd values refused now (do not decode or fail validation; last good copy in use)."""
+    store_failovers: int = 0
+    store_members_down: int = 0
     local_endpoints: int = 0
     api_requests: int = 0
 
@@ -175,6 +179,16 @@ class _SnapshotCollector(Collector):
                                 value=1 if snap.store_up else 0)
         yield CounterMetricFamily("vxmesh_store_errors", "Failed etcd requests.",
                                   value=snap.store_errors)
+        yield GaugeMetricFamily(
+            "vxmesh_store_rejected_values",
+            "etcd values refused now (bad JSON or failing validation); the last good copy is"
+            " used and the data plane is unchanged.", value=snap.store_rejected_values)
+        yield CounterMetricFamily("vxmesh_store_failovers",
+                                  "Times an etcd member was left for another.",
+                                  value=snap.store_failovers)
+        yield GaugeMetricFamily("vxmesh_store_members_down",
+                                "Configured etcd members avoided now (not answering, no leader).",
+                                value=snap.store_members_down)
         yield GaugeMetricFamily("vxmesh_local_endpoints", "Endpoints this host owns.",
                                 value=snap.local_endpoints)
         yield CounterMetricFamily("vxmesh_api_requests", "Control API requests served.",

@@ -47,6 +47,7 @@ from agent.runtime.metrics import AgentMetrics, MetricsSnapshot, serve_metrics
 from agent.runtime.pipeline import DesiredInputs, Pipeline, moves_kernel_entry
 from agent.runtime.systemd import SystemdNotifier, run_watchdog
 from agent.state_files import StateReadError, StateWriteError
+from agent.store.connect import open_store
 from agent.store.errors import (
     StoreError,
     StoreUnavailable,
@@ -213,14 +214,14 @@ class Agent:
             if report.failed or report.rolled_back or report.orphan_namespaces:
                 log.warning("endpoint recovery: %s", report)
             # 4. store (lazy connection; its services retry while etcd is away)
-            host, port = _etcd_endpoint(config.store.endpoints[0])
-            self.store = Store.connect(host, port, rng=self.rng, timeout=config.store.timeout,
-                                       backoff_max=max(config.store.retry_interval, 0.1))
+            self.store = await open_store(config.store, rng=self.rng,
+                                          cached_networks=self.known_networks.values())
             nursery.start_soon(self.store.run_health_probe)
             await nursery.start(self.store.run_network_watch)
             nursery.start_soon(self._follow_networks)
             nursery.start_soon(partial(self.store.run_block_reclaimer,
-                                       grace=config.store.reclaim_grace))
+                                       grace=config.store.reclaim_grace,
+                                       alive=self._alive_nodes))
             # 5. gossip: our own endpoints are published before we join
             self.table = NeighborTable(self.node, self.facts.address)
             self._republish_local_endpoints()
@@ -327,6 +328,11 @@ class Agent:
                     (self.facts.address, self.config.gossip.port), _version())
         await self.store.run_node_registration(node, ttl=self.config.store.lease_ttl)
 
+    def _alive_nodes(self) -> set[str]:
+        """Names gossip sees alive (the block reclaimer never frees a live host's blocks)."""
+        members = self.gossip.members() if self.gossip is not None else []
+        return {m["name"] for m in members if m["state"] == "alive"}
+
     def _table_changed(self, event: object) -> None:
         """Called by the gossip link for every table event (never blocks)."""
         pipeline = self.pipeline
@@ -402,6 +408,9 @@ class Agent:
             in_sync=in_sync,
             store_up=store is not None and not store.degraded,
             store_errors=store.failed_calls if store else 0,
+            store_rejected_values=store.rejected_values if store else 0,
+            store_failovers=store.failovers if store else 0,
+            store_members_down=store.members_down if store else 0,
             local_endpoints=(len(self.endpoint_service.records())
                              if self.endpoint_service is not None else 0),
             api_requests=self.api_stats.requests,
@@ -433,6 +442,7 @@ class Agent:
             "store_up": bool(store and not store.degraded),
             "degraded": bool(store is None or store.degraded),
             "store_error": store.last_error if store and store.degraded else None,
+            "store_member": store.member if store else None,
             "uptime_seconds": round(time.time() - self.started_at, 1),
         }
 
@@ -734,12 +744,6 @@ def _version() -> str:
         return metadata.version("vxmesh")
     except metadata.PackageNotFoundError:
         return "unknown"
-
-
-def _etcd_endpoint(url: str) -> tuple[str, int]:
-    rest = url.split("://", 1)[-1].rstrip("/")
-    host, _, port = rest.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port or 2379)
 
 
 def _network_json(network: Network) -> dict[str, Any]:

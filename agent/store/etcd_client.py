@@ -1,32 +1,43 @@
 """A thin, synchronous etcd v3 client over the gRPC stubs that the etcd3 package ships.
 
+It talks to every member of a cluster (failover: see `EtcdClient`), over TLS with client
+certificates when the endpoints are `https://`, and with etcd authentication (user, password,
+token renewed when etcd stops accepting it).
+
 Why not etcd3's own methods: we need the revision of every transaction (block compare-and-swap),
 compares over key ranges (the subnet overlap guard), get ops inside transactions, a watch that
 reports compaction and can be cancelled from another thread, and one error translation. etcd3
 0.12 gives none of these in its high-level API (and its `Lease.keys` is broken), so we use its
 channel and generated stubs directly; its protobuf needs `protobuf<4` (see README).
 
-Rules: every method is blocking and thread-safe (the gRPC channel is); callers on trio run them
-in worker threads. Every RPC counts one round trip. Errors: etcd unreachable, timed out, or
-leaderless -> `StoreUnavailable`; a compacted revision -> `RevisionCompacted`; an unknown lease
--> `LeaseNotFound`; anything else -> `StoreError`. Never a raw grpc exception.
+Rules: every method is blocking and thread-safe (gRPC channels are); callers on trio run them
+in worker threads. Every RPC attempt counts one round trip (TLS adds none; a token costs one
+per session). Errors: no member answered in time, or none has a leader -> `StoreUnavailable`;
+a compacted revision -> `RevisionCompacted`; an unknown lease -> `LeaseNotFound`; a refused
+user or password -> `StoreAuthFailed`; anything else -> `StoreError`. Never a raw grpc
+exception. `describe_failure` says which configuration key a TLS or auth failure points at.
 Imports: grpc, etcd3 (its stubs and messages), agent.store.errors.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import etcd3
 import grpc
 from etcd3 import etcdrpc
 
 from agent.store.errors import StoreError, StoreUnavailable
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+REQUIRE_LEADER_KEY = "hasleader"
+"""gRPC metadata asking a member to refuse (rather than serve or hang) while it has no leader."""
 
 _UNAVAILABLE_CODES = {
     grpc.StatusCode.UNAVAILABLE,
@@ -56,6 +67,18 @@ class RevisionCompacted(StoreError):
 
 class LeaseNotFound(StoreError):
     """The lease expired or was revoked."""
+
+
+class StoreAuthFailed(StoreError):
+    """etcd refused the configured user name and password."""
+
+
+def _token_expired(exc: grpc.RpcError) -> bool:
+    """etcd no longer knows our auth token (it expired, or the member restarted)."""
+    code = exc.code() if hasattr(exc, "code") else None
+    details = (exc.details() if hasattr(exc, "details") else "") or ""
+    return code == grpc.StatusCode.UNAUTHENTICATED or "invalid auth token" in details \
+        or "auth store is old" in details
 
 
 @dataclass(frozen=True)
@@ -159,12 +182,92 @@ def _kv(raw: Any) -> KeyValue:
     )
 
 
+@dataclass(frozen=True)
+class EtcdEndpoint:
+    """One etcd member's client URL, taken apart (agent.config checks the URL)."""
+
+    host: str
+    port: int
+    tls: bool = False
+
+    @property
+    def target(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.target}"
+
+
+@dataclass(frozen=True)
+class EtcdSecurity:
+    """TLS material (PEM bytes) and etcd credentials; empty fields mean "not used".
+
+    `ca` None with TLS endpoints: the system's trusted roots. `cert` and `key` together give
+    mutual TLS. `username` with `password`: etcd authentication (a token per session, taken
+    again whenever etcd says it is no longer valid).
+    """
+
+    ca: bytes | None = None
+    cert: bytes | None = None
+    key: bytes | None = None
+    username: str = ""
+    password: str = ""
+
+
+class _Member:
+    """One member: its channel, its stubs and whether calls should avoid it for now."""
+
+    def __init__(self, endpoint: EtcdEndpoint, security: EtcdSecurity) -> None:
+        self.endpoint = endpoint
+        if endpoint.tls:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=security.ca,
+                private_key=security.key,
+                certificate_chain=security.cert,
+            )
+            self.channel = grpc.secure_channel(endpoint.target, credentials, GRPC_OPTIONS)
+        else:
+            self.channel = grpc.insecure_channel(endpoint.target, GRPC_OPTIONS)
+        self.kv = etcdrpc.KVStub(self.channel)
+        self.lease = etcdrpc.LeaseStub(self.channel)
+        self.watch = etcdrpc.WatchStub(self.channel)
+        self.maintenance = etcdrpc.MaintenanceStub(self.channel)
+        self.auth = etcdrpc.AuthStub(self.channel)
+        self.down = False
+        self.last_error = ""
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    """What one member says about itself (`error` set when it did not answer)."""
+
+    endpoint: EtcdEndpoint
+    member_id: int = 0
+    leader_id: int = 0
+    revision: int = 0
+    error: str = ""
+
+    @property
+    def is_leader(self) -> bool:
+        return not self.error and self.member_id != 0 and self.member_id == self.leader_id
+
+
 class WatchStream:
     """One open watch; iterate for batches, `cancel()` from any thread to end it."""
 
-    def __init__(self, call: Any, closed: threading.Event) -> None:
+    def __init__(
+        self,
+        call: Any,
+        closed: threading.Event,
+        on_error: Callable[[grpc.RpcError], StoreError],
+        on_closed: Callable[[], None],
+    ) -> None:
         self._call = call
         self._closed = closed
+        self._on_error = on_error
+        self._on_closed = on_closed
 
     def __iter__(self) -> Iterator[WatchBatch]:
         try:
@@ -183,9 +286,12 @@ class WatchStream:
                 ]
                 yield WatchBatch(changes, response.header.revision)
         except grpc.RpcError as exc:
-            raise translate(exc) from None
+            if self._closed.is_set():  # cancelled by us (or because its member left)
+                raise StoreUnavailable("the watch was closed") from None
+            raise self._on_error(exc) from None
         finally:
             self._closed.set()
+            self._on_closed()
         raise StoreUnavailable("etcd closed the watch stream")
 
     def cancel(self) -> None:
@@ -194,35 +300,186 @@ class WatchStream:
 
 
 class EtcdClient:
-    """Blocking etcd calls with a per-call `timeout` (seconds) and a round-trip counter."""
+    """Blocking etcd calls over every member, with failover and a round-trip counter.
 
-    def __init__(self, host: str, port: int, *, timeout: float = 2.0) -> None:
-        self.address = (host, port)
+    A call goes to the first member (in the configured order) not marked down; a member that
+    does not answer within `member_timeout`, refuses the connection or has lost its leader is
+    marked down and the call goes on to the next, until one answers or `timeout` (the whole
+    call's budget) is spent. Members marked down are skipped until `probe_down_members()`
+    finds them healthy again (answering, with a leader), so the client returns to them. When
+    every member is down they are all tried anyway. Requests carry etcd's "require leader"
+    flag, so a member cut off from its cluster refuses at once rather than answering stale
+    or hanging. A call that fails this way may still have committed (its reply was lost):
+    callers already treat `StoreUnavailable` that way.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[EtcdEndpoint],
+        *,
+        security: EtcdSecurity | None = None,
+        timeout: float = 2.0,
+        member_timeout: float = 1.0,
+    ) -> None:
+        if not endpoints:
+            raise StoreError("no etcd endpoint given")
+        self.security = security or EtcdSecurity()
         self.timeout = timeout
-        self._client = etcd3.client(
-            host=host, port=port, timeout=timeout, grpc_options=GRPC_OPTIONS
-        )
-        self._kv = self._client.kvstub
-        self._lease = self._client.leasestub
-        self._watch = etcdrpc.WatchStub(self._client.channel)
-        self._maintenance = self._client.maintenancestub
+        self.member_timeout = min(member_timeout, timeout)
+        self._members = [_Member(endpoint, self.security) for endpoint in endpoints]
         self._lock = threading.Lock()
         self._round_trips = 0
+        self._failovers = 0
+        self._token = ""
+        self._watches: dict[int, tuple[_Member, WatchStream]] = {}
+
+    @property
+    def endpoints(self) -> list[EtcdEndpoint]:
+        return [member.endpoint for member in self._members]
 
     @property
     def round_trips(self) -> int:
         return self._round_trips
 
-    def _rpc(self, fn: Callable[..., T], request: Any) -> T:
+    @property
+    def failovers(self) -> int:
+        """Times a member was marked down and calls moved on to another."""
+        return self._failovers
+
+    def down_members(self) -> list[EtcdEndpoint]:
+        return [m.endpoint for m in self._members if m.down]
+
+    def current_member(self) -> EtcdEndpoint:
+        """The member the next call goes to first."""
+        return self._order()[0].endpoint
+
+    def _order(self) -> list[_Member]:
+        with self._lock:
+            up = [m for m in self._members if not m.down]
+            return up + [m for m in self._members if m.down]
+
+    def _count(self) -> None:
         with self._lock:
             self._round_trips += 1
+
+    def _mark_down(self, member: _Member, reason: str) -> None:
+        with self._lock:
+            if member.down:
+                return
+            member.down = True
+            member.last_error = reason
+            self._failovers += 1
+            watches = [w for m, w in self._watches.values() if m is member]
+        if len(self._members) > 1:
+            log.warning("etcd member %s left: %s", member.endpoint.url, reason)
+        for watch in watches:  # re-opened by their owner on another member
+            watch.cancel()
+
+    def _mark_up(self, member: _Member) -> None:
+        if member.down:
+            with self._lock:
+                member.down = False
+            if len(self._members) > 1:
+                log.info("etcd member %s is back", member.endpoint.url)
+
+    def _metadata(self) -> list[tuple[str, str]]:
+        metadata = [(REQUIRE_LEADER_KEY, "true")]
+        if self._token:
+            metadata.append(("token", self._token))
+        return metadata
+
+    def _call(self, invoke: Callable[[_Member, float, list[tuple[str, str]]], T]) -> T:
+        """Run `invoke(member, deadline_seconds, metadata)` on the members, failing over."""
+        budget_end = time.monotonic() + self.timeout
+        pause = 0.02
+        error: StoreError = StoreUnavailable("etcd unavailable (no member tried)")
+        authenticated = False
+        while True:
+            order = self._order()
+            for index, member in enumerate(order):
+                remaining = budget_end - time.monotonic()
+                if remaining <= 0:
+                    raise error
+                last = index == len(order) - 1
+                deadline = remaining if last else min(remaining, self.member_timeout)
+                self._count()
+                try:
+                    if self.security.username and not self._token:
+                        self._authenticate(member, deadline)
+                    result = invoke(member, deadline, self._metadata())
+                except grpc.RpcError as exc:
+                    error = translate(exc)
+                    if _token_expired(exc) and not authenticated:
+                        authenticated = True
+                        self._token = ""
+                        self._authenticate(member, max(budget_end - time.monotonic(), 0.05))
+                        error = StoreUnavailable("etcd auth token renewed")
+                        break  # retry the call with the new token, from the first member
+                    if not isinstance(error, StoreUnavailable):
+                        raise error from None
+                    self._mark_down(member, str(error))
+                    continue
+                self._mark_up(member)
+                return result
+            remaining = budget_end - time.monotonic()
+            if remaining <= 0:
+                raise error
+            time.sleep(min(pause, remaining))  # every member failed: an election, probably
+            pause = min(pause * 2, 0.2)
+
+    def _authenticate(self, member: _Member, deadline: float) -> None:
+        """Take a token with the configured user and password (one round trip)."""
+        request = etcdrpc.AuthenticateRequest(
+            name=self.security.username, password=self.security.password
+        )
         try:
-            return fn(request, self.timeout)
+            response = member.auth.Authenticate(request, deadline)
         except grpc.RpcError as exc:
-            raise translate(exc) from None
+            if translate(exc).__class__ is StoreError:
+                raise StoreAuthFailed(
+                    f"etcd refused user {self.security.username!r}: {exc.details()}"
+                ) from None
+            raise
+        self._token = response.token
+
+    def _rpc(self, method: Callable[[_Member], Callable[..., T]], request: Any) -> T:
+        return self._call(
+            lambda member, deadline, metadata: method(member)(
+                request, deadline, metadata=metadata
+            )
+        )
 
     def close(self) -> None:
-        self._client.close()
+        for member in self._members:
+            member.channel.close()
+
+    # -- members ---------------------------------------------------------------------------
+
+    def member_statuses(self, deadline: float | None = None) -> list[MemberStatus]:
+        """Ask every member for its status (one round trip each, no failover)."""
+        return [self._member_status(m, deadline or self.member_timeout) for m in self._members]
+
+    def _member_status(self, member: _Member, deadline: float) -> MemberStatus:
+        self._count()
+        try:
+            response = member.maintenance.Status(
+                etcdrpc.StatusRequest(), deadline, metadata=self._metadata()
+            )
+        except grpc.RpcError as exc:
+            return MemberStatus(member.endpoint, error=str(translate(exc)))
+        return MemberStatus(
+            member.endpoint, response.header.member_id, response.leader, response.header.revision
+        )
+
+    def probe_down_members(self) -> list[EtcdEndpoint]:
+        """Ask each member marked down for its status; the ones healthy again are used again."""
+        back = []
+        for member in [m for m in self._members if m.down]:
+            status = self._member_status(member, self.member_timeout)
+            if not status.error and status.leader_id:
+                self._mark_up(member)
+                back.append(member.endpoint)
+        return back
 
     # -- kv --------------------------------------------------------------------------------
 
@@ -230,7 +487,8 @@ class EtcdClient:
         self, key: str, range_end: str | None = None, keys_only: bool = False
     ) -> tuple[list[KeyValue], int]:
         """Keys in [key, range_end) (or just `key`), and the revision they were read at."""
-        response = self._rpc(self._kv.Range, self._range_request(Get(key, range_end, keys_only)))
+        request = self._range_request(Get(key, range_end, keys_only))
+        response = self._rpc(lambda m: m.kv.Range, request)
         return [_kv(raw) for raw in response.kvs], response.header.revision
 
     def txn(
@@ -241,7 +499,7 @@ class EtcdClient:
             success=[self._request_op(op) for op in success],
             failure=[self._request_op(op) for op in failure],
         )
-        response = self._rpc(self._kv.Txn, request)
+        response = self._rpc(lambda m: m.kv.Txn, request)
         ranges = [
             [_kv(raw) for raw in item.response_range.kvs]
             for item in response.responses
@@ -250,53 +508,77 @@ class EtcdClient:
         return TxnResult(response.succeeded, response.header.revision, ranges)
 
     def compact(self, revision: int) -> None:
-        self._rpc(self._kv.Compact, etcdrpc.CompactionRequest(revision=revision, physical=True))
+        request = etcdrpc.CompactionRequest(revision=revision, physical=True)
+        self._rpc(lambda m: m.kv.Compact, request)
 
     def status(self) -> int:
         """The current revision (a cheap health probe)."""
-        response = self._rpc(self._maintenance.Status, etcdrpc.StatusRequest())
+        response = self._rpc(lambda m: m.maintenance.Status, etcdrpc.StatusRequest())
         revision: int = response.header.revision
         return revision
 
     # -- leases ----------------------------------------------------------------------------
 
     def lease_grant(self, ttl: int) -> int:
-        response = self._rpc(self._lease.LeaseGrant, etcdrpc.LeaseGrantRequest(TTL=ttl))
+        response = self._rpc(lambda m: m.lease.LeaseGrant, etcdrpc.LeaseGrantRequest(TTL=ttl))
         lease_id: int = response.ID
         return lease_id
 
     def lease_keepalive(self, lease_id: int) -> int:
         """Refresh once; returns the new TTL, 0 if the lease no longer exists."""
-        with self._lock:
-            self._round_trips += 1
-        try:
-            for response in self._lease.LeaseKeepAlive(
-                iter([etcdrpc.LeaseKeepAliveRequest(ID=lease_id)]), self.timeout
-            ):
+
+        def refresh(member: _Member, deadline: float, metadata: list[tuple[str, str]]) -> int:
+            requests = iter([etcdrpc.LeaseKeepAliveRequest(ID=lease_id)])
+            for response in member.lease.LeaseKeepAlive(requests, deadline, metadata=metadata):
                 ttl: int = response.TTL
                 return ttl
-        except grpc.RpcError as exc:
-            raise translate(exc) from None
-        return 0
+            return 0
+
+        return self._call(refresh)
 
     def lease_revoke(self, lease_id: int) -> None:
-        self._rpc(self._lease.LeaseRevoke, etcdrpc.LeaseRevokeRequest(ID=lease_id))
+        self._rpc(lambda m: m.lease.LeaseRevoke, etcdrpc.LeaseRevokeRequest(ID=lease_id))
 
     # -- watch -----------------------------------------------------------------------------
 
     def watch(self, key: str, range_end: str, start_revision: int) -> WatchStream:
-        """Open a watch on [key, range_end) from `start_revision` (no deadline: it streams)."""
-        with self._lock:
-            self._round_trips += 1
+        """Open a watch on [key, range_end) from `start_revision` (no deadline: it streams).
+
+        It is opened on the member calls go to now; when that member breaks the stream or is
+        marked down, the stream ends with `StoreUnavailable` and the member is avoided, so
+        the owner re-opens it from its last revision on another member.
+        """
+        member = self._order()[0]
+        if self.security.username and not self._token:
+            self._call(lambda *_: None)  # takes a token (with failover) and nothing else
+        self._count()
         create = etcdrpc.WatchCreateRequest(
             key=key.encode(), range_end=range_end.encode(), start_revision=start_revision
         )
         closed = threading.Event()
         # The request iterator must stay open, or gRPC half-closes and etcd ends the watch.
-        call = self._watch.Watch(
-            _requests_until(etcdrpc.WatchRequest(create_request=create), closed)
+        call = member.watch.Watch(
+            _requests_until(etcdrpc.WatchRequest(create_request=create), closed),
+            metadata=self._metadata(),
         )
-        return WatchStream(call, closed)
+
+        def failed(exc: grpc.RpcError) -> StoreError:
+            error = translate(exc)
+            if _token_expired(exc):
+                self._token = ""
+                return StoreUnavailable(f"etcd auth token expired ({exc.details()})")
+            if isinstance(error, StoreUnavailable):
+                self._mark_down(member, str(error))
+            return error
+
+        def forget() -> None:
+            with self._lock:
+                self._watches.pop(id(closed), None)
+
+        stream = WatchStream(call, closed, failed, forget)
+        with self._lock:
+            self._watches[id(closed)] = (member, stream)
+        return stream
 
     # -- building requests -----------------------------------------------------------------
 

@@ -209,6 +209,13 @@ class HostBlocks:
             held.flushed_generation = held.generation  # etcd holds exactly this map
         return lost
 
+    def repair(self, cidr: IPNetwork, mod_revision: int) -> None:
+        """etcd holds an unreadable value for our block: keep our copy and write it back
+        (compared on the unreadable value's revision) at the next flush."""
+        held = self.blocks[cidr]
+        held.mod_revision = mod_revision
+        held.generation += 1
+
     def drop(self, cidr: IPNetwork) -> list[str]:
         """Forget a block etcd says is no longer ours; returns the handles that lost addresses."""
         held = self.blocks.pop(cidr, None)
@@ -351,21 +358,26 @@ class HostBlocks:
 
 @dataclass
 class DepartureClock:
-    """Which block-holding hosts have been unregistered for longer than `grace` seconds.
+    """Which block-holding hosts have been gone for longer than `grace` seconds.
 
-    Fed periodically with the hosts that hold blocks and the hosts in the node registry; a host
-    absent from the registry at every observation since `grace` seconds ago has left for good
-    (a reboot or an etcd outage is shorter than the grace, and resets the clock).
+    Fed periodically with the hosts that hold blocks, the hosts in the node registry and the
+    hosts alive in gossip; a host absent from the registry AND not alive in gossip at every
+    observation since `grace` seconds ago has left for good (a reboot, an etcd outage or a
+    lost lease of a host that still gossips resets the clock).
     """
 
     grace: float
     absent_since: dict[str, float] = field(default_factory=dict)
 
     def observe(
-        self, holders: Collection[str], registered: Collection[str], now: float
+        self,
+        holders: Collection[str],
+        registered: Collection[str],
+        now: float,
+        alive: Collection[str] = (),
     ) -> list[str]:
         """Record an observation; return the hosts whose blocks may be reclaimed now."""
-        absent = {host for host in holders if host not in registered}
+        absent = {host for host in holders if host not in registered and host not in alive}
         self.absent_since = {h: self.absent_since.get(h, now) for h in absent}
         return sorted(h for h, since in self.absent_since.items() if now - since >= self.grace)
 

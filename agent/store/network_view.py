@@ -3,9 +3,11 @@
 A watch driver (agent.store.service) feeds it: `replace()` with a full listing at a revision, then
 `apply()` with watch events in revision order. `version` moves on every change and on the
 first listing (even an empty one), so a consumer can wait for "listed" and for "changed".
-It decodes values, skips malformed ones (and reports their keys so the driver can log each
-once and count them), and returns what changed as past-tense events. `revision` is where a
-resumed watch must start (revision + 1).
+It decodes values and returns what changed as past-tense events. A value that does not decode
+or fails validation (a typo, an unknown mode, an MTU out of range) never removes or changes a
+network: the last good copy stays in the view (a network never seen good is left out), and
+the problem is reported so the driver logs it once and counts it. Only a delete removes.
+`revision` is where a resumed watch must start (revision + 1).
 Imports: stdlib, agent.store.schema (listed among the pure cores).
 """
 
@@ -54,14 +56,19 @@ class NetworkView:
     """True once a full listing was adopted (an empty listing too)."""
     malformed: list[MalformedRecord] = field(default_factory=list)
     """Problems found by the last replace/apply (the driver logs and counts, then clears)."""
+    rejected: set[str] = field(default_factory=set)
+    """Keys whose current value is rejected (the last good copy, if any, is used instead)."""
 
     def replace(self, listing: Iterable[tuple[str, bytes]], revision: int) -> list[NetworkEvent]:
         """Adopt a full listing taken at `revision`; return the difference to what we had."""
         fresh: dict[str, Network] = {}
+        self.rejected = set()
         for key, value in listing:
             network = self._decode(key, value)
             if network is not None:
                 fresh[network.name] = network
+            elif (good := self.networks.get(key[len(NETWORKS) :])) is not None:
+                fresh[good.name] = good  # keep the last good copy
         events: list[NetworkEvent] = [
             NetworkRemoved(name) for name in sorted(self.networks.keys() - fresh.keys())
         ]
@@ -85,14 +92,13 @@ class NetworkView:
             self.revision = max(self.revision, change.mod_revision)
             name = change.key[len(NETWORKS) :]
             if change.value is None:
+                self.rejected.discard(change.key)
                 if self.networks.pop(name, None) is not None:
                     events.append(NetworkRemoved(name))
                 continue
             network = self._decode(change.key, change.value)
             if network is None:
-                if self.networks.pop(name, None) is not None:
-                    events.append(NetworkRemoved(name))
-                continue
+                continue  # the last good copy (if any) stays
             old = self.networks.get(network.name)
             self.networks[network.name] = network
             if old is None:
@@ -104,12 +110,21 @@ class NetworkView:
             self.version += 1
         return events
 
+    def adopt_cached(self, networks: Iterable[Network]) -> None:
+        """Before the first listing: take these (the copy a previous run kept) as the last
+        good copies, so a value that is bad in etcd at our start does not remove them."""
+        if not self.listed:
+            self.networks = {network.name: network for network in networks}
+
     def snapshot(self) -> Mapping[str, Network]:
         return dict(self.networks)
 
     def _decode(self, key: str, value: bytes) -> Network | None:
         try:
-            return decode_network(key, value)
+            network = decode_network(key, value)
         except MalformedRecord as exc:
             self.malformed.append(exc)
+            self.rejected.add(key)
             return None
+        self.rejected.discard(key)
+        return network

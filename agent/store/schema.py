@@ -27,7 +27,8 @@ Writes that need uniqueness are single etcd transactions: network create (compar
 the VNI guard and the subnet guards, puts all three), block claim (compares the block key is
 absent and the network is the same incarnation), network delete (compares that no block changed
 since the endpoint count was read). Nothing here does I/O: this module is pure (stdlib only,
-plus agent.store.errors) and is listed among the pure cores in pyproject.toml.
+plus agent.store.errors and the shared vocabulary of underlay.records: VNI and MTU ranges) and
+is listed among the pure cores in pyproject.toml.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from typing import Any
 
 from agent.store.errors import InvalidNetwork, StoreError
 from underlay.endpoints_model import NETWORK_MODES
-from underlay.records import VNI_MAX, VNI_MIN, vni_in_range
+from underlay.records import MTU_MAX, MTU_MIN, VNI_MAX, VNI_MIN, vni_in_range
 
 PREFIX = "/vxmesh/v1/"
 NETWORKS = PREFIX + "networks/"
@@ -61,8 +62,6 @@ MODE_OPTIONS: Mapping[str, Mapping[str, tuple[str, ...] | None]] = {
     "macvlan": {"parent": None, "macvlan_mode": ("bridge", "private", "vepa", "passthru")},
     "ipvlan": {"parent": None, "ipvlan_mode": ("l2", "l3")},
 }
-MTU_MIN = 576
-MTU_MAX = 9216
 SUBNET_PREFIX_RANGE = {4: (8, 29), 6: (48, 120)}
 """Accepted subnet prefix lengths per family; also bounds the guard compares of a create."""
 BLOCK_PREFIX_DEFAULT = {4: 26, 6: 122}
@@ -371,6 +370,18 @@ def decode_node(key: str, value: bytes) -> Node:
     ):
         raise MalformedRecord(key, "bad node record")
     return Node(name, vtep, (host, port), version)
+
+
+def check_block(block: Block, network: Network, key: str) -> None:
+    """`MalformedRecord` unless `block` is a block of `network`: its block size, inside its
+    subnet (a wrong one would fail every allocation or hand out foreign addresses)."""
+    cidr = block.cidr
+    if cidr.version != network.subnet.version or not cidr.subnet_of(network.subnet):  # type: ignore[arg-type]
+        raise MalformedRecord(key, f"block {cidr} is outside subnet {network.subnet}")
+    if cidr.prefixlen != network.block_prefix:
+        raise MalformedRecord(
+            key, f"block {cidr} is not a /{network.block_prefix} block of network {network.name}"
+        )
 
 
 def decode_block(key: str, value: bytes) -> Block:

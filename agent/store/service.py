@@ -27,7 +27,7 @@ import dataclasses
 import itertools
 import logging
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -48,6 +48,7 @@ from agent.store.etcd_client import (
     Compare,
     Delete,
     EtcdClient,
+    EtcdEndpoint,
     Get,
     KeyValue,
     LeaseNotFound,
@@ -82,6 +83,7 @@ from agent.store.schema import (
     block_cidr_from_key,
     block_key,
     blocks_prefix,
+    check_block,
     decode_block,
     decode_network,
     decode_node,
@@ -123,6 +125,9 @@ class StoreStatistics:
     failed_calls: int
     malformed_records: int
     """Distinct keys under our prefix that did not decode (each logged once)."""
+    rejected_values: int
+    """Keys whose current value is refused now (bad JSON, or fails validation): networks keep
+    their last good copy, blocks are left alone. Zero when etcd holds only good values."""
     watch_relists: int
     """Full re-lists because etcd had compacted past the watch revision."""
     watch_resumes: int
@@ -131,6 +136,12 @@ class StoreStatistics:
     node_registered: bool
     node_lease_refreshes: int
     last_error: str
+    member: str = ""
+    """The URL of the etcd member calls go to first."""
+    members_down: int = 0
+    """Configured members currently avoided (not answering, or without a leader)."""
+    failovers: int = 0
+    """Times a member was left for another."""
 
 
 @dataclass(frozen=True)
@@ -192,13 +203,17 @@ class Store:
         self._watch_broken = False
         self._node_registered = False
         self._lease_refreshes = 0
+        self._rejected_blocks: set[str] = set()
 
     @classmethod
     def connect(
         cls, host: str, port: int, *, rng: random.Random, timeout: float = 2.0, **kwargs: Any
     ) -> Store:
-        """A store on etcd at host:port; connecting is lazy, so this never blocks."""
-        return cls(EtcdClient(host, port, timeout=timeout), rng=rng, **kwargs)
+        """A store on one plain etcd member at host:port; connecting is lazy (never blocks).
+
+        The agent builds its store from the [store] configuration (`agent.store.connect`).
+        """
+        return cls(EtcdClient([EtcdEndpoint(host, port)], timeout=timeout), rng=rng, **kwargs)
 
     def close(self) -> None:
         self.client.close()
@@ -209,12 +224,16 @@ class Store:
             round_trips=self.client.round_trips,
             failed_calls=self._failed_calls,
             malformed_records=len(self._malformed_keys),
+            rejected_values=len(self.network_view.rejected) + len(self._rejected_blocks),
             watch_relists=self._relists,
             watch_resumes=self._resumes,
             watch_revision=self.network_view.revision,
             node_registered=self._node_registered,
             node_lease_refreshes=self._lease_refreshes,
             last_error=self._last_error,
+            member=self.client.current_member().url,
+            members_down=len(self.client.down_members()),
+            failovers=self.client.failovers,
         )
 
     def new_backoff(self) -> Backoff:
@@ -269,12 +288,21 @@ class Store:
         return records
 
     async def run_health_probe(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        *,
+        member_interval: float = 1.0,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """While degraded, probe etcd with backoff until it answers (then the store is healthy)."""
+        """While degraded, probe etcd with backoff until it answers (then the store is healthy);
+        every `member_interval` s, ask the members left by failover whether they are back (no
+        call while every member is in use)."""
         task_status.started()
         while True:
-            await self._degraded_event.wait()
+            with trio.move_on_after(member_interval):
+                await self._degraded_event.wait()
+            if self.client.down_members() and not self._degraded:
+                await trio.to_thread.run_sync(self.client.probe_down_members,
+                                              abandon_on_cancel=True)
             backoff = self.new_backoff()
             while self._degraded:
                 await trio.sleep(backoff.next_delay())
@@ -319,6 +347,9 @@ class Store:
             result = await self.txn(compares, success, failure)
             if result.succeeded:
                 return candidate
+            name_kvs = result.ranges[0]
+            if name_kvs and name_kvs[0].value == encode(candidate):
+                return candidate  # our own write: a failover retried it after a lost reply
             conflict = _conflict(candidate, result.ranges)
             if conflict.field == "vni" and network.vni == 0:
                 continue  # a concurrent create took the VNI we picked: pick again
@@ -344,7 +375,7 @@ class Store:
     async def inspect_network(self, name: str) -> NetworkInfo:
         network_kv, block_kvs, _ = await self._network_and_blocks(name)
         network = decode_network(network_kv.key, network_kv.value)
-        blocks = [block for _, block in self.blocks_with_keys(block_kvs)]
+        blocks = [block for _, block in self.blocks_with_keys(block_kvs, network)]
         summaries = tuple(
             BlockSummary(b.cidr, b.host, len(b.allocations))
             for b in sorted(blocks, key=lambda b: int(b.cidr.network_address))
@@ -570,9 +601,11 @@ class Store:
         *,
         grace: float = 3600.0,
         interval: float = 60.0,
+        alive: Callable[[], Collection[str]] = tuple,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Reclaim the blocks of hosts unregistered for longer than `grace` seconds.
+        """Reclaim the blocks of hosts gone for longer than `grace` seconds: unregistered AND
+        not in `alive()` (the hosts gossip sees alive) at every pass meanwhile.
 
         Every agent may run it: the reclaim transaction compares every block it deletes, so
         concurrent reclaimers free each block once. An etcd outage only delays it.
@@ -586,21 +619,34 @@ class Store:
                 )
                 node_kvs, block_kvs = result.ranges
                 registered = {node.name for node in self._decoded(node_kvs, decode_node)}
+                # A node record that does not decode still says "registered".
+                registered |= {kv.key[len(NODES) :] for kv in node_kvs}
                 holders = {block.host for _, block in self.blocks_with_keys(block_kvs)}
-                for host in clock.observe(holders, registered, trio.current_time()):
+                now = trio.current_time()
+                for host in clock.observe(holders, registered, now, set(alive())):
                     await self.reclaim_host_blocks(host)
                     clock.forget(host)
             except StoreError as exc:
                 log.info("block reclaimer: %s; next pass in %.0f s", exc, interval)
             await trio.sleep(interval)
 
-    def blocks_with_keys(self, kvs: Iterable[KeyValue]) -> list[tuple[KeyValue, Block]]:
+    def blocks_with_keys(
+        self, kvs: Iterable[KeyValue], network: Network | None = None
+    ) -> list[tuple[KeyValue, Block]]:
+        """The blocks that decode (and, given their `network`, fit it: block size, inside the
+        subnet); the others are skipped, logged once and counted as rejected."""
         pairs = []
         for kv in kvs:
             try:
-                pairs.append((kv, decode_block(kv.key, kv.value)))
+                block = decode_block(kv.key, kv.value)
+                if network is not None:
+                    check_block(block, network, kv.key)
             except MalformedRecord as exc:
                 self.note_malformed(exc)
+                self._rejected_blocks.add(kv.key)
+                continue
+            self._rejected_blocks.discard(kv.key)
+            pairs.append((kv, block))
         return pairs
 
 
@@ -748,7 +794,7 @@ class AddressPool:
         """Re-read the held block containing `address` (another host may have changed it)."""
         key = block_key(self.network.name, block_of(self.network, address))
         (block_kvs,) = (await self.store.txn([], [Get(key)])).ranges
-        for kv, block in self.store.blocks_with_keys(block_kvs):
+        for kv, block in self.store.blocks_with_keys(block_kvs, self.network):
             if block.host == self.host:
                 self._adopt(block, kv.mod_revision)
 
@@ -772,11 +818,10 @@ class AddressPool:
                 self._claims += 1
             return False  # allocate_chosen finds it in a held block now (or re-read)
         kv = block_kvs[0]
-        try:
-            stored = decode_block(kv.key, kv.value)
-        except MalformedRecord as exc:
-            self.store.note_malformed(exc)
-            raise StoreError(f"block {cidr} of network {self.network.name} is unreadable") from exc
+        readable = self.store.blocks_with_keys(block_kvs, self.network)
+        if not readable:
+            raise StoreError(f"block {cidr} of network {self.network.name} is unreadable")
+        stored = readable[0][1]
         self._taken.add(cidr)
         if stored.host == self.host:  # ours in etcd (a claim whose reply was lost): adopt it
             self._adopt(stored, kv.mod_revision)
@@ -813,7 +858,7 @@ class AddressPool:
         key = block_key(self.network.name, cidr)
         for _ in range(COMMIT_ATTEMPTS):
             (block_kvs,) = (await self.store.txn([], [Get(key)])).ranges
-            stored = self.store.blocks_with_keys(block_kvs)
+            stored = self.store.blocks_with_keys(block_kvs, self.network)
             if not stored or stored[0][1].allocations.get(address) != handle:
                 break  # already gone (its block was reclaimed, or released before)
             kv, block = stored[0]
@@ -930,12 +975,23 @@ class AddressPool:
     def resync(self, block_kvs: Iterable[KeyValue]) -> None:
         """Learn the network's blocks as etcd has them: who holds what, our revisions."""
         block_kvs = list(block_kvs)
-        stored = {block.cidr: (kv, block) for kv, block in self.store.blocks_with_keys(block_kvs)}
+        readable = self.store.blocks_with_keys(block_kvs, self.network)
+        stored = {block.cidr: (kv, block) for kv, block in readable}
         # A malformed record still occupies its key: never try to claim that block.
         self._taken = {c for c in (block_cidr_from_key(kv.key) for kv in block_kvs) if c}
         self._taken |= set(stored)
+        by_key = {kv.key: kv for kv in block_kvs}
+        unreadable = by_key.keys() - {kv.key for kv, _ in readable}
         for cidr in list(self._blocks.blocks):
             entry = stored.get(cidr)
+            key = block_key(self.network.name, cidr)
+            if entry is None and key in unreadable:
+                # Our block, overwritten with garbage: keep our copy, write it back.
+                log.error("network %s: our block %s is unreadable in etcd; writing our copy back",
+                          self.network.name, cidr)
+                self._blocks.repair(cidr, by_key[key].mod_revision)
+                self._dirty.set()
+                continue
             if entry is None or entry[1].host != self.host:
                 lost = self._blocks.drop(cidr)
                 self._lost_blocks += 1

@@ -75,15 +75,18 @@ def test_remote_endpoints_only_alive_members_and_flood_per_vtep() -> None:
 
 def test_bad_input_is_skipped_and_named() -> None:
     nets = [NetworkSpec("bad-vni", 0), NetworkSpec("big-mtu", 12, mtu=1480),
-            NetworkSpec("ok", 13), NetworkSpec("zdup", 13), NetworkSpec("port", 14, port=0)]
+            NetworkSpec("ok", 13), NetworkSpec("zdup", 13), NetworkSpec("port", 14, port=0),
+            NetworkSpec("small-mtu", 15, mtu=1279)]
     eps = [EndpointEntry("ok", "h2", "not-a-mac", ("10.1.0.2",)),
            EndpointEntry("ok", "h2", "02:00:00:00:00:02", ("10.1.0.300",)),
            EndpointEntry("ok", "h2", "02:00:00:00:00:03", ("10.1.0.3",))]
     members = [*MEMBERS, AliveMember("h6", "fd00::6"), AliveMember("hx", "bogus")]
     state = compute_desired(nets, members, eps, [], V4, "h1")
-    assert set(state.networks) == {"vxtun13"}
+    # An MTU too big for this host's underlay is clamped (never a reason to cut a network off).
+    assert set(state.networks) == {"vxtun12", "vxtun13"}
+    assert state.networks["vxtun12"].mtu == 1450
     text = "\n".join(state.problems)
-    for needle in ("vni=0", "mtu=1480", "'zdup'", "port=0", "not-a-mac", "10.1.0.300",
+    for needle in ("vni=0", "mtu=1480", "mtu=1279", "'zdup'", "port=0", "not-a-mac", "10.1.0.300",
                    "'h6'", "vtep='bogus'"):
         assert needle in text, needle
     assert state.neighbors == {NeighborKey("vxtun13", "10.1.0.3"): "02:00:00:00:00:03"}

@@ -20,7 +20,7 @@ from agent.store.errors import (
     StoreError,
     StoreUnavailable,
 )
-from agent.store.etcd_client import EtcdClient, TxnResult
+from agent.store.etcd_client import EtcdClient, EtcdEndpoint, TxnResult
 from agent.store.ipam import reserved_addresses
 from agent.store.schema import (
     BLOCKS,
@@ -497,7 +497,7 @@ class LosingClient(EtcdClient):
 
 async def test_lost_replies_neither_duplicate_nor_lose(local_etcd: LocalEtcd) -> None:
     host, port = local_etcd.endpoint
-    client = LosingClient(host, port)
+    client = LosingClient([EtcdEndpoint(host, port)])
     store = Store(client, rng=random.Random(5))
     network = await store.create_network(
         validate_network(name="n", subnet="10.1.0.0/24", block_prefix=28)
