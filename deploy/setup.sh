@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what vxmesh needs on a fresh Debian machine, as root, and builds the venv in .venv.
-#   deploy/setup.sh          runtime: iproute2, nftables, etcd, iperf3 and the Python package
+#   deploy/setup.sh          runtime: iproute2, nftables, etcd, iperf3, podman with the reference
+#                            CNI plugins, busybox-static (the lab's image), the Python package,
+#                            and the `vxmesh` CNI plugin in /usr/lib/cni and /opt/cni/bin
 #   deploy/setup.sh --test   also the test and CI tools (promtool, shellcheck, vagrant, serf)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +20,8 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-packages=(iproute2 nftables etcd-server etcd-client iperf3 procps psmisc curl iputils-ping python3-venv)
+packages=(iproute2 nftables etcd-server etcd-client iperf3 procps psmisc curl iputils-ping python3-venv
+          podman containernetworking-plugins busybox-static)
 if [ "$want_test" -eq 1 ]; then
     packages+=(prometheus shellcheck vagrant serf systemd dnsmasq-base)
 fi
@@ -42,4 +45,6 @@ extras="bench"
 [ "$want_test" -eq 1 ] && extras="test,bench"
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e ".[${extras}]"
+# The CNI plugin type `vxmesh`: a launcher running agent/cni/plugin.py with this venv's python.
+.venv/bin/python -m agent.cni.launcher /usr/lib/cni /opt/cni/bin >/dev/null
 echo "setup.sh: ready (.venv/bin/vxmesh)"

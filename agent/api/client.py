@@ -3,18 +3,17 @@
 Owns: `ApiClient` (one request per connection, errors as `CliError` with the exit code from
 agent.api.errors), the default socket path.
 
-May import: agent.api.errors, agent.errors, the standard library.
+May import: agent.api.errors, agent.errors, agent.unix_http, the standard library.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
-import socket
 from typing import Any
 
 from agent.api.errors import EXIT_FAILED, EXIT_UNREACHABLE, exit_code_for_status
 from agent.errors import AgentError
+from agent.unix_http import ProtocolError, unix_request
 
 DEFAULT_SOCKET = "/run/vxmesh/agent.sock"
 
@@ -27,22 +26,6 @@ class CliError(AgentError):
         self.exit_code = exit_code
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("vxmesh", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 class ApiClient:
     """Blocking JSON client of the control API over its unix socket."""
 
@@ -52,13 +35,9 @@ class ApiClient:
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """Send one request; return the decoded JSON, or raise `CliError` with an exit code."""
-        conn = _UnixHTTPConnection(self.socket_path, self.timeout)
         payload = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if payload is not None else {}
         try:
-            conn.request(method, path, body=payload, headers=headers)
-            reply = conn.getresponse()
-            raw = reply.read()
+            reply = unix_request(self.socket_path, method, path, payload, timeout=self.timeout)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise CliError(f"cannot reach the agent at {self.socket_path}: {exc.strerror} "
                            "(is it running? `systemctl status vxmesh-agent`, or pass --socket)",
@@ -66,11 +45,10 @@ class ApiClient:
         except PermissionError:
             raise CliError(f"no permission to use {self.socket_path} (run as root or as a "
                            "member of the socket's group)", EXIT_UNREACHABLE) from None
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, ProtocolError) as exc:
             raise CliError(f"talking to the agent at {self.socket_path} failed: {exc}",
                            EXIT_UNREACHABLE) from None
-        finally:
-            conn.close()
+        raw = reply.body
         try:
             value = json.loads(raw) if raw else None
         except json.JSONDecodeError:

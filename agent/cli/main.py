@@ -1,6 +1,6 @@
 """The `vxmesh` command line: talks to the agent's control API, runs the agent and the lab.
 
-Owns: argument parsing, the HTTP client over the unix socket (stdlib http.client), human
+Owns: argument parsing, the HTTP client over the unix socket (agent.api.client), human
 tables and `--json` output, exit codes.
 
 Exit codes: 0 success; 1 the agent refused or failed the request; 2 bad usage or a bad value
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from agent.api.client import DEFAULT_SOCKET, ApiClient, CliError
-from agent.api.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from agent.api.errors import EXIT_CONFLICT, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE
 from agent.config import ConfigError
 from agent.errors import AgentError
 from agent.terminal import Progress, render_cell, render_table
@@ -166,6 +166,40 @@ def cmd_fdb(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_cni(args: argparse.Namespace) -> int:
+    """`cni config NETWORK` prints the network's conflist; `cni install` writes it. The network
+    is created in the agent first when it does not know it (with --subnet)."""
+    from pathlib import Path
+
+    from agent.cni.conflist import DEFAULT_CONF_DIR, conflist, render, write_conflist
+
+    client = _client(args)
+    networks = {n["name"]: n for n in client.request("GET", "/v1/networks")}
+    network = networks.get(args.network)
+    if network is None:
+        if not args.subnet:
+            raise CliError(f"network {args.network!r}: the agent does not know it; give "
+                           "--subnet CIDR to create it", EXIT_NOT_FOUND)
+        with Progress(quiet=args.json or args.action == "config").step(
+                f"creating network {args.network} ({args.subnet})"):
+            network = client.request("POST", "/v1/networks",
+                                     {"name": args.network, "subnet": args.subnet})
+    elif args.subnet and args.subnet != network["subnet"]:
+        raise CliError(f"--subnet {args.subnet}: network {args.network!r} exists with subnet "
+                       f"{network['subnet']}", EXIT_CONFLICT)
+    document = conflist(args.network, socket=client.socket_path, subnet=network["subnet"])
+    if args.action == "config":
+        print(render(document), end="")
+        return EXIT_OK
+    directory = Path(args.dir or os.environ.get("VXMESH_CNI_CONF_DIR") or DEFAULT_CONF_DIR)
+    path = write_conflist(directory, args.network, document)
+    if args.json:
+        _emit(args, {"network": args.network, "path": str(path), "conflist": document})
+    else:
+        print(f"wrote {path}: `podman run --network {args.network} ...` (CNI backend) uses it")
+    return EXIT_OK
+
+
 def cmd_agent(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -254,6 +288,20 @@ def build_parser() -> argparse.ArgumentParser:
     fdb.add_argument("--network")
     fdb.set_defaults(func=cmd_fdb)
 
+    cni = sub.add_parser("cni", parents=[common],
+                         help="CNI network configurations (Podman, containerd, Kubernetes)")
+    cni_sub = cni.add_subparsers(dest="action", required=True)
+    for action, text in (("config", "print the conflist of a network"),
+                         ("install", "write it into the CNI configuration directory")):
+        cni_action = cni_sub.add_parser(action, parents=[common], help=text)
+        cni_action.add_argument("network")
+        cni_action.add_argument("--subnet", help="create the network with this subnet if the "
+                                                 "agent does not know it")
+        if action == "install":
+            cni_action.add_argument("--dir", help="CNI configuration directory (default "
+                                                  "$VXMESH_CNI_CONF_DIR or /etc/cni/net.d)")
+    cni.set_defaults(func=cmd_cni)
+
     agent = sub.add_parser("agent", parents=[common], help="run the agent (systemd runs this)")
     agent.add_argument("--config", help="config file (default /etc/vxmesh/agent.toml)")
     agent.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
@@ -269,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     lab_sub = lab.add_subparsers(dest="action", required=True)
     up = lab_sub.add_parser("up", parents=[common], help="build the lab")
     up.add_argument("--hosts", type=int, default=3, help="number of hosts (2-16, default 3)")
+    up.add_argument("--podman", action="store_true",
+                    help="real rootful Podman (CNI backend, image vxmesh/busybox) on each host")
     lab_sub.add_parser("down", parents=[common], help="stop agents, etcd; delete namespaces")
     lab_sub.add_parser("status", parents=[common], help="hosts, agents, etcd")
     lab_exec = lab_sub.add_parser("exec", parents=[common], help="run a command on a host")

@@ -17,6 +17,10 @@ Rules:
   endpoints' namespaces the agents made, the lab's namespaces, the lab directory.
 - Traffic stays inside the lab's namespaces.
 
+With `up --podman` every host also gets real rootful Podman (agent.lab.podman): `lab exec
+h1 -- podman ...` runs h1's, and `lab exec h1 -- vxmesh cni install NET` writes into h1's CNI
+configuration directory.
+
 May import: everything in agent/, underlay (links, kernel), the standard library.
 """
 
@@ -44,6 +48,7 @@ from agent.api.client import ApiClient, CliError
 from agent.api.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from agent.config import render_toml
 from agent.errors import AgentError
+from agent.lab import podman as lab_podman
 from agent.lab.etcd_local import LocalEtcd
 from agent.lab.provision import node_config
 from agent.state_files import write_atomically
@@ -105,6 +110,7 @@ class LabState:
     key: str = ""
     hosts: list[LabHost] = field(default_factory=list)
     helpers: list[int] = field(default_factory=list)
+    podman: bool = False
 
 
 class NamespacedEtcd(LocalEtcd):
@@ -241,8 +247,10 @@ class Lab:
 
     # -- up ---------------------------------------------------------------------------------
 
-    def up(self, hosts: int = 3) -> LabState:
-        """Build (or complete) the lab with `hosts` hosts; returns its state once all are ready."""
+    def up(self, hosts: int = 3, *, podman: bool = False) -> LabState:
+        """Build (or complete) the lab with `hosts` hosts; returns its state once all are ready.
+
+        `podman`: also make real rootful Podman usable on every host (agent.lab.podman)."""
         if not 2 <= hosts <= MAX_HOSTS:
             raise LabError(f"--hosts {hosts}: the lab has 2 to {MAX_HOSTS} hosts")
         if os.geteuid() != 0:
@@ -279,7 +287,22 @@ class Lab:
                     self.start_agent(state, host)
         with self.progress.step("waiting for every agent to sync and see every member"):
             self.wait_converged(state, timeout=AGENT_READY_TIMEOUT)
+        if podman:
+            with self.progress.step(f"podman on {hosts} hosts (image {lab_podman.IMAGE})"):
+                self.provision_podman(state)
         return state
+
+    def podman_host(self, host: LabHost) -> lab_podman.PodmanHost:
+        return lab_podman.PodmanHost(host.netns, Path(host.directory),
+                                     self.directory / "cni-bin")
+
+    def provision_podman(self, state: LabState) -> None:
+        lab_podman.install_plugin_dir(self.directory)
+        rootfs = lab_podman.busybox_rootfs(self.directory / "busybox-rootfs.tar")
+        for host in state.hosts:
+            lab_podman.provision(self.podman_host(host), rootfs)
+        state.podman = True
+        self.save(state)
 
     def _build_underlay(self, state: LabState) -> None:
         links.create_netns(state.switch)
@@ -455,6 +478,10 @@ class Lab:
         removed: list[str] = []
         state = self.load()
         if state is not None:
+            if state.podman:
+                for host in state.hosts:
+                    lab_podman.remove_containers(self.podman_host(host))
+                    removed.append(f"podman containers {host.name}")
             for host in state.hosts:
                 if self.agent_runs(host):
                     self._delete_endpoints(host)
@@ -472,6 +499,7 @@ class Lab:
             links.delete_netns(name)
             removed.append(f"namespace {name}")
         if self.directory.exists():
+            lab_podman.unmount_below(self.directory)
             shutil.rmtree(self.directory)
             removed.append(str(self.directory))
         return removed
@@ -519,10 +547,14 @@ class Lab:
 
     def exec_argv(self, state: LabState, host_name: str, command: Sequence[str]) -> list[str]:
         host = self.host(state, host_name)
+        if state.podman and command and command[0] == "podman":  # the host's own Podman
+            return self.podman_host(host).argv(list(command[1:]))
         if command and command[0] == "vxmesh":  # this installation's CLI, even off PATH
             command = [str(Path(sys.executable).parent / "vxmesh"), *command[1:]]
-        return ip_netns_exec(host.netns, ["env", f"VXMESH_API_SOCKET={host.socket}",
-                                          *command])
+        env = [f"VXMESH_API_SOCKET={host.socket}"]
+        if state.podman:  # `vxmesh cni install` writes into this host's CNI config dir
+            env.append(f"VXMESH_CNI_CONF_DIR={self.podman_host(host).cni_conf_dir}")
+        return ip_netns_exec(host.netns, ["env", *env, *command])
 
     def scrape(self, host: LabHost) -> dict[str, float]:
         """The host's metrics as {series: value} (series = name plus labels)."""
@@ -680,7 +712,7 @@ def run_lab_command(args: argparse.Namespace) -> int:
     lab = Lab(Path(args.dir) if args.dir else DEFAULT_DIR, args.prefix or DEFAULT_PREFIX,
               progress=Progress(quiet=args.json))
     if args.action == "up":
-        state = lab.up(args.hosts)
+        state = lab.up(args.hosts, podman=args.podman)
         if args.json:
             print(json.dumps(lab.status(), indent=2))
         else:
