@@ -12,7 +12,7 @@ Layout under the host's directory: `podman/containers.conf`, `podman/root`, `pod
 `podman/tmp`, `cni/net.d` (what `vxmesh cni install` writes there). The lab's `cni-bin/`
 holds the `vxmesh` launcher of this source tree.
 
-May import: agent.cni.launcher, agent.errors, the standard library.
+May import: agent.cni.launcher, agent.errors, underlay.netns_exec, the standard library.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 
 from agent.cni.launcher import install_launcher
 from agent.errors import AgentError
+from underlay.netns_exec import nsenter_net
 
 IMAGE = "vxmesh/busybox:latest"
 BUSYBOX = Path("/bin/busybox")
@@ -70,9 +71,9 @@ class PodmanHost:
     def argv(self, args: list[str]) -> list[str]:
         """`podman ARGS` as this host runs it: its network namespace only (the container
         namespaces podman mounts under /run/netns stay visible to the host's agent)."""
-        return ["nsenter", f"--net=/run/netns/{self.netns}", "env",
-                f"CONTAINERS_CONF={self.conf}", "podman", "--root", str(self.root),
-                "--runroot", str(self.runroot), "--storage-driver", "vfs", *args]
+        return nsenter_net(self.netns, [
+            "env", f"CONTAINERS_CONF={self.conf}", "podman", "--root", str(self.root),
+            "--runroot", str(self.runroot), "--storage-driver", "vfs", *args])
 
     def run(self, args: list[str], *, timeout: float = PODMAN_TIMEOUT,
             stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.cni.launcher import install_launcher
+from underlay.netns_exec import nsenter_net
 
 SYSTEM_PLUGINS = Path("/usr/lib/cni")
 ALL_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -76,7 +77,7 @@ def run_plugin(bin_dir: Path, plugin: str, command: str, config: dict[str, Any] 
     stdin = config if isinstance(config, bytes) else json.dumps(config).encode()
     argv = [str(bin_dir / plugin)]
     if host_netns is not None:
-        argv = ["nsenter", f"--net=/run/netns/{host_netns}", *argv]
+        argv = nsenter_net(host_netns, argv)
     proc = subprocess.run(argv, input=stdin, capture_output=True, env=variables,
                           timeout=timeout, check=False)
     return PluginRun(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
