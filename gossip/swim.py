@@ -60,6 +60,7 @@ injected `random.Random`. Network input raises nothing (garbage is counted).
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections import deque
 from collections.abc import Callable
@@ -111,6 +112,10 @@ _CHUNK_SLACK = 16
 #: the victim could no longer refute above it. Reaching the type's limit takes at least
 #: 2**64 / 2**20 = 2**44 accepted claims in a row.
 INCARNATION_JUMP = 2**20
+#: Addresses remembered as proven (see `Swim.receive_datagram`), oldest forgotten first.
+PROVEN_ADDRESSES = 4096
+#: Relayed pings waiting for their target's ack at once; further indirect pings are refused.
+MAX_RELAYS = 1024
 
 #: How many probe round trips a `Swim` keeps until `take_probe_rtts` drains them.
 PROBE_RTT_SAMPLES = 1024
@@ -211,6 +216,8 @@ class SwimStatistics:
     reconnects_started: int
     push_pull_chunks_merged: int
     implausible_claims: int
+    replies_capped: int
+    relays_refused: int
 
 
 class _Node:
@@ -344,7 +351,11 @@ class Swim:
              "auth_failures", "unknown_messages", "misdirected_pings", "probes_sent",
              "probes_failed", "indirect_pings_sent", "suspicions_started", "refutations",
              "push_pulls_started", "reconnects_started", "push_pull_chunks_merged",
-             "implausible_claims"), 0)
+             "implausible_claims", "replies_capped", "relays_refused"), 0)
+        # Addresses that answered our probe directly or sent an authentic sealed packet;
+        # replies to any other address stay within twice the request (no amplification).
+        self._proven: dict[Addr, None] = {}
+        self._reply_room = math.inf
         self._at(now + rng.uniform(0, config.probe_interval_s), _PROBE, None)
         self._push_pull_token = 0
         self._at(now + rng.uniform(0, config.push_pull_interval_s), _PUSH_PULL, 0)
@@ -407,16 +418,26 @@ class Swim:
 
     def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
         """One UDP payload from `addr`. Garbage, forgeries and plain text (with a keyring)
-        are counted and dropped; this never raises for any input."""
+        are counted and dropped; this never raises for any input.
+
+        Amplification bound: everything this packet makes us send (acks, relayed pings)
+        totals at most twice its size unless `addr` has proven itself: it acked a probe we
+        sent to it, or (with a keyring) sent an authentic packet (replays are refused by the
+        keyring). Further replies are dropped and counted (`replies_capped`).
+        """
         stats = self._stats
         stats["packets_received"] += 1
         stats["bytes_received"] += len(data)
+        self._reply_room = 2.0 * len(data)
         if self.keyring is not None:
             try:
                 data = self.keyring.open(data)
             except WireError:
                 stats["auth_failures"] += 1
                 return
+            self._prove(addr)
+        if addr in self._proven:
+            self._reply_room = math.inf
         try:
             messages = decode_packet(data)
         except WireError:
@@ -430,7 +451,7 @@ class Swim:
             if isinstance(msg, Ping):
                 self._on_ping(msg, addr)
             elif isinstance(msg, Ack):
-                self._on_ack(msg, now)
+                self._on_ack(msg, addr, now)
             elif isinstance(msg, Alive):
                 self._on_alive(msg, now)
             elif isinstance(msg, Dead):
@@ -604,6 +625,29 @@ class Swim:
         room = self._budget() - sum(len(p) for p in parts)
         self._emit(addr, parts + self._piggyback(room))
 
+    def _respond(self, addr: Addr, parts: list[bytes]) -> bool:
+        """Send what a received packet asked for, within its reply room; False if dropped."""
+        room = self._reply_room
+        if room == math.inf:
+            self._send(addr, parts)
+            return True
+        overhead = PACKET_OVERHEAD + (ENCRYPTION_OVERHEAD if self.keyring is not None else 0)
+        size = overhead + sum(len(p) for p in parts)
+        if size > room:
+            self._stats["replies_capped"] += 1
+            return False
+        extra = self._piggyback(min(self._budget() + overhead, int(room)) - size)
+        self._reply_room = room - size - sum(len(p) for p in extra)
+        self._emit(addr, parts + extra)
+        return True
+
+    def _prove(self, addr: Addr) -> None:
+        proven = self._proven
+        if addr not in proven:
+            proven[addr] = None
+            if len(proven) > PROVEN_ADDRESSES:
+                del proven[next(iter(proven))]
+
     def _piggyback(self, room: int) -> list[bytes]:
         parts = self._broadcasts.take(0, room, self.cluster_size())
         if self._delegate is not None:
@@ -730,22 +774,30 @@ class Swim:
         if msg.target != self.name:
             self._stats["misdirected_pings"] += 1
             return
-        self._send(addr, [encode_message(Ack(msg.seq))])
+        self._respond(addr, [encode_message(Ack(msg.seq))])
 
     def _on_indirect_ping(self, msg: IndirectPing, addr: Addr, now: float) -> None:
+        target = self._nodes.get(msg.target)
+        if (target is None or target is self._self or target.addr != msg.addr
+                or len(self._relays) >= MAX_RELAYS):
+            # Only toward a member we know at that address: never a reflector for others.
+            self._stats["relays_refused"] += 1
+            return
         self._seq += 1
-        self._relays[self._seq] = _Relay(addr, msg.seq, msg.nack)
-        self._send(msg.addr, [encode_message(Ping(self._seq, msg.target))])
-        self._at(now + self.config.probe_timeout_s, _RELAY, self._seq)
+        if self._respond(msg.addr, [encode_message(Ping(self._seq, msg.target))]):
+            self._relays[self._seq] = _Relay(addr, msg.seq, msg.nack)
+            self._at(now + self.config.probe_timeout_s, _RELAY, self._seq)
 
     def _relay_timed_out(self, seq: int) -> None:
         relay = self._relays.pop(seq, None)
         if relay is not None and relay.nack:
             self._send(relay.requester, [encode_message(Nack(relay.seq))])
 
-    def _on_ack(self, msg: Ack, now: float) -> None:
+    def _on_ack(self, msg: Ack, addr: Addr, now: float) -> None:
         probe = self._probe
         if probe is not None and probe.seq == msg.seq:
+            if addr == probe.addr:
+                self._prove(addr)
             if not probe.acked:
                 probe.acked = True
                 self._adjust_awareness(-1)

@@ -15,9 +15,13 @@ Each CHUNK carries one chunk of `Swim.push_pull_state` (bounded by push_pull_chu
 no message is ever unbounded, and the receiver merges chunks as they arrive. A reply whose
 request id is not ours, a frame too long, one that does not authenticate, or one that does
 not decode ends the stream and is counted as a drop ("size", "auth", "decode"). Every stream
-runs in its own task under its own deadline (`tcp_timeout_s`), so a slow or silent peer
-never stalls probing, other streams, or the caller; at most `max_streams` inbound streams
-are served at once (extra connections are closed and counted as "busy").
+runs in its own task under its own deadline (`tcp_timeout_s`, also checked after each merged
+chunk, since merging is synchronous), so a slow or silent peer never stalls probing, other
+streams, or the caller. Listener bounds: at most `max_streams` inbound streams at once and
+`max_streams_per_source` from one address (extra connections are closed, "busy"); the hello
+must arrive within `hello_timeout_s` ("timeout"); a peer sends at most `max_chunks` chunks and
+`max_stream_bytes` bytes ("size"). The responder hands out its state only after the
+initiator's hello (authentic, with a keyring) and state arrived.
 
 UDP payloads are sealed by the SWIM core, so this layer counts them as one message type
 ("gossip"); push-pull frames count as "push_pull". Undecodable or unauthentic datagrams are
@@ -38,7 +42,7 @@ from dataclasses import dataclass
 import trio
 
 from gossip.errors import GossipError, WireError
-from gossip.keyring import Keyring
+from gossip.keyring import TCP, Keyring
 from gossip.wire import ENCRYPTION_OVERHEAD, Addr
 
 __all__ = [
@@ -79,6 +83,15 @@ class TransportLimits:
     tcp_timeout_s: float = 10.0
     #: streams. Inbound push-pulls served at once; further connections are closed ("busy").
     max_streams: int = 16
+    #: streams. Inbound push-pulls from one source address at once; more are closed ("busy").
+    max_streams_per_source: int = 4
+    #: s. An inbound stream must deliver its (authentic) hello within this, or it is closed:
+    #: idle connections cannot hold the listener's slots.
+    hello_timeout_s: float = 2.0
+    #: chunks. Most chunks the peer may send in one exchange ("size" beyond).
+    max_chunks: int = 512
+    #: bytes. Most bytes the peer may send in one exchange ("size" beyond).
+    max_stream_bytes: int = 32 * 1024 * 1024
 
     @property
     def max_frame_bytes(self) -> int:
@@ -101,17 +114,19 @@ def encode_frame(kind: int, body: bytes, keyring: Keyring | None) -> bytes:
     """One length-prefixed frame, sealed with the primary key when a keyring is set."""
     payload = bytes((kind,)) + body
     if keyring is not None:
-        payload = keyring.seal(payload)
+        payload = keyring.seal(payload, TCP)
     return _LENGTH.pack(len(payload)) + payload
 
 
 class _FrameReader:
-    """Reads whole frames from a stream, never buffering more than one frame."""
+    """Reads whole frames from a stream, never buffering more than one frame, and never more
+    than `max_total` bytes in all."""
 
-    def __init__(self, stream: trio.abc.ReceiveStream, max_frame: int,
+    def __init__(self, stream: trio.abc.ReceiveStream, max_frame: int, max_total: int,
                  keyring: Keyring | None, on_frame: Callable[[int], None]) -> None:
         self._stream = stream
         self._max = max_frame
+        self._left = max_total
         self._keyring = keyring
         self._on_frame = on_frame
         self._buffer = bytearray()
@@ -133,11 +148,14 @@ class _FrameReader:
                                      f"{self._max}")
         if length == 0:
             raise FrameError("decode", "empty push-pull frame")
+        self._left -= _LENGTH.size + length
+        if self._left < 0:
+            raise FrameError("size", "push-pull stream exceeds max_stream_bytes")
         payload = await self._exactly(length)
         self._on_frame(_LENGTH.size + length)
         if self._keyring is not None:
             try:
-                payload = self._keyring.open(payload)
+                payload = self._keyring.open(payload, TCP)
             except WireError as exc:
                 raise FrameError("auth", f"push-pull frame: {exc}") from None
             if not payload:
@@ -161,6 +179,7 @@ class Transport:
         self._push_pulls: Counter[tuple[str, str]] = Counter()
         self._send_errors = 0
         self._streams_active = 0
+        self._streams_by_source: Counter[str] = Counter()
 
     # -- UDP -------------------------------------------------------------------------------
 
@@ -225,38 +244,58 @@ class Transport:
                         await trio.sleep(0.1)  # out of descriptors: let streams finish
                         continue
                     raise
-                if self._streams_active >= self.limits.max_streams:
+                try:
+                    peer = stream.socket.getpeername()
+                except OSError:
+                    await stream.aclose()
+                    continue
+                source = peer[0]
+                if (self._streams_active >= self.limits.max_streams
+                        or self._streams_by_source[source] >= self.limits.max_streams_per_source):
                     self._dropped["busy"] += 1
                     await stream.aclose()
                     continue
                 self._streams_active += 1
-                nursery.start_soon(self._serve_one, stream, state, merge)
+                self._streams_by_source[source] += 1
+                nursery.start_soon(self._serve_one, stream, (source, peer[1]), state, merge)
 
-    async def _serve_one(self, stream: trio.SocketStream, state: State, merge: Merge) -> None:
+    async def _serve_one(self, stream: trio.SocketStream, peer: Addr, state: State,
+                         merge: Merge) -> None:
         outcome = "failed"
         try:
             with trio.move_on_after(self.limits.tcp_timeout_s) as scope:
                 async with stream:
-                    peer = stream.socket.getpeername()
-                    outcome = await self._exchange(stream, (peer[0], peer[1]), False, state,
-                                                   merge, first=None, expect=HELLO,
-                                                   request_id=None)
+                    outcome = await self._exchange(stream, peer, False, state, merge,
+                                                   first=None, expect=HELLO, request_id=None)
             if scope.cancelled_caught:
                 outcome = "timeout"
         finally:
             self._streams_active -= 1
+            self._streams_by_source[peer[0]] -= 1
+            if not self._streams_by_source[peer[0]]:
+                del self._streams_by_source[peer[0]]
             self._push_pulls["in", outcome] += 1
 
     async def _exchange(self, stream: trio.abc.Stream, peer: Addr, join: bool, state: State,
                         merge: Merge, *, first: tuple[int, bytes] | None, expect: int,
                         request_id: bytes | None) -> str:
-        """One side of a push-pull. The initiator sends first; the responder answers."""
-        reader = _FrameReader(stream, self.limits.max_frame_bytes, self.keyring,
-                              lambda size: self._count("in", "push_pull", size))
+        """One side of a push-pull. The initiator sends first; the responder answers, and only
+        after the initiator's hello authenticated (with a keyring) and its state arrived."""
+        limits = self.limits
+        reader = _FrameReader(stream, limits.max_frame_bytes, limits.max_stream_bytes,
+                              self.keyring, lambda size: self._count("in", "push_pull", size))
+        deadline = trio.current_time() + limits.tcp_timeout_s
         try:
             if first is not None:
                 await self._send_state(stream, first, state(join))
-            kind, body = await reader.read()
+                kind, body = await reader.read()
+            else:
+                hello: tuple[int, bytes] | None = None
+                with trio.move_on_after(limits.hello_timeout_s):
+                    hello = await reader.read()
+                if hello is None:
+                    raise FrameError("timeout", "push-pull: no hello within hello_timeout_s")
+                kind, body = hello
             if kind != expect:
                 raise FrameError("decode", f"push-pull: expected frame kind {expect}, "
                                            f"got {kind}")
@@ -271,9 +310,16 @@ class Transport:
             while True:
                 kind, body = await reader.read()
                 if kind == CHUNK:
+                    if merged >= limits.max_chunks:
+                        raise FrameError("size", "push-pull: more than max_chunks chunks")
                     if not merge(body, peer, join):
                         raise FrameError("decode", "push-pull chunk did not decode")
                     merged += 1
+                    # Merging is synchronous work: the time box is checked after each chunk
+                    # (not only at awaits), and other tasks (probes) run in between.
+                    if trio.current_time() > deadline:
+                        raise FrameError("timeout", "push-pull: time box spent merging")
+                    await trio.sleep(0)
                 elif kind == END:
                     if len(body) != _COUNT.size or _COUNT.unpack(body)[0] != merged:
                         raise FrameError("decode", "push-pull end: chunk count mismatch")

@@ -28,8 +28,9 @@ from gossip.errors import WireError
 
 #: First byte of every packet and chunk; bump only with a migration plan.
 WIRE_VERSION = 1
-#: Bytes a sealed (AES-GCM) packet adds: version byte + 12-byte nonce + 16-byte tag.
-ENCRYPTION_OVERHEAD = 29
+#: Bytes a sealed (AES-GCM) packet adds: version byte + 8-byte send time + 12-byte nonce +
+#: 16-byte tag (see gossip.keyring).
+ENCRYPTION_OVERHEAD = 37
 #: Worst-case bytes a compound packet adds around its messages: version + array16 header.
 PACKET_OVERHEAD = 4
 #: Bytes a USER message adds around its payload (fixarray, type, bin16 header).

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -144,7 +145,7 @@ class GossipLink:
     def _keyring(keys: KeyringFile | None) -> Keyring | None:
         if keys is None:
             return None
-        return Keyring(list(keys.keys), keys.primary)
+        return Keyring(list(keys.keys), keys.primary, clock=time.time)
 
     # -- membership events --------------------------------------------------------------------
 

@@ -80,3 +80,58 @@ def test_any_forgery_sequence_leaves_every_incarnation_refutable(
             seen = swim.member(other.name)
             assert seen is not None and seen.state == MemberState.ALIVE
             assert seen.addr == other.addr
+
+
+def sent_from(link: FakeLink, swim: Swim, since: int) -> list[tuple[tuple[str, int], bytes]]:
+    return [(to, data) for frm, to, data in link.sent[since:] if frm == swim.addr]
+
+
+def test_indirect_pings_are_relayed_only_toward_known_members() -> None:
+    from gossip.wire import IndirectPing
+
+    link = FakeLink(3)
+    link.form()
+    a = link["a"]
+    victim = ("127.0.0.77", 53)
+    packet = encode_packet([encode_message(IndirectPing(i, "b", victim, True)) for i in range(50)]
+                           + [encode_message(IndirectPing(99, "nobody", victim, True))])
+    before = len(link.sent)
+    a.receive_datagram(packet, ATTACKER, link.now)
+    link.flush()
+    assert not [to for to, _ in sent_from(link, a, before) if to == victim]
+    assert a.statistics().relays_refused == 51
+
+
+def test_replies_to_an_unproven_address_stay_within_twice_the_request() -> None:
+    from gossip.wire import IndirectPing, Ping
+
+    link = FakeLink(3)
+    link.form()
+    a = link["a"]
+    for i in range(40):  # plenty of news queued to piggyback
+        a.broadcast_user(bytes(30) + bytes([i]), link.now, key=str(i))
+    spoofed = ("127.0.0.88", 7946)
+    pings = encode_packet([encode_message(Ping(i, "a")) for i in range(3)])
+    relay = encode_packet([encode_message(IndirectPing(7, "b", link["b"].addr, True))])
+    for request in (pings, relay):
+        a.receive_datagram(request, spoofed, link.now)
+        out = sum(len(data) for data, _ in a.datagrams_to_send())
+        assert 0 < out <= 2 * len(request)
+    a.receive_datagram(pings, link["b"].addr, link.now)  # b acked our probes: proven
+    assert sum(len(data) for data, _ in a.datagrams_to_send()) > 2 * len(pings)
+
+
+def test_a_replayed_sealed_ping_is_refused() -> None:
+    from gossip.keyring import Keyring
+    from gossip.wire import Ping
+
+    key = bytes(range(16))
+    link = FakeLink(2, keyrings=[Keyring([key], key), Keyring([key], key)])
+    link.form()
+    a, b = link.swims
+    captured = b.keyring.seal(encode_packet([encode_message(Ping(1, "a"))]))  # type: ignore[union-attr]
+    a.datagrams_to_send()
+    a.receive_datagram(captured, b.addr, link.now)
+    a.receive_datagram(captured, ("127.0.0.99", 7946), link.now)
+    assert len(a.datagrams_to_send()) == 1
+    assert a.statistics().auth_failures == 1

@@ -20,7 +20,7 @@ K16, K24, K32 = b"a" * 16, b"b" * 24, b"c" * 32
 def test_round_trip_and_overhead(key: bytes) -> None:
     ring = Keyring([key], key)
     sealed = ring.seal(b"hello")
-    assert len(sealed) == len(b"hello") + ENCRYPTION_OVERHEAD == len(b"hello") + 29
+    assert len(sealed) == len(b"hello") + ENCRYPTION_OVERHEAD == len(b"hello") + 37
     assert sealed[0] == KEYRING_VERSION
     assert ring.open(sealed) == b"hello"
     assert ring.seal(b"hello") != sealed  # fresh nonce every time
@@ -125,3 +125,23 @@ def test_mutated_sealed_packets_raise_only_wire_error(plaintext: bytes,
 def test_random_keys_interoperate() -> None:
     key = os.urandom(32)
     assert Keyring([key], key).open(Keyring([key], key).seal(b"ok")) == b"ok"
+
+
+def test_a_replayed_or_stale_packet_is_refused_and_channels_do_not_mix() -> None:
+    from gossip.keyring import REPLAY_WINDOW_S, TCP
+
+    clock = [1_700_000_000.0]
+    ring = Keyring([K16], K16, clock=lambda: clock[0])
+    sealed = ring.seal(b"ping")
+    assert ring.open(sealed) == b"ping"
+    with pytest.raises(WireError, match="replayed"):
+        ring.open(sealed)
+    with pytest.raises(WireError):
+        ring.open(ring.seal(b"frame", TCP))  # a stream frame never opens as a datagram
+    frame = ring.seal(b"frame", TCP)
+    assert ring.open(frame, TCP) == ring.open(frame, TCP) == b"frame"  # streams: no nonce memory
+    late = ring.seal(b"late")
+    clock[0] += REPLAY_WINDOW_S + 1
+    with pytest.raises(WireError, match="window"):
+        ring.open(late)
+    assert ring.replays == 2

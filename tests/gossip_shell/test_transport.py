@@ -282,3 +282,39 @@ def _mutate(data: bytes, edits: list[tuple[int, int]]) -> bytearray:
     for index, xor in edits:
         out[index] ^= xor
     return out
+
+
+async def test_idle_connections_from_one_source_cannot_lock_out_a_join() -> None:
+    limits = TransportLimits(max_streams=16, max_streams_per_source=2, hello_timeout_s=0.5)
+    async with trio.open_nursery() as nursery:
+        server = await open_transport(LOOPBACK, limits=limits)
+        await serve(nursery, server, Peer([b"s"]))
+        idle = [await trio.open_tcp_stream(*server.addr) for _ in range(5)]
+        await wait_for(lambda: server.statistics().dropped.get("busy") == 3, "per-source cap")
+        other = trio.socket.socket()
+        await other.bind(("127.0.0.2", 0))
+        await other.connect(server.addr)  # another source still gets a slot
+        await wait_for(lambda: server.statistics().streams_active == 3, "other source served")
+        await wait_for(lambda: server.statistics().dropped.get("timeout") == 3
+                       and server.statistics().streams_active == 0, "idle ones closed")
+        client = await open_transport(LOOPBACK, limits=limits)
+        peer = Peer([b"c"])
+        assert await client.push_pull(server.addr, True, peer.state, peer.merge)
+        for stream in idle:
+            await stream.aclose()
+        other.close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_stream_of_too_many_chunks_is_cut_off() -> None:
+    limits = TransportLimits(max_chunks=3)
+    frames = (encode_frame(HELLO, b"\x00" + bytes(8), None)
+              + b"".join(encode_frame(CHUNK, b"x", None) for _ in range(10)))
+    async with trio.open_nursery() as nursery:
+        server = await open_transport(LOOPBACK, limits=limits)
+        peer = Peer([b"never sent"])
+        await serve(nursery, server, peer)
+        assert await raw_request(server.addr, frames) == b""
+        await wait_for(lambda: server.statistics().dropped.get("size") == 1, "size")
+        assert len(peer.merged) == 3 and peer.joins_asked == []
+        nursery.cancel_scope.cancel()
