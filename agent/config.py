@@ -56,6 +56,11 @@ class NodeConfig:
     log_level: str = field(default="info", metadata=_doc(
         "log level; SIGHUP re-reads it", "one of debug, info, warning, error",
         choices=LOG_LEVELS))
+    leave_on_stop: bool = field(default=False, metadata=_doc(
+        "SIGTERM (systemctl stop/restart) leaves the cluster, so peers withdraw this node's"
+        " entries at once; false (serf's leave_on_terminate = false) keeps them on every peer"
+        " while this host forwards, so a restart or upgrade cuts no traffic; `vxmesh leave`"
+        " always leaves", "true or false"))
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,16 @@ class DataplaneConfig:
     apply_interval: float = field(default=0.02, metadata=_doc(
         "minimum pause between two apply passes (throttle; newest desired state wins)",
         "seconds", minimum=0.0, maximum=10.0))
+    agent_down_grace: float = field(default=600.0, metadata=_doc(
+        "how long a failed member's entries are kept while its host still answers the ICMP"
+        " echo probes to its VTEP (agent down, host forwarding); 0 withdraws a failed member"
+        " at once", "seconds", minimum=0.0, maximum=7 * 86400.0))
+    host_probe_interval: float = field(default=0.5, metadata=_doc(
+        "pause between two ICMP echo probes of a suspected or failed member's VTEP",
+        "seconds", minimum=0.05, maximum=10.0))
+    host_timeout: float = field(default=2.0, metadata=_doc(
+        "a probed host silent this long is down: its entries are withdrawn (must exceed"
+        " host_probe_interval)", "seconds", minimum=0.2, maximum=60.0))
 
 
 @dataclass(frozen=True)

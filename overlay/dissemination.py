@@ -431,6 +431,11 @@ class TableDelegate:
         self._alive.discard(name)
         self.table.member_failed(name, now)
 
+    def member_agent_down(self, name: str, now: float) -> None:
+        """`name` failed in gossip but its host forwards (`overlay.liveness`): entries stay."""
+        self._alive.discard(name)
+        self.table.member_agent_down(name, now)
+
     def member_left(self, name: str, now: float) -> None:
         self._alive.discard(name)
         self.table.member_left(name, now)

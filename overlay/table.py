@@ -19,6 +19,9 @@ Rules:
   with a version above the stale one (as SWIM refutes suspicion with a higher incarnation).
 - Scoping: endpoint records are held only for networks this node has joined (others are dropped,
   counted); membership records (which node is in which network) are held for every network.
+- An owner whose agent is down but whose host still forwards (`member_agent_down`, decided by
+  `overlay.liveness`) keeps its entries in the view, marked; its agent returning clears the mark
+  (no event), its host going silent makes it failed.
 - A failed or departed owner's entries leave the view at once and are kept `failed_grace`
   seconds; if the owner comes back within it they return to the view from local state (events,
   no broadcast). After the grace they are purged and late copies are dropped while the owner stays
@@ -183,12 +186,14 @@ class Merge(Enum):
 
 class OwnerStatus(Enum):
     ALIVE = "alive"
+    AGENT_DOWN = "agent_down"  # its agent is silent, its host forwards: entries stay visible
     FAILED = "failed"
     LEFT = "left"
     SUPERSEDED = "superseded"
     GONE = "gone"
 
 
+_VISIBLE = frozenset({OwnerStatus.ALIVE, OwnerStatus.AGENT_DOWN})
 _HIDDEN = frozenset({OwnerStatus.FAILED, OwnerStatus.LEFT})
 _DROPPED = frozenset({OwnerStatus.SUPERSEDED, OwnerStatus.GONE})
 
@@ -207,6 +212,7 @@ class TableStatistics:
     visible_endpoints: int
     memberships: int
     hidden_owners: int  # failed or left, within their grace
+    agent_down_owners: int  # agent silent, host forwarding: entries kept in the view
     clock: int
     accepted: int
     stale: int
@@ -447,6 +453,15 @@ class NeighborTable:
         if state.status is not OwnerStatus.ALIVE:
             self._set_status(name, OwnerStatus.ALIVE, now)
 
+    def member_agent_down(self, name: str, now: float) -> None:
+        """`name`'s agent failed but its host still forwards: its entries stay in the view."""
+        self.now = max(self.now, now)
+        state = self._owners.get(name)
+        if name == self.node or state is None or state.status is not OwnerStatus.ALIVE:
+            return  # unknown, or already failed, left or gone: nothing to keep
+        state.status = OwnerStatus.AGENT_DOWN
+        state.generation += 1
+
     def member_failed(self, name: str, now: float) -> None:
         """`name` was declared dead: its records leave the view now, purged after the grace."""
         self._member_down(name, OwnerStatus.FAILED, now)
@@ -554,6 +569,8 @@ class NeighborTable:
             visible_endpoints=len(self._view),
             memberships=len(self._memberships),
             hidden_owners=sum(1 for s in self._owners.values() if s.status in _HIDDEN),
+            agent_down_owners=sum(1 for s in self._owners.values()
+                                  if s.status is OwnerStatus.AGENT_DOWN),
             clock=self._clock,
             accepted=self._counts[Merge.ACCEPTED],
             stale=self._counts[Merge.STALE],
@@ -573,7 +590,7 @@ class NeighborTable:
 
     def _visible_owner(self, owner: str) -> bool:
         state = self._owners.get(owner)
-        return state is None or state.status is OwnerStatus.ALIVE
+        return state is None or state.status in _VISIBLE
 
     def _store(self, record: Record, now: float) -> None:
         self.now = max(self.now, now)

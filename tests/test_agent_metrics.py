@@ -20,7 +20,8 @@ REQUIRED = (
     "vxmesh_neighbor_entries", "vxmesh_dataplane_apply_duration_seconds_bucket",
     "vxmesh_dataplane_operations_total", "vxmesh_dataplane_in_sync", "vxmesh_store_up",
     "vxmesh_store_errors_total", "vxmesh_endpoint_propagation_seconds_bucket",
-    "vxmesh_endpoint_propagation_clock_skew_total",
+    "vxmesh_endpoint_propagation_clock_skew_total", "vxmesh_members_agent_down",
+    "vxmesh_host_probes_total",
 )
 
 

@@ -100,6 +100,7 @@ class Control(Protocol):
     def keys(self) -> dict[str, Any]: ...
     async def change_key(self, action: str, key: bytes) -> dict[str, Any]: ...
     async def fdb(self, network: str | None) -> dict[str, Any]: ...
+    async def leave(self) -> dict[str, Any]: ...
 
 
 # -- request validation (pure) ----------------------------------------------------------------
@@ -234,6 +235,10 @@ async def _members(control: Control, request: Request, arg: str) -> Response:
     return Response.json(200, control.members())
 
 
+async def _leave(control: Control, request: Request, arg: str) -> Response:
+    return Response.json(200, await control.leave())
+
+
 async def _networks(control: Control, request: Request, arg: str) -> Response:
     return Response.json(200, await control.networks())
 
@@ -286,6 +291,7 @@ async def _fdb(control: Control, request: Request, arg: str) -> Response:
 ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/v1/status"): _status,
     ("GET", "/v1/members"): _members,
+    ("POST", "/v1/leave"): _leave,
     ("GET", "/v1/networks"): _networks,
     ("POST", "/v1/networks"): _network_create,
     ("DELETE", "/v1/networks/*"): _network_delete,

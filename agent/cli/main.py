@@ -62,7 +62,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_members(args: argparse.Namespace) -> int:
     _emit(args, _client(args).request("GET", "/v1/members"),
-          ["name", "address", "state", "incarnation", "vtep"])
+          ["name", "address", "state", "host", "incarnation", "vtep"])
+    return EXIT_OK
+
+
+def cmd_leave(args: argparse.Namespace) -> int:
+    _emit(args, _client(args).request("POST", "/v1/leave"))
     return EXIT_OK
 
 
@@ -243,6 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_status)
     sub.add_parser("members", parents=[common], help="gossip members").set_defaults(
         func=cmd_members)
+    sub.add_parser("leave", parents=[common],
+                   help="leave the cluster (peers withdraw this node's entries at once) and "
+                        "stop the agent; a plain stop keeps them while this host forwards"
+                   ).set_defaults(func=cmd_leave)
     sub.add_parser("networks", parents=[common], help="networks").set_defaults(
         func=cmd_networks)
     sub.add_parser("endpoints", parents=[common], help="endpoints of every host").set_defaults(

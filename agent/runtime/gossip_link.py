@@ -2,8 +2,11 @@
 
 Owns: building the `Swim` core (preset from `gossip.profile`, node meta carrying our VTEP,
 the keyring from the keyring file), running the gossip shell (`gossip.node`), feeding
-membership events to the neighbor table's delegate, handing every table event to the agent
-(which only marks its pipeline dirty: gossip never waits on the kernel), joining seeds
+membership events to the neighbor table's delegate, the host-liveness probes of doubted
+members (`overlay.liveness` run by `agent.runtime.host_probe`): a failed member whose host
+still answers keeps its entries ("agent down") for `dataplane.agent_down_grace`; handing every
+table event to the agent (which only marks its pipeline dirty: gossip never waits on the
+kernel), joining seeds
 (configured, then etcd's node registry) until a peer answers, the members view, the gossip
 part of the metrics snapshot, and key rotation (validated, written to the keyring file, then
 used).
@@ -18,13 +21,14 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
 from agent.api.errors import InvalidRequest
 from agent.config import AgentConfig, ConfigError
+from agent.runtime.host_probe import HostProber
 from agent.state_files import KeyringFile, load_keyring, save_keyring
 from gossip.config import PRESETS
 from gossip.keyring import Keyring, KeyringError
@@ -36,9 +40,11 @@ from gossip.swim import (
     MemberLeft,
     MemberRecovered,
     MembershipEvent,
+    MemberSuspected,
 )
 from gossip.wire import MemberState
 from overlay.dissemination import TableDelegate
+from overlay.liveness import KEPT, HostLiveness, HostVerdict, LivenessConfig, LivenessError
 from overlay.table import NeighborTable, TableEvent
 
 log = logging.getLogger("vxmesh.gossip")
@@ -72,6 +78,8 @@ class GossipMetrics:
     bytes: dict[tuple[str, str], int]
     dropped: dict[str, int]
     health_score: int
+    agent_down: int = 0
+    host_probes: dict[str, int] = field(default_factory=dict)
 
 
 def read_keyring(config: AgentConfig) -> KeyringFile | None:
@@ -135,6 +143,15 @@ class GossipLink:
         self.keyring_file = read_keyring(config)
         self.keyring = self._keyring(self.keyring_file)
         self.delegate = AgentTableDelegate(table, on_change, now=trio.current_time())
+        dataplane = config.dataplane
+        try:
+            liveness = LivenessConfig(
+                grace=dataplane.agent_down_grace, probe_interval=dataplane.host_probe_interval,
+                host_timeout=dataplane.host_timeout)
+        except LivenessError as exc:
+            raise ConfigError(f"dataplane.{exc}") from None
+        self.liveness = HostLiveness(liveness)
+        self.prober = HostProber(self.liveness, vtep, on_change=self._verdicts_changed)
         self.gossip = GossipNode(PRESETS[config.gossip.profile](), node,
                                  (vtep, config.gossip.port), meta=encode_meta(vtep),
                                  keyring=self.keyring, delegate=self.delegate)
@@ -150,16 +167,46 @@ class GossipLink:
     # -- membership events --------------------------------------------------------------------
 
     def handle_event(self, event: MembershipEvent) -> None:
-        """A membership event from the core: feed the table's owner rules (cheap)."""
+        """A membership event from the core: feed host liveness and the table's owner rules
+        (cheap). A failure goes to liveness, which tells the table to keep or withdraw."""
         member = event.member
         if member.name == self.node:
             return
+        now = trio.current_time()
+        vtep = decode_meta(member.meta).get("vtep")
+        if isinstance(event, MemberSuspected | MemberFailed) and isinstance(vtep, str):
+            if isinstance(event, MemberSuspected):
+                self.liveness.member_suspected(member.name, vtep, now)
+            else:
+                log.info("member %s failed; probing its host %s", member.name, vtep)
+                self.liveness.member_failed(member.name, vtep, now)
+                self._verdicts_changed()
+            self.prober.wake()
+            return
         if isinstance(event, MemberJoined | MemberRecovered):
             self._synced.set()
+            if self.liveness.verdict(member.name) in KEPT:
+                log.info("member %s: its agent is back", member.name)
+            self.liveness.member_alive(member.name)
         elif isinstance(event, MemberFailed | MemberLeft):
             log.info("member %s %s", member.name,
                      "failed" if isinstance(event, MemberFailed) else "left")
-        self.delegate.member_event(event, trio.current_time())
+            self.liveness.member_left(member.name)
+        self.delegate.member_event(event, now)
+        self.delegate.drain_events()
+
+    def _verdicts_changed(self) -> None:
+        """Apply the liveness core's verdict changes to the table (never blocks)."""
+        now = trio.current_time()
+        while (change := self.liveness.next_event()) is not None:
+            kept = change.current in KEPT
+            (log.warning if change.current is not HostVerdict.CHECKING else log.info)(
+                "member %s: %s (%s at %s): its entries %s", change.name, change.current.value,
+                change.reason, change.vtep, "stay" if kept else "are withdrawn")
+            if kept and change.previous not in KEPT:
+                self.delegate.member_agent_down(change.name, now)
+            elif not kept:
+                self.delegate.member_failed(change.name, now)
         self.delegate.drain_events()
 
     # -- the service --------------------------------------------------------------------------
@@ -170,6 +217,7 @@ class GossipLink:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.gossip.run)
             self._running = True
+            await nursery.start(self.prober.run)
             subscription = self.gossip.subscribe(capacity=4096)
             nursery.start_soon(self._consume, subscription)
             nursery.start_soon(self._drive_table)
@@ -261,12 +309,6 @@ class GossipLink:
 
     # -- views ------------------------------------------------------------------------------
 
-    def members(self) -> list[dict[str, Any]]:
-        if not self._running:
-            return []
-        return [self._member_json(m) for m in sorted(self.gossip.members(),
-                                                      key=lambda m: m.name)]
-
     @staticmethod
     def _member_json(member: Member) -> dict[str, Any]:
         return {"name": member.name, "address": f"{member.addr[0]}:{member.addr[1]}",
@@ -274,14 +316,37 @@ class GossipLink:
                 "incarnation": member.incarnation,
                 "vtep": decode_meta(member.meta).get("vtep")}
 
-    def alive_vteps(self) -> dict[str, str]:
-        """Alive members (ourselves included) and the VTEP each advertises."""
+    def members(self) -> list[dict[str, Any]]:
+        """Every member with its state; `host` is the liveness verdict about a doubted one
+        ("suspect", "checking", "agent down", "withdrawn"), None for the others."""
+        if not self._running:
+            return []
+        rows = []
+        for member in sorted(self.gossip.members(), key=lambda m: m.name):
+            verdict = self.liveness.verdict(member.name)
+            if member.state == MemberState.ALIVE:
+                verdict = None
+            rows.append({**self._member_json(member),
+                         "host": verdict.value if verdict is not None else None,
+                         "agent_down": verdict is HostVerdict.AGENT_DOWN})
+        return rows
+
+    def agent_down(self) -> list[str]:
+        """Members whose agent failed while their host forwards: their entries are kept."""
+        return sorted(name for name in self.liveness.kept()
+                      if self.liveness.verdict(name) is HostVerdict.AGENT_DOWN)
+
+    def forwarding_vteps(self) -> dict[str, str]:
+        """Members whose endpoints our data plane reaches, and their VTEPs: alive and suspect
+        ones (ourselves included), and failed ones whose host still forwards (kept)."""
         out: dict[str, str] = {}
         for member in self.gossip.members():
             if member.state in (MemberState.ALIVE, MemberState.SUSPECT):
                 vtep = decode_meta(member.meta).get("vtep")
                 if isinstance(vtep, str):
                     out[member.name] = vtep
+        for name, vtep in self.liveness.kept().items():
+            out.setdefault(name, vtep)
         return out
 
     def take_probe_rtts(self) -> list[float]:
@@ -293,6 +358,7 @@ class GossipLink:
             return GossipMetrics({}, {}, {}, {}, 0)
         stats = self.gossip.statistics()
         table = self.delegate.statistics()
+        echo = self.prober.statistics()
         swim = stats.swim
         direction = {"in": "received", "out": "sent"}
         messages = {(kind, direction.get(way, way)): n
@@ -309,6 +375,9 @@ class GossipLink:
                    for (way, kind), n in stats.transport.bytes.items()},
             dropped={"decode": 0, "auth": 0, "size": 0, **stats.dropped},
             health_score=swim.awareness,
+            agent_down=len(self.agent_down()),
+            host_probes={"sent": echo.sent, "answered": echo.replies,
+                         "send_failed": echo.send_errors},
         )
 
     # -- keys -------------------------------------------------------------------------------

@@ -63,6 +63,10 @@ class MetricsSnapshot:
     store_members_down: int = 0
     local_endpoints: int = 0
     api_requests: int = 0
+    members_agent_down: int = 0
+    """failed members whose host still answers: their entries are kept."""
+    host_probes: Mapping[str, int] = field(default_factory=dict)
+    """result ("sent", "answered", "send_failed") -> ICMP echo probes of doubted hosts."""
 
 
 class AgentMetrics:
@@ -193,6 +197,16 @@ class _SnapshotCollector(Collector):
                                 value=snap.local_endpoints)
         yield CounterMetricFamily("vxmesh_api_requests", "Control API requests served.",
                                   value=snap.api_requests)
+        yield GaugeMetricFamily(
+            "vxmesh_members_agent_down",
+            "Failed members whose host still answers probes: entries kept (agent down).",
+            value=snap.members_agent_down)
+        probes = CounterMetricFamily("vxmesh_host_probes",
+                                     "ICMP echo probes of suspected or failed members' hosts.",
+                                     labels=["result"])
+        for result in sorted({"sent", "answered", "send_failed"} | set(snap.host_probes)):
+            probes.add_metric([result], snap.host_probes.get(result, 0))
+        yield probes
 
 
 async def serve_metrics(metrics: AgentMetrics, address: str, port: int, *,

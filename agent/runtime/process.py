@@ -2,8 +2,9 @@
 
 Owns: start-up order (metrics, kernel adapter, underlay facts, store, gossip, pipeline, data
 plane, control API), readiness (READY=1 after the first full sync), signals (SIGTERM/SIGINT:
-graceful leave then exit 0; SIGHUP: re-read keys and log level), the `Control` the API calls
-(networks, endpoints, keys, fdb) and the metrics snapshot read at scrape time.
+stop and exit 0, leaving the cluster first only with `node.leave_on_stop`; SIGHUP: re-read
+keys and log level), the `Control` the API calls (networks, endpoints, keys, fdb, leave) and
+the metrics snapshot read at scrape time.
 
 Rules:
 - Gossip never waits on the kernel: membership and table changes only mark the pipeline
@@ -13,6 +14,10 @@ Rules:
 - A restart adopts the kernel: our own endpoints are re-published before joining, and the
   data plane is first applied only after the initial gossip sync, so no entry of a live peer
   is removed and re-added.
+- A stop is not a leave (serf's leave_on_terminate = false): peers see us fail, find our host
+  still forwarding and keep our entries (agent.runtime.gossip_link), so a restart or upgrade
+  cuts no traffic. `vxmesh leave` (POST /v1/leave) leaves, then ends the process with exit 0;
+  so does SIGTERM with `node.leave_on_stop = true`. Peers then withdraw our entries at once.
 - Shutdown work (leave, lease revoke) runs shielded and time-boxed.
 
 May import: everything below it (agent.*, overlay, gossip, underlay), trio, the stdlib.
@@ -80,6 +85,16 @@ T = TypeVar("T")
 
 SHUTDOWN_TIMEOUT = 3.0
 INITIAL_SYNC_TIMEOUT = 5.0
+LEAVE_ANSWER_TIME = 0.2  # after `vxmesh leave`: time for the API to send its answer
+
+
+@dataclass(frozen=True)
+class StopRequest:
+    """Why the process is to end; `leave`: leave the cluster first; `left`: already did."""
+
+    reason: str
+    leave: bool
+    left: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,17 +147,27 @@ async def run_agent(config: AgentConfig, config_path: Path | None = None,
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(agent.run)
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    agent.reload()
-                    continue
-                name = signal.Signals(signum).name
-                log.info("received %s: leaving gracefully", name)
-                notifier.stopping()
-                await agent.shutdown()
-                nursery.cancel_scope.cancel()
-                return AgentExit(0, f"{name}: left gracefully")
+            nursery.start_soon(_follow_signals, signals, agent, config.node.leave_on_stop)
+            stop = await agent.wait_stop_requested()
+            log.info("%s: %s", stop.reason, "left the cluster, stopping" if stop.left else
+                     "leaving the cluster" if stop.leave else
+                     "stopping without leaving (peers keep our entries while this host "
+                     "forwards; `vxmesh leave` withdraws them)")
+            notifier.stopping()
+            await agent.shutdown(leave=stop.leave)
+            nursery.cancel_scope.cancel()
+            return AgentExit(0, f"{stop.reason}: "
+                                f"{'left' if stop.leave or stop.left else 'stopped'}")
     return AgentExit(1, "the agent's tasks ended by themselves")
+
+
+async def _follow_signals(signals: Any, agent: Agent, leave_on_stop: bool) -> None:
+    async for signum in signals:
+        if signum == signal.SIGHUP:
+            agent.reload()
+        else:
+            agent.request_stop(StopRequest(f"received {signal.Signals(signum).name}",
+                                           leave=leave_on_stop))
 
 
 class Agent:
@@ -168,6 +193,8 @@ class Agent:
         self._nursery: trio.Nursery | None = None
         self._endpoint_lock = trio.Lock()
         self._pool_lock = trio.Lock()
+        self._stop_requested = trio.Event()
+        self._stop = StopRequest("", False)
         self.nl: NetlinkThread | None = None
         self.kernel: NetlinkKernel | None = None
         self.facts: UnderlayFacts | None = None
@@ -278,13 +305,39 @@ class Agent:
     def _healthy(self) -> bool:
         return self.ready
 
-    async def shutdown(self) -> None:
-        """Graceful leave (peers drop our entries at once), shielded and time-boxed."""
+    def request_stop(self, stop: StopRequest) -> None:
+        """End the process (`run_agent` does the work); the first request wins."""
+        if not self._stop_requested.is_set():
+            self._stop = stop
+            self._stop_requested.set()
+
+    async def wait_stop_requested(self) -> StopRequest:
+        await self._stop_requested.wait()
+        return self._stop
+
+    async def shutdown(self, *, leave: bool) -> None:
+        """Stop; with `leave`, a graceful leave first (peers drop our entries at once),
+        shielded and time-boxed."""
         with trio.move_on_after(SHUTDOWN_TIMEOUT) as scope:
             scope.shield = True
-            if self.gossip is not None:
+            if leave and self.gossip is not None:
                 await self.gossip.leave()
         self.config.api.socket.unlink(missing_ok=True)
+
+    async def leave(self) -> dict[str, Any]:
+        """`vxmesh leave`: leave the cluster now (peers withdraw our entries within a second),
+        then end the process with exit 0 once this answer is on its way."""
+        assert self.gossip is not None and self._nursery is not None
+        with trio.move_on_after(SHUTDOWN_TIMEOUT) as scope:
+            scope.shield = True
+            await self.gossip.leave()
+
+        async def stop_after_answer() -> None:
+            await trio.sleep(LEAVE_ANSWER_TIME)
+            self.request_stop(StopRequest("vxmesh leave", leave=False, left=True))
+
+        self._nursery.start_soon(stop_after_answer)
+        return {"node": self.node, "left": True, "stopping": True}
 
     def reload(self) -> None:
         """SIGHUP: re-read the log level from the config and the keyring from its file."""
@@ -366,7 +419,7 @@ class Agent:
             desired_state.NetworkSpec(name, net.vni, net.mtu, self.config.underlay.vxlan_port)
             for name, net in self.known_networks.items() if name in joined)
         members = tuple(desired_state.AliveMember(name, vtep)
-                        for name, vtep in self.gossip.alive_vteps().items())
+                        for name, vtep in self.gossip.forwarding_vteps().items())
         endpoints = tuple(desired_state.EndpointEntry(e.network, e.owner, e.mac, (e.ip,))
                           for e in self.table.endpoints())
         assert self.endpoint_service is not None
@@ -414,6 +467,8 @@ class Agent:
             local_endpoints=(len(self.endpoint_service.records())
                              if self.endpoint_service is not None else 0),
             api_requests=self.api_stats.requests,
+            members_agent_down=gossip.agent_down if gossip else 0,
+            host_probes=gossip.host_probes if gossip else {},
         )
 
     # -- Control: status and members ----------------------------------------------------------
@@ -432,6 +487,7 @@ class Agent:
             "gossip_port": self.config.gossip.port,
             "members_alive": sum(1 for m in members if m["state"] == "alive"),
             "members": len(members),
+            "members_agent_down": [m["name"] for m in members if m.get("agent_down")],
             "networks": len(self.known_networks),
             "endpoints": (len(self.endpoint_service.records())
                           if self.endpoint_service is not None else 0),

@@ -247,24 +247,24 @@ def test_kill9_and_restart_loses_no_packet_of_a_running_stream(
     assert status["in_sync"]
 
 
-def test_graceful_stop_withdraws_entries_in_under_a_second(lab: tuple[Lab, LabState]) -> None:
+def test_vxmesh_leave_withdraws_entries_in_under_a_second(lab: tuple[Lab, LabState]) -> None:
     the_lab, state = lab
     h5 = state.hosts[4]
     ip5 = _ip(the_lab, h5)
     others = state.hosts[:4]
     assert h5.pid is not None
     start = time.monotonic()
-    os.kill(h5.pid, signal.SIGTERM)
+    assert the_lab.client(h5).request("POST", "/v1/leave")["left"]
     the_lab.wait_for(lambda: all(ip5 not in _visible_ips(the_lab, h)
                                  and ip5 not in _kernel_neighbors(h) for h in others),
                      "h5's endpoint to leave every other host", 10.0, interval=0.01)
     took = time.monotonic() - start
-    the_lab.stop_agent(state, h5)  # reaps it (it exits by itself after leaving)
+    assert the_lab.stop_agent(state, h5) == 0  # it exits by itself after leaving: reaped
     the_lab.start_agent(state, h5)
     the_lab.wait_agent_ready(h5, 30)
     _wait_everyone_has(the_lab, state, {ip5})
-    print(f"graceful stop: SIGTERM to gone everywhere {took:.2f} s")
-    assert took < GRACEFUL_TARGET, f"SIGTERM to withdrawal everywhere took {took:.2f} s"
+    print(f"vxmesh leave: gone everywhere after {took:.2f} s")
+    assert took < GRACEFUL_TARGET, f"leave to withdrawal everywhere took {took:.2f} s"
 
 
 def test_sd_notify_ready_after_sync_watchdog_stopping_and_exit_0(
@@ -275,7 +275,7 @@ def test_sd_notify_ready_after_sync_watchdog_stopping_and_exit_0(
     notify.bind(str(tmp_path / "notify"))
     notify.settimeout(30)
     try:
-        assert the_lab.stop_agent(state, h3) == 0  # SIGTERM: graceful leave, exit 0
+        assert the_lab.stop_agent(state, h3) == 0  # SIGTERM: a stop, exit 0
         the_lab.start_agent(state, h3, {"NOTIFY_SOCKET": str(tmp_path / "notify"),
                                         "WATCHDOG_USEC": "1000000"})
         assert h3.pid is not None
@@ -289,9 +289,7 @@ def test_sd_notify_ready_after_sync_watchdog_stopping_and_exit_0(
         while (message := notify.recv(4096).decode()) == "WATCHDOG=1":
             pass
         assert message == "STOPPING=1"
-        _, status = os.waitpid(h3.pid, 0)  # it exits by itself after leaving
-        assert os.waitstatus_to_exitcode(status) == 0
-        h3.pid = None
+        assert the_lab.stop_agent(state, h3) == 0  # it exits by itself: reaped, exit 0
     finally:
         notify.close()
         the_lab.start_agent(state, h3)
