@@ -40,3 +40,10 @@ def test_an_exited_agent_is_seen_exited_and_its_code_kept(tmp_path: Path) -> Non
     lab._agents[host.pid or 0].wait(10)
     assert not lab.agent_runs(host)
     assert lab.stop_agent(state, host) == 3
+
+
+def test_waiting_for_an_exit_does_not_signal(tmp_path: Path) -> None:
+    lab, state, host = _lab_with_child(
+        tmp_path, [sys.executable, "-c", "import time; time.sleep(0.3); raise SystemExit(0)"])
+    assert lab.wait_agent_exit(state, host, 10) == 0
+    assert host.pid is None

@@ -414,6 +414,21 @@ class Lab:
         self.save(state)
         return code
 
+    def wait_agent_exit(self, state: LabState, host: LabHost, timeout: float) -> int:
+        """Wait (without signalling) for the agent this `Lab` started to end; its exit code."""
+        process = self._agents.pop(host.pid or 0, None)
+        if process is None:
+            raise LabError(f"the agent of {host.name} was not started by this process")
+        try:
+            code = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._agents[process.pid] = process
+            raise LabError(f"the agent of {host.name} still runs after {timeout:.0f} s; log "
+                           f"tail:\n{self.log_tail(host)}") from None
+        host.pid = None
+        self.save(state)
+        return code
+
     def wait_agent_ready(self, host: LabHost, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         last = "no answer"

@@ -259,7 +259,7 @@ def test_vxmesh_leave_withdraws_entries_in_under_a_second(lab: tuple[Lab, LabSta
                                  and ip5 not in _kernel_neighbors(h) for h in others),
                      "h5's endpoint to leave every other host", 10.0, interval=0.01)
     took = time.monotonic() - start
-    assert the_lab.stop_agent(state, h5) == 0  # it exits by itself after leaving: reaped
+    assert the_lab.wait_agent_exit(state, h5, 10) == 0  # it exits by itself after leaving
     the_lab.start_agent(state, h5)
     the_lab.wait_agent_ready(h5, 30)
     _wait_everyone_has(the_lab, state, {ip5})
@@ -289,7 +289,7 @@ def test_sd_notify_ready_after_sync_watchdog_stopping_and_exit_0(
         while (message := notify.recv(4096).decode()) == "WATCHDOG=1":
             pass
         assert message == "STOPPING=1"
-        assert the_lab.stop_agent(state, h3) == 0  # it exits by itself: reaped, exit 0
+        assert the_lab.wait_agent_exit(state, h3, 10) == 0
     finally:
         notify.close()
         the_lab.start_agent(state, h3)
