@@ -6,6 +6,9 @@ Owns `compute_desired(networks, members, endpoints, local_endpoints, underlay, n
   ARP/NDP proxy on, MTU = underlay MTU - 50 on an IPv4 underlay, - 70 on IPv6, unless the
   network sets its own); the vxlan device's MAC is derived from the node name and the
   bridge's from (node, VNI), so neither changes across restarts (Felix does the same);
+  the bridge carries the network's gateway address (the same on every host: an anycast
+  gateway; the vxlan device's ARP/NDP proxy never floods a request for it across the tunnel,
+  so each endpoint reaches its own host's bridge), which routes published ports and egress;
 - per remote endpoint address a permanent neighbor entry IP -> MAC (IPv4 ARP, IPv6 NDP) and
   per remote endpoint MAC a permanent FDB entry MAC -> VTEP, both on the vxlan device, so the
   kernel never has to ARP/NDP across the tunnel (flannel's order: neighbor, then FDB);
@@ -54,12 +57,14 @@ _OWNED_NAME = re.compile(r"^(vxbr|vxtun)(\d{1,8})$")
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """An overlay network as the store holds it. `mtu` None: derived from the underlay."""
+    """An overlay network as the store holds it. `mtu` None: derived from the underlay.
+    `gateway`: the address with prefix length the bridge carries (None: none)."""
 
     name: str
     vni: int
     mtu: int | None = None
     port: int = DEFAULT_VXLAN_PORT
+    gateway: str | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,7 @@ class DesiredNetwork:
     vxlan_mac: str
     bridge_mac: str
     ports: frozenset[str] = frozenset()
+    gateway: str | None = None
 
 
 @dataclass(frozen=True, order=True)
@@ -232,7 +238,7 @@ def _network_devices(spec: NetworkSpec, node: str, underlay: UnderlayAddressing,
         vxlan=vxlan_name(spec.vni), port=spec.port, local=canonical_ip(underlay.address),
         mtu=mtu, vxlan_mac=vtep_mac(node), bridge_mac=stable_mac("vxmesh-bridge", node,
                                                                  str(spec.vni)),
-        ports=ports,
+        ports=ports, gateway=spec.gateway,
     )
 
 

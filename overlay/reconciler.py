@@ -94,7 +94,8 @@ class KernelPort(Protocol):
 
     async def send_writes(self, writes: list[Write]) -> list[int]: ...
 
-    async def ensure_bridge(self, name: str, mtu: int, mac: str) -> int: ...
+    async def ensure_bridge(self, name: str, mtu: int, mac: str,
+                            address: str | None = None) -> int: ...
 
     async def create_vxlan(self, spec: VxlanSpec) -> int: ...
 
@@ -408,7 +409,8 @@ class Reconciler:
         bridge = by_name.get(network.bridge)
         if bridge is not None and bridge.kind != "bridge":
             await self.kernel.delete_link(bridge.index)  # our name, wrong kind: an orphan
-        await self.kernel.ensure_bridge(network.bridge, network.mtu, network.bridge_mac)
+        await self.kernel.ensure_bridge(network.bridge, network.mtu, network.bridge_mac,
+                                        network.gateway)
         spec = _spec(network)
         vxlan = by_name.get(network.vxlan)
         if vxlan is not None and not vxlan_matches(vxlan, spec):

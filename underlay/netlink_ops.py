@@ -524,10 +524,17 @@ class NetlinkKernel:
     async def delete_link(self, index: int) -> None:
         await self.nl.call(lambda ipr: delete_link_by_index(ipr, index))
 
-    async def ensure_bridge(self, name: str, mtu: int, mac: str) -> int:
-        """Create or adopt bridge `name` at this MTU and MAC, up; returns its ifindex."""
-        info = await self.nl.call(lambda ipr: links.ensure_bridge(ipr, name, mtu=mtu, mac=mac))
-        return info.index
+    async def ensure_bridge(self, name: str, mtu: int, mac: str,
+                            address: str | None = None) -> int:
+        """Create or adopt bridge `name` at this MTU and MAC, up, carrying `address` (a CIDR)
+        if given; returns its ifindex."""
+        def ensure(ipr: IPRoute) -> links.LinkInfo:
+            info = links.ensure_bridge(ipr, name, mtu=mtu, mac=mac)
+            if address is not None:
+                links.add_address(ipr, name, address)
+            return info
+
+        return (await self.nl.call(ensure)).index
 
     async def attach(self, name: str, master: str, mtu: int) -> None:
         """Make `name` a port of bridge `master` at this MTU, up."""

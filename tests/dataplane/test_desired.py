@@ -34,6 +34,13 @@ def test_mtu_minus_50_on_ipv4_minus_70_on_ipv6_overridable() -> None:
     assert jumbo.networks["vxtun10"].mtu == 8950
 
 
+def test_the_bridge_carries_the_networks_gateway() -> None:
+    state = compute_desired([NetworkSpec("a", 10, gateway="10.9.0.1/16"), NetworkSpec("b", 11)],
+                            [], [], [], V4, "h1")
+    assert state.networks["vxtun10"].gateway == "10.9.0.1/16"
+    assert state.networks["vxtun11"].gateway is None
+
+
 def test_device_names_and_stable_macs() -> None:
     state = compute_desired([NetworkSpec("a", 16_777_215, port=8472)], [], [], [], V4, "h1")
     (net,) = state.networks.values()

@@ -63,19 +63,19 @@ class Lab:
     hosts: list[Host]
     underlay_v6: bool
 
-    def desired(self, host: Host) -> DesiredState:
+    def desired(self, host: Host, network: NetworkSpec = NETWORK) -> DesiredState:
         members = [AliveMember(f"h{h.index}", h.vtep) for h in self.hosts]
         endpoints = [EndpointEntry("blue", f"h{h.index}", mac_of(h.index),
                                    (f"10.1.0.{h.index}", f"fd10::{h.index}"))
                      for h in self.hosts]
         underlay = UnderlayView(host.vtep, 1500)
-        return compute_desired([NETWORK], members, endpoints,
+        return compute_desired([network], members, endpoints,
                                [LocalEndpoint("blue", f"vxe{host.index}")], underlay,
                                f"h{host.index}")
 
-    async def program(self) -> None:
+    async def program(self, network: NetworkSpec = NETWORK) -> None:
         for host in self.hosts:
-            host.reconciler.set_desired(self.desired(host))
+            host.reconciler.set_desired(self.desired(host, network))
             assert await host.reconciler.apply(), host.reconciler.statistics()
 
 
@@ -226,3 +226,19 @@ async def test_orphan_device_from_a_crash_is_reclaimed(netns_lab: NetnsLab) -> N
     assert f"vxlan id {VNI}" in detail
     assert "bridge" in run(f"ip -d link show vxbr{VNI}", netns=ns).stdout
     assert "vxtun300" not in run("ip -o link show", netns=ns).stdout
+
+
+
+async def test_the_gateway_is_each_hosts_own_bridge(v4lab: Lab) -> None:
+    """Every host's bridge carries the network's gateway address (anycast): an endpoint's ARP
+    for it is answered by its own host's bridge, never across the tunnel (the vxlan device's
+    proxy), so its own host routes what the endpoint sends off the subnet."""
+    with_gateway = NetworkSpec(name="blue", vni=VNI, gateway="10.1.0.254/24")
+    await v4lab.program(with_gateway)
+    for host in v4lab.hosts:
+        assert "inet 10.1.0.254/24" in run("ip addr show vxbr4097", netns=host.ns).stdout
+        assert ping(host.endpoint_ns, "10.1.0.254")
+        bridge_mac = run("cat /sys/class/net/vxbr4097/address", netns=host.ns).stdout.strip()
+        neigh = run("ip neigh show 10.1.0.254", netns=host.endpoint_ns).stdout
+        assert bridge_mac in neigh, (host.index, neigh, bridge_mac)
+    assert reach_all(v4lab) == []
