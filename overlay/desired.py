@@ -1,6 +1,8 @@
 """Desired data-plane state: a pure function from what we know to the kernel objects we want.
 
-Owns `compute_desired(networks, members, endpoints, local_endpoints, underlay, node)`:
+Owns `compute_desired(networks, members, endpoints, local_endpoints, underlay, node)` (the
+full recompute) and `IncrementalDesired`, which keeps the same result up to date change by
+change, in work proportional to the change (see its docstring). What they compute:
 
 - per network a bridge and a vxlan device (VNI, dstport, local VTEP address, learning off,
   ARP/NDP proxy on, MTU = underlay MTU - 50 on an IPv4 underlay, - 70 on IPv6, unless the
@@ -36,9 +38,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from underlay.records import MTU_MAX, MTU_MIN, VNI_MAX, VNI_MIN, canonical_ip, canonical_mac
 
@@ -242,32 +244,11 @@ def _network_devices(spec: NetworkSpec, node: str, underlay: UnderlayAddressing,
     )
 
 
-def compute_desired(networks: Iterable[NetworkSpec], members: Iterable[AliveMember],
-                    endpoints: Iterable[EndpointEntry],
-                    local_endpoints: Iterable[LocalEndpoint], underlay: UnderlayAddressing,
-                    node: str) -> DesiredState:
-    """The kernel objects this node (`node`) wants, given what it knows."""
-    problems: list[str] = []
-    underlay_v6 = ":" in underlay.address
-    vteps: dict[str, str] = {}
-    for member in members:
-        if member.name == node:
-            continue
-        try:
-            vtep = canonical_ip(member.vtep)
-        except ValueError:
-            problems.append(f"member {member.name!r}: vtep={member.vtep!r} is not an address")
-            continue
-        if (":" in vtep) != underlay_v6:
-            problems.append(f"member {member.name!r}: VTEP {vtep} is of another family than "
-                            f"our underlay {underlay.address}; skipped")
-            continue
-        vteps[member.name] = vtep
-
-    ports_by_network: dict[str, set[str]] = {}
-    for local in local_endpoints:
-        ports_by_network.setdefault(local.network, set()).add(local.host_ifname)
-
+def accept_networks(networks: Iterable[NetworkSpec], ports: Mapping[str, frozenset[str]],
+                    underlay: UnderlayAddressing, node: str,
+                    problems: list[str]) -> dict[str, DesiredNetwork]:
+    """The networks whose devices we can make, by name (sorted by name: the first of two
+    networks claiming one VNI keeps it); the others are named in `problems`."""
     by_name: dict[str, DesiredNetwork] = {}
     seen_vni: dict[int, str] = {}
     for spec in sorted(networks, key=lambda n: n.name):
@@ -275,17 +256,64 @@ def compute_desired(networks: Iterable[NetworkSpec], members: Iterable[AliveMemb
             problems.append(f"network {spec.name!r}: vni={spec.vni} already used by "
                             f"{seen_vni[spec.vni]!r}; skipped")
             continue
-        devices = _network_devices(spec, node, underlay,
-                                   frozenset(ports_by_network.get(spec.name, ())), problems)
+        devices = _network_devices(spec, node, underlay, ports.get(spec.name, frozenset()),
+                                   problems)
         if devices is not None:
             seen_vni[spec.vni] = spec.name
             by_name[spec.name] = devices
+    return by_name
+
+
+def member_vtep(member: AliveMember, underlay: UnderlayAddressing) -> tuple[str | None, str]:
+    """(the member's VTEP in canonical form, "") or (None, the problem) if it is unusable."""
+    try:
+        vtep = canonical_ip(member.vtep)
+    except ValueError:
+        return None, f"member {member.name!r}: vtep={member.vtep!r} is not an address"
+    if (":" in vtep) != (":" in underlay.address):
+        return None, (f"member {member.name!r}: VTEP {vtep} is of another family than "
+                      f"our underlay {underlay.address}; skipped")
+    return vtep, ""
+
+
+def local_ports(local_endpoints: Iterable[LocalEndpoint]) -> dict[str, frozenset[str]]:
+    """Host-side veths by network."""
+    ports: dict[str, set[str]] = {}
+    for local in local_endpoints:
+        ports.setdefault(local.network, set()).add(local.host_ifname)
+    return {network: frozenset(names) for network, names in ports.items()}
+
+
+def entry_addresses(entry: EndpointEntry) -> tuple[str, tuple[str, ...]]:
+    """The entry's MAC and addresses in canonical form (each address once); ValueError names
+    the first bad one."""
+    return canonical_mac(entry.mac), tuple(dict.fromkeys(canonical_ip(ip) for ip in entry.ips))
+
+
+def compute_desired(networks: Iterable[NetworkSpec], members: Iterable[AliveMember],
+                    endpoints: Iterable[EndpointEntry],
+                    local_endpoints: Iterable[LocalEndpoint], underlay: UnderlayAddressing,
+                    node: str) -> DesiredState:
+    """The kernel objects this node (`node`) wants, given what it knows: the full recompute,
+    O(everything). `IncrementalDesired` keeps the same result up to date change by change."""
+    problems: list[str] = []
+    vteps: dict[str, str] = {}
+    for member in members:
+        if member.name == node:
+            continue
+        vtep, problem = member_vtep(member, underlay)
+        if vtep is None:
+            problems.append(problem)
+        else:
+            vteps[member.name] = vtep
+
+    by_name = accept_networks(networks, local_ports(local_endpoints), underlay, node, problems)
 
     fdb: dict[FdbKey, str] = {}
     flood: set[FloodKey] = set()
     neighbors: dict[NeighborKey, str] = {}
     # Deterministic order, so that conflicting claims always resolve the same way.
-    for entry in sorted(endpoints, key=lambda e: (e.network, e.node, e.mac, e.ips)):
+    for entry in sorted(endpoints, key=claim_order):
         if entry.node == node:
             continue
         devices = by_name.get(entry.network)
@@ -293,23 +321,20 @@ def compute_desired(networks: Iterable[NetworkSpec], members: Iterable[AliveMemb
         if devices is None or remote_vtep is None:
             continue
         try:
-            mac = canonical_mac(entry.mac)
-            ips = [canonical_ip(ip) for ip in entry.ips]
+            mac, ips = entry_addresses(entry)
         except ValueError as exc:
             problems.append(f"endpoint on {entry.node!r} in {entry.network!r}: {exc}")
             continue
         fdb_key = FdbKey(devices.vxlan, mac)
         if fdb.get(fdb_key, remote_vtep) != remote_vtep:
-            problems.append(f"MAC {mac} in {entry.network!r} claimed by two VTEPs; "
-                            f"keeping {fdb[fdb_key]}")
+            problems.append(_two_vteps(mac, entry.network, fdb[fdb_key]))
             continue
         fdb[fdb_key] = remote_vtep
         flood.add(FloodKey(devices.vxlan, remote_vtep))
         for ip in ips:
             neighbor_key = NeighborKey(devices.vxlan, ip)
             if neighbors.get(neighbor_key, mac) != mac:
-                problems.append(f"address {ip} in {entry.network!r} claimed by two MACs; "
-                                f"keeping {neighbors[neighbor_key]}")
+                problems.append(_two_macs(ip, entry.network, neighbors[neighbor_key]))
                 continue
             neighbors[neighbor_key] = mac
 
@@ -317,3 +342,403 @@ def compute_desired(networks: Iterable[NetworkSpec], members: Iterable[AliveMemb
         networks={d.vxlan: d for d in by_name.values()}, fdb=fdb, flood=frozenset(flood),
         neighbors=neighbors, problems=tuple(problems),
     )
+
+
+def claim_order(entry: EndpointEntry) -> tuple[str, str, str, tuple[str, ...]]:
+    """Of two entries claiming one MAC or address, the one first in this order wins."""
+    return (entry.network, entry.node, entry.mac, entry.ips)
+
+
+def _two_vteps(mac: str, network: str, kept: str) -> str:
+    return f"MAC {mac} in {network!r} claimed by two VTEPs; keeping {kept}"
+
+
+def _two_macs(ip: str, network: str, kept: str) -> str:
+    return f"address {ip} in {network!r} claimed by two MACs; keeping {kept}"
+
+
+# --------------------------------------------------------------------------- incremental
+
+K = TypeVar("K", bound=Hashable)
+
+
+@dataclass(frozen=True)
+class DesiredChanges:
+    """What desired state gained, changed or lost since the last hand-over.
+
+    A value of None means "no longer desired". `networks` is the whole device map (by vxlan
+    name) when it changed, else None.
+    """
+
+    networks: Mapping[str, DesiredNetwork] | None = None
+    fdb: Mapping[FdbKey, str | None] = field(default_factory=dict)
+    flood: Mapping[FloodKey, bool | None] = field(default_factory=dict)
+    neighbors: Mapping[NeighborKey, str | None] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return ((self.networks is not None) + len(self.fdb) + len(self.flood)
+                + len(self.neighbors))
+
+
+@dataclass(slots=True)
+class _Claim:
+    """What one endpoint contributes now: a claim on its MAC's FDB entry and, while it holds
+    the VTEP that entry points to (`accepted`), a flood entry and claims on its addresses."""
+
+    order: tuple[str, str, str, tuple[str, ...]]
+    network: str
+    fdb: FdbKey
+    vtep: str
+    mac: str
+    neighbors: tuple[NeighborKey, ...]
+    accepted: bool = False
+
+    def same_as(self, other: _Claim) -> bool:
+        return (self.order, self.fdb, self.vtep, self.neighbors) == \
+            (other.order, other.fdb, other.vtep, other.neighbors)
+
+
+@dataclass(frozen=True)
+class IncrementalStatistics:
+    endpoints: int  # endpoint inputs held
+    claiming: int  # of them, those contributing kernel entries
+    dirty: int  # endpoints waiting for `step`
+    settled: int  # endpoints settled since start
+
+
+class IncrementalDesired(Generic[K]):
+    """`compute_desired`'s result, kept up to date by changes to its inputs.
+
+    Inputs arrive one change at a time: `set_networks` and `set_local_endpoints` (small, whole),
+    `set_member(name, vtep | None)` and `put_endpoint(key, entry)` / `remove_endpoint(key)`
+    (`key`: the caller's identity of an endpoint, e.g. (network, IP)). Each costs O(1) and marks
+    the endpoints it affects dirty: a member change marks that owner's endpoints (per-owner
+    index), a network whose devices appear, vanish or move marks that network's (per-network
+    index). `step(limit)` settles at most `limit` dirty endpoints, so the caller bounds the work
+    it does at once; `take_changes()` hands over what the settled endpoints changed. Once
+    nothing is dirty, `state()` equals `compute_desired` of the same inputs (problems sorted).
+
+    A resync (the agent's safety net after missed events) feeds a fresh snapshot between
+    `begin_resync()` and `end_resync()` through `resync_endpoint` / `resync_member`: a snapshot
+    value is ignored for an endpoint or member changed since `begin_resync` (the change is
+    newer), and whatever the snapshot did not hold is removed at `end_resync`.
+    """
+
+    def __init__(self, node: str, underlay: UnderlayAddressing) -> None:
+        self.node = node
+        self.underlay = underlay
+        self._specs: tuple[NetworkSpec, ...] = ()
+        self._ports: dict[str, frozenset[str]] = {}
+        self._devices: dict[str, DesiredNetwork] = {}  # by network name
+        self._network_problems: list[str] = []
+        self._member_input: dict[str, str] = {}
+        self._vteps: dict[str, str] = {}
+        self._member_problems: dict[str, str] = {}
+        self._inputs: dict[K, EndpointEntry] = {}
+        self._by_network: dict[str, set[K]] = {}
+        self._by_owner: dict[str, set[K]] = {}
+        self._dirty: set[K] = set()
+        self._claims: dict[K, _Claim] = {}
+        self._invalid: dict[K, str] = {}
+        self._fdb_claimants: dict[FdbKey, dict[K, tuple[str, str, str, tuple[str, ...]]]] = {}
+        self._fdb: dict[FdbKey, str] = {}
+        self._fdb_problems: dict[K, str] = {}
+        self._flood_refs: dict[FloodKey, int] = {}
+        self._neighbor_claimants: dict[NeighborKey,
+                                       dict[K, tuple[str, str, str, tuple[str, ...]]]] = {}
+        self._neighbors: dict[NeighborKey, str] = {}
+        self._neighbor_problems: dict[tuple[K, NeighborKey], str] = {}
+        self._networks_changed = False
+        self._fdb_log: dict[FdbKey, str | None] = {}
+        self._flood_log: dict[FloodKey, bool | None] = {}
+        self._neighbor_log: dict[NeighborKey, str | None] = {}
+        self._resyncing = False
+        self._unseen_endpoints: set[K] = set()
+        self._changed_endpoints: set[K] = set()
+        self._unseen_members: set[str] = set()
+        self._changed_members: set[str] = set()
+        self._settled = 0
+        self.problems_version = 0  # grows whenever `problems()` may have changed
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def set_networks(self, networks: Iterable[NetworkSpec]) -> None:
+        """The networks this node takes part in (the whole set; cheap when unchanged)."""
+        specs = tuple(networks)
+        if specs != self._specs:
+            self._specs = specs
+            self._refresh_networks()
+
+    def set_local_endpoints(self, local_endpoints: Iterable[LocalEndpoint]) -> None:
+        ports = local_ports(local_endpoints)
+        if ports != self._ports:
+            self._ports = ports
+            self._refresh_networks()
+
+    def set_member(self, name: str, vtep: str | None) -> None:
+        """`name` is alive advertising `vtep`, or (None) no longer alive."""
+        if self._resyncing:
+            self._changed_members.add(name)
+            self._unseen_members.discard(name)
+        self._apply_member(name, vtep)
+
+    def put_endpoint(self, key: K, entry: EndpointEntry) -> None:
+        if self._resyncing:
+            self._changed_endpoints.add(key)
+            self._unseen_endpoints.discard(key)
+        self._store(key, entry)
+
+    def remove_endpoint(self, key: K) -> None:
+        if self._resyncing:
+            self._changed_endpoints.add(key)
+            self._unseen_endpoints.discard(key)
+        self._store(key, None)
+
+    # -- resync -----------------------------------------------------------------------------
+
+    def begin_resync(self) -> None:
+        self._resyncing = True
+        self._unseen_endpoints = set(self._inputs)
+        self._changed_endpoints = set()
+        self._unseen_members = set(self._member_input)
+        self._changed_members = set()
+
+    def resync_endpoint(self, key: K, entry: EndpointEntry) -> None:
+        if key not in self._changed_endpoints:
+            self._unseen_endpoints.discard(key)
+            self._store(key, entry)
+
+    def resync_member(self, name: str, vtep: str) -> None:
+        if name not in self._changed_members:
+            self._unseen_members.discard(name)
+            self._apply_member(name, vtep)
+
+    def end_resync(self) -> None:
+        """Whatever the snapshot did not hold (and no change brought since) is gone."""
+        for key in self._unseen_endpoints:
+            self._store(key, None)
+        for name in self._unseen_members:
+            self._apply_member(name, None)
+        self._resyncing = False
+        self._unseen_endpoints, self._changed_endpoints = set(), set()
+        self._unseen_members, self._changed_members = set(), set()
+
+    # -- settling and outputs -------------------------------------------------------------
+
+    @property
+    def dirty(self) -> int:
+        return len(self._dirty)
+
+    def step(self, limit: int) -> int:
+        """Settle up to `limit` dirty endpoints; returns how many stay dirty."""
+        dirty = self._dirty
+        for _ in range(min(limit, len(dirty))):
+            self._settle(dirty.pop())
+        return len(dirty)
+
+    def take_changes(self) -> DesiredChanges:
+        """What changed since the last call (settled endpoints, networks)."""
+        changes = DesiredChanges(
+            networks=self._device_map() if self._networks_changed else None,
+            fdb=self._fdb_log, flood=self._flood_log, neighbors=self._neighbor_log)
+        self._networks_changed = False
+        self._fdb_log, self._flood_log, self._neighbor_log = {}, {}, {}
+        return changes
+
+    def state(self) -> DesiredState:
+        """A copy of the whole current desired state (O(size): reports and tests)."""
+        return DesiredState(networks=self._device_map(), fdb=dict(self._fdb),
+                            flood=frozenset(self._flood_refs), neighbors=dict(self._neighbors),
+                            problems=self.problems())
+
+    def problems(self) -> tuple[str, ...]:
+        return tuple(sorted([*self._network_problems, *self._member_problems.values(),
+                             *self._invalid.values(), *self._fdb_problems.values(),
+                             *self._neighbor_problems.values()]))
+
+    def statistics(self) -> IncrementalStatistics:
+        return IncrementalStatistics(endpoints=len(self._inputs), claiming=len(self._claims),
+                                     dirty=len(self._dirty), settled=self._settled)
+
+    # -- internals: inputs ------------------------------------------------------------------
+
+    def _device_map(self) -> dict[str, DesiredNetwork]:
+        return {d.vxlan: d for d in self._devices.values()}
+
+    def _refresh_networks(self) -> None:
+        problems: list[str] = []
+        devices = accept_networks(self._specs, self._ports, self.underlay, self.node, problems)
+        if problems != self._network_problems:
+            self._network_problems = problems
+            self.problems_version += 1
+        old, self._devices = self._devices, devices
+        if devices == old:
+            return
+        self._networks_changed = True
+        for name in old.keys() | devices.keys():
+            before, after = old.get(name), devices.get(name)
+            if (before and before.vxlan) != (after and after.vxlan):
+                self._dirty.update(self._by_network.get(name, ()))
+
+    def _apply_member(self, name: str, vtep: str | None) -> None:
+        if name == self.node:
+            return
+        effective, problem = (None, "")
+        if vtep is None:
+            self._member_input.pop(name, None)
+        else:
+            self._member_input[name] = vtep
+            effective, problem = member_vtep(AliveMember(name, vtep), self.underlay)
+        if self._member_problems.get(name, "") != problem:
+            if problem:
+                self._member_problems[name] = problem
+            else:
+                del self._member_problems[name]
+            self.problems_version += 1
+        if self._vteps.get(name) == effective:
+            return
+        if effective is None:
+            del self._vteps[name]
+        else:
+            self._vteps[name] = effective
+        self._dirty.update(self._by_owner.get(name, ()))
+
+    def _store(self, key: K, entry: EndpointEntry | None) -> None:
+        old = self._inputs.get(key)
+        if old == entry:
+            return
+        if old is not None:
+            _unindex(self._by_network, old.network, key)
+            _unindex(self._by_owner, old.node, key)
+        if entry is None:
+            del self._inputs[key]
+        else:
+            self._inputs[key] = entry
+            self._by_network.setdefault(entry.network, set()).add(key)
+            self._by_owner.setdefault(entry.node, set()).add(key)
+        self._dirty.add(key)
+
+    # -- internals: claims ------------------------------------------------------------------
+
+    def _settle(self, key: K) -> None:
+        self._settled += 1
+        target = self._target(key, self._inputs.get(key))
+        current = self._claims.get(key)
+        if current is not None and target is not None and current.same_as(target):
+            return
+        if current is not None:
+            self._retract(key, current)
+        if target is not None:
+            self._claims[key] = target
+            self._fdb_claimants.setdefault(target.fdb, {})[key] = target.order
+            self._settle_fdb(target.fdb)
+
+    def _target(self, key: K, entry: EndpointEntry | None) -> _Claim | None:
+        if self._invalid.pop(key, None) is not None:
+            self.problems_version += 1
+        if entry is None or entry.node == self.node:
+            return None
+        devices = self._devices.get(entry.network)
+        vtep = self._vteps.get(entry.node)
+        if devices is None or vtep is None:
+            return None
+        try:
+            mac, ips = entry_addresses(entry)
+        except ValueError as exc:
+            self._invalid[key] = f"endpoint on {entry.node!r} in {entry.network!r}: {exc}"
+            self.problems_version += 1
+            return None
+        return _Claim(claim_order(entry), entry.network, FdbKey(devices.vxlan, mac), vtep, mac,
+                      tuple(NeighborKey(devices.vxlan, ip) for ip in ips))
+
+    def _retract(self, key: K, claim: _Claim) -> None:
+        del self._claims[key]
+        if claim.accepted:
+            self._unaccept(key, claim)
+        claimants = self._fdb_claimants[claim.fdb]
+        del claimants[key]
+        if not claimants:
+            del self._fdb_claimants[claim.fdb]
+        if self._fdb_problems.pop(key, None) is not None:
+            self.problems_version += 1
+        self._settle_fdb(claim.fdb)
+
+    def _settle_fdb(self, fdb_key: FdbKey) -> None:
+        claimants = self._fdb_claimants.get(fdb_key)
+        if not claimants:
+            if self._fdb.pop(fdb_key, None) is not None:
+                self._fdb_log[fdb_key] = None
+            return
+        vtep = self._claims[min(claimants, key=claimants.__getitem__)].vtep
+        if self._fdb.get(fdb_key) != vtep:
+            self._fdb[fdb_key] = self._fdb_log[fdb_key] = vtep
+        for key in list(claimants):
+            claim = self._claims[key]
+            holds = claim.vtep == vtep
+            problem = "" if holds else _two_vteps(claim.mac, claim.network, vtep)
+            if self._fdb_problems.get(key, "") != problem:
+                if problem:
+                    self._fdb_problems[key] = problem
+                else:
+                    del self._fdb_problems[key]
+                self.problems_version += 1
+            if holds and not claim.accepted:
+                self._accept(key, claim)
+            elif not holds and claim.accepted:
+                self._unaccept(key, claim)
+
+    def _accept(self, key: K, claim: _Claim) -> None:
+        claim.accepted = True
+        flood = FloodKey(claim.fdb.device, claim.vtep)
+        refs = self._flood_refs.get(flood, 0)
+        self._flood_refs[flood] = refs + 1
+        if refs == 0:
+            self._flood_log[flood] = True
+        for neighbor in claim.neighbors:
+            self._neighbor_claimants.setdefault(neighbor, {})[key] = claim.order
+            self._settle_neighbor(neighbor)
+
+    def _unaccept(self, key: K, claim: _Claim) -> None:
+        claim.accepted = False
+        flood = FloodKey(claim.fdb.device, claim.vtep)
+        refs = self._flood_refs[flood] - 1
+        if refs:
+            self._flood_refs[flood] = refs
+        else:
+            del self._flood_refs[flood]
+            self._flood_log[flood] = None
+        for neighbor in claim.neighbors:
+            claimants = self._neighbor_claimants[neighbor]
+            del claimants[key]
+            if not claimants:
+                del self._neighbor_claimants[neighbor]
+            if self._neighbor_problems.pop((key, neighbor), None) is not None:
+                self.problems_version += 1
+            self._settle_neighbor(neighbor)
+
+    def _settle_neighbor(self, neighbor: NeighborKey) -> None:
+        claimants = self._neighbor_claimants.get(neighbor)
+        if not claimants:
+            if self._neighbors.pop(neighbor, None) is not None:
+                self._neighbor_log[neighbor] = None
+            return
+        mac = self._claims[min(claimants, key=claimants.__getitem__)].mac
+        if self._neighbors.get(neighbor) != mac:
+            self._neighbors[neighbor] = self._neighbor_log[neighbor] = mac
+        for key in claimants:
+            claim = self._claims[key]
+            problem = "" if claim.mac == mac else _two_macs(neighbor.ip, claim.network, mac)
+            if self._neighbor_problems.get((key, neighbor), "") != problem:
+                if problem:
+                    self._neighbor_problems[(key, neighbor)] = problem
+                else:
+                    del self._neighbor_problems[(key, neighbor)]
+                self.problems_version += 1
+
+
+def _unindex(index: dict[str, set[K]], name: str, key: K) -> None:
+    keys = index.get(name)
+    if keys is not None:
+        keys.discard(key)
+        if not keys:
+            del index[name]
