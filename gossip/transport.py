@@ -261,6 +261,17 @@ class Transport:
 
     async def _serve_one(self, stream: trio.SocketStream, peer: Addr, state: State,
                          merge: Merge) -> None:
+        try:
+            await self._respond(stream, peer, state, merge)
+        finally:
+            self._streams_active -= 1
+            self._streams_by_source[peer[0]] -= 1
+            if not self._streams_by_source[peer[0]]:
+                del self._streams_by_source[peer[0]]
+
+    async def _respond(self, stream: trio.abc.Stream, peer: Addr, state: State,
+                       merge: Merge) -> str:
+        """Answer one push-pull stream within tcp_timeout_s; the outcome is counted."""
         outcome = "failed"
         try:
             with trio.move_on_after(self.limits.tcp_timeout_s) as scope:
@@ -270,11 +281,8 @@ class Transport:
             if scope.cancelled_caught:
                 outcome = "timeout"
         finally:
-            self._streams_active -= 1
-            self._streams_by_source[peer[0]] -= 1
-            if not self._streams_by_source[peer[0]]:
-                del self._streams_by_source[peer[0]]
             self._push_pulls["in", outcome] += 1
+        return outcome
 
     async def _exchange(self, stream: trio.abc.Stream, peer: Addr, join: bool, state: State,
                         merge: Merge, *, first: tuple[int, bytes] | None, expect: int,

@@ -22,6 +22,7 @@ from gossip.transport import (
     REPLY,
     Transport,
     TransportLimits,
+    TransportStatistics,
     encode_frame,
     open_transport,
 )
@@ -237,10 +238,12 @@ async def test_binding_shares_one_port_and_a_taken_port_is_named() -> None:
     await first.aclose()
 
 
-def exchange_with_bytes(blob: bytes, keyring: Keyring | None) -> str:
-    """Run a responder against `blob` over an in-memory stream; its outcome."""
+def exchange_with_bytes(blob: bytes, keyring: Keyring | None
+                        ) -> tuple[str, TransportStatistics, Peer]:
+    """Run a responder against `blob` over an in-memory stream: its outcome, its counters and
+    what it merged."""
 
-    async def main() -> str:
+    async def main() -> tuple[str, TransportStatistics, Peer]:
         transport = await open_transport(LOOPBACK, keyring=keyring,
                                          limits=TransportLimits(chunk_limit=4096))
         client, server = trio.testing.memory_stream_pair()
@@ -248,11 +251,10 @@ def exchange_with_bytes(blob: bytes, keyring: Keyring | None) -> str:
         await client.send_all(blob)
         await client.send_eof()
         with trio.fail_after(5):
-            outcome = await transport._exchange(server, ("127.0.0.1", 1), False, peer.state,
-                                                peer.merge, first=None, expect=HELLO,
-                                                request_id=None)
+            outcome = await transport._respond(server, ("127.0.0.1", 1), peer.state, peer.merge)
+        stats = transport.statistics()
         await transport.aclose()
-        return outcome
+        return outcome, stats, peer
 
     return trio.run(main)
 
@@ -263,7 +265,10 @@ HELLO_REQUEST = (encode_frame(HELLO, b"\x01" + bytes(8), None)
 
 
 def test_the_valid_request_used_by_the_fuzz_succeeds() -> None:
-    assert exchange_with_bytes(HELLO_REQUEST, None) == "ok"
+    outcome, stats, peer = exchange_with_bytes(HELLO_REQUEST, None)
+    assert outcome == "ok"
+    assert stats.push_pulls == {("in", "ok"): 1} and stats.dropped == {}
+    assert [chunk for chunk, _join in peer.merged] == [b"abc"]
 
 
 @settings(max_examples=300, deadline=None)
@@ -273,8 +278,19 @@ def test_the_valid_request_used_by_the_fuzz_succeeds() -> None:
                      lambda edits: bytes(_mutate(HELLO_REQUEST, edits)))),
        st.booleans())
 def test_any_bytes_end_in_a_counted_outcome(blob: bytes, sealed: bool) -> None:
-    assert exchange_with_bytes(blob, Keyring([KEY], KEY) if sealed else None) in ("ok",
-                                                                                  "failed")
+    outcome, stats, peer = exchange_with_bytes(blob, Keyring([KEY], KEY) if sealed else None)
+    assert outcome in ("ok", "failed")
+    # Exactly one push-pull counted, with the outcome returned; a failure names one reason.
+    assert stats.push_pulls == {("in", outcome): 1}
+    if outcome == "ok":
+        # In: HELLO, every merged chunk, END. Out: REPLY, our one chunk, END.
+        assert stats.dropped == {}
+        assert stats.packets[("in", "push_pull")] == 2 + len(peer.merged)
+        assert stats.packets[("out", "push_pull")] == 3
+    else:
+        assert sum(stats.dropped.values()) == 1, stats.dropped
+        assert set(stats.dropped) <= {"decode", "size", "auth", "timeout", "state"}
+        assert ("out", "push_pull") not in stats.packets  # no reply to garbage
 
 
 def _mutate(data: bytes, edits: list[tuple[int, int]]) -> bytearray:
