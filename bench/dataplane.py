@@ -3,7 +3,7 @@
 Usage: bench/dataplane.py [--seconds S] [--rounds R] [--json]
 
 Two namespace hosts h1, h2 on a veth underlay (MTU 1500) joined by a switch namespace, all
-created and deleted by this script (tests/netns.py: unique prefix, clean-up even on failure).
+created and deleted by this script (agent.lab.namespaces: unique prefix, clean-up even on failure).
 Three paths between h1 and h2:
   (a) overlay_reconciler: endpoints a1, a2 (namespaces with a veth into the network bridge),
       the bridge, vxlan device, FDB and neighbor entries programmed by
@@ -22,7 +22,7 @@ With --json the last line is one JSON object: per path `gbps_p1`, `gbps_p4`, `rr
 `ratio_latency` = rr_us(b)/rr_us(a) (1.0: as fast as the hand-made VXLAN; lower: slower),
 and `ratio_to_host_throughput` / `ratio_to_host_latency` for (a)/(c).
 
-May import: the standard library, trio, overlay.*, underlay.*, tests.netns.
+May import: the standard library, trio, overlay.*, underlay.*, agent.lab.namespaces.
 """
 
 from __future__ import annotations
@@ -40,14 +40,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from underlay.netns_exec import ip_netns_exec
-
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import trio  # noqa: E402
 
+from agent.lab.namespaces import NetnsLab, run  # noqa: E402
 from overlay.desired import (  # noqa: E402
     AliveMember,
     EndpointEntry,
@@ -57,9 +56,9 @@ from overlay.desired import (  # noqa: E402
     compute_desired,
 )
 from overlay.reconciler import Reconciler  # noqa: E402
-from tests.netns import NetnsLab, run  # noqa: E402
 from underlay.kernel import NetlinkThread  # noqa: E402
 from underlay.netlink_ops import NetlinkKernel  # noqa: E402
+from underlay.netns_exec import ip_netns_exec  # noqa: E402
 
 OVERLAY_MTU = 1450
 IPERF_PORT = 5201

@@ -33,7 +33,7 @@ endpoint record) and the local endpoint's host veth as a bridge port.
 Rules: everything runs inside namespaces this script creates and deletes (even on failure or
 Ctrl-C); processes it starts are stopped by pid.
 May import: the standard library, trio, overlay.*, underlay.*, bench/netns_bench.py,
-tests.netns, tests.endpoints.lab_links.
+agent.lab.namespaces.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ from netns_bench import ROOT, BenchLab, LabHost, cleanup_on_sigterm
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from agent.lab.namespaces import run, wait_links_operational
 from overlay.desired import (
     AliveMember,
     EndpointEntry,
@@ -71,8 +72,6 @@ from overlay.desired import (
     vxlan_name,
 )
 from overlay.reconciler import Reconciler, ReconcilerStatistics
-from tests.endpoints.lab_links import wait_links_operational
-from tests.netns import run
 from underlay import links
 from underlay.endpoints import Endpoints
 from underlay.endpoints_model import (

@@ -2,7 +2,7 @@
 
 Usage: bench/netlink_rate.py [--entries N] [--json]
 
-In a throw-away namespace (tests/netns.py: unique prefix, deleted even on failure):
+In a throw-away namespace (agent.lab.namespaces: unique prefix, deleted even on failure):
 - through `overlay.reconciler.Reconciler` (pyroute2-encoded messages, batched sends, every
   acknowledgement read back and checked): add N FDB entries, add N neighbor entries, delete
   the N FDB entries, delete the N neighbor entries, each one `apply()` timed end to end
@@ -18,7 +18,7 @@ Prints a table; with --json the last line is one JSON object with `entries`,
 the delete rates likewise, and `ratio_min` (the smallest reconciler/iproute2 ratio of the
 four steps).
 
-May import: the standard library, trio, overlay.*, underlay.*, tests.netns.
+May import: the standard library, trio, overlay.*, underlay.*, agent.lab.namespaces.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ if str(ROOT) not in sys.path:
 
 import trio  # noqa: E402
 
+from agent.lab.namespaces import NetnsLab, run  # noqa: E402
 from overlay.desired import (  # noqa: E402
     DesiredState,
     FdbKey,
@@ -47,7 +48,6 @@ from overlay.desired import (  # noqa: E402
     compute_desired,
 )
 from overlay.reconciler import Reconciler  # noqa: E402
-from tests.netns import NetnsLab, run  # noqa: E402
 from underlay.kernel import NetlinkThread  # noqa: E402
 from underlay.netlink_ops import NetlinkKernel  # noqa: E402
 from underlay.records import NTF_SELF, NUD_PERMANENT  # noqa: E402

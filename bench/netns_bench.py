@@ -1,15 +1,15 @@
 """Benchmark lab: N hosts in network namespaces on one switch, agents in them, process stats.
 
 Owns what the gossip benchmarks share: building a lab of `N` namespace hosts on a shared
-underlay bridge (reusing `tests/netns.py`, so names carry a unique prefix and everything made
-is deleted, even on failure or Ctrl-C), starting one agent process per host with its output
+underlay bridge (reusing `agent.lab.namespaces`, so names carry a unique prefix and everything
+made is deleted, even on failure or Ctrl-C), starting one agent process per host with its output
 lines time-stamped on arrival, stopping processes by pid only, input packet loss through an
 nftables table of our own per namespace, and idle CPU / RSS read from /proc.
 
 Rules: traffic only inside the lab's namespaces (10.77.0.0/16 on `eth0`, loopback inside each
 namespace for RPC); never touches a process, namespace or nftables table it did not create.
-May import: the standard library and `tests.netns` (the repository root is put on sys.path,
-because the bench scripts are run as plain files).
+May import: the standard library, `agent.lab.namespaces` and `underlay.netns_exec` (the
+repository root is put on sys.path, because the bench scripts are run as plain files).
 """
 
 from __future__ import annotations
@@ -26,13 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from underlay.netns_exec import ip_netns_exec, nsenter_net
-
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.netns import NetnsLab, run  # noqa: E402
+from agent.lab.namespaces import NetnsLab, run  # noqa: E402
+from underlay.netns_exec import ip_netns_exec, nsenter_net  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 LOSS_TABLE = "vxbenchloss"

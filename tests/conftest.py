@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.lab.etcd_local import ETCD_BINARY, LocalEtcd
-from tests.netns import NetnsLab
+from agent.lab.namespaces import NetnsLab
 
 
 def _kernel_skip_reason() -> str | None:

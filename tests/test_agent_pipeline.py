@@ -15,6 +15,7 @@ from overlay.desired import AliveMember, EndpointEntry, NetworkSpec, UnderlayVie
 from overlay.reconciler import Reconciler, run_dataplane
 from overlay.table import EndpointChanged, Entry
 from tests.dataplane.fake_kernel import FakeKernel
+from tests.polling import wait_until
 
 UNDERLAY = UnderlayView(address="10.0.0.1", mtu=1500)
 
@@ -47,9 +48,9 @@ async def test_burst_of_marks_costs_few_recomputes_and_newest_wins(
             inputs.endpoints = [EndpointEntry("blue", "h2", f"02:42:0a:01:{i // 256:02x}:"
                                               f"{i % 256:02x}", (f"10.1.{i // 256}.{i % 256}",))]
             pipeline.endpoint_arrived("blue", f"10.1.{i // 256}.{i % 256}")
-        with trio.fail_after(5):
-            while not (reconciler.in_sync() and pipeline.statistics().pending_propagations == 0):
-                await trio.sleep(0.01)
+        await wait_until(lambda: reconciler.in_sync()
+                         and pipeline.statistics().pending_propagations == 0,
+                         "the burst applied and timed", 5, interval=0.01)
         stats = pipeline.statistics()
         assert stats.marks == 1000
         assert stats.recomputes <= 3  # the first compute, then the coalesced burst
@@ -81,9 +82,9 @@ async def test_propagation_is_timed_from_the_owners_change_time(
     async def arrive(ip: str, mac: str, changed_at: float | None) -> None:
         inputs.endpoints.append(EndpointEntry("blue", "h2", mac, (ip,)))
         pipeline.endpoint_arrived("blue", ip, changed_at)
-        with trio.fail_after(5):
-            while not (reconciler.in_sync() and pipeline.statistics().pending_propagations == 0):
-                await trio.sleep(0.001)
+        await wait_until(lambda: reconciler.in_sync()
+                         and pipeline.statistics().pending_propagations == 0,
+                         f"{ip} applied and timed", 5, interval=0.001)
         assert ip in kernel.neighbors_of("vxtun4097")
 
     async with trio.open_nursery() as nursery:

@@ -27,6 +27,7 @@ from overlay.dissemination import (
     decode_records,
     encode_state,
 )
+from overlay.errors import OverlayError
 from overlay.table import Entry, Membership, NeighborTable, OwnerStatus
 
 NET = "blue"
@@ -92,7 +93,7 @@ def test_state_chunks_are_bounded_and_round_trip() -> None:
     decoded = [r for c in chunks for r in decode_records(c, 3.0)]
     assert {(r.key, r.version, r.deleted) for r in decoded} == \
         {(r.key, r.version, r.deleted) for r in table.records()}
-    with pytest.raises(Exception, match="chunk_limit"):
+    with pytest.raises(OverlayError, match="chunk_limit"):
         list(encode_state(table.records(), 3.0, 100))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -48,3 +49,34 @@ def test_mypy_clean() -> None:
 
 def test_import_layers_hold() -> None:
     _check([str(BIN / "lint-imports")])
+
+
+def _imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_bench_never_imports_tests() -> None:
+    offenders = {str(path.relative_to(ROOT)): sorted(m for m in _imported_modules(path)
+                                                     if m == "tests" or m.startswith("tests."))
+                 for path in (ROOT / "bench").glob("*.py")}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_no_test_expects_a_bare_exception() -> None:
+    """`pytest.raises(Exception)` passes on any bug; every test names the error it expects."""
+    offenders = []
+    for path in (ROOT / "tests").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "raises" and node.args
+                    and isinstance(node.args[0], ast.Name)
+                    and node.args[0].id in ("Exception", "BaseException")):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []

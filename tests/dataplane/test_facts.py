@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.netns import NetnsLab, run
+from agent.lab.namespaces import NetnsLab, run
 from underlay.facts import (
     AddressRecord,
     CapabilityReport,
@@ -99,8 +99,7 @@ async def test_read_underlay_and_probe_in_a_namespace(netns_lab: NetnsLab) -> No
         nl.close()
     assert {"vxlan", "bridge", "macvlan", "nftables"} <= report.available
     # This kernel has no ipvlan; the report must say so (and a kernel with it must not).
-    has_ipvlan = run(["ip", "link", "add", "vxipv", "link", "eth0", "type", "ipvlan"],
-                     netns=ns, check=False).returncode == 0
+    has_ipvlan = netns_lab.kernel_has_link_kind("ipvlan")
     assert ("ipvlan" in report.available) == has_ipvlan
     if not has_ipvlan:
         assert "ipvlan" in report.describe() and "missing ipvlan" in report.describe()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import pytest
 import trio
 
+from agent.lab.namespaces import NetnsLab, run
 from overlay.desired import (
     AliveMember,
     DesiredState,
@@ -27,7 +28,6 @@ from overlay.desired import (
     compute_desired,
 )
 from overlay.reconciler import Reconciler
-from tests.netns import NetnsLab, run
 from underlay.kernel import NetlinkThread
 from underlay.netlink_ops import NetlinkKernel
 from underlay.netns_exec import ip_netns_exec

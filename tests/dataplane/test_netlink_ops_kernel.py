@@ -6,7 +6,7 @@ import errno
 
 import pytest
 
-from tests.netns import NetnsLab, run
+from agent.lab.namespaces import NetnsLab, run
 from underlay.kernel import NetlinkThread
 from underlay.netlink_ops import (
     BATCH_MESSAGES,

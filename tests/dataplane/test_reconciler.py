@@ -22,6 +22,7 @@ from overlay.desired import (
 )
 from overlay.reconciler import Reconciler, run_dataplane
 from tests.dataplane.fake_kernel import FakeKernel, Injection
+from tests.polling import wait_until
 from underlay.records import (
     NTF_MASTER,
     NTF_SELF,
@@ -337,18 +338,15 @@ async def test_run_dataplane_applies_retries_and_resyncs(
         started = await nursery.start(run_dataplane, reconciler)
         assert started is reconciler
         assert not reconciler.in_sync()
-        with trio.fail_after(10):
-            while not reconciler.in_sync():
-                await trio.sleep(0.5)
+        await wait_until(reconciler.in_sync, "the retried entry applied", 10, interval=0.5)
         vx = kernel.index("vxtun4097")
         del kernel.fdb[(vx, MAC2, "10.0.0.2")]
-        with trio.fail_after(200):  # the periodic resync (90 s) repairs it
-            while (vx, MAC2, "10.0.0.2") not in kernel.fdb:
-                await trio.sleep(1)
+        # the periodic resync (90 s) repairs it
+        await wait_until(lambda: (vx, MAC2, "10.0.0.2") in kernel.fdb, "the resync repair", 200,
+                         interval=1)
         reconciler.set_desired(desired([]))
-        with trio.fail_after(5):
-            while kernel.fdb_of("vxtun4097"):
-                await trio.sleep(0.1)
+        await wait_until(lambda: not kernel.fdb_of("vxtun4097"), "the entries removed", 5,
+                         interval=0.1)
         nursery.cancel_scope.cancel()
 
 

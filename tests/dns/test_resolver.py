@@ -21,9 +21,9 @@ import trio
 
 from agent.dns.resolver import DnsResolver, remove_resolv_conf, write_resolv_conf
 from agent.dns.zone import DnsZone
+from agent.lab.namespaces import NetnsLab
 from overlay.attributes import make_attributes
 from overlay.table import EndpointChanged, Entry
-from tests.netns import NetnsLab
 from underlay.errors import KernelError
 from underlay.netns_sockets import open_socket_in_netns
 

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.endpoints.lab_links import wait_links_operational
-from tests.netns import NetnsLab, run
+from agent.lab.namespaces import NetnsLab, run, wait_links_operational
 from underlay import links
 from underlay.endpoints import Endpoints
 from underlay.endpoints_model import BridgeNetwork, EndpointsConfig

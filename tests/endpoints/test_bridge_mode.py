@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from agent.lab.namespaces import run
 from tests.endpoints.conftest import Site, nsenter
-from tests.netns import run
 from underlay import nft
 from underlay.endpoints_model import (
     BridgeNetwork,

@@ -6,11 +6,12 @@ import json
 
 import pytest
 
+from agent.lab.namespaces import run
 from tests.endpoints.conftest import Site
-from tests.netns import run
 from underlay import links
 from underlay.endpoints_model import (
     EndpointConflict,
+    EndpointError,
     EndpointNotFound,
     EndpointSpec,
     EndpointSpecError,
@@ -120,7 +121,7 @@ async def test_crash_mid_create_is_collected_at_restart(site: Site) -> None:
 async def test_a_second_agent_on_the_same_state_is_refused(site: Site) -> None:
     config = site.config(site.h1, "a")
     site.service(config)
-    with pytest.raises(Exception, match="another agent holds"):
+    with pytest.raises(EndpointError, match="another agent holds"):
         site.service(config)
 
 

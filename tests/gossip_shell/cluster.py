@@ -1,26 +1,12 @@
-"""Helpers for tests that run real `GossipNode`s on loopback: start/kill a node, wait for a
-condition with a deadline."""
+"""Helpers for tests that run real `GossipNode`s on loopback: start/kill a node, read its view
+(waiting on a condition is tests.polling.wait_until)."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import trio
 
 from gossip.node import GossipNode
 from gossip.wire import Addr, MemberState
-
-POLL_S = 0.02
-
-
-async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> float:
-    """Poll `condition` until it holds (returns the seconds it took) or fail naming `what`."""
-    start = trio.current_time()
-    with trio.move_on_after(timeout):
-        while not condition():
-            await trio.sleep(POLL_S)
-        return trio.current_time() - start
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 async def start_node(nursery: trio.Nursery, node: GossipNode) -> tuple[Addr, trio.CancelScope]:

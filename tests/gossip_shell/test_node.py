@@ -18,7 +18,8 @@ from gossip.node import GossipNode, Subscription
 from gossip.swim import MemberFailed, MemberJoined, MemberLeft, MembershipEvent
 from gossip.transport import CHUNK, HELLO, encode_frame
 from gossip.wire import Alive, MemberState, encode_message, encode_packet
-from tests.gossip_shell.cluster import sees_alive, start_node, states, wait_for
+from tests.gossip_shell.cluster import sees_alive, start_node, states
+from tests.polling import wait_until
 
 LOOPBACK = ("127.0.0.1", 0)
 CONFIG = SwimConfig.local()
@@ -42,7 +43,7 @@ async def test_five_nodes_join_detect_a_kill_and_take_it_back() -> None:
         seed = started[0][0]
         for node in nodes[1:]:
             assert await node.join([seed]) == 1
-        converged = await wait_for(lambda: all(sees_alive(n, names) for n in nodes),
+        converged = await wait_until(lambda: all(sees_alive(n, names) for n in nodes),
                                    "all five see all five alive")
 
         # kill n4 (no leave): every survivor marks it failed
@@ -50,7 +51,7 @@ async def test_five_nodes_join_detect_a_kill_and_take_it_back() -> None:
         subscriptions = [node.subscribe() for node in nodes[:4]]
         victim_scope.cancel()
         survivors = nodes[:4]
-        detected = await wait_for(
+        detected = await wait_until(
             lambda: all(states(n).get("n4") == MemberState.DEAD for n in survivors),
             "every survivor to mark n4 failed", timeout=30)
         for subscription in subscriptions:
@@ -63,7 +64,7 @@ async def test_five_nodes_join_detect_a_kill_and_take_it_back() -> None:
         await start_node(nursery, reborn)
         assert await reborn.join([seed]) == 1
         nodes[4] = reborn
-        rejoined = await wait_for(lambda: all(sees_alive(n, names) for n in nodes),
+        rejoined = await wait_until(lambda: all(sees_alive(n, names) for n in nodes),
                                   "n4 alive again everywhere", timeout=20)
         for subscription in subscriptions:
             assert MemberJoined in [type(e) for e in drain(subscription)
@@ -87,13 +88,13 @@ async def test_key_rotation_on_a_running_cluster_without_failure_or_partition() 
         addrs = [(await start_node(nursery, node))[0] for node in nodes]
         for node in nodes[1:]:
             assert await node.join([addrs[0]]) == 1
-        await wait_for(lambda: all(sees_alive(n, names) for n in nodes), "cluster formed")
+        await wait_until(lambda: all(sees_alive(n, names) for n in nodes), "cluster formed")
         subscriptions = [node.subscribe() for node in nodes]
 
         async def gossip_flows() -> None:
             """Every node has received fresh packets, and everyone still sees everyone."""
             marks = [n.statistics().swim.packets_received for n in nodes]
-            await wait_for(lambda: all(n.statistics().swim.packets_received >= m + 3
+            await wait_until(lambda: all(n.statistics().swim.packets_received >= m + 3
                                        for n, m in zip(nodes, marks, strict=True)),
                            "packets after a key step")
             # no partition: nobody is failed or gone in anybody's view
@@ -121,7 +122,7 @@ async def test_key_rotation_on_a_running_cluster_without_failure_or_partition() 
         outsider = GossipNode(CONFIG, "outsider", LOOPBACK, keyring=Keyring([old], old))
         await start_node(nursery, outsider)
         assert await outsider.join([addrs[0]]) == 0
-        await wait_for(lambda: nodes[0].statistics().dropped["auth"] > 0, "auth drop counted")
+        await wait_until(lambda: nodes[0].statistics().dropped["auth"] > 0, "auth drop counted")
         assert all("outsider" not in states(n) for n in nodes)
         nursery.cancel_scope.cancel()
 
@@ -135,7 +136,7 @@ async def test_plain_and_forged_traffic_is_dropped_counted_and_changes_nothing()
         addrs = [(await start_node(nursery, node))[0] for node in nodes]
         for node in nodes[1:]:
             assert await node.join([addrs[0]]) == 1
-        await wait_for(lambda: all(sees_alive(n, names) for n in nodes), "cluster formed")
+        await wait_until(lambda: all(sees_alive(n, names) for n in nodes), "cluster formed")
         target = nodes[0]
         subscription = target.subscribe()
         plain = encode_packet([encode_message(Alive(7, "intruder", ("127.0.0.1", 9), b""))])
@@ -151,7 +152,7 @@ async def test_plain_and_forged_traffic_is_dropped_counted_and_changes_nothing()
             await udp.bind(("127.0.0.1", 0))
             for data in attacks:
                 await udp.sendto(data, addrs[0])
-            await wait_for(lambda: target.statistics().dropped["auth"]
+            await wait_until(lambda: target.statistics().dropped["auth"]
                            >= before.dropped["auth"] + len(attacks), "UDP auth drops counted")
 
             # TCP: a plain hello, then a frame longer than allowed
@@ -173,7 +174,7 @@ async def test_plain_and_forged_traffic_is_dropped_counted_and_changes_nothing()
 
             # control: the same message sealed with the cluster key is accepted
             await udp.sendto(genuine, addrs[0])
-            await wait_for(lambda: "intruder" in states(target), "the genuine packet merged")
+            await wait_until(lambda: "intruder" in states(target), "the genuine packet merged")
         nursery.cancel_scope.cancel()
 
 
@@ -186,7 +187,7 @@ async def test_a_consumer_that_never_reads_loses_events_not_gossip() -> None:
         reader = nodes[0].subscribe()
         for node in nodes[1:]:
             await node.join([addrs[0]])
-        await wait_for(lambda: all(sees_alive(n, names) for n in nodes), "cluster formed")
+        await wait_until(lambda: all(sees_alive(n, names) for n in nodes), "cluster formed")
         joined = {e.member.name for e in drain(reader) if isinstance(e, MemberJoined)}
         assert joined == {"s1", "s2", "s3"}
         assert stuck.dropped >= 2
@@ -196,7 +197,7 @@ async def test_a_consumer_that_never_reads_loses_events_not_gossip() -> None:
         late = GossipNode(CONFIG, "s4", LOOPBACK)  # its join is published: the closed
         await start_node(nursery, late)            # subscription is forgotten then
         await late.join([addrs[0]])
-        await wait_for(lambda: nodes[0].statistics().subscribers == 1, "closed one forgotten")
+        await wait_until(lambda: nodes[0].statistics().subscribers == 1, "closed one forgotten")
         assert [e.member.name for e in drain(reader) if isinstance(e, MemberJoined)] == ["s4"]
         nursery.cancel_scope.cancel()
 
@@ -208,11 +209,11 @@ async def test_graceful_leave_is_seen_as_left_and_stops_the_node() -> None:
         addrs = [(await start_node(nursery, node))[0] for node in nodes]
         for node in nodes[1:]:
             await node.join([addrs[0]])
-        await wait_for(lambda: all(sees_alive(n, names) for n in nodes), "cluster formed")
+        await wait_until(lambda: all(sees_alive(n, names) for n in nodes), "cluster formed")
         subscription = nodes[0].subscribe()
         with trio.fail_after(5):
             await nodes[2].leave(timeout_s=2.0)
-        await wait_for(lambda: all(states(n)["l2"] == MemberState.LEFT for n in nodes[:2]),
+        await wait_until(lambda: all(states(n)["l2"] == MemberState.LEFT for n in nodes[:2]),
                        "l2 seen as left")
         assert [type(e) for e in drain(subscription) if e.member.name == "l2"] == [MemberLeft]
         with trio.fail_after(0.5):
@@ -251,7 +252,7 @@ async def test_ipv6_loopback_pair_probes_and_push_pulls() -> None:
         addrs = [(await start_node(nursery, node))[0] for node in nodes]
         assert addrs[0][0] == "::1"
         assert await nodes[1].join([addrs[0]]) == 1
-        await wait_for(lambda: all(sees_alive(n, ["v0", "v1"]) for n in nodes), "pair formed")
-        await wait_for(lambda: nodes[0].statistics().swim.probes_sent >= 2, "two probes", 5)
+        await wait_until(lambda: all(sees_alive(n, ["v0", "v1"]) for n in nodes), "pair formed")
+        await wait_until(lambda: nodes[0].statistics().swim.probes_sent >= 2, "two probes", 5)
         assert nodes[0].statistics().swim.probes_failed == 0
         nursery.cancel_scope.cancel()

@@ -27,7 +27,7 @@ from gossip.transport import (
     open_transport,
 )
 from gossip.wire import Addr
-from tests.gossip_shell.cluster import wait_for
+from tests.polling import wait_until
 
 LOOPBACK = ("127.0.0.1", 0)
 KEY = bytes(range(32))
@@ -77,7 +77,7 @@ async def test_push_pull_exchanges_every_chunk_both_ways(sealed: bool) -> None:
         assert out.packets[("out", "push_pull")] == 4 == into.packets[("in", "push_pull")]
         assert out.packets[("in", "push_pull")] == 5 == into.packets[("out", "push_pull")]
         assert out.bytes[("out", "push_pull")] == into.bytes[("in", "push_pull")]
-        await wait_for(lambda: server.statistics().push_pulls == {("in", "ok"): 1}, "served")
+        await wait_until(lambda: server.statistics().push_pulls == {("in", "ok"): 1}, "served")
         assert out.dropped == {} and server.statistics().dropped == {}
         nursery.cancel_scope.cancel()
 
@@ -92,7 +92,7 @@ async def test_sealed_frames_with_an_unknown_key_are_dropped_as_auth() -> None:
         client_side = Peer([b"hello"])
         assert not await client.push_pull(server.addr, False, client_side.state,
                                           client_side.merge)
-        await wait_for(lambda: server.statistics().dropped.get("auth") == 1, "auth drop")
+        await wait_until(lambda: server.statistics().dropped.get("auth") == 1, "auth drop")
         assert server_side.merged == [] and client_side.merged == []
         nursery.cancel_scope.cancel()
 
@@ -157,7 +157,7 @@ async def test_bad_requests_end_the_stream_and_are_counted(frames: bytes, reason
         peer = Peer([b"never sent"], refuse=b"bad")
         await serve(nursery, server, peer)
         assert await raw_request(server.addr, frames) == b""
-        await wait_for(lambda: server.statistics().dropped.get(reason) == 1, reason)
+        await wait_until(lambda: server.statistics().dropped.get(reason) == 1, reason)
         assert peer.joins_asked == []
         nursery.cancel_scope.cancel()
 
@@ -173,9 +173,9 @@ async def test_a_silent_peer_times_out_without_stalling_other_streams() -> None:
         start = trio.current_time()
         assert await client.push_pull(server.addr, False, peer.state, peer.merge)
         assert trio.current_time() - start < 0.5  # not behind the silent one
-        await wait_for(lambda: server.statistics().push_pulls.get(("in", "ok")) == 1
+        await wait_until(lambda: server.statistics().push_pulls.get(("in", "ok")) == 1
                        and server.statistics().streams_active == 1, "only the silent one left")
-        await wait_for(lambda: server.statistics().push_pulls.get(("in", "timeout")) == 1,
+        await wait_until(lambda: server.statistics().push_pulls.get(("in", "timeout")) == 1,
                        "the silent stream timed out", timeout=5)
         assert await silent.receive_some(10) == b""
         await silent.aclose()
@@ -195,7 +195,7 @@ async def test_streams_beyond_the_limit_are_closed_as_busy() -> None:
         server = await open_transport(LOOPBACK, limits=TransportLimits(max_streams=1))
         await serve(nursery, server, Peer([]))
         holder = await trio.open_tcp_stream(*server.addr)
-        await wait_for(lambda: server.statistics().streams_active == 1, "first stream served")
+        await wait_until(lambda: server.statistics().streams_active == 1, "first stream served")
         assert await raw_request(server.addr, b"") == b""
         assert server.statistics().dropped == {"busy": 1}
         await holder.aclose()

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import inspect
 import ipaddress
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +34,7 @@ from agent.store.schema import (
     validate_network,
 )
 from agent.store.service import AddressPool, Store
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.etcd
 
@@ -42,20 +42,6 @@ pytestmark = pytest.mark.etcd
 def connect(server: LocalEtcd, seed: int = 0, **kwargs: float) -> Store:
     host, port = server.endpoint
     return Store.connect(host, port, rng=random.Random(seed), backoff_max=0.5, **kwargs)
-
-
-async def eventually(
-    condition: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0
-) -> None:
-    """Wait (bounded) until `condition()` holds; polls every 50 ms."""
-    with trio.fail_after(timeout):
-        while True:
-            result = condition()
-            if inspect.isawaitable(result):
-                result = await result
-            if result:
-                return
-            await trio.sleep(0.05)
 
 
 async def stored_allocations(store: Store) -> list[tuple[IPAddress, str, str]]:
@@ -275,12 +261,14 @@ async def test_etcd_killed_and_restarted_mid_run(local_etcd: LocalEtcd) -> None:
     observed: dict[str, int] = {}
 
     async def chaos() -> None:
-        await eventually(lambda: pause.arrived == len(pools))
+        await wait_until(lambda: pause.arrived == len(pools),
+                         "pause.arrived == len(pools)", interval=0.05)
         await trio.to_thread.run_sync(local_etcd.kill)
         before = sum(p.statistics().allocated for p in pools)
         pause.resume.set()
         # Allocations go on from held blocks; claims fail fast and the stores turn degraded.
-        await eventually(lambda: all(s.statistics().degraded for s in stores))
+        await wait_until(lambda: all(s.statistics().degraded for s in stores),
+                         "all(s.statistics().degraded for s in stores)", interval=0.05)
         observed["degraded"] = True
         observed["allocated_while_down"] = sum(p.statistics().allocated for p in pools) - before
         await trio.to_thread.run_sync(local_etcd.start)
@@ -291,15 +279,17 @@ async def test_etcd_killed_and_restarted_mid_run(local_etcd: LocalEtcd) -> None:
             await nursery.start(store.run_health_probe)
         for pool in pools:
             await nursery.start(pool.run_flusher)
-        await eventually(lambda: "n" in view.networks)
+        await wait_until(lambda: "n" in view.networks, "'n' in view.networks", interval=0.05)
         nursery.start_soon(chaos)
         done = await run_allocators(pools, per_pool, pause=pause)
         assert observed.get("degraded")
         assert observed["allocated_while_down"] > 0
-        await eventually(lambda: not any(s.statistics().degraded for s in stores))
+        await wait_until(lambda: not any(s.statistics().degraded for s in stores),
+                         "not any(s.statistics().degraded for s in stores)", interval=0.05)
         # The watch resumes from its revision and sees what happens after the restart.
         await admin.create_network(validate_network(name="after", subnet="10.200.0.0/16"))
-        await eventually(lambda: "after" in view.networks)
+        await wait_until(lambda: "after" in view.networks,
+                         "'after' in view.networks", interval=0.05)
         stats = watcher.statistics()
         assert stats.watch_resumes >= 1
         assert stats.watch_relists == 0
@@ -320,7 +310,8 @@ async def test_watch_relists_after_compaction(local_etcd: LocalEtcd) -> None:
     await other.create_network(validate_network(name="b", subnet="10.2.0.0/16"))
     async with trio.open_nursery() as nursery:
         view = await nursery.start(store.run_network_watch)
-        await eventually(lambda: set(view.networks) == {"a", "b"})
+        await wait_until(lambda: set(view.networks) == {"a", "b"},
+                         "set(view.networks) == {'a', 'b'}", interval=0.05)
         nursery.cancel_scope.cancel()
     seen = view.revision
     # While the watch is away: changes, then history compacted past its revision.
@@ -331,10 +322,12 @@ async def test_watch_relists_after_compaction(local_etcd: LocalEtcd) -> None:
     assert revision > seen
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run_network_watch)
-        await eventually(lambda: set(view.networks) == {"b", "c"})
+        await wait_until(lambda: set(view.networks) == {"b", "c"},
+                         "set(view.networks) == {'b', 'c'}", interval=0.05)
         assert store.statistics().watch_relists == 1
         await other.create_network(validate_network(name="d", subnet="10.4.0.0/16"))
-        await eventually(lambda: set(view.networks) == {"b", "c", "d"})
+        await wait_until(lambda: set(view.networks) == {"b", "c", "d"},
+                         "set(view.networks) == {'b', 'c', 'd'}", interval=0.05)
         nursery.cancel_scope.cancel()
     store.close()
     other.close()
@@ -352,17 +345,19 @@ async def test_lease_expiry_removes_node_record(local_etcd: LocalEtcd) -> None:
     async def gone() -> bool:
         return await store.list_nodes() == []
 
-    await eventually(gone, timeout=10)
+    await wait_until(gone, "the node record gone", 10, interval=0.05)
     # The registration service keeps a short lease alive well past its TTL ...
     node2 = Node("h2", ipaddress.ip_address("10.0.0.2"), ("10.0.0.2", 7946), "0.1.0")
     async with trio.open_nursery() as nursery:
         await nursery.start(
             lambda task_status: store.run_node_registration(node2, ttl=2, task_status=task_status)
         )
-        await eventually(lambda: store.statistics().node_registered)
+        await wait_until(lambda: store.statistics().node_registered,
+                         "store.statistics().node_registered", interval=0.05)
         first = await store.call(store.client.range, node_key("h2"))
         # Past the TTL (refreshes every 2/3 s): only the keepalives hold the record.
-        await eventually(lambda: store.statistics().node_lease_refreshes >= 5)
+        await wait_until(lambda: store.statistics().node_lease_refreshes >= 5,
+                         "store.statistics().node_lease_refreshes >= 5", interval=0.05)
         assert await store.list_nodes() == [node2]
         again = await store.call(store.client.range, node_key("h2"))
         assert again[0][0].lease == first[0][0].lease
@@ -373,7 +368,7 @@ async def test_lease_expiry_removes_node_record(local_etcd: LocalEtcd) -> None:
             kvs, _ = await store.call(store.client.range, node_key("h2"))
             return bool(kvs) and kvs[0].lease != first[0][0].lease
 
-        await eventually(registered_again)
+        await wait_until(registered_again, "the node registered again", interval=0.05)
         nursery.cancel_scope.cancel()
     # ... and revokes it on a graceful stop.
     assert await store.list_nodes() == []
@@ -416,7 +411,8 @@ async def test_block_reclaimer_frees_departed_hosts_after_grace(local_etcd: Loca
         async def hosts() -> set[str]:
             return {b.host for b in (await store.inspect_network("n")).blocks}
 
-        await eventually(lambda: _equals(hosts(), {"alive"}))
+        await wait_until(lambda: _equals(hosts(), {"alive"}),
+                         "_equals(hosts(), {'alive'})", interval=0.05)
         nursery.cancel_scope.cancel()
     store.close()
 
@@ -447,10 +443,11 @@ async def test_malformed_keys_are_skipped_and_counted(local_etcd: LocalEtcd) -> 
     assert store.statistics().malformed_records == 5
     async with trio.open_nursery() as nursery:
         view = await nursery.start(store.run_network_watch)
-        await eventually(lambda: "good" in view.networks)
+        await wait_until(lambda: "good" in view.networks, "'good' in view.networks", interval=0.05)
         await store.call(put, [], [Put(network_key("late"), b"{{{")])
         await store.create_network(validate_network(name="later", subnet="10.2.0.0/24"))
-        await eventually(lambda: "later" in view.networks)
+        await wait_until(lambda: "later" in view.networks,
+                         "'later' in view.networks", interval=0.05)
         assert "late" not in view.networks
         assert store.statistics().malformed_records == 6
         nursery.cancel_scope.cancel()
@@ -475,7 +472,8 @@ async def test_etcd_down_fails_fast_then_reconverges(local_etcd: LocalEtcd) -> N
         with trio.fail_after(3), pytest.raises(StoreUnavailable):
             await pool.flush()
         await trio.to_thread.run_sync(local_etcd.start)
-        await eventually(lambda: not store.statistics().degraded)
+        await wait_until(lambda: not store.statistics().degraded,
+                         "not store.statistics().degraded", interval=0.05)
         nursery.cancel_scope.cancel()
     await pool.flush()
     assert (await store.inspect_network("n")).endpoints == 20

@@ -1,8 +1,17 @@
-"""Throw-away network namespaces for tests: unique names, guaranteed clean-up.
+"""Throw-away network namespaces for tests and benchmarks: unique names, guaranteed clean-up.
 
-Set-up uses iproute2 commands (the code under test uses pyroute2, so the two check each
-other). Every name starts with a per-test prefix; `NetnsLab.close()` deletes everything it
-made even when the test failed, and only what it made.
+Owns `NetnsLab` (namespaces named `<prefix><name>`, an optional switch namespace with a
+bridge joining them, veth plugs), `run` (one iproute2-style command, in a namespace if given),
+`wait_links_operational` (a veth is `up` at once, but the kernel's link watcher activates its
+queue and a bridge port's forwarding state later, seconds later on a busy machine; frames sent
+before are lost) and `kernel_has_link_kind` (asks the kernel itself, not our probe).
+
+Rules: set-up uses iproute2 commands (the code under test uses pyroute2, so the two check each
+other). Every name starts with a per-process, per-lab prefix; `NetnsLab.close()` deletes
+everything it made, even when the caller failed, and only what it made. Every command has a
+timeout.
+
+May import: the standard library, underlay (netns_exec, links, kernel).
 """
 
 from __future__ import annotations
@@ -12,7 +21,10 @@ import os
 import shlex
 import subprocess
 from collections.abc import Sequence
+from functools import partial
 
+from underlay import links
+from underlay.kernel import NetlinkThread
 from underlay.netns_exec import ip_netns_exec
 
 _counter = itertools.count()
@@ -67,6 +79,16 @@ class NetnsLab:
             run(["ip", "addr", "add", cidr, "dev", ifname, *extra], netns=host_ns)
         run(["ip", "link", "set", ifname, "up"], netns=host_ns)
 
+    def kernel_has_link_kind(self, kind: str) -> bool:
+        """True when this kernel can create a `kind` link (macvlan, ipvlan, ...) on a veth
+        parent; tried with iproute2 in a namespace of this lab, deleted with it."""
+        probe = self.ns(f"k{len(self.namespaces)}")
+        run(["ip", "link", "add", "parent0", "type", "veth", "peer", "name", "parent1"],
+            netns=probe)
+        made = run(["ip", "link", "add", "probe0", "link", "parent0", "type", kind],
+                   netns=probe, check=False)
+        return made.returncode == 0
+
     def close(self) -> None:
         for name in reversed(self.namespaces):
             pids = run(["ip", "netns", "pids", name], check=False).stdout.split()
@@ -77,3 +99,17 @@ class NetnsLab:
         for link in self.host_links:
             run(["ip", "link", "del", link], check=False)
         self.host_links.clear()
+
+
+def wait_links_operational(netns: str, names: list[str] | None = None, *,
+                           timeout: float = 20.0) -> None:
+    """Wait until `names` (default: every link but lo) in `netns` are operational, or raise."""
+    nl = NetlinkThread(netns)
+    try:
+        wanted = names if names is not None else [
+            info.name for info in nl.call_blocking(links.list_links) if info.name != "lo"]
+        for name in wanted:
+            if not nl.call_blocking(partial(links.wait_operational, name=name, timeout=timeout)):
+                raise TimeoutError(f"{netns}: link {name} not operational after {timeout} s")
+    finally:
+        nl.close()
