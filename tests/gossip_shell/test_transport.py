@@ -306,12 +306,12 @@ async def test_idle_connections_from_one_source_cannot_lock_out_a_join() -> None
         server = await open_transport(LOOPBACK, limits=limits)
         await serve(nursery, server, Peer([b"s"]))
         idle = [await trio.open_tcp_stream(*server.addr) for _ in range(5)]
-        await wait_for(lambda: server.statistics().dropped.get("busy") == 3, "per-source cap")
+        await wait_until(lambda: server.statistics().dropped.get("busy") == 3, "per-source cap")
         other = trio.socket.socket()
         await other.bind(("127.0.0.2", 0))
         await other.connect(server.addr)  # another source still gets a slot
-        await wait_for(lambda: server.statistics().streams_active == 3, "other source served")
-        await wait_for(lambda: server.statistics().dropped.get("timeout") == 3
+        await wait_until(lambda: server.statistics().streams_active == 3, "other source served")
+        await wait_until(lambda: server.statistics().dropped.get("timeout") == 3
                        and server.statistics().streams_active == 0, "idle ones closed")
         client = await open_transport(LOOPBACK, limits=limits)
         peer = Peer([b"c"])
@@ -331,6 +331,6 @@ async def test_a_stream_of_too_many_chunks_is_cut_off() -> None:
         peer = Peer([b"never sent"])
         await serve(nursery, server, peer)
         assert await raw_request(server.addr, frames) == b""
-        await wait_for(lambda: server.statistics().dropped.get("size") == 1, "size")
+        await wait_until(lambda: server.statistics().dropped.get("size") == 1, "size")
         assert len(peer.merged) == 3 and peer.joins_asked == []
         nursery.cancel_scope.cancel()
