@@ -26,6 +26,7 @@ import trio
 from gossip.config import SwimConfig
 from gossip.delegate import Delegate
 from gossip.errors import GossipError
+from gossip.identity import KeyCache, Signer
 from gossip.keyring import Keyring
 from gossip.swim import Member, MembershipEvent, Swim, SwimStatistics
 from gossip.transport import Transport, TransportLimits, TransportStatistics, open_transport
@@ -97,7 +98,10 @@ class GossipNode:
     def __init__(self, config: SwimConfig, name: str, bind: Addr, *, meta: bytes = b"",
                  keyring: Keyring | None = None, delegate: Delegate | None = None,
                  advertise: Addr | None = None, rng: random.Random | None = None,
-                 tcp_timeout_s: float = 10.0, max_streams: int = 16) -> None:
+                 tcp_timeout_s: float = 10.0, max_streams: int = 16,
+                 signer: Signer | None = None, keys: KeyCache | None = None) -> None:
+        """`signer` and `keys`: origin authentication (see `Swim`); whoever holds `keys`
+        fetches the names on `keys.wanted()` (the agent: from etcd) and `learn`s them."""
         config.validate()
         if tcp_timeout_s <= 0:
             raise GossipError(f"GossipNode tcp_timeout_s: must be > 0, got {tcp_timeout_s!r}")
@@ -113,6 +117,8 @@ class GossipNode:
         self._meta = meta
         self._keyring = keyring
         self._delegate = delegate
+        self._signer = signer
+        self.identity_keys = keys
         self._rng = rng if rng is not None else random.Random()
         self._limits = TransportLimits(udp_max_bytes=config.udp_budget,
                                        chunk_limit=config.push_pull_chunk_limit,
@@ -141,7 +147,8 @@ class GossipNode:
                 addr = (self._advertise[0], transport.addr[1])
             self._swim = Swim(self.config, self.name, addr, meta=self._meta, rng=self._rng,
                               now=trio.current_time(), delegate=self._delegate,
-                              keyring=self._keyring)
+                              keyring=self._keyring, signer=self._signer,
+                              keys=self.identity_keys)
             self._transport = transport
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery

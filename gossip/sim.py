@@ -38,6 +38,7 @@ from typing import Any
 
 from gossip.config import PRESETS, SwimConfig
 from gossip.delegate import Delegate
+from gossip.identity import KeyCache, Signer
 from gossip.swim import (
     MemberFailed,
     MemberLeft,
@@ -45,7 +46,7 @@ from gossip.swim import (
     MemberState,
     Swim,
 )
-from gossip.wire import Addr, MemberRecord
+from gossip.wire import Addr, MemberRecord, alive_signed_bytes
 
 DelegateFactory = Callable[[int, str], Delegate | None]
 EventObserver = Callable[[int, MembershipEvent, float], None]
@@ -90,9 +91,11 @@ class Simulation:
     def __init__(self, count: int, *, seed: int, config: SwimConfig, loss: float = 0.0,
                  latency_s: tuple[float, float] = (0.0005, 0.002), meta_bytes: int = 48,
                  delegate_factory: DelegateFactory | None = None,
-                 formed: int | None = None) -> None:
+                 formed: int | None = None, signed: bool = False) -> None:
         """`count` nodes; the first `formed` (default: all) start up already knowing each
-        other, as after a completed join; the others stay down until `start_node`."""
+        other, as after a completed join; the others stay down until `start_node`.
+        `signed`: every node has an identity key and verifies every other's claims against
+        one shared key cache (the sim's stand-in for etcd)."""
         if not 0.0 <= loss < 1.0:
             raise ValueError(f"loss: must be in [0, 1), got {loss!r}")
         self.config = config
@@ -111,11 +114,13 @@ class Simulation:
                                                7946)) for i in range(count)]
         self._by_addr = {node.addr: node for node in self.nodes}
         self.groups = [0] * count
+        self.signers = {n.name: Signer.generate() for n in self.nodes} if signed else {}
+        self.keys = KeyCache({name: s.public_key for name, s in self.signers.items()}) \
+            if signed else None
         first = self.nodes[: count if formed is None else formed]
         for node in first:
             self._boot(node)
-        records = [MemberRecord(n.name, n.addr, self._meta(n), 0, MemberState.ALIVE)
-                   for n in first]
+        records = [self._record(n) for n in first]
         for node in first:
             assert node.swim is not None
             node.swim.adopt_members(records, self.now)
@@ -224,6 +229,15 @@ class Simulation:
 
     # -- internals -------------------------------------------------------------------------------
 
+    def _record(self, node: SimNode) -> MemberRecord:
+        meta = self._meta(node)
+        signer = self.signers.get(node.name)
+        if signer is None:
+            return MemberRecord(node.name, node.addr, meta, 0, MemberState.ALIVE)
+        key = signer.public_key
+        return MemberRecord(node.name, node.addr, meta, 0, MemberState.ALIVE, key,
+                            signer.sign(alive_signed_bytes(0, node.name, node.addr, meta, key)))
+
     def _meta(self, node: SimNode) -> bytes:
         return (node.addr[0].encode() + b"|vxmesh/0.1|").ljust(self.meta_bytes, b".")
 
@@ -233,7 +247,8 @@ class Simulation:
             node.delegate = self._delegate_factory(node.index, node.name)
         swim = Swim(self.config, node.name, node.addr, meta=self._meta(node),
                     rng=random.Random(f"node:{self.seed}:{node.index}:{node.generation}"),
-                    now=self.now, delegate=node.delegate)
+                    now=self.now, delegate=node.delegate, signer=self.signers.get(node.name),
+                    keys=self.keys)
         node.swim = swim
         node.timer_at = math.inf
         return swim
@@ -334,6 +349,9 @@ class ScenarioResult:
     udp_bytes_per_node_s: float = 0.0
     push_pull_bytes_per_node_s: float = 0.0
     wall_s: float = 0.0
+    signed: bool = False
+    #: CPU milliseconds the whole simulation spent per node per simulated second.
+    cpu_ms_per_node_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
@@ -400,7 +418,8 @@ class _Watch:
 
 def run_scenario(scenario: str, nodes: int, seed: int, *, profile: str = "lan",
                  loss: float | None = None, duration: float | None = None,
-                 joiners: int | None = None, cut_s: float = 60.0) -> ScenarioResult:
+                 joiners: int | None = None, cut_s: float = 60.0,
+                 signed: bool = False) -> ScenarioResult:
     """Run one scenario and measure it. See `main` for what each scenario does."""
     if scenario not in SCENARIOS:
         raise ValueError(f"scenario: expected one of {SCENARIOS}, got {scenario!r}")
@@ -415,13 +434,14 @@ def run_scenario(scenario: str, nodes: int, seed: int, *, profile: str = "lan",
                 "churn": 120.0}
     duration = defaults[scenario] if duration is None else duration
     wall_start = time.perf_counter()
+    cpu_start = time.process_time()
     rng = random.Random(f"scenario:{seed}")
     formed = max(1, nodes - (max(1, nodes // 100) if joiners is None else joiners)) \
         if scenario == "join" else nodes
-    sim = Simulation(nodes, seed=seed, config=config, loss=loss, formed=formed)
+    sim = Simulation(nodes, seed=seed, config=config, loss=loss, formed=formed, signed=signed)
     grace = config.suspicion_max_s(nodes) + 4 * config.probe_interval_s
     watch = _Watch(sim, grace)
-    result = ScenarioResult(nodes, scenario, seed, profile, loss, duration)
+    result = ScenarioResult(nodes, scenario, seed, profile, loss, duration, signed=signed)
     step = 0.1
     start_at = 5.0
 
@@ -513,12 +533,13 @@ def run_scenario(scenario: str, nodes: int, seed: int, *, profile: str = "lan",
     result.push_pull_bytes_per_node_s = counters.push_pull_bytes / per
     result.bytes_per_node_s = result.udp_bytes_per_node_s + result.push_pull_bytes_per_node_s
     result.wall_s = time.perf_counter() - wall_start
+    result.cpu_ms_per_node_s = (time.process_time() - cpu_start) * 1000 / nodes / duration
     return result
 
 
 _COLUMNS = ("converged_s", "detect_first_s", "detect_all_s", "false_positives", "left_all_s",
             "msgs_per_node_s", "bytes_per_node_s", "udp_bytes_per_node_s",
-            "push_pull_bytes_per_node_s", "duration_s", "wall_s")
+            "push_pull_bytes_per_node_s", "duration_s", "wall_s", "cpu_ms_per_node_s")
 
 
 def _cell(value: object) -> str:
@@ -530,7 +551,8 @@ def _cell(value: object) -> str:
 
 
 def format_table(results: list[ScenarioResult]) -> str:
-    head = f"{'metric':<28}" + "".join(f"{r.profile:>14}" for r in results)
+    names = [r.profile + ("+sign" if r.signed else "") for r in results]
+    head = f"{'metric':<28}" + "".join(f"{name:>14}" for name in names)
     lines = [head, "-" * len(head)]
     for column in _COLUMNS:
         lines.append(f"{column:<28}" + "".join(f"{_cell(getattr(r, column)):>14}"
@@ -566,6 +588,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(default N/100; N-1 is a cold start through one seed)")
     parser.add_argument("--profile", choices=(*PROFILES, "both"), default="lan",
                         help="config preset; 'both' runs lan and the memberlist baseline")
+    parser.add_argument("--sign", choices=("off", "on", "both"), default="off",
+                        help="origin authentication (Ed25519 alive/leave signatures); "
+                             "'both' runs off, on, off, on with the first profile")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object as the last line")
     args = parser.parse_args(argv)
@@ -578,8 +603,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration is not None and args.duration <= 0:
         parser.error(f"--duration: must be > 0, got {args.duration}")
     profiles = ["lan", "memberlist"] if args.profile == "both" else [args.profile]
+    runs = ([(profiles[0], signed) for signed in (False, True, False, True)]
+            if args.sign == "both" else [(p, args.sign == "on") for p in profiles])
     results = [run_scenario(args.scenario, args.nodes, args.seed, profile=p, loss=args.loss,
-                            duration=args.duration, joiners=args.joiners) for p in profiles]
+                            duration=args.duration, joiners=args.joiners, signed=signed)
+               for p, signed in runs]
     print(f"scenario={args.scenario} nodes={args.nodes} seed={args.seed} "
           f"loss={results[0].loss}")
     print(format_table(results))
@@ -588,7 +616,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note ({r.profile}): {note}")
     if args.json:
         payload = results[0].as_dict()
-        if len(results) > 1:
+        if args.sign == "both":
+            payload = {"unsigned": [r.as_dict() for r in results if not r.signed],
+                       "signed": [r.as_dict() for r in results if r.signed]}
+        elif len(results) > 1:
             payload["baseline"] = results[1].as_dict()
         print(json.dumps(payload, sort_keys=True))
     return 0

@@ -71,6 +71,7 @@ from gossip.broadcast import BroadcastQueue
 from gossip.config import SwimConfig, suspicion_timeout
 from gossip.delegate import Delegate
 from gossip.errors import GossipError, WireError
+from gossip.identity import KeyCache, Signer, Verdict, verify
 from gossip.wire import (
     ENCRYPTION_OVERHEAD,
     PACKET_OVERHEAD,
@@ -87,6 +88,7 @@ from gossip.wire import (
     Suspect,
     UnknownMessage,
     UserMessage,
+    alive_signed_bytes,
     decode_chunk,
     decode_packet,
     encode_member_record,
@@ -94,6 +96,7 @@ from gossip.wire import (
     encode_message,
     encode_packet,
     encode_user_state_chunk,
+    leave_signed_bytes,
 )
 
 __all__ = [
@@ -218,11 +221,13 @@ class SwimStatistics:
     implausible_claims: int
     replies_capped: int
     relays_refused: int
+    bad_signatures: int
+    unknown_keys: int
 
 
 class _Node:
-    __slots__ = ("addr", "incarnation", "meta", "name", "packed", "packed_key", "state",
-                 "state_change", "suspicion")
+    __slots__ = ("addr", "incarnation", "key", "meta", "name", "packed", "packed_key",
+                 "signature", "state", "state_change", "suspicion")
 
     def __init__(self, name: str, addr: Addr, meta: bytes, incarnation: int,
                  state: MemberState, now: float) -> None:
@@ -235,13 +240,19 @@ class _Node:
         self.suspicion: _Suspicion | None = None
         self.packed = b""
         self.packed_key: tuple[object, ...] = ()
+        # The proof of the last alive (its public key and signature) or of the leave (its
+        # signature); b"" when unsigned.
+        self.key = b""
+        self.signature = b""
 
     def record(self) -> bytes:
         """This member as a packed push-pull record (cached while unchanged)."""
-        key = (self.incarnation, self.state, self.addr, self.meta)
+        proven = self.state == _ALIVE or self.state == _LEFT
+        key = (self.incarnation, self.state, self.addr, self.meta, self.signature)
         if key != self.packed_key:
-            self.packed = encode_member_record(MemberRecord(self.name, self.addr, self.meta,
-                                                            self.incarnation, self.state))
+            self.packed = encode_member_record(MemberRecord(
+                self.name, self.addr, self.meta, self.incarnation, self.state,
+                self.key if proven else b"", self.signature if proven else b""))
             self.packed_key = key
         return self.packed
 
@@ -311,7 +322,10 @@ class Swim:
 
     def __init__(self, config: SwimConfig, name: str, addr: Addr, *, meta: bytes,
                  rng: random.Random, now: float, delegate: Delegate | None = None,
-                 keyring: PacketCipher | None = None) -> None:
+                 keyring: PacketCipher | None = None, signer: Signer | None = None,
+                 keys: KeyCache | None = None) -> None:
+        """`signer` and `keys` together turn on origin authentication: our alive and leave
+        messages are signed, and every other node's are verified against `keys`."""
         config.validate()
         if not name or len(name) > 128:
             raise GossipError(f"Swim name: expected 1..128 characters, got {name!r}")
@@ -324,7 +338,12 @@ class Swim:
         self.keyring = keyring
         self._rng = rng
         self._delegate = delegate
+        if (signer is None) != (keys is None):
+            raise GossipError("Swim signing: give both signer and keys, or neither")
+        self._signer = signer
+        self._keys = keys
         self._self = _Node(name, addr, meta, 0, _ALIVE, now)
+        self._sign_self()
         self._nodes: dict[str, _Node] = {name: self._self}
         self._others: list[str] = []
         self._others_index: dict[str, int] = {}
@@ -351,7 +370,8 @@ class Swim:
              "auth_failures", "unknown_messages", "misdirected_pings", "probes_sent",
              "probes_failed", "indirect_pings_sent", "suspicions_started", "refutations",
              "push_pulls_started", "reconnects_started", "push_pull_chunks_merged",
-             "implausible_claims", "replies_capped", "relays_refused"), 0)
+             "implausible_claims", "replies_capped", "relays_refused", "bad_signatures",
+             "unknown_keys"), 0)
         # Addresses that answered our probe directly or sent an authentic sealed packet;
         # replies to any other address stay within twice the request (no amplification).
         self._proven: dict[Addr, None] = {}
@@ -387,7 +407,10 @@ class Swim:
         me = self._self
         self._self.state = _LEFT
         self._self.state_change = now
-        encoded = encode_message(Dead(me.incarnation, me.name, me.name))
+        signature = (b"" if self._signer is None
+                     else self._signer.sign(leave_signed_bytes(me.incarnation, me.name)))
+        me.signature, me.key = signature, b""
+        encoded = encode_message(Dead(me.incarnation, me.name, me.name, signature))
         self._broadcasts.queue(encoded, me.name)
         for node in self._random_members(self.config.leave_fanout, _is_alive):
             self._emit(node.addr, [encoded])
@@ -518,8 +541,10 @@ class Swim:
         nodes, others, index = self._nodes, self._others, self._others_index
         for record in records:
             if record.name not in nodes:
-                nodes[record.name] = _Node(record.name, record.addr, record.meta,
-                                           record.incarnation, record.state, now)
+                node = _Node(record.name, record.addr, record.meta, record.incarnation,
+                             record.state, now)
+                node.key, node.signature = record.key, record.signature
+                nodes[record.name] = node
                 index[record.name] = len(others)
                 others.append(record.name)
                 self._counts[record.state] += 1
@@ -674,8 +699,35 @@ class Swim:
 
     def _announce_self(self, now: float) -> None:
         me = self._self
-        self._queue_broadcast(me.name, encode_message(Alive(me.incarnation, me.name, me.addr,
-                                                            me.meta)), now)
+        self._sign_self()
+        self._queue_broadcast(me.name, encode_message(Alive(
+            me.incarnation, me.name, me.addr, me.meta, me.key, me.signature)), now)
+
+    def _sign_self(self) -> None:
+        """Sign our current alive claim (once per incarnation, address and metadata)."""
+        me = self._self
+        if self._signer is None:
+            return
+        me.key = self._signer.public_key
+        me.signature = self._signer.sign(alive_signed_bytes(me.incarnation, me.name, me.addr,
+                                                            me.meta, me.key))
+
+    def _proven_claim(self, name: str, announced: bytes, signature: bytes,
+                      data: bytes) -> bool:
+        """With signing on: True if `name` signed `data`; otherwise dropped and counted."""
+        keys = self._keys
+        if keys is None:
+            return True
+        if name == self.name:
+            assert self._signer is not None
+            ok = verify(self._signer.public_key, signature, data)
+            verdict = Verdict.VALID if ok else Verdict.BAD_SIGNATURE
+        else:
+            verdict = keys.check(name, announced, signature, data)
+        if verdict is Verdict.VALID:
+            return True
+        self._stats["unknown_keys" if verdict is Verdict.UNKNOWN_KEY else "bad_signatures"] += 1
+        return False
 
     # -- timers ------------------------------------------------------------------------------
 
@@ -937,7 +989,8 @@ class Swim:
             if not self._leaving and (
                     msg.incarnation > me.incarnation
                     or (msg.incarnation == me.incarnation
-                        and (msg.addr != me.addr or msg.meta != me.meta))):
+                        and (msg.addr != me.addr or msg.meta != me.meta))) \
+                    and self._signed_alive(msg):
                 self._refute(msg.incarnation, now)
             return
         if len(msg.meta) > self.config.meta_limit:
@@ -945,13 +998,17 @@ class Swim:
             return
         node = self._nodes.get(msg.node)
         if node is None:
+            if not self._signed_alive(msg):
+                return
             node = _Node(msg.node, msg.addr, msg.meta, msg.incarnation, _ALIVE, now)
+            node.key, node.signature = msg.key, msg.signature
             self._add(node)
             self._events.append(MemberJoined(node.snapshot()))
             self._queue_broadcast(msg.node, encode_message(msg), now)
             return
-        if msg.incarnation <= node.incarnation:
+        if msg.incarnation <= node.incarnation or not self._signed_alive(msg):
             return
+        node.key, node.signature = msg.key, msg.signature
         previous = node.state
         changed = node.addr != msg.addr or node.meta != msg.meta
         moved_from = node.addr if node.addr != msg.addr else None
@@ -975,6 +1032,10 @@ class Swim:
             # Tell the old address too: if the member is still there, this was a forgery or
             # a stale copy, and it refutes at once instead of when gossip finds it.
             self._emit(moved_from, [encoded])
+
+    def _signed_alive(self, msg: Alive) -> bool:
+        return self._proven_claim(msg.node, msg.key, msg.signature, alive_signed_bytes(
+            msg.incarnation, msg.node, msg.addr, msg.meta, msg.key))
 
     def _insert_probe_target(self, name: str) -> None:
         order = self._probe_order
@@ -1061,8 +1122,13 @@ class Swim:
             return
         if node.state >= _DEAD:
             return
-        node.incarnation = msg.incarnation
         left = msg.sender == msg.node
+        if left and not self._proven_claim(msg.node, b"", msg.signature,
+                                           leave_signed_bytes(msg.incarnation, msg.node)):
+            return
+        node.incarnation = msg.incarnation
+        if left:
+            node.key, node.signature = b"", msg.signature
         self._set_state(node, _LEFT if left else _DEAD, now)
         self._events.append((MemberLeft if left else MemberFailed)(node.snapshot()))
         encoded = encode_message(msg)
@@ -1074,9 +1140,11 @@ class Swim:
     def _merge_record(self, record: MemberRecord, now: float) -> None:
         state = record.state
         if state == _ALIVE:
-            self._on_alive(Alive(record.incarnation, record.name, record.addr, record.meta), now)
+            self._on_alive(Alive(record.incarnation, record.name, record.addr, record.meta,
+                                 record.key, record.signature), now)
         elif state == _LEFT:
-            self._on_dead(Dead(record.incarnation, record.name, record.name), now)
+            self._on_dead(Dead(record.incarnation, record.name, record.name, record.signature),
+                          now)
         elif record.name == self.name:
             self._on_suspect(Suspect(record.incarnation, record.name, self.name), now)
         else:

@@ -10,6 +10,10 @@ Rules:
   newer node can talk to an older one.
 - Decoding validates every field (type, range, length). Any bytes either decode or raise
   `WireError`, never anything else; the fuzz test holds us to that.
+- Signed claims (ours: a node's alive and its graceful leave, see `gossip.identity`) carry
+  the node's Ed25519 public key (alive only) and a signature over `alive_signed_bytes` /
+  `leave_signed_bytes`; unsigned ones are encoded without those fields (6 and 4 fields), so
+  a cluster without signing sends exactly what it did before.
 - Encryption is not done here; the core seals whole packets with the keyring, whose
   overhead (`ENCRYPTION_OVERHEAD`) the caller subtracts from the UDP budget.
 
@@ -120,21 +124,26 @@ class Suspect:
 
 @dataclass(frozen=True, slots=True)
 class Alive:
-    """`node` is alive at `incarnation`, reachable at `addr`, with metadata `meta`."""
+    """`node` is alive at `incarnation`, reachable at `addr`, with metadata `meta`; `key` and
+    `signature` (b"" when unsigned): its public key and its signature of the claim."""
 
     incarnation: int
     node: str
     addr: Addr
     meta: bytes
+    key: bytes = b""
+    signature: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
 class Dead:
-    """`sender` declares `node` failed at `incarnation`; sender == node means a graceful leave."""
+    """`sender` declares `node` failed at `incarnation`; sender == node means a graceful leave,
+    which `signature` (b"" when unsigned) proves."""
 
     incarnation: int
     node: str
     sender: str
+    signature: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,16 +165,35 @@ Message = Ping | IndirectPing | Ack | Nack | Suspect | Alive | Dead | UserMessag
 
 @dataclass(frozen=True, slots=True)
 class MemberRecord:
-    """One member in a push-pull membership chunk."""
+    """One member in a push-pull membership chunk; `key`/`signature` prove its last alive
+    (state ALIVE) or its leave (state LEFT), b"" otherwise or when unsigned."""
 
     name: str
     addr: Addr
     meta: bytes
     incarnation: int
     state: MemberState
+    key: bytes = b""
+    signature: bytes = b""
 
 
 _packer = msgpack.Packer(use_bin_type=True)
+
+_ALIVE_DOMAIN = b"vxmesh alive\x00"
+_LEAVE_DOMAIN = b"vxmesh leave\x00"
+PUBLIC_KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+
+
+def alive_signed_bytes(incarnation: int, node: str, addr: Addr, meta: bytes,
+                       key: bytes) -> bytes:
+    """What a node signs to claim it is alive (its address, metadata and key included)."""
+    return _ALIVE_DOMAIN + _packer.pack([incarnation, node, addr[0], addr[1], meta, key])
+
+
+def leave_signed_bytes(incarnation: int, node: str) -> bytes:
+    """What a node signs to announce its graceful leave."""
+    return _LEAVE_DOMAIN + _packer.pack([incarnation, node])
 
 
 def encode_message(msg: Message) -> bytes:
@@ -176,10 +204,14 @@ def encode_message(msg: Message) -> bytes:
         body = [MessageType.ACK, msg.seq]
     elif isinstance(msg, Alive):
         body = [MessageType.ALIVE, msg.incarnation, msg.node, msg.addr[0], msg.addr[1], msg.meta]
+        if msg.signature:
+            body += [msg.key, msg.signature]
     elif isinstance(msg, Suspect):
         body = [MessageType.SUSPECT, msg.incarnation, msg.node, msg.sender]
     elif isinstance(msg, Dead):
         body = [MessageType.DEAD, msg.incarnation, msg.node, msg.sender]
+        if msg.signature:
+            body.append(msg.signature)
     elif isinstance(msg, IndirectPing):
         body = [MessageType.INDIRECT_PING, msg.seq, msg.target, msg.addr[0], msg.addr[1],
                 msg.nack]
@@ -261,6 +293,18 @@ def _fields(item: object, count: int, kind: str) -> list[object]:
     return item
 
 
+def _key(value: object, what: str) -> bytes:
+    if type(value) is not bytes or len(value) not in (0, PUBLIC_KEY_BYTES):
+        raise WireError(f"{what}: expected a {PUBLIC_KEY_BYTES}-byte public key")
+    return value
+
+
+def _signature(value: object, what: str) -> bytes:
+    if type(value) is not bytes or len(value) not in (0, SIGNATURE_BYTES):
+        raise WireError(f"{what}: expected a {SIGNATURE_BYTES}-byte signature")
+    return value
+
+
 def _is_uint(value: object) -> bool:
     return type(value) is int and 0 <= value < 2**64
 
@@ -287,17 +331,22 @@ def _decode_message(item: object) -> Message | UnknownMessage:
         f = _fields(item, 2, "ack")
         return Ack(_uint(f[1], "ack.seq"))
     if code == MessageType.ALIVE:
-        f = _fields(item, 6, "alive")
+        f = _fields(item, 8 if size == 8 else 6, "alive")
         meta = f[5]
         if not (type(meta) is bytes and len(meta) <= MAX_META_BYTES):
             meta = _meta(meta)
+        key, signature = (_key(f[6], "alive.key"),
+                          _signature(f[7], "alive.signature")) if size == 8 else (b"", b"")
         return Alive(_uint(f[1], "alive.incarnation"), _name(f[2], "alive.node"),
-                     _addr(f[3], f[4]), meta)
+                     _addr(f[3], f[4]), meta, key, signature)
     if code == MessageType.SUSPECT or code == MessageType.DEAD:
         if size == 4 and _is_uint(item[1]) and _is_name(item[2]) and _is_name(item[3]):
             kind = Suspect if code == MessageType.SUSPECT else Dead
             return kind(item[1], item[2], item[3])
         what = "suspect" if code == MessageType.SUSPECT else "dead"
+        if code == MessageType.DEAD and size == 5:
+            return Dead(_uint(item[1], "dead.incarnation"), _name(item[2], "dead.node"),
+                        _name(item[3], "dead.sender"), _signature(item[4], "dead.signature"))
         f = _fields(item, 4, what)
         _uint(f[1], f"{what}.incarnation")
         _name(f[2], f"{what}.node")
@@ -334,8 +383,11 @@ def decode_packet(data: bytes) -> list[Message | UnknownMessage]:
 
 def encode_member_record(record: MemberRecord) -> bytes:
     """One record, packed; `encode_members_chunk` concatenates these."""
-    return _packer.pack([record.name, record.addr[0], record.addr[1], record.meta,
-                         record.incarnation, int(record.state)])
+    fields = [record.name, record.addr[0], record.addr[1], record.meta, record.incarnation,
+              int(record.state)]
+    if record.signature:
+        fields += [record.key, record.signature]
+    return _packer.pack(fields)
 
 
 def encode_members_chunk(packed_records: list[bytes]) -> bytes:
@@ -356,9 +408,12 @@ _STATES = tuple(MemberState)
 
 
 def _decode_record(item: object) -> MemberRecord:
-    if type(item) is not list or len(item) != 6:
-        raise WireError("member record: expected 6 fields")
-    name, host, port, meta, incarnation, state = item
+    if type(item) is not list or len(item) not in (6, 8):
+        raise WireError("member record: expected 6 or 8 fields")
+    name, host, port, meta, incarnation, state = item[:6]
+    key, signature = ((_key(item[6], "member record.key"),
+                       _signature(item[7], "member record.signature"))
+                      if len(item) == 8 else (b"", b""))
     if type(state) is not int or not 0 <= state <= 3:
         raise WireError("member record: state out of range")
     if type(name) is not str or not 0 < len(name) <= MAX_NAME_CHARS:
@@ -367,7 +422,8 @@ def _decode_record(item: object) -> MemberRecord:
         incarnation = _uint(incarnation, "member record.incarnation")
     if type(meta) is not bytes or len(meta) > MAX_META_BYTES:
         meta = _meta(meta)
-    return MemberRecord(name, _addr(host, port), meta, incarnation, _STATES[state])
+    return MemberRecord(name, _addr(host, port), meta, incarnation, _STATES[state], key,
+                        signature)
 
 
 def decode_chunk(data: bytes) -> list[MemberRecord] | bytes | None:

@@ -11,6 +11,7 @@ from collections import defaultdict
 
 from gossip.config import SwimConfig
 from gossip.delegate import Delegate
+from gossip.identity import KeyCache, Signer
 from gossip.swim import MembershipEvent, PacketCipher, Swim
 from gossip.wire import Addr
 
@@ -20,7 +21,10 @@ class FakeLink:
 
     def __init__(self, count: int, config: SwimConfig | None = None, *,
                  keyrings: list[PacketCipher | None] | None = None,
-                 delegates: list[Delegate | None] | None = None, seed: int = 7) -> None:
+                 delegates: list[Delegate | None] | None = None, seed: int = 7,
+                 signed: bool = False) -> None:
+        """`signed`: every node gets an identity key and one `KeyCache` of all of them
+        (what etcd would hand out); `self.signers[name]` holds each key."""
         self.config = config or SwimConfig.lan()
         self.now = 0.0
         self.cut: set[frozenset[Addr]] = set()
@@ -28,13 +32,18 @@ class FakeLink:
         self.sent: list[tuple[Addr, Addr, bytes]] = []
         self.events: dict[str, list[MembershipEvent]] = defaultdict(list)
         self.swims: list[Swim] = []
+        names = [chr(ord("a") + i) for i in range(count)]
+        self.signers = {name: Signer.generate() for name in names} if signed else {}
+        self.key_caches = {name: KeyCache({n: k.public_key for n, k in self.signers.items()})
+                           for name in names} if signed else {}
         for i in range(count):
-            name = chr(ord("a") + i)
+            name = names[i]
             self.swims.append(Swim(
                 self.config, name, (f"127.0.0.{i + 1}", 7946), meta=f"meta-{name}".encode(),
                 rng=random.Random(seed * 100 + i), now=self.now,
                 keyring=keyrings[i] if keyrings else None,
-                delegate=delegates[i] if delegates else None))
+                delegate=delegates[i] if delegates else None,
+                signer=self.signers.get(name), keys=self.key_caches.get(name)))
         self.by_addr = {s.addr: s for s in self.swims}
 
     def __getitem__(self, name: str) -> Swim:

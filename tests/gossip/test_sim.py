@@ -59,9 +59,17 @@ def test_churn_converges_without_false_positives() -> None:
 def test_runs_are_reproducible_from_the_seed() -> None:
     first = run_scenario("fail", 50, seed=3, duration=20.0).as_dict()
     second = run_scenario("fail", 50, seed=3, duration=20.0).as_dict()
-    first.pop("wall_s")
-    second.pop("wall_s")
+    for measured in ("wall_s", "cpu_ms_per_node_s"):
+        first.pop(measured)
+        second.pop(measured)
     assert first == second
+
+
+def test_signing_keeps_detection_time_and_costs_push_pull_bytes() -> None:
+    plain = run_scenario("fail", 30, seed=4, duration=30.0)
+    signed = run_scenario("fail", 30, seed=4, duration=30.0, signed=True)
+    assert signed.signed and signed.detect_all_s == plain.detect_all_s is not None
+    assert signed.push_pull_bytes_per_node_s > plain.push_pull_bytes_per_node_s
 
 
 def test_cli_prints_a_table_then_one_json_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -135,3 +135,64 @@ def test_a_replayed_sealed_ping_is_refused() -> None:
     a.receive_datagram(captured, ("127.0.0.99", 7946), link.now)
     assert len(a.datagrams_to_send()) == 1
     assert a.statistics().auth_failures == 1
+
+
+# -- signed origins ---------------------------------------------------------------------------
+
+
+def test_with_signing_forged_alive_and_leave_are_dropped_and_counted() -> None:
+    from gossip.identity import Signer
+    from gossip.wire import alive_signed_bytes, leave_signed_bytes
+
+    link = FakeLink(3, signed=True)
+    link.form()
+    a, b = link["a"], link["b"]
+    assert {m.state for m in a.members()} == {MemberState.ALIVE}
+    evil = Signer.generate()
+    inc = b.incarnation + 1
+    unsigned = Alive(inc, "b", ATTACKER, b"evil")
+    wrong_key = Alive(inc, "b", ATTACKER, b"evil", evil.public_key,
+                      evil.sign(alive_signed_bytes(inc, "b", ATTACKER, b"evil", evil.public_key)))
+    stolen = Alive(inc, "b", ATTACKER, b"evil", link.signers["b"].public_key,
+                   evil.sign(b"not the claim"))
+    forged_leave = Dead(inc, "c", "c", evil.sign(leave_signed_bytes(inc, "c")))
+    stranger = Alive(0, "mallory", ATTACKER, b"", evil.public_key,
+                     evil.sign(alive_signed_bytes(0, "mallory", ATTACKER, b"", evil.public_key)))
+    forge(a, unsigned, wrong_key, stolen, forged_leave, stranger)
+    link.flush()
+    seen = a.member("b")
+    assert seen is not None and seen.addr == b.addr and a.state_of("c") == MemberState.ALIVE
+    assert a.member("mallory") is None
+    stats = a.statistics()
+    assert stats.bad_signatures == 4 and stats.unknown_keys == 1
+    # mallory's key is fetched once; b's is re-fetched once, since a claim announced another
+    assert sorted(link.key_caches["a"].wanted()) == ["b", "mallory"]
+    forge(a, stranger, wrong_key)
+    assert link.key_caches["a"].wanted() == []
+
+
+def test_with_signing_a_real_leave_and_metadata_change_are_accepted() -> None:
+    link = FakeLink(3, signed=True)
+    link.form()
+    a, b, c = link.swims
+    b.set_meta(b"new-meta", link.now)
+    c.leave(link.now)
+    link.advance(3.0)
+    assert a.member("b").meta == b"new-meta"  # type: ignore[union-attr]
+    assert a.state_of("c") == MemberState.LEFT
+    assert a.statistics().bad_signatures == a.statistics().unknown_keys == 0
+
+
+def test_with_signing_an_unknown_key_is_fetched_then_the_member_joins() -> None:
+    from gossip.identity import KeyCache
+
+    link = FakeLink(3, signed=True)
+    late = KeyCache({"a": link.signers["a"].public_key})
+    link["a"]._keys = late  # type: ignore[attr-defined]
+    link.form()
+    a = link["a"]
+    assert a.member("b") is None and a.statistics().unknown_keys > 0
+    for name in late.wanted():  # what the shell does: one etcd read per name
+        late.learn(name, link.signers[name].public_key)
+    link.advance(40.0)  # the next push-pull brings them
+    assert {m.name for m in a.members() if m.state == MemberState.ALIVE} == {"a", "b", "c"}
