@@ -11,7 +11,10 @@ Rules:
   `creating`) BEFORE the first kernel object exists; a failure after that rolls back what was
   made; a crash is rolled back by `start()` at the next run (records left `creating` or
   `deleting`, namespaces with our prefix and host veths named like ours that no record owns,
-  nftables rules re-rendered from the records).
+  nftables rules re-rendered from the records). A record that parses neither from its file
+  nor from its copy keeps its namespace and veth: never collected as an orphan.
+- A failed record write (full disk) changes nothing: at the first write nothing exists yet;
+  at the last one (state `ready`) the endpoint is rolled back whole.
 - Create and delete are idempotent: the same spec again re-ensures the kernel objects and
   returns the record; a different spec under a taken name is refused naming the field;
   deleting an unknown name returns False.
@@ -49,11 +52,12 @@ from underlay.endpoints_model import (
     State,
     claims_overlap,
     endpoint_holding,
+    host_veth_name,
     resolve,
     socket_holding,
 )
 from underlay.endpoints_state import RecordStore
-from underlay.errors import KernelError, UnderlayError
+from underlay.errors import KernelError, RecordWriteError, UnderlayError
 from underlay.facts import CapabilityReport, probe_capabilities
 from underlay.kernel import NetlinkThread
 from underlay.nat_table import replace_transaction
@@ -73,6 +77,10 @@ class RecoveryReport:
     reensured: tuple[str, ...]
     failed: tuple[str, ...]
     unreadable: tuple[str, ...]
+    """Records that parse neither from their file nor from its copy: their namespace and
+    veth are left alone (never collected as orphans)."""
+    restored: tuple[str, ...] = ()
+    """Records that did not parse and were restored from their copy."""
 
 
 @dataclass(frozen=True)
@@ -229,7 +237,13 @@ class Endpoints:
                 raise
             raise KernelError(f"create endpoint {record.name!r}: {exc}") from exc
         ready = dataclasses.replace(record, state=State.READY)
-        self._store.save(ready)
+        try:
+            self._store.save(ready)
+        except RecordWriteError:
+            # Not recorded as ready: undo it all, so the caller may release its address.
+            self._counts["failed_creates"] += 1
+            self._rollback(record)
+            raise
         self._records[ready.name] = ready
         self._counts["created"] += 1
         return ready
@@ -410,7 +424,12 @@ class Endpoints:
         return True
 
     def _recover(self) -> RecoveryReport:
-        records, unreadable = self._store.load()
+        records, restored, unreadable = self._store.load()
+        for name in restored:
+            log.warning("endpoint record %r did not parse; restored from its copy", name)
+        for name in unreadable:
+            log.error("endpoint record %r is unreadable (set aside as .bad); its namespace and"
+                      " veth are kept", name)
         self._records = {r.name: r for r in records}
         rolled_back, reensured, failed = [], [], []
         for record in records:
@@ -418,11 +437,13 @@ class Endpoints:
                 self._rollback(record)
                 rolled_back.append(record.name)
         owned_netns = {r.netns for r in self._records.values() if r.netns}
+        owned_netns |= {f"{self.config.netns_prefix}{name}" for name in unreadable}
         orphan_netns = [ns for ns in links.list_netns(prefix=self.config.netns_prefix)
                         if ns not in owned_netns]
         for ns in orphan_netns:
             links.delete_netns(ns)
         owned_links = {r.host_ifname for r in self._records.values() if r.host_ifname}
+        owned_links |= {host_veth_name(name) for name in unreadable}
 
         def collect(ipr: IPRoute) -> list[str]:
             gone = []
@@ -444,7 +465,8 @@ class Endpoints:
                 failed.append(record.name)
         self._apply_nat()
         return RecoveryReport(tuple(rolled_back), tuple(orphan_netns), tuple(orphan_links),
-                              tuple(reensured), tuple(failed), tuple(unreadable))
+                              tuple(reensured), tuple(failed), tuple(unreadable),
+                              tuple(restored))
 
     def _inspect(self, record: EndpointRecord) -> Inspection:
         port_texts = tuple(str(c) for c in record.spec.claims) + \

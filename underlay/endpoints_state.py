@@ -3,14 +3,20 @@
 Owns: the state directory layout (`<state_dir>/endpoints/<name>.json`) and an exclusive lock
 (`<state_dir>/endpoints/.lock`) so two agents never manage the same endpoints.
 
-Rules: a write goes to a temporary file in the same directory, is fsynced, renamed over the
-old file and the directory fsynced, so a crash leaves the old or the new record, never a torn
-one. A file that does not parse is renamed `<name>.json.bad` and reported, never deleted.
-May import: the standard library, underlay.endpoints_model.
+Rules: a write goes to a temporary file in the same directory (written whole, short writes
+continued), is fsynced, renamed over the old file and the directory fsynced, so a crash leaves
+the old or the new record, never a torn one; a failed write (ENOSPC) removes its temporary
+file and raises `RecordWriteError`, leaving the previous record. Each record is written twice,
+`<name>.json` then its copy `<name>.json.copy`: a record that does not parse (damaged by hand
+or by the disk) is restored from its copy. When neither parses, the file is renamed
+`<name>.json.bad` and its name reported as unreadable, never deleted: the caller must then
+leave that endpoint's kernel objects alone (they may carry a running workload).
+May import: the standard library, underlay.endpoints_model, underlay.errors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -22,6 +28,9 @@ from underlay.endpoints_model import (
     record_from_json,
     record_to_json,
 )
+from underlay.errors import RecordWriteError
+
+COPY_SUFFIX = ".json.copy"
 
 
 class RecordStore:
@@ -43,37 +52,65 @@ class RecordStore:
         return self.directory / f"{name}.json"
 
     def save(self, record: EndpointRecord) -> None:
-        """Write `record` atomically (durable when this returns)."""
-        path = self._path(record.name)
-        tmp = path.with_suffix(".json.tmp")
+        """Write `record` and its copy atomically (durable when this returns)."""
         data = json.dumps(record_to_json(record), sort_keys=True, indent=1).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        path = self._path(record.name)
+        self._write(path, data)
+        self._write(path.with_name(path.name[: -len(".json")] + COPY_SUFFIX), data)
+
+    def _write(self, path: Path, data: bytes) -> None:
+        tmp = path.with_name(path.name + ".tmp")
         try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        self._sync_directory()
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            self._sync_directory()
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise RecordWriteError(f"cannot write endpoint record {path}: {exc.strerror}") \
+                from None
 
     def remove(self, name: str) -> None:
-        """Forget endpoint `name`; already gone is success."""
-        try:
-            os.unlink(self._path(name))
-        except FileNotFoundError:
-            return
-        self._sync_directory()
+        """Forget endpoint `name` (record and copy); already gone is success."""
+        removed = False
+        for path in (self._path(name), self._copy_path(name)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+                removed = True
+        if removed:
+            self._sync_directory()
 
-    def load(self) -> tuple[list[EndpointRecord], list[str]]:
-        """Every record, and the names of files set aside as unreadable."""
-        records, bad = [], []
+    def _copy_path(self, name: str) -> Path:
+        return self.directory / f"{name}{COPY_SUFFIX}"
+
+    def load(self) -> tuple[list[EndpointRecord], list[str], list[str]]:
+        """Every record; the names restored from their copy; the names set aside as unreadable
+        (their files renamed `.bad`)."""
+        records, restored, bad = [], [], []
         for path in sorted(self.directory.glob("*.json")):
-            try:
-                records.append(record_from_json(json.loads(path.read_text())))
-            except (EndpointError, ValueError, OSError):
-                os.replace(path, path.with_suffix(".json.bad"))
-                bad.append(path.name)
-        return records, bad
+            name = path.name[: -len(".json")]
+            record = _parse(path)
+            if record is None or record.name != name:
+                copy = _parse(self._copy_path(name))
+                if copy is None or copy.name != name:
+                    os.replace(path, path.with_suffix(".json.bad"))
+                    bad.append(name)
+                    continue
+                self._write(path, self._copy_path(name).read_bytes())
+                restored.append(name)
+                record = copy
+            records.append(record)
+        for copy_path in self.directory.glob(f"*{COPY_SUFFIX}"):
+            if not self._path(copy_path.name[: -len(COPY_SUFFIX)]).exists():
+                copy_path.unlink()  # a removal interrupted between the two unlinks
+        return records, restored, bad
 
     def _sync_directory(self) -> None:
         fd = os.open(self.directory, os.O_RDONLY)
@@ -87,3 +124,10 @@ class RecordStore:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+
+def _parse(path: Path) -> EndpointRecord | None:
+    try:
+        return record_from_json(json.loads(path.read_text()))
+    except (EndpointError, ValueError, OSError, TypeError, AttributeError):
+        return None

@@ -11,3 +11,7 @@ class KernelError(UnderlayError):
     def __init__(self, message: str, errno: int | None = None) -> None:
         super().__init__(message)
         self.errno = errno
+
+
+class RecordWriteError(UnderlayError):
+    """An endpoint record could not be written (a full disk, say); nothing was changed."""
