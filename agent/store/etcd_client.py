@@ -73,6 +73,14 @@ class StoreAuthFailed(StoreError):
     """etcd refused the configured user name and password."""
 
 
+def _cluster_busy(exc: grpc.RpcError) -> bool:
+    """The member answered but the cluster could not commit now (an election is under way):
+    try the next member, but the one that answered is not at fault."""
+    details = (exc.details() if hasattr(exc, "details") else "") or ""
+    return any(text in details for text in ("leader changed", "request timed out",
+                                            "too many requests"))
+
+
 def _token_expired(exc: grpc.RpcError) -> bool:
     """etcd no longer knows our auth token (it expired, or the member restarted)."""
     code = exc.code() if hasattr(exc, "code") else None
@@ -305,12 +313,14 @@ class EtcdClient:
     A call goes to the first member (in the configured order) not marked down; a member that
     does not answer within `member_timeout`, refuses the connection or has lost its leader is
     marked down and the call goes on to the next, until one answers or `timeout` (the whole
-    call's budget) is spent. Members marked down are skipped until `probe_down_members()`
-    finds them healthy again (answering, with a leader), so the client returns to them. When
-    every member is down they are all tried anyway. Requests carry etcd's "require leader"
-    flag, so a member cut off from its cluster refuses at once rather than answering stale
-    or hanging. A call that fails this way may still have committed (its reply was lost):
-    callers already treat `StoreUnavailable` that way.
+    call's budget) is spent; each round over the members doubles the time one attempt may
+    take (a slow cluster still answers, a hung proposal is asked again soon). Members marked
+    down are skipped until `probe_down_members()` finds them healthy again (answering, with a
+    leader), so the client returns to them. When every member is down they are all tried
+    anyway; an answer saying the cluster is busy electing moves on without marking anyone.
+    Requests carry etcd's "require leader" flag, so a member cut off from its cluster refuses
+    at once rather than answering stale or hanging. A call that fails this way may still have
+    committed (its reply was lost): callers already treat `StoreUnavailable` that way.
     """
 
     def __init__(
@@ -394,14 +404,14 @@ class EtcdClient:
         pause = 0.02
         error: StoreError = StoreUnavailable("etcd unavailable (no member tried)")
         authenticated = False
+        attempt_limit = self.member_timeout
         while True:
             order = self._order()
-            for index, member in enumerate(order):
+            for member in order:
                 remaining = budget_end - time.monotonic()
                 if remaining <= 0:
                     raise error
-                last = index == len(order) - 1
-                deadline = remaining if last else min(remaining, self.member_timeout)
+                deadline = min(remaining, attempt_limit)
                 self._count()
                 try:
                     if self.security.username and not self._token:
@@ -417,7 +427,8 @@ class EtcdClient:
                         break  # retry the call with the new token, from the first member
                     if not isinstance(error, StoreUnavailable):
                         raise error from None
-                    self._mark_down(member, str(error))
+                    if not _cluster_busy(exc):
+                        self._mark_down(member, str(error))
                     continue
                 self._mark_up(member)
                 return result
@@ -426,6 +437,10 @@ class EtcdClient:
                 raise error
             time.sleep(min(pause, remaining))  # every member failed: an election, probably
             pause = min(pause * 2, 0.2)
+            # A proposal a follower took just before it noticed its leader was gone hangs
+            # until etcd's own request timeout (seconds): give up on it after the member
+            # timeout and ask again, with more time each round for a merely slow cluster.
+            attempt_limit *= 2
 
     def _authenticate(self, member: _Member, deadline: float) -> None:
         """Take a token with the configured user and password (one round trip)."""

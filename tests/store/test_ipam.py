@@ -148,3 +148,12 @@ def test_departure_clock_waits_out_the_grace_and_resets() -> None:
     clock.forget("b")
     assert clock.observe({"a"}, set(), now=23.0) == []
     assert clock.observe({"a"}, set(), now=33.0) == ["a"]
+
+
+def test_departure_clock_never_counts_a_host_alive_in_gossip() -> None:
+    clock = DepartureClock(grace=10.0)
+    # "b" lost its registry record but gossips: never reclaimed, however long.
+    for now in (0.0, 20.0, 40.0):
+        assert clock.observe({"b"}, set(), now=now, alive={"b"}) == []
+    assert clock.observe({"b"}, set(), now=41.0) == []  # silent from now on: the clock starts
+    assert clock.observe({"b"}, set(), now=51.0) == ["b"]

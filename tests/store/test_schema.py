@@ -22,6 +22,7 @@ from agent.store.schema import (
     MalformedRecord,
     Node,
     block_key,
+    check_block,
     decode_block,
     decode_network,
     decode_node,
@@ -175,3 +176,52 @@ def test_guard_keys_detect_exactly_the_overlaps(
     seen = start <= subnet_key(b) < end or subnet_key(b) in subnet_outer_keys(a)
     assert seen == a.overlaps(b)
     event("overlap" if seen else "disjoint")
+
+
+def test_a_bad_value_keeps_the_last_good_copy_until_deleted() -> None:
+    a = validate_network(name="a", subnet="10.1.0.0/24", vni=1, mtu=1400)
+    view = NetworkView()
+    view.replace([(network_key("a"), encode(a))], 5)
+    typo = encode(a).replace(b'"overlay"', b'"overlya"')
+    small_mtu = encode(a).replace(b'"mtu":1400', b'"mtu":1000')
+    for bad in (typo, small_mtu, b"{"):
+        assert view.apply([KeyChange(network_key("a"), bad, 6)]) == []
+        assert view.networks == {"a": a} and view.rejected == {network_key("a")}
+    assert view.replace([(network_key("a"), typo)], 7) == []  # a re-list keeps it too
+    assert view.networks == {"a": a}
+    assert view.apply([KeyChange(network_key("a"), encode(a), 8)]) == []
+    assert view.rejected == set()
+    assert view.apply([KeyChange(network_key("a"), None, 9)]) == [NetworkRemoved("a")]
+
+
+def test_a_restarted_agent_keeps_its_cached_copy_of_a_network_now_bad_in_etcd() -> None:
+    a = validate_network(name="a", subnet="10.1.0.0/24", vni=1)
+    view = NetworkView()
+    view.adopt_cached([a])
+    assert view.replace([(network_key("a"), b"garbage")], 3) == []
+    assert view.networks == {"a": a}
+    assert view.replace([], 4) == [NetworkRemoved("a")]  # really deleted: gone
+
+
+def test_one_mtu_range_for_api_schema_and_desired_state() -> None:
+    from overlay.desired import MTU_MIN as DESIRED_MIN
+    from underlay.records import MTU_MAX, MTU_MIN
+
+    assert DESIRED_MIN == MTU_MIN == 1280
+    validate_network(name="n", subnet="10.0.0.0/24", mtu=MTU_MIN)
+    validate_network(name="n", subnet="10.0.0.0/24", mtu=MTU_MAX)
+    for bad in (MTU_MIN - 1, MTU_MAX + 1):
+        with pytest.raises(InvalidNetwork, match="mtu"):
+            validate_network(name="n", subnet="10.0.0.0/24", mtu=bad)
+
+
+@pytest.mark.parametrize(("cidr", "reason"), [
+    ("10.1.0.0/24", "not a /28 block"),
+    ("10.9.0.0/28", "outside subnet"),
+])
+def test_blocks_are_checked_against_their_network(cidr: str, reason: str) -> None:
+    network = validate_network(name="n", subnet="10.1.0.0/24", block_prefix=28)
+    block = Block("n", ipaddress.ip_network(cidr), "h1", {})
+    check_block(Block("n", ipaddress.ip_network("10.1.0.16/28"), "h1", {}), network, "k")
+    with pytest.raises(MalformedRecord, match=reason):
+        check_block(block, network, block_key("n", block.cidr))
