@@ -62,7 +62,9 @@ class FakeLink:
     def flush(self) -> None:
         """Deliver everything in flight until nobody has anything more to send."""
         busy = True
-        while busy:
+        for _ in range(100_000):  # a storm that never settles is a bug, not a long wait
+            if not busy:
+                return
             busy = False
             for swim in self.swims:
                 if swim.addr in self.down:
@@ -90,12 +92,13 @@ class FakeLink:
                 while event is not None:
                     self.events[swim.name].append(event)
                     event = swim.next_event()
+        raise AssertionError("the fake link never settled: a datagram storm")
 
     def advance(self, seconds: float) -> None:
         """Run timers in order up to now + seconds, delivering after each."""
         until = self.now + seconds
         self.flush()
-        while True:
+        for _ in range(10_000_000):  # each turn runs a due timer: bounded by the timers due
             live = [s for s in self.swims if s.addr not in self.down]
             due = min((s.next_deadline() for s in live), default=float("inf"))
             if due > until:
@@ -105,6 +108,8 @@ class FakeLink:
                 if swim.next_deadline() <= self.now:
                     swim.handle_timeout(self.now)
             self.flush()
+        else:
+            raise AssertionError("timers never got past the horizon")
         self.now = until
 
     def form(self) -> None:
