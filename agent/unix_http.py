@@ -15,7 +15,6 @@ May import: the standard library only (socket).
 from __future__ import annotations
 
 import socket
-from typing import NamedTuple
 
 MAX_RESPONSE = 16 * 1024 * 1024
 
@@ -24,9 +23,14 @@ class ProtocolError(Exception):
     """The peer's answer is not an HTTP/1.x response."""
 
 
-class UnixResponse(NamedTuple):
-    status: int
-    body: bytes
+class UnixResponse:
+    """An answer: HTTP status and body (a plain class: `typing` costs the plugin's start)."""
+
+    __slots__ = ("body", "status")
+
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status = status
+        self.body = body
 
 
 def unix_request(socket_path: str, method: str, target: str, body: bytes | None = None, *,

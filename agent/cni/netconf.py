@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import Any, NamedTuple
 
 from agent.cni.spec import (
     DECODING_FAILURE,
@@ -33,8 +32,13 @@ from agent.cni.spec import (
     CniError,
     Invocation,
     Result,
+    Value,
     parse_result,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_SOCKET = "/run/vxmesh/agent.sock"
 PLUGIN_TYPE = "vxmesh"
@@ -51,20 +55,41 @@ KNOWN_ARGS = {"IgnoreUnknown", "IP", "MAC", "K8S_POD_NAMESPACE", "K8S_POD_NAME",
               "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID"}
 
 
-class NetConf(NamedTuple):
+class NetConf(Value):
     """A validated vxmesh plugin configuration and what this attachment asks for."""
 
-    name: str
-    version: str
-    network: str
-    socket: str = DEFAULT_SOCKET
-    subnet: str | None = None
-    vni: int | None = None
-    mtu: int | None = None
-    dns: Mapping[str, Any] | None = None
-    ip: str | None = None
-    mac: str | None = None
-    prev_result: Result | None = None
+    __slots__ = (
+        "dns",
+        "ip",
+        "mac",
+        "mtu",
+        "name",
+        "network",
+        "prev_result",
+        "socket",
+        "subnet",
+        "version",
+        "vni",
+    )
+
+    def __init__(self, name: str, version: str, network: str, socket: str = DEFAULT_SOCKET,
+                 subnet: str | None = None, vni: int | None = None, mtu: int | None = None,
+                 dns: Mapping[str, Any] | None = None, ip: str | None = None,
+                 mac: str | None = None, prev_result: Result | None = None) -> None:
+        self.name = name
+        self.version = version
+        self.network = network
+        self.socket = socket
+        self.subnet = subnet
+        self.vni = vni
+        self.mtu = mtu
+        self.dns = dns
+        self.ip = ip
+        self.mac = mac
+        self.prev_result = prev_result
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.network, self.socket))
 
     @property
     def spool_dir(self) -> str:

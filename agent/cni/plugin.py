@@ -36,7 +36,6 @@ import json
 import os
 import sys
 from collections.abc import Mapping
-from typing import Any, BinaryIO, TextIO
 
 from agent.cni.netconf import NetConf, attachment_name, parse_netconf, valid_attachments
 from agent.cni.spec import (
@@ -65,6 +64,10 @@ from agent.cni.spec import (
     version_answer,
 )
 from agent.unix_http import ProtocolError, unix_request
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO, TextIO
 
 AGENT_TIMEOUT = 60.0
 NS_GET_NSTYPE = 0xB703  # ioctl: which kind of namespace a file descriptor refers to

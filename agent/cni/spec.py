@@ -8,8 +8,8 @@ VERSION answer, reading a `prevResult`.
 
 Rules:
 - Pure and standard library only (the plugin must start fast; no trio, pyroute2 or grpc;
-  even `ipaddress` is imported only where an address must be parsed, and value types are
-  NamedTuples because `dataclasses` costs ~8 ms of imports).
+  even `ipaddress` is imported only where an address must be parsed, and the value types
+  are `Value`s because `dataclasses` and `typing` cost ~10 ms of imports at every start).
 - Every refusal is a `CniError` whose message names the variable or field and its value;
   nothing is decided from half-read input (validation ends before any request is sent).
 - A result holds exactly the keys its version defines: `version` on IPs before 1.0.0,
@@ -23,7 +23,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST = "1.1.0"
@@ -107,18 +110,43 @@ def version_key(text: str) -> tuple[int, int, int]:
     return major, minor, patch
 
 
+class Value:
+    """A small value compared, hashed and shown by the fields its class lists in `__slots__`
+    (set once, in `__init__`)."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def fields(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Value) and type(other) is type(self) \
+            and other.fields() == self.fields()
+
+    def __hash__(self) -> int:
+        return hash(self.fields())
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{type(self).__name__}({shown})"
+
+
 # --------------------------------------------------------------------------- invocation
 
 
-class Invocation(NamedTuple):
+class Invocation(Value):
     """One run of the plugin: the command and the `CNI_*` variables, validated."""
 
-    command: str
-    container_id: str = ""
-    netns: str = ""
-    ifname: str = ""
-    args: tuple[tuple[str, str], ...] = ()
-    path: tuple[str, ...] = ()
+    __slots__ = ("args", "command", "container_id", "ifname", "netns", "path")
+
+    def __init__(self, command: str, container_id: str = "", netns: str = "", ifname: str = "",
+                 args: tuple[tuple[str, str], ...] = (), path: tuple[str, ...] = ()) -> None:
+        self.command = command
+        self.container_id = container_id
+        self.netns = netns
+        self.ifname = ifname
+        self.args = args
+        self.path = path
 
     def arg(self, key: str) -> str | None:
         for name, value in self.args:
@@ -185,36 +213,56 @@ def parse_environment(env: Mapping[str, str]) -> Invocation:
 # --------------------------------------------------------------------------- configuration
 
 
-class IPConfig(NamedTuple):
+class IPConfig(Value):
     """One address of a result: `address` a CIDR, `gateway` an address or None, `interface`
     an index into the result's interfaces (None: not tied to one)."""
 
-    address: str
-    gateway: str | None = None
-    interface: int | None = None
+    __slots__ = ("address", "gateway", "interface")
+
+    def __init__(self, address: str, gateway: str | None = None,
+                 interface: int | None = None) -> None:
+        self.address = address
+        self.gateway = gateway
+        self.interface = interface
 
 
-class Interface(NamedTuple):
+class Interface(Value):
     """One interface of a result; `sandbox` empty means the host."""
 
-    name: str
-    mac: str = ""
-    sandbox: str = ""
-    mtu: int | None = None
+    __slots__ = ("mac", "mtu", "name", "sandbox")
+
+    def __init__(self, name: str, mac: str = "", sandbox: str = "",
+                 mtu: int | None = None) -> None:
+        self.name = name
+        self.mac = mac
+        self.sandbox = sandbox
+        self.mtu = mtu
 
 
-class Route(NamedTuple):
-    dst: str
-    gw: str | None = None
+class Route(Value):
+    """A route of a result: `dst` a CIDR, via `gw` (None: on link)."""
+
+    __slots__ = ("dst", "gw")
+
+    def __init__(self, dst: str, gw: str | None = None) -> None:
+        self.dst = dst
+        self.gw = gw
 
 
-class Result(NamedTuple):
+class Result(Value):
     """An ADD result, version-neutral; `render(version)` gives the wire shape."""
 
-    interfaces: tuple[Interface, ...] = ()
-    ips: tuple[IPConfig, ...] = ()
-    routes: tuple[Route, ...] = ()
-    dns: Mapping[str, Any] | None = None
+    __slots__ = ("dns", "interfaces", "ips", "routes")
+
+    def __init__(self, interfaces: tuple[Interface, ...] = (), ips: tuple[IPConfig, ...] = (),
+                 routes: tuple[Route, ...] = (), dns: Mapping[str, Any] | None = None) -> None:
+        self.interfaces = interfaces
+        self.ips = ips
+        self.routes = routes
+        self.dns = dns
+
+    def __hash__(self) -> int:
+        return hash((self.interfaces, self.ips, self.routes))
 
     def render(self, version: str) -> dict[str, Any]:
         key = version_key(version)
