@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns import NetnsLab, run
+from agent.lab.namespaces import NetnsLab, run
 from underlay.echo import ICMP_ECHO_REPLY, encode_request, parse_reply
 
 ROOT = Path(__file__).resolve().parents[2]
