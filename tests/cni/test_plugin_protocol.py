@@ -16,10 +16,10 @@ import pytest
 
 from agent.cni import spec
 from agent.cni.conflist import conflist, write_conflist
+from agent.cni.invoke import ALL_VERSIONS, Attachment, plugin_dir, run_plugin
 from agent.cni.launcher import launcher_text, source_root
 from agent.cni.netconf import attachment_name
 from agent.lab.namespaces import NetnsLab
-from tests.cni.plugin_run import ALL_VERSIONS, Attachment, plugin_dir, run_plugin
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,14 @@
-"""Run CNI plugins the way a runtime does, for tests and the benchmark (testutils' shape).
+"""Run CNI plugins the way a runtime does (libcni's `invoke`), for tests and bench/cni.py.
 
-A plugin is a process: `CNI_*` variables in its environment, the request configuration on
-stdin, the result or the error object on stdout, exit status 0 or 1. `run_plugin` runs one
-(inside the runtime's network namespace if given), `chain` runs a conflist's plugins in
-order (ADD, CHECK) or in reverse (DEL) with `prevResult` threaded through as libcni does.
+Owns: executing one plugin as a process (`CNI_*` variables in its environment, the request
+configuration on stdin, the result or the error object on stdout, exit status 0 or 1), in
+the runtime's network namespace if given (`run_plugin`); deriving a plugin's request
+configuration from a conflist entry (spec section 3: `cniVersion`, `name`, `runtimeConfig`
+from the declared capabilities, `prevResult`); running a whole conflist (`chain`: ADD and
+CHECK in order, DEL in reverse, `prevResult` threaded as libcni does); a CNI bin dir holding
+this tree's `vxmesh` launcher next to the system's reference plugins (`plugin_dir`).
+
+May import: agent.cni.launcher, underlay.netns_exec, the standard library.
 """
 
 from __future__ import annotations
