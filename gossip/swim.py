@@ -375,6 +375,8 @@ class Swim:
         # Addresses that answered our probe directly or sent an authentic sealed packet;
         # replies to any other address stay within twice the request (no amplification).
         self._proven: dict[Addr, None] = {}
+        # Address -> the member we know there (replies to members are not capped).
+        self._addr_owner: dict[Addr, str] = {}
         self._reply_room = math.inf
         self._at(now + rng.uniform(0, config.probe_interval_s), _PROBE, None)
         self._push_pull_token = 0
@@ -446,7 +448,10 @@ class Swim:
         Amplification bound: everything this packet makes us send (acks, relayed pings)
         totals at most twice its size unless `addr` has proven itself: it acked a probe we
         sent to it, or (with a keyring) sent an authentic packet (replays are refused by the
-        keyring). Further replies are dropped and counted (`replies_capped`).
+        keyring), or it is the address of a member we know (so piggybacked gossip keeps
+        flowing on acks; without a keyring a spoofed member address can draw full-size acks
+        toward that member, never toward anyone else). Further replies are dropped and
+        counted (`replies_capped`).
         """
         stats = self._stats
         stats["packets_received"] += 1
@@ -459,7 +464,7 @@ class Swim:
                 stats["auth_failures"] += 1
                 return
             self._prove(addr)
-        if addr in self._proven:
+        if addr in self._proven or addr in self._addr_owner:
             self._reply_room = math.inf
         try:
             messages = decode_packet(data)
@@ -545,6 +550,7 @@ class Swim:
                              record.state, now)
                 node.key, node.signature = record.key, record.signature
                 nodes[record.name] = node
+                self._addr_owner[record.addr] = record.name
                 index[record.name] = len(others)
                 others.append(record.name)
                 self._counts[record.state] += 1
@@ -942,6 +948,7 @@ class Swim:
 
     def _add(self, node: _Node) -> None:
         self._nodes[node.name] = node
+        self._addr_owner[node.addr] = node.name
         self._others_index[node.name] = len(self._others)
         self._others.append(node.name)
         self._counts[node.state] += 1
@@ -950,6 +957,8 @@ class Swim:
 
     def _forget(self, node: _Node) -> None:
         del self._nodes[node.name]
+        if self._addr_owner.get(node.addr) == node.name:
+            del self._addr_owner[node.addr]
         index = self._others_index.pop(node.name)
         last = self._others.pop()
         if last != node.name:
@@ -1013,6 +1022,10 @@ class Swim:
         changed = node.addr != msg.addr or node.meta != msg.meta
         moved_from = node.addr if node.addr != msg.addr else None
         node.incarnation = msg.incarnation
+        if moved_from is not None:
+            if self._addr_owner.get(moved_from) == node.name:
+                del self._addr_owner[moved_from]
+            self._addr_owner[msg.addr] = node.name
         node.addr = msg.addr
         node.meta = msg.meta
         if previous != _ALIVE:

@@ -25,6 +25,8 @@ Rules:
   as wire errors, so a cluster is upgraded as a whole.) After it come the endpoint's attributes
   (`[name, [aliases], [[port, proto], ...]]`, nil when it has none), validated on receipt by
   overlay.attributes' rules; records without that field decode with no attributes.
+- A signed record (see overlay.table) ends with its owner's 64-byte Ed25519 signature, after
+  every other field; unsigned records are encoded exactly as before.
 - Bytes from a peer that do not decode make `decode_records` raise `TableWireError` (a
   `gossip.errors.WireError`); the delegate catches it, counts it in
   `statistics().decode_errors` and drops the message: the SWIM core calls the delegate without
@@ -79,6 +81,7 @@ KIND_STATE = 3
 _TTL_MAX_MS = 2**40
 _WALL_MAX = 2.0**40  # seconds since the epoch (year 36812): anything above is garbage
 _NAME_MAX = 255
+_SIGNATURE_BYTES = 64
 _ADDRESS_CACHE_MAX = 1 << 16
 _CHUNK_MIN = 2048  # a group head (two names of up to 255 characters) plus one record fits
 
@@ -191,6 +194,19 @@ def _fields(raw: object, count: int, what: str, *, optional: int = 0) -> list[ob
     return raw + [None] * (count - len(raw))
 
 
+def _signature_field(record: Record) -> list[bytes]:
+    """The trailing signature field: present only when the record is signed."""
+    return [record.signature] if record.signature else []
+
+
+def _signature(raw: object) -> bytes:
+    if raw is None:
+        return b""
+    if not isinstance(raw, bytes) or len(raw) != _SIGNATURE_BYTES:
+        raise TableWireError(f"signature must be {_SIGNATURE_BYTES} bytes, got {raw!r:.40}")
+    return raw
+
+
 def encode_record(record: Record, now: float) -> bytes:
     """One record as a broadcast payload."""
     if isinstance(record, Entry):
@@ -198,11 +214,11 @@ def encode_record(record: Record, now: float) -> bytes:
             FORMAT, KIND_ENDPOINT, record.network, record.owner, _pack_address(record.ip),
             bytes.fromhex(record.mac.replace(":", "")), _pack_address(record.vtep),
             record.version, _ttl_ms(record, now), record.changed_at,
-            _pack_attributes(record.attributes),
+            _pack_attributes(record.attributes), *_signature_field(record),
         ])
     return msgpack.packb([
         FORMAT, KIND_MEMBERSHIP, record.network, record.node, _pack_address(record.vtep),
-        record.version, _ttl_ms(record, now),
+        record.version, _ttl_ms(record, now), *_signature_field(record),
     ])
 
 
@@ -219,12 +235,12 @@ def _unpack(data: bytes) -> list[object]:
 
 
 def _endpoint(network: str, owner: str, raw: object, now: float) -> Entry:
-    ip, mac, vtep, version, ttl, changed_at, attributes = _fields(raw, 7, "endpoint",
-                                                                   optional=2)
+    ip, mac, vtep, version, ttl, changed_at, attributes, signature = _fields(
+        raw, 8, "endpoint", optional=3)
     deleted, expires_at = _ttl(ttl, now)
     return Entry(network, _unpack_address(ip), _unpack_mac(mac), owner, _unpack_address(vtep),
                  _version(version), deleted, expires_at, _changed_at(changed_at),
-                 _unpack_attributes(attributes))
+                 _unpack_attributes(attributes), _signature(signature))
 
 
 def _pack_attributes(attributes: EndpointAttributes) -> list[object] | None:
@@ -246,10 +262,10 @@ def _unpack_attributes(raw: object) -> EndpointAttributes:
 
 
 def _membership(network: str, node: str, raw: object, now: float) -> Membership:
-    vtep, version, ttl = _fields(raw, 3, "membership")
+    vtep, version, ttl, signature = _fields(raw, 4, "membership", optional=1)
     deleted, expires_at = _ttl(ttl, now)
     return Membership(network, node, _unpack_address(vtep), _version(version), deleted,
-                      expires_at)
+                      expires_at, _signature(signature))
 
 
 def decode_records(data: bytes, now: float) -> list[Record]:
@@ -257,10 +273,10 @@ def decode_records(data: bytes, now: float) -> list[Record]:
     message = _unpack(data)
     kind = message[1]
     if kind == KIND_ENDPOINT:
-        fields = _fields(message, 11, "endpoint message", optional=2)
+        fields = _fields(message, 12, "endpoint message", optional=3)
         return [_endpoint(_name(fields[2]), _name(fields[3]), fields[4:], now)]
     if kind == KIND_MEMBERSHIP:
-        fields = _fields(message, 7, "membership message")
+        fields = _fields(message, 8, "membership message", optional=1)
         return [_membership(_name(fields[2]), _name(fields[3]), fields[4:], now)]
     if kind == KIND_STATE:
         groups = _fields(message, 3, "state chunk")[2]
@@ -294,12 +310,13 @@ def encode_state(records: Iterable[Record], now: float, chunk_limit: int) -> Ite
         membership = b"\xc0"  # nil
         if memberships:
             m = memberships[0]
-            membership = msgpack.packb([_pack_address(m.vtep), m.version, _ttl_ms(m, now)])
+            membership = msgpack.packb([_pack_address(m.vtep), m.version, _ttl_ms(m, now),
+                                        *_signature_field(m)])
         packed = [
             msgpack.packb([
                 _pack_address(e.ip), bytes.fromhex(e.mac.replace(":", "")),
                 _pack_address(e.vtep), e.version, _ttl_ms(e, now), e.changed_at,
-                _pack_attributes(e.attributes),
+                _pack_attributes(e.attributes), *_signature_field(e),
             ])
             for e in entries
         ]

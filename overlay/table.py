@@ -25,8 +25,9 @@ Rules:
 - A failed or departed owner's entries leave the view at once and are kept `failed_grace`
   seconds; if the owner comes back within it they return to the view from local state (events,
   no broadcast). After the grace they are purged and late copies are dropped while the owner stays
-  gone. A new node name at an address an older name used supersedes the older name's entries at
-  once (a restart with a new identity).
+  gone. A new node name at an address an older name used supersedes the older name's entries (a
+  restart with a new identity), but only once the older name is confirmed gone (failed, or left
+  by its own message): a claim of a new name alone never purges a live owner.
 - The view holds, per (network, IP), the visible live entry with the highest (version, owner);
   every change of it is an `EndpointChanged(previous, current)` computed from local state, and
   every change of a network's peer set a `NetworkPeerChanged`.
@@ -37,6 +38,15 @@ Rules:
   refuting tombstone of something we no longer hold has none.
 - An endpoint record carries its `attributes` (name, aliases, service ports; see
   overlay.attributes), written by the owner with the record: the names the resolver serves.
+- Validation on receipt: a remote endpoint needs a unicast, non-zero MAC and, once the
+  network's subnet is known (`set_subnet`), an address inside it that is not its network,
+  broadcast or gateway address (else `Merge.INVALID`, counted, nothing stored).
+- Signed records (`sign` and `check_signature` given): every record we write carries our
+  Ed25519 signature of `record_signed_bytes`; a remote record is stored only if its owner's
+  trusted key signed it (else `Merge.UNVERIFIED`, counted; an unknown key is fetched by the
+  shell and the record comes again with the next push-pull). A forged record in our own name
+  is dropped, not refuted. Records of an owner the membership layer has not announced are
+  held but stay out of the view until it does.
 
 Pure: takes `now`, returns records and events; imports only the standard library and overlay.errors
 (never trio, socket, time, threading or pyroute2).
@@ -45,11 +55,13 @@ Pure: takes `now`, returns records and events; imports only the standard library
 from __future__ import annotations
 
 import heapq
+import ipaddress
 import math
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields, replace
 from enum import Enum
+from typing import TypeVar
 
 from overlay.attributes import NO_ATTRIBUTES, EndpointAttributes
 from overlay.errors import OverlayError
@@ -89,6 +101,7 @@ class Entry:
     expires_at: float = math.inf
     changed_at: float | None = None
     attributes: EndpointAttributes = NO_ATTRIBUTES
+    signature: bytes = b""  # the owner's Ed25519 signature of `record_signed_bytes` (b"": none)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -110,6 +123,7 @@ class Membership:
     version: int
     deleted: bool = False
     expires_at: float = math.inf
+    signature: bytes = b""  # the node's signature of `record_signed_bytes` (b"": none)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -125,6 +139,23 @@ class Membership:
 
 
 Record = Entry | Membership
+
+#: Signs bytes with our identity key.
+Sign = Callable[[bytes], bytes]
+#: (owner, signature, signed bytes) -> True valid, False forged, None owner's key unknown.
+CheckSignature = Callable[[str, bytes, bytes], bool | None]
+
+_UNSIGNED_FIELDS = frozenset({"expires_at", "signature"})
+R = TypeVar("R", bound=Entry | Membership)
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def record_signed_bytes(record: Record) -> bytes:
+    """What an owner signs: every field of the record but the local `expires_at` and the
+    signature itself (a tombstone's remaining lifetime is not signed; the receiver caps it)."""
+    content = tuple(getattr(record, f.name) for f in fields(record)
+                    if f.name not in _UNSIGNED_FIELDS)
+    return b"vxmesh record\x00" + repr((type(record).__name__, content)).encode()
 
 
 def supersedes(incoming: Record, current: Record) -> bool:
@@ -182,6 +213,8 @@ class Merge(Enum):
     OWNER_GONE = "owner_gone"  # owner purged after its grace, or superseded
     REFUTED = "refuted"  # a record in our own name we do not hold: we re-issued ours
     IMPLAUSIBLE = "implausible"  # version more than VERSION_JUMP above our clock
+    INVALID = "invalid"  # MAC not unicast, IP outside the network's subnet or reserved
+    UNVERIFIED = "unverified"  # signing on: unsigned, forged, or the owner's key not known yet
 
 
 class OwnerStatus(Enum):
@@ -220,6 +253,8 @@ class TableStatistics:
     owner_gone: int
     refuted: int
     implausible: int
+    invalid: int
+    unverified: int
     reaped: int
     purged: int  # entries dropped after an owner's grace or on supersede
 
@@ -260,7 +295,17 @@ class NeighborTable:
         *,
         tombstone_ttl: float = 600.0,
         failed_grace: float = 60.0,
+        sign: Sign | None = None,
+        check_signature: CheckSignature | None = None,
     ) -> None:
+        """`sign` and `check_signature` (both or neither) turn on signed records: ours are
+        signed, every remote one is verified before it is stored, and an owner the membership
+        layer has not announced is held but not shown (see the module docstring)."""
+        if (sign is None) != (check_signature is None):
+            raise InvalidEndpoint("sign and check_signature: give both or neither")
+        self._sign = sign
+        self._check_signature = check_signature
+        self._subnets: dict[str, tuple[IPNetwork, frozenset[str]]] = {}
         self.node = _check_name("node", node)
         self.vtep = _checked_ip(vtep, "vtep")
         if not tombstone_ttl > 0:
@@ -296,7 +341,7 @@ class NeighborTable:
         """Take part in `network`: from now on its endpoint records are held and gossiped."""
         _check_name("network", network)
         self._networks.add(network)
-        record = Membership(network, self.node, self.vtep, self._tick())
+        record = self._signed(Membership(network, self.node, self.vtep, self._tick()))
         self._store(record, now)
         self._outbox.append(record)
         return record
@@ -309,9 +354,9 @@ class NeighborTable:
         for key in [k for k in self._by_owner.get(self.node, ()) if k[0] == network]:
             if not self._entries[key].deleted:
                 out.append(self.delete_endpoint(network, key[2], now))
-        record = Membership(
+        record = self._signed(Membership(
             network, self.node, self.vtep, self._tick(), True, now + self.tombstone_ttl
-        )
+        ))
         self._store(record, now)
         self._outbox.append(record)
         out.append(record)
@@ -331,9 +376,10 @@ class NeighborTable:
         """
         if network not in self._networks:
             raise InvalidEndpoint(f"network: {network!r} is not joined by this node")
-        entry = Entry(network, _checked_ip(ip), _checked_mac(mac), self.node, self.vtep,
-                      self._tick(), changed_at=_check_wall_time(changed_at),
-                      attributes=attributes)
+        entry = self._signed(Entry(network, _checked_ip(ip), _checked_mac(mac), self.node,
+                                   self.vtep, self._tick(),
+                                   changed_at=_check_wall_time(changed_at),
+                                   attributes=attributes))
         self._store(entry, now)
         self._outbox.append(entry)
         return entry
@@ -348,9 +394,9 @@ class NeighborTable:
         current = self._entries.get(key)
         if current is None or current.deleted:
             raise InvalidEndpoint(f"ip: {ip!r} is not an endpoint of ours in network {network!r}")
-        entry = replace(current, version=self._tick(), deleted=True,
-                        expires_at=now + self.tombstone_ttl,
-                        changed_at=_check_wall_time(changed_at))
+        entry = self._signed(replace(current, version=self._tick(), deleted=True,
+                                     expires_at=now + self.tombstone_ttl,
+                                     changed_at=_check_wall_time(changed_at)))
         self._store(entry, now)
         self._outbox.append(entry)
         return entry
@@ -373,6 +419,9 @@ class NeighborTable:
             return Merge.IMPLAUSIBLE
         if record.deleted and record.expires_at > now + self.tombstone_ttl:
             record = replace(record, expires_at=now + self.tombstone_ttl)
+        if isinstance(record, Entry) and not self._valid_entry(record):
+            self._counts[Merge.INVALID] += 1
+            return Merge.INVALID
         if record.version > self._clock:
             self._clock = record.version
         owner = record.owner
@@ -397,8 +446,12 @@ class NeighborTable:
             if merged is current:
                 return Merge.STALE
             if merged.version == current.version and merged.rank == current.rank:
+                if not self._verified(record):
+                    return Merge.UNVERIFIED
                 self._store(merged, now)  # same write, later tombstone deadline
                 return Merge.STALE
+        if not self._verified(record):
+            return Merge.UNVERIFIED
         self._store(record, now)
         return Merge.ACCEPTED
 
@@ -406,6 +459,8 @@ class NeighborTable:
         current = self._current(record)
         if current is not None and not supersedes(record, current):
             return Merge.STALE
+        if not self._verified(record):
+            return Merge.UNVERIFIED  # a forgery in our name: nothing to refute
         if current is None and record.deleted:
             self._store(record, now)  # a deletion of something we no longer hold: keep it
             return Merge.ACCEPTED
@@ -418,6 +473,7 @@ class NeighborTable:
                         expires_at=now + self.tombstone_ttl if deleted else math.inf)
         if current is None and isinstance(fresh, Entry):
             fresh = replace(fresh, changed_at=None)  # our deletion, time unknown
+        fresh = self._signed(fresh)
         self._store(fresh, now)
         self._outbox.append(fresh)
         return Merge.REFUTED
@@ -442,12 +498,18 @@ class NeighborTable:
         previous = self._owner_at.get(addr)
         self._owner_at[addr] = name
         if previous is not None and previous != name:
+            # A new name at an old name's address supersedes it only once the old name is
+            # confirmed gone (failed, or left by its own message); while it is alive, the
+            # new claim waits: `_member_down` completes it when the old name goes.
             other = self._owners.get(previous)
-            if other is not None and other.addr == addr and other.status is not OwnerStatus.GONE:
+            if (other is not None and other.addr == addr
+                    and other.status not in (OwnerStatus.ALIVE, OwnerStatus.GONE)):
                 self._set_status(previous, OwnerStatus.SUPERSEDED, now)
         state = self._owners.get(name)
         if state is None:
             self._owners[name] = _Owner(OwnerStatus.ALIVE, addr, 0)
+            if self._check_signature is not None:
+                self._refresh_owner(name)
             return
         state.addr = addr
         if state.status is not OwnerStatus.ALIVE:
@@ -477,6 +539,9 @@ class NeighborTable:
         state = self._owners.setdefault(name, _Owner(OwnerStatus.ALIVE, None, 0))
         if state.status in _HIDDEN or state.status in _DROPPED:
             return
+        successor = None if state.addr is None else self._owner_at.get(state.addr)
+        if successor is not None and successor != name:
+            status = OwnerStatus.SUPERSEDED  # a new name took its address meanwhile
         self._set_status(name, status, now)
 
     def owner_status(self, name: str) -> OwnerStatus:
@@ -578,11 +643,49 @@ class NeighborTable:
             owner_gone=self._counts[Merge.OWNER_GONE],
             refuted=self._counts[Merge.REFUTED],
             implausible=self._counts[Merge.IMPLAUSIBLE],
+            invalid=self._counts[Merge.INVALID],
+            unverified=self._counts[Merge.UNVERIFIED],
             reaped=self._reaped,
             purged=self._purged,
         )
 
     # ----------------------------------------------------------------- internals
+
+    def set_subnet(self, network: str, subnet: str, gateway: str | None) -> None:
+        """Records of `network` must hold an address of `subnet`, not its network, broadcast
+        (IPv4) or `gateway` address; until this is called for a network, any address is
+        accepted."""
+        net = ipaddress.ip_network(subnet, strict=False)
+        reserved = {str(net.network_address)}
+        if net.version == 4 and net.prefixlen < 31:
+            reserved.add(str(net.broadcast_address))
+        if gateway is not None:
+            reserved.add(_checked_ip(gateway, "gateway"))
+        self._subnets[network] = (net, frozenset(reserved))
+
+    def _valid_entry(self, entry: Entry) -> bool:
+        """A remote endpoint must have a unicast, non-zero MAC and an address of its subnet."""
+        first_octet = int(entry.mac[:2], 16)
+        if first_octet & 1 or entry.mac == "00:00:00:00:00:00":
+            return False
+        subnet = self._subnets.get(entry.network)
+        if subnet is None:
+            return True
+        net, reserved = subnet
+        address = ipaddress.ip_address(entry.ip)
+        return address.version == net.version and address in net and entry.ip not in reserved
+
+    def _signed(self, record: R) -> R:
+        if self._sign is None:
+            return record
+        return replace(record, signature=self._sign(record_signed_bytes(record)))
+
+    def _verified(self, record: Record) -> bool:
+        """Signing off: True. On: True only if the owner's trusted key signed it."""
+        check = self._check_signature
+        if check is None:
+            return True
+        return check(record.owner, record.signature, record_signed_bytes(record)) is True
 
     def _tick(self) -> int:
         self._clock += 1
@@ -590,7 +693,10 @@ class NeighborTable:
 
     def _visible_owner(self, owner: str) -> bool:
         state = self._owners.get(owner)
-        return state is None or state.status in _VISIBLE
+        if state is None:
+            # Signed records: an owner the membership layer never announced stays hidden.
+            return self._check_signature is None or owner == self.node
+        return state.status in _VISIBLE
 
     def _store(self, record: Record, now: float) -> None:
         self.now = max(self.now, now)

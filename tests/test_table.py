@@ -362,6 +362,10 @@ def test_failed_owner_is_purged_after_grace_and_late_copies_dropped() -> None:
 def test_new_identity_on_the_same_address_supersedes_the_old_one() -> None:
     old, observer = fed_observer()
     observer.member_alive("a-2", ("192.0.2.1", 7946), 10.0)
+    # the old name is alive: a new name's claim alone purges nothing
+    assert len(observer.endpoints()) == 3
+    assert observer.owner_status("a") is OwnerStatus.ALIVE
+    observer.member_failed("a", 10.0)
     assert observer.endpoints() == []
     assert observer.owner_status("a") is OwnerStatus.SUPERSEDED
     assert observer.statistics().purged == 3
@@ -438,3 +442,67 @@ def test_a_remote_tombstone_lifetime_is_capped_at_ours() -> None:
     assert held is not None and held.expires_at == 610.0
     a.handle_timeout(611.0)
     assert a.get(NET, "b", IPS[0]) is None
+
+
+def test_remote_records_with_a_bad_mac_or_address_are_invalid() -> None:
+    a = make_table("a")
+    a.set_subnet(NET, "10.1.0.0/24", "10.1.0.1")
+    bad = [Entry(NET, "10.1.0.7", "01:00:5e:00:00:01", "b", VTEPS[1], 1),  # multicast
+           Entry(NET, "10.1.0.7", "ff:ff:ff:ff:ff:ff", "b", VTEPS[1], 2),  # broadcast
+           Entry(NET, "10.1.0.7", "00:00:00:00:00:00", "b", VTEPS[1], 3),  # zero
+           Entry(NET, "10.9.0.7", MACS[0], "b", VTEPS[1], 4),  # outside the subnet
+           Entry(NET, "10.1.0.1", MACS[0], "b", VTEPS[1], 5),  # the gateway
+           Entry(NET, "10.1.0.0", MACS[0], "b", VTEPS[1], 6),  # network address
+           Entry(NET, "10.1.0.255", MACS[0], "b", VTEPS[1], 7),  # broadcast address
+           Entry(NET, "fd00::7", MACS[0], "b", VTEPS[1], 8)]  # other family
+    assert [a.merge(entry, 1.0) for entry in bad] == [Merge.INVALID] * len(bad)
+    assert a.statistics().invalid == len(bad) and a.endpoints() == []
+    assert a.merge(Entry(NET, "10.1.0.7", MACS[0], "b", VTEPS[1], 9), 1.0) is Merge.ACCEPTED
+
+
+def _signed_pair() -> tuple[NeighborTable, NeighborTable, dict[str, object]]:
+    from gossip.identity import KeyCache, Signer
+
+    signers = {"a": Signer.generate(), "b": Signer.generate()}
+    cache = KeyCache({name: s.public_key for name, s in signers.items()})
+
+    def check(owner: str, signature: bytes, data: bytes) -> bool | None:
+        return cache.check(owner, b"", signature, data).value == "valid"
+
+    tables = [NeighborTable(name, vtep, sign=signers[name].sign, check_signature=check)
+              for name, vtep in (("a", VTEPS[0]), ("b", VTEPS[1]))]
+    for table in tables:
+        table.join_network(NET, 0.0)
+    return tables[0], tables[1], dict(signers)
+
+
+def test_signed_records_verify_and_forgeries_are_dropped() -> None:
+    from dataclasses import replace as copy_with
+
+    from gossip.identity import Signer
+    from overlay.table import record_signed_bytes
+
+    a, b, _ = _signed_pair()
+    a.member_alive("b", ("192.0.2.2", 7946), 0.0)
+    entry = b.put_endpoint(NET, IPS[0], MACS[0], 1.0)
+    wire = decode_records(encode_record(entry, 1.0), 1.0)[0]
+    assert wire.signature == entry.signature != b""
+    assert a.merge(wire, 1.0) is Merge.ACCEPTED and a.lookup(NET, IPS[0]) is not None
+    evil = Signer.generate()
+    moved = copy_with(entry, vtep="203.0.113.66", version=entry.version + 1)
+    forged = copy_with(moved, signature=evil.sign(record_signed_bytes(moved)))
+    unsigned = copy_with(moved, signature=b"")
+    in_a_name = Entry(NET, IPS[1], MACS[1], "a", "203.0.113.66", 50,
+                      signature=evil.sign(b"anything"))
+    assert [a.merge(r, 2.0) for r in (forged, unsigned, in_a_name)] == [Merge.UNVERIFIED] * 3
+    assert a.lookup(NET, IPS[0]).vtep == VTEPS[1]  # type: ignore[union-attr]
+    assert a.statistics().unverified == 3 and a.statistics().refuted == 0
+
+
+def test_signed_mode_holds_records_of_an_owner_membership_does_not_know() -> None:
+    a, b, _ = _signed_pair()
+    entry = b.put_endpoint(NET, IPS[0], MACS[0], 1.0)
+    assert a.merge(entry, 1.0) is Merge.ACCEPTED
+    assert a.lookup(NET, IPS[0]) is None and a.get(NET, "b", IPS[0]) == entry
+    a.member_alive("b", ("192.0.2.2", 7946), 2.0)
+    assert a.lookup(NET, IPS[0]) == entry
