@@ -60,7 +60,7 @@ from netns_bench import (
 
 from agent.api.client import ApiClient, CliError
 from agent.config import render_toml
-from agent.lab.hosts import NamespacedEtcd
+from agent.lab.lab_etcd import NamespacedEtcd
 from agent.lab.provision import node_config
 from underlay.netns_exec import ip_netns_exec
 

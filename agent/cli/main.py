@@ -328,11 +328,19 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--hosts", type=int, default=3, help="number of hosts (2-16, default 3)")
     up.add_argument("--podman", action="store_true",
                     help="real rootful Podman (CNI backend, image vxmesh/busybox) on each host")
+    up.add_argument("--etcd-members", type=int, default=1,
+                    help="etcd cluster size, each member in its own namespace (default 1)")
+    up.add_argument("--etcd-tls", action="store_true",
+                    help="a lab CA made now; etcd members and agents on mutual TLS")
     lab_sub.add_parser("down", parents=[common], help="stop agents, etcd; delete namespaces")
     lab_sub.add_parser("status", parents=[common], help="hosts, agents, etcd")
     lab_exec = lab_sub.add_parser("exec", parents=[common], help="run a command on a host")
     lab_exec.add_argument("host")
     lab_exec.add_argument("command", nargs=argparse.REMAINDER)
+    etcd = lab_sub.add_parser("etcd", parents=[common],
+                              help="kill or start one etcd member; which member leads")
+    etcd.add_argument("etcd_action", choices=("kill", "start", "leader"))
+    etcd.add_argument("member", nargs="?", default=None, help="e1, e2, ... (kill, start)")
     demo = lab_sub.add_parser("demo", parents=[common],
                               help="network, endpoints, HTTP and ping across hosts")
     demo.add_argument("--hosts", type=int, default=3, help="hosts if the lab is not up yet")

@@ -1,9 +1,11 @@
 """`vxmesh lab`: N hosts on one machine, made of network namespaces, with real agents and etcd.
 
 Owns: the lab's namespaces (`<prefix>sw`, a switch namespace whose bridge `br0` carries the
-underlay 10.77.0.0/24 and also hosts etcd on 10.77.0.1; `<prefix>h1..hN`, one per host with
-`eth0` = 10.77.0.(10+i)), one etcd process (agent.lab.etcd_local, run inside the switch
-namespace), one agent process per host (started in its namespace with its own config,
+underlay 10.77.0.0/24 and also hosts the default etcd member on 10.77.0.1; `<prefix>h1..hN`,
+one per host with `eth0` = 10.77.0.(10+i)), its etcd (agent.lab.lab_etcd: one plain member by
+default, or `--etcd-members 3 --etcd-tls`: a cluster with each member in its own namespace
+`<prefix>e1..`, a lab CA and mutual TLS; `lab etcd kill|start MEMBER`, `lab etcd leader`),
+one agent process per host (started in its namespace with its own config,
 state directory, control socket and log), and the lab state file that lets `down`,
 `status` and `exec` find all of it from another process.
 
@@ -49,9 +51,17 @@ from agent.api.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from agent.config import render_toml
 from agent.errors import AgentError
 from agent.lab import podman as lab_podman
-from agent.lab.etcd_local import LocalEtcd
+from agent.lab.lab_etcd import (
+    MAX_MEMBERS,
+    SWITCH_ADDRESS,
+    EtcdMemberState,
+    LabEtcd,
+    LabPki,
+    NamespacedEtcd,
+)
 from agent.lab.provision import node_config
 from agent.state_files import write_atomically
+from agent.store.errors import EtcdStartError
 from agent.terminal import Progress, render_table
 from underlay import links
 from underlay.kernel import NetlinkThread
@@ -60,7 +70,6 @@ from underlay.netns_exec import ip_netns_exec, nsenter_net
 DEFAULT_DIR = Path("/run/vxmesh-lab")
 DEFAULT_PREFIX = "vxl"
 UNDERLAY = ipaddress.ip_network("10.77.0.0/24")
-ETCD_ADDRESS = "10.77.0.1"
 GOSSIP_PORT = 7946
 METRICS_PORT = 9476
 MAX_HOSTS = 16
@@ -105,49 +114,12 @@ class LabState:
 
     prefix: str
     switch: str
-    etcd_pid: int | None = None
-    etcd_data: str = ""
+    etcd: list[EtcdMemberState] = field(default_factory=list)
+    etcd_tls: bool = False
     key: str = ""
     hosts: list[LabHost] = field(default_factory=list)
     helpers: list[int] = field(default_factory=list)
     podman: bool = False
-
-
-class NamespacedEtcd(LocalEtcd):
-    """A `LocalEtcd` run inside a network namespace, listening on an address there."""
-
-    def __init__(self, data_dir: Path, *, netns: str, address: str) -> None:
-        super().__init__(data_dir, client_port=2379, peer_port=2380, name="vxmesh-lab")
-        self.netns = netns
-        self.address = address
-
-    @property
-    def client_url(self) -> str:
-        return f"http://{self.address}:{self.client_port}"
-
-    @property
-    def peer_url(self) -> str:
-        return f"http://{self.address}:{self.peer_port}"
-
-    @property
-    def endpoint(self) -> tuple[str, int]:
-        return (self.address, self.client_port)
-
-    def command(self) -> list[str]:
-        return ip_netns_exec(self.netns, super().command())
-
-    def health(self) -> bool | str:
-        answer = subprocess.run(
-            ip_netns_exec(self.netns, ["curl", "-s", "-m", "1",
-                                       f"{self.client_url}/health"]),
-            capture_output=True, text=True, timeout=5)
-        if answer.returncode != 0:
-            return f"curl exit {answer.returncode}"
-        try:
-            body = json.loads(answer.stdout or "{}")
-        except ValueError:
-            return f"health answer {answer.stdout!r}"
-        return True if isinstance(body, dict) and body.get("health") == "true" else str(body)
 
 
 def _pid_runs(pid: int | None, marker: str) -> bool:
@@ -208,7 +180,7 @@ class Lab:
         self.directory = directory
         self.prefix = prefix
         self.progress = progress or Progress(quiet=True)
-        self.etcd: NamespacedEtcd | None = None
+        self._etcd_processes: dict[str, NamespacedEtcd] = {}
         self.gossip_profile = gossip_profile
         self._agents: dict[int, subprocess.Popen[bytes]] = {}  # the agents we started, by pid
 
@@ -227,7 +199,8 @@ class Lab:
             raise LabError(f"{self.state_path} is unreadable ({exc}); `vxmesh lab down` "
                            "removes what it can find") from None
         hosts = [LabHost(**h) for h in raw.pop("hosts", [])]
-        return LabState(**raw, hosts=hosts)
+        etcd = [EtcdMemberState(**m) for m in raw.pop("etcd", [])]
+        return LabState(**raw, hosts=hosts, etcd=etcd)
 
     def save(self, state: LabState) -> None:
         write_atomically(self.state_path, json.dumps(asdict(state), indent=2) + "\n", 0o600)
@@ -241,29 +214,41 @@ class Lab:
     def client(self, host: LabHost, timeout: float = 30.0) -> ApiClient:
         return ApiClient(str(host.socket), timeout)
 
-    @property
-    def etcd_url(self) -> str:
-        return f"http://{ETCD_ADDRESS}:2379"
+    def etcd(self, state: LabState) -> LabEtcd:
+        """The lab's etcd members (one plain member unless `up` asked for more, or TLS)."""
+        return LabEtcd(state.etcd, state.etcd_tls, LabPki(self.directory / "pki"))
 
     # -- up ---------------------------------------------------------------------------------
 
-    def up(self, hosts: int = 3, *, podman: bool = False) -> LabState:
+    def up(self, hosts: int = 3, *, podman: bool = False, etcd_members: int = 1,
+           etcd_tls: bool = False) -> LabState:
         """Build (or complete) the lab with `hosts` hosts; returns its state once all are ready.
 
-        `podman`: also make real rootful Podman usable on every host (agent.lab.podman)."""
+        `podman`: also make real rootful Podman usable on every host (agent.lab.podman).
+        `etcd_members` > 1: an etcd cluster, each member in its own namespace on the underlay;
+        `etcd_tls`: a lab CA made now, members and agents on mutual TLS."""
         if not 2 <= hosts <= MAX_HOSTS:
             raise LabError(f"--hosts {hosts}: the lab has 2 to {MAX_HOSTS} hosts")
+        if not 1 <= etcd_members <= MAX_MEMBERS or etcd_members == 2:
+            raise LabError(f"--etcd-members {etcd_members}: 1, 3, 4 or {MAX_MEMBERS}"
+                           " (two members lose their quorum with either)")
         if os.geteuid() != 0:
             raise LabError("the lab creates network namespaces: run it as root")
         state = self.load()
-        if state is not None and len(state.hosts) != hosts:
-            raise LabError(f"a lab with {len(state.hosts)} hosts is up; `vxmesh lab down` first")
+        if state is not None and (len(state.hosts), len(state.etcd), state.etcd_tls) != (
+                hosts, etcd_members, etcd_tls):
+            raise LabError(f"a lab with {len(state.hosts)} hosts and {len(state.etcd)} etcd"
+                           f" member(s){' over TLS' if state.etcd_tls else ''} is up;"
+                           " `vxmesh lab down` first")
         if state is None:
             self.directory.mkdir(parents=True, exist_ok=True)
             self.directory.chmod(0o700)
-            state = LabState(prefix=self.prefix, switch=f"{self.prefix}sw",
-                             etcd_data=str(self.directory / "etcd"),
-                             key=base64.b64encode(os.urandom(32)).decode())
+            switch = f"{self.prefix}sw"
+            state = LabState(prefix=self.prefix, switch=switch,
+                             etcd=LabEtcd.plan(self.prefix, switch, self.directory, etcd_members),
+                             etcd_tls=etcd_tls, key=base64.b64encode(os.urandom(32)).decode())
+            if etcd_tls:
+                self.etcd(state).pki.create(state.etcd)
             for i in range(1, hosts + 1):
                 name = f"h{i}"
                 # Node names are global on this machine (endpoint namespaces carry them), so
@@ -276,7 +261,8 @@ class Lab:
             self.save(state)
         with self.progress.step(f"underlay: switch {state.switch} and {hosts} host namespaces"):
             self._build_underlay(state)
-        with self.progress.step(f"etcd on {self.etcd_url}"):
+        etcd = self.etcd(state)
+        with self.progress.step(f"etcd on {', '.join(etcd.url(m) for m in etcd.members)}"):
             self.start_etcd(state)
         seeds = [f"{h.address}:{GOSSIP_PORT}" for h in state.hosts[:3]]
         for host in state.hosts:
@@ -310,7 +296,7 @@ class Lab:
         try:
             switch.call_blocking(lambda ipr: links.ensure_bridge(ipr, "br0"))
             switch.call_blocking(lambda ipr: links.add_address(
-                ipr, "br0", f"{ETCD_ADDRESS}/{UNDERLAY.prefixlen}"))
+                ipr, "br0", f"{SWITCH_ADDRESS}/{UNDERLAY.prefixlen}"))
             for index, host in enumerate(state.hosts, start=1):
                 links.create_netns(host.netns)
                 port = f"p{index}"
@@ -326,6 +312,7 @@ class Lab:
                     nl.close()
         finally:
             switch.close()
+        self.etcd(state).build_namespaces(state.switch, UNDERLAY.prefixlen)
 
     @staticmethod
     def _address_host(ipr: Any, host: LabHost) -> None:
@@ -333,9 +320,10 @@ class Lab:
         links.set_link(ipr, "eth0", up=True)
 
     def _write_host_files(self, state: LabState, host: LabHost, seeds: list[str]) -> None:
+        etcd = self.etcd(state)
         config = node_config(
             name=host.node or host.name, address=host.address, interface="eth0",
-            etcd=[self.etcd_url],
+            etcd=etcd.urls_for(state.hosts.index(host)),
             seeds=[s for s in seeds if not s.startswith(f"{host.address}:")],
             sections={
                 "node": {"state_dir": str(host.state_dir), "log_level": "info"},
@@ -343,7 +331,8 @@ class Lab:
                 "api": {"socket": str(host.socket)},
                 "metrics": {"address": "0.0.0.0", "port": METRICS_PORT},
                 # A loaded CI machine can take seconds to accept a connection.
-                "store": {"lease_ttl": 10, "timeout": 5.0},
+                "store": {"lease_ttl": 10, "timeout": 5.0, "member_timeout": 1.0,
+                          **etcd.client_settings()},
             })
         host.state_dir.mkdir(parents=True, exist_ok=True)
         write_atomically(host.config_path, render_toml(config))
@@ -353,22 +342,65 @@ class Lab:
                              0o600)
 
     def start_etcd(self, state: LabState) -> None:
-        marker = f"--data-dir={state.etcd_data}"
-        if _pid_runs(state.etcd_pid, marker):
-            return
-        self.etcd = NamespacedEtcd(Path(state.etcd_data), netns=state.switch,
-                                   address=ETCD_ADDRESS)
-        self.etcd.start()
-        state.etcd_pid = self.etcd.pid
+        """Start every member not running (all launched first: a new cluster needs quorum)."""
+        etcd = self.etcd(state)
+        started = []
+        for member in etcd.members:
+            if _pid_runs(member.pid, etcd.marker(member)):
+                continue
+            process = etcd.process(member)
+            process.launch()
+            self._etcd_processes[member.name] = process
+            member.pid = process.pid
+            started.append(process)
         self.save(state)
+        for process in started:
+            try:
+                process.wait_healthy(30.0)
+            except EtcdStartError:
+                self.stop_etcd(state)
+                raise
 
     def stop_etcd(self, state: LabState) -> None:
-        """Stop etcd (SIGTERM, by pid); its data stays for `start_etcd`."""
-        _stop_pid(state.etcd_pid, f"--data-dir={state.etcd_data}")
-        if self.etcd is not None:
-            self.etcd.stop()
-        state.etcd_pid = None
+        """Stop every member (SIGTERM, by pid); their data stays for `start_etcd`."""
+        for member in state.etcd:
+            self.kill_etcd_member(state, member.name, sig=signal.SIGTERM)
+
+    def etcd_member(self, state: LabState, name: str) -> EtcdMemberState:
+        for member in state.etcd:
+            if member.name == name:
+                return member
+        raise LabError(f"no etcd member {name!r} (members: "
+                       f"{', '.join(m.name for m in state.etcd)})")
+
+    def kill_etcd_member(self, state: LabState, name: str, *,
+                         sig: int = signal.SIGKILL) -> None:
+        """SIGKILL (a crash) one member, by its recorded pid; its data stays."""
+        member = self.etcd_member(state, name)
+        _stop_pid(member.pid, self.etcd(state).marker(member), sig=sig)
+        process = self._etcd_processes.pop(name, None)
+        if process is not None:
+            process.stop()  # reaps our child
+        member.pid = None
         self.save(state)
+
+    def start_etcd_member(self, state: LabState, name: str) -> None:
+        """Start one member again on its data (it rejoins its cluster)."""
+        etcd = self.etcd(state)
+        member = self.etcd_member(state, name)
+        if _pid_runs(member.pid, etcd.marker(member)):
+            return
+        process = etcd.process(member)
+        process.launch()
+        self._etcd_processes[name] = process
+        member.pid = process.pid
+        self.save(state)
+        process.wait_healthy(30.0)
+
+    def etcd_leader(self, state: LabState) -> str | None:
+        """The name of the member that leads now (None while none does)."""
+        leader = self.etcd(state).leader(state.switch)
+        return leader.name if leader else None
 
     def start_agent(self, state: LabState, host: LabHost,
                     extra_env: dict[str, str] | None = None) -> None:
@@ -504,9 +536,11 @@ class Lab:
                     removed.append(f"agent {host.name}")
             for pid in state.helpers:
                 _stop_pid(pid, "http.server", sig=signal.SIGKILL, timeout=2)
-            if _pid_runs(state.etcd_pid, f"--data-dir={state.etcd_data}"):
-                self.stop_etcd(state)
-                removed.append("etcd")
+            etcd = self.etcd(state)
+            for member in state.etcd:
+                if _pid_runs(member.pid, etcd.marker(member)):
+                    self.kill_etcd_member(state, member.name, sig=signal.SIGTERM)
+                    removed.append(f"etcd {member.name}")
         orphans = [n for h in (state.hosts if state else [])
                    for n in links.list_netns(prefix=f"vxep-{h.node or h.name}-")]
         for name in [*orphans, *links.list_netns(prefix=self.prefix)]:
@@ -556,8 +590,9 @@ class Lab:
                                endpoints=status.get("endpoints"))
             rows.append(row)
         return {"up": True, "directory": str(self.directory), "prefix": state.prefix,
-                "etcd": {"url": self.etcd_url,
-                         "running": _pid_runs(state.etcd_pid, f"--data-dir={state.etcd_data}")},
+                "etcd": [{"name": m.name, "url": self.etcd(state).url(m),
+                          "running": _pid_runs(m.pid, self.etcd(state).marker(m))}
+                         for m in state.etcd],
                 "hosts": rows}
 
     def exec_argv(self, state: LabState, host_name: str, command: Sequence[str]) -> list[str]:
@@ -727,7 +762,8 @@ def run_lab_command(args: argparse.Namespace) -> int:
     lab = Lab(Path(args.dir) if args.dir else DEFAULT_DIR, args.prefix or DEFAULT_PREFIX,
               progress=Progress(quiet=args.json))
     if args.action == "up":
-        state = lab.up(args.hosts, podman=args.podman)
+        state = lab.up(args.hosts, podman=args.podman, etcd_members=args.etcd_members,
+                       etcd_tls=args.etcd_tls)
         if args.json:
             print(json.dumps(lab.status(), indent=2))
         else:
@@ -748,8 +784,9 @@ def run_lab_command(args: argparse.Namespace) -> int:
         elif not status["up"]:
             print("lab is down (`vxmesh lab up`)")
         else:
-            etcd = status["etcd"]
-            print(f"etcd {etcd['url']}: {'running' if etcd['running'] else 'STOPPED'}")
+            for member in status["etcd"]:
+                print(f"etcd {member['name']} {member['url']}: "
+                      f"{'running' if member['running'] else 'STOPPED'}")
             print(render_table(status["hosts"], ["name", "address", "pid", "ready", "members",
                                                  "endpoints", "socket"]))
         return EXIT_OK
@@ -765,6 +802,23 @@ def run_lab_command(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         argv = lab.exec_argv(current, args.host, command)
         os.execvp(argv[0], argv)
+    if args.action == "etcd":
+        current = lab.load()
+        if current is None:
+            raise LabError("the lab is down (`vxmesh lab up`)")
+        if args.etcd_action == "leader":
+            leader = lab.etcd_leader(current)
+            print(json.dumps({"leader": leader}) if args.json else (leader or "no leader"))
+            return EXIT_OK if leader else EXIT_FAILED
+        if not args.member:
+            raise LabError(f"lab etcd {args.etcd_action}: name a member "
+                           f"({', '.join(m.name for m in current.etcd)})")
+        if args.etcd_action == "kill":
+            lab.kill_etcd_member(current, args.member)
+        else:
+            lab.start_etcd_member(current, args.member)
+        print(f"etcd {args.member}: {'killed' if args.etcd_action == 'kill' else 'started'}")
+        return EXIT_OK
     if args.action == "demo":
         report = run_demo(lab, args.hosts)
         if args.json:
