@@ -40,14 +40,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import trio
 
-import trio  # noqa: E402
-
-from agent.lab.namespaces import NetnsLab, run  # noqa: E402
-from overlay.desired import (  # noqa: E402
+from agent.lab.namespaces import NetnsLab, run
+from overlay.desired import (
     AliveMember,
     EndpointEntry,
     LocalEndpoint,
@@ -55,10 +51,10 @@ from overlay.desired import (  # noqa: E402
     UnderlayView,
     compute_desired,
 )
-from overlay.reconciler import Reconciler  # noqa: E402
-from underlay.kernel import NetlinkThread  # noqa: E402
-from underlay.netlink_ops import NetlinkKernel  # noqa: E402
-from underlay.netns_exec import ip_netns_exec  # noqa: E402
+from overlay.reconciler import Reconciler
+from underlay.kernel import NetlinkThread
+from underlay.netlink_ops import NetlinkKernel
+from underlay.netns_exec import ip_netns_exec
 
 OVERLAY_MTU = 1450
 IPERF_PORT = 5201

@@ -55,10 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trio
-from netns_bench import ROOT, BenchLab, LabHost, cleanup_on_sigterm
-
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from netns_bench import BenchLab, LabHost, cleanup_on_sigterm
 
 from agent.lab.namespaces import run, wait_links_operational
 from overlay.desired import (

@@ -26,20 +26,14 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import trio
 
-import trio  # noqa: E402
-
-from agent.lab.namespaces import NetnsLab, run  # noqa: E402
-from overlay.desired import (  # noqa: E402
+from agent.lab.namespaces import NetnsLab, run
+from overlay.desired import (
     DesiredState,
     FdbKey,
     NeighborKey,
@@ -47,10 +41,10 @@ from overlay.desired import (  # noqa: E402
     UnderlayView,
     compute_desired,
 )
-from overlay.reconciler import Reconciler  # noqa: E402
-from underlay.kernel import NetlinkThread  # noqa: E402
-from underlay.netlink_ops import NetlinkKernel  # noqa: E402
-from underlay.records import NTF_SELF, NUD_PERMANENT  # noqa: E402
+from overlay.reconciler import Reconciler
+from underlay.kernel import NetlinkThread
+from underlay.netlink_ops import NetlinkKernel
+from underlay.records import NTF_SELF, NUD_PERMANENT
 
 VNI = 100
 BASELINE_DEVICE = "benchvx101"

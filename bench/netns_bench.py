@@ -8,8 +8,8 @@ nftables table of our own per namespace, and idle CPU / RSS read from /proc.
 
 Rules: traffic only inside the lab's namespaces (10.77.0.0/16 on `eth0`, loopback inside each
 namespace for RPC); never touches a process, namespace or nftables table it did not create.
-May import: the standard library, `agent.lab.namespaces` and `underlay.netns_exec` (the
-repository root is put on sys.path, because the bench scripts are run as plain files).
+May import: the standard library, `agent.lab.namespaces` and `underlay.netns_exec` (installed
+in the venv by deploy/setup.sh; the bench scripts run as plain files with its python).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,13 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from agent.lab.namespaces import NetnsLab, run
+from underlay.netns_exec import ip_netns_exec, nsenter_net
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from agent.lab.namespaces import NetnsLab, run  # noqa: E402
-from underlay.netns_exec import ip_netns_exec, nsenter_net  # noqa: E402
-
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 LOSS_TABLE = "vxbenchloss"
 

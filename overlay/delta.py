@@ -49,6 +49,14 @@ class DeltaTracker(Generic[K, V]):
         else:
             self._deletions.discard(key)
 
+    def _refresh_changed(self, old: Mapping[K, V], new: Mapping[K, V]) -> None:
+        """Re-examine the keys a whole-view replacement (`old` -> `new`) changed."""
+        for key in old.keys() - new.keys():
+            self._refresh(key)
+        for key, value in new.items():
+            if old.get(key, _ABSENT) != value:
+                self._refresh(key)
+
     # -- desired side -------------------------------------------------------------------
 
     def set_desired(self, key: K, value: V) -> None:
@@ -61,13 +69,8 @@ class DeltaTracker(Generic[K, V]):
 
     def replace_desired(self, values: Mapping[K, V]) -> None:
         """Make `values` the whole desired view; only changed keys are re-examined."""
-        old = self._desired
-        self._desired = dict(values)
-        for key in old.keys() - self._desired.keys():
-            self._refresh(key)
-        for key, value in self._desired.items():
-            if old.get(key, _ABSENT) != value:
-                self._refresh(key)
+        old, self._desired = self._desired, dict(values)
+        self._refresh_changed(old, self._desired)
 
     # -- kernel side --------------------------------------------------------------------
 
@@ -86,13 +89,8 @@ class DeltaTracker(Generic[K, V]):
 
     def replace_kernel(self, values: Mapping[K, V]) -> None:
         """Make `values` (a fresh dump of what we own) the whole kernel view."""
-        old = self._kernel
-        self._kernel = dict(values)
-        for key in old.keys() - self._kernel.keys():
-            self._refresh(key)
-        for key, value in self._kernel.items():
-            if old.get(key, _ABSENT) != value:
-                self._refresh(key)
+        old, self._kernel = self._kernel, dict(values)
+        self._refresh_changed(old, self._kernel)
 
     # -- queries ------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import trio
 
 from gossip.node import GossipNode
 from gossip.wire import Addr, MemberState
+from tests.polling import wait_until
 
 
 async def start_node(nursery: trio.Nursery, node: GossipNode) -> tuple[Addr, trio.CancelScope]:
@@ -19,6 +20,17 @@ async def start_node(nursery: trio.Nursery, node: GossipNode) -> tuple[Addr, tri
 
     addr: Addr = await nursery.start(runner)
     return addr, scope
+
+
+async def form_cluster(nursery: trio.Nursery, nodes: list[GossipNode]) -> list[Addr]:
+    """Run `nodes`, join each to the first, wait until everyone sees everyone alive; their
+    addresses."""
+    addrs = [(await start_node(nursery, node))[0] for node in nodes]
+    for node in nodes[1:]:
+        assert await node.join([addrs[0]]) == 1
+    names = [node.name for node in nodes]
+    await wait_until(lambda: all(sees_alive(n, names) for n in nodes), "cluster formed")
+    return addrs
 
 
 def states(node: GossipNode) -> dict[str, MemberState]:

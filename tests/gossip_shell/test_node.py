@@ -18,7 +18,7 @@ from gossip.node import GossipNode, Subscription
 from gossip.swim import MemberFailed, MemberJoined, MemberLeft, MembershipEvent
 from gossip.transport import CHUNK, HELLO, encode_frame
 from gossip.wire import Alive, MemberState, encode_message, encode_packet
-from tests.gossip_shell.cluster import sees_alive, start_node, states
+from tests.gossip_shell.cluster import form_cluster, sees_alive, start_node, states
 from tests.polling import wait_until
 
 LOOPBACK = ("127.0.0.1", 0)
@@ -45,7 +45,7 @@ async def test_five_nodes_join_detect_a_kill_and_take_it_back() -> None:
         for node in nodes[1:]:
             assert await node.join([seed]) == 1
         converged = await wait_until(lambda: all(sees_alive(n, names) for n in nodes),
-                                   "all five see all five alive")
+                                     "all five see all five alive")
 
         # kill n4 (no leave): every survivor marks it failed
         victim_addr, victim_scope = started[4]
@@ -66,7 +66,7 @@ async def test_five_nodes_join_detect_a_kill_and_take_it_back() -> None:
         assert await reborn.join([seed]) == 1
         nodes[4] = reborn
         rejoined = await wait_until(lambda: all(sees_alive(n, names) for n in nodes),
-                                  "n4 alive again everywhere", timeout=20)
+                                    "n4 alive again everywhere", timeout=20)
         for subscription in subscriptions:
             assert MemberJoined in [type(e) for e in drain(subscription)
                                     if e.member.name == "n4"]
@@ -86,18 +86,15 @@ async def test_key_rotation_on_a_running_cluster_without_failure_or_partition() 
     async with trio.open_nursery() as nursery:
         nodes = [GossipNode(CONFIG, name, LOOPBACK, keyring=Keyring([old], old),
                             rng=random.Random(i)) for i, name in enumerate(names)]
-        addrs = [(await start_node(nursery, node))[0] for node in nodes]
-        for node in nodes[1:]:
-            assert await node.join([addrs[0]]) == 1
-        await wait_until(lambda: all(sees_alive(n, names) for n in nodes), "cluster formed")
+        addrs = await form_cluster(nursery, nodes)
         subscriptions = [node.subscribe() for node in nodes]
 
         async def gossip_flows() -> None:
             """Every node has received fresh packets, and everyone still sees everyone."""
             marks = [n.statistics().swim.packets_received for n in nodes]
             await wait_until(lambda: all(n.statistics().swim.packets_received >= m + 3
-                                       for n, m in zip(nodes, marks, strict=True)),
-                           "packets after a key step")
+                                         for n, m in zip(nodes, marks, strict=True)),
+                             "packets after a key step")
             # no partition: nobody is failed or gone in anybody's view
             assert all(states(n).get(name) in (MemberState.ALIVE, MemberState.SUSPECT)
                        for n in nodes for name in names)
@@ -134,10 +131,7 @@ async def test_plain_and_forged_traffic_is_dropped_counted_and_changes_nothing()
     async with trio.open_nursery() as nursery:
         nodes = [GossipNode(CONFIG, name, LOOPBACK, keyring=Keyring([key], key),
                             rng=random.Random(i)) for i, name in enumerate(names)]
-        addrs = [(await start_node(nursery, node))[0] for node in nodes]
-        for node in nodes[1:]:
-            assert await node.join([addrs[0]]) == 1
-        await wait_until(lambda: all(sees_alive(n, names) for n in nodes), "cluster formed")
+        addrs = await form_cluster(nursery, nodes)
         target = nodes[0]
         subscription = target.subscribe()
         plain = encode_packet([encode_message(Alive(7, "intruder", ("127.0.0.1", 9), b""))])
@@ -154,7 +148,7 @@ async def test_plain_and_forged_traffic_is_dropped_counted_and_changes_nothing()
             for data in attacks:
                 await udp.sendto(data, addrs[0])
             await wait_until(lambda: target.statistics().dropped["auth"]
-                           >= before.dropped["auth"] + len(attacks), "UDP auth drops counted")
+                             >= before.dropped["auth"] + len(attacks), "UDP auth drops counted")
 
             # TCP: a plain hello, then a frame longer than allowed
             plain_stream = await trio.open_tcp_stream(*addrs[0])
@@ -207,15 +201,12 @@ async def test_graceful_leave_is_seen_as_left_and_stops_the_node() -> None:
     names = ["l0", "l1", "l2"]
     async with trio.open_nursery() as nursery:
         nodes = [GossipNode(CONFIG, name, LOOPBACK) for name in names]
-        addrs = [(await start_node(nursery, node))[0] for node in nodes]
-        for node in nodes[1:]:
-            await node.join([addrs[0]])
-        await wait_until(lambda: all(sees_alive(n, names) for n in nodes), "cluster formed")
+        await form_cluster(nursery, nodes)
         subscription = nodes[0].subscribe()
         with trio.fail_after(5):
             await nodes[2].leave(timeout_s=2.0)
         await wait_until(lambda: all(states(n)["l2"] == MemberState.LEFT for n in nodes[:2]),
-                       "l2 seen as left")
+                         "l2 seen as left")
         assert [type(e) for e in drain(subscription) if e.member.name == "l2"] == [MemberLeft]
         with trio.fail_after(0.5):
             await nodes[2].leave()  # a second leave has nothing to do

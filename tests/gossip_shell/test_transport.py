@@ -174,9 +174,9 @@ async def test_a_silent_peer_times_out_without_stalling_other_streams() -> None:
         assert await client.push_pull(server.addr, False, peer.state, peer.merge)
         assert trio.current_time() - start < 0.5  # not behind the silent one
         await wait_until(lambda: server.statistics().push_pulls.get(("in", "ok")) == 1
-                       and server.statistics().streams_active == 1, "only the silent one left")
+                         and server.statistics().streams_active == 1, "only the silent one left")
         await wait_until(lambda: server.statistics().push_pulls.get(("in", "timeout")) == 1,
-                       "the silent stream timed out", timeout=5)
+                         "the silent stream timed out", timeout=5)
         assert await silent.receive_some(10) == b""
         await silent.aclose()
 
@@ -312,7 +312,7 @@ async def test_idle_connections_from_one_source_cannot_lock_out_a_join() -> None
         await other.connect(server.addr)  # another source still gets a slot
         await wait_until(lambda: server.statistics().streams_active == 3, "other source served")
         await wait_until(lambda: server.statistics().dropped.get("timeout") == 3
-                       and server.statistics().streams_active == 0, "idle ones closed")
+                         and server.statistics().streams_active == 0, "idle ones closed")
         client = await open_transport(LOOPBACK, limits=limits)
         peer = Peer([b"c"])
         assert await client.push_pull(server.addr, True, peer.state, peer.merge)
