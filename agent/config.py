@@ -6,7 +6,7 @@ documented with its unit in the field metadata), parsing, type coercion and vali
 Rules:
 - Precedence, lowest first: defaults, the TOML file, environment variables
   `VXMESH_<SECTION>_<KEY>` (lists comma-separated), flags (`--set section.key=value`).
-- A bad key or value raises `ConfigError` naming the key, the value and where it came from;
+- A bad key or value raises `AgentConfigError` naming the key, the value and where it came from;
   nothing is half-applied (the result is built only when everything is valid).
 - A missing file is an error only when the path was given explicitly.
 - `deploy/agent.example.toml` documents every key; a test keeps the two in step.
@@ -36,7 +36,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 GOSSIP_PROFILES = tuple(PRESETS)
 
 
-class ConfigError(AgentError):
+class AgentConfigError(AgentError):
     """A configuration key or value is wrong; the message names it."""
 
 
@@ -256,8 +256,8 @@ def _coerce(key: str, raw: Any, fld: dataclasses.Field[Any], hint: Any, origin: 
     """Turn a TOML value or an environment/flag string into the field's type, checked."""
     meta = fld.metadata
 
-    def fail(expected: str) -> ConfigError:
-        return ConfigError(f"{key}: expected {expected}, got {_describe(raw)} (from {origin})")
+    def fail(expected: str) -> AgentConfigError:
+        return AgentConfigError(f"{key}: expected {expected}, got {_describe(raw)} (from {origin})")
 
     from_text = isinstance(raw, str) and origin != "file"
     if hint is bool:
@@ -311,11 +311,12 @@ def _coerce(key: str, raw: Any, fld: dataclasses.Field[Any], hint: Any, origin: 
 def _check(key: str, value: Any, meta: Mapping[str, Any], origin: str) -> None:
     where = f"(from {origin})"
     if "choices" in meta and value not in meta["choices"]:
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(meta['choices'])} {where}")
+        raise AgentConfigError(
+            f"{key}: {value!r} is not one of {', '.join(meta['choices'])} {where}")
     if "minimum" in meta and value < meta["minimum"]:
-        raise ConfigError(f"{key}: {value!r} is below the minimum {meta['minimum']} {where}")
+        raise AgentConfigError(f"{key}: {value!r} is below the minimum {meta['minimum']} {where}")
     if "maximum" in meta and value > meta["maximum"]:
-        raise ConfigError(f"{key}: {value!r} is above the maximum {meta['maximum']} {where}")
+        raise AgentConfigError(f"{key}: {value!r} is above the maximum {meta['maximum']} {where}")
     kind = meta.get("kind")
     items = value if isinstance(value, tuple) else (value,)
     for item in items:
@@ -323,7 +324,7 @@ def _check(key: str, value: Any, meta: Mapping[str, Any], origin: str) -> None:
             try:
                 ipaddress.ip_address(item)
             except ValueError:
-                raise ConfigError(f"{key}: {item!r} is not an IP address {where}") from None
+                raise AgentConfigError(f"{key}: {item!r} is not an IP address {where}") from None
         elif kind == "hostport":
             parse_hostport(item, key=key, origin=origin)
         elif kind == "resolver":
@@ -332,84 +333,85 @@ def _check(key: str, value: Any, meta: Mapping[str, Any], origin: str) -> None:
             parse_etcd_url(item, key=key, origin=origin)
         elif kind == "file" and item and not os.access(item, os.R_OK):
             reason = "does not exist" if not os.path.exists(item) else "is not readable"
-            raise ConfigError(f"{key}: {item!r} {reason} {where}")
+            raise AgentConfigError(f"{key}: {item!r} {reason} {where}")
         elif kind == "octal":
             try:
                 bits = int(item, 8)
             except ValueError:
-                raise ConfigError(f"{key}: {item!r} is not an octal mode like 0660 {where}") \
+                raise AgentConfigError(f"{key}: {item!r} is not an octal mode like 0660 {where}") \
                     from None
             if not 0 <= bits <= 0o777:
-                raise ConfigError(f"{key}: {item!r} is outside 0000-0777 {where}")
+                raise AgentConfigError(f"{key}: {item!r} is outside 0000-0777 {where}")
 
 
 def parse_etcd_url(text: str, *, key: str = "store.endpoints",
                    origin: str = "argument") -> tuple[bool, str, int]:
-    """An etcd client URL `http(s)://host:port` to (tls, host, port); `ConfigError` naming
+    """An etcd client URL `http(s)://host:port` to (tls, host, port); `AgentConfigError` naming
     `key` and the value when it has another scheme, no port, a path, a query or credentials."""
     where = f"(from {origin})"
     try:
         parsed = urllib.parse.urlsplit(text)
         port = parsed.port
     except ValueError as exc:
-        raise ConfigError(f"{key}: {text!r} is not a URL ({exc}) {where}") from None
+        raise AgentConfigError(f"{key}: {text!r} is not a URL ({exc}) {where}") from None
     if parsed.scheme not in ("http", "https"):
-        raise ConfigError(f"{key}: {text!r} must start with http:// or https:// {where}")
+        raise AgentConfigError(f"{key}: {text!r} must start with http:// or https:// {where}")
     if not parsed.hostname:
-        raise ConfigError(f"{key}: {text!r} has no host {where}")
+        raise AgentConfigError(f"{key}: {text!r} has no host {where}")
     if parsed.username or parsed.password:
-        raise ConfigError(f"{key}: {text!r} must not carry credentials (use store.username"
+        raise AgentConfigError(f"{key}: {text!r} must not carry credentials (use store.username"
                           f" and store.password_file) {where}")
     if parsed.path not in ("", "/") or parsed.query or parsed.fragment:
-        raise ConfigError(f"{key}: {text!r} must be scheme://host:port, without a path {where}")
+        raise AgentConfigError(
+            f"{key}: {text!r} must be scheme://host:port, without a path {where}")
     if port is None:
-        raise ConfigError(f"{key}: {text!r} has no port (etcd's client port is usually 2379:"
+        raise AgentConfigError(f"{key}: {text!r} has no port (etcd's client port is usually 2379:"
                           f" {parsed.scheme}://{parsed.hostname}:2379) {where}")
     return parsed.scheme == "https", parsed.hostname, port
 
 
 def check_store(store: StoreConfig) -> None:
-    """Rules across [store] keys; `ConfigError` naming the key and the value."""
+    """Rules across [store] keys; `AgentConfigError` naming the key and the value."""
     schemes = {parse_etcd_url(url)[0] for url in store.endpoints}
     if not store.endpoints:
-        raise ConfigError("store.endpoints: give at least one etcd URL")
+        raise AgentConfigError("store.endpoints: give at least one etcd URL")
     if len(schemes) > 1:
-        raise ConfigError(f"store.endpoints: {list(store.endpoints)!r} mixes http:// and"
+        raise AgentConfigError(f"store.endpoints: {list(store.endpoints)!r} mixes http:// and"
                           " https:// (a cluster is all TLS or none)")
     tls = schemes == {True}
     for name in ("ca_file", "cert_file", "key_file"):
         value = getattr(store, name)
         if value and not tls:
-            raise ConfigError(f"store.{name}: {value!r} is set but store.endpoints are http://"
+            raise AgentConfigError(f"store.{name}: {value!r} is set but store.endpoints are http://"
                               " (use https:// URLs for TLS)")
     if bool(store.cert_file) != bool(store.key_file):
         named, missing = ("cert_file", "key_file") if store.cert_file else ("key_file",
                                                                              "cert_file")
-        raise ConfigError(f"store.{missing}: empty, but store.{named}="
+        raise AgentConfigError(f"store.{missing}: empty, but store.{named}="
                           f"{getattr(store, named)!r} is set (mutual TLS needs both)")
     if bool(store.username) != bool(store.password_file):
         if store.username:
-            raise ConfigError(f"store.password_file: empty, but store.username="
+            raise AgentConfigError(f"store.password_file: empty, but store.username="
                               f"{store.username!r} is set")
-        raise ConfigError(f"store.username: empty, but store.password_file="
+        raise AgentConfigError(f"store.username: empty, but store.password_file="
                           f"{store.password_file!r} is set")
     if store.member_timeout > store.timeout:
-        raise ConfigError(f"store.member_timeout: {store.member_timeout!r} is above"
+        raise AgentConfigError(f"store.member_timeout: {store.member_timeout!r} is above"
                           f" store.timeout={store.timeout!r}")
 
 
 def parse_hostport(text: str, *, key: str = "address", origin: str = "argument") -> tuple[str, int]:
-    """`host:port` or `[v6]:port` to a tuple; `ConfigError` naming `key` when malformed."""
+    """`host:port` or `[v6]:port` to a tuple; `AgentConfigError` naming `key` when malformed."""
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ConfigError(f"{key}: {text!r} is not host:port (from {origin})")
+        raise AgentConfigError(f"{key}: {text!r} is not host:port (from {origin})")
     return host, int(port)
 
 
 def parse_resolver(text: str, *, key: str = "resolver", origin: str = "argument"
                    ) -> tuple[str, int]:
-    """A DNS server: `IP` (port 53), `IP:port` or `[v6]:port`; `ConfigError` naming `key`."""
+    """A DNS server: `IP` (port 53), `IP:port` or `[v6]:port`; `AgentConfigError` naming `key`."""
     try:
         return str(ipaddress.ip_address(text)), 53
     except ValueError:
@@ -418,7 +420,7 @@ def parse_resolver(text: str, *, key: str = "resolver", origin: str = "argument"
     try:
         return str(ipaddress.ip_address(host)), port
     except ValueError:
-        raise ConfigError(f"{key}: {text!r} is not an IP address or IP:port (from {origin})") \
+        raise AgentConfigError(f"{key}: {text!r} is not an IP address or IP:port (from {origin})") \
             from None
 
 
@@ -430,7 +432,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, tuple[str, str]]:
         if not name.startswith(ENV_PREFIX) or name == "VXMESH_CONFIG":
             continue
         if name not in known:
-            raise ConfigError(f"unknown environment variable {name} (known: "
+            raise AgentConfigError(f"unknown environment variable {name} (known: "
                               f"{', '.join(sorted(known))})")
         out[known[name]] = (value, f"environment {name}")
     return out
@@ -441,7 +443,7 @@ def _flag_overrides(assignments: Sequence[str]) -> dict[str, tuple[str, str]]:
     for text in assignments:
         key, sep, value = text.partition("=")
         if not sep:
-            raise ConfigError(f"--set {text!r}: expected section.key=value")
+            raise AgentConfigError(f"--set {text!r}: expected section.key=value")
         out[key.strip()] = (value, f"flag --set {key.strip()}")
     return out
 
@@ -452,16 +454,16 @@ def build_config(data: Mapping[str, Any], *, origin: str = "file",
     values: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     for section, body in data.items():
         if section not in SECTIONS:
-            raise ConfigError(f"unknown section [{section}] in {origin} "
+            raise AgentConfigError(f"unknown section [{section}] in {origin} "
                               f"(known: {', '.join(SECTIONS)})")
         if not isinstance(body, dict):
-            raise ConfigError(f"[{section}] in {origin} must be a table, got {body!r}")
+            raise AgentConfigError(f"[{section}] in {origin} must be a table, got {body!r}")
         for key, raw in body.items():
             values[section][key] = (raw, "file" if origin == "file" else origin)
     for dotted, (raw, where) in (overrides or {}).items():
         section, _, key = dotted.partition(".")
         if section not in SECTIONS:
-            raise ConfigError(f"unknown key {dotted!r} (from {where})")
+            raise AgentConfigError(f"unknown key {dotted!r} (from {where})")
         values[section][key] = (raw, where)
 
     built: dict[str, Any] = {}
@@ -472,8 +474,9 @@ def build_config(data: Mapping[str, Any], *, origin: str = "file",
         for key, (raw, where) in values[section].items():
             dotted = f"{section}.{key}"
             if key not in by_name:
-                raise ConfigError(f"unknown key {dotted!r} (from {where}; known in [{section}]: "
-                                  f"{', '.join(by_name)})")
+                raise AgentConfigError(
+                    f"unknown key {dotted!r} (from {where}; known in [{section}]: "
+                    f"{', '.join(by_name)})")
             kind_origin = "file" if where == "file" else where
             kwargs[key] = _coerce(dotted, raw, by_name[key], hints[key], kind_origin)
         built[section] = cls(**kwargs)
@@ -493,16 +496,16 @@ def load_config(path: Path | None = None, *, environ: Mapping[str, str] | None =
             data = tomllib.load(handle)
     except FileNotFoundError:
         if explicit:
-            raise ConfigError(f"config file {config_path} does not exist") from None
+            raise AgentConfigError(f"config file {config_path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {config_path} is not valid TOML: {exc}") from None
+        raise AgentConfigError(f"config file {config_path} is not valid TOML: {exc}") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {config_path}: {exc}") from None
+        raise AgentConfigError(f"cannot read config file {config_path}: {exc}") from None
     overrides = {**_env_overrides(env), **_flag_overrides(assignments)}
     try:
         return build_config(data, overrides=overrides)
-    except ConfigError as exc:
-        raise ConfigError(f"{config_path}: {exc}") from None
+    except AgentConfigError as exc:
+        raise AgentConfigError(f"{config_path}: {exc}") from None
 
 
 def render_toml(config: AgentConfig) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import trio
 
+from agent.api.attach import Attachment, AttachRequest
 from agent.api.errors import (
     EXIT_CONFLICT,
     EXIT_NOT_FOUND,
@@ -27,10 +28,18 @@ from agent.api.errors import (
     InvalidRequest,
     NotFound,
 )
-from agent.api.routes import EndpointSpec, NetworkSpec, parse_endpoint_spec, serve_api
+from agent.api.routes import NetworkCreateRequest, parse_attach_request, serve_api
 from agent.cli.main import main
 from agent.store.errors import AddressTaken, InvalidAddress
 from agent.terminal import render_table
+
+
+def attachment(request: AttachRequest) -> Attachment:
+    """What the agent would answer for `request` (the fields the CLI prints)."""
+    return Attachment(name=request.name, network=request.network, mode=request.mode,
+                      node="h1", ip=request.ip, addresses=(), mac=None, mtu=None, gateway=None,
+                      routes=(), netns=None, sandbox=None, ifname=None, host_ifname=None,
+                      handed_back=None, bridge=None, state="ready")
 
 
 class RecordingControl:
@@ -46,7 +55,7 @@ class RecordingControl:
     async def networks(self) -> list[dict[str, Any]]:
         return []
 
-    async def create_network(self, spec: NetworkSpec) -> dict[str, Any]:
+    async def create_network(self, spec: NetworkCreateRequest) -> dict[str, Any]:
         self.calls.append(("create_network", spec))
         return {"name": spec.name, "vni": spec.vni or 4096}
 
@@ -56,15 +65,16 @@ class RecordingControl:
     def endpoints(self) -> list[dict[str, Any]]:
         return []
 
-    def endpoint(self, name: str) -> dict[str, Any]:
+    def endpoint(self, name: str) -> Attachment:
         raise NotFound(f"no endpoint {name!r}")
 
-    async def create_endpoint(self, spec: EndpointSpec) -> dict[str, Any]:
-        self.calls.append(("create_endpoint", spec))
-        return {"name": spec.name}
+    async def attach(self, request: AttachRequest) -> Attachment:
+        self.calls.append(("attach", request))
+        return attachment(request)
 
-    async def delete_endpoint(self, name: str) -> None:
-        self.calls.append(("delete_endpoint", name))
+    async def detach(self, name: str) -> bool:
+        self.calls.append(("detach", name))
+        return True
 
     def keys(self) -> dict[str, Any]:
         return {"primary": "k", "keys": ["k"]}
@@ -114,7 +124,7 @@ async def test_api_over_unix_socket(tmp_path: Path) -> None:
 
         await trio.to_thread.run_sync(exercise)
         assert [c[0] for c in control.calls] == ["create_network"]
-        assert control.calls[0][1] == NetworkSpec("blue", "10.9.0.0/16", None, 1400)
+        assert control.calls[0][1] == NetworkCreateRequest("blue", "10.9.0.0/16", None, 1400)
 
         args = ["--socket", str(sock)]
         code = await trio.to_thread.run_sync(main, ["network", "delete", "red", *args])
@@ -135,7 +145,7 @@ def test_cli_exit_codes_without_an_agent(tmp_path: Path, capsys: pytest.CaptureF
 
 
 def test_endpoint_spec_validation_names_fields() -> None:
-    spec = parse_endpoint_spec({"name": "web", "network": "blue", "mode": "bridge",
+    spec = parse_attach_request({"name": "web", "network": "blue", "mode": "bridge",
                                 "publish": ["8080:80/tcp"]})
     assert [str(p) for p in spec.publish] == ["8080:80/tcp"]
     cases: list[tuple[dict[str, Any], str]] = [
@@ -146,7 +156,7 @@ def test_endpoint_spec_validation_names_fields() -> None:
                         ({"name": "web", "network": "blue", "colour": "red"}, "colour")]
     for body, field in cases:
         with pytest.raises(InvalidRequest, match=field):
-            parse_endpoint_spec(body)
+            parse_attach_request(body)
 
 
 def test_render_table_aligns_columns() -> None:
@@ -158,13 +168,13 @@ def test_render_table_aligns_columns() -> None:
 class ChosenAddressControl(RecordingControl):
     """Answers `--ip` like the daemon's IPAM would: one address taken, the gateway invalid."""
 
-    async def create_endpoint(self, spec: EndpointSpec) -> dict[str, Any]:
-        self.calls.append(("create_endpoint", spec))
-        if spec.ip == "10.9.0.7":
-            raise AddressTaken(spec.ip, "h2/db")
-        if spec.ip == "10.9.0.1":
-            raise InvalidAddress("ip", spec.ip, "the gateway of network blue")
-        return {"name": spec.name, "network": spec.network, "mode": spec.mode, "ip": spec.ip}
+    async def attach(self, request: AttachRequest) -> Attachment:
+        self.calls.append(("attach", request))
+        if request.ip == "10.9.0.7":
+            raise AddressTaken(request.ip, "h2/db")
+        if request.ip == "10.9.0.1":
+            raise InvalidAddress("ip", request.ip, "the gateway of network blue")
+        return attachment(request)
 
 
 async def test_cli_ip_for_an_overlay_endpoint_and_its_errors(

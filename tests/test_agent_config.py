@@ -13,7 +13,7 @@ import pytest
 from agent.config import (
     SECTIONS,
     AgentConfig,
-    ConfigError,
+    AgentConfigError,
     all_keys,
     build_config,
     load_config,
@@ -81,25 +81,25 @@ def test_render_round_trips() -> None:
     ({"metrics": {"enabled": "yes"}}, "metrics.enabled"),
 ])
 def test_bad_values_are_named(data: dict[str, dict[str, object]], named: str) -> None:
-    with pytest.raises(ConfigError, match=re.escape(named)):
+    with pytest.raises(AgentConfigError, match=re.escape(named)):
         build_config(data)
 
 
 def test_bad_environment_and_flags_are_named() -> None:
-    with pytest.raises(ConfigError, match="VXMESH_GOSIP_PORT"):
+    with pytest.raises(AgentConfigError, match="VXMESH_GOSIP_PORT"):
         load_config(None, environ={"VXMESH_GOSIP_PORT": "1"})
-    with pytest.raises(ConfigError, match=re.escape("metrics.port")):
+    with pytest.raises(AgentConfigError, match=re.escape("metrics.port")):
         load_config(None, environ={}, assignments=["metrics.port=http"])
-    with pytest.raises(ConfigError, match=re.escape("expected section.key=value")):
+    with pytest.raises(AgentConfigError, match=re.escape("expected section.key=value")):
         load_config(None, environ={}, assignments=["metrics.port"])
 
 
 def test_missing_explicit_file_and_bad_toml(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(AgentConfigError, match="does not exist"):
         load_config(tmp_path / "absent.toml", environ={})
     bad = tmp_path / "bad.toml"
     bad.write_text("[node\n")
-    with pytest.raises(ConfigError, match="not valid TOML"):
+    with pytest.raises(AgentConfigError, match="not valid TOML"):
         load_config(bad, environ={})
 
 

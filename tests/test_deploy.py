@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, load_config
+from agent.config import AgentConfigError, load_config
 from agent.lab.provision import interface_for_address, main, node_config
 from agent.runtime.metrics import AgentMetrics, MetricsSnapshot
 
@@ -88,7 +88,7 @@ IP_ADDR = [
 
 def test_vagrant_node_config_picks_the_private_network_interface() -> None:
     assert interface_for_address(IP_ADDR, "192.168.56.12") == "eth1"
-    with pytest.raises(ConfigError, match=re.escape("192.168.56.99")):
+    with pytest.raises(AgentConfigError, match=re.escape("192.168.56.99")):
         interface_for_address(IP_ADDR, "192.168.56.99")
     config = node_config(name="node2", address="192.168.56.12", interface="eth1",
                          etcd=["http://192.168.56.11:2379"],

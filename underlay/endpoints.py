@@ -15,6 +15,9 @@ Rules:
   nor from its copy keeps its namespace and veth: never collected as an orphan.
 - A failed record write (full disk) changes nothing: at the first write nothing exists yet;
   at the last one (state `ready`) the endpoint is rolled back whole.
+- A sandbox that is not ours (a caller's `netns_path`, a handed-back veth the caller moved)
+  is never created or deleted here; when it is gone at `start()` (the container went away
+  while the agent was down), its endpoint is removed.
 - Create and delete are idempotent: the same spec again re-ensures the kernel objects and
   returns the record; a different spec under a taken name is refused naming the field;
   deleting an unknown name returns False.
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import subprocess
 from collections import Counter
 from collections.abc import Callable
@@ -41,12 +45,14 @@ from pyroute2 import IPRoute
 from underlay import links, nft, ports
 from underlay.endpoints_model import (
     HOST_VETH_PATTERN,
+    INSIDE_IFNAME,
     EndpointConflict,
     EndpointError,
     EndpointNotFound,
     EndpointRecord,
     EndpointsConfig,
     EndpointSpec,
+    EndpointSpecError,
     ListeningSocket,
     Mode,
     State,
@@ -81,6 +87,8 @@ class RecoveryReport:
     veth are left alone (never collected as orphans)."""
     restored: tuple[str, ...] = ()
     """Records that did not parse and were restored from their copy."""
+    sandbox_gone: tuple[str, ...] = ()
+    """Records whose caller-owned sandbox was gone: removed with what was ours."""
 
 
 @dataclass(frozen=True)
@@ -171,7 +179,10 @@ class Endpoints:
     def exec_argv(self, name: str, argv: list[str]) -> list[str]:
         """The command line that runs `argv` inside endpoint `name` (for long-lived processes)."""
         record = self.get(name)
-        return nft.in_netns(record.netns if record.netns else self.config.host_netns, argv)
+        if record.handed_back is not None:
+            raise EndpointError(f"endpoint {name!r}: its interface was handed to its runtime; "
+                                "run commands through the runtime")
+        return nft.in_netns(record.netns or record.sandbox or self.config.host_netns, argv)
 
     async def exec(self, name: str, argv: list[str], *, timeout: float = 30) -> ExecResult:
         """Run `argv` inside endpoint `name` and return its exit status and output."""
@@ -288,6 +299,8 @@ class Endpoints:
             raise EndpointConflict(
                 f"name={record.name!r}: namespace {record.netns!r} exists and no record owns "
                 f"it (not ours, or a leftover: restart the agent to collect it)")
+        if record.sandbox is not None and not os.path.exists(record.sandbox):
+            raise EndpointSpecError(f"netns_path={record.sandbox!r}: no such namespace")
         mode = record.mode
         if mode is Mode.OVERLAY:
             bridge = record.bridge or ""
@@ -307,9 +320,9 @@ class Endpoints:
         mode = record.mode
         if mode is Mode.HOST:
             return
-        assert record.netns is not None
-        links.create_netns(record.netns)
-        self._step(record.name, "netns")
+        if record.netns is not None:
+            links.create_netns(record.netns)
+            self._step(record.name, "netns")
         if mode is Mode.NONE:
             return
         mtu = record.spec.mtu
@@ -321,10 +334,14 @@ class Endpoints:
             bridge_name = record.bridge or ""
             bridge_info = self.host_nl.call_blocking(lambda ipr: links.get_link(ipr, bridge_name))
             mtu = bridge_info.mtu if bridge_info is not None else None
+        inside_ns = record.netns or record.sandbox
+        ifname = record.ifname or INSIDE_IFNAME
         if mode in (Mode.BRIDGE, Mode.OVERLAY):
-            host_ifname, netns, bridge = record.host_ifname or "", record.netns, record.bridge
+            host_ifname, bridge = record.host_ifname or "", record.bridge
+            peer, peer_ns = (record.handed_back, None) if record.handed_back else \
+                (ifname, inside_ns)
             self.host_nl.call_blocking(lambda ipr: links.ensure_veth(
-                ipr, host_ifname, "eth0", peer_netns=netns, mtu=mtu, peer_mac=record.mac,
+                ipr, host_ifname, peer, peer_netns=peer_ns, mtu=mtu, peer_mac=record.mac,
                 master=bridge))
             if mode is Mode.BRIDGE:
                 self.host_nl.call_blocking(
@@ -334,24 +351,34 @@ class Endpoints:
             netns = record.netns
             if mode is Mode.MACVLAN:
                 self.host_nl.call_blocking(lambda ipr: links.ensure_macvlan(
-                    ipr, "eth0", parent, netns=netns, mtu=mtu, mac=record.mac))
+                    ipr, ifname, parent, netns=netns, mtu=mtu, mac=record.mac))
             else:
                 ipvlan_mode = record.spec.ipvlan_mode
                 self.host_nl.call_blocking(lambda ipr: links.ensure_ipvlan(
-                    ipr, "eth0", parent, mode=ipvlan_mode, netns=netns, mtu=mtu))
+                    ipr, ifname, parent, mode=ipvlan_mode, netns=netns, mtu=mtu))
         self._step(record.name, "link")
-        inside = NetlinkThread(record.netns)
+        if inside_ns is not None:
+            self._configure_inside(record, inside_ns, ifname, mtu)
+            self._step(record.name, "addresses")
+        if mode is Mode.BRIDGE:
+            self._apply_nat()
+            self._step(record.name, "nat")
+
+    def _configure_inside(self, record: EndpointRecord, netns: str, ifname: str,
+                          mtu: int | None) -> None:
+        """MTU, MAC, addresses and default route of the interface inside the sandbox."""
+        inside = NetlinkThread(netns)
         try:
             def configure(ipr: IPRoute) -> None:
-                links.set_link(ipr, "eth0", mtu=mtu, mac=record.mac, up=True)
+                links.set_link(ipr, ifname, mtu=mtu, mac=record.mac, up=True)
                 for cidr in record.addresses:
-                    links.add_address(ipr, "eth0", cidr)
+                    links.add_address(ipr, ifname, cidr)
                 if record.gateway:
                     links.replace_route(ipr, "default", gateway=record.gateway)
 
             inside.call_blocking(configure)
             # Hand back an endpoint that carries traffic: wait (bounded) for the link watcher.
-            ready = inside.call_blocking(lambda ipr: links.wait_operational(ipr, "eth0"))
+            ready = inside.call_blocking(lambda ipr: links.wait_operational(ipr, ifname))
             if record.host_ifname is not None:
                 host_ifname = record.host_ifname
                 ready = ready and self.host_nl.call_blocking(
@@ -361,10 +388,6 @@ class Endpoints:
                             record.name)
         finally:
             inside.close()
-        self._step(record.name, "addresses")
-        if mode is Mode.BRIDGE:
-            self._apply_nat()
-            self._step(record.name, "nat")
 
     def _ensure_bridge_network(self, name: str) -> None:
         net = self.config.bridge_network(name)
@@ -431,11 +454,14 @@ class Endpoints:
             log.error("endpoint record %r is unreadable (set aside as .bad); its namespace and"
                       " veth are kept", name)
         self._records = {r.name: r for r in records}
-        rolled_back, reensured, failed = [], [], []
+        rolled_back, reensured, failed, sandbox_gone = [], [], [], []
         for record in records:
             if record.state is not State.READY:
                 self._rollback(record)
                 rolled_back.append(record.name)
+            elif self._sandbox_gone(record):
+                self._rollback(record)
+                sandbox_gone.append(record.name)
         owned_netns = {r.netns for r in self._records.values() if r.netns}
         owned_netns |= {f"{self.config.netns_prefix}{name}" for name in unreadable}
         orphan_netns = [ns for ns in links.list_netns(prefix=self.config.netns_prefix)
@@ -455,7 +481,8 @@ class Endpoints:
             return gone
 
         orphan_links = self.host_nl.call_blocking(collect)
-        self._counts["orphans"] += len(rolled_back) + len(orphan_netns) + len(orphan_links)
+        self._counts["orphans"] += len(rolled_back) + len(orphan_netns) + len(orphan_links) \
+            + len(sandbox_gone)
         for record in list(self._records.values()):
             try:
                 self._ensure_kernel(record)
@@ -466,19 +493,32 @@ class Endpoints:
         self._apply_nat()
         return RecoveryReport(tuple(rolled_back), tuple(orphan_netns), tuple(orphan_links),
                               tuple(reensured), tuple(failed), tuple(unreadable),
-                              tuple(restored))
+                              tuple(restored), tuple(sandbox_gone))
+
+    def _sandbox_gone(self, record: EndpointRecord) -> bool:
+        """True when the caller's sandbox of `record` no longer exists (nothing to re-ensure)."""
+        if record.sandbox is not None:
+            return not os.path.exists(record.sandbox)
+        if record.handed_back is not None and record.host_ifname is not None:
+            host_ifname = record.host_ifname  # the pair dies with the sandbox it was moved to
+            return self.host_nl.call_blocking(lambda ipr: links.get_link(ipr, host_ifname)) \
+                is None
+        return False
 
     def _inspect(self, record: EndpointRecord) -> Inspection:
         port_texts = tuple(str(c) for c in record.spec.claims) + \
             tuple(str(m) for m in record.spec.publish)
-        if record.netns is None:  # host mode: the host's own addresses
+        if record.mode is Mode.HOST:  # the host's own addresses
             def host_addresses(ipr: IPRoute) -> list[str]:
                 return [str(a.interface) for link in links.list_links(ipr) if link.name != "lo"
                         for a in links.list_addresses(ipr, link.name)]
 
             addresses = self.host_nl.call_blocking(host_addresses)
             return Inspection(record, None, None, None, tuple(addresses), port_texts)
-        inside = NetlinkThread(record.netns)
+        inside_ns = record.netns or record.sandbox
+        if inside_ns is None:  # handed back: the interface is in the runtime's sandbox
+            return Inspection(record, None, None, None, (), port_texts)
+        inside = NetlinkThread(inside_ns)
         try:
             def read(ipr: IPRoute) -> tuple[links.LinkInfo | None, list[str]]:
                 info = links.get_link(ipr, record.ifname or "lo")

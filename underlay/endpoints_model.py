@@ -12,7 +12,11 @@ Rules:
   four IPv4 octets; for an IPv6-only endpoint `02:` followed by the first five bytes of the
   SHA-256 of the 16 address bytes (deterministic, locally administered, unicast).
 - Kernel names: namespace `<netns_prefix><name>`, host-side veth `vxep` + 10 hex digits of
-  the SHA-256 of the name (15-byte limit), interface inside the namespace `eth0`.
+  the SHA-256 of the name (15-byte limit), interface inside the namespace `ifname` (`eth0`).
+- Sandboxes: an endpoint's interface goes into a namespace we make and own (the default), into
+  a namespace the caller owns (`netns_path`: a CNI runtime's netns, never created or deleted
+  by us), or stays in the host namespace as the veth peer `vxpr` + 10 hex digits for the
+  caller to move (`hand_back`: Docker's Join, whose daemon moves and configures it).
 
 May import: the standard library, underlay.errors and underlay.records.
 """
@@ -34,6 +38,7 @@ from underlay.records import canonical_ip, canonical_mac
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 HOST_VETH_PATTERN = re.compile(r"^vxep[0-9a-f]{10}$")
 INSIDE_IFNAME = "eth0"
+IFNAME_MAX = 15
 PROTOCOLS = ("tcp", "udp")
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -185,6 +190,11 @@ class EndpointSpec:
     publish: bridge mode published ports. claims: host mode port claims.
     parent: macvlan/ipvlan underlay interface (default: the configured underlay interface).
     ipvlan_mode: "l2", "l3" or "l3s".
+    ifname: the interface's name inside the sandbox.
+    netns_path: bridge/overlay: an existing namespace (a path) the caller owns; the interface
+      goes there and the namespace is neither made nor deleted by us (CNI).
+    hand_back: bridge/overlay: make the veth pair in the host namespace and leave its peer
+      there, MTU and MAC set, for the caller to move and configure (Docker's Join).
     """
 
     name: str
@@ -199,6 +209,11 @@ class EndpointSpec:
     claims: tuple[PortClaim, ...] = ()
     parent: str | None = None
     ipvlan_mode: str = "l2"
+    ifname: str = INSIDE_IFNAME
+    netns_path: str | None = None
+    hand_back: bool = False
+    aliases: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -206,6 +221,9 @@ class EndpointRecord:
     """An endpoint as persisted: the spec plus everything resolved from it.
 
     For an overlay endpoint, (network, addresses, mac) is what the neighbor table carries.
+    netns: the namespace we made and own (None: host mode, or the sandbox is the caller's).
+    sandbox: the caller's namespace (a path) holding the interface (`spec.netns_path`).
+    handed_back: the veth peer left in the host namespace for the caller (`spec.hand_back`).
     """
 
     spec: EndpointSpec
@@ -218,6 +236,8 @@ class EndpointRecord:
     gateway: str | None
     bridge: str | None
     network: str | None = None
+    sandbox: str | None = None
+    handed_back: str | None = None
 
     @property
     def name(self) -> str:
@@ -325,6 +345,11 @@ def host_veth_name(name: str) -> str:
     return "vxep" + hashlib.sha256(name.encode()).hexdigest()[:10]
 
 
+def handed_back_veth_name(name: str) -> str:
+    """The veth peer of endpoint `name` left in the host namespace for the caller to move."""
+    return "vxpr" + hashlib.sha256(name.encode()).hexdigest()[:10]
+
+
 def allocate_address(net: BridgeNetwork, taken: set[str]) -> str:
     """The lowest free host address of the bridge network (gateway excluded), as a CIDR."""
     used = {ipaddress.ip_interface(a).ip for a in taken} | {net.gateway.ip}
@@ -349,6 +374,15 @@ def _check_common(spec: EndpointSpec) -> None:
         _address(spec.gateway, "gateway", spec.gateway)
     if spec.ipvlan_mode not in ("l2", "l3", "l3s"):
         raise EndpointSpecError(f"ipvlan_mode={spec.ipvlan_mode!r}: expected l2, l3 or l3s")
+    if not spec.ifname or len(spec.ifname.encode()) > IFNAME_MAX or "/" in spec.ifname \
+            or spec.ifname in (".", "..") or any(c.isspace() for c in spec.ifname):
+        raise EndpointSpecError(f"ifname={spec.ifname!r}: an interface name is 1 to "
+                                f"{IFNAME_MAX} bytes without '/' or spaces")
+    if spec.netns_path is not None and not spec.netns_path.startswith("/"):
+        raise EndpointSpecError(f"netns_path={spec.netns_path!r}: not an absolute path")
+    if spec.netns_path is not None and spec.hand_back:
+        raise EndpointSpecError(f"hand_back=True: the interface goes into "
+                                f"netns_path={spec.netns_path!r}, nothing is handed back")
 
 
 def _refuse_fields(spec: EndpointSpec, names: tuple[str, ...]) -> None:
@@ -370,7 +404,9 @@ def resolve(spec: EndpointSpec, config: EndpointsConfig,
             f"mode={spec.mode!r}: expected one of {[m.value for m in Mode]}") from None
     _check_common(spec)
     mode = spec.mode
-    netns = f"{config.netns_prefix}{spec.name}" if mode in NAMESPACED_MODES else None
+    own_sandbox = spec.netns_path is None and not spec.hand_back
+    netns = f"{config.netns_prefix}{spec.name}" \
+        if mode in NAMESPACED_MODES and own_sandbox else None
     addresses = spec.addresses
     gateway = spec.gateway
     bridge: str | None = None
@@ -378,10 +414,11 @@ def resolve(spec: EndpointSpec, config: EndpointsConfig,
     host_ifname: str | None = None
     if mode is Mode.HOST:
         _refuse_fields(spec, ("network", "bridge", "addresses", "mac", "mtu", "gateway",
-                              "publish", "parent"))
+                              "publish", "parent", "ifname", "netns_path", "hand_back"))
     elif mode is Mode.NONE:
         _refuse_fields(spec, ("network", "bridge", "addresses", "mac", "mtu", "gateway",
-                              "publish", "claims", "parent"))
+                              "publish", "claims", "parent", "ifname", "netns_path",
+                              "hand_back"))
     elif mode is Mode.BRIDGE:
         _refuse_fields(spec, ("bridge", "claims", "parent"))
         net = config.bridge_network(spec.network)
@@ -407,7 +444,7 @@ def resolve(spec: EndpointSpec, config: EndpointsConfig,
             raise EndpointSpecError("addresses=(): an overlay endpoint needs its address")
         bridge, host_ifname = spec.bridge, host_veth_name(spec.name)
     else:  # macvlan, ipvlan
-        _refuse_fields(spec, ("bridge", "claims", "publish"))
+        _refuse_fields(spec, ("bridge", "claims", "publish", "netns_path", "hand_back"))
         if not addresses:
             raise EndpointSpecError(f"addresses=(): a {mode.value} endpoint needs its address")
         if mode is Mode.IPVLAN and spec.mac is not None:
@@ -428,9 +465,11 @@ def resolve(spec: EndpointSpec, config: EndpointsConfig,
             raise EndpointConflict(f"mac={mac!r}: already held by endpoint {other.name!r}")
     return EndpointRecord(
         spec=spec, state=State.CREATING, netns=netns, host_ifname=host_ifname,
-        ifname=INSIDE_IFNAME if mode in (Mode.BRIDGE, Mode.OVERLAY, Mode.MACVLAN, Mode.IPVLAN)
+        ifname=spec.ifname if mode in (Mode.BRIDGE, Mode.OVERLAY, Mode.MACVLAN, Mode.IPVLAN)
         else None,
-        addresses=tuple(addresses), mac=mac, gateway=gateway, bridge=bridge, network=network)
+        addresses=tuple(addresses), mac=mac, gateway=gateway, bridge=bridge, network=network,
+        sandbox=spec.netns_path,
+        handed_back=handed_back_veth_name(spec.name) if spec.hand_back else None)
 
 
 # --- port holders ---------------------------------------------------------------------------
@@ -484,6 +523,8 @@ def record_from_json(data: dict[str, Any]) -> EndpointRecord:
         raw["addresses"] = tuple(raw["addresses"])
         raw["publish"] = tuple(PortMapping(**m) for m in raw["publish"])
         raw["claims"] = tuple(PortClaim(**c) for c in raw["claims"])
+        raw["aliases"] = tuple(raw.get("aliases", ()))
+        raw["labels"] = tuple((str(k), str(v)) for k, v in raw.get("labels", ()))
         spec = EndpointSpec(**raw)
         rest = {k: v for k, v in data.items() if k != "spec"}
         rest["state"] = State(rest["state"])

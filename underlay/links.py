@@ -400,8 +400,9 @@ def check_netns_name(name: str) -> str:
 
 
 def open_netns_path(name: str) -> str:
-    """The path of an existing named namespace; KernelError if it does not exist."""
-    path = netns_path(check_netns_name(name))
+    """The path of an existing namespace given by name or by path (`/proc/PID/ns/net`, a
+    runtime's bind mount); KernelError if it does not exist."""
+    path = name if name.startswith("/") else netns_path(check_netns_name(name))
     if not os.path.exists(path):
         raise KernelError(f"network namespace {name!r} does not exist", errno_codes.ENOENT)
     return path

@@ -1,9 +1,9 @@
 """The one table from domain errors to HTTP statuses and CLI exit codes.
 
 Owns: the API's own error classes (`ApiError` and its kinds), `http_status(exc)` for any agent
-error (store, state files, endpoints, config), the CLI's exit codes and the status -> exit code
-map the client uses. Every front door (control API, CLI, Docker plugin, CNI) reads its answer
-here, so one failure has one status and one exit code everywhere.
+error (store, state files, endpoints, config, gossip keys), the CLI's exit codes and the
+status -> exit code map the client uses. Every front door (control API, CLI, Docker plugin,
+CNI) reads its answer here, so one failure has one status and one exit code everywhere.
 
 Exit codes: 0 success; 1 the agent refused or failed the request; 2 bad usage or a bad value
 (the message names it); 3 the agent cannot be reached; 4 not found; 5 conflict; 6 a
@@ -15,8 +15,8 @@ underlay.endpoints_model and underlay.errors (their error classes), the standard
 
 from __future__ import annotations
 
-from agent.config import ConfigError
-from agent.errors import AgentError
+from agent.config import AgentConfigError
+from agent.errors import AgentError, GossipKeyError
 from agent.state_files import StateReadError, StateWriteError
 from agent.store.errors import (
     AddressExhausted,
@@ -73,7 +73,8 @@ class Unavailable(ApiError):
 
 # (error classes, HTTP status): the first entry the error is an instance of wins.
 _STATUS_TABLE: tuple[tuple[tuple[type[BaseException], ...], int], ...] = (
-    ((InvalidNetwork, InvalidAddress, ConfigError, EndpointSpecError, StateReadError), 400),
+    ((InvalidNetwork, InvalidAddress, AgentConfigError, EndpointSpecError, StateReadError,
+      GossipKeyError), 400),
     ((NetworkNotFound, EndpointNotFound), 404),
     ((NetworkConflict, NetworkInUse, AddressExhausted, AddressTaken, EndpointConflict), 409),
     ((UnderlayError,), 422),

@@ -1,8 +1,9 @@
 """The control API: HTTP/1.1 + JSON on a unix socket (`/run/vxmesh/agent.sock`).
 
 Owns: the routes, request validation (every bad field answered with 400 naming the field and
-the value, nothing changed), the mapping of agent errors to status codes, and the `Control`
-protocol the daemon implements. Usable with `curl --unix-socket /run/vxmesh/agent.sock
+the value, nothing changed), the JSON form of an attachment, and the `Control` protocol the
+agent implements (`agent.runtime.control.Control`). Errors are answered through the one
+table, `agent.api.errors`. Usable with `curl --unix-socket /run/vxmesh/agent.sock
 http://vxmesh/v1/status`.
 
 Routes (all JSON; errors are {"error": {"status": N, "message": "..."}}):
@@ -13,15 +14,17 @@ Routes (all JSON; errors are {"error": {"status": N, "message": "..."}}):
   DELETE /v1/networks/NAME
   GET    /v1/endpoints              every endpoint known (local and remote)
   GET    /v1/endpoints/NAME         one local endpoint (with its namespace, for exec)
-  POST   /v1/endpoints              {"name", "network" (overlay), "mode"?, "ip"?,
-                                     "publish"? (bridge), "ports"? (host)}           -> 201
+  POST   /v1/endpoints              {"name", "network" (overlay), "mode"?, "ip"?, "mac"?,
+                                     "publish"? (bridge), "ports"? (host),
+                                     "netns_path"? (an existing namespace), "ifname"?,
+                                     "aliases"?, "labels"?}  -> 201, the attachment
   DELETE /v1/endpoints/NAME
   GET    /v1/keys                   {"primary": b64, "keys": [b64...]}
   POST   /v1/keys/install|use|remove  {"key": b64}
   GET    /v1/fdb[?network=NAME]     desired vs kernel entries
 
-May import: trio, agent.api.http, agent.state_files, agent.errors, underlay.endpoints_model
-(the port syntax), the standard library.
+May import: trio, agent.api (attach, errors, http), agent.state_files, agent.errors,
+underlay.endpoints_model (modes, the port syntax), the standard library.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
+from agent.api.attach import Attachment, AttachRequest, ExistingNetns, NewNamespace, Sandbox
 from agent.api.errors import ApiError, InvalidRequest, NotFound, http_status
 from agent.api.http import (
     Handler,
@@ -49,22 +53,20 @@ from agent.errors import AgentError
 from agent.state_files import StateReadError, decode_key
 from underlay.endpoints_model import (
     EndpointSpecError,
-    PortClaim,
-    PortMapping,
+    Mode,
     parse_port_claim,
     parse_port_mapping,
 )
 from underlay.records import MTU_MAX, MTU_MIN
 
 T = TypeVar("T")
-ENDPOINT_MODES = ("overlay", "bridge", "host", "none", "macvlan", "ipvlan")
-PROTOCOLS = ("tcp", "udp")
+ENDPOINT_MODES = tuple(mode.value for mode in Mode)
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,30}$")
 MAX_VNI = (1 << 24) - 1
 
 
 @dataclass(frozen=True)
-class NetworkSpec:
+class NetworkCreateRequest:
     """A validated network-create request."""
 
     name: str
@@ -73,30 +75,18 @@ class NetworkSpec:
     mtu: int | None = None
 
 
-@dataclass(frozen=True)
-class EndpointSpec:
-    """A validated endpoint-create request."""
-
-    name: str
-    network: str
-    mode: str = "overlay"
-    ip: str | None = None
-    publish: tuple[PortMapping, ...] = ()
-    ports: tuple[PortClaim, ...] = ()
-
-
 class Control(Protocol):
-    """What the API asks of the running agent (the daemon implements it)."""
+    """What the API asks of the running agent (`agent.runtime.control.Control`)."""
 
     def status(self) -> dict[str, Any]: ...
     def members(self) -> list[dict[str, Any]]: ...
     async def networks(self) -> list[dict[str, Any]]: ...
-    async def create_network(self, spec: NetworkSpec) -> dict[str, Any]: ...
+    async def create_network(self, request: NetworkCreateRequest) -> dict[str, Any]: ...
     async def delete_network(self, name: str) -> None: ...
     def endpoints(self) -> list[dict[str, Any]]: ...
-    def endpoint(self, name: str) -> dict[str, Any]: ...
-    async def create_endpoint(self, spec: EndpointSpec) -> dict[str, Any]: ...
-    async def delete_endpoint(self, name: str) -> None: ...
+    def endpoint(self, name: str) -> Attachment: ...
+    async def attach(self, request: AttachRequest) -> Attachment: ...
+    async def detach(self, name: str) -> bool: ...
     def keys(self) -> dict[str, Any]: ...
     async def change_key(self, action: str, key: bytes) -> dict[str, Any]: ...
     async def fdb(self, network: str | None) -> dict[str, Any]: ...
@@ -139,7 +129,7 @@ def _ports(values: list[Any], field_name: str, parse: Callable[..., T]) -> tuple
     return tuple(out)
 
 
-def parse_network_spec(body: Mapping[str, Any]) -> NetworkSpec:
+def parse_network_request(body: Mapping[str, Any]) -> NetworkCreateRequest:
     _refuse_unknown(body, {"name", "subnet", "vni", "mtu"})
     name = validate_name(_field(body, "name", required=True))
     subnet = _field(body, "subnet")
@@ -152,15 +142,20 @@ def parse_network_spec(body: Mapping[str, Any]) -> NetworkSpec:
             raise InvalidRequest(f"subnet: {subnet!r} is too small (need at least a /30)")
     vni = _field(body, "vni")
     mtu = _field(body, "mtu")
-    return NetworkSpec(
+    return NetworkCreateRequest(
         name=name, subnet=subnet,
         vni=_int_in(vni, "vni", 1, MAX_VNI) if vni is not None else None,
         mtu=_int_in(mtu, "mtu", MTU_MIN, MTU_MAX) if mtu is not None else None,
     )
 
 
-def parse_endpoint_spec(body: Mapping[str, Any]) -> EndpointSpec:
-    _refuse_unknown(body, {"name", "network", "mode", "ip", "publish", "ports"})
+ATTACH_FIELDS = {"name", "network", "mode", "ip", "mac", "publish", "ports", "netns_path",
+                 "ifname", "aliases", "labels"}
+
+
+def parse_attach_request(body: Mapping[str, Any]) -> AttachRequest:
+    """POST /v1/endpoints to the attach operation's request (a 400 naming any bad field)."""
+    _refuse_unknown(body, ATTACH_FIELDS)
     name = validate_name(_field(body, "name", required=True))
     mode = _field(body, "mode") or "overlay"
     if mode not in ENDPOINT_MODES:
@@ -179,11 +174,65 @@ def parse_endpoint_spec(body: Mapping[str, Any]) -> EndpointSpec:
         raise InvalidRequest(f"publish: only bridge endpoints publish ports (mode is {mode!r})")
     if ports and mode != "host":
         raise InvalidRequest(f"ports: only host endpoints claim host ports (mode is {mode!r})")
-    return EndpointSpec(
-        name=name, network=network, mode=mode, ip=ip,
+    return AttachRequest(
+        name=name, network=network, mode=Mode(mode), ip=ip,
+        mac=_optional_str(body, "mac"), sandbox=_sandbox(body),
+        ifname=_optional_str(body, "ifname") or AttachRequest.ifname,
         publish=_ports(publish, "publish", parse_port_mapping),
         ports=_ports(ports, "ports", parse_port_claim),
+        aliases=tuple(_strings(body, "aliases")),
+        labels=tuple(sorted(_labels(body).items())),
     )
+
+
+def _optional_str(body: Mapping[str, Any], name: str) -> str | None:
+    value = _field(body, name)
+    if value is not None and not isinstance(value, str):
+        raise InvalidRequest(f"{name}: {value!r} is not a string")
+    return value
+
+
+def _sandbox(body: Mapping[str, Any]) -> Sandbox:
+    path = _optional_str(body, "netns_path")
+    if path is None:
+        return NewNamespace()
+    if not path.startswith("/"):
+        raise InvalidRequest(f"netns_path: {path!r} is not an absolute path")
+    return ExistingNetns(path)
+
+
+def _strings(body: Mapping[str, Any], name: str) -> list[str]:
+    values = _list(body, name)
+    for value in values:
+        if not isinstance(value, str):
+            raise InvalidRequest(f"{name}: {value!r} is not a string")
+    return values
+
+
+def _labels(body: Mapping[str, Any]) -> dict[str, str]:
+    value = _field(body, "labels")
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                              for k, v in value.items()):
+        raise InvalidRequest(f"labels: {value!r} is not an object of strings")
+    return value
+
+
+def attachment_json(attachment: Attachment) -> dict[str, Any]:
+    """The API's JSON form of an attachment (what `vxmesh endpoint create --json` prints)."""
+    return {"name": attachment.name, "network": attachment.network,
+            "mode": attachment.mode.value, "ip": attachment.ip,
+            "addresses": list(attachment.addresses), "mac": attachment.mac,
+            "mtu": attachment.mtu, "netns": attachment.netns, "sandbox": attachment.sandbox,
+            "ifname": attachment.ifname, "host_ifname": attachment.host_ifname,
+            "handed_back": attachment.handed_back, "bridge": attachment.bridge,
+            "gateway": attachment.gateway,
+            "routes": [{"dst": r.destination, "gw": r.gateway} for r in attachment.routes],
+            "state": attachment.state, "node": attachment.node,
+            "publish": [str(m) for m in attachment.publish],
+            "ports": [str(c) for c in attachment.ports],
+            "aliases": list(attachment.aliases), "labels": dict(attachment.labels)}
 
 
 def parse_key(body: Mapping[str, Any]) -> bytes:
@@ -244,8 +293,8 @@ async def _networks(control: Control, request: Request, arg: str) -> Response:
 
 
 async def _network_create(control: Control, request: Request, arg: str) -> Response:
-    spec = parse_network_spec(_json_body(request))
-    return Response.json(201, await control.create_network(spec))
+    network = parse_network_request(_json_body(request))
+    return Response.json(201, await control.create_network(network))
 
 
 async def _network_delete(control: Control, request: Request, arg: str) -> Response:
@@ -258,16 +307,17 @@ async def _endpoints(control: Control, request: Request, arg: str) -> Response:
 
 
 async def _endpoint_get(control: Control, request: Request, arg: str) -> Response:
-    return Response.json(200, control.endpoint(validate_name(arg)))
+    return Response.json(200, attachment_json(control.endpoint(validate_name(arg))))
 
 
 async def _endpoint_create(control: Control, request: Request, arg: str) -> Response:
-    spec = parse_endpoint_spec(_json_body(request))
-    return Response.json(201, await control.create_endpoint(spec))
+    attach = parse_attach_request(_json_body(request))
+    return Response.json(201, attachment_json(await control.attach(attach)))
 
 
 async def _endpoint_delete(control: Control, request: Request, arg: str) -> Response:
-    await control.delete_endpoint(validate_name(arg))
+    if not await control.detach(validate_name(arg)):
+        raise NotFound(f"no endpoint {arg!r} on this host")
     return Response.json(200, {"deleted": arg})
 
 

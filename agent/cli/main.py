@@ -24,7 +24,7 @@ from typing import Any
 
 from agent.api.client import DEFAULT_SOCKET, ApiClient, CliError
 from agent.api.errors import EXIT_CONFLICT, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE
-from agent.config import ConfigError
+from agent.config import AgentConfigError
 from agent.errors import AgentError
 from agent.terminal import Progress, render_cell, render_table
 from underlay.endpoints_model import Mode
@@ -358,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"vxmesh: {exc}", file=sys.stderr)
         return exc.exit_code
-    except ConfigError as exc:  # a person's input, named in the message
+    except AgentConfigError as exc:  # a person's input, named in the message
         print(f"vxmesh: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except AgentError as exc:

@@ -20,19 +20,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.config import AgentConfig, ConfigError, build_config, render_toml
+from agent.config import AgentConfig, AgentConfigError, build_config, render_toml
 from agent.state_files import write_atomically
 
 
 def interface_for_address(addresses: Sequence[Mapping[str, Any]], address: str) -> str:
-    """The name of the interface holding `address` in `ip -j addr` output; ConfigError if none."""
+    """The name of the interface holding `address` in `ip -j addr` output (AgentConfigError if
+    none)."""
     for link in addresses:
         for info in link.get("addr_info", []):
             if info.get("local") == address:
                 return str(link["ifname"])
     held = sorted(f"{info.get('local')} ({link.get('ifname')})" for link in addresses
                   for info in link.get("addr_info", []))
-    raise ConfigError(f"underlay.address: no interface holds {address!r} (addresses here: "
+    raise AgentConfigError(f"underlay.address: no interface holds {address!r} (addresses here: "
                       f"{', '.join(held) or 'none'})")
 
 
@@ -66,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         interface = interface_for_address(json.loads(shown), args.address)
         config = node_config(name=args.name, address=args.address, interface=interface,
                              etcd=args.etcd, seeds=args.seed)
-    except ConfigError as exc:
+    except AgentConfigError as exc:
         print(f"provision: {exc}", file=sys.stderr)
         return 2
     text = render_toml(config)

@@ -26,8 +26,8 @@ from typing import Any
 
 import trio
 
-from agent.api.errors import InvalidRequest
-from agent.config import AgentConfig, ConfigError
+from agent.config import AgentConfig, AgentConfigError
+from agent.errors import GossipKeyError
 from agent.runtime.host_probe import HostProber
 from agent.state_files import KeyringFile, load_keyring, save_keyring
 from gossip.config import PRESETS
@@ -83,12 +83,13 @@ class GossipMetrics:
 
 
 def read_keyring(config: AgentConfig) -> KeyringFile | None:
-    """The keyring the config asks for: None when encryption is off; ConfigError when missing."""
+    """The keyring the config asks for: None when encryption is off; GossipKeyError when
+    missing (StateReadError when damaged)."""
     if not config.gossip.encrypt:
         return None
     keyring = load_keyring(config.keyring_path)
     if keyring is None:
-        raise ConfigError(
+        raise GossipKeyError(
             f"gossip.encrypt is true but there is no keyring at {config.keyring_path}; write "
             f'{{"primary": "KEY", "keys": ["KEY"]}} there, KEY being one `vxmesh keys generate`'
             " shared by every node (or set gossip.encrypt = false)")
@@ -149,7 +150,7 @@ class GossipLink:
                 grace=dataplane.agent_down_grace, probe_interval=dataplane.host_probe_interval,
                 host_timeout=dataplane.host_timeout)
         except LivenessError as exc:
-            raise ConfigError(f"dataplane.{exc}") from None
+            raise AgentConfigError(f"dataplane.{exc}") from None
         self.liveness = HostLiveness(liveness)
         self.prober = HostProber(self.liveness, vtep, on_change=self._verdicts_changed)
         self.gossip = GossipNode(PRESETS[config.gossip.profile](), node,
@@ -392,12 +393,12 @@ class GossipLink:
     def change_key(self, action: str, key: bytes) -> None:
         """install / use / remove: validated on a copy, written to the file, then used."""
         if self.keyring is None:
-            raise InvalidRequest("gossip.encrypt is false on this node: there is no keyring")
+            raise GossipKeyError("gossip.encrypt is false on this node: there is no keyring")
         candidate = Keyring(self.keyring.keys(), self.keyring.primary)
         try:
             getattr(candidate, action)(key)
         except KeyringError as exc:
-            raise InvalidRequest(f"key: {exc}") from None
+            raise GossipKeyError(f"key: {exc}") from None
         saved = KeyringFile(candidate.primary, tuple(candidate.keys()))
         save_keyring(self.config.keyring_path, saved)
         self.keyring_file = saved

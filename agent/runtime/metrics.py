@@ -1,8 +1,9 @@
 """Prometheus metrics of the agent: one registry of our own, served over HTTP at /metrics.
 
 Owns: metric names, help texts and labels; the scrape-time collector that reads a
-`MetricsSnapshot` (built by the daemon from the components' `statistics()`); the histograms the
-agent observes as things happen (probe round trips, apply passes, endpoint propagation).
+`MetricsSnapshot` (built by `agent.runtime.compose.metrics_snapshot` from the components'
+`statistics()`); the histograms the agent observes as things happen (probe round trips,
+apply passes, endpoint propagation).
 
 Rules:
 - Names follow Prometheus conventions: `vxmesh_` prefix, base units (seconds, bytes),

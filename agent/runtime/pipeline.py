@@ -15,8 +15,9 @@ Rules:
 - `mark_dirty()` never blocks and never queues: a burst of a thousand gossip events costs one
   recompute. Gossip therefore never waits on the kernel.
 - The recompute runs at most once per `min_interval`; the reconciler throttles its own applies.
-- Inputs are read at recompute time through `DesiredInputs` (a function the daemon supplies),
-  so the pipeline always sees one consistent, current snapshot.
+- Inputs are read at recompute time through `DesiredInputs` (a function the composition root
+  supplies, `agent.runtime.compose.desired_inputs`), so the pipeline always sees one
+  consistent, current snapshot.
 
 May import: trio, overlay (desired, reconciler, table), the standard library.
 """
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -120,10 +121,6 @@ class Pipeline:
         self._has_pending.set()
         self.mark_dirty()
 
-    def endpoint_withdrawn(self, network: str, ip: str) -> None:
-        self._pending.pop((network, ip), None)
-        self.mark_dirty()
-
     @property
     def desired(self) -> DesiredState | None:
         """The last desired state handed to the reconciler."""
@@ -195,7 +192,3 @@ def moves_kernel_entry(event: EndpointChanged) -> bool:
     return previous is None or current is None or \
         (previous.owner, previous.mac, previous.vtep) != (current.owner, current.mac, current.vtep)
 
-
-def alive_members(members: Iterable[tuple[str, str]]) -> tuple[AliveMember, ...]:
-    """(name, vtep) pairs to the desired-state input type."""
-    return tuple(AliveMember(name, vtep) for name, vtep in members)

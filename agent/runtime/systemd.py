@@ -4,7 +4,7 @@ Owns: the notify datagram socket and the watchdog ping loop. Without systemd (no
 $NOTIFY_SOCKET) every call is a no-op, so the agent runs the same by hand, in the lab and
 under systemd.
 
-Rules: READY=1 is sent by the daemon only after the first full sync; WATCHDOG=1 at half of
+Rules: READY=1 is sent by the process only after the first full sync; WATCHDOG=1 at half of
 $WATCHDOG_USEC, and only while the agent's loop is alive (a hung trio loop stops the pings and
 systemd restarts us); a notify failure is logged once, never fatal.
 

@@ -3,13 +3,13 @@
 Owns: reading the TLS files and the password file, building the `EtcdClient` over every
 configured member, and the start-up access check (`check_access`): each member is asked for
 its status; a TLS handshake that fails, a client certificate etcd refuses (expired, revoked,
-signed by another CA), or a refused user or password stops start-up with one `ConfigError`
+signed by another CA), or a refused user or password stops start-up with one `AgentConfigError`
 line naming the key and the value. A member that merely does not answer is not an error: the
 agent starts degraded and its services retry (etcd may come up later).
 
-May import: agent.config (StoreConfig, ConfigError), agent.store (etcd_client, service, schema),
-trio, cryptography (a certificate's validity), ssl and socket (the handshake diagnosis), the
-standard library.
+May import: agent.config (StoreConfig, AgentConfigError), agent.store (etcd_client, service,
+schema), trio, cryptography (a certificate's validity), ssl and socket (the handshake
+diagnosis), the standard library.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 import trio
 from cryptography import x509
 
-from agent.config import ConfigError, StoreConfig, parse_etcd_url
+from agent.config import AgentConfigError, StoreConfig, parse_etcd_url
 from agent.store.errors import StoreError
 from agent.store.etcd_client import (
     EtcdClient,
@@ -60,25 +60,25 @@ def _read(key: str, path: str) -> bytes | None:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise ConfigError(f"store.{key}: {path!r} cannot be read ({exc.strerror})") from None
+        raise AgentConfigError(f"store.{key}: {path!r} cannot be read ({exc.strerror})") from None
 
 
 def load_security(config: StoreConfig) -> EtcdSecurity:
-    """The TLS material and credentials the config names; `ConfigError` naming a bad file."""
+    """The TLS material and credentials the config names; `AgentConfigError` naming a bad file."""
     ca = _read("ca_file", config.ca_file)
     cert = _read("cert_file", config.cert_file)
     key = _read("key_file", config.key_file)
     if ca is not None and b"-----BEGIN CERTIFICATE-----" not in ca:
-        raise ConfigError(f"store.ca_file: {config.ca_file!r} holds no PEM certificate")
+        raise AgentConfigError(f"store.ca_file: {config.ca_file!r} holds no PEM certificate")
     if cert is not None:
         try:
             leaf = x509.load_pem_x509_certificate(cert)
         except ValueError:
-            raise ConfigError(f"store.cert_file: {config.cert_file!r} holds no PEM certificate"
+            raise AgentConfigError(f"store.cert_file: {config.cert_file!r} holds no PEM certificate"
                               ) from None
         expires = leaf.not_valid_after_utc
         if expires < datetime.datetime.now(datetime.UTC):
-            raise ConfigError(f"store.cert_file: {config.cert_file!r} expired on "
+            raise AgentConfigError(f"store.cert_file: {config.cert_file!r} expired on "
                               f"{expires:%Y-%m-%d %H:%M} UTC")
     if cert is not None and key is not None:
         _check_key_pair(config, cert, key)
@@ -87,7 +87,7 @@ def load_security(config: StoreConfig) -> EtcdSecurity:
         raw = _read("password_file", config.password_file) or b""
         password = raw.decode(errors="replace").rstrip("\r\n")
         if not password:
-            raise ConfigError(f"store.password_file: {config.password_file!r} is empty")
+            raise AgentConfigError(f"store.password_file: {config.password_file!r} is empty")
     return EtcdSecurity(ca, cert, key, config.username, password)
 
 
@@ -100,7 +100,7 @@ def _check_key_pair(config: StoreConfig, cert: bytes, key: bytes) -> None:
         try:
             context.load_cert_chain(str(cert_path), str(key_path))
         except ssl.SSLError as exc:
-            raise ConfigError(f"store.key_file: {config.key_file!r} does not match"
+            raise AgentConfigError(f"store.key_file: {config.key_file!r} does not match"
                               f" store.cert_file={config.cert_file!r} ({exc.reason})") from None
 
 
@@ -137,7 +137,7 @@ async def open_store(config: StoreConfig, *, rng: random.Random,
 
 
 def check_access(client: EtcdClient, config: StoreConfig) -> AccessReport:
-    """Ask every member once (blocking); `ConfigError` for TLS or credential mistakes."""
+    """Ask every member once (blocking); `AgentConfigError` for TLS or credential mistakes."""
     answered, unreachable = [], []
     for status in client.member_statuses(config.timeout):
         url = status.endpoint.url
@@ -147,13 +147,13 @@ def check_access(client: EtcdClient, config: StoreConfig) -> AccessReport:
         if status.endpoint.tls:
             problem = tls_problem(status.endpoint, client.security, config, config.timeout)
             if problem is not None:
-                raise ConfigError(problem)
+                raise AgentConfigError(problem)
         unreachable.append((url, status.error))
     if answered and client.security.username:
         try:
             client.status()
         except StoreAuthFailed as exc:
-            raise ConfigError(f"store.password_file: {config.password_file!r} (user "
+            raise AgentConfigError(f"store.password_file: {config.password_file!r} (user "
                               f"store.username={config.username!r}): {exc}") from None
         except StoreError as exc:
             log.warning("etcd: could not check the credentials yet: %s", exc)

@@ -38,7 +38,7 @@ class NetworkCache:
         return cls(state_dir, networks)
 
     def save(self, networks: dict[str, dict[str, Any]]) -> None:
-        """Persist `networks` if they differ from what the file holds."""
-        if networks != self.networks:
+        """Persist `networks` if they differ from what the file holds (or there is no file)."""
+        if networks != self.networks or not self.path.exists():
             write_json(self.path, networks)
             self.networks = networks

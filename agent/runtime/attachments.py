@@ -1,0 +1,249 @@
+"""Attach a sandbox to a network, and detach it: the one operation behind every front door.
+
+Owns: `Attachments`, which turns an `agent.api.attach.AttachRequest` into an endpoint on this
+host and the records that make it reachable: for an overlay network the address (chosen, or
+the next free one of this host's block, confirmed in etcd while it answers), joining the
+network in the neighbor table (and a bulk sync with peers in it), waiting for the network's
+bridge, the veth into the sandbox with the network's MTU and the Docker-style MAC, then the
+table entry and its gossip. `detach` undoes it in reverse. Local modes (bridge, host, none,
+macvlan, ipvlan) only make the endpoint. Also the republish of our overlay endpoints into the
+table at start, before gossip joins.
+
+Rules:
+- One attach or detach at a time on this host (a lock): names and addresses stay unique.
+- A failed attach changes nothing: its address goes back to the pool.
+- Errors are domain errors (store, endpoint model, underlay, `agent.api.errors`); the front
+  doors map them through `agent.api.errors`, none is translated here.
+
+May import: agent.api (attach types, errors), agent.store, agent.runtime, overlay, underlay,
+trio, the standard library.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import ipaddress
+import logging
+import time
+
+import trio
+
+from agent.api.attach import (
+    Attachment,
+    AttachRequest,
+    ExistingNetns,
+    HandBackVeth,
+    Route,
+)
+from agent.api.errors import Conflict, NotFound, Unavailable
+from agent.errors import AgentError
+from agent.runtime.gossip_link import GossipLink
+from agent.runtime.networks import KnownNetworks
+from agent.runtime.pipeline import Pipeline
+from agent.runtime.pools import AddressPool, AddressPools
+from agent.store.errors import StoreUnavailable
+from agent.store.schema import IPAddress, Network
+from agent.store.service import Store
+from overlay import desired as desired_state
+from overlay.table import NeighborTable
+from underlay import links
+from underlay.endpoints import Endpoints
+from underlay.endpoints_model import EndpointNotFound, EndpointRecord, EndpointSpec, Mode
+from underlay.facts import UnderlayFacts
+from underlay.kernel import NetlinkThread
+from underlay.netns_exec import netns_path
+
+log = logging.getLogger("vxmesh.agent")
+
+BRIDGE_TIMEOUT = 10.0
+NETWORK_SYNC_TIMEOUT = 2.0
+
+
+def first_ip(record: EndpointRecord) -> str | None:
+    """The endpoint's first address without its prefix length."""
+    return record.addresses[0].split("/")[0] if record.addresses else None
+
+
+def attachment_of(record: EndpointRecord, node: str) -> Attachment:
+    """The attachment an endpoint record stands for."""
+    spec = record.spec
+    sandbox = netns_path(record.netns) if record.netns else record.sandbox
+    routes = (Route("0.0.0.0/0", record.gateway),) if record.gateway else ()
+    return Attachment(
+        name=record.name, network=record.network or "", mode=record.mode, node=node,
+        ip=first_ip(record), addresses=record.addresses, mac=record.mac, mtu=spec.mtu,
+        gateway=record.gateway, routes=routes, netns=record.netns, sandbox=sandbox,
+        ifname=record.ifname, host_ifname=record.host_ifname, handed_back=record.handed_back,
+        bridge=record.bridge, state=record.state.value, publish=spec.publish,
+        ports=spec.claims, aliases=spec.aliases, labels=spec.labels)
+
+
+class Attachments:
+    """Attach and detach sandboxes on this host."""
+
+    def __init__(self, *, node: str, facts: UnderlayFacts, netlink: NetlinkThread,
+                 endpoints: Endpoints, table: NeighborTable, gossip: GossipLink,
+                 pipeline: Pipeline, networks: KnownNetworks, pools: AddressPools,
+                 store: Store) -> None:
+        self.node = node
+        self._facts = facts
+        self._netlink = netlink
+        self._endpoints = endpoints
+        self._table = table
+        self._gossip = gossip
+        self._pipeline = pipeline
+        self._networks = networks
+        self._pools = pools
+        self._store = store
+        self._lock = trio.Lock()
+
+    # -- views ------------------------------------------------------------------------------
+
+    def get(self, name: str) -> Attachment:
+        """The attachment `name` of this host, or NotFound."""
+        try:
+            return attachment_of(self._endpoints.get(name), self.node)
+        except EndpointNotFound:
+            raise NotFound(f"no endpoint {name!r} on this host") from None
+
+    def all(self) -> list[Attachment]:
+        """Every attachment of this host, by name."""
+        return [attachment_of(r, self.node) for r in self._endpoints.records()]
+
+    def overlay_networks(self) -> set[str]:
+        """The overlay networks this host has endpoints in."""
+        return {r.network for r in self._endpoints.records()
+                if r.mode is Mode.OVERLAY and r.network}
+
+    # -- the operation ----------------------------------------------------------------------
+
+    async def attach(self, request: AttachRequest) -> Attachment:
+        """Attach `request.name` to its network; the attachment, or a domain error."""
+        async with self._lock:
+            if any(r.name == request.name for r in self._endpoints.records()):
+                raise Conflict(f"endpoint {request.name!r} already exists on this host")
+            if request.mode is Mode.OVERLAY:
+                record = await self._attach_overlay(request)
+            else:
+                ip = request.ip
+                record = await self._endpoints.create(_with_sandbox(EndpointSpec(
+                    name=request.name, mode=request.mode,
+                    network=request.network or None if request.mode is Mode.BRIDGE else None,
+                    addresses=(f"{ip}/{32 if ':' not in ip else 128}",) if ip else (),
+                    mac=request.mac, publish=request.publish, claims=request.ports), request))
+            return attachment_of(record, self.node)
+
+    async def _attach_overlay(self, request: AttachRequest) -> EndpointRecord:
+        network = self._networks.get(request.network)
+        if network is None:
+            raise NotFound(f"no network {request.network!r} (known: "
+                           f"{', '.join(self._networks.names()) or 'none'})")
+        address, pool = await self._allocate(network, request)
+        ip = str(address)
+        try:
+            if network.name not in self._table.networks():
+                self._table.join_network(network.name, trio.current_time())
+                self._gossip.records_changed()
+                self._pipeline.mark_dirty()
+                with trio.move_on_after(NETWORK_SYNC_TIMEOUT):
+                    await self._gossip.sync_network(network.name)
+            bridge = desired_state.bridge_name(network.vni)
+            await self._wait_link(bridge)
+            mtu = network.mtu or desired_state.overlay_mtu(self._facts.mtu, self._facts.address)
+            record = await self._endpoints.create(_with_sandbox(EndpointSpec(
+                name=request.name, mode=Mode.OVERLAY, network=network.name, bridge=bridge,
+                mtu=mtu, addresses=(f"{ip}/{network.subnet.prefixlen}",), mac=request.mac),
+                request))
+        except BaseException:
+            pool.release(address)
+            raise
+        assert record.mac is not None  # overlay records always carry one (model rule)
+        self._table.put_endpoint(network.name, ip, record.mac, trio.current_time(),
+                                 changed_at=time.time())
+        self._gossip.records_changed()
+        self._pipeline.mark_dirty()
+        return record
+
+    async def _allocate(self, network: Network, request: AttachRequest
+                        ) -> tuple[IPAddress, AddressPool]:
+        """`request.ip` if given (checked and recorded in etcd by the pool), else the next
+        free one, confirmed in etcd while it answers (another host may have recorded a chosen
+        address in our block that we had not re-read yet)."""
+        pool = await self._pools.get(network)
+        handle = f"{self.node}/{request.name}"
+        if request.ip is not None:
+            return await pool.allocate_address(handle, request.ip), pool
+        address = await pool.allocate(handle)
+        if not self._store.statistics().degraded:
+            with contextlib.suppress(StoreUnavailable):  # gone now: flushed later
+                address = await pool.confirm(handle)
+        return address, pool
+
+    async def _wait_link(self, name: str, timeout: float = BRIDGE_TIMEOUT) -> None:
+        """Wait until the reconciler made link `name` (a network's bridge)."""
+        with trio.move_on_after(timeout):
+            while await self._netlink.call(lambda ipr: links.get_link(ipr, name)) is None:
+                await trio.sleep(0.01)
+            return
+        raise Unavailable(f"bridge {name} did not appear within {timeout:.0f} s "
+                          "(see `vxmesh fdb` and the agent's log)")
+
+    async def detach(self, name: str) -> bool:
+        """Detach `name`: table entry withdrawn, endpoint deleted, address released. False if
+        this host holds no attachment of that name (detaching twice is harmless)."""
+        async with self._lock:
+            try:
+                record = self._endpoints.get(name)
+            except EndpointNotFound:
+                return False
+            ip = first_ip(record)
+            network_name = record.network or ""
+            now = trio.current_time()
+            overlay = record.mode is Mode.OVERLAY
+            if overlay and ip and self._table.get(network_name, self.node, ip) is not None:
+                self._table.delete_endpoint(network_name, ip, now, changed_at=time.time())
+                self._gossip.records_changed()
+            await self._endpoints.delete(name)
+            if overlay:
+                await self._after_overlay_detach(name, network_name, ip, now)
+            return True
+
+    async def _after_overlay_detach(self, name: str, network_name: str, ip: str | None,
+                                    now: float) -> None:
+        if network_name not in self.overlay_networks() \
+                and network_name in self._table.networks():
+            self._table.leave_network(network_name, now)
+            self._gossip.records_changed()
+        self._pipeline.mark_dirty()
+        network = self._networks.get(network_name)
+        if network is not None and ip:
+            try:
+                pool = await self._pools.get(network)
+                pool.release(ipaddress.ip_address(ip))
+            except AgentError as exc:
+                log.warning("endpoint %s: address %s not released yet: %s", name, ip, exc)
+
+    # -- restart ----------------------------------------------------------------------------
+
+    def republish(self) -> None:
+        """Our overlay endpoints go back into the table before gossip joins (restart)."""
+        now = trio.current_time()
+        for record in self._endpoints.records():
+            ip = first_ip(record)
+            if record.mode is not Mode.OVERLAY or not ip or not record.mac \
+                    or not record.network:
+                continue
+            if record.network not in self._table.networks():
+                self._table.join_network(record.network, now)
+            self._table.put_endpoint(record.network, ip, record.mac, now, changed_at=time.time())
+
+
+def _with_sandbox(spec: EndpointSpec, request: AttachRequest) -> EndpointSpec:
+    """`spec` with the request's sandbox, interface name, aliases and labels."""
+    sandbox = request.sandbox
+    return dataclasses.replace(
+        spec, ifname=request.ifname,
+        netns_path=sandbox.path if isinstance(sandbox, ExistingNetns) else None,
+        hand_back=isinstance(sandbox, HandBackVeth), aliases=request.aliases,
+        labels=request.labels)

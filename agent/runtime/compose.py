@@ -1,0 +1,218 @@
+"""The composition root: every component of the agent, built bottom-up in one function.
+
+Owns: `Components` (frozen: each part fully formed, none waiting for a later phase) and
+`build_components`, which makes them in dependency order: metrics, the kernel adapter
+(netlink thread and kernel), underlay facts and kernel capabilities, the endpoint service
+(with its recovery pass), the store (its start-up access check), the known networks, the
+address pools, the neighbor table, the reconciler, the pipeline, the gossip link, the attach
+operation. Also what the pipeline and metrics read from them (`desired_inputs`,
+`metrics_snapshot`) and where table events go (`route_table_event`).
+
+Rules:
+- Building starts nothing long-running (the phases in `agent.runtime.phases` do); it fails
+  fast, with domain errors the process edge maps to one line and an exit code.
+- The pipeline's inputs and the metrics snapshot read the finished `Components`: they are
+  only called once the phases run, after `build_components` returned.
+- Endpoints left by a previous run are recovered before any etcd (gRPC) thread exists: the
+  recovery forks pyroute2 helpers into endpoint namespaces.
+
+May import: agent.*, overlay, gossip, underlay, trio, the standard library.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from agent.api.http import HttpServerStatistics
+from agent.config import AgentConfig, AgentConfigError
+from agent.runtime.attachments import Attachments
+from agent.runtime.errors import MissingKernelFeature, UnderlayNotFound
+from agent.runtime.gossip_link import GossipLink
+from agent.runtime.metrics import AgentMetrics, MetricsSnapshot
+from agent.runtime.networks import KnownNetworks
+from agent.runtime.pipeline import DesiredInputs, Pipeline, moves_kernel_entry
+from agent.runtime.pools import AddressPools
+from agent.runtime.systemd import SystemdNotifier
+from agent.store.connect import open_store
+from agent.store.service import Store
+from overlay import desired as desired_state
+from overlay.reconciler import Reconciler
+from overlay.table import EndpointChanged, NeighborTable, TableEvent
+from underlay.endpoints import Endpoints
+from underlay.endpoints_model import EndpointsConfig, Mode
+from underlay.facts import (
+    UnderlayFacts,
+    UnderlaySelectionError,
+    probe_capabilities,
+    read_underlay,
+)
+from underlay.kernel import NetlinkThread
+from underlay.netlink_ops import NetlinkKernel
+
+log = logging.getLogger("vxmesh.agent")
+
+REQUIRED_KERNEL_FEATURES = ("vxlan", "bridge")
+
+
+@dataclass(frozen=True)
+class Components:
+    """Every part of a running agent, built by `build_components`."""
+
+    config: AgentConfig
+    node: str
+    started_at: float
+    notifier: SystemdNotifier
+    metrics: AgentMetrics
+    api_stats: HttpServerStatistics
+    netlink: NetlinkThread
+    kernel: NetlinkKernel
+    facts: UnderlayFacts
+    endpoints: Endpoints
+    store: Store
+    networks: KnownNetworks
+    pools: AddressPools
+    table: NeighborTable
+    reconciler: Reconciler
+    pipeline: Pipeline
+    gossip: GossipLink
+    attachments: Attachments
+
+
+def prepare_state_dir(path: Path) -> None:
+    """Make `node.state_dir` if needed; AgentConfigError naming it when it cannot be used."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".writable"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise AgentConfigError(f"node.state_dir={str(path)!r}: {exc.strerror or exc}") from None
+
+
+async def read_configured_underlay(config: AgentConfig, netlink: NetlinkThread
+                                   ) -> UnderlayFacts:
+    """The underlay the config selects; UnderlayNotFound naming the key when it is not here."""
+    interface, address = config.underlay.interface, config.underlay.address
+    selector = f"{address}/{128 if ':' in address else 32}" if address else None
+    try:
+        return await read_underlay(netlink, interface=interface or None, cidr=selector)
+    except UnderlaySelectionError as exc:
+        if interface:  # the message names interface=...: that is our underlay.interface
+            raise UnderlayNotFound(f"underlay.{exc}") from None
+        if address:
+            raise UnderlayNotFound(f"underlay.address={address!r}: no interface on this host "
+                                   "holds it") from None
+        raise UnderlayNotFound(f"underlay: {exc}") from None
+
+
+async def build_components(config: AgentConfig, *, notifier: SystemdNotifier) -> Components:
+    """Build every component in dependency order; nothing runs yet."""
+    node = config.node_name
+    prepare_state_dir(config.node.state_dir)
+    networks = KnownNetworks.load(config.node.state_dir)
+    metrics = AgentMetrics(lambda: metrics_snapshot(components))
+    netlink = await trio.to_thread.run_sync(NetlinkThread)
+    kernel = NetlinkKernel(netlink)
+    facts = await read_configured_underlay(config, netlink)
+    capabilities = await probe_capabilities(netlink)
+    log.info("underlay: %s address %s mtu %d (chosen by %s); %s", facts.interface,
+             facts.address, facts.mtu, facts.chosen_by, capabilities.describe())
+    for needed in REQUIRED_KERNEL_FEATURES:
+        if needed not in capabilities.available:
+            raise MissingKernelFeature(f"kernel feature {needed}: "
+                                       f"{capabilities.missing.get(needed)}")
+    endpoints = Endpoints(EndpointsConfig(
+        state_dir=config.node.state_dir / "endpoints", netns_prefix=f"vxep-{node}-",
+        underlay_interface=facts.interface))
+    report = await endpoints.start()
+    if report.failed or report.rolled_back or report.orphan_namespaces or report.sandbox_gone:
+        log.warning("endpoint recovery: %s", report)
+    store = await open_store(config.store, rng=random.Random(),
+                             cached_networks=networks.values())
+    pools = AddressPools(store, node)
+    table = NeighborTable(node, facts.address)
+    reconciler = Reconciler(kernel)
+    pipeline = Pipeline(reconciler, lambda: desired_inputs(components),
+                        observe_propagation=metrics.observe_propagation)
+    gossip = GossipLink(config, node, facts.address, table,
+                        on_change=lambda event: route_table_event(pipeline, node, event),
+                        extra_seeds=lambda: store.gossip_seeds(exclude=node))
+    attachments = Attachments(node=node, facts=facts, netlink=netlink, endpoints=endpoints,
+                              table=table, gossip=gossip, pipeline=pipeline,
+                              networks=networks, pools=pools, store=store)
+    components = Components(
+        config=config, node=node, started_at=time.time(), notifier=notifier, metrics=metrics,
+        api_stats=HttpServerStatistics(), netlink=netlink, kernel=kernel, facts=facts,
+        endpoints=endpoints, store=store, networks=networks, pools=pools, table=table,
+        reconciler=reconciler, pipeline=pipeline, gossip=gossip, attachments=attachments)
+    return components
+
+
+def route_table_event(pipeline: Pipeline, node: str, event: TableEvent) -> None:
+    """Every table event from the gossip link (never blocks): a remote endpoint that moves a
+    kernel entry is timed until the kernel has it; anything else only marks dirty."""
+    if isinstance(event, EndpointChanged) and event.current is not None \
+            and event.current.owner != node and moves_kernel_entry(event):
+        pipeline.endpoint_arrived(event.network, event.ip, event.current.changed_at)
+    else:
+        pipeline.mark_dirty()
+
+
+def desired_inputs(c: Components) -> DesiredInputs:
+    """The snapshot desired state is computed from (read by the pipeline at recompute)."""
+    joined = c.table.networks()
+    networks = tuple(
+        desired_state.NetworkSpec(name, net.vni, net.mtu, c.config.underlay.vxlan_port)
+        for name, net in c.networks.items() if name in joined)
+    members = tuple(desired_state.AliveMember(name, vtep)
+                    for name, vtep in c.gossip.forwarding_vteps().items())
+    endpoints = tuple(desired_state.EndpointEntry(e.network, e.owner, e.mac, (e.ip,))
+                      for e in c.table.endpoints())
+    local = tuple(desired_state.LocalEndpoint(r.network, r.host_ifname)
+                  for r in c.endpoints.records()
+                  if r.mode is Mode.OVERLAY and r.host_ifname and r.network)
+    return DesiredInputs(networks, members, endpoints, local, c.facts, c.node)
+
+
+def metrics_snapshot(c: Components) -> MetricsSnapshot:
+    """Everything the Prometheus collector reads, at scrape time."""
+    gossip = c.gossip.metrics()
+    # Probe round trips are drained at scrape time: a scrape shows those of the probes acked
+    # up to the previous scrape at the latest.
+    for rtt in c.gossip.take_probe_rtts():
+        c.metrics.probe_rtt.observe(rtt)
+    entries: dict[str, int] = {}
+    for entry in c.table.endpoints():
+        entries[entry.network] = entries.get(entry.network, 0) + 1
+    ops: dict[str, int] = {}
+    reconciler = c.reconciler.statistics()
+    for result, count in reconciler.ops_by_result.items():
+        key = "ok" if result == "ok" else "failed"
+        ops[key] = ops.get(key, 0) + count
+    store = c.store.statistics()
+    return MetricsSnapshot(
+        members_by_state=gossip.members_by_state,
+        gossip_messages=gossip.messages,
+        gossip_bytes=gossip.bytes,
+        dropped_packets=gossip.dropped,
+        health_score=gossip.health_score,
+        neighbor_entries=entries,
+        dataplane_operations=ops,
+        in_sync=reconciler.in_sync,
+        store_up=not store.degraded,
+        store_errors=store.failed_calls,
+        store_rejected_values=store.rejected_values,
+        store_failovers=store.failovers,
+        store_members_down=store.members_down,
+        local_endpoints=len(c.endpoints.records()),
+        api_requests=c.api_stats.requests,
+        members_agent_down=gossip.agent_down,
+        host_probes=gossip.host_probes,
+    )
+

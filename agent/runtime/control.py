@@ -1,0 +1,192 @@
+"""The control object: what the control API (and every other front door) asks of the agent.
+
+Owns: `Control`, which implements `agent.api.routes.Control` over fully formed `Components`:
+status, members, networks (create, delete), endpoints (the attach operation and its
+inverse), keys, the fdb report, `vxmesh leave`, readiness (set by the process once the first
+kernel sync is done) and the request to stop (`StopRequest`, from a signal or a leave).
+
+Rules: no translation of errors here: domain errors go up to the front door, which maps them
+through `agent.api.errors`; nothing waits on gossip.
+
+May import: agent.*, overlay, underlay, trio, the standard library.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+import trio
+
+from agent.api.attach import Attachment, AttachRequest
+from agent.api.errors import Conflict, InvalidRequest
+from agent.api.routes import NetworkCreateRequest
+from agent.runtime.attachments import first_ip
+from agent.runtime.compose import Components
+from agent.runtime.fdb_report import fdb_report
+from agent.store.schema import validate_network
+from overlay import desired as desired_state
+from underlay.endpoints_model import Mode
+
+SHUTDOWN_TIMEOUT = 3.0
+LEAVE_ANSWER_TIME = 0.2  # after `vxmesh leave`: time for the API to send its answer
+
+
+@dataclass(frozen=True)
+class StopRequest:
+    """Why the process is to end; `leave`: leave the cluster first; `left`: already did;
+    `delay`: seconds to wait before stopping (an answer still on its way)."""
+
+    reason: str
+    leave: bool
+    left: bool = False
+    delay: float = 0.0
+
+
+def agent_version() -> str:
+    try:
+        return metadata.version("vxmesh")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class Control:
+    """The running agent as its front doors see it."""
+
+    def __init__(self, components: Components) -> None:
+        self.c = components
+        self.ready = False
+        self._stop_requested = trio.Event()
+        self._stop = StopRequest("", leave=False)
+
+    def mark_ready(self) -> None:
+        """The first kernel sync is done and every phase started."""
+        self.ready = True
+
+    def request_stop(self, stop: StopRequest) -> None:
+        """End the process (`agent.runtime.process` does the work); the first request wins."""
+        if not self._stop_requested.is_set():
+            self._stop = stop
+            self._stop_requested.set()
+
+    async def wait_stop_requested(self) -> StopRequest:
+        await self._stop_requested.wait()
+        return self._stop
+
+    # -- status and members -----------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        c = self.c
+        members = c.gossip.members()
+        store = c.store.statistics()
+        reconciler = c.reconciler.statistics()
+        return {
+            "node": c.node,
+            "version": agent_version(),
+            "ready": self.ready,
+            "vtep": c.facts.address,
+            "underlay_interface": c.facts.interface,
+            "underlay_mtu": c.facts.mtu,
+            "gossip_port": c.config.gossip.port,
+            "members_alive": sum(1 for m in members if m["state"] == "alive"),
+            "members": len(members),
+            "members_agent_down": [m["name"] for m in members if m.get("agent_down")],
+            "networks": len(c.networks),
+            "endpoints": len(c.endpoints.records()),
+            "visible_endpoints": len(c.table.endpoints()),
+            "in_sync": reconciler.in_sync,
+            "pending_kernel_changes": reconciler.pending_updates + reconciler.pending_deletions,
+            "store_up": not store.degraded,
+            "degraded": store.degraded,
+            "store_error": store.last_error if store.degraded else None,
+            "store_member": store.member,
+            "uptime_seconds": round(time.time() - c.started_at, 1),
+        }
+
+    def members(self) -> list[dict[str, Any]]:
+        return self.c.gossip.members()
+
+    async def leave(self) -> dict[str, Any]:
+        """`vxmesh leave`: leave the cluster now (peers withdraw our entries within a second),
+        then end the process with exit 0 once this answer is on its way."""
+        with trio.move_on_after(SHUTDOWN_TIMEOUT) as scope:
+            scope.shield = True
+            await self.c.gossip.leave()
+        self.request_stop(StopRequest("vxmesh leave", leave=False, left=True,
+                                      delay=LEAVE_ANSWER_TIME))
+        return {"node": self.c.node, "left": True, "stopping": True}
+
+    # -- networks ---------------------------------------------------------------------------
+
+    async def networks(self) -> list[dict[str, Any]]:
+        counts: dict[str, int] = {}
+        for entry in self.c.table.endpoints():
+            counts[entry.network] = counts.get(entry.network, 0) + 1
+        joined = self.c.table.networks()
+        return [{"name": n.name, "vni": n.vni, "subnet": str(n.subnet),
+                 "gateway": str(n.gateway), "mtu": n.mtu, "mode": n.mode,
+                 "endpoints": counts.get(n.name, 0), "joined": n.name in joined}
+                for n in self.c.networks.values()]
+
+    async def create_network(self, request: NetworkCreateRequest) -> dict[str, Any]:
+        if request.subnet is None:
+            raise InvalidRequest("subnet: required (for example 10.10.0.0/16)")
+        network = validate_network(name=request.name, subnet=request.subnet, vni=request.vni,
+                                   mtu=request.mtu)
+        created = await self.c.store.create_network(network)
+        self.c.networks.put(created)
+        return created.to_json()
+
+    async def delete_network(self, name: str) -> None:
+        if any(r.network == name for r in self.c.endpoints.records()):
+            raise Conflict(f"network {name!r} has endpoints on this host; delete them first")
+        await self.c.store.delete_network(name)
+        self.c.networks.discard(name)
+
+    # -- endpoints --------------------------------------------------------------------------
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        """Every endpoint visible here: the table's (overlay, every host) and our local ones."""
+        c = self.c
+        records = c.endpoints.records()
+        local_by_ip = {(r.network, first_ip(r)): r for r in records if r.mode is Mode.OVERLAY}
+        rows: list[dict[str, Any]] = []
+        for entry in sorted(c.table.endpoints(), key=lambda e: (e.network, e.ip)):
+            record = local_by_ip.get((entry.network, entry.ip))
+            mine = entry.owner == c.node
+            rows.append({"name": record.name if record and mine else None,
+                         "network": entry.network, "mode": "overlay", "ip": entry.ip,
+                         "mac": entry.mac, "node": entry.owner, "vtep": entry.vtep,
+                         "local": mine})
+        for record in records:
+            if record.mode is not Mode.OVERLAY:
+                rows.append({"name": record.name, "network": record.network,
+                             "mode": record.mode.value, "ip": first_ip(record),
+                             "mac": record.mac, "node": c.node, "vtep": None, "local": True})
+        return rows
+
+    def endpoint(self, name: str) -> Attachment:
+        return self.c.attachments.get(name)
+
+    async def attach(self, request: AttachRequest) -> Attachment:
+        return await self.c.attachments.attach(request)
+
+    async def detach(self, name: str) -> bool:
+        return await self.c.attachments.detach(name)
+
+    # -- keys and fdb -----------------------------------------------------------------------
+
+    def keys(self) -> dict[str, Any]:
+        return self.c.gossip.keys_json()
+
+    async def change_key(self, action: str, key: bytes) -> dict[str, Any]:
+        self.c.gossip.change_key(action, key)
+        return self.c.gossip.keys_json()
+
+    async def fdb(self, network: str | None) -> dict[str, Any]:
+        kernel = self.c.kernel
+        want = self.c.pipeline.desired or desired_state.DesiredState()
+        return fdb_report(want, await kernel.dump_links(), await kernel.dump_fdb(),
+                          await kernel.dump_neighbors(), network)
