@@ -257,10 +257,6 @@ class MemberStatus:
     revision: int = 0
     error: str = ""
 
-    @property
-    def is_leader(self) -> bool:
-        return not self.error and self.member_id != 0 and self.member_id == self.leader_id
-
 
 class WatchStream:
     """One open watch; iterate for batches, `cancel()` from any thread to end it."""
@@ -521,10 +517,6 @@ class EtcdClient:
             if item.WhichOneof("response") == "response_range"
         ]
         return TxnResult(response.succeeded, response.header.revision, ranges)
-
-    def compact(self, revision: int) -> None:
-        request = etcdrpc.CompactionRequest(revision=revision, physical=True)
-        self._rpc(lambda m: m.kv.Compact, request)
 
     def status(self) -> int:
         """The current revision (a cheap health probe)."""

@@ -100,8 +100,6 @@ from underlay.records import VNI_MAX
 
 __all__ = [
     "AddressPool",
-    "BlockSummary",
-    "NetworkInfo",
     "PoolStatistics",
     "Store",
     "StoreStatistics",
@@ -142,20 +140,6 @@ class StoreStatistics:
     """Configured members currently avoided (not answering, or without a leader)."""
     failovers: int = 0
     """Times a member was left for another."""
-
-
-@dataclass(frozen=True)
-class BlockSummary:
-    cidr: IPNetwork
-    host: str
-    allocated: int
-
-
-@dataclass(frozen=True)
-class NetworkInfo:
-    network: Network
-    endpoints: int
-    blocks: tuple[BlockSummary, ...]
 
 
 @dataclass(frozen=True)
@@ -367,20 +351,6 @@ class Store:
             if vni not in used:
                 return vni
         raise StoreError("every VNI is taken")
-
-    async def list_networks(self) -> list[Network]:
-        kvs, _ = await self.call(self.client.range, NETWORKS, prefix_end(NETWORKS))
-        return self._decoded(kvs, decode_network)
-
-    async def inspect_network(self, name: str) -> NetworkInfo:
-        network_kv, block_kvs, _ = await self._network_and_blocks(name)
-        network = decode_network(network_kv.key, network_kv.value)
-        blocks = [block for _, block in self.blocks_with_keys(block_kvs, network)]
-        summaries = tuple(
-            BlockSummary(b.cidr, b.host, len(b.allocations))
-            for b in sorted(blocks, key=lambda b: int(b.cidr.network_address))
-        )
-        return NetworkInfo(network, sum(s.allocated for s in summaries), summaries)
 
     async def _network_and_blocks(self, name: str) -> tuple[KeyValue, list[KeyValue], int]:
         """The network's record, its blocks' records and the revision, in one round trip."""

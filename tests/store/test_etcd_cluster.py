@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.config import ConfigError, StoreConfig, build_config
+from agent.config import AgentConfigError, StoreConfig, build_config
 from agent.lab.certs import LabCA
 from agent.lab.etcd_local import ETCD_BINARY, LocalCluster, LocalEtcd
 from agent.store.connect import build_client, check_access, open_store
@@ -39,6 +39,7 @@ from agent.store.schema import (
 )
 from agent.store.service import Store
 from tests.polling import wait_until
+from tests.store.etcd_reads import inspect_network, list_networks
 from tests.store.test_store_etcd import stored_allocations
 
 pytestmark = pytest.mark.etcd
@@ -92,7 +93,8 @@ def leader(cluster: LocalCluster) -> LocalEtcd:
     client = client_of(cluster)
     try:
         for member, status in zip(cluster.members, client.member_statuses(), strict=True):
-            if status.is_leader:
+            if not status.error and status.member_id != 0 \
+                    and status.member_id == status.leader_id:
                 return member
     finally:
         client.close()
@@ -168,7 +170,7 @@ async def test_a_hung_member_is_left_within_the_member_timeout_and_used_again(
                          "the client back on the first member")
         nursery.cancel_scope.cancel()
     assert store.statistics().members_down == 0
-    assert {n.name for n in await store.list_networks()} == {"a", "b"}
+    assert {n.name for n in await list_networks(store)} == {"a", "b"}
     store.close()
 
 
@@ -254,7 +256,7 @@ async def test_values_damaged_with_etcdctl_never_change_what_the_agent_uses(
     pool = await store.open_address_pool("n", "h1")
     first = await pool.allocate("h1/a")
     await pool.flush()
-    ours = block_key("n", next(b.cidr for b in (await store.inspect_network("n")).blocks))
+    ours = block_key("n", next(b.cidr for b in (await inspect_network(store, "n")).blocks))
     wrong_size = Block("n", ipaddress.ip_network("10.1.0.0/24"), "h9", {})
     outside = Block("n", ipaddress.ip_network("10.9.0.0/28"), "h9", {})
     etcdctl(cluster, "put", block_key("n", wrong_size.cidr), encode(wrong_size).decode())
@@ -269,7 +271,7 @@ async def test_values_damaged_with_etcdctl_never_change_what_the_agent_uses(
     prefix = blocks_prefix("n")
     pool.resync((await store.txn([], [Get(prefix, prefix_end(prefix))])).ranges[0])
     await pool.flush()
-    info = await store.inspect_network("n")
+    info = await inspect_network(store, "n")
     assert {b.host for b in info.blocks} == {"h1", "h2"}
     assert (first, "h1/a", "h1") in await stored_allocations(store)
     assert store.statistics().rejected_values == 2  # the two hand-made blocks
@@ -288,7 +290,7 @@ async def test_mutual_tls_cluster_serves_the_store(tls_cluster: LocalCluster) ->
     # TLS adds no round trip: the same count as over plain text (3 to create, 2 to open, one
     # transaction per claim and per flush).
     assert store.client.round_trips - before <= 3 + 2 + 2 * 2
-    assert (await store.inspect_network("t")).endpoints == 100
+    assert (await inspect_network(store, "t")).endpoints == 100
     store.close()
 
 
@@ -314,7 +316,7 @@ def test_tls_mistakes_stop_start_up_naming_the_key(tls_cluster: LocalCluster, ca
                                 "store.cert_file"),
     }[case]
     config = tls_config(tls_cluster, **overrides)
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(AgentConfigError) as caught:
         check_access(build_client(config), config)
     message = str(caught.value)
     assert message.startswith(key) and "\n" not in message
@@ -345,10 +347,11 @@ async def test_auth_token_is_renewed_and_a_wrong_password_stops_start_up(
         # etcd forgets its simple tokens when it restarts: the client takes a new one.
         await trio.to_thread.run_sync(server.restart)
         await store.create_network(validate_network(name="b", subnet="10.7.0.0/24"))
-        assert {n.name for n in await store.list_networks()} == {"a", "b"}
+        assert {n.name for n in await list_networks(store)} == {"a", "b"}
         store.close()
         password.write_text("wrong\n")
-        with pytest.raises(ConfigError, match=r"^store.password_file: .*authentication failed"):
+        with pytest.raises(AgentConfigError,
+                           match=r"^store.password_file: .*authentication failed"):
             await open_store(auth_config(url, password), rng=random.Random(7))
     finally:
         server.stop()

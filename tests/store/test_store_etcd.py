@@ -35,6 +35,7 @@ from agent.store.schema import (
 )
 from agent.store.service import AddressPool, Store
 from tests.polling import wait_until
+from tests.store.etcd_reads import compact, inspect_network, list_networks
 
 pytestmark = pytest.mark.etcd
 
@@ -72,7 +73,7 @@ async def test_same_vni_from_eight_clients_exactly_one_wins(local_etcd: LocalEtc
     assert len(wins) == 1
     assert len(conflicts) == 7
     assert all(c.field == "vni" and c.holder == wins[0].name for c in conflicts)
-    assert [n.name for n in await stores[0].list_networks()] == [wins[0].name]
+    assert [n.name for n in await list_networks(stores[0])] == [wins[0].name]
     for store in stores:
         store.close()
 
@@ -127,7 +128,7 @@ async def test_delete_needs_force_with_endpoints(local_etcd: LocalEtcd) -> None:
     pool = await store.open_address_pool("n", "h1")
     address = await pool.allocate("ep1")
     await pool.flush()
-    info = await store.inspect_network("n")
+    info = await inspect_network(store, "n")
     assert info.endpoints == 1
     with pytest.raises(NetworkInUse, match="1 endpoint"):
         await store.delete_network("n")
@@ -135,7 +136,7 @@ async def test_delete_needs_force_with_endpoints(local_etcd: LocalEtcd) -> None:
     await pool.flush()
     await store.delete_network("n")
     with pytest.raises(NetworkNotFound):
-        await store.inspect_network("n")
+        await inspect_network(store, "n")
     # Name, VNI and subnet are free again.
     again = await store.create_network(validate_network(name="n", subnet="10.1.0.0/24"))
     assert again.vni == net.vni
@@ -220,7 +221,7 @@ async def test_eight_allocators_times_500(local_etcd: LocalEtcd) -> None:
     await flush_all(pools)
     assert len(done) == 4000
     assert_unique_and_complete(done, await stored_allocations(admin), network)
-    info = await admin.inspect_network("n")
+    info = await inspect_network(admin, "n")
     assert info.endpoints == 4000
     hosts_by_block = {b.cidr: b.host for b in info.blocks}
     assert all(hosts_by_block[ipaddress.ip_network(f"{a}/26", strict=False)] for a in done.values())
@@ -242,7 +243,7 @@ async def test_ipv6_network_two_hosts(local_etcd: LocalEtcd) -> None:
     done = await run_allocators(pools, 150)
     await flush_all(pools)
     assert_unique_and_complete(done, await stored_allocations(admin), network)
-    assert all(b.cidr.prefixlen == 122 for b in (await admin.inspect_network("six")).blocks)
+    assert all(b.cidr.prefixlen == 122 for b in (await inspect_network(admin, "six")).blocks)
     for store in [admin, *stores]:
         store.close()
 
@@ -318,7 +319,7 @@ async def test_watch_relists_after_compaction(local_etcd: LocalEtcd) -> None:
     await other.create_network(validate_network(name="c", subnet="10.3.0.0/16"))
     await other.delete_network("a")
     revision = await other.call(other.client.status)
-    await other.call(other.client.compact, revision)
+    await compact(other, revision)
     assert revision > seen
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run_network_watch)
@@ -387,7 +388,7 @@ async def test_reclaim_blocks_of_departed_host(local_etcd: LocalEtcd) -> None:
         await store.reclaim_host_blocks("gone")
     await store.call(store.client.lease_revoke, lease)
     assert await store.reclaim_host_blocks("gone") == 1
-    assert (await store.inspect_network("n")).blocks == ()
+    assert (await inspect_network(store, "n")).blocks == ()
     assert await store.reclaim_host_blocks("gone") == 0
     store.close()
 
@@ -411,7 +412,7 @@ async def test_block_reclaimer_frees_departed_hosts_after_grace(local_etcd: Loca
         )
 
         async def hosts() -> set[str]:
-            return {b.host for b in (await store.inspect_network("n")).blocks}
+            return {b.host for b in (await inspect_network(store, "n")).blocks}
 
         await wait_until(lambda: _equals(hosts(), {"alive", "gossiping"}),
                          "only the departed host's blocks reclaimed", interval=0.05)
@@ -433,8 +434,8 @@ async def test_malformed_keys_are_skipped_and_counted(local_etcd: LocalEtcd) -> 
     await store.call(put, [], [Put(network_key("liar"), b'{"name": "other"}')])
     await store.call(put, [], [Put(node_key("n"), b"[1, 2]")])
     await store.call(put, [], [Put(BLOCKS + "good/garbage", b"{}")])
-    assert [n.name for n in await store.list_networks()] == ["good"]
-    assert [n.name for n in await store.list_networks()] == ["good"]
+    assert [n.name for n in await list_networks(store)] == ["good"]
+    assert [n.name for n in await list_networks(store)] == ["good"]
     assert store.statistics().malformed_records == 2  # counted once per key
     assert await store.list_nodes() == []
     squatted = ipaddress.ip_network("10.1.0.0/26")
@@ -466,7 +467,7 @@ async def test_etcd_down_fails_fast_then_reconverges(local_etcd: LocalEtcd) -> N
         await trio.to_thread.run_sync(local_etcd.kill)
         with trio.fail_after(3):
             with pytest.raises(StoreUnavailable):
-                await store.list_networks()
+                await list_networks(store)
         assert store.statistics().degraded
         # Local allocation goes on while the held block has room.
         for i in range(1, 20):
@@ -478,7 +479,7 @@ async def test_etcd_down_fails_fast_then_reconverges(local_etcd: LocalEtcd) -> N
                          "not store.statistics().degraded", interval=0.05)
         nursery.cancel_scope.cancel()
     await pool.flush()
-    assert (await store.inspect_network("n")).endpoints == 20
+    assert (await inspect_network(store, "n")).endpoints == 20
     store.close()
 
 
@@ -526,7 +527,7 @@ async def test_lost_replies_neither_duplicate_nor_lose(local_etcd: LocalEtcd) ->
         done[f"ep{j}"] = await pool.allocate(f"ep{j}")
     await pool.flush()
     assert_unique_and_complete(done, await stored_allocations(store), network)
-    info = await store.inspect_network("n")
+    info = await inspect_network(store, "n")
     assert all(b.host == "h1" for b in info.blocks)
     assert sum(b.allocated for b in info.blocks) == 40
     assert pool.statistics().lost_blocks == 0
