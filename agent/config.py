@@ -122,9 +122,10 @@ class StoreConfig:
     timeout: float = field(default=2.0, metadata=_doc(
         "deadline of one etcd request, failover to other members included", "seconds",
         minimum=0.05, maximum=60.0))
-    member_timeout: float = field(default=1.0, metadata=_doc(
-        "a member that has not answered one request within this is left for the next;"
-        " keep it near etcd's election timeout", "seconds", minimum=0.05, maximum=60.0))
+    member_timeout: float = field(default=0.5, metadata=_doc(
+        "a member that has not answered one request within this is left for the next (each"
+        " further round over the members doubles it); keep it below etcd's election timeout",
+        "seconds", minimum=0.05, maximum=60.0))
     lease_ttl: int = field(default=30, metadata=_doc(
         "TTL of this node's registry lease", "seconds", minimum=5, maximum=3600))
     retry_interval: float = field(default=1.0, metadata=_doc(

@@ -1,6 +1,7 @@
 """Benchmark of the etcd store against a real local etcd: what blocks buy over one txn per address.
 
 Usage: .venv/bin/python bench/store.py [--json] [--endpoints 1000] [--networks 50] [--claims 50]
+       [--failovers 3]
 
 Measures, in one run on one fresh etcd (agent.lab.etcd_local, loopback, temporary directory):
 - network create latency (median, ms): validated network, allocated VNI, one guard transaction;
@@ -8,25 +9,38 @@ Measures, in one run on one fresh etcd (agent.lab.etcd_local, loopback, temporar
 - local address allocations per second (from blocks already held: no etcd call);
 - etcd round trips per 1,000 endpoint creations with per-host blocks (pool open, claims,
   flushes), against the baseline: the same 1,000 allocations done one transaction each
-  (compare-and-put of the address key, as an IPAM without blocks does), in the same run.
+  (compare-and-put of the address key, as an IPAM without blocks does), in the same run;
+- the same 1,000 endpoint creations against a three-member cluster over mutual TLS (lab CA):
+  TLS and failover support must add no round trip;
+- failover (on that cluster, `--failovers` rounds): SIGKILL the leader while an agent's store
+  writes; the time to the agent's first successful write after the kill, against etcd's own
+  election time in the same round (`etcdctl endpoint status` polled until a surviving member
+  reports a new leader). Target: failover <= election + 1 s. Medians of the rounds.
 Prints a table; with --json the last line is one JSON object with network_create_ms,
-block_claim_ms, allocs_per_s, roundtrips_per_1000, roundtrips_per_1000_baseline (and timings).
+block_claim_ms, allocs_per_s, roundtrips_per_1000, roundtrips_per_1000_baseline,
+roundtrips_per_1000_tls, failover_s, election_s (and timings, every round's pair).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import trio
 
-from agent.lab.etcd_local import LocalEtcd
+from agent.config import build_config
+from agent.lab.etcd_local import LocalCluster, LocalEtcd
+from agent.store.connect import open_store
+from agent.store.errors import StoreUnavailable
 from agent.store.etcd_client import Compare, Put
 from agent.store.ipam import iter_blocks, reserved_addresses
 from agent.store.schema import validate_network
@@ -104,6 +118,97 @@ async def bench_baseline(store: Store, endpoints: int) -> tuple[int, float]:
     return store.client.round_trips - before, elapsed
 
 
+def etcdctl_leader(cluster: LocalCluster, members: list[LocalEtcd]) -> bool:
+    """True when one of `members` says (etcdctl endpoint status) that it leads."""
+    assert cluster.ca is not None and cluster.client_cert is not None
+    answer = subprocess.run(
+        ["etcdctl", f"--endpoints={','.join(m.client_url for m in members)}",
+         "--dial-timeout=1s", "--command-timeout=1s", f"--cacert={cluster.ca.cert_path}",
+         f"--cert={cluster.client_cert.cert}", f"--key={cluster.client_cert.key}",
+         "endpoint", "status", "-w", "json"],
+        capture_output=True, text=True, timeout=10, env={**os.environ, "ETCDCTL_API": "3"},
+        check=False)
+    try:
+        rows = json.loads(answer.stdout or "[]")
+    except ValueError:
+        return False
+    return any(r["Status"].get("leader") == r["Status"]["header"]["member_id"] for r in rows)
+
+
+async def _time_new_leader(cluster: LocalCluster, survivors: list[LocalEtcd], since: float,
+                           out: list[float]) -> None:
+    """Append the seconds from `since` until a survivor reports a leader (bounded: 30 s)."""
+    deadline = since + 30
+    while time.monotonic() < deadline:
+        if await trio.to_thread.run_sync(etcdctl_leader, cluster, survivors):
+            out.append(time.monotonic() - since)
+            return
+
+
+async def bench_failover(cluster: LocalCluster, rounds: int) -> list[tuple[float, float]]:
+    """(agent failover s, etcd election s) per round: the leader is SIGKILLed each round."""
+    assert cluster.ca is not None and cluster.client_cert is not None
+    config = build_config({"store": {
+        "endpoints": cluster.urls, "ca_file": str(cluster.ca.cert_path),
+        "cert_file": str(cluster.client_cert.cert), "key_file": str(cluster.client_cert.key),
+    }}).store  # the agent's defaults: timeout 2 s, member_timeout 1 s
+    store = await open_store(config, rng=random.Random(3))
+    results = []
+    try:
+        for round_ in range(rounds):
+            statuses = store.client.member_statuses()
+            leader = next(m for m, st in zip(cluster.members, statuses, strict=True)
+                          if st.is_leader)
+            survivors = [m for m in cluster.members if m is not leader]
+            backoff = store.new_backoff()
+            key = f"/vxmesh/bench/failover/{round_}"
+            await store.txn([], [Put(key, b"before")])
+            election: list[float] = []
+            async with trio.open_nursery() as nursery:
+                killed_at = time.monotonic()
+                leader.kill()
+                nursery.start_soon(_time_new_leader, cluster, survivors, killed_at, election)
+                while True:  # as the agent's services do: retry with backoff until it lands
+                    try:
+                        await store.txn([], [Put(key, b"after")])
+                        break
+                    except StoreUnavailable:
+                        await trio.sleep(backoff.next_delay())
+                failover = time.monotonic() - killed_at
+            results.append((failover, election[0] if election else float("nan")))
+            await trio.to_thread.run_sync(leader.start)
+    finally:
+        store.close()
+    return results
+
+
+async def bench_tls_endpoint_creations(cluster: LocalCluster, endpoints: int) -> int:
+    """Round trips for `endpoints` allocations through blocks on the TLS cluster."""
+    assert cluster.ca is not None and cluster.client_cert is not None
+    config = build_config({"store": {
+        "endpoints": cluster.urls, "ca_file": str(cluster.ca.cert_path),
+        "cert_file": str(cluster.client_cert.cert), "key_file": str(cluster.client_cert.key),
+        "timeout": 5.0}}).store
+    store = await open_store(config, rng=random.Random(2))
+    try:
+        trips, _ = await bench_endpoint_creations(store, endpoints)
+    finally:
+        store.close()
+    return trips
+
+
+async def run_cluster(args: argparse.Namespace, cluster: LocalCluster
+                      ) -> dict[str, float | int | list[list[float]]]:
+    tls_trips = await bench_tls_endpoint_creations(cluster, args.endpoints)
+    rounds = await bench_failover(cluster, args.failovers)
+    return {
+        "roundtrips_per_1000_tls": round(tls_trips * 1000 / args.endpoints, 1),
+        "failover_s": round(statistics.median(f for f, _ in rounds), 3),
+        "election_s": round(statistics.median(e for _, e in rounds), 3),
+        "failover_rounds": [[round(f, 3), round(e, 3)] for f, e in rounds],
+    }
+
+
 async def run(args: argparse.Namespace, port: int) -> dict[str, float | int]:
     store = Store.connect("127.0.0.1", port, rng=random.Random(1))
     try:
@@ -128,7 +233,7 @@ async def run(args: argparse.Namespace, port: int) -> dict[str, float | int]:
     }
 
 
-def render(result: dict[str, float | int]) -> str:
+def render(result: dict[str, Any]) -> str:
     rows = [
         ("network create, median", f"{result['network_create_ms']} ms", "-"),
         ("block claim, median", f"{result['block_claim_ms']} ms", "-"),
@@ -142,6 +247,16 @@ def render(result: dict[str, float | int]) -> str:
             f"time for {result['endpoints']} endpoint allocations",
             f"{result['endpoint_creations_s']} s",
             f"{result['endpoint_creations_s_baseline']} s",
+        ),
+        (
+            "round trips per 1,000 endpoints, 3 members + mTLS",
+            f"{result['roundtrips_per_1000_tls']}",
+            f"{result['roundtrips_per_1000']} (1 plain member, above)",
+        ),
+        (
+            "leader killed: first agent write (median)",
+            f"{result['failover_s']} s",
+            f"{result['election_s']} s (etcd's election; target +1 s)",
         ),
     ]
     width = max(len(r[0]) for r in rows)
@@ -157,14 +272,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--networks", type=int, default=50)
     parser.add_argument("--claims", type=int, default=50)
     parser.add_argument("--local-blocks", type=int, default=160, help="blocks held for allocs/s")
+    parser.add_argument("--failovers", type=int, default=3, help="leader kills (rounds)")
     args = parser.parse_args(argv)
+    result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="vxmesh-bench-store-") as tmp:
         server = LocalEtcd(Path(tmp) / "etcd")
         server.start()
         try:
-            result = trio.run(run, args, server.client_port)
+            result.update(trio.run(run, args, server.client_port))
         finally:
             server.stop()
+        with LocalCluster(Path(tmp) / "cluster", 3, tls=True) as cluster:
+            result.update(trio.run(run_cluster, args, cluster))
     print(render(result))
     if args.json:
         print(json.dumps(result))

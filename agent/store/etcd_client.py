@@ -36,6 +36,8 @@ from agent.store.errors import StoreError, StoreUnavailable
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+RESPONSIVE_DEADLINE = 0.25
+"""Seconds a member may take to answer a status request after one of its requests timed out."""
 REQUIRE_LEADER_KEY = "hasleader"
 """gRPC metadata asking a member to refuse (rather than serve or hang) while it has no leader."""
 
@@ -309,8 +311,10 @@ class EtcdClient:
     A call goes to the first member (in the configured order) not marked down; a member that
     does not answer within `member_timeout`, refuses the connection or has lost its leader is
     marked down and the call goes on to the next, until one answers or `timeout` (the whole
-    call's budget) is spent; each round over the members doubles the time one attempt may
-    take (a slow cluster still answers, a hung proposal is asked again soon). Members marked
+    call's budget) is spent. A request that timed out on a member that still answers a status
+    request at once was lost in an election: it is asked again (the member is not at fault);
+    a round in which some member did not answer at all doubles the time one attempt may take
+    (a slow cluster still answers). Members marked
     down are skipped until `probe_down_members()` finds them healthy again (answering, with a
     leader), so the client returns to them. When every member is down they are all tried
     anyway; an answer saying the cluster is busy electing moves on without marking anyone.
@@ -325,7 +329,7 @@ class EtcdClient:
         *,
         security: EtcdSecurity | None = None,
         timeout: float = 2.0,
-        member_timeout: float = 1.0,
+        member_timeout: float = 0.5,
     ) -> None:
         if not endpoints:
             raise StoreError("no etcd endpoint given")
@@ -403,6 +407,7 @@ class EtcdClient:
         attempt_limit = self.member_timeout
         while True:
             order = self._order()
+            unanswered = False
             for member in order:
                 remaining = budget_end - time.monotonic()
                 if remaining <= 0:
@@ -415,6 +420,10 @@ class EtcdClient:
                     result = invoke(member, deadline, self._metadata())
                 except grpc.RpcError as exc:
                     error = translate(exc)
+                    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and self._responsive(
+                            member, budget_end):
+                        continue  # it answers: a proposal lost in an election, ask again
+                    unanswered |= exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
                     if _token_expired(exc) and not authenticated:
                         authenticated = True
                         self._token = ""
@@ -434,9 +443,25 @@ class EtcdClient:
             time.sleep(min(pause, remaining))  # every member failed: an election, probably
             pause = min(pause * 2, 0.2)
             # A proposal a follower took just before it noticed its leader was gone hangs
-            # until etcd's own request timeout (seconds): give up on it after the member
-            # timeout and ask again, with more time each round for a merely slow cluster.
-            attempt_limit *= 2
+            # until our deadline: ask again after the member timeout, so the first attempt
+            # after the election lands. Only members that do not even answer a status
+            # request (a slow machine, a partition) get more time in the next round.
+            if unanswered:
+                attempt_limit *= 2
+
+    def _responsive(self, member: _Member, budget_end: float) -> bool:
+        """After a timed-out request: does `member` answer a status request (served locally,
+        no consensus) at once? Then it is alive and the cluster was busy, not the member."""
+        deadline = min(RESPONSIVE_DEADLINE, budget_end - time.monotonic())
+        if deadline <= 0:
+            return False
+        self._count()
+        try:
+            member.maintenance.Status(etcdrpc.StatusRequest(), deadline)
+        except grpc.RpcError as exc:  # any answer but silence or a broken connection
+            return exc.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED,
+                                      grpc.StatusCode.UNAVAILABLE)
+        return True
 
     def _authenticate(self, member: _Member, deadline: float) -> None:
         """Take a token with the configured user and password (one round trip)."""
