@@ -158,7 +158,7 @@ async def bench_failover(cluster: LocalCluster, rounds: int) -> list[tuple[float
         for round_ in range(rounds):
             statuses = store.client.member_statuses()
             leader = next(m for m, st in zip(cluster.members, statuses, strict=True)
-                          if st.is_leader)
+                          if not st.error and st.leader_id == st.member_id)
             survivors = [m for m in cluster.members if m is not leader]
             backoff = store.new_backoff()
             key = f"/vxmesh/bench/failover/{round_}"
