@@ -47,3 +47,11 @@ def test_waiting_for_an_exit_does_not_signal(tmp_path: Path) -> None:
         tmp_path, [sys.executable, "-c", "import time; time.sleep(0.3); raise SystemExit(0)"])
     assert lab.wait_agent_exit(state, host, 10) == 0
     assert host.pid is None
+
+
+def test_the_probe_stream_measures_its_longest_outage() -> None:
+    from agent.lab.probe_stream import longest_loss_run
+
+    assert longest_loss_run(10, set(range(10))) == 0
+    assert longest_loss_run(10, {0, 1, 5, 9}) == 3
+    assert longest_loss_run(4, set()) == 4

@@ -44,17 +44,26 @@ def checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def encode_request(identifier: int, sequence: int, *, ipv6: bool = False) -> bytes:
+def encode_request(identifier: int, sequence: int, *, ipv6: bool = False,
+                   payload: bytes = PAYLOAD) -> bytes:
     """An echo request (ICMPv6 with checksum 0: the kernel computes it)."""
     kind = ICMPV6_ECHO_REQUEST if ipv6 else ICMP_ECHO_REQUEST
-    unsummed = _HEADER.pack(kind, 0, 0, identifier, sequence) + PAYLOAD
+    unsummed = _HEADER.pack(kind, 0, 0, identifier, sequence) + payload
     if ipv6:
         return unsummed
-    return _HEADER.pack(kind, 0, checksum(unsummed), identifier, sequence) + PAYLOAD
+    return _HEADER.pack(kind, 0, checksum(unsummed), identifier, sequence) + payload
 
 
-def parse_reply(data: bytes, *, ipv6: bool = False) -> tuple[int, int] | None:
-    """(identifier, sequence) of an echo reply, None for anything else (or garbage)."""
+@dataclass(frozen=True)
+class EchoReply:
+    identifier: int
+    sequence: int
+    payload: bytes  # echoed back as sent
+
+
+def parse_reply(data: bytes, *, ipv6: bool = False) -> EchoReply | None:
+    """The echo reply in `data` (an IPv4 packet, or an ICMPv6 message), None for anything
+    else (or garbage)."""
     if not ipv6:
         if len(data) < 20 or data[0] >> 4 != 4:
             return None
@@ -64,7 +73,7 @@ def parse_reply(data: bytes, *, ipv6: bool = False) -> tuple[int, int] | None:
     kind, code, _, identifier, sequence = _HEADER.unpack_from(data)
     if kind != (ICMPV6_ECHO_REPLY if ipv6 else ICMP_ECHO_REPLY) or code != 0:
         return None
-    return identifier, sequence
+    return EchoReply(identifier, sequence, data[_HEADER.size:])
 
 
 @dataclass(frozen=True)
@@ -107,7 +116,7 @@ class EchoSocket:
         while True:
             data, sender = await self._socket.recvfrom(2048)
             reply = parse_reply(data, ipv6=self.ipv6)
-            if reply is None or reply[0] != self.identifier:
+            if reply is None or reply.identifier != self.identifier:
                 self._ignored += 1
                 continue
             self._replies += 1

@@ -89,7 +89,10 @@ def test_replies_parse_and_garbage_does_not() -> None:
     request = encode_request(0x1234, 7)
     reply = bytes([ICMP_ECHO_REPLY]) + request[1:]
     ip_header = bytes([0x45]) + bytes(19)
-    assert parse_reply(ip_header + reply) == (0x1234, 7)
+    parsed = parse_reply(ip_header + reply)
+    assert parsed is not None and (parsed.identifier, parsed.sequence) == (0x1234, 7)
+    assert parsed.payload == request[8:]
     assert parse_reply(ip_header + request) is None  # a request is not a reply
     assert parse_reply(b"") is None and parse_reply(b"\x45" + bytes(20)) is None
-    assert parse_reply(bytes([129, 0, 0, 0, 0, 9, 0, 3]), ipv6=True) == (9, 3)
+    v6 = parse_reply(bytes([129, 0, 0, 0, 0, 9, 0, 3]), ipv6=True)
+    assert v6 is not None and (v6.identifier, v6.sequence) == (9, 3)
