@@ -2,7 +2,9 @@
 
 Owns: the msgpack encoding of table records, the transmit-limited broadcast queue for the
 piggyback path, push-pull full state as bounded chunks, and the mapping of membership events
-onto the table's owner rules.
+onto the table's owner rules, through host liveness when given one (`overlay.liveness`): a
+suspected member's host is probed, a failed one's entries stay while its host answers
+(`member_agent_down`) and leave when it is silent (`member_failed`).
 
 Rules:
 - Local changes, refutations and newly accepted remote broadcasts go on the gossip core's
@@ -45,7 +47,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import msgpack
@@ -53,15 +55,18 @@ import msgpack
 from gossip.broadcast import BroadcastQueue, retransmit_limit
 from gossip.errors import WireError
 from gossip.swim import (
+    Member,
     MemberFailed,
     MemberJoined,
     MemberLeft,
     MemberRecovered,
     MembershipEvent,
+    MemberSuspected,
     MemberUpdated,
 )
 from overlay.attributes import NO_ATTRIBUTES, EndpointAttributes, InvalidAttributes, make_attributes
 from overlay.errors import OverlayError
+from overlay.liveness import KEPT, HostLiveness, VerdictChanged
 from overlay.table import (
     VERSION_MAX,
     Entry,
@@ -377,10 +382,16 @@ class TableDelegate:
     """`gossip.delegate.Delegate` over a `NeighborTable`; the shell also feeds it membership."""
 
     def __init__(
-        self, table: NeighborTable, config: DisseminationConfig | None = None, *, now: float
+        self, table: NeighborTable, config: DisseminationConfig | None = None, *, now: float,
+        liveness: HostLiveness | None = None,
+        vtep_of: Callable[[Member], str | None] = lambda member: None,
     ) -> None:
-        """`now` starts the table's clock for TTL encoding (see the module docstring)."""
+        """`now` starts the table's clock for TTL encoding (see the module docstring).
+        `liveness` decides about failed members whose VTEP `vtep_of` finds (in their meta);
+        without it (or without a VTEP) a failed member is withdrawn at once."""
         self.table = table
+        self.liveness = liveness
+        self.vtep_of = vtep_of
         self.config = config or DisseminationConfig()
         self._queue = BroadcastQueue(self.config.retransmit_mult,
                                      max_pending=self.config.queue_limit)
@@ -457,17 +468,47 @@ class TableDelegate:
         self._alive.discard(name)
         self.table.member_left(name, now)
 
-    def member_event(self, event: MembershipEvent, now: float) -> None:
-        """Feed one membership event of the SWIM core to the table's owner rules."""
+    def member_event(self, event: MembershipEvent, now: float) -> list[VerdictChanged]:
+        """Feed one membership event of the SWIM core to host liveness and the table's owner
+        rules; returns the liveness verdicts it changed (for the log)."""
         member = event.member
+        liveness = self.liveness
+        vtep = self.vtep_of(member) if liveness is not None else None
+        if liveness is not None and vtep is not None and \
+                isinstance(event, MemberSuspected | MemberFailed):
+            if isinstance(event, MemberSuspected):
+                liveness.member_suspected(member.name, vtep, now)
+            else:
+                liveness.member_failed(member.name, vtep, now)
+            return self.apply_verdicts(now)
         if isinstance(event, MemberJoined | MemberUpdated | MemberRecovered):
+            if liveness is not None and not isinstance(event, MemberUpdated):
+                liveness.member_alive(member.name)
             self.member_alive(member.name, member.addr, now)
         elif isinstance(event, MemberFailed):
             self.member_failed(member.name, now)
         elif isinstance(event, MemberLeft):
+            if liveness is not None:
+                liveness.member_left(member.name)
             self.member_left(member.name, now)
-        # MemberSuspected changes nothing (Lifeguard: most suspicions are refuted);
-        # MemberForgotten comes long after the failure whose grace already ran out.
+        # Without liveness MemberSuspected changes nothing (Lifeguard: most suspicions are
+        # refuted); MemberForgotten comes long after the failure whose grace already ran out.
+        return []
+
+    def apply_verdicts(self, now: float) -> list[VerdictChanged]:
+        """Apply host liveness's verdict changes to the table (after its timers or answers
+        moved them); returns them."""
+        changes: list[VerdictChanged] = []
+        if self.liveness is None:
+            return changes
+        while (change := self.liveness.next_event()) is not None:
+            changes.append(change)
+            if change.current in KEPT:
+                if change.previous not in KEPT:
+                    self.member_agent_down(change.name, now)
+            else:
+                self.member_failed(change.name, now)
+        return changes
 
     def retransmit_limit(self) -> int:
         return retransmit_limit(self.config.retransmit_mult, len(self._alive) + 1)

@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
+from gossip.swim import Member, MemberFailed, MemberJoined, MemberSuspected
+from overlay.dissemination import TableDelegate
 from overlay.liveness import (
     HostLiveness,
     HostVerdict,
@@ -228,3 +230,53 @@ def test_an_agent_down_owner_whose_host_goes_silent_is_withdrawn() -> None:
     assert table.owner_status("b") is OwnerStatus.FAILED
     table.member_agent_down("b", 6.0)  # too late: a failed owner is not brought back by this
     assert table.owner_status("b") is OwnerStatus.FAILED
+
+
+# -- the delegate maps membership events through liveness onto the table ------------------
+
+
+def _delegate_with_peer() -> tuple[TableDelegate, Member]:
+    from gossip.wire import MemberState
+
+    table = _table_with_peer()
+    member = Member("b", ("10.0.0.2", 7946), b"", MemberState.ALIVE, 1)
+    delegate = TableDelegate(table, now=0.0, liveness=HostLiveness(CONFIG),
+                             vtep_of=lambda m: "10.0.0.2" if m.name == "b" else None)
+    return delegate, member
+
+
+def test_the_delegate_keeps_a_failed_member_whose_host_answers_and_clears_it_on_return(
+        ) -> None:
+    delegate, member = _delegate_with_peer()
+    liveness = delegate.liveness
+    assert liveness is not None
+    assert delegate.member_event(MemberSuspected(member), 1.0) == []
+    liveness.handle_timeout(1.0)
+    assert liveness.probes_to_send() == ["10.0.0.2"]
+    liveness.probe_answered("10.0.0.2", 1.01)
+    changes = delegate.member_event(MemberFailed(member), 2.5)  # answered 1.49 s ago
+    assert [c.current for c in changes] == [HostVerdict.AGENT_DOWN]
+    assert delegate.table.owner_status("b") is OwnerStatus.AGENT_DOWN
+    assert len(delegate.table.endpoints("blue")) == 2
+    delegate.member_event(MemberJoined(member), 9.0)
+    assert delegate.table.owner_status("b") is OwnerStatus.ALIVE
+    assert liveness.verdict("b") is None
+
+
+def test_the_delegate_withdraws_a_failed_member_whose_host_is_silent() -> None:
+    delegate, member = _delegate_with_peer()
+    delegate.member_event(MemberSuspected(member), 1.0)
+    changes = delegate.member_event(MemberFailed(member), 6.0)  # probed 5 s, never answered
+    assert [(c.current, c.reason) for c in changes] == [(HostVerdict.WITHDRAWN, "host silent")]
+    assert delegate.table.owner_status("b") is OwnerStatus.FAILED
+    assert delegate.table.endpoints("blue") == []
+
+
+def test_without_liveness_a_failed_member_is_withdrawn_at_once() -> None:
+    table = _table_with_peer()
+    delegate = TableDelegate(table, now=0.0)
+    from gossip.wire import MemberState
+
+    delegate.member_event(MemberFailed(Member("b", ("10.0.0.2", 7946), b"",
+                                              MemberState.DEAD, 1)), 1.0)
+    assert table.endpoints("blue") == []

@@ -44,7 +44,14 @@ from gossip.swim import (
 )
 from gossip.wire import MemberState
 from overlay.dissemination import TableDelegate
-from overlay.liveness import KEPT, HostLiveness, HostVerdict, LivenessConfig, LivenessError
+from overlay.liveness import (
+    KEPT,
+    HostLiveness,
+    HostVerdict,
+    LivenessConfig,
+    LivenessError,
+    VerdictChanged,
+)
 from overlay.table import NeighborTable, TableEvent
 
 log = logging.getLogger("vxmesh.gossip")
@@ -100,12 +107,18 @@ def _b64(key: bytes) -> str:
     return base64.b64encode(key).decode()
 
 
+def vtep_of(member: Member) -> str | None:
+    """The VTEP a member advertises in its meta (None if its meta has none)."""
+    vtep = decode_meta(member.meta).get("vtep")
+    return vtep if isinstance(vtep, str) else None
+
+
 class AgentTableDelegate(TableDelegate):
     """The table's delegate, telling the agent about every table change as it happens."""
 
     def __init__(self, table: NeighborTable, on_change: Callable[[TableEvent], None], *,
-                 now: float) -> None:
-        super().__init__(table, now=now)
+                 now: float, liveness: HostLiveness) -> None:
+        super().__init__(table, now=now, liveness=liveness, vtep_of=vtep_of)
         self.on_change = on_change
 
     def drain_events(self) -> None:
@@ -143,7 +156,6 @@ class GossipLink:
         self.extra_seeds = extra_seeds
         self.keyring_file = read_keyring(config)
         self.keyring = self._keyring(self.keyring_file)
-        self.delegate = AgentTableDelegate(table, on_change, now=trio.current_time())
         dataplane = config.dataplane
         try:
             liveness = LivenessConfig(
@@ -152,6 +164,8 @@ class GossipLink:
         except LivenessError as exc:
             raise AgentConfigError(f"dataplane.{exc}") from None
         self.liveness = HostLiveness(liveness)
+        self.delegate = AgentTableDelegate(table, on_change, now=trio.current_time(),
+                                           liveness=self.liveness)
         self.prober = HostProber(self.liveness, vtep, on_change=self._verdicts_changed)
         self.gossip = GossipNode(PRESETS[config.gossip.profile](), node,
                                  (vtep, config.gossip.port), meta=encode_meta(vtep),
@@ -169,46 +183,34 @@ class GossipLink:
 
     def handle_event(self, event: MembershipEvent) -> None:
         """A membership event from the core: feed host liveness and the table's owner rules
-        (cheap). A failure goes to liveness, which tells the table to keep or withdraw."""
+        through the delegate (cheap); a suspicion or failure has the prober start at once."""
         member = event.member
         if member.name == self.node:
-            return
-        now = trio.current_time()
-        vtep = decode_meta(member.meta).get("vtep")
-        if isinstance(event, MemberSuspected | MemberFailed) and isinstance(vtep, str):
-            if isinstance(event, MemberSuspected):
-                self.liveness.member_suspected(member.name, vtep, now)
-            else:
-                log.info("member %s failed; probing its host %s", member.name, vtep)
-                self.liveness.member_failed(member.name, vtep, now)
-                self._verdicts_changed()
-            self.prober.wake()
             return
         if isinstance(event, MemberJoined | MemberRecovered):
             self._synced.set()
             if self.liveness.verdict(member.name) in KEPT:
                 log.info("member %s: its agent is back", member.name)
-            self.liveness.member_alive(member.name)
         elif isinstance(event, MemberFailed | MemberLeft):
             log.info("member %s %s", member.name,
                      "failed" if isinstance(event, MemberFailed) else "left")
-            self.liveness.member_left(member.name)
-        self.delegate.member_event(event, now)
+        self._log_verdicts(self.delegate.member_event(event, trio.current_time()))
+        if isinstance(event, MemberSuspected | MemberFailed):
+            self.prober.wake()
         self.delegate.drain_events()
 
     def _verdicts_changed(self) -> None:
-        """Apply the liveness core's verdict changes to the table (never blocks)."""
-        now = trio.current_time()
-        while (change := self.liveness.next_event()) is not None:
-            kept = change.current in KEPT
-            (log.warning if change.current is not HostVerdict.CHECKING else log.info)(
-                "member %s: %s (%s at %s): its entries %s", change.name, change.current.value,
-                change.reason, change.vtep, "stay" if kept else "are withdrawn")
-            if kept and change.previous not in KEPT:
-                self.delegate.member_agent_down(change.name, now)
-            elif not kept:
-                self.delegate.member_failed(change.name, now)
+        """The prober moved liveness verdicts: apply them to the table (never blocks)."""
+        self._log_verdicts(self.delegate.apply_verdicts(trio.current_time()))
         self.delegate.drain_events()
+
+    @staticmethod
+    def _log_verdicts(changes: list[VerdictChanged]) -> None:
+        for change in changes:
+            (log.info if change.current is HostVerdict.CHECKING else log.warning)(
+                "member %s: %s (%s at %s): its entries %s", change.name, change.current.value,
+                change.reason, change.vtep, "stay" if change.current in KEPT
+                else "are withdrawn")
 
     # -- the service --------------------------------------------------------------------------
 
@@ -342,10 +344,9 @@ class GossipLink:
         ones (ourselves included), and failed ones whose host still forwards (kept)."""
         out: dict[str, str] = {}
         for member in self.gossip.members():
-            if member.state in (MemberState.ALIVE, MemberState.SUSPECT):
-                vtep = decode_meta(member.meta).get("vtep")
-                if isinstance(vtep, str):
-                    out[member.name] = vtep
+            vtep = vtep_of(member)
+            if member.state in (MemberState.ALIVE, MemberState.SUSPECT) and vtep is not None:
+                out[member.name] = vtep
         for name, vtep in self.liveness.kept().items():
             out.setdefault(name, vtep)
         return out
