@@ -175,10 +175,10 @@ class DataplaneConfig:
         "how long a failed member's entries are kept while its host still answers the ICMP"
         " echo probes to its VTEP (agent down, host forwarding); 0 withdraws a failed member"
         " at once", "seconds", minimum=0.0, maximum=7 * 86400.0))
-    host_probe_interval: float = field(default=0.5, metadata=_doc(
+    host_probe_interval: float = field(default=0.25, metadata=_doc(
         "pause between two ICMP echo probes of a suspected or failed member's VTEP",
         "seconds", minimum=0.05, maximum=10.0))
-    host_timeout: float = field(default=2.0, metadata=_doc(
+    host_timeout: float = field(default=4.0, metadata=_doc(
         "a probed host silent this long is down: its entries are withdrawn (must exceed"
         " host_probe_interval)", "seconds", minimum=0.2, maximum=60.0))
 

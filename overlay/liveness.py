@@ -24,6 +24,9 @@ Rules:
   A host that stops answering is therefore withdrawn `host_timeout` after its last answer,
   and a cut-off host (agent alive but unreachable, or dead with it) by the time gossip
   declares it failed, as probing ran during the whole suspicion.
+- The defaults (a probe every 0.25 s, down after 4 s of silence: 16 probes unanswered) keep
+  false withdrawals out even at 10% loss each way (0.19^16 per window; 0.5 s / 2 s withdrew
+  8% of kept hosts in the 10%-loss simulation), at 4 echoes per second per doubted member.
 - `grace = 0` turns the feature off: a failed member is withdrawn at once (the behaviour of
   Docker's NetworkDB, and of vxmesh before this module).
 - A withdrawn member stays withdrawn until gossip sees it alive again (its host answering
@@ -44,8 +47,8 @@ from dataclasses import dataclass
 from enum import Enum
 
 DEFAULT_GRACE = 600.0
-DEFAULT_PROBE_INTERVAL = 0.5
-DEFAULT_HOST_TIMEOUT = 2.0
+DEFAULT_PROBE_INTERVAL = 0.25
+DEFAULT_HOST_TIMEOUT = 4.0
 
 
 class LivenessError(ValueError):
@@ -127,6 +130,7 @@ class HostLiveness:
     def __init__(self, config: LivenessConfig | None = None) -> None:
         self.config = config or LivenessConfig()
         self._hosts: dict[str, _Host] = {}
+        self._by_vtep: dict[str, set[str]] = {}  # tracked names per VTEP (answers are O(1))
         self._timers: list[tuple[float, str]] = []
         self._probes: list[str] = []
         self._events: deque[VerdictChanged] = deque()
@@ -156,11 +160,11 @@ class HostLiveness:
 
     def member_alive(self, name: str) -> None:
         """Gossip sees `name` alive (joined, recovered, back): nothing to probe any more."""
-        self._hosts.pop(name, None)
+        self._forget(name)
 
     def member_left(self, name: str) -> None:
         """`name` left for good (the table withdraws it at once): forget it."""
-        self._hosts.pop(name, None)
+        self._forget(name)
 
     # -- probes -----------------------------------------------------------------------------
 
@@ -173,8 +177,9 @@ class HostLiveness:
     def probe_answered(self, vtep: str, now: float) -> None:
         """An answer to our probe arrived from `vtep` (the host's kernel is up)."""
         matched = False
-        for name, host in list(self._hosts.items()):
-            if host.vtep == vtep and host.verdict is not HostVerdict.WITHDRAWN:
+        for name in list(self._by_vtep.get(vtep, ())):
+            host = self._hosts[name]
+            if host.verdict is not HostVerdict.WITHDRAWN:
                 host.last_answer = now
                 matched = True
                 self._decide(name, host, now)
@@ -232,9 +237,19 @@ class HostLiveness:
 
     # -- internals --------------------------------------------------------------------------
 
+    def _forget(self, name: str) -> None:
+        host = self._hosts.pop(name, None)
+        if host is not None:
+            names = self._by_vtep[host.vtep]
+            names.discard(name)
+            if not names:
+                del self._by_vtep[host.vtep]
+
     def _track(self, name: str, vtep: str, verdict: HostVerdict, now: float) -> _Host:
+        self._forget(name)
         host = _Host(vtep, verdict, probing_since=now)
         self._hosts[name] = host
+        self._by_vtep.setdefault(vtep, set()).add(name)
         if self.config.grace > 0:
             heapq.heappush(self._timers, (now, name))  # first probe at once
         return host

@@ -22,9 +22,23 @@ no longer has them at that version; missing_entries = live entries of live owner
 that network does not hold at the owner's version; bytes_per_node_s = UDP + push-pull bytes over
 the churn window per node. The same run without churn (same seed, same kill) is the baseline.
 
+Scenario `agent-crash` (`--scenario agent-crash`; no churn): every node also runs the real
+`overlay.liveness.HostLiveness` through its delegate, and its probes of a VTEP are answered
+(after two latencies, each way lost with the run's loss) while that host forwards. At
+`warmup_s`, `--agents-killed` of the nodes lose their agent (the SWIM node stops, the host
+keeps forwarding) and `--hosts-killed` lose the whole host; the run lasts `--duration`. Every
+change of a table's view is watched: agents_withdrawn counts (live node, crashed agent) pairs
+whose entries ever left the view (should be 0), false_withdrawals the same for never-killed
+owners (should be 0), withdraw_hosts_* the time from the kill until each live node of the
+network no longer shows a dead host's entries; at the end agents_kept counts the pairs still
+shown and hosts_shown the dead hosts' pairs still shown (should be 0). The same run with the
+grace off (`agent_down_grace = 0`, withdrawal on failure) is the baseline.
+
 Usage:
     python -m overlay.sim --nodes N --endpoints-per-node E --churn R --loss P --seed S
         [--duration SECONDS] [--network-size M] [--json]
+    python -m overlay.sim --scenario agent-crash --nodes N --loss P --duration SECONDS
+        [--agents-killed F] [--hosts-killed F] [--endpoints-per-node E] [--json]
 
 Imports: gossip, overlay and the standard library; `time` only for the wall-clock figure.
 """
@@ -32,6 +46,7 @@ Imports: gossip, overlay and the standard library; `time` only for the wall-cloc
 from __future__ import annotations
 
 import argparse
+import functools
 import ipaddress
 import json
 import math
@@ -42,9 +57,10 @@ from dataclasses import dataclass, field
 
 from gossip.config import SwimConfig
 from gossip.sim import Simulation
-from gossip.swim import MemberFailed, MembershipEvent
+from gossip.swim import Member, MemberFailed, MembershipEvent
 from overlay.dissemination import TableDelegate
-from overlay.table import Entry, Merge, NeighborTable, Record
+from overlay.liveness import HostLiveness, LivenessConfig
+from overlay.table import EndpointChanged, Entry, Merge, NeighborTable, Record
 
 _VTEP_BASE = ipaddress.ip_address("100.64.0.0")  # simulated VTEPs: never used as addresses
 
@@ -324,6 +340,212 @@ class _Run:
             r.notes.append(f"{r.unconverged} changes not held by every interested node")
 
 
+@dataclass
+class AgentCrashResult:
+    """What one agent-crash run measured (times in simulated seconds; None: never reached)."""
+
+    nodes: int
+    endpoints: int
+    networks: int
+    loss: float
+    seed: int
+    duration_s: float
+    grace_s: float
+    agents_killed: int = 0
+    hosts_killed: int = 0
+    detect_all_s: float | None = None  # until every live node saw every killed node failed
+    withdraw_hosts_p50_s: float | None = None
+    withdraw_hosts_max_s: float | None = None
+    hosts_shown: int = 0  # (live node, dead host) pairs of one network still shown at the end
+    agents_kept: int = 0  # (live node, crashed agent) pairs of one network shown at the end
+    agents_withdrawn: int = 0  # such pairs whose entries left the view at some point
+    false_withdrawals: int = 0  # (live node, never-killed owner) pairs ever withdrawn
+    false_failures: int = 0  # SWIM failures of never-killed members seen (liveness kept them)
+    probes_sent: int = 0
+    wall_s: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+class _AgentCrashRun(_Run):
+    """The `agent-crash` scenario (module docstring) on the churn run's set-up."""
+
+    def __init__(self, nodes: int, endpoints: int, loss: float, seed: int, duration_s: float,
+                 network_size: int, liveness: LivenessConfig, agents_killed: float,
+                 hosts_killed: float, warmup_s: float) -> None:
+        self.liveness_config = liveness
+        self.livenesses: list[HostLiveness] = []
+        super().__init__(nodes, endpoints, 0.0, loss, seed, duration_s, network_size,
+                         warmup_s, settle_s=0.0)
+        self.loss = loss
+        self.probe_rng = random.Random(f"overlay-sim:probes:{seed}")
+        self.crash = AgentCrashResult(nodes, endpoints, self.network_count, loss, seed,
+                                      duration_s, liveness.grace)
+        self.fractions = (agents_killed, hosts_killed)
+        self.host_up = [True] * nodes
+        self.agent_down: set[int] = set()
+        self.host_down: set[int] = set()
+        self.killed_at = math.inf
+        self.liveness_at = [math.inf] * nodes
+        self.withdrawn: dict[tuple[int, int], float] = {}  # (viewer, owner) -> first time
+        self.failed_seen: dict[tuple[int, int], float] = {}
+
+    def _make_delegate(self, index: int, name: str) -> TableDelegate:
+        delegate = super()._make_delegate(index, name)
+        liveness = HostLiveness(self.liveness_config)
+        if index < len(self.livenesses):
+            self.livenesses[index] = liveness
+        else:
+            self.livenesses.append(liveness)
+        delegate.liveness = liveness
+        delegate.vtep_of = self._vtep_of
+        return delegate
+
+    def _vtep_of(self, member: Member) -> str | None:
+        index = self.index_of.get(member.name)
+        return None if index is None else str(_VTEP_BASE + index)
+
+    # -- driving ----------------------------------------------------------------------------
+
+    def _observe(self, index: int, event: MembershipEvent, now: float) -> None:
+        self.delegates[index].member_event(event, now)
+        if isinstance(event, MemberFailed):
+            owner = self.index_of[event.member.name]
+            self.failed_seen.setdefault((index, owner), now)
+            if owner not in self.agent_down and owner not in self.host_down:
+                self.crash.false_failures += 1
+        self._watch_view(index, now)
+        self._arm_liveness(index)
+
+    def _arm_liveness(self, index: int) -> None:
+        deadline = self.livenesses[index].next_deadline()
+        if deadline < self.liveness_at[index]:
+            self.liveness_at[index] = deadline
+            self.sim.at(deadline, lambda: self._liveness_timer(index, deadline))
+
+    def _liveness_timer(self, index: int, when: float) -> None:
+        if self.liveness_at[index] != when:
+            return
+        self.liveness_at[index] = math.inf
+        if not self.sim.nodes[index].up:
+            return  # its agent is dead: nobody probes from there
+        now = self.sim.now
+        liveness = self.livenesses[index]
+        liveness.handle_timeout(now)
+        for vtep in liveness.probes_to_send():
+            self.crash.probes_sent += 1
+            target = int(ipaddress.ip_address(vtep) - int(_VTEP_BASE))
+            lost = self.probe_rng.random() < self.loss or self.probe_rng.random() < self.loss
+            if self.host_up[target] and not lost:
+                low, high = self.sim.latency_s
+                rtt = 2 * low + (high - low) * (self.probe_rng.random() + self.probe_rng.random())
+                self.sim.at(now + rtt, functools.partial(self._answered, index, vtep))
+        self._apply(index, now)
+
+    def _answered(self, index: int, vtep: str) -> None:
+        if self.sim.nodes[index].up:
+            self.livenesses[index].probe_answered(vtep, self.sim.now)
+            self._apply(index, self.sim.now)
+
+    def _apply(self, index: int, now: float) -> None:
+        self.delegates[index].apply_verdicts(now)
+        self._watch_view(index, now)
+        self._arm_liveness(index)
+
+    def _watch_view(self, index: int, now: float) -> None:
+        """Record the first time each owner's entries left this node's view."""
+        table = self.tables[index]
+        while (event := table.next_event()) is not None:
+            if isinstance(event, EndpointChanged) and event.previous is not None and (
+                    event.current is None or event.current.owner != event.previous.owner):
+                owner = self.index_of[event.previous.owner]
+                self.withdrawn.setdefault((index, owner), now)
+
+    def _tick(self) -> None:
+        now = self.sim.now
+        for node in self.sim.nodes:
+            if node.up:
+                self.delegates[node.index].handle_timeout(now)
+                self._watch_view(node.index, now)
+        self.sim.at(now + 1.0, self._tick)
+
+    def kill_both_groups(self) -> None:
+        count = len(self.sim.nodes)
+        chosen = self.rng.sample(range(count), round(count * sum(self.fractions)))
+        split = round(count * self.fractions[0])
+        self.agent_down, self.host_down = set(chosen[:split]), set(chosen[split:])
+        self.killed_at = self.sim.now
+        for index in chosen:
+            self.sim.kill(index)
+        for index in self.host_down:
+            self.host_up[index] = False
+
+    def run_crash(self) -> AgentCrashResult:
+        wall = time.perf_counter()
+        self.warm_start()
+        sim = self.sim
+        sim.at(0.5, self._tick)
+        sim.at(self.warmup_s, self.kill_both_groups)
+        sim.run_until(self.warmup_s + self.duration_s)
+        self._finish_crash()
+        self.crash.wall_s = time.perf_counter() - wall
+        return self.crash
+
+    def _finish_crash(self) -> None:
+        r = self.crash
+        r.agents_killed, r.hosts_killed = len(self.agent_down), len(self.host_down)
+        killed = self.agent_down | self.host_down
+        live = [n.index for n in self.sim.nodes if n.up]
+        detections = [self.failed_seen.get((i, k)) for i in live for k in killed]
+        if detections and all(t is not None for t in detections):
+            r.detect_all_s = max(t for t in detections if t is not None) - self.killed_at
+        withdrawals = []
+        for viewer in live:
+            network = self.network_of[viewer]
+            for owner in self.members_of[network]:
+                if owner == viewer:
+                    continue
+                first = self.withdrawn.get((viewer, owner))
+                shown = self._shows(viewer, owner)
+                if owner in self.host_down:
+                    r.hosts_shown += shown
+                    if first is not None and not shown:
+                        withdrawals.append(first - self.killed_at)
+                elif owner in self.agent_down:
+                    r.agents_kept += shown
+                    r.agents_withdrawn += first is not None
+                else:
+                    r.false_withdrawals += first is not None
+        if withdrawals:
+            ordered = sorted(withdrawals)
+            r.withdraw_hosts_p50_s = _percentile(ordered, 0.5)
+            r.withdraw_hosts_max_s = ordered[-1]
+
+    def _shows(self, viewer: int, owner: int) -> bool:
+        name = self.tables[owner].node
+        return any(e.owner == name for e in self.tables[viewer].endpoints(self.network_of[owner]))
+
+
+def run_agent_crash_sim(nodes: int, loss: float, seed: int, *, duration_s: float = 600.0,
+                        endpoints: int = 2, network_size: int = 0, grace_s: float = 600.0,
+                        agents_killed: float = 0.05, hosts_killed: float = 0.05,
+                        warmup_s: float = 5.0) -> AgentCrashResult:
+    """One run of the agent-crash scenario (module docstring); `grace_s = 0`: the baseline."""
+    if nodes < 4:
+        raise ValueError(f"nodes: need at least 4, got {nodes}")
+    if agents_killed < 0 or hosts_killed < 0 or agents_killed + hosts_killed >= 1:
+        raise ValueError(f"agents-killed {agents_killed} + hosts-killed {hosts_killed}: "
+                         "each >= 0, together below 1")
+    if not 0.0 <= loss < 1.0:
+        raise ValueError(f"loss: must be in [0, 1), got {loss}")
+    if duration_s <= 0:
+        raise ValueError(f"duration: must be > 0 seconds, got {duration_s}")
+    liveness = LivenessConfig(grace=grace_s)
+    return _AgentCrashRun(nodes, endpoints, loss, seed, duration_s, network_size, liveness,
+                          agents_killed, hosts_killed, warmup_s).run_crash()
+
+
 def _percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
@@ -362,9 +584,30 @@ def _cell(value: object) -> str:
     return str(value)
 
 
+_CRASH_COLUMNS = ("agents_killed", "hosts_killed", "detect_all_s", "withdraw_hosts_p50_s",
+                  "withdraw_hosts_max_s", "hosts_shown", "agents_kept", "agents_withdrawn",
+                  "false_withdrawals", "false_failures", "probes_sent", "wall_s")
+
+
+def _print_pair(title: str, columns: tuple[str, ...], heads: tuple[str, str],
+                result: object, baseline: object) -> None:
+    print(title)
+    print(f"{'metric':<28}{heads[0]:>16}{heads[1]:>16}")
+    for column in columns:
+        print(f"{column:<28}{_cell(getattr(result, column)):>16}"
+              f"{_cell(getattr(baseline, column)):>16}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m overlay.sim",
                                      description="Neighbor table over SWIM, simulated.")
+    parser.add_argument("--scenario", choices=("churn", "agent-crash"), default="churn")
+    parser.add_argument("--agents-killed", type=float, default=0.05,
+                        help="agent-crash: fraction of nodes whose agent dies (host forwards)")
+    parser.add_argument("--hosts-killed", type=float, default=0.05,
+                        help="agent-crash: fraction of nodes whose whole host dies")
+    parser.add_argument("--grace", type=float, default=600.0,
+                        help="agent-crash: dataplane.agent_down_grace, seconds")
     parser.add_argument("--nodes", type=int, default=200)
     parser.add_argument("--endpoints-per-node", type=int, default=50)
     parser.add_argument("--churn", type=float, default=20.0,
@@ -378,6 +621,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object as the last line")
     args = parser.parse_args(argv)
+    if args.scenario == "agent-crash":
+        return _main_agent_crash(parser, args)
     try:
         runs = [run_table_sim(args.nodes, args.endpoints_per_node, churn, args.loss, args.seed,
                               duration_s=args.duration, network_size=args.network_size)
@@ -385,14 +630,35 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     result, baseline = runs
-    print(f"nodes={result.nodes} endpoints/node={result.endpoints} networks={result.networks} "
-          f"loss={result.loss} seed={result.seed} churn window={result.duration_s:g}s")
-    print(f"{'metric':<28}{'churn ' + format(result.churn, 'g') + '/s':>16}{'no churn':>16}")
-    for column in _COLUMNS:
-        print(f"{column:<28}{_cell(getattr(result, column)):>16}"
-              f"{_cell(getattr(baseline, column)):>16}")
+    _print_pair(f"nodes={result.nodes} endpoints/node={result.endpoints} "
+                f"networks={result.networks} loss={result.loss} seed={result.seed} "
+                f"churn window={result.duration_s:g}s", _COLUMNS,
+                (f"churn {result.churn:g}/s", "no churn"), result, baseline)
     for note in result.notes:
         print(f"note: {note}")
+    if args.json:
+        payload = result.as_dict()
+        payload["baseline"] = baseline.as_dict()
+        payload["wall_s"] = result.wall_s + baseline.wall_s
+        print(json.dumps(payload, sort_keys=True))
+    return 0
+
+
+def _main_agent_crash(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The agent-crash scenario with the grace, then the same run without it (baseline)."""
+    try:
+        runs = [run_agent_crash_sim(args.nodes, args.loss, args.seed, duration_s=args.duration,
+                                    endpoints=args.endpoints_per_node,
+                                    network_size=args.network_size, grace_s=grace,
+                                    agents_killed=args.agents_killed,
+                                    hosts_killed=args.hosts_killed)
+                for grace in (args.grace, 0.0)]
+    except ValueError as exc:
+        parser.error(str(exc))
+    result, baseline = runs
+    _print_pair(f"agent-crash: nodes={result.nodes} networks={result.networks} "
+                f"loss={result.loss} seed={result.seed} duration={result.duration_s:g}s",
+                _CRASH_COLUMNS, (f"grace {result.grace_s:g}s", "grace off"), result, baseline)
     if args.json:
         payload = result.as_dict()
         payload["baseline"] = baseline.as_dict()

@@ -85,3 +85,30 @@ def test_restarted_owner_refutes_its_old_entries_through_the_real_core() -> None
     for i in range(12):
         if i != 3:
             assert {e.ip for e in tables[i].endpoints()} == {"10.1.3.9"}, i
+
+
+@pytest.mark.slow
+def test_agent_crash_keeps_crashed_agents_and_withdraws_dead_hosts_within_detection() -> None:
+    from overlay.sim import run_agent_crash_sim
+
+    result = run_agent_crash_sim(40, loss=0.1, seed=4, duration_s=40.0, agents_killed=0.1,
+                                 hosts_killed=0.1)
+    assert (result.agents_killed, result.hosts_killed) == (4, 4)
+    pairs = (40 - 8) * 4
+    assert result.agents_kept == pairs and result.agents_withdrawn == 0
+    assert result.false_withdrawals == 0 and result.hosts_shown == 0
+    assert result.detect_all_s is not None and result.withdraw_hosts_max_s is not None
+    assert result.withdraw_hosts_max_s <= 12.0
+    baseline = run_agent_crash_sim(40, loss=0.1, seed=4, duration_s=40.0, grace_s=0.0,
+                                   agents_killed=0.1, hosts_killed=0.1)
+    assert baseline.agents_kept == 0 and baseline.agents_withdrawn == pairs  # today's behaviour
+
+
+def test_agent_crash_cli_prints_both_runs_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--scenario", "agent-crash", "--nodes", "10", "--loss", "0.0",
+                 "--duration", "15", "--agents-killed", "0.1", "--hosts-killed", "0.1",
+                 "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "grace off" in lines[1]
+    payload = json.loads(lines[-1])
+    assert payload["agents_kept"] == 8 and payload["baseline"]["agents_kept"] == 0
