@@ -143,7 +143,7 @@ def test_a_missing_interface(host: Host) -> None:
     one_line(done, EXIT_ENVIRONMENT, "underlay.address='10.98.0.9'")
 
 
-def test_a_port_in_use(host: Host) -> None:
+def test_a_port_in_use_or_an_address_not_here(host: Host) -> None:
     holder = host.hold_port("tcp", "0.0.0.0", 9476)
     try:
         done = host.agent(host.config(metrics={"port": 9476}))
@@ -151,6 +151,8 @@ def test_a_port_in_use(host: Host) -> None:
         holder.kill()
         holder.wait(timeout=10)
     one_line(done, EXIT_ENVIRONMENT, "metrics.port=9476", "in use")
+    done = host.agent(host.config(metrics={"address": "10.98.0.77"}))
+    one_line(done, EXIT_ENVIRONMENT, "metrics.address='10.98.0.77'")
     # The gossip port: etcd is not needed once this host has a copy of the networks.
     (host.tmp / "state").mkdir(exist_ok=True)
     (host.tmp / "state" / "networks.json").write_text("{}")

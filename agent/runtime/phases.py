@@ -27,7 +27,7 @@ import trio
 from agent.api.routes import serve_api
 from agent.runtime.compose import Components
 from agent.runtime.control import Control, agent_version
-from agent.runtime.errors import EtcdUnreachable, PortInUse
+from agent.runtime.errors import EtcdUnreachable, PortInUse, StartupError
 from agent.runtime.metrics import serve_metrics
 from agent.runtime.systemd import run_watchdog as run_systemd_watchdog
 from agent.state_files import StateWriteError
@@ -52,10 +52,13 @@ async def run_metrics(c: Components, *,
             try:
                 await nursery.start(serve_metrics, c.metrics, metrics.address, metrics.port)
             except OSError as exc:
-                if exc.errno != errno.EADDRINUSE:
-                    raise
-                raise PortInUse(f"metrics.port={metrics.port}: {metrics.address} port "
-                                f"{metrics.port} is already in use") from None
+                if exc.errno == errno.EADDRINUSE:
+                    raise PortInUse(f"metrics.port={metrics.port}: {metrics.address} port "
+                                    f"{metrics.port} is already in use") from None
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    raise StartupError(f"metrics.address={metrics.address!r}: not an address "
+                                       "of this host") from None
+                raise
         task_status.started()
 
 

@@ -201,6 +201,6 @@ def reload(c: Components, config_path: Path | None, assignments: tuple[str, ...]
     logging.getLogger().setLevel(fresh.node.log_level.upper())
     try:
         c.gossip.reload_keyring()
-    except GossipKeyError as exc:
+    except (GossipKeyError, StateReadError) as exc:  # missing or damaged: the old keys stay
         log.error("SIGHUP: keyring not reloaded: %s", exc)
     log.info("SIGHUP: log level %s, keyring re-read", fresh.node.log_level)

@@ -148,6 +148,36 @@ def test_a_new_endpoint_reaches_every_kernel_within_a_second(
     assert total < 1.0
 
 
+def test_attach_into_a_runtime_namespace_then_detach(lab: tuple[Lab, LabState]) -> None:
+    """The attach operation with a sandbox the runtime owns (CNI's netns path): the interface
+    goes in under the given name with the network's MTU, reaches another host's endpoint, and
+    detaching takes it out and leaves the namespace."""
+    the_lab, state = lab
+    h1, h2 = state.hosts[0], state.hosts[1]
+    sandbox = f"{the_lab.prefix}rt1"
+    subprocess.run(["ip", "netns", "add", sandbox], check=True, timeout=10)
+    try:
+        attached = the_lab.client(h1).request("POST", "/v1/endpoints", {
+            "name": "rt1", "network": NETWORK, "netns_path": f"/var/run/netns/{sandbox}",
+            "ifname": "net1", "labels": {"app": "web"}})
+        assert (attached["sandbox"], attached["ifname"], attached["netns"]) == (
+            f"/var/run/netns/{sandbox}", "net1", None)
+        assert attached["labels"] == {"app": "web"} and attached["mtu"] == 1450
+        link = subprocess.run(ip_netns_exec(sandbox, ["ip", "-o", "link", "show", "net1"]),
+                              capture_output=True, text=True, timeout=10).stdout
+        assert "mtu 1450" in link and attached["mac"] in link
+        done = _ping({"netns": sandbox}, _ip(the_lab, h2), deadline=5.0)
+        assert done.returncode == 0, done.stdout + done.stderr
+        the_lab.client(h1).request("DELETE", "/v1/endpoints/rt1")
+        the_lab.wait_for(lambda: attached["ip"] not in _visible_ips(the_lab, h2),
+                         "h2 to drop the detached endpoint", 10, interval=0.05)
+        left = subprocess.run(ip_netns_exec(sandbox, ["ip", "-o", "link"]), capture_output=True,
+                              text=True, timeout=10, check=True).stdout
+        assert "net1" not in left  # the namespace stays: it is the runtime's
+    finally:
+        subprocess.run(["ip", "netns", "del", sandbox], timeout=10, check=False)
+
+
 def _cli(host: LabHost, *args: str) -> int:
     return main([*args, "--socket", str(host.socket), "--json"])
 
