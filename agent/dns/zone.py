@@ -23,6 +23,11 @@ Rules:
   truncated with TC set, and the client retries over TCP.
 - Bytes that are not a DNS query are answered FORMERR when a header can be read, else dropped
   (`Dropped`); never an exception.
+- Answers of our zone are cached as wire bytes per (networks, question, EDNS part, transport)
+  until the zone changes; a hit only patches the query's ID and the question's letter case
+  (clients that randomise case, "0x20", see their own), so a busy resolver does not re-parse
+  or re-render. An answer with several records keeps up to `SHUFFLED_VARIANTS` shuffled
+  copies, picked by the RNG.
 
 Pure: takes the RNG; imports dnspython's wire format (no I/O), overlay's record types and the
 standard library.
@@ -53,6 +58,8 @@ DEFAULT_TTL = 2
 UDP_DEFAULT_PAYLOAD = 512
 TCP_MAX = 65535
 _HEADER = 12
+SHUFFLED_VARIANTS = 8
+CACHE_ENTRIES = 20_000
 K = TypeVar("K")
 
 
@@ -100,11 +107,13 @@ class DnsZone:
     def __init__(self, ttl: int = DEFAULT_TTL) -> None:
         self.ttl = ttl
         self._networks: dict[str, _Network] = {}
+        self._cache: dict[tuple[object, ...], _Cached] = {}
 
     # ------------------------------------------------------------------ index upkeep
 
     def apply(self, event: EndpointChanged) -> None:
         """Follow one change of the table's view."""
+        self._cache.clear()
         if event.previous is not None:
             self._remove(event.previous)
         if event.current is not None and not event.current.deleted:
@@ -112,6 +121,7 @@ class DnsZone:
 
     def load(self, entries: list[Entry]) -> None:
         """Start from the table's whole view (at start-up)."""
+        self._cache.clear()
         self._networks.clear()
         for entry in entries:
             self._add(entry)
@@ -152,6 +162,29 @@ class DnsZone:
     def answer(self, wire: bytes, networks: tuple[str, ...], rng: random.Random, *,
                tcp: bool = False) -> Outcome:
         """The outcome of one query from an endpoint on `networks`."""
+        qend = _plain_question_end(wire)
+        if qend is None:
+            return self._answer_parsed(wire, networks, rng, tcp)
+        key = (networks, tcp, wire[2] & 0x11, wire[12:qend].lower(), wire[qend:])
+        cached = self._cache.get(key)
+        if cached is None or (cached.shuffled and len(cached.variants) < SHUFFLED_VARIANTS):
+            outcome = self._answer_parsed(wire, networks, rng, tcp)
+            if not isinstance(outcome, Answered) or outcome.result not in ("noerror",
+                                                                           "nxdomain"):
+                return outcome
+            if cached is None:
+                if len(self._cache) >= CACHE_ENTRIES:
+                    self._cache.clear()
+                cached = self._cache[key] = _Cached(outcome.qtype, outcome.result,
+                                                    _has_several_records(outcome.wire), [])
+            cached.variants.append(outcome.wire)
+            return outcome
+        body = cached.variants[rng.randrange(len(cached.variants))]
+        return Answered(wire[:2] + body[2:12] + wire[12:qend] + body[qend:], cached.qtype,
+                        cached.result)
+
+    def _answer_parsed(self, wire: bytes, networks: tuple[str, ...], rng: random.Random,
+                       tcp: bool) -> Outcome:
         try:
             query = dns.message.from_wire(wire)
         except (dns.exception.DNSException, ValueError, IndexError) as exc:
@@ -299,6 +332,40 @@ class DnsZone:
         header[3] = 0x80 | int(dns.rcode.FORMERR)  # RA + FORMERR
         header[4:12] = bytes(8)  # no sections
         return Answered(bytes(header), "invalid", "formerr")
+
+
+@dataclass
+class _Cached:
+    """Rendered answers to one question: `variants` differ only in record order."""
+
+    qtype: str
+    result: str
+    shuffled: bool
+    variants: list[bytes]
+
+
+def _plain_question_end(wire: bytes) -> int | None:
+    """Where the question ends in a plain query (one question, nothing but an optional EDNS
+    record after it), or None for anything else (the full parser decides those)."""
+    if len(wire) < _HEADER + 5 or wire[2] & 0xF8 or wire[3] & 0x70:  # QR, opcode, Z bits
+        return None
+    if wire[4:10] != b"\x00\x01\x00\x00\x00\x00" or wire[10] or wire[11] > 1:
+        return None
+    offset = _HEADER
+    while True:
+        length = wire[offset]
+        if length == 0:
+            break
+        if length > 63 or offset + length + 1 >= len(wire):
+            return None
+        offset += length + 1
+    offset += 5  # the root label, type and class
+    return offset if offset <= len(wire) and offset - _HEADER <= 255 else None
+
+
+def _has_several_records(wire: bytes) -> bool:
+    """More than one answer record (so that the order may be shuffled)."""
+    return int.from_bytes(wire[6:8], "big") > 1
 
 
 def _discard(index: dict[K, set[str]], key: K, ip: str) -> None:

@@ -13,7 +13,7 @@ import dns.reversename
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.dns.zone import Answered, DnsZone, Dropped, Forward
+from agent.dns.zone import SHUFFLED_VARIANTS, Answered, DnsZone, Dropped, Forward
 from overlay.attributes import make_attributes
 from overlay.table import EndpointChanged, Entry
 
@@ -125,3 +125,40 @@ def test_any_bytes_never_raise(data: bytes) -> None:
     zone = zone_with(entry("blue", "10.10.0.2", "web"))
     outcome = zone.answer(data, ("blue",), random.Random(1))
     assert isinstance(outcome, Answered | Forward | Dropped)
+
+
+def test_cached_answers_carry_the_query_id_and_case_and_follow_changes() -> None:
+    e = entry("blue", "10.10.0.2", "web")
+    zone = zone_with(e)
+    for query_id, qname in ((1, "web"), (2, "WeB"), (3, "web.BLUE")):
+        query = dns.message.make_query(qname, "A")
+        query.id = query_id
+        outcome = zone.answer(query.to_wire(), ("blue",), random.Random(1))
+        assert isinstance(outcome, Answered)
+        reply = dns.message.from_wire(outcome.wire)
+        assert reply.id == query_id and reply.question[0].name.to_text() == qname + "."
+        assert addresses(reply) == ["10.10.0.2"]
+    zone.apply(EndpointChanged("blue", "10.10.0.2", e, None))
+    assert ask(zone, "web").rcode() == dns.rcode.NXDOMAIN
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["web", "api", "WEB.blue", "api.red", "nx", "_80._tcp.api"]),
+       st.sampled_from(["A", "AAAA", "SRV", "TXT"]), st.booleans(), st.integers(0, 2**16 - 1))
+def test_cache_agrees_with_a_fresh_zone(qname: str, rdtype: str, edns: bool,
+                                        query_id: int) -> None:
+    entries = [entry("blue", "10.10.0.2", "web", ("api",), ("80/tcp",)),
+               entry("blue", "10.10.0.3", "web2", ("api",), ("80/tcp",), owner="h2")]
+    warm = zone_with(*entries)
+    query = dns.message.make_query(qname, rdtype, use_edns=edns)
+    query.id = query_id
+    for _ in range(SHUFFLED_VARIANTS + 2):
+        warm.answer(query.to_wire(), ("blue",), random.Random(3))
+    hit = warm.answer(query.to_wire(), ("blue",), random.Random(4))
+    fresh = zone_with(*entries).answer(query.to_wire(), ("blue",), random.Random(4))
+    assert type(hit) is type(fresh)
+    if isinstance(hit, Answered) and isinstance(fresh, Answered):
+        a, b = dns.message.from_wire(hit.wire), dns.message.from_wire(fresh.wire)
+        assert a.id == b.id == query_id and a.rcode() == b.rcode() and a.flags == b.flags
+        assert sorted(addresses(a)) == sorted(addresses(b))
+        assert a.question == b.question
