@@ -214,6 +214,7 @@ class EndpointSpec:
     hand_back: bool = False
     aliases: tuple[str, ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
+    services: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -525,6 +526,7 @@ def record_from_json(data: dict[str, Any]) -> EndpointRecord:
         raw["claims"] = tuple(PortClaim(**c) for c in raw["claims"])
         raw["aliases"] = tuple(raw.get("aliases", ()))
         raw["labels"] = tuple((str(k), str(v)) for k, v in raw.get("labels", ()))
+        raw["services"] = tuple((int(p), str(proto)) for p, proto in raw.get("services", ()))
         spec = EndpointSpec(**raw)
         rest = {k: v for k, v in data.items() if k != "spec"}
         rest["state"] = State(rest["state"])

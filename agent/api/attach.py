@@ -60,6 +60,7 @@ class AttachRequest:
     mac: a chosen MAC, else Docker's rule from the address (`underlay.endpoints_model`).
     publish, ports: bridge mode published ports, host mode port claims.
     aliases, labels: carried into the attachment for name service and policy.
+    services: (port, protocol) pairs it serves, answered as SRV records by the resolver.
     """
 
     name: str
@@ -73,6 +74,7 @@ class AttachRequest:
     ports: tuple[PortClaim, ...] = ()
     aliases: tuple[str, ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
+    services: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -117,3 +119,4 @@ class Attachment:
     ports: tuple[PortClaim, ...] = ()
     aliases: tuple[str, ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
+    services: tuple[tuple[int, str], ...] = ()

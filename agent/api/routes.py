@@ -51,6 +51,7 @@ from agent.api.http import (
 )
 from agent.errors import AgentError
 from agent.state_files import StateReadError, decode_key
+from overlay.attributes import InvalidAttributes, make_attributes
 from underlay.endpoints_model import (
     EndpointSpecError,
     Mode,
@@ -150,7 +151,7 @@ def parse_network_request(body: Mapping[str, Any]) -> NetworkCreateRequest:
 
 
 ATTACH_FIELDS = {"name", "network", "mode", "ip", "mac", "publish", "ports", "netns_path",
-                 "ifname", "aliases", "labels"}
+                 "ifname", "aliases", "labels", "services"}
 
 
 def parse_attach_request(body: Mapping[str, Any]) -> AttachRequest:
@@ -174,13 +175,17 @@ def parse_attach_request(body: Mapping[str, Any]) -> AttachRequest:
         raise InvalidRequest(f"publish: only bridge endpoints publish ports (mode is {mode!r})")
     if ports and mode != "host":
         raise InvalidRequest(f"ports: only host endpoints claim host ports (mode is {mode!r})")
+    try:  # the same rules as for names arriving from peers (overlay.attributes)
+        names = make_attributes("", _strings(body, "aliases"), _list(body, "services"))
+    except InvalidAttributes as exc:
+        raise InvalidRequest(str(exc)) from None
     return AttachRequest(
         name=name, network=network, mode=Mode(mode), ip=ip,
         mac=_optional_str(body, "mac"), sandbox=_sandbox(body),
         ifname=_optional_str(body, "ifname") or AttachRequest.ifname,
         publish=_ports(publish, "publish", parse_port_mapping),
         ports=_ports(ports, "ports", parse_port_claim),
-        aliases=tuple(_strings(body, "aliases")),
+        aliases=names.aliases, services=names.ports,
         labels=tuple(sorted(_labels(body).items())),
     )
 

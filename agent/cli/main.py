@@ -106,7 +106,8 @@ def cmd_endpoint(args: argparse.Namespace) -> int:
     if args.action == "create":
         body: dict[str, Any] = {"name": args.name, "network": args.network, "mode": args.mode,
                                 "ip": args.ip, "publish": args.publish or None,
-                                "ports": args.port or None}
+                                "ports": args.port or None, "aliases": args.alias or None,
+                                "services": args.service or None}
         with progress.step(f"creating {args.mode} endpoint {args.name}"):
             result = client.request("POST", "/v1/endpoints",
                                     {k: v for k, v in body.items() if v is not None})
@@ -282,6 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
                            help="publish container port P on host port H (bridge mode)")
     ep_create.add_argument("--port", action="append", metavar="P/PROTO",
                            help="host port the workload binds (host mode)")
+    ep_create.add_argument("--alias", action="append", metavar="NAME",
+                           help="another DNS name of the endpoint (repeatable; several "
+                                "endpoints may share one: answers are shuffled)")
+    ep_create.add_argument("--service", action="append", metavar="P/PROTO",
+                           help="a port it serves, published as SRV _P._PROTO.NAME "
+                                "(repeatable)")
     ep_sub.add_parser("delete", parents=[common]).add_argument("name")
     ep_exec = ep_sub.add_parser("exec", parents=[common], help="run a command in the endpoint")
     ep_exec.add_argument("name")

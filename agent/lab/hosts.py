@@ -333,6 +333,9 @@ class Lab:
                 # A loaded CI machine can take seconds to accept a connection.
                 "store": {"lease_ttl": 10, "timeout": 5.0, "member_timeout": 1.0,
                           **etcd.client_settings()},
+                # The machine's resolvers are outside the lab: names of the lab resolve,
+                # other names are refused instead of being sent where no lab packet may go.
+                "dns": {"forward": False},
             })
         host.state_dir.mkdir(parents=True, exist_ok=True)
         write_atomically(host.config_path, render_toml(config))

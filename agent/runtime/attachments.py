@@ -39,6 +39,7 @@ from agent.api.attach import (
 from agent.api.errors import Conflict, NotFound, Unavailable
 from agent.errors import AgentError
 from agent.runtime.gossip_link import GossipLink
+from agent.runtime.names import EndpointNames, attributes_of
 from agent.runtime.networks import KnownNetworks
 from agent.runtime.pipeline import Pipeline
 from agent.runtime.pools import AddressPool, AddressPools
@@ -76,7 +77,7 @@ def attachment_of(record: EndpointRecord, node: str) -> Attachment:
         gateway=record.gateway, routes=routes, netns=record.netns, sandbox=sandbox,
         ifname=record.ifname, host_ifname=record.host_ifname, handed_back=record.handed_back,
         bridge=record.bridge, state=record.state.value, publish=spec.publish,
-        ports=spec.claims, aliases=spec.aliases, labels=spec.labels)
+        ports=spec.claims, aliases=spec.aliases, labels=spec.labels, services=spec.services)
 
 
 class Attachments:
@@ -85,7 +86,7 @@ class Attachments:
     def __init__(self, *, node: str, facts: UnderlayFacts, netlink: NetlinkThread,
                  endpoints: Endpoints, table: NeighborTable, gossip: GossipLink,
                  pipeline: Pipeline, networks: KnownNetworks, pools: AddressPools,
-                 store: Store) -> None:
+                 store: Store, names: EndpointNames) -> None:
         self.node = node
         self._facts = facts
         self._netlink = netlink
@@ -96,6 +97,7 @@ class Attachments:
         self._networks = networks
         self._pools = pools
         self._store = store
+        self._names = names
         self._lock = trio.Lock()
 
     # -- views ------------------------------------------------------------------------------
@@ -132,6 +134,7 @@ class Attachments:
                     network=request.network or None if request.mode is Mode.BRIDGE else None,
                     addresses=(f"{ip}/{32 if ':' not in ip else 128}",) if ip else (),
                     mac=request.mac, publish=request.publish, claims=request.ports), request))
+            await self._names.refresh()
             return attachment_of(record, self.node)
 
     async def _attach_overlay(self, request: AttachRequest) -> EndpointRecord:
@@ -160,7 +163,7 @@ class Attachments:
             raise
         assert record.mac is not None  # overlay records always carry one (model rule)
         self._table.put_endpoint(network.name, ip, record.mac, trio.current_time(),
-                                 changed_at=time.time())
+                                 changed_at=time.time(), attributes=attributes_of(record))
         self._gossip.records_changed()
         self._pipeline.mark_dirty()
         return record
@@ -205,6 +208,7 @@ class Attachments:
                 self._table.delete_endpoint(network_name, ip, now, changed_at=time.time())
                 self._gossip.records_changed()
             await self._endpoints.delete(name)
+            await self._names.refresh()
             if overlay:
                 await self._after_overlay_detach(name, network_name, ip, now)
             return True
@@ -236,7 +240,8 @@ class Attachments:
                 continue
             if record.network not in self._table.networks():
                 self._table.join_network(record.network, now)
-            self._table.put_endpoint(record.network, ip, record.mac, now, changed_at=time.time())
+            self._table.put_endpoint(record.network, ip, record.mac, now, changed_at=time.time(),
+                                     attributes=attributes_of(record))
 
 
 def _with_sandbox(spec: EndpointSpec, request: AttachRequest) -> EndpointSpec:
@@ -246,4 +251,4 @@ def _with_sandbox(spec: EndpointSpec, request: AttachRequest) -> EndpointSpec:
         spec, ifname=request.ifname,
         netns_path=sandbox.path if isinstance(sandbox, ExistingNetns) else None,
         hand_back=isinstance(sandbox, HandBackVeth), aliases=request.aliases,
-        labels=request.labels)
+        labels=request.labels, services=request.services)

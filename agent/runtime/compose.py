@@ -35,6 +35,7 @@ from agent.runtime.attachments import Attachments
 from agent.runtime.errors import MissingKernelFeature, UnderlayNotFound
 from agent.runtime.gossip_link import GossipLink
 from agent.runtime.metrics import AgentMetrics, MetricsSnapshot
+from agent.runtime.names import EndpointNames
 from agent.runtime.networks import KnownNetworks
 from agent.runtime.pipeline import DesiredInputs, Pipeline, moves_kernel_entry
 from agent.runtime.pools import AddressPools
@@ -81,6 +82,7 @@ class Components:
     reconciler: Reconciler
     pipeline: Pipeline
     gossip: GossipLink
+    names: EndpointNames
     attachments: Attachments
 
 
@@ -140,23 +142,29 @@ async def build_components(config: AgentConfig, *, notifier: SystemdNotifier) ->
     reconciler = Reconciler(kernel)
     pipeline = Pipeline(reconciler, lambda: desired_inputs(components),
                         observe_propagation=metrics.observe_propagation)
+    names = EndpointNames(config.dns, records=endpoints.records,
+                          observe_latency=metrics.dns_answer.observe)
     gossip = GossipLink(config, node, facts.address, table,
-                        on_change=lambda event: route_table_event(pipeline, node, event),
+                        on_change=lambda event: route_table_event(pipeline, names, node, event),
                         extra_seeds=lambda: store.gossip_seeds(exclude=node))
     attachments = Attachments(node=node, facts=facts, netlink=netlink, endpoints=endpoints,
                               table=table, gossip=gossip, pipeline=pipeline,
-                              networks=networks, pools=pools, store=store)
+                              networks=networks, pools=pools, store=store, names=names)
     components = Components(
         config=config, node=node, started_at=time.time(), notifier=notifier, metrics=metrics,
         api_stats=HttpServerStatistics(), netlink=netlink, kernel=kernel, facts=facts,
         endpoints=endpoints, store=store, networks=networks, pools=pools, table=table,
-        reconciler=reconciler, pipeline=pipeline, gossip=gossip, attachments=attachments)
+        reconciler=reconciler, pipeline=pipeline, gossip=gossip, names=names,
+        attachments=attachments)
     return components
 
 
-def route_table_event(pipeline: Pipeline, node: str, event: TableEvent) -> None:
-    """Every table event from the gossip link (never blocks): a remote endpoint that moves a
-    kernel entry is timed until the kernel has it; anything else only marks dirty."""
+def route_table_event(pipeline: Pipeline, names: EndpointNames, node: str,
+                      event: TableEvent) -> None:
+    """Every table event from the gossip link (never blocks): names follow the view; a remote
+    endpoint that moves a kernel entry is timed until the kernel has it; anything else only
+    marks dirty."""
+    names.table_event(event)
     if isinstance(event, EndpointChanged) and event.current is not None \
             and event.current.owner != node and moves_kernel_entry(event):
         pipeline.endpoint_arrived(event.network, event.ip, event.current.changed_at)
@@ -214,5 +222,6 @@ def metrics_snapshot(c: Components) -> MetricsSnapshot:
         api_requests=c.api_stats.requests,
         members_agent_down=gossip.agent_down,
         host_probes=gossip.host_probes,
+        dns=c.names.statistics(),
     )
 

@@ -156,7 +156,9 @@ class Control:
         for entry in sorted(c.table.endpoints(), key=lambda e: (e.network, e.ip)):
             record = local_by_ip.get((entry.network, entry.ip))
             mine = entry.owner == c.node
-            rows.append({"name": record.name if record and mine else None,
+            rows.append({"name": record.name if record and mine
+                         else entry.attributes.name or None,
+                         "aliases": list(entry.attributes.aliases),
                          "network": entry.network, "mode": "overlay", "ip": entry.ip,
                          "mac": entry.mac, "node": entry.owner, "vtep": entry.vtep,
                          "local": mine})

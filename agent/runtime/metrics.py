@@ -17,7 +17,8 @@ Rules:
   latency) as 0 and counts it in `vxmesh_endpoint_propagation_clock_skew_total`: a rising count
   means the hosts' clocks need NTP, and the histogram's low buckets are then unreliable.
 
-May import: prometheus_client, trio, agent.api.http, the standard library.
+May import: prometheus_client, trio, agent.api.http, agent.dns (its statistics type), the
+standard library.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from agent.api.http import HttpServerStatistics, Request, Response, serve_http
+from agent.dns.resolver import ResolverStatistics
 
 MEMBER_STATES = ("alive", "suspect", "dead", "left")
 DROP_REASONS = ("decode", "auth", "size")
@@ -68,6 +70,8 @@ class MetricsSnapshot:
     """failed members whose host still answers: their entries are kept."""
     host_probes: Mapping[str, int] = field(default_factory=dict)
     """result ("sent", "answered", "send_failed") -> ICMP echo probes of doubted hosts."""
+    dns: ResolverStatistics = field(default_factory=ResolverStatistics)
+    """the endpoint resolver's counts (queries by type and result, forwarded, failures)."""
 
 
 class AgentMetrics:
@@ -96,6 +100,12 @@ class AgentMetrics:
             "vxmesh_endpoint_propagation_clock_skew",
             "Endpoint propagations that measured below zero (owner's clock ahead of ours), "
             "observed as 0.",
+            registry=self.registry)
+        self.dns_answer = Histogram(
+            "vxmesh_dns_answer_seconds",
+            "Time from a DNS query's arrival to its answer (forwarded ones included).",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                     0.25, 0.5, 1, 2.5),
             registry=self.registry)
         self.registry.register(_SnapshotCollector(snapshot))
 
@@ -208,6 +218,25 @@ class _SnapshotCollector(Collector):
         for result in sorted({"sent", "answered", "send_failed"} | set(snap.host_probes)):
             probes.add_metric([result], snap.host_probes.get(result, 0))
         yield probes
+
+        queries = CounterMetricFamily("vxmesh_dns_queries",
+                                      "DNS queries answered, by query type and result.",
+                                      labels=["type", "result"])
+        for (qtype, result), count in sorted(snap.dns.queries.items()):
+            queries.add_metric([qtype, result], count)
+        yield queries
+        yield CounterMetricFamily("vxmesh_dns_forwarded",
+                                  "DNS queries for names outside the cluster sent upstream.",
+                                  value=snap.dns.forwarded)
+        yield CounterMetricFamily("vxmesh_dns_upstream_failures",
+                                  "Forwarded DNS queries no upstream answered in time.",
+                                  value=snap.dns.upstream_failures)
+        yield CounterMetricFamily("vxmesh_dns_dropped",
+                                  "Datagrams to the resolver that were not DNS at all.",
+                                  value=snap.dns.dropped)
+        yield GaugeMetricFamily("vxmesh_dns_sandboxes",
+                                "Sandboxes the resolver serves at 127.0.0.11.",
+                                value=snap.dns.namespaces)
 
 
 async def serve_metrics(metrics: AgentMetrics, address: str, port: int, *,

@@ -1,9 +1,9 @@
 """The agent's start-up phases: one trio service each, started in dependency order.
 
 Owns: `run_metrics`, `run_store`, `run_gossip`, `run_pipeline`, `run_dataplane`,
-`run_pools`, `run_api`, `run_watchdog`. Each is `run_x(components, ..., *, task_status)`,
-reports started once its part is ready, and runs until cancelled; `agent.runtime.process`
-starts them with `nursery.start` in the order above.
+`run_pools`, `run_names`, `run_api`, `run_watchdog`. Each is
+`run_x(components, ..., *, task_status)`, reports started once its part is ready, and runs
+until cancelled; `agent.runtime.process` starts them with `nursery.start` in that order.
 
 Rules:
 - etcd away = degraded: the store's services retry on their own; nothing here waits for it.
@@ -170,6 +170,16 @@ async def run_pools(c: Components, *,
     """Address pools: flushers, and the pools of our networks opened in background."""
     await c.pools.run(c.networks, c.attachments.overlay_networks,
                       c.config.store.retry_interval, task_status=task_status)
+
+
+async def run_names(c: Components, *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """The resolver: the zone from the table, 127.0.0.11 in every local sandbox."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(c.names.resolver.run)
+        c.names.load(c.table.endpoints())
+        await c.names.refresh()
+        task_status.started()
 
 
 async def run_api(c: Components, control: Control, *,

@@ -46,6 +46,7 @@ from agent.runtime.phases import (
     run_dataplane,
     run_gossip,
     run_metrics,
+    run_names,
     run_pipeline,
     run_pools,
     run_store,
@@ -172,6 +173,7 @@ async def start_phases(nursery: trio.Nursery, c: Components, control: Control) -
     await nursery.start(run_pipeline, c)
     await nursery.start(run_dataplane, c)
     await nursery.start(run_pools, c)
+    await nursery.start(run_names, c)
     await nursery.start(run_api, c, control)
     await nursery.start(run_watchdog, c, control)
     control.mark_ready()

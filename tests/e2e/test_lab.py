@@ -514,3 +514,80 @@ def test_key_rotation_and_sighup_reload_keep_the_cluster_whole(
         time.sleep(0.5)
     with pytest.raises(CliError, match="primary"):
         the_lab.client(state.hosts[0]).request("POST", "/v1/keys/remove", {"key": new_key})
+
+
+def _resolve(lab: Lab, endpoint: dict[str, Any], name: str, rdtype: str = "A") -> list[str]:
+    """What 127.0.0.11 inside `endpoint`'s namespace answers for `name` ([] for none)."""
+    import dns.message
+    import dns.rcode
+
+    from underlay.netns_sockets import open_socket_in_netns
+
+    sock = open_socket_in_netns(endpoint["netns"], socketlib.AF_INET, socketlib.SOCK_DGRAM,
+                                bind=("127.0.0.1", 0))
+    with sock:
+        sock.settimeout(1.0)
+        sock.sendto(dns.message.make_query(name, rdtype).to_wire(), ("127.0.0.11", 53))
+        reply = dns.message.from_wire(sock.recv(65535))
+    if reply.rcode() != dns.rcode.NOERROR:
+        return []
+    return sorted(r.to_text() for rrset in reply.answer for r in rrset)
+
+
+def test_names_resolve_on_every_host_within_a_second_and_go_with_the_endpoint(
+        lab: tuple[Lab, LabState]) -> None:
+    the_lab, state = lab
+    h1, h2, h3 = state.hosts[:3]
+    asker = _ep(the_lab, h2)
+    resolv = Path("/etc/netns") / asker["netns"] / "resolv.conf"
+    assert resolv.read_text() == (f"nameserver 127.0.0.11\nsearch {NETWORK}\n"
+                                  "options ndots:0\n")
+    # the asker resolves its peers' names from gossip; `ip netns exec` sees our resolv.conf
+    assert _resolve(the_lab, asker, f"ep-{h1.name}") == [_ip(the_lab, h1)]
+    start = time.monotonic()
+    web = the_lab.client(h1).request("POST", "/v1/endpoints", {
+        "name": "web", "network": NETWORK, "aliases": ["api"], "services": ["80/tcp"]})
+    api2 = the_lab.client(h3).request("POST", "/v1/endpoints", {
+        "name": "web2", "network": NETWORK, "aliases": ["api"]})
+    try:
+        the_lab.wait_for(lambda: _resolve(the_lab, asker, "web") == [web["ip"]],
+                         "web to resolve on h2", 5.0)
+        created = time.monotonic() - start
+        assert created < 1.0 + 0.5, created  # within a second of the create (plus the API calls)
+        the_lab.wait_for(lambda: _resolve(the_lab, asker, "api") == sorted(
+            [web["ip"], api2["ip"]]), "the alias to answer both", 5.0)
+        assert _resolve(the_lab, asker, f"web.{NETWORK}") == [web["ip"]]
+        assert _resolve(the_lab, asker, "_80._tcp.api", "SRV") == [f"0 0 80 web.{NETWORK}."]
+        listed = {e["ip"]: e for e in the_lab.client(h2).request("GET", "/v1/endpoints")}
+        assert listed[web["ip"]]["name"] == "web" and listed[web["ip"]]["aliases"] == ["api"]
+        via_exec = subprocess.run(ip_netns_exec(asker["netns"], ["getent", "hosts", "web"]),
+                                  capture_output=True, text=True, timeout=10)
+        assert via_exec.stdout.split()[:1] == [web["ip"]], via_exec
+    finally:
+        the_lab.client(h3).request("DELETE", "/v1/endpoints/web2")
+        start = time.monotonic()
+        the_lab.client(h1).request("DELETE", "/v1/endpoints/web")
+    the_lab.wait_for(lambda: _resolve(the_lab, asker, "web") == [], "web to stop resolving",
+                     5.0)
+    assert time.monotonic() - start < 1.5
+
+
+def test_a_name_on_another_network_does_not_resolve(lab: tuple[Lab, LabState]) -> None:
+    the_lab, state = lab
+    h1, h2 = state.hosts[:2]
+    the_lab.client(h1).request("POST", "/v1/networks", {"name": "dnsother",
+                                                        "subnet": "10.202.0.0/16"})
+    the_lab.client(h1).request("POST", "/v1/endpoints", {"name": "hidden",
+                                                         "network": "dnsother"})
+    try:
+        other = the_lab.client(h2).request("POST", "/v1/endpoints", {"name": "peer",
+                                                                     "network": "dnsother"})
+        the_lab.wait_for(lambda: bool(_resolve(the_lab, other, "hidden")),
+                         "hidden to resolve on its own network", 5.0)
+        assert _resolve(the_lab, _ep(the_lab, h2), "hidden") == []
+    finally:
+        for host, name in ((h2, "peer"), (h1, "hidden")):
+            with contextlib.suppress(CliError):
+                the_lab.client(host).request("DELETE", f"/v1/endpoints/{name}")
+        with contextlib.suppress(CliError):
+            the_lab.client(h1).request("DELETE", "/v1/networks/dnsother")
