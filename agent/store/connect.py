@@ -181,8 +181,8 @@ def tls_problem(endpoint: EtcdEndpoint, security: EtcdSecurity, config: StoreCon
     except OSError:
         return None  # down or unreachable: the agent starts degraded and retries
     url = endpoint.url
-    ca_key = f"store.ca_file={config.ca_file!r}" if config.ca_file else \
-        "store.ca_file (empty: the system's roots)"
+    ca_key = f"store.ca_file: {config.ca_file!r}" if config.ca_file else \
+        "store.ca_file: empty (the system's roots)"
     try:
         with context.wrap_socket(raw, server_hostname=endpoint.host) as tls:
             tls.sendall(HTTP2_PREFACE)
@@ -191,7 +191,7 @@ def tls_problem(endpoint: EtcdEndpoint, security: EtcdSecurity, config: StoreCon
         if "mismatch" in (exc.verify_message or ""):
             return (f"store.endpoints: {url!r}: the member's certificate does not name"
                     f" {endpoint.host} ({exc.verify_message})")
-        return f"{ca_key}: does not verify the certificate of {url} ({exc.verify_message})"
+        return f"{ca_key} does not verify the certificate of {url} ({exc.verify_message})"
     except ssl.SSLError as exc:
         return _refused_client(url, config, exc.reason or str(exc))
     except OSError as exc:

@@ -12,14 +12,17 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.lab.certs import LabCA
 from agent.lab.hosts import Lab, LabHost, LabState
 from underlay.netns_exec import ip_netns_exec
 
@@ -173,3 +176,35 @@ def test_a_damaged_endpoint_record_survives_an_agent_restart(
     assert the_lab.client(h2).request("GET", "/v1/endpoints/keep-b")["ip"] == b["ip"]
     the_lab.wait_for(lambda: _ping(a["netns"], b["ip"]), "a to reach b after the restart", 20)
     assert _allocations(the_lab, state)[f"{h2.node}/keep-b"] == b["ip"]
+
+
+@pytest.mark.parametrize("case", ["wrong CA", "missing key file"])
+def test_a_tls_mistake_stops_an_agent_with_one_line(lab: tuple[Lab, LabState], case: str,
+                                                     tmp_path: Path) -> None:
+    """A second agent on h3 (own state, socket and ports) with a bad [store]: exit 2 and one
+    line naming the key, before it touches anything."""
+    _, state = lab
+    h3 = state.hosts[2]
+    config = tomllib.loads(h3.config_path.read_text())
+    config["node"]["state_dir"] = str(tmp_path / "state")
+    config["api"]["socket"] = str(tmp_path / "agent.sock")
+    config["gossip"]["port"] = 7999
+    config["metrics"]["port"] = 9499
+    if case == "wrong CA":
+        config["store"]["ca_file"] = str(LabCA(tmp_path / "other").cert_path)
+        key = "store.ca_file"
+    else:
+        config["store"]["key_file"] = str(tmp_path / "absent-key.pem")
+        key = "store.key_file"
+    path = tmp_path / "agent.toml"
+    # TOML's strings, numbers, booleans and arrays of them read like JSON's.
+    path.write_text("".join(f"[{section}]\n" + "".join(f"{k} = {json.dumps(v)}\n"
+                                                     for k, v in body.items())
+                            for section, body in config.items()))
+    answer = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{h3.netns}", sys.executable, "-m", "agent.cli.main",
+         "agent", "--config", str(path)], capture_output=True, text=True, timeout=60,
+        check=False)
+    assert answer.returncode == 2, answer.stderr[-2000:]
+    last = answer.stderr.strip().splitlines()[-1]  # the config check or the access check
+    assert f"{key}: " in last, answer.stderr[-2000:]
