@@ -33,12 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from underlay.errors import UnderlayError
-from underlay.records import canonical_ip, canonical_mac
+from underlay.records import IFNAME_MAX, canonical_ip, canonical_mac, ifname_ok
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 HOST_VETH_PATTERN = re.compile(r"^vxep[0-9a-f]{10}$")
 INSIDE_IFNAME = "eth0"
-IFNAME_MAX = 15
 PROTOCOLS = ("tcp", "udp")
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -375,10 +374,9 @@ def _check_common(spec: EndpointSpec) -> None:
         _address(spec.gateway, "gateway", spec.gateway)
     if spec.ipvlan_mode not in ("l2", "l3", "l3s"):
         raise EndpointSpecError(f"ipvlan_mode={spec.ipvlan_mode!r}: expected l2, l3 or l3s")
-    if not spec.ifname or len(spec.ifname.encode()) > IFNAME_MAX or "/" in spec.ifname \
-            or spec.ifname in (".", "..") or any(c.isspace() for c in spec.ifname):
+    if not ifname_ok(spec.ifname):
         raise EndpointSpecError(f"ifname={spec.ifname!r}: an interface name is 1 to "
-                                f"{IFNAME_MAX} bytes without '/' or spaces")
+                                f"{IFNAME_MAX} bytes without '/', ':' or spaces")
     if spec.netns_path is not None and not spec.netns_path.startswith("/"):
         raise EndpointSpecError(f"netns_path={spec.netns_path!r}: not an absolute path")
     if spec.netns_path is not None and spec.hand_back:

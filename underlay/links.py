@@ -37,10 +37,10 @@ from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 from underlay.errors import KernelError, UnderlayError
 from underlay.kernel import is_missing, netlink_errno
 from underlay.netns_exec import netns_path
+from underlay.records import IFNAME_MAX, ifname_ok
 
 T = TypeVar("T")
 
-IFNAME_MAX = 15
 
 MACVLAN_MODES = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8, "source": 16}
 IPVLAN_MODES = {"l2": 0, "l3": 1, "l3s": 2}
@@ -84,11 +84,9 @@ class AddressInfo:
 
 def check_ifname(name: str, *, field: str = "ifname") -> str:
     """Return `name` when the kernel accepts it as an interface name, else raise BadLinkName."""
-    if not name or len(name.encode()) > IFNAME_MAX or "/" in name or name.strip() != name \
-            or name in (".", ".."):
-        raise BadLinkName(
-            f"{field}={name!r}: an interface name is 1 to {IFNAME_MAX} bytes without '/' or spaces"
-        )
+    if not ifname_ok(name):
+        raise BadLinkName(f"{field}={name!r}: an interface name is 1 to {IFNAME_MAX} bytes "
+                          "without '/', ':' or spaces")
     return name
 
 

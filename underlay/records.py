@@ -31,6 +31,7 @@ NTF_MASTER = 0x04
 ZERO_MAC = "00:00:00:00:00:00"
 VNI_MIN = 1
 VNI_MAX = (1 << 24) - 1  # 16,777,215
+IFNAME_MAX = 15  # bytes of a Linux interface name (IFNAMSIZ - 1)
 MTU_MIN = 1280  # IPv6 endpoints need at least this
 MTU_MAX = 9216  # the largest jumbo frame common NICs take
 
@@ -52,6 +53,13 @@ def canonical_ip(text: str) -> str:
         return str(ipaddress.ip_address(text))
     except ValueError:
         raise ValueError(f"{text!r} is not an IPv4 or IPv6 address") from None
+
+
+def ifname_ok(name: str) -> bool:
+    """True when the kernel takes `name` as an interface name (its dev_valid_name): 1 to
+    IFNAME_MAX bytes, no '/', ':' or whitespace, not '.' or '..'."""
+    return bool(name) and len(name.encode()) <= IFNAME_MAX and name not in (".", "..") \
+        and not any(c in "/:" or c.isspace() for c in name)
 
 
 def vni_in_range(vni: object) -> bool:

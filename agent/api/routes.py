@@ -58,12 +58,11 @@ from underlay.endpoints_model import (
     parse_port_claim,
     parse_port_mapping,
 )
-from underlay.records import MTU_MAX, MTU_MIN
+from underlay.records import MTU_MAX, MTU_MIN, VNI_MAX, VNI_MIN, canonical_ip
 
 T = TypeVar("T")
 ENDPOINT_MODES = tuple(mode.value for mode in Mode)
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,30}$")
-MAX_VNI = (1 << 24) - 1
 
 
 @dataclass(frozen=True)
@@ -145,7 +144,7 @@ def parse_network_request(body: Mapping[str, Any]) -> NetworkCreateRequest:
     mtu = _field(body, "mtu")
     return NetworkCreateRequest(
         name=name, subnet=subnet,
-        vni=_int_in(vni, "vni", 1, MAX_VNI) if vni is not None else None,
+        vni=_int_in(vni, "vni", VNI_MIN, VNI_MAX) if vni is not None else None,
         mtu=_int_in(mtu, "mtu", MTU_MIN, MTU_MAX) if mtu is not None else None,
     )
 
@@ -163,11 +162,11 @@ def parse_attach_request(body: Mapping[str, Any]) -> AttachRequest:
         raise InvalidRequest(f"mode: {mode!r} is not one of {', '.join(ENDPOINT_MODES)}")
     network_raw = _field(body, "network", required=mode == "overlay")
     network = validate_name(network_raw, "network") if network_raw is not None else ""
-    ip = _field(body, "ip")
+    ip = _optional_str(body, "ip")
     if ip is not None:
         try:
-            ipaddress.ip_address(ip)
-        except (TypeError, ValueError):
+            ip = canonical_ip(ip)
+        except ValueError:
             raise InvalidRequest(f"ip: {ip!r} is not an IP address") from None
     publish = _list(body, "publish")
     ports = _list(body, "ports")

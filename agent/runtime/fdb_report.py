@@ -15,9 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from overlay import desired as desired_state
-from underlay.records import NUD_PERMANENT, FdbRecord, LinkRecord, NeighborRecord
-
-ZERO_MAC = "00:00:00:00:00:00"
+from underlay.records import NUD_PERMANENT, ZERO_MAC, FdbRecord, LinkRecord, NeighborRecord
 
 
 def _ours(device: str, state: int) -> bool:
