@@ -9,6 +9,10 @@ Rules (memberlist's TransmitLimitedQueue, in our own shape):
 - a broadcast queued with a key (a node name, or any hashable the delegate picks) replaces
   any pending broadcast with the same key: newer news about a node invalidates older news;
   keyless broadcasts never invalidate anything;
+- a broadcast never rides twice on packets to the same member, nor on a packet to a name it
+  was queued `not_to` (the member that told us, or a member told that it is alive, already
+  knows): a transmission spent there is one that another member misses, and with a handful
+  of members the limit runs out after two or three;
 - the queue is bounded; beyond `max_pending` the most transmitted (then oldest) are dropped.
 Usable by the layer above for its own delegate broadcasts. Pure: standard library only.
 """
@@ -28,6 +32,7 @@ class _Pending:
     payload: bytes
     transmits: int
     order: int
+    not_to: set[Hashable]
 
 
 def retransmit_limit(mult: int, n: int) -> int:
@@ -52,14 +57,16 @@ class BroadcastQueue:
     def __len__(self) -> int:
         return self._size
 
-    def queue(self, payload: bytes, key: Hashable | None = None) -> None:
-        """Add a broadcast; with a key, replace the pending broadcast of that key."""
+    def queue(self, payload: bytes, key: Hashable | None = None, *,
+              not_to: frozenset[Hashable] = frozenset()) -> None:
+        """Add a broadcast; with a key, replace the pending broadcast of that key. It is never
+        taken for a packet `to` a name in `not_to`."""
         if key is not None:
             old = self._by_key.pop(key, None)
             if old is not None:
                 self._remove(old)
         self._order += 1
-        item = _Pending(key, payload, 0, self._order)
+        item = _Pending(key, payload, 0, self._order, set(not_to))
         self._levels.setdefault(0, {})[item.order] = item
         self._size += 1
         self._smallest = min(self._smallest, len(payload))
@@ -73,11 +80,14 @@ class BroadcastQueue:
         item = self._by_key.get(key)
         return None if item is None else item.payload
 
-    def take(self, overhead: int, limit: int, cluster_size: int) -> list[bytes]:
-        """Broadcasts for one packet: each costs `overhead` + its length, within `limit` bytes.
+    def take(self, overhead: int, limit: int, cluster_size: int, *,
+             to: Hashable | None = None) -> list[bytes]:
+        """Broadcasts for one packet (to the member named `to`, if known): each costs
+        `overhead` + its length, within `limit` bytes.
 
         Every broadcast returned counts one transmission; it leaves the queue once it reached
-        the retransmit limit for `cluster_size`.
+        the retransmit limit for `cluster_size`. Broadcasts already sent `to` this member, or
+        queued `not_to` it, are passed over and keep their transmissions for other packets.
         """
         if self._size == 0 or limit < overhead + self._smallest:
             return []
@@ -87,6 +97,8 @@ class BroadcastQueue:
         misses = 0
         for level in sorted(self._levels):
             for item in reversed(self._levels[level].values()):
+                if to is not None and to in item.not_to:
+                    continue
                 cost = overhead + len(item.payload)
                 if cost <= remaining:
                     chosen.append(item)
@@ -110,6 +122,8 @@ class BroadcastQueue:
             if not self._levels[item.transmits]:
                 del self._levels[item.transmits]
             item.transmits += 1
+            if to is not None:
+                item.not_to.add(to)
             if item.transmits >= cap:
                 self._forget(item)
             else:

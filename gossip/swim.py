@@ -83,6 +83,7 @@ from gossip.wire import (
     IndirectPing,
     MemberRecord,
     MemberState,
+    Message,
     Nack,
     Ping,
     Suspect,
@@ -378,6 +379,8 @@ class Swim:
         # Address -> the member we know there (replies to members are not capped).
         self._addr_owner: dict[Addr, str] = {}
         self._reply_room = math.inf
+        # Where the packet or push-pull being handled came from (None: none is).
+        self._news_from: Addr | None = None
         self._at(now + rng.uniform(0, config.probe_interval_s), _PROBE, None)
         self._push_pull_token = 0
         self._at(now + rng.uniform(0, config.push_pull_interval_s), _PUSH_PULL, 0)
@@ -471,6 +474,15 @@ class Swim:
         except WireError:
             stats["wire_errors"] += 1
             return
+        self._news_from = addr
+        try:
+            self._dispatch(messages, addr, now)
+        finally:
+            self._news_from = None
+
+    def _dispatch(self, messages: list[Message | UnknownMessage], addr: Addr,
+                  now: float) -> None:
+        stats = self._stats
         # Suspicions first: a refutation then rides on the ack we send for a ping.
         for msg in messages:
             if isinstance(msg, Suspect):
@@ -532,8 +544,12 @@ class Swim:
             if self._delegate is not None:
                 self._delegate.merge_remote_state(decoded, join, now)
         else:
-            for record in decoded:
-                self._merge_record(record, now)
+            self._news_from = addr
+            try:
+                for record in decoded:
+                    self._merge_record(record, now)
+            finally:
+                self._news_from = None
         return True
 
     def adopt_members(self, records: list[MemberRecord], now: float) -> None:
@@ -654,7 +670,7 @@ class Swim:
     def _send(self, addr: Addr, parts: list[bytes]) -> None:
         """Send messages to one peer, filling the rest of the packet with broadcasts."""
         room = self._budget() - sum(len(p) for p in parts)
-        self._emit(addr, parts + self._piggyback(room))
+        self._emit(addr, parts + self._piggyback(room, addr))
 
     def _respond(self, addr: Addr, parts: list[bytes]) -> bool:
         """Send what a received packet asked for, within its reply room; False if dropped."""
@@ -667,7 +683,7 @@ class Swim:
         if size > room:
             self._stats["replies_capped"] += 1
             return False
-        extra = self._piggyback(min(self._budget() + overhead, int(room)) - size)
+        extra = self._piggyback(min(self._budget() + overhead, int(room)) - size, addr)
         self._reply_room = room - size - sum(len(p) for p in extra)
         self._emit(addr, parts + extra)
         return True
@@ -679,8 +695,9 @@ class Swim:
             if len(proven) > PROVEN_ADDRESSES:
                 del proven[next(iter(proven))]
 
-    def _piggyback(self, room: int) -> list[bytes]:
-        parts = self._broadcasts.take(0, room, self.cluster_size())
+    def _piggyback(self, room: int, to: Addr) -> list[bytes]:
+        parts = self._broadcasts.take(0, room, self.cluster_size(),
+                                      to=self._addr_owner.get(to))
         if self._delegate is not None:
             room -= sum(len(p) for p in parts)
             if room > USER_MESSAGE_OVERHEAD:
@@ -699,8 +716,21 @@ class Swim:
         self._stats["packets_sent"] += 1
         self._stats["bytes_sent"] += len(data)
 
-    def _queue_broadcast(self, name: str, encoded: bytes, now: float) -> None:
-        self._broadcasts.queue(encoded, name)
+    def _queue_broadcast(self, name: str, encoded: bytes, now: float, *,
+                         alive: bool = False) -> None:
+        """Queue news about member `name`. It is never sent back to the member whose packet or
+        push-pull brought it, nor (news that `name` is `alive`) to `name` itself: they know,
+        and a transmission spent there is one that another member misses. Our own news goes
+        to everyone (a refutation must reach the member that suspected us)."""
+        not_to: set[str] = set()
+        if name != self.name:
+            if alive:
+                not_to.add(name)
+            # (looked up now: a push-pull may have introduced the sender a record ago)
+            teller = self._addr_owner.get(self._news_from) if self._news_from else None
+            if teller is not None:
+                not_to.add(teller)
+        self._broadcasts.queue(encoded, name, not_to=frozenset(not_to))
         self._arm_gossip(now)
 
     def _announce_self(self, now: float) -> None:
@@ -883,10 +913,9 @@ class Swim:
                                               and node.state_change > horizon)
 
         for target in self._random_members(self.config.gossip_nodes, eligible):
-            parts = self._piggyback(self._budget())
-            if not parts:
-                break
-            self._emit(target.addr, parts)
+            parts = self._piggyback(self._budget(), target.addr)
+            if parts:  # empty for this target may still leave news for the next
+                self._emit(target.addr, parts)
         if self._broadcasts or self._delegate is not None:
             self._gossip_armed = True
             self._at(now + self.config.gossip_interval_s, _GOSSIP, None)
@@ -1013,7 +1042,7 @@ class Swim:
             node.key, node.signature = msg.key, msg.signature
             self._add(node)
             self._events.append(MemberJoined(node.snapshot()))
-            self._queue_broadcast(msg.node, encode_message(msg), now)
+            self._queue_broadcast(msg.node, encode_message(msg), now, alive=True)
             return
         if msg.incarnation <= node.incarnation or not self._signed_alive(msg):
             return
@@ -1040,7 +1069,7 @@ class Swim:
         elif changed:
             self._events.append(MemberUpdated(node.snapshot()))
         encoded = encode_message(msg)
-        self._queue_broadcast(msg.node, encoded, now)
+        self._queue_broadcast(msg.node, encoded, now, alive=True)
         if moved_from is not None:
             # Tell the old address too: if the member is still there, this was a forgery or
             # a stale copy, and it refutes at once instead of when gossip finds it.

@@ -54,3 +54,15 @@ def test_the_queue_is_bounded() -> None:
     for i in range(20):
         queue.queue(bytes([i]), f"n{i}")
     assert len(queue) == 8 and queue.dropped == 12
+
+
+def test_news_never_goes_to_whoever_knows_it_nor_twice_to_one_member() -> None:
+    queue = BroadcastQueue(retransmit_mult=2)
+    queue.queue(b"alive n3", "n3", not_to=frozenset({"n3", "n0"}))  # n0 told us; n3 is it
+    assert queue.take(0, 1400, cluster_size=5, to="n3") == []
+    assert queue.take(0, 1400, cluster_size=5, to="n0") == []
+    assert queue.take(0, 1400, cluster_size=5, to="n1") == [b"alive n3"]
+    assert queue.take(0, 1400, cluster_size=5, to="n1") == []  # n1 has it now
+    # the two passes over n1 and the refusals cost nothing: the second send goes to n2
+    assert queue.take(0, 1400, cluster_size=5, to="n2") == [b"alive n3"]
+    assert len(queue) == 0

@@ -22,6 +22,26 @@ def test_join_converges_fast() -> None:
     assert result.false_positives == 0
 
 
+def test_joins_through_one_seed_reach_everyone_by_gossip_alone() -> None:
+    """What tests/gossip_shell does on loopback: four nodes join one seed, one after another,
+    with the `local` preset (each broadcast sent 2 times at n = 5). Every join must reach
+    every member by gossip, before any push-pull round (15 s) could repair a lost one: news is
+    never spent on the member it is about, on the member that told us, or twice on one."""
+    late = []
+    for seed in range(50):
+        sim = Simulation(5, seed=seed, config=SwimConfig.local(), formed=1)
+        now = 0.5
+        sim.run_until(now)
+        for index in range(1, 5):
+            sim.start_node(index, [0])
+            now += 0.01
+            sim.run_until(now)
+        sim.run_until(now + 3.0)
+        if not sim.views_converged():
+            late.append(seed)
+    assert late == []
+
+
 def test_a_crash_is_detected_by_everyone_in_time() -> None:
     result = run_scenario("fail", N, seed=12, duration=30.0)
     assert result.detect_first_s is not None and result.detect_all_s is not None
