@@ -37,7 +37,7 @@ from typing import Any
 
 import trio
 
-from agent.config import build_config
+from agent.config import StoreConfig, build_config
 from agent.lab.etcd_local import LocalCluster, LocalEtcd
 from agent.store.connect import open_store
 from agent.store.errors import StoreUnavailable
@@ -118,6 +118,15 @@ async def bench_baseline(store: Store, endpoints: int) -> tuple[int, float]:
     return store.client.round_trips - before, elapsed
 
 
+def tls_config(cluster: LocalCluster, **extra: float) -> StoreConfig:
+    """[store] for the cluster's members with its client certificate (mutual TLS)."""
+    assert cluster.ca is not None and cluster.client_cert is not None
+    return build_config({"store": {
+        "endpoints": cluster.urls, "ca_file": str(cluster.ca.cert_path),
+        "cert_file": str(cluster.client_cert.cert), "key_file": str(cluster.client_cert.key),
+        **extra}}).store
+
+
 def etcdctl_leader(cluster: LocalCluster, members: list[LocalEtcd]) -> bool:
     """True when one of `members` says (etcdctl endpoint status) that it leads."""
     assert cluster.ca is not None and cluster.client_cert is not None
@@ -147,12 +156,8 @@ async def _time_new_leader(cluster: LocalCluster, survivors: list[LocalEtcd], si
 
 async def bench_failover(cluster: LocalCluster, rounds: int) -> list[tuple[float, float]]:
     """(agent failover s, etcd election s) per round: the leader is SIGKILLed each round."""
-    assert cluster.ca is not None and cluster.client_cert is not None
-    config = build_config({"store": {
-        "endpoints": cluster.urls, "ca_file": str(cluster.ca.cert_path),
-        "cert_file": str(cluster.client_cert.cert), "key_file": str(cluster.client_cert.key),
-    }}).store  # the agent's defaults: timeout 2 s, member_timeout 1 s
-    store = await open_store(config, rng=random.Random(3))
+    # The agent's defaults: timeout 2 s, member_timeout 0.5 s.
+    store = await open_store(tls_config(cluster), rng=random.Random(3))
     results = []
     try:
         for round_ in range(rounds):
@@ -184,12 +189,7 @@ async def bench_failover(cluster: LocalCluster, rounds: int) -> list[tuple[float
 
 async def bench_tls_endpoint_creations(cluster: LocalCluster, endpoints: int) -> int:
     """Round trips for `endpoints` allocations through blocks on the TLS cluster."""
-    assert cluster.ca is not None and cluster.client_cert is not None
-    config = build_config({"store": {
-        "endpoints": cluster.urls, "ca_file": str(cluster.ca.cert_path),
-        "cert_file": str(cluster.client_cert.cert), "key_file": str(cluster.client_cert.key),
-        "timeout": 5.0}}).store
-    store = await open_store(config, rng=random.Random(2))
+    store = await open_store(tls_config(cluster, timeout=5.0), rng=random.Random(2))
     try:
         trips, _ = await bench_endpoint_creations(store, endpoints)
     finally:
