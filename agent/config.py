@@ -206,6 +206,19 @@ class DnsConfig:
 
 
 @dataclass(frozen=True)
+class DockerConfig:
+    """[docker]: the agent as Docker's network and IPAM plugin (driver name `vxmesh`)."""
+
+    enabled: bool = field(default=False, metadata=_doc(
+        "serve Docker's plugin API and mirror vxmesh networks into the local dockerd",
+        "true or false"))
+    plugin_socket: Path = field(default=Path("/run/docker/plugins/vxmesh.sock"), metadata=_doc(
+        "unix socket Docker discovers the plugin on (its name is the driver's name)", "path"))
+    engine_socket: Path = field(default=Path("/var/run/docker.sock"), metadata=_doc(
+        "dockerd's Engine API socket (networks are created and removed through it)", "path"))
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """The whole configuration: one field per TOML section."""
 
@@ -217,6 +230,7 @@ class AgentConfig:
     metrics: MetricsConfig = MetricsConfig()
     dataplane: DataplaneConfig = DataplaneConfig()
     dns: DnsConfig = DnsConfig()
+    docker: DockerConfig = DockerConfig()
 
     @property
     def node_name(self) -> str:
