@@ -339,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="etcd cluster size, each member in its own namespace (default 1)")
     up.add_argument("--etcd-tls", action="store_true",
                     help="a lab CA made now; etcd members and agents on mutual TLS")
+    up.add_argument("--docker", action="store_true",
+                    help="also run one real dockerd per host with the agent as its plugin")
     lab_sub.add_parser("down", parents=[common], help="stop agents, etcd; delete namespaces")
     lab_sub.add_parser("status", parents=[common], help="hosts, agents, etcd")
     lab_exec = lab_sub.add_parser("exec", parents=[common], help="run a command on a host")
@@ -351,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = lab_sub.add_parser("demo", parents=[common],
                               help="network, endpoints, HTTP and ping across hosts")
     demo.add_argument("--hosts", type=int, default=3, help="hosts if the lab is not up yet")
+    demo.add_argument("--docker", action="store_true",
+                      help="Docker containers on a vxmesh network: ping and HTTP across hosts")
     lab.set_defaults(func=cmd_lab)
     return parser
 

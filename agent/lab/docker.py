@@ -6,36 +6,33 @@ that the daemon's `/run/docker/plugins` is the host directory's `plugins/`, wher
 agent serves `vxmesh.sock`; vfs storage; its own data root, exec root, pidfile and socket
 `<host dir>/docker/docker.sock`; `--live-restore`), waiting until it answers, importing the
 image `vxmesh/busybox:latest` from a root filesystem holding Debian's busybox-static (no
-registry is reachable), and stopping it (containers removed first, then SIGTERM by pid).
+registry is reachable; agent.lab.podman makes it), and stopping it (containers removed first, then SIGTERM by pid).
 
 Rules:
 - `ip netns exec` is not used for dockerd: it remounts /sys and dockerd then fails with
   "Devices cgroup isn't mounted".
 - The machine's own `/run/docker/plugins` and `/var/run/docker.sock` are never touched.
 
-May import: agent.docker.engine, agent.errors, the standard library.
+May import: agent.docker.engine, agent.errors, agent.lab.podman (the image and its root
+filesystem), underlay.netns_exec, the standard library.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import shutil
 import signal
 import subprocess
-import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.docker.engine import EngineClient, EngineError
 from agent.errors import AgentError
+from agent.lab.podman import IMAGE
+from underlay.netns_exec import nsenter_net
 
-IMAGE = "vxmesh/busybox:latest"
-BUSYBOX = Path("/bin/busybox")
-APPLETS = ("sh", "ip", "ping", "wget", "nc", "httpd", "sleep", "cat", "hostname", "nslookup",
-           "netstat", "ls", "echo", "true", "ifconfig", "route", "grep", "timeout")
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
 
@@ -94,8 +91,8 @@ class LabDocker:
             f" && exec dockerd --data-root {self.data_root} --exec-root {self.exec_root}"
             f" --pidfile {self.pidfile} -H {self.host} --storage-driver=vfs --live-restore"
             " --log-level=warn")
-        return ["nsenter", f"--net=/run/netns/{self.netns}", "unshare", "--mount",
-                "--propagation", "private", "sh", "-c", script]
+        return nsenter_net(self.netns, ["unshare", "--mount", "--propagation", "private", "sh",
+                                        "-c", script])
 
     def pid(self) -> int | None:
         try:
@@ -128,17 +125,14 @@ class LabDocker:
         raise DockerLabError(f"dockerd in {self.netns} did not answer within {timeout:.0f} s; "
                              f"log tail:\n{self.log_tail()}")
 
-    def import_image(self) -> None:
-        """`docker import` a busybox-static root filesystem as IMAGE (once per daemon)."""
+    def import_image(self, rootfs: Path) -> None:
+        """`docker import` the busybox-static root filesystem tar `rootfs` as IMAGE (once)."""
         engine = self.engine()
         with contextlib.suppress(EngineError):
             engine.request("GET", f"/images/{IMAGE}/json")
             return
-        if not BUSYBOX.exists():
-            raise DockerLabError(f"{BUSYBOX} is missing (`apt-get install busybox-static`)")
-        proc = subprocess.run(["docker", "-H", self.host, "import", "-", IMAGE],
-                              input=busybox_rootfs(), capture_output=True, timeout=120,
-                              check=False)
+        proc = subprocess.run(["docker", "-H", self.host, "import", str(rootfs), IMAGE],
+                              capture_output=True, timeout=120, check=False)
         if proc.returncode != 0:
             raise DockerLabError(f"docker import in {self.netns}: "
                                  f"{proc.stderr.decode(errors='replace').strip()}")
@@ -182,19 +176,3 @@ def signal_pid(pid: int, host: str, sig: int) -> None:
     if _runs_dockerd(pid, host):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-
-
-def busybox_rootfs() -> bytes:
-    """A tar of `/bin/busybox` and its applet links: the whole image."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        for directory in ("bin", "tmp", "etc", "proc", "sys", "dev", "www"):
-            info = tarfile.TarInfo(directory)
-            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if directory == "tmp" else 0o755
-            tar.addfile(info)
-        tar.add(str(BUSYBOX), arcname="bin/busybox")
-        for applet in APPLETS:
-            link = tarfile.TarInfo(f"bin/{applet}")
-            link.type, link.linkname, link.mode = tarfile.SYMTYPE, "busybox", 0o777
-            tar.addfile(link)
-    return out.getvalue()

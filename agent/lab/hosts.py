@@ -51,6 +51,7 @@ from agent.api.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from agent.config import render_toml
 from agent.errors import AgentError
 from agent.lab import podman as lab_podman
+from agent.lab.docker import LabDocker
 from agent.lab.lab_etcd import (
     MAX_MEMBERS,
     SWITCH_ADDRESS,
@@ -107,6 +108,11 @@ class LabHost:
     def state_dir(self) -> Path:
         return Path(self.directory) / "state"
 
+    @property
+    def docker(self) -> LabDocker:
+        """This host's dockerd (used when the lab runs with --docker)."""
+        return LabDocker(self.netns, Path(self.directory) / "docker")
+
 
 @dataclass
 class LabState:
@@ -120,6 +126,7 @@ class LabState:
     hosts: list[LabHost] = field(default_factory=list)
     helpers: list[int] = field(default_factory=list)
     podman: bool = False
+    docker: bool = False
 
 
 def _pid_runs(pid: int | None, marker: str) -> bool:
@@ -220,11 +227,13 @@ class Lab:
 
     # -- up ---------------------------------------------------------------------------------
 
-    def up(self, hosts: int = 3, *, podman: bool = False, etcd_members: int = 1,
-           etcd_tls: bool = False) -> LabState:
+    def up(self, hosts: int = 3, *, podman: bool = False, docker: bool = False,
+           etcd_members: int = 1, etcd_tls: bool = False) -> LabState:
         """Build (or complete) the lab with `hosts` hosts; returns its state once all are ready.
 
         `podman`: also make real rootful Podman usable on every host (agent.lab.podman).
+        `docker`: every host also runs a real dockerd with its agent as the plugin
+        (agent.lab.docker).
         `etcd_members` > 1: an etcd cluster, each member in its own namespace on the underlay;
         `etcd_tls`: a lab CA made now, members and agents on mutual TLS."""
         if not 2 <= hosts <= MAX_HOSTS:
@@ -240,13 +249,16 @@ class Lab:
             raise LabError(f"a lab with {len(state.hosts)} hosts and {len(state.etcd)} etcd"
                            f" member(s){' over TLS' if state.etcd_tls else ''} is up;"
                            " `vxmesh lab down` first")
+        if state is not None and docker and not state.docker:
+            raise LabError("the lab is up without --docker; `vxmesh lab down` first")
         if state is None:
             self.directory.mkdir(parents=True, exist_ok=True)
             self.directory.chmod(0o700)
             switch = f"{self.prefix}sw"
             state = LabState(prefix=self.prefix, switch=switch,
                              etcd=LabEtcd.plan(self.prefix, switch, self.directory, etcd_members),
-                             etcd_tls=etcd_tls, key=base64.b64encode(os.urandom(32)).decode())
+                             etcd_tls=etcd_tls, key=base64.b64encode(os.urandom(32)).decode(),
+                             docker=docker)
             if etcd_tls:
                 self.etcd(state).pki.create(state.etcd)
             for i in range(1, hosts + 1):
@@ -267,6 +279,9 @@ class Lab:
         seeds = [f"{h.address}:{GOSSIP_PORT}" for h in state.hosts[:3]]
         for host in state.hosts:
             self._write_host_files(state, host, seeds)
+        if state.docker:
+            with self.progress.step(f"starting {hosts} dockerd (one per host namespace)"):
+                self.start_dockers(state)
         with self.progress.step(f"starting {hosts} agents"):
             for host in state.hosts:
                 if not self.agent_runs(host):
@@ -289,6 +304,15 @@ class Lab:
             lab_podman.provision(self.podman_host(host), rootfs)
         state.podman = True
         self.save(state)
+
+    def start_dockers(self, state: LabState) -> None:
+        """Start every host's dockerd that is not running, wait for all, import the image."""
+        started = [(h.docker, h.docker.start()) for h in state.hosts if h.docker.pid() is None]
+        for daemon, process in started:
+            daemon.wait_ready(process)
+        rootfs = lab_podman.busybox_rootfs(self.directory / "busybox-rootfs.tar")
+        for host in state.hosts:
+            host.docker.import_image(rootfs)
 
     def _build_underlay(self, state: LabState) -> None:
         links.create_netns(state.switch)
@@ -336,6 +360,9 @@ class Lab:
                 # The machine's resolvers are outside the lab: names of the lab resolve,
                 # other names are refused instead of being sent where no lab packet may go.
                 "dns": {"forward": False},
+                "docker": {"enabled": state.docker,
+                           "plugin_socket": str(host.docker.plugin_socket),
+                           "engine_socket": str(host.docker.socket)},
             })
         host.state_dir.mkdir(parents=True, exist_ok=True)
         write_atomically(host.config_path, render_toml(config))
@@ -533,6 +560,9 @@ class Lab:
                     lab_podman.remove_containers(self.podman_host(host))
                     removed.append(f"podman containers {host.name}")
             for host in state.hosts:
+                if host.docker.pid() is not None:
+                    host.docker.stop()
+                    removed.append(f"dockerd {host.name}")
                 if self.agent_runs(host):
                     self._delete_endpoints(host)
                     self.stop_agent(state, host)
@@ -604,7 +634,7 @@ class Lab:
             return self.podman_host(host).argv(list(command[1:]))
         if command and command[0] == "vxmesh":  # this installation's CLI, even off PATH
             command = [str(Path(sys.executable).parent / "vxmesh"), *command[1:]]
-        env = [f"VXMESH_API_SOCKET={host.socket}"]
+        env = [f"VXMESH_API_SOCKET={host.socket}", f"DOCKER_HOST={host.docker.host}"]
         if state.podman:  # `vxmesh cni install` writes into this host's CNI config dir
             env.append(f"VXMESH_CNI_CONF_DIR={self.podman_host(host).cni_conf_dir}")
         return ip_netns_exec(host.netns, ["env", *env, *command])
@@ -765,8 +795,8 @@ def run_lab_command(args: argparse.Namespace) -> int:
     lab = Lab(Path(args.dir) if args.dir else DEFAULT_DIR, args.prefix or DEFAULT_PREFIX,
               progress=Progress(quiet=args.json))
     if args.action == "up":
-        state = lab.up(args.hosts, podman=args.podman, etcd_members=args.etcd_members,
-                       etcd_tls=args.etcd_tls)
+        state = lab.up(args.hosts, podman=args.podman, docker=args.docker,
+                       etcd_members=args.etcd_members, etcd_tls=args.etcd_tls)
         if args.json:
             print(json.dumps(lab.status(), indent=2))
         else:
@@ -823,9 +853,16 @@ def run_lab_command(args: argparse.Namespace) -> int:
         print(f"etcd {args.member}: {'killed' if args.etcd_action == 'kill' else 'started'}")
         return EXIT_OK
     if args.action == "demo":
-        report = run_demo(lab, args.hosts)
+        if args.docker:
+            from agent.lab.docker_demo import print_docker_demo, run_docker_demo
+
+            report = run_docker_demo(lab, args.hosts)
+        else:
+            report = run_demo(lab, args.hosts)
         if args.json:
             print(json.dumps(report, indent=2))
+        elif args.docker:
+            print_docker_demo(report)
         else:
             _print_demo(report)
         return EXIT_OK if report["ok"] else EXIT_FAILED
