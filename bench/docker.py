@@ -110,7 +110,7 @@ def one(host: LabHost, network: str, address: str, name: str,
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def wait_docker_network(lab: Lab, host: LabHost, name: str, timeout: float = 20.0) -> None:

@@ -6,7 +6,8 @@ that the daemon's `/run/docker/plugins` is the host directory's `plugins/`, wher
 agent serves `vxmesh.sock`; vfs storage; its own data root, exec root, pidfile and socket
 `<host dir>/docker/docker.sock`; `--live-restore`), waiting until it answers, importing the
 image `vxmesh/busybox:latest` from a root filesystem holding Debian's busybox-static (no
-registry is reachable; agent.lab.podman makes it), and stopping it (containers removed first, then SIGTERM by pid).
+registry is reachable; agent.lab.podman makes it), and stopping it (containers removed
+first, then SIGTERM by pid).
 
 Rules:
 - `ip netns exec` is not used for dockerd: it remounts /sys and dockerd then fails with
