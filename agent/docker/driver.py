@@ -66,7 +66,13 @@ class Attachment:
 
 
 class Mesh(Protocol):
-    """The vxmesh operations the Docker driver stands on (the agent's control implements it)."""
+    """The vxmesh operations the Docker driver stands on (agent.runtime implements it).
+
+    `reserve_address(network, handle, address)` holds an address for `handle`
+    (`<node>/<endpoint name>`) in the network's pool; `attach(name, ...)` then finds it held by
+    its own handle and keeps it (the pool's allocations are idempotent per handle);
+    `detach(name)` releases it (False: no such attachment, nothing released).
+    """
 
     @property
     def node(self) -> str: ...
@@ -78,14 +84,15 @@ class Mesh(Protocol):
                               address: p.IPAddress | None) -> p.IPAddress: ...
     async def release_address(self, network: str, address: p.IPAddress) -> None: ...
     async def attach(self, name: str, network: str, address: p.IPInterface, mac: str,
-                     handle: str, sandbox: str) -> Attachment: ...
-    async def detach(self, name: str) -> None: ...
+                     labels: tuple[tuple[str, str], ...]) -> Attachment: ...
+    async def detach(self, name: str) -> bool: ...
 
 
 @dataclass
 class EndpointState:
-    """One Docker endpoint as the driver keeps it."""
+    """One Docker endpoint as the driver keeps it; `name` is its vxmesh attachment's."""
 
+    name: str
     network: str
     network_id: str
     address: str  # CIDR
@@ -128,7 +135,7 @@ class DriverStatistics:
 
 
 def endpoint_name(endpoint_id: str) -> str:
-    """The vxmesh endpoint name of a Docker endpoint (`docker-` + 12 hex digits)."""
+    """The vxmesh name of a Docker endpoint whose address Docker's own IPAM chose."""
     return ENDPOINT_PREFIX + endpoint_id[:12]
 
 
@@ -305,6 +312,8 @@ class VxmeshDockerDriver:
                                      f"of the vxmesh network ({gateway}); drop --gateway")
             return gateway
         network = await self._network_of_pool(request.pool)
+        # The attachment's name is chosen now (Docker names the endpoint only later), so that
+        # the pool's handle of this address is the one the attach operation uses.
         handle = f"{self.mesh.node}/{ENDPOINT_PREFIX}{self.rng.getrandbits(48):012x}"
         address = await self.mesh.reserve_address(network.name, handle, request.address)
         async with self._lock:
@@ -350,8 +359,8 @@ class VxmeshDockerDriver:
         async with self._lock:
             self.state.reservations[key] = handle
             self.state.endpoints[request.endpoint_id] = EndpointState(
-                network=name, network_id=request.network_id, address=str(address), mac=mac,
-                handle=handle, created_at=time.time())
+                name=handle.split("/", 1)[1], network=name, network_id=request.network_id,
+                address=str(address), mac=mac, handle=handle, created_at=time.time())
             self._save()
         return None if request.mac else mac
 
@@ -361,12 +370,23 @@ class VxmeshDockerDriver:
                 "vxmesh.mac": endpoint.mac, "vxmesh.node": self.mesh.node,
                 "vxmesh.interface": endpoint.interface}
 
+    @staticmethod
+    def _key(endpoint: EndpointState) -> str:
+        return f"{endpoint.network}/{ipaddress.ip_interface(endpoint.address).ip}"
+
     async def join(self, request: p.JoinRequest) -> p.JoinAnswer:
         endpoint = self._endpoint(request.endpoint_id)
-        attached = await self.mesh.attach(
-            endpoint_name(request.endpoint_id), endpoint.network,
-            ipaddress.ip_interface(endpoint.address), endpoint.mac, endpoint.handle,
-            request.sandbox_key)
+        labels = (("docker.endpoint", request.endpoint_id[:12]),
+                  ("docker.network", request.network_id[:12]))
+        try:
+            attached = await self.mesh.attach(
+                endpoint.name, endpoint.network, ipaddress.ip_interface(endpoint.address),
+                endpoint.mac, labels)
+        except BaseException:
+            async with self._lock:  # a failed attach gives its address back to the pool
+                self.state.reservations.pop(self._key(endpoint), None)
+                self._save()
+            raise
         async with self._lock:
             endpoint.sandbox = request.sandbox_key
             endpoint.interface = attached.interface
@@ -375,8 +395,18 @@ class VxmeshDockerDriver:
 
     async def leave(self, request: p.EndpointRef) -> None:
         endpoint = self._endpoint(request.endpoint_id)
-        await self.mesh.detach(endpoint_name(request.endpoint_id))
+        await self._detach(endpoint)
+
+    async def _detach(self, endpoint: EndpointState) -> None:
+        """Detach (which releases the address) and forget the reservation; an attachment the
+        agent no longer holds (removed at its start) has its address released here."""
+        detached = await self.mesh.detach(endpoint.name)
+        key = self._key(endpoint)
+        if not detached and key in self.state.reservations:
+            await self.mesh.release_address(endpoint.network,
+                                            ipaddress.ip_interface(endpoint.address).ip)
         async with self._lock:
+            self.state.reservations.pop(key, None)
             endpoint.sandbox = ""
             endpoint.interface = ""
             self._save()
@@ -385,22 +415,17 @@ class VxmeshDockerDriver:
         endpoint = self.state.endpoints.get(request.endpoint_id)
         if endpoint is None:
             return
-        await self._forget(request.endpoint_id, endpoint, release=False)
-
-    async def _forget(self, endpoint_id: str, endpoint: EndpointState, *, release: bool) -> None:
-        """Drop an endpoint; with `release` also its address (Docker releases it itself
-        through ReleaseAddress when it deletes an endpoint it knows of)."""
-        if endpoint.interface:
-            await self.mesh.detach(endpoint_name(endpoint_id))
-        address = ipaddress.ip_interface(endpoint.address).ip
-        key = f"{endpoint.network}/{address}"
-        own_reservation = endpoint.handle.endswith(endpoint_name(endpoint_id))
-        if release or own_reservation:
-            await self.mesh.release_address(endpoint.network, address)
+        if endpoint.interface:  # deleted without a Leave
+            await self._detach(endpoint)
+        key = self._key(endpoint)
+        if endpoint.name == endpoint_name(request.endpoint_id) and key in self.state.reservations:
+            # Reserved at CreateEndpoint (Docker's IPAM chose it): no ReleaseAddress will come.
+            await self.mesh.release_address(endpoint.network,
+                                            ipaddress.ip_interface(endpoint.address).ip)
         async with self._lock:
-            self.state.endpoints.pop(endpoint_id, None)
-            if release or own_reservation:
+            if endpoint.name == endpoint_name(request.endpoint_id):
                 self.state.reservations.pop(key, None)
+            self.state.endpoints.pop(request.endpoint_id, None)
             self._save()
 
     async def program_external(self, request: p.ExternalConnectivity) -> None:
@@ -424,8 +449,11 @@ class VxmeshDockerDriver:
         for endpoint_id in stale:
             endpoint = self.state.endpoints[endpoint_id]
             log.info("docker endpoint %s (%s on %s): its container is gone; cleaning up",
-                     endpoint_name(endpoint_id), endpoint.address, endpoint.network)
-            await self._forget(endpoint_id, endpoint, release=True)
+                     endpoint.name, endpoint.address, endpoint.network)
+            await self._detach(endpoint)
+            async with self._lock:
+                self.state.endpoints.pop(endpoint_id, None)
+                self._save()
             self._cleaned += 1
         return len(stale)
 
