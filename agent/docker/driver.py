@@ -23,9 +23,12 @@ Rules:
 - Clean-up: an endpoint recorded before this agent started that Docker no longer lists is
   detached and its address released.
 
-May import: agent.api.errors, agent.docker (protocol, engine), agent.state_files,
-agent.store.schema (the Network record), underlay.endpoints_model (the MAC rule), trio, the
-standard library.
+- Before a Join is answered, Docker's FORWARD policy lets the network's bridged traffic
+  through (agent.docker.forwarding).
+
+May import: agent.api.errors, agent.docker (protocol, engine, forwarding), agent.state_files,
+agent.store.schema (the Network record), overlay.desired (bridge names),
+underlay.endpoints_model (the MAC rule), trio, the standard library.
 """
 
 from __future__ import annotations
@@ -45,9 +48,11 @@ import trio
 from agent.api.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from agent.docker import protocol as p
 from agent.docker.engine import EngineClient, EngineError
+from agent.docker.forwarding import ensure_bridge_accepted, remove_bridge_accepted
 from agent.errors import AgentError
 from agent.state_files import StateReadError, write_atomically
 from agent.store.schema import Network
+from overlay.desired import bridge_name
 from underlay.endpoints_model import mac_for_address
 
 log = logging.getLogger("vxmesh.docker")
@@ -294,9 +299,11 @@ class VxmeshDockerDriver:
             return
         others = [i for i, n in self.state.networks.items()
                   if n == name and i != request.network_id]
-        if name in self.mesh.networks() and not others:
+        network = self.mesh.networks().get(name)
+        if network is not None and not others:
             await self.mesh.delete_network(name)
             log.info("docker network rm: deleted vxmesh network %s", name)
+            await trio.to_thread.run_sync(remove_bridge_accepted, bridge_name(network.vni))
         async with self._lock:
             self.state.networks.pop(request.network_id, None)
             self._save()
@@ -378,6 +385,9 @@ class VxmeshDockerDriver:
         endpoint = self._endpoint(request.endpoint_id)
         labels = (("docker.endpoint", request.endpoint_id[:12]),
                   ("docker.network", request.network_id[:12]))
+        network = self.mesh.networks().get(endpoint.network)
+        if network is not None:
+            await trio.to_thread.run_sync(ensure_bridge_accepted, bridge_name(network.vni))
         try:
             attached = await self.mesh.attach(
                 endpoint.name, endpoint.network, ipaddress.ip_interface(endpoint.address),

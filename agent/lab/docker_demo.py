@@ -77,7 +77,7 @@ def run_docker_demo(lab: Lab, hosts: int) -> dict[str, Any]:
                 continue
             ip = webs[target.name]
             with progress.step(f"{source.name}: container pings and fetches web-{target.name}"):
-                script = (f"ping -c1 -W2 {ip} && wget -qO- -T 5 http://{ip}/")
+                script = (f"ping -c1 -W2 {ip} && wget -qO- http://{ip}/")
                 answer = docker(source, "run", "--rm", "--network", NETWORK, IMAGE, "sh", "-c",
                                 script)
             rtt = re.search(r"time=([\d.]+) ms", answer.stdout)
