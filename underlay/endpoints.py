@@ -71,6 +71,7 @@ from underlay.nat_table import replace_transaction
 log = logging.getLogger(__name__)
 
 StepHook = Callable[[str, str], None]
+ContainerOfPid = Callable[[int], str | None]  # the name of the container a process runs in
 
 
 @dataclass(frozen=True)
@@ -132,9 +133,11 @@ class Endpoints:
     ipvlan requests are refused with its reason when the kernel lacks them.
     """
 
-    def __init__(self, config: EndpointsConfig, *, on_step: StepHook | None = None) -> None:
+    def __init__(self, config: EndpointsConfig, *, on_step: StepHook | None = None,
+                 container_of_pid: ContainerOfPid | None = None) -> None:
         self.config = config
         self._on_step = on_step
+        self._container_of_pid = container_of_pid or (lambda pid: None)
         self._store = RecordStore(config.state_dir)
         self._records: dict[str, EndpointRecord] = {}
         self._host_nl: NetlinkThread | None = None
@@ -282,7 +285,7 @@ class Endpoints:
             sock = socket_holding(claim, sockets)
             if sock is not None:
                 owners = ports.socket_owners(sock.inode)
-                who = ", ".join(f"pid {o.pid} ({o.program})" for o in owners) or \
+                who = ", ".join(self._describe_owner(o) for o in owners) or \
                     f"a socket with inode {sock.inode} (owner not visible)"
                 raise EndpointConflict(
                     f"port {claim} of endpoint {record.name!r} is already bound "
@@ -293,6 +296,11 @@ class Endpoints:
                 if claims_overlap(claim, other):
                     raise EndpointConflict(
                         f"ports {claim} and {other} of endpoint {record.name!r} overlap")
+
+    def _describe_owner(self, owner: ports.SocketOwner) -> str:
+        container = self._container_of_pid(owner.pid)
+        where = f", container {container}" if container else ""
+        return f"pid {owner.pid} ({owner.program}{where})"
 
     def _check_kernel(self, record: EndpointRecord) -> None:
         if record.netns is not None and links.netns_exists(record.netns):

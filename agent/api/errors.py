@@ -86,8 +86,11 @@ _EXIT_BY_STATUS = {400: EXIT_USAGE, 404: EXIT_NOT_FOUND, 409: EXIT_CONFLICT,
                    503: EXIT_UNAVAILABLE}
 
 
-def http_status(exc: AgentError) -> int:
-    """The HTTP status an agent error is answered with (500 for what nothing classifies)."""
+DOMAIN_ERRORS = (AgentError, UnderlayError)  # what a front door answers with a status
+
+
+def http_status(exc: AgentError | UnderlayError) -> int:
+    """The HTTP status a domain error is answered with (500 for what nothing classifies)."""
     if isinstance(exc, ApiError):
         return exc.status
     for kinds, status in _STATUS_TABLE:

@@ -22,6 +22,7 @@ Routes (all JSON; errors are {"error": {"status": N, "message": "..."}}):
   GET    /v1/keys                   {"primary": b64, "keys": [b64...]}
   POST   /v1/keys/install|use|remove  {"key": b64}
   GET    /v1/fdb[?network=NAME]     desired vs kernel entries
+  GET    /v1/ports[?port=PORT/PROTO]  listening sockets: process and Docker container
 
 May import: trio, agent.api (attach, errors, http), agent.state_files, agent.errors,
 underlay.endpoints_model (modes, the port syntax), the standard library.
@@ -40,7 +41,7 @@ from typing import Any, Protocol, TypeVar
 import trio
 
 from agent.api.attach import Attachment, AttachRequest, ExistingNetns, NewNamespace, Sandbox
-from agent.api.errors import ApiError, InvalidRequest, NotFound, http_status
+from agent.api.errors import DOMAIN_ERRORS, ApiError, InvalidRequest, NotFound, http_status
 from agent.api.http import (
     Handler,
     HttpServerStatistics,
@@ -49,12 +50,12 @@ from agent.api.http import (
     bind_unix_listener,
     serve_http,
 )
-from agent.errors import AgentError
 from agent.state_files import StateReadError, decode_key
 from overlay.attributes import InvalidAttributes, make_attributes
 from underlay.endpoints_model import (
     EndpointSpecError,
     Mode,
+    PortClaim,
     parse_port_claim,
     parse_port_mapping,
 )
@@ -90,6 +91,7 @@ class Control(Protocol):
     def keys(self) -> dict[str, Any]: ...
     async def change_key(self, action: str, key: bytes) -> dict[str, Any]: ...
     async def fdb(self, network: str | None) -> dict[str, Any]: ...
+    async def ports(self, claim: PortClaim | None) -> list[dict[str, Any]]: ...
     async def leave(self) -> dict[str, Any]: ...
 
 
@@ -342,6 +344,12 @@ async def _fdb(control: Control, request: Request, arg: str) -> Response:
     return Response.json(200, await control.fdb(network))
 
 
+async def _ports_listed(control: Control, request: Request, arg: str) -> Response:
+    text = request.query.get("port")
+    claim = _ports([text], "port", parse_port_claim)[0] if text is not None else None
+    return Response.json(200, await control.ports(claim))
+
+
 ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/v1/status"): _status,
     ("GET", "/v1/members"): _members,
@@ -356,6 +364,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/v1/keys"): _keys,
     ("POST", "/v1/keys/*"): _key_change,
     ("GET", "/v1/fdb"): _fdb,
+    ("GET", "/v1/ports"): _ports_listed,
 }
 
 
@@ -379,7 +388,7 @@ def make_handler(control: Control) -> Handler:
         try:
             route, arg = _resolve(request.method, request.path)
             return await route(control, request, arg)
-        except AgentError as exc:
+        except DOMAIN_ERRORS as exc:
             return Response.error(http_status(exc), str(exc))
 
     return handle

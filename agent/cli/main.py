@@ -21,6 +21,7 @@ import os
 import sys
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote
 
 from agent.api.client import DEFAULT_SOCKET, ApiClient, CliError
 from agent.api.errors import EXIT_CONFLICT, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE
@@ -172,6 +173,17 @@ def cmd_fdb(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_ports(args: argparse.Namespace) -> int:
+    path = "/v1/ports" + (f"?port={quote(args.port)}" if args.port else "")
+    rows = _client(args).request("GET", path)
+    if args.json:
+        _emit(args, rows)
+        return EXIT_OK
+    print(render_table(rows, ["proto", "address", "port", "pid", "program", "container"])
+          if rows else "(no listening socket" + (f" on {args.port})" if args.port else ")"))
+    return EXIT_OK
+
+
 def cmd_cni(args: argparse.Namespace) -> int:
     """`cni config NETWORK` prints the network's conflist; `cni install` writes it. The network
     is created in the agent first when it does not know it (with --subnet)."""
@@ -299,6 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("action", choices=["list", "install", "use", "remove", "generate"])
     keys.add_argument("key", nargs="?", help="base64 AES key (16, 24 or 32 bytes)")
     keys.set_defaults(func=cmd_keys)
+
+    ports = sub.add_parser("ports", parents=[common],
+                           help="listening ports with their process and Docker container")
+    ports.add_argument("port", nargs="?", help="only this PORT/PROTO (80/tcp, 10.0.0.1:53/udp)")
+    ports.set_defaults(func=cmd_ports)
 
     fdb = sub.add_parser("fdb", parents=[common], help="desired vs kernel FDB/neighbor entries")
     fdb.add_argument("--network")

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import trio
 
-from agent.api.errors import InvalidRequest, http_status
+from agent.api.errors import DOMAIN_ERRORS, InvalidRequest, http_status
 from agent.api.http import (
     HttpServerStatistics,
     Request,
@@ -36,7 +36,6 @@ from agent.api.http import (
     serve_http,
 )
 from agent.docker import protocol as p
-from agent.errors import AgentError
 
 log = logging.getLogger("vxmesh.docker")
 
@@ -206,7 +205,7 @@ class PluginHandler:
             return _answer(400, p.error_answer(f"{name}: body is not JSON ({exc})"))
         try:
             answer = await call(self.driver, body)
-        except AgentError as exc:
+        except DOMAIN_ERRORS as exc:
             self._errors[name] += 1
             status = http_status(exc)
             if status == 404 or isinstance(exc, InvalidRequest):

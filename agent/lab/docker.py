@@ -1,13 +1,15 @@
 """One real dockerd per lab host, inside that host's network namespace, with the agent as its
 network and IPAM plugin.
 
-Owns: starting dockerd (`nsenter --net` into the host's namespace, then `unshare --mount` so
-that the daemon's `/run/docker/plugins` is the host directory's `plugins/`, where that host's
-agent serves `vxmesh.sock`; vfs storage; its own data root, exec root, pidfile and socket
-`<host dir>/docker/docker.sock`; `--live-restore`), waiting until it answers, importing the
-image `vxmesh/busybox:latest` from a root filesystem holding Debian's busybox-static (no
-registry is reachable; agent.lab.podman makes it), and stopping it (containers removed
-first, then SIGTERM by pid).
+Owns: starting dockerd (`nsenter --net` into the host's namespace and `--mount` into a mount
+namespace of its own, kept by a holder process (`sleep infinity`, made with `unshare --mount`)
+so that it outlives a dockerd restart: there the daemon's `/run/docker/plugins` is the host
+directory's `plugins/`, where that host's agent serves `vxmesh.sock`, and the containers' netns
+mounts stay for a live-restored daemon to find; vfs storage; its own data root, exec root,
+pidfile and socket `<host dir>/docker/docker.sock`; `--live-restore`), waiting until it
+answers, importing the image `vxmesh/busybox:latest` from a root filesystem holding Debian's
+busybox-static (no registry is reachable; agent.lab.podman makes it), and stopping it
+(containers removed first, then SIGTERM by pid).
 
 Rules:
 - `ip netns exec` is not used for dockerd: it remounts /sys and dockerd then fails with
@@ -86,14 +88,54 @@ class LabDocker:
     def engine(self, timeout: float = 30.0) -> EngineClient:
         return EngineClient(str(self.socket), timeout)
 
-    def command(self) -> list[str]:
-        script = (
-            f"mkdir -p /run/docker/plugins && mount --bind {self.plugins} /run/docker/plugins"
-            f" && exec dockerd --data-root {self.data_root} --exec-root {self.exec_root}"
-            f" --pidfile {self.pidfile} -H {self.host} --storage-driver=vfs --live-restore"
-            " --log-level=warn")
+    @property
+    def holder_pidfile(self) -> Path:
+        return self.directory / "mounts.pid"
+
+    def holder_command(self) -> list[str]:
+        """A process that keeps the daemon's mount namespace: `/run/docker/plugins` bound to
+        `plugins/`, and the containers' netns mounts dockerd makes under its exec root, which
+        must outlive a dockerd restart (live-restore)."""
+        script = (f"mkdir -p /run/docker/plugins && mount --bind {self.plugins} "
+                  "/run/docker/plugins && exec sleep infinity")
         return nsenter_net(self.netns, ["unshare", "--mount", "--propagation", "private", "sh",
                                         "-c", script])
+
+    def holder_pid(self) -> int | None:
+        try:
+            pid = int(self.holder_pidfile.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            same_netns = os.stat(f"/proc/{pid}/ns/net").st_ino == \
+                os.stat(f"/run/netns/{self.netns}").st_ino
+        except (OSError, ValueError):
+            return None
+        return pid if cmdline == b"sleep\0infinity\0" and same_netns else None
+
+    def command(self, holder: int) -> list[str]:
+        return nsenter_net(self.netns, [
+            "nsenter", f"--mount=/proc/{holder}/ns/mnt", "--", "dockerd",
+            "--data-root", str(self.data_root), "--exec-root", str(self.exec_root),
+            "--pidfile", str(self.pidfile), "-H", self.host, "--storage-driver=vfs",
+            "--live-restore", "--log-level=warn"])
+
+    def _holder(self) -> int:
+        """The mount namespace holder's pid, started if it is not running."""
+        pid = self.holder_pid()
+        if pid is not None:
+            return pid
+        holder = subprocess.Popen(self.holder_command(), stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True, cwd="/")
+        self.holder_pidfile.write_text(f"{holder.pid}\n")
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:  # until the bind mount is in place
+            if holder.poll() is not None:
+                raise DockerLabError(f"mount namespace for dockerd in {self.netns} exited "
+                                     f"({holder.returncode})")
+            if self.holder_pid() is not None:
+                return holder.pid
+            time.sleep(0.02)
+        raise DockerLabError(f"mount namespace for dockerd in {self.netns} not ready in 10 s")
 
     def pid(self) -> int | None:
         try:
@@ -108,8 +150,9 @@ class LabDocker:
             raise DockerLabError("dockerd is not installed (`apt-get install docker.io`, or "
                                  "`bash deploy/setup.sh`)")
         self.plugins.mkdir(parents=True, exist_ok=True)
+        holder = self._holder()
         with open(self.log_path, "ab") as log:
-            return subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
+            return subprocess.Popen(self.command(holder), stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True, cwd="/")
 
     def wait_ready(self, process: subprocess.Popen[bytes] | None = None,
@@ -139,9 +182,11 @@ class LabDocker:
                                  f"{proc.stderr.decode(errors='replace').strip()}")
 
     def stop(self) -> None:
-        """Remove every container, then SIGTERM the daemon by pid (SIGKILL after a while)."""
+        """Remove every container, SIGTERM the daemon by pid (SIGKILL after a while), then end
+        the mount namespace's holder."""
         pid = self.pid()
         if pid is None:
+            self._stop_holder()
             return
         with contextlib.suppress(EngineError):
             engine = self.engine(timeout=20)
@@ -155,6 +200,13 @@ class LabDocker:
             time.sleep(0.05)
         if _runs_dockerd(pid, self.host):
             signal_pid(pid, self.host, signal.SIGKILL)
+        self._stop_holder()
+
+    def _stop_holder(self) -> None:
+        holder = self.holder_pid()
+        if holder is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(holder, signal.SIGKILL)
 
     def log_tail(self, lines: int = 15) -> str:
         try:

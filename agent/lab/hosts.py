@@ -560,7 +560,7 @@ class Lab:
                     lab_podman.remove_containers(self.podman_host(host))
                     removed.append(f"podman containers {host.name}")
             for host in state.hosts:
-                if host.docker.pid() is not None:
+                if host.docker.pid() is not None or host.docker.holder_pid() is not None:
                     host.docker.stop()
                     removed.append(f"dockerd {host.name}")
                 if self.agent_runs(host):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,8 @@ import trio
 
 from agent.api.http import HttpServerStatistics
 from agent.config import AgentConfig, AgentConfigError
+from agent.docker.containers import ContainerNames
+from agent.docker.engine import EngineClient
 from agent.runtime.attachments import Attachments
 from agent.runtime.errors import MissingKernelFeature, UnderlayNotFound
 from agent.runtime.gossip_link import GossipLink
@@ -84,6 +87,7 @@ class Components:
     gossip: GossipLink
     names: EndpointNames
     attachments: Attachments
+    container_of_pid: Callable[[int], str | None]
 
 
 def prepare_state_dir(path: Path) -> None:
@@ -129,9 +133,10 @@ async def build_components(config: AgentConfig, *, notifier: SystemdNotifier) ->
         if needed not in capabilities.available:
             raise MissingKernelFeature(f"kernel feature {needed}: "
                                        f"{capabilities.missing.get(needed)}")
+    container_of_pid = container_names(config)
     endpoints = Endpoints(EndpointsConfig(
         state_dir=config.node.state_dir / "endpoints", netns_prefix=f"vxep-{node}-",
-        underlay_interface=facts.interface))
+        underlay_interface=facts.interface), container_of_pid=container_of_pid)
     report = await endpoints.start()
     if report.failed or report.rolled_back or report.orphan_namespaces or report.sandbox_gone:
         log.warning("endpoint recovery: %s", report)
@@ -155,8 +160,15 @@ async def build_components(config: AgentConfig, *, notifier: SystemdNotifier) ->
         api_stats=HttpServerStatistics(), netlink=netlink, kernel=kernel, facts=facts,
         endpoints=endpoints, store=store, networks=networks, pools=pools, table=table,
         reconciler=reconciler, pipeline=pipeline, gossip=gossip, names=names,
-        attachments=attachments)
+        attachments=attachments, container_of_pid=container_of_pid)
     return components
+
+
+def container_names(config: AgentConfig) -> Callable[[int], str | None]:
+    """The Docker container a process runs in, by name (None without `[docker] enabled`)."""
+    if not config.docker.enabled:
+        return lambda pid: None
+    return ContainerNames(EngineClient(str(config.docker.engine_socket), timeout=2.0)).name_of_pid
 
 
 def route_table_event(pipeline: Pipeline, names: EndpointNames, node: str,

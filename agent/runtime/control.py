@@ -26,9 +26,10 @@ from agent.api.routes import NetworkCreateRequest
 from agent.runtime.attachments import first_ip
 from agent.runtime.compose import Components
 from agent.runtime.fdb_report import fdb_report
+from agent.runtime.ports_report import port_rows
 from agent.store.schema import validate_network
 from overlay import desired as desired_state
-from underlay.endpoints_model import Mode
+from underlay.endpoints_model import Mode, PortClaim
 
 SHUTDOWN_TIMEOUT = 3.0
 LEAVE_ANSWER_TIME = 0.2  # after `vxmesh leave`: time for the API to send its answer
@@ -186,6 +187,10 @@ class Control:
     async def change_key(self, action: str, key: bytes) -> dict[str, Any]:
         self.c.gossip.change_key(action, key)
         return self.c.gossip.keys_json()
+
+    async def ports(self, claim: PortClaim | None) -> list[dict[str, Any]]:
+        """`vxmesh ports`: listening sockets, their processes and Docker containers."""
+        return await trio.to_thread.run_sync(port_rows, claim, self.c.container_of_pid)
 
     async def fdb(self, network: str | None) -> dict[str, Any]:
         kernel = self.c.kernel

@@ -1,15 +1,15 @@
-"""The Docker front door's place in the agent: its `Mesh` and its services.
+"""The Docker front door's place in the agent: its `Mesh` and its phase.
 
 Owns: `DockerMesh`, the `agent.docker.driver.Mesh` made of the agent's own operations (known
-networks, network create/delete, the address pools, the attach operation with the veth handed
-back to Docker), and `run_docker`, the phase that serves the plugin socket, runs the driver's
-background work, the clean-up of endpoints whose containers went while the agent was away,
-and the mirror of vxmesh networks into the local dockerd. Nothing here knows Docker's wire
-format (agent.docker does).
+networks, network create/delete through `Control`, the address pools, the attach operation
+with the veth handed back to Docker), and `run_docker`, the phase that serves the plugin
+socket, runs the driver's background work, cleans up endpoints whose containers went while
+the agent was away, and mirrors vxmesh networks into the local dockerd. Nothing here knows
+Docker's wire format (agent.docker does).
 
 Rules: with `[docker] enabled = false` the phase reports started and does nothing.
 
-May import: agent.docker, agent.api, agent.store, agent.config, trio, the standard library.
+May import: agent.*, trio, the standard library.
 """
 
 from __future__ import annotations
@@ -17,89 +17,107 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import trio
 
-from agent.config import DockerConfig
+from agent.api.attach import AttachRequest, HandBackVeth
+from agent.api.routes import NetworkCreateRequest
 from agent.docker import protocol as p
 from agent.docker.driver import Attachment, VxmeshDockerDriver
 from agent.docker.engine import EngineClient
 from agent.docker.mirror import NetworkMirror
 from agent.docker.plugin import PluginHandler, serve_plugin
-from agent.store.errors import StoreUnavailable
+from agent.runtime.compose import Components
+from agent.runtime.control import Control
+from agent.store.errors import NetworkNotFound, StoreUnavailable
 from agent.store.schema import Network
 from agent.store.service import AddressPool
 
 log = logging.getLogger("vxmesh.docker")
 
+STATE_FILE = "docker.json"
+
 
 @dataclass(frozen=True)
 class DockerMesh:
-    """`agent.docker.driver.Mesh` over the agent's operations."""
+    """`agent.docker.driver.Mesh` over the running agent."""
 
-    node: str
-    networks: Callable[[], Mapping[str, Network]]
-    create: Callable[[str, str, int | None, int | None], Awaitable[Network]]
-    delete: Callable[[str], Awaitable[None]]
-    pool: Callable[[Network], Awaitable[AddressPool]]
-    attach_handed_back: Callable[[str, str, str, str, tuple[tuple[str, str], ...]],
-                                 Awaitable[Attachment]]
-    detach_endpoint: Callable[[str], Awaitable[bool]]
-    degraded: Callable[[], bool]
+    c: Components
+    control: Control
+
+    @property
+    def node(self) -> str:
+        return self.c.node
+
+    def networks(self) -> Mapping[str, Network]:
+        return dict(self.c.networks.items())
 
     async def create_network(self, name: str, subnet: str, *, vni: int | None,
                              mtu: int | None) -> Network:
-        return await self.create(name, subnet, vni, mtu)
+        await self.control.create_network(NetworkCreateRequest(name, subnet, vni, mtu))
+        created = self.c.networks.get(name)
+        if created is None:
+            raise NetworkNotFound(name)
+        return created
 
     async def delete_network(self, name: str) -> None:
-        await self.delete(name)
+        await self.control.delete_network(name)
 
-    async def _pool_of(self, network: str) -> AddressPool:
-        known = self.networks().get(network)
+    async def _pool(self, network: str) -> AddressPool:
+        known = self.c.networks.get(network)
         if known is None:
-            raise StoreUnavailable(f"network {network!r} is not known on this host yet")
-        return await self.pool(known)
+            raise NetworkNotFound(network)
+        return await self.c.pools.get(known)
 
     async def reserve_address(self, network: str, handle: str,
                               address: p.IPAddress | None) -> p.IPAddress:
-        pool = await self._pool_of(network)
+        pool = await self._pool(network)
         if address is not None:
             return await pool.allocate_address(handle, address)
         chosen = await pool.allocate(handle)
-        if not self.degraded():
+        if not self.c.store.statistics().degraded:
             with contextlib.suppress(StoreUnavailable):  # gone now: flushed later
                 chosen = await pool.confirm(handle)
         return chosen
 
     async def release_address(self, network: str, address: p.IPAddress) -> None:
-        (await self._pool_of(network)).release(address)
+        (await self._pool(network)).release(address)
 
     async def attach(self, name: str, network: str, address: p.IPInterface, mac: str,
                      labels: tuple[tuple[str, str], ...]) -> Attachment:
-        return await self.attach_handed_back(name, network, str(address.ip), mac, labels)
+        attached = await self.control.attach(AttachRequest(
+            name=name, network=network, sandbox=HandBackVeth(), ip=str(address.ip), mac=mac,
+            labels=labels))
+        assert attached.handed_back is not None  # HandBackVeth always hands one back
+        return Attachment(interface=attached.handed_back, mtu=attached.mtu or 0)
 
     async def detach(self, name: str) -> bool:
-        return await self.detach_endpoint(name)
+        return await self.control.detach(name)
 
 
-async def run_docker(config: DockerConfig, mesh: DockerMesh, *, state_dir_file: str,
-                     wait_networks_changed: Callable[[int], Awaitable[int]],
-                     rng: random.Random,
+def _watched_networks(c: Components) -> Mapping[str, Network]:
+    """The store's view once it has listed (what `wait_networks_changed` reports on), else
+    the copy the agent started with."""
+    view = c.store.network_view
+    return dict(view.snapshot()) if view.revision else dict(c.networks.items())
+
+
+async def run_docker(c: Components, control: Control, *,
                      task_status: trio.TaskStatus[PluginHandler | None] =
                      trio.TASK_STATUS_IGNORED) -> None:
-    """Serve Docker's plugin socket and mirror networks into dockerd, until cancelled."""
+    """Docker's plugin socket and the network mirror (if `[docker] enabled`)."""
+    config = c.config.docker
     if not config.enabled:
         task_status.started(None)
         return
-    from pathlib import Path
-
     engine = EngineClient(str(config.engine_socket))
-    driver = VxmeshDockerDriver(mesh, engine, Path(state_dir_file), rng=rng)
+    driver = VxmeshDockerDriver(DockerMesh(c, control), engine,
+                                c.config.node.state_dir / STATE_FILE, rng=random.Random())
     handler = PluginHandler(driver)
-    mirror = NetworkMirror(engine, mesh.networks, lambda: dict(driver.state.networks),
-                           wait_networks_changed)
+    mirror = NetworkMirror(engine, lambda: _watched_networks(c),
+                           lambda: dict(driver.state.networks), c.store.wait_networks_changed)
     async with trio.open_nursery() as nursery:
         await nursery.start(driver.run)
         await nursery.start(serve_plugin, handler, config.plugin_socket)

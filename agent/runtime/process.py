@@ -40,6 +40,7 @@ from agent.config import AgentConfig, AgentConfigError, load_config
 from agent.errors import GossipKeyError
 from agent.runtime.compose import Components, build_components
 from agent.runtime.control import SHUTDOWN_TIMEOUT, Control, StopRequest
+from agent.runtime.docker_plugin import run_docker
 from agent.runtime.errors import StartupError
 from agent.runtime.phases import (
     run_api,
@@ -175,6 +176,7 @@ async def start_phases(nursery: trio.Nursery, c: Components, control: Control) -
     await nursery.start(run_pools, c)
     await nursery.start(run_names, c)
     await nursery.start(run_api, c, control)
+    await nursery.start(run_docker, c, control)
     await nursery.start(run_watchdog, c, control)
     control.mark_ready()
     c.notifier.ready(f"{len(c.gossip.members())} members, "

@@ -127,8 +127,9 @@ def test_docker_calls_replayed_in_order_against_the_agent(lab: tuple[Lab, LabSta
     assert answers["Plugin.Activate"] == [p.ACTIVATE]
     assert answers["IpamDriver.RequestPool"] == [p.pool_answer(ipaddress.ip_network(
         "10.99.0.0/24"))]
-    gateway, first_answer, static = answers["IpamDriver.RequestAddress"]
+    gateway, container, static = answers["IpamDriver.RequestAddress"]
     assert gateway == {"Address": "10.99.0.1/24", "Data": {}}
+    assert container["Address"] == first and first.endswith("/24")
     assert static == {"Address": "10.99.0.9/24", "Data": {}}
     assert answers["NetworkDriver.CreateEndpoint"][1] == {
         "Interface": {"MacAddress": mac_for_address("10.99.0.9")}}
@@ -219,12 +220,12 @@ def test_agent_restarts_lose_no_packet_and_dockerd_live_restore(
     the_lab, state = lab
     h1, h2 = state.hosts
     ensure_blue(the_lab, state)
-    docker(h1, "run", "-d", "--name", "a", "--network", BLUE, IMAGE, "sleep", "3600")
-    docker(h2, "run", "-d", "--name", "b", "--network", BLUE, IMAGE, "sleep", "3600")
-    target = address_of(h1, "a")
-    the_lab.wait_for(lambda: target in visible(the_lab, h2), "a on h2", 10.0)
+    docker(h1, "run", "-d", "--name", "pa", "--network", BLUE, IMAGE, "sleep", "3600")
+    docker(h2, "run", "-d", "--name", "pb", "--network", BLUE, IMAGE, "sleep", "3600")
+    target = address_of(h1, "pa")
+    the_lab.wait_for(lambda: target in visible(the_lab, h2), "pa on h2", 10.0)
     try:
-        pinger = subprocess.Popen(["docker", "-H", h2.docker.host, "exec", "b", "ping", "-i",
+        pinger = subprocess.Popen(["docker", "-H", h2.docker.host, "exec", "pb", "ping", "-i",
                                    "0.05", "-c", "240", "-W", "2", target],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         the_lab.stop_agent(state, h1, kill=True)
@@ -244,18 +245,19 @@ def test_agent_restarts_lose_no_packet_and_dockerd_live_restore(
         the_lab.wait_for(lambda: h1.docker.pid() is None, "dockerd h1 to stop", 30.0)
         process = h1.docker.start()
         h1.docker.wait_ready(process)
-        assert "a" in docker(h1, "ps", "--format", "{{.Names}}").stdout.split()
-        after = docker(h2, "exec", "b", "ping", "-c3", "-i", "0.2", "-W2", target, check=False)
+        assert "pa" in docker(h1, "ps", "--format", "{{.Names}}").stdout.split()
+        after = docker(h2, "exec", "pb", "ping", "-c3", "-i", "0.2", "-W2", target, check=False)
         assert after.returncode == 0, after.stdout
     finally:
-        docker(h1, "rm", "-f", "a", check=False)
-        docker(h2, "rm", "-f", "b", check=False)
+        docker(h1, "rm", "-f", "pa", check=False)
+        docker(h2, "rm", "-f", "pb", check=False)
 
 
 def test_container_removed_while_agent_down_is_cleaned_up(lab: tuple[Lab, LabState]) -> None:
     the_lab, state = lab
     h1, h2 = state.hosts
     ensure_blue(the_lab, state)
+    docker(h2, "run", "-d", "--name", "watcher", "--network", BLUE, IMAGE, "sleep", "3600")
     docker(h1, "run", "-d", "--name", "gone", "--network", BLUE, IMAGE, "sleep", "3600")
     address = address_of(h1, "gone")
     the_lab.wait_for(lambda: address in visible(the_lab, h2), "gone on h2", 10.0)
@@ -267,9 +269,12 @@ def test_container_removed_while_agent_down_is_cleaned_up(lab: tuple[Lab, LabSta
     the_lab.wait_agent_ready(h1, 30.0)
     the_lab.wait_for(lambda: address not in visible(the_lab, h2) | visible(the_lab, h1),
                      "the gone container withdrawn everywhere", 20.0)
-    again = docker(h2, "run", "--rm", "--network", BLUE, "--ip", address, IMAGE, "true",
-                   check=False)
-    assert again.returncode == 0, (again.stderr, removal_s)  # its address was released
+    # Its address was released (etcd learns it at h1's next flush of its blocks).
+    the_lab.wait_for(lambda: docker(h2, "run", "--rm", "--network", BLUE, "--ip", address, IMAGE,
+                                    "true", check=False).returncode == 0,
+                     f"{address} free again (docker rm took {removal_s:.0f} s)", 20.0,
+                     interval=0.5)
+    docker(h2, "rm", "-f", "watcher")
 
 
 def test_ports_name_the_docker_container(lab: tuple[Lab, LabState]) -> None:
@@ -285,12 +290,12 @@ def test_ports_name_the_docker_container(lab: tuple[Lab, LabState]) -> None:
 
         the_lab.wait_for(lambda: bool(listed()), "port 8088 listening", 10.0)
         assert {r["container"] for r in listed()} == {"hostweb"}
-        assert {r["program"] for r in listed()} == {"busybox"}
+        assert {r["program"] for r in listed()} == {"httpd"}
         text = subprocess.run(the_lab.exec_argv(state, "h1", ["vxmesh", "ports", "8088/tcp"]),
                               capture_output=True, text=True, check=True).stdout
         assert "hostweb" in text
         refused = subprocess.run(the_lab.exec_argv(state, "h1", [
-            "vxmesh", "endpoint", "create", "claim", "--mode", "host", "--ports", "8088/tcp"]),
+            "vxmesh", "endpoint", "create", "claim", "--mode", "host", "--port", "8088/tcp"]),
             capture_output=True, text=True, check=False)
         assert refused.returncode == 5 and "container hostweb" in refused.stderr, refused
     finally:
