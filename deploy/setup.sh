@@ -24,7 +24,7 @@ fi
 packages=(iproute2 nftables etcd-server etcd-client iperf3 procps psmisc curl iputils-ping python3-venv
           podman containernetworking-plugins busybox-static docker.io)
 if [ "$want_test" -eq 1 ]; then
-    packages+=(prometheus shellcheck vagrant serf systemd dnsmasq-base)
+    packages+=(prometheus shellcheck vagrant serf systemd dnsmasq-base dnsperf)
 fi
 missing=()
 for p in "${packages[@]}"; do
