@@ -184,13 +184,24 @@ class Attachments:
         return address, pool
 
     async def _wait_link(self, name: str, timeout: float = BRIDGE_TIMEOUT) -> None:
-        """Wait until the reconciler made link `name` (a network's bridge)."""
+        """Wait until the network's bridge `name` is wanted and a reconciler pass made after
+        that holds it: the bridge of a network this host just left (its last endpoint
+        deleted) may still be there, about to go, and must not be taken for the new one."""
+        reconciler = self._pipeline.reconciler
         with trio.move_on_after(timeout):
-            while await self._netlink.call(lambda ipr: links.get_link(ipr, name)) is None:
-                await trio.sleep(0.01)
-            return
+            while True:
+                if self._bridge_wanted(name) and reconciler.statistics().in_sync \
+                        and await self._netlink.call(
+                            lambda ipr: links.get_link(ipr, name)) is not None:
+                    return
+                with trio.move_on_after(0.1):  # or a pipeline recompute in between
+                    await reconciler.wait_applied()
         raise Unavailable(f"bridge {name} did not appear within {timeout:.0f} s "
                           "(see `vxmesh fdb` and the agent's log)")
+
+    def _bridge_wanted(self, name: str) -> bool:
+        desired = self._pipeline.desired
+        return desired is not None and any(n.bridge == name for n in desired.networks.values())
 
     async def detach(self, name: str) -> bool:
         """Detach `name`: table entry withdrawn, endpoint deleted, address released. False if

@@ -591,3 +591,23 @@ def test_a_name_on_another_network_does_not_resolve(lab: tuple[Lab, LabState]) -
                 the_lab.client(host).request("DELETE", f"/v1/endpoints/{name}")
         with contextlib.suppress(CliError):
             the_lab.client(h1).request("DELETE", "/v1/networks/dnsother")
+
+
+def test_recreating_the_last_endpoint_of_a_network_at_once_works(
+        lab: tuple[Lab, LabState]) -> None:
+    """Deleting a host's last endpoint of a network makes it leave (its bridge goes); an
+    endpoint created right after must wait for the new bridge, not take the old one."""
+    the_lab, state = lab
+    h1 = state.hosts[0]
+    client = the_lab.client(h1)
+    client.request("POST", "/v1/networks", {"name": "churn", "subnet": "10.203.0.0/16"})
+    try:
+        for round_ in range(3):
+            made = client.request("POST", "/v1/endpoints", {"name": "again", "network": "churn"})
+            assert made["ip"], (round_, made)
+            client.request("DELETE", "/v1/endpoints/again")
+    finally:
+        with contextlib.suppress(CliError):
+            client.request("DELETE", "/v1/endpoints/again")
+        with contextlib.suppress(CliError):
+            client.request("DELETE", "/v1/networks/churn")
