@@ -31,7 +31,7 @@ from gossip.broadcast import retransmit_limit
 from gossip.errors import GossipError
 
 
-class ConfigError(GossipError):
+class SwimConfigError(GossipError):
     """A configuration value is out of range; the message names the field and the value."""
 
 
@@ -82,15 +82,15 @@ class SwimConfig:
     leave_fanout: int = 8
 
     def validate(self) -> SwimConfig:
-        """Return self, or raise ConfigError naming the first bad field and its value."""
+        """Return self, or raise SwimConfigError naming the first bad field and its value."""
         for f in fields(self):
             value = getattr(self, f.name)
             if value is None and f.name == "reconnect_interval_s":
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"SwimConfig.{f.name}: expected a number, got {value!r}")
+                raise SwimConfigError(f"SwimConfig.{f.name}: expected a number, got {value!r}")
             if not math.isfinite(value) or value < 0:
-                raise ConfigError(
+                raise SwimConfigError(
                     f"SwimConfig.{f.name}: must be a finite number >= 0, got {value!r}"
                 )
         positive = ("probe_interval_s", "probe_timeout_s", "gossip_interval_s",
@@ -98,30 +98,31 @@ class SwimConfig:
                     "awareness_max_multiplier", "gossip_nodes", "push_pull_scale_threshold")
         for name in positive:
             if getattr(self, name) <= 0:
-                raise ConfigError(f"SwimConfig.{name}: must be > 0, got {getattr(self, name)!r}")
+                raise SwimConfigError(
+                    f"SwimConfig.{name}: must be > 0, got {getattr(self, name)!r}")
         if self.reconnect_interval_s is not None and self.reconnect_interval_s <= 0:
-            raise ConfigError(
+            raise SwimConfigError(
                 f"SwimConfig.reconnect_interval_s: must be > 0 or None, "
                 f"got {self.reconnect_interval_s!r}"
             )
         if self.probe_timeout_s >= self.probe_interval_s:
-            raise ConfigError(
+            raise SwimConfigError(
                 f"SwimConfig.probe_timeout_s: must be below probe_interval_s "
                 f"({self.probe_interval_s!r}), got {self.probe_timeout_s!r}"
             )
         if self.suspicion_max_timeout_mult < 1:
-            raise ConfigError(
+            raise SwimConfigError(
                 f"SwimConfig.suspicion_max_timeout_mult: must be >= 1, "
                 f"got {self.suspicion_max_timeout_mult!r}"
             )
         if not 200 <= self.udp_budget <= 65_000:
-            raise ConfigError(f"SwimConfig.udp_budget: must be in [200, 65000], "
+            raise SwimConfigError(f"SwimConfig.udp_budget: must be in [200, 65000], "
                               f"got {self.udp_budget!r}")
         if not 0 <= self.meta_limit <= self.udp_budget // 2:
-            raise ConfigError(f"SwimConfig.meta_limit: must be in [0, udp_budget/2], "
+            raise SwimConfigError(f"SwimConfig.meta_limit: must be in [0, udp_budget/2], "
                               f"got {self.meta_limit!r}")
         if self.push_pull_chunk_limit < 4096:
-            raise ConfigError(f"SwimConfig.push_pull_chunk_limit: must be >= 4096, "
+            raise SwimConfigError(f"SwimConfig.push_pull_chunk_limit: must be >= 4096, "
                               f"got {self.push_pull_chunk_limit!r}")
         return self
 

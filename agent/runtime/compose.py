@@ -144,7 +144,9 @@ async def build_components(config: AgentConfig, *, notifier: SystemdNotifier) ->
                              cached_networks=networks.values())
     pools = AddressPools(store, node)
     table = NeighborTable(node, facts.address)
-    reconciler = Reconciler(kernel)
+    # Every finished pass is timed (the reconciler calls back; nobody polls its statistics).
+    reconciler = Reconciler(kernel, on_applied=lambda applied: metrics.apply_duration.observe(
+        applied.seconds))
     pipeline = Pipeline(reconciler, lambda: desired_inputs(components),
                         observe_propagation=metrics.observe_propagation)
     names = EndpointNames(config.dns, records=endpoints.records,

@@ -39,7 +39,6 @@ from overlay.reconciler import run_dataplane as run_reconciler
 log = logging.getLogger("vxmesh.agent")
 
 INITIAL_SYNC_TIMEOUT = 5.0
-APPLY_SAMPLE_INTERVAL = 0.2
 FIRST_CONTACT_MARGIN = 1.0
 
 
@@ -146,20 +145,8 @@ async def run_pipeline(c: Components, *,
 async def run_dataplane(c: Components, *,
                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """The reconciler's apply loop: one full resync and apply before it reports started."""
-    reconciler = c.reconciler
-
-    async def time_applies() -> None:
-        seen = reconciler.statistics().applies
-        while True:
-            await trio.sleep(APPLY_SAMPLE_INTERVAL)  # at most five samples a second
-            stats = reconciler.statistics()
-            if stats.applies != seen:
-                seen = stats.applies
-                c.metrics.apply_duration.observe(stats.last_apply_seconds)
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(time_applies)
-        await nursery.start(partial(run_reconciler, reconciler,
+        await nursery.start(partial(run_reconciler, c.reconciler,
                                     resync_interval=c.config.dataplane.resync_interval,
                                     min_interval=c.config.dataplane.apply_interval))
         task_status.started()

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from gossip.config import ConfigError, SwimConfig, suspicion_timeout
+from gossip.config import SwimConfig, SwimConfigError, suspicion_timeout
 
 PRESETS = {"lan": SwimConfig.lan(), "wan": SwimConfig.wan(), "local": SwimConfig.local(),
            "memberlist": SwimConfig.memberlist_lan()}
@@ -66,6 +66,6 @@ def test_suspicion_timeout_shrinks_from_max_to_min() -> None:
 ])
 def test_bad_values_are_refused_naming_the_field(field: str, value: object) -> None:
     config = dataclasses.replace(SwimConfig.lan(), **{field: value})  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match=field) as info:
+    with pytest.raises(SwimConfigError, match=field) as info:
         config.validate()
     assert repr(value) in str(info.value) or field == "probe_timeout_s"
