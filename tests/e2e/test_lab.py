@@ -477,6 +477,7 @@ def test_metrics_scrape_holds_every_metric(lab: tuple[Lab, LabState]) -> None:
     values = the_lab.scrape(state.hosts[0])
     assert values[f'vxmesh_neighbor_entries{{network="{NETWORK}"}}'] >= HOSTS
     assert values["vxmesh_dataplane_in_sync"] == 1.0
+    assert values["vxmesh_dataplane_apply_duration_seconds_count"] >= 1  # on_applied timed it
     assert values["vxmesh_endpoint_propagation_seconds_count"] >= 1
     assert values["vxmesh_gossip_probe_rtt_seconds_count"] >= 1
     if shutil.which("promtool"):
