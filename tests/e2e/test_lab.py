@@ -577,7 +577,7 @@ def test_a_name_on_another_network_does_not_resolve(lab: tuple[Lab, LabState]) -
     the_lab, state = lab
     h1, h2 = state.hosts[:2]
     the_lab.client(h1).request("POST", "/v1/networks", {"name": "dnsother",
-                                                        "subnet": "10.202.0.0/16"})
+                                                        "subnet": "10.216.0.0/16"})
     the_lab.client(h1).request("POST", "/v1/endpoints", {"name": "hidden",
                                                          "network": "dnsother"})
     try:
