@@ -39,6 +39,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from underlay.netns_exec import ip_netns_exec
+
 ROOT = Path(__file__).resolve().parent.parent
 # Run as a file, this script's folder comes first on sys.path, and this file would shadow
 # dnspython's `dns` package: the folder is dropped (bench/ modules are not imported here).
@@ -71,7 +73,7 @@ class Run:
 
 
 def ip(*args: str, netns: str | None = None, check: bool = True) -> None:
-    argv = ["ip", "netns", "exec", netns, "ip", *args] if netns else ["ip", *args]
+    argv = ip_netns_exec(netns, ["ip", *args]) if netns else ["ip", *args]
     subprocess.run(argv, check=check, capture_output=True, timeout=30)
 
 
@@ -103,8 +105,8 @@ def endpoint_names(count: int) -> list[tuple[str, str]]:
 
 def dnsperf(netns: str, server: str, queries: Path, duration: float, outstanding: int,
             max_qps: int = 0) -> Run:
-    argv = ["ip", "netns", "exec", netns, "dnsperf", "-s", server, "-d", str(queries),
-            "-l", str(duration), "-q", str(outstanding), "-t", "2", "-v"]
+    argv = ip_netns_exec(netns, ["dnsperf", "-s", server, "-d", str(queries),
+                                 "-l", str(duration), "-q", str(outstanding), "-t", "2", "-v"])
     if max_qps:
         argv += ["-Q", str(max_qps)]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60,
@@ -143,10 +145,11 @@ async def throughput(args: argparse.Namespace) -> tuple[list[Run], list[Run]]:
                           attributes=make_attributes(name))
             zone.apply(EndpointChanged(NETWORK, addr, None, entry))
         dnsmasq = subprocess.Popen(
-            ["ip", "netns", "exec", server, DNSMASQ, "--keep-in-foreground", "--no-resolv",
-             "--no-hosts", f"--addn-hosts={hosts}", f"--listen-address={SERVER_ADDR}",
-             "--bind-interfaces", "--port=53", f"--pid-file={tmp}/dnsmasq.pid",
-             "--cache-size=10000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            ip_netns_exec(server, [
+                DNSMASQ, "--keep-in-foreground", "--no-resolv", "--no-hosts",
+                f"--addn-hosts={hosts}", f"--listen-address={SERVER_ADDR}", "--bind-interfaces",
+                "--port=53", f"--pid-file={tmp}/dnsmasq.pid", "--cache-size=10000"]),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             await wait_answering(client, SERVER_ADDR)
             resolver = DnsResolver(zone, upstreams=(), forward=False)

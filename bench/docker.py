@@ -46,6 +46,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from underlay.netns_exec import nsenter_net
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -141,7 +143,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         docker(h2, "run", "-d", "--name", "probe", "--network", NETWORK, IMAGE, "sleep", "3600")
         probe_pid = docker(h2, "inspect", "-f", "{{.State.Pid}}", "probe")
         probe_netns = ["nsenter", f"--net=/proc/{probe_pid}/ns/net", "--"]
-        h1_netns = ["nsenter", f"--net=/run/netns/{h1.netns}", "--"]
+        h1_netns = nsenter_net(h1.netns, [])
         rows: list[dict[str, Any]] = []
         for i in range(args.containers):
             vx_address = str(SUBNET.network_address + 256 + i)

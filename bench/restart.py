@@ -43,6 +43,7 @@ from typing import Any
 
 from agent.lab.hosts import Lab, LabHost, LabState
 from agent.lab.probe_stream import ProbeStream, StreamReport
+from underlay.netns_exec import ip_netns_exec
 
 NETWORK = "bench"
 SUBNET = "10.216.0.0/16"
@@ -109,7 +110,7 @@ class RestartBench:
     def dead_host(self) -> Measurement:
         state = self._state()
         h1, h2, h3 = state.hosts
-        link = ["ip", "netns", "exec", h3.netns, "ip", "link", "set", "eth0"]
+        link = ip_netns_exec(h3.netns, ["ip", "link", "set", "eth0"])
         start = time.monotonic()
         subprocess.run([*link, "down"], check=True, timeout=10)
         self.lab.stop_agent(state, h3, kill=True)
@@ -157,8 +158,9 @@ class RestartBench:
 
     def _holds(self, host: LabHost, ip: str) -> bool:
         visible = {e["ip"] for e in self.lab.client(host, 5).request("GET", "/v1/endpoints")}
-        kernel = subprocess.run(["ip", "netns", "exec", host.netns, "ip", "neigh", "show",
-                                 "nud", "permanent"], capture_output=True, text=True,
+        kernel = subprocess.run(ip_netns_exec(host.netns, ["ip", "neigh", "show",
+                                                           "nud", "permanent"]),
+                                capture_output=True, text=True,
                                 timeout=10).stdout
         return ip in visible and re.search(rf"^{re.escape(ip)} ", kernel, re.M) is not None
 

@@ -65,7 +65,7 @@ from typing import TypeVar
 
 from overlay.attributes import NO_ATTRIBUTES, EndpointAttributes
 from overlay.errors import OverlayError
-from underlay.records import canonical_ip, canonical_mac
+from underlay.records import ZERO_MAC, canonical_ip, canonical_mac
 
 NAME_MAX = 255
 #: Largest version a record may carry (msgpack's signed 64-bit range, what peers decode).
@@ -666,7 +666,7 @@ class NeighborTable:
     def _valid_entry(self, entry: Entry) -> bool:
         """A remote endpoint must have a unicast, non-zero MAC and an address of its subnet."""
         first_octet = int(entry.mac[:2], 16)
-        if first_octet & 1 or entry.mac == "00:00:00:00:00:00":
+        if first_octet & 1 or entry.mac == ZERO_MAC:
             return False
         subnet = self._subnets.get(entry.network)
         if subnet is None:

@@ -20,6 +20,7 @@ import pytest
 from agent.lab.namespaces import NetnsLab, run
 from agent.runtime.errors import MissingKernelFeature
 from agent.runtime.process import EXIT_ENVIRONMENT, EXIT_USAGE, startup_failure
+from underlay.netns_exec import ip_netns_exec
 
 pytestmark = pytest.mark.kernel
 
@@ -53,15 +54,17 @@ class Host:
         return path
 
     def agent(self, config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", self.netns, VXMESH, "agent", "--config",
-                               str(config), *extra], capture_output=True, text=True,
+        return subprocess.run(ip_netns_exec(self.netns, [VXMESH, "agent", "--config",
+                                                         str(config), *extra]),
+                              capture_output=True, text=True,
                               timeout=RUN_TIMEOUT, check=False)
 
     def hold_port(self, kind: str, address: str, port: int) -> subprocess.Popen[str]:
         """A process in the namespace holding `address:port` (tcp or udp) until stopped."""
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, sys.executable, "-c", HOLDER, kind, address,
-             str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            ip_netns_exec(self.netns, [sys.executable, "-c", HOLDER, kind, address,
+                                       str(port)]),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None and proc.stdout.readline().strip() == "bound"
         return proc
 

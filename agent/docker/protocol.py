@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.api.errors import InvalidRequest
+from underlay.records import canonical_mac
 
 ADDRESS_SPACE = "vxmesh"
 POOL_PREFIX = f"{ADDRESS_SPACE}/"
@@ -38,7 +39,6 @@ PORT_MAP_OPTION = "com.docker.network.portmap"
 EXPOSED_PORTS_OPTION = "com.docker.network.endpoint.exposedports"
 CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
 DOCKER_ID = re.compile(r"^[0-9a-f]{64}$")
-MAC_PATTERN = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 INTERFACE_PREFIX = "eth"
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -320,10 +320,11 @@ def _interface(text: str, name: str) -> IPInterface:
 def _mac(text: str, name: str) -> str | None:
     if not text:
         return None
-    mac = text.lower()
-    if not MAC_PATTERN.match(mac):
-        raise InvalidRequest(f"{name}: {text!r} is not a MAC address (like 02:42:0a:0a:00:05)")
-    return mac
+    try:
+        return canonical_mac(text)
+    except ValueError:
+        raise InvalidRequest(f"{name}: {text!r} is not a MAC address (like 02:42:0a:0a:00:05)"
+                             ) from None
 
 
 def parse_pool_id(text: str, name: str = "PoolID") -> IPNetwork:

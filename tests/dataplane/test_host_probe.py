@@ -13,6 +13,7 @@ import pytest
 
 from agent.lab.namespaces import NetnsLab, run
 from underlay.echo import ICMP_ECHO_REPLY, encode_request, parse_reply
+from underlay.netns_exec import ip_netns_exec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,8 +63,8 @@ def hosts() -> Iterator[tuple[str, str]]:
 def test_the_kernel_answers_for_a_host_without_agent_and_a_silent_one_is_withdrawn(
         hosts: tuple[str, str]) -> None:
     a, _ = hosts
-    done = subprocess.run(["ip", "netns", "exec", a, sys.executable, "-c", PROBER,
-                           "10.78.15.1", "10.78.15.2", "10.78.15.99"],
+    done = subprocess.run(ip_netns_exec(a, [sys.executable, "-c", PROBER,
+                                            "10.78.15.1", "10.78.15.2", "10.78.15.99"]),
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.splitlines()[-1])
@@ -77,8 +78,8 @@ def test_the_kernel_answers_for_a_host_without_agent_and_a_silent_one_is_withdra
 def test_a_host_whose_link_is_down_stops_answering(hosts: tuple[str, str]) -> None:
     a, b = hosts
     run(["ip", "link", "set", "eth0", "down"], netns=b)
-    done = subprocess.run(["ip", "netns", "exec", a, sys.executable, "-c", PROBER,
-                           "10.78.15.1", "10.78.15.2", "10.78.15.99"],
+    done = subprocess.run(ip_netns_exec(a, [sys.executable, "-c", PROBER,
+                                            "10.78.15.1", "10.78.15.2", "10.78.15.99"]),
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     report = json.loads(done.stdout.splitlines()[-1])
     assert ["b", "withdrawn", "host silent"] in report["events"]

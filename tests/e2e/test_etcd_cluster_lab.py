@@ -24,7 +24,7 @@ import pytest
 
 from agent.lab.certs import LabCA
 from agent.lab.hosts import Lab, LabHost, LabState
-from underlay.netns_exec import ip_netns_exec
+from underlay.netns_exec import ip_netns_exec, nsenter_net
 
 pytestmark = [pytest.mark.kernel, pytest.mark.etcd, pytest.mark.slow]
 
@@ -202,8 +202,9 @@ def test_a_tls_mistake_stops_an_agent_with_one_line(lab: tuple[Lab, LabState], c
                                                      for k, v in body.items())
                             for section, body in config.items()))
     answer = subprocess.run(
-        ["nsenter", f"--net=/run/netns/{h3.netns}", sys.executable, "-m", "agent.cli.main",
-         "agent", "--config", str(path)], capture_output=True, text=True, timeout=60,
+        nsenter_net(h3.netns, [sys.executable, "-m", "agent.cli.main",
+                               "agent", "--config", str(path)]),
+        capture_output=True, text=True, timeout=60,
         check=False)
     assert answer.returncode == 2, answer.stderr[-2000:]
     last = answer.stderr.strip().splitlines()[-1]  # the config check or the access check

@@ -21,6 +21,7 @@ import pytest
 
 from agent.lab.hosts import Lab, LabError, LabHost, LabState
 from agent.lab.probe_stream import ProbeStream
+from underlay.netns_exec import ip_netns_exec
 
 pytestmark = [pytest.mark.kernel, pytest.mark.etcd, pytest.mark.slow]
 
@@ -62,7 +63,7 @@ def _restore(lab: tuple[Lab, LabState]) -> Iterator[None]:
     yield
     the_lab, state = lab
     for host in state.hosts:
-        subprocess.run(["ip", "netns", "exec", host.netns, "ip", "link", "set", "eth0", "up"],
+        subprocess.run(ip_netns_exec(host.netns, ["ip", "link", "set", "eth0", "up"]),
                        check=True, timeout=10)
         if not the_lab.agent_runs(host):
             if host.pid is not None:
@@ -86,8 +87,9 @@ def _ip(lab: Lab, host: LabHost) -> str:
 
 
 def _kernel_neighbors(host: LabHost) -> str:
-    return subprocess.run(["ip", "netns", "exec", host.netns, "ip", "neigh", "show", "nud",
-                           "permanent"], capture_output=True, text=True, timeout=10).stdout
+    return subprocess.run(ip_netns_exec(host.netns, ["ip", "neigh", "show", "nud",
+                                                     "permanent"]),
+                          capture_output=True, text=True, timeout=10).stdout
 
 
 def _holds(lab: Lab, host: LabHost, ip: str) -> bool:
@@ -245,7 +247,7 @@ def test_a_host_cut_off_is_withdrawn_everywhere_within_detection(
         the_lab.wait_for(lambda: _member(the_lab, h1, h3.node)["agent_down"]
                          and _member(the_lab, h2, h3.node)["agent_down"],
                          "h3 marked agent down", DETECTION_TARGET + 3)
-    subprocess.run(["ip", "netns", "exec", h3.netns, "ip", "link", "set", "eth0", "down"],
+    subprocess.run(ip_netns_exec(h3.netns, ["ip", "link", "set", "eth0", "down"]),
                    check=True, timeout=10)
     start = time.monotonic()
     try:
@@ -254,7 +256,7 @@ def test_a_host_cut_off_is_withdrawn_everywhere_within_detection(
         took = time.monotonic() - start
         assert _member(the_lab, h1, h3.node)["host"] == "withdrawn"
     finally:
-        subprocess.run(["ip", "netns", "exec", h3.netns, "ip", "link", "set", "eth0", "up"],
+        subprocess.run(ip_netns_exec(h3.netns, ["ip", "link", "set", "eth0", "up"]),
                        check=True, timeout=10)
         if h3.pid is None:
             _restart(the_lab, state, h3)
