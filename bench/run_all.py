@@ -192,7 +192,7 @@ def render(runs: Sequence[BenchRun], options: dict[str, str], out_dir: Path) -> 
     return "\n".join(out).rstrip() + "\n"
 
 
-ALL = ("gossip_vs_serf", "scale", "netlink_rate", "dataplane", "modes", "store")
+ALL = ("gossip_vs_serf", "scale", "netlink_rate", "dataplane", "modes", "store", "docker")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

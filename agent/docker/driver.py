@@ -159,6 +159,7 @@ class VxmeshDockerDriver:
         self._lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
         self._cleaned = 0
+        self._accepted: set[str] = set()  # bridges whose DOCKER-USER rule is in place
 
     def statistics(self) -> DriverStatistics:
         return DriverStatistics(
@@ -304,6 +305,7 @@ class VxmeshDockerDriver:
             await self.mesh.delete_network(name)
             log.info("docker network rm: deleted vxmesh network %s", name)
             await trio.to_thread.run_sync(remove_bridge_accepted, bridge_name(network.vni))
+            self._accepted.discard(bridge_name(network.vni))
         async with self._lock:
             self.state.networks.pop(request.network_id, None)
             self._save()
@@ -386,8 +388,10 @@ class VxmeshDockerDriver:
         labels = (("docker.endpoint", request.endpoint_id[:12]),
                   ("docker.network", request.network_id[:12]))
         network = self.mesh.networks().get(endpoint.network)
-        if network is not None:
-            await trio.to_thread.run_sync(ensure_bridge_accepted, bridge_name(network.vni))
+        if network is not None and bridge_name(network.vni) not in self._accepted:
+            bridge = bridge_name(network.vni)
+            if await trio.to_thread.run_sync(ensure_bridge_accepted, bridge):
+                self._accepted.add(bridge)  # Docker never flushes DOCKER-USER
         try:
             attached = await self.mesh.attach(
                 endpoint.name, endpoint.network, ipaddress.ip_interface(endpoint.address),

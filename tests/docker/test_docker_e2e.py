@@ -189,6 +189,12 @@ def test_containers_across_hosts(lab: tuple[Lab, LabState]) -> None:
     docker(h1, "rm", "-f", "web")
     the_lab.wait_for(lambda: web not in visible(the_lab, h2), "web withdrawn from h2", 10.0)
     docker(h2, "rm", "-f", "pinned")
+    # `docker network rm` on one host deletes the vxmesh network; every dockerd drops it.
+    docker(h1, "network", "rm", GREEN)
+    assert GREEN not in {n["name"] for n in the_lab.client(h1).request("GET", "/v1/networks")}
+    the_lab.wait_for(lambda: GREEN not in docker(h2, "network", "ls", "--format",
+                                                 "{{.Name}}").stdout.split(),
+                     "network green removed from h2's dockerd", 15.0)
 
 
 def test_egress_and_published_ports(lab: tuple[Lab, LabState]) -> None:
