@@ -1,6 +1,8 @@
 """The resolver shell: 127.0.0.11:53 (UDP and TCP) inside every endpoint namespace, on trio.
 
-Owns: the sockets bound inside each served namespace (through underlay.netns_sockets), the
+Owns: the sockets bound inside each served namespace (through underlay.netns_sockets) and at
+each served gateway address of the agent's own namespace (the asker's networks told by its
+source address), the
 receive loops that hand each query to the pure `DnsZone`, forwarding of foreign names to the
 upstream resolvers (UDP, then TCP when the answer comes back truncated, each upstream tried in
 turn within `upstream_timeout`), the resolv.conf written for named endpoint namespaces, and the
@@ -44,6 +46,7 @@ RESOLVER_ADDRESS = "127.0.0.11"
 DNS_PORT = 53
 MAX_FORWARDS = 256
 UDP_BATCH = 64
+IP_FREEBIND = 15  # linux/in.h; not in Python's socket module
 MAX_UDP = 65535
 TCP_IDLE_TIMEOUT = 10.0
 ETC_NETNS = Path("/etc/netns")
@@ -59,6 +62,7 @@ class ResolverStatistics:
     upstream_failures: int = 0
     dropped: int = 0
     namespaces: int = 0
+    gateways: int = 0
 
 
 def upstreams_from_resolv_conf(path: Path = Path("/etc/resolv.conf")
@@ -90,6 +94,11 @@ class _Served:
     networks: tuple[str, ...]
     scope: trio.CancelScope
     sockets: list[socket.socket]
+    by_source: Callable[[str], tuple[str, ...]] | None = None
+
+    def networks_of(self, peer: str) -> tuple[str, ...]:
+        """The networks whose names the asker at `peer` may see."""
+        return self.networks if self.by_source is None else self.by_source(peer)
 
 
 class DnsResolver:
@@ -106,6 +115,7 @@ class DnsResolver:
         self.rng = rng or random.Random()
         self.observe_latency = observe_latency or (lambda seconds: None)
         self._served: dict[str, _Served] = {}
+        self._gateways: dict[str, _Served] = {}
         self._nursery: trio.Nursery | None = None
         self._forward_limit = trio.CapacityLimiter(MAX_FORWARDS)
         self._queries: dict[tuple[str, str], int] = {}
@@ -123,7 +133,8 @@ class DnsResolver:
 
     def statistics(self) -> ResolverStatistics:
         return ResolverStatistics(dict(self._queries), self._forwarded,
-                                  self._upstream_failures, self._dropped, len(self._served))
+                                  self._upstream_failures, self._dropped, len(self._served),
+                                  len(self._gateways))
 
     def served(self) -> dict[str, tuple[str, ...]]:
         """Namespace -> the networks its endpoint is on."""
@@ -150,6 +161,31 @@ class DnsResolver:
         served = _Served(networks, trio.CancelScope(), [udp, tcp])
         self._served[netns] = served
         self._nursery.start_soon(self._serve_namespace, netns, served)
+
+    def gateways(self) -> set[str]:
+        """The gateway addresses served in the agent's own namespace."""
+        return set(self._gateways)
+
+    async def serve_gateway(self, address: str,
+                            by_source: Callable[[str], tuple[str, ...]]) -> None:
+        """Answer at `address`:53 in the agent's own namespace (a network's gateway on the
+        host's bridge), for askers whose source address `by_source` maps to their networks.
+        Bound with IP_FREEBIND: the address may reach the bridge a moment later."""
+        if address in self._gateways:
+            return
+        if self._nursery is None:
+            raise RuntimeError("DnsResolver.serve_gateway before run() started")
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        sockets = [_freebind_socket(family, kind, (address, DNS_PORT))
+                   for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM)]
+        served = _Served((), trio.CancelScope(), sockets, by_source)
+        self._gateways[address] = served
+        self._nursery.start_soon(self._serve_namespace, f"gateway {address}", served)
+
+    def stop_gateway(self, address: str) -> None:
+        served = self._gateways.pop(address, None)
+        if served is not None:
+            served.scope.cancel()
 
     def stop(self, netns: str) -> None:
         """Stop answering inside `netns` (its endpoint is gone)."""
@@ -188,7 +224,7 @@ class DnsResolver:
                 except OSError:  # ICMP error queued on the socket: not ours to act on
                     continue
                 started = trio.current_time()
-                outcome = self.zone.answer(data, served.networks, self.rng)
+                outcome = self.zone.answer(data, served.networks_of(peer[0]), self.rng)
                 if isinstance(outcome, Forward):
                     self._nursery.start_soon(self._forward_udp, sock, peer, outcome, started)
                     continue
@@ -204,6 +240,7 @@ class DnsResolver:
         await _send_datagram(sock, reply.wire, peer)
 
     async def _tcp_connection(self, stream: trio.SocketStream, served: _Served) -> None:
+        peer = str(stream.socket.getpeername()[0])
         async with stream:
             while True:
                 with trio.move_on_after(TCP_IDLE_TIMEOUT) as idle:
@@ -211,7 +248,7 @@ class DnsResolver:
                 if idle.cancelled_caught or frame is None:
                     return
                 started = trio.current_time()
-                outcome = self.zone.answer(frame, served.networks, self.rng, tcp=True)
+                outcome = self.zone.answer(frame, served.networks_of(peer), self.rng, tcp=True)
                 if isinstance(outcome, Forward):
                     outcome = await self._forwarded_reply(outcome, tcp=True)
                 self._count(outcome, started)
@@ -290,6 +327,20 @@ class DnsResolver:
         response = dns.message.make_response(query, recursion_available=True)
         response.set_rcode(rcode)
         return Answered(response.to_wire(), qtype, result)
+
+
+def _freebind_socket(family: int, kind: int, address: tuple[str, int]) -> socket.socket:
+    sock = socket.socket(family, kind)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+        sock.bind(address)
+        if kind == socket.SOCK_STREAM:
+            sock.listen(64)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 async def _send_datagram(sock: socket.socket, data: bytes, peer: tuple[str, int]) -> None:

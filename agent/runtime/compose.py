@@ -150,6 +150,8 @@ async def build_components(config: AgentConfig, *, notifier: SystemdNotifier) ->
     pipeline = Pipeline(reconciler, lambda: desired_inputs(components),
                         observe_propagation=metrics.observe_propagation)
     names = EndpointNames(config.dns, records=endpoints.records,
+                          joined=lambda: [n for name, n in networks.items()
+                                          if name in table.networks()],
                           observe_latency=metrics.dns_answer.observe)
     gossip = GossipLink(config, node, facts.address, table,
                         on_change=lambda event: route_table_event(pipeline, names, node, event),
@@ -190,7 +192,8 @@ def desired_inputs(c: Components) -> DesiredInputs:
     """The snapshot desired state is computed from (read by the pipeline at recompute)."""
     joined = c.table.networks()
     networks = tuple(
-        desired_state.NetworkSpec(name, net.vni, net.mtu, c.config.underlay.vxlan_port)
+        desired_state.NetworkSpec(name, net.vni, net.mtu, c.config.underlay.vxlan_port,
+                                  f"{net.gateway}/{net.subnet.prefixlen}")
         for name, net in c.networks.items() if name in joined)
     members = tuple(desired_state.AliveMember(name, vtep)
                     for name, vtep in c.gossip.forwarding_vteps().items())

@@ -8,9 +8,14 @@ endpoints on two networks resolves names of both); a namespace the agent made ge
 `vxmesh endpoint exec` and `ip netns exec` both use us. `attributes_of(record)` is what an
 endpoint publishes about itself in its table entry.
 
+Also every overlay network this host has joined is served at its gateway address (the
+anycast gateway on the host's bridge), in the agent's own namespace, with the asker's network
+told by its source address: that is where a runtime that owns its containers' resolver
+(Docker's embedded DNS, with `--dns GATEWAY`) sends the names it does not know.
+
 Rules:
-- A sandbox handed back to its runtime (Docker's Join) is not served here: the runtime owns
-  its resolver (README says how Docker's names reach us).
+- A sandbox handed back to its runtime (Docker's Join) is not served inside: the runtime owns
+  its 127.0.0.11; the gateway address serves it instead.
 - Serving a sandbox is best effort: a failure is logged and counted, never fails the attach.
 - `dns.enabled = false` turns all of it off (names still travel in the table).
 
@@ -19,6 +24,7 @@ May import: agent.dns, agent.config, overlay, underlay, trio, the standard libra
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import random
 from collections.abc import Callable
@@ -32,6 +38,7 @@ from agent.dns.resolver import (
     write_resolv_conf,
 )
 from agent.dns.zone import DnsZone
+from agent.store.schema import Network
 from overlay.attributes import LABEL, EndpointAttributes, InvalidAttributes, make_attributes
 from overlay.table import EndpointChanged, Entry, TableEvent
 from underlay.endpoints_model import EndpointRecord, Mode
@@ -62,6 +69,7 @@ class EndpointNames:
     """The cluster's names in every local sandbox."""
 
     def __init__(self, config: DnsConfig, *, records: Callable[[], list[EndpointRecord]],
+                 joined: Callable[[], list[Network]],
                  observe_latency: Callable[[float], None]) -> None:
         self.enabled = config.enabled
         upstreams = tuple(parse_resolver(u, key="dns.upstreams") for u in config.upstreams) \
@@ -71,6 +79,7 @@ class EndpointNames:
                                     upstream_timeout=config.upstream_timeout,
                                     rng=random.Random(), observe_latency=observe_latency)
         self._records = records
+        self._joined = joined
         self.serve_failures = 0
 
     def table_event(self, event: TableEvent) -> None:
@@ -102,6 +111,7 @@ class EndpointNames:
             self.resolver.stop(sandbox)
             if "/" not in sandbox:
                 remove_resolv_conf(sandbox)
+        await self._refresh_gateways()
         for sandbox, networks in sorted(wanted.items()):
             ordered = tuple(sorted(networks))
             try:
@@ -111,3 +121,24 @@ class EndpointNames:
             except (UnderlayError, OSError) as exc:
                 self.serve_failures += 1
                 log.warning("dns: cannot serve %s: %s", sandbox, exc)
+
+    async def _refresh_gateways(self) -> None:
+        joined = [n for n in self._joined() if n.mode == "overlay"]
+        wanted = {str(n.gateway) for n in joined}
+        for address in self.resolver.gateways() - wanted:
+            self.resolver.stop_gateway(address)
+
+        def by_source(peer: str) -> tuple[str, ...]:
+            try:
+                ip = ipaddress.ip_address(peer)
+            except ValueError:
+                return ()
+            return tuple(sorted(n.name for n in self._joined()
+                                if n.subnet.version == ip.version and ip in n.subnet))
+
+        for address in sorted(wanted - self.resolver.gateways()):
+            try:
+                await self.resolver.serve_gateway(address, by_source)
+            except OSError as exc:
+                self.serve_failures += 1
+                log.warning("dns: cannot serve gateway %s: %s", address, exc)

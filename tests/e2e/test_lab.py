@@ -517,18 +517,19 @@ def test_key_rotation_and_sighup_reload_keep_the_cluster_whole(
         the_lab.client(state.hosts[0]).request("POST", "/v1/keys/remove", {"key": new_key})
 
 
-def _resolve(lab: Lab, endpoint: dict[str, Any], name: str, rdtype: str = "A") -> list[str]:
-    """What 127.0.0.11 inside `endpoint`'s namespace answers for `name` ([] for none)."""
+def _resolve(lab: Lab, endpoint: dict[str, Any], name: str, rdtype: str = "A",
+             server: str = "127.0.0.11") -> list[str]:
+    """What `server` answers `endpoint`'s namespace for `name` ([] for none)."""
     import dns.message
     import dns.rcode
 
     from underlay.netns_sockets import open_socket_in_netns
 
     sock = open_socket_in_netns(endpoint["netns"], socketlib.AF_INET, socketlib.SOCK_DGRAM,
-                                bind=("127.0.0.1", 0))
+                                bind=("0.0.0.0", 0))
     with sock:
         sock.settimeout(1.0)
-        sock.sendto(dns.message.make_query(name, rdtype).to_wire(), ("127.0.0.11", 53))
+        sock.sendto(dns.message.make_query(name, rdtype).to_wire(), (server, 53))
         reply = dns.message.from_wire(sock.recv(65535))
     if reply.rcode() != dns.rcode.NOERROR:
         return []
@@ -559,6 +560,11 @@ def test_names_resolve_on_every_host_within_a_second_and_go_with_the_endpoint(
             [web["ip"], api2["ip"]]), "the alias to answer both", 5.0)
         assert _resolve(the_lab, asker, f"web.{NETWORK}") == [web["ip"]]
         assert _resolve(the_lab, asker, "_80._tcp.api", "SRV") == [f"0 0 80 web.{NETWORK}."]
+        # the network's gateway on the asker's own host answers too (Docker's --dns path),
+        # scoped by the asker's source address
+        gateway = next(n["gateway"] for n in the_lab.client(h2).request("GET", "/v1/networks")
+                       if n["name"] == NETWORK)
+        assert _resolve(the_lab, asker, "web", server=gateway) == [web["ip"]]
         listed = {e["ip"]: e for e in the_lab.client(h2).request("GET", "/v1/endpoints")}
         assert listed[web["ip"]]["name"] == "web" and listed[web["ip"]]["aliases"] == ["api"]
         via_exec = subprocess.run(ip_netns_exec(asker["netns"], ["getent", "hosts", "web"]),
