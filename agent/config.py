@@ -96,6 +96,11 @@ class GossipConfig:
     encrypt: bool = field(default=True, metadata=_doc(
         "encrypt gossip with the keyring (AES-GCM); when false, packets travel in clear",
         "true or false"))
+    sign: bool = field(default=True, metadata=_doc(
+        "sign this node's gossip claims (alive, leave, metadata, table records) with its"
+        " Ed25519 identity key (<state_dir>/identity.json, public key in etcd) and drop"
+        " every claim not signed by its node's key; a key holder cannot speak for another"
+        " node. Every node of a cluster must agree", "true or false"))
 
 
 @dataclass(frozen=True)
@@ -236,6 +241,10 @@ class AgentConfig:
     def node_name(self) -> str:
         """The node's name: configured, or this host's name."""
         return self.node.name or socket.gethostname()
+
+    @property
+    def identity_path(self) -> Path:
+        return self.node.state_dir / "identity.json"
 
     @property
     def keyring_path(self) -> Path:

@@ -1,9 +1,12 @@
-"""The agent's state directory: atomic JSON files (local endpoints, the gossip keyring).
+"""The agent's state directory: atomic JSON files (local endpoints, the gossip keyring, the
+node's Ed25519 identity key).
 
 Owns: writing a file so that readers (and a restarted agent) see the old or the new content,
 never a torn one (temp file in the same directory, fsync, rename, fsync of the directory), and
 turning a full disk or a read-only directory into one clear `StateWriteError` that names the
-file, with nothing changed.
+file, with nothing changed. Secret files (keyring, identity key) are written 0600 and refused
+at load when group- or world-accessible or not owned by us; their content never appears in an
+error message.
 
 May import: agent.errors, the standard library.
 """
@@ -96,12 +99,53 @@ def decode_key(text: Any, where: str) -> bytes:
     except (binascii.Error, ValueError):
         key = b""
     if len(key) not in KEY_LENGTHS:
-        raise StateReadError(f"{where}: {text!r} is not a base64 AES key of 16, 24 or 32 bytes")
+        # never echo the text: a near-valid key is still key material
+        raise StateReadError(f"{where}: not a base64 AES key of 16, 24 or 32 bytes")
+    return key
+
+
+def check_secret_file(path: Path) -> None:
+    """`StateReadError` unless `path` (if it exists) is ours and private (no group/world bits)."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StateReadError(f"cannot read {path}: {exc.strerror}") from None
+    if info.st_mode & 0o077:
+        raise StateReadError(f"{path}: mode {info.st_mode & 0o777:04o} lets others read it; "
+                             f"refusing to use it (chmod 600 {path})")
+    if info.st_uid != os.geteuid():
+        raise StateReadError(f"{path}: owned by uid {info.st_uid}, not by us "
+                             f"(uid {os.geteuid()}); refusing to use it")
+
+
+IDENTITY_KEY_BYTES = 32
+
+
+def load_identity_key(path: Path) -> bytes:
+    """The node's Ed25519 private key (32 bytes); created (0600) on first use."""
+    check_secret_file(path)
+    raw = read_json(path)
+    if raw is None:
+        key = os.urandom(IDENTITY_KEY_BYTES)
+        write_json(path, {"ed25519": _b64(key)}, 0o600)
+        return key
+    text = raw.get("ed25519") if isinstance(raw, dict) else None
+    try:
+        key = base64.b64decode(text, validate=True) if isinstance(text, str) else b""
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != IDENTITY_KEY_BYTES:
+        raise StateReadError(f"{path}: expected {{\"ed25519\": base64 of "
+                             f"{IDENTITY_KEY_BYTES} bytes}}")
     return key
 
 
 def load_keyring(path: Path) -> KeyringFile | None:
-    """The keyring at `path`, None if there is no file; `StateReadError` if it is malformed."""
+    """The keyring at `path`, None if there is no file; `StateReadError` if it is malformed,
+    or readable by anyone but us."""
+    check_secret_file(path)
     raw = read_json(path)
     if raw is None:
         return None

@@ -151,10 +151,10 @@ class KeyCache:
         self._wanted.clear()
         return out
 
-    def retry(self, name: str) -> None:
-        """A fetch failed (etcd unreachable): ask for `name` again later."""
+    def release(self, name: str) -> None:
+        """The shell gave up fetching `name` (etcd had no key for it): the next claim by that
+        name asks again."""
         self._asked.pop((name, b""), None)
-        self._want(name, b"")
 
     def known(self) -> dict[str, bytes]:
         return dict(self._keys)

@@ -42,7 +42,8 @@ class GossipNodeStatistics:
     swim: SwimStatistics
     transport: TransportStatistics
     #: reason -> packets or frames dropped: "decode" and "auth" (core and push-pull),
-    #: "size", "busy", "socket", "state".
+    #: "size", "busy", "timeout", "socket", "state"; claims dropped: "replay", "signature",
+    #: "unknown_key", "implausible"; replies not sent: "reply_capped", "relay_refused".
     dropped: Mapping[str, int]
     events_published: int
     events_dropped: int
@@ -302,6 +303,12 @@ class GossipNode:
         self._running().broadcast_user(payload, trio.current_time(), key)
         self._wake()
 
+    def keys_learned(self) -> None:
+        """The key cache learned public keys: replay the claims held for them."""
+        self._running().keys_learned(trio.current_time())
+        self._publish_events()
+        self._wake()
+
     def take_probe_rtts(self) -> list[float]:
         """Probe round trips (seconds) since the last call; see `Swim.take_probe_rtts`."""
         return self._running().take_probe_rtts()
@@ -334,6 +341,12 @@ class GossipNode:
         dropped = dict(traffic.dropped)
         dropped["decode"] = dropped.get("decode", 0) + core.wire_errors
         dropped["auth"] = dropped.get("auth", 0) + core.auth_failures
+        dropped["replay"] = 0 if self._keyring is None else self._keyring.replays
+        dropped["signature"] = core.bad_signatures
+        dropped["unknown_key"] = core.unknown_keys
+        dropped["implausible"] = core.implausible_claims
+        dropped["reply_capped"] = core.replies_capped
+        dropped["relay_refused"] = core.relays_refused
         return GossipNodeStatistics(
             swim=core, transport=traffic, dropped=dropped,
             events_published=self._events_published, events_dropped=self._events_dropped,

@@ -120,6 +120,8 @@ INCARNATION_JUMP = 2**20
 PROVEN_ADDRESSES = 4096
 #: Relayed pings waiting for their target's ack at once; further indirect pings are refused.
 MAX_RELAYS = 1024
+#: Claims (newest per node) kept while the node's public key is being fetched.
+MAX_HELD_CLAIMS = 1024
 
 #: How many probe round trips a `Swim` keeps until `take_probe_rtts` drains them.
 PROBE_RTT_SAMPLES = 1024
@@ -343,6 +345,8 @@ class Swim:
             raise GossipError("Swim signing: give both signer and keys, or neither")
         self._signer = signer
         self._keys = keys
+        # Newest alive/leave per node whose key is not known yet; replayed by `keys_learned`.
+        self._held: dict[str, Alive | Dead] = {}
         self._self = _Node(name, addr, meta, 0, _ALIVE, now)
         self._sign_self()
         self._nodes: dict[str, _Node] = {name: self._self}
@@ -551,6 +555,15 @@ class Swim:
             finally:
                 self._news_from = None
         return True
+
+    def keys_learned(self, now: float) -> None:
+        """The key cache learned keys: replay the claims held while they were unknown."""
+        held, self._held = self._held, {}
+        for claim in held.values():
+            if isinstance(claim, Alive):
+                self._on_alive(claim, now)
+            else:
+                self._on_dead(claim, now)
 
     def adopt_members(self, records: list[MemberRecord], now: float) -> None:
         """Take members as already known: no events, no broadcasts, unknown names only.
@@ -764,6 +777,15 @@ class Swim:
             return True
         self._stats["unknown_keys" if verdict is Verdict.UNKNOWN_KEY else "bad_signatures"] += 1
         return False
+
+    def _hold(self, name: str, claim: Alive | Dead) -> None:
+        held = self._held
+        previous = held.pop(name, None)
+        if previous is not None and previous.incarnation > claim.incarnation:
+            claim = previous
+        held[name] = claim
+        if len(held) > MAX_HELD_CLAIMS:
+            del held[next(iter(held))]
 
     # -- timers ------------------------------------------------------------------------------
 
@@ -1076,8 +1098,13 @@ class Swim:
             self._emit(moved_from, [encoded])
 
     def _signed_alive(self, msg: Alive) -> bool:
-        return self._proven_claim(msg.node, msg.key, msg.signature, alive_signed_bytes(
-            msg.incarnation, msg.node, msg.addr, msg.meta, msg.key))
+        before = self._stats["unknown_keys"]
+        if self._proven_claim(msg.node, msg.key, msg.signature, alive_signed_bytes(
+                msg.incarnation, msg.node, msg.addr, msg.meta, msg.key)):
+            return True
+        if self._stats["unknown_keys"] != before:
+            self._hold(msg.node, msg)
+        return False
 
     def _insert_probe_target(self, name: str) -> None:
         order = self._probe_order
@@ -1165,9 +1192,13 @@ class Swim:
         if node.state >= _DEAD:
             return
         left = msg.sender == msg.node
-        if left and not self._proven_claim(msg.node, b"", msg.signature,
-                                           leave_signed_bytes(msg.incarnation, msg.node)):
-            return
+        if left:
+            before = self._stats["unknown_keys"]
+            if not self._proven_claim(msg.node, b"", msg.signature,
+                                      leave_signed_bytes(msg.incarnation, msg.node)):
+                if self._stats["unknown_keys"] != before:
+                    self._hold(msg.node, msg)
+                return
         node.incarnation = msg.incarnation
         if left:
             node.key, node.signature = b"", msg.signature

@@ -451,6 +451,11 @@ class TableDelegate:
     def next_deadline(self) -> float:
         return self.table.next_deadline()
 
+    def keys_learned(self, now: float) -> None:
+        """Owners' public keys arrived: the table merges the records it held for them."""
+        self.table.keys_learned(now)
+        self._drain_table()
+
     def member_alive(self, name: str, addr: tuple[str, int], now: float) -> None:
         self._alive.add(name)
         self.table.member_alive(name, addr, now)

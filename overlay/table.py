@@ -44,7 +44,8 @@ Rules:
 - Signed records (`sign` and `check_signature` given): every record we write carries our
   Ed25519 signature of `record_signed_bytes`; a remote record is stored only if its owner's
   trusted key signed it (else `Merge.UNVERIFIED`, counted; an unknown key is fetched by the
-  shell and the record comes again with the next push-pull). A forged record in our own name
+  shell, and the newest records waiting for it are merged again by `keys_learned`, at most
+  `MAX_HELD_RECORDS`). A forged record in our own name
   is dropped, not refuted. Records of an owner the membership layer has not announced are
   held but stay out of the view until it does.
 
@@ -76,6 +77,8 @@ VERSION_MAX = 2**63 - 1
 #: raises the clock by at most 2**32 per accepted record, so reaching VERSION_MAX takes
 #: 2**31 of them in a row (and with signed records none is accepted).
 VERSION_JUMP = 2**32
+#: Remote records kept while their owner's key is being fetched (newest per key).
+MAX_HELD_RECORDS = 4096
 
 
 class InvalidEndpoint(OverlayError):
@@ -306,6 +309,7 @@ class NeighborTable:
         self._sign = sign
         self._check_signature = check_signature
         self._subnets: dict[str, tuple[IPNetwork, frozenset[str]]] = {}
+        self._held: dict[tuple[str, ...], Record] = {}
         self.node = _check_name("node", node)
         self.vtep = _checked_ip(vtep, "vtep")
         if not tombstone_ttl > 0:
@@ -685,7 +689,20 @@ class NeighborTable:
         check = self._check_signature
         if check is None:
             return True
-        return check(record.owner, record.signature, record_signed_bytes(record)) is True
+        verdict = check(record.owner, record.signature, record_signed_bytes(record))
+        if verdict is None:  # the owner's key is being fetched: keep the newest for a retry
+            key = ("e", *record.key) if isinstance(record, Entry) else ("m", *record.key)
+            held = self._held.pop(key, None)
+            self._held[key] = record if held is None or supersedes(record, held) else held
+            if len(self._held) > MAX_HELD_RECORDS:
+                del self._held[next(iter(self._held))]
+        return verdict is True
+
+    def keys_learned(self, now: float) -> None:
+        """Owners' keys arrived: merge again the records held while they were unknown."""
+        held, self._held = self._held, {}
+        for record in held.values():
+            self.merge(record, now)
 
     def _tick(self) -> int:
         self._clock += 1

@@ -194,10 +194,11 @@ async def _serve_connection(stream: trio.SocketStream, handler: Handler,
         )
         try:
             response = await handler(request)
-        except Exception as exc:
+        except Exception:
             stats.handler_errors += 1
             log.exception("request %s %s failed", request.method, request.path)
-            response = Response.error(500, f"internal error: {type(exc).__name__}: {exc}")
+            # the traceback goes to the log; the body names nothing (no exception text)
+            response = Response.error(500, "internal error (see the agent's log)")
         await _send(stream, conn, response)
         if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
             return

@@ -19,7 +19,8 @@ Routes (all JSON; errors are {"error": {"status": N, "message": "..."}}):
                                      "netns_path"? (an existing namespace), "ifname"?,
                                      "aliases"?, "labels"?}  -> 201, the attachment
   DELETE /v1/endpoints/NAME
-  GET    /v1/keys                   {"primary": b64, "keys": [b64...]}
+  GET    /v1/keys                   {"primary": fingerprint, "keys": [fingerprint...],
+                                     "encrypt", "identity": fingerprint}  (never key material)
   POST   /v1/keys/install|use|remove  {"key": b64}
   GET    /v1/fdb[?network=NAME]     desired vs kernel entries
   GET    /v1/ports[?port=PORT/PROTO]  listening sockets: process and Docker container
@@ -106,7 +107,7 @@ def _field(body: Mapping[str, Any], name: str, *, required: bool = False) -> Any
 
 
 def validate_name(value: Any, field_name: str = "name") -> str:
-    if not isinstance(value, str) or not NAME_PATTERN.match(value):
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
         raise InvalidRequest(f"{field_name}: {value!r} is not a name (lower-case letters, digits, "
                              "'-', '_', '.', 1-31 characters, starting with a letter or digit)")
     return value
@@ -272,6 +273,9 @@ def _json_body(request: Request) -> dict[str, Any]:
         value = json.loads(request.body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidRequest(f"body: not JSON ({exc})") from None
+    except (ValueError, RecursionError):  # a number of too many digits, nesting too deep
+        raise InvalidRequest("body: JSON nested too deeply or with a number too large") \
+            from None
     if not isinstance(value, dict):
         raise InvalidRequest(f"body: expected a JSON object, got {type(value).__name__}")
     return value

@@ -146,7 +146,7 @@ class Attachments:
         ip = str(address)
         try:
             if network.name not in self._table.networks():
-                self._table.join_network(network.name, trio.current_time())
+                self._join_table_network(network.name, trio.current_time())
                 self._gossip.records_changed()
                 self._pipeline.mark_dirty()
                 with trio.move_on_after(NETWORK_SYNC_TIMEOUT):
@@ -241,6 +241,13 @@ class Attachments:
 
     # -- restart ----------------------------------------------------------------------------
 
+    def _join_table_network(self, name: str, now: float) -> None:
+        """Join `name` in the table; remote records there must then be inside its subnet."""
+        self._table.join_network(name, now)
+        network = self._networks.get(name)
+        if network is not None:
+            self._table.set_subnet(name, str(network.subnet), str(network.gateway))
+
     def republish(self) -> None:
         """Our overlay endpoints go back into the table before gossip joins (restart)."""
         now = trio.current_time()
@@ -250,7 +257,7 @@ class Attachments:
                     or not record.network:
                 continue
             if record.network not in self._table.networks():
-                self._table.join_network(record.network, now)
+                self._join_table_network(record.network, now)
             self._table.put_endpoint(record.network, ip, record.mac, now, changed_at=time.time(),
                                      attributes=attributes_of(record))
 

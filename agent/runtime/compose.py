@@ -36,7 +36,7 @@ from agent.docker.containers import ContainerNames
 from agent.docker.engine import EngineClient
 from agent.runtime.attachments import Attachments
 from agent.runtime.errors import MissingKernelFeature, UnderlayNotFound
-from agent.runtime.gossip_link import GossipLink
+from agent.runtime.gossip_link import GossipLink, load_identity
 from agent.runtime.metrics import AgentMetrics, MetricsSnapshot
 from agent.runtime.names import EndpointNames
 from agent.runtime.networks import KnownNetworks
@@ -143,7 +143,10 @@ async def build_components(config: AgentConfig, *, notifier: SystemdNotifier) ->
     store = await open_store(config.store, rng=random.Random(),
                              cached_networks=networks.values())
     pools = AddressPools(store, node)
-    table = NeighborTable(node, facts.address)
+    identity = load_identity(config, node)
+    table = NeighborTable(node, facts.address,
+                          sign=None if identity is None else identity.signer.sign,
+                          check_signature=None if identity is None else identity.check_record)
     # Every finished pass is timed (the reconciler calls back; nobody polls its statistics).
     reconciler = Reconciler(kernel, on_applied=lambda applied: metrics.apply_duration.observe(
         applied.seconds))
@@ -155,7 +158,8 @@ async def build_components(config: AgentConfig, *, notifier: SystemdNotifier) ->
                           observe_latency=metrics.dns_answer.observe)
     gossip = GossipLink(config, node, facts.address, table,
                         on_change=lambda event: route_table_event(pipeline, names, node, event),
-                        extra_seeds=lambda: store.gossip_seeds(exclude=node))
+                        extra_seeds=lambda: store.gossip_seeds(exclude=node),
+                        identity=identity, public_keys=store.public_keys)
     attachments = Attachments(node=node, facts=facts, netlink=netlink, endpoints=endpoints,
                               table=table, gossip=gossip, pipeline=pipeline,
                               networks=networks, pools=pools, store=store, names=names)

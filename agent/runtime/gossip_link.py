@@ -8,15 +8,19 @@ still answers keeps its entries ("agent down") for `dataplane.agent_down_grace`;
 table event to the agent (which only marks its pipeline dirty: gossip never waits on the
 kernel), joining seeds
 (configured, then etcd's node registry) until a peer answers, the members view, the gossip
-part of the metrics snapshot, and key rotation (validated, written to the keyring file, then
-used).
+part of the metrics snapshot, key rotation (validated, written to the keyring file, then
+used), and the node's identity (`gossip.sign`): the Ed25519 key from the state directory, the
+cache of other nodes' public keys, filled from etcd's node records: once at start, then
+whenever the core asks for a name it does not know (one range read per round, at most every
+`KEY_FETCH_PERIOD`; a name etcd lacks is asked `KEY_FETCH_ATTEMPTS` times, then released).
+While etcd is unreachable the keys already known keep working. The API sees key
+fingerprints only, never key material.
 
 May import: gossip, overlay, agent.*, trio, the standard library.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import time
@@ -29,9 +33,10 @@ import trio
 from agent.config import AgentConfig, AgentConfigError
 from agent.errors import GossipKeyError
 from agent.runtime.host_probe import HostProber
-from agent.state_files import KeyringFile, load_keyring, save_keyring
+from agent.state_files import KeyringFile, load_identity_key, load_keyring, save_keyring
 from gossip.config import PRESETS
-from gossip.keyring import Keyring, KeyringError
+from gossip.identity import KeyCache, Signer, Verdict, key_fingerprint
+from gossip.keyring import Keyring, KeyringError, fingerprint
 from gossip.node import GossipNode, Subscription
 from gossip.swim import (
     Member,
@@ -103,8 +108,31 @@ def read_keyring(config: AgentConfig) -> KeyringFile | None:
     return keyring
 
 
-def _b64(key: bytes) -> str:
-    return base64.b64encode(key).decode()
+#: s. How often pending public-key look-ups are sent to etcd (one range read each time).
+KEY_FETCH_PERIOD = 0.5
+#: Rounds a name etcd has no key for is looked up before it is released.
+KEY_FETCH_ATTEMPTS = 20
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    """Our signing key and the trusted public keys of the others (see the module doc)."""
+
+    signer: Signer
+    keys: KeyCache
+
+    def check_record(self, owner: str, signature: bytes, data: bytes) -> bool | None:
+        """The table's signature check: True valid, False forged, None key not known yet."""
+        verdict = self.keys.check(owner, b"", signature, data)
+        return None if verdict is Verdict.UNKNOWN_KEY else verdict is Verdict.VALID
+
+
+def load_identity(config: AgentConfig, node: str) -> NodeIdentity | None:
+    """Our identity when `gossip.sign` is on (the key is created on first start), else None."""
+    if not config.gossip.sign:
+        return None
+    signer = Signer(load_identity_key(config.identity_path))
+    return NodeIdentity(signer, KeyCache({node: signer.public_key}))
 
 
 def vtep_of(member: Member) -> str | None:
@@ -137,6 +165,10 @@ class AgentTableDelegate(TableDelegate):
         finally:
             self.drain_events()
 
+    def keys_learned(self, now: float) -> None:
+        super().keys_learned(now)
+        self.drain_events()
+
     def handle_timeout(self, now: float) -> None:
         super().handle_timeout(now)
         self.drain_events()
@@ -147,13 +179,19 @@ class GossipLink:
 
     def __init__(self, config: AgentConfig, node: str, vtep: str, table: NeighborTable, *,
                  on_change: Callable[[TableEvent], None],
-                 extra_seeds: Callable[[], Awaitable[list[tuple[str, int]]]] | None = None
+                 extra_seeds: Callable[[], Awaitable[list[tuple[str, int]]]] | None = None,
+                 identity: NodeIdentity | None = None,
+                 public_keys: Callable[[], Awaitable[dict[str, bytes]]] | None = None
                  ) -> None:
+        """`identity` (see `load_identity`) turns on signing; `public_keys` reads every
+        registered node's public key from etcd."""
         self.config = config
         self.node = node
         self.vtep = vtep
         self.table = table
         self.extra_seeds = extra_seeds
+        self.identity = identity
+        self.public_keys = public_keys
         self.keyring_file = read_keyring(config)
         self.keyring = self._keyring(self.keyring_file)
         dataplane = config.dataplane
@@ -169,7 +207,9 @@ class GossipLink:
         self.prober = HostProber(self.liveness, vtep, on_change=self._verdicts_changed)
         self.gossip = GossipNode(PRESETS[config.gossip.profile](), node,
                                  (vtep, config.gossip.port), meta=encode_meta(vtep),
-                                 keyring=self.keyring, delegate=self.delegate)
+                                 keyring=self.keyring, delegate=self.delegate,
+                                 signer=None if identity is None else identity.signer,
+                                 keys=None if identity is None else identity.keys)
         self._synced = trio.Event()
         self._running = False
 
@@ -217,15 +257,64 @@ class GossipLink:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         """Gossip until cancelled (or left): the node, its events, table timers, joining."""
+        if self.identity is not None:
+            with trio.move_on_after(2.0):  # etcd away: keys are fetched when claims need them
+                await self._learn_keys(set())
         async with trio.open_nursery() as nursery:
             await nursery.start(self.gossip.run)
             self._running = True
+            if self.identity is not None:
+                nursery.start_soon(self._fetch_keys)
             await nursery.start(self.prober.run)
             subscription = self.gossip.subscribe(capacity=4096)
             nursery.start_soon(self._consume, subscription)
             nursery.start_soon(self._drive_table)
             nursery.start_soon(self._join_until_answered)
             task_status.started()
+
+    async def _learn_keys(self, wanted: set[str]) -> set[str] | None:
+        """One etcd read: learn every registered key; the `wanted` names found, None if etcd
+        could not be read."""
+        assert self.identity is not None
+        if self.public_keys is None:
+            return set()
+        try:
+            found = await self.public_keys()
+        except Exception as exc:  # etcd away: keys already known keep working
+            log.debug("public keys: etcd unreachable: %s", exc)
+            return None
+        keys = self.identity.keys
+        known = keys.known()
+        changed = False
+        for name, key in found.items():
+            if known.get(name) != key:
+                keys.learn(name, key)
+                changed = True
+        if changed and self._running:
+            self.gossip.keys_learned()
+            self.delegate.keys_learned(trio.current_time())
+        return wanted & found.keys()
+
+    async def _fetch_keys(self) -> None:
+        """Look up the public keys the core asked for (see the module docstring)."""
+        assert self.identity is not None
+        keys = self.identity.keys
+        pending: dict[str, int] = {}
+        while True:
+            for name in keys.wanted():
+                pending.setdefault(name, 0)
+            if pending:
+                found: set[str] | None = None
+                with trio.move_on_after(2.0):
+                    found = await self._learn_keys(set(pending))
+                if found is not None:
+                    for name in list(pending):
+                        pending[name] += 1
+                        if name in found or pending[name] >= KEY_FETCH_ATTEMPTS:
+                            del pending[name]
+                            if name not in found:
+                                keys.release(name)
+            await trio.sleep(KEY_FETCH_PERIOD)
 
     async def _consume(self, subscription: Subscription) -> None:
         async for event in subscription:
@@ -385,11 +474,15 @@ class GossipLink:
     # -- keys -------------------------------------------------------------------------------
 
     def keys_json(self) -> dict[str, Any]:
+        """Fingerprints only (first 8 hex digits of each key's SHA-256), never key material."""
+        identity = (None if self.identity is None
+                    else key_fingerprint(self.identity.signer.public_key))
         if self.keyring is None:
-            return {"primary": None, "keys": [], "encrypt": False}
+            return {"primary": None, "keys": [], "encrypt": False, "identity": identity}
         installed = self.keyring.keys()
-        return {"primary": _b64(self.keyring.primary), "keys": [_b64(k) for k in installed],
-                "encrypt": True}
+        return {"primary": fingerprint(self.keyring.primary),
+                "keys": [fingerprint(k) for k in installed], "encrypt": True,
+                "identity": identity}
 
     def change_key(self, action: str, key: bytes) -> None:
         """install / use / remove: validated on a copy, written to the file, then used."""

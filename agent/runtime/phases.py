@@ -125,8 +125,10 @@ async def run_gossip(c: Components, *,
         except* GossipError as group:
             port = c.config.gossip.port
             raise PortInUse(f"gossip.port={port}: {group.exceptions[0]}") from None
+        identity = c.gossip.identity
         node = Node(c.node, ipaddress.ip_address(c.facts.address),
-                    (c.facts.address, c.config.gossip.port), agent_version())
+                    (c.facts.address, c.config.gossip.port), agent_version(),
+                    b"" if identity is None else identity.signer.public_key)
         nursery.start_soon(partial(c.store.run_node_registration, node,
                                    ttl=c.config.store.lease_ttl))
         with trio.move_on_after(INITIAL_SYNC_TIMEOUT):

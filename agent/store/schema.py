@@ -33,6 +33,8 @@ is listed among the pure cores in pyproject.toml.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import json
 import re
@@ -280,20 +282,25 @@ def _validate_options(mode: str, options: object) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Node:
-    """A node's registry record: where its VTEP and its gossip listener are."""
+    """A node's registry record: where its VTEP and its gossip listener are, and its Ed25519
+    public key (32 bytes, b"" when it does not sign), the root of trust of its gossip claims."""
 
     name: str
     vtep: IPAddress
     gossip: tuple[str, int]
     version: str
+    public_key: bytes = b""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "vtep": str(self.vtep),
             "gossip": [self.gossip[0], self.gossip[1]],
             "version": self.version,
         }
+        if self.public_key:
+            out["public_key"] = base64.b64encode(self.public_key).decode()
+        return out
 
 
 @dataclass(frozen=True)
@@ -358,7 +365,8 @@ def decode_node(key: str, value: bytes) -> Node:
         vtep = ipaddress.ip_address(data["vtep"])
         host, port = data["gossip"]
         version = data["version"]
-    except (KeyError, TypeError, ValueError) as exc:
+        public_key = base64.b64decode(data.get("public_key", ""), validate=True)
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise MalformedRecord(key, f"bad node record ({exc!r})") from None
     if (
         not isinstance(name, str)
@@ -367,9 +375,10 @@ def decode_node(key: str, value: bytes) -> Node:
         or not isinstance(port, int)
         or not 0 < port < 65536
         or not isinstance(version, str)
+        or len(public_key) not in (0, 32)
     ):
         raise MalformedRecord(key, "bad node record")
-    return Node(name, vtep, (host, port), version)
+    return Node(name, vtep, (host, port), version, public_key)
 
 
 def check_block(block: Block, network: Network, key: str) -> None:

@@ -485,6 +485,10 @@ class Store:
         kvs, _ = await self.call(self.client.range, NODES, prefix_end(NODES))
         return self._decoded(kvs, decode_node)
 
+    async def public_keys(self) -> dict[str, bytes]:
+        """Registered nodes' Ed25519 public keys (nodes that sign), by name: one range read."""
+        return {n.name: n.public_key for n in await self.list_nodes() if n.public_key}
+
     async def gossip_seeds(self, *, exclude: str | None = None) -> list[tuple[str, int]]:
         """Gossip addresses of the registered nodes (but `exclude`), for joining."""
         return [n.gossip for n in await self.list_nodes() if n.name != exclude]

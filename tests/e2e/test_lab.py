@@ -30,6 +30,7 @@ from agent.api.client import CliError
 from agent.api.errors import EXIT_CONFLICT, EXIT_OK, EXIT_USAGE
 from agent.cli.main import main
 from agent.lab.hosts import Lab, LabError, LabHost, LabState
+from gossip.keyring import fingerprint
 from tests.test_agent_metrics import REQUIRED
 from underlay.netns_exec import ip_netns_exec
 
@@ -490,7 +491,11 @@ def test_key_rotation_and_sighup_reload_keep_the_cluster_whole(
         lab: tuple[Lab, LabState]) -> None:
     the_lab, state = lab
     new_key = base64.b64encode(os.urandom(32)).decode()
-    old_key = the_lab.client(state.hosts[0]).request("GET", "/v1/keys")["primary"]
+    old_key = state.key
+    new_print = fingerprint(base64.b64decode(new_key))
+    listed = the_lab.client(state.hosts[0]).request("GET", "/v1/keys")
+    assert listed["primary"] == fingerprint(base64.b64decode(old_key))  # never the key itself
+    assert old_key not in json.dumps(listed)
     for action in ("install", "use"):
         for host in state.hosts:
             the_lab.client(host).request("POST", f"/v1/keys/{action}", {"key": new_key})
@@ -503,10 +508,12 @@ def test_key_rotation_and_sighup_reload_keep_the_cluster_whole(
     assert last.pid is not None
     os.kill(last.pid, signal.SIGHUP)
     the_lab.wait_for(lambda: the_lab.client(last).request("GET", "/v1/keys")["keys"]
-                     == [new_key], "h5 to reload its keyring", 10)
+                     == [new_print], "h5 to reload its keyring", 10)
     for host in state.hosts:
         keys = the_lab.client(host).request("GET", "/v1/keys")
-        assert keys == {"primary": new_key, "keys": [new_key], "encrypt": True}
+        assert {k: keys[k] for k in ("primary", "keys", "encrypt")} == \
+            {"primary": new_print, "keys": [new_print], "encrypt": True}
+        assert keys["identity"]
     names = {h.node for h in state.hosts}
     start = time.monotonic()
     while time.monotonic() - start < 3:  # a few probe rounds on the new key only
