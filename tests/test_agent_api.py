@@ -198,3 +198,37 @@ async def test_cli_ip_for_an_overlay_endpoint_and_its_errors(
     specs = [c[1] for c in control.calls]
     assert [(s.mode, s.network, s.ip) for s in specs] == [
         ("overlay", "blue", ip) for ip in ("10.9.0.20", "10.9.0.7", "10.9.0.1")]
+
+
+class BrokenControl(RecordingControl):
+    def status(self) -> dict[str, Any]:
+        raise RuntimeError("secret internal detail")
+
+
+async def test_bad_names_deep_json_huge_numbers_are_400_and_500_says_nothing(
+        tmp_path: Path) -> None:
+    sock = tmp_path / "agent.sock"
+
+    def raw(method: str, path: str, data: str | None = None) -> tuple[int, str]:
+        argv = ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket", str(sock),
+                "-X", method, f"http://vxmesh{path}"]
+        if data is not None:
+            argv += ["-H", "Content-Type: application/json", "--data-binary", "@-"]
+        out = subprocess.run(argv, input=data, capture_output=True, text=True,
+                             timeout=10).stdout
+        text, _, code = out.rpartition("\n")
+        return int(code), text
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_api, BrokenControl(), sock)
+
+        def exercise() -> None:
+            assert raw("POST", "/v1/networks", json.dumps({"name": "net1\n"}))[0] == 400
+            assert raw("POST", "/v1/networks", "[" * 100_000 + "]" * 100_000)[0] == 400
+            assert raw("POST", "/v1/networks", '{"name": "a", "vni": 1' + "0" * 5000 + "}"
+                       )[0] == 400
+            code, text = raw("GET", "/v1/status")
+            assert code == 500 and "secret" not in text and "RuntimeError" not in text
+
+        await trio.to_thread.run_sync(exercise)
+        nursery.cancel_scope.cancel()

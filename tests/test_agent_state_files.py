@@ -61,3 +61,25 @@ def test_keyring_file(tmp_path: Path) -> None:
     write_json(path, {"primary": "bm90IGEga2V5", "keys": []})
     with pytest.raises(StateReadError, match="primary"):
         load_keyring(path)
+
+
+def test_secret_files_readable_by_others_are_refused_and_keys_never_echoed(
+        tmp_path: Path) -> None:
+    from agent.state_files import decode_key, load_identity_key
+
+    path = tmp_path / "keyring.json"
+    save_keyring(path, KeyringFile(b"k" * 32, (b"k" * 32,)))
+    os.chmod(path, 0o640)
+    with pytest.raises(StateReadError, match="0640"):
+        load_keyring(path)
+    near_valid = "a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5"  # 27 bytes of base64
+    with pytest.raises(StateReadError) as refused:
+        decode_key(near_valid, "key")
+    assert near_valid not in str(refused.value)
+    identity = tmp_path / "identity.json"
+    first = load_identity_key(identity)
+    assert len(first) == 32 and os.stat(identity).st_mode & 0o777 == 0o600
+    assert load_identity_key(identity) == first
+    os.chmod(identity, 0o644)
+    with pytest.raises(StateReadError, match=r"identity\.json"):
+        load_identity_key(identity)
