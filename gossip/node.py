@@ -141,7 +141,10 @@ class GossipNode:
         """Bind, start the core, report our advertised address, gossip until cancelled/left."""
         if self._swim is not None:
             raise GossipError(f"gossip node {self.name}: already ran; make a new GossipNode")
-        transport = await open_transport(self._bind, keyring=self._keyring, limits=self._limits)
+        identity = (None if self._signer is None or self.identity_keys is None
+                    else (self.name, self._signer, self.identity_keys))
+        transport = await open_transport(self._bind, keyring=self._keyring, limits=self._limits,
+                                         identity=identity)
         try:
             addr = self._advertise if self._advertise is not None else transport.addr
             if self._advertise is not None and self._advertise[1] == 0:

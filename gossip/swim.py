@@ -377,8 +377,8 @@ class Swim:
              "push_pulls_started", "reconnects_started", "push_pull_chunks_merged",
              "implausible_claims", "replies_capped", "relays_refused", "bad_signatures",
              "unknown_keys"), 0)
-        # Addresses that answered our probe directly or sent an authentic sealed packet;
-        # replies to any other address stay within twice the request (no amplification).
+        # Addresses that answered our probe directly; replies to any other address that is
+        # not a member's stay within twice the request (no amplification).
         self._proven: dict[Addr, None] = {}
         # Address -> the member we know there (replies to members are not capped).
         self._addr_owner: dict[Addr, str] = {}
@@ -454,11 +454,11 @@ class Swim:
 
         Amplification bound: everything this packet makes us send (acks, relayed pings)
         totals at most twice its size unless `addr` has proven itself: it acked a probe we
-        sent to it, or (with a keyring) sent an authentic packet (replays are refused by the
-        keyring), or it is the address of a member we know (so piggybacked gossip keeps
-        flowing on acks; without a keyring a spoofed member address can draw full-size acks
-        toward that member, never toward anyone else). Further replies are dropped and
-        counted (`replies_capped`).
+        sent to it (return routability), or it is the address of a member we know (so
+        piggybacked gossip keeps flowing on acks; a spoofed member address can draw
+        full-size acks toward that member, never toward anyone else). An authentic sealed
+        packet proves key possession, not the source address, so a key holder cannot
+        reflect either. Further replies are dropped and counted (`replies_capped`).
         """
         stats = self._stats
         stats["packets_received"] += 1
@@ -470,7 +470,6 @@ class Swim:
             except WireError:
                 stats["auth_failures"] += 1
                 return
-            self._prove(addr)
         if addr in self._proven or addr in self._addr_owner:
             self._reply_room = math.inf
         try:

@@ -8,7 +8,8 @@ Push-pull stream (both directions use the same framing):
 
     frame   = length (4 bytes, big endian) | payload, payload <= max_frame_bytes
     payload = sealed(kind byte | body) when a keyring is set, else kind byte | body
-    initiator -> HELLO(flags: bit 0 = join, request id: 8 random bytes), CHUNK*, END(count)
+    initiator -> HELLO(flags: bit 0 = join, request id: 8 random bytes
+                       [, signature (64) | node name: with an identity]), CHUNK*, END(count)
     responder -> REPLY(the same request id), CHUNK*, END(count)
 
 Each CHUNK carries one chunk of `Swim.push_pull_state` (bounded by push_pull_chunk_limit), so
@@ -21,13 +22,18 @@ streams, or the caller. Listener bounds: at most `max_streams` inbound streams a
 `max_streams_per_source` from one address (extra connections are closed, "busy"); the hello
 must arrive within `hello_timeout_s` ("timeout"); a peer sends at most `max_chunks` chunks and
 `max_stream_bytes` bytes ("size"). The responder hands out its state only after the
-initiator's hello (authentic, with a keyring) and state arrived.
+initiator's hello (authentic, with a keyring) and state arrived; with an identity (signed
+gossip), the hello must also carry the initiator's node name and its Ed25519 signature of the
+request id, verified against the trusted key ("auth" otherwise; an unknown key is queued for
+the shell to fetch, and the initiator's retry succeeds), so a stranger gets nothing even
+without encryption.
 
 UDP payloads are sealed by the SWIM core, so this layer counts them as one message type
 ("gossip"); push-pull frames count as "push_pull". Undecodable or unauthentic datagrams are
 counted by the core (`SwimStatistics.wire_errors` / `auth_failures`); oversize ones here.
 
-May import: trio, the standard library, gossip.errors, gossip.keyring, gossip.wire.
+May import: trio, the standard library, gossip.errors, gossip.identity, gossip.keyring,
+gossip.wire.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from dataclasses import dataclass
 import trio
 
 from gossip.errors import GossipError, WireError
+from gossip.identity import KeyCache, Signer, Verdict
 from gossip.keyring import TCP, Keyring
 from gossip.wire import ENCRYPTION_OVERHEAD, Addr
 
@@ -54,6 +61,8 @@ HELLO, REPLY, CHUNK, END = 1, 2, 3, 4
 _LENGTH = struct.Struct("!I")
 _COUNT = struct.Struct("!I")
 _REQUEST_ID_BYTES = 8
+_SIGNATURE_BYTES = 64
+_HELLO_DOMAIN = b"vxmesh hello\x00"
 _RECEIVE_BYTES = 65_536
 _BIND_ATTEMPTS = 32
 
@@ -167,7 +176,9 @@ class Transport:
     """A bound UDP socket and TCP listener sharing one port. Build with `open_transport`."""
 
     def __init__(self, udp: trio.socket.SocketType, listener: trio.SocketListener,
-                 addr: Addr, *, keyring: Keyring | None, limits: TransportLimits) -> None:
+                 addr: Addr, *, keyring: Keyring | None, limits: TransportLimits,
+                 identity: tuple[str, Signer, KeyCache] | None = None) -> None:
+        self._identity = identity
         self._udp = udp
         self._listener = listener
         self.addr = addr
@@ -220,7 +231,8 @@ class Transport:
             if stream is not None:
                 async with stream:
                     request_id = os.urandom(_REQUEST_ID_BYTES)
-                    hello = bytes((1 if join else 0,)) + request_id
+                    hello = bytes((1 if join else 0,)) + request_id + self._hello_proof(
+                        request_id)
                     outcome = await self._exchange(stream, addr, join, state, merge,
                                                    first=(HELLO, hello), expect=REPLY,
                                                    request_id=request_id)
@@ -308,10 +320,11 @@ class Transport:
                 raise FrameError("decode", f"push-pull: expected frame kind {expect}, "
                                            f"got {kind}")
             if expect == HELLO:
-                if len(body) != 1 + _REQUEST_ID_BYTES:
+                if len(body) < 1 + _REQUEST_ID_BYTES:
                     raise FrameError("decode", "push-pull hello of the wrong length")
                 join = bool(body[0] & 1)
-                request_id = body[1:]
+                request_id = body[1:1 + _REQUEST_ID_BYTES]
+                self._check_hello(request_id, body[1 + _REQUEST_ID_BYTES:])
             elif body != request_id:
                 raise FrameError("decode", "push-pull reply does not match our request")
             merged = 0
@@ -348,6 +361,29 @@ class Transport:
             return "failed"
         return "ok"
 
+    def _hello_proof(self, request_id: bytes) -> bytes:
+        if self._identity is None:
+            return b""
+        name, signer, _ = self._identity
+        return signer.sign(_HELLO_DOMAIN + request_id + name.encode()) + name.encode()
+
+    def _check_hello(self, request_id: bytes, proof: bytes) -> None:
+        if self._identity is None:
+            if proof:
+                raise FrameError("decode", "push-pull hello of the wrong length")
+            return
+        signature, name_bytes = proof[:_SIGNATURE_BYTES], proof[_SIGNATURE_BYTES:]
+        try:
+            name = name_bytes.decode()
+        except UnicodeDecodeError:
+            name = ""
+        if not 0 < len(name) <= 128:
+            raise FrameError("auth", "push-pull hello: no node name and signature")
+        verdict = self._identity[2].check(name, b"", signature,
+                                          _HELLO_DOMAIN + request_id + name_bytes)
+        if verdict is not Verdict.VALID:
+            raise FrameError("auth", f"push-pull hello: {verdict.value}")
+
     async def _send_state(self, stream: trio.abc.Stream, header: tuple[int, bytes],
                           chunks: list[bytes]) -> None:
         frames = [encode_frame(header[0], header[1], self.keyring)]
@@ -378,8 +414,10 @@ class Transport:
 
 
 async def open_transport(bind: Addr, *, keyring: Keyring | None = None,
-                         limits: TransportLimits | None = None) -> Transport:
-    """Bind UDP and TCP on `bind`; port 0 picks a port free for both. GossipError if taken."""
+                         limits: TransportLimits | None = None,
+                         identity: tuple[str, Signer, KeyCache] | None = None) -> Transport:
+    """Bind UDP and TCP on `bind`; port 0 picks a port free for both. GossipError if taken.
+    `identity` (our node name, signer, trusted keys): signed push-pull hellos."""
     host, port = bind
     family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
     for _ in range(_BIND_ATTEMPTS if port == 0 else 1):
@@ -402,6 +440,6 @@ async def open_transport(bind: Addr, *, keyring: Keyring | None = None,
                 continue
             raise GossipError(f"gossip bind: TCP {host} port {chosen}: {exc.strerror}") from None
         return Transport(udp, trio.SocketListener(tcp), (host, chosen), keyring=keyring,
-                         limits=limits or TransportLimits())
+                         limits=limits or TransportLimits(), identity=identity)
     raise GossipError(f"gossip bind: no port free for both UDP and TCP on {host} "
                       f"after {_BIND_ATTEMPTS} attempts")

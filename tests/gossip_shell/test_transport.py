@@ -334,3 +334,29 @@ async def test_a_stream_of_too_many_chunks_is_cut_off() -> None:
         await wait_until(lambda: server.statistics().dropped.get("size") == 1, "size")
         assert len(peer.merged) == 3 and peer.joins_asked == []
         nursery.cancel_scope.cancel()
+
+
+async def test_with_identities_a_stranger_gets_no_state_even_in_plain_text() -> None:
+    from gossip.identity import KeyCache, Signer
+
+    signers = {"a": Signer.generate(), "b": Signer.generate()}
+    keys = KeyCache({name: s.public_key for name, s in signers.items()})
+    async with trio.open_nursery() as nursery:
+        server = await open_transport(LOOPBACK, identity=("a", signers["a"], keys))
+        member = await open_transport(LOOPBACK, identity=("b", signers["b"], keys))
+        served = Peer([b"secret state"])
+        await serve(nursery, server, served)
+        peer = Peer([b"c"])
+        assert await member.push_pull(server.addr, True, peer.state, peer.merge)
+        assert peer.merged == [(b"secret state", True)]
+        stranger = encode_frame(HELLO, b"\x00" + bytes(8), None) + encode_frame(
+            END, struct.pack("!I", 0), None)
+        assert await raw_request(server.addr, stranger) == b""
+        impostor = Signer.generate()
+        forged = b"\x00" + bytes(8) + impostor.sign(b"x") + b"b"
+        assert await raw_request(server.addr, encode_frame(HELLO, forged, None)) == b""
+        unknown = await open_transport(LOOPBACK, identity=("c", impostor, KeyCache()))
+        assert not await unknown.push_pull(server.addr, False, peer.state, peer.merge)
+        await wait_until(lambda: server.statistics().dropped.get("auth") == 3, "three refusals")
+        assert keys.wanted() == ["c"]  # the unknown name is fetched by the shell
+        nursery.cancel_scope.cancel()

@@ -225,3 +225,13 @@ def test_blocks_are_checked_against_their_network(cidr: str, reason: str) -> Non
     check_block(Block("n", ipaddress.ip_network("10.1.0.16/28"), "h1", {}), network, "k")
     with pytest.raises(MalformedRecord, match=reason):
         check_block(block, network, block_key("n", block.cidr))
+
+
+def test_node_record_carries_its_public_key_and_older_records_have_none() -> None:
+    signed = Node("n", ipaddress.ip_address("10.0.0.1"), ("10.0.0.1", 7946), "0.1.0",
+                  bytes(range(32)))
+    assert decode_node(node_key("n"), encode(signed)) == signed
+    older = b'{"name": "n", "vtep": "10.0.0.1", "gossip": ["10.0.0.1", 7946], "version": "0"}'
+    assert decode_node(node_key("n"), older).public_key == b""
+    with pytest.raises(MalformedRecord):
+        decode_node(node_key("n"), older[:-1] + b', "public_key": "c2hvcnQ="}')
