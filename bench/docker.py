@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from underlay.netns_exec import nsenter_net
+from underlay.netns_exec import nsenter_net, nsenter_pid_net
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         docker(h1, "network", "create", "--subnet", str(BRIDGE_SUBNET), BRIDGE)
         docker(h2, "run", "-d", "--name", "probe", "--network", NETWORK, IMAGE, "sleep", "3600")
         probe_pid = docker(h2, "inspect", "-f", "{{.State.Pid}}", "probe")
-        probe_netns = ["nsenter", f"--net=/proc/{probe_pid}/ns/net", "--"]
+        probe_netns = nsenter_pid_net(int(probe_pid), [])
         h1_netns = nsenter_net(h1.netns, [])
         rows: list[dict[str, Any]] = []
         for i in range(args.containers):

@@ -80,3 +80,22 @@ def test_no_test_expects_a_bare_exception() -> None:
                     and node.args[0].id in ("Exception", "BaseException")):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert offenders == []
+
+
+def test_one_source_for_the_namespace_argv_and_the_kernel_vocabulary() -> None:
+    """`ip netns exec` / `nsenter --net` are spelled in underlay/netns_exec.py, the zero MAC and
+    the VNI bound in underlay/records.py; everything else asks them."""
+    spelled = {'"netns", "exec"': "underlay/netns_exec.py", '"--net=': "underlay/netns_exec.py",
+               '"00:00:00:00:00:00"': "underlay/records.py", "16_777_215": "underlay/records.py"}
+    offenders = []
+    for folder in ("agent", "gossip", "overlay", "underlay", "bench", "tests"):
+        for path in (ROOT / folder).rglob("*.py"):
+            relative = str(path.relative_to(ROOT))
+            if relative == "tests/test_repo.py":
+                continue
+            text = path.read_text()
+            for needle, owner in spelled.items():
+                if needle in text and relative != owner and (
+                        folder != "tests" or needle.startswith(('"netns"', '"--net'))):
+                    offenders.append(f"{relative}: {needle}")
+    assert offenders == []

@@ -1,7 +1,7 @@
 """The argv that runs a command inside a named network namespace: the one place that spells it.
 
 Owns: `NETNS_DIR` (where iproute2 and pyroute2 keep named namespaces), `netns_path(name)` and
-the two ways in:
+the two ways in (plus `nsenter_pid_net`, the second way into a process's namespace):
 - `ip_netns_exec(netns, argv)`: `ip netns exec <netns> ...`, the form operators type. It also
   gives the command a private mount namespace (with /etc/netns/<name> bind-mounted over /etc),
   so namespaces the command creates are invisible to everyone else, and its pid is ip's child.
@@ -33,3 +33,8 @@ def ip_netns_exec(netns: str, argv: Sequence[str]) -> list[str]:
 def nsenter_net(netns: str, argv: Sequence[str]) -> list[str]:
     """`argv` run inside `netns`'s network namespace only, exec'd in place by nsenter."""
     return ["nsenter", f"--net={netns_path(netns)}", "--", *argv]
+
+
+def nsenter_pid_net(pid: int, argv: Sequence[str]) -> list[str]:
+    """`argv` run inside the network namespace of process `pid` (a container's, say)."""
+    return ["nsenter", f"--net=/proc/{pid}/ns/net", "--", *argv]
