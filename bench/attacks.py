@@ -58,6 +58,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from underlay.netns_exec import ip_netns_exec
+
 ATTACKER = "10.77.0.66"
 VICTIM = "10.77.0.67"
 PORT = 7946
@@ -230,7 +232,7 @@ class AttackBench:
                            if e.get("mode") == "overlay")
         neigh = subprocess.run(["ip", "-n", host.netns, "neigh", "show", "nud", "permanent"],
                                capture_output=True, text=True, timeout=10).stdout
-        fdb = subprocess.run(["ip", "netns", "exec", host.netns, "bridge", "fdb", "show"],
+        fdb = subprocess.run(ip_netns_exec(host.netns, ["bridge", "fdb", "show"]),
                              capture_output=True, text=True, timeout=10).stdout
         return {"members": members, "endpoints": endpoints,
                 "neigh": sorted(line for line in neigh.splitlines() if "lladdr" in line),
@@ -243,8 +245,8 @@ class AttackBench:
 
     def send(self, plan: dict[str, Any]) -> dict[str, Any]:
         done = subprocess.run(
-            ["ip", "netns", "exec", self.attacker_ns, sys.executable, str(Path(__file__)),
-             "--sender"], input=json.dumps(plan), capture_output=True, text=True, timeout=120,
+            ip_netns_exec(self.attacker_ns, [sys.executable, str(Path(__file__)), "--sender"]),
+            input=json.dumps(plan), capture_output=True, text=True, timeout=120,
             cwd=Path(__file__).resolve().parents[1])
         if done.returncode != 0:
             raise RuntimeError(f"sender failed: {done.stderr.strip()[-400:]}")
