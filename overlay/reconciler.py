@@ -222,8 +222,12 @@ class Reconciler:
     # -- cheap, from the pipeline --------------------------------------------------------
 
     def set_desired(self, state: DesiredState) -> None:
-        """Hand over the newest desired state (replaces any not yet applied). Call from trio."""
+        """Hand over the newest desired state (replaces any not yet applied). Call from trio.
+
+        Not in sync from now until a pass has applied it (a pass running meanwhile still works
+        on the previous state: what it leaves is not what is wanted now)."""
         self._newest = state
+        self._in_sync = False
         self._wakeup.set()
 
     def request_resync(self) -> None:
@@ -298,6 +302,7 @@ class Reconciler:
             failures.append(f"kernel access failed: {exc}")
             total += 1
         self._in_sync = (not failures and not self._resync_needed and not self._devices_dirty
+                         and self._newest is None
                          and all(k.tracker.in_sync() for k in self._kinds))
         self._last_apply = self._clock() - started
         if failures:
