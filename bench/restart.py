@@ -23,7 +23,7 @@ With --json the last line is one JSON object: `lost_sigterm_restart`, `lost_kill
 `withdraw_dead_host_baseline_s`, and `runs` with every measurement. Run it alone on the
 machine: `flock /work/bench.lock .venv/bin/python bench/restart.py --json`.
 
-May import: agent.lab, the standard library.
+May import: agent.lab, underlay.netns_exec, the standard library.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ May import: agent.*, overlay, underlay, trio, the standard library.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -30,6 +31,8 @@ from agent.runtime.ports_report import port_rows
 from agent.store.schema import validate_network
 from overlay import desired as desired_state
 from underlay.endpoints_model import Mode, PortClaim
+
+log = logging.getLogger("vxmesh.agent")
 
 SHUTDOWN_TIMEOUT = 3.0
 LEAVE_ANSWER_TIME = 0.2  # after `vxmesh leave`: time for the API to send its answer
@@ -112,6 +115,7 @@ class Control:
     async def leave(self) -> dict[str, Any]:
         """`vxmesh leave`: leave the cluster now (peers withdraw our entries within a second),
         then end the process with exit 0 once this answer is on its way."""
+        log.info("vxmesh leave: leaving the cluster")
         with trio.move_on_after(SHUTDOWN_TIMEOUT) as scope:
             scope.shield = True
             await self.c.gossip.leave()
