@@ -143,6 +143,7 @@ class Endpoints:
         self._host_nl: NetlinkThread | None = None
         self._lock = trio.Lock()
         self._counts: Counter[str] = Counter()
+        self._sysctls_set: set[tuple[str, str]] = set()
         self.capabilities = CapabilityReport(available=frozenset())
 
     # --- public API -----------------------------------------------------------------------
@@ -239,7 +240,7 @@ class Endpoints:
         except UnderlayError:
             self._counts["refused"] += 1
             raise
-        self._store.save(record)
+        self._store.save(record, durable=_outlives_reboot(record))
         self._records[record.name] = record
         self._step(record.name, "recorded")
         try:
@@ -247,12 +248,14 @@ class Endpoints:
         except Exception as exc:
             self._counts["failed_creates"] += 1
             self._rollback(record)
+            if isinstance(exc, links.LinkConflict):  # e.g. the sandbox has that ifname
+                raise EndpointConflict(f"endpoint {record.name!r}: {exc}") from exc
             if isinstance(exc, UnderlayError):
                 raise
             raise KernelError(f"create endpoint {record.name!r}: {exc}") from exc
         ready = dataclasses.replace(record, state=State.READY)
         try:
-            self._store.save(ready)
+            self._store.save(ready, durable=_outlives_reboot(ready))
         except RecordWriteError:
             # Not recorded as ready: undo it all, so the caller may release its address.
             self._counts["failed_creates"] += 1
@@ -338,6 +341,9 @@ class Endpoints:
             net = self.config.bridge_network(record.network)
             mtu = mtu or net.mtu
             self._ensure_bridge_network(net.name)
+        if mode is Mode.OVERLAY and record.gateway:  # its host routes what it sends off-link
+            self._sysctl_once("net.ipv6.conf.all.forwarding" if ":" in record.gateway
+                              else "net.ipv4.ip_forward", "1")
         if mode is Mode.OVERLAY and mtu is None:  # default: the network's (its bridge's) MTU
             bridge_name = record.bridge or ""
             bridge_info = self.host_nl.call_blocking(lambda ipr: links.get_link(ipr, bridge_name))
@@ -410,6 +416,12 @@ class Endpoints:
         # DNAT from the host's 127.0.0.0/8 to an endpoint (as Docker without userland proxy).
         self._sysctl(f"net.ipv4.conf.{net.ifname}.route_localnet", "1")
 
+    def _sysctl_once(self, key: str, value: str) -> None:
+        """`_sysctl`, skipped when this service set the same value already."""
+        if (key, value) not in self._sysctls_set:
+            self._sysctl(key, value)
+            self._sysctls_set.add((key, value))
+
     def _sysctl(self, key: str, value: str) -> None:
         argv = nft.in_netns(self.config.host_netns, ["sysctl", "-qw", f"{key}={value}"])
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
@@ -439,18 +451,18 @@ class Endpoints:
                           record.name)
             return
         self._records.pop(record.name, None)
-        self._store.remove(record.name)
+        self._store.remove(record.name, durable=_outlives_reboot(record))
 
     def _delete(self, name: str) -> bool:
         record = self._records.get(name)
         if record is None:
             return False
         deleting = dataclasses.replace(record, state=State.DELETING)
-        self._store.save(deleting)
+        self._store.save(deleting, durable=_outlives_reboot(deleting))
         self._records[name] = deleting
         self._remove_kernel(deleting)
         self._records.pop(name, None)
-        self._store.remove(name)
+        self._store.remove(name, durable=_outlives_reboot(deleting))
         self._counts["deleted"] += 1
         return True
 
@@ -542,3 +554,8 @@ class Endpoints:
             return Inspection(record, None, None, None, (), port_texts)
         return Inspection(record, info.mac, info.mtu, info.up, tuple(addresses), port_texts)
 
+
+def _outlives_reboot(record: EndpointRecord) -> bool:
+    """Whether `record` must survive a reboot (its namespace is ours, re-made from it) and so
+    be fsynced; a caller's sandbox dies with the machine (`underlay.endpoints_state`)."""
+    return record.sandbox is None and record.handed_back is None

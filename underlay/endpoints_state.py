@@ -11,6 +11,11 @@ file and raises `RecordWriteError`, leaving the previous record. Each record is 
 or by the disk) is restored from its copy. When neither parses, the file is renamed
 `<name>.json.bad` and its name reported as unreadable, never deleted: the caller must then
 leave that endpoint's kernel objects alone (they may carry a running workload).
+Durability: the fsyncs are for records that must outlive a reboot (an endpoint in a
+namespace we own is re-made from its record). A record of an endpoint in a caller's sandbox
+(a CNI runtime's namespace, a veth handed to Docker) cannot outlive one, its sandbox does not,
+and a crash of the agent alone keeps the page cache: it is written `durable=False`, atomically
+but without fsync (each costs milliseconds on a disk, on every container start and stop).
 May import: the standard library, underlay.endpoints_model, underlay.errors.
 """
 
@@ -51,14 +56,15 @@ class RecordStore:
     def _path(self, name: str) -> Path:
         return self.directory / f"{name}.json"
 
-    def save(self, record: EndpointRecord) -> None:
-        """Write `record` and its copy atomically (durable when this returns)."""
+    def save(self, record: EndpointRecord, *, durable: bool = True) -> None:
+        """Write `record` and its copy atomically (on disk when this returns, if `durable`)."""
         data = json.dumps(record_to_json(record), sort_keys=True, indent=1).encode()
         path = self._path(record.name)
-        self._write(path, data)
-        self._write(path.with_name(path.name[: -len(".json")] + COPY_SUFFIX), data)
+        self._write(path, data, durable=durable)
+        self._write(path.with_name(path.name[: -len(".json")] + COPY_SUFFIX), data,
+                    durable=durable)
 
-    def _write(self, path: Path, data: bytes) -> None:
+    def _write(self, path: Path, data: bytes, *, durable: bool = True) -> None:
         tmp = path.with_name(path.name + ".tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -66,25 +72,27 @@ class RecordStore:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
-                os.fsync(fd)
+                if durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, path)
-            self._sync_directory()
+            if durable:
+                self._sync_directory()
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise RecordWriteError(f"cannot write endpoint record {path}: {exc.strerror}") \
                 from None
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str, *, durable: bool = True) -> None:
         """Forget endpoint `name` (record and copy); already gone is success."""
         removed = False
         for path in (self._path(name), self._copy_path(name)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
                 removed = True
-        if removed:
+        if removed and durable:
             self._sync_directory()
 
     def _copy_path(self, name: str) -> Path:

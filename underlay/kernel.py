@@ -5,11 +5,14 @@ Rules:
 - An `IPRoute` is created, used and closed by its own dedicated thread; trio code awaits
   `NetlinkThread.call(fn)`, which runs `fn(ipr)` on that thread and hands back the result or
   the exception. Calls on one namespace are serialised in submission order.
-- Named namespaces are opened with `flags=0`, so a typo raises instead of silently creating a
-  new, empty namespace.
-- pyroute2 forks a helper to open a socket in (or create) a named namespace and stops it
-  with SIGTERM; a helper inheriting a Python SIGTERM handler (the agent's graceful leave, a
-  benchmark's clean-up) would run our handler instead of dying and stall each namespace
+- A namespace (a name under /var/run/netns, or a path such as a runtime's `/run/netns/...` or
+  `/proc/PID/ns/net`) is entered by the dedicated thread itself with setns(2), which moves
+  that thread only, before it opens its `IPRoute`: no helper process is forked (pyroute2's
+  `IPRoute(netns=...)` forks one per socket, tens of milliseconds in a large process, on
+  every CNI ADD). A namespace that does not exist raises; none is ever created here.
+- pyroute2 still forks helpers to create or remove named namespaces (`underlay.links`) and
+  stops them with SIGTERM; a helper inheriting a Python SIGTERM handler (the agent's graceful
+  leave, a benchmark's clean-up) would run our handler instead of dying and stall each such
   operation by seconds. Importing this module makes those helpers reset the handlers.
 - Cancellation: a cancelled `call` stops waiting, but a netlink request already handed to the
   thread still runs to completion (netlink requests are not interruptible).
@@ -18,7 +21,9 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno as errno_codes
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -31,12 +36,27 @@ from pyroute2 import config as pyroute2_config
 from pyroute2.netlink.exceptions import NetlinkError
 
 from underlay.errors import KernelError
+from underlay.netns_exec import netns_path
 
 T = TypeVar("T")
 
 _STOP = object()
 
 pyroute2_config.disable_mp_signal = True
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def enter_netns(netns: str) -> None:
+    """Move the calling thread (only) into network namespace `netns` (a name or a path)."""
+    path = netns if netns.startswith("/") else netns_path(netns)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"setns({path}): {os.strerror(code)}")
+    finally:
+        os.close(fd)
 
 
 class NetlinkThread:
@@ -55,12 +75,14 @@ class NetlinkThread:
         if self._open_error is not None:
             raise KernelError(
                 f"cannot open netlink in namespace {netns!r}: {self._open_error}",
-                getattr(self._open_error, "code", None),
+                getattr(self._open_error, "code", None) or getattr(self._open_error, "errno", None),
             ) from self._open_error
 
     def _serve(self) -> None:
         try:
-            ipr = IPRoute(netns=self.netns, flags=0) if self.netns else IPRoute()
+            if self.netns:
+                enter_netns(self.netns)  # this thread is the namespace's for its whole life
+            ipr = IPRoute()
         except BaseException as exc:  # reported to the constructor
             self._open_error = exc
             self._ready.set()

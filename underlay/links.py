@@ -183,7 +183,7 @@ def wait_operational(ipr: IPRoute, name: str, *, timeout: float = 10.0) -> bool:
             return True
         if time.monotonic() >= deadline:
             return False
-        time.sleep(0.02)
+        time.sleep(0.005)
 
 
 def _adopt(ipr: IPRoute, name: str, kind: str) -> LinkInfo | None:
@@ -207,14 +207,17 @@ def ensure_bridge(ipr: IPRoute, name: str, *, mtu: int | None = None, mac: str |
     return set_link(ipr, name, mtu=mtu, mac=mac, up=up)
 
 
-def _create(ipr: IPRoute, name: str, kind: str, spec: dict[str, Any]) -> None:
+def _create(ipr: IPRoute, name: str, kind: str, spec: dict[str, Any], *,
+            other_name: str = "") -> None:
     try:
         ipr.link("add", **spec)
     except NetlinkError as exc:
         if netlink_errno(exc) == errno_codes.EEXIST:
             # Lost a race with another creator: adopt only if it is the same kind.
-            _adopt(ipr, name, kind)
-            return
+            if _adopt(ipr, name, kind) is not None:
+                return
+            raise LinkConflict(f"create {kind} {name!r}: {other_name or 'a name it needs'} "
+                               "exists already") from exc
         raise KernelError(f"create {kind} {name!r}: {exc}", netlink_errno(exc)) from exc
 
 
@@ -242,7 +245,8 @@ def ensure_veth(ipr: IPRoute, name: str, peer: str, *, peer_netns: str | None = 
             spec["mtu"] = mtu
         if mac is not None:
             spec["address"] = mac.lower()
-        _create(ipr, name, "veth", spec)
+        where = f" in namespace {peer_netns!r}" if peer_netns is not None else ""
+        _create(ipr, name, "veth", spec, other_name=f"interface {peer!r}{where}")
     return set_link(ipr, name, mtu=mtu, mac=mac, master=master, up=up)
 
 

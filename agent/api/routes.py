@@ -133,7 +133,7 @@ def _ports(values: list[Any], field_name: str, parse: Callable[..., T]) -> tuple
 
 
 def parse_network_request(body: Mapping[str, Any]) -> NetworkCreateRequest:
-    _refuse_unknown(body, {"name", "subnet", "vni", "mtu"})
+    refuse_unknown(body, {"name", "subnet", "vni", "mtu"})
     name = validate_name(_field(body, "name", required=True))
     subnet = _field(body, "subnet")
     if subnet is not None:
@@ -158,7 +158,7 @@ ATTACH_FIELDS = {"name", "network", "mode", "ip", "mac", "publish", "ports", "ne
 
 def parse_attach_request(body: Mapping[str, Any]) -> AttachRequest:
     """POST /v1/endpoints to the attach operation's request (a 400 naming any bad field)."""
-    _refuse_unknown(body, ATTACH_FIELDS)
+    refuse_unknown(body, ATTACH_FIELDS)
     name = validate_name(_field(body, "name", required=True))
     mode = _field(body, "mode") or "overlay"
     if mode not in ENDPOINT_MODES:
@@ -243,7 +243,7 @@ def attachment_json(attachment: Attachment) -> dict[str, Any]:
 
 
 def parse_key(body: Mapping[str, Any]) -> bytes:
-    _refuse_unknown(body, {"key"})
+    refuse_unknown(body, {"key"})
     text = _field(body, "key", required=True)
     try:
         return decode_key(text, "key")
@@ -260,13 +260,13 @@ def _list(body: Mapping[str, Any], name: str) -> list[Any]:
     return value
 
 
-def _refuse_unknown(body: Mapping[str, Any], known: set[str]) -> None:
+def refuse_unknown(body: Mapping[str, Any], known: set[str]) -> None:
     extra = sorted(set(body) - known)
     if extra:
         raise InvalidRequest(f"{extra[0]}: unknown field (known: {', '.join(sorted(known))})")
 
 
-def _json_body(request: Request) -> dict[str, Any]:
+def json_body(request: Request) -> dict[str, Any]:
     if not request.body:
         return {}
     try:
@@ -284,6 +284,9 @@ def _json_body(request: Request) -> dict[str, Any]:
 # -- routing ----------------------------------------------------------------------------------
 
 Route = Callable[[Control, Request, str], Awaitable[Response]]
+# A front door's routes on this socket (CNI's): they take the control object the process
+# hands them, whose protocol the front door declares and the process checks.
+ExtraRoute = Callable[[Any, Request, str], Awaitable[Response]]
 
 
 async def _status(control: Control, request: Request, arg: str) -> Response:
@@ -303,7 +306,7 @@ async def _networks(control: Control, request: Request, arg: str) -> Response:
 
 
 async def _network_create(control: Control, request: Request, arg: str) -> Response:
-    network = parse_network_request(_json_body(request))
+    network = parse_network_request(json_body(request))
     return Response.json(201, await control.create_network(network))
 
 
@@ -321,7 +324,7 @@ async def _endpoint_get(control: Control, request: Request, arg: str) -> Respons
 
 
 async def _endpoint_create(control: Control, request: Request, arg: str) -> Response:
-    attach = parse_attach_request(_json_body(request))
+    attach = parse_attach_request(json_body(request))
     return Response.json(201, attachment_json(await control.attach(attach)))
 
 
@@ -338,7 +341,7 @@ async def _keys(control: Control, request: Request, arg: str) -> Response:
 async def _key_change(control: Control, request: Request, arg: str) -> Response:
     if arg not in ("install", "use", "remove"):
         raise NotFound(f"no key action {arg!r} (install, use, remove)")
-    return Response.json(200, await control.change_key(arg, parse_key(_json_body(request))))
+    return Response.json(200, await control.change_key(arg, parse_key(json_body(request))))
 
 
 async def _fdb(control: Control, request: Request, arg: str) -> Response:
@@ -372,25 +375,28 @@ ROUTES: dict[tuple[str, str], Route] = {
 }
 
 
-def _resolve(method: str, path: str) -> tuple[Route, str]:
+def _resolve(method: str, path: str, routes: Mapping[tuple[str, str], ExtraRoute]
+             ) -> tuple[ExtraRoute, str]:
     path = path.rstrip("/") or "/"
     head, _, tail = path.rpartition("/")
     candidates = [((method, path), ""), ((method, f"{head}/*"), tail)]
     for key, arg in candidates:
-        if key in ROUTES:
-            return ROUTES[key], arg
-    allowed = sorted({m for (m, p) in ROUTES if p in (path, f"{head}/*")})
+        if key in routes:
+            return routes[key], arg
+    allowed = sorted({m for (m, p) in routes if p in (path, f"{head}/*")})
     if allowed:
         raise ApiError(f"{method} not allowed on {path} (allowed: {', '.join(allowed)})", 405)
     raise NotFound(f"no such path {path!r}")
 
 
-def make_handler(control: Control) -> Handler:
+def make_handler(control: Control,
+                 extra_routes: Mapping[tuple[str, str], ExtraRoute] | None = None) -> Handler:
     """The request handler: route, validate, call `control`, map errors to statuses."""
+    routes: dict[tuple[str, str], ExtraRoute] = {**ROUTES, **(extra_routes or {})}
 
     async def handle(request: Request) -> Response:
         try:
-            route, arg = _resolve(request.method, request.path)
+            route, arg = _resolve(request.method, request.path, routes)
             return await route(control, request, arg)
         except DOMAIN_ERRORS as exc:
             return Response.error(http_status(exc), str(exc))
@@ -400,12 +406,13 @@ def make_handler(control: Control) -> Handler:
 
 async def serve_api(control: Control, socket_path: Path, *, mode: int = 0o660, group: str = "",
                     stats: HttpServerStatistics | None = None,
+                    extra_routes: Mapping[tuple[str, str], ExtraRoute] | None = None,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the control API on `socket_path` until cancelled; removes the socket on exit."""
     listener = await bind_unix_listener(socket_path, mode=mode, group=group)
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(serve_http, [listener], make_handler(control),
+            await nursery.start(serve_http, [listener], make_handler(control, extra_routes),
                                 stats)
             task_status.started()
     finally:

@@ -21,8 +21,6 @@ Pure, standard library only.
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Mapping
 
 from agent.cni.spec import (
     DECODING_FAILURE,
@@ -38,14 +36,17 @@ from agent.cni.spec import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any
 
 DEFAULT_SOCKET = "/run/vxmesh/agent.sock"
 PLUGIN_TYPE = "vxmesh"
 SPOOL_DIR_NAME = "cni-detach"
 ATTACHMENT_PREFIX = "cni-"
-# The agent's network names (agent.api.routes.NAME_PATTERN).
-VXMESH_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,30}$")
+NAME_FIRST = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+NAME_CHARACTERS = NAME_FIRST | frozenset("_.-")
+NAME_MAX = 31
+HEX = frozenset("0123456789abcdef")
 OWN_FIELDS = {"network", "subnet", "vni", "mtu", "socket", "dns"}
 PROTOCOL_FIELDS = {"cniVersion", "cniVersions", "name", "type", "capabilities",
                    "runtimeConfig", "args", "prevResult", "ipMasq", "disableCheck", "disableGC"}
@@ -97,6 +98,12 @@ class NetConf(Value):
         return os.path.join(os.path.dirname(self.socket), SPOOL_DIR_NAME)
 
 
+def is_vxmesh_name(text: str) -> bool:
+    """A vxmesh network name, as the agent's API takes it (`agent.api.routes.NAME_PATTERN`)."""
+    return 0 < len(text) <= NAME_MAX and text[0] in NAME_FIRST \
+        and all(c in NAME_CHARACTERS for c in text)
+
+
 def attachment_name(container_id: str, ifname: str) -> str:
     """The agent's name for the attachment (container ID, interface name)."""
     import hashlib  # only here: OpenSSL's import costs milliseconds at every plugin start
@@ -127,7 +134,7 @@ def _address(text: Any, where: str, *, code: int = INVALID_CONFIG) -> str:
 
 def _mac(text: Any, where: str, *, code: int = INVALID_CONFIG) -> str:
     parts = text.lower().replace("-", ":").split(":") if isinstance(text, str) else []
-    if len(parts) != 6 or not all(re.fullmatch(r"[0-9a-f]{2}", p) for p in parts) \
+    if len(parts) != 6 or not all(len(p) == 2 and set(p) <= HEX for p in parts) \
             or int(parts[0], 16) & 1:
         raise CniError(code, f"{where}={text!r}: not a unicast MAC address")
     return ":".join(parts)
@@ -177,7 +184,7 @@ def parse_netconf(config: Mapping[str, Any], version: str, invocation: Invocatio
     if plugin_type is not None and plugin_type != PLUGIN_TYPE:
         raise CniError(INVALID_CONFIG, f"type={plugin_type!r}: this plugin is {PLUGIN_TYPE!r}")
     network = config.get("network", name)
-    if not isinstance(network, str) or not VXMESH_NAME.match(network):
+    if not isinstance(network, str) or not is_vxmesh_name(network):
         field = "network" if "network" in config else "name"
         raise CniError(INVALID_CONFIG,
                        f"{field}={network!r}: not a vxmesh network name (lower-case letters, "

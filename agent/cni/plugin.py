@@ -30,13 +30,11 @@ May import: agent.cni.spec, agent.cni.netconf, agent.unix_http, the standard lib
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import json
 import os
 import sys
-from collections.abc import Mapping
 
+from agent.cni import fastjson
 from agent.cni.netconf import NetConf, attachment_name, parse_netconf, valid_attachments
 from agent.cni.spec import (
     AGENT_FAILED,
@@ -67,6 +65,7 @@ from agent.unix_http import ProtocolError, unix_request
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any, BinaryIO, TextIO
 
 AGENT_TIMEOUT = 60.0
@@ -81,7 +80,7 @@ class AgentUnreachable(Exception):
 def call_agent(socket_path: str, method: str, path: str,
                body: Mapping[str, Any] | None = None) -> tuple[int, Any]:
     """One request to the agent: (HTTP status, decoded JSON); AgentUnreachable if it is down."""
-    payload = json.dumps(body).encode() if body is not None else None
+    payload = fastjson.dumps(body).encode() if body is not None else None
     try:
         reply = unix_request(socket_path, method, path, payload, timeout=AGENT_TIMEOUT)
     except (FileNotFoundError, ConnectionRefusedError) as exc:
@@ -91,8 +90,8 @@ def call_agent(socket_path: str, method: str, path: str,
         raise CniError(TRY_AGAIN_LATER, f"talking to the vxmesh agent at {socket_path} "
                                         f"failed: {exc}") from None
     try:
-        return reply.status, json.loads(reply.body) if reply.body else None
-    except json.JSONDecodeError:
+        return reply.status, fastjson.loads(reply.body.decode()) if reply.body else None
+    except ValueError:
         raise CniError(AGENT_PROTOCOL, f"the agent at {socket_path} answered {reply.status} "
                                        "with a body that is not JSON") from None
 
@@ -188,12 +187,12 @@ def spool_detach(conf: NetConf, body: Mapping[str, Any], name: str) -> str:
     temporary = f"{target}.{os.getpid()}.tmp"
     try:
         with open(temporary, "w") as handle:
-            json.dump(dict(body), handle)
+            handle.write(fastjson.dumps(dict(body)))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, target)
     except OSError as exc:
-        with contextlib.suppress(OSError):
+        if os.path.lexists(temporary):
             os.unlink(temporary)
         raise CniError(IO_FAILURE, f"the agent is down and the detach request could not be "
                                    f"left in {conf.spool_dir}: {exc}") from None
@@ -281,12 +280,12 @@ def run(env: Mapping[str, str], stdin: BinaryIO, stdout: TextIO, log: TextIO) ->
             raise decoded
         config = decoded
         if invocation.command == "VERSION":
-            json.dump(version_answer(config), stdout)
+            stdout.write(fastjson.dumps(version_answer(config)))
             return 0
         version = config_version(config, invocation.command)
         conf = parse_netconf(config, version, invocation)
         if invocation.command == "ADD":
-            json.dump(cmd_add(invocation, conf), stdout)
+            stdout.write(fastjson.dumps(cmd_add(invocation, conf)))
         elif invocation.command == "DEL":
             cmd_del(invocation, conf, log)
         elif invocation.command == "CHECK":
@@ -297,7 +296,7 @@ def run(env: Mapping[str, str], stdin: BinaryIO, stdout: TextIO, log: TextIO) ->
             cmd_status(conf)
         return 0
     except CniError as exc:
-        json.dump(exc.to_json(version), stdout)
+        stdout.write(fastjson.dumps(exc.to_json(version)))
         return 1
 
 

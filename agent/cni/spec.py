@@ -20,12 +20,11 @@ May import: the standard library only.
 
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Mapping
+from agent.cni import fastjson
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -81,9 +80,9 @@ REQUIRED_ENV = {
 # The first version that defines each command (older configurations must not use it).
 FIRST_VERSION = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
 
-CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 IFNAME_MAX = 15
+ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+ID_CHARACTERS = ALNUM | frozenset("_.-")
 
 
 class CniError(Exception):
@@ -155,6 +154,11 @@ class Invocation(Value):
         return None
 
 
+def is_container_id(text: str) -> bool:
+    """A CNI container ID: a letter or digit, then letters, digits, `_`, `.` or `-`."""
+    return bool(text) and text[0] in ALNUM and all(c in ID_CHARACTERS for c in text)
+
+
 def check_ifname(value: str, variable: str = "CNI_IFNAME") -> str:
     """A Linux interface name: 1-15 bytes, not `.`/`..`, no `/`, `:` or white space."""
     if not value or len(value.encode()) > IFNAME_MAX or value in (".", "..") \
@@ -194,7 +198,7 @@ def parse_environment(env: Mapping[str, str]) -> Invocation:
                        f"{', '.join(missing)}: required for {command}")
     container_id = env.get("CNI_CONTAINERID", "")
     if container_id and command in ("ADD", "CHECK", "DEL") \
-            and not CONTAINER_ID.match(container_id):
+            and not is_container_id(container_id):
         raise CniError(INVALID_ENVIRONMENT,
                        f"CNI_CONTAINERID={container_id!r}: must start with a letter or digit, "
                        "then letters, digits, '_', '.' or '-'")
@@ -343,8 +347,8 @@ def merge_results(previous: Result, mine: Result) -> Result:
 def decode_config(raw: bytes) -> dict[str, Any]:
     """stdin as a JSON object with `cniVersion` and `name`; decode errors are code 6."""
     try:
-        value = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        value = fastjson.loads(raw.decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError too
         raise CniError(DECODING_FAILURE, f"stdin: the network configuration is not JSON ({exc})"
                        ) from None
     if not isinstance(value, dict):

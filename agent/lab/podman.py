@@ -8,9 +8,10 @@ with the vfs driver, `tmp_dir`; the image `vxmesh/busybox:latest` imported from 
 filesystem made of `busybox-static`; the command line that runs podman in the host's network
 namespace; removing every container at `lab down` (while the agent still answers DEL).
 
-Layout under the host's directory: `podman/containers.conf`, `podman/root`, `podman/run`,
-`podman/tmp`, `cni/net.d` (what `vxmesh cni install` writes there). The lab's `cni-bin/`
-holds the `vxmesh` launcher of this source tree.
+Layout under the host's directory: `podman/containers.conf`, `podman/root`, `podman/tmp`,
+`cni/net.d` (what `vxmesh cni install` writes there); the run root is `/run/vxpodman-<host
+namespace>` (podman refuses one longer than 50 characters). The lab's `cni-bin/` holds the
+`vxmesh` launcher of this source tree.
 
 May import: agent.cni.launcher, agent.errors, underlay.netns_exec, the standard library.
 """
@@ -34,6 +35,7 @@ APPLETS = ("sh", "ip", "ping", "wget", "nc", "httpd", "sleep", "cat", "hostname"
            "ls", "echo", "ifconfig", "route", "true", "mkdir")
 SYSTEM_PLUGIN_DIR = "/usr/lib/cni"
 PODMAN_TIMEOUT = 120.0
+RUNROOT_PARENT = Path("/run")
 
 
 class PodmanError(AgentError):
@@ -58,7 +60,7 @@ class PodmanHost:
 
     @property
     def runroot(self) -> Path:
-        return self.directory / "podman" / "run"
+        return RUNROOT_PARENT / f"vxpodman-{self.netns}"
 
     @property
     def tmp(self) -> Path:
@@ -150,6 +152,8 @@ def remove_containers(host: PodmanHost) -> None:
         return
     host.run(["rm", "--all", "--force", "--time", "0"])
     host.run(["system", "prune", "--force"], timeout=60)
+    unmount_below(host.runroot)
+    shutil.rmtree(host.runroot, ignore_errors=True)
 
 
 def unmount_below(directory: Path) -> None:

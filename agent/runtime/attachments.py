@@ -70,7 +70,8 @@ def attachment_of(record: EndpointRecord, node: str) -> Attachment:
     """The attachment an endpoint record stands for."""
     spec = record.spec
     sandbox = netns_path(record.netns) if record.netns else record.sandbox
-    routes = (Route("0.0.0.0/0", record.gateway),) if record.gateway else ()
+    default = "::/0" if record.gateway and ":" in record.gateway else "0.0.0.0/0"
+    routes = (Route(default, record.gateway),) if record.gateway else ()
     return Attachment(
         name=record.name, network=record.network or "", mode=record.mode, node=node,
         ip=first_ip(record), addresses=record.addresses, mac=record.mac, mtu=spec.mtu,
@@ -152,12 +153,16 @@ class Attachments:
                 with trio.move_on_after(NETWORK_SYNC_TIMEOUT):
                     await self._gossip.sync_network(network.name)
             bridge = desired_state.bridge_name(network.vni)
-            await self._wait_link(bridge)
             mtu = network.mtu or desired_state.overlay_mtu(self._facts.mtu, self._facts.address)
-            record = await self._endpoints.create(_with_sandbox(EndpointSpec(
+            # The default route goes via the network's gateway, which every host's bridge
+            # carries (overlay.desired); a handed-back veth is the runtime's to route.
+            gateway = None if isinstance(request.sandbox, HandBackVeth) else str(network.gateway)
+            spec = _with_sandbox(EndpointSpec(
                 name=request.name, mode=Mode.OVERLAY, network=network.name, bridge=bridge,
-                mtu=mtu, addresses=(f"{ip}/{network.subnet.prefixlen}",), mac=request.mac),
-                request))
+                mtu=mtu, addresses=(f"{ip}/{network.subnet.prefixlen}",), mac=request.mac,
+                gateway=gateway), request)
+            await self._wait_link(bridge)
+            record = await self._endpoints.create(spec)
         except BaseException:
             pool.release(address)
             raise

@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from agent.api.attach import Attachment, AttachRequest
-from agent.api.errors import Conflict, InvalidRequest
+from agent.api.errors import Conflict, InvalidRequest, NotFound
 from agent.api.routes import NetworkCreateRequest
 from agent.runtime.attachments import first_ip
 from agent.runtime.compose import Components
@@ -30,7 +30,8 @@ from agent.runtime.fdb_report import fdb_report
 from agent.runtime.ports_report import port_rows
 from agent.store.schema import validate_network
 from overlay import desired as desired_state
-from underlay.endpoints_model import Mode, PortClaim
+from underlay.endpoints import Inspection
+from underlay.endpoints_model import EndpointNotFound, Mode, PortClaim
 
 log = logging.getLogger("vxmesh.agent")
 
@@ -176,6 +177,17 @@ class Control:
 
     def endpoint(self, name: str) -> Attachment:
         return self.c.attachments.get(name)
+
+    def attachments(self) -> list[Attachment]:
+        """Every attachment of this host."""
+        return self.c.attachments.all()
+
+    async def inspect(self, name: str) -> Inspection:
+        """Attachment `name`'s interface as the kernel shows it now."""
+        try:
+            return await self.c.endpoints.inspect(name)
+        except EndpointNotFound:
+            raise NotFound(f"no endpoint {name!r} on this host") from None
 
     async def attach(self, request: AttachRequest) -> Attachment:
         return await self.c.attachments.attach(request)

@@ -25,6 +25,7 @@ from functools import partial
 import trio
 
 from agent.api.routes import serve_api
+from agent.cni.service import CNI_ROUTES, CniControl, work_off_spool
 from agent.runtime.compose import Components
 from agent.runtime.control import Control, agent_version
 from agent.runtime.errors import EtcdUnreachable, PortInUse, StartupError
@@ -173,10 +174,16 @@ async def run_names(c: Components, *,
 
 async def run_api(c: Components, control: Control, *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """The control API on `api.socket`."""
+    """The control API on `api.socket`, with the CNI plugin's routes; the CNI DELs the plugin
+    spooled while the agent was down are worked off before it reports started."""
     api = c.config.api
-    await serve_api(control, api.socket, mode=c.config.socket_mode_bits,
-                    group=api.socket_group, stats=c.api_stats, task_status=task_status)
+    _cni: CniControl = control  # mypy: the control speaks the CNI routes' protocol
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(serve_api, control, api.socket,
+                                    mode=c.config.socket_mode_bits, group=api.socket_group,
+                                    stats=c.api_stats, extra_routes=CNI_ROUTES))
+        await work_off_spool(control, api.socket)
+        task_status.started()
 
 
 async def run_watchdog(c: Components, control: Control, *,
