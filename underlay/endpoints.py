@@ -67,8 +67,14 @@ from underlay.errors import KernelError, RecordWriteError, UnderlayError
 from underlay.facts import CapabilityReport, probe_capabilities
 from underlay.kernel import NetlinkThread
 from underlay.nat_table import replace_transaction
+from underlay.records import split_vlan
 
 log = logging.getLogger(__name__)
+
+
+def _vlan_base(parent: str) -> str:
+    """The interface a parent stands on: `eth0` for `eth0.30` (made on demand) and `eth0`."""
+    return split_vlan(parent)[0]
 
 StepHook = Callable[[str, str], None]
 ContainerOfPid = Callable[[int], str | None]  # the name of the container a process runs in
@@ -322,8 +328,11 @@ class Endpoints:
                     f"network must be set up first)")
         if mode in (Mode.MACVLAN, Mode.IPVLAN):
             parent = record.spec.parent or self.config.underlay_interface
-            if self.host_nl.call_blocking(lambda ipr: links.get_link(ipr, parent)) is None:
-                raise EndpointError(f"parent={parent!r}: no such interface on the host")
+            base = _vlan_base(parent)
+            if self.host_nl.call_blocking(lambda ipr: links.get_link(ipr, base)) is None:
+                raise EndpointError(f"parent={parent!r}: no interface {base!r} on the host")
+            if "vlan" in self.capabilities.missing and split_vlan(parent)[1] is not None:
+                raise EndpointError(f"parent={parent!r}: {self.capabilities.missing['vlan']}")
         if mode in (Mode.MACVLAN, Mode.IPVLAN) and mode.value in self.capabilities.missing:
             raise EndpointError(f"mode={mode.value!r}: {self.capabilities.missing[mode.value]}")
 
@@ -363,6 +372,7 @@ class Endpoints:
         else:
             parent = record.spec.parent or self.config.underlay_interface
             netns = record.netns
+            self._ensure_parent(parent)
             if mode is Mode.MACVLAN:
                 self.host_nl.call_blocking(lambda ipr: links.ensure_macvlan(
                     ipr, ifname, parent, netns=netns, mtu=mtu, mac=record.mac))
@@ -403,6 +413,28 @@ class Endpoints:
         finally:
             inside.close()
 
+    def _ensure_parent(self, parent: str) -> None:
+        """`eth0.30`: the 802.1Q sub-interface of eth0 with id 30, made if missing (as Docker's
+        macvlan driver; removed with the last endpoint on it, `_remove_unused_parent`)."""
+        base, vlan = split_vlan(parent)
+        if vlan is not None:
+            made = self.host_nl.call_blocking(
+                lambda ipr: links.ensure_vlan(ipr, parent, base, vlan))
+            if made:
+                log.info("made VLAN sub-interface %s (id %d on %s)", parent, vlan, base)
+
+    def _remove_unused_parent(self, record: EndpointRecord) -> None:
+        """Remove a VLAN sub-interface we made once no other endpoint stands on it."""
+        parent = record.spec.parent or self.config.underlay_interface
+        if split_vlan(parent)[1] is None or any(
+                r.name != record.name and r.mode in (Mode.MACVLAN, Mode.IPVLAN)
+                and (r.spec.parent or self.config.underlay_interface) == parent
+                for r in self._records.values()):
+            return
+        if self.host_nl.call_blocking(lambda ipr: links.owned_by_us(ipr, parent)):
+            self.host_nl.call_blocking(lambda ipr: links.delete_link(ipr, parent))
+            log.info("removed VLAN sub-interface %s (no endpoint on it)", parent)
+
     def _ensure_bridge_network(self, name: str) -> None:
         net = self.config.bridge_network(name)
         gateway = str(net.gateway)
@@ -442,6 +474,8 @@ class Endpoints:
             links.delete_netns(record.netns)
         if record.mode is Mode.BRIDGE:
             self._apply_nat(without=record.name)
+        if record.mode in (Mode.MACVLAN, Mode.IPVLAN):
+            self._remove_unused_parent(record)
 
     def _rollback(self, record: EndpointRecord) -> None:
         try:

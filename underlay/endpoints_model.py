@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from underlay.errors import UnderlayError
-from underlay.records import IFNAME_MAX, canonical_ip, canonical_mac, ifname_ok
+from underlay.records import IFNAME_MAX, canonical_ip, canonical_mac, ifname_ok, split_vlan
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 HOST_VETH_PATTERN = re.compile(r"^vxep[0-9a-f]{10}$")
@@ -372,6 +372,11 @@ def _check_common(spec: EndpointSpec) -> None:
         normalize_mac(spec.mac)
     if spec.gateway is not None:
         _address(spec.gateway, "gateway", spec.gateway)
+    if spec.parent is not None:
+        try:
+            split_vlan(spec.parent)
+        except ValueError as exc:
+            raise EndpointSpecError(f"parent={spec.parent!r}: {exc}") from None
     if spec.ipvlan_mode not in ("l2", "l3", "l3s"):
         raise EndpointSpecError(f"ipvlan_mode={spec.ipvlan_mode!r}: expected l2, l3 or l3s")
     if not ifname_ok(spec.ifname):

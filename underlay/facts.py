@@ -36,7 +36,10 @@ from pyroute2 import IPRoute
 from underlay.errors import UnderlayError
 from underlay.kernel import NetlinkThread, netlink_errno
 
-CAPABILITIES = ("vxlan", "bridge", "macvlan", "ipvlan", "nftables")
+CAPABILITIES = ("vxlan", "bridge", "macvlan", "ipvlan", "vlan", "nftables")
+KERNEL_MODULES = {"vxlan": "vxlan", "bridge": "bridge", "macvlan": "macvlan",
+                  "ipvlan": "ipvlan", "vlan": "8021q"}
+"""The kernel module behind each link kind (named when a kind is missing)."""
 _IFA_F_SKIP = 0x40 | 0x20 | 0x01  # tentative, deprecated, secondary
 _AF_INET = 2
 _AF_INET6 = 10
@@ -211,6 +214,7 @@ _PROBES: dict[str, dict[str, Any]] = {
     "bridge": {"kind": "bridge", "mtu": 1},   # MTU below minimum: EINVAL
     "macvlan": {"kind": "macvlan", "link": 1},  # on loopback: EINVAL
     "ipvlan": {"kind": "ipvlan", "link": 1},    # on loopback: EINVAL
+    "vlan": {"kind": "vlan", "link": 1},        # no VLAN id: EINVAL
 }
 
 
@@ -223,7 +227,8 @@ def _probe_links(ipr: IPRoute) -> dict[str, str | None]:
         except Exception as exc:
             code = netlink_errno(exc)
             result[kind] = (None if code != errno_codes.EOPNOTSUPP
-                            else f"the kernel has no {kind} link type (module not available)")
+                            else f"the kernel has no {kind} link type (kernel module "
+                                 f"{KERNEL_MODULES[kind]} not available)")
             continue
         # Accepted an invalid configuration: remove what was made; the kind is there.
         ipr.link("del", ifname="vxprobe")

@@ -298,6 +298,39 @@ def ensure_ipvlan(ipr: IPRoute, name: str, parent: str, *, mode: str = "l2",
     _ensure_sublink(ipr, "ipvlan", name, parent, IPVLAN_MODES[mode], netns, mtu, None)
 
 
+OWNED_ALIAS = "vxmesh"
+"""The interface alias (`ip link` shows it) of sub-interfaces vxmesh made and may remove."""
+
+
+def ensure_vlan(ipr: IPRoute, name: str, parent: str, vlan: int) -> bool:
+    """The 802.1Q sub-interface `name` of `parent` with id `vlan`, up; True if made now (then
+    it carries OWNED_ALIAS). An existing link of that name is taken as it is."""
+    check_ifname(name)
+    info = get_link(ipr, name)
+    if info is not None:
+        if info.kind != "vlan":
+            raise LinkConflict(f"link {name!r} exists as {info.kind or 'a device'}, not vlan")
+        return False
+    parent_index = _require(ipr, parent).index
+    _create(ipr, name, "vlan", {"ifname": name, "kind": "vlan", "link": parent_index,
+                                "vlan_id": vlan})
+    index = _require(ipr, name).index
+    _kernel(f"set alias and up of {name!r}",
+            lambda: ipr.link("set", index=index, ifalias=OWNED_ALIAS, state="up"))
+    return True
+
+
+def owned_by_us(ipr: IPRoute, name: str) -> bool:
+    """Whether link `name` exists and carries OWNED_ALIAS (vxmesh made it)."""
+    try:
+        msgs = ipr.link("get", ifname=name)
+    except NetlinkError as exc:
+        if is_missing(exc):
+            return False
+        raise KernelError(f"look up link {name!r}: {exc}", netlink_errno(exc)) from exc
+    return bool(msgs[0].get_attr("IFLA_IFALIAS") == OWNED_ALIAS)
+
+
 def move_link(ipr: IPRoute, name: str, netns: str, *, new_name: str | None = None) -> None:
     """Move link `name` from this namespace into `netns`, renamed to `new_name` if given."""
     info = _require(ipr, name)

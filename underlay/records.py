@@ -62,6 +62,23 @@ def ifname_ok(name: str) -> bool:
         and not any(c in "/:" or c.isspace() for c in name)
 
 
+VLAN_MAX = 4094  # 802.1Q VLAN ids are 1..4094 (0 and 4095 are reserved)
+
+
+def split_vlan(parent: str) -> tuple[str, int | None]:
+    """`eth0.30` -> ("eth0", 30), `eth0` -> ("eth0", None) (Docker's parent syntax);
+    ValueError naming the rule when the VLAN id or the names are not valid."""
+    if not ifname_ok(parent):
+        raise ValueError(f"not an interface name (1 to {IFNAME_MAX} bytes, no '/', ':' or "
+                         "spaces)")
+    base, dot, vlan = parent.rpartition(".")
+    if not dot:
+        return parent, None
+    if not base or not vlan.isdigit() or not 1 <= int(vlan) <= VLAN_MAX:
+        raise ValueError(f"the VLAN id after the dot must be 1..{VLAN_MAX} (eth0.30)")
+    return base, int(vlan)
+
+
 def vni_in_range(vni: object) -> bool:
     """True for an integer (not a bool) VNI within VNI_MIN..VNI_MAX."""
     return isinstance(vni, int) and not isinstance(vni, bool) and VNI_MIN <= vni <= VNI_MAX

@@ -10,7 +10,10 @@ Routes (all JSON; errors are {"error": {"status": N, "message": "..."}}):
   GET    /v1/status                 node, VTEP, readiness, sync and store state, counts
   GET    /v1/members                gossip members
   GET    /v1/networks               networks (from etcd, or the last copy while etcd is away)
-  POST   /v1/networks               {"name", "subnet", "vni"?, "mtu"?}            -> 201
+  POST   /v1/networks               {"name", "subnet", "vni"?, "mtu"?, "driver"? (overlay,
+                                     bridge, macvlan, ipvlan), "subnet6"?, "gateway"?,
+                                     "ip_range"?, "parent"?, "ipvlan_mode"?, "internal"?,
+                                     "options"? {K: V}}                              -> 201
   DELETE /v1/networks/NAME
   GET    /v1/endpoints              every endpoint known (local and remote)
   GET    /v1/endpoints/NAME         one local endpoint (with its namespace, for exec)
@@ -54,6 +57,7 @@ from agent.api.http import (
 from agent.state_files import StateReadError, decode_key
 from overlay.attributes import InvalidAttributes, make_attributes
 from underlay.endpoints_model import (
+    NETWORK_MODES,
     EndpointSpecError,
     Mode,
     PortClaim,
@@ -64,6 +68,7 @@ from underlay.records import MTU_MAX, MTU_MIN, VNI_MAX, VNI_MIN, canonical_ip
 
 T = TypeVar("T")
 ENDPOINT_MODES = tuple(mode.value for mode in Mode)
+NETWORK_DRIVERS = tuple(mode.value for mode in NETWORK_MODES)
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,30}$")
 
 
@@ -75,6 +80,17 @@ class NetworkCreateRequest:
     subnet: str | None = None
     vni: int | None = None
     mtu: int | None = None
+    driver: str = "overlay"
+    subnet6: str | None = None
+    gateway: str | None = None
+    ip_range: str | None = None
+    internal: bool = False
+    options: tuple[tuple[str, str], ...] = ()
+    """Driver options (`--opt K=V`, `--parent`, `--ipvlan-mode`), checked by the schema."""
+
+
+NETWORK_FIELDS = {"name", "subnet", "vni", "mtu", "driver", "subnet6", "gateway", "ip_range",
+                  "internal", "options", "parent", "ipvlan_mode"}
 
 
 class Control(Protocol):
@@ -133,7 +149,7 @@ def _ports(values: list[Any], field_name: str, parse: Callable[..., T]) -> tuple
 
 
 def parse_network_request(body: Mapping[str, Any]) -> NetworkCreateRequest:
-    refuse_unknown(body, {"name", "subnet", "vni", "mtu"})
+    refuse_unknown(body, NETWORK_FIELDS)
     name = validate_name(_field(body, "name", required=True))
     subnet = _field(body, "subnet")
     if subnet is not None:
@@ -145,10 +161,24 @@ def parse_network_request(body: Mapping[str, Any]) -> NetworkCreateRequest:
             raise InvalidRequest(f"subnet: {subnet!r} is too small (need at least a /30)")
     vni = _field(body, "vni")
     mtu = _field(body, "mtu")
+    driver = _optional_str(body, "driver") or "overlay"
+    if driver not in NETWORK_DRIVERS:
+        raise InvalidRequest(f"driver: {driver!r} is not one of {', '.join(NETWORK_DRIVERS)}")
+    internal = _field(body, "internal") or False
+    if not isinstance(internal, bool):
+        raise InvalidRequest(f"internal: {internal!r} is not true or false")
+    options = _labels(body, "options")
+    for key in ("parent", "ipvlan_mode"):  # the CLI's own flags for two driver options
+        value = _optional_str(body, key)
+        if value is not None:
+            options[key] = value
     return NetworkCreateRequest(
         name=name, subnet=subnet,
         vni=_int_in(vni, "vni", VNI_MIN, VNI_MAX) if vni is not None else None,
         mtu=_int_in(mtu, "mtu", MTU_MIN, MTU_MAX) if mtu is not None else None,
+        driver=driver, subnet6=_optional_str(body, "subnet6"),
+        gateway=_optional_str(body, "gateway"), ip_range=_optional_str(body, "ip_range"),
+        internal=internal, options=tuple(sorted(options.items())),
     )
 
 
@@ -216,14 +246,14 @@ def _strings(body: Mapping[str, Any], name: str) -> list[str]:
     return values
 
 
-def _labels(body: Mapping[str, Any]) -> dict[str, str]:
-    value = _field(body, "labels")
+def _labels(body: Mapping[str, Any], name: str = "labels") -> dict[str, str]:
+    value = _field(body, name)
     if value is None:
         return {}
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                               for k, v in value.items()):
-        raise InvalidRequest(f"labels: {value!r} is not an object of strings")
-    return value
+        raise InvalidRequest(f"{name}: {value!r} is not an object of strings")
+    return dict(value)
 
 
 def attachment_json(attachment: Attachment) -> dict[str, Any]:

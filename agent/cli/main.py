@@ -28,7 +28,7 @@ from agent.api.errors import EXIT_CONFLICT, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK
 from agent.config import AgentConfigError
 from agent.errors import AgentError
 from agent.terminal import Progress, render_cell, render_table
-from underlay.endpoints_model import Mode
+from underlay.endpoints_model import NETWORK_MODES, Mode
 from underlay.netns_exec import ip_netns_exec
 from underlay.records import VNI_MAX, VNI_MIN
 
@@ -74,7 +74,7 @@ def cmd_leave(args: argparse.Namespace) -> int:
 
 def cmd_networks(args: argparse.Namespace) -> int:
     _emit(args, _client(args).request("GET", "/v1/networks"),
-          ["name", "vni", "subnet", "mtu", "endpoints"])
+          ["name", "driver", "subnets", "gateway", "mtu", "vni", "endpoints"])
     return EXIT_OK
 
 
@@ -88,7 +88,17 @@ def cmd_network(args: argparse.Namespace) -> int:
     client = _client(args)
     progress = Progress(quiet=args.json)
     if args.action == "create":
-        body = {"name": args.name, "subnet": args.subnet, "vni": args.vni, "mtu": args.mtu}
+        options = {}
+        for text in args.opt or ():
+            key, sep, value = text.partition("=")
+            if not sep or not key:
+                raise CliError(f"--opt {text!r}: expected KEY=VALUE", EXIT_USAGE)
+            options[key] = value
+        body = {"name": args.name, "subnet": args.subnet, "vni": args.vni, "mtu": args.mtu,
+                "driver": args.driver, "subnet6": args.subnet6, "gateway": args.gateway,
+                "ip_range": args.ip_range, "parent": args.parent,
+                "ipvlan_mode": args.ipvlan_mode, "internal": args.internal or None,
+                "options": options or None}
         with progress.step(f"creating network {args.name}"):
             result = client.request("POST", "/v1/networks",
                                     {k: v for k, v in body.items() if v is not None})
@@ -109,7 +119,7 @@ def cmd_endpoint(args: argparse.Namespace) -> int:
                                 "ip": args.ip, "publish": args.publish or None,
                                 "ports": args.port or None, "aliases": args.alias or None,
                                 "services": args.service or None}
-        with progress.step(f"creating {args.mode} endpoint {args.name}"):
+        with progress.step(f"creating endpoint {args.name}"):
             result = client.request("POST", "/v1/endpoints",
                                     {k: v for k, v in body.items() if v is not None})
         _emit(args, result)
@@ -278,8 +288,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "for you)")
     create.add_argument("--vni", type=int,
                         help=f"VXLAN network id {VNI_MIN}-{VNI_MAX} (default: next)")
-    create.add_argument("--mtu", type=int, help="endpoint MTU (default: underlay MTU - 50, "
-                        "- 70 on an IPv6 underlay)")
+    create.add_argument("--mtu", type=int, help="endpoint MTU (default: overlay: underlay MTU "
+                        "- 50, - 70 on an IPv6 underlay; others: the underlay MTU)")
+    create.add_argument("--driver", default="overlay",
+                        choices=[mode.value for mode in NETWORK_MODES],
+                        help="overlay (every host, VXLAN), bridge (this host), macvlan or "
+                             "ipvlan (on the parent interface's segment)")
+    create.add_argument("--subnet6", help="an IPv6 subnet besides the IPv4 one")
+    create.add_argument("--gateway", help="gateway address (default: the subnet's first)")
+    create.add_argument("--ip-range", help="hand out automatic addresses from this CIDR only")
+    create.add_argument("--parent", metavar="IFACE[.VLAN]",
+                        help="macvlan/ipvlan host interface; IFACE.VLAN makes the 802.1Q "
+                             "sub-interface (default: the underlay interface)")
+    create.add_argument("--ipvlan-mode", choices=("l2", "l3"))
+    create.add_argument("--internal", action="store_true",
+                        help="no egress NAT: endpoints reach only their network")
+    create.add_argument("--opt", action="append", metavar="K=V", help="driver option")
     net_sub.add_parser("delete", parents=[common]).add_argument("name")
     network.set_defaults(func=cmd_network)
 
@@ -287,9 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     ep_sub = endpoint.add_subparsers(dest="action", required=True)
     ep_create = ep_sub.add_parser("create", parents=[common])
     ep_create.add_argument("name")
-    ep_create.add_argument("--network", help="network name (overlay and bridge modes)")
-    ep_create.add_argument("--mode", default="overlay",
-                           choices=[mode.value for mode in Mode])
+    ep_create.add_argument("--network", help="network name (its driver decides the mode)")
+    ep_create.add_argument("--mode", choices=[mode.value for mode in Mode],
+                           help="host or none; with --network the network's driver decides "
+                                "(a mode given must match it)")
     ep_create.add_argument("--ip", help="address (default: next free in the network)")
     ep_create.add_argument("--publish", action="append", metavar="H:P/PROTO",
                            help="publish container port P on host port H (bridge mode)")

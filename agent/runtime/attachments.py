@@ -5,8 +5,11 @@ host and the records that make it reachable: for an overlay network the address 
 the next free one of this host's block, confirmed in etcd while it answers), joining the
 network in the neighbor table (and a bulk sync with peers in it), waiting for the network's
 bridge, the veth into the sandbox with the network's MTU and the Docker-style MAC, then the
-table entry and its gossip. `detach` undoes it in reverse. Local modes (bridge, host, none,
-macvlan, ipvlan) only make the endpoint. Also the republish of our overlay endpoints into the
+table entry and its gossip. For a macvlan/ipvlan network (the network's driver decides the
+mode; a request's explicit mode must agree) the address from the same IPAM, the subnet's
+prefix, the network's gateway as default route, on the network's parent. `detach` undoes it
+in reverse. Endpoint-only modes (host, none, and bridge/macvlan/ipvlan without a vxmesh
+network) only make the endpoint. Also the republish of our overlay endpoints into the
 table at start, before gossip joins.
 
 Rules:
@@ -36,7 +39,7 @@ from agent.api.attach import (
     HandBackVeth,
     Route,
 )
-from agent.api.errors import Conflict, NotFound, Unavailable
+from agent.api.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from agent.errors import AgentError
 from agent.runtime.gossip_link import GossipLink
 from agent.runtime.names import EndpointNames, attributes_of
@@ -119,6 +122,11 @@ class Attachments:
         return {r.network for r in self._endpoints.records()
                 if r.mode is Mode.OVERLAY and r.network}
 
+    def ipam_networks(self) -> set[str]:
+        """The vxmesh networks this host holds addresses of (overlay, macvlan, ipvlan)."""
+        return {r.network for r in self._endpoints.records()
+                if r.mode in IPAM_MODES and r.network}
+
     # -- the operation ----------------------------------------------------------------------
 
     async def attach(self, request: AttachRequest) -> Attachment:
@@ -126,8 +134,15 @@ class Attachments:
         async with self._lock:
             if any(r.name == request.name for r in self._endpoints.records()):
                 raise Conflict(f"endpoint {request.name!r} already exists on this host")
-            if request.mode is Mode.OVERLAY:
+            network = self._networks.get(request.network) if request.network else None
+            mode = _driver_mode(request, network)
+            if mode is Mode.OVERLAY:
                 record = await self._attach_overlay(request)
+            elif network is not None and mode in SEGMENT_MODES:
+                record = await self._attach_segment(network, mode, request)
+            elif network is not None:
+                raise Unavailable(f"network {network.name!r}: endpoints on {network.driver} "
+                                  "networks are not made by this agent version yet")
             else:
                 ip = request.ip
                 record = await self._endpoints.create(_with_sandbox(EndpointSpec(
@@ -172,6 +187,23 @@ class Attachments:
         self._gossip.records_changed()
         self._pipeline.mark_dirty()
         return record
+
+    async def _attach_segment(self, network: Network, mode: Mode, request: AttachRequest
+                              ) -> EndpointRecord:
+        """A macvlan/ipvlan endpoint on the network's parent: its address from the shared
+        IPAM (no two hosts hand out the same one), the subnet's prefix, a default route via
+        the network's gateway (a router on that segment)."""
+        address, pool = await self._allocate(network, request)
+        try:
+            return await self._endpoints.create(_with_sandbox(EndpointSpec(
+                name=request.name, mode=mode, network=network.name,
+                addresses=(f"{address}/{network.subnet.prefixlen}",), mac=request.mac,
+                mtu=network.mtu, gateway=str(network.gateway),
+                parent=network.parent or self._facts.interface,
+                ipvlan_mode=network.options.get("ipvlan_mode", "l2")), request))
+        except BaseException:
+            pool.release(address)
+            raise
 
     async def _allocate(self, network: Network, request: AttachRequest
                         ) -> tuple[IPAddress, AddressPool]:
@@ -226,16 +258,19 @@ class Attachments:
             await self._endpoints.delete(name)
             await self._names.refresh()
             if overlay:
-                await self._after_overlay_detach(name, network_name, ip, now)
+                self._after_overlay_detach(network_name, now)
+            if record.mode in IPAM_MODES:
+                await self._release(name, network_name, ip)
             return True
 
-    async def _after_overlay_detach(self, name: str, network_name: str, ip: str | None,
-                                    now: float) -> None:
+    def _after_overlay_detach(self, network_name: str, now: float) -> None:
         if network_name not in self.overlay_networks() \
                 and network_name in self._table.networks():
             self._table.leave_network(network_name, now)
             self._gossip.records_changed()
         self._pipeline.mark_dirty()
+
+    async def _release(self, name: str, network_name: str, ip: str | None) -> None:
         network = self._networks.get(network_name)
         if network is not None and ip:
             try:
@@ -265,6 +300,23 @@ class Attachments:
                 self._join_table_network(record.network, now)
             self._table.put_endpoint(record.network, ip, record.mac, now, changed_at=time.time(),
                                      attributes=attributes_of(record))
+
+
+SEGMENT_MODES = frozenset({Mode.MACVLAN, Mode.IPVLAN})
+IPAM_MODES = frozenset({Mode.OVERLAY, Mode.MACVLAN, Mode.IPVLAN})
+
+
+def _driver_mode(request: AttachRequest, network: Network | None) -> Mode:
+    """The mode of the endpoint: a vxmesh network's driver decides (the request's mode is
+    the default, overlay, or must name that driver); host, none, and bridge/macvlan/ipvlan
+    without a vxmesh network keep their endpoint-only meaning."""
+    if network is None or request.mode in (Mode.HOST, Mode.NONE):
+        return request.mode
+    driver = Mode(network.driver)
+    if request.mode not in (Mode.OVERLAY, driver):
+        raise InvalidRequest(f"mode: {request.mode.value!r} does not match network "
+                             f"{network.name!r}, a {driver.value} network (leave --mode out)")
+    return driver
 
 
 def _with_sandbox(spec: EndpointSpec, request: AttachRequest) -> EndpointSpec:

@@ -28,8 +28,10 @@ from agent.runtime.attachments import first_ip
 from agent.runtime.compose import Components
 from agent.runtime.fdb_report import fdb_report
 from agent.runtime.ports_report import port_rows
-from agent.store.schema import validate_network
+from agent.store.errors import InvalidNetwork
+from agent.store.schema import Network, split_parent, validate_network
 from overlay import desired as desired_state
+from underlay import links
 from underlay.endpoints import Inspection
 from underlay.endpoints_model import EndpointNotFound, Mode, PortClaim
 
@@ -131,19 +133,53 @@ class Control:
         for entry in self.c.table.endpoints():
             counts[entry.network] = counts.get(entry.network, 0) + 1
         joined = self.c.table.networks()
-        return [{"name": n.name, "vni": n.vni, "subnet": str(n.subnet),
-                 "gateway": str(n.gateway), "mtu": n.mtu, "mode": n.mode,
+        for record in self.c.endpoints.records():
+            if record.mode is not Mode.OVERLAY and record.network:
+                counts[record.network] = counts.get(record.network, 0) + 1
+        joined = self.c.table.networks()
+        return [{"name": n.name, "driver": n.driver, "vni": n.vni, "subnet": str(n.subnet),
+                 "subnet6": None if n.subnet6 is None else str(n.subnet6),
+                 "subnets": ", ".join(str(s) for s in (n.subnet, n.subnet6) if s is not None),
+                 "gateway": str(n.gateway), "ip_range": None if n.ip_range is None
+                 else str(n.ip_range), "mtu": self._mtu_of(n), "mode": n.mode,
+                 "parent": n.parent, "internal": n.internal, "options": dict(n.options),
                  "endpoints": counts.get(n.name, 0), "joined": n.name in joined}
                 for n in self.c.networks.values()]
+
+    def _mtu_of(self, network: Network) -> int:
+        """The MTU endpoints get: the network's, else the driver's default on this host."""
+        if network.mtu is not None:
+            return network.mtu
+        if network.driver == "overlay":
+            return desired_state.overlay_mtu(self.c.facts.mtu, self.c.facts.address)
+        return self.c.facts.mtu
 
     async def create_network(self, request: NetworkCreateRequest) -> dict[str, Any]:
         if request.subnet is None:
             raise InvalidRequest("subnet: required (for example 10.10.0.0/16)")
-        network = validate_network(name=request.name, subnet=request.subnet, vni=request.vni,
-                                   mtu=request.mtu)
+        network = validate_network(
+            name=request.name, subnet=request.subnet, vni=request.vni, mtu=request.mtu,
+            mode=request.driver, gateway=request.gateway, subnet6=request.subnet6,
+            ip_range=request.ip_range, internal=request.internal,
+            options=dict(request.options))
+        await self._check_on_this_host(network)
         created = await self.c.store.create_network(network)
         self.c.networks.put(created)
         return created.to_json()
+
+    async def _check_on_this_host(self, network: Network) -> None:
+        """What only this host can tell: the kernel has the driver, the parent exists."""
+        missing = self.c.endpoints.capabilities.missing
+        if network.driver in missing:
+            raise InvalidNetwork("driver", network.driver, missing[network.driver])
+        if network.driver not in ("macvlan", "ipvlan"):
+            return
+        parent = network.parent or self.c.facts.interface
+        base, vlan = split_parent(parent)
+        if vlan is not None and "vlan" in missing:
+            raise InvalidNetwork("parent", parent, missing["vlan"])
+        if await self.c.netlink.call(lambda ipr: links.get_link(ipr, base)) is None:
+            raise InvalidNetwork("parent", parent, f"no interface {base!r} on this host")
 
     async def delete_network(self, name: str) -> None:
         if any(r.network == name for r in self.c.endpoints.records()):

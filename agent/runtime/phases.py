@@ -158,7 +158,7 @@ async def run_dataplane(c: Components, *,
 async def run_pools(c: Components, *,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Address pools: flushers, and the pools of our networks opened in background."""
-    await c.pools.run(c.networks, c.attachments.overlay_networks,
+    await c.pools.run(c.networks, c.attachments.ipam_networks,
                       c.config.store.retry_interval, task_status=task_status)
 
 

@@ -5,6 +5,8 @@ of `network.block_prefix`; a host claims whole blocks through etcd (agent.store.
 transaction) and then hands out addresses from its own blocks locally, without a round trip,
 which is what lets endpoints be created while etcd is away. Rules:
 - the network address, the gateway and (IPv4) the broadcast address are never handed out;
+- with an ip_range (Docker's --ip-range) automatic addresses come only from that range, and
+  only blocks overlapping it are claimed; a chosen address may be anywhere in the subnet;
 - an address belongs to exactly one block and a block to exactly one host;
 - every local change bumps the block's generation; the store flushes the newest generation of
   each dirty block with a compare on the block's last known mod revision.
@@ -79,8 +81,18 @@ def block_of(network: Network, address: IPAddress) -> IPNetwork:
 
 
 def iter_blocks(network: Network) -> Iterator[IPNetwork]:
-    """Every block of the network's subnet, lowest first (lazily: IPv6 has very many)."""
-    return network.subnet.subnets(new_prefix=network.block_prefix)
+    """Every block of the network's subnet, lowest first (lazily: IPv6 has very many); with
+    an ip_range, only the blocks that overlap it."""
+    blocks = network.subnet.subnets(new_prefix=network.block_prefix)
+    ip_range = network.ip_range
+    if ip_range is None:
+        return blocks
+    return (b for b in blocks if b.overlaps(ip_range))
+
+
+def in_ip_range(network: Network, address: IPAddress) -> bool:
+    """Whether automatic allocation may hand out `address` (Docker's --ip-range)."""
+    return network.ip_range is None or address in network.ip_range
 
 
 def usable_in_block(network: Network, cidr: IPNetwork) -> int:
@@ -298,7 +310,8 @@ class HostBlocks:
         for step in range(size):
             offset = (held.next_offset + step) % size
             address = base + offset
-            if address not in held.allocations and address not in self._reserved:
+            if address not in held.allocations and address not in self._reserved \
+                    and in_ip_range(self.network, address):
                 held.next_offset = (offset + 1) % size
                 return address
         return None

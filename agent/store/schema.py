@@ -5,7 +5,9 @@ network name). Anything else found under the prefix is *malformed*: readers skip
 and count it; it never crashes an agent.
 
     /vxmesh/v1/networks/<name>                    Network: name, vni, subnet, gateway, mtu,
-                                                  mode, options, block_prefix
+                                                  mode (the driver), options, block_prefix,
+                                                  subnet6, ip_range, internal (the last three
+                                                  absent in older records: none, none, false)
     /vxmesh/v1/vnis/<vni:08d>                     guard: the name of the network holding the VNI
     /vxmesh/v1/subnets/<4|6>/<hex addr>/<len:03d> guard: the name of the network holding the
                                                   subnet. Keys sort by address, so "does any
@@ -44,7 +46,7 @@ from typing import Any
 
 from agent.store.errors import InvalidNetwork, StoreError
 from underlay.endpoints_model import NETWORK_MODES
-from underlay.records import MTU_MAX, MTU_MIN, VNI_MAX, VNI_MIN, vni_in_range
+from underlay.records import MTU_MAX, MTU_MIN, VNI_MAX, VNI_MIN, split_vlan, vni_in_range
 
 PREFIX = "/vxmesh/v1/"
 NETWORKS = PREFIX + "networks/"
@@ -62,6 +64,7 @@ MODE_OPTIONS: Mapping[str, Mapping[str, tuple[str, ...] | None]] = {
     "overlay": {},
     "bridge": {"masquerade": ("true", "false")},
     "macvlan": {"parent": None, "macvlan_mode": ("bridge", "private", "vepa", "passthru")},
+    # ipvlan_mode default l2 (as Docker)
     "ipvlan": {"parent": None, "ipvlan_mode": ("l2", "l3")},
 }
 SUBNET_PREFIX_RANGE = {4: (8, 29), 6: (48, 120)}
@@ -162,6 +165,24 @@ class Network:
     mode: str = "overlay"
     options: Mapping[str, str] = field(default_factory=dict)
     block_prefix: int = 26
+    subnet6: ipaddress.IPv6Network | None = None
+    ip_range: IPNetwork | None = None
+    internal: bool = False
+
+    @property
+    def driver(self) -> str:
+        """Docker's word for the mode: overlay, bridge, macvlan or ipvlan."""
+        return self.mode
+
+    @property
+    def gateway6(self) -> ipaddress.IPv6Address | None:
+        """The IPv6 gateway: the first address of `subnet6` (as Docker)."""
+        return None if self.subnet6 is None else self.subnet6.network_address + 1
+
+    @property
+    def parent(self) -> str | None:
+        """macvlan/ipvlan: the host interface (`eth0`, or `eth0.30` for VLAN 30)."""
+        return self.options.get("parent")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -173,7 +194,18 @@ class Network:
             "mode": self.mode,
             "options": dict(self.options),
             "block_prefix": self.block_prefix,
+            "subnet6": None if self.subnet6 is None else str(self.subnet6),
+            "ip_range": None if self.ip_range is None else str(self.ip_range),
+            "internal": self.internal,
         }
+
+
+def split_parent(parent: str) -> tuple[str, int | None]:
+    """`eth0.30` -> ("eth0", 30); `eth0` -> ("eth0", None). Raises InvalidNetwork."""
+    try:
+        return split_vlan(parent)
+    except ValueError as exc:
+        raise InvalidNetwork("parent", parent, str(exc)) from None
 
 
 def validate_name(name: object) -> str:
@@ -204,10 +236,15 @@ def validate_network(
     mode: object = "overlay",
     options: object = None,
     block_prefix: object = None,
+    subnet6: object = None,
+    ip_range: object = None,
+    internal: object = False,
 ) -> Network:
     """A `Network` from loosely typed input; `InvalidNetwork` names the first bad field.
 
     `vni=None` leaves the VNI to the store (0 in the result, allocated at create time).
+    The host-dependent checks (the parent exists, the kernel has the driver) are the
+    agent's, before it calls the store.
     """
     validate_name(name)
     assert isinstance(name, str)
@@ -244,8 +281,19 @@ def validate_network(
         raise InvalidNetwork("mode", mode, f"must be one of {', '.join(MODES)}")
     assert isinstance(mode, str)
     opts = _validate_options(mode, {} if options is None else options)
+    if "parent" in opts:
+        split_parent(opts["parent"])
+    net6 = _subnet6(subnet6)
+    if net6 is not None and net.version == 6:
+        raise InvalidNetwork("subnet6", subnet6, "the subnet is already IPv6; give an IPv4 "
+                             "subnet with it, or none")
+    range_net = _ip_range(ip_range, net)
+    if not isinstance(internal, bool):
+        raise InvalidNetwork("internal", internal, "must be true or false")
     if block_prefix is None:
         bp = max(BLOCK_PREFIX_DEFAULT[net.version], net.prefixlen)
+        if range_net is not None:  # a small range still has a block for several hosts
+            bp = min(max(bp, range_net.prefixlen + 2), BLOCK_PREFIX_RANGE[net.version][1])
     else:
         low, high = BLOCK_PREFIX_RANGE[net.version]
         if (
@@ -257,7 +305,38 @@ def validate_network(
                 "block_prefix", block_prefix, f"must be an integer in {low}..{high}"
             )
         bp = max(block_prefix, net.prefixlen)
-    return Network(name, vni_value, net, gw, mtu if isinstance(mtu, int) else None, mode, opts, bp)
+    return Network(name, vni_value, net, gw, mtu if isinstance(mtu, int) else None, mode, opts, bp,
+                   net6, range_net, internal)
+
+
+def _cidr(field_name: str, value: object) -> IPNetwork:
+    if not isinstance(value, str):
+        raise InvalidNetwork(field_name, value, "must be a CIDR string")
+    try:
+        return ipaddress.ip_network(value, strict=True)
+    except ValueError as exc:
+        raise InvalidNetwork(field_name, value, str(exc)) from None
+
+
+def _subnet6(value: object) -> ipaddress.IPv6Network | None:
+    if value is None:
+        return None
+    net = _cidr("subnet6", value)
+    shortest, longest = SUBNET_PREFIX_RANGE[6]
+    if not isinstance(net, ipaddress.IPv6Network) or not shortest <= net.prefixlen <= longest:
+        raise InvalidNetwork("subnet6", value,
+                             f"must be an IPv6 subnet with prefix length {shortest}..{longest}")
+    return net
+
+
+def _ip_range(value: object, subnet: IPNetwork) -> IPNetwork | None:
+    """Docker's --ip-range: automatic addresses come from this part of the subnet."""
+    if value is None:
+        return None
+    net = _cidr("ip_range", value)
+    if net.version != subnet.version or not net.subnet_of(subnet):  # type: ignore[arg-type]
+        raise InvalidNetwork("ip_range", value, f"must be inside subnet {subnet}")
+    return net
 
 
 def _validate_options(mode: str, options: object) -> dict[str, str]:
@@ -266,6 +345,9 @@ def _validate_options(mode: str, options: object) -> dict[str, str]:
     allowed = MODE_OPTIONS[mode]
     result: dict[str, str] = {}
     for key, value in options.items():
+        if key == "parent" and key not in allowed:
+            raise InvalidNetwork("parent", value, f"only macvlan and ipvlan networks have a "
+                                 f"parent interface (driver is {mode})")
         if key not in allowed:
             known = ", ".join(allowed) or "none"
             raise InvalidNetwork(
@@ -350,6 +432,9 @@ def decode_network(key: str, value: bytes) -> Network:
             mode=data.get("mode"),
             options=data.get("options"),
             block_prefix=data.get("block_prefix"),
+            subnet6=data.get("subnet6"),
+            ip_range=data.get("ip_range"),
+            internal=data.get("internal", False),
         )
     except InvalidNetwork as exc:
         raise MalformedRecord(key, f"{exc}") from None

@@ -75,6 +75,16 @@ def test_v6_block_allocation_skips_anycast_and_gateway() -> None:
     assert str(got[0]) == "fd00:1::2"
 
 
+def test_an_ip_range_bounds_automatic_addresses_and_blocks() -> None:
+    net = validate_network(name="r", subnet="10.1.0.0/24", vni=1, ip_range="10.1.0.64/26")
+    assert [str(b) for b in iter_blocks(net)] == [f"10.1.0.{n}/28" for n in (64, 80, 96, 112)]
+    hb = HostBlocks(net, "h1")
+    hb.adopt(Block("r", ipaddress.ip_network("10.1.0.64/28"), "h1", {}), 3)
+    handed = [hb.allocate(f"e{i}") for i in range(17)]
+    assert [str(a) for a in handed[:16]] == [f"10.1.0.{n}" for n in range(64, 80)]
+    assert handed[16] is None  # the block is used up: the next comes from another block
+
+
 def test_release_reuse_and_known_handle() -> None:
     net = validate_network(name="a", subnet="10.1.0.0/24", vni=1)
     hb = HostBlocks(net, "h1")

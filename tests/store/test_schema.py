@@ -68,6 +68,23 @@ from agent.store.schema import (
             "l9",
         ),
         ({"name": "n", "subnet": "10.0.0.0/24", "block_prefix": 8}, "block_prefix", 8),
+        ({"name": "n", "subnet": "10.0.0.0/24", "options": {"parent": "eth0"}}, "parent",
+         "eth0"),
+        ({"name": "n", "subnet": "10.0.0.0/24", "mode": "macvlan",
+          "options": {"parent": "eth0.4095"}}, "parent", "eth0.4095"),
+        ({"name": "n", "subnet": "10.0.0.0/24", "mode": "macvlan",
+          "options": {"parent": "eth0.0"}}, "parent", "eth0.0"),
+        ({"name": "n", "subnet": "10.0.0.0/24", "mode": "macvlan",
+          "options": {"parent": "a-very-long-name.30"}}, "parent", "a-very-long-name.30"),
+        ({"name": "n", "subnet": "10.0.0.0/24", "ip_range": "10.0.1.0/28"}, "ip_range",
+         "10.0.1.0/28"),
+        ({"name": "n", "subnet": "10.0.0.0/24", "ip_range": "fd00::/120"}, "ip_range",
+         "fd00::/120"),
+        ({"name": "n", "subnet": "10.0.0.0/24", "subnet6": "10.1.0.0/24"}, "subnet6",
+         "10.1.0.0/24"),
+        ({"name": "n", "subnet": "fd00::/64", "subnet6": "fd01::/64"}, "subnet6",
+         "fd01::/64"),
+        ({"name": "n", "subnet": "10.0.0.0/24", "internal": "yes"}, "internal", "yes"),
     ],
 )
 def test_invalid_network_names_field_and_value(kwargs: dict, field: str, value: object) -> None:
@@ -89,6 +106,20 @@ def test_valid_network_defaults_and_roundtrip() -> None:
         name="m", subnet="fd00:2::/64", vni=5, mode="macvlan", options={"parent": "eth0"}
     )
     assert decode_network(network_key("m"), encode(mac)) == mac
+
+
+def test_driver_fields_roundtrip_and_older_records_still_decode() -> None:
+    net = validate_network(name="pub", subnet="192.168.1.0/24", vni=9, mode="macvlan",
+                           gateway="192.168.1.254", ip_range="192.168.1.128/26",
+                           subnet6="fd00:1::/64", internal=True,
+                           options={"parent": "eth0.30"})
+    assert (net.driver, net.parent, str(net.gateway6)) == ("macvlan", "eth0.30", "fd00:1::1")
+    assert net.block_prefix == 28  # a small range still gives several hosts a block
+    assert decode_network(network_key("pub"), encode(net)) == net
+    older = {"name": "old", "vni": 10, "subnet": "10.7.0.0/16", "gateway": "10.7.0.1",
+             "mtu": None, "mode": "overlay", "options": {}, "block_prefix": 26}
+    decoded = decode_network(network_key("old"), json.dumps(older).encode())
+    assert (decoded.subnet6, decoded.ip_range, decoded.internal) == (None, None, False)
 
 
 def test_subnet_guard_keys_find_overlaps_both_ways() -> None:

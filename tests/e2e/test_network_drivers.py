@@ -1,0 +1,189 @@
+"""End to end: network drivers other than overlay, through a real 2-host lab and the CLI.
+
+macvlan on the hosts' underlay interface: endpoints take their address from the shared IPAM
+(two hosts never hand out the same one, from the --ip-range), the subnet's prefix and a
+default route via the network's gateway, which lives on the underlay (an address of the lab's
+switch). Who must not reach whom: an endpoint of another macvlan network (the switch does not
+route). On a VLAN parent (`--parent eth0.30`) the agent makes the 802.1Q sub-interface on
+first use and removes it with the last endpoint; on a kernel without 8021q the create is
+refused naming the module, and that part skips with the reason. Bad combinations are refused
+before anything is made, naming the flag and the value. Traffic stays inside the lab's
+namespaces.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from agent.api.errors import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE
+from agent.cli.main import main
+from agent.lab.hosts import Lab, LabHost, LabState
+from underlay.netns_exec import ip_netns_exec
+
+pytestmark = [pytest.mark.kernel, pytest.mark.etcd, pytest.mark.slow]
+
+VLAN30 = "10.230.0.0/24"
+VLAN31 = "10.231.0.0/24"
+VLAN32 = "10.232.0.0/24"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, LabState]]:
+    if shutil.which("etcd") is None:
+        pytest.skip("needs the etcd server binary (Debian package etcd-server)")
+    the_lab = Lab(tmp_path_factory.mktemp("lab17"), prefix=f"d17{os.getpid() % 1000}")
+    try:
+        state = the_lab.up(2)
+        # The gateways of both networks: a router on the underlay (the switch, which does
+        # not forward between them: a new namespace has ip_forward 0).
+        for gateway in ("10.230.0.1/24", "10.231.0.1/24"):
+            subprocess.run(ip_netns_exec(state.switch, ["ip", "addr", "add", gateway, "dev",
+                                                        "br0"]), check=True, timeout=10)
+        yield the_lab, state
+    finally:
+        the_lab.down()
+
+
+def _cli(host: LabHost, *args: str) -> int:
+    return main([*args, "--socket", str(host.socket), "--json"])
+
+
+def _ep(lab: Lab, host: LabHost, name: str) -> dict[str, Any]:
+    record: dict[str, Any] = lab.client(host).request("GET", f"/v1/endpoints/{name}")
+    return record
+
+
+def _in(netns: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(ip_netns_exec(netns, list(argv)), capture_output=True, text=True,
+                          timeout=30)
+
+
+def _ping(src: dict[str, Any], ip: str) -> bool:
+    return _in(src["netns"], "ping", "-n", "-c", "1", "-W", "2", ip).returncode == 0
+
+
+def _link_exists(host: LabHost, name: str) -> bool:
+    return _in(host.netns, "ip", "link", "show", name).returncode == 0
+
+
+def test_bad_combinations_are_refused_naming_the_flag(
+        lab: tuple[Lab, LabState], capsys: pytest.CaptureFixture[str]) -> None:
+    the_lab, state = lab
+    h1 = state.hosts[0]
+    cases = [
+        (["--driver", "overlay", "--subnet", "10.240.0.0/24", "--parent", "eth0"],
+         "parent='eth0'"),
+        (["--driver", "macvlan", "--subnet", "10.240.0.0/24", "--gateway", "10.9.0.1"],
+         "gateway='10.9.0.1'"),
+        (["--driver", "macvlan", "--subnet", "10.240.0.0/24", "--ip-range", "10.241.0.0/28"],
+         "ip_range='10.241.0.0/28'"),
+        (["--driver", "macvlan", "--subnet", "10.240.0.0/24", "--parent", "eth0.4095"],
+         "parent='eth0.4095'"),
+        (["--driver", "macvlan", "--subnet", "10.240.0.0/24", "--parent", "nosuch0"],
+         "parent='nosuch0'"),
+    ]
+    for flags, named in cases:
+        capsys.readouterr()
+        assert _cli(h1, "network", "create", "bad", *flags) == EXIT_USAGE, flags
+        assert named in capsys.readouterr().err, flags
+    capsys.readouterr()
+    if _cli(h1, "network", "create", "iv", "--driver", "ipvlan", "--subnet",
+            "10.240.0.0/24") == EXIT_USAGE:  # this kernel: no ipvlan, the module is named
+        assert "driver='ipvlan'" in (err := capsys.readouterr().err), err
+        assert "kernel module ipvlan" in err, err
+    else:
+        assert _cli(h1, "network", "delete", "iv") == EXIT_OK
+    assert not [n for n in the_lab.client(h1).request("GET", "/v1/networks")
+                if n["name"] in ("bad", "iv")]
+    assert not _link_exists(h1, "eth0.4095")
+
+
+def test_macvlan_across_hosts_with_prefix_gateway_and_shared_ipam(
+        lab: tuple[Lab, LabState], capsys: pytest.CaptureFixture[str]) -> None:
+    the_lab, state = lab
+    h1, h2 = state.hosts
+    assert _cli(h1, "network", "create", "pub", "--driver", "macvlan", "--subnet", VLAN30,
+                "--gateway", "10.230.0.1", "--ip-range", "10.230.0.64/26") == EXIT_OK
+    assert _cli(h1, "network", "create", "other", "--driver", "macvlan", "--subnet", VLAN31,
+                "--gateway", "10.231.0.1", "--parent", "eth0") == EXIT_OK
+    made = [(h1, "m1"), (h2, "m2"), (h2, "o2")]
+    try:
+        for host, name, network in ((h1, "m1", "pub"), (h2, "m2", "pub"),
+                                    (h2, "o2", "other")):
+            assert _cli(host, "endpoint", "create", name, "--network", network) == EXIT_OK
+        m1, m2, o2 = _ep(the_lab, h1, "m1"), _ep(the_lab, h2, "m2"), _ep(the_lab, h2, "o2")
+        assert m1["mode"] == m2["mode"] == "macvlan"
+        assert m1["ip"] != m2["ip"]  # one IPAM for both hosts, from the ip-range
+        assert all(ep["ip"].startswith("10.230.0.") and int(ep["ip"].split(".")[3]) >= 64
+                   for ep in (m1, m2))
+        assert m1["addresses"] == [f"{m1['ip']}/24"]
+        route = _in(m1["netns"], "ip", "route", "show", "default").stdout
+        assert "via 10.230.0.1" in route, route
+        assert _ping(m1, m2["ip"])  # the other host's endpoint, on the underlay
+        assert _ping(m1, "10.230.0.1")  # the gateway on the underlay
+        assert _ping(o2, "10.231.0.1")
+        assert not _ping(m1, o2["ip"])  # another network: the gateway does not route there
+        capsys.readouterr()
+        assert _cli(h1, "networks") == EXIT_OK
+        rows = {n["name"]: n for n in the_lab.client(h1).request("GET", "/v1/networks")}
+        assert rows["pub"]["driver"] == "macvlan"
+        assert rows["pub"]["gateway"] == "10.230.0.1"
+        assert rows["pub"]["ip_range"] == "10.230.0.64/26"
+        assert f"mtu {rows['pub']['mtu']} " in _in(m1["netns"], "ip", "link", "show",
+                                                    "eth0").stdout
+        # the old per-endpoint mode maps onto the network; a different one is refused
+        assert _cli(h1, "endpoint", "create", "wrong", "--network", "pub",
+                    "--mode", "bridge") == EXIT_USAGE
+        # deleting gives the address back to the shared IPAM: h2 may then take it
+        assert _cli(h1, "endpoint", "delete", "m1") == EXIT_OK
+        made.append((h2, "m1"))
+        the_lab.wait_for(lambda: main(["endpoint", "create", "m1", "--network", "pub", "--ip",
+                                       m1["ip"], "--socket", str(h2.socket)]) == EXIT_OK,
+                         "h2 to get the released address", 15, interval=0.2)
+    finally:
+        _clean_up(the_lab, h1, made, ("pub", "other"))
+
+
+def _clean_up(lab: Lab, host: LabHost, endpoints: list[tuple[LabHost, str]],
+              networks: tuple[str, ...]) -> None:
+    """Endpoints then networks gone (a network goes once its released addresses flushed)."""
+    for owner, name in endpoints:
+        main(["endpoint", "delete", name, "--socket", str(owner.socket)])
+    for network in networks:
+        argv = ["network", "delete", network, "--socket", str(host.socket)]
+        lab.wait_for(lambda argv=argv: main(argv) in (EXIT_OK, EXIT_NOT_FOUND),  # type: ignore[misc]
+                     f"network {network} deleted", 15, interval=0.2)
+
+
+def test_macvlan_on_a_vlan_parent_makes_and_removes_the_sub_interface(
+        lab: tuple[Lab, LabState], capsys: pytest.CaptureFixture[str]) -> None:
+    the_lab, state = lab
+    h1, h2 = state.hosts
+    capsys.readouterr()
+    code = _cli(h1, "network", "create", "v30", "--driver", "macvlan", "--subnet", VLAN32,
+                "--parent", "eth0.30")
+    if code == EXIT_USAGE:
+        err = capsys.readouterr().err
+        assert "parent='eth0.30'" in err and "8021q" in err, err
+        assert not _link_exists(h1, "eth0.30")
+        pytest.skip(f"this kernel has no 802.1Q VLANs: {err.strip()}")
+    assert code == EXIT_OK
+    made = [(h1, "v1"), (h2, "v2")]
+    try:
+        assert not _link_exists(h1, "eth0.30")
+        for host, name in made:
+            assert _cli(host, "endpoint", "create", name, "--network", "v30") == EXIT_OK
+        assert _link_exists(h1, "eth0.30") and _link_exists(h2, "eth0.30")
+        # both hosts' frames carry tag 30 over the switch (VLAN-unaware: it forwards them)
+        assert _ping(_ep(the_lab, h1, "v1"), _ep(the_lab, h2, "v2")["ip"])
+        assert _cli(h1, "endpoint", "delete", "v1") == EXIT_OK
+        assert not _link_exists(h1, "eth0.30")  # the last endpoint on it took it along
+        assert _link_exists(h2, "eth0.30")
+    finally:
+        _clean_up(the_lab, h1, made, ("v30",))
