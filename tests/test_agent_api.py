@@ -113,7 +113,8 @@ async def test_api_over_unix_socket(tmp_path: Path) -> None:
                                {"name": "blue", "subnet": "10.9.0.0/16", "mtu": 1400})
             assert code == 201 and body["name"] == "blue"
             code, body = _curl(sock, "POST", "/v1/endpoints",
-                               {"name": "web", "network": "blue", "publish": ["8080:80/tcp"]})
+                               {"name": "web", "network": "blue", "mode": "macvlan",
+                                "publish": ["8080:80/tcp"]})
             assert code == 400 and "publish" in body["error"]["message"]
             code, body = _curl(sock, "DELETE", "/v1/networks/red")
             assert code == 404 and "red" in body["error"]["message"]

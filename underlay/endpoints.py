@@ -46,6 +46,7 @@ from underlay import links, nft, ports
 from underlay.endpoints_model import (
     HOST_VETH_PATTERN,
     INSIDE_IFNAME,
+    BridgeNetwork,
     EndpointConflict,
     EndpointError,
     EndpointNotFound,
@@ -347,9 +348,9 @@ class Endpoints:
             return
         mtu = record.spec.mtu
         if mode is Mode.BRIDGE:
-            net = self.config.bridge_network(record.network)
+            net = self.config.bridge_network(record.network, record.spec.bridge_network)
             mtu = mtu or net.mtu
-            self._ensure_bridge_network(net.name)
+            self._ensure_bridge_network(net)
         if mode is Mode.OVERLAY and record.gateway:  # its host routes what it sends off-link
             self._sysctl_once("net.ipv6.conf.all.forwarding" if ":" in record.gateway
                               else "net.ipv4.ip_forward", "1")
@@ -435,8 +436,7 @@ class Endpoints:
             self.host_nl.call_blocking(lambda ipr: links.delete_link(ipr, parent))
             log.info("removed VLAN sub-interface %s (no endpoint on it)", parent)
 
-    def _ensure_bridge_network(self, name: str) -> None:
-        net = self.config.bridge_network(name)
+    def _ensure_bridge_network(self, net: BridgeNetwork) -> None:
         gateway = str(net.gateway)
 
         def ensure(ipr: IPRoute) -> None:
@@ -462,8 +462,23 @@ class Endpoints:
 
     def _apply_nat(self, *, without: str | None = None) -> None:
         live = [r for r in self._records.values() if r.name != without]
-        script = replace_transaction(self.config.nft_table, self.config.bridges, live)
+        script = replace_transaction(self.config.nft_table, self._bridge_networks(live), live)
         nft.apply_script(self.config.host_netns, script)
+
+    def _bridge_networks(self, records: list[EndpointRecord]) -> tuple[BridgeNetwork, ...]:
+        """The configured bridge networks, then the vxmesh bridge networks records use."""
+        own = {r.spec.bridge_network.name: r.spec.bridge_network for r in records
+               if r.spec.bridge_network is not None}
+        return self.config.bridges + tuple(net for _, net in sorted(own.items()))
+
+    def _remove_unused_bridge(self, record: EndpointRecord) -> None:
+        """A vxmesh bridge network's bridge goes with its last endpoint on this host."""
+        net = record.spec.bridge_network
+        if net is None or any(r.name != record.name and r.spec.bridge_network is not None
+                              and r.spec.bridge_network.ifname == net.ifname
+                              for r in self._records.values()):
+            return
+        self.host_nl.call_blocking(lambda ipr: links.delete_link(ipr, net.ifname))
 
     def _remove_kernel(self, record: EndpointRecord) -> None:
         """Remove every kernel object of `record` that exists (each step tolerates absence)."""
@@ -474,6 +489,7 @@ class Endpoints:
             links.delete_netns(record.netns)
         if record.mode is Mode.BRIDGE:
             self._apply_nat(without=record.name)
+            self._remove_unused_bridge(record)
         if record.mode in (Mode.MACVLAN, Mode.IPVLAN):
             self._remove_unused_parent(record)
 

@@ -129,7 +129,9 @@ class BridgeNetwork:
     """A local bridge network (like docker0): kernel bridge, subnet, gateway, NAT or routed.
 
     `gateway_mode` "nat": outbound MASQUERADE, inbound only through published ports;
-    "routed": no MASQUERADE, the subnet is reachable from hosts that route to it.
+    "routed": no MASQUERADE, the subnet is reachable from hosts that route to it;
+    "internal": neither in nor out, only between the network's own endpoints (Docker's
+    `--internal`). `gateway_address`: the bridge's address (default: the subnet's first).
     """
 
     name: str = "bridge"
@@ -137,6 +139,7 @@ class BridgeNetwork:
     subnet: str = "172.29.0.0/16"
     gateway_mode: str = "nat"
     mtu: int = 1500
+    gateway_address: str | None = None
 
     @property
     def network(self) -> ipaddress.IPv4Network:
@@ -144,7 +147,16 @@ class BridgeNetwork:
 
     @property
     def gateway(self) -> ipaddress.IPv4Interface:
-        return ipaddress.IPv4Interface(f"{next(self.network.hosts())}/{self.network.prefixlen}")
+        address = self.gateway_address or next(self.network.hosts())
+        return ipaddress.IPv4Interface(f"{address}/{self.network.prefixlen}")
+
+
+GATEWAY_MODES = ("nat", "routed", "internal")
+
+
+def bridge_ifname(network: str) -> str:
+    """The kernel bridge of the bridge network `network` (made by vxmesh, as Docker's br-ID)."""
+    return "vxbr" + hashlib.sha256(network.encode()).hexdigest()[:10]
 
 
 @dataclass(frozen=True)
@@ -166,7 +178,12 @@ class EndpointsConfig:
     bridges: tuple[BridgeNetwork, ...] = (BridgeNetwork(),)
     nft_table: str = "vxmesh"
 
-    def bridge_network(self, name: str | None) -> BridgeNetwork:
+    def bridge_network(self, name: str | None,
+                       given: BridgeNetwork | None = None) -> BridgeNetwork:
+        """The spec's own bridge network (`given`: a vxmesh bridge network), else the
+        configured one called `name` (default: the first)."""
+        if given is not None:
+            return given
         wanted = name or self.bridges[0].name
         for net in self.bridges:
             if net.name == wanted:
@@ -188,6 +205,8 @@ class EndpointSpec:
     gateway: default route inside the endpoint (bridge: the network's gateway by default).
     publish: bridge mode published ports. claims: host mode port claims.
     parent: macvlan/ipvlan underlay interface (default: the configured underlay interface).
+    bridge_network: bridge mode: the bridge network itself (a vxmesh bridge network, made on
+      first use and removed with its last endpoint), instead of a configured one by name.
     ipvlan_mode: "l2", "l3" or "l3s".
     ifname: the interface's name inside the sandbox.
     netns_path: bridge/overlay: an existing namespace (a path) the caller owns; the interface
@@ -208,6 +227,7 @@ class EndpointSpec:
     claims: tuple[PortClaim, ...] = ()
     parent: str | None = None
     ipvlan_mode: str = "l2"
+    bridge_network: BridgeNetwork | None = None
     ifname: str = INSIDE_IFNAME
     netns_path: str | None = None
     hand_back: bool = False
@@ -418,14 +438,18 @@ def resolve(spec: EndpointSpec, config: EndpointsConfig,
     host_ifname: str | None = None
     if mode is Mode.HOST:
         _refuse_fields(spec, ("network", "bridge", "addresses", "mac", "mtu", "gateway",
-                              "publish", "parent", "ifname", "netns_path", "hand_back"))
+                              "publish", "parent", "ifname", "netns_path", "hand_back",
+                              "bridge_network"))
     elif mode is Mode.NONE:
         _refuse_fields(spec, ("network", "bridge", "addresses", "mac", "mtu", "gateway",
                               "publish", "claims", "parent", "ifname", "netns_path",
-                              "hand_back"))
+                              "hand_back", "bridge_network"))
     elif mode is Mode.BRIDGE:
         _refuse_fields(spec, ("bridge", "claims", "parent"))
-        net = config.bridge_network(spec.network)
+        net = config.bridge_network(spec.network, spec.bridge_network)
+        if net.gateway_mode not in GATEWAY_MODES:
+            raise EndpointSpecError(f"bridge_network.gateway_mode={net.gateway_mode!r}: "
+                                    f"expected one of {', '.join(GATEWAY_MODES)}")
         network, bridge, host_ifname = net.name, net.ifname, host_veth_name(spec.name)
         if not addresses:
             taken = {a for r in others if r.network == net.name and r.mode is Mode.BRIDGE
@@ -441,14 +465,15 @@ def resolve(spec: EndpointSpec, config: EndpointsConfig,
                 raise EndpointSpecError(f"addresses={text!r}: that is the network's gateway")
         gateway = gateway or str(net.gateway.ip)
     elif mode is Mode.OVERLAY:
-        _refuse_fields(spec, ("claims", "publish", "parent"))
+        _refuse_fields(spec, ("claims", "publish", "parent", "bridge_network"))
         if not spec.bridge:
             raise EndpointSpecError("bridge=None: an overlay endpoint needs the network's bridge")
         if not addresses:
             raise EndpointSpecError("addresses=(): an overlay endpoint needs its address")
         bridge, host_ifname = spec.bridge, host_veth_name(spec.name)
     else:  # macvlan, ipvlan
-        _refuse_fields(spec, ("bridge", "claims", "publish", "netns_path", "hand_back"))
+        _refuse_fields(spec, ("bridge", "claims", "publish", "netns_path", "hand_back",
+                              "bridge_network"))
         if not addresses:
             raise EndpointSpecError(f"addresses=(): a {mode.value} endpoint needs its address")
         if mode is Mode.IPVLAN and spec.mac is not None:
@@ -530,6 +555,8 @@ def record_from_json(data: dict[str, Any]) -> EndpointRecord:
         raw["aliases"] = tuple(raw.get("aliases", ()))
         raw["labels"] = tuple((str(k), str(v)) for k, v in raw.get("labels", ()))
         raw["services"] = tuple((int(p), str(proto)) for p, proto in raw.get("services", ()))
+        if raw.get("bridge_network") is not None:
+            raw["bridge_network"] = BridgeNetwork(**raw["bridge_network"])
         spec = EndpointSpec(**raw)
         rest = {k: v for k, v in data.items() if k != "spec"}
         rest["state"] = State(rest["state"])

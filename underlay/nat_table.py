@@ -12,7 +12,8 @@ Rules:
   MASQUERADE of hairpin traffic (an endpoint reaching a published port of the same bridge,
   and 127.0.0.0/8 sources DNATed from the host itself), and a forward filter that lets into the
   bridge only replies, DNATed (published) connections and bridge-internal traffic ("nat"
-  mode), like Docker's isolation. Published ports DNAT traffic addressed to any local address
+  mode), like Docker's isolation; an "internal" network forwards nothing in or out. Published
+  ports DNAT traffic addressed to any local address
   (or the given host address), from other hosts (prerouting) and from the host (output).
 
 May import: the standard library and underlay.endpoints_model.
@@ -45,6 +46,9 @@ def render_table(table: str, networks: tuple[BridgeNetwork, ...],
     forward: list[str] = []
     for net in in_use:
         br, subnet = f'"{net.ifname}"', net.subnet
+        if net.gateway_mode == "internal":  # only among its own endpoints, no way in or out
+            forward.append(f"iifname {br} oifname != {br} drop")
+            forward.append(f"oifname {br} iifname != {br} drop")
         postrouting.append(f"ip saddr {subnet} ip daddr {subnet} ct status dnat masquerade")
         postrouting.append(f"oifname {br} ip saddr 127.0.0.0/8 masquerade")
         if net.gateway_mode == "nat":

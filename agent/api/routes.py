@@ -203,7 +203,7 @@ def parse_attach_request(body: Mapping[str, Any]) -> AttachRequest:
             raise InvalidRequest(f"ip: {ip!r} is not an IP address") from None
     publish = _list(body, "publish")
     ports = _list(body, "ports")
-    if publish and mode != "bridge":
+    if publish and mode not in ("bridge", "overlay"):  # overlay: the network's driver decides
         raise InvalidRequest(f"publish: only bridge endpoints publish ports (mode is {mode!r})")
     if ports and mode != "host":
         raise InvalidRequest(f"ports: only host endpoints claim host ports (mode is {mode!r})")

@@ -8,9 +8,11 @@ bridge, the veth into the sandbox with the network's MTU and the Docker-style MA
 table entry and its gossip. For a macvlan/ipvlan network (the network's driver decides the
 mode; a request's explicit mode must agree) the address from the same IPAM, the subnet's
 prefix, the network's gateway as default route, on the network's parent. `detach` undoes it
-in reverse. Endpoint-only modes (host, none, and bridge/macvlan/ipvlan without a vxmesh
-network) only make the endpoint. Also the republish of our overlay endpoints into the
-table at start, before gossip joins.
+in reverse. For a bridge network: its own Linux bridge on this host (NAT egress unless
+internal, published ports, isolated from other bridge networks: `underlay.nat_table`), the
+address the lowest free one on this host. Endpoint-only modes (host, none, and
+bridge/macvlan/ipvlan without a vxmesh network) only make the endpoint. Also the republish
+of our overlay endpoints into the table at start, before gossip joins.
 
 Rules:
 - One attach or detach at a time on this host (a lock): names and addresses stay unique.
@@ -53,7 +55,14 @@ from overlay import desired as desired_state
 from overlay.table import NeighborTable
 from underlay import links
 from underlay.endpoints import Endpoints
-from underlay.endpoints_model import EndpointNotFound, EndpointRecord, EndpointSpec, Mode
+from underlay.endpoints_model import (
+    BridgeNetwork,
+    EndpointNotFound,
+    EndpointRecord,
+    EndpointSpec,
+    Mode,
+    bridge_ifname,
+)
 from underlay.facts import UnderlayFacts
 from underlay.kernel import NetlinkThread
 from underlay.netns_exec import netns_path
@@ -140,9 +149,12 @@ class Attachments:
                 record = await self._attach_overlay(request)
             elif network is not None and mode in SEGMENT_MODES:
                 record = await self._attach_segment(network, mode, request)
-            elif network is not None:
-                raise Unavailable(f"network {network.name!r}: endpoints on {network.driver} "
-                                  "networks are not made by this agent version yet")
+            elif network is not None:  # a bridge network: local to this host
+                record = await self._endpoints.create(_with_sandbox(EndpointSpec(
+                    name=request.name, mode=Mode.BRIDGE, network=network.name,
+                    bridge_network=self._bridge_network(network),
+                    addresses=(f"{request.ip}/{network.subnet.prefixlen}",) if request.ip
+                    else (), mac=request.mac, publish=request.publish), request))
             else:
                 ip = request.ip
                 record = await self._endpoints.create(_with_sandbox(EndpointSpec(
@@ -204,6 +216,17 @@ class Attachments:
         except BaseException:
             pool.release(address)
             raise
+
+    def _bridge_network(self, network: Network) -> BridgeNetwork:
+        """The local bridge of a bridge-driver network: its own kernel bridge, NAT egress
+        unless internal; addresses are handed out on this host (the lowest free one)."""
+        if network.subnet.version != 4:
+            raise InvalidRequest(f"network {network.name!r}: bridge networks take an IPv4 "
+                                 f"subnet (got {network.subnet})")
+        return BridgeNetwork(
+            name=network.name, ifname=bridge_ifname(network.name), subnet=str(network.subnet),
+            gateway_mode="internal" if network.internal else "nat",
+            mtu=network.mtu or self._facts.mtu, gateway_address=str(network.gateway))
 
     async def _allocate(self, network: Network, request: AttachRequest
                         ) -> tuple[IPAddress, AddressPool]:
@@ -311,12 +334,16 @@ def _driver_mode(request: AttachRequest, network: Network | None) -> Mode:
     the default, overlay, or must name that driver); host, none, and bridge/macvlan/ipvlan
     without a vxmesh network keep their endpoint-only meaning."""
     if network is None or request.mode in (Mode.HOST, Mode.NONE):
-        return request.mode
-    driver = Mode(network.driver)
-    if request.mode not in (Mode.OVERLAY, driver):
-        raise InvalidRequest(f"mode: {request.mode.value!r} does not match network "
-                             f"{network.name!r}, a {driver.value} network (leave --mode out)")
-    return driver
+        mode = request.mode
+    else:
+        mode = Mode(network.driver)
+        if request.mode not in (Mode.OVERLAY, mode):
+            raise InvalidRequest(f"mode: {request.mode.value!r} does not match network "
+                                 f"{network.name!r}, a {mode.value} network (leave --mode out)")
+    if request.publish and mode is not Mode.BRIDGE:
+        raise InvalidRequest(f"publish: only endpoints of bridge networks publish ports "
+                             f"({request.network or 'no network'} is {mode.value})")
+    return mode
 
 
 def _with_sandbox(spec: EndpointSpec, request: AttachRequest) -> EndpointSpec:

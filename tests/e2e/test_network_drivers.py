@@ -187,3 +187,60 @@ def test_macvlan_on_a_vlan_parent_makes_and_removes_the_sub_interface(
         assert _link_exists(h2, "eth0.30")
     finally:
         _clean_up(the_lab, h1, made, ("v30",))
+
+
+SERVE_ONE = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 80)); s.listen(1); s.settimeout(20); print("listening", flush=True)
+conn, peer = s.accept(); conn.sendall(b"hello from f1"); conn.close()
+"""
+FETCH = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+print(c.recv(100).decode())
+"""
+
+
+def test_bridge_networks_nat_published_port_internal_and_isolation(
+        lab: tuple[Lab, LabState]) -> None:
+    the_lab, state = lab
+    h1, h2 = state.hosts
+    networks = (("front", "172.30.1.0/24", ()), ("back", "172.30.2.0/24", ()),
+                ("priv", "172.30.3.0/24", ("--internal",)))
+    for name, subnet, extra in networks:
+        assert _cli(h1, "network", "create", name, "--driver", "bridge", "--subnet", subnet,
+                    *extra) == EXIT_OK
+    made = [(h1, "f1"), (h1, "f2"), (h1, "b1"), (h1, "p1"), (h1, "p2")]
+    try:
+        assert _cli(h1, "endpoint", "create", "f1", "--network", "front",
+                    "--publish", "8080:80/tcp") == EXIT_OK
+        for name, network in (("f2", "front"), ("b1", "back"), ("p1", "priv"),
+                              ("p2", "priv")):
+            assert _cli(h1, "endpoint", "create", name, "--network", network) == EXIT_OK
+        f1, f2, b1, p1, p2 = (_ep(the_lab, h1, n) for n in ("f1", "f2", "b1", "p1", "p2"))
+        assert f1["mode"] == "bridge" and f1["ip"].startswith("172.30.1.")
+        assert f1["bridge"] != b1["bridge"]  # one Linux bridge per network
+        assert _ping(f1, f2["ip"]) and _ping(p1, p2["ip"])
+        assert _ping(f1, "10.77.0.1")  # NAT egress to the underlay (the lab's switch)
+        assert not _ping(p1, "10.77.0.1")  # internal: no way out
+        assert not _ping(f1, b1["ip"]) and not _ping(b1, f1["ip"])  # bridge networks isolated
+        assert not _ping(f1, p1["ip"])
+        tables = _in(h1.netns, "nft", "list", "tables").stdout.split("\n")
+        assert "table ip vxmesh" in tables, tables  # our one table
+        # the published port answers from the other host
+        server = subprocess.Popen(ip_netns_exec(f1["netns"], ["python3", "-c", SERVE_ONE]),
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert server.stdout is not None and server.stdout.readline() == "listening\n"
+            fetched = _in(h2.netns, "python3", "-c", FETCH, h1.address, "8080")
+            assert fetched.stdout.strip() == "hello from f1", fetched.stderr
+        finally:
+            server.kill()
+            server.wait(10)
+        bridge = f1["bridge"]
+        for name in ("f1", "f2"):
+            assert _cli(h1, "endpoint", "delete", name) == EXIT_OK
+        assert not _link_exists(h1, bridge)  # the network's last endpoint took its bridge
+    finally:
+        _clean_up(the_lab, h1, made, tuple(n for n, _, _ in networks))
