@@ -301,12 +301,15 @@ class _Probe:
 
 
 class _Relay:
-    __slots__ = ("nack", "requester", "seq")
+    __slots__ = ("bare", "nack", "requester", "seq")
 
-    def __init__(self, requester: Addr, seq: int, nack: bool) -> None:
+    def __init__(self, requester: Addr, seq: int, nack: bool, bare: bool) -> None:
         self.requester = requester
         self.seq = seq
         self.nack = nack
+        # The requester has not proven its address: its ack or nack goes without piggyback
+        # (smaller than its indirect ping), never as a full packet of gossip.
+        self.bare = bare
 
 
 # Timer kinds.
@@ -894,13 +897,14 @@ class Swim:
             return
         self._seq += 1
         if self._respond(msg.addr, [encode_message(Ping(self._seq, msg.target))]):
-            self._relays[self._seq] = _Relay(addr, msg.seq, msg.nack)
+            self._relays[self._seq] = _Relay(addr, msg.seq, msg.nack,
+                                             bare=self._reply_room != math.inf)
             self._at(now + self.config.probe_timeout_s, _RELAY, self._seq)
 
     def _relay_timed_out(self, seq: int) -> None:
         relay = self._relays.pop(seq, None)
         if relay is not None and relay.nack:
-            self._send(relay.requester, [encode_message(Nack(relay.seq))])
+            self._answer_relay(relay, encode_message(Nack(relay.seq)))
 
     def _on_ack(self, msg: Ack, addr: Addr, now: float) -> None:
         probe = self._probe
@@ -914,7 +918,13 @@ class Swim:
             return
         relay = self._relays.pop(msg.seq, None)
         if relay is not None:
-            self._send(relay.requester, [encode_message(Ack(relay.seq))])
+            self._answer_relay(relay, encode_message(Ack(relay.seq)))
+
+    def _answer_relay(self, relay: _Relay, message: bytes) -> None:
+        if relay.bare:
+            self._emit(relay.requester, [message])
+        else:
+            self._send(relay.requester, [message])
 
     def _on_nack(self, msg: Nack) -> None:
         probe = self._probe

@@ -113,10 +113,19 @@ def test_replies_to_an_unproven_address_stay_within_twice_the_request() -> None:
     spoofed = ("127.0.0.88", 7946)
     pings = encode_packet([encode_message(Ping(i, "a")) for i in range(3)])
     relay = encode_packet([encode_message(IndirectPing(7, "b", link["b"].addr, True))])
+    b = link["b"]
     for request in (pings, relay):
         a.receive_datagram(request, spoofed, link.now)
-        out = sum(len(data) for data, _ in a.datagrams_to_send())
-        assert 0 < out <= 2 * len(request)
+        out = a.datagrams_to_send()
+        assert 0 < sum(len(data) for data, _ in out) <= 2 * len(request)
+    for data, to in out:  # the relayed ping reaches b, b's ack comes back to a
+        if to == b.addr:
+            b.receive_datagram(data, a.addr, link.now)
+    for data, to in b.datagrams_to_send():
+        if to == a.addr:
+            a.receive_datagram(data, b.addr, link.now)
+    forwarded = [data for data, to in a.datagrams_to_send() if to == spoofed]
+    assert forwarded and all(len(data) <= len(relay) for data in forwarded)  # bare ack
     a.receive_datagram(pings, link["b"].addr, link.now)  # b acked our probes: proven
     assert sum(len(data) for data, _ in a.datagrams_to_send()) > 2 * len(pings)
 
