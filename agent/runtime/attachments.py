@@ -173,7 +173,8 @@ class Attachments:
         address, pool = await self._allocate(network, request)
         ip = str(address)
         try:
-            if network.name not in self._table.networks():
+            joining = network.name not in self._table.networks()
+            if joining:
                 self._join_table_network(network.name, trio.current_time())
                 self._gossip.records_changed()
                 self._pipeline.mark_dirty()
@@ -188,7 +189,7 @@ class Attachments:
                 name=request.name, mode=Mode.OVERLAY, network=network.name, bridge=bridge,
                 mtu=mtu, addresses=(f"{ip}/{network.subnet.prefixlen}",), mac=request.mac,
                 gateway=gateway), request)
-            await self._wait_link(bridge)
+            await self._wait_link(bridge, joining=joining)
             record = await self._endpoints.create(spec)
         except BaseException:
             pool.release(address)
@@ -243,14 +244,19 @@ class Attachments:
                 address = await pool.confirm(handle)
         return address, pool
 
-    async def _wait_link(self, name: str, timeout: float = BRIDGE_TIMEOUT) -> None:
-        """Wait until the network's bridge `name` is wanted and a reconciler pass made after
-        that holds it: the bridge of a network this host just left (its last endpoint
-        deleted) may still be there, about to go, and must not be taken for the new one."""
+    async def _wait_link(self, name: str, *, joining: bool,
+                         timeout: float = BRIDGE_TIMEOUT) -> None:
+        """Wait until the network's bridge `name` is wanted and exists. When `joining` (this
+        attach joins the network), also until a reconciler pass made after that holds it:
+        the bridge of a network this host just left (its last endpoint deleted) may still be
+        there, about to go, and must not be taken for the new one. A network joined before
+        keeps its bridge while it has endpoints, so the next attach does not wait for the
+        reconciler (which is busy with the previous attach's entries, tens of ms)."""
         reconciler = self._pipeline.reconciler
         with trio.move_on_after(timeout):
             while True:
-                if self._bridge_wanted(name) and reconciler.statistics().in_sync \
+                if self._bridge_wanted(name) \
+                        and (not joining or reconciler.statistics().in_sync) \
                         and await self._netlink.call(
                             lambda ipr: links.get_link(ipr, name)) is not None:
                     return
