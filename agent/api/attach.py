@@ -96,6 +96,8 @@ class Attachment:
     host_ifname: the host-side veth (bridge, overlay). handed_back: HandBackVeth's peer name.
     gateway: the default route's next hop (None: the network is routed on link only).
     routes: every route inside the sandbox besides the connected subnet.
+    nameservers, search: the resolver serving the sandbox (127.0.0.11) and its search
+      domains (the networks), for a runtime that writes the sandbox's resolv.conf (CNI).
     """
 
     name: str
@@ -120,3 +122,5 @@ class Attachment:
     aliases: tuple[str, ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
     services: tuple[tuple[int, str], ...] = ()
+    nameservers: tuple[str, ...] = ()
+    search: tuple[str, ...] = ()

@@ -269,7 +269,9 @@ def attachment_json(attachment: Attachment) -> dict[str, Any]:
             "state": attachment.state, "node": attachment.node,
             "publish": [str(m) for m in attachment.publish],
             "ports": [str(c) for c in attachment.ports],
-            "aliases": list(attachment.aliases), "labels": dict(attachment.labels)}
+            "aliases": list(attachment.aliases), "labels": dict(attachment.labels),
+            "dns": ({"nameservers": list(attachment.nameservers),
+                     "search": list(attachment.search)} if attachment.nameservers else None)}
 
 
 def parse_key(body: Mapping[str, Any]) -> bytes:

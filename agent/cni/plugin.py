@@ -167,7 +167,8 @@ def result_from_attachment(attachment: Mapping[str, Any], invocation: Invocation
                        for r in attachment.get("routes") or ())
     except (KeyError, TypeError) as exc:
         raise CniError(AGENT_PROTOCOL, f"the agent's attachment lacks {exc}") from None
-    mine = Result(interfaces, ips, routes, dict(conf.dns or {}))
+    # the network config's dns wins; else the resolver the agent serves in the sandbox
+    mine = Result(interfaces, ips, routes, dict(conf.dns or attachment.get("dns") or {}))
     return merge_results(conf.prev_result, mine) if conf.prev_result is not None else mine
 
 

@@ -163,7 +163,7 @@ class Attachments:
                     addresses=(f"{ip}/{32 if ':' not in ip else 128}",) if ip else (),
                     mac=request.mac, publish=request.publish, claims=request.ports), request))
             await self._names.refresh()
-            return attachment_of(record, self.node)
+            return self._names.with_dns(attachment_of(record, self.node))
 
     async def _attach_overlay(self, request: AttachRequest) -> EndpointRecord:
         network = self._networks.get(request.network)

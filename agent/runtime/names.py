@@ -24,13 +24,16 @@ May import: agent.dns, agent.config, overlay, underlay, trio, the standard libra
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import random
 from collections.abc import Callable
 
+from agent.api.attach import Attachment
 from agent.config import DnsConfig, parse_resolver
 from agent.dns.resolver import (
+    RESOLVER_ADDRESS,
     DnsResolver,
     ResolverStatistics,
     remove_resolv_conf,
@@ -90,6 +93,15 @@ class EndpointNames:
     def load(self, entries: list[Entry]) -> None:
         """Start from the table's whole view."""
         self.zone.load(entries)
+
+    def with_dns(self, attachment: Attachment) -> Attachment:
+        """`attachment` with the resolver that serves its sandbox (none if not served)."""
+        sandbox = attachment.netns or attachment.sandbox
+        networks = self.resolver.served().get(sandbox or "")
+        if not networks:
+            return attachment
+        return dataclasses.replace(attachment, nameservers=(RESOLVER_ADDRESS,),
+                                   search=networks)
 
     def statistics(self) -> ResolverStatistics:
         return self.resolver.statistics()

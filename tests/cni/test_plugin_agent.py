@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
+import dns.message
 import pytest
 
 from agent.cni import spec
@@ -20,6 +22,7 @@ from agent.cni.invoke import ALL_VERSIONS, Attachment, PluginRun, chain, run_plu
 from agent.cni.netconf import attachment_name
 from agent.lab.namespaces import NetnsLab, run
 from tests.cni.conftest import NETWORK, SUBNET, CniLab
+from underlay.netns_sockets import open_socket_in_netns
 
 pytestmark = [pytest.mark.kernel, pytest.mark.etcd]
 
@@ -61,6 +64,18 @@ def inside(attachment: Attachment, *argv: str) -> str:
     return run(list(argv), netns=ns_name(attachment)).stdout
 
 
+def resolve(attachment: Attachment, name: str) -> list[str]:
+    """What 127.0.0.11 inside the container's namespace answers for `name`."""
+    query = dns.message.make_query(name, "A")
+    sock = open_socket_in_netns(attachment.netns, socket.AF_INET, socket.SOCK_DGRAM,
+                                bind=("127.0.0.1", 0))
+    with sock:
+        sock.settimeout(2.0)
+        sock.sendto(query.to_wire(), ("127.0.0.11", 53))
+        reply = dns.message.from_wire(sock.recv(65535))
+    return [r.to_text() for rrset in reply.answer for r in rrset]
+
+
 def assert_nothing_left(cl: CniLab, before_veths: set[str]) -> None:
     assert cni_attachments(cl) == set()
     assert host_veths(cl) == before_veths
@@ -92,6 +107,9 @@ def test_add_check_del_in_every_version(cni_lab: CniLab, netns_lab: NetnsLab,
     assert run(["ping", "-c", "1", "-W", "2", GATEWAY], netns=ns_name(attachment)).returncode == 0
     assert host_if["name"] in host_veths(cni_lab)
     name = attachment_name(attachment.container_id, "eth0")
+    # names: the agent's resolver answers inside the container's namespace, and says so
+    assert result["dns"] == {"nameservers": ["127.0.0.11"], "search": [NETWORK]}
+    assert resolve(attachment, name) == [str(ipaddress.ip_interface(ip["address"]).ip)]
     assert cni_attachments(cni_lab) == {name}
     if spec.version_key(version) >= (0, 4, 0):
         checked = plugin(cni_lab, "CHECK", conf(cni_lab, version, prevResult=result), attachment)
