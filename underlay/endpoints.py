@@ -67,7 +67,7 @@ from underlay.endpoints_state import RecordStore
 from underlay.errors import KernelError, RecordWriteError, UnderlayError
 from underlay.facts import CapabilityReport, probe_capabilities
 from underlay.kernel import NetlinkThread
-from underlay.nat_table import replace_transaction
+from underlay.nat_table import OverlayEgress, replace_transaction
 from underlay.records import split_vlan
 
 log = logging.getLogger(__name__)
@@ -150,6 +150,7 @@ class Endpoints:
         self._host_nl: NetlinkThread | None = None
         self._lock = trio.Lock()
         self._counts: Counter[str] = Counter()
+        self._overlays: tuple[OverlayEgress, ...] = ()
         self._sysctls_set: set[tuple[str, str]] = set()
         self.capabilities = CapabilityReport(available=frozenset())
 
@@ -165,6 +166,18 @@ class Endpoints:
         """Create endpoint `spec.name` (or re-ensure the same spec) and return its record."""
         async with self._lock:
             return await trio.to_thread.run_sync(self._create, spec)
+
+    async def set_overlay_egress(self, overlays: tuple[OverlayEgress, ...]) -> None:
+        """The overlay networks this host has endpoints in: their way out through NAT here
+        (unless internal) and their isolation, in our table (replaced when they change)."""
+        async with self._lock:
+            if overlays != self._overlays:
+                previous, self._overlays = self._overlays, overlays
+                try:
+                    await trio.to_thread.run_sync(self._apply_nat)
+                except BaseException:
+                    self._overlays = previous
+                    raise
 
     async def delete(self, name: str) -> bool:
         """Delete endpoint `name` with all its kernel objects; False if it did not exist."""
@@ -462,7 +475,8 @@ class Endpoints:
 
     def _apply_nat(self, *, without: str | None = None) -> None:
         live = [r for r in self._records.values() if r.name != without]
-        script = replace_transaction(self.config.nft_table, self._bridge_networks(live), live)
+        script = replace_transaction(self.config.nft_table, self._bridge_networks(live), live,
+                                     self._overlays)
         nft.apply_script(self.config.host_netns, script)
 
     def _bridge_networks(self, records: list[EndpointRecord]) -> tuple[BridgeNetwork, ...]:

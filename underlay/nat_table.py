@@ -15,13 +15,53 @@ Rules:
   mode), like Docker's isolation; an "internal" network forwards nothing in or out. Published
   ports DNAT traffic addressed to any local address
   (or the given host address), from other hosts (prerouting) and from the host (output).
+- Per overlay network this host has endpoints in (`OverlayEgress`): MASQUERADE of its subnet
+  leaving by any other interface (the way out, unless internal), into its bridge only replies
+  and DNATed connections, and never from one overlay bridge to another (isolation on one host;
+  traffic inside an overlay is bridged, never forwarded, so no rule touches it).
 
 May import: the standard library and underlay.endpoints_model.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from underlay.endpoints_model import BridgeNetwork, EndpointRecord, Mode
+
+
+@dataclass(frozen=True)
+class OverlayEgress:
+    """An overlay network this host has endpoints in: its bridge, IPv4 subnet and whether it
+    is internal. Its endpoints leave the overlay through NAT on this host (Docker's
+    docker_gwbridge role) unless internal; two overlay networks never forward to each other."""
+
+    name: str
+    bridge: str
+    subnet: str
+    internal: bool = False
+
+
+def _overlay_rules(overlays: tuple[OverlayEgress, ...]) -> tuple[list[str], list[str]]:
+    """(postrouting, forward) rules of the overlay networks."""
+    postrouting: list[str] = []
+    forward: list[str] = []
+    bridges = [o.bridge for o in overlays]
+    for net in overlays:
+        br = f'"{net.bridge}"'
+        others = [b for b in bridges if b != net.bridge]
+        if others:
+            quoted = ", ".join(f'"{b}"' for b in others)
+            forward.append(f"iifname {br} oifname {{ {quoted} }} drop")
+        if net.internal:
+            forward.append(f"iifname {br} oifname != {br} drop")
+            forward.append(f"oifname {br} iifname != {br} drop")
+            continue
+        postrouting.append(f"ip saddr {net.subnet} oifname != {br} masquerade")
+        forward.append(f"oifname {br} ct state established,related accept")
+        forward.append(f"oifname {br} ct status dnat accept")
+        forward.append(f"oifname {br} iifname != {br} drop")
+    return postrouting, forward
 
 
 def _published_rules(records: list[EndpointRecord]) -> list[str]:
@@ -38,7 +78,7 @@ def _published_rules(records: list[EndpointRecord]) -> list[str]:
 
 
 def render_table(table: str, networks: tuple[BridgeNetwork, ...],
-                 records: list[EndpointRecord]) -> str:
+                 records: list[EndpointRecord], overlays: tuple[OverlayEgress, ...] = ()) -> str:
     """The body `table ip <table> { ... }` for the networks that have endpoints."""
     in_use = [net for net in networks
               if any(r.mode is Mode.BRIDGE and r.network == net.name for r in records)]
@@ -58,6 +98,10 @@ def render_table(table: str, networks: tuple[BridgeNetwork, ...],
         forward.append(f"oifname {br} iifname {br} accept")
         if net.gateway_mode == "nat":
             forward.append(f"oifname {br} drop")
+
+    overlay_postrouting, overlay_forward = _overlay_rules(overlays)
+    postrouting += overlay_postrouting
+    forward += overlay_forward
 
     def chain(name: str, hook: str | None, rules: list[str]) -> str:
         lines = [f"  chain {name} {{"]
@@ -80,9 +124,10 @@ def render_table(table: str, networks: tuple[BridgeNetwork, ...],
 
 
 def replace_transaction(table: str, networks: tuple[BridgeNetwork, ...],
-                        records: list[EndpointRecord]) -> str:
+                        records: list[EndpointRecord],
+                        overlays: tuple[OverlayEgress, ...] = ()) -> str:
     """One atomic `nft -f` script replacing our table (or removing it if nothing uses it)."""
     script = f"table ip {table}\ndelete table ip {table}\n"
-    if any(r.mode is Mode.BRIDGE for r in records):
-        script += render_table(table, networks, records)
+    if any(r.mode is Mode.BRIDGE for r in records) or overlays:
+        script += render_table(table, networks, records, overlays)
     return script

@@ -65,6 +65,7 @@ from underlay.endpoints_model import (
 )
 from underlay.facts import UnderlayFacts
 from underlay.kernel import NetlinkThread
+from underlay.nat_table import OverlayEgress
 from underlay.netns_exec import netns_path
 
 log = logging.getLogger("vxmesh.agent")
@@ -162,6 +163,8 @@ class Attachments:
                     network=request.network or None if request.mode is Mode.BRIDGE else None,
                     addresses=(f"{ip}/{32 if ':' not in ip else 128}",) if ip else (),
                     mac=request.mac, publish=request.publish, claims=request.ports), request))
+            if mode is Mode.OVERLAY:
+                await self.apply_overlay_egress()
             await self._names.refresh()
             return self._names.with_dns(attachment_of(record, self.node))
 
@@ -288,6 +291,7 @@ class Attachments:
             await self._names.refresh()
             if overlay:
                 self._after_overlay_detach(network_name, now)
+                await self.apply_overlay_egress()
             if record.mode in IPAM_MODES:
                 await self._release(name, network_name, ip)
             return True
@@ -307,6 +311,17 @@ class Attachments:
                 pool.release(ipaddress.ip_address(ip))
             except AgentError as exc:
                 log.warning("endpoint %s: address %s not released yet: %s", name, ip, exc)
+
+    async def apply_overlay_egress(self) -> None:
+        """NAT egress (unless internal) and isolation of the overlay networks this host has
+        endpoints in (`underlay.nat_table.OverlayEgress`); at start and after every change."""
+        overlays = []
+        for name in sorted(self.overlay_networks()):
+            network = self._networks.get(name)
+            if network is not None and network.subnet.version == 4:
+                overlays.append(OverlayEgress(name, desired_state.bridge_name(network.vni),
+                                              str(network.subnet), network.internal))
+        await self._endpoints.set_overlay_egress(tuple(overlays))
 
     # -- restart ----------------------------------------------------------------------------
 

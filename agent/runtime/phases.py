@@ -120,6 +120,7 @@ async def run_gossip(c: Components, *,
     """Republish our endpoints, gossip, register in etcd; started after the initial sync (or
     INITIAL_SYNC_TIMEOUT alone)."""
     c.attachments.republish()
+    await c.attachments.apply_overlay_egress()
     async with trio.open_nursery() as nursery:
         try:
             await nursery.start(c.gossip.run)

@@ -244,3 +244,31 @@ def test_bridge_networks_nat_published_port_internal_and_isolation(
         assert not _link_exists(h1, bridge)  # the network's last endpoint took its bridge
     finally:
         _clean_up(the_lab, h1, made, tuple(n for n, _, _ in networks))
+
+
+def test_overlay_egress_through_nat_on_the_own_host_internal_and_isolation(
+        lab: tuple[Lab, LabState]) -> None:
+    the_lab, state = lab
+    h1, h2 = state.hosts
+    networks = (("ova", "10.233.0.0/24", ()), ("ovb", "10.234.0.0/24", ()),
+                ("ovi", "10.235.0.0/24", ("--internal",)))
+    for name, subnet, extra in networks:
+        assert _cli(h1, "network", "create", name, "--subnet", subnet, *extra) == EXIT_OK
+    made = [(h1, "a1"), (h2, "a2"), (h1, "b1"), (h1, "i1"), (h2, "i2")]
+    try:
+        for host, name in made:
+            network = {"a": "ova", "b": "ovb", "i": "ovi"}[name[0]]
+            assert _cli(host, "endpoint", "create", name, "--network", network) == EXIT_OK
+        a1, a2, b1, i1, i2 = (_ep(the_lab, host, name) for host, name in made)
+        assert a1["mode"] == "overlay"
+        the_lab.wait_for(lambda: _ping(a1, a2["ip"]), "a1 to reach a2 over the overlay", 15,
+                         interval=0.2)
+        the_lab.wait_for(lambda: _ping(i1, i2["ip"]), "i1 to reach i2", 15, interval=0.2)
+        assert _ping(a1, "10.77.0.1")  # the underlay, through NAT on a1's own host
+        assert not _ping(i1, "10.77.0.1")  # internal: no way out
+        assert not _ping(a1, b1["ip"]) and not _ping(b1, a1["ip"])  # isolated on one host
+        rules = _in(h1.netns, "nft", "list", "table", "ip", "vxmesh").stdout
+        assert "10.233.0.0/24" in rules and "masquerade" in rules, rules
+        assert "10.235.0.0/24" not in rules  # internal: never masqueraded
+    finally:
+        _clean_up(the_lab, h1, made, tuple(n for n, _, _ in networks))
