@@ -164,6 +164,16 @@ def test_containers_across_hosts(lab: tuple[Lab, LabState]) -> None:
     across = docker(h2, "run", "--rm", "--network", BLUE, IMAGE, "sh", "-c",
                     f"ping -c1 -W3 {web} && wget -qO- http://{web}/", check=False)
     assert across.returncode == 0 and "hello from web" in across.stdout, across.stderr
+    # Names: with the network's gateway as its DNS server, Docker's embedded resolver forwards
+    # what it does not know to the agent, which answers the network's names from every host.
+    named = the_lab.client(h1).request("POST", "/v1/endpoints", {"name": "named",
+                                                                 "network": BLUE})
+    gateway = next(n["gateway"] for n in the_lab.client(h2).request("GET", "/v1/networks")
+                   if n["name"] == BLUE)
+    looked_up = docker(h2, "run", "--rm", "--network", BLUE, "--dns", gateway, IMAGE,
+                       "nslookup", "named", check=False)
+    the_lab.client(h1).request("DELETE", "/v1/endpoints/named")
+    assert named["ip"] in looked_up.stdout, (looked_up.stdout, looked_up.stderr)
 
     # --ip through the IPAM driver; taken is refused, naming the address and its holder.
     static = str(ipaddress.ip_network(BLUE_SUBNET).network_address + 200)
