@@ -20,7 +20,7 @@ from agent.cli.main import main
 from agent.lab.hosts import LabHost
 from agent.lab.namespaces import run
 from tests.cni.conftest import NETWORK, CniLab
-from underlay.netns_exec import nsenter_net
+from underlay.netns_exec import netns_path, nsenter_net
 
 pytestmark = [pytest.mark.kernel, pytest.mark.etcd, pytest.mark.slow]
 
@@ -58,10 +58,27 @@ def install(cl: CniLab, host: LabHost, capsys: pytest.CaptureFixture[str]) -> No
     assert f"wrote {directory}/{NETWORK}.conflist" in capsys.readouterr().out
 
 
+def install_by_lab_exec(cl: CniLab, host: LabHost) -> None:
+    """`vxmesh lab exec hN -- vxmesh cni install NET`: the host's own CNI config dir."""
+    argv = cl.lab.exec_argv(cl.state, host.name, ["vxmesh", "cni", "install", NETWORK])
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done
+    assert (cl.lab.podman_host(host).cni_conf_dir / f"{NETWORK}.conflist").exists()
+
+
+def test_lab_exec_runs_the_hosts_own_podman(cni_lab: CniLab) -> None:
+    argv = cni_lab.lab.exec_argv(cni_lab.state, "h2", ["podman", "ps"])
+    podman_host = cni_lab.lab.podman_host(cni_lab.h2)
+    assert argv[:2] == ["nsenter", f"--net={netns_path(cni_lab.h2.netns)}"]
+    assert f"CONTAINERS_CONF={podman_host.conf}" in argv and argv[-1] == "ps"
+    assert "--root" in argv and str(podman_host.root) in argv
+    assert f'network_config_dir = "{podman_host.cni_conf_dir}"' in podman_host.conf.read_text()
+
+
 def test_podman_on_two_hosts(cni_lab: CniLab, capsys: pytest.CaptureFixture[str]) -> None:
     h1, h2 = cni_lab.h1, cni_lab.h2
-    for host in (h1, h2):
-        install(cni_lab, host, capsys)
+    install(cni_lab, h1, capsys)
+    install_by_lab_exec(cni_lab, h2)
     podman(cni_lab, h1, "run", "-d", "--name", "web", "--network", NETWORK, "-p", "8080:80",
            IMAGE, "sh", "-c", "echo hello from h1 > /var/www/index.html && "
                               "exec httpd -f -p 80 -h /var/www")
