@@ -7,7 +7,10 @@ resolve on every host) and the one set of rules for them, used alike for a perso
   starting or ending with `-` (stored lower-case; DNS is case-insensitive);
 - at most `MAX_ALIASES` aliases, no duplicates, none equal to the name;
 - at most `MAX_PORTS` service ports `(port, protocol)` with port 1-65535 and protocol tcp/udp,
-  which the resolver serves as SRV records `_port._proto.alias`.
+  which the resolver serves as SRV records `_port._proto.alias`;
+- at most `MAX_LABELS` labels `(key, value)` (network policy selects by them): the key 1 to
+  63 characters of a-z, A-Z, 0-9, `-`, `_`, `.`, `/`, the value 0 to 63 of the same without
+  `/`; keys unique, kept sorted.
 A bad value raises `InvalidAttributes` naming the field and the value.
 
 Pure: the standard library only.
@@ -24,7 +27,10 @@ from overlay.errors import OverlayError
 LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 MAX_ALIASES = 8
 MAX_PORTS = 8
+MAX_LABELS = 16
 PROTOCOLS = ("tcp", "udp")
+LABEL_KEY = re.compile(r"[A-Za-z0-9_.\-/]{1,63}")
+LABEL_VALUE = re.compile(r"[A-Za-z0-9_.\-]{0,63}")
 
 
 class InvalidAttributes(OverlayError):
@@ -33,11 +39,13 @@ class InvalidAttributes(OverlayError):
 
 @dataclass(frozen=True, slots=True)
 class EndpointAttributes:
-    """An endpoint's DNS identity: `name` ("" = unnamed), `aliases`, service `ports`."""
+    """An endpoint's DNS identity: `name` ("" = unnamed), `aliases`, service `ports`; and
+    its policy `labels` (sorted `(key, value)` pairs)."""
 
     name: str = ""
     aliases: tuple[str, ...] = ()
     ports: tuple[tuple[int, str], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -57,7 +65,8 @@ def dns_label(value: object, field_name: str) -> str:
 
 
 def make_attributes(name: object = "", aliases: Iterable[object] = (),
-                    ports: Iterable[object] = ()) -> EndpointAttributes:
+                    ports: Iterable[object] = (),
+                    labels: Iterable[object] = ()) -> EndpointAttributes:
     """Validated attributes; raises `InvalidAttributes` naming the first bad field."""
     clean_name = dns_label(name, "name") if name != "" else ""
     clean_aliases: list[str] = []
@@ -73,7 +82,30 @@ def make_attributes(name: object = "", aliases: Iterable[object] = (),
         if index >= MAX_PORTS:
             raise InvalidAttributes(f"ports: at most {MAX_PORTS} service ports")
         clean_ports.append(_port(port, f"ports[{index}]"))
-    return EndpointAttributes(clean_name, tuple(clean_aliases), tuple(sorted(set(clean_ports))))
+    return EndpointAttributes(clean_name, tuple(clean_aliases), tuple(sorted(set(clean_ports))),
+                              make_labels(labels))
+
+
+def make_labels(labels: Iterable[object]) -> tuple[tuple[str, str], ...]:
+    """Validated, sorted `(key, value)` labels; raises `InvalidAttributes` naming the first bad
+    one (a pair or text `KEY=VALUE`)."""
+    clean: dict[str, str] = {}
+    for index, label in enumerate(labels):
+        if index >= MAX_LABELS:
+            raise InvalidAttributes(f"labels: at most {MAX_LABELS} labels")
+        pair = tuple(label.split("=", 1)) if isinstance(label, str) else label
+        if not isinstance(pair, list | tuple) or len(pair) != 2:
+            raise InvalidAttributes(f"labels[{index}]: {label!r:.80} must be KEY=VALUE")
+        key, value = pair
+        if not isinstance(key, str) or not LABEL_KEY.fullmatch(key) \
+                or not isinstance(value, str) or not LABEL_VALUE.fullmatch(value):
+            raise InvalidAttributes(
+                f"labels[{index}]: {label!r:.80} must be KEY=VALUE (key 1-63, value 0-63 of "
+                "a-z, A-Z, 0-9, '-', '_', '.'; '/' in the key)")
+        if key in clean:
+            raise InvalidAttributes(f"labels[{index}]: key {key!r} is given twice")
+        clean[key] = value
+    return tuple(sorted(clean.items()))
 
 
 def _port(value: object, field_name: str) -> tuple[int, str]:

@@ -25,7 +25,8 @@ Rules:
   seconds since the epoch, nil if unknown). Records of older peers lack that last field: they
   decode with `changed_at=None`. (An older peer cannot decode the longer records: it drops them
   as wire errors, so a cluster is upgraded as a whole.) After it come the endpoint's attributes
-  (`[name, [aliases], [[port, proto], ...]]`, nil when it has none), validated on receipt by
+  (`[name, [aliases], [[port, proto], ...], [[key, value], ...]]`, the labels only when there
+  are any; nil when it has none), validated on receipt by
   overlay.attributes' rules; records without that field decode with no attributes.
 - A signed record (see overlay.table) ends with its owner's 64-byte Ed25519 signature, after
   every other field; unsigned records are encoded exactly as before.
@@ -251,17 +252,22 @@ def _endpoint(network: str, owner: str, raw: object, now: float) -> Entry:
 def _pack_attributes(attributes: EndpointAttributes) -> list[object] | None:
     if attributes == NO_ATTRIBUTES:
         return None
-    return [attributes.name, list(attributes.aliases), [list(p) for p in attributes.ports]]
+    packed: list[object] = [attributes.name, list(attributes.aliases),
+                            [list(p) for p in attributes.ports]]
+    if attributes.labels:
+        packed.append([list(label) for label in attributes.labels])
+    return packed
 
 
 def _unpack_attributes(raw: object) -> EndpointAttributes:
     if raw is None:
         return NO_ATTRIBUTES
-    name, aliases, ports = _fields(raw, 3, "endpoint attributes")
-    if not isinstance(aliases, list) or not isinstance(ports, list):
-        raise TableWireError("endpoint attributes: aliases and ports must be lists")
+    name, aliases, ports, labels = _fields(raw, 4, "endpoint attributes", optional=1)
+    if not isinstance(aliases, list) or not isinstance(ports, list) \
+            or not isinstance(labels, list | None):
+        raise TableWireError("endpoint attributes: aliases, ports and labels must be lists")
     try:
-        return make_attributes(name, aliases, ports)
+        return make_attributes(name, aliases, ports, labels or ())
     except InvalidAttributes as exc:
         raise TableWireError(f"endpoint attributes: {exc}") from None
 

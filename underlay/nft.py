@@ -3,15 +3,20 @@
 Owns: the `nft` subprocess: atomic script application (`nft -f -`, one transaction) and
 listing tables, in the host namespace given by name (entered with `nsenter --net`).
 
-Rules: only whole transactions built by `underlay.nat_table`; never `flush ruleset`; a failure
-raises KernelError with nft's message and leaves the previous ruleset in place (nft applies a
-script all or nothing).
+Also the named counters of a table (`list_counters`) and bridge netfilter (`call_on_bridges`:
+bridged IP traffic through the inet hooks, which network policy needs).
+
+Rules: only whole transactions built by `underlay.nat_table` or `underlay.policy_table`;
+never `flush ruleset`; a failure raises KernelError with nft's message and leaves the
+previous ruleset in place (nft applies a script all or nothing).
 May import: the standard library, underlay.errors, underlay.links, underlay.netns_exec.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
+from pathlib import Path
 
 from underlay.errors import KernelError
 from underlay.links import open_netns_path
@@ -42,3 +47,38 @@ def list_tables(netns: str | None, *, timeout: float = 20) -> list[str]:
     if proc.returncode != 0:
         raise KernelError(f"nft list tables failed in {netns or 'host'}: {proc.stderr.strip()}")
     return [line.removeprefix("table ").strip() for line in proc.stdout.splitlines() if line]
+
+
+def list_counters(netns: str | None, family: str, table: str, *,
+                  timeout: float = 20) -> dict[str, int]:
+    """Packets of every named counter in the table (empty when the table does not exist)."""
+    proc = subprocess.run(in_netns(netns, ["nft", "-j", "list", "counters", "table", family,
+                                           table]),
+                          text=True, capture_output=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        return {}
+    try:
+        items = json.loads(proc.stdout).get("nftables", [])
+    except ValueError as exc:
+        raise KernelError(f"nft -j list counters: not JSON ({exc})") from None
+    return {item["counter"]["name"]: int(item["counter"].get("packets", 0))
+            for item in items if isinstance(item, dict) and "counter" in item}
+
+
+BRIDGE_SYSCTLS = ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables")
+
+
+def call_on_bridges() -> None:
+    """Send bridged IPv4/IPv6 traffic of our namespace through the inet hooks (br_netfilter;
+    loaded with modprobe when missing); KernelError when the kernel cannot."""
+    directory = Path("/proc/sys/net/bridge")
+    if not directory.exists():
+        subprocess.run(["modprobe", "br_netfilter"], capture_output=True, timeout=20,
+                       check=False)
+    try:
+        for name in BRIDGE_SYSCTLS:
+            path = directory / name
+            if path.read_text().strip() != "1":
+                path.write_text("1\n")
+    except OSError as exc:
+        raise KernelError(f"br_netfilter: cannot enable {directory}: {exc}") from None

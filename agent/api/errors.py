@@ -23,9 +23,12 @@ from agent.store.errors import (
     AddressTaken,
     InvalidAddress,
     InvalidNetwork,
+    InvalidPolicy,
     NetworkConflict,
     NetworkInUse,
     NetworkNotFound,
+    PolicyExists,
+    PolicyNotFound,
     StoreUnavailable,
 )
 from underlay.endpoints_model import EndpointConflict, EndpointNotFound, EndpointSpecError
@@ -73,10 +76,11 @@ class Unavailable(ApiError):
 
 # (error classes, HTTP status): the first entry the error is an instance of wins.
 _STATUS_TABLE: tuple[tuple[tuple[type[BaseException], ...], int], ...] = (
-    ((InvalidNetwork, InvalidAddress, AgentConfigError, EndpointSpecError, StateReadError,
-      GossipKeyError), 400),
-    ((NetworkNotFound, EndpointNotFound), 404),
-    ((NetworkConflict, NetworkInUse, AddressExhausted, AddressTaken, EndpointConflict), 409),
+    ((InvalidNetwork, InvalidPolicy, InvalidAddress, AgentConfigError, EndpointSpecError,
+      StateReadError, GossipKeyError), 400),
+    ((NetworkNotFound, PolicyNotFound, EndpointNotFound), 404),
+    ((NetworkConflict, PolicyExists, NetworkInUse, AddressExhausted, AddressTaken,
+      EndpointConflict), 409),
     ((UnderlayError,), 422),
     ((StoreUnavailable,), 503),
     ((StateWriteError,), 507),

@@ -15,6 +15,10 @@ Routes (all JSON; errors are {"error": {"status": N, "message": "..."}}):
                                      "ip_range"?, "parent"?, "ipvlan_mode"?, "internal"?,
                                      "options"? {K: V}}                              -> 201
   DELETE /v1/networks/NAME
+  GET    /v1/policies               network policies (from etcd)
+  POST   /v1/policies               {"name", "network", "select": "K=V", "allow": ["K=V"|CIDR],
+                                     "ports"?: ["P/PROTO"], "direction"?: ingress|egress} -> 201
+  DELETE /v1/policies/NAME
   GET    /v1/endpoints              every endpoint known (local and remote)
   GET    /v1/endpoints/NAME         one local endpoint (with its namespace, for exec)
   POST   /v1/endpoints              {"name", "network" (overlay), "mode"?, "ip"?, "mac"?,
@@ -101,6 +105,9 @@ class Control(Protocol):
     async def networks(self) -> list[dict[str, Any]]: ...
     async def create_network(self, request: NetworkCreateRequest) -> dict[str, Any]: ...
     async def delete_network(self, name: str) -> None: ...
+    async def policies(self) -> list[dict[str, Any]]: ...
+    async def create_policy(self, body: dict[str, Any]) -> dict[str, Any]: ...
+    async def delete_policy(self, name: str) -> None: ...
     def endpoints(self) -> list[dict[str, Any]]: ...
     def endpoint(self, name: str) -> Attachment: ...
     async def attach(self, request: AttachRequest) -> Attachment: ...
@@ -208,7 +215,8 @@ def parse_attach_request(body: Mapping[str, Any]) -> AttachRequest:
     if ports and mode != "host":
         raise InvalidRequest(f"ports: only host endpoints claim host ports (mode is {mode!r})")
     try:  # the same rules as for names arriving from peers (overlay.attributes)
-        names = make_attributes("", _strings(body, "aliases"), _list(body, "services"))
+        names = make_attributes("", _strings(body, "aliases"), _list(body, "services"),
+                                sorted(_labels(body).items()))
     except InvalidAttributes as exc:
         raise InvalidRequest(str(exc)) from None
     return AttachRequest(
@@ -218,7 +226,7 @@ def parse_attach_request(body: Mapping[str, Any]) -> AttachRequest:
         publish=_ports(publish, "publish", parse_port_mapping),
         ports=_ports(ports, "ports", parse_port_claim),
         aliases=names.aliases, services=names.ports,
-        labels=tuple(sorted(_labels(body).items())),
+        labels=names.labels,
     )
 
 
@@ -347,6 +355,24 @@ async def _network_delete(control: Control, request: Request, arg: str) -> Respo
     return Response.json(200, {"deleted": arg})
 
 
+POLICY_FIELDS = {"name", "network", "select", "allow", "ports", "direction"}
+
+
+async def _policies(control: Control, request: Request, arg: str) -> Response:
+    return Response.json(200, await control.policies())
+
+
+async def _policy_create(control: Control, request: Request, arg: str) -> Response:
+    body = _json_body(request)
+    _refuse_unknown(body, POLICY_FIELDS)
+    return Response.json(201, await control.create_policy(body))
+
+
+async def _policy_delete(control: Control, request: Request, arg: str) -> Response:
+    await control.delete_policy(validate_name(arg))
+    return Response.json(200, {"deleted": arg})
+
+
 async def _endpoints(control: Control, request: Request, arg: str) -> Response:
     return Response.json(200, control.endpoints())
 
@@ -396,6 +422,9 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/v1/networks"): _networks,
     ("POST", "/v1/networks"): _network_create,
     ("DELETE", "/v1/networks/*"): _network_delete,
+    ("GET", "/v1/policies"): _policies,
+    ("POST", "/v1/policies"): _policy_create,
+    ("DELETE", "/v1/policies/*"): _policy_delete,
     ("GET", "/v1/endpoints"): _endpoints,
     ("GET", "/v1/endpoints/*"): _endpoint_get,
     ("POST", "/v1/endpoints"): _endpoint_create,

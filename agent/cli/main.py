@@ -111,6 +111,45 @@ def cmd_network(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _labels(given: list[str] | None) -> dict[str, str] | None:
+    """`--label K=V` options as the API's labels object (None when none is given)."""
+    if not given:
+        return None
+    labels: dict[str, str] = {}
+    for text in given:
+        key, equals, value = text.partition("=")
+        if not equals:
+            raise CliError(f"--label {text!r}: must be KEY=VALUE", EXIT_USAGE)
+        labels[key] = value
+    return labels
+
+
+def cmd_policies(args: argparse.Namespace) -> int:
+    _emit(args, _client(args).request("GET", "/v1/policies"),
+          ["name", "network", "direction", "select", "allow", "ports"])
+    return EXIT_OK
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    client = _client(args)
+    progress = Progress(quiet=args.json)
+    if args.action == "list":
+        return cmd_policies(args)
+    if args.action == "create":
+        body = {"name": args.name, "network": args.network, "select": args.select,
+                "allow": args.allow_from, "ports": args.port or [],
+                "direction": "egress" if args.egress else "ingress"}
+        with progress.step(f"creating policy {args.name}"):
+            result = client.request("POST", "/v1/policies", body)
+        _emit(args, result)
+        return EXIT_OK
+    with progress.step(f"deleting policy {args.name}"):
+        result = client.request("DELETE", f"/v1/policies/{args.name}")
+    if args.json:
+        _emit(args, result)
+    return EXIT_OK
+
+
 def cmd_endpoint(args: argparse.Namespace) -> int:
     client = _client(args)
     progress = Progress(quiet=args.json)
@@ -118,7 +157,8 @@ def cmd_endpoint(args: argparse.Namespace) -> int:
         body: dict[str, Any] = {"name": args.name, "network": args.network, "mode": args.mode,
                                 "ip": args.ip, "publish": args.publish or None,
                                 "ports": args.port or None, "aliases": args.alias or None,
-                                "services": args.service or None}
+                                "services": args.service or None,
+                                "labels": _labels(args.label)}
         with progress.step(f"creating endpoint {args.name}"):
             result = client.request("POST", "/v1/endpoints",
                                     {k: v for k, v in body.items() if v is not None})
@@ -307,6 +347,26 @@ def build_parser() -> argparse.ArgumentParser:
     net_sub.add_parser("delete", parents=[common]).add_argument("name")
     network.set_defaults(func=cmd_network)
 
+    policy = sub.add_parser("policy", parents=[common],
+                            help="network policy between endpoints: create, list, delete")
+    pol_sub = policy.add_subparsers(dest="action", required=True)
+    pol_create = pol_sub.add_parser("create", parents=[common])
+    pol_create.add_argument("name")
+    pol_create.add_argument("--network", required=True, help="the network it applies in")
+    pol_create.add_argument("--select", required=True, metavar="LABEL=V",
+                            help="the endpoints it selects")
+    pol_create.add_argument("--allow-from", action="append", required=True,
+                            metavar="LABEL=V|CIDR",
+                            help="peers allowed (repeatable; with --egress: destinations)")
+    pol_create.add_argument("--port", action="append", metavar="P/PROTO",
+                            help="only to these ports (repeatable; default: every port)")
+    pol_create.add_argument("--egress", action="store_true",
+                            help="restrict what the selected endpoints send (default: what "
+                                 "they receive)")
+    pol_sub.add_parser("list", parents=[common])
+    pol_sub.add_parser("delete", parents=[common]).add_argument("name")
+    policy.set_defaults(func=cmd_policy)
+
     endpoint = sub.add_parser("endpoint", parents=[common], help="create, delete, exec")
     ep_sub = endpoint.add_subparsers(dest="action", required=True)
     ep_create = ep_sub.add_parser("create", parents=[common])
@@ -326,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     ep_create.add_argument("--service", action="append", metavar="P/PROTO",
                            help="a port it serves, published as SRV _P._PROTO.NAME "
                                 "(repeatable)")
+    ep_create.add_argument("--label", action="append", metavar="K=V",
+                           help="a label network policies select by (repeatable)")
     ep_sub.add_parser("delete", parents=[common]).add_argument("name")
     ep_exec = ep_sub.add_parser("exec", parents=[common], help="run a command in the endpoint")
     ep_exec.add_argument("name")

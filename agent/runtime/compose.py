@@ -41,6 +41,7 @@ from agent.runtime.metrics import AgentMetrics, MetricsSnapshot
 from agent.runtime.names import EndpointNames
 from agent.runtime.networks import KnownNetworks
 from agent.runtime.pipeline import DesiredInputs, Pipeline, moves_kernel_entry
+from agent.runtime.policies import PolicyEnforcer
 from agent.runtime.pools import AddressPools
 from agent.runtime.systemd import SystemdNotifier
 from agent.store.connect import open_store
@@ -86,6 +87,7 @@ class Components:
     pipeline: Pipeline
     gossip: GossipLink
     names: EndpointNames
+    policies: PolicyEnforcer
     attachments: Attachments
     container_of_pid: Callable[[int], str | None]
 
@@ -156,8 +158,10 @@ async def build_components(config: AgentConfig, *, notifier: SystemdNotifier) ->
                           joined=lambda: [n for name, n in networks.items()
                                           if name in table.networks()],
                           observe_latency=metrics.dns_answer.observe)
+    policies = PolicyEnforcer(store, node, table.endpoints)
     gossip = GossipLink(config, node, facts.address, table,
-                        on_change=lambda event: route_table_event(pipeline, names, node, event),
+                        on_change=lambda event: route_table_event(pipeline, names, policies,
+                                                                  node, event),
                         extra_seeds=lambda: store.gossip_seeds(exclude=node),
                         identity=identity, public_keys=store.public_keys)
     attachments = Attachments(node=node, facts=facts, netlink=netlink, endpoints=endpoints,
@@ -168,7 +172,7 @@ async def build_components(config: AgentConfig, *, notifier: SystemdNotifier) ->
         api_stats=HttpServerStatistics(), netlink=netlink, kernel=kernel, facts=facts,
         endpoints=endpoints, store=store, networks=networks, pools=pools, table=table,
         reconciler=reconciler, pipeline=pipeline, gossip=gossip, names=names,
-        attachments=attachments, container_of_pid=container_of_pid)
+        policies=policies, attachments=attachments, container_of_pid=container_of_pid)
     return components
 
 
@@ -179,12 +183,14 @@ def container_names(config: AgentConfig) -> Callable[[int], str | None]:
     return ContainerNames(EngineClient(str(config.docker.engine_socket), timeout=2.0)).name_of_pid
 
 
-def route_table_event(pipeline: Pipeline, names: EndpointNames, node: str,
-                      event: TableEvent) -> None:
-    """Every table event from the gossip link (never blocks): names follow the view; a remote
+def route_table_event(pipeline: Pipeline, names: EndpointNames, policies: PolicyEnforcer,
+                      node: str, event: TableEvent) -> None:
+    """Every table event from the gossip link (never blocks): names and policies follow the
+    view; a remote
     endpoint that moves a kernel entry is timed until the kernel has it; anything else only
     marks dirty."""
     names.table_event(event)
+    policies.table_changed()
     if isinstance(event, EndpointChanged) and event.current is not None \
             and event.current.owner != node and moves_kernel_entry(event):
         pipeline.endpoint_arrived(event.network, event.ip, event.current.changed_at)
@@ -244,5 +250,6 @@ def metrics_snapshot(c: Components) -> MetricsSnapshot:
         members_agent_down=gossip.agent_down,
         host_probes=gossip.host_probes,
         dns=c.names.statistics(),
+        policy_drops=c.policies.statistics().drops,
     )
 

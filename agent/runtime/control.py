@@ -29,7 +29,7 @@ from agent.runtime.compose import Components
 from agent.runtime.fdb_report import fdb_report
 from agent.runtime.ports_report import port_rows
 from agent.store.errors import InvalidNetwork
-from agent.store.schema import Network, split_parent, validate_network
+from agent.store.schema import Network, split_parent, validate_network, validate_policy
 from overlay import desired as desired_state
 from underlay import links
 from underlay.endpoints import Inspection
@@ -186,6 +186,26 @@ class Control:
             raise Conflict(f"network {name!r} has endpoints on this host; delete them first")
         await self.c.store.delete_network(name)
         self.c.networks.discard(name)
+
+    # -- network policies -------------------------------------------------------------------
+
+    async def policies(self) -> list[dict[str, Any]]:
+        drops = self.c.policies.statistics().drops
+        return [dict(p.to_json(), dropped=drops.get(p.name, 0))
+                for p in await self.c.store.list_policies()]
+
+    async def create_policy(self, body: dict[str, Any]) -> dict[str, Any]:
+        policy = validate_policy(name=body.get("name"), network=body.get("network"),
+                                 direction=body.get("direction", "ingress"),
+                                 select=body.get("select"), allow=body.get("allow"),
+                                 ports=body.get("ports") or [])
+        created = await self.c.store.create_policy(policy)
+        self.c.policies.mark_dirty()
+        return created.to_json()
+
+    async def delete_policy(self, name: str) -> None:
+        await self.c.store.delete_policy(name)
+        self.c.policies.mark_dirty()
 
     # -- endpoints --------------------------------------------------------------------------
 

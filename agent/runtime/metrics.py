@@ -72,6 +72,8 @@ class MetricsSnapshot:
     """result ("sent", "answered", "send_failed") -> ICMP echo probes of doubted hosts."""
     dns: ResolverStatistics = field(default_factory=ResolverStatistics)
     """the endpoint resolver's counts (queries by type and result, forwarded, failures)."""
+    policy_drops: Mapping[str, int] = field(default_factory=dict)
+    """network policy name -> packets its deny dropped on this host."""
 
 
 class AgentMetrics:
@@ -172,6 +174,13 @@ class _SnapshotCollector(Collector):
         yield GaugeMetricFamily("vxmesh_gossip_health_score",
                                 "Local health (Lifeguard awareness); 0 is healthy.",
                                 value=snap.health_score)
+
+        policy = CounterMetricFamily("vxmesh_policy_dropped_packets",
+                                     "Packets a network policy denied on this host, by policy.",
+                                     labels=["policy"])
+        for name, count in sorted(snap.policy_drops.items()):
+            policy.add_metric([name], count)
+        yield policy
 
         entries = GaugeMetricFamily("vxmesh_neighbor_entries",
                                     "Live neighbor-table entries, by network.",

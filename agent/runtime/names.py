@@ -42,7 +42,13 @@ from agent.dns.resolver import (
 )
 from agent.dns.zone import DnsZone
 from agent.store.schema import Network
-from overlay.attributes import LABEL, EndpointAttributes, InvalidAttributes, make_attributes
+from overlay.attributes import (
+    LABEL,
+    EndpointAttributes,
+    InvalidAttributes,
+    make_attributes,
+    make_labels,
+)
 from overlay.table import EndpointChanged, Entry, TableEvent
 from underlay.endpoints_model import EndpointRecord, Mode
 from underlay.errors import UnderlayError
@@ -51,14 +57,19 @@ log = logging.getLogger("vxmesh.dns")
 
 
 def attributes_of(record: EndpointRecord) -> EndpointAttributes:
-    """The name (when the endpoint's name is a DNS label), aliases and service ports an
-    endpoint publishes in its table entry."""
+    """The name (when the endpoint's name is a DNS label), aliases, service ports and policy
+    labels an endpoint publishes in its table entry."""
     name = record.name if LABEL.fullmatch(record.name) else ""
     try:
-        return make_attributes(name, record.spec.aliases, record.spec.services)
+        labels = make_labels(record.spec.labels)
+    except InvalidAttributes as exc:  # checked at attach; a record from before the rules
+        log.warning("endpoint %s: labels not published: %s", record.name, exc)
+        labels = ()
+    try:
+        return make_attributes(name, record.spec.aliases, record.spec.services, labels)
     except InvalidAttributes as exc:  # a record from before the rules: publish the name only
         log.warning("endpoint %s: aliases or services not published: %s", record.name, exc)
-        return make_attributes(name)
+        return make_attributes(name, labels=labels)
 
 
 def sandbox_of(record: EndpointRecord) -> str | None:

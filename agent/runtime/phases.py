@@ -1,7 +1,7 @@
 """The agent's start-up phases: one trio service each, started in dependency order.
 
 Owns: `run_metrics`, `run_store`, `run_gossip`, `run_pipeline`, `run_dataplane`,
-`run_pools`, `run_names`, `run_api`, `run_watchdog`. Each is
+`run_pools`, `run_names`, `run_policies`, `run_api`, `run_watchdog`. Each is
 `run_x(components, ..., *, task_status)`, reports started once its part is ready, and runs
 until cancelled; `agent.runtime.process` starts them with `nursery.start` in that order.
 
@@ -171,6 +171,12 @@ async def run_names(c: Components, *,
         c.names.load(c.table.endpoints())
         await c.names.refresh()
         task_status.started()
+
+
+async def run_policies(c: Components, *,
+                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Network policy: the stored policies and the table's labels kept in nftables."""
+    await c.policies.run(task_status=task_status)
 
 
 async def run_api(c: Components, control: Control, *,

@@ -49,6 +49,7 @@ from agent.runtime.phases import (
     run_metrics,
     run_names,
     run_pipeline,
+    run_policies,
     run_pools,
     run_store,
     run_watchdog,
@@ -175,6 +176,7 @@ async def start_phases(nursery: trio.Nursery, c: Components, control: Control) -
     await nursery.start(run_dataplane, c)
     await nursery.start(run_pools, c)
     await nursery.start(run_names, c)
+    await nursery.start(run_policies, c)
     await nursery.start(run_api, c, control)
     await nursery.start(run_docker, c, control)
     await nursery.start(run_watchdog, c, control)

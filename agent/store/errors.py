@@ -47,6 +47,30 @@ class NetworkNotFound(StoreError):
         self.name = name
 
 
+class InvalidPolicy(StoreError):
+    """A network policy definition is invalid; the message names the field and the value."""
+
+    def __init__(self, field: str, value: object, reason: str) -> None:
+        super().__init__(f"policy {field}={value!r}: {reason}")
+        self.field = field
+
+
+class PolicyNotFound(StoreError):
+    """No network policy with this name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"policy {name!r} does not exist")
+        self.name = name
+
+
+class PolicyExists(StoreError):
+    """A network policy with this name is already stored."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"policy {name!r} already exists; delete it first")
+        self.name = name
+
+
 class NetworkInUse(StoreError):
     """A network still has endpoints and deletion was not forced."""
 

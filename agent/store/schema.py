@@ -24,6 +24,10 @@ and count it; it never crashes an agent.
                                                   attached to the node's lease (it disappears
                                                   when the agent stops refreshing the lease);
                                                   the gossip seed list
+    /vxmesh/v1/policies/<name>                    Policy: name, network, direction, select
+                                                  [key, value], allow [peer], ports
+                                                  [[port, proto]]; a peer is [key, value] (a
+                                                  label) or a CIDR string
 
 Writes that need uniqueness are single etcd transactions: network create (compares the name,
 the VNI guard and the subnet guards, puts all three), block claim (compares the block key is
@@ -44,7 +48,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.store.errors import InvalidNetwork, StoreError
+from agent.store.errors import InvalidNetwork, InvalidPolicy, StoreError
+from overlay.attributes import InvalidAttributes, make_attributes, make_labels
 from underlay.endpoints_model import NETWORK_MODES
 from underlay.records import MTU_MAX, MTU_MIN, VNI_MAX, VNI_MIN, split_vlan, vni_in_range
 
@@ -54,6 +59,10 @@ VNIS = PREFIX + "vnis/"
 SUBNETS = PREFIX + "subnets/"
 BLOCKS = PREFIX + "blocks/"
 NODES = PREFIX + "nodes/"
+POLICIES = PREFIX + "policies/"
+POLICY_DIRECTIONS = ("ingress", "egress")
+MAX_POLICY_PEERS = 32
+MAX_POLICY_PORTS = 16
 
 VNI_AUTO_FIRST = 4096
 """Allocated VNIs start here (as Docker's overlay driver does), below are for operators."""
@@ -406,7 +415,89 @@ class Block:
 # -- encoding ------------------------------------------------------------------------------
 
 
-def encode(record: Network | Node | Block) -> bytes:
+def policy_key(name: str) -> str:
+    return POLICIES + name
+
+
+Peer = tuple[str, str] | IPNetwork
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A network policy (Kubernetes NetworkPolicy semantics): in `network`, the endpoints
+    labelled `select` accept (ingress) or send (egress) only to the `allow` peers (labels or
+    CIDRs), on `ports` (empty: every port). Build one with `validate_policy`."""
+
+    name: str
+    network: str
+    direction: str
+    select: tuple[str, str]
+    allow: tuple[Peer, ...]
+    ports: tuple[tuple[int, str], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "network": self.network, "direction": self.direction,
+                "select": list(self.select),
+                "allow": [p if isinstance(p, tuple) else str(p) for p in self.allow],
+                "ports": [list(p) for p in self.ports]}
+
+
+def _policy_label(value: object, field_name: str) -> tuple[str, str]:
+    try:
+        (label,) = make_labels([value])
+    except InvalidAttributes as exc:
+        raise InvalidPolicy(field_name, value, str(exc).partition(": ")[2]) from None
+    return label
+
+
+def _policy_peer(value: object, field_name: str) -> Peer:
+    if isinstance(value, str) and "=" not in value:
+        try:
+            return ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise InvalidPolicy(field_name, value, "must be LABEL=VALUE or a CIDR") from None
+    return _policy_label(value, field_name)
+
+
+def validate_policy(*, name: object, network: object, direction: object, select: object,
+                    allow: object, ports: object = ()) -> Policy:
+    """A policy from a person's (or a stored) definition; InvalidPolicy naming the field."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise InvalidPolicy("name", name, "must be 1-63 characters of letters, digits, '_', "
+                            "'.', '-', starting with a letter or digit")
+    if not isinstance(network, str) or not _NAME_RE.match(network):
+        raise InvalidPolicy("network", network, "is not a network name")
+    if direction not in POLICY_DIRECTIONS:
+        raise InvalidPolicy("direction", direction, "must be ingress or egress")
+    if not isinstance(allow, list | tuple) or not 1 <= len(allow) <= MAX_POLICY_PEERS:
+        raise InvalidPolicy("allow", allow, f"must be 1 to {MAX_POLICY_PEERS} peers")
+    if not isinstance(ports, list | tuple) or len(ports) > MAX_POLICY_PORTS:
+        raise InvalidPolicy("ports", ports, f"must be at most {MAX_POLICY_PORTS} PORT/PROTO")
+    clean_ports: set[tuple[int, str]] = set()
+    for index, port in enumerate(ports):
+        try:
+            clean_ports.update(make_attributes(ports=[port]).ports)
+        except InvalidAttributes as exc:
+            raise InvalidPolicy(f"ports[{index}]", port, str(exc).partition(": ")[2]) from None
+    peers = tuple(dict.fromkeys(_policy_peer(p, f"allow[{i}]") for i, p in enumerate(allow)))
+    return Policy(name, network, str(direction), _policy_label(select, "select"), peers,
+                  tuple(sorted(clean_ports)))
+
+
+def decode_policy(key: str, value: bytes) -> Policy:
+    data = _load(key, value)
+    try:
+        policy = validate_policy(name=data.get("name"), network=data.get("network"),
+                                 direction=data.get("direction"), select=data.get("select"),
+                                 allow=data.get("allow"), ports=data.get("ports", []))
+    except InvalidPolicy as exc:
+        raise MalformedRecord(key, f"{exc}") from None
+    if policy_key(policy.name) != key:
+        raise MalformedRecord(key, "name does not match the key")
+    return policy
+
+
+def encode(record: Network | Node | Block | Policy) -> bytes:
     return json.dumps(record.to_json(), sort_keys=True, separators=(",", ":")).encode()
 
 

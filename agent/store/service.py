@@ -41,6 +41,8 @@ from agent.store.errors import (
     NetworkConflict,
     NetworkInUse,
     NetworkNotFound,
+    PolicyExists,
+    PolicyNotFound,
     StoreError,
     StoreUnavailable,
 )
@@ -72,6 +74,7 @@ from agent.store.schema import (
     BLOCKS,
     NETWORKS,
     NODES,
+    POLICIES,
     VNI_AUTO_FIRST,
     VNIS,
     Block,
@@ -80,6 +83,7 @@ from agent.store.schema import (
     MalformedRecord,
     Network,
     Node,
+    Policy,
     block_cidr_from_key,
     block_key,
     blocks_prefix,
@@ -87,9 +91,11 @@ from agent.store.schema import (
     decode_block,
     decode_network,
     decode_node,
+    decode_policy,
     encode,
     network_key,
     node_key,
+    policy_key,
     prefix_end,
     subnet_inner_range,
     subnet_key,
@@ -389,6 +395,37 @@ class Store:
             if result.succeeded:
                 return
         raise StoreError(f"network {name}: kept changing during delete; try again")
+
+    # -- network policies --------------------------------------------------------------------
+
+    async def create_policy(self, policy: Policy) -> Policy:
+        """Store a validated policy; refused when its network does not exist (NetworkNotFound)
+        or the name is taken (PolicyExists), decided in one transaction."""
+        key = policy_key(policy.name)
+        result = await self.txn(
+            [Compare(network_key(policy.network), "create", ">", 0),
+             Compare(key, "create", "=", 0)],
+            [Put(key, encode(policy))],
+            [Get(network_key(policy.network), keys_only=True), Get(key)])
+        if result.succeeded:
+            return policy
+        network_kvs, policy_kvs = result.ranges
+        if not network_kvs:
+            raise NetworkNotFound(policy.network)
+        if policy_kvs and policy_kvs[0].value == encode(policy):
+            return policy  # our own write: a failover retried it after a lost reply
+        raise PolicyExists(policy.name)
+
+    async def delete_policy(self, name: str) -> None:
+        key = policy_key(name)
+        result = await self.txn([Compare(key, "create", ">", 0)], [Delete(key)])
+        if not result.succeeded:
+            raise PolicyNotFound(name)
+
+    async def list_policies(self) -> list[Policy]:
+        """Every stored policy (malformed ones logged, counted and skipped)."""
+        kvs, _ = await self.call(self.client.range, POLICIES, prefix_end(POLICIES))
+        return self._decoded(kvs, decode_policy)
 
     # -- network watch -----------------------------------------------------------------------
 

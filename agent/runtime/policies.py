@@ -1,0 +1,176 @@
+"""Network policy on this host: the stored policies and the neighbor table, kept in nftables.
+
+Owns: `PolicyEnforcer`, the thin shell around `underlay.policy_table`: it lists the policies
+from etcd (every `POLL_INTERVAL`, and at once after a create or delete through this agent),
+reads the table's endpoints and their labels whenever the table changes (`mark_dirty`, never
+blocks), computes the plan and applies the one transaction from the kernel's last plan to it
+(`underlay.nft.apply_script`). The per-policy drop counters are read after every apply and
+every `POLL_INTERVAL` (`statistics().drops`, exported as a metric).
+
+Rules:
+- No policy, no table: a host without policies has nothing of ours in nftables. The first
+  policy turns bridge netfilter on (`underlay.nft.call_on_bridges`).
+- etcd away: the last listed policies stay enforced (nothing is flushed).
+- A failed transaction changes nothing in the kernel (nft is all or nothing); it is logged and
+  counted, and the next pass replaces the whole table.
+
+May import: agent.store, overlay, underlay, trio, the standard library.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from agent.store.errors import StoreError
+from agent.store.schema import Policy
+from agent.store.service import Store
+from overlay.table import Entry
+from underlay.errors import KernelError
+from underlay.nft import apply_script, call_on_bridges, list_counters
+from underlay.policy_table import (
+    FAMILY,
+    TABLE,
+    PolicyEndpoint,
+    PolicyPlan,
+    PolicyRule,
+    plan_policy,
+    policy_transaction,
+    removal_transaction,
+)
+
+log = logging.getLogger("vxmesh.policy")
+
+POLL_INTERVAL = 1.0
+RETRY_INTERVAL = 1.0
+
+
+@dataclass(frozen=True)
+class PolicyStatistics:
+    """What enforcement did: passes applied, failures, policies in force, drops by policy."""
+
+    applied: int = 0
+    failed: int = 0
+    policies: int = 0
+    drops: dict[str, int] = field(default_factory=dict)
+
+
+def policy_rule(policy: Policy) -> PolicyRule:
+    """A stored policy as the pure core's rule."""
+    labels = tuple(p for p in policy.allow if isinstance(p, tuple))
+    cidrs = tuple(str(p) for p in policy.allow if isinstance(p, ipaddress.IPv4Network
+                                                            | ipaddress.IPv6Network))
+    return PolicyRule(policy.name, policy.network, policy.direction == "egress", policy.select,
+                      labels, cidrs, policy.ports)
+
+
+def policy_endpoints(entries: list[Entry], node: str) -> list[PolicyEndpoint]:
+    """The table's live, labelled endpoints."""
+    return [PolicyEndpoint(e.network, e.ip, e.attributes.labels, e.owner == node)
+            for e in entries if not e.deleted and e.attributes.labels]
+
+
+class PolicyEnforcer:
+    """Keeps `inet vxmesh_policy` equal to the policies and the table's endpoints."""
+
+    def __init__(self, store: Store, node: str, entries: Callable[[], list[Entry]]) -> None:
+        self._store = store
+        self._node = node
+        self._entries = entries
+        self._dirty = trio.Event()
+        self._policies: list[Policy] = []
+        self._plan: PolicyPlan | None = None
+        self._installed = False  # our table is in the kernel (or may be: unknown plan)
+        self._bridges_on = False
+        self._applied = 0
+        self._failed = 0
+        self._drops: dict[str, int] = {}
+        self._list_now = trio.Event()
+
+    def mark_dirty(self) -> None:
+        """Policies or endpoints changed: recompute soon (never blocks)."""
+        self._dirty.set()
+        self._list_now.set()
+
+    def table_changed(self) -> None:
+        """The neighbor table changed: only the endpoints need re-reading."""
+        self._dirty.set()
+
+    def statistics(self) -> PolicyStatistics:
+        return PolicyStatistics(self._applied, self._failed, len(self._policies),
+                                dict(self._drops))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """List policies, then enforce on every change; started after the first pass."""
+        self._installed = True  # a previous run may have left the table: replace or remove it
+        await self._list()
+        await self._enforce()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._follow_store)
+            task_status.started()
+            while True:
+                await self._dirty.wait()
+                self._dirty = trio.Event()
+                await self._enforce()
+
+    async def _follow_store(self) -> None:
+        while True:
+            with trio.move_on_after(POLL_INTERVAL):
+                await self._list_now.wait()
+            self._list_now = trio.Event()
+            before = self._policies
+            await self._list()
+            if self._policies != before:
+                self._dirty.set()
+            await self._read_counters()
+
+    async def _list(self) -> None:
+        try:
+            self._policies = sorted(await self._store.list_policies(), key=lambda p: p.name)
+        except StoreError as exc:  # etcd away: keep enforcing the last listed policies
+            log.debug("policies not listed: %s", exc)
+
+    async def _enforce(self) -> None:
+        try:
+            if not self._policies:
+                if self._installed:
+                    await trio.to_thread.run_sync(apply_script, None, removal_transaction())
+                    self._installed, self._plan = False, None
+                    self._applied += 1
+                return
+            plan = plan_policy([policy_rule(p) for p in self._policies],
+                               policy_endpoints(self._entries(), self._node))
+            script = policy_transaction(self._plan, plan)
+            if script is None:
+                return
+            if not self._bridges_on:
+                await trio.to_thread.run_sync(call_on_bridges)
+                self._bridges_on = True
+            await trio.to_thread.run_sync(apply_script, None, script)
+            self._plan, self._installed = plan, True
+            self._applied += 1
+        except KernelError as exc:
+            self._failed += 1
+            self._plan = None  # the kernel's state is unknown: the next pass replaces it whole
+            log.error("network policy not applied: %s", exc)
+            await trio.sleep(RETRY_INTERVAL)
+            self._dirty.set()
+            return
+        await self._read_counters()
+
+    async def _read_counters(self) -> None:
+        if self._plan is None:
+            self._drops = {}
+            return
+        try:
+            packets = await trio.to_thread.run_sync(list_counters, None, FAMILY, TABLE)
+        except KernelError as exc:
+            log.warning("policy counters not read: %s", exc)
+            return
+        self._drops = {name: packets.get(counter, 0)
+                       for name, counter in self._plan.counters.items()}
