@@ -363,8 +363,8 @@ async def _policies(control: Control, request: Request, arg: str) -> Response:
 
 
 async def _policy_create(control: Control, request: Request, arg: str) -> Response:
-    body = _json_body(request)
-    _refuse_unknown(body, POLICY_FIELDS)
+    body = json_body(request)
+    refuse_unknown(body, POLICY_FIELDS)
     return Response.json(201, await control.create_policy(body))
 
 
