@@ -22,9 +22,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 packages=(iproute2 nftables etcd-server etcd-client iperf3 procps psmisc curl iputils-ping python3-venv
-          podman containernetworking-plugins busybox-static docker.io)
+          podman containernetworking-plugins busybox-static docker.io wireguard-go wireguard-tools)
 if [ "$want_test" -eq 1 ]; then
-    packages+=(prometheus shellcheck vagrant serf systemd dnsmasq-base dnsperf)
+    packages+=(prometheus shellcheck vagrant serf systemd dnsmasq-base dnsperf tcpdump)
 fi
 missing=()
 for p in "${packages[@]}"; do
