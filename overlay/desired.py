@@ -48,6 +48,10 @@ DEFAULT_VXLAN_PORT = 4789
 #: VXLAN encapsulation overhead: outer Ethernet 14 + IP (20 or 40) + UDP 8 + VXLAN 8.
 OVERHEAD_IPV4 = 50
 OVERHEAD_IPV6 = 70
+#: VXLAN over WireGuard: VXLAN between IPv4 tunnel addresses (50) inside WireGuard (60 on an
+#: IPv4 underlay, 80 on IPv6).
+OVERHEAD_ENCRYPTED_IPV4 = 110
+OVERHEAD_ENCRYPTED_IPV6 = 130
 
 BRIDGE_PREFIX = "vxbr"
 VXLAN_PREFIX = "vxtun"
@@ -67,14 +71,17 @@ class NetworkSpec:
     mtu: int | None = None
     port: int = DEFAULT_VXLAN_PORT
     gateway: str | None = None
+    encrypted: bool = False  # VXLAN between WireGuard tunnel addresses (overlay.wireguard)
 
 
 @dataclass(frozen=True)
 class AliveMember:
-    """A member the gossip layer believes alive, with the VTEP address it advertises."""
+    """A member the gossip layer believes alive, with the VTEP address it advertises and its
+    WireGuard tunnel address (None: it publishes no WireGuard key)."""
 
     name: str
     vtep: str
+    tunnel: str | None = None
 
 
 @dataclass(frozen=True)
@@ -207,9 +214,13 @@ def vtep_mac(node: str) -> str:
     return stable_mac("vxmesh-vtep", node)
 
 
-def overlay_mtu(underlay_mtu: int, underlay_address: str) -> int:
-    """Underlay MTU minus the VXLAN overhead of the underlay's family."""
-    overhead = OVERHEAD_IPV6 if ":" in underlay_address else OVERHEAD_IPV4
+def overlay_mtu(underlay_mtu: int, underlay_address: str, *, encrypted: bool = False) -> int:
+    """Underlay MTU minus the VXLAN (or VXLAN over WireGuard) overhead of the underlay's
+    family."""
+    if encrypted:
+        overhead = OVERHEAD_ENCRYPTED_IPV6 if ":" in underlay_address else OVERHEAD_ENCRYPTED_IPV4
+    else:
+        overhead = OVERHEAD_IPV6 if ":" in underlay_address else OVERHEAD_IPV4
     return underlay_mtu - overhead
 
 
@@ -217,7 +228,8 @@ def overlay_mtu(underlay_mtu: int, underlay_address: str) -> int:
 
 
 def _network_devices(spec: NetworkSpec, node: str, underlay: UnderlayAddressing,
-                     ports: frozenset[str], problems: list[str]) -> DesiredNetwork | None:
+                     ports: frozenset[str], problems: list[str],
+                     tunnel: str | None = None) -> DesiredNetwork | None:
     if not VNI_MIN <= spec.vni <= VNI_MAX:
         problems.append(f"network {spec.name!r}: vni={spec.vni} is outside "
                         f"{VNI_MIN}..{VNI_MAX}; skipped")
@@ -225,7 +237,14 @@ def _network_devices(spec: NetworkSpec, node: str, underlay: UnderlayAddressing,
     if not 1 <= spec.port <= 65535:
         problems.append(f"network {spec.name!r}: port={spec.port} is not a UDP port; skipped")
         return None
-    limit = overlay_mtu(underlay.mtu, underlay.address)
+    local = underlay.address
+    if spec.encrypted:
+        if tunnel is None:
+            problems.append(f"network {spec.name!r}: encrypted, but this host's WireGuard "
+                            "interface is not up; skipped")
+            return None
+        local = tunnel
+    limit = overlay_mtu(underlay.mtu, underlay.address, encrypted=spec.encrypted)
     mtu = spec.mtu if spec.mtu is not None else limit
     if not MTU_MIN <= mtu <= MTU_MAX:
         problems.append(f"network {spec.name!r}: mtu={mtu} must be within {MTU_MIN}..{MTU_MAX};"
@@ -237,7 +256,7 @@ def _network_devices(spec: NetworkSpec, node: str, underlay: UnderlayAddressing,
         mtu = limit
     return DesiredNetwork(
         network=spec.name, vni=spec.vni, bridge=bridge_name(spec.vni),
-        vxlan=vxlan_name(spec.vni), port=spec.port, local=canonical_ip(underlay.address),
+        vxlan=vxlan_name(spec.vni), port=spec.port, local=canonical_ip(local),
         mtu=mtu, vxlan_mac=vtep_mac(node), bridge_mac=stable_mac("vxmesh-bridge", node,
                                                                  str(spec.vni)),
         ports=ports, gateway=spec.gateway,
@@ -246,7 +265,8 @@ def _network_devices(spec: NetworkSpec, node: str, underlay: UnderlayAddressing,
 
 def accept_networks(networks: Iterable[NetworkSpec], ports: Mapping[str, frozenset[str]],
                     underlay: UnderlayAddressing, node: str,
-                    problems: list[str]) -> dict[str, DesiredNetwork]:
+                    problems: list[str], tunnel: str | None = None
+                    ) -> dict[str, DesiredNetwork]:
     """The networks whose devices we can make, by name (sorted by name: the first of two
     networks claiming one VNI keeps it); the others are named in `problems`."""
     by_name: dict[str, DesiredNetwork] = {}
@@ -257,7 +277,7 @@ def accept_networks(networks: Iterable[NetworkSpec], ports: Mapping[str, frozens
                             f"{seen_vni[spec.vni]!r}; skipped")
             continue
         devices = _network_devices(spec, node, underlay, ports.get(spec.name, frozenset()),
-                                   problems)
+                                   problems, tunnel)
         if devices is not None:
             seen_vni[spec.vni] = spec.name
             by_name[spec.name] = devices
@@ -293,11 +313,18 @@ def entry_addresses(entry: EndpointEntry) -> tuple[str, tuple[str, ...]]:
 def compute_desired(networks: Iterable[NetworkSpec], members: Iterable[AliveMember],
                     endpoints: Iterable[EndpointEntry],
                     local_endpoints: Iterable[LocalEndpoint], underlay: UnderlayAddressing,
-                    node: str) -> DesiredState:
+                    node: str, tunnel: str | None = None) -> DesiredState:
     """The kernel objects this node (`node`) wants, given what it knows: the full recompute,
-    O(everything). `IncrementalDesired` keeps the same result up to date change by change."""
+    O(everything). `IncrementalDesired` keeps the same result up to date change by change
+    (for plain networks; encrypted ones are computed here only).
+
+    `tunnel`: our WireGuard tunnel address while our WireGuard interface is up (None: it is
+    not, and encrypted networks are skipped). An encrypted network's devices use it as their
+    local VTEP and each member's advertised tunnel address as its remote VTEP."""
+    networks = tuple(networks)
     problems: list[str] = []
     vteps: dict[str, str] = {}
+    tunnels: dict[str, str] = {}
     for member in members:
         if member.name == node:
             continue
@@ -306,8 +333,16 @@ def compute_desired(networks: Iterable[NetworkSpec], members: Iterable[AliveMemb
             problems.append(problem)
         else:
             vteps[member.name] = vtep
+            try:
+                if member.tunnel is not None:
+                    tunnels[member.name] = canonical_ip(member.tunnel)
+            except ValueError:
+                problems.append(f"member {member.name!r}: tunnel={member.tunnel!r} is not an "
+                                "address")
 
-    by_name = accept_networks(networks, local_ports(local_endpoints), underlay, node, problems)
+    by_name = accept_networks(networks, local_ports(local_endpoints), underlay, node, problems,
+                              tunnel)
+    encrypted = {spec.name for spec in networks if spec.encrypted}
 
     fdb: dict[FdbKey, str] = {}
     flood: set[FloodKey] = set()
@@ -317,7 +352,7 @@ def compute_desired(networks: Iterable[NetworkSpec], members: Iterable[AliveMemb
         if entry.node == node:
             continue
         devices = by_name.get(entry.network)
-        remote_vtep = vteps.get(entry.node)
+        remote_vtep = (tunnels if entry.network in encrypted else vteps).get(entry.node)
         if devices is None or remote_vtep is None:
             continue
         try:

@@ -184,7 +184,8 @@ class Attachments:
                 with trio.move_on_after(NETWORK_SYNC_TIMEOUT):
                     await self._gossip.sync_network(network.name)
             bridge = desired_state.bridge_name(network.vni)
-            mtu = network.mtu or desired_state.overlay_mtu(self._facts.mtu, self._facts.address)
+            mtu = network.mtu or desired_state.overlay_mtu(self._facts.mtu, self._facts.address,
+                                                           encrypted=network.encrypted)
             # The default route goes via the network's gateway, which every host's bridge
             # carries (overlay.desired); a handed-back veth is the runtime's to route.
             gateway = None if isinstance(request.sandbox, HandBackVeth) else str(network.gateway)

@@ -44,6 +44,7 @@ from agent.runtime.pipeline import DesiredInputs, Pipeline, moves_kernel_entry
 from agent.runtime.policies import PolicyEnforcer
 from agent.runtime.pools import AddressPools
 from agent.runtime.systemd import SystemdNotifier
+from agent.runtime.wireguard_link import WireGuardLink, open_wireguard
 from agent.store.connect import open_store
 from agent.store.service import Store
 from overlay import desired as desired_state
@@ -89,6 +90,7 @@ class Components:
     names: EndpointNames
     policies: PolicyEnforcer
     attachments: Attachments
+    wireguard: WireGuardLink
     container_of_pid: Callable[[int], str | None]
 
 
@@ -135,6 +137,7 @@ async def build_components(config: AgentConfig, *, notifier: SystemdNotifier) ->
         if needed not in capabilities.available:
             raise MissingKernelFeature(f"kernel feature {needed}: "
                                        f"{capabilities.missing.get(needed)}")
+    wireguard = await open_wireguard(node, config.node.state_dir, facts.address, facts.mtu)
     container_of_pid = container_names(config)
     endpoints = Endpoints(EndpointsConfig(
         state_dir=config.node.state_dir / "endpoints", netns_prefix=f"vxep-{node}-",
@@ -163,7 +166,8 @@ async def build_components(config: AgentConfig, *, notifier: SystemdNotifier) ->
                         on_change=lambda event: route_table_event(pipeline, names, policies,
                                                                   node, event),
                         extra_seeds=lambda: store.gossip_seeds(exclude=node),
-                        identity=identity, public_keys=store.public_keys)
+                        identity=identity, public_keys=store.public_keys,
+                        wireguard=wireguard.published())
     attachments = Attachments(node=node, facts=facts, netlink=netlink, endpoints=endpoints,
                               table=table, gossip=gossip, pipeline=pipeline,
                               networks=networks, pools=pools, store=store, names=names)
@@ -172,7 +176,8 @@ async def build_components(config: AgentConfig, *, notifier: SystemdNotifier) ->
         api_stats=HttpServerStatistics(), netlink=netlink, kernel=kernel, facts=facts,
         endpoints=endpoints, store=store, networks=networks, pools=pools, table=table,
         reconciler=reconciler, pipeline=pipeline, gossip=gossip, names=names,
-        policies=policies, attachments=attachments, container_of_pid=container_of_pid)
+        policies=policies, attachments=attachments, wireguard=wireguard,
+        container_of_pid=container_of_pid)
     return components
 
 
@@ -203,16 +208,19 @@ def desired_inputs(c: Components) -> DesiredInputs:
     joined = c.table.networks()
     networks = tuple(
         desired_state.NetworkSpec(name, net.vni, net.mtu, c.config.underlay.vxlan_port,
-                                  f"{net.gateway}/{net.subnet.prefixlen}")
+                                  f"{net.gateway}/{net.subnet.prefixlen}",
+                                  encrypted=net.encrypted)
         for name, net in c.networks.items() if name in joined)
-    members = tuple(desired_state.AliveMember(name, vtep)
+    tunnels = {p.node: p.tunnel for p in c.gossip.published_wireguard()}
+    members = tuple(desired_state.AliveMember(name, vtep, tunnels.get(name))
                     for name, vtep in c.gossip.forwarding_vteps().items())
     endpoints = tuple(desired_state.EndpointEntry(e.network, e.owner, e.mac, (e.ip,))
                       for e in c.table.endpoints())
     local = tuple(desired_state.LocalEndpoint(r.network, r.host_ifname)
                   for r in c.endpoints.records()
                   if r.mode is Mode.OVERLAY and r.host_ifname and r.network)
-    return DesiredInputs(networks, members, endpoints, local, c.facts, c.node)
+    return DesiredInputs(networks, members, endpoints, local, c.facts, c.node,
+                         c.wireguard.up_tunnel())
 
 
 def metrics_snapshot(c: Components) -> MetricsSnapshot:

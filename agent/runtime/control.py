@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from typing import Any
 
@@ -110,6 +110,7 @@ class Control:
             "store_error": store.last_error if store.degraded else None,
             "store_member": store.member,
             "uptime_seconds": round(time.time() - c.started_at, 1),
+            "wireguard": asdict(c.wireguard.statistics()),
         }
 
     def members(self) -> list[dict[str, Any]]:
@@ -151,7 +152,8 @@ class Control:
         if network.mtu is not None:
             return network.mtu
         if network.driver == "overlay":
-            return desired_state.overlay_mtu(self.c.facts.mtu, self.c.facts.address)
+            return desired_state.overlay_mtu(self.c.facts.mtu, self.c.facts.address,
+                                             encrypted=network.encrypted)
         return self.c.facts.mtu
 
     async def create_network(self, request: NetworkCreateRequest) -> dict[str, Any]:
@@ -163,6 +165,9 @@ class Control:
             ip_range=request.ip_range, internal=request.internal,
             options=dict(request.options))
         await self._check_on_this_host(network)
+        if network.encrypted and self.c.wireguard.support.backend is None:
+            raise InvalidRequest("options.encrypted: 'true' needs WireGuard on this host, "
+                                 f"missing {self.c.wireguard.support.missing}")
         created = await self.c.store.create_network(network)
         self.c.networks.put(created)
         return created.to_json()

@@ -58,6 +58,7 @@ from overlay.liveness import (
     VerdictChanged,
 )
 from overlay.table import NeighborTable, TableEvent
+from underlay.wireguard_peers import PublishedKey
 
 log = logging.getLogger("vxmesh.gossip")
 
@@ -67,9 +68,26 @@ STATE_NAMES = {MemberState.ALIVE: "alive", MemberState.SUSPECT: "suspect",
 SEED_RETRY = 1.0
 
 
-def encode_meta(vtep: str) -> bytes:
-    """Node meta: what peers need to reach our endpoints (well inside 512 bytes)."""
-    return json.dumps({"v": META_VERSION, "vtep": vtep}, separators=(",", ":")).encode()
+def encode_meta(vtep: str, wireguard: PublishedKey | None = None) -> bytes:
+    """Node meta: what peers need to reach our endpoints (well inside 512 bytes), with our
+    WireGuard public key, tunnel address and port when this host can encrypt."""
+    meta: dict[str, Any] = {"v": META_VERSION, "vtep": vtep}
+    if wireguard is not None:
+        meta["wg"] = {"key": wireguard.public_key, "tunnel": wireguard.tunnel,
+                      "port": wireguard.port}
+    return json.dumps(meta, separators=(",", ":")).encode()
+
+
+def wireguard_of(member: Member) -> PublishedKey | None:
+    """The WireGuard side a member publishes in its meta (None: none, or malformed)."""
+    meta = decode_meta(member.meta)
+    wg, vtep = meta.get("wg"), meta.get("vtep")
+    if not isinstance(wg, dict) or not isinstance(vtep, str):
+        return None
+    key, tunnel, port = wg.get("key"), wg.get("tunnel"), wg.get("port")
+    if not isinstance(key, str) or not isinstance(tunnel, str) or not isinstance(port, int):
+        return None
+    return PublishedKey(member.name, vtep, key, tunnel, port)
 
 
 def decode_meta(meta: bytes) -> dict[str, Any]:
@@ -179,6 +197,7 @@ class GossipLink:
 
     def __init__(self, config: AgentConfig, node: str, vtep: str, table: NeighborTable, *,
                  on_change: Callable[[TableEvent], None],
+                 wireguard: PublishedKey | None = None,
                  extra_seeds: Callable[[], Awaitable[list[tuple[str, int]]]] | None = None,
                  identity: NodeIdentity | None = None,
                  public_keys: Callable[[], Awaitable[dict[str, bytes]]] | None = None
@@ -206,7 +225,7 @@ class GossipLink:
                                            liveness=self.liveness)
         self.prober = HostProber(self.liveness, vtep, on_change=self._verdicts_changed)
         self.gossip = GossipNode(PRESETS[config.gossip.profile](), node,
-                                 (vtep, config.gossip.port), meta=encode_meta(vtep),
+                                 (vtep, config.gossip.port), meta=encode_meta(vtep, wireguard),
                                  keyring=self.keyring, delegate=self.delegate,
                                  signer=None if identity is None else identity.signer,
                                  keys=None if identity is None else identity.keys)
@@ -438,6 +457,18 @@ class GossipLink:
                 out[member.name] = vtep
         for name, vtep in self.liveness.kept().items():
             out.setdefault(name, vtep)
+        return out
+
+    def published_wireguard(self) -> list[PublishedKey]:
+        """The WireGuard sides of the alive and suspect members (ourselves included)."""
+        if not self._running:
+            return []
+        out = []
+        for member in self.gossip.members():
+            if member.state in (MemberState.ALIVE, MemberState.SUSPECT):
+                published = wireguard_of(member)
+                if published is not None:
+                    out.append(published)
         return out
 
     def take_probe_rtts(self) -> list[float]:

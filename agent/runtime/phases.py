@@ -156,6 +156,14 @@ async def run_dataplane(c: Components, *,
         task_status.started()
 
 
+async def run_wireguard(c: Components, *,
+                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """The WireGuard interface (once an encrypted network is known) and its peers."""
+    await c.wireguard.run(lambda: any(n.encrypted for n in c.networks.values()),
+                          c.gossip.published_wireguard, c.pipeline.mark_dirty,
+                          task_status=task_status)
+
+
 async def run_pools(c: Components, *,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Address pools: flushers, and the pools of our networks opened in background."""

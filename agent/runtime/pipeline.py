@@ -56,6 +56,7 @@ class DesiredInputs:
     local_endpoints: tuple[LocalEndpoint, ...]
     underlay: UnderlayAddressing
     node: str
+    tunnel: str | None = None  # our WireGuard tunnel address while the interface is up
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ class Pipeline:
         started = self._clock()
         snap = self._inputs()
         state = compute_desired(snap.networks, snap.members, snap.endpoints,
-                                snap.local_endpoints, snap.underlay, snap.node)
+                                snap.local_endpoints, snap.underlay, snap.node, snap.tunnel)
         self._newest = state
         self.reconciler.set_desired(state)
         self._recomputes += 1

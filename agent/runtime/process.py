@@ -53,6 +53,7 @@ from agent.runtime.phases import (
     run_pools,
     run_store,
     run_watchdog,
+    run_wireguard,
 )
 from agent.runtime.systemd import SystemdNotifier
 from agent.state_files import StateReadError, StateWriteError
@@ -174,6 +175,7 @@ async def start_phases(nursery: trio.Nursery, c: Components, control: Control) -
     await nursery.start(run_gossip, c)
     await nursery.start(run_pipeline, c)
     await nursery.start(run_dataplane, c)
+    await nursery.start(run_wireguard, c)
     await nursery.start(run_pools, c)
     await nursery.start(run_names, c)
     await nursery.start(run_policies, c)

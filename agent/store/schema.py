@@ -70,7 +70,7 @@ VNI_AUTO_FIRST = 4096
 MODES = tuple(mode.value for mode in NETWORK_MODES)
 MODE_OPTIONS: Mapping[str, Mapping[str, tuple[str, ...] | None]] = {
     # option -> allowed values (None: any non-empty string)
-    "overlay": {},
+    "overlay": {"encrypted": ("true", "false")},
     "bridge": {"masquerade": ("true", "false")},
     "macvlan": {"parent": None, "macvlan_mode": ("bridge", "private", "vepa", "passthru")},
     # ipvlan_mode default l2 (as Docker)
@@ -192,6 +192,12 @@ class Network:
     def parent(self) -> str | None:
         """macvlan/ipvlan: the host interface (`eth0`, or `eth0.30` for VLAN 30)."""
         return self.options.get("parent")
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether the network asks for encryption (`--opt encrypted=true`: VXLAN inside
+        WireGuard, see underlay.wireguard_peers)."""
+        return self.options.get("encrypted") == "true"
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,127 @@
+"""Encrypted networks on a real two-host lab: wireguard-go (or the kernel module), real agents.
+
+Proves: endpoints of an encrypted network ping across hosts with the network MTU at underlay
+- 110; while they do, the underlay carries only WireGuard UDP and no plain VXLAN; a plain
+network on the same hosts keeps plain VXLAN; `vxmesh status` names the backend; a member
+that leaves loses its peer. Traffic stays inside the lab's namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.lab.hosts import Lab, LabHost, LabState
+from underlay.netns_exec import ip_netns_exec
+from underlay.wireguard import interface_name
+
+pytestmark = [pytest.mark.kernel, pytest.mark.etcd, pytest.mark.slow]
+
+SECRET, PLAIN = "secret", "plain"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, LabState]]:
+    for tool in ("etcd", "wg", "tcpdump"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"needs {tool} (deploy/setup.sh --test installs it)")
+    the_lab = Lab(tmp_path_factory.mktemp("lab"), prefix=f"w20{os.getpid() % 10000}")
+    try:
+        state = the_lab.up(2)
+        yield the_lab, state
+    finally:
+        the_lab.down()
+
+
+def _run(host: LabHost, argv: list[str], timeout: float = 20.0) -> str:
+    return subprocess.run(ip_netns_exec(host.netns, argv), capture_output=True, text=True,
+                          timeout=timeout, check=True).stdout
+
+
+def _ping(endpoint: dict[str, Any], ip: str, count: int, interval: float = 0.1) -> bool:
+    done = subprocess.run(ip_netns_exec(endpoint["netns"], [
+        "ping", "-n", "-c", str(count), "-i", str(interval), "-W", "1", ip]),
+        capture_output=True, text=True, timeout=count * interval + 10)
+    return done.returncode == 0
+
+
+def _capture(the_lab: Lab, host: LabHost, tmp: Path, endpoint: dict[str, Any], ip: str,
+             vni: int) -> dict[str, Any]:
+    """Packets seen on `host`'s underlay while `endpoint` pings: plain VXLAN of VNI `vni`
+    ("vxlan") and WireGuard ("wireguard"), with the first few of each."""
+    pcap, log = tmp / f"{host.name}-{ip}.pcap", tmp / f"{host.name}-{ip}.log"
+    with log.open("w") as stderr:
+        dump = subprocess.Popen(ip_netns_exec(host.netns, [
+            "tcpdump", "-n", "-i", "eth0", "-Z", "root", "--immediate-mode", "-U", "-w", str(pcap),
+            "udp port 4789 or udp port 51820"]), stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        the_lab.wait_for(lambda: "listening on" in log.read_text(), "tcpdump to start", 10)
+        assert _ping(endpoint, ip, 10)
+    finally:
+        dump.send_signal(signal.SIGINT)
+        dump.wait(timeout=10)
+    counts: dict[str, Any] = {}
+    # The VNI: bytes 4-6 of the VXLAN header, which follows the 8-byte UDP header.
+    filters = {"vxlan": f"udp port 4789 and (udp[12:4] & 0xffffff00) = {vni << 8}",
+               "wireguard": "udp port 51820"}
+    for kind, expression in filters.items():
+        out = subprocess.run(["tcpdump", "-n", "-r", str(pcap), expression],
+                             capture_output=True, text=True, timeout=20).stdout
+        counts[kind] = len(out.splitlines())
+        counts[f"first {kind}"] = out.splitlines()[:3]
+    return counts
+
+
+def test_encrypted_network_travels_only_inside_wireguard(
+        lab: tuple[Lab, LabState], tmp_path: Path) -> None:
+    the_lab, state = lab
+    h1, h2 = state.hosts
+    c1 = the_lab.client(h1)
+    c1.request("POST", "/v1/networks", {"name": SECRET, "subnet": "10.220.0.0/24",
+                                        "options": {"encrypted": "true"}})
+    c1.request("POST", "/v1/networks", {"name": PLAIN, "subnet": "10.221.0.0/24"})
+    eps = {}
+    for host in (h1, h2):
+        for net in (SECRET, PLAIN):
+            eps[host.name, net] = the_lab.client(host).request(
+                "POST", "/v1/endpoints", {"name": f"{net}-{host.name}", "network": net})
+
+    status = c1.request("GET", "/v1/status")["wireguard"]
+    assert status["backend"] in ("kernel", "wireguard-go")
+    the_lab.wait_for(lambda: _ping(eps[h1.name, SECRET], eps[h2.name, SECRET]["ip"], 1),
+                     "a ping across the encrypted network", 30, interval=0.2)
+    the_lab.wait_for(lambda: _ping(eps[h1.name, PLAIN], eps[h2.name, PLAIN]["ip"], 1),
+                     "a ping across the plain network", 30, interval=0.2)
+
+    # The encrypted network's devices: MTU underlay - 110, VXLAN between tunnel addresses.
+    networks = {n["name"]: n for n in c1.request("GET", "/v1/networks")}
+    vxlan = json.loads(_run(h1, ["ip", "-j", "-d", "link", "show", "dev",
+                                 f"vxtun{networks[SECRET]['vni']}"]))[0]
+    assert vxlan["mtu"] == 1500 - 110
+    assert vxlan["linkinfo"]["info_data"]["local"] == status["tunnel"]
+    inner = json.loads(subprocess.run(ip_netns_exec(eps[h1.name, SECRET]["netns"], [
+        "ip", "-j", "link", "show"]), capture_output=True, text=True, check=True,
+        timeout=10).stdout)
+    assert max(i["mtu"] for i in inner if i["ifname"] != "lo") == 1500 - 110
+
+    secret = _capture(the_lab, h2, tmp_path, eps[h1.name, SECRET], eps[h2.name, SECRET]["ip"],
+                      networks[SECRET]["vni"])
+    assert secret["wireguard"] >= 20 and secret["vxlan"] == 0, secret
+    plain = _capture(the_lab, h2, tmp_path, eps[h1.name, PLAIN], eps[h2.name, PLAIN]["ip"],
+                     networks[PLAIN]["vni"])
+    assert plain["vxlan"] >= 20, plain
+
+    # A member that leaves loses its peer on the others.
+    wg1 = interface_name(h1.node or h1.name)
+    assert len(_run(h1, ["wg", "show", wg1, "peers"]).split()) == 1
+    the_lab.client(h2).request("POST", "/v1/leave", {})
+    the_lab.wait_for(lambda: not _run(h1, ["wg", "show", wg1, "peers"]).split(),
+                     "h2's peer removed from h1", 30, interval=0.2)
