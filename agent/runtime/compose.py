@@ -239,7 +239,10 @@ def metrics_snapshot(c: Components) -> MetricsSnapshot:
         key = "ok" if result == "ok" else "failed"
         ops[key] = ops.get(key, 0) + count
     store = c.store.statistics()
+    wireguard = c.wireguard.statistics()
     return MetricsSnapshot(
+        wireguard_backend=wireguard.backend or "none", wireguard_up=wireguard.tunnel is not None,
+        wireguard_peers=wireguard.peers,
         members_by_state=gossip.members_by_state,
         gossip_messages=gossip.messages,
         gossip_bytes=gossip.bytes,

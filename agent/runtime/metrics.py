@@ -71,6 +71,9 @@ class MetricsSnapshot:
     host_probes: Mapping[str, int] = field(default_factory=dict)
     """result ("sent", "answered", "send_failed") -> ICMP echo probes of doubted hosts."""
     dns: ResolverStatistics = field(default_factory=ResolverStatistics)
+    wireguard_backend: str = "none"  # "kernel", "wireguard-go", "none"
+    wireguard_up: bool = False
+    wireguard_peers: int = 0
     """the endpoint resolver's counts (queries by type and result, forwarded, failures)."""
     policy_drops: Mapping[str, int] = field(default_factory=dict)
     """network policy name -> packets its deny dropped on this host."""
@@ -221,6 +224,16 @@ class _SnapshotCollector(Collector):
             "vxmesh_members_agent_down",
             "Failed members whose host still answers probes: entries kept (agent down).",
             value=snap.members_agent_down)
+        backend = GaugeMetricFamily(
+            "vxmesh_wireguard_backend", "1 for the WireGuard implementation this host uses "
+            "for encrypted networks (kernel, wireguard-go, none).", labels=["backend"])
+        for name in ("kernel", "wireguard-go", "none"):
+            backend.add_metric([name], 1 if snap.wireguard_backend == name else 0)
+        yield backend
+        yield GaugeMetricFamily("vxmesh_wireguard_up", "1 while the WireGuard interface is up.",
+                                value=1 if snap.wireguard_up else 0)
+        yield GaugeMetricFamily("vxmesh_wireguard_peers", "Peers of the WireGuard interface.",
+                                value=snap.wireguard_peers)
         probes = CounterMetricFamily("vxmesh_host_probes",
                                      "ICMP echo probes of suspected or failed members' hosts.",
                                      labels=["result"])

@@ -119,6 +119,10 @@ def test_encrypted_network_travels_only_inside_wireguard(
                      networks[PLAIN]["vni"])
     assert plain["vxlan"] >= 20, plain
 
+    metrics = the_lab.scrape(h1)
+    assert metrics["vxmesh_wireguard_up"] == 1 and metrics["vxmesh_wireguard_peers"] == 1
+    assert metrics[f'vxmesh_wireguard_backend{{backend="{status["backend"]}"}}'] == 1
+
     # A member that leaves loses its peer on the others.
     wg1 = interface_name(h1.node or h1.name)
     assert len(_run(h1, ["wg", "show", wg1, "peers"]).split()) == 1
