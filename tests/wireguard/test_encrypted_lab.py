@@ -105,7 +105,7 @@ def test_encrypted_network_travels_only_inside_wireguard(
     networks = {n["name"]: n for n in c1.request("GET", "/v1/networks")}
     vxlan = json.loads(_run(h1, ["ip", "-j", "-d", "link", "show", "dev",
                                  f"vxtun{networks[SECRET]['vni']}"]))[0]
-    assert vxlan["mtu"] == 1500 - 110
+    assert vxlan["mtu"] == networks[SECRET]["mtu"] == 1500 - 110
     assert vxlan["linkinfo"]["info_data"]["local"] == status["tunnel"]
     inner = json.loads(subprocess.run(ip_netns_exec(eps[h1.name, SECRET]["netns"], [
         "ip", "-j", "link", "show"]), capture_output=True, text=True, check=True,
