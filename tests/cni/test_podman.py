@@ -20,7 +20,7 @@ from agent.cli.main import main
 from agent.lab.hosts import LabHost
 from agent.lab.namespaces import run
 from tests.cni.conftest import NETWORK, CniLab
-from underlay.netns_exec import netns_path, nsenter_net
+from underlay.netns_exec import nsenter_net
 
 pytestmark = [pytest.mark.kernel, pytest.mark.etcd, pytest.mark.slow]
 
@@ -69,7 +69,7 @@ def install_by_lab_exec(cl: CniLab, host: LabHost) -> None:
 def test_lab_exec_runs_the_hosts_own_podman(cni_lab: CniLab) -> None:
     argv = cni_lab.lab.exec_argv(cni_lab.state, "h2", ["podman", "ps"])
     podman_host = cni_lab.lab.podman_host(cni_lab.h2)
-    assert argv[:2] == ["nsenter", f"--net={netns_path(cni_lab.h2.netns)}"]
+    assert argv[:3] == nsenter_net(cni_lab.h2.netns, [])  # h2's network namespace
     assert f"CONTAINERS_CONF={podman_host.conf}" in argv and argv[-1] == "ps"
     assert "--root" in argv and str(podman_host.root) in argv
     assert f'network_config_dir = "{podman_host.cni_conf_dir}"' in podman_host.conf.read_text()
