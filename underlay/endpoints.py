@@ -405,6 +405,8 @@ class Endpoints:
     def _configure_inside(self, record: EndpointRecord, netns: str, ifname: str,
                           mtu: int | None) -> None:
         """MTU, MAC, addresses and default route of the interface inside the sandbox."""
+        gateway6 = self.config.bridge_network(record.network, record.spec.bridge_network
+                                              ).gateway6 if record.mode is Mode.BRIDGE else None
         inside = NetlinkThread(netns)
         try:
             def configure(ipr: IPRoute) -> None:
@@ -413,6 +415,8 @@ class Endpoints:
                     links.add_address(ipr, ifname, cidr)
                 if record.gateway:
                     links.replace_route(ipr, "default", gateway=record.gateway)
+                if gateway6 is not None:
+                    links.replace_route(ipr, "::/0", gateway=str(gateway6.ip))
 
             inside.call_blocking(configure)
             # Hand back an endpoint that carries traffic: wait (bounded) for the link watcher.
@@ -452,12 +456,18 @@ class Endpoints:
     def _ensure_bridge_network(self, net: BridgeNetwork) -> None:
         gateway = str(net.gateway)
 
+        gateway6 = net.gateway6
+
         def ensure(ipr: IPRoute) -> None:
             links.ensure_bridge(ipr, net.ifname, mtu=net.mtu)
             links.add_address(ipr, net.ifname, gateway)
+            if gateway6 is not None:
+                links.add_address(ipr, net.ifname, str(gateway6))
 
         self.host_nl.call_blocking(ensure)
         self._sysctl("net.ipv4.ip_forward", "1")
+        if gateway6 is not None:
+            self._sysctl_once("net.ipv6.conf.all.forwarding", "1")
         # DNAT from the host's 127.0.0.0/8 to an endpoint (as Docker without userland proxy).
         self._sysctl(f"net.ipv4.conf.{net.ifname}.route_localnet", "1")
 

@@ -140,10 +140,22 @@ class BridgeNetwork:
     gateway_mode: str = "nat"
     mtu: int = 1500
     gateway_address: str | None = None
+    subnet6: str | None = None
 
     @property
     def network(self) -> ipaddress.IPv4Network:
         return ipaddress.IPv4Network(self.subnet)
+
+    @property
+    def network6(self) -> ipaddress.IPv6Network | None:
+        return None if self.subnet6 is None else ipaddress.IPv6Network(self.subnet6)
+
+    @property
+    def gateway6(self) -> ipaddress.IPv6Interface | None:
+        """The bridge's IPv6 address: the first of `subnet6` (as Docker)."""
+        net = self.network6
+        return None if net is None else \
+            ipaddress.IPv6Interface(f"{net.network_address + 1}/{net.prefixlen}")
 
     @property
     def gateway(self) -> ipaddress.IPv4Interface:
@@ -370,13 +382,18 @@ def handed_back_veth_name(name: str) -> str:
     return "vxpr" + hashlib.sha256(name.encode()).hexdigest()[:10]
 
 
-def allocate_address(net: BridgeNetwork, taken: set[str]) -> str:
-    """The lowest free host address of the bridge network (gateway excluded), as a CIDR."""
-    used = {ipaddress.ip_interface(a).ip for a in taken} | {net.gateway.ip}
-    for ip in net.network.hosts():
+def allocate_address(net: BridgeNetwork, taken: set[str], *, version: int = 4) -> str:
+    """The lowest free host address of the bridge network's IPv4 (or IPv6) subnet, gateway
+    excluded, as a CIDR."""
+    subnet: ipaddress.IPv4Network | ipaddress.IPv6Network | None = \
+        net.network if version == 4 else net.network6
+    gateway = net.gateway if version == 4 else net.gateway6
+    assert subnet is not None and gateway is not None
+    used = {ipaddress.ip_interface(a).ip for a in taken} | {gateway.ip}
+    for ip in subnet.hosts():
         if ip not in used:
-            return f"{ip}/{net.network.prefixlen}"
-    raise EndpointConflict(f"network={net.name!r}: subnet {net.subnet} has no free address")
+            return f"{ip}/{subnet.prefixlen}"
+    raise EndpointConflict(f"network={net.name!r}: subnet {subnet} has no free address")
 
 
 def _check_common(spec: EndpointSpec) -> None:
@@ -451,17 +468,20 @@ def resolve(spec: EndpointSpec, config: EndpointsConfig,
             raise EndpointSpecError(f"bridge_network.gateway_mode={net.gateway_mode!r}: "
                                     f"expected one of {', '.join(GATEWAY_MODES)}")
         network, bridge, host_ifname = net.name, net.ifname, host_veth_name(spec.name)
-        if not addresses:
-            taken = {a for r in others if r.network == net.name and r.mode is Mode.BRIDGE
-                     for a in r.addresses}
-            addresses = (allocate_address(net, taken),)
+        taken = {a for r in others if r.network == net.name and r.mode is Mode.BRIDGE
+                 for a in r.addresses}
+        versions = {_interface(text, "addresses").version for text in addresses}
+        if 4 not in versions:
+            addresses = (allocate_address(net, taken), *addresses)
+        if net.network6 is not None and 6 not in versions:
+            addresses = (*addresses, allocate_address(net, taken, version=6))
         for text in addresses:
             iface = _interface(text, "addresses")
-            if iface.version == 4 and (iface.ip not in net.network
-                                       or iface.network != net.network):
-                raise EndpointSpecError(
-                    f"addresses={text!r}: not inside bridge network {net.name!r} ({net.subnet})")
-            if iface.ip == net.gateway.ip:
+            subnet = net.network if iface.version == 4 else net.network6
+            if subnet is None or iface.network != subnet:
+                raise EndpointSpecError(f"addresses={text!r}: not inside bridge network "
+                                        f"{net.name!r} ({subnet or 'no IPv6 subnet'})")
+            if iface.ip in (net.gateway.ip, net.gateway6 and net.gateway6.ip):
                 raise EndpointSpecError(f"addresses={text!r}: that is the network's gateway")
         gateway = gateway or str(net.gateway.ip)
     elif mode is Mode.OVERLAY:

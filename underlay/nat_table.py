@@ -1,4 +1,5 @@
-"""The text of our nftables table: NAT and filtering for the local bridge networks.
+"""The text of our nftables tables: NAT and filtering for the local bridge networks (`ip`,
+and `ip6` for the bridge networks with an IPv6 subnet) and the overlay networks' egress.
 
 Owns: rendering one whole `table ip <name>` from the bridge networks and the endpoints on
 them, and the transaction that replaces it atomically.
@@ -123,11 +124,45 @@ def render_table(table: str, networks: tuple[BridgeNetwork, ...],
     return f"table ip {table} {{\n" + "\n".join(body) + "\n}\n"
 
 
+def render_table6(table: str, networks: tuple[BridgeNetwork, ...],
+                  records: list[EndpointRecord]) -> str:
+    """`table ip6 <table>`: the IPv6 side of the bridge networks in use that have a subnet6
+    (MASQUERADE out unless internal or routed, the same isolation as IPv4)."""
+    postrouting: list[str] = []
+    forward: list[str] = []
+    for net in networks:
+        if net.subnet6 is None or not any(r.mode is Mode.BRIDGE and r.network == net.name
+                                          for r in records):
+            continue
+        br, subnet = f'"{net.ifname}"', net.subnet6
+        if net.gateway_mode == "internal":
+            forward.append(f"iifname {br} oifname != {br} drop")
+            forward.append(f"oifname {br} iifname != {br} drop")
+        if net.gateway_mode == "nat":
+            postrouting.append(f"ip6 saddr {subnet} oifname != {br} masquerade")
+        forward.append(f"oifname {br} ct state established,related accept")
+        forward.append(f"oifname {br} iifname {br} accept")
+        if net.gateway_mode == "nat":
+            forward.append(f"oifname {br} drop")
+    lines = [f"table ip6 {table} {{",
+             "  chain postrouting {",
+             "    type nat hook postrouting priority srcnat; policy accept;",
+             *(f"    {rule}" for rule in postrouting), "  }",
+             "  chain forward {",
+             "    type filter hook forward priority filter; policy accept;",
+             *(f"    {rule}" for rule in forward), "  }", "}"]
+    return "\n".join(lines) + "\n"
+
+
 def replace_transaction(table: str, networks: tuple[BridgeNetwork, ...],
                         records: list[EndpointRecord],
                         overlays: tuple[OverlayEgress, ...] = ()) -> str:
-    """One atomic `nft -f` script replacing our table (or removing it if nothing uses it)."""
+    """One atomic `nft -f` script replacing our tables, `ip` and `ip6` (or removing them if
+    nothing uses them)."""
     script = f"table ip {table}\ndelete table ip {table}\n"
     if any(r.mode is Mode.BRIDGE for r in records) or overlays:
         script += render_table(table, networks, records, overlays)
+    script += f"table ip6 {table}\ndelete table ip6 {table}\n"
+    if any(net.subnet6 for net in networks):
+        script += render_table6(table, networks, records)
     return script

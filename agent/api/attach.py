@@ -57,6 +57,8 @@ class AttachRequest:
       none, macvlan, ipvlan), which touch neither IPAM nor the table.
     ifname: the interface's name inside the sandbox (ignored for HandBackVeth).
     ip: a chosen address (checked and recorded in the network's IPAM), else the next free one.
+    ip6: a chosen IPv6 address on a network with an IPv6 subnet (bridge networks), else the
+      lowest free one.
     mac: a chosen MAC, else Docker's rule from the address (`underlay.endpoints_model`).
     publish, ports: bridge mode published ports, host mode port claims.
     aliases, labels: carried into the attachment for name service and policy.
@@ -69,6 +71,7 @@ class AttachRequest:
     sandbox: Sandbox = NewNamespace()
     ifname: str = INSIDE_IFNAME
     ip: str | None = None
+    ip6: str | None = None
     mac: str | None = None
     publish: tuple[PortMapping, ...] = ()
     ports: tuple[PortClaim, ...] = ()

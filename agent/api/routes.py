@@ -189,7 +189,7 @@ def parse_network_request(body: Mapping[str, Any]) -> NetworkCreateRequest:
     )
 
 
-ATTACH_FIELDS = {"name", "network", "mode", "ip", "mac", "publish", "ports", "netns_path",
+ATTACH_FIELDS = {"name", "network", "mode", "ip", "ip6", "mac", "publish", "ports", "netns_path",
                  "ifname", "aliases", "labels", "services"}
 
 
@@ -208,6 +208,14 @@ def parse_attach_request(body: Mapping[str, Any]) -> AttachRequest:
             ip = canonical_ip(ip)
         except ValueError:
             raise InvalidRequest(f"ip: {ip!r} is not an IP address") from None
+    ip6 = _optional_str(body, "ip6")
+    if ip6 is not None:
+        try:
+            ip6 = canonical_ip(ip6)
+        except ValueError:
+            raise InvalidRequest(f"ip6: {ip6!r} is not an IP address") from None
+        if ":" not in ip6:
+            raise InvalidRequest(f"ip6: {ip6!r} is not an IPv6 address")
     publish = _list(body, "publish")
     ports = _list(body, "ports")
     if publish and mode not in ("bridge", "overlay"):  # overlay: the network's driver decides
@@ -220,7 +228,7 @@ def parse_attach_request(body: Mapping[str, Any]) -> AttachRequest:
     except InvalidAttributes as exc:
         raise InvalidRequest(str(exc)) from None
     return AttachRequest(
-        name=name, network=network, mode=Mode(mode), ip=ip,
+        name=name, network=network, mode=Mode(mode), ip=ip, ip6=ip6,
         mac=_optional_str(body, "mac"), sandbox=_sandbox(body),
         ifname=_optional_str(body, "ifname") or AttachRequest.ifname,
         publish=_ports(publish, "publish", parse_port_mapping),

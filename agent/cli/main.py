@@ -155,7 +155,7 @@ def cmd_endpoint(args: argparse.Namespace) -> int:
     progress = Progress(quiet=args.json)
     if args.action == "create":
         body: dict[str, Any] = {"name": args.name, "network": args.network, "mode": args.mode,
-                                "ip": args.ip, "publish": args.publish or None,
+                                "ip": args.ip, "ip6": args.ip6, "publish": args.publish or None,
                                 "ports": args.port or None, "aliases": args.alias or None,
                                 "services": args.service or None,
                                 "labels": _labels(args.label)}
@@ -376,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="host or none; with --network the network's driver decides "
                                 "(a mode given must match it)")
     ep_create.add_argument("--ip", help="address (default: next free in the network)")
+    ep_create.add_argument("--ip6", help="IPv6 address on a network with --subnet6 (default: "
+                           "the lowest free one)")
     ep_create.add_argument("--publish", action="append", metavar="H:P/PROTO",
                            help="publish container port P on host port H (bridge mode)")
     ep_create.add_argument("--port", action="append", metavar="P/PROTO",

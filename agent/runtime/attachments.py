@@ -154,8 +154,8 @@ class Attachments:
                 record = await self._endpoints.create(_with_sandbox(EndpointSpec(
                     name=request.name, mode=Mode.BRIDGE, network=network.name,
                     bridge_network=self._bridge_network(network),
-                    addresses=(f"{request.ip}/{network.subnet.prefixlen}",) if request.ip
-                    else (), mac=request.mac, publish=request.publish), request))
+                    addresses=_chosen(network, request), mac=request.mac,
+                    publish=request.publish), request))
             else:
                 ip = request.ip
                 record = await self._endpoints.create(_with_sandbox(EndpointSpec(
@@ -231,7 +231,8 @@ class Attachments:
         return BridgeNetwork(
             name=network.name, ifname=bridge_ifname(network.name), subnet=str(network.subnet),
             gateway_mode="internal" if network.internal else "nat",
-            mtu=network.mtu or self._facts.mtu, gateway_address=str(network.gateway))
+            mtu=network.mtu or self._facts.mtu, gateway_address=str(network.gateway),
+            subnet6=None if network.subnet6 is None else str(network.subnet6))
 
     async def _allocate(self, network: Network, request: AttachRequest
                         ) -> tuple[IPAddress, AddressPool]:
@@ -347,6 +348,18 @@ class Attachments:
                                      attributes=attributes_of(record))
 
 
+def _chosen(network: Network, request: AttachRequest) -> tuple[str, ...]:
+    """A bridge endpoint's chosen addresses (`--ip`, `--ip6`) with their subnets' prefixes."""
+    chosen = []
+    for ip, subnet in ((request.ip, network.subnet), (request.ip6, network.subnet6)):
+        if ip is None:
+            continue
+        if subnet is None:
+            raise InvalidRequest(f"ip6: {ip!r}: network {network.name!r} has no IPv6 subnet")
+        chosen.append(f"{ip}/{subnet.prefixlen}")
+    return tuple(chosen)
+
+
 SEGMENT_MODES = frozenset({Mode.MACVLAN, Mode.IPVLAN})
 IPAM_MODES = frozenset({Mode.OVERLAY, Mode.MACVLAN, Mode.IPVLAN})
 
@@ -362,6 +375,10 @@ def _driver_mode(request: AttachRequest, network: Network | None) -> Mode:
         if request.mode not in (Mode.OVERLAY, mode):
             raise InvalidRequest(f"mode: {request.mode.value!r} does not match network "
                                  f"{network.name!r}, a {mode.value} network (leave --mode out)")
+    if request.ip6 and mode is not Mode.BRIDGE:
+        raise InvalidRequest(f"ip6: {request.ip6!r}: IPv6 addresses are for bridge networks "
+                             f"with --subnet6 ({request.network or 'no network'} is "
+                             f"{mode.value})")
     if request.publish and mode is not Mode.BRIDGE:
         raise InvalidRequest(f"publish: only endpoints of bridge networks publish ports "
                              f"({request.network or 'no network'} is {mode.value})")

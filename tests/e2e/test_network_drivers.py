@@ -246,6 +246,35 @@ def test_bridge_networks_nat_published_port_internal_and_isolation(
         _clean_up(the_lab, h1, made, tuple(n for n, _, _ in networks))
 
 
+def test_ipv6_bridge_network_dual_stack_with_egress(lab: tuple[Lab, LabState]) -> None:
+    the_lab, state = lab
+    h1 = state.hosts[0]
+    for netns, address in ((state.switch, "fd17:77::1/64"), (h1.netns, "fd17:77::11/64")):
+        device = "br0" if netns == state.switch else "eth0"
+        subprocess.run(ip_netns_exec(netns, ["ip", "-6", "addr", "replace", address, "dev",
+                                             device, "nodad"]), check=True, timeout=10)
+    assert _cli(h1, "network", "create", "six", "--driver", "bridge", "--subnet",
+                "172.30.4.0/24", "--subnet6", "fd17:4::/64") == EXIT_OK
+    made = [(h1, "s1"), (h1, "s2")]
+    try:
+        assert _cli(h1, "endpoint", "create", "s1", "--network", "six") == EXIT_OK
+        assert _cli(h1, "endpoint", "create", "s2", "--network", "six", "--ip6",
+                    "fd17:4::99") == EXIT_OK
+        s1, s2 = _ep(the_lab, h1, "s1"), _ep(the_lab, h1, "s2")
+        assert s1["addresses"] == ["172.30.4.2/24", "fd17:4::2/64"]
+        assert "fd17:4::99/64" in s2["addresses"]
+        route = _in(s1["netns"], "ip", "-6", "route", "show", "default").stdout
+        assert "via fd17:4::1" in route, route
+        assert _ping(s1, "fd17:4::99")
+        assert _ping(s1, "fd17:77::1")  # out through IPv6 NAT on the host
+        assert "table ip6 vxmesh" in _in(h1.netns, "nft", "list", "tables").stdout
+        assert _cli(h1, "endpoint", "create", "s3", "--network", "six", "--ip6",
+                    "fd99::1") == EXIT_USAGE  # outside the IPv6 subnet: refused
+    finally:
+        _clean_up(the_lab, h1, made, ("six",))
+    assert "table ip6 vxmesh" not in _in(h1.netns, "nft", "list", "tables").stdout
+
+
 def test_overlay_egress_through_nat_on_the_own_host_internal_and_isolation(
         lab: tuple[Lab, LabState]) -> None:
     the_lab, state = lab

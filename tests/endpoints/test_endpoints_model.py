@@ -116,7 +116,8 @@ def test_nat_table_text() -> None:
     assert 'oifname "vxlocal0" drop' in text and 'oifname "vxr0" drop' not in text
     assert text == render_table("vxmesh", config.bridges, [svc, web])  # order-independent
     assert replace_transaction("vxmesh", config.bridges, []) == (
-        "table ip vxmesh\ndelete table ip vxmesh\n")
+        "table ip vxmesh\ndelete table ip vxmesh\n"
+        "table ip6 vxmesh\ndelete table ip6 vxmesh\n")  # both families go when unused
     assert "flush" not in replace_transaction("vxmesh", config.bridges, [web])
 
 
