@@ -87,10 +87,13 @@ class BroadcastQueue:
 
         Every broadcast returned counts one transmission; it leaves the queue once it reached
         the retransmit limit for `cluster_size`. Broadcasts already sent `to` this member, or
-        queued `not_to` it, are passed over and keep their transmissions for other packets.
+        queued `not_to` it, are passed over and keep their transmissions for other packets;
+        one that every other member of `cluster_size` has (by those names) leaves the queue.
         """
         if self._size == 0 or limit < overhead + self._smallest:
             return []
+        others = cluster_size - 1
+        told: list[_Pending] = []  # every other member has it: nobody left to tell
         chosen: list[_Pending] = []
         remaining = limit
         floor = overhead + self._smallest
@@ -98,6 +101,8 @@ class BroadcastQueue:
         for level in sorted(self._levels):
             for item in reversed(self._levels[level].values()):
                 if to is not None and to in item.not_to:
+                    if len(item.not_to) >= others:
+                        told.append(item)
                     continue
                 cost = overhead + len(item.payload)
                 if cost <= remaining:
@@ -113,6 +118,10 @@ class BroadcastQueue:
                         break
             if remaining < floor or misses > _MAX_MISSES:
                 break
+        for item in told:
+            self._remove(item)
+            if item.key is not None and self._by_key.get(item.key) is item:
+                del self._by_key[item.key]
         if not chosen:
             return []
         cap = retransmit_limit(self._mult, cluster_size)
@@ -124,7 +133,7 @@ class BroadcastQueue:
             item.transmits += 1
             if to is not None:
                 item.not_to.add(to)
-            if item.transmits >= cap:
+            if item.transmits >= cap or (to is not None and len(item.not_to) >= others):
                 self._forget(item)
             else:
                 self._levels.setdefault(item.transmits, {})[item.order] = item

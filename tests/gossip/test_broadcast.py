@@ -66,3 +66,13 @@ def test_news_never_goes_to_whoever_knows_it_nor_twice_to_one_member() -> None:
     # the two passes over n1 and the refusals cost nothing: the second send goes to n2
     assert queue.take(0, 1400, cluster_size=5, to="n2") == [b"alive n3"]
     assert len(queue) == 0
+
+
+def test_news_every_other_member_has_leaves_the_queue() -> None:
+    queue = BroadcastQueue(retransmit_mult=4)  # a limit of 4 at n = 3: never reached here
+    queue.queue(b"alive n2", "n2", not_to=frozenset({"n2"}))
+    assert queue.take(0, 1400, cluster_size=3, to="n1") == [b"alive n2"]
+    assert len(queue) == 0  # n1 and n2 (our two others) have it: nothing stays pending
+    queue.queue(b"alive n2", "n2", not_to=frozenset({"n2", "n1"}))
+    assert queue.take(0, 1400, cluster_size=3, to="n1") == []
+    assert len(queue) == 0 and queue.pending_for("n2") is None
