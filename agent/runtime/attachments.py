@@ -224,13 +224,15 @@ class Attachments:
 
     def _bridge_network(self, network: Network) -> BridgeNetwork:
         """The local bridge of a bridge-driver network: its own kernel bridge, NAT egress
-        unless internal; addresses are handed out on this host (the lowest free one)."""
+        unless internal (`--opt masquerade=false`: routed, no NAT); addresses are handed out
+        on this host (the lowest free one)."""
         if network.subnet.version != 4:
             raise InvalidRequest(f"network {network.name!r}: bridge networks take an IPv4 "
                                  f"subnet (got {network.subnet})")
         return BridgeNetwork(
             name=network.name, ifname=bridge_ifname(network.name), subnet=str(network.subnet),
-            gateway_mode="internal" if network.internal else "nat",
+            gateway_mode="internal" if network.internal
+            else "routed" if network.options.get("masquerade") == "false" else "nat",
             mtu=network.mtu or self._facts.mtu, gateway_address=str(network.gateway),
             subnet6=None if network.subnet6 is None else str(network.subnet6))
 

@@ -21,6 +21,7 @@ from underlay.endpoints_model import (
     PortMapping,
     State,
     allocate_address,
+    bridge_ifname,
     claims_overlap,
     host_veth_name,
     mac_for_address,
@@ -85,6 +86,28 @@ def test_overlaps() -> None:
     assert socket_holding(PortClaim("tcp", "10.0.0.1", 80), sockets) is None
     held = socket_holding(PortClaim("tcp", "0.0.0.0", 80), sockets)
     assert held is not None and held.inode == 2
+
+
+def test_a_bridge_network_of_its_own_dual_stack_survives_the_record_round_trip() -> None:
+    net = BridgeNetwork(name="front", ifname=bridge_ifname("front"), subnet="172.30.1.0/24",
+                        gateway_mode="internal", subnet6="fd17:4::/64")
+    spec = EndpointSpec("f1", Mode.BRIDGE, network="front", bridge_network=net)
+    record = resolve(spec, CONFIG, [])
+    assert record.addresses == ("172.30.1.2/24", "fd17:4::2/64")
+    assert (record.bridge, record.gateway) == (net.ifname, "172.30.1.1")
+    assert record_from_json(record_to_json(record)) == record  # a restart finds its network
+    second = resolve(EndpointSpec("f2", Mode.BRIDGE, network="front", bridge_network=net,
+                                  addresses=("fd17:4::9/64",)), CONFIG, [record])
+    assert second.addresses == ("172.30.1.3/24", "fd17:4::9/64")  # IPv4 added before it
+    with pytest.raises(EndpointConflict, match="fd17:4::2/64"):
+        resolve(EndpointSpec("f4", Mode.BRIDGE, network="front", bridge_network=net,
+                             addresses=("fd17:4::2/64",)), CONFIG, [record])
+    with pytest.raises(EndpointSpecError, match="fd99::1/64"):
+        resolve(EndpointSpec("f3", Mode.BRIDGE, network="front", bridge_network=net,
+                             addresses=("fd99::1/64",)), CONFIG, [record])
+    with pytest.raises(EndpointSpecError, match="bridge_network"):
+        resolve(EndpointSpec("o", Mode.OVERLAY, bridge="vxbr1", addresses=("10.0.0.2/24",),
+                             bridge_network=net), CONFIG, [])
 
 
 def test_resolve_and_json_round_trip() -> None:
