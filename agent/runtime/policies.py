@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -154,7 +155,7 @@ class PolicyEnforcer:
             await trio.to_thread.run_sync(apply_script, None, script)
             self._plan, self._installed = plan, True
             self._applied += 1
-        except KernelError as exc:
+        except (KernelError, OSError, subprocess.SubprocessError) as exc:  # nft away or stuck
             self._failed += 1
             self._plan = None  # the kernel's state is unknown: the next pass replaces it whole
             log.error("network policy not applied: %s", exc)
@@ -164,13 +165,13 @@ class PolicyEnforcer:
         await self._read_counters()
 
     async def _read_counters(self) -> None:
-        if self._plan is None:
+        plan = self._plan  # the enforcing task may replace it while nft runs
+        if plan is None:
             self._drops = {}
             return
         try:
             packets = await trio.to_thread.run_sync(list_counters, None, FAMILY, TABLE)
-        except KernelError as exc:
+        except (KernelError, OSError, subprocess.SubprocessError) as exc:
             log.warning("policy counters not read: %s", exc)
             return
-        self._drops = {name: packets.get(counter, 0)
-                       for name, counter in self._plan.counters.items()}
+        self._drops = {name: packets.get(counter, 0) for name, counter in plan.counters.items()}

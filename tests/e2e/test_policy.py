@@ -12,14 +12,17 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.api.client import CliError
-from agent.api.errors import EXIT_NOT_FOUND
+from agent.api.errors import EXIT_CONFLICT, EXIT_NOT_FOUND, EXIT_OK
+from agent.cli.main import main
 from agent.lab.hosts import Lab, LabHost, LabState
 from underlay.netns_exec import ip_netns_exec
 from underlay.policy_table import FAMILY, TABLE
@@ -32,10 +35,12 @@ COVERAGE_TARGET = 1.0  # seconds from an endpoint's creation to its address in t
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, LabState]]:
+def lab() -> Iterator[tuple[Lab, LabState]]:
     if shutil.which("etcd") is None:
         pytest.skip("needs the etcd server binary (Debian package etcd-server)")
-    the_lab = Lab(tmp_path_factory.mktemp("lab"), prefix=f"p21{os.getpid() % 1000}")
+    # Not under pytest's basetemp: a concurrent pytest run prunes old ones (and our sockets).
+    directory = Path(tempfile.mkdtemp(prefix="vxmesh-policy-lab-"))
+    the_lab = Lab(directory, prefix=f"p21{os.getpid() % 1000}")
     try:
         state = the_lab.up(2)
         the_lab.client(state.hosts[0]).request("POST", "/v1/networks",
@@ -43,12 +48,18 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, LabStat
         yield the_lab, state
     finally:
         the_lab.down()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _endpoint(lab: Lab, host: LabHost, name: str, app: str) -> dict[str, Any]:
-    record: dict[str, Any] = lab.client(host).request(
-        "POST", "/v1/endpoints", {"name": name, "network": NETWORK, "labels": {"app": app}})
+    assert _cli(host, "endpoint", "create", name, "--network", NETWORK, "--label",
+                f"app={app}") == EXIT_OK
+    record: dict[str, Any] = lab.client(host).request("GET", f"/v1/endpoints/{name}")
     return record
+
+
+def _cli(host: LabHost, *args: str) -> int:
+    return main([*args, "--socket", str(host.socket), "--json"])
 
 
 def _pings(src: dict[str, Any], dst_ip: str) -> bool:
@@ -85,11 +96,12 @@ def test_policy_allows_denies_returns_and_follows_endpoints(lab: tuple[Lab, LabS
     assert refused.value.exit_code == EXIT_NOT_FOUND
 
     client = the_lab.client(h1)
-    client.request("POST", "/v1/policies", {"name": "db-in", "network": NETWORK,
-                                            "select": "app=db", "allow": ["app=web"]})
-    client.request("POST", "/v1/policies", {"name": "web-out", "network": NETWORK,
-                                            "select": "app=web", "allow": ["app=db"],
-                                            "direction": "egress"})
+    assert _cli(h1, "policy", "create", "db-in", "--network", NETWORK, "--select", "app=db",
+                "--allow-from", "app=web") == EXIT_OK
+    assert _cli(h1, "policy", "create", "web-out", "--network", NETWORK, "--select",
+                "app=web", "--allow-from", "app=db", "--egress") == EXIT_OK
+    assert _cli(h1, "policy", "create", "db-in", "--network", NETWORK, "--select", "app=x",
+                "--allow-from", "app=y") == EXIT_CONFLICT
     # both hosts list the policies within a poll: other -> db (same host, ingress) stops
     the_lab.wait_for(lambda: not _pings(other, db["ip"]), "other -> db to be denied", 10)
     the_lab.wait_for(lambda: not _pings(web, other["ip"]), "web -> other to be denied", 10)
@@ -99,6 +111,8 @@ def test_policy_allows_denies_returns_and_follows_endpoints(lab: tuple[Lab, LabS
     assert _dropped(the_lab, h1, "web-out") >= 1
     listed = {p["name"]: p for p in client.request("GET", "/v1/policies")}
     assert listed["db-in"]["select"] == ["app", "db"]
+    assert listed["web-out"]["direction"] == "egress"
+    assert _cli(h0, "policy", "list") == EXIT_OK
 
     # a new app=db endpoint on h1 is in h1's selected set within the target
     started = time.monotonic()
@@ -112,11 +126,15 @@ def test_policy_allows_denies_returns_and_follows_endpoints(lab: tuple[Lab, LabS
     assert _pings(web, db2["ip"])
 
     # a removed policy stops dropping
-    client.request("DELETE", "/v1/policies/db-in")
+    assert _cli(h0, "policy", "delete", "db-in") == EXIT_OK
+    assert _cli(h0, "policy", "delete", "db-in") == EXIT_NOT_FOUND
     the_lab.wait_for(lambda: _pings(other, db["ip"]), "other -> db once db-in is gone", 10)
     client.request("DELETE", "/v1/policies/web-out")
     the_lab.wait_for(lambda: _pings(web, other["ip"]), "web -> other once web-out is gone", 10)
     the_lab.wait_for(lambda: TABLE not in _policy_table(h0), "h0's table to be removed", 10)
+    for host in (h0, h1):
+        assert the_lab.agent_runs(host), the_lab.log_tail(host, 40)
+        assert host.socket.exists(), (host.socket, the_lab.log_tail(host, 40))
 
 
 def _selected(host: LabHost) -> set[str]:
