@@ -12,7 +12,7 @@ Owns:
   network namespace.
 - `WireGuardInterface`: brings the interface up (adopting one left by a previous run, so a
   restart drops no packet), reads its peers (`wg show NAME dump`), puts and removes peers
-  (`wg set`). Every command runs in the caller's network namespace.
+  (`wg set`). Every command runs in the caller's network namespace, or in `netns` (benchmarks).
 
 Rules: commands are argv lists (no shell); a failing command raises `WireGuardError` with the
 command's own message. May import trio, cryptography, the standard library, underlay.*.
@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from underlay.errors import UnderlayError
+from underlay.netns_exec import ip_netns_exec
 from underlay.wireguard_peers import TUNNEL_NETWORK, WireGuardPeer
 
 USERSPACE_ENV = {"WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1"}
@@ -114,7 +115,8 @@ class WireGuardInterface:
     """The host's WireGuard interface and the commands on it."""
 
     def __init__(self, name: str, backend: str, private_key_path: Path, port: int,
-                 tunnel: str, mtu: int) -> None:
+                 tunnel: str, mtu: int, netns: str | None = None) -> None:
+        self.netns = netns
         self.name = name
         self.backend = backend
         self.private_key_path = private_key_path
@@ -122,8 +124,13 @@ class WireGuardInterface:
         self.tunnel = tunnel
         self.mtu = mtu
 
+    async def _run(self, argv: list[str], *, env: dict[str, str] | None = None,
+                   check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        return await _run(argv if self.netns is None else ip_netns_exec(self.netns, argv),
+                          env=env, check=check)
+
     async def exists(self) -> bool:
-        return (await _run(["ip", "link", "show", self.name], check=False)).returncode == 0
+        return (await self._run(["ip", "link", "show", self.name], check=False)).returncode == 0
 
     async def up(self) -> bool:
         """Create the interface unless it is here (True: created), then key, port, address,
@@ -131,20 +138,20 @@ class WireGuardInterface:
         created = False
         if not await self.exists():
             if self.backend == "kernel":
-                await _run(["ip", "link", "add", self.name, "type", "wireguard"])
+                await self._run(["ip", "link", "add", self.name, "type", "wireguard"])
             else:
-                await _run(["wireguard-go", self.name], env=USERSPACE_ENV)
+                await self._run(["wireguard-go", self.name], env=USERSPACE_ENV)
             created = True
-        await _run(["wg", "set", self.name, "listen-port", str(self.port), "private-key",
+        await self._run(["wg", "set", self.name, "listen-port", str(self.port), "private-key",
                     str(self.private_key_path)])
-        await _run(["ip", "address", "replace",
+        await self._run(["ip", "address", "replace",
                     f"{self.tunnel}/{TUNNEL_NETWORK.prefixlen}", "dev", self.name])
-        await _run(["ip", "link", "set", self.name, "mtu", str(self.mtu), "up"])
+        await self._run(["ip", "link", "set", self.name, "mtu", str(self.mtu), "up"])
         return created
 
     async def peers(self) -> dict[str, WireGuardPeer]:
         """The peers the interface holds, by public key (`wg show NAME dump`)."""
-        out = (await _run(["wg", "show", self.name, "dump"])).stdout.decode()
+        out = (await self._run(["wg", "show", self.name, "dump"])).stdout.decode()
         peers: dict[str, WireGuardPeer] = {}
         for line in out.splitlines()[1:]:  # the first line is the interface itself
             fields = line.split("\t")
@@ -159,8 +166,8 @@ class WireGuardInterface:
         return peers
 
     async def put_peer(self, peer: WireGuardPeer) -> None:
-        await _run(["wg", "set", self.name, "peer", peer.public_key, "endpoint", peer.endpoint,
-                    "allowed-ips", f"{peer.tunnel}/32"])
+        await self._run(["wg", "set", self.name, "peer", peer.public_key, "endpoint",
+                         peer.endpoint, "allowed-ips", f"{peer.tunnel}/32"])
 
     async def remove_peer(self, public_key: str) -> None:
-        await _run(["wg", "set", self.name, "peer", public_key, "remove"])
+        await self._run(["wg", "set", self.name, "peer", public_key, "remove"])

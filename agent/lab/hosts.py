@@ -67,6 +67,7 @@ from agent.terminal import Progress, render_table
 from underlay import links
 from underlay.kernel import NetlinkThread
 from underlay.netns_exec import ip_netns_exec, nsenter_net
+from underlay.wireguard import interface_name
 
 DEFAULT_DIR = Path("/run/vxmesh-lab")
 DEFAULT_PREFIX = "vxl"
@@ -567,6 +568,8 @@ class Lab:
                     self._delete_endpoints(host)
                     self.stop_agent(state, host)
                     removed.append(f"agent {host.name}")
+                if self._delete_wireguard(host):
+                    removed.append(f"wireguard {host.name}")
             for pid in state.helpers:
                 _stop_pid(pid, "http.server", sig=signal.SIGKILL, timeout=2)
             etcd = self.etcd(state)
@@ -593,6 +596,19 @@ class Lab:
                 if endpoint.get("local"):
                     with contextlib.suppress(CliError):
                         client.request("DELETE", f"/v1/endpoints/{endpoint['name']}")
+
+    @staticmethod
+    def _delete_wireguard(host: LabHost) -> bool:
+        """Delete the host's WireGuard interface, if any: wireguard-go then ends and removes
+        its control socket (killed with the namespace it would leave the socket behind)."""
+        name = interface_name(host.node or host.name)
+        done = subprocess.run(ip_netns_exec(host.netns, ["ip", "link", "del", name]),
+                              capture_output=True, timeout=10)
+        socket = Path("/var/run/wireguard") / f"{name}.sock"
+        deadline = time.monotonic() + 2.0
+        while socket.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return done.returncode == 0
 
     @staticmethod
     def _kill_namespace_processes(netns: str) -> None:
