@@ -41,12 +41,9 @@ from pathlib import Path
 
 from underlay.netns_exec import ip_netns_exec
 
-ROOT = Path(__file__).resolve().parent.parent
 # Run as a file, this script's folder comes first on sys.path, and this file would shadow
-# dnspython's `dns` package: the folder is dropped (bench/ modules are not imported here).
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# dnspython's `dns` package: the folder is dropped (no bench/ module is imported here).
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
 
 import dns.message  # noqa: E402
 import dns.rcode  # noqa: E402
