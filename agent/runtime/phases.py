@@ -130,7 +130,8 @@ async def run_gossip(c: Components, *,
         identity = c.gossip.identity
         node = Node(c.node, ipaddress.ip_address(c.facts.address),
                     (c.facts.address, c.config.gossip.port), agent_version(),
-                    b"" if identity is None else identity.signer.public_key)
+                    b"" if identity is None else identity.signer.public_key,
+                    c.wireguard.public_key_bytes())
         nursery.start_soon(partial(c.store.run_node_registration, node,
                                    ttl=c.config.store.lease_ttl))
         with trio.move_on_after(INITIAL_SYNC_TIMEOUT):

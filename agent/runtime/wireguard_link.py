@@ -15,6 +15,7 @@ May import: agent.*, underlay, trio, the standard library.
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -88,6 +89,10 @@ class WireGuardLink:
             return None
         return PublishedKey(self.node, self.underlay_address, self.public_key, self.tunnel,
                             DEFAULT_PORT)
+
+    def public_key_bytes(self) -> bytes:
+        """Our public key for the etcd node record (b"" when this host cannot encrypt)."""
+        return b"" if self.public_key is None else base64.b64decode(self.public_key)
 
     def up_tunnel(self) -> str | None:
         """Our tunnel address while the interface is up (the local VTEP of encrypted nets)."""

@@ -20,9 +20,10 @@ and count it; it never crashes an agent.
                                                   These maps ARE the endpoint registry of the
                                                   network: a network "has endpoints" when any of
                                                   its blocks has an allocation.
-    /vxmesh/v1/nodes/<name>                       Node: name, vtep, gossip [host, port], version;
-                                                  attached to the node's lease (it disappears
-                                                  when the agent stops refreshing the lease);
+    /vxmesh/v1/nodes/<name>                       Node: name, vtep, gossip [host, port], version,
+                                                  public_key?, wireguard_key?; attached to the
+                                                  node's lease (it disappears when the agent
+                                                  stops refreshing the lease);
                                                   the gossip seed list
     /vxmesh/v1/policies/<name>                    Policy: name, network, direction, select
                                                   [key, value], allow [peer], ports
@@ -380,13 +381,15 @@ def _validate_options(mode: str, options: object) -> dict[str, str]:
 @dataclass(frozen=True)
 class Node:
     """A node's registry record: where its VTEP and its gossip listener are, and its Ed25519
-    public key (32 bytes, b"" when it does not sign), the root of trust of its gossip claims."""
+    public key (32 bytes, b"" when it does not sign), the root of trust of its gossip claims;
+    its WireGuard public key (32 bytes, b"" when it cannot encrypt)."""
 
     name: str
     vtep: IPAddress
     gossip: tuple[str, int]
     version: str
     public_key: bytes = b""
+    wireguard_key: bytes = b""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -397,6 +400,8 @@ class Node:
         }
         if self.public_key:
             out["public_key"] = base64.b64encode(self.public_key).decode()
+        if self.wireguard_key:
+            out["wireguard_key"] = base64.b64encode(self.wireguard_key).decode()
         return out
 
 
@@ -548,6 +553,7 @@ def decode_node(key: str, value: bytes) -> Node:
         host, port = data["gossip"]
         version = data["version"]
         public_key = base64.b64decode(data.get("public_key", ""), validate=True)
+        wireguard_key = base64.b64decode(data.get("wireguard_key", ""), validate=True)
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise MalformedRecord(key, f"bad node record ({exc!r})") from None
     if (
@@ -558,9 +564,10 @@ def decode_node(key: str, value: bytes) -> Node:
         or not 0 < port < 65536
         or not isinstance(version, str)
         or len(public_key) not in (0, 32)
+        or len(wireguard_key) not in (0, 32)
     ):
         raise MalformedRecord(key, "bad node record")
-    return Node(name, vtep, (host, port), version, public_key)
+    return Node(name, vtep, (host, port), version, public_key, wireguard_key)
 
 
 def check_block(block: Block, network: Network, key: str) -> None:

@@ -266,3 +266,13 @@ def test_node_record_carries_its_public_key_and_older_records_have_none() -> Non
     assert decode_node(node_key("n"), older).public_key == b""
     with pytest.raises(MalformedRecord):
         decode_node(node_key("n"), older[:-1] + b', "public_key": "c2hvcnQ="}')
+
+
+def test_node_record_carries_its_wireguard_key() -> None:
+    node = Node("n", ipaddress.ip_address("10.0.0.1"), ("10.0.0.1", 7946), "0.1.0",
+                wireguard_key=bytes(range(32, 64)))
+    assert decode_node(node_key("n"), encode(node)) == node
+    older = b'{"name": "n", "vtep": "10.0.0.1", "gossip": ["10.0.0.1", 7946], "version": "0"}'
+    assert decode_node(node_key("n"), older).wireguard_key == b""
+    with pytest.raises(MalformedRecord):
+        decode_node(node_key("n"), older[:-1] + b', "wireguard_key": "c2hvcnQ="}')

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from agent.lab.hosts import Lab, LabHost, LabState
+from agent.store.schema import node_key
 from underlay.netns_exec import ip_netns_exec
 from underlay.wireguard import interface_name
 
@@ -119,6 +120,12 @@ def test_encrypted_network_travels_only_inside_wireguard(
                      networks[PLAIN]["vni"])
     assert plain["vxlan"] >= 20, plain
 
+    # h1's public key is in its etcd node record too (and what `wg` on h2 holds as its peer).
+    found = the_lab.etcd(state).etcdctl(state.switch, "get", "--print-value-only",
+                                        node_key(h1.node or h1.name))
+    record = json.loads(found.stdout)
+    wg2 = interface_name(h2.node or h2.name)
+    assert record["wireguard_key"] == _run(h2, ["wg", "show", wg2, "peers"]).strip()
     metrics = the_lab.scrape(h1)
     assert metrics["vxmesh_wireguard_up"] == 1 and metrics["vxmesh_wireguard_peers"] == 1
     assert metrics[f'vxmesh_wireguard_backend{{backend="{status["backend"]}"}}'] == 1
