@@ -3,7 +3,8 @@
 Proves: endpoints of an encrypted network ping across hosts with the network MTU at underlay
 - 110; while they do, the underlay carries only WireGuard UDP and no plain VXLAN; a plain
 network on the same hosts keeps plain VXLAN; `vxmesh status` names the backend; a member
-that leaves loses its peer. Traffic stays inside the lab's namespaces.
+that leaves loses its peer; a host without WireGuard refuses an encrypted network naming what
+is missing. Traffic stays inside the lab's namespaces.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from agent.api.client import CliError
+from agent.api.errors import EXIT_USAGE
 from agent.lab.hosts import Lab, LabHost, LabState
 from agent.store.schema import node_key
 from underlay.netns_exec import ip_netns_exec
@@ -136,3 +139,24 @@ def test_encrypted_network_travels_only_inside_wireguard(
     the_lab.client(h2).request("POST", "/v1/leave", {})
     the_lab.wait_for(lambda: not _run(h1, ["wg", "show", wg1, "peers"]).split(),
                      "h2's peer removed from h1", 30, interval=0.2)
+
+    # h2 again, on a PATH without wg and wireguard-go (and no kernel module here): it says
+    # so, and refuses an encrypted network naming what is missing.
+    assert the_lab.wait_agent_exit(state, h2, 15) == 0
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    for directory in ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin",
+                      "/bin"):
+        for tool in Path(directory).iterdir() if Path(directory).is_dir() else ():
+            target = bare / tool.name
+            if tool.name not in ("wg", "wireguard-go") and not target.exists():
+                target.symlink_to(tool)
+    the_lab.start_agent(state, h2, extra_env={"PATH": str(bare)})
+    the_lab.wait_agent_ready(h2, 30)
+    without = the_lab.client(h2).request("GET", "/v1/status")["wireguard"]
+    assert without["backend"] is None and "wireguard-tools" in without["missing"]
+    with pytest.raises(CliError, match=r"options\.encrypted.*wireguard-tools") as refused:
+        the_lab.client(h2).request("POST", "/v1/networks", {
+            "name": "secret2", "subnet": "10.222.0.0/24", "options": {"encrypted": "true"}})
+    assert refused.value.exit_code == EXIT_USAGE
+    assert "secret2" not in {n["name"] for n in the_lab.client(h2).request("GET", "/v1/networks")}
