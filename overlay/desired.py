@@ -284,16 +284,24 @@ def accept_networks(networks: Iterable[NetworkSpec], ports: Mapping[str, frozens
     return by_name
 
 
-def member_vtep(member: AliveMember, underlay: UnderlayAddressing) -> tuple[str | None, str]:
-    """(the member's VTEP in canonical form, "") or (None, the problem) if it is unusable."""
+def member_vteps(member: AliveMember, underlay: UnderlayAddressing
+                 ) -> tuple[str | None, str | None, str]:
+    """(VTEP, WireGuard tunnel address, problem): both in canonical form, None where unusable
+    or absent; the problem names what is unusable ("" if nothing). The tunnel address is only
+    looked at when the VTEP is usable."""
     try:
         vtep = canonical_ip(member.vtep)
     except ValueError:
-        return None, f"member {member.name!r}: vtep={member.vtep!r} is not an address"
+        return None, None, f"member {member.name!r}: vtep={member.vtep!r} is not an address"
     if (":" in vtep) != (":" in underlay.address):
-        return None, (f"member {member.name!r}: VTEP {vtep} is of another family than "
-                      f"our underlay {underlay.address}; skipped")
-    return vtep, ""
+        return None, None, (f"member {member.name!r}: VTEP {vtep} is of another family than "
+                            f"our underlay {underlay.address}; skipped")
+    if member.tunnel is None:
+        return vtep, None, ""
+    try:
+        return vtep, canonical_ip(member.tunnel), ""
+    except ValueError:
+        return vtep, None, f"member {member.name!r}: tunnel={member.tunnel!r} is not an address"
 
 
 def local_ports(local_endpoints: Iterable[LocalEndpoint]) -> dict[str, frozenset[str]]:
@@ -315,8 +323,7 @@ def compute_desired(networks: Iterable[NetworkSpec], members: Iterable[AliveMemb
                     local_endpoints: Iterable[LocalEndpoint], underlay: UnderlayAddressing,
                     node: str, tunnel: str | None = None) -> DesiredState:
     """The kernel objects this node (`node`) wants, given what it knows: the full recompute,
-    O(everything). `IncrementalDesired` keeps the same result up to date change by change
-    (for plain networks; encrypted ones are computed here only).
+    O(everything). `IncrementalDesired` keeps the same result up to date change by change.
 
     `tunnel`: our WireGuard tunnel address while our WireGuard interface is up (None: it is
     not, and encrypted networks are skipped). An encrypted network's devices use it as their
@@ -328,17 +335,13 @@ def compute_desired(networks: Iterable[NetworkSpec], members: Iterable[AliveMemb
     for member in members:
         if member.name == node:
             continue
-        vtep, problem = member_vtep(member, underlay)
-        if vtep is None:
+        vtep, member_tunnel, problem = member_vteps(member, underlay)
+        if problem:
             problems.append(problem)
-        else:
+        if vtep is not None:
             vteps[member.name] = vtep
-            try:
-                if member.tunnel is not None:
-                    tunnels[member.name] = canonical_ip(member.tunnel)
-            except ValueError:
-                problems.append(f"member {member.name!r}: tunnel={member.tunnel!r} is not an "
-                                "address")
+        if member_tunnel is not None:
+            tunnels[member.name] = member_tunnel
 
     by_name = accept_networks(networks, local_ports(local_endpoints), underlay, node, problems,
                               tunnel)
@@ -466,8 +469,11 @@ class IncrementalDesired(Generic[K]):
         self._ports: dict[str, frozenset[str]] = {}
         self._devices: dict[str, DesiredNetwork] = {}  # by network name
         self._network_problems: list[str] = []
-        self._member_input: dict[str, str] = {}
+        self._tunnel: str | None = None  # ours (WireGuard interface up), for encrypted networks
+        self._encrypted: frozenset[str] = frozenset()
+        self._member_input: dict[str, tuple[str, str | None]] = {}
         self._vteps: dict[str, str] = {}
+        self._tunnels: dict[str, str] = {}  # members' WireGuard tunnel addresses
         self._member_problems: dict[str, str] = {}
         self._inputs: dict[K, EndpointEntry] = {}
         self._by_network: dict[str, set[K]] = {}
@@ -510,12 +516,20 @@ class IncrementalDesired(Generic[K]):
             self._ports = ports
             self._refresh_networks()
 
-    def set_member(self, name: str, vtep: str | None) -> None:
-        """`name` is alive advertising `vtep`, or (None) no longer alive."""
+    def set_tunnel(self, tunnel: str | None) -> None:
+        """Our WireGuard tunnel address while our WireGuard interface is up (None: it is not;
+        encrypted networks are then left out)."""
+        if tunnel != self._tunnel:
+            self._tunnel = tunnel
+            self._refresh_networks()
+
+    def set_member(self, name: str, vtep: str | None, tunnel: str | None = None) -> None:
+        """`name` is alive advertising `vtep` (and its WireGuard `tunnel` address, if it
+        publishes one), or (vtep None) no longer alive."""
         if self._resyncing:
             self._changed_members.add(name)
             self._unseen_members.discard(name)
-        self._apply_member(name, vtep)
+        self._apply_member(name, vtep, tunnel)
 
     def put_endpoint(self, key: K, entry: EndpointEntry) -> None:
         if self._resyncing:
@@ -543,17 +557,17 @@ class IncrementalDesired(Generic[K]):
             self._unseen_endpoints.discard(key)
             self._store(key, entry)
 
-    def resync_member(self, name: str, vtep: str) -> None:
+    def resync_member(self, name: str, vtep: str, tunnel: str | None = None) -> None:
         if name not in self._changed_members:
             self._unseen_members.discard(name)
-            self._apply_member(name, vtep)
+            self._apply_member(name, vtep, tunnel)
 
     def end_resync(self) -> None:
         """Whatever the snapshot did not hold (and no change brought since) is gone."""
         for key in self._unseen_endpoints:
             self._store(key, None)
         for name in self._unseen_members:
-            self._apply_member(name, None)
+            self._apply_member(name, None, None)
         self._resyncing = False
         self._unseen_endpoints, self._changed_endpoints = set(), set()
         self._unseen_members, self._changed_members = set(), set()
@@ -586,6 +600,10 @@ class IncrementalDesired(Generic[K]):
                             flood=frozenset(self._flood_refs), neighbors=dict(self._neighbors),
                             problems=self.problems())
 
+    def devices(self) -> dict[str, DesiredNetwork]:
+        """The desired devices by vxlan name (O(networks))."""
+        return self._device_map()
+
     def problems(self) -> tuple[str, ...]:
         return tuple(sorted([*self._network_problems, *self._member_problems.values(),
                              *self._invalid.values(), *self._fdb_problems.values(),
@@ -602,7 +620,13 @@ class IncrementalDesired(Generic[K]):
 
     def _refresh_networks(self) -> None:
         problems: list[str] = []
-        devices = accept_networks(self._specs, self._ports, self.underlay, self.node, problems)
+        devices = accept_networks(self._specs, self._ports, self.underlay, self.node, problems,
+                                  self._tunnel)
+        encrypted = frozenset(spec.name for spec in self._specs if spec.encrypted)
+        moved = encrypted ^ self._encrypted  # their remote VTEPs change
+        self._encrypted = encrypted
+        for name in moved:
+            self._dirty.update(self._by_network.get(name, ()))
         if problems != self._network_problems:
             self._network_problems = problems
             self.problems_version += 1
@@ -615,27 +639,29 @@ class IncrementalDesired(Generic[K]):
             if (before and before.vxlan) != (after and after.vxlan):
                 self._dirty.update(self._by_network.get(name, ()))
 
-    def _apply_member(self, name: str, vtep: str | None) -> None:
+    def _apply_member(self, name: str, vtep: str | None, tunnel: str | None) -> None:
         if name == self.node:
             return
-        effective, problem = (None, "")
+        effective, effective_tunnel, problem = None, None, ""
         if vtep is None:
             self._member_input.pop(name, None)
         else:
-            self._member_input[name] = vtep
-            effective, problem = member_vtep(AliveMember(name, vtep), self.underlay)
+            self._member_input[name] = (vtep, tunnel)
+            effective, effective_tunnel, problem = member_vteps(
+                AliveMember(name, vtep, tunnel), self.underlay)
         if self._member_problems.get(name, "") != problem:
             if problem:
                 self._member_problems[name] = problem
             else:
                 del self._member_problems[name]
             self.problems_version += 1
-        if self._vteps.get(name) == effective:
+        if self._vteps.get(name) == effective and self._tunnels.get(name) == effective_tunnel:
             return
-        if effective is None:
-            del self._vteps[name]
-        else:
-            self._vteps[name] = effective
+        for addresses, address in ((self._vteps, effective), (self._tunnels, effective_tunnel)):
+            if address is None:
+                addresses.pop(name, None)
+            else:
+                addresses[name] = address
         self._dirty.update(self._by_owner.get(name, ()))
 
     def _store(self, key: K, entry: EndpointEntry | None) -> None:
@@ -674,7 +700,8 @@ class IncrementalDesired(Generic[K]):
         if entry is None or entry.node == self.node:
             return None
         devices = self._devices.get(entry.network)
-        vtep = self._vteps.get(entry.node)
+        vtep = (self._tunnels if entry.network in self._encrypted else self._vteps).get(
+            entry.node)
         if devices is None or vtep is None:
             return None
         try:

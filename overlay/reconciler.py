@@ -4,8 +4,10 @@ Owns `Reconciler` (Calico Felix's vxlanfdb + deltatracker are the model) and the
 service `run_dataplane`.
 
 Rules:
-- `set_desired(state)` is cheap: it keeps a reference to the newest state and wakes the
-  service; nothing touches the kernel outside `apply()`.
+- Handing over desired state touches only the desired side of the delta trackers and wakes
+  the service; nothing touches the kernel outside `apply()`. `update_desired(changes)` (what
+  `overlay.desired.IncrementalDesired` hands over) costs O(changes); `set_desired(state)`, a
+  whole state, O(state). Devices are installed at the start of the next pass.
 - `apply()`: (1) when a resync is flagged (at start, periodically, after a surprising
   failure) re-read links, FDB and neighbor entries from full kernel dumps and make that the
   kernel view; (2) bring devices to the desired shape (bridges, vxlan devices, bridge ports);
@@ -49,6 +51,7 @@ import trio
 
 from overlay.delta import DeltaTracker
 from overlay.desired import (
+    DesiredChanges,
     DesiredNetwork,
     DesiredState,
     FdbKey,
@@ -156,6 +159,7 @@ class EntryKind(Generic[KeyT, ValueT]):
     name: str
     tracker: DeltaTracker[KeyT, ValueT]
     desired: Callable[[DesiredState], Mapping[KeyT, ValueT]]
+    changes: Callable[[DesiredChanges], Mapping[KeyT, ValueT | None]]
     update: Callable[[int, KeyT, ValueT], Write]
     delete: Callable[[int, KeyT, ValueT], Write]
 
@@ -166,15 +170,16 @@ def _entry_kinds(fdb: DeltaTracker[FdbKey, str], flood: DeltaTracker[FloodKey, b
     (flannel's order: the kernel never needs to ARP across the tunnel), flood entries last.
     Deletions run in the reverse order."""
     neighbor_kind: EntryKind[NeighborKey, str] = EntryKind(
-        "neighbor", neighbors, lambda state: state.neighbors,
+        "neighbor", neighbors, lambda state: state.neighbors, lambda changes: changes.neighbors,
         lambda index, key, mac: NeighborWrite(WriteAction.REPLACE, index, key.ip, mac),
         lambda index, key, _mac: NeighborWrite(WriteAction.DELETE, index, key.ip, None))
     fdb_kind: EntryKind[FdbKey, str] = EntryKind(
-        "fdb", fdb, lambda state: state.fdb,
+        "fdb", fdb, lambda state: state.fdb, lambda changes: changes.fdb,
         lambda index, key, dst: FdbWrite(WriteAction.REPLACE, index, key.mac, dst),
         lambda index, key, dst: FdbWrite(WriteAction.DELETE, index, key.mac, dst))
     flood_kind: EntryKind[FloodKey, bool] = EntryKind(
         "flood", flood, lambda state: dict.fromkeys(state.flood, True),
+        lambda changes: changes.flood,
         lambda index, key, _on: FdbWrite(WriteAction.APPEND, index, ZERO_MAC, key.dst),
         lambda index, key, _on: FdbWrite(WriteAction.DELETE, index, ZERO_MAC, key.dst))
     return (neighbor_kind, fdb_kind, flood_kind)
@@ -197,7 +202,7 @@ class Reconciler:
         self._on_applied = on_applied
         self._last_pass = AppliedPass(0, 0.0, False)
         self._applied = trio.Event()
-        self._newest: DesiredState | None = None
+        self._newest_networks: Mapping[str, DesiredNetwork] | None = None
         self._networks: Mapping[str, DesiredNetwork] = {}
         self._fdb: DeltaTracker[FdbKey, str] = DeltaTracker()
         self._flood: DeltaTracker[FloodKey, bool] = DeltaTracker()
@@ -222,13 +227,30 @@ class Reconciler:
     # -- cheap, from the pipeline --------------------------------------------------------
 
     def set_desired(self, state: DesiredState) -> None:
-        """Hand over the newest desired state (replaces any not yet applied). Call from trio.
+        """Hand over a whole desired state (replaces any not yet applied). Call from trio.
 
         Not in sync from now until a pass has applied it (a pass running meanwhile still works
         on the previous state: what it leaves is not what is wanted now)."""
-        self._newest = state
+        self._newest_networks = state.networks
+        for kind in self._kinds:
+            kind.tracker.replace_desired(kind.desired(state))
         self._in_sync = False
         self._wakeup.set()
+
+    def update_desired(self, changes: DesiredChanges) -> None:
+        """Hand over what changed in desired state (value None: no longer desired)."""
+        if changes.networks is not None:
+            self._newest_networks = changes.networks
+        for kind in self._kinds:
+            tracker = kind.tracker
+            for key, value in kind.changes(changes).items():
+                if value is None:
+                    tracker.delete_desired(key)
+                else:
+                    tracker.set_desired(key, value)
+        if len(changes):
+            self._in_sync = False  # until a pass has looked
+            self._wakeup.set()
 
     def request_resync(self) -> None:
         """Re-read the kernel at the next apply (periodic repair of drift)."""
@@ -287,9 +309,10 @@ class Reconciler:
         self._wakeup = trio.Event()
         failures: list[str] = []
         total = 0
-        newest, self._newest = self._newest, None
-        if newest is not None:
-            self._install(newest)
+        networks, self._newest_networks = self._newest_networks, None
+        if networks is not None and networks != self._networks:
+            self._devices_dirty = True
+            self._networks = dict(networks)
         try:
             if self._resync_needed:
                 await self._resync()
@@ -302,7 +325,7 @@ class Reconciler:
             failures.append(f"kernel access failed: {exc}")
             total += 1
         self._in_sync = (not failures and not self._resync_needed and not self._devices_dirty
-                         and self._newest is None
+                         and self._newest_networks is None
                          and all(k.tracker.in_sync() for k in self._kinds))
         self._last_apply = self._clock() - started
         if failures:
@@ -321,13 +344,6 @@ class Reconciler:
             self._failing = False
             self._last_failure = ""
         return self._in_sync
-
-    def _install(self, state: DesiredState) -> None:
-        if state.networks != self._networks:
-            self._devices_dirty = True
-        self._networks = dict(state.networks)
-        for kind in self._kinds:
-            kind.tracker.replace_desired(kind.desired(state))
 
     async def _resync(self) -> None:
         started = self._clock()

@@ -618,7 +618,9 @@ class NeighborTable:
 
     def endpoints(self, network: str | None = None) -> list[Entry]:
         """Visible entries (ours included), optionally of one network."""
-        return [e for (n, _), e in self._view.items() if network is None or n == network]
+        if network is None:
+            return list(self._view.values())
+        return [e for (n, _), e in self._view.items() if n == network]
 
     def network_peers(self, network: str) -> dict[str, str]:
         """Visible nodes taking part in `network` (ourselves included) -> their VTEP."""

@@ -1,6 +1,7 @@
-"""agent.runtime.pipeline: bursts coalesce, only the newest desired state is handed over,
-propagation is timed from the owner's change until the reconciler's kernel holds it and lands
-in the real metrics histogram (real Reconciler, in-memory kernel)."""
+"""agent.runtime.pipeline: changes are settled in bounded slices and handed over as deltas,
+bursts coalesce, members' changes reach their owners' endpoints, the start-up build reads full
+snapshots, and propagation is timed from the owner's change until the reconciler's kernel
+holds it and lands in the real metrics histogram (real Reconciler, in-memory kernel)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import trio
 import trio.testing
 
 from agent.runtime.metrics import AgentMetrics, MetricsSnapshot
-from agent.runtime.pipeline import DesiredInputs, Pipeline, moves_kernel_entry
-from overlay.desired import AliveMember, EndpointEntry, NetworkSpec, UnderlayView
+from agent.runtime.pipeline import STEP, DesiredInputs, Pipeline, moves_kernel_entry
+from overlay.desired import NetworkSpec, UnderlayView
 from overlay.reconciler import Reconciler, run_dataplane
 from overlay.table import EndpointChanged, Entry
 from tests.dataplane.fake_kernel import FakeKernel
@@ -21,43 +22,117 @@ UNDERLAY = UnderlayView(address="10.0.0.1", mtu=1500)
 
 
 class Inputs:
+    """The small inputs, and the snapshots the start-up build reads."""
+
     def __init__(self) -> None:
-        self.endpoints: list[EndpointEntry] = []
+        self.networks: tuple[NetworkSpec, ...] = (NetworkSpec("blue", 4097),)
+        self.table: dict[tuple[str, str], Entry] = {}
+        self.members: dict[str, tuple[str, str | None]] = {"h2": ("10.0.0.2", None),
+                                                          "h3": ("10.0.0.3", None)}
         self.reads = 0
 
     def __call__(self) -> DesiredInputs:
         self.reads += 1
-        return DesiredInputs(
-            networks=(NetworkSpec("blue", 4097),),
-            members=(AliveMember("h1", "10.0.0.1"), AliveMember("h2", "10.0.0.2")),
-            endpoints=tuple(self.endpoints), local_endpoints=(), underlay=UNDERLAY, node="h1")
+        return DesiredInputs(networks=self.networks, local_endpoints=())
+
+    def pipeline(self, reconciler: Reconciler, **options: object) -> Pipeline:
+        return Pipeline(reconciler, self, node="h1", underlay=UNDERLAY,
+                        endpoints=lambda: list(self.table.values()),
+                        members=lambda: dict(self.members), clock=trio.current_time,
+                        **options)  # type: ignore[arg-type]
+
+    def put(self, pipeline: Pipeline, entry: Entry) -> None:
+        previous = self.table.get((entry.network, entry.ip))
+        self.table[(entry.network, entry.ip)] = entry
+        pipeline.table_changed(EndpointChanged(entry.network, entry.ip, previous, entry))
 
 
-async def test_burst_of_marks_costs_few_recomputes_and_newest_wins(
+def entry(i: int, owner: str = "h2", *, mac: str | None = None,
+          changed_at: float | None = None) -> Entry:
+    vtep = {"h2": "10.0.0.2", "h3": "10.0.0.3"}[owner]
+    return Entry("blue", f"10.1.{i // 256}.{i % 256}",
+                 mac or f"02:42:0a:01:{i // 256:02x}:{i % 256:02x}", owner, vtep, i + 1,
+                 changed_at=changed_at)
+
+
+async def wait_settled(reconciler: Reconciler, pipeline: Pipeline) -> None:
+    await wait_until(lambda: reconciler.in_sync() and pipeline.statistics().dirty == 0
+                     and pipeline.statistics().pending_propagations == 0,
+                     "the changes applied and timed", 5, interval=0.01)
+
+
+async def test_burst_of_changes_is_settled_in_few_handovers_and_newest_wins(
         autojump_clock: trio.testing.MockClock) -> None:
     kernel = FakeKernel()
     reconciler = Reconciler(kernel, clock=trio.current_time)
     inputs = Inputs()
     observed: list[float] = []
-    pipeline = Pipeline(reconciler, inputs, observe_propagation=observed.append,
-                        clock=trio.current_time)
+    pipeline = inputs.pipeline(reconciler, observe_propagation=observed.append)
     async with trio.open_nursery() as nursery:
         await nursery.start(pipeline.run)
         await nursery.start(run_dataplane, reconciler)
         for i in range(1000):
-            inputs.endpoints = [EndpointEntry("blue", "h2", f"02:42:0a:01:{i // 256:02x}:"
-                                              f"{i % 256:02x}", (f"10.1.{i // 256}.{i % 256}",))]
-            pipeline.endpoint_arrived("blue", f"10.1.{i // 256}.{i % 256}")
-        await wait_until(lambda: reconciler.in_sync()
-                         and pipeline.statistics().pending_propagations == 0,
-                         "the burst applied and timed", 5, interval=0.01)
+            inputs.put(pipeline, entry(i))
+            # one endpoint changing its MAC a thousand times: only the newest counts
+            inputs.put(pipeline, entry(2000, mac=f"02:42:0a:02:{i // 256:02x}:{i % 256:02x}"))
+        await wait_settled(reconciler, pipeline)
         stats = pipeline.statistics()
-        assert stats.marks == 1000
-        assert stats.recomputes <= 3  # the first compute, then the coalesced burst
-        assert pipeline.desired is not None
-        assert [k.ip for k in pipeline.desired.neighbors] == ["10.1.3.231"]
-        assert set(kernel.neighbors_of("vxtun4097")) == {"10.1.3.231"}
-        assert len(observed) == 1000 and all(0 <= s < 1 for s in observed)
+        assert stats.handovers <= 3  # the start-up build, then the coalesced burst
+        assert stats.endpoints == 1001
+        neighbors = pipeline.desired.neighbors
+        assert len(neighbors) == 1001
+        assert set(kernel.neighbors_of("vxtun4097")) == {k.ip for k in neighbors}
+        assert kernel.neighbors_of("vxtun4097")["10.1.7.208"][0] == "02:42:0a:02:03:e7"
+        assert len(observed) == 1001 and all(0 <= s < 1 for s in observed)
+        nursery.cancel_scope.cancel()
+
+
+async def test_settling_runs_in_slices_each_handed_over(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The loop is held for one slice at a time: with no time budget a slice is `STEP`
+    endpoints, so 1,000 changes are settled (and handed over) in ceil(1000 / STEP) slices."""
+    reconciler = Reconciler(FakeKernel(), clock=trio.current_time)
+    inputs = Inputs()
+    pipeline = inputs.pipeline(reconciler, slice_seconds=0.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pipeline.run)
+        await nursery.start(run_dataplane, reconciler)
+        before = pipeline.statistics().handovers
+        for i in range(1000):
+            inputs.put(pipeline, entry(i))
+        await wait_settled(reconciler, pipeline)
+        assert pipeline.statistics().handovers - before == -(-1000 // STEP)
+        assert len(pipeline.desired.fdb) == 1000
+        nursery.cancel_scope.cancel()
+
+
+async def test_start_up_build_reads_snapshots_and_members_move_only_their_endpoints(
+        autojump_clock: trio.testing.MockClock) -> None:
+    kernel = FakeKernel()
+    reconciler = Reconciler(kernel, clock=trio.current_time)
+    inputs = Inputs()
+    for i in range(10):
+        inputs.table[("blue", entry(i).ip)] = entry(i, "h2" if i % 2 else "h3")
+    pipeline = inputs.pipeline(reconciler)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pipeline.run)
+        await nursery.start(run_dataplane, reconciler)
+        assert len(kernel.neighbors_of("vxtun4097")) == 10
+        settled = pipeline.statistics().handovers
+        pipeline.member_changed("h3", None)  # h3 failed: its five endpoints go
+        await wait_settled(reconciler, pipeline)
+        assert sorted(kernel.neighbors_of("vxtun4097")) == sorted(
+            entry(i).ip for i in range(1, 10, 2))
+        assert pipeline.statistics().handovers == settled + 1
+        pipeline.member_changed("h3", "10.0.0.3")  # back
+        await wait_settled(reconciler, pipeline)
+        assert len(kernel.neighbors_of("vxtun4097")) == 10
+        inputs.networks = ()  # we left the network: its devices and entries go
+        pipeline.mark_dirty()
+        await wait_until(lambda: "vxtun4097" not in {link.name for link in kernel.links.values()},
+                         "the network's devices gone", 5, interval=0.01)
+        await wait_settled(reconciler, pipeline)
+        assert pipeline.desired.fdb == {}
         nursery.cancel_scope.cancel()
 
 
@@ -71,28 +146,25 @@ async def test_propagation_is_timed_from_the_owners_change_time(
     inputs = Inputs()
     metrics = AgentMetrics(MetricsSnapshot)
     epoch = 1_700_000_000.0
-    pipeline = Pipeline(reconciler, inputs, observe_propagation=metrics.observe_propagation,
-                        clock=trio.current_time, wall_clock=lambda: epoch + trio.current_time())
+    pipeline = inputs.pipeline(reconciler, observe_propagation=metrics.observe_propagation,
+                               wall_clock=lambda: epoch + trio.current_time())
 
     def sample(name: str, **labels: str) -> float:
         value = metrics.registry.get_sample_value(name, labels)
         assert value is not None, name
         return value
 
-    async def arrive(ip: str, mac: str, changed_at: float | None) -> None:
-        inputs.endpoints.append(EndpointEntry("blue", "h2", mac, (ip,)))
-        pipeline.endpoint_arrived("blue", ip, changed_at)
-        await wait_until(lambda: reconciler.in_sync()
-                         and pipeline.statistics().pending_propagations == 0,
-                         f"{ip} applied and timed", 5, interval=0.001)
-        assert ip in kernel.neighbors_of("vxtun4097")
+    async def arrive(i: int, changed_at: float | None) -> None:
+        inputs.put(pipeline, entry(i, changed_at=changed_at))
+        await wait_settled(reconciler, pipeline)
+        assert entry(i).ip in kernel.neighbors_of("vxtun4097")
 
     async with trio.open_nursery() as nursery:
         await nursery.start(pipeline.run)
         await nursery.start(run_dataplane, reconciler)
         # the owner changed it 2 s ago (its gossip took that long): ~2 s, not the ms since receipt
         started = epoch + trio.current_time()
-        await arrive("10.1.0.2", "02:42:0a:01:00:02", started - 2.0)
+        await arrive(2, started - 2.0)
         kernel_wall = epoch + trio.current_time()
         assert sample("vxmesh_endpoint_propagation_seconds_count") == 1
         total = sample("vxmesh_endpoint_propagation_seconds_sum")
@@ -101,12 +173,12 @@ async def test_propagation_is_timed_from_the_owners_change_time(
         assert sample("vxmesh_endpoint_propagation_seconds_bucket", le="2.5") == 1
         assert sample("vxmesh_endpoint_propagation_clock_skew_total") == 0
         # the owner's clock runs 30 s ahead of ours: observed as 0 and counted as skew
-        await arrive("10.1.0.3", "02:42:0a:01:00:03", epoch + trio.current_time() + 30.0)
+        await arrive(3, epoch + trio.current_time() + 30.0)
         assert sample("vxmesh_endpoint_propagation_seconds_count") == 2
         assert sample("vxmesh_endpoint_propagation_seconds_sum") == total
         assert sample("vxmesh_endpoint_propagation_clock_skew_total") == 1
         # a record of an older peer (no change time): timed from its arrival on this host
-        await arrive("10.1.0.4", "02:42:0a:01:00:04", None)
+        await arrive(4, None)
         assert sample("vxmesh_endpoint_propagation_seconds_count") == 3
         assert sample("vxmesh_endpoint_propagation_seconds_bucket", le="1.0") == 2
         assert pipeline.statistics().propagations_observed == 3

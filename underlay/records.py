@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import re
 from dataclasses import dataclass
 
 AF_BRIDGE = 7
@@ -36,11 +37,18 @@ MTU_MIN = 1280  # IPv6 endpoints need at least this
 MTU_MAX = 9216  # the largest jumbo frame common NICs take
 
 _HEX_DIGITS = frozenset("0123456789abcdef")
+#: Text already in canonical form (the common case: records are canonical when written), so
+#: the parsers return it as is without the general path's work.
+_CANONICAL_MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
+_CANONICAL_IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+                             r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])")
 
 
 def canonical_mac(text: str) -> str:
     """`text` (any case, `:` or `-` separated) as six lower-case colon-separated octets;
     ValueError naming the value if it is not a MAC address."""
+    if _CANONICAL_MAC.fullmatch(text):
+        return text
     octets = text.strip().lower().replace("-", ":").split(":")
     if len(octets) != 6 or not all(len(o) == 2 and set(o) <= _HEX_DIGITS for o in octets):
         raise ValueError(f"{text!r} is not a MAC address like 02:42:0a:00:00:02")
@@ -49,6 +57,8 @@ def canonical_mac(text: str) -> str:
 
 def canonical_ip(text: str) -> str:
     """`text` as the kernel prints the IPv4 or IPv6 address; ValueError naming the value."""
+    if _CANONICAL_IPV4.fullmatch(text):
+        return text
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:

@@ -273,8 +273,7 @@ class Attachments:
                           "(see `vxmesh fdb` and the agent's log)")
 
     def _bridge_wanted(self, name: str) -> bool:
-        desired = self._pipeline.desired
-        return desired is not None and any(n.bridge == name for n in desired.networks.values())
+        return any(n.bridge == name for n in self._pipeline.desired_networks().values())
 
     async def detach(self, name: str) -> bool:
         """Detach `name`: table entry withdrawn, endpoint deleted, address released. False if

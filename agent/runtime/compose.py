@@ -40,7 +40,7 @@ from agent.runtime.gossip_link import GossipLink, load_identity
 from agent.runtime.metrics import AgentMetrics, MetricsSnapshot
 from agent.runtime.names import EndpointNames
 from agent.runtime.networks import KnownNetworks
-from agent.runtime.pipeline import DesiredInputs, Pipeline, moves_kernel_entry
+from agent.runtime.pipeline import DesiredInputs, Pipeline
 from agent.runtime.policies import PolicyEnforcer
 from agent.runtime.pools import AddressPools
 from agent.runtime.systemd import SystemdNotifier
@@ -49,7 +49,7 @@ from agent.store.connect import open_store
 from agent.store.service import Store
 from overlay import desired as desired_state
 from overlay.reconciler import Reconciler
-from overlay.table import EndpointChanged, NeighborTable, TableEvent
+from overlay.table import NeighborTable, TableEvent
 from underlay.endpoints import Endpoints
 from underlay.endpoints_model import EndpointsConfig, Mode
 from underlay.facts import (
@@ -155,7 +155,9 @@ async def build_components(config: AgentConfig, *, notifier: SystemdNotifier) ->
     # Every finished pass is timed (the reconciler calls back; nobody polls its statistics).
     reconciler = Reconciler(kernel, on_applied=lambda applied: metrics.apply_duration.observe(
         applied.seconds))
-    pipeline = Pipeline(reconciler, lambda: desired_inputs(components),
+    pipeline = Pipeline(reconciler, lambda: desired_inputs(components), node=node,
+                        underlay=facts, endpoints=table.endpoints,
+                        members=lambda: components.gossip.forwarding(),
                         observe_propagation=metrics.observe_propagation)
     names = EndpointNames(config.dns, records=endpoints.records,
                           joined=lambda: [n for name, n in networks.items()
@@ -164,7 +166,8 @@ async def build_components(config: AgentConfig, *, notifier: SystemdNotifier) ->
     policies = PolicyEnforcer(store, node, table.endpoints)
     gossip = GossipLink(config, node, facts.address, table,
                         on_change=lambda event: route_table_event(pipeline, names, policies,
-                                                                  node, event),
+                                                                  event),
+                        on_member=pipeline.member_changed,
                         extra_seeds=lambda: store.gossip_seeds(exclude=node),
                         identity=identity, public_keys=store.public_keys,
                         wireguard=wireguard.published())
@@ -189,38 +192,28 @@ def container_names(config: AgentConfig) -> Callable[[int], str | None]:
 
 
 def route_table_event(pipeline: Pipeline, names: EndpointNames, policies: PolicyEnforcer,
-                      node: str, event: TableEvent) -> None:
-    """Every table event from the gossip link (never blocks): names and policies follow the
-    view; a remote
-    endpoint that moves a kernel entry is timed until the kernel has it; anything else only
-    marks dirty."""
+                      event: TableEvent) -> None:
+    """Every table event from the gossip link (never blocks): names, policies and desired
+    state follow the view."""
     names.table_event(event)
     policies.table_changed()
-    if isinstance(event, EndpointChanged) and event.current is not None \
-            and event.current.owner != node and moves_kernel_entry(event):
-        pipeline.endpoint_arrived(event.network, event.ip, event.current.changed_at)
-    else:
-        pipeline.mark_dirty()
+    pipeline.table_changed(event)
 
 
 def desired_inputs(c: Components) -> DesiredInputs:
-    """The snapshot desired state is computed from (read by the pipeline at recompute)."""
+    """The small inputs of desired state (read by the pipeline after `mark_dirty`): the
+    networks this node takes part in and its local endpoints. Endpoints and members reach the
+    pipeline change by change (`route_table_event`, the gossip link's `on_member`)."""
     joined = c.table.networks()
     networks = tuple(
         desired_state.NetworkSpec(name, net.vni, net.mtu, c.config.underlay.vxlan_port,
                                   f"{net.gateway}/{net.subnet.prefixlen}",
                                   encrypted=net.encrypted)
         for name, net in c.networks.items() if name in joined)
-    tunnels = {p.node: p.tunnel for p in c.gossip.published_wireguard()}
-    members = tuple(desired_state.AliveMember(name, vtep, tunnels.get(name))
-                    for name, vtep in c.gossip.forwarding_vteps().items())
-    endpoints = tuple(desired_state.EndpointEntry(e.network, e.owner, e.mac, (e.ip,))
-                      for e in c.table.endpoints())
     local = tuple(desired_state.LocalEndpoint(r.network, r.host_ifname)
                   for r in c.endpoints.records()
                   if r.mode is Mode.OVERLAY and r.host_ifname and r.network)
-    return DesiredInputs(networks, members, endpoints, local, c.facts, c.node,
-                         c.wireguard.up_tunnel())
+    return DesiredInputs(networks, local, c.wireguard.up_tunnel())
 
 
 def metrics_snapshot(c: Components) -> MetricsSnapshot:

@@ -271,6 +271,6 @@ class Control:
 
     async def fdb(self, network: str | None) -> dict[str, Any]:
         kernel = self.c.kernel
-        want = self.c.pipeline.desired or desired_state.DesiredState()
+        want = self.c.pipeline.desired
         return fdb_report(want, await kernel.dump_links(), await kernel.dump_fdb(),
                           await kernel.dump_neighbors(), network)

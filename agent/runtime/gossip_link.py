@@ -5,8 +5,9 @@ the keyring from the keyring file), running the gossip shell (`gossip.node`), fe
 membership events to the neighbor table's delegate, the host-liveness probes of doubted
 members (`overlay.liveness` run by `agent.runtime.host_probe`): a failed member whose host
 still answers keeps its entries ("agent down") for `dataplane.agent_down_grace`; handing every
-table event to the agent (which only marks its pipeline dirty: gossip never waits on the
-kernel), joining seeds
+table event to the agent and telling it each member's forwarding VTEP when it changes (meta
+decoded once per membership event; the agent's pipeline only records changes: gossip never
+waits on the kernel), joining seeds
 (configured, then etcd's node registry) until a peer answers, the members view, the gossip
 part of the metrics snapshot, key rotation (validated, written to the keyring file, then
 used), and the node's identity (`gossip.sign`): the Ed25519 key from the state directory, the
@@ -198,6 +199,8 @@ class GossipLink:
     def __init__(self, config: AgentConfig, node: str, vtep: str, table: NeighborTable, *,
                  on_change: Callable[[TableEvent], None],
                  wireguard: PublishedKey | None = None,
+                 on_member: Callable[[str, str | None, str | None], None] = (
+                     lambda name, vtep, tunnel: None),
                  extra_seeds: Callable[[], Awaitable[list[tuple[str, int]]]] | None = None,
                  identity: NodeIdentity | None = None,
                  public_keys: Callable[[], Awaitable[dict[str, bytes]]] | None = None
@@ -211,6 +214,10 @@ class GossipLink:
         self.extra_seeds = extra_seeds
         self.identity = identity
         self.public_keys = public_keys
+        self.on_member = on_member
+        # Alive and suspect members (not us) -> (VTEP, WireGuard tunnel address or None).
+        self._alive_vteps: dict[str, tuple[str, str | None]] = {}
+        self._forwarding: dict[str, tuple[str, str | None]] = {}  # what `on_member` was told
         self.keyring_file = read_keyring(config)
         self.keyring = self._keyring(self.keyring_file)
         dataplane = config.dataplane
@@ -246,6 +253,7 @@ class GossipLink:
         member = event.member
         if member.name == self.node:
             return
+        self._note_member(member)
         if isinstance(event, MemberJoined | MemberRecovered):
             self._synced.set()
             if self.liveness.verdict(member.name) in KEPT:
@@ -253,15 +261,55 @@ class GossipLink:
         elif isinstance(event, MemberFailed | MemberLeft):
             log.info("member %s %s", member.name,
                      "failed" if isinstance(event, MemberFailed) else "left")
-        self._log_verdicts(self.delegate.member_event(event, trio.current_time()))
+        verdicts = self.delegate.member_event(event, trio.current_time())
+        self._log_verdicts(verdicts)
         if isinstance(event, MemberSuspected | MemberFailed):
             self.prober.wake()
         self.delegate.drain_events()
+        self._tell_forwarding([member.name, *(change.name for change in verdicts)])
 
     def _verdicts_changed(self) -> None:
         """The prober moved liveness verdicts: apply them to the table (never blocks)."""
-        self._log_verdicts(self.delegate.apply_verdicts(trio.current_time()))
+        verdicts = self.delegate.apply_verdicts(trio.current_time())
+        self._log_verdicts(verdicts)
         self.delegate.drain_events()
+        self._tell_forwarding([change.name for change in verdicts])
+
+    def _note_member(self, member: Member) -> None:
+        """Record an alive or suspect member's VTEP and tunnel address (its meta decoded once
+        per event); forget any other."""
+        vtep = vtep_of(member)
+        if member.state in (MemberState.ALIVE, MemberState.SUSPECT) and vtep is not None:
+            published = wireguard_of(member)
+            self._alive_vteps[member.name] = (vtep, published.tunnel if published else None)
+        else:
+            self._alive_vteps.pop(member.name, None)
+
+    def _tell_forwarding(self, names: list[str]) -> None:
+        """Tell `on_member` the forwarding VTEP (and tunnel address) of each of `names` that
+        changed: alive and suspect members', and failed members' whose host still forwards
+        (kept by liveness; no tunnel then, as `published_wireguard` has none for them)."""
+        kept = self.liveness.kept() if names else {}
+        for name in names:
+            forwarding = self._alive_vteps.get(name)
+            if forwarding is None and name in kept:
+                forwarding = (kept[name], None)
+            if self._forwarding.get(name) == forwarding:
+                continue
+            if forwarding is None:
+                del self._forwarding[name]
+                self.on_member(name, None, None)
+            else:
+                self._forwarding[name] = forwarding
+                self.on_member(name, *forwarding)
+
+    def _recount_members(self) -> None:
+        """Events were lost (the subscription overflowed): re-read every member."""
+        self._alive_vteps = {}
+        for member in self.gossip.members():
+            if member.name != self.node:
+                self._note_member(member)
+        self._tell_forwarding(sorted(self._alive_vteps.keys() | self._forwarding.keys()))
 
     @staticmethod
     def _log_verdicts(changes: list[VerdictChanged]) -> None:
@@ -336,7 +384,13 @@ class GossipLink:
             await trio.sleep(KEY_FETCH_PERIOD)
 
     async def _consume(self, subscription: Subscription) -> None:
+        missed = 0
         async for event in subscription:
+            if subscription.dropped != missed:
+                log.warning("%d membership events were lost (consumer too slow); re-reading "
+                            "every member", subscription.dropped - missed)
+                missed = subscription.dropped
+                self._recount_members()
             self.handle_event(event)
 
     async def _drive_table(self) -> None:
@@ -447,17 +501,11 @@ class GossipLink:
         return sorted(name for name in self.liveness.kept()
                       if self.liveness.verdict(name) is HostVerdict.AGENT_DOWN)
 
-    def forwarding_vteps(self) -> dict[str, str]:
-        """Members whose endpoints our data plane reaches, and their VTEPs: alive and suspect
-        ones (ourselves included), and failed ones whose host still forwards (kept)."""
-        out: dict[str, str] = {}
-        for member in self.gossip.members():
-            vtep = vtep_of(member)
-            if member.state in (MemberState.ALIVE, MemberState.SUSPECT) and vtep is not None:
-                out[member.name] = vtep
-        for name, vtep in self.liveness.kept().items():
-            out.setdefault(name, vtep)
-        return out
+    def forwarding(self) -> dict[str, tuple[str, str | None]]:
+        """Members whose endpoints our data plane reaches -> (VTEP, WireGuard tunnel address or
+        None), as `on_member` was told: alive and suspect ones, and failed ones whose host still
+        forwards (kept)."""
+        return dict(self._forwarding)
 
     def published_wireguard(self) -> list[PublishedKey]:
         """The WireGuard sides of the alive and suspect members (ourselves included)."""

@@ -10,7 +10,8 @@ Rules:
 - A restart adopts the kernel: our endpoints are republished into the table before gossip
   joins, and the data plane is first applied only after the initial gossip sync (bounded),
   so no entry of a live peer is removed and re-added.
-- Gossip never waits on the kernel: table events only mark the pipeline dirty.
+- Gossip never waits on the kernel: table and member events are only recorded by the
+  pipeline, which settles them in bounded slices.
 
 May import: agent.*, overlay, underlay, trio, the standard library.
 """

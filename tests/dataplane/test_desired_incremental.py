@@ -33,7 +33,8 @@ NODE = "h1"
 network_specs = st.sampled_from([
     NetworkSpec("a", 10), NetworkSpec("a", 12), NetworkSpec("a", 10, mtu=1400),
     NetworkSpec("a", 0), NetworkSpec("b", 11), NetworkSpec("b", 11, mtu=1490),
-    NetworkSpec("b", 11, gateway="10.1.0.254/24"),
+    NetworkSpec("b", 11, gateway="10.1.0.254/24"), NetworkSpec("b", 11, encrypted=True),
+    NetworkSpec("c", 12, encrypted=True),
     NetworkSpec("c", 10)])
 member_names = st.sampled_from(["h1", "h2", "h3", "h4"])
 vteps = st.sampled_from(["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.2", "10.0.0.03",
@@ -51,20 +52,24 @@ locals_ = st.lists(st.builds(LocalEndpoint, st.sampled_from(["a", "b"]),
 OPERATION = {
     "networks": st.tuples(st.just("networks"), st.lists(network_specs, min_size=1, max_size=3)),
     "locals": st.tuples(st.just("locals"), locals_),
-    "member": st.tuples(st.just("member"), member_names, st.one_of(st.none(), vteps)),
+    "member": st.tuples(st.just("member"), member_names, st.one_of(st.none(), vteps),
+                        st.sampled_from([None, "10.99.0.2", "10.99.0.3", "bogus"])),
+    "tunnel": st.tuples(st.just("tunnel"), st.sampled_from([None, "10.99.0.1"])),
     "put": st.tuples(st.just("put"), keys, entries),
     "remove": st.tuples(st.just("remove"), keys),
     "step": st.tuples(st.just("step"), st.integers(0, 3)),
 }
 #: Endpoint writes most often, settling often, the rarer inputs now and then.
-WEIGHTS = ["put"] * 8 + ["remove"] * 2 + ["step"] * 4 + ["member"] * 3 + ["networks", "locals"]
+WEIGHTS = ["put"] * 8 + ["remove"] * 2 + ["step"] * 4 + ["member"] * 3 + ["networks", "locals",
+                                                                        "tunnel"]
 operations = st.lists(st.sampled_from(WEIGHTS).flatmap(OPERATION.__getitem__),
                       min_size=8, max_size=60)
 
 #: Where every example starts: two good networks, three good peers.
 BASE: list[tuple] = [("networks", [NetworkSpec("a", 10), NetworkSpec("b", 11)]),
-                     ("member", "h2", "10.0.0.2"), ("member", "h3", "10.0.0.3"),
-                     ("member", "h4", "10.0.0.4")]
+                     ("member", "h2", "10.0.0.2", "10.99.0.2"),
+                     ("member", "h3", "10.0.0.3", "10.99.0.3"), ("member", "h4", "10.0.0.4", None),
+                     ("tunnel", "10.99.0.1")]
 
 
 @dataclass
@@ -73,13 +78,15 @@ class Model:
 
     networks: list[NetworkSpec] = field(default_factory=list)
     local: list[LocalEndpoint] = field(default_factory=list)
-    members: dict[str, str] = field(default_factory=dict)
+    members: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     endpoints: dict[int, EndpointEntry] = field(default_factory=dict)
+    tunnel: str | None = None
 
     def full(self) -> DesiredState:
         state = compute_desired(self.networks,
-                                [AliveMember(n, v) for n, v in self.members.items()],
-                                list(self.endpoints.values()), self.local, UNDERLAY, NODE)
+                                [AliveMember(n, v, t) for n, (v, t) in self.members.items()],
+                                list(self.endpoints.values()), self.local, UNDERLAY, NODE,
+                                self.tunnel)
         return DesiredState(state.networks, state.fdb, state.flood, state.neighbors,
                             tuple(sorted(state.problems)))
 
@@ -122,12 +129,15 @@ def apply(op: tuple, model: Model, live: IncrementalDesired[int], mirror: Mirror
         model.local = list(op[1])
         live.set_local_endpoints(op[1])
     elif kind == "member":
-        _, name, vtep = op
+        _, name, vtep, tunnel = op
         if vtep is None:
             model.members.pop(name, None)
         else:
-            model.members[name] = vtep
-        live.set_member(name, vtep)
+            model.members[name] = (vtep, tunnel)
+        live.set_member(name, vtep, tunnel)
+    elif kind == "tunnel":
+        model.tunnel = op[1]
+        live.set_tunnel(op[1])
     elif kind == "put":
         model.endpoints[op[1]] = op[2]
         live.put_endpoint(op[1], op[2])
@@ -177,8 +187,9 @@ def test_resync_interleaved_with_changes_equals_full_recompute(
     # The truth drifts away from what `live` was told (missed events), then a resync.
     drifted = data.draw(st.dictionaries(keys, entries, max_size=6), label="truth")
     model.endpoints = dict(drifted)
-    truth_members = data.draw(st.dictionaries(member_names, vteps, max_size=4),
-                              label="members")
+    truth_members = data.draw(st.dictionaries(
+        member_names, st.tuples(vteps, st.sampled_from([None, "10.99.0.2", "10.99.0.3"])),
+        max_size=4), label="members")
     model.members = dict(truth_members)
     snapshot_endpoints = list(drifted.items())
     snapshot_members = list(truth_members.items())
@@ -192,7 +203,7 @@ def test_resync_interleaved_with_changes_equals_full_recompute(
             if kind == "endpoint":
                 live.resync_endpoint(name, value)
             else:
-                live.resync_member(name, value)
+                live.resync_member(name, *value)
         else:
             apply(changes.pop(0), model, live, mirror)
     live.end_resync()

@@ -15,6 +15,7 @@ from overlay.desired import (
     AliveMember,
     DesiredState,
     EndpointEntry,
+    IncrementalDesired,
     NetworkSpec,
     UnderlayView,
     compute_desired,
@@ -23,6 +24,7 @@ from overlay.reconciler import Reconciler
 from tests.dataplane.fake_kernel import FakeKernel, Injection
 from underlay.records import NTF_SELF, NUD_NOARP, NUD_PERMANENT, ZERO_MAC, Write
 
+UNDERLAY = UnderlayView("10.0.0.1", 1500)
 CODES = [errno.EBUSY, errno.ENOENT, errno.EEXIST, errno.ENOBUFS, errno.EINVAL]
 
 
@@ -31,7 +33,10 @@ def sometimes(rng: random.Random, p: float) -> Callable[[Write], bool]:
     return lambda _write: rng.random() < p
 
 
-def random_desired(rng: random.Random) -> DesiredState:
+Inputs = tuple[list[NetworkSpec], list[AliveMember], list[EndpointEntry]]
+
+
+def random_inputs(rng: random.Random) -> Inputs:
     networks = [NetworkSpec(f"n{v}", v) for v in rng.sample([10, 11, 12], rng.randint(0, 3))]
     members = [AliveMember(f"h{i}", f"10.0.0.{i}") for i in range(1, 6) if rng.random() < 0.8]
     endpoints = [
@@ -41,8 +46,37 @@ def random_desired(rng: random.Random) -> DesiredState:
                                                           if rng.random() < 0.5 else ()))
         for i in range(rng.randint(0, 12))
     ]
-    return compute_desired(networks, members, endpoints, [], UnderlayView("10.0.0.1", 1500),
-                           "h1")
+    return networks, members, endpoints
+
+
+def desired_of(inputs: Inputs) -> DesiredState:
+    networks, members, endpoints = inputs
+    return compute_desired(networks, members, endpoints, [], UNDERLAY, "h1")
+
+
+class ChangesHandover:
+    """Hands desired state over the way the agent's pipeline does: the changes an
+    IncrementalDesired fed with the same inputs produces (`Reconciler.update_desired`)."""
+
+    def __init__(self, reconciler: Reconciler) -> None:
+        self.reconciler = reconciler
+        self.live: IncrementalDesired[int] = IncrementalDesired("h1", UNDERLAY)
+        self.keys = 0
+
+    def __call__(self, inputs: Inputs) -> None:
+        networks, members, endpoints = inputs
+        self.live.set_networks(networks)
+        alive = {m.name: m.vtep for m in members}
+        for i in range(1, 6):
+            self.live.set_member(f"h{i}", alive.get(f"h{i}"))
+        for key, entry in enumerate(endpoints):
+            self.live.put_endpoint(key, entry)
+        for key in range(len(endpoints), self.keys):
+            self.live.remove_endpoint(key)
+        self.keys = len(endpoints)
+        while self.live.step(5):
+            self.reconciler.update_desired(self.live.take_changes())
+        self.reconciler.update_desired(self.live.take_changes())
 
 
 def kernel_entries(kernel: FakeKernel) -> tuple[set[tuple[str, str, str | None]],
@@ -64,19 +98,23 @@ def expected(state: DesiredState) -> tuple[set[tuple[str, str, str | None]],
     return fdb, neigh
 
 
+@pytest.mark.parametrize("handover", ["whole", "changes"])
 @pytest.mark.parametrize("seed", range(25))
-async def test_converges_after_chaos(seed: int) -> None:
+async def test_converges_after_chaos(seed: int, handover: str) -> None:
     rng = random.Random(seed)
     kernel = FakeKernel()
     foreign = kernel.add_link("vxlan0", "vxlan")
     kernel.fdb[(foreign, "02:aa:00:00:00:01", "10.0.0.9")] = (NUD_PERMANENT, NTF_SELF)
     reconciler = Reconciler(kernel)
-    state = random_desired(rng)
+    hand_over: Callable[[Inputs], None] = (
+        (lambda inputs: reconciler.set_desired(desired_of(inputs))) if handover == "whole"
+        else ChangesHandover(reconciler))
+    inputs = random_inputs(rng)
     strays: list[tuple[int, str, str | None]] = []
     for _step in range(rng.randint(3, 10)):
         if rng.random() < 0.6:
-            state = random_desired(rng)
-        reconciler.set_desired(state)
+            inputs = random_inputs(rng)
+        hand_over(inputs)
         kernel.injections = [
             Injection(sometimes(random.Random(rng.random()), rng.random() / 3),
                       rng.choice(CODES), times=rng.randint(1, 5))
@@ -101,6 +139,7 @@ async def test_converges_after_chaos(seed: int) -> None:
         if await reconciler.apply():
             break
     assert reconciler.in_sync(), reconciler.statistics()
+    state = desired_of(inputs)
     assert kernel_entries(kernel) == expected(state)
     assert {link.name for link in kernel.links.values() if link.name.startswith("vxtun")} == \
         set(state.networks)
