@@ -583,6 +583,9 @@ class IncrementalDesired(Generic[K]):
         dirty = self._dirty
         for _ in range(min(limit, len(dirty))):
             self._settle(dirty.pop())
+        if not dirty:
+            # A drained set keeps its table, and popping from a large sparse table scans it.
+            self._dirty = set()
         return len(dirty)
 
     def take_changes(self) -> DesiredChanges:

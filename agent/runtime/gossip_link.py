@@ -304,7 +304,7 @@ class GossipLink:
                 self.on_member(name, *forwarding)
 
     def _recount_members(self) -> None:
-        """Events were lost (the subscription overflowed): re-read every member."""
+        """Re-read every member (at start, and when the subscription overflowed)."""
         self._alive_vteps = {}
         for member in self.gossip.members():
             if member.name != self.node:
@@ -332,8 +332,10 @@ class GossipLink:
             self._running = True
             if self.identity is not None:
                 nursery.start_soon(self._fetch_keys)
-            await nursery.start(self.prober.run)
             subscription = self.gossip.subscribe(capacity=4096)
+            # Members that joined before the subscription existed raised no event for us.
+            self._recount_members()
+            await nursery.start(self.prober.run)
             nursery.start_soon(self._consume, subscription)
             nursery.start_soon(self._drive_table)
             nursery.start_soon(self._join_until_answered)

@@ -63,8 +63,8 @@ log = logging.getLogger(__name__)
 SLICE_SECONDS = 0.002
 #: Endpoints settled (or fed at start) between two looks at the clock.
 STEP = 32
-#: Endpoints the state grows by, at least, before long-lived objects are frozen (`gc.freeze`).
-FREEZE_MIN_GROWTH = 1000
+#: Endpoints fed or settled between two freezes of long-lived objects (`gc.freeze`, O(1)).
+FREEZE_EVERY = 1000
 
 
 @dataclass(frozen=True)
@@ -253,14 +253,14 @@ class Pipeline:
             await trio.sleep(0)
 
     def _freeze_after_growth(self) -> None:
-        """Move long-lived objects out of the cyclic collector's reach (`gc.freeze`) once a
-        tenth of the endpoints held (at least FREEZE_MIN_GROWTH) were fed or settled since the
-        last time: a full collection otherwise scans every object the table and desired state
-        hold, holding the loop for about 100 ms at 20,000 endpoints. Frozen objects are still
-        freed by reference counting (table records and claims hold no cycles)."""
+        """Move long-lived objects out of the cyclic collector's reach (`gc.freeze`) once
+        FREEZE_EVERY endpoints were fed or settled since the last time: a full collection
+        otherwise scans every object the table and desired state hold, holding the loop for
+        about 100 ms at 20,000 endpoints. Frozen objects are still freed by reference counting
+        (table records and claims hold no cycles)."""
         stats = self._state.statistics()
         work = stats.endpoints + stats.settled
-        if work >= self._frozen_at + max(FREEZE_MIN_GROWTH, stats.endpoints // 10):
+        if work >= self._frozen_at + FREEZE_EVERY:
             gc.freeze()
             self._frozen_at = work
 
