@@ -506,3 +506,29 @@ def test_signed_mode_holds_records_of_an_owner_membership_does_not_know() -> Non
     assert a.lookup(NET, IPS[0]) is None and a.get(NET, "b", IPS[0]) == entry
     a.member_alive("b", ("192.0.2.2", 7946), 2.0)
     assert a.lookup(NET, IPS[0]) == entry
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 2**63 - 1), st.sampled_from(["b", "a"]),
+                          st.booleans()), min_size=1, max_size=20))
+def test_no_forged_version_sequence_stops_honest_writes(
+        forgeries: list[tuple[int, str, bool]]) -> None:
+    from overlay.table import VERSION_MAX
+
+    a, b = make_table("a"), make_table("b", VTEPS[1])
+    b.records_to_send()
+    for version, owner, deleted in forgeries:
+        forged = Entry(NET, IPS[0], MACS[0], owner, VTEPS[2], version, deleted,
+                       10.0 + 2**40 / 1000 if deleted else math.inf)
+        a.merge(forged, 1.0)
+        b.merge(forged, 1.0)  # gossip brings the same forgery to every node
+    assert all(e.expires_at <= 1.0 + a.tombstone_ttl for e in a.records()
+               if isinstance(e, Entry) and e.deleted)
+    for record in a.records_to_send():  # refutations of forgeries in a's name
+        b.merge(record, 1.0)
+    for i in range(3):  # a's and b's next writes still fit the wire and reach the other
+        entry = a.put_endpoint(NET, IPS[1], MACS[i], 2.0 + i)
+        assert entry.version < VERSION_MAX
+        assert b.merge(decode_records(encode_record(entry, 2.0), 2.0)[0], 2.0) \
+            is Merge.ACCEPTED
+    assert a.statistics().clock < VERSION_MAX // 2
