@@ -329,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--vni", type=int,
                         help=f"VXLAN network id {VNI_MIN}-{VNI_MAX} (default: next)")
     create.add_argument("--mtu", type=int, help="endpoint MTU (default: overlay: underlay MTU "
-                        "- 50, - 70 on an IPv6 underlay; others: the underlay MTU)")
+                        "- 50, - 70 on an IPv6 underlay; with --opt encrypted=true - 110, - 130; others: "
+                        "the underlay MTU)")
     create.add_argument("--driver", default="overlay",
                         choices=[mode.value for mode in NETWORK_MODES],
                         help="overlay (every host, VXLAN), bridge (this host), macvlan or "
@@ -343,7 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--ipvlan-mode", choices=("l2", "l3"))
     create.add_argument("--internal", action="store_true",
                         help="no egress NAT: endpoints reach only their network")
-    create.add_argument("--opt", action="append", metavar="K=V", help="driver option")
+    create.add_argument("--opt", action="append", metavar="K=V",
+                        help="driver option, e.g. encrypted=true (overlay: VXLAN inside "
+                             "WireGuard)")
     net_sub.add_parser("delete", parents=[common]).add_argument("name")
     network.set_defaults(func=cmd_network)
 
