@@ -329,8 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--vni", type=int,
                         help=f"VXLAN network id {VNI_MIN}-{VNI_MAX} (default: next)")
     create.add_argument("--mtu", type=int, help="endpoint MTU (default: overlay: underlay MTU "
-                        "- 50, - 70 on an IPv6 underlay; with --opt encrypted=true - 110, - 130; others: "
-                        "the underlay MTU)")
+                        "- 50, - 70 on an IPv6 underlay; with --opt encrypted=true - 110, "
+                        "- 130; others: the underlay MTU)")
     create.add_argument("--driver", default="overlay",
                         choices=[mode.value for mode in NETWORK_MODES],
                         help="overlay (every host, VXLAN), bridge (this host), macvlan or "
