@@ -605,7 +605,7 @@ class Lab:
         done = subprocess.run(ip_netns_exec(host.netns, ["ip", "link", "del", name]),
                               capture_output=True, timeout=10)
         socket = Path("/var/run/wireguard") / f"{name}.sock"
-        deadline = time.monotonic() + 2.0
+        deadline = time.monotonic() + 5.0
         while socket.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         return done.returncode == 0
