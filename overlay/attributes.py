@@ -10,7 +10,8 @@ resolve on every host) and the one set of rules for them, used alike for a perso
   which the resolver serves as SRV records `_port._proto.alias`;
 - at most `MAX_LABELS` labels `(key, value)` (network policy selects by them): the key 1 to
   63 characters of a-z, A-Z, 0-9, `-`, `_`, `.`, `/`, the value 0 to 63 of the same without
-  `/`; keys unique, kept sorted.
+  `/`, all keys and values together at most `MAX_LABEL_BYTES` (an entry must fit one gossip
+  packet); keys unique, kept sorted.
 A bad value raises `InvalidAttributes` naming the field and the value.
 
 Pure: the standard library only.
@@ -27,7 +28,8 @@ from overlay.errors import OverlayError
 LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 MAX_ALIASES = 8
 MAX_PORTS = 8
-MAX_LABELS = 16
+MAX_LABELS = 8
+MAX_LABEL_BYTES = 256
 PROTOCOLS = ("tcp", "udp")
 LABEL_KEY = re.compile(r"[A-Za-z0-9_.\-/]{1,63}")
 LABEL_VALUE = re.compile(r"[A-Za-z0-9_.\-]{0,63}")
@@ -105,6 +107,9 @@ def make_labels(labels: Iterable[object]) -> tuple[tuple[str, str], ...]:
         if key in clean:
             raise InvalidAttributes(f"labels[{index}]: key {key!r} is given twice")
         clean[key] = value
+    if sum(len(k) + len(v) for k, v in clean.items()) > MAX_LABEL_BYTES:
+        raise InvalidAttributes(f"labels: at most {MAX_LABEL_BYTES} characters of keys and "
+                                "values together")
     return tuple(sorted(clean.items()))
 
 

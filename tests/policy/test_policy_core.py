@@ -8,7 +8,13 @@ import pytest
 
 from agent.store.errors import InvalidPolicy
 from agent.store.schema import MalformedRecord, decode_policy, encode, policy_key, validate_policy
-from overlay.attributes import MAX_LABELS, InvalidAttributes, make_attributes, make_labels
+from overlay.attributes import (
+    MAX_LABEL_BYTES,
+    MAX_LABELS,
+    InvalidAttributes,
+    make_attributes,
+    make_labels,
+)
 from overlay.dissemination import TableWireError, decode_records, encode_record
 from overlay.table import Entry
 from underlay.policy_table import (
@@ -29,6 +35,8 @@ def test_labels_are_validated_sorted_and_bounded() -> None:
         make_labels(["a=1", "a=2"])
     with pytest.raises(InvalidAttributes, match=f"at most {MAX_LABELS}"):
         make_labels([f"k{i}=v" for i in range(MAX_LABELS + 1)])
+    with pytest.raises(InvalidAttributes, match=f"at most {MAX_LABEL_BYTES} characters"):
+        make_labels([f"k{i}={'v' * 60}" for i in range(MAX_LABELS)])
 
 
 def _entry(attributes: object) -> Entry:
