@@ -15,6 +15,9 @@ For each mode a server endpoint on h1 and a client endpoint on h2:
 |               | per host `overlay.reconciler.Reconciler` makes bridge vxbr42 + vxlan      |
 |               | vxtun42 (MTU = eth0's 1500 - 50) and the FDB, neighbor and flood entries  |
 |               | of the remote endpoint from `overlay.desired.compute_desired`             |
+| overlay_egress| an overlay endpoint on h2 (default route via the network's gateway on   |
+|               | h2's bridge) to the host-mode server on h1: out of the overlay through    |
+|               | MASQUERADE on its own host (`Endpoints.set_overlay_egress`, our table)    |
 | macvlan       | macvlan (bridge mode) endpoints on each host's eth0, underlay addresses   |
 
 Measured per mode: iperf3 -c, TCP, 1 stream and 4 streams (`gbps_p1`, `gbps_p4`, received
@@ -82,13 +85,17 @@ from underlay.endpoints_model import (
 )
 from underlay.facts import UnderlayFacts, read_underlay
 from underlay.kernel import NetlinkThread
+from underlay.nat_table import OverlayEgress
 from underlay.netlink_ops import NetlinkKernel
 
 IPERF_PORT = 5201
 RR_PORT = 5301
 RR_REPEATS = 3  # the request/response figure is the median of this many runs
-MODES = ("host", "bridge_routed", "bridge_nat", "overlay", "macvlan")
-OVERLAY = NetworkSpec("bench", 42)  # MTU None: derived from the underlay, as in the agent
+MODES = ("host", "bridge_routed", "bridge_nat", "overlay", "overlay_egress", "macvlan")
+OVERLAY_SUBNET = "10.42.0.0/24"
+OVERLAY_GATEWAY = "10.42.0.254"  # on every host's bridge (the agent's anycast gateway)
+# MTU None: derived from the underlay, as in the agent
+OVERLAY = NetworkSpec("bench", 42, gateway=f"{OVERLAY_GATEWAY}/24")
 
 
 @dataclass(frozen=True)
@@ -279,7 +286,12 @@ async def build(lab: BenchLab, state_root: Path,
                                            bridge=overlay_bridge, addresses=("10.42.0.1/24",)))
     ovl_cli = await s2.create(EndpointSpec("ovl-cli", Mode.OVERLAY, network=OVERLAY.name,
                                            bridge=overlay_bridge, addresses=("10.42.0.2/24",)))
+    egress_cli = await s2.create(EndpointSpec(
+        "ovl-egr", Mode.OVERLAY, network=OVERLAY.name, bridge=overlay_bridge,
+        addresses=("10.42.0.3/24",), gateway=OVERLAY_GATEWAY))
+    await s2.set_overlay_egress((OverlayEgress(OVERLAY.name, overlay_bridge, OVERLAY_SUBNET),))
     await reconcile_overlay(nodes, {h1.name: ovl_srv, h2.name: ovl_cli})
+    assert egress_cli.gateway == OVERLAY_GATEWAY
     await s1.create(EndpointSpec("mv-srv", Mode.MACVLAN, addresses=("10.77.1.1/16",)))
     await s2.create(EndpointSpec("mv-cli", Mode.MACVLAN, addresses=("10.77.1.2/16",)))
     targets = [
@@ -289,6 +301,7 @@ async def build(lab: BenchLab, state_root: Path,
         Target("bridge_nat", "nat-srv", "nat-cli", h1.addr, IPERF_PORT + 1, RR_PORT + 1),
         Target("overlay", "ovl-srv", "ovl-cli", ovl_srv.addresses[0].split("/")[0],
                IPERF_PORT, RR_PORT),
+        Target("overlay_egress", "host-srv", "ovl-egr", h1.addr, IPERF_PORT, RR_PORT),
         Target("macvlan", "mv-srv", "mv-cli", "10.77.1.1", IPERF_PORT, RR_PORT),
     ]
     return s1, s2, targets
