@@ -10,7 +10,8 @@ every `POLL_INTERVAL` (`statistics().drops`, exported as a metric).
 Rules:
 - No policy, no table: a host without policies has nothing of ours in nftables. The first
   policy turns bridge netfilter on (`underlay.nft.call_on_bridges`).
-- etcd away: the last listed policies stay enforced (nothing is flushed).
+- etcd away: the last listed policies stay enforced (nothing is flushed); at start nothing
+  touches the kernel before the first list succeeds, and start-up never waits for etcd.
 - A failed transaction changes nothing in the kernel (nft is all or nothing); it is logged and
   counted, and the next pass replaces the whole table.
 
@@ -91,6 +92,7 @@ class PolicyEnforcer:
         self._failed = 0
         self._drops: dict[str, int] = {}
         self._list_now = trio.Event()
+        self._listed = False
 
     def mark_dirty(self) -> None:
         """Policies or endpoints changed: recompute soon (never blocks)."""
@@ -107,32 +109,35 @@ class PolicyEnforcer:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        """List policies, then enforce on every change; started after the first pass."""
+        """Enforce on every change once the policies are listed; started at once (etcd away
+        at start: the table a previous run left stays as it is until the first list)."""
         self._installed = True  # a previous run may have left the table: replace or remove it
-        await self._list()
-        await self._enforce()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._follow_store)
             task_status.started()
             while True:
                 await self._dirty.wait()
                 self._dirty = trio.Event()
-                await self._enforce()
+                if self._listed:
+                    await self._enforce()
 
     async def _follow_store(self) -> None:
         while True:
-            with trio.move_on_after(POLL_INTERVAL):
-                await self._list_now.wait()
-            self._list_now = trio.Event()
             before = self._policies
             await self._list()
             if self._policies != before:
                 self._dirty.set()
             await self._read_counters()
+            with trio.move_on_after(POLL_INTERVAL):
+                await self._list_now.wait()
+            self._list_now = trio.Event()
 
     async def _list(self) -> None:
         try:
             self._policies = sorted(await self._store.list_policies(), key=lambda p: p.name)
+            if not self._listed:
+                self._listed = True
+                self._dirty.set()
         except StoreError as exc:  # etcd away: keep enforcing the last listed policies
             log.debug("policies not listed: %s", exc)
 
