@@ -98,10 +98,15 @@ def test_agent_crash_keeps_crashed_agents_and_withdraws_dead_hosts_within_detect
     assert result.agents_kept == pairs and result.agents_withdrawn == 0
     assert result.false_withdrawals == 0 and result.hosts_shown == 0
     assert result.detect_all_s is not None and result.withdraw_hosts_max_s is not None
-    assert result.withdraw_hosts_max_s <= 12.0
     baseline = run_agent_crash_sim(40, loss=0.1, seed=4, duration_s=40.0, grace_s=0.0,
                                    agents_killed=0.1, hosts_killed=0.1)
     assert baseline.agents_kept == 0 and baseline.agents_withdrawn == pairs  # today's behaviour
+    # Dead hosts go as fast as gossip detects them (no later than without the grace): at 10%
+    # loss SWIM's own detection of 4 simultaneous failures in 40 nodes spans about 9-15 s over
+    # seeds, so the bound is detection itself, not a fixed figure.
+    assert baseline.withdraw_hosts_max_s is not None
+    assert result.withdraw_hosts_max_s <= baseline.withdraw_hosts_max_s + 0.5
+    assert result.withdraw_hosts_max_s <= result.detect_all_s + 0.5
 
 
 def test_agent_crash_cli_prints_both_runs_and_json(capsys: pytest.CaptureFixture[str]) -> None:
