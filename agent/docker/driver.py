@@ -51,6 +51,7 @@ from agent.docker.engine import EngineClient, EngineError
 from agent.docker.forwarding import ensure_bridge_accepted, remove_bridge_accepted
 from agent.errors import AgentError
 from agent.state_files import StateReadError, write_atomically
+from agent.store.errors import NetworkInUse
 from agent.store.schema import Network
 from overlay.desired import bridge_name
 from underlay.endpoints_model import mac_for_address
@@ -58,6 +59,7 @@ from underlay.endpoints_model import mac_for_address
 log = logging.getLogger("vxmesh.docker")
 
 NAME_TIMEOUT = 5.0  # how long a call waits for Docker to store a network it is creating
+RELEASE_WAIT = 5.0  # how long docker network rm waits for addresses still being released
 NETWORK_OPTIONS = ("vni", "mtu", "io.vxmesh.network")
 ENDPOINT_PREFIX = "docker-"
 
@@ -302,13 +304,26 @@ class VxmeshDockerDriver:
                   if n == name and i != request.network_id]
         network = self.mesh.networks().get(name)
         if network is not None and not others:
-            await self.mesh.delete_network(name)
+            await self._delete_when_released(name)
             log.info("docker network rm: deleted vxmesh network %s", name)
             await trio.to_thread.run_sync(remove_bridge_accepted, bridge_name(network.vni))
             self._accepted.discard(bridge_name(network.vni))
         async with self._lock:
             self.state.networks.pop(request.network_id, None)
             self._save()
+
+    async def _delete_when_released(self, name: str) -> None:
+        """Delete the vxmesh network; while its last endpoints' addresses are still being
+        released (`docker rm -f` on another host a moment ago: pools write releases back in
+        batches), ask again for up to RELEASE_WAIT seconds before refusing."""
+        with trio.move_on_after(RELEASE_WAIT):
+            while True:
+                try:
+                    await self.mesh.delete_network(name)
+                    return
+                except NetworkInUse:
+                    await trio.sleep(0.2)
+        await self.mesh.delete_network(name)  # still in use: refused, naming the endpoints
 
     # -- addresses ----------------------------------------------------------------------------
 
