@@ -212,10 +212,14 @@ class DnsResolver:
 
     async def _udp_loop(self, sock: socket.socket, served: _Served) -> None:
         """Wait until readable, then answer every datagram queued (up to `UDP_BATCH`) before
-        yielding: one scheduler round trip per burst, not two per packet."""
+        yielding: one scheduler round trip per burst, not two per packet. After a burst it
+        yields and reads again at once; it waits on the socket only once it found none."""
         assert self._nursery is not None
+        busy = False
         while True:
-            await trio.lowlevel.wait_readable(sock)
+            if not busy:  # registering with epoll costs syscalls: only when we ran dry
+                await trio.lowlevel.wait_readable(sock)
+            busy = False
             for _ in range(UDP_BATCH):
                 try:
                     data, peer = sock.recvfrom(MAX_UDP)
@@ -223,6 +227,7 @@ class DnsResolver:
                     break
                 except OSError:  # ICMP error queued on the socket: not ours to act on
                     continue
+                busy = True
                 started = trio.current_time()
                 outcome = self.zone.answer(data, served.networks_of(peer[0]), self.rng)
                 if isinstance(outcome, Forward):
@@ -230,7 +235,12 @@ class DnsResolver:
                     continue
                 self._count(outcome, started)
                 if isinstance(outcome, Answered):
-                    await _send_datagram(sock, outcome.wire, peer)
+                    try:  # the common case, without a coroutine per answer
+                        sock.sendto(outcome.wire, peer)
+                    except BlockingIOError:
+                        await _send_datagram(sock, outcome.wire, peer)
+                    except OSError:
+                        pass  # the asker went away
             await trio.lowlevel.checkpoint()
 
     async def _forward_udp(self, sock: socket.socket, peer: tuple[str, int],
