@@ -234,13 +234,9 @@ class DnsResolver:
                     self._nursery.start_soon(self._forward_udp, sock, peer, outcome, started)
                     continue
                 self._count(outcome, started)
-                if isinstance(outcome, Answered):
-                    try:  # the common case, without a coroutine per answer
-                        sock.sendto(outcome.wire, peer)
-                    except BlockingIOError:
-                        await _send_datagram(sock, outcome.wire, peer)
-                    except OSError:
-                        pass  # the asker went away
+                # the common case sends at once, without a coroutine per answer
+                if isinstance(outcome, Answered) and not _send_now(sock, outcome.wire, peer):
+                    await _send_datagram(sock, outcome.wire, peer)
             await trio.lowlevel.checkpoint()
 
     async def _forward_udp(self, sock: socket.socket, peer: tuple[str, int],
@@ -353,16 +349,23 @@ def _freebind_socket(family: int, kind: int, address: tuple[str, int]) -> socket
     return sock
 
 
+def _send_now(sock: socket.socket, data: bytes, peer: tuple[str, int]) -> bool:
+    """Send one answer if the socket has room; False when it must wait for room. A peer (or
+    endpoint namespace) gone meanwhile counts as done."""
+    try:
+        sock.sendto(data, peer)
+    except BlockingIOError:
+        return False
+    except OSError:
+        pass
+    return True
+
+
 async def _send_datagram(sock: socket.socket, data: bytes, peer: tuple[str, int]) -> None:
-    """Send one answer; wait for room if the socket buffer is full; a gone peer is ignored."""
-    for _ in range(2):
-        try:
-            sock.sendto(data, peer)
-            return
-        except BlockingIOError:
-            await trio.lowlevel.wait_writable(sock)
-        except OSError:
-            return  # the endpoint's namespace or the asker went away meanwhile
+    """Send one answer, waiting (once) for room if the socket buffer is full."""
+    if not _send_now(sock, data, peer):
+        await trio.lowlevel.wait_writable(sock)
+        _send_now(sock, data, peer)
 
 
 async def _read_frame(stream: trio.SocketStream) -> bytes | None:

@@ -135,8 +135,11 @@ class EndpointNames:
             if "/" not in sandbox:
                 remove_resolv_conf(sandbox)
         await self._refresh_gateways()
+        served = self.resolver.served()
         for sandbox, networks in sorted(wanted.items()):
             ordered = tuple(sorted(networks))
+            if served.get(sandbox) == ordered:
+                continue  # served with these networks, its resolv.conf written: nothing to do
             try:
                 await self.resolver.serve(sandbox, ordered)
                 if sandbox in named:
