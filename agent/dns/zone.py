@@ -23,10 +23,10 @@ Rules:
   truncated with TC set, and the client retries over TCP.
 - Bytes that are not a DNS query are answered FORMERR when a header can be read, else dropped
   (`Dropped`); never an exception.
-- Answers of our zone are cached as wire bytes per (networks, question, EDNS part, transport)
-  until the zone changes; a hit only patches the query's ID and the question's letter case
-  (clients that randomise case, "0x20", see their own), so a busy resolver does not re-parse
-  or re-render. An answer with several records keeps up to `SHUFFLED_VARIANTS` shuffled
+- Answers of our zone are cached as wire bytes per (networks, transport, query bytes after the
+  ID) until the zone changes; a hit only puts the query's ID in front, so a busy resolver does
+  not re-parse or re-render (a client that randomises letter case, "0x20", renders each
+  spelling once). An answer with several records keeps up to `SHUFFLED_VARIANTS` shuffled
   copies, picked by the RNG.
 
 Pure: takes the RNG; imports dnspython's wire format (no I/O), overlay's record types and the
@@ -162,26 +162,23 @@ class DnsZone:
     def answer(self, wire: bytes, networks: tuple[str, ...], rng: random.Random, *,
                tcp: bool = False) -> Outcome:
         """The outcome of one query from an endpoint on `networks`."""
-        qend = _plain_question_end(wire)
-        if qend is None:
-            return self._answer_parsed(wire, networks, rng, tcp)
-        key = (networks, tcp, wire[2] & 0x11, wire[12:qend].lower(), wire[qend:])
+        key = (networks, tcp, wire[2:])
         cached = self._cache.get(key)
-        if cached is None or (cached.shuffled and len(cached.variants) < SHUFFLED_VARIANTS):
-            outcome = self._answer_parsed(wire, networks, rng, tcp)
-            if not isinstance(outcome, Answered) or outcome.result not in ("noerror",
-                                                                           "nxdomain"):
-                return outcome
-            if cached is None:
-                if len(self._cache) >= CACHE_ENTRIES:
-                    self._cache.clear()
-                cached = self._cache[key] = _Cached(outcome.qtype, outcome.result,
-                                                    _has_several_records(outcome.wire), [])
-            cached.variants.append(outcome.wire)
+        if cached is not None and cached.complete:
+            variants = cached.variants
+            body = variants[rng.randrange(len(variants))] if len(variants) > 1 else variants[0]
+            return Answered(wire[:2] + body[2:], cached.qtype, cached.result)
+        outcome = self._answer_parsed(wire, networks, rng, tcp)
+        if not isinstance(outcome, Answered) or outcome.result not in ("noerror", "nxdomain"):
             return outcome
-        body = cached.variants[rng.randrange(len(cached.variants))]
-        return Answered(wire[:2] + body[2:12] + wire[12:qend] + body[qend:], cached.qtype,
-                        cached.result)
+        if cached is None:
+            if len(self._cache) >= CACHE_ENTRIES:
+                self._cache.clear()
+            several = _has_several_records(outcome.wire)
+            cached = self._cache[key] = _Cached(outcome.qtype, outcome.result, [],
+                                                SHUFFLED_VARIANTS if several else 1)
+        cached.add(outcome.wire)
+        return outcome
 
     def _answer_parsed(self, wire: bytes, networks: tuple[str, ...], rng: random.Random,
                        tcp: bool) -> Outcome:
@@ -336,31 +333,18 @@ class DnsZone:
 
 @dataclass
 class _Cached:
-    """Rendered answers to one question: `variants` differ only in record order."""
+    """Rendered answers to one query: `variants` differ only in record order (one variant
+    when the answer has a single record, up to `wanted` shuffled ones otherwise)."""
 
     qtype: str
     result: str
-    shuffled: bool
     variants: list[bytes]
+    wanted: int
+    complete: bool = False
 
-
-def _plain_question_end(wire: bytes) -> int | None:
-    """Where the question ends in a plain query (one question, nothing but an optional EDNS
-    record after it), or None for anything else (the full parser decides those)."""
-    if len(wire) < _HEADER + 5 or wire[2] & 0xF8 or wire[3] & 0x70:  # QR, opcode, Z bits
-        return None
-    if wire[4:10] != b"\x00\x01\x00\x00\x00\x00" or wire[10] or wire[11] > 1:
-        return None
-    offset = _HEADER
-    while True:
-        length = wire[offset]
-        if length == 0:
-            break
-        if length > 63 or offset + length + 1 >= len(wire):
-            return None
-        offset += length + 1
-    offset += 5  # the root label, type and class
-    return offset if offset <= len(wire) and offset - _HEADER <= 255 else None
+    def add(self, wire: bytes) -> None:
+        self.variants.append(wire)
+        self.complete = len(self.variants) >= self.wanted
 
 
 def _has_several_records(wire: bytes) -> bool:
