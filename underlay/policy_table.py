@@ -16,7 +16,15 @@ Semantics (Kubernetes NetworkPolicy):
 Rules live in the `inet` family forward hook: bridged traffic reaches it through
 br_netfilter (bridge-family conntrack is not available). A packet both egress and ingress
 policies see (two endpoints of this host) must pass both: the egress chain only `return`s on
-an allow, the drop of the first selecting policy counts it.
+an allow.
+
+Counting and logging: every allow comes before any deny, so a packet that reaches the deny
+part of a chain was allowed by none of the policies selecting it; each of them counts it in
+its own named counter (a packet denied at an endpoint two policies select counts for both),
+and a policy with `log` sends it (at most `LOG_RATE`) to nflog group `LOG_GROUP` with the
+prefix `vxmesh-policy NAME ` (read it with `tcpdump -i nflog:LOG_GROUP` or ulogd; nflog, not
+the kernel log, because the kernel drops netfilter log lines of any namespace but the first
+unless `net.netfilter.nf_log_all_netns` is set). Then one drop per selected set.
 
 Rules:
 - The rules depend on the policies only; an endpoint that comes or goes changes set
@@ -37,13 +45,18 @@ from dataclasses import dataclass
 TABLE = "vxmesh_policy"
 FAMILY = "inet"
 ADDRESS_FAMILIES = ((4, "ip", "ipv4_addr"), (6, "ip6", "ipv6_addr"))
+LOG_GROUP = 100
+"""The nflog group denied packets of a policy with `log` go to."""
+LOG_RATE = "10/second"
+"""At most this many denied packets per policy and IP version are logged (nft `limit`)."""
+LOG_PREFIX = "vxmesh-policy "
 
 
 @dataclass(frozen=True)
 class PolicyRule:
     """One policy: in `network`, endpoints labelled `select` accept (or, `egress`, send) only
     from (to) endpoints with one of `allow_labels` or an address in `allow_cidrs`, on `ports`
-    (empty: every port)."""
+    (empty: every port); `log`: denied packets are logged too."""
 
     name: str
     network: str
@@ -52,6 +65,7 @@ class PolicyRule:
     allow_labels: tuple[tuple[str, str], ...] = ()
     allow_cidrs: tuple[str, ...] = ()
     ports: tuple[tuple[int, str], ...] = ()
+    log: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,7 +112,8 @@ def plan_policy(rules: Iterable[PolicyRule], endpoints: Iterable[PolicyEndpoint]
     wanted: dict[str, tuple[str, tuple[str, str], bool, int]] = {}
     counters = {r.name: counter_name(r.name) for r in ordered}
     allow_lines: dict[bool, list[str]] = {False: [], True: []}
-    drop_lines: dict[bool, list[str]] = {False: [], True: []}
+    count_lines: dict[bool, list[str]] = {False: [], True: []}
+    drop_lines: dict[bool, dict[str, None]] = {False: {}, True: {}}  # one per selected set
     for rule in ordered:
         own, peer = ("saddr", "daddr") if rule.egress else ("daddr", "saddr")
         verdict = "return" if rule.egress else "accept"
@@ -117,8 +132,11 @@ def plan_policy(rules: Iterable[PolicyRule], endpoints: Iterable[PolicyEndpoint]
                 for ports in _port_matches(rule.ports):
                     allow_lines[rule.egress].append(
                         f"{keyword} {own} @{selected} {keyword} {peer} {match}{ports} {verdict}")
-            drop_lines[rule.egress].append(
-                f"{keyword} {own} @{selected} counter name {counters[rule.name]} drop")
+            logged = (f' limit rate {LOG_RATE} log prefix "{LOG_PREFIX}{rule.name} "'
+                      f" group {LOG_GROUP}" if rule.log else "")
+            count_lines[rule.egress].append(
+                f"{keyword} {own} @{selected} counter name {counters[rule.name]}{logged}")
+            drop_lines[rule.egress][f"{keyword} {own} @{selected} drop"] = None
     elements: dict[str, frozenset[str]] = {name: frozenset() for name in wanted}
     for endpoint in endpoints:
         try:
@@ -141,10 +159,11 @@ def plan_policy(rules: Iterable[PolicyRule], endpoints: Iterable[PolicyEndpoint]
         "    jump egress",
         "    jump ingress",
         "  }",
-        "  chain egress {", *(f"    {line}" for line in allow_lines[True] + drop_lines[True]),
-        "  }",
-        "  chain ingress {", *(f"    {line}" for line in allow_lines[False] + drop_lines[False]),
-        "  }",
+        *(line for egress, chain in ((True, "egress"), (False, "ingress")) for line in (
+            f"  chain {chain} {{",
+            *(f"    {rule}" for rule in [*allow_lines[egress], *count_lines[egress],
+                                         *drop_lines[egress]]),
+            "  }")),
     ]
     return PolicyPlan("\n".join(declarations), "\n".join(chains), elements, counters)
 

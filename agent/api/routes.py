@@ -17,7 +17,8 @@ Routes (all JSON; errors are {"error": {"status": N, "message": "..."}}):
   DELETE /v1/networks/NAME
   GET    /v1/policies               network policies (from etcd)
   POST   /v1/policies               {"name", "network", "select": "K=V", "allow": ["K=V"|CIDR],
-                                     "ports"?: ["P/PROTO"], "direction"?: ingress|egress} -> 201
+                                     "ports"?: ["P/PROTO"], "direction"?: ingress|egress,
+                                     "log"?: bool}                                   -> 201
   DELETE /v1/policies/NAME
   GET    /v1/endpoints              every endpoint known (local and remote)
   GET    /v1/endpoints/NAME         one local endpoint (with its namespace, for exec)
@@ -363,7 +364,7 @@ async def _network_delete(control: Control, request: Request, arg: str) -> Respo
     return Response.json(200, {"deleted": arg})
 
 
-POLICY_FIELDS = {"name", "network", "select", "allow", "ports", "direction"}
+POLICY_FIELDS = {"name", "network", "select", "allow", "ports", "direction", "log"}
 
 
 async def _policies(control: Control, request: Request, arg: str) -> Response:

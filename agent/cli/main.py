@@ -30,6 +30,7 @@ from agent.errors import AgentError
 from agent.terminal import Progress, render_cell, render_table
 from underlay.endpoints_model import NETWORK_MODES, Mode
 from underlay.netns_exec import ip_netns_exec
+from underlay.policy_table import LOG_GROUP, LOG_RATE
 from underlay.records import VNI_MAX, VNI_MIN
 
 # -- output -----------------------------------------------------------------------------------
@@ -126,7 +127,7 @@ def _labels(given: list[str] | None) -> dict[str, str] | None:
 
 def cmd_policies(args: argparse.Namespace) -> int:
     _emit(args, _client(args).request("GET", "/v1/policies"),
-          ["name", "network", "direction", "select", "allow", "ports"])
+          ["name", "network", "direction", "select", "allow", "ports", "log", "dropped"])
     return EXIT_OK
 
 
@@ -138,7 +139,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
     if args.action == "create":
         body = {"name": args.name, "network": args.network, "select": args.select,
                 "allow": args.allow_from, "ports": args.port or [],
-                "direction": "egress" if args.egress else "ingress"}
+                "direction": "egress" if args.egress else "ingress", "log": args.log}
         with progress.step(f"creating policy {args.name}"):
             result = client.request("POST", "/v1/policies", body)
         _emit(args, result)
@@ -366,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     pol_create.add_argument("--egress", action="store_true",
                             help="restrict what the selected endpoints send (default: what "
                                  "they receive)")
+    pol_create.add_argument("--log", action="store_true",
+                            help=f"log denied packets too (at most {LOG_RATE} per policy, to "
+                                 f"nflog group {LOG_GROUP}: tcpdump -i nflog:{LOG_GROUP})")
     pol_sub.add_parser("list", parents=[common])
     pol_sub.add_parser("delete", parents=[common]).add_argument("name")
     policy.set_defaults(func=cmd_policy)

@@ -111,6 +111,7 @@ class Control:
             "store_member": store.member,
             "uptime_seconds": round(time.time() - c.started_at, 1),
             "wireguard": asdict(c.wireguard.statistics()),
+            "policy": asdict(c.policies.statistics()),
         }
 
     def members(self) -> list[dict[str, Any]]:
@@ -203,14 +204,12 @@ class Control:
         policy = validate_policy(name=body.get("name"), network=body.get("network"),
                                  direction=body.get("direction", "ingress"),
                                  select=body.get("select"), allow=body.get("allow"),
-                                 ports=body.get("ports") or [])
+                                 ports=body.get("ports") or [], log=body.get("log", False))
         created = await self.c.store.create_policy(policy)
-        self.c.policies.mark_dirty()
-        return created.to_json()
+        return created.to_json()  # every agent enforces it when its policy watch sees it
 
     async def delete_policy(self, name: str) -> None:
         await self.c.store.delete_policy(name)
-        self.c.policies.mark_dirty()
 
     # -- endpoints --------------------------------------------------------------------------
 

@@ -1,17 +1,18 @@
 """Network policy on this host: the stored policies and the neighbor table, kept in nftables.
 
-Owns: `PolicyEnforcer`, the thin shell around `underlay.policy_table`: it lists the policies
-from etcd (every `POLL_INTERVAL`, and at once after a create or delete through this agent),
-reads the table's endpoints and their labels whenever the table changes (`mark_dirty`, never
-blocks), computes the plan and applies the one transaction from the kernel's last plan to it
-(`underlay.nft.apply_script`). The per-policy drop counters are read after every apply and
-every `POLL_INTERVAL` (`statistics().drops`, exported as a metric).
+Owns: `PolicyEnforcer`, the thin shell around `underlay.policy_table`: it follows the policies
+through the store's etcd watch (`Store.run_policy_watch`: a change anywhere is enforced as soon
+as etcd streams it, and an idle agent makes no etcd round trip for policies), reads the table's
+endpoints and their labels whenever the table changes (`table_changed`, never blocks), computes
+the plan and applies the one transaction from the kernel's last plan to it
+(`underlay.nft.apply_script`). The per-policy drop counters are read after every apply and,
+while our table is loaded, every `COUNTER_INTERVAL` (`statistics().drops`, a metric).
 
 Rules:
 - No policy, no table: a host without policies has nothing of ours in nftables. The first
   policy turns bridge netfilter on (`underlay.nft.call_on_bridges`).
 - etcd away: the last listed policies stay enforced (nothing is flushed); at start nothing
-  touches the kernel before the first list succeeds, and start-up never waits for etcd.
+  touches the kernel before the watch's first list succeeds, and start-up never waits for etcd.
 - A failed transaction changes nothing in the kernel (nft is all or nothing); it is logged and
   counted, and the next pass replaces the whole table.
 
@@ -28,7 +29,6 @@ from dataclasses import dataclass, field
 
 import trio
 
-from agent.store.errors import StoreError
 from agent.store.schema import Policy
 from agent.store.service import Store
 from overlay.table import Entry
@@ -47,7 +47,7 @@ from underlay.policy_table import (
 
 log = logging.getLogger("vxmesh.policy")
 
-POLL_INTERVAL = 1.0
+COUNTER_INTERVAL = 1.0
 RETRY_INTERVAL = 1.0
 
 
@@ -67,7 +67,7 @@ def policy_rule(policy: Policy) -> PolicyRule:
     cidrs = tuple(str(p) for p in policy.allow if isinstance(p, ipaddress.IPv4Network
                                                             | ipaddress.IPv6Network))
     return PolicyRule(policy.name, policy.network, policy.direction == "egress", policy.select,
-                      labels, cidrs, policy.ports)
+                      labels, cidrs, policy.ports, policy.log)
 
 
 def policy_endpoints(entries: list[Entry], node: str) -> list[PolicyEndpoint]:
@@ -91,13 +91,6 @@ class PolicyEnforcer:
         self._applied = 0
         self._failed = 0
         self._drops: dict[str, int] = {}
-        self._list_now = trio.Event()
-        self._listed = False
-
-    def mark_dirty(self) -> None:
-        """Policies or endpoints changed: recompute soon (never blocks)."""
-        self._dirty.set()
-        self._list_now.set()
 
     def table_changed(self) -> None:
         """The neighbor table changed: only the endpoints need re-reading."""
@@ -113,33 +106,29 @@ class PolicyEnforcer:
         at start: the table a previous run left stays as it is until the first list)."""
         self._installed = True  # a previous run may have left the table: replace or remove it
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._follow_store)
+            view = await nursery.start(self._store.run_policy_watch)
+            nursery.start_soon(self._follow_policies)
+            nursery.start_soon(self._follow_counters)
             task_status.started()
             while True:
                 await self._dirty.wait()
                 self._dirty = trio.Event()
-                if self._listed:
+                if view.listed:
                     await self._enforce()
 
-    async def _follow_store(self) -> None:
+    async def _follow_policies(self) -> None:
+        """Each version of the watched policies (the first listing too) is enforced."""
+        seen = 0
         while True:
-            before = self._policies
-            await self._list()
-            if self._policies != before:
-                self._dirty.set()
-            await self._read_counters()
-            with trio.move_on_after(POLL_INTERVAL):
-                await self._list_now.wait()
-            self._list_now = trio.Event()
+            seen = await self._store.wait_policies_changed(seen)
+            self._policies = sorted(self._store.policy_view.snapshot().values(),
+                                    key=lambda p: p.name)
+            self._dirty.set()
 
-    async def _list(self) -> None:
-        try:
-            self._policies = sorted(await self._store.list_policies(), key=lambda p: p.name)
-            if not self._listed:
-                self._listed = True
-                self._dirty.set()
-        except StoreError as exc:  # etcd away: keep enforcing the last listed policies
-            log.debug("policies not listed: %s", exc)
+    async def _follow_counters(self) -> None:
+        while True:
+            await trio.sleep(COUNTER_INTERVAL)
+            await self._read_counters()
 
     async def _enforce(self) -> None:
         try:

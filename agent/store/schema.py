@@ -437,7 +437,8 @@ Peer = tuple[str, str] | IPNetwork
 class Policy:
     """A network policy (Kubernetes NetworkPolicy semantics): in `network`, the endpoints
     labelled `select` accept (ingress) or send (egress) only to the `allow` peers (labels or
-    CIDRs), on `ports` (empty: every port). Build one with `validate_policy`."""
+    CIDRs), on `ports` (empty: every port); `log`: denied packets are logged as well as
+    counted. Build one with `validate_policy`."""
 
     name: str
     network: str
@@ -445,12 +446,13 @@ class Policy:
     select: tuple[str, str]
     allow: tuple[Peer, ...]
     ports: tuple[tuple[int, str], ...] = ()
+    log: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "network": self.network, "direction": self.direction,
                 "select": list(self.select),
                 "allow": [p if isinstance(p, tuple) else str(p) for p in self.allow],
-                "ports": [list(p) for p in self.ports]}
+                "ports": [list(p) for p in self.ports], "log": self.log}
 
 
 def _policy_label(value: object, field_name: str) -> tuple[str, str]:
@@ -471,7 +473,7 @@ def _policy_peer(value: object, field_name: str) -> Peer:
 
 
 def validate_policy(*, name: object, network: object, direction: object, select: object,
-                    allow: object, ports: object = ()) -> Policy:
+                    allow: object, ports: object = (), log: object = False) -> Policy:
     """A policy from a person's (or a stored) definition; InvalidPolicy naming the field."""
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise InvalidPolicy("name", name, "must be 1-63 characters of letters, digits, '_', "
@@ -482,6 +484,8 @@ def validate_policy(*, name: object, network: object, direction: object, select:
         raise InvalidPolicy("direction", direction, "must be ingress or egress")
     if not isinstance(allow, list | tuple) or not 1 <= len(allow) <= MAX_POLICY_PEERS:
         raise InvalidPolicy("allow", allow, f"must be 1 to {MAX_POLICY_PEERS} peers")
+    if not isinstance(log, bool):
+        raise InvalidPolicy("log", log, "must be true or false")
     if not isinstance(ports, list | tuple) or len(ports) > MAX_POLICY_PORTS:
         raise InvalidPolicy("ports", ports, f"must be at most {MAX_POLICY_PORTS} PORT/PROTO")
     clean_ports: set[tuple[int, str]] = set()
@@ -492,7 +496,7 @@ def validate_policy(*, name: object, network: object, direction: object, select:
             raise InvalidPolicy(f"ports[{index}]", port, str(exc).partition(": ")[2]) from None
     peers = tuple(dict.fromkeys(_policy_peer(p, f"allow[{i}]") for i, p in enumerate(allow)))
     return Policy(name, network, str(direction), _policy_label(select, "select"), peers,
-                  tuple(sorted(clean_ports)))
+                  tuple(sorted(clean_ports)), log)
 
 
 def decode_policy(key: str, value: bytes) -> Policy:
@@ -500,7 +504,8 @@ def decode_policy(key: str, value: bytes) -> Policy:
     try:
         policy = validate_policy(name=data.get("name"), network=data.get("network"),
                                  direction=data.get("direction"), select=data.get("select"),
-                                 allow=data.get("allow"), ports=data.get("ports", []))
+                                 allow=data.get("allow"), ports=data.get("ports", []),
+                                 log=data.get("log", False))
     except InvalidPolicy as exc:
         raise MalformedRecord(key, f"{exc}") from None
     if policy_key(policy.name) != key:

@@ -7,9 +7,9 @@ Owns every read and write under `/vxmesh/v1/` (the key schema is in agent.store.
   network delete, block reclaim), never by read-then-write.
 - etcd away: a call fails fast with `StoreUnavailable` (the gRPC deadline bounds it); the store
   turns `degraded` (see `statistics()`), and the services (`run_health_probe`,
-  `run_network_watch`, `run_node_registration`, `AddressPool.run_flusher`) retry with
-  exponential backoff and jitter from the injected `random.Random`, so the agent reconverges by
-  itself when etcd returns. Address pools keep allocating from held blocks meanwhile.
+  `run_network_watch`, `run_policy_watch`, `run_node_registration`, `AddressPool.run_flusher`)
+  retry with exponential backoff and jitter from the injected `random.Random`, so the agent
+  reconverges by itself when etcd returns. Address pools keep allocating from held blocks meanwhile.
 - Malformed values under our prefix are skipped, logged once per key, and counted.
 - Blocks of a host that left for good (unregistered for longer than a grace period) are
   reclaimed by `run_block_reclaimer`, or at once by `reclaim_host_blocks`.
@@ -69,10 +69,9 @@ from agent.store.ipam import (
     choose_free_block,
     record_in_block,
 )
-from agent.store.network_view import KeyChange, NetworkView
+from agent.store.network_view import KeyChange, NetworkView, PolicyView, RecordView
 from agent.store.schema import (
     BLOCKS,
-    NETWORKS,
     NODES,
     POLICIES,
     VNI_AUTO_FIRST,
@@ -131,12 +130,14 @@ class StoreStatistics:
     """Distinct keys under our prefix that did not decode (each logged once)."""
     rejected_values: int
     """Keys whose current value is refused now (bad JSON, or fails validation): networks keep
-    their last good copy, blocks are left alone. Zero when etcd holds only good values."""
+    their last good copy (policies too), blocks are left alone. Zero when etcd holds only good
+    values."""
     watch_relists: int
-    """Full re-lists because etcd had compacted past the watch revision."""
+    """Full re-lists because etcd had compacted past a watch's revision (networks, policies)."""
     watch_resumes: int
-    """Watches re-opened from the last revision after etcd went away."""
+    """Watches (networks, policies) re-opened from their last revision after etcd went away."""
     watch_revision: int
+    """The network watch's."""
     node_registered: bool
     node_lease_refreshes: int
     last_error: str
@@ -165,6 +166,25 @@ class PoolStatistics:
     """Unflushed local allocations given up because another host recorded them first."""
 
 
+@dataclass
+class _Watch:
+    """One watched prefix: its view, what waits on it, and how its watch fared."""
+
+    what: str
+    view: RecordView[Any]
+    relists: int = 0
+    resumes: int = 0
+    broken: bool = False
+    """The watch failed after a listing: the next batch etcd answers is a resume."""
+    published_version: int = 0
+    changed: trio.Event = dataclasses.field(default_factory=trio.Event)
+
+    async def wait_changed(self, seen_version: int) -> int:
+        while self.view.version == seen_version:
+            await self.changed.wait()
+        return self.view.version
+
+
 class Store:
     """Async access to etcd for one agent. Build with `Store.connect(host, port, rng=...)`."""
 
@@ -181,16 +201,14 @@ class Store:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.network_view = NetworkView()
+        self.policy_view = PolicyView()
+        self._network_watch = _Watch("network", self.network_view)
+        self._policy_watch = _Watch("policy", self.policy_view)
         self._degraded = False
         self._degraded_event = trio.Event()
-        self._views_changed = trio.Event()
-        self._published_version = 0
         self._failed_calls = 0
         self._last_error = ""
         self._malformed_keys: set[str] = set()
-        self._relists = 0
-        self._resumes = 0
-        self._watch_broken = False
         self._node_registered = False
         self._lease_refreshes = 0
         self._rejected_blocks: set[str] = set()
@@ -214,9 +232,10 @@ class Store:
             round_trips=self.client.round_trips,
             failed_calls=self._failed_calls,
             malformed_records=len(self._malformed_keys),
-            rejected_values=len(self.network_view.rejected) + len(self._rejected_blocks),
-            watch_relists=self._relists,
-            watch_resumes=self._resumes,
+            rejected_values=len(self.network_view.rejected) + len(self.policy_view.rejected)
+            + len(self._rejected_blocks),
+            watch_relists=self._network_watch.relists + self._policy_watch.relists,
+            watch_resumes=self._network_watch.resumes + self._policy_watch.resumes,
             watch_revision=self.network_view.revision,
             node_registered=self._node_registered,
             node_lease_refreshes=self._lease_refreshes,
@@ -427,57 +446,67 @@ class Store:
         kvs, _ = await self.call(self.client.range, POLICIES, prefix_end(POLICIES))
         return self._decoded(kvs, decode_policy)
 
-    # -- network watch -----------------------------------------------------------------------
+    # -- watches: networks and policies ----------------------------------------------------
 
     async def run_network_watch(
         self, *, task_status: trio.TaskStatus[NetworkView] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Keep `network_view` equal to etcd: list, then watch from the listed revision.
+        """Keep `network_view` equal to etcd (see `_run_watch`)."""
+        task_status.started(self.network_view)
+        await self._run_watch(self._network_watch)
 
-        A broken watch resumes from `revision + 1`; when etcd compacted past it, re-list.
-        Started at once (with the view) so an agent starts while etcd is down.
-        """
-        view = self.network_view
-        task_status.started(view)
+    async def run_policy_watch(
+        self, *, task_status: trio.TaskStatus[PolicyView] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Keep `policy_view` equal to etcd (see `_run_watch`)."""
+        task_status.started(self.policy_view)
+        await self._run_watch(self._policy_watch)
+
+    async def _run_watch(self, watch: _Watch) -> None:
+        """List the prefix, then watch from the listed revision. A broken watch resumes from
+        `revision + 1` (on another member when its member failed); when etcd compacted past
+        it, re-list. Callers start it at once (with the view) so an agent starts while etcd is
+        down; between changes it makes no round trip."""
+        view = watch.view
         backoff = self.new_backoff()
         listed = view.revision > 0  # a restarted service resumes where the last one stopped
         while True:
             try:
                 if not listed:
                     kvs, revision = await self.call(
-                        self.client.range, NETWORKS, prefix_end(NETWORKS)
+                        self.client.range, view.prefix, prefix_end(view.prefix)
                     )
                     view.replace([(kv.key, kv.value) for kv in kvs], revision)
-                    self._publish()
+                    self._publish(watch)
                     listed = True
                     backoff.reset()
-                await self._follow_watch(view.revision + 1, backoff)
+                await self._follow_watch(watch, backoff)
             except RevisionCompacted as exc:
-                log.info("network watch: %s; re-listing", exc)
-                self._relists += 1
+                log.info("%s watch: %s; re-listing", watch.what, exc)
+                watch.relists += 1
                 listed = False
             except StoreUnavailable:
-                self._watch_broken = listed
+                watch.broken = listed
                 await trio.sleep(backoff.next_delay())
             except StoreError as exc:
-                log.warning("network watch: %s; retrying", exc)
+                log.warning("%s watch: %s; retrying", watch.what, exc)
                 await trio.sleep(backoff.next_delay())
 
-    async def _follow_watch(self, start_revision: int, backoff: Backoff) -> None:
+    async def _follow_watch(self, watch: _Watch, backoff: Backoff) -> None:
+        prefix = watch.view.prefix
         stream = await trio.to_thread.run_sync(
-            self.client.watch, NETWORKS, prefix_end(NETWORKS), start_revision
+            self.client.watch, prefix, prefix_end(prefix), watch.view.revision + 1
         )
         token = trio.lowlevel.current_trio_token()
 
         def apply(batch: WatchBatch) -> None:
             backoff.reset()
             self._mark_available()
-            if self._watch_broken:  # etcd answered a watch re-opened at our revision
-                self._watch_broken = False
-                self._resumes += 1
-            changes = [KeyChange(k, v, r) for k, v, r in batch.changes]
-            self.network_view.apply(changes)
-            self._publish()
+            if watch.broken:  # etcd answered a watch re-opened at our revision
+                watch.broken = False
+                watch.resumes += 1
+            watch.view.apply([KeyChange(k, v, r) for k, v, r in batch.changes])
+            self._publish(watch)
 
         def pump() -> None:
             for batch in stream:
@@ -494,21 +523,23 @@ class Store:
         finally:
             stream.cancel()
 
-    def _publish(self) -> None:
+    def _publish(self, watch: _Watch) -> None:
         """Log and count malformed records the view met; wake waiters if it changed."""
-        for exc in self.network_view.malformed:
+        for exc in watch.view.malformed:
             self.note_malformed(exc)
-        self.network_view.malformed.clear()
-        if self.network_view.version != self._published_version:
-            self._published_version = self.network_view.version
-            self._views_changed.set()
-            self._views_changed = trio.Event()
+        watch.view.malformed.clear()
+        if watch.view.version != watch.published_version:
+            watch.published_version = watch.view.version
+            watch.changed.set()
+            watch.changed = trio.Event()
 
     async def wait_networks_changed(self, seen_version: int) -> int:
         """Wait until the network view's version differs from `seen_version`; return it."""
-        while self.network_view.version == seen_version:
-            await self._views_changed.wait()
-        return self.network_view.version
+        return await self._network_watch.wait_changed(seen_version)
+
+    async def wait_policies_changed(self, seen_version: int) -> int:
+        """Wait until the policy view's version differs from `seen_version`; return it."""
+        return await self._policy_watch.wait_changed(seen_version)
 
     # -- node registry -----------------------------------------------------------------------
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 
 import pytest
 
 from agent.store.errors import InvalidPolicy
+from agent.store.network_view import KeyChange, PolicyView, RecordAdded, RecordRemoved
 from agent.store.schema import MalformedRecord, decode_policy, encode, policy_key, validate_policy
 from overlay.attributes import (
     MAX_LABEL_BYTES,
@@ -18,6 +20,9 @@ from overlay.attributes import (
 from overlay.dissemination import TableWireError, decode_records, encode_record
 from overlay.table import Entry
 from underlay.policy_table import (
+    LOG_GROUP,
+    LOG_PREFIX,
+    LOG_RATE,
     PolicyEndpoint,
     PolicyRule,
     plan_policy,
@@ -63,11 +68,14 @@ def test_a_policy_is_validated_naming_the_field_and_round_trips() -> None:
     assert policy.allow == (("app", "web"), ipaddress.ip_network("10.9.0.0/16"))
     assert policy.ports == ((53, "udp"), (5432, "tcp"))
     assert decode_policy(policy_key("db-in"), encode(policy)) == policy
+    assert not policy.log and validate_policy(**dict(policy.to_json(), log=True)).log
+    older = {k: v for k, v in policy.to_json().items() if k != "log"}  # stored before `log`
+    assert decode_policy(policy_key("db-in"), json.dumps(older).encode()) == policy
     with pytest.raises(MalformedRecord):
         decode_policy(policy_key("other"), encode(policy))
     cases = {"select": dict(select="nolabel"), "allow[1]": dict(allow=["app=web", "10.0.0/x"]),
              "direction": dict(direction="sideways"), "ports[0]": dict(ports=["99999/tcp"]),
-             "allow": dict(allow=[])}
+             "allow": dict(allow=[]), "log": dict(log="yes")}
     for field_name, change in cases.items():
         given = dict(name="p", network="blue", direction="ingress", select="app=db",
                      allow=["app=web"]) | change
@@ -90,9 +98,45 @@ def test_sets_hold_local_selected_and_every_labelled_peer_of_the_network() -> No
                                                    frozenset({"10.0.0.3"})]
     assert "meta l4proto tcp th dport { 5432 } accept" in plan.chains
     assert "ip saddr { 10.9.0.0/16 }" in plan.chains
-    assert f"counter name {plan.counters['db-in']} drop" in plan.chains
-    assert plan.chains.index("accept", plan.chains.index("chain ingress")) \
-        < plan.chains.index("drop")  # every allow before the deny
+    ingress = plan.chains[plan.chains.index("chain ingress"):]
+    # every allow, then the policy's count, then the deny
+    assert ingress.rindex("accept") < ingress.index(f"counter name {plan.counters['db-in']}") \
+        < ingress.index("drop")
+    assert "log" not in plan.chains
+
+
+def test_each_policy_selecting_a_denied_packet_counts_it_and_a_logged_one_logs_it() -> None:
+    also_db = PolicyRule("db-admin", "blue", False, ("app", "db"), (("app", "admin"),),
+                         log=True)
+    plan = plan_policy([DB, also_db], ENDPOINTS)
+    assert plan.counters["db-in"] != plan.counters["db-admin"]
+    lines = [line.strip() for line in plan.chains.splitlines()]
+    counts = {name: [i for i, line in enumerate(lines) if f"counter name {counter}" in line]
+              for name, counter in plan.counters.items()}
+    drops = [i for i, line in enumerate(lines) if line.endswith(" drop")]
+    accepts = [i for i, line in enumerate(lines) if line.endswith(" accept")]
+    assert len(drops) == 2  # one per selected set (IPv4, IPv6): both policies share it
+    for name in ("db-in", "db-admin"):  # neither counts and drops: each counts, then one drops
+        assert len(counts[name]) == 2 and max(accepts) < min(counts[name])
+        assert max(counts[name]) < min(drops)
+        assert all("drop" not in lines[i] for i in counts[name])
+    logged = [lines[i] for i in counts["db-admin"]]
+    assert all(f'log prefix "{LOG_PREFIX}db-admin " group {LOG_GROUP}' in line
+               and f"limit rate {LOG_RATE}" in line for line in logged)
+    assert all("log" not in lines[i] for i in counts["db-in"])
+
+
+def test_the_policy_view_keeps_the_last_good_copy_and_reports_the_bad_value() -> None:
+    view = PolicyView()
+    good = validate_policy(name="db-in", network="blue", direction="ingress", select="app=db",
+                           allow=["app=web"], log=True)
+    assert view.replace([(policy_key("db-in"), encode(good))], 5) == [RecordAdded(good)]
+    assert view.policies == {"db-in": good} and (view.listed, view.version) == (True, 1)
+    assert view.apply([KeyChange(policy_key("db-in"), b'{"name": "db-in"}', 6)]) == []
+    assert view.policies == {"db-in": good} and view.rejected == {policy_key("db-in")}
+    assert [m.key for m in view.malformed] == [policy_key("db-in")]
+    assert view.apply([KeyChange(policy_key("db-in"), None, 7)]) == [RecordRemoved("db-in")]
+    assert (view.policies, view.revision, view.version) == ({}, 7, 2)
 
 
 def test_an_endpoint_change_only_changes_elements_and_a_policy_change_the_rules() -> None:

@@ -35,6 +35,7 @@ from agent.store.schema import (
     network_key,
     prefix_end,
     validate_network,
+    validate_policy,
 )
 from agent.store.service import Store
 from tests.polling import wait_until
@@ -221,6 +222,34 @@ async def test_watch_resumes_on_another_member_without_missed_or_repeated_events
     revisions = [c.mod_revision for c in seen]
     assert revisions == sorted(set(revisions)), "an event was repeated or out of order"
     assert [c.key for c in seen] == [network_key(n.name) for n in created]
+    assert watcher.statistics().watch_resumes >= 1
+    watcher.close()
+    writer.close()
+
+
+async def test_policy_watch_resumes_on_another_member_and_streams_without_round_trips(
+        cluster: LocalCluster) -> None:
+    watcher = store_of(cluster, 6)
+    writer = store_of(cluster, 7, order=(2, 1, 0))
+    await writer.create_network(validate_network(name="p", subnet="10.30.0.0/24"))
+    view = watcher.policy_view
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watcher.run_policy_watch)
+        nursery.start_soon(watcher.run_health_probe)
+        await wait_until(lambda: view.listed, "the first policy listing")
+        listed_at = watcher.client.round_trips  # the listing and the watch's opening
+        for i in range(12):
+            await writer.create_policy(validate_policy(
+                name=f"p{i}", network="p", direction="ingress", select=f"app=s{i}",
+                allow=["app=c"]))
+            await wait_until(lambda i=i: f"p{i}" in view.policies, f"policy p{i} watched", 20)
+            if i == 5:
+                assert watcher.client.round_trips == listed_at  # streamed, never asked for
+                await trio.to_thread.run_sync(cluster.members[0].kill)  # the watch's member
+        await writer.delete_policy("p0")
+        await wait_until(lambda: "p0" not in view.policies, "p0's delete watched", 20)
+        nursery.cancel_scope.cancel()
+    assert sorted(view.policies) == sorted(f"p{i}" for i in range(1, 12))
     assert watcher.statistics().watch_resumes >= 1
     watcher.close()
     writer.close()

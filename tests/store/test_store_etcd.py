@@ -32,6 +32,7 @@ from agent.store.schema import (
     node_key,
     prefix_end,
     validate_network,
+    validate_policy,
 )
 from agent.store.service import AddressPool, Store
 from tests.polling import wait_until
@@ -329,6 +330,38 @@ async def test_watch_relists_after_compaction(local_etcd: LocalEtcd) -> None:
         await other.create_network(validate_network(name="d", subnet="10.4.0.0/16"))
         await wait_until(lambda: set(view.networks) == {"b", "c", "d"},
                          "set(view.networks) == {'b', 'c', 'd'}", interval=0.05)
+        nursery.cancel_scope.cancel()
+    store.close()
+    other.close()
+
+
+async def test_policy_watch_relists_after_compaction(local_etcd: LocalEtcd) -> None:
+    store = connect(local_etcd)
+    other = connect(local_etcd, 1)
+    await other.create_network(validate_network(name="n", subnet="10.1.0.0/16"))
+
+    async def create(name: str) -> None:
+        await other.create_policy(validate_policy(name=name, network="n", direction="ingress",
+                                                  select="app=db", allow=["app=web"]))
+
+    await create("a")
+    view = store.policy_view
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run_policy_watch)
+        await wait_until(lambda: set(view.policies) == {"a"}, "policy a watched")
+        nursery.cancel_scope.cancel()
+    seen = view.version
+    # While the watch is away: changes, then history compacted past its revision.
+    await create("b")
+    await other.delete_policy("a")
+    await compact(other, await other.call(other.client.status))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run_policy_watch)
+        assert await store.wait_policies_changed(seen) > seen
+        await wait_until(lambda: set(view.policies) == {"b"}, "the re-listing")
+        assert store.statistics().watch_relists == 1
+        await create("c")
+        await wait_until(lambda: set(view.policies) == {"b", "c"}, "policy c watched")
         nursery.cancel_scope.cancel()
     store.close()
     other.close()
