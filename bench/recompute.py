@@ -87,8 +87,7 @@ class NotApplied:
     async def send_writes(self, writes: list[Write]) -> list[int]:
         return self._never()
 
-    async def ensure_bridge(self, name: str, mtu: int, mac: str,
-                            address: str | None = None) -> int:
+    async def ensure_bridge(self, name: str, mtu: int, mac: str, *addresses: str) -> int:
         return self._never()
 
     async def create_vxlan(self, spec: VxlanSpec) -> int:

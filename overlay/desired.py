@@ -8,7 +8,8 @@ change, in work proportional to the change (see its docstring). What they comput
   ARP/NDP proxy on, MTU = underlay MTU - 50 on an IPv4 underlay, - 70 on IPv6, unless the
   network sets its own); the vxlan device's MAC is derived from the node name and the
   bridge's from (node, VNI), so neither changes across restarts (Felix does the same);
-  the bridge carries the network's gateway address (the same on every host: an anycast
+  the bridge carries the network's gateway address, and its IPv6 one when the network has an
+  IPv6 subnet (the same on every host: an anycast
   gateway; the vxlan device's ARP/NDP proxy never floods a request for it across the tunnel,
   so each endpoint reaches its own host's bridge), which routes published ports and egress;
 - per remote endpoint address a permanent neighbor entry IP -> MAC (IPv4 ARP, IPv6 NDP) and
@@ -64,7 +65,8 @@ _OWNED_NAME = re.compile(r"^(vxbr|vxtun)(\d{1,8})$")
 @dataclass(frozen=True)
 class NetworkSpec:
     """An overlay network as the store holds it. `mtu` None: derived from the underlay.
-    `gateway`: the address with prefix length the bridge carries (None: none)."""
+    `gateway`, `gateway6`: the IPv4 and IPv6 addresses with prefix length the bridge carries
+    (None: none)."""
 
     name: str
     vni: int
@@ -72,6 +74,7 @@ class NetworkSpec:
     port: int = DEFAULT_VXLAN_PORT
     gateway: str | None = None
     encrypted: bool = False  # VXLAN between WireGuard tunnel addresses (overlay.wireguard)
+    gateway6: str | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,7 @@ class DesiredNetwork:
     bridge_mac: str
     ports: frozenset[str] = frozenset()
     gateway: str | None = None
+    gateway6: str | None = None
 
 
 @dataclass(frozen=True, order=True)
@@ -259,7 +263,7 @@ def _network_devices(spec: NetworkSpec, node: str, underlay: UnderlayAddressing,
         vxlan=vxlan_name(spec.vni), port=spec.port, local=canonical_ip(local),
         mtu=mtu, vxlan_mac=vtep_mac(node), bridge_mac=stable_mac("vxmesh-bridge", node,
                                                                  str(spec.vni)),
-        ports=ports, gateway=spec.gateway,
+        ports=ports, gateway=spec.gateway, gateway6=spec.gateway6,
     )
 
 

@@ -97,8 +97,7 @@ class KernelPort(Protocol):
 
     async def send_writes(self, writes: list[Write]) -> list[int]: ...
 
-    async def ensure_bridge(self, name: str, mtu: int, mac: str,
-                            address: str | None = None) -> int: ...
+    async def ensure_bridge(self, name: str, mtu: int, mac: str, *addresses: str) -> int: ...
 
     async def create_vxlan(self, spec: VxlanSpec) -> int: ...
 
@@ -431,7 +430,7 @@ class Reconciler:
         if bridge is not None and bridge.kind != "bridge":
             await self.kernel.delete_link(bridge.index)  # our name, wrong kind: an orphan
         await self.kernel.ensure_bridge(network.bridge, network.mtu, network.bridge_mac,
-                                        network.gateway)
+                                        *(a for a in (network.gateway, network.gateway6) if a))
         spec = _spec(network)
         vxlan = by_name.get(network.vxlan)
         if vxlan is not None and not vxlan_matches(vxlan, spec):

@@ -308,7 +308,7 @@ class NeighborTable:
             raise InvalidEndpoint("sign and check_signature: give both or neither")
         self._sign = sign
         self._check_signature = check_signature
-        self._subnets: dict[str, tuple[IPNetwork, frozenset[str]]] = {}
+        self._subnets: dict[str, dict[int, tuple[IPNetwork, frozenset[str]]]] = {}
         self._held: dict[tuple[str, ...], Record] = {}
         self.node = _check_name("node", node)
         self.vtep = _checked_ip(vtep, "vtep")
@@ -660,26 +660,30 @@ class NeighborTable:
     def set_subnet(self, network: str, subnet: str, gateway: str | None) -> None:
         """Records of `network` must hold an address of `subnet`, not its network, broadcast
         (IPv4) or `gateway` address; until this is called for a network, any address is
-        accepted."""
+        accepted. A dual-stack network calls it once per address family (its IPv4 and its
+        IPv6 subnet); an address of a family without a subnet set is refused."""
         net = ipaddress.ip_network(subnet, strict=False)
         reserved = {str(net.network_address)}
         if net.version == 4 and net.prefixlen < 31:
             reserved.add(str(net.broadcast_address))
         if gateway is not None:
             reserved.add(_checked_ip(gateway, "gateway"))
-        self._subnets[network] = (net, frozenset(reserved))
+        self._subnets.setdefault(network, {})[net.version] = (net, frozenset(reserved))
 
     def _valid_entry(self, entry: Entry) -> bool:
         """A remote endpoint must have a unicast, non-zero MAC and an address of its subnet."""
         first_octet = int(entry.mac[:2], 16)
         if first_octet & 1 or entry.mac == ZERO_MAC:
             return False
-        subnet = self._subnets.get(entry.network)
-        if subnet is None:
+        subnets = self._subnets.get(entry.network)
+        if subnets is None:
             return True
-        net, reserved = subnet
         address = ipaddress.ip_address(entry.ip)
-        return address.version == net.version and address in net and entry.ip not in reserved
+        subnet = subnets.get(address.version)
+        if subnet is None:
+            return False
+        net, reserved = subnet
+        return address in net and entry.ip not in reserved
 
     def _signed(self, record: R) -> R:
         if self._sign is None:

@@ -367,6 +367,8 @@ class Endpoints:
         if mode is Mode.OVERLAY and record.gateway:  # its host routes what it sends off-link
             self._sysctl_once("net.ipv6.conf.all.forwarding" if ":" in record.gateway
                               else "net.ipv4.ip_forward", "1")
+        if mode is Mode.OVERLAY and record.spec.gateway6:
+            self._sysctl_once("net.ipv6.conf.all.forwarding", "1")
         if mode is Mode.OVERLAY and mtu is None:  # default: the network's (its bridge's) MTU
             bridge_name = record.bridge or ""
             bridge_info = self.host_nl.call_blocking(lambda ipr: links.get_link(ipr, bridge_name))
@@ -405,8 +407,11 @@ class Endpoints:
     def _configure_inside(self, record: EndpointRecord, netns: str, ifname: str,
                           mtu: int | None) -> None:
         """MTU, MAC, addresses and default route of the interface inside the sandbox."""
-        gateway6 = self.config.bridge_network(record.network, record.spec.bridge_network
-                                              ).gateway6 if record.mode is Mode.BRIDGE else None
+        gateway6 = record.spec.gateway6
+        if record.mode is Mode.BRIDGE:
+            bridge6 = self.config.bridge_network(record.network,
+                                                 record.spec.bridge_network).gateway6
+            gateway6 = None if bridge6 is None else str(bridge6.ip)
         inside = NetlinkThread(netns)
         try:
             def configure(ipr: IPRoute) -> None:
@@ -416,7 +421,7 @@ class Endpoints:
                 if record.gateway:
                     links.replace_route(ipr, "default", gateway=record.gateway)
                 if gateway6 is not None:
-                    links.replace_route(ipr, "::/0", gateway=str(gateway6.ip))
+                    links.replace_route(ipr, "::/0", gateway=gateway6)
 
             inside.call_blocking(configure)
             # Hand back an endpoint that carries traffic: wait (bounded) for the link watcher.

@@ -215,6 +215,8 @@ class EndpointSpec:
     mac: inside interface MAC (default: derived from the first address, see module doc).
     mtu: inside interface MTU in bytes (default: the bridge network's, else the kernel's).
     gateway: default route inside the endpoint (bridge: the network's gateway by default).
+    gateway6: overlay mode: the IPv6 default route inside the endpoint (the network's IPv6
+      gateway on every host's bridge); bridge mode takes the bridge network's.
     publish: bridge mode published ports. claims: host mode port claims.
     parent: macvlan/ipvlan underlay interface (default: the configured underlay interface).
     bridge_network: bridge mode: the bridge network itself (a vxmesh bridge network, made on
@@ -246,6 +248,7 @@ class EndpointSpec:
     aliases: tuple[str, ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
     services: tuple[tuple[int, str], ...] = ()
+    gateway6: str | None = None
 
 
 @dataclass(frozen=True)
@@ -409,6 +412,9 @@ def _check_common(spec: EndpointSpec) -> None:
         normalize_mac(spec.mac)
     if spec.gateway is not None:
         _address(spec.gateway, "gateway", spec.gateway)
+    if spec.gateway6 is not None and ":" not in _address(spec.gateway6, "gateway6",
+                                                         spec.gateway6):
+        raise EndpointSpecError(f"gateway6={spec.gateway6!r}: not an IPv6 address")
     if spec.parent is not None:
         try:
             split_vlan(spec.parent)
@@ -455,14 +461,14 @@ def resolve(spec: EndpointSpec, config: EndpointsConfig,
     host_ifname: str | None = None
     if mode is Mode.HOST:
         _refuse_fields(spec, ("network", "bridge", "addresses", "mac", "mtu", "gateway",
-                              "publish", "parent", "ifname", "netns_path", "hand_back",
+                              "gateway6", "publish", "parent", "ifname", "netns_path", "hand_back",
                               "bridge_network"))
     elif mode is Mode.NONE:
         _refuse_fields(spec, ("network", "bridge", "addresses", "mac", "mtu", "gateway",
-                              "publish", "claims", "parent", "ifname", "netns_path",
+                              "gateway6", "publish", "claims", "parent", "ifname", "netns_path",
                               "hand_back", "bridge_network"))
     elif mode is Mode.BRIDGE:
-        _refuse_fields(spec, ("bridge", "claims", "parent"))
+        _refuse_fields(spec, ("bridge", "claims", "parent", "gateway6"))
         net = config.bridge_network(spec.network, spec.bridge_network)
         if net.gateway_mode not in GATEWAY_MODES:
             raise EndpointSpecError(f"bridge_network.gateway_mode={net.gateway_mode!r}: "
@@ -493,7 +499,7 @@ def resolve(spec: EndpointSpec, config: EndpointsConfig,
         bridge, host_ifname = spec.bridge, host_veth_name(spec.name)
     else:  # macvlan, ipvlan
         _refuse_fields(spec, ("bridge", "claims", "publish", "netns_path", "hand_back",
-                              "bridge_network"))
+                              "bridge_network", "gateway6"))
         if not addresses:
             raise EndpointSpecError(f"addresses=(): a {mode.value} endpoint needs its address")
         if mode is Mode.IPVLAN and spec.mac is not None:

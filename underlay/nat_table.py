@@ -19,7 +19,8 @@ Rules:
 - Per overlay network this host has endpoints in (`OverlayEgress`): MASQUERADE of its subnet
   leaving by any other interface (the way out, unless internal), into its bridge only replies
   and DNATed connections, and never from one overlay bridge to another (isolation on one host;
-  traffic inside an overlay is bridged, never forwarded, so no rule touches it).
+  traffic inside an overlay is bridged, never forwarded, so no rule touches it); the same
+  for IPv6 in `ip6` for the overlays with an IPv6 subnet (IPv6 MASQUERADE out unless internal).
 
 May import: the standard library and underlay.endpoints_model.
 """
@@ -33,20 +34,26 @@ from underlay.endpoints_model import BridgeNetwork, EndpointRecord, Mode
 
 @dataclass(frozen=True)
 class OverlayEgress:
-    """An overlay network this host has endpoints in: its bridge, IPv4 subnet and whether it
-    is internal. Its endpoints leave the overlay through NAT on this host (Docker's
-    docker_gwbridge role) unless internal; two overlay networks never forward to each other."""
+    """An overlay network this host has endpoints in: its bridge, IPv4 subnet (and IPv6 one,
+    if any) and whether it is internal. Its endpoints leave the overlay through NAT on this
+    host (Docker's docker_gwbridge role) unless internal; two overlay networks never forward
+    to each other."""
 
     name: str
     bridge: str
     subnet: str
     internal: bool = False
+    subnet6: str | None = None
 
 
-def _overlay_rules(overlays: tuple[OverlayEgress, ...]) -> tuple[list[str], list[str]]:
-    """(postrouting, forward) rules of the overlay networks."""
+def _overlay_rules(overlays: tuple[OverlayEgress, ...], version: int = 4
+                   ) -> tuple[list[str], list[str]]:
+    """(postrouting, forward) rules of the overlay networks for IPv4 (`ip` table) or IPv6
+    (`ip6` table: the overlays with an IPv6 subnet)."""
     postrouting: list[str] = []
     forward: list[str] = []
+    if version == 6:
+        overlays = tuple(o for o in overlays if o.subnet6 is not None)
     bridges = [o.bridge for o in overlays]
     for net in overlays:
         br = f'"{net.bridge}"'
@@ -58,7 +65,10 @@ def _overlay_rules(overlays: tuple[OverlayEgress, ...]) -> tuple[list[str], list
             forward.append(f"iifname {br} oifname != {br} drop")
             forward.append(f"oifname {br} iifname != {br} drop")
             continue
-        postrouting.append(f"ip saddr {net.subnet} oifname != {br} masquerade")
+        if version == 4:
+            postrouting.append(f"ip saddr {net.subnet} oifname != {br} masquerade")
+        else:
+            postrouting.append(f"ip6 saddr {net.subnet6} oifname != {br} masquerade")
         forward.append(f"oifname {br} ct state established,related accept")
         forward.append(f"oifname {br} ct status dnat accept")
         forward.append(f"oifname {br} iifname != {br} drop")
@@ -125,9 +135,11 @@ def render_table(table: str, networks: tuple[BridgeNetwork, ...],
 
 
 def render_table6(table: str, networks: tuple[BridgeNetwork, ...],
-                  records: list[EndpointRecord]) -> str:
+                  records: list[EndpointRecord], overlays: tuple[OverlayEgress, ...] = ()
+                  ) -> str:
     """`table ip6 <table>`: the IPv6 side of the bridge networks in use that have a subnet6
-    (MASQUERADE out unless internal or routed, the same isolation as IPv4)."""
+    and of the overlay networks that have one (MASQUERADE out unless internal or routed, the
+    same isolation as IPv4)."""
     postrouting: list[str] = []
     forward: list[str] = []
     for net in networks:
@@ -144,6 +156,9 @@ def render_table6(table: str, networks: tuple[BridgeNetwork, ...],
         forward.append(f"oifname {br} iifname {br} accept")
         if net.gateway_mode == "nat":
             forward.append(f"oifname {br} drop")
+    overlay_postrouting, overlay_forward = _overlay_rules(overlays, 6)
+    postrouting += overlay_postrouting
+    forward += overlay_forward
     lines = [f"table ip6 {table} {{",
              "  chain postrouting {",
              "    type nat hook postrouting priority srcnat; policy accept;",
@@ -163,6 +178,6 @@ def replace_transaction(table: str, networks: tuple[BridgeNetwork, ...],
     if any(r.mode is Mode.BRIDGE for r in records) or overlays:
         script += render_table(table, networks, records, overlays)
     script += f"table ip6 {table}\ndelete table ip6 {table}\n"
-    if any(net.subnet6 for net in networks):
-        script += render_table6(table, networks, records)
+    if any(net.subnet6 for net in networks) or any(o.subnet6 for o in overlays):
+        script += render_table6(table, networks, records, overlays)
     return script

@@ -524,13 +524,12 @@ class NetlinkKernel:
     async def delete_link(self, index: int) -> None:
         await self.nl.call(lambda ipr: delete_link_by_index(ipr, index))
 
-    async def ensure_bridge(self, name: str, mtu: int, mac: str,
-                            address: str | None = None) -> int:
-        """Create or adopt bridge `name` at this MTU and MAC, up, carrying `address` (a CIDR)
-        if given; returns its ifindex."""
+    async def ensure_bridge(self, name: str, mtu: int, mac: str, *addresses: str) -> int:
+        """Create or adopt bridge `name` at this MTU and MAC, up, carrying `addresses` (CIDRs);
+        returns its ifindex."""
         def ensure(ipr: IPRoute) -> links.LinkInfo:
             info = links.ensure_bridge(ipr, name, mtu=mtu, mac=mac)
-            if address is not None:
+            for address in addresses:
                 links.add_address(ipr, name, address)
             return info
 

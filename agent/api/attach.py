@@ -57,8 +57,8 @@ class AttachRequest:
       none, macvlan, ipvlan), which touch neither IPAM nor the table.
     ifname: the interface's name inside the sandbox (ignored for HandBackVeth).
     ip: a chosen address (checked and recorded in the network's IPAM), else the next free one.
-    ip6: a chosen IPv6 address on a network with an IPv6 subnet (bridge networks), else the
-      lowest free one.
+    ip6: a chosen IPv6 address on a network with an IPv6 subnet (bridge: else the lowest
+      free one; overlay: else the next free one of this host's IPv6 block).
     mac: a chosen MAC, else Docker's rule from the address (`underlay.endpoints_model`).
     publish, ports: bridge mode published ports, host mode port claims.
     aliases, labels: carried into the attachment for name service and policy.
@@ -98,6 +98,7 @@ class Attachment:
       back). ifname: the interface's name there.
     host_ifname: the host-side veth (bridge, overlay). handed_back: HandBackVeth's peer name.
     gateway: the default route's next hop (None: the network is routed on link only).
+    gateway6: the IPv6 default route's next hop (a network with an IPv6 subnet), else None.
     routes: every route inside the sandbox besides the connected subnet.
     nameservers, search: the resolver serving the sandbox (127.0.0.11) and its search
       domains (the networks), for a runtime that writes the sandbox's resolv.conf (CNI).
@@ -120,6 +121,7 @@ class Attachment:
     handed_back: str | None
     bridge: str | None
     state: str
+    gateway6: str | None = None
     publish: tuple[PortMapping, ...] = ()
     ports: tuple[PortClaim, ...] = ()
     aliases: tuple[str, ...] = ()

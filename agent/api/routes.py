@@ -281,7 +281,7 @@ def attachment_json(attachment: Attachment) -> dict[str, Any]:
             "mtu": attachment.mtu, "netns": attachment.netns, "sandbox": attachment.sandbox,
             "ifname": attachment.ifname, "host_ifname": attachment.host_ifname,
             "handed_back": attachment.handed_back, "bridge": attachment.bridge,
-            "gateway": attachment.gateway,
+            "gateway": attachment.gateway, "gateway6": attachment.gateway6,
             "routes": [{"dst": r.destination, "gw": r.gateway} for r in attachment.routes],
             "state": attachment.state, "node": attachment.node,
             "publish": [str(m) for m in attachment.publish],

@@ -160,9 +160,9 @@ def result_from_attachment(attachment: Mapping[str, Any], invocation: Invocation
             Interface(name=invocation.ifname, mac=str(attachment["mac"]),
                       sandbox=invocation.netns, mtu=attachment.get("mtu")),
         )
-        gateway = attachment.get("gateway")
-        ips = tuple(IPConfig(str(a), str(gateway) if gateway else None, 1)
-                    for a in attachment["addresses"])
+        gateways = {4: attachment.get("gateway"), 6: attachment.get("gateway6")}
+        ips = tuple(IPConfig(str(a), str(gw) if (gw := gateways[6 if ":" in a else 4]) else None,
+                             1) for a in attachment["addresses"])
         routes = tuple(Route(str(r["dst"]), str(r["gw"]) if r.get("gw") else None)
                        for r in attachment.get("routes") or ())
     except (KeyError, TypeError) as exc:

@@ -79,16 +79,34 @@ def first_ip(record: EndpointRecord) -> str | None:
     return record.addresses[0].split("/")[0] if record.addresses else None
 
 
+def record_ips(record: EndpointRecord) -> tuple[str, ...]:
+    """Every address of the endpoint without its prefix length (IPv4 first, then IPv6)."""
+    return tuple(a.split("/")[0] for a in record.addresses)
+
+
+def gateway6_of(record: EndpointRecord) -> str | None:
+    """The endpoint's IPv6 default gateway (overlay: its spec's; bridge: its network's)."""
+    if record.spec.gateway6 is not None:
+        return record.spec.gateway6
+    net = record.spec.bridge_network
+    gateway6 = None if net is None or record.mode is not Mode.BRIDGE else net.gateway6
+    return None if gateway6 is None else str(gateway6.ip)
+
+
 def attachment_of(record: EndpointRecord, node: str) -> Attachment:
     """The attachment an endpoint record stands for."""
     spec = record.spec
     sandbox = netns_path(record.netns) if record.netns else record.sandbox
     default = "::/0" if record.gateway and ":" in record.gateway else "0.0.0.0/0"
-    routes = (Route(default, record.gateway),) if record.gateway else ()
+    routes: tuple[Route, ...] = (Route(default, record.gateway),) if record.gateway else ()
+    gateway6 = gateway6_of(record)
+    if gateway6 is not None:
+        routes += (Route("::/0", gateway6),)
     return Attachment(
         name=record.name, network=record.network or "", mode=record.mode, node=node,
         ip=first_ip(record), addresses=record.addresses, mac=record.mac, mtu=spec.mtu,
-        gateway=record.gateway, routes=routes, netns=record.netns, sandbox=sandbox,
+        gateway=record.gateway, gateway6=gateway6, routes=routes, netns=record.netns,
+        sandbox=sandbox,
         ifname=record.ifname, host_ifname=record.host_ifname, handed_back=record.handed_back,
         bridge=record.bridge, state=record.state.value, publish=spec.publish,
         ports=spec.claims, aliases=spec.aliases, labels=spec.labels, services=spec.services)
@@ -175,7 +193,16 @@ class Attachments:
                            f"{', '.join(self._networks.names()) or 'none'})")
         address, pool = await self._allocate(network, request)
         ip = str(address)
+        allocated = [(address, pool)]
         try:
+            addresses = [f"{ip}/{network.subnet.prefixlen}"]
+            # Dual stack: an IPv6 address from its own pool, unless the runtime configures a
+            # handed-back veth itself and asked for no IPv6 address (Docker's IPv4 networks).
+            if network.subnet6 is not None and (
+                    request.ip6 is not None or not isinstance(request.sandbox, HandBackVeth)):
+                address6, pool6 = await self._allocate(network, request, version=6)
+                allocated.append((address6, pool6))
+                addresses.append(f"{address6}/{network.subnet6.prefixlen}")
             joining = network.name not in self._table.networks()
             if joining:
                 self._join_table_network(network.name, trio.current_time())
@@ -188,19 +215,25 @@ class Attachments:
                                                            encrypted=network.encrypted)
             # The default route goes via the network's gateway, which every host's bridge
             # carries (overlay.desired); a handed-back veth is the runtime's to route.
-            gateway = None if isinstance(request.sandbox, HandBackVeth) else str(network.gateway)
+            routed = not isinstance(request.sandbox, HandBackVeth)
+            gateway6 = network.gateway6 if routed else None
             spec = _with_sandbox(EndpointSpec(
                 name=request.name, mode=Mode.OVERLAY, network=network.name, bridge=bridge,
-                mtu=mtu, addresses=(f"{ip}/{network.subnet.prefixlen}",), mac=request.mac,
-                gateway=gateway), request)
+                mtu=mtu, addresses=tuple(addresses), mac=request.mac,
+                gateway=str(network.gateway) if routed else None,
+                gateway6=None if gateway6 is None else str(gateway6)), request)
             await self._wait_link(bridge, joining=joining)
             record = await self._endpoints.create(spec)
         except BaseException:
-            pool.release(address)
+            for held, held_pool in allocated:
+                held_pool.release(held)
             raise
         assert record.mac is not None  # overlay records always carry one (model rule)
-        self._table.put_endpoint(network.name, ip, record.mac, trio.current_time(),
-                                 changed_at=time.time(), attributes=attributes_of(record))
+        # One table entry per address (same MAC, same names): peers program a neighbor entry
+        # (ARP or NDP) for each and one FDB entry for the MAC.
+        for entry_ip in record_ips(record):
+            self._table.put_endpoint(network.name, entry_ip, record.mac, trio.current_time(),
+                                     changed_at=time.time(), attributes=attributes_of(record))
         self._gossip.records_changed()
         self._pipeline.mark_dirty()
         return record
@@ -236,15 +269,16 @@ class Attachments:
             mtu=network.mtu or self._facts.mtu, gateway_address=str(network.gateway),
             subnet6=None if network.subnet6 is None else str(network.subnet6))
 
-    async def _allocate(self, network: Network, request: AttachRequest
+    async def _allocate(self, network: Network, request: AttachRequest, *, version: int = 4
                         ) -> tuple[IPAddress, AddressPool]:
-        """`request.ip` if given (checked and recorded in etcd by the pool), else the next
-        free one, confirmed in etcd while it answers (another host may have recorded a chosen
-        address in our block that we had not re-read yet)."""
-        pool = await self._pools.get(network)
+        """`request.ip` (`version` 6: `request.ip6`) if given (checked and recorded in etcd by
+        the pool), else the next free one, confirmed in etcd while it answers (another host
+        may have recorded a chosen address in our block that we had not re-read yet)."""
+        pool = await self._pools.get(network, version)
         handle = f"{self.node}/{request.name}"
-        if request.ip is not None:
-            return await pool.allocate_address(handle, request.ip), pool
+        chosen = request.ip if version == 4 else request.ip6
+        if chosen is not None:
+            return await pool.allocate_address(handle, chosen), pool
         address = await pool.allocate(handle)
         if not self._store.statistics().degraded:
             with contextlib.suppress(StoreUnavailable):  # gone now: flushed later
@@ -283,20 +317,22 @@ class Attachments:
                 record = self._endpoints.get(name)
             except EndpointNotFound:
                 return False
-            ip = first_ip(record)
+            ips = record_ips(record)
             network_name = record.network or ""
             now = trio.current_time()
             overlay = record.mode is Mode.OVERLAY
-            if overlay and ip and self._table.get(network_name, self.node, ip) is not None:
-                self._table.delete_endpoint(network_name, ip, now, changed_at=time.time())
-                self._gossip.records_changed()
+            for ip in ips if overlay else ():
+                if self._table.get(network_name, self.node, ip) is not None:
+                    self._table.delete_endpoint(network_name, ip, now, changed_at=time.time())
+                    self._gossip.records_changed()
             await self._endpoints.delete(name)
             await self._names.refresh()
             if overlay:
                 self._after_overlay_detach(network_name, now)
                 await self.apply_overlay_egress()
             if record.mode in IPAM_MODES:
-                await self._release(name, network_name, ip)
+                for ip in ips:
+                    await self._release(name, network_name, ip)
             return True
 
     def _after_overlay_detach(self, network_name: str, now: float) -> None:
@@ -306,12 +342,13 @@ class Attachments:
             self._gossip.records_changed()
         self._pipeline.mark_dirty()
 
-    async def _release(self, name: str, network_name: str, ip: str | None) -> None:
+    async def _release(self, name: str, network_name: str, ip: str) -> None:
         network = self._networks.get(network_name)
         if network is not None and ip:
+            address = ipaddress.ip_address(ip)
             try:
-                pool = await self._pools.get(network)
-                pool.release(ipaddress.ip_address(ip))
+                pool = await self._pools.get(network, address.version)
+                pool.release(address)
             except AgentError as exc:
                 log.warning("endpoint %s: address %s not released yet: %s", name, ip, exc)
 
@@ -322,8 +359,9 @@ class Attachments:
         for name in sorted(self.overlay_networks()):
             network = self._networks.get(name)
             if network is not None and network.subnet.version == 4:
-                overlays.append(OverlayEgress(name, desired_state.bridge_name(network.vni),
-                                              str(network.subnet), network.internal))
+                overlays.append(OverlayEgress(
+                    name, desired_state.bridge_name(network.vni), str(network.subnet),
+                    network.internal, None if network.subnet6 is None else str(network.subnet6)))
         await self._endpoints.set_overlay_egress(tuple(overlays))
 
     # -- restart ----------------------------------------------------------------------------
@@ -334,19 +372,22 @@ class Attachments:
         network = self._networks.get(name)
         if network is not None:
             self._table.set_subnet(name, str(network.subnet), str(network.gateway))
+            if network.subnet6 is not None:
+                self._table.set_subnet(name, str(network.subnet6), str(network.gateway6))
 
     def republish(self) -> None:
         """Our overlay endpoints go back into the table before gossip joins (restart)."""
         now = trio.current_time()
         for record in self._endpoints.records():
-            ip = first_ip(record)
-            if record.mode is not Mode.OVERLAY or not ip or not record.mac \
+            if record.mode is not Mode.OVERLAY or not record.addresses or not record.mac \
                     or not record.network:
                 continue
             if record.network not in self._table.networks():
                 self._join_table_network(record.network, now)
-            self._table.put_endpoint(record.network, ip, record.mac, now, changed_at=time.time(),
-                                     attributes=attributes_of(record))
+            for ip in record_ips(record):
+                self._table.put_endpoint(record.network, ip, record.mac, now,
+                                         changed_at=time.time(),
+                                         attributes=attributes_of(record))
 
 
 def _chosen(network: Network, request: AttachRequest) -> tuple[str, ...]:
@@ -376,10 +417,12 @@ def _driver_mode(request: AttachRequest, network: Network | None) -> Mode:
         if request.mode not in (Mode.OVERLAY, mode):
             raise InvalidRequest(f"mode: {request.mode.value!r} does not match network "
                                  f"{network.name!r}, a {mode.value} network (leave --mode out)")
-    if request.ip6 and mode is not Mode.BRIDGE:
-        raise InvalidRequest(f"ip6: {request.ip6!r}: IPv6 addresses are for bridge networks "
-                             f"with --subnet6 ({request.network or 'no network'} is "
-                             f"{mode.value})")
+    if request.ip6 and (network is None or network.subnet6 is None
+                        or mode not in (Mode.BRIDGE, Mode.OVERLAY)):
+        raise InvalidRequest(f"ip6: {request.ip6!r}: IPv6 addresses are for bridge and overlay "
+                             f"networks with --subnet6 ({request.network or 'no network'} is "
+                             f"{mode.value}"
+                             f"{'' if network is None or network.subnet6 else ' without one'})")
     if request.publish and mode is not Mode.BRIDGE:
         raise InvalidRequest(f"publish: only endpoints of bridge networks publish ports "
                              f"({request.network or 'no network'} is {mode.value})")

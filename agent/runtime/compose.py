@@ -208,7 +208,9 @@ def desired_inputs(c: Components) -> DesiredInputs:
     networks = tuple(
         desired_state.NetworkSpec(name, net.vni, net.mtu, c.config.underlay.vxlan_port,
                                   f"{net.gateway}/{net.subnet.prefixlen}",
-                                  encrypted=net.encrypted)
+                                  encrypted=net.encrypted,
+                                  gateway6=None if net.subnet6 is None
+                                  else f"{net.gateway6}/{net.subnet6.prefixlen}")
         for name, net in c.networks.items() if name in joined)
     local = tuple(desired_state.LocalEndpoint(r.network, r.host_ifname)
                   for r in c.endpoints.records()

@@ -1,8 +1,9 @@
 """Address pools of this host, one per network, opened on first use and flushed in background.
 
-Owns: `AddressPools`: the pool cache (one pool, hence one flusher, per network), and the
-service that runs the flushers and opens, while etcd answers, the pools of the networks this
-host has endpoints in (so endpoints can still be made from our blocks if etcd goes away).
+Owns: `AddressPools`: the pool cache (one pool, hence one flusher, per network and address
+family: a network with an IPv6 subnet has a second pool), and the service that runs the
+flushers and opens, while etcd answers, the pools of the networks this host has endpoints in
+(so endpoints can still be made from our blocks if etcd goes away).
 
 Rules: a pool opened by a request is handed to the service through a channel (its flusher
 starts there), so no request needs a nursery; opening retries every `retry_interval`.
@@ -32,17 +33,19 @@ class AddressPools:
     def __init__(self, store: Store, node: str) -> None:
         self._store = store
         self._node = node
-        self._pools: dict[str, AddressPool] = {}
+        self._pools: dict[tuple[str, int], AddressPool] = {}
         self._lock = trio.Lock()
         self._opened, self._to_flush = trio.open_memory_channel[AddressPool](math.inf)
 
-    async def get(self, network: Network) -> AddressPool:
-        """The pool of `network`, opened (from etcd) the first time."""
+    async def get(self, network: Network, version: int = 4) -> AddressPool:
+        """The pool of `network` (`version` 6: of its IPv6 subnet), opened (from etcd) the
+        first time."""
         async with self._lock:
-            pool = self._pools.get(network.name)
+            pool = self._pools.get((network.name, version))
             if pool is None:
-                pool = await self._store.open_address_pool(network.name, self._node)
-                self._pools[network.name] = pool
+                pool = await self._store.open_address_pool(network.name, self._node,
+                                                           version=version)
+                self._pools[(network.name, version)] = pool
                 self._opened.send_nowait(pool)
             return pool
 
@@ -66,6 +69,8 @@ class AddressPools:
                     continue
                 try:
                     await self.get(network)
+                    if network.subnet6 is not None and network.driver == "overlay":
+                        await self.get(network, 6)
                     names.discard(name)
                 except AgentError as exc:
                     log.debug("address pool of %s not open yet: %s", name, exc)

@@ -32,7 +32,7 @@ class NetworkConflict(StoreError):
     """Another network already holds this name, VNI or an overlapping subnet."""
 
     def __init__(self, field: str, value: object, holder: str) -> None:
-        verb = "overlaps" if field == "subnet" else "is already taken by"
+        verb = "overlaps" if field in ("subnet", "subnet6") else "is already taken by"
         super().__init__(f"network {field}={value!r} {verb} network {holder!r}")
         self.field = field
         self.value = value

@@ -14,7 +14,8 @@ and count it; it never crashes an agent.
                                                   network overlap 10.1.0.0/16" is one range
                                                   compare (subnets inside it) plus one compare per
                                                   shorter prefix length (subnets around it)
-    /vxmesh/v1/blocks/<network>/<addr>-<len>      Block: an IPAM block of the network's subnet,
+    /vxmesh/v1/blocks/<network>/<addr>-<len>      Block: an IPAM block of the network's subnet
+                                                  (or of its subnet6: `Network.ipv6_view`),
                                                   claimed by one host (Calico block affinity);
                                                   `allocations` maps address -> endpoint handle.
                                                   These maps ARE the endpoint registry of the
@@ -188,6 +189,17 @@ class Network:
     def gateway6(self) -> ipaddress.IPv6Address | None:
         """The IPv6 gateway: the first address of `subnet6` (as Docker)."""
         return None if self.subnet6 is None else self.subnet6.network_address + 1
+
+    def ipv6_view(self) -> Network:
+        """The network as its IPv6 address pool sees it: `subnet6` as the subnet, its first
+        address as the gateway, blocks of /122 (64 addresses, or the subnet if smaller), no
+        ip-range. Its blocks live under the same `blocks/<name>/` prefix as the IPv4 ones
+        (told apart by their address family), so they go with the network."""
+        if self.subnet6 is None:
+            raise ValueError(f"network {self.name} has no IPv6 subnet")
+        gateway6 = self.subnet6.network_address + 1
+        return Network(self.name, self.vni, self.subnet6, gateway6, self.mtu, self.mode,
+                       self.options, max(BLOCK_PREFIX_DEFAULT[6], self.subnet6.prefixlen))
 
     @property
     def parent(self) -> str | None:

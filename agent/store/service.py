@@ -333,26 +333,23 @@ class Store:
             candidate = network
             if network.vni == 0:
                 candidate = dataclasses.replace(network, vni=await self._free_vni())
-            inner_start, inner_end = subnet_inner_range(candidate.subnet)
-            outer = subnet_outer_keys(candidate.subnet)
             name = candidate.name
             compares = [
                 Compare(network_key(name), "create", "=", 0),
                 Compare(vni_key(candidate.vni), "create", "=", 0),
-                Compare(inner_start, "create", "=", 0, range_end=inner_end),
-                *(Compare(key, "create", "=", 0) for key in outer),
             ]
             success: list[Op] = [
                 Put(network_key(name), encode(candidate)),
                 Put(vni_key(candidate.vni), name.encode()),
-                Put(subnet_key(candidate.subnet), name.encode()),
             ]
-            failure: list[Op] = [
-                Get(network_key(name)),
-                Get(vni_key(candidate.vni)),
-                Get(inner_start, inner_end),
-                *(Get(key) for key in outer),
-            ]
+            failure: list[Op] = [Get(network_key(name)), Get(vni_key(candidate.vni))]
+            for subnet in _subnets_of(candidate):
+                inner_start, inner_end = subnet_inner_range(subnet)
+                outer = subnet_outer_keys(subnet)
+                compares += [Compare(inner_start, "create", "=", 0, range_end=inner_end),
+                             *(Compare(key, "create", "=", 0) for key in outer)]
+                success.append(Put(subnet_key(subnet), name.encode()))
+                failure += [Get(inner_start, inner_end), *(Get(key) for key in outer)]
             result = await self.txn(compares, success, failure)
             if result.succeeded:
                 return candidate
@@ -395,7 +392,8 @@ class Store:
         for _ in range(DELETE_ATTEMPTS):
             network_kv, block_kvs, revision = await self._network_and_blocks(name)
             blocks = [block for _, block in self.blocks_with_keys(block_kvs)]
-            endpoints = sum(len(b.allocations) for b in blocks)
+            # An endpoint with an IPv4 and an IPv6 address holds one handle in both pools.
+            endpoints = len({h for b in blocks for h in b.allocations.values()})
             if endpoints and not force:
                 raise NetworkInUse(name, endpoints)
             try:
@@ -409,7 +407,8 @@ class Store:
                 compares.append(Compare(prefix, "mod", "<", revision + 1, prefix_end(prefix)))
             ops: list[Op] = [Delete(network_kv.key), Delete(prefix, prefix_end(prefix))]
             if network is not None:
-                ops += [Delete(vni_key(network.vni)), Delete(subnet_key(network.subnet))]
+                ops += [Delete(vni_key(network.vni)),
+                        *(Delete(subnet_key(subnet)) for subnet in _subnets_of(network))]
             result = await self.txn(compares, ops)
             if result.succeeded:
                 return
@@ -608,10 +607,16 @@ class Store:
 
     # -- IPAM --------------------------------------------------------------------------------
 
-    async def open_address_pool(self, network_name: str, host: str) -> AddressPool:
-        """The pool of `host` in a network, with the blocks etcd says it already holds."""
+    async def open_address_pool(self, network_name: str, host: str, *,
+                                version: int = 4) -> AddressPool:
+        """The pool of `host` in a network, with the blocks etcd says it already holds;
+        `version` 6: the pool of the network's IPv6 subnet (`Network.ipv6_view`)."""
         network_kv, block_kvs, _ = await self._network_and_blocks(network_name)
         network = decode_network(network_kv.key, network_kv.value)
+        if version == 6:
+            if network.subnet6 is None:
+                raise InvalidAddress("ip6", network_name, "the network has no IPv6 subnet")
+            network = network.ipv6_view()
         pool = AddressPool(self, network, network_kv.create_revision, host)
         pool.resync(block_kvs)
         return pool
@@ -679,6 +684,8 @@ class Store:
         subnet); the others are skipped, logged once and counted as rejected."""
         pairs = []
         for kv in kvs:
+            if network is not None and _other_family(kv.key, network):
+                continue  # the other address family's pool of the network holds it
             try:
                 block = decode_block(kv.key, kv.value)
                 if network is not None:
@@ -692,16 +699,32 @@ class Store:
         return pairs
 
 
+def _other_family(key: str, network: Network) -> bool:
+    """Whether block `key` names a block of the other address family than `network`'s subnet
+    (a dual-stack network keeps both pools' blocks under one prefix)."""
+    cidr = block_cidr_from_key(key)
+    return cidr is not None and cidr.version != network.subnet.version
+
+
+def _subnets_of(network: Network) -> tuple[IPNetwork, ...]:
+    """The subnets a network holds a guard for: its subnet, and its subnet6 if any."""
+    return (network.subnet,) if network.subnet6 is None else (network.subnet, network.subnet6)
+
+
 def _conflict(network: Network, ranges: list[list[KeyValue]]) -> NetworkConflict:
-    name_kvs, vni_kvs, inner_kvs, *outer = ranges
+    name_kvs, vni_kvs, *guards = ranges
     if name_kvs:
         return NetworkConflict("name", network.name, network.name)
     if vni_kvs:
         return NetworkConflict("vni", network.vni, vni_kvs[0].value.decode(errors="replace"))
-    for kvs in (inner_kvs, *outer):
-        if kvs:
-            holder = kvs[0].value.decode(errors="replace")
-            return NetworkConflict("subnet", str(network.subnet), holder)
+    for subnet in _subnets_of(network):  # each subnet's inner range, then its outer keys
+        count = 1 + len(subnet_outer_keys(subnet))
+        mine, guards = guards[:count], guards[count:]
+        for kvs in mine:
+            if kvs:
+                holder = kvs[0].value.decode(errors="replace")
+                field = "subnet" if subnet == network.subnet else "subnet6"
+                return NetworkConflict(field, str(subnet), holder)
     return NetworkConflict("name", network.name, "(a concurrent change)")
 
 
@@ -794,13 +817,15 @@ class AddressPool:
         block is claimed with it, in another host's block it is recorded there, each in one
         transaction (`StoreUnavailable` if etcd is away).
         """
-        address = check_chosen(self.network, chosen)
+        field_name = "ip" if self.network.subnet.version == 4 else "ip6"
+        address = check_chosen(self.network, chosen, field_name)
         refreshed = False
         async with self._lock:
             for _ in range(COMMIT_ATTEMPTS):
                 known = self.allocations().get(handle)
                 if known is not None and known != address:
-                    raise InvalidAddress("ip", str(address), f"{handle} already holds {known}")
+                    raise InvalidAddress(field_name, str(address),
+                                         f"{handle} already holds {known}")
                 foreign = self._foreign.get(address)
                 if foreign is not None:
                     if foreign[1] != handle:
@@ -1016,7 +1041,7 @@ class AddressPool:
 
     def resync(self, block_kvs: Iterable[KeyValue]) -> None:
         """Learn the network's blocks as etcd has them: who holds what, our revisions."""
-        block_kvs = list(block_kvs)
+        block_kvs = [kv for kv in block_kvs if not _other_family(kv.key, self.network)]
         readable = self.store.blocks_with_keys(block_kvs, self.network)
         stored = {block.cidr: (kv, block) for kv, block in readable}
         # A malformed record still occupies its key: never try to claim that block.

@@ -279,6 +279,36 @@ def test_a_network_is_created_from_the_configured_subnet(cni_lab: CniLab,
         cni_lab.lab.wait_for(deleted, "network green to be deletable", 20.0, interval=0.2)
 
 
+def test_dual_stack_network_result_carries_the_ipv6_address(cni_lab: CniLab,
+                                                             netns_lab: NetnsLab) -> None:
+    client = cni_lab.lab.client(cni_lab.h1)
+    client.request("POST", "/v1/networks", {"name": "dual", "subnet": "10.215.0.0/24",
+                                            "subnet6": "fd17:215::/64"})
+    attachment = container(netns_lab, "d")
+    config = conf(cni_lab, "1.1.0", network="dual")
+    added = plugin(cni_lab, "ADD", config, attachment)
+    try:
+        assert added.code == 0, added
+        ip4, ip6 = added.value["ips"]
+        assert ip4["gateway"] == "10.215.0.1" and ip6["gateway"] == "fd17:215::1"
+        assert ipaddress.ip_interface(ip6["address"]).network == \
+            ipaddress.ip_network("fd17:215::/64")
+        assert {"dst": "::/0", "gw": "fd17:215::1"} in added.value["routes"]
+        assert ip6["address"] in inside(attachment, "ip", "-6", "addr", "show", "eth0")
+        assert "default via fd17:215::1" in inside(attachment, "ip", "-6", "route")
+        checked = plugin(cni_lab, "CHECK", conf(cni_lab, "1.1.0", network="dual",
+                                                prevResult=added.value), attachment)
+        assert checked.code == 0, checked
+    finally:
+        assert plugin(cni_lab, "DEL", config, attachment).code == 0
+
+        def deleted() -> bool:  # once the pools have flushed the released addresses
+            client.request("DELETE", "/v1/networks/dual")
+            return True
+
+        cni_lab.lab.wait_for(deleted, "network dual to be deletable", 20.0, interval=0.2)
+
+
 def test_del_while_the_agent_is_down_is_done_when_it_starts(cni_lab: CniLab,
                                                             netns_lab: NetnsLab) -> None:
     veths = host_veths(cni_lab)

@@ -138,9 +138,8 @@ class FakeKernel:
             results.append(code if code else self._write(write))
         return results
 
-    async def ensure_bridge(self, name: str, mtu: int, mac: str,
-                            address: str | None = None) -> int:
-        self.link_calls.append(f"ensure_bridge {name}" + (f" {address}" if address else ""))
+    async def ensure_bridge(self, name: str, mtu: int, mac: str, *addresses: str) -> int:
+        self.link_calls.append(" ".join(("ensure_bridge", name, *addresses)))
         found = self.link(name)
         if found is not None:
             if found.kind != "bridge":

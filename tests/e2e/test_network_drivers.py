@@ -301,3 +301,59 @@ def test_overlay_egress_through_nat_on_the_own_host_internal_and_isolation(
         assert "10.235.0.0/24" not in rules  # internal: never masqueraded
     finally:
         _clean_up(the_lab, h1, made, tuple(n for n, _, _ in networks))
+
+
+def _underlay6(state: LabState, host: LabHost) -> None:
+    """IPv6 on the underlay: the switch fd17:77::1, the host fd17:77::<11+n> (for egress)."""
+    own = f"fd17:77::{host.address.rsplit('.', 1)[1]}/64"
+    for netns, device, address in ((state.switch, "br0", "fd17:77::1/64"),
+                                   (host.netns, "eth0", own)):
+        subprocess.run(ip_netns_exec(netns, ["ip", "-6", "addr", "replace", address, "dev",
+                                             device, "nodad"]), check=True, timeout=10)
+
+
+def test_ipv6_overlay_across_hosts_egress_and_isolation(lab: tuple[Lab, LabState]) -> None:
+    the_lab, state = lab
+    h1, h2 = state.hosts
+    _underlay6(state, h1)
+    networks = (("blue6", "10.236.0.0/24", "fd17:36::/64"),
+                ("red6", "10.237.0.0/24", "fd17:37::/64"))
+    for name, subnet, subnet6 in networks:
+        assert _cli(h1, "network", "create", name, "--driver", "overlay", "--subnet", subnet,
+                    "--subnet6", subnet6) == EXIT_OK
+    made = [(h1, "x1"), (h2, "x2"), (h2, "x3"), (h1, "r1")]
+    try:
+        assert _cli(h1, "endpoint", "create", "x1", "--network", "blue6") == EXIT_OK
+        assert _cli(h2, "endpoint", "create", "x2", "--network", "blue6") == EXIT_OK
+        assert _cli(h2, "endpoint", "create", "x3", "--network", "blue6", "--ip6",
+                    "fd17:36::77") == EXIT_OK
+        assert _cli(h1, "endpoint", "create", "r1", "--network", "red6") == EXIT_OK
+        x1, x2, x3, r1 = (_ep(the_lab, host, name) for host, name in made)
+        six = {name: next(a.split("/")[0] for a in ep["addresses"] if ":" in a)
+               for name, ep in (("x1", x1), ("x2", x2), ("x3", x3), ("r1", r1))}
+        # one IPAM for both hosts: never the same IPv6 address twice, each with its prefix
+        assert len(set(six.values())) == 4, six
+        assert six["x3"] == "fd17:36::77"
+        assert f"{six['x1']}/64" in x1["addresses"] and x1["gateway6"] == "fd17:36::1"
+        route = _in(x1["netns"], "ip", "-6", "route", "show", "default").stdout
+        assert "via fd17:36::1" in route, route
+        # both ways across the overlay, over static NDP entries from the gossip table
+        the_lab.wait_for(lambda: _ping(x1, six["x2"]), "x1 to reach x2 over IPv6", 15,
+                         interval=0.2)
+        assert _ping(x2, six["x1"]) and _ping(x1, six["x3"])
+        vni = {n["name"]: n["vni"] for n in the_lab.client(h2).request("GET", "/v1/networks")}
+        vxtun = f"vxtun{vni['blue6']}"
+        neighbors = _in(h2.netns, "ip", "-6", "neigh", "show", "dev", vxtun).stdout
+        assert f"{six['x1']} lladdr {x1['mac']} PERMANENT" in neighbors, neighbors
+        assert _ping(x1, "fd17:77::1")  # out through IPv6 NAT on x1's own host
+        assert not _ping(x1, six["r1"]) and not _ping(r1, six["x1"])  # overlays isolated
+        rules = _in(h1.netns, "nft", "list", "table", "ip6", "vxmesh").stdout
+        assert "fd17:36::/64" in rules and "masquerade" in rules, rules
+        assert _cli(h1, "endpoint", "create", "bad6", "--network", "blue6", "--ip6",
+                    "fd17:99::5") == EXIT_USAGE  # outside the network's IPv6 subnet
+        assert _cli(h2, "endpoint", "create", "dup6", "--network", "blue6", "--ip6",
+                    six["x1"]) != EXIT_OK  # held by x1 on the other host
+        assert _cli(h1, "network", "create", "clash6", "--subnet", "10.238.0.0/24",
+                    "--subnet6", "fd17:36::/80") != EXIT_OK  # inside blue6's IPv6 subnet
+    finally:
+        _clean_up(the_lab, h1, made, tuple(n for n, _, _ in networks))

@@ -249,6 +249,43 @@ async def test_ipv6_network_two_hosts(local_etcd: LocalEtcd) -> None:
         store.close()
 
 
+async def test_dual_stack_network_two_pools_per_host(local_etcd: LocalEtcd) -> None:
+    """A network with a subnet6 has an IPv6 pool beside its IPv4 one, blocks of both under
+    one prefix: neither pool takes the other's blocks for damaged ones, no address is handed
+    out twice across hosts, an endpoint holding one of each counts once, and the network's
+    IPv6 subnet is guarded like its IPv4 one."""
+    admin = connect(local_etcd)
+    network = await admin.create_network(validate_network(
+        name="dual", subnet="10.9.0.0/24", subnet6="fd00:9::/64"))
+    stores = [connect(local_etcd, seed) for seed in (3, 4)]
+    pools4 = [await s.open_address_pool("dual", f"h{i}") for i, s in enumerate(stores)]
+    pools6 = [await s.open_address_pool("dual", f"h{i}", version=6)
+              for i, s in enumerate(stores)]
+    done4 = await run_allocators(pools4, 70)
+    done6 = await run_allocators(pools6, 70)
+    await flush_all([*pools4, *pools6])
+    stored = await stored_allocations(admin)
+    assert_unique_and_complete(done4, [r for r in stored if r[0].version == 4], network)
+    assert_unique_and_complete(done6, [r for r in stored if r[0].version == 6],
+                               network.ipv6_view())
+    assert all(a.version == 6 and a != ipaddress.ip_address("fd00:9::1")
+               for a in done6.values())
+    reopened = await connect(local_etcd, 9).open_address_pool("dual", "h0", version=6)
+    assert reopened.allocations() == pools6[0].allocations()
+    assert all(s.statistics().rejected_values == 0 for s in [*stores, reopened.store])
+    with pytest.raises(NetworkInUse) as in_use:
+        await admin.delete_network("dual")
+    assert in_use.value.endpoints == 140  # one per handle, not one per address
+    with pytest.raises(NetworkConflict) as clash:
+        await admin.create_network(validate_network(
+            name="clash", subnet="10.10.0.0/24", subnet6="fd00:9::/80"))
+    assert clash.value.field == "subnet6"
+    await admin.delete_network("dual", force=True)
+    assert not await stored_allocations(admin)
+    for store in [admin, *stores, reopened.store]:
+        store.close()
+
+
 async def test_etcd_killed_and_restarted_mid_run(local_etcd: LocalEtcd) -> None:
     admin = connect(local_etcd)
     network = await admin.create_network(
