@@ -38,6 +38,7 @@ import subprocess
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 from pyroute2 import IPRoute
@@ -178,6 +179,17 @@ class Endpoints:
                 except BaseException:
                     self._overlays = previous
                     raise
+
+    async def set_aliases(self, name: str, aliases: tuple[str, ...]) -> EndpointRecord:
+        """Record new aliases for endpoint `name` (its kernel objects are not touched)."""
+        async with self._lock:
+            record = self.get(name)
+            changed = dataclasses.replace(
+                record, spec=dataclasses.replace(record.spec, aliases=aliases))
+            await trio.to_thread.run_sync(partial(
+                self._store.save, changed, durable=_outlives_reboot(changed)))
+            self._records[name] = changed
+            return changed
 
     async def delete(self, name: str) -> bool:
         """Delete endpoint `name` with all its kernel objects; False if it did not exist."""

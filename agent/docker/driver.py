@@ -23,11 +23,15 @@ Rules:
 - Clean-up: an endpoint recorded before this agent started that Docker no longer lists is
   detached and its address released.
 
+- Names: Docker tells a driver no container name, so after a Join the container holding the
+  endpoint is looked up in the Engine API (retried until Docker lists it, `NAMES_TIMEOUT`):
+  its name and its aliases on that network (`--network-alias`, the short id) become the
+  attachment's aliases, so every host's resolver answers them (`container_names`).
 - Before a Join is answered, Docker's FORWARD policy lets the network's bridged traffic
   through (agent.docker.forwarding).
 
 May import: agent.api.errors, agent.docker (protocol, engine, forwarding), agent.state_files,
-agent.store.schema (the Network record), overlay.desired (bridge names),
+agent.store.schema (the Network record), overlay.desired (bridge names), overlay.attributes,
 underlay.endpoints_model (the MAC rule), trio, the standard library.
 """
 
@@ -53,6 +57,7 @@ from agent.errors import AgentError
 from agent.state_files import StateReadError, write_atomically
 from agent.store.errors import NetworkInUse
 from agent.store.schema import Network
+from overlay.attributes import LABEL, MAX_ALIASES
 from overlay.desired import bridge_name
 from underlay.endpoints_model import mac_for_address
 
@@ -62,6 +67,7 @@ NAME_TIMEOUT = 5.0  # how long a call waits for Docker to store a network it is 
 RELEASE_WAIT = 5.0  # how long docker network rm waits for addresses still being released
 NETWORK_OPTIONS = ("vni", "mtu", "io.vxmesh.network")
 ENDPOINT_PREFIX = "docker-"
+NAMES_TIMEOUT = 30.0  # how long after a Join the container's name is looked for
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,7 @@ class Mesh(Protocol):
     async def attach(self, name: str, network: str, address: p.IPInterface, mac: str,
                      labels: tuple[tuple[str, str], ...]) -> Attachment: ...
     async def detach(self, name: str) -> bool: ...
+    async def set_aliases(self, name: str, aliases: tuple[str, ...]) -> None: ...
 
 
 @dataclass
@@ -139,6 +146,26 @@ class DriverStatistics:
     joined: int
     reservations: int
     cleaned_up: int
+
+
+def container_names(container: Mapping[str, Any], endpoint_id: str) -> tuple[str, ...] | None:
+    """The names the container (an Engine API inspect or list item) has on the network of
+    Docker endpoint `endpoint_id`: its name, then its aliases there, lower-case DNS labels
+    without repeats (at most `MAX_ALIASES`); None when that endpoint is not the container's."""
+    settings = container.get("NetworkSettings") or {}
+    networks = settings.get("Networks") or {}
+    joined = [n for n in networks.values()
+              if isinstance(n, dict) and n.get("EndpointID") == endpoint_id]
+    if not joined:
+        return None
+    raw = [container.get("Name", ""), *(container.get("Names") or ())[:1],
+           *(joined[0].get("Aliases") or ())]
+    names: list[str] = []
+    for value in raw:
+        label = str(value).lstrip("/").lower()
+        if LABEL.fullmatch(label) and label not in names and len(names) < MAX_ALIASES:
+            names.append(label)
+    return tuple(names)
 
 
 def endpoint_name(endpoint_id: str) -> str:
@@ -420,7 +447,37 @@ class VxmeshDockerDriver:
             endpoint.sandbox = request.sandbox_key
             endpoint.interface = attached.interface
             self._save()
+        if self._nursery is not None:
+            self._nursery.start_soon(self._publish_names, request.endpoint_id)
         return p.JoinAnswer(interface=attached.interface)
+
+    async def _publish_names(self, endpoint_id: str) -> None:
+        """Once Docker lists the container of a joined endpoint, publish its names."""
+        delay = 0.05
+        deadline = trio.current_time() + NAMES_TIMEOUT
+        names = None
+        while names is None and trio.current_time() < deadline:
+            await trio.sleep(delay)  # Docker records the endpoint after the Join returns
+            delay = min(delay * 2, 1.0)
+            names = await trio.to_thread.run_sync(self._names_of_endpoint, endpoint_id)
+        endpoint = self.state.endpoints.get(endpoint_id)
+        if not names or endpoint is None or not endpoint.interface:
+            return  # no name found in time, or left meanwhile
+        try:
+            await self.mesh.set_aliases(endpoint.name, names)
+        except AgentError as exc:
+            log.warning("endpoint %s: names %s not published: %s", endpoint.name, names, exc)
+
+    def _names_of_endpoint(self, endpoint_id: str) -> tuple[str, ...] | None:
+        """Blocking: the names of the container holding `endpoint_id`, None if not found."""
+        try:
+            for listed in self.engine.containers():
+                if container_names(listed, endpoint_id) is not None:
+                    found = self.engine.container(str(listed.get("Id", "")))
+                    return container_names(found, endpoint_id) if found else None
+        except EngineError as exc:
+            log.debug("endpoint %s: container not looked up: %s", endpoint_id[:12], exc)
+        return None
 
     async def leave(self, request: p.EndpointRef) -> None:
         endpoint = self._endpoint(request.endpoint_id)

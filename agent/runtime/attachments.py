@@ -52,6 +52,7 @@ from agent.store.errors import StoreUnavailable
 from agent.store.schema import IPAddress, Network
 from agent.store.service import Store
 from overlay import desired as desired_state
+from overlay.attributes import InvalidAttributes, make_attributes
 from overlay.table import NeighborTable
 from underlay import links
 from underlay.endpoints import Endpoints
@@ -334,6 +335,29 @@ class Attachments:
                 for ip in ips:
                     await self._release(name, network_name, ip)
             return True
+
+    async def set_aliases(self, name: str, aliases: tuple[str, ...]) -> Attachment:
+        """Publish `aliases` as the names of attachment `name` (replacing its aliases): in its
+        record (kept across restarts), its table entry and the local resolvers."""
+        async with self._lock:
+            try:
+                record = self._endpoints.get(name)
+            except EndpointNotFound:
+                raise NotFound(f"no endpoint {name!r} on this host") from None
+            try:
+                make_attributes(aliases=aliases)
+            except InvalidAttributes as exc:
+                raise InvalidRequest(str(exc)) from None
+            record = await self._endpoints.set_aliases(name, aliases)
+            ip = first_ip(record)
+            if record.mode is Mode.OVERLAY and ip and record.mac and record.network \
+                    and self._table.get(record.network, self.node, ip) is not None:
+                self._table.put_endpoint(record.network, ip, record.mac, trio.current_time(),
+                                         changed_at=time.time(),
+                                         attributes=attributes_of(record))
+                self._gossip.records_changed()
+            await self._names.refresh()
+            return self._names.with_dns(attachment_of(record, self.node))
 
     def _after_overlay_detach(self, network_name: str, now: float) -> None:
         if network_name not in self.overlay_networks() \

@@ -255,6 +255,9 @@ class Control:
     async def detach(self, name: str) -> bool:
         return await self.c.attachments.detach(name)
 
+    async def set_aliases(self, name: str, aliases: tuple[str, ...]) -> Attachment:
+        return await self.c.attachments.set_aliases(name, aliases)
+
     # -- keys and fdb -----------------------------------------------------------------------
 
     def keys(self) -> dict[str, Any]:

@@ -96,6 +96,9 @@ class DockerMesh:
     async def detach(self, name: str) -> bool:
         return await self.control.detach(name)
 
+    async def set_aliases(self, name: str, aliases: tuple[str, ...]) -> None:
+        await self.control.set_aliases(name, aliases)
+
 
 def _watched_networks(c: Components) -> Mapping[str, Network]:
     """The store's view once it has listed (what `wait_networks_changed` reports on), else

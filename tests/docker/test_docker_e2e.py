@@ -72,6 +72,12 @@ def visible(lab: Lab, host: LabHost) -> set[str]:
     return {e["ip"] for e in lab.client(host).request("GET", "/v1/endpoints")}
 
 
+def names_of(lab: Lab, host: LabHost, ip: str) -> set[str]:
+    """The names `host` sees published for the endpoint at `ip` (name and aliases)."""
+    rows = [e for e in lab.client(host).request("GET", "/v1/endpoints") if e["ip"] == ip]
+    return {n for e in rows for n in [e.get("name") or "", *e.get("aliases", [])] if n}
+
+
 def ensure_blue(lab: Lab, state: LabState) -> None:
     h1, h2 = state.hosts
     if BLUE not in docker(h1, "network", "ls", "--format", "{{.Name}}").stdout.split():
@@ -153,7 +159,8 @@ def test_containers_across_hosts(lab: tuple[Lab, LabState]) -> None:
     h1, h2 = state.hosts
     ensure_blue(the_lab, state)
     assert BLUE in {n["name"] for n in the_lab.client(h2).request("GET", "/v1/networks")}
-    docker(h1, "run", "-d", "--name", "web", "--network", BLUE, IMAGE, "sh", "-c",
+    docker(h1, "run", "-d", "--name", "web", "--network", BLUE, "--network-alias", "www",
+           IMAGE, "sh", "-c",
            "mkdir -p /www && echo hello from web > /www/index.html && exec httpd -f -p 80 -h /www")
     web = address_of(h1, "web")
     assert ipaddress.ip_address(web) in ipaddress.ip_network(BLUE_SUBNET)
@@ -174,6 +181,15 @@ def test_containers_across_hosts(lab: tuple[Lab, LabState]) -> None:
                        "nslookup", "named", check=False)
     the_lab.client(h1).request("DELETE", "/v1/endpoints/named")
     assert named["ip"] in looked_up.stdout, (looked_up.stdout, looked_up.stderr)
+    # A container's own name and its --network-alias resolve on every host, as on Docker's
+    # overlay (Docker tells the driver no name: the agent reads it from h1's Engine API).
+    # (h2 holds blue's entries only while it has an endpoint there: the lookup's container.)
+    the_lab.wait_for(lambda: {"web", "www"} <= names_of(the_lab, h1, web),
+                     "web's container name and alias published by h1", 30.0)
+    for name in ("web", "www"):
+        looked_up = docker(h2, "run", "--rm", "--network", BLUE, "--dns", gateway, IMAGE,
+                           "nslookup", name, check=False)
+        assert web in looked_up.stdout, (name, looked_up.stdout, looked_up.stderr)
 
     # --ip through the IPAM driver; taken is refused, naming the address and its holder.
     static = str(ipaddress.ip_network(BLUE_SUBNET).network_address + 200)
