@@ -224,6 +224,16 @@ class DockerConfig:
 
 
 @dataclass(frozen=True)
+class WireGuardConfig:
+    """[wireguard]: the host's WireGuard interface for encrypted networks."""
+
+    listen_port: int = field(default=51820, metadata=_doc(
+        "UDP port WireGuard listens on (underlay); a key rotation (`vxmesh keys"
+        " rotate-wireguard`) moves the interface between this port and the next one, so"
+        " firewalls must pass both", "UDP port", minimum=1, maximum=65534))
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """The whole configuration: one field per TOML section."""
 
@@ -236,6 +246,7 @@ class AgentConfig:
     dataplane: DataplaneConfig = DataplaneConfig()
     dns: DnsConfig = DnsConfig()
     docker: DockerConfig = DockerConfig()
+    wireguard: WireGuardConfig = WireGuardConfig()
 
     @property
     def node_name(self) -> str:
@@ -424,6 +435,18 @@ def check_store(store: StoreConfig) -> None:
                           f" store.timeout={store.timeout!r}")
 
 
+def check_ports(config: AgentConfig) -> None:
+    """The UDP ports of one host must differ: WireGuard's two (listen_port and the next, used
+    during a key rotation) against gossip's and VXLAN's."""
+    wireguard = config.wireguard.listen_port
+    for key, port in (("gossip.port", config.gossip.port),
+                      ("underlay.vxlan_port", config.underlay.vxlan_port)):
+        if port in (wireguard, wireguard + 1):
+            raise AgentConfigError(
+                f"wireguard.listen_port: {wireguard} (and {wireguard + 1} during a key "
+                f"rotation) collides with {key}={port}")
+
+
 def parse_hostport(text: str, *, key: str = "address", origin: str = "argument") -> tuple[str, int]:
     """`host:port` or `[v6]:port` to a tuple; `AgentConfigError` naming `key` when malformed."""
     host, sep, port = text.rpartition(":")
@@ -505,7 +528,9 @@ def build_config(data: Mapping[str, Any], *, origin: str = "file",
             kwargs[key] = _coerce(dotted, raw, by_name[key], hints[key], kind_origin)
         built[section] = cls(**kwargs)
     check_store(built["store"])
-    return AgentConfig(**built)
+    config = AgentConfig(**built)
+    check_ports(config)
+    return config
 
 
 def load_config(path: Path | None = None, *, environ: Mapping[str, str] | None = None,

@@ -43,7 +43,15 @@ from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
-from underlay.records import MTU_MAX, MTU_MIN, VNI_MAX, VNI_MIN, canonical_ip, canonical_mac
+from underlay.records import (
+    ANY_ADDRESS,
+    MTU_MAX,
+    MTU_MIN,
+    VNI_MAX,
+    VNI_MIN,
+    canonical_ip,
+    canonical_mac,
+)
 
 DEFAULT_VXLAN_PORT = 4789
 #: VXLAN encapsulation overhead: outer Ethernet 14 + IP (20 or 40) + UDP 8 + VXLAN 8.
@@ -53,6 +61,11 @@ OVERHEAD_IPV6 = 70
 #: IPv4 underlay, 80 on IPv6).
 OVERHEAD_ENCRYPTED_IPV4 = 110
 OVERHEAD_ENCRYPTED_IPV6 = 130
+
+#: The local address of an encrypted network's vxlan device: none, so that its packets take
+#: the source of the route to the WireGuard tunnel network (our current tunnel address; a key
+#: rotation moves that route, see underlay.wireguard_peers, without touching the device).
+ENCRYPTED_LOCAL = ANY_ADDRESS
 
 BRIDGE_PREFIX = "vxbr"
 VXLAN_PREFIX = "vxtun"
@@ -247,7 +260,7 @@ def _network_devices(spec: NetworkSpec, node: str, underlay: UnderlayAddressing,
             problems.append(f"network {spec.name!r}: encrypted, but this host's WireGuard "
                             "interface is not up; skipped")
             return None
-        local = tunnel
+        local = ENCRYPTED_LOCAL
     limit = overlay_mtu(underlay.mtu, underlay.address, encrypted=spec.encrypted)
     mtu = spec.mtu if spec.mtu is not None else limit
     if not MTU_MIN <= mtu <= MTU_MAX:
@@ -330,8 +343,9 @@ def compute_desired(networks: Iterable[NetworkSpec], members: Iterable[AliveMemb
     O(everything). `IncrementalDesired` keeps the same result up to date change by change.
 
     `tunnel`: our WireGuard tunnel address while our WireGuard interface is up (None: it is
-    not, and encrypted networks are skipped). An encrypted network's devices use it as their
-    local VTEP and each member's advertised tunnel address as its remote VTEP."""
+    not, and encrypted networks are skipped). An encrypted network's vxlan device has no
+    local address (ENCRYPTED_LOCAL: the source is the tunnel route's) and each member's
+    advertised tunnel address as its remote VTEP."""
     networks = tuple(networks)
     problems: list[str] = []
     vteps: dict[str, str] = {}

@@ -79,6 +79,10 @@ def test_render_round_trips() -> None:
     ({"store": {"timeout": "soon"}}, "store.timeout"),
     ({"api": {"socket_mode": "0999"}}, "api.socket_mode"),
     ({"metrics": {"enabled": "yes"}}, "metrics.enabled"),
+    ({"wireguard": {"listen_port": 65535}}, "wireguard.listen_port: 65535 is above the maximum"),
+    ({"wireguard": {"listen_port": "wg"}}, "wireguard.listen_port"),
+    ({"wireguard": {"listen_port": 7945}},
+     "wireguard.listen_port: 7945 (and 7946 during a key rotation) collides with gossip.port"),
 ])
 def test_bad_values_are_named(data: dict[str, dict[str, object]], named: str) -> None:
     with pytest.raises(AgentConfigError, match=re.escape(named)):

@@ -143,6 +143,9 @@ class NeighborRecord:
     flags: int
 
 
+ANY_ADDRESS = "0.0.0.0"  # a vxlan device's local address when it has none (IPv4)
+
+
 @dataclass(frozen=True)
 class VxlanSpec:
     """A vxlan device as we want it. `local` decides the underlay family (IPv4 or IPv6)."""
@@ -192,11 +195,12 @@ def vxlan_matches(record: LinkRecord, spec: VxlanSpec) -> bool:
     """True when `record` can be adopted for `spec` without re-creating it.
 
     VNI, dstport, local address and the proxy flag cannot be changed on a live vxlan device;
-    MTU, MAC and learning can, and are fixed in place.
+    MTU, MAC and learning can, and are fixed in place. A device without a local address
+    (the kernel reports none) matches ANY_ADDRESS.
     """
     found = record.vxlan
     return (
         record.kind == "vxlan" and found is not None and found.vni == spec.vni
-        and found.port == spec.port and found.local == spec.local
+        and found.port == spec.port and (found.local or ANY_ADDRESS) == spec.local
         and found.proxy == spec.proxy
     )

@@ -30,6 +30,9 @@ Routes (all JSON; errors are {"error": {"status": N, "message": "..."}}):
   GET    /v1/keys                   {"primary": fingerprint, "keys": [fingerprint...],
                                      "encrypt", "identity": fingerprint}  (never key material)
   POST   /v1/keys/install|use|remove  {"key": b64}
+  POST   /v1/wireguard/rotate       a new WireGuard key pair, overlapping the old one; answers
+                                     {"public_key", "previous", "interface", "tunnel", "port"}
+                                     once the new key is the current one (409: refused)
   GET    /v1/fdb[?network=NAME]     desired vs kernel entries
   GET    /v1/ports[?port=PORT/PROTO]  listening sockets: process and Docker container
 
@@ -115,6 +118,7 @@ class Control(Protocol):
     async def detach(self, name: str) -> bool: ...
     def keys(self) -> dict[str, Any]: ...
     async def change_key(self, action: str, key: bytes) -> dict[str, Any]: ...
+    async def rotate_wireguard(self) -> dict[str, Any]: ...
     async def fdb(self, network: str | None) -> dict[str, Any]: ...
     async def ports(self, claim: PortClaim | None) -> list[dict[str, Any]]: ...
     async def leave(self) -> dict[str, Any]: ...
@@ -411,6 +415,10 @@ async def _key_change(control: Control, request: Request, arg: str) -> Response:
     return Response.json(200, await control.change_key(arg, parse_key(json_body(request))))
 
 
+async def _wireguard_rotate(control: Control, request: Request, arg: str) -> Response:
+    return Response.json(200, await control.rotate_wireguard())
+
+
 async def _fdb(control: Control, request: Request, arg: str) -> Response:
     network = request.query.get("network")
     if network is not None:
@@ -440,6 +448,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("DELETE", "/v1/endpoints/*"): _endpoint_delete,
     ("GET", "/v1/keys"): _keys,
     ("POST", "/v1/keys/*"): _key_change,
+    ("POST", "/v1/wireguard/rotate"): _wireguard_rotate,
     ("GET", "/v1/fdb"): _fdb,
     ("GET", "/v1/ports"): _ports_listed,
 }

@@ -197,6 +197,17 @@ def cmd_keys(args: argparse.Namespace) -> int:
             for key in result["keys"]:
                 print(f"{key}{'  (primary)' if key == result['primary'] else ''}")
         return EXIT_OK
+    if args.action == "rotate-wireguard":
+        with Progress(quiet=args.json).step("WireGuard key rotation (old and new overlap)"):
+            result = ApiClient(client.socket_path, timeout=90.0).request(
+                "POST", "/v1/wireguard/rotate", {})
+        if args.json:
+            _emit(args, result)
+        else:
+            print(f"new public key {result['public_key']} (was {result['previous']}) on "
+                  f"{result['interface']}, port {result['port']}; the old interface is "
+                  "removed once its traffic has drained")
+        return EXIT_OK
     if args.action == "generate":
         import base64
 
@@ -403,8 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
     ep_exec.add_argument("command", nargs=argparse.REMAINDER)
     endpoint.set_defaults(func=cmd_endpoint)
 
-    keys = sub.add_parser("keys", parents=[common], help="gossip encryption keyring")
-    keys.add_argument("action", choices=["list", "install", "use", "remove", "generate"])
+    keys = sub.add_parser("keys", parents=[common],
+                          help="gossip encryption keyring; rotate-wireguard: a new WireGuard "
+                               "key pair without a dropped packet")
+    keys.add_argument("action", choices=["list", "install", "use", "remove", "generate",
+                                         "rotate-wireguard"])
     keys.add_argument("key", nargs="?", help="base64 AES key (16, 24 or 32 bytes)")
     keys.set_defaults(func=cmd_keys)
 

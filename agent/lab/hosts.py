@@ -41,7 +41,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,7 @@ from underlay import links
 from underlay.kernel import NetlinkThread
 from underlay.netns_exec import ip_netns_exec, nsenter_net
 from underlay.wireguard import interface_name
+from underlay.wireguard_peers import SLOTS
 
 DEFAULT_DIR = Path("/run/vxmesh-lab")
 DEFAULT_PREFIX = "vxl"
@@ -182,7 +183,10 @@ class Lab:
     """The lab rooted at `directory`, its namespaces named `<prefix>...`."""
 
     def __init__(self, directory: Path = DEFAULT_DIR, prefix: str = DEFAULT_PREFIX,
-                 *, progress: Progress | None = None, gossip_profile: str = "lan") -> None:
+                 *, progress: Progress | None = None, gossip_profile: str = "lan",
+                 config: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        """`config`: extra agent config sections for every host (e.g. {"wireguard":
+        {"listen_port": 51900}}), over the lab's own."""
         if not re.fullmatch(r"[a-z][a-z0-9]{0,7}", prefix):
             raise LabError(f"prefix {prefix!r}: 1-8 lower-case letters or digits")
         self.directory = directory
@@ -190,6 +194,7 @@ class Lab:
         self.progress = progress or Progress(quiet=True)
         self._etcd_processes: dict[str, NamespacedEtcd] = {}
         self.gossip_profile = gossip_profile
+        self.config = config or {}
         self._agents: dict[int, subprocess.Popen[bytes]] = {}  # the agents we started, by pid
 
     # -- state ------------------------------------------------------------------------------
@@ -346,25 +351,28 @@ class Lab:
 
     def _write_host_files(self, state: LabState, host: LabHost, seeds: list[str]) -> None:
         etcd = self.etcd(state)
+        sections: dict[str, dict[str, Any]] = {
+            "node": {"state_dir": str(host.state_dir), "log_level": "info"},
+            "gossip": {"profile": self.gossip_profile, "port": GOSSIP_PORT},
+            "api": {"socket": str(host.socket)},
+            "metrics": {"address": "0.0.0.0", "port": METRICS_PORT},
+            # A loaded CI machine can take seconds to accept a connection.
+            "store": {"lease_ttl": 10, "timeout": 5.0, "member_timeout": 1.0,
+                      **etcd.client_settings()},
+            # The machine's resolvers are outside the lab: names of the lab resolve,
+            # other names are refused instead of being sent where no lab packet may go.
+            "dns": {"forward": False},
+            "docker": {"enabled": state.docker,
+                       "plugin_socket": str(host.docker.plugin_socket),
+                       "engine_socket": str(host.docker.socket)},
+        }
+        for section, values in self.config.items():
+            sections.setdefault(section, {}).update(values)
         config = node_config(
             name=host.node or host.name, address=host.address, interface="eth0",
             etcd=etcd.urls_for(state.hosts.index(host)),
             seeds=[s for s in seeds if not s.startswith(f"{host.address}:")],
-            sections={
-                "node": {"state_dir": str(host.state_dir), "log_level": "info"},
-                "gossip": {"profile": self.gossip_profile, "port": GOSSIP_PORT},
-                "api": {"socket": str(host.socket)},
-                "metrics": {"address": "0.0.0.0", "port": METRICS_PORT},
-                # A loaded CI machine can take seconds to accept a connection.
-                "store": {"lease_ttl": 10, "timeout": 5.0, "member_timeout": 1.0,
-                          **etcd.client_settings()},
-                # The machine's resolvers are outside the lab: names of the lab resolve,
-                # other names are refused instead of being sent where no lab packet may go.
-                "dns": {"forward": False},
-                "docker": {"enabled": state.docker,
-                           "plugin_socket": str(host.docker.plugin_socket),
-                           "engine_socket": str(host.docker.socket)},
-            })
+            sections=sections)
         host.state_dir.mkdir(parents=True, exist_ok=True)
         write_atomically(host.config_path, render_toml(config))
         keyring = host.state_dir / "keyring.json"
@@ -599,16 +607,19 @@ class Lab:
 
     @staticmethod
     def _delete_wireguard(host: LabHost) -> bool:
-        """Delete the host's WireGuard interface, if any: wireguard-go then ends and removes
-        its control socket (killed with the namespace it would leave the socket behind)."""
-        name = interface_name(host.node or host.name)
-        done = subprocess.run(ip_netns_exec(host.netns, ["ip", "link", "del", name]),
-                              capture_output=True, timeout=10)
-        socket = Path("/var/run/wireguard") / f"{name}.sock"
-        deadline = time.monotonic() + 5.0
-        while socket.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return done.returncode == 0
+        """Delete the host's WireGuard interfaces (both slots), if any: wireguard-go then ends
+        and removes its control socket (killed with the namespace it would leave it behind)."""
+        deleted = False
+        for slot in range(SLOTS):
+            name = interface_name(host.node or host.name, slot)
+            done = subprocess.run(ip_netns_exec(host.netns, ["ip", "link", "del", name]),
+                                  capture_output=True, timeout=10)
+            socket = Path("/var/run/wireguard") / f"{name}.sock"
+            deadline = time.monotonic() + 5.0
+            while socket.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            deleted |= done.returncode == 0
+        return deleted
 
     @staticmethod
     def _kill_namespace_processes(netns: str) -> None:

@@ -137,7 +137,8 @@ async def build_components(config: AgentConfig, *, notifier: SystemdNotifier) ->
         if needed not in capabilities.available:
             raise MissingKernelFeature(f"kernel feature {needed}: "
                                        f"{capabilities.missing.get(needed)}")
-    wireguard = await open_wireguard(node, config.node.state_dir, facts.address, facts.mtu)
+    wireguard = await open_wireguard(node, config.node.state_dir, facts.address, facts.mtu,
+                                     config.wireguard.listen_port)
     container_of_pid = container_names(config)
     endpoints = Endpoints(EndpointsConfig(
         state_dir=config.node.state_dir / "endpoints", netns_prefix=f"vxep-{node}-",

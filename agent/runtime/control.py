@@ -28,6 +28,7 @@ from agent.runtime.attachments import first_ip
 from agent.runtime.compose import Components
 from agent.runtime.fdb_report import fdb_report
 from agent.runtime.ports_report import port_rows
+from agent.runtime.wireguard_link import RotationRefused
 from agent.store.errors import InvalidNetwork
 from agent.store.schema import Network, split_parent, validate_network, validate_policy
 from overlay import desired as desired_state
@@ -266,6 +267,14 @@ class Control:
     async def change_key(self, action: str, key: bytes) -> dict[str, Any]:
         self.c.gossip.change_key(action, key)
         return self.c.gossip.keys_json()
+
+    async def rotate_wireguard(self) -> dict[str, Any]:
+        """`vxmesh keys rotate-wireguard`: a new WireGuard key pair, old and new overlapping
+        (agent.runtime.wireguard_link); answers once the new key is the current one."""
+        try:
+            return await self.c.wireguard.rotate()
+        except RotationRefused as exc:
+            raise Conflict(str(exc)) from None
 
     async def ports(self, claim: PortClaim | None) -> list[dict[str, Any]]:
         """`vxmesh ports`: listening sockets, their processes and Docker containers."""

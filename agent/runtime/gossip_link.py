@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,26 +69,38 @@ STATE_NAMES = {MemberState.ALIVE: "alive", MemberState.SUSPECT: "suspect",
 SEED_RETRY = 1.0
 
 
-def encode_meta(vtep: str, wireguard: PublishedKey | None = None) -> bytes:
+def encode_meta(vtep: str, wireguard: Sequence[PublishedKey] = ()) -> bytes:
     """Node meta: what peers need to reach our endpoints (well inside 512 bytes), with our
-    WireGuard public key, tunnel address and port when this host can encrypt."""
+    WireGuard public key, tunnel address and port when this host can encrypt ("wg": the one
+    our traffic uses; "wg2": a second one while a key rotation overlaps them)."""
     meta: dict[str, Any] = {"v": META_VERSION, "vtep": vtep}
-    if wireguard is not None:
-        meta["wg"] = {"key": wireguard.public_key, "tunnel": wireguard.tunnel,
-                      "port": wireguard.port}
+    for name, published in zip(("wg", "wg2"), wireguard, strict=False):
+        meta[name] = {"key": published.public_key, "tunnel": published.tunnel,
+                      "port": published.port}
     return json.dumps(meta, separators=(",", ":")).encode()
 
 
-def wireguard_of(member: Member) -> PublishedKey | None:
-    """The WireGuard side a member publishes in its meta (None: none, or malformed)."""
+def wireguard_keys_of(member: Member) -> list[PublishedKey]:
+    """The WireGuard sides a member publishes in its meta, the one its traffic uses first
+    (none when absent or malformed)."""
     meta = decode_meta(member.meta)
-    wg, vtep = meta.get("wg"), meta.get("vtep")
-    if not isinstance(wg, dict) or not isinstance(vtep, str):
-        return None
-    key, tunnel, port = wg.get("key"), wg.get("tunnel"), wg.get("port")
-    if not isinstance(key, str) or not isinstance(tunnel, str) or not isinstance(port, int):
-        return None
-    return PublishedKey(member.name, vtep, key, tunnel, port)
+    vtep = meta.get("vtep")
+    out: list[PublishedKey] = []
+    for name in ("wg", "wg2"):
+        wg = meta.get(name)
+        if not isinstance(wg, dict) or not isinstance(vtep, str):
+            break
+        key, tunnel, port = wg.get("key"), wg.get("tunnel"), wg.get("port")
+        if not isinstance(key, str) or not isinstance(tunnel, str) or not isinstance(port, int):
+            break
+        out.append(PublishedKey(member.name, vtep, key, tunnel, port))
+    return out
+
+
+def wireguard_of(member: Member) -> PublishedKey | None:
+    """The WireGuard side a member's traffic uses (None: none, or malformed)."""
+    keys = wireguard_keys_of(member)
+    return keys[0] if keys else None
 
 
 def decode_meta(meta: bytes) -> dict[str, Any]:
@@ -198,7 +210,7 @@ class GossipLink:
 
     def __init__(self, config: AgentConfig, node: str, vtep: str, table: NeighborTable, *,
                  on_change: Callable[[TableEvent], None],
-                 wireguard: PublishedKey | None = None,
+                 wireguard: Sequence[PublishedKey] = (),
                  on_member: Callable[[str, str | None, str | None], None] = (
                      lambda name, vtep, tunnel: None),
                  extra_seeds: Callable[[], Awaitable[list[tuple[str, int]]]] | None = None,
@@ -481,7 +493,8 @@ class GossipLink:
         return {"name": member.name, "address": f"{member.addr[0]}:{member.addr[1]}",
                 "state": STATE_NAMES.get(member.state, str(member.state)),
                 "incarnation": member.incarnation,
-                "vtep": decode_meta(member.meta).get("vtep")}
+                "vtep": decode_meta(member.meta).get("vtep"),
+                "wireguard": [k.public_key for k in wireguard_keys_of(member)]}
 
     def members(self) -> list[dict[str, Any]]:
         """Every member with its state; `host` is the liveness verdict about a doubted one
@@ -516,10 +529,13 @@ class GossipLink:
         out = []
         for member in self.gossip.members():
             if member.state in (MemberState.ALIVE, MemberState.SUSPECT):
-                published = wireguard_of(member)
-                if published is not None:
-                    out.append(published)
+                out.extend(wireguard_keys_of(member))
         return out
+
+    def set_wireguard(self, keys: Sequence[PublishedKey]) -> None:
+        """Publish our WireGuard sides (a key rotation): new meta, spread with a new
+        incarnation."""
+        self.gossip.set_meta(encode_meta(self.vtep, keys))
 
     def take_probe_rtts(self) -> list[float]:
         """Probe round trips (seconds) since the last call; none while gossip is stopped."""

@@ -33,7 +33,7 @@ from agent.runtime.errors import EtcdUnreachable, PortInUse, StartupError
 from agent.runtime.metrics import serve_metrics
 from agent.runtime.systemd import run_watchdog as run_systemd_watchdog
 from agent.state_files import StateWriteError
-from agent.store.errors import StoreUnavailable
+from agent.store.errors import StoreError, StoreUnavailable
 from agent.store.schema import Node
 from gossip.errors import GossipError
 from overlay.reconciler import run_dataplane as run_reconciler
@@ -128,16 +128,20 @@ async def run_gossip(c: Components, *,
         except* GossipError as group:
             port = c.config.gossip.port
             raise PortInUse(f"gossip.port={port}: {group.exceptions[0]}") from None
-        identity = c.gossip.identity
-        node = Node(c.node, ipaddress.ip_address(c.facts.address),
-                    (c.facts.address, c.config.gossip.port), agent_version(),
-                    b"" if identity is None else identity.signer.public_key,
-                    c.wireguard.public_key_bytes())
-        nursery.start_soon(partial(c.store.run_node_registration, node,
+        nursery.start_soon(partial(c.store.run_node_registration, node_record(c),
                                    ttl=c.config.store.lease_ttl))
         with trio.move_on_after(INITIAL_SYNC_TIMEOUT):
             await c.gossip.wait_initial_sync()
         task_status.started()
+
+
+def node_record(c: Components) -> Node:
+    """Our etcd node record as it is now (the WireGuard key changes with a rotation)."""
+    identity = c.gossip.identity
+    return Node(c.node, ipaddress.ip_address(c.facts.address),
+                (c.facts.address, c.config.gossip.port), agent_version(),
+                b"" if identity is None else identity.signer.public_key,
+                c.wireguard.public_key_bytes())
 
 
 async def run_pipeline(c: Components, *,
@@ -160,10 +164,19 @@ async def run_dataplane(c: Components, *,
 
 async def run_wireguard(c: Components, *,
                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """The WireGuard interface (once an encrypted network is known) and its peers."""
+    """The WireGuard interface (once an encrypted network is known), its peers, rotations."""
+
+    async def record() -> bool:
+        try:
+            await c.store.update_node(node_record(c))
+        except StoreError as exc:
+            log.warning("wireguard: the node record keeps the old key for now: %s", exc)
+            return False
+        return True
+
     await c.wireguard.run(lambda: any(n.encrypted for n in c.networks.values()),
                           c.gossip.published_wireguard, c.pipeline.mark_dirty,
-                          task_status=task_status)
+                          c.gossip.set_wireguard, record, task_status=task_status)
 
 
 async def run_pools(c: Components, *,

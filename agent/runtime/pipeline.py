@@ -189,7 +189,6 @@ class Pipeline:
 
     # -- the service ----------------------------------------------------------------------
 
-    tunnel: str | None = None  # our WireGuard tunnel address while the interface is up
     async def run(self, *, task_status: trio.TaskStatus[Pipeline] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         """Build desired state from full snapshots, then settle changes until cancelled."""

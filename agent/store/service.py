@@ -210,6 +210,8 @@ class Store:
         self._last_error = ""
         self._malformed_keys: set[str] = set()
         self._node_registered = False
+        self._node_record: Node | None = None  # the record run_node_registration keeps
+        self._node_lease: int | None = None
         self._lease_refreshes = 0
         self._rejected_blocks: set[str] = set()
 
@@ -548,6 +550,14 @@ class Store:
         await self.txn([], [Put(node_key(node.name), encode(node), lease)])
         return lease
 
+    async def update_node(self, node: Node) -> None:
+        """Our node record changed (a WireGuard key rotation): `run_node_registration` keeps
+        this one from now on, and it is written at once under the held lease (if none is held
+        yet, the registration writes it). StoreError when etcd refuses."""
+        self._node_record = node
+        if self._node_lease is not None:
+            await self.txn([], [Put(node_key(node.name), encode(node), self._node_lease)])
+
     async def list_nodes(self) -> list[Node]:
         kvs, _ = await self.call(self.client.range, NODES, prefix_end(NODES))
         return self._decoded(kvs, decode_node)
@@ -575,11 +585,13 @@ class Store:
         task_status.started()
         backoff = self.new_backoff()
         lease: int | None = None
+        self._node_record = node
         try:
             while True:
                 try:
                     if lease is None:
-                        lease = await self.register_node(node, ttl)
+                        lease = await self.register_node(self._node_record or node, ttl)
+                        self._node_lease = lease
                         self._node_registered = True
                     if await self.call(self.client.lease_keepalive, lease) <= 0:
                         raise LeaseNotFound(f"lease {lease:x} expired")
@@ -588,7 +600,7 @@ class Store:
                     await trio.sleep(ttl / 3)
                 except LeaseNotFound:
                     log.warning("node %s: lease lost, registering again", node.name)
-                    lease = None
+                    lease = self._node_lease = None
                     self._node_registered = False
                 except StoreUnavailable:
                     await trio.sleep(backoff.next_delay())
@@ -597,6 +609,7 @@ class Store:
                     await trio.sleep(backoff.next_delay())
         finally:
             self._node_registered = False
+            self._node_lease = None
             if lease is not None:
                 with trio.move_on_after(2) as scope:
                     scope.shield = True

@@ -17,6 +17,7 @@ from underlay.netlink_ops import (
     send_writes,
 )
 from underlay.records import (
+    ANY_ADDRESS,
     NUD_PERMANENT,
     ZERO_MAC,
     FdbWrite,
@@ -39,6 +40,14 @@ def test_batches_with_failures_in_the_middle(netns_lab: NetnsLab) -> None:
         link = next(r for r in nl.call_blocking(dump_links) if r.name == "vxtun42")
         assert vxlan_matches(link, spec) and link.mtu == 1450 and link.mac == spec.mac
         assert link.vxlan is not None and not link.vxlan.learning and link.vxlan.proxy
+        # An encrypted network's device has no local address (the kernel reports none): it
+        # is adopted as is, never re-created.
+        anywhere = VxlanSpec(name="vxtun43", vni=43, port=4789, local=ANY_ADDRESS, mtu=1390,
+                             mac="02:00:00:00:00:43")
+        nl.call_blocking(lambda ipr: create_vxlan(ipr, anywhere))
+        found = next(r for r in nl.call_blocking(dump_links) if r.name == "vxtun43")
+        assert found.vxlan is not None and found.vxlan.local is None
+        assert vxlan_matches(found, anywhere) and not vxlan_matches(link, anywhere)
         n = BATCH_MESSAGES * 2 + 17  # three sends
         writes: list[FdbWrite | NeighborWrite] = [
             FdbWrite(WriteAction.REPLACE, index, f"02:00:00:01:{i >> 8:02x}:{i & 255:02x}",

@@ -1,10 +1,13 @@
 """Encrypted networks on a real two-host lab: wireguard-go (or the kernel module), real agents.
 
 Proves: endpoints of an encrypted network ping across hosts with the network MTU at underlay
-- 110; while they do, the underlay carries only WireGuard UDP and no plain VXLAN; a plain
-network on the same hosts keeps plain VXLAN; `vxmesh status` names the backend; a member
-that leaves loses its peer; a host without WireGuard refuses an encrypted network naming what
-is missing. Traffic stays inside the lab's namespaces.
+- 110; while they do, the underlay carries only WireGuard UDP on the configured port
+(`[wireguard] listen_port`) and no plain VXLAN; a plain network on the same hosts keeps plain
+VXLAN; `vxmesh status` names the backend; `vxmesh keys rotate-wireguard` under a probe stream
+(ping every 10 ms) loses no packet and leaves the new public key in etcd and gossip and the
+old key file gone; a member that leaves loses its peer; a host without WireGuard refuses an
+encrypted network naming what is missing. Traffic stays inside the lab's namespaces.
+The tests run in file order on one lab.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,11 +29,13 @@ from agent.api.errors import EXIT_USAGE
 from agent.lab.hosts import Lab, LabHost, LabState
 from agent.store.schema import node_key
 from underlay.netns_exec import ip_netns_exec
-from underlay.wireguard import interface_name
+from underlay.wireguard import public_key_of
 
 pytestmark = [pytest.mark.kernel, pytest.mark.etcd, pytest.mark.slow]
 
 SECRET, PLAIN = "secret", "plain"
+PORT = 51900  # not the default 51820: the capture shows the configured port is the one used
+PROBES = 2500  # one every 10 ms: the rotation (a few seconds) runs inside the stream
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +43,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, LabStat
     for tool in ("etcd", "wg", "tcpdump"):
         if shutil.which(tool) is None:
             pytest.skip(f"needs {tool} (deploy/setup.sh --test installs it)")
-    the_lab = Lab(tmp_path_factory.mktemp("lab"), prefix=f"w20{os.getpid() % 10000}")
+    the_lab = Lab(tmp_path_factory.mktemp("lab"), prefix=f"w20{os.getpid() % 10000}",
+                  config={"wireguard": {"listen_port": PORT}})
     try:
         state = the_lab.up(2)
         yield the_lab, state
@@ -65,7 +72,8 @@ def _capture(the_lab: Lab, host: LabHost, tmp: Path, endpoint: dict[str, Any], i
     with log.open("w") as stderr:
         dump = subprocess.Popen(ip_netns_exec(host.netns, [
             "tcpdump", "-n", "-i", "eth0", "-Z", "root", "--immediate-mode", "-U", "-w", str(pcap),
-            "udp port 4789 or udp port 51820"]), stdout=subprocess.DEVNULL, stderr=stderr)
+            f"udp port 4789 or udp portrange {PORT}-{PORT + 1} or udp port 51820"]),
+            stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         the_lab.wait_for(lambda: "listening on" in log.read_text(), "tcpdump to start", 10)
         assert _ping(endpoint, ip, 10)
@@ -75,7 +83,8 @@ def _capture(the_lab: Lab, host: LabHost, tmp: Path, endpoint: dict[str, Any], i
     counts: dict[str, Any] = {}
     # The VNI: bytes 4-6 of the VXLAN header, which follows the 8-byte UDP header.
     filters = {"vxlan": f"udp port 4789 and (udp[12:4] & 0xffffff00) = {vni << 8}",
-               "wireguard": "udp port 51820"}
+               "wireguard": f"udp src port {PORT} and udp dst port {PORT}",
+               "other": f"not (udp src port {PORT} and udp dst port {PORT}) and not udp port 4789"}
     for kind, expression in filters.items():
         out = subprocess.run(["tcpdump", "-n", "-r", str(pcap), expression],
                              capture_output=True, text=True, timeout=20).stdout
@@ -84,19 +93,31 @@ def _capture(the_lab: Lab, host: LabHost, tmp: Path, endpoint: dict[str, Any], i
     return counts
 
 
-def test_encrypted_network_travels_only_inside_wireguard(
-        lab: tuple[Lab, LabState], tmp_path: Path) -> None:
+Endpoints = dict[tuple[str, str], dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def endpoints(lab: tuple[Lab, LabState]) -> Endpoints:
+    """An encrypted and a plain network, an endpoint of each on both hosts."""
     the_lab, state = lab
-    h1, h2 = state.hosts
-    c1 = the_lab.client(h1)
+    c1 = the_lab.client(state.hosts[0])
     c1.request("POST", "/v1/networks", {"name": SECRET, "subnet": "10.220.0.0/24",
                                         "options": {"encrypted": "true"}})
     c1.request("POST", "/v1/networks", {"name": PLAIN, "subnet": "10.221.0.0/24"})
     eps = {}
-    for host in (h1, h2):
+    for host in state.hosts:
         for net in (SECRET, PLAIN):
             eps[host.name, net] = the_lab.client(host).request(
                 "POST", "/v1/endpoints", {"name": f"{net}-{host.name}", "network": net})
+    return eps
+
+
+def test_encrypted_network_travels_only_inside_wireguard(
+        lab: tuple[Lab, LabState], endpoints: Endpoints, tmp_path: Path) -> None:
+    the_lab, state = lab
+    h1, h2 = state.hosts
+    c1 = the_lab.client(h1)
+    eps = endpoints
 
     status = c1.request("GET", "/v1/status")["wireguard"]
     assert status["backend"] in ("kernel", "wireguard-go")
@@ -105,12 +126,16 @@ def test_encrypted_network_travels_only_inside_wireguard(
     the_lab.wait_for(lambda: _ping(eps[h1.name, PLAIN], eps[h2.name, PLAIN]["ip"], 1),
                      "a ping across the plain network", 30, interval=0.2)
 
-    # The encrypted network's devices: MTU underlay - 110, VXLAN between tunnel addresses.
+    # The encrypted network's devices: MTU underlay - 110; VXLAN with no local address, whose
+    # source is the route to the tunnel network: the WireGuard interface, our tunnel address.
     networks = {n["name"]: n for n in c1.request("GET", "/v1/networks")}
     vxlan = json.loads(_run(h1, ["ip", "-j", "-d", "link", "show", "dev",
                                  f"vxtun{networks[SECRET]['vni']}"]))[0]
     assert vxlan["mtu"] == networks[SECRET]["mtu"] == 1500 - 110
-    assert vxlan["linkinfo"]["info_data"]["local"] == status["tunnel"]
+    assert "local" not in vxlan["linkinfo"]["info_data"]
+    route = json.loads(_run(h1, ["ip", "-j", "route", "show", "100.64.0.0/10"]))
+    assert [(r["dev"], r["prefsrc"]) for r in route] == [(status["interface"], status["tunnel"])]
+    assert status["port"] == PORT
     inner = json.loads(subprocess.run(ip_netns_exec(eps[h1.name, SECRET]["netns"], [
         "ip", "-j", "link", "show"]), capture_output=True, text=True, check=True,
         timeout=10).stdout)
@@ -118,7 +143,7 @@ def test_encrypted_network_travels_only_inside_wireguard(
 
     secret = _capture(the_lab, h2, tmp_path, eps[h1.name, SECRET], eps[h2.name, SECRET]["ip"],
                       networks[SECRET]["vni"])
-    assert secret["wireguard"] >= 20 and secret["vxlan"] == 0, secret
+    assert secret["wireguard"] >= 20 and secret["vxlan"] == 0 and secret["other"] == 0, secret
     plain = _capture(the_lab, h2, tmp_path, eps[h1.name, PLAIN], eps[h2.name, PLAIN]["ip"],
                      networks[PLAIN]["vni"])
     assert plain["vxlan"] >= 20, plain
@@ -127,14 +152,74 @@ def test_encrypted_network_travels_only_inside_wireguard(
     found = the_lab.etcd(state).etcdctl(state.switch, "get", "--print-value-only",
                                         node_key(h1.node or h1.name))
     record = json.loads(found.stdout)
-    wg2 = interface_name(h2.node or h2.name)
+    wg2 = the_lab.client(h2).request("GET", "/v1/status")["wireguard"]["interface"]
     assert record["wireguard_key"] == _run(h2, ["wg", "show", wg2, "peers"]).strip()
     metrics = the_lab.scrape(h1)
     assert metrics["vxmesh_wireguard_up"] == 1 and metrics["vxmesh_wireguard_peers"] == 1
     assert metrics[f'vxmesh_wireguard_backend{{backend="{status["backend"]}"}}'] == 1
 
+
+
+def test_key_rotation_under_a_probe_stream_loses_nothing(
+        lab: tuple[Lab, LabState], endpoints: Endpoints) -> None:
+    the_lab, state = lab
+    h1, h2 = state.hosts
+    c1 = the_lab.client(h1)
+    before = c1.request("GET", "/v1/status")["wireguard"]
+    old_interface = before["interface"]
+    the_lab.wait_for(lambda: _ping(endpoints[h1.name, SECRET],
+                                   endpoints[h2.name, SECRET]["ip"], 1),
+                     "a ping across the encrypted network", 30, interval=0.2)
+    probe = subprocess.Popen(ip_netns_exec(endpoints[h1.name, SECRET]["netns"], [
+        "ping", "-n", "-q", "-c", str(PROBES), "-i", "0.01", "-W", "2",
+        endpoints[h2.name, SECRET]["ip"]]), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    try:
+        rotated = json.loads(subprocess.run(
+            [sys.executable, "-m", "agent.cli.main", "keys", "rotate-wireguard", "--json",
+             "--socket", str(h1.socket)], capture_output=True, text=True, check=True,
+            timeout=120).stdout)
+        assert rotated["previous"] == before["public_key"] != rotated["public_key"]
+        # Drained: the old interface is gone, h2 holds only the new key, all while probing.
+        the_lab.wait_for(lambda: c1.request("GET", "/v1/status")["wireguard"]["rotation"]
+                         is None, "the old interface drained", 60, interval=0.2)
+        assert _run(h1, ["ip", "-br", "link", "show"]).count(old_interface + " ") == 0
+        wg2 = the_lab.client(h2).request("GET", "/v1/status")["wireguard"]["interface"]
+        the_lab.wait_for(lambda: _run(h2, ["wg", "show", wg2, "peers"]).split()
+                         == [rotated["public_key"]], "h2 to hold only h1's new key", 30,
+                         interval=0.2)
+        assert probe.poll() is None, "the probe stream ended before the rotation did"
+        out, _ = probe.communicate(timeout=PROBES * 0.01 + 60)
+    finally:
+        if probe.poll() is None:
+            probe.kill()
+            probe.wait()
+    summary = [line for line in out.splitlines() if "packets transmitted" in line]
+    assert summary and summary[0].startswith(f"{PROBES} packets transmitted, {PROBES} received"
+                                             ), out
+
+    after = c1.request("GET", "/v1/status")["wireguard"]
+    assert after["public_key"] == rotated["public_key"] and after["rotations"] == 1
+    assert after["port"] == PORT + 1 and after["interface"] == rotated["interface"]
+    # The new public key in etcd and in gossip; the old key file gone, the new one 0600.
+    found = the_lab.etcd(state).etcdctl(state.switch, "get", "--print-value-only",
+                                        node_key(h1.node or h1.name))
+    assert json.loads(found.stdout)["wireguard_key"] == rotated["public_key"]
+    seen = {m["name"]: m for m in the_lab.client(h2).request("GET", "/v1/members")}
+    assert seen[h1.node or h1.name]["wireguard"] == [rotated["public_key"]]
+    files = {p.name: p for p in h1.state_dir.iterdir() if p.name.startswith("wireguard")}
+    assert sorted(files) == ["wireguard.1.key"]
+    assert files["wireguard.1.key"].stat().st_mode & 0o777 == 0o600
+    assert public_key_of(files["wireguard.1.key"].read_text().strip()) == rotated["public_key"]
+    assert _ping(endpoints[h2.name, SECRET], endpoints[h1.name, SECRET]["ip"], 3)
+
+
+def test_a_member_that_leaves_loses_its_peer_and_a_host_without_wireguard_refuses(
+        lab: tuple[Lab, LabState], endpoints: Endpoints, tmp_path: Path) -> None:
+    the_lab, state = lab
+    h1, h2 = state.hosts
     # A member that leaves loses its peer on the others.
-    wg1 = interface_name(h1.node or h1.name)
+    wg1 = the_lab.client(h1).request("GET", "/v1/status")["wireguard"]["interface"]
     assert len(_run(h1, ["wg", "show", wg1, "peers"]).split()) == 1
     the_lab.client(h2).request("POST", "/v1/leave", {})
     the_lab.wait_for(lambda: not _run(h1, ["wg", "show", wg1, "peers"]).split(),

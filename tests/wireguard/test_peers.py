@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 import trio
 
+from agent.runtime.gossip_link import encode_meta, wireguard_keys_of, wireguard_of
+from agent.runtime.wireguard_link import WireGuardLink
+from gossip.swim import Member
+from gossip.wire import MemberState
 from overlay.desired import (
     AliveMember,
     EndpointEntry,
@@ -16,9 +20,22 @@ from overlay.desired import (
     UnderlayView,
     compute_desired,
 )
-from underlay.wireguard import load_private_key, probe_wireguard, public_key_of
+from underlay.wireguard import (
+    WireGuardSupport,
+    key_file,
+    load_private_key,
+    pending_key_file,
+    probe_wireguard,
+    public_key_of,
+    write_private_key,
+)
 from underlay.wireguard_peers import (
+    MAX_DRAIN,
+    MIN_DRAIN,
+    PREPARE_TIMEOUT,
+    QUIET,
     PublishedKey,
+    Rotation,
     WireGuardPeer,
     peer_changes,
     tunnel_address,
@@ -29,6 +46,9 @@ from underlay.wireguard_peers import (
 
 def test_tunnel_address_is_derived_inside_the_tunnel_network() -> None:
     assert tunnel_address("10.77.0.11") == "100.77.0.11"
+    # The second slot (a key rotation's new interface) lies in the other half of the /10.
+    assert tunnel_address("10.77.0.11", 1) == "100.109.0.11"
+    assert tunnel_address("fd00::1", 1) != tunnel_address("fd00::1")
     assert tunnel_address("192.168.1.5") != tunnel_address("192.168.1.6")
     assert tunnel_address("fd00::1").startswith("100.")
     assert wireguard_mtu(1500, "10.0.0.1") == 1440
@@ -69,7 +89,7 @@ def test_an_encrypted_network_uses_tunnel_addresses_and_its_own_mtu() -> None:
     endpoints = [EndpointEntry("secret", "b", "02:00:00:00:00:01", ("10.1.0.2",)),
                  EndpointEntry("plain", "b", "02:00:00:00:00:02", ("10.2.0.2",))]
     state = compute_desired(networks, members, endpoints, [], underlay, "a", "100.64.0.1")
-    assert state.networks["vxtun4096"].local == "100.64.0.1"
+    assert state.networks["vxtun4096"].local == "0.0.0.0"  # the source: the tunnel route's
     assert state.networks["vxtun4096"].mtu == 1390
     assert state.networks["vxtun4097"].local == "10.0.0.1"
     assert state.networks["vxtun4097"].mtu == 1450
@@ -96,3 +116,72 @@ def test_the_private_key_is_made_once_with_mode_0600(tmp_path: Path) -> None:
     key = load_private_key(path)
     assert path.stat().st_mode & 0o777 == 0o600
     assert load_private_key(path) == key and len(public_key_of(key)) == 44
+
+
+def test_a_rotating_member_is_a_peer_under_both_keys() -> None:
+    wanted = wanted_peers([_pub("b", "KB", "100.64.0.2"), _pub("b", "KB2", "100.96.0.2")],
+                          node="a", own_key="KA")
+    assert set(wanted.peers) == {"KB", "KB2"} and not wanted.problems
+
+
+def test_rotation_switches_once_every_peer_shook_hands_or_gives_up() -> None:
+    rotation = Rotation(started=100.0)
+    assert rotation.phase == "prepare"
+    assert rotation.waiting_for(["KB", "KC"], ["KC"]) == ["KB"]
+    assert rotation.waiting_for(["KB"], ["KB", "KX"]) == []
+    assert not rotation.expired(100.0 + PREPARE_TIMEOUT)
+    assert rotation.expired(100.1 + PREPARE_TIMEOUT)
+    assert not rotation.drained(1e9)  # not switched: nothing drains
+
+
+def test_the_old_interface_drains_until_quiet_within_bounds() -> None:
+    rotation = Rotation(started=0.0)
+    rotation.switched(10.0)
+    assert rotation.phase == "drain" and not rotation.expired(1e9)
+    rotation.observe_old(10.0, {"KB": 500})
+    assert not rotation.drained(10.0 + MIN_DRAIN - 0.1)  # never before MIN_DRAIN
+    assert rotation.drained(10.0 + max(MIN_DRAIN, QUIET))
+    busy = Rotation(started=0.0)
+    busy.switched(10.0)
+    now = 10.0
+    while now < 10.0 + MAX_DRAIN:  # a member still sending under the old key keeps it
+        busy.observe_old(now, {"KB": int(now * 100)})
+        assert not busy.drained(now)
+        now += 0.5
+    assert busy.drained(10.0 + MAX_DRAIN)  # ... but not beyond MAX_DRAIN
+
+
+def test_the_meta_carries_both_keys_of_a_rotation_current_first() -> None:
+    keys = [PublishedKey("b", "10.0.0.2", "KB2", "100.96.0.2", 51821),
+            PublishedKey("b", "10.0.0.2", "KB", "100.64.0.2", 51820)]
+    member = Member("b", ("10.0.0.2", 7946), encode_meta("10.0.0.2", keys), MemberState.ALIVE,
+                    3)
+    assert wireguard_keys_of(member) == keys
+    assert wireguard_of(member) == keys[0]  # the one b's traffic uses: its tunnel is the VTEP
+    plain = Member("c", ("10.0.0.3", 7946), encode_meta("10.0.0.3"), MemberState.ALIVE, 1)
+    assert wireguard_keys_of(plain) == [] and wireguard_of(plain) is None
+
+
+def test_key_files_at_start_complete_a_cut_short_switch_and_drop_an_unfinished_rotation(
+        tmp_path: Path) -> None:
+    support = WireGuardSupport("wireguard-go")
+
+    def link() -> WireGuardLink:
+        return WireGuardLink("h1", support, tmp_path, "10.0.0.1", 1500, 51900)
+
+    first = link()
+    assert first.current is not None and first.current.number == 0
+    assert first.published()[0].port == 51900 and first.current.tunnel == "100.64.0.1"
+    # A rotation that never switched: its pending key is dropped, slot 0 stays.
+    write_private_key(pending_key_file(tmp_path, 1))
+    again = link()
+    assert again.public_key == first.public_key and not pending_key_file(tmp_path, 1).exists()
+    # A switch cut short between deleting the old key and renaming the new one: completed.
+    new = write_private_key(pending_key_file(tmp_path, 1))
+    key_file(tmp_path, 0).unlink()
+    resumed = link()
+    assert resumed.current is not None and resumed.current.number == 1
+    assert resumed.public_key == public_key_of(new)
+    assert resumed.published()[0].port == 51901 and resumed.current.tunnel == "100.96.0.1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wireguard.1.key"]
+    assert key_file(tmp_path, 1).stat().st_mode & 0o777 == 0o600
