@@ -513,11 +513,11 @@ class Endpoints:
         return self.config.bridges + tuple(net for _, net in sorted(own.items()))
 
     def _remove_unused_bridge(self, record: EndpointRecord) -> None:
-        """A vxmesh bridge network's bridge goes with its last endpoint on this host."""
+        """A vxmesh bridge network's bridge goes with its last endpoint on this host (an
+        endpoint of a configured bridge network on the same kernel bridge keeps it)."""
         net = record.spec.bridge_network
-        if net is None or any(r.name != record.name and r.spec.bridge_network is not None
-                              and r.spec.bridge_network.ifname == net.ifname
-                              for r in self._records.values()):
+        if net is None or any(r.name != record.name and r.mode is Mode.BRIDGE
+                              and r.bridge == net.ifname for r in self._records.values()):
             return
         self.host_nl.call_blocking(lambda ipr: links.delete_link(ipr, net.ifname))
 

@@ -392,7 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     ep_create.add_argument("--network", help="network name (its driver decides the mode)")
     ep_create.add_argument("--mode", choices=[mode.value for mode in Mode],
                            help="host or none; with --network the network's driver decides "
-                                "(a mode given must match it)")
+                                "(a mode given must match it); bridge, macvlan or ipvlan "
+                                "without --network join the default network of that name "
+                                "(made on first use; macvlan/ipvlan need --ip)")
     ep_create.add_argument("--ip", help="address (default: next free in the network)")
     ep_create.add_argument("--ip6", help="IPv6 address on a network with --subnet6 (default: "
                            "the lowest free one)")

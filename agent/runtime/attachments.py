@@ -10,8 +10,9 @@ mode; a request's explicit mode must agree) the address from the same IPAM, the 
 prefix, the network's gateway as default route, on the network's parent. `detach` undoes it
 in reverse. For a bridge network: its own Linux bridge on this host (NAT egress unless
 internal, published ports, isolated from other bridge networks: `underlay.nat_table`), the
-address the lowest free one on this host. Endpoint-only modes (host, none, and
-bridge/macvlan/ipvlan without a vxmesh network) only make the endpoint. Also the republish
+address the lowest free one on this host. bridge/macvlan/ipvlan without a network map onto
+a default network named after the mode (`DEFAULT_NETWORKS`, made on first use). The
+endpoint-only modes (host, none) only make the endpoint. Also the republish
 of our overlay endpoints into the table at start, before gossip joins.
 
 Rules:
@@ -48,8 +49,8 @@ from agent.runtime.names import EndpointNames, attributes_of
 from agent.runtime.networks import KnownNetworks
 from agent.runtime.pipeline import Pipeline
 from agent.runtime.pools import AddressPool, AddressPools
-from agent.store.errors import StoreUnavailable
-from agent.store.schema import IPAddress, Network
+from agent.store.errors import NetworkConflict, StoreUnavailable
+from agent.store.schema import IPAddress, Network, validate_network
 from agent.store.service import Store
 from overlay import desired as desired_state
 from overlay.attributes import InvalidAttributes, make_attributes
@@ -73,6 +74,7 @@ log = logging.getLogger("vxmesh.agent")
 
 BRIDGE_TIMEOUT = 10.0
 NETWORK_SYNC_TIMEOUT = 2.0
+NETWORK_WAIT = 5.0
 
 
 def first_ip(record: EndpointRecord) -> str | None:
@@ -164,6 +166,9 @@ class Attachments:
             if any(r.name == request.name for r in self._endpoints.records()):
                 raise Conflict(f"endpoint {request.name!r} already exists on this host")
             network = self._networks.get(request.network) if request.network else None
+            if not request.network and request.mode in DEFAULT_NETWORKS:
+                network = await self._default_network(request)
+                request = dataclasses.replace(request, network=network.name)
             mode = _driver_mode(request, network)
             if mode is Mode.OVERLAY:
                 record = await self._attach_overlay(request)
@@ -175,13 +180,15 @@ class Attachments:
                     bridge_network=self._bridge_network(network),
                     addresses=_chosen(network, request), mac=request.mac,
                     publish=request.publish), request))
-            else:
-                ip = request.ip
+            elif mode in (Mode.HOST, Mode.NONE):  # endpoint-only
+                ip = request.ip  # refused by the endpoint model, naming it
                 record = await self._endpoints.create(_with_sandbox(EndpointSpec(
                     name=request.name, mode=request.mode,
-                    network=request.network or None if request.mode is Mode.BRIDGE else None,
                     addresses=(f"{ip}/{32 if ':' not in ip else 128}",) if ip else (),
                     mac=request.mac, publish=request.publish, claims=request.ports), request))
+            else:
+                raise NotFound(f"no network {request.network!r} (known: "
+                               f"{', '.join(self._networks.names()) or 'none'})")
             if mode is Mode.OVERLAY:
                 await self.apply_overlay_egress()
             await self._names.refresh()
@@ -256,6 +263,52 @@ class Attachments:
             pool.release(address)
             raise
 
+    async def _default_network(self, request: AttachRequest) -> Network:
+        """The network a namespaced mode without a network maps onto (`DEFAULT_NETWORKS`),
+        made on first use: `bridge` on the built-in bridge's subnet and kernel bridge (NAT,
+        as Docker's default `bridge`); `macvlan` / `ipvlan` on the underlay interface with
+        its subnet (the gateway the subnet's first address, as Docker). On the underlay's LAN
+        vxmesh cannot know which addresses are free, so those need a chosen address (recorded
+        in the shared IPAM: two hosts never take the same)."""
+        mode = request.mode
+        name = DEFAULT_NETWORKS[mode]
+        if mode in SEGMENT_MODES and request.ip is None:
+            raise InvalidRequest(f"ip: required with --mode {mode.value} and no --network (the "
+                                 f"default network {name!r} is the underlay's LAN, whose free "
+                                 f"addresses vxmesh does not know); or create a {mode.value} "
+                                 "network with --ip-range and use --network")
+        known = self._networks.get(name)
+        if known is not None:
+            return known
+        missing = self._endpoints.capabilities.missing
+        if mode.value in missing:
+            raise InvalidRequest(f"mode: {mode.value!r}: {missing[mode.value]}")
+        if mode in SEGMENT_MODES:
+            lan = ipaddress.ip_interface(f"{self._facts.address}/{self._facts.prefixlen}")
+            network = validate_network(name=name, subnet=str(lan.network), mode=mode.value,
+                                       options={"parent": self._facts.interface})
+        else:
+            network = validate_network(name=name, subnet=self._endpoints.config.bridges[0].subnet,
+                                       mode=mode.value)
+        try:
+            created = await self._store.create_network(network)
+            log.info("made the default %s network %s (%s)", mode.value, name, created.subnet)
+        except NetworkConflict as exc:  # another host made it a moment ago
+            if exc.field != "name":
+                raise
+            created = await self._wait_network(name)
+        self._networks.put(created)
+        return created
+
+    async def _wait_network(self, name: str, timeout: float = NETWORK_WAIT) -> Network:
+        """Network `name`, once the network watch brought it (another host created it)."""
+        with trio.move_on_after(timeout):
+            while (network := self._networks.get(name)) is None:
+                await trio.sleep(0.1)
+            return network
+        raise Unavailable(f"network {name!r} exists in etcd but did not reach this host "
+                          f"within {timeout:.0f} s")
+
     def _bridge_network(self, network: Network) -> BridgeNetwork:
         """The local bridge of a bridge-driver network: its own kernel bridge, NAT egress
         unless internal (`--opt masquerade=false`: routed, no NAT); addresses are handed out
@@ -263,8 +316,11 @@ class Attachments:
         if network.subnet.version != 4:
             raise InvalidRequest(f"network {network.name!r}: bridge networks take an IPv4 "
                                  f"subnet (got {network.subnet})")
+        builtin = self._endpoints.config.bridges[0]  # the default `bridge` keeps its bridge
+        ifname = builtin.ifname if network.name == DEFAULT_NETWORKS[Mode.BRIDGE] \
+            else bridge_ifname(network.name)
         return BridgeNetwork(
-            name=network.name, ifname=bridge_ifname(network.name), subnet=str(network.subnet),
+            name=network.name, ifname=ifname, subnet=str(network.subnet),
             gateway_mode="internal" if network.internal
             else "routed" if network.options.get("masquerade") == "false" else "nat",
             mtu=network.mtu or self._facts.mtu, gateway_address=str(network.gateway),
@@ -427,13 +483,16 @@ def _chosen(network: Network, request: AttachRequest) -> tuple[str, ...]:
 
 
 SEGMENT_MODES = frozenset({Mode.MACVLAN, Mode.IPVLAN})
+#: The vxmesh network an endpoint of a namespaced mode without --network joins, made on
+#: first use (`Attachments._default_network`); Docker's default network is `bridge` too.
+DEFAULT_NETWORKS = {Mode.BRIDGE: "bridge", Mode.MACVLAN: "macvlan", Mode.IPVLAN: "ipvlan"}
 IPAM_MODES = frozenset({Mode.OVERLAY, Mode.MACVLAN, Mode.IPVLAN})
 
 
 def _driver_mode(request: AttachRequest, network: Network | None) -> Mode:
     """The mode of the endpoint: a vxmesh network's driver decides (the request's mode is
-    the default, overlay, or must name that driver); host, none, and bridge/macvlan/ipvlan
-    without a vxmesh network keep their endpoint-only meaning."""
+    the default, overlay, or must name that driver); host and none keep their endpoint-only
+    meaning (bridge/macvlan/ipvlan without a network got their default network already)."""
     if network is None or request.mode in (Mode.HOST, Mode.NONE):
         mode = request.mode
     else:

@@ -357,3 +357,46 @@ def test_ipv6_overlay_across_hosts_egress_and_isolation(lab: tuple[Lab, LabState
                     "--subnet6", "fd17:36::/80") != EXIT_OK  # inside blue6's IPv6 subnet
     finally:
         _clean_up(the_lab, h1, made, tuple(n for n, _, _ in networks))
+
+
+def test_old_modes_without_a_network_map_onto_default_networks(
+        lab: tuple[Lab, LabState], capsys: pytest.CaptureFixture[str]) -> None:
+    the_lab, state = lab
+    h1, h2 = state.hosts
+    made = [(h1, "db1"), (h1, "db2"), (h1, "dm1"), (h2, "dm2"), (h1, "dn"), (h1, "dh")]
+    try:
+        # bridge: Docker's default `bridge` network, made on first use on the built-in
+        # bridge's subnet and kernel bridge, NAT egress
+        assert _cli(h1, "endpoint", "create", "db1", "--mode", "bridge") == EXIT_OK
+        assert _cli(h1, "endpoint", "create", "db2", "--mode", "bridge") == EXIT_OK
+        db1, db2 = _ep(the_lab, h1, "db1"), _ep(the_lab, h1, "db2")
+        assert db1["network"] == "bridge" and db1["bridge"] == "vxlocal0"
+        assert db1["addresses"] == ["172.29.0.2/16"] and db2["addresses"] == ["172.29.0.3/16"]
+        assert _ping(db1, db2["ip"]) and _ping(db1, "10.77.0.1")  # NAT out to the underlay
+        # macvlan: the network `macvlan` on the underlay's LAN, with its prefix and gateway,
+        # the address chosen (vxmesh does not know the LAN's free ones) and held in the
+        # shared IPAM
+        capsys.readouterr()
+        assert _cli(h1, "endpoint", "create", "dm0", "--mode", "macvlan") == EXIT_USAGE
+        assert "ip: required" in capsys.readouterr().err
+        assert _cli(h1, "endpoint", "create", "dm1", "--mode", "macvlan", "--ip",
+                    "10.77.0.201") == EXIT_OK
+        assert _cli(h2, "endpoint", "create", "dm2", "--mode", "macvlan", "--ip",
+                    "10.77.0.202") == EXIT_OK
+        assert _cli(h2, "endpoint", "create", "dm3", "--mode", "macvlan", "--ip",
+                    "10.77.0.201") != EXIT_OK  # h1's dm1 holds it
+        dm1, dm2 = _ep(the_lab, h1, "dm1"), _ep(the_lab, h2, "dm2")
+        assert dm1["network"] == "macvlan" and dm1["addresses"] == ["10.77.0.201/24"]
+        assert "via 10.77.0.1" in _in(dm1["netns"], "ip", "route", "show", "default").stdout
+        assert _ping(dm1, dm2["ip"]) and _ping(dm1, "10.77.0.1")
+        # none and host stay endpoint-only
+        assert _cli(h1, "endpoint", "create", "dn", "--mode", "none") == EXIT_OK
+        assert _cli(h1, "endpoint", "create", "dh", "--mode", "host") == EXIT_OK
+        assert _ep(the_lab, h1, "dn")["network"] == "" and _ep(the_lab, h1, "dh")["netns"] is None
+        rows = {n["name"]: n for n in the_lab.client(h2).request("GET", "/v1/networks")}
+        assert rows["bridge"]["driver"] == "bridge" and rows["bridge"]["subnet"] == "172.29.0.0/16"
+        assert rows["macvlan"]["driver"] == "macvlan" and rows["macvlan"]["parent"] == "eth0"
+        assert rows["macvlan"]["subnet"] == "10.77.0.0/24"
+        assert not {"none", "host"} & rows.keys()
+    finally:
+        _clean_up(the_lab, h1, made, ("bridge", "macvlan"))
