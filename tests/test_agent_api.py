@@ -11,6 +11,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -233,3 +234,16 @@ async def test_bad_names_deep_json_huge_numbers_are_400_and_500_says_nothing(
 
         await trio.to_thread.run_sync(exercise)
         nursery.cancel_scope.cancel()
+
+
+def test_cli_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`vxmesh ... | head -1`: no traceback when the reader goes away first."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "agent.cli.main", "lab", "--dir", str(tmp_path), "status"],
+            stdout=writer, stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    finally:
+        os.close(writer)
+    assert done.returncode == 141 and done.stderr == ""

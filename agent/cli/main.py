@@ -507,6 +507,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vxmesh: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `vxmesh ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 141  # as a shell reports a process killed by SIGPIPE
 
 
 if __name__ == "__main__":
