@@ -1,53 +1,71 @@
-"""Data-plane throughput and latency: reconciler-programmed overlay vs hand-made VXLAN vs host.
+"""Data-plane throughput and latency: reconciler-programmed overlay vs hand-made VXLAN vs host,
+and every kernel setting of the VXLAN path switched on and off.
 
-Usage: bench/dataplane.py [--seconds S] [--rounds R] [--json]
+Usage: bench/dataplane.py [--seconds S] [--repeats R] [--settings all|none|NAME,...] [--json]
 
 Two namespace hosts h1, h2 on a veth underlay (MTU 1500) joined by a switch namespace, all
 created and deleted by this script (agent.lab.namespaces: unique prefix, clean-up even on failure).
-Three paths between h1 and h2:
+Paths between h1 and h2:
   (a) overlay_reconciler: endpoints a1, a2 (namespaces with a veth into the network bridge),
       the bridge, vxlan device, FDB and neighbor entries programmed by
       `overlay.reconciler.Reconciler` from `overlay.desired.compute_desired`;
   (b) overlay_hand: endpoints b1, b2 on a VXLAN made by hand with iproute2 (same MTU 1450,
-      same options: nolearning, proxy, permanent FDB/neighbor/flood entries);
+      same options: nolearning, proxy, permanent FDB/neighbor/flood entries), every setting
+      at the kernel's default;
   (c) host: h1 to h2 directly over the underlay;
   (d) overlay_encrypted: endpoints e1, e2 of an encrypted network (VXLAN between WireGuard
       tunnel addresses, MTU 1390), programmed by the same reconciler, over the WireGuard
       interfaces `underlay.wireguard` brings up (kernel module if the probe finds it, else
-      wireguard-go: the backend is printed and in the JSON).
+      wireguard-go: the backend is printed and in the JSON);
+  (b+NAME) path (b) with one kernel setting switched away from its default (`settings_of`):
+      GRO on the endpoint veths, on the vxlan device, fraglist GRO, GRO and UDP GRO
+      forwarding on the underlay, UDP tunnel segmentation offload on the underlay, the outer
+      UDP checksum. The switch happens just before the row is measured; every other row
+      sees the defaults, and each b+NAME is measured back to back with a row of (b) at the
+      defaults (b@NAME), 1 stream and request/response only.
 For each: iperf3 TCP with 1 and 4 streams (`--seconds` each) and a 64-byte TCP
-request/response probe (a small Python echo pair: its own cost is in every path alike, so
-compare ratios, not absolute microseconds). Every measurement runs `--rounds` times, paths
-interleaved; the best round counts (the machine is shared). iperf3 and echo processes are
-started in the namespaces and stopped by pid.
+request/response probe (bench/pathbench.py: Python on both ends, its own cost is in every path
+alike, so compare ratios, not absolute microseconds). Clients on CPU 0, servers on CPU 1
+(taskset). `--repeats` rounds, every path once per round in a rotated order; figures are the
+median with the min-max over rounds, ratios are taken round by round (two paths measured
+moments apart) and given as median and min-max. The load average before and after is printed.
 
-With --json the last line is one JSON object: per path `gbps_p1`, `gbps_p4`, `rr_us`;
-`ratio_throughput` = gbps_p1(a)/gbps_p1(b), `ratio_throughput_p4` likewise,
-`ratio_latency` = rr_us(b)/rr_us(a) (1.0: as fast as the hand-made VXLAN; lower: slower),
-and `ratio_to_host_throughput` / `ratio_to_host_latency` for (a)/(c);
-`ratio_encrypted_to_overlay` = gbps_p1(d)/gbps_p1(a) (with `_p4` and `_latency` likewise) and
-`wireguard_backend`.
+With --json the last line is one JSON object: per path `gbps_p1`, `gbps_p4`, `rr_us` (medians)
+and `gbps_p1_spread`, ... ([min, max]); `ratio_throughput` = gbps_p1(a)/gbps_p1(b),
+`ratio_throughput_p4` likewise, `ratio_latency` = rr_us(b)/rr_us(a) (1.0: as fast as the
+hand-made VXLAN; lower: slower), and `ratio_to_host_throughput` / `ratio_to_host_latency` for
+(a)/(c) (latency: rr_us(c)/rr_us(a)); `ratio_encrypted_to_overlay` = gbps_p1(d)/gbps_p1(a)
+(with `_p4` and `_latency` likewise) and `wireguard_backend`; each ratio with `_spread`;
+`settings`: per setting its kernel default, the switched row's figures (`switched`, 1 stream
+and RR only), the default row measured next to it (`default_row`) and the ratios
+(`ratio_throughput` = switched/default, `ratio_latency` = default rr_us/switched rr_us, each
+with `_spread`); `repeats`, `seconds`, `load_before`, `load_after`.
 
-May import: the standard library, trio, overlay.*, underlay.*, agent.lab.namespaces.
+May import: the standard library, trio, overlay.*, underlay.*, agent.lab.namespaces,
+bench/pathbench.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import signal
-import socket
-import statistics
-import subprocess
+import re
 import sys
 import tempfile
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
+from pathbench import (
+    Samples,
+    Spread,
+    Target,
+    figures_json,
+    loadavg,
+    measure_interleaved,
+    paired_ratio,
+)
 
 from agent.lab.namespaces import NetnsLab, run
 from overlay.desired import (
@@ -61,7 +79,7 @@ from overlay.desired import (
 from overlay.reconciler import Reconciler
 from underlay.kernel import NetlinkThread
 from underlay.netlink_ops import NetlinkKernel
-from underlay.netns_exec import ip_netns_exec
+from underlay.netns_exec import ip_netns_exec, nsenter_net
 from underlay.wireguard import (
     WireGuardInterface,
     interface_name,
@@ -73,115 +91,9 @@ from underlay.wireguard_peers import DEFAULT_PORT, WireGuardPeer, tunnel_address
 
 OVERLAY_MTU = 1450
 ENCRYPTED_MTU = 1390
-IPERF_PORT = 5201
-RR_PORT = 7007
-RR_SIZE = 64
-RR_COUNT = 4000
-
-
-@dataclass(frozen=True)
-class Path_:
-    """Where the client runs and which address it targets, and where the server runs."""
-
-    name: str
-    client_ns: str
-    server_ns: str
-    server_ip: str
-
-
-@dataclass
-class Figures:
-    gbps_p1: float = 0.0
-    gbps_p4: float = 0.0
-    rr_us: float = float("inf")
-
-
-# --------------------------------------------------------------------------- RR probe
-
-
-def rr_server(port: int) -> None:
-    """Echo fixed-size messages on one TCP connection until the peer closes."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("0.0.0.0", port))
-    listener.listen(1)
-    print("listening", flush=True)
-    conn, _ = listener.accept()
-    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    while True:
-        data = conn.recv(RR_SIZE, socket.MSG_WAITALL)
-        if len(data) < RR_SIZE:
-            return
-        conn.sendall(data)
-
-
-def rr_client(host: str, port: int, count: int) -> None:
-    """Time `count` request/response exchanges; print the median in microseconds."""
-    conn = socket.create_connection((host, port), timeout=10)
-    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    payload = b"x" * RR_SIZE
-    samples = []
-    for i in range(count + 200):
-        started = time.perf_counter_ns()
-        conn.sendall(payload)
-        conn.recv(RR_SIZE, socket.MSG_WAITALL)
-        if i >= 200:  # warm-up
-            samples.append(time.perf_counter_ns() - started)
-    conn.close()
-    print(f"{statistics.median(samples) / 1000:.2f}")
-
-
-# --------------------------------------------------------------------------- processes
-
-
-class Server:
-    """A server process in a namespace, stopped by its pid."""
-
-    def __init__(self, ns: str, argv: list[str], port: int) -> None:
-        self.popen = subprocess.Popen(ip_netns_exec(ns, argv),
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            listening = run(["ss", "-Hltn", f"sport = :{port}"], netns=ns).stdout
-            if listening.strip():
-                return
-            if self.popen.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.stop()
-        raise SystemExit(f"server {argv[0]} did not start listening in {ns}")
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(timeout=5)
-
-
-def iperf(path: Path_, streams: int, seconds: float) -> float:
-    server = Server(path.server_ns, ["iperf3", "-s", "-1", "-p", str(IPERF_PORT)], IPERF_PORT)
-    try:
-        out = run(["iperf3", "-c", path.server_ip, "-p", str(IPERF_PORT), "-t", str(seconds),
-                   "-P", str(streams), "-J"], netns=path.client_ns, timeout=seconds + 30).stdout
-    finally:
-        server.stop()
-    return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e9
-
-
-def request_response(path: Path_) -> float:
-    me = [sys.executable, str(Path(__file__).resolve())]
-    server = Server(path.server_ns, [*me, "--rr-server", str(RR_PORT)], RR_PORT)
-    try:
-        out = run([*me, "--rr-client", path.server_ip, str(RR_PORT), str(RR_COUNT)],
-                  netns=path.client_ns, timeout=120).stdout
-    finally:
-        server.stop()
-    return float(out.strip().splitlines()[-1])
+HAND_VXLAN = "hvx200"
+HAND_BRIDGE = "hbr200"
+PATHS = ("overlay_reconciler", "overlay_hand", "host", "overlay_encrypted")
 
 
 # --------------------------------------------------------------------------- topology
@@ -197,21 +109,46 @@ def endpoint(lab: NetnsLab, host_ns: str, name: str, host_ifname: str, mac: str,
     return ns
 
 
-def hand_vxlan(host_ns: str, local: str, remote: str, remote_mac: str, remote_ip: str,
-               port_ifname: str) -> None:
-    """Path (b): what an operator would type, with the same options as the reconciler."""
+@dataclass(frozen=True)
+class HandSide:
+    """One host's half of path (b): its namespace, underlay addresses, the remote endpoint
+    and the names of the endpoint veth (host side `port_ifname`, `eth0` in `endpoint_ns`)."""
+
+    ns: str
+    local: str
+    remote: str
+    remote_mac: str
+    remote_ip: str
+    port_ifname: str
+    endpoint_ns: str
+
+
+def hand_vxlan_device(side: HandSide, udp_csum: bool | None = None) -> None:
+    """Path (b)'s vxlan device with its entries, as an operator would type it, with the same
+    options as the reconciler (`udp_csum` None: the kernel's default checksum setting)."""
+    csum = "" if udp_csum is None else "udpcsum" if udp_csum else "noudpcsum"
     for cmd in (
-        f"ip link add hvx200 type vxlan id 200 dstport 4789 local {local} nolearning proxy",
-        f"ip link set hvx200 mtu {OVERLAY_MTU}",
-        "ip link add hbr200 type bridge",
-        f"ip link set hbr200 mtu {OVERLAY_MTU} up",
-        "ip link set hvx200 master hbr200 up",
-        f"ip link set {port_ifname} master hbr200 up",
-        f"ip neigh add {remote_ip} lladdr {remote_mac} dev hvx200 nud permanent",
-        f"bridge fdb add {remote_mac} dev hvx200 dst {remote} self permanent",
-        f"bridge fdb append 00:00:00:00:00:00 dev hvx200 dst {remote} self permanent",
+        f"ip link add {HAND_VXLAN} type vxlan id 200 dstport 4789 local {side.local} "
+        f"nolearning proxy {csum}",
+        f"ip link set {HAND_VXLAN} mtu {OVERLAY_MTU}",
+        f"ip link set {HAND_VXLAN} master {HAND_BRIDGE} up",
+        f"ip neigh add {side.remote_ip} lladdr {side.remote_mac} dev {HAND_VXLAN} nud permanent",
+        f"bridge fdb add {side.remote_mac} dev {HAND_VXLAN} dst {side.remote} self permanent",
+        f"bridge fdb append 00:00:00:00:00:00 dev {HAND_VXLAN} dst {side.remote} self "
+        "permanent",
     ):
-        run(cmd, netns=host_ns)
+        run(cmd, netns=side.ns)
+
+
+def hand_vxlan(side: HandSide) -> None:
+    """Path (b): bridge, endpoint port and vxlan device made with iproute2."""
+    for cmd in (
+        f"ip link add {HAND_BRIDGE} type bridge",
+        f"ip link set {HAND_BRIDGE} mtu {OVERLAY_MTU} up",
+        f"ip link set {side.port_ifname} master {HAND_BRIDGE} up",
+    ):
+        run(cmd, netns=side.ns)
+    hand_vxlan_device(side)
 
 
 async def wireguard_up(lab: NetnsLab, hosts: list[tuple[str, str]], key_dir: Path) -> str:
@@ -250,18 +187,139 @@ async def program_overlay(hosts: list[tuple[str, str]], reconcilers: list[Reconc
             raise SystemExit(f"reconciler on h{i + 1}: {reconciler.statistics()}")
 
 
-def measure(paths: list[Path_], seconds: float, rounds: int) -> dict[str, Figures]:
-    figures = {path.name: Figures() for path in paths}
-    for _round in range(rounds):
-        for path in paths:
-            f = figures[path.name]
-            f.gbps_p1 = max(f.gbps_p1, iperf(path, 1, seconds))
-            f.gbps_p4 = max(f.gbps_p4, iperf(path, 4, seconds))
-            f.rr_us = min(f.rr_us, request_response(path))
-    return figures
+# --------------------------------------------------------------------------- settings
 
 
-def bench(seconds: float, rounds: int, key_dir: Path) -> tuple[dict[str, Figures], str]:
+def ethtool_features(ns: str, ifname: str) -> dict[str, bool]:
+    """`ethtool -k` of a device: feature name -> on."""
+    out = run(["ethtool", "-k", ifname], netns=ns).stdout
+    return {m[1]: m[2] == "on" for m in re.finditer(r"^\s*([\w-]+): (on|off)", out, re.M)}
+
+
+@dataclass(frozen=True)
+class Device:
+    ns: str
+    ifname: str
+
+
+@dataclass(frozen=True)
+class FeatureSetting:
+    """ethtool features switched together on some devices of path (b) (on both hosts).
+    `shown`: the name `ethtool -k` prints for the first feature (its state is the default)."""
+
+    name: str
+    what: str
+    features: tuple[str, ...]
+    shown: str
+    devices: tuple[Device, ...]
+
+    def state(self) -> bool:
+        first = self.devices[0]
+        return ethtool_features(first.ns, first.ifname)[self.shown]
+
+    def switch(self, on: bool) -> None:
+        # Turning on: in the order given (GRO before what depends on it); off: reversed.
+        for device in self.devices:
+            for feature in (self.features if on else tuple(reversed(self.features))):
+                run(["ethtool", "-K", device.ifname, feature, "on" if on else "off"],
+                    netns=device.ns)
+
+
+@dataclass(frozen=True)
+class ChecksumSetting:
+    """The outer UDP checksum of path (b)'s vxlan devices (a creation-time attribute: the
+    devices are re-created with their entries)."""
+
+    sides: tuple[HandSide, ...]
+    name: str = "udp_csum"
+    what: str = "outer UDP checksum on the vxlan device (udpcsum)"
+
+    def state(self) -> bool:
+        side = self.sides[0]
+        shown = run(["ip", "-d", "link", "show", HAND_VXLAN], netns=side.ns).stdout
+        return " noudpcsum " not in shown
+
+    def switch(self, on: bool) -> None:
+        for side in self.sides:
+            run(["ip", "link", "del", HAND_VXLAN], netns=side.ns)
+            hand_vxlan_device(side, udp_csum=on)
+
+
+Setting = FeatureSetting | ChecksumSetting
+
+
+def settings_of(sides: Sequence[HandSide]) -> list[Setting]:
+    """Every kernel setting of path (b) this bench switches, on both hosts."""
+    veths = tuple(device for side in sides for device in (
+        Device(side.ns, side.port_ifname), Device(side.endpoint_ns, "eth0")))
+    vxlans = tuple(Device(side.ns, HAND_VXLAN) for side in sides)
+    underlay = tuple(Device(side.ns, "eth0") for side in sides)
+    return [
+        FeatureSetting("gro_veth", "GRO on the endpoint veths (both ends; veth NAPI)",
+                       ("gro",), "generic-receive-offload", veths),
+        FeatureSetting("gro_list_veth", "GRO + fraglist GRO (rx-gro-list) on the endpoint "
+                       "veths", ("gro", "rx-gro-list"), "rx-gro-list", veths),
+        FeatureSetting("gro_vxlan", "GRO on the vxlan device (its gro_cells)", ("gro",),
+                       "generic-receive-offload", vxlans),
+        FeatureSetting("gro_underlay", "GRO on the underlay veth (host eth0)", ("gro",),
+                       "generic-receive-offload", underlay),
+        FeatureSetting("udp_gro_fwd_underlay", "GRO + rx-udp-gro-forwarding on the underlay "
+                       "veth", ("gro", "rx-udp-gro-forwarding"), "rx-udp-gro-forwarding",
+                       underlay),
+        FeatureSetting("udp_tnl_tso_underlay", "UDP tunnel segmentation offload on the "
+                       "underlay veth (tx-udp_tnl[-csum]-segmentation; off: GSO in software "
+                       "before the underlay)", ("tx-udp_tnl-segmentation",
+                                                "tx-udp_tnl-csum-segmentation"),
+                       "tx-udp_tnl-segmentation", underlay),
+        ChecksumSetting(tuple(sides)),
+    ]
+
+
+class Switchboard:
+    """Puts path (b) in the state a row wants: every setting at its default except the
+    row's own, switched; only settings whose state differs are touched."""
+
+    def __init__(self, settings: Sequence[Setting]) -> None:
+        self.settings = {setting.name: setting for setting in settings}
+        self.defaults = {setting.name: setting.state() for setting in settings}
+        self.current = dict(self.defaults)
+
+    @staticmethod
+    def row(name: str) -> str:
+        """The row measuring path (b) with setting `name` switched."""
+        return f"b+{name}"
+
+    @staticmethod
+    def baseline(name: str) -> str:
+        """The row measuring path (b) at the defaults right next to `row(name)`."""
+        return f"b@{name}"
+
+    def before(self, row: str) -> None:
+        wanted = dict(self.defaults)
+        for name in self.settings:
+            if row == self.row(name):
+                wanted[name] = not self.defaults[name]
+        for name, on in wanted.items():
+            if self.current[name] != on:
+                self.settings[name].switch(on)
+                self.current[name] = on
+
+    def reset(self) -> None:
+        self.before("")
+
+
+# --------------------------------------------------------------------------- run
+
+
+@dataclass(frozen=True)
+class Run:
+    samples: dict[str, Samples]
+    backend: str
+    defaults: dict[str, bool]
+    settings: dict[str, str]  # name -> what
+
+
+def bench(seconds: float, repeats: int, chosen: Sequence[str] | None, key_dir: Path) -> Run:
     lab = NetnsLab("dpb")
     nls: list[NetlinkThread] = []
     hosts: list[tuple[str, str]] = []
@@ -281,21 +339,48 @@ def bench(seconds: float, rounds: int, key_dir: Path) -> tuple[dict[str, Figures
         nls = [NetlinkThread(ns) for ns, _v in hosts]
         reconcilers = [Reconciler(NetlinkKernel(nl)) for nl in nls]
         trio.run(program_overlay, hosts, reconcilers)
-        for i, (ns, vtep) in enumerate(hosts):
-            other = 1 - i
-            hand_vxlan(ns, vtep, hosts[other][1], f"02:42:0a:02:00:{other + 1:02x}",
-                       f"10.2.0.{other + 1}", f"hbe{i + 1}")
-        paths = [
-            Path_("overlay_reconciler", a[0], a[1], "10.1.0.2"),
-            Path_("overlay_hand", b[0], b[1], "10.2.0.2"),
-            Path_("host", hosts[0][0], hosts[1][0], "10.0.0.2"),
-            Path_("overlay_encrypted", e[0], e[1], "10.3.0.2"),
+        sides = [HandSide(ns, vtep, hosts[1 - i][1], f"02:42:0a:02:00:{2 - i:02x}",
+                          f"10.2.0.{2 - i}", f"hbe{i + 1}", b[i])
+                 for i, (ns, vtep) in enumerate(hosts)]
+        for side in sides:
+            hand_vxlan(side)
+
+        def target(name: str, client_ns: str, server_ns: str, address: str) -> Target:
+            return Target(name, tuple(nsenter_net(server_ns, [])),
+                          tuple(ip_netns_exec(client_ns, [])), address, server_ns)
+
+        targets = [
+            # (a) next to (c) and (b) in every rotation but one: the pairs compared most
+            target("overlay_reconciler", a[0], a[1], "10.1.0.2"),
+            target("host", hosts[0][0], hosts[1][0], "10.0.0.2"),
+            target("overlay_hand", b[0], b[1], "10.2.0.2"),
+            target("overlay_encrypted", e[0], e[1], "10.3.0.2"),
         ]
-        for path in paths:
-            if run(["ping", "-c", "1", "-W", "2", path.server_ip], netns=path.client_ns,
+        for t in targets:
+            if run(["ping", "-c", "1", "-W", "2", t.address], netns=t.client[3],
                    check=False).returncode != 0:
-                raise SystemExit(f"path {path.name}: {path.server_ip} unreachable")
-        return measure(paths, seconds, rounds), backend
+                raise SystemExit(f"path {t.name}: {t.address} unreachable")
+        all_settings = settings_of(sides)
+        known = [setting.name for setting in all_settings]
+        wanted = known if chosen is None else list(chosen)
+        unknown = [name for name in wanted if name not in known]
+        if unknown:
+            raise SystemExit(f"--settings: unknown {unknown}; known: {','.join(known)}")
+        board = Switchboard([s for s in all_settings if s.name in wanted])
+        hand = targets[2]
+
+        def hand_row(name: str) -> Target:
+            return Target(name, hand.server, hand.client, hand.address, hand.server_key,
+                          four_streams=False)
+
+        groups = [targets] + [[hand_row(board.row(name)), hand_row(board.baseline(name))]
+                              for name in board.settings]
+        try:
+            samples = measure_interleaved(groups, repeats, seconds, board.before)
+        finally:
+            board.reset()
+        return Run(samples, backend, board.defaults,
+                   {name: setting.what for name, setting in board.settings.items()})
     finally:
         for nl in nls:
             nl.close()
@@ -305,51 +390,100 @@ def bench(seconds: float, rounds: int, key_dir: Path) -> tuple[dict[str, Figures
         lab.close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="per iperf3 run (3)")
-    parser.add_argument("--rounds", type=int, default=2, help="best of R rounds (2)")
+def paired(numerator: Samples, denominator: Samples) -> tuple[Spread, Spread, Spread]:
+    """numerator/denominator round by round: 1-stream and 4-stream throughput, and latency
+    as denominator's rr_us over numerator's (higher: numerator faster)."""
+    return (paired_ratio(numerator, denominator, "gbps_p1"),
+            paired_ratio(numerator, denominator, "gbps_p4"),
+            paired_ratio(denominator, numerator, "rr_us"))
+
+
+def ratio_json(names: tuple[str, str, str],
+               spreads: tuple[Spread, Spread, Spread]) -> dict[str, object]:
+    """Each ratio under its name, its [min, max] under `<name>_spread`."""
+    out: dict[str, object] = {}
+    for name, spread in zip(names, spreads, strict=True):
+        out[name] = round(spread.median, 3)
+        out[f"{name}_spread"] = spread.json()
+    return out
+
+
+def report(result: Run, seconds: float, repeats: int, load_before: str,
+           load_after: str) -> dict[str, object]:
+    samples = result.samples
+    a, b, c = samples["overlay_reconciler"], samples["overlay_hand"], samples["host"]
+    d = samples["overlay_encrypted"]
+    print(f"load average before: {load_before}; after: {load_after}")
+    print(f"{repeats} rounds x {seconds:g} s per iperf3 run, paths interleaved (rotated order); "
+          "median (min-max) over rounds; clients on CPU 0, servers on CPU 1")
+    print(f"wireguard backend {result.backend}")
+    print(f"{'path':<28} {'Gbit/s P1':>20} {'Gbit/s P4':>20} {'RR us':>20}")
+    for name in PATHS:
+        s = samples[name]
+        print(f"{name:<28} {s.spread('gbps_p1').text():>20} {s.spread('gbps_p4').text():>20} "
+              f"{s.spread('rr_us').text(1):>20}")
+    out: dict[str, object] = {name: figures_json(samples[name]) for name in PATHS}
+    ab, ac, da = paired(a, b), paired(a, c), paired(d, a)
+    out.update(ratio_json(("ratio_throughput", "ratio_throughput_p4", "ratio_latency"), ab))
+    out.update(ratio_json(("ratio_to_host_throughput", "ratio_to_host_throughput_p4",
+                           "ratio_to_host_latency"), ac))
+    out.update(ratio_json(("ratio_encrypted_to_overlay", "ratio_encrypted_to_overlay_p4",
+                           "ratio_encrypted_to_overlay_latency"), da))
+    out["wireguard_backend"] = result.backend
+    print(f"(a)/(b): throughput {ab[0].text(3)}, P4 {ab[1].text(3)}, latency {ab[2].text(3)}")
+    print(f"(a)/(c) overlay/host: throughput {ac[0].text(3)} (target >= 0.9), P4 "
+          f"{ac[1].text(3)}, latency host/overlay {ac[2].text(3)} (target >= 0.87: overlay "
+          "RR <= 1.15x host)")
+    print(f"(d)/(a) over {result.backend}: throughput {da[0].text(3)}, P4 {da[1].text(3)}, "
+          f"latency {da[2].text(3)}")
+    if result.settings:
+        print()
+        print("each kernel setting switched on path (b) (row b+NAME) against (b) at the "
+              "kernel's defaults measured right next to it (row b@NAME), every round; ratio = "
+              "switched/default (latency: default/switched, higher is faster)")
+        print(f"{'setting':<22} {'default':>7} {'Gbit/s P1 switched':>20} {'P1 ratio':>20} "
+              f"{'RR ratio':>20}  what")
+        settings: dict[str, object] = {}
+        for name, what in result.settings.items():
+            row, base = samples[f"b+{name}"], samples[f"b@{name}"]
+            throughput = paired_ratio(row, base, "gbps_p1")
+            latency = paired_ratio(base, row, "rr_us")
+            default = "on" if result.defaults[name] else "off"
+            print(f"{name:<22} {default:>7} {row.spread('gbps_p1').text():>20} "
+                  f"{throughput.text(3):>20} {latency.text(3):>20}  {what}")
+            settings[name] = {"what": what, "default": result.defaults[name],
+                              "switched": figures_json(row), "default_row": figures_json(base),
+                              "ratio_throughput": round(throughput.median, 3),
+                              "ratio_throughput_spread": throughput.json(),
+                              "ratio_latency": round(latency.median, 3),
+                              "ratio_latency_spread": latency.json()}
+        out["settings"] = settings
+    out.update({"repeats": repeats, "seconds": seconds, "load_before": load_before,
+                "load_after": load_after})
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=2.0, help="per iperf3 run (2)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="rounds, every path once per round (5)")
+    parser.add_argument("--settings", default="all",
+                        help="kernel settings to switch on path (b): all, none or a list")
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
-    parser.add_argument("--rr-server", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--rr-client", nargs=3, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.rr_server is not None:
-        rr_server(args.rr_server)
-        return
-    if args.rr_client is not None:
-        rr_client(args.rr_client[0], int(args.rr_client[1]), int(args.rr_client[2]))
-        return
-    if not 1 <= args.seconds <= 60 or not 1 <= args.rounds <= 10:
-        parser.error(f"--seconds={args.seconds} (1..60), --rounds={args.rounds} (1..10)")
+    args = parser.parse_args(argv)
+    if not 1 <= args.seconds <= 60 or not 1 <= args.repeats <= 20:
+        parser.error(f"--seconds={args.seconds} (1..60), --repeats={args.repeats} (1..20)")
+    chosen = None if args.settings == "all" else [] if args.settings == "none" else \
+        args.settings.split(",")
+    load_before = loadavg()
     with tempfile.TemporaryDirectory(prefix="vxmesh-bench-wg-") as key_dir:
-        figures, backend = bench(args.seconds, args.rounds, Path(key_dir))
-    print(f"{'path':<20} {'Gbit/s P1':>10} {'Gbit/s P4':>10} {'RR us':>8}")
-    for name, f in figures.items():
-        print(f"{name:<20} {f.gbps_p1:>10.2f} {f.gbps_p4:>10.2f} {f.rr_us:>8.1f}")
-    a, b, c = figures["overlay_reconciler"], figures["overlay_hand"], figures["host"]
-    d = figures["overlay_encrypted"]
-    result: dict[str, object] = {
-        name: {"gbps_p1": round(f.gbps_p1, 3), "gbps_p4": round(f.gbps_p4, 3),
-               "rr_us": round(f.rr_us, 2)} for name, f in figures.items()}
-    result["ratio_throughput"] = round(a.gbps_p1 / b.gbps_p1, 3)
-    result["ratio_throughput_p4"] = round(a.gbps_p4 / b.gbps_p4, 3)
-    result["ratio_latency"] = round(b.rr_us / a.rr_us, 3)
-    result["ratio_to_host_throughput"] = round(a.gbps_p1 / c.gbps_p1, 3)
-    result["ratio_to_host_latency"] = round(c.rr_us / a.rr_us, 3)
-    result["ratio_encrypted_to_overlay"] = round(d.gbps_p1 / a.gbps_p1, 3)
-    result["ratio_encrypted_to_overlay_p4"] = round(d.gbps_p4 / a.gbps_p4, 3)
-    result["ratio_encrypted_to_overlay_latency"] = round(a.rr_us / d.rr_us, 3)
-    result["wireguard_backend"] = backend
-    print(f"(a)/(b): throughput {result['ratio_throughput']} (P4 "
-          f"{result['ratio_throughput_p4']}), latency {result['ratio_latency']} (target >= 0.95)"
-          f"; (a)/(c): throughput {result['ratio_to_host_throughput']}, latency "
-          f"{result['ratio_to_host_latency']}; (d)/(a) over {backend}: throughput "
-          f"{result['ratio_encrypted_to_overlay']} (P4 "
-          f"{result['ratio_encrypted_to_overlay_p4']}), latency "
-          f"{result['ratio_encrypted_to_overlay_latency']}")
+        result = bench(args.seconds, args.repeats, chosen, Path(key_dir))
+    out = report(result, args.seconds, args.repeats, load_before, loadavg())
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(out))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

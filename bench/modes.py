@@ -1,6 +1,6 @@
 """Endpoint modes compared: iperf3 TCP throughput and request/response latency, two hosts.
 
-Usage: bench/modes.py [--seconds 3] [--round-trips 2000] [--json]
+Usage: bench/modes.py [--seconds 2] [--repeats 5] [--json]
 
 Two namespace hosts h1, h2 on one switch (bench/netns_bench.BenchLab, 10.77.0.0/16 on eth0).
 Every endpoint is created through `underlay.endpoints.Endpoints`, one service per host.
@@ -20,12 +20,14 @@ For each mode a server endpoint on h1 and a client endpoint on h2:
 |               | MASQUERADE on its own host (`Endpoints.set_overlay_egress`, our table)    |
 | macvlan       | macvlan (bridge mode) endpoints on each host's eth0, underlay addresses   |
 
-Measured per mode: iperf3 -c, TCP, 1 stream and 4 streams (`gbps_p1`, `gbps_p4`, received
-side), and the mean round trip of a 1-byte TCP request/response over one connection (`rr_us`,
-median of 3 runs, Python on both ends; the same program in every mode, so the differences
-are the path's).
-`ratio_to_host` is gbps_p1 / host's gbps_p1; the table also shows the p4 and latency ratios.
-The host namespace of the machine is shared with other work: figures carry that noise.
+Measured per mode (bench/pathbench.py, the same way as bench/dataplane.py): iperf3 TCP, 1 and
+4 streams (`gbps_p1`, `gbps_p4`, received side), and the median round trip of a 64-byte TCP
+request/response over one connection (`rr_us`, Python on both ends; the same program in every
+mode, so the differences are the path's). Clients on CPU 0, servers on CPU 1 (taskset).
+`--repeats` rounds, every mode once per round in a rotated order; figures are the median with
+min-max over rounds. `ratio_to_host` (gbps_p1) and `latency_to_host` (rr_us, mode over host)
+are taken round by round against host measured in the same round, as median with
+`_spread` [min, max]. The load average before and after is printed and in the JSON.
 
 The overlay is programmed as the agent does it, in two passes per host: first the desired
 state of the network alone (members = both hosts, VTEP = eth0's address read by
@@ -36,7 +38,7 @@ endpoint record) and the local endpoint's host veth as a bridge port.
 Rules: everything runs inside namespaces this script creates and deletes (even on failure or
 Ctrl-C); processes it starts are stopped by pid.
 May import: the standard library, trio, overlay.*, underlay.*, bench/netns_bench.py,
-agent.lab.namespaces.
+bench/pathbench.py, agent.lab.namespaces.
 """
 
 from __future__ import annotations
@@ -44,21 +46,24 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import select
-import signal
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 from netns_bench import BenchLab, LabHost, cleanup_on_sigterm
+from pathbench import (
+    IPERF_PORT,
+    RR_PORT,
+    Samples,
+    Target,
+    figures_json,
+    loadavg,
+    measure_interleaved,
+    paired_ratio,
+)
 
 from agent.lab.namespaces import run, wait_links_operational
 from overlay.desired import (
@@ -88,9 +93,6 @@ from underlay.kernel import NetlinkThread
 from underlay.nat_table import OverlayEgress
 from underlay.netlink_ops import NetlinkKernel
 
-IPERF_PORT = 5201
-RR_PORT = 5301
-RR_REPEATS = 3  # the request/response figure is the median of this many runs
 MODES = ("host", "bridge_routed", "bridge_nat", "overlay", "overlay_egress", "macvlan")
 OVERLAY_SUBNET = "10.42.0.0/24"
 OVERLAY_GATEWAY = "10.42.0.254"  # on every host's bridge (the agent's anycast gateway)
@@ -99,94 +101,24 @@ OVERLAY = NetworkSpec("bench", 42, gateway=f"{OVERLAY_GATEWAY}/24")
 
 
 @dataclass(frozen=True)
-class Target:
-    """Where a mode's server runs and how the client reaches it."""
+class ModeTarget:
+    """Where a mode's server runs and how the client reaches it (ports: where the client
+    connects; the servers listen on pathbench's IPERF_PORT and RR_PORT)."""
 
     mode: str
     server: str  # endpoint name on h1
     client: str  # endpoint name on h2
     address: str
-    iperf_port: int
-    rr_port: int
+    iperf_port: int = IPERF_PORT
+    rr_port: int = RR_PORT
 
-
-@dataclass(frozen=True)
-class Figures:
-    gbps_p1: float
-    gbps_p4: float
-    rr_us: float
-
-
-# --- the request/response probe (this file run with --rr-server / --rr-client) -------------
-
-
-def rr_server(port: int) -> None:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("0.0.0.0", port))
-        sock.listen(4)
-        print("ready", flush=True)
-        while True:
-            conn, _ = sock.accept()
-            with conn:
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                while data := conn.recv(1):
-                    conn.sendall(data)
-
-
-def rr_client(host: str, port: int, round_trips: int) -> None:
-    with socket.create_connection((host, port), timeout=5) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for _ in range(100):  # warm-up
-            sock.sendall(b"x")
-            sock.recv(1)
-        samples = []
-        for _ in range(round_trips):
-            start = time.perf_counter_ns()
-            sock.sendall(b"x")
-            if not sock.recv(1):
-                raise SystemExit("server closed")
-            samples.append(time.perf_counter_ns() - start)
-    print(json.dumps({"mean_us": statistics.fmean(samples) / 1000,
-                      "p50_us": statistics.median(samples) / 1000}))
+    def target(self, s1: Endpoints, s2: Endpoints) -> Target:
+        return Target(self.mode, tuple(s1.exec_argv(self.server, [])),
+                      tuple(s2.exec_argv(self.client, [])), self.address, self.server,
+                      self.iperf_port, self.rr_port)
 
 
 # --- the lab -------------------------------------------------------------------------------
-
-
-class Processes:
-    """Servers started inside endpoints, stopped by pid."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, argv: list[str], ready_word: str, timeout: float = 10) -> None:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        self.procs.append(proc)
-        assert proc.stdout is not None
-        fd, seen = proc.stdout.fileno(), b""
-        deadline = time.monotonic() + timeout
-        while ready_word.encode() not in seen and time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], deadline - time.monotonic())
-            chunk = os.read(fd, 4096) if ready else b""
-            if not chunk:
-                break
-            seen += chunk
-        if ready_word.encode() in seen:
-            return
-        raise RuntimeError(f"{argv!r} did not report {ready_word!r} within {timeout}s")
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=3)
-                except subprocess.TimeoutExpired:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=5)
-        self.procs.clear()
 
 
 @dataclass(frozen=True)
@@ -261,7 +193,7 @@ def host_config(host: LabHost, index: int, state_root: Path) -> EndpointsConfig:
 
 
 async def build(lab: BenchLab, state_root: Path,
-                nodes: Sequence[OverlayNode]) -> tuple[Endpoints, Endpoints, list[Target]]:
+                nodes: Sequence[OverlayNode]) -> tuple[Endpoints, Endpoints, list[ModeTarget]]:
     h1, h2 = lab.hosts
     for netns in (lab.switch, h1.netns, h2.netns):
         wait_links_operational(netns)
@@ -295,63 +227,15 @@ async def build(lab: BenchLab, state_root: Path,
     await s1.create(EndpointSpec("mv-srv", Mode.MACVLAN, addresses=("10.77.1.1/16",)))
     await s2.create(EndpointSpec("mv-cli", Mode.MACVLAN, addresses=("10.77.1.2/16",)))
     targets = [
-        Target("host", "host-srv", "host-cli", h1.addr, IPERF_PORT, RR_PORT),
-        Target("bridge_routed", "routed-srv", "routed-cli",
-               routed_srv.addresses[0].split("/")[0], IPERF_PORT, RR_PORT),
-        Target("bridge_nat", "nat-srv", "nat-cli", h1.addr, IPERF_PORT + 1, RR_PORT + 1),
-        Target("overlay", "ovl-srv", "ovl-cli", ovl_srv.addresses[0].split("/")[0],
-               IPERF_PORT, RR_PORT),
-        Target("overlay_egress", "host-srv", "ovl-egr", h1.addr, IPERF_PORT, RR_PORT),
-        Target("macvlan", "mv-srv", "mv-cli", "10.77.1.1", IPERF_PORT, RR_PORT),
+        ModeTarget("host", "host-srv", "host-cli", h1.addr),
+        ModeTarget("bridge_routed", "routed-srv", "routed-cli",
+                   routed_srv.addresses[0].split("/")[0]),
+        ModeTarget("bridge_nat", "nat-srv", "nat-cli", h1.addr, IPERF_PORT + 1, RR_PORT + 1),
+        ModeTarget("overlay", "ovl-srv", "ovl-cli", ovl_srv.addresses[0].split("/")[0]),
+        ModeTarget("overlay_egress", "host-srv", "ovl-egr", h1.addr),
+        ModeTarget("macvlan", "mv-srv", "mv-cli", "10.77.1.1"),
     ]
     return s1, s2, targets
-
-
-def iperf_gbps(argv_prefix: list[str], address: str, port: int, streams: int,
-               seconds: int, attempts: int = 3) -> float:
-    """Received Gbit/s of one iperf3 run; a run iperf3 itself reports as failed is retried
-    (a busy shared machine occasionally makes the control connection time out)."""
-    problem = ""
-    for _ in range(attempts):
-        try:
-            proc = subprocess.run([*argv_prefix, "iperf3", "-c", address, "-p", str(port),
-                                   "-t", str(seconds), "-P", str(streams), "-J",
-                                   "--connect-timeout", "5000"], capture_output=True,
-                                  text=True, timeout=seconds + 15, check=False)
-        except subprocess.TimeoutExpired:
-            problem = f"no result within {seconds + 15} s"
-            continue
-        try:
-            report = json.loads(proc.stdout)
-        except ValueError:
-            report = {}
-        received = report.get("end", {}).get("sum_received")
-        if proc.returncode == 0 and received is not None:
-            return float(received["bits_per_second"]) / 1e9
-        problem = str(report.get("error") or proc.stderr[-300:] or proc.stdout[-300:])
-    raise RuntimeError(f"iperf3 to {address}:{port} failed {attempts} times: {problem}")
-
-
-def measure(s1: Endpoints, s2: Endpoints, target: Target, procs: Processes, seconds: int,
-            round_trips: int) -> Figures:
-    me = str(Path(__file__).resolve())
-    # A client that vanishes mid-test must not leave the server busy for the retry.
-    iperf_server = ["iperf3", "-s", "--forceflush", "-p", str(IPERF_PORT),
-                    "--rcv-timeout", "5000", "--idle-timeout", "10"]
-    procs.start(s1.exec_argv(target.server, iperf_server), "Server listening")
-    procs.start(s1.exec_argv(target.server, [sys.executable, me, "--rr-server",
-                                             str(RR_PORT)]), "ready")
-    client = s2.exec_argv(target.client, [])
-    p1 = iperf_gbps(client, target.address, target.iperf_port, 1, seconds)
-    p4 = iperf_gbps(client, target.address, target.iperf_port, 4, seconds)
-    rr_runs = []
-    for _ in range(RR_REPEATS):
-        rr = subprocess.run([*client, sys.executable, me, "--rr-client", target.address,
-                             str(target.rr_port), str(round_trips)], capture_output=True,
-                            text=True, timeout=120, check=True)
-        rr_runs.append(json.loads(rr.stdout.strip().splitlines()[-1])["mean_us"])
-    procs.stop()
-    return Figures(p1, p4, statistics.median(rr_runs))
 
 
 @contextlib.contextmanager
@@ -365,67 +249,73 @@ def endpoint_namespaces_removed(lab: BenchLab) -> Iterator[None]:
                 links.delete_netns(name)
 
 
-async def bench(seconds: int, round_trips: int) -> tuple[dict[str, Figures], str]:
-    """Figures per mode and the note on how the overlay was programmed."""
-    results: dict[str, Figures] = {}
-    procs = Processes()
+async def bench(seconds: float, repeats: int) -> tuple[dict[str, Samples], str]:
+    """Samples per mode (interleaved rounds) and the note on how the overlay was programmed."""
     with tempfile.TemporaryDirectory(prefix="vxmesh-modes-") as state_root, \
             BenchLab(2, "mod") as lab, endpoint_namespaces_removed(lab), \
             netlink_threads(lab.hosts) as threads:
         s1, s2 = None, None
         try:
             nodes = await overlay_nodes(lab.hosts, threads)
-            s1, s2, targets = await build(lab, Path(state_root), nodes)
+            s1, s2, modes = await build(lab, Path(state_root), nodes)
             note = overlay_note(nodes)
-            for target in targets:
-                results[target.mode] = measure(s1, s2, target, procs, seconds, round_trips)
+            targets = [mode.target(s1, s2) for mode in modes]
+            results = measure_interleaved([targets], repeats, seconds)
         finally:
-            procs.stop()
             for service in (s1, s2):
                 if service is not None:
                     service.close()
     return results, note
 
 
-def table(results: dict[str, Figures]) -> str:
+def table(results: dict[str, Samples]) -> str:
+    """Median (min-max) per mode; ratios to host round by round (median (min-max))."""
     host = results["host"]
-    rows = [f"{'mode':<14} {'Gbit/s x1':>10} {'Gbit/s x4':>10} {'rr us':>8} "
-            f"{'x1/host':>8} {'x4/host':>8} {'rr/host':>8}"]
+    rows = [f"{'mode':<14} {'Gbit/s x1':>19} {'Gbit/s x4':>19} {'rr us':>19} "
+            f"{'x1/host':>17} {'x4/host':>17} {'rr/host':>17}"]
     for mode in MODES:
         f = results[mode]
-        rows.append(f"{mode:<14} {f.gbps_p1:>10.2f} {f.gbps_p4:>10.2f} {f.rr_us:>8.1f} "
-                    f"{f.gbps_p1 / host.gbps_p1:>8.2f} {f.gbps_p4 / host.gbps_p4:>8.2f} "
-                    f"{f.rr_us / host.rr_us:>8.2f}")
+        rows.append(
+            f"{mode:<14} {f.spread('gbps_p1').text():>19} {f.spread('gbps_p4').text():>19} "
+            f"{f.spread('rr_us').text(1):>19} "
+            f"{paired_ratio(f, host, 'gbps_p1').text():>17} "
+            f"{paired_ratio(f, host, 'gbps_p4').text():>17} "
+            f"{paired_ratio(f, host, 'rr_us').text():>17}")
     return "\n".join(rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=3, help="per iperf3 run (whole seconds)")
-    parser.add_argument("--round-trips", type=int, default=2000)
+    parser.add_argument("--seconds", type=float, default=2.0, help="per iperf3 run (2)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="rounds, every mode once per round (5)")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
-    parser.add_argument("--rr-server", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--rr-client", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.rr_server is not None:
-        rr_server(args.rr_server)
-        return 0
-    if args.rr_client is not None:
-        rr_client(args.rr_client[0], int(args.rr_client[1]), int(args.rr_client[2]))
-        return 0
-    if not 1 <= args.seconds <= 60 or not 10 <= args.round_trips <= 1_000_000:
-        parser.error("--seconds must be 1..60 and --round-trips 10..1000000")
+    if not 1 <= args.seconds <= 60 or not 1 <= args.repeats <= 20:
+        parser.error("--seconds must be 1..60 and --repeats 1..20")
+    load_before = loadavg()
     with cleanup_on_sigterm():
-        results, note = trio.run(bench, args.seconds, args.round_trips)
-    print(f"load average after: {Path('/proc/loadavg').read_text().strip()}")
+        results, note = trio.run(bench, args.seconds, args.repeats)
+    load_after = loadavg()
+    print(f"load average before: {load_before}; after: {load_after}")
+    print(f"{args.repeats} rounds x {args.seconds:g} s per iperf3 run, modes interleaved "
+          "(rotated order); median (min-max) over rounds; ratios to host taken round by "
+          "round; clients on CPU 0, servers on CPU 1")
     print(note)
     print(table(results))
     if args.json:
         host = results["host"]
-        print(json.dumps({mode: {"gbps_p1": round(f.gbps_p1, 3), "gbps_p4": round(f.gbps_p4, 3),
-                                 "rr_us": round(f.rr_us, 1),
-                                 "ratio_to_host": round(f.gbps_p1 / host.gbps_p1, 3)}
-                          for mode, f in results.items()}))
+        out: dict[str, object] = {}
+        for mode, samples in results.items():
+            ratio = paired_ratio(samples, host, "gbps_p1")
+            latency = paired_ratio(samples, host, "rr_us")
+            out[mode] = {**figures_json(samples), "ratio_to_host": round(ratio.median, 3),
+                         "ratio_to_host_spread": ratio.json(),
+                         "latency_to_host": round(latency.median, 3),
+                         "latency_to_host_spread": latency.json()}
+        out.update({"repeats": args.repeats, "seconds": args.seconds,
+                    "load_before": load_before, "load_after": load_after})
+        print(json.dumps(out))
     return 0
 
 

@@ -33,10 +33,19 @@ def test_netlink_rate_small() -> None:
 
 @pytest.mark.slow
 def test_dataplane_short() -> None:
-    result = last_json(["bench/dataplane.py", "--seconds", "1", "--rounds", "1", "--json"], 240)
+    result = last_json(["bench/dataplane.py", "--seconds", "1", "--repeats", "1",
+                        "--settings", "gro_veth,udp_csum", "--json"], 300)
     for path in ("overlay_reconciler", "overlay_hand", "host"):
         figures = result[path]
         assert isinstance(figures, dict)
         assert figures["gbps_p1"] > 0 and figures["gbps_p4"] > 0 and figures["rr_us"] > 0
-    for key in ("ratio_throughput", "ratio_latency"):
+        low, high = figures["gbps_p1_spread"]
+        assert low <= figures["gbps_p1"] <= high
+    for key in ("ratio_throughput", "ratio_latency", "ratio_to_host_throughput"):
         assert isinstance(result[key], float) and result[key] > 0
+        assert len(result[f"{key}_spread"]) == 2
+    assert set(result["settings"]) == {"gro_veth", "udp_csum"}
+    for setting in result["settings"].values():
+        assert isinstance(setting["default"], bool)
+        assert setting["switched"]["gbps_p1"] > 0 and setting["default_row"]["rr_us"] > 0
+        assert setting["ratio_throughput"] > 0 and setting["ratio_latency"] > 0
