@@ -466,7 +466,7 @@ def report(result: Run, seconds: float, repeats: int, load_before: str,
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="per iperf3 run (2)")
-    parser.add_argument("--repeats", type=int, default=5,
+    parser.add_argument("--repeats", "--rounds", type=int, default=5,
                         help="rounds, every path once per round (5)")
     parser.add_argument("--settings", default="all",
                         help="kernel settings to switch on path (b): all, none or a list")
