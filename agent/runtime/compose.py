@@ -238,7 +238,8 @@ def metrics_snapshot(c: Components) -> MetricsSnapshot:
     wireguard = c.wireguard.statistics()
     return MetricsSnapshot(
         wireguard_backend=wireguard.backend or "none", wireguard_up=wireguard.tunnel is not None,
-        wireguard_peers=wireguard.peers,
+        wireguard_peers=wireguard.peers, wireguard_rotations=wireguard.rotations,
+        wireguard_rotating=wireguard.rotation is not None,
         members_by_state=gossip.members_by_state,
         gossip_messages=gossip.messages,
         gossip_bytes=gossip.bytes,

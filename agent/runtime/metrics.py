@@ -74,6 +74,8 @@ class MetricsSnapshot:
     wireguard_backend: str = "none"  # "kernel", "wireguard-go", "none"
     wireguard_up: bool = False
     wireguard_peers: int = 0
+    wireguard_rotations: int = 0
+    wireguard_rotating: bool = False
     """the endpoint resolver's counts (queries by type and result, forwarded, failures)."""
     policy_drops: Mapping[str, int] = field(default_factory=dict)
     """network policy name -> packets its deny dropped on this host."""
@@ -234,6 +236,12 @@ class _SnapshotCollector(Collector):
                                 value=1 if snap.wireguard_up else 0)
         yield GaugeMetricFamily("vxmesh_wireguard_peers", "Peers of the WireGuard interface.",
                                 value=snap.wireguard_peers)
+        yield CounterMetricFamily("vxmesh_wireguard_rotations",
+                                  "WireGuard key rotations completed since the agent started.",
+                                  value=snap.wireguard_rotations)
+        yield GaugeMetricFamily("vxmesh_wireguard_rotating",
+                                "1 while a WireGuard key rotation runs (prepare or drain).",
+                                value=1 if snap.wireguard_rotating else 0)
         probes = CounterMetricFamily("vxmesh_host_probes",
                                      "ICMP echo probes of suspected or failed members' hosts.",
                                      labels=["result"])

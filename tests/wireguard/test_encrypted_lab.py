@@ -198,6 +198,9 @@ def test_key_rotation_under_a_probe_stream_loses_nothing(
     assert summary and summary[0].startswith(f"{PROBES} packets transmitted, {PROBES} received"
                                              ), out
 
+    metrics = the_lab.scrape(h1)
+    assert metrics["vxmesh_wireguard_rotations_total"] == 1
+    assert metrics["vxmesh_wireguard_rotating"] == 0
     after = c1.request("GET", "/v1/status")["wireguard"]
     assert after["public_key"] == rotated["public_key"] and after["rotations"] == 1
     assert after["port"] == PORT + 1 and after["interface"] == rotated["interface"]
