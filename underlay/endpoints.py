@@ -22,7 +22,10 @@ Rules:
   returns the record; a different spec under a taken name is refused naming the field;
   deleting an unknown name returns False.
 - Published ports and MASQUERADE live in our own `ip <nft_table>` table, replaced whole in
-  one transaction (`underlay.nat_table`); other tables are never touched.
+  one transaction (`underlay.nat_table`); other tables are never touched. Nothing removes
+  them at a stop, and the overlay egress set last applied is saved with the records, so the
+  first transaction of the next run (at `start()`) renders the same overlay isolation: the
+  rules are never absent while the agent restarts.
 - Kernel work is synchronous (netlink threads, nft); the async methods run it in a worker
   thread, one mutation at a time.
 
@@ -39,6 +42,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import trio
 from pyroute2 import IPRoute
@@ -161,6 +165,7 @@ class Endpoints:
         """Load records and garbage-collect what a previous (crashed) run left behind."""
         async with self._lock:
             self.capabilities = await probe_capabilities(self.host_nl)
+            self._overlays = _overlays_from(self._store.load_overlays())
             return await trio.to_thread.run_sync(self._recover)
 
     async def create(self, spec: EndpointSpec) -> EndpointRecord:
@@ -179,6 +184,15 @@ class Endpoints:
                 except BaseException:
                     self._overlays = previous
                     raise
+                try:  # the kernel holds the new set; a restart before the next write
+                    # renders the previous one until the agent re-applies its own
+                    self._store.save_overlays([dataclasses.asdict(o) for o in overlays])
+                except RecordWriteError as exc:
+                    log.warning("overlay egress applied but not saved: %s", exc)
+
+    def overlay_egress(self) -> tuple[OverlayEgress, ...]:
+        """The overlay egress set in force (from the previous run until the first change)."""
+        return self._overlays
 
     async def set_aliases(self, name: str, aliases: tuple[str, ...]) -> EndpointRecord:
         """Record new aliases for endpoint `name` (its kernel objects are not touched)."""
@@ -650,3 +664,15 @@ def _outlives_reboot(record: EndpointRecord) -> bool:
     """Whether `record` must survive a reboot (its namespace is ours, re-made from it) and so
     be fsynced; a caller's sandbox dies with the machine (`underlay.endpoints_state`)."""
     return record.sandbox is None and record.handed_back is None
+
+
+def _overlays_from(saved: list[dict[str, Any]]) -> tuple[OverlayEgress, ...]:
+    """The saved overlay egress set (entries that do not fit are left out, logged)."""
+    overlays = []
+    for data in saved:
+        try:
+            overlays.append(OverlayEgress(**data))
+        except TypeError:
+            log.warning("overlay egress entry %r does not fit; left out until the agent "
+                        "applies its own", data)
+    return tuple(overlays)

@@ -1,6 +1,8 @@
 """Endpoint records on disk: one JSON file per endpoint, written atomically.
 
-Owns: the state directory layout (`<state_dir>/endpoints/<name>.json`) and an exclusive lock
+Owns: the state directory layout (`<state_dir>/endpoints/<name>.json`), the overlay egress
+set last applied to the kernel (`overlay-egress.state`, so a restarted agent renders the same
+isolation rules from its first nftables transaction on) and an exclusive lock
 (`<state_dir>/endpoints/.lock`) so two agents never manage the same endpoints.
 
 Rules: a write goes to a temporary file in the same directory (written whole, short writes
@@ -26,6 +28,7 @@ import fcntl
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from underlay.endpoints_model import (
     EndpointError,
@@ -36,6 +39,8 @@ from underlay.endpoints_model import (
 from underlay.errors import RecordWriteError
 
 COPY_SUFFIX = ".json.copy"
+#: The overlay networks' egress and isolation as last applied (not `*.json`: not a record).
+OVERLAYS_FILE = "overlay-egress.state"
 
 
 class RecordStore:
@@ -119,6 +124,19 @@ class RecordStore:
             if not self._path(copy_path.name[: -len(COPY_SUFFIX)]).exists():
                 copy_path.unlink()  # a removal interrupted between the two unlinks
         return records, restored, bad
+
+    def save_overlays(self, overlays: list[dict[str, Any]]) -> None:
+        """Write the overlay egress set just applied (atomically, durably)."""
+        self._write(self.directory / OVERLAYS_FILE, json.dumps(overlays, indent=1).encode())
+
+    def load_overlays(self) -> list[dict[str, Any]]:
+        """The overlay egress set last applied ([] if none was, or the file is unreadable:
+        the agent re-applies the set it computes once it knows its networks)."""
+        try:
+            data = json.loads((self.directory / OVERLAYS_FILE).read_text())
+        except (OSError, ValueError):
+            return []
+        return [d for d in data if isinstance(d, dict)] if isinstance(data, list) else []
 
     def _sync_directory(self) -> None:
         fd = os.open(self.directory, os.O_RDONLY)

@@ -436,9 +436,12 @@ class Attachments:
         """NAT egress (unless internal) and isolation of the overlay networks this host has
         endpoints in (`underlay.nat_table.OverlayEgress`); at start and after every change."""
         overlays = []
+        in_force = {o.name: o for o in self._endpoints.overlay_egress()}
         for name in sorted(self.overlay_networks()):
             network = self._networks.get(name)
-            if network is not None and network.subnet.version == 4:
+            if network is None and name in in_force:  # not known yet (etcd away, no copy):
+                overlays.append(in_force[name])  # keep its rules as the last run left them
+            elif network is not None and network.subnet.version == 4:
                 overlays.append(OverlayEgress(
                     name, desired_state.bridge_name(network.vni), str(network.subnet),
                     network.internal, None if network.subnet6 is None else str(network.subnet6)))

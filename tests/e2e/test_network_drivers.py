@@ -24,6 +24,7 @@ import pytest
 from agent.api.errors import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE
 from agent.cli.main import main
 from agent.lab.hosts import Lab, LabHost, LabState
+from agent.lab.probe_stream import ProbeStream
 from underlay.netns_exec import ip_netns_exec
 
 pytestmark = [pytest.mark.kernel, pytest.mark.etcd, pytest.mark.slow]
@@ -400,3 +401,40 @@ def test_old_modes_without_a_network_map_onto_default_networks(
         assert not {"none", "host"} & rows.keys()
     finally:
         _clean_up(the_lab, h1, made, ("bridge", "macvlan"))
+
+
+def test_overlay_isolation_and_egress_hold_across_an_agent_restart(
+        lab: tuple[Lab, LabState]) -> None:
+    """The isolation rules are replaced atomically and never removed: a stream of probes from
+    one overlay network to another on the same host keeps failing while the agent stops and
+    starts again (and the network's own traffic keeps flowing)."""
+    the_lab, state = lab
+    h1, h2 = state.hosts
+    networks = (("iso1", "10.239.1.0/24"), ("iso2", "10.239.2.0/24"))
+    for name, subnet in networks:
+        assert _cli(h1, "network", "create", name, "--subnet", subnet) == EXIT_OK
+    made = [(h1, "k1"), (h2, "k2"), (h1, "l1")]
+    try:
+        for host, name in made:
+            network = "iso1" if name.startswith("k") else "iso2"
+            assert _cli(host, "endpoint", "create", name, "--network", network) == EXIT_OK
+        k1, k2, l1 = (_ep(the_lab, host, name) for host, name in made)
+        the_lab.wait_for(lambda: _ping(k1, k2["ip"]), "k1 to reach k2", 15, interval=0.2)
+        assert not _ping(k1, l1["ip"])
+        crossing = ProbeStream(k1["netns"], l1["ip"], rate=200)  # must never be answered
+        control = ProbeStream(k1["netns"], k2["ip"], rate=100)  # its own network: answered
+        try:
+            control.wait_answering()
+            assert the_lab.stop_agent(state, h1) == 0
+            the_lab.start_agent(state, h1)
+            the_lab.wait_agent_ready(h1, 30)
+            assert _cli(h1, "endpoint", "create", "l2", "--network", "iso2") == EXIT_OK
+            made.append((h1, "l2"))  # after start-up: the rules as the running agent has them
+        finally:
+            crossed, kept = crossing.stop(), control.stop()
+        assert crossed.sent > 200 and crossed.answered == 0, crossed
+        assert kept.lost == 0, kept
+        rules = _in(h1.netns, "nft", "list", "table", "ip", "vxmesh").stdout
+        assert rules.count(" drop") >= 2, rules  # the isolation rules are back in place
+    finally:
+        _clean_up(the_lab, h1, made, tuple(n for n, _ in networks))

@@ -21,8 +21,9 @@ from underlay.endpoints_model import (
     host_veth_name,
     resolve,
 )
-from underlay.endpoints_state import RecordStore
+from underlay.endpoints_state import OVERLAYS_FILE, RecordStore
 from underlay.errors import RecordWriteError
+from underlay.nat_table import OverlayEgress
 
 pytestmark = pytest.mark.kernel
 
@@ -143,3 +144,31 @@ async def test_an_unreadable_record_never_gets_its_namespace_collected(site: Sit
     nl_links = subprocess.run([*nsenter(site.h1), "ip", "-o", "link", "show",
                                host_veth_name("app")], capture_output=True, check=False)
     assert nl_links.returncode == 0, "the host veth of the unreadable endpoint was deleted"
+
+
+async def test_the_overlay_isolation_is_rendered_from_the_first_transaction_after_a_restart(
+        site: Site) -> None:
+    config = site.config(site.h1, "o")
+    overlays = (OverlayEgress("ova", "vxbr4101", "10.41.0.0/24"),
+                OverlayEgress("ovb", "vxbr4102", "10.42.0.0/24", internal=True,
+                              subnet6="fd41::/64"))
+    first = site.service(config)
+    await first.start()
+    await first.set_overlay_egress(overlays)
+    first.close()  # a stop removes nothing
+
+    def table(family: str) -> str:
+        return subprocess.run([*nsenter(site.h1), "nft", "list", "table", family, "vxmesh"],
+                              capture_output=True, text=True, check=False).stdout
+
+    assert 'iifname "vxbr4101" oifname "vxbr4102" drop' in table("ip")
+    restarted = site.service(config)
+    await restarted.start()  # its recovery replaces the table: with the same overlay rules
+    assert restarted.overlay_egress() == overlays
+    assert 'iifname "vxbr4101" oifname "vxbr4102" drop' in table("ip")
+    assert 'oifname "vxbr4102" iifname != "vxbr4102" drop' in table("ip6")
+    restarted.close()
+    (config.state_dir / "endpoints" / OVERLAYS_FILE).write_text("[{\"name\": 1, \"x\"")
+    damaged = site.service(config)
+    await damaged.start()  # unreadable: nothing rendered until the agent applies its own
+    assert damaged.overlay_egress() == ()
