@@ -8,6 +8,7 @@ import pytest
 from agent.lab.namespaces import run
 from tests.endpoints.conftest import Site, nsenter
 from tests.endpoints.test_namespaced_modes import _vxlan
+from tests.polling import wait_until
 from underlay import links
 from underlay.endpoints_model import EndpointSpec, EndpointSpecError, Mode
 
@@ -65,6 +66,11 @@ async def test_a_handed_back_peer_waits_in_the_host_namespace_and_a_gone_sandbox
     # ... and removes the container while the agent is down: the next start collects it.
     again.close()
     links.delete_netns(container)
+    host_ifname = rec.host_ifname or ""
+    # The kernel destroys a dead namespace's veths in background: wait until the pair is gone.
+    await wait_until(lambda: run(["ip", "link", "show", "dev", host_ifname], netns=site.h1,
+                                 check=False).returncode != 0,
+                     "the host veth to go with the container's namespace")
     third = site.service(config)
     assert (await third.start()).sandbox_gone == ("d1",)
     assert third.records() == []
