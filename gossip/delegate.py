@@ -4,6 +4,12 @@ Pure: a delegate is called synchronously by the SWIM core with `now` passed in; 
 block, sleep or do I/O. Membership changes reach the layer above as events from the core
 (`MemberJoined`, `MemberFailed`, ...), and node metadata is set on the core (`Swim(meta=...)`,
 `set_meta`), not through this protocol.
+
+Optional: `has_broadcasts() -> bool`. A delegate that has it lets the core stop its gossip
+timer while neither has anything to send (an idle node then wakes only to probe); its owner
+then calls `Swim.delegate_has_news(now)` (`GossipNode.delegate_has_news()`) whenever it
+queues broadcasts outside the core's calls. A delegate without it is gossiped for every
+`gossip_interval_s`.
 """
 
 from __future__ import annotations

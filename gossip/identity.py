@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Callable
 from enum import Enum
 
 from cryptography.exceptions import InvalidSignature
@@ -107,6 +108,10 @@ def verify(public_key: bytes, signature: bytes, data: bytes) -> bool:
     return True
 
 
+def _nothing() -> None:
+    pass
+
+
 class KeyCache:
     """Trusted public keys by node name, filled by the shell from etcd (see the module doc)."""
 
@@ -116,6 +121,9 @@ class KeyCache:
         self._wanted: OrderedDict[str, None] = OrderedDict()
         #: Unknown names not queued because `MAX_WANTED` were already waiting.
         self.wanted_dropped = 0
+        #: Called when a name is queued for `wanted()` (the shell wakes its fetcher, which
+        #: otherwise sleeps; it must not call back into the core).
+        self.on_wanted: Callable[[], None] = _nothing
 
     def public_key(self, name: str) -> bytes | None:
         key = self._keys.get(name)
@@ -170,3 +178,4 @@ class KeyCache:
         if len(self._asked) > KEY_CACHE_SIZE:
             self._asked.popitem(last=False)
         self._wanted[name] = None
+        self.on_wanted()

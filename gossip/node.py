@@ -306,6 +306,12 @@ class GossipNode:
         self._running().broadcast_user(payload, trio.current_time(), key)
         self._wake()
 
+    def delegate_has_news(self) -> None:
+        """The delegate queued broadcasts (see `gossip.delegate`); a no-op before `run`."""
+        if self._swim is not None:
+            self._swim.delegate_has_news(trio.current_time())
+            self._wake()
+
     def keys_learned(self) -> None:
         """The key cache learned public keys: replay the claims held for them."""
         self._running().keys_learned(trio.current_time())

@@ -30,9 +30,11 @@ Protocol (memberlist's algorithms, our structure):
   successful probe lowers it; probe interval and timeout are multiplied by awareness + 1.
 - dissemination: news is queued in a `BroadcastQueue` (transmit-limited, newer news about a
   node replaces older) and piggybacked on every packet we send, plus gossip rounds to
-  `gossip_nodes` members every `gossip_interval_s` while anything is queued (or a delegate
-  is set, since it may have broadcasts). Recently failed members still get gossip so they can
-  refute.
+  `gossip_nodes` members every `gossip_interval_s` while anything is queued (ours, or the
+  delegate's: one with `has_broadcasts()` is asked; one without it is assumed to always have
+  some). With nothing to send no gossip timer is armed: the caller reports the delegate's new
+  news with `delegate_has_news(now)` (news arriving through a packet or push-pull is seen
+  here). Recently failed members still get gossip so they can refute.
 - push-pull: every `push_pull_interval_for(n)` with one random alive member, and on join with
   each seed. A remote claim that a member we see alive is suspect or dead makes us suspect it
   locally (not broadcast) and tell that member directly, so a wrongly failed side refutes fast.
@@ -509,6 +511,7 @@ class Swim:
             elif isinstance(msg, UserMessage):
                 if self._delegate is not None:
                     self._delegate.notify_user_msg(msg.payload, now)
+                    self._arm_gossip_for_delegate(now)
             elif isinstance(msg, UnknownMessage):
                 stats["unknown_messages"] += 1
 
@@ -549,6 +552,7 @@ class Swim:
         elif isinstance(decoded, bytes):
             if self._delegate is not None:
                 self._delegate.merge_remote_state(decoded, join, now)
+                self._arm_gossip_for_delegate(now)
         else:
             self._news_from = addr
             try:
@@ -807,6 +811,22 @@ class Swim:
             self._gossip_armed = True
             self._at(now + self._rng.uniform(0, self.config.gossip_interval_s), _GOSSIP, None)
 
+    def _delegate_pending(self) -> bool:
+        """The delegate may have broadcasts (True for one that cannot tell)."""
+        has_broadcasts = getattr(self._delegate, "has_broadcasts", None)
+        if has_broadcasts is None:
+            return self._delegate is not None
+        return bool(has_broadcasts())
+
+    def _arm_gossip_for_delegate(self, now: float) -> None:
+        if self._delegate_pending():
+            self._arm_gossip(now)
+
+    def delegate_has_news(self, now: float) -> None:
+        """The delegate queued broadcasts outside a call of ours: gossip them."""
+        if self._delegate is not None:
+            self._arm_gossip(now)
+
     def _reap_period(self) -> float:
         c = self.config
         return min(60.0, max(1.0, min(c.remember_failed_s, c.remember_left_s) / 4))
@@ -935,7 +955,7 @@ class Swim:
 
     def _gossip_tick(self, now: float) -> None:
         self._gossip_armed = False
-        if not self._broadcasts and self._delegate is None:
+        if not self._broadcasts and not self._delegate_pending():
             return
         horizon = now - self.config.gossip_to_dead_s
 
@@ -947,7 +967,7 @@ class Swim:
             parts = self._piggyback(self._budget(), target.addr)
             if parts:  # empty for this target may still leave news for the next
                 self._emit(target.addr, parts)
-        if self._broadcasts or self._delegate is not None:
+        if self._broadcasts or self._delegate_pending():
             self._gossip_armed = True
             self._at(now + self.config.gossip_interval_s, _GOSSIP, None)
 

@@ -458,7 +458,7 @@ class _Claim:
 class IncrementalStatistics:
     endpoints: int  # endpoint inputs held
     claiming: int  # of them, those contributing kernel entries
-    dirty: int  # endpoints waiting for `step`
+    dirty: int  # endpoints waiting for `step` (one marked twice may count twice)
     settled: int  # endpoints settled since start
 
 
@@ -497,6 +497,10 @@ class IncrementalDesired(Generic[K]):
         self._by_network: dict[str, set[K]] = {}
         self._by_owner: dict[str, set[K]] = {}
         self._dirty: set[K] = set()
+        # Whole groups marked dirty at once (a network's or an owner's endpoints), as lists
+        # `step` settles from: marking costs one list copy, never a set growing by thousands.
+        self._dirty_batches: list[list[K]] = []
+        self._batched = 0
         self._claims: dict[K, _Claim] = {}
         self._invalid: dict[K, str] = {}
         self._fdb_claimants: dict[FdbKey, dict[K, tuple[str, str, str, tuple[str, ...]]]] = {}
@@ -594,17 +598,29 @@ class IncrementalDesired(Generic[K]):
 
     @property
     def dirty(self) -> int:
-        return len(self._dirty)
+        """Endpoints waiting for `step` (one marked twice may count twice)."""
+        return len(self._dirty) + self._batched
 
     def step(self, limit: int) -> int:
         """Settle up to `limit` dirty endpoints; returns how many stay dirty."""
+        left = limit
+        batches = self._dirty_batches
+        while left and batches:
+            batch = batches[-1]
+            take = min(left, len(batch))
+            for _ in range(take):
+                self._settle(batch.pop())
+            left -= take
+            self._batched -= take
+            if not batch:
+                batches.pop()
         dirty = self._dirty
-        for _ in range(min(limit, len(dirty))):
+        for _ in range(min(left, len(dirty))):
             self._settle(dirty.pop())
         if not dirty:
             # A drained set keeps its table, and popping from a large sparse table scans it.
             self._dirty = set()
-        return len(dirty)
+        return len(dirty) + self._batched
 
     def take_changes(self) -> DesiredChanges:
         """What changed since the last call (settled endpoints, networks)."""
@@ -632,7 +648,7 @@ class IncrementalDesired(Generic[K]):
 
     def statistics(self) -> IncrementalStatistics:
         return IncrementalStatistics(endpoints=len(self._inputs), claiming=len(self._claims),
-                                     dirty=len(self._dirty), settled=self._settled)
+                                     dirty=self.dirty, settled=self._settled)
 
     # -- internals: inputs ------------------------------------------------------------------
 
@@ -647,7 +663,7 @@ class IncrementalDesired(Generic[K]):
         moved = encrypted ^ self._encrypted  # their remote VTEPs change
         self._encrypted = encrypted
         for name in moved:
-            self._dirty.update(self._by_network.get(name, ()))
+            self._mark_dirty(self._by_network.get(name))
         if problems != self._network_problems:
             self._network_problems = problems
             self.problems_version += 1
@@ -658,7 +674,7 @@ class IncrementalDesired(Generic[K]):
         for name in old.keys() | devices.keys():
             before, after = old.get(name), devices.get(name)
             if (before and before.vxlan) != (after and after.vxlan):
-                self._dirty.update(self._by_network.get(name, ()))
+                self._mark_dirty(self._by_network.get(name))
 
     def _apply_member(self, name: str, vtep: str | None, tunnel: str | None) -> None:
         if name == self.node:
@@ -683,7 +699,13 @@ class IncrementalDesired(Generic[K]):
                 addresses.pop(name, None)
             else:
                 addresses[name] = address
-        self._dirty.update(self._by_owner.get(name, ()))
+        self._mark_dirty(self._by_owner.get(name))
+
+    def _mark_dirty(self, keys: set[K] | None) -> None:
+        """A group of endpoints (one network's, one owner's) must be settled again."""
+        if keys:
+            self._dirty_batches.append(list(keys))
+            self._batched += len(keys)
 
     def _store(self, key: K, entry: EndpointEntry | None) -> None:
         old = self._inputs.get(key)

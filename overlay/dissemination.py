@@ -432,6 +432,10 @@ class TableDelegate:
         self._broadcasts_sent += len(payloads)
         return payloads
 
+    def pending_broadcasts(self) -> bool:
+        """Anything queued, or written to the table and not queued yet."""
+        return bool(self._queue) or self.table.has_outgoing()
+
     def local_state(self, join: bool) -> Iterable[bytes]:
         for chunk in encode_state(self.table.records(), self.table.now, self.config.chunk_limit):
             self._chunks_sent += 1

@@ -262,6 +262,10 @@ class TableStatistics:
     purged: int  # entries dropped after an owner's grace or on supersede
 
 
+def _nothing() -> None:
+    pass
+
+
 def _checked_ip(value: str, field_name: str = "ip") -> str:
     try:
         return canonical_ip(value)
@@ -324,6 +328,7 @@ class NeighborTable:
         self._entries: dict[tuple[str, str, str], Entry] = {}
         self._memberships: dict[tuple[str, str], Membership] = {}
         self._by_owner: dict[str, set[tuple[str, str, str]]] = {}
+        self._memberships_by_owner: dict[str, set[tuple[str, str]]] = {}
         self._candidates: dict[tuple[str, str], set[str]] = {}  # live entries per (network, ip)
         self._view: dict[tuple[str, str], Entry] = {}
         self._peer_view: dict[tuple[str, str], Membership] = {}
@@ -335,6 +340,9 @@ class NeighborTable:
         self._owner_heap: list[tuple[float, str, int]] = []
         self._events: deque[TableEvent] = deque()
         self._outbox: list[Record] = []
+        #: Called whenever a record is added to `records_to_send` (the gossip shell arms its
+        #: gossip timer; it must not call back into the table).
+        self.on_outgoing: Callable[[], None] = _nothing
         self._counts = {m: 0 for m in Merge}
         self._reaped = 0
         self._purged = 0
@@ -347,7 +355,7 @@ class NeighborTable:
         self._networks.add(network)
         record = self._signed(Membership(network, self.node, self.vtep, self._tick()))
         self._store(record, now)
-        self._outbox.append(record)
+        self._send(record)
         return record
 
     def leave_network(self, network: str, now: float) -> list[Record]:
@@ -362,7 +370,7 @@ class NeighborTable:
             network, self.node, self.vtep, self._tick(), True, now + self.tombstone_ttl
         ))
         self._store(record, now)
-        self._outbox.append(record)
+        self._send(record)
         out.append(record)
         self._networks.discard(network)
         for key in [k for k in self._entries if k[0] == network]:
@@ -385,7 +393,7 @@ class NeighborTable:
                                    changed_at=_check_wall_time(changed_at),
                                    attributes=attributes))
         self._store(entry, now)
-        self._outbox.append(entry)
+        self._send(entry)
         return entry
 
     def delete_endpoint(self, network: str, ip: str, now: float, *,
@@ -402,8 +410,16 @@ class NeighborTable:
                                      expires_at=now + self.tombstone_ttl,
                                      changed_at=_check_wall_time(changed_at)))
         self._store(entry, now)
-        self._outbox.append(entry)
+        self._send(entry)
         return entry
+
+    def has_outgoing(self) -> bool:
+        """True while `records_to_send` has something."""
+        return bool(self._outbox)
+
+    def _send(self, record: Record) -> None:
+        self._outbox.append(record)
+        self.on_outgoing()
 
     def records_to_send(self) -> list[Record]:
         """Records to broadcast (our writes, refutations, relays), oldest first; drains them."""
@@ -434,7 +450,7 @@ class NeighborTable:
         else:
             result = self._merge_other(record, now)
             if relay and result is Merge.ACCEPTED:
-                self._outbox.append(record)
+                self._send(record)
         self._counts[result] += 1
         return result
 
@@ -479,7 +495,7 @@ class NeighborTable:
             fresh = replace(fresh, changed_at=None)  # our deletion, time unknown
         fresh = self._signed(fresh)
         self._store(fresh, now)
-        self._outbox.append(fresh)
+        self._send(fresh)
         return Merge.REFUTED
 
     def records(self) -> Iterator[Record]:
@@ -567,7 +583,7 @@ class NeighborTable:
         for key in list(self._by_owner.get(name, ())):
             self._drop(key)
             self._purged += 1
-        for membership_key in [k for k in self._memberships if k[1] == name]:
+        for membership_key in list(self._memberships_by_owner.get(name, ())):
             self._drop_membership(membership_key)
 
     # ----------------------------------------------------------------- time
@@ -746,6 +762,7 @@ class NeighborTable:
     def _store_membership(self, record: Membership) -> None:
         old = self._memberships.get(record.key)
         self._memberships[record.key] = record
+        self._memberships_by_owner.setdefault(record.node, set()).add(record.key)
         if record.deleted and (old is None or old.expires_at != record.expires_at):
             heapq.heappush(self._reap_memberships, (record.expires_at, record.key))
         self._refresh_peer(record.key)
@@ -771,12 +788,16 @@ class NeighborTable:
 
     def _drop_membership(self, key: tuple[str, str]) -> None:
         if self._memberships.pop(key, None) is not None:
+            keys = self._memberships_by_owner[key[1]]
+            keys.discard(key)
+            if not keys:
+                del self._memberships_by_owner[key[1]]
             self._refresh_peer(key)
 
     def _refresh_owner(self, owner: str) -> None:
         for network, _, ip in list(self._by_owner.get(owner, ())):
             self._refresh_view((network, ip))
-        for key in [k for k in self._memberships if k[1] == owner]:
+        for key in list(self._memberships_by_owner.get(owner, ())):
             self._refresh_peer(key)
 
     def _refresh_view(self, view_key: tuple[str, str]) -> None:

@@ -359,6 +359,30 @@ def test_failed_owner_is_purged_after_grace_and_late_copies_dropped() -> None:
     assert observer.merge(stale, 40.0) is Merge.ACCEPTED
 
 
+def test_an_owner_going_and_returning_moves_only_its_own_memberships() -> None:
+    networks = ("n0", "n1", "n2")
+    observer = make_table("obs", networks=networks)
+    for owner in ("a", "b", "c"):
+        observer.member_alive(owner, (f"192.0.2.{ord(owner)}", 7946), 0.0)
+        peer = make_table(owner, f"192.0.2.{ord(owner)}", networks=networks[:2])
+        for record in peer.records():
+            observer.merge(record, 0.0)
+    drain(observer)
+    observer.member_failed("b", 5.0)
+    moved = [e for e in drain(observer) if isinstance(e, NetworkPeerChanged)]
+    assert sorted((e.network, e.node, e.current) for e in moved) == \
+        [("n0", "b", None), ("n1", "b", None)]
+    assert set(observer.network_peers("n0")) == {"obs", "a", "c"}
+    observer.member_alive("b", ("192.0.2.98", 7946), 6.0)
+    back = [e for e in drain(observer) if isinstance(e, NetworkPeerChanged)]
+    assert sorted((e.network, e.node, e.previous) for e in back) == \
+        [("n0", "b", None), ("n1", "b", None)]
+    observer.member_left("c", 7.0)
+    observer.handle_timeout(7.0 + observer.failed_grace)  # c is purged: its memberships go
+    assert observer.statistics().memberships == 3 + 2 + 2
+    assert set(observer.network_peers("n1")) == {"obs", "a", "b"}
+
+
 def test_new_identity_on_the_same_address_supersedes_the_old_one() -> None:
     old, observer = fed_observer()
     observer.member_alive("a-2", ("192.0.2.1", 7946), 10.0)

@@ -168,7 +168,7 @@ async def build_components(config: AgentConfig, *, notifier: SystemdNotifier) ->
     gossip = GossipLink(config, node, facts.address, table,
                         on_change=lambda event: route_table_event(pipeline, names, policies,
                                                                   event),
-                        on_member=pipeline.member_changed,
+                        on_member=pipeline.member_changed, on_membership=wireguard.changed,
                         extra_seeds=lambda: store.gossip_seeds(exclude=node),
                         identity=identity, public_keys=store.public_keys,
                         wireguard=wireguard.published())

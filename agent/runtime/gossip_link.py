@@ -180,6 +180,11 @@ class AgentTableDelegate(TableDelegate):
         super().__init__(table, now=now, liveness=liveness, vtep_of=vtep_of)
         self.on_change = on_change
 
+    def has_broadcasts(self) -> bool:
+        """The optional half of the delegate protocol (`gossip.delegate`): the core's gossip
+        timer sleeps while nothing is queued; table writes wake it (`table.on_outgoing`)."""
+        return self.pending_broadcasts()
+
     def drain_events(self) -> None:
         while (event := self.table.next_event()) is not None:
             self.on_change(event)
@@ -213,6 +218,7 @@ class GossipLink:
                  wireguard: Sequence[PublishedKey] = (),
                  on_member: Callable[[str, str | None, str | None], None] = (
                      lambda name, vtep, tunnel: None),
+                 on_membership: Callable[[], None] = lambda: None,
                  extra_seeds: Callable[[], Awaitable[list[tuple[str, int]]]] | None = None,
                  identity: NodeIdentity | None = None,
                  public_keys: Callable[[], Awaitable[dict[str, bytes]]] | None = None
@@ -227,6 +233,7 @@ class GossipLink:
         self.identity = identity
         self.public_keys = public_keys
         self.on_member = on_member
+        self.on_membership = on_membership  # after every membership event (never blocks)
         # Alive and suspect members (not us) -> (VTEP, WireGuard tunnel address or None).
         self._alive_vteps: dict[str, tuple[str, str | None]] = {}
         self._forwarding: dict[str, tuple[str, str | None]] = {}  # what `on_member` was told
@@ -248,7 +255,11 @@ class GossipLink:
                                  keyring=self.keyring, delegate=self.delegate,
                                  signer=None if identity is None else identity.signer,
                                  keys=None if identity is None else identity.keys)
+        # A table write (an endpoint made or removed here, a refutation) arms the gossip
+        # timer, which otherwise sleeps while nothing is queued.
+        table.on_outgoing = self.gossip.delegate_has_news
         self._synced = trio.Event()
+        self._keys_wanted = trio.Event()
         self._running = False
 
     @staticmethod
@@ -279,6 +290,7 @@ class GossipLink:
             self.prober.wake()
         self.delegate.drain_events()
         self._tell_forwarding([member.name, *(change.name for change in verdicts)])
+        self.on_membership()
 
     def _verdicts_changed(self) -> None:
         """The prober moved liveness verdicts: apply them to the table (never blocks)."""
@@ -380,21 +392,25 @@ class GossipLink:
         """Look up the public keys the core asked for (see the module docstring)."""
         assert self.identity is not None
         keys = self.identity.keys
+        keys.on_wanted = lambda: self._keys_wanted.set()
         pending: dict[str, int] = {}
         while True:
+            self._keys_wanted = trio.Event()  # before draining: a name queued after is seen
             for name in keys.wanted():
                 pending.setdefault(name, 0)
-            if pending:
-                found: set[str] | None = None
-                with trio.move_on_after(2.0):
-                    found = await self._learn_keys(set(pending))
-                if found is not None:
-                    for name in list(pending):
-                        pending[name] += 1
-                        if name in found or pending[name] >= KEY_FETCH_ATTEMPTS:
-                            del pending[name]
-                            if name not in found:
-                                keys.release(name)
+            if not pending:  # nothing to look up: sleep until the core asks
+                await self._keys_wanted.wait()
+                continue
+            found: set[str] | None = None
+            with trio.move_on_after(2.0):
+                found = await self._learn_keys(set(pending))
+            if found is not None:
+                for name in list(pending):
+                    pending[name] += 1
+                    if name in found or pending[name] >= KEY_FETCH_ATTEMPTS:
+                        del pending[name]
+                        if name not in found:
+                            keys.release(name)
             await trio.sleep(KEY_FETCH_PERIOD)
 
     async def _consume(self, subscription: Subscription) -> None:

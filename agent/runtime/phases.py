@@ -114,6 +114,7 @@ async def _follow_networks(c: Components) -> None:
         except StateWriteError as exc:
             log.error("%s", exc)
         c.pipeline.mark_dirty()
+        c.wireguard.changed()
 
 
 async def run_gossip(c: Components, *,

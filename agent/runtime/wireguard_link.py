@@ -8,6 +8,10 @@ publishes (`published`) what goes into our gossip meta and etcd node record, and
 peers equal to `underlay.wireguard_peers.wanted_peers` of the alive members' published keys
 (a member that leaves or dies loses its peer). The kernel's peers are re-read every
 `RESYNC_PERIOD`; between reads the changes are applied against what we last applied.
+A step runs at once when something changed (`changed()`: the networks or the membership; a
+rotation asked), every `STEP_PERIOD` while a rotation runs, the node record is stale or the
+last step failed, and otherwise every `RESYNC_PERIOD`: an idle agent does not wake for
+WireGuard in between.
 
 Key rotation (`rotate`, `vxmesh keys rotate-wireguard`) follows
 `underlay.wireguard_peers.Rotation` (prepare on a second interface slot, switch the route,
@@ -173,6 +177,10 @@ class WireGuardLink:
             rotation=self._rotation.phase if self._rotation else None,
             rotations=self._rotations)
 
+    def changed(self) -> None:
+        """The networks or the membership changed: step at once (never blocks)."""
+        self._wake.set()
+
     async def rotate(self) -> dict[str, str]:
         """A new key pair, without a dropped packet (see the module doc); returns once the new
         key is the current one: {"public_key", "previous"}. RotationRefused says why not."""
@@ -205,6 +213,7 @@ class WireGuardLink:
             return
         last_read = -RESYNC_PERIOD
         while True:
+            failed = False
             try:
                 now = trio.current_time()
                 if not self._up and wanted():
@@ -225,7 +234,10 @@ class WireGuardLink:
                 self._failures += 1
                 log.warning("wireguard: %s", exc)
                 last_read = -RESYNC_PERIOD
-            with trio.move_on_after(STEP_PERIOD):
+                failed = True
+            busy = (failed or self._rotation is not None or self._asked is not None
+                    or self._record_stale)
+            with trio.move_on_after(STEP_PERIOD if busy else RESYNC_PERIOD):
                 await self._wake.wait()
             self._wake = trio.Event()
 

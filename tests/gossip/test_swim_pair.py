@@ -411,3 +411,39 @@ def test_an_acked_probe_reports_its_round_trip() -> None:
             a.receive_datagram(data, b.addr, sent_at + 0.009)
     assert a.take_probe_rtts() == [pytest.approx(0.009)]
     assert a.take_probe_rtts() == []
+
+
+class QuietDelegate(RecordingDelegate):
+    """A delegate that says when it has broadcasts (`gossip.delegate`'s optional half)."""
+
+    def has_broadcasts(self) -> bool:
+        return bool(self.outgoing)
+
+
+def wakeups(swim: Swim, link: FakeLink, seconds: float) -> int:
+    """How many distinct deadlines `swim` asks to be woken at within `seconds`."""
+    seen = set()
+    end = link.now + seconds
+    while link.now < end:
+        seen.add(swim.next_deadline())
+        link.advance(0.05)
+    return len(seen)
+
+
+def test_an_idle_node_with_a_quiet_delegate_arms_no_gossip_timer_until_news() -> None:
+    quiet, chatty = [QuietDelegate("a"), QuietDelegate("b")], [RecordingDelegate("c"),
+                                                               RecordingDelegate("d")]
+    quiet_link = FakeLink(2, delegates=quiet)  # type: ignore[arg-type]
+    chatty_link = FakeLink(2, delegates=chatty)  # type: ignore[arg-type]
+    for link in (quiet_link, chatty_link):
+        link.swims[1].join([link.swims[0].addr], link.now)
+        link.flush()
+        link.advance(5.0)  # the join's own news has been sent its retransmit limit
+    quiet_wakeups = wakeups(quiet_link.swims[0], quiet_link, 10.0)
+    chatty_wakeups = wakeups(chatty_link.swims[0], chatty_link, 10.0)
+    # probes (1 s) and their timeouts against a gossip round every 200 ms besides
+    assert quiet_wakeups <= 30 < 50 <= chatty_wakeups
+    quiet[0].outgoing.append(b"endpoint 10.9.0.7 on a")
+    quiet_link.swims[0].delegate_has_news(quiet_link.now)
+    quiet_link.advance(1.0)
+    assert b"endpoint 10.9.0.7 on a" in quiet[1].received
