@@ -15,8 +15,11 @@ holds one private key, so a new key needs a second interface (slot), with its ow
 the current one. Every member then holds a peer for each published key: AllowedIPs are
 unique per interface, and the two tunnel addresses keep the two peers apart.
 1. prepare: the new slot's interface is up with every member as a peer (persistent keepalive,
-   so that handshakes start); no route points at it yet. It waits until every wanted peer
-   has completed a handshake on it: proof that the member holds our new key.
+   so that handshakes start); no route points at it yet; the new key is published as
+   `preparing`, and a member's peer for it gets a persistent keepalive too, so the member
+   starts the handshake the moment it adds the peer (WireGuard retries a handshake only every
+   5 s). It waits until every wanted peer has completed a handshake on it: proof that the
+   member holds our new key.
 2. switch: one `ip route replace` of TUNNEL_NETWORK to the new interface with its tunnel
    address as source; from that packet on we send under the new key, with a source the
    members accept from it. The new key is then the current one (gossip meta, etcd record),
@@ -87,6 +90,7 @@ class PublishedKey:
     public_key: str
     tunnel: str
     port: int
+    preparing: bool = False  # a rotation's new key, not yet in use (its peer starts handshakes)
 
 
 @dataclass(frozen=True, order=True)
@@ -148,8 +152,9 @@ def wanted_peers(published: Iterable[PublishedKey], node: str, own_key: str) -> 
                             f"{', '.join(n for n in claims[shared[0]] if n != item.node) or node}"
                             "; no WireGuard peer")
             continue
-        peers[item.public_key] = WireGuardPeer(item.public_key, item.vtep, item.port,
-                                               item.tunnel)
+        peers[item.public_key] = WireGuardPeer(
+            item.public_key, item.vtep, item.port, item.tunnel,
+            PREPARE_KEEPALIVE if item.preparing else 0)
     return WantedPeers(peers, tuple(problems))
 
 

@@ -72,11 +72,14 @@ SEED_RETRY = 1.0
 def encode_meta(vtep: str, wireguard: Sequence[PublishedKey] = ()) -> bytes:
     """Node meta: what peers need to reach our endpoints (well inside 512 bytes), with our
     WireGuard public key, tunnel address and port when this host can encrypt ("wg": the one
-    our traffic uses; "wg2": a second one while a key rotation overlaps them)."""
+    our traffic uses; "wg2": a second one while a key rotation overlaps them, with "next":
+    true while it is the new key being prepared)."""
     meta: dict[str, Any] = {"v": META_VERSION, "vtep": vtep}
     for name, published in zip(("wg", "wg2"), wireguard, strict=False):
         meta[name] = {"key": published.public_key, "tunnel": published.tunnel,
                       "port": published.port}
+        if published.preparing:
+            meta[name]["next"] = True
     return json.dumps(meta, separators=(",", ":")).encode()
 
 
@@ -93,7 +96,7 @@ def wireguard_keys_of(member: Member) -> list[PublishedKey]:
         key, tunnel, port = wg.get("key"), wg.get("tunnel"), wg.get("port")
         if not isinstance(key, str) or not isinstance(tunnel, str) or not isinstance(port, int):
             break
-        out.append(PublishedKey(member.name, vtep, key, tunnel, port))
+        out.append(PublishedKey(member.name, vtep, key, tunnel, port, wg.get("next") is True))
     return out
 
 

@@ -155,7 +155,7 @@ class WireGuardLink:
         encrypted networks' traffic uses); empty when this host cannot encrypt."""
         slots = [s for s in (self.current, self._next, self._old) if s is not None]
         return tuple(PublishedKey(self.node, self.underlay_address, s.public_key, s.tunnel,
-                                  s.port) for s in slots)
+                                  s.port, s is self._next) for s in slots)
 
     def public_key_bytes(self) -> bytes:
         """Our public key for the etcd node record (b"" when this host cannot encrypt)."""
@@ -280,7 +280,8 @@ class WireGuardLink:
         self._problems = wanted.problems
         for slot, keepalive in self._interfaces():
             applied = self._applied.setdefault(slot.interface.name, {})
-            peers = {k: replace(p, keepalive=keepalive) for k, p in wanted.peers.items()}
+            peers = {k: replace(p, keepalive=max(p.keepalive, keepalive))
+                     for k, p in wanted.peers.items()}
             changes = peer_changes(applied, peers)
             for peer in changes.put:
                 await slot.interface.put_peer(peer)

@@ -32,6 +32,7 @@ from underlay.wireguard import (
 from underlay.wireguard_peers import (
     MAX_DRAIN,
     MIN_DRAIN,
+    PREPARE_KEEPALIVE,
     PREPARE_TIMEOUT,
     QUIET,
     PublishedKey,
@@ -119,9 +120,12 @@ def test_the_private_key_is_made_once_with_mode_0600(tmp_path: Path) -> None:
 
 
 def test_a_rotating_member_is_a_peer_under_both_keys() -> None:
-    wanted = wanted_peers([_pub("b", "KB", "100.64.0.2"), _pub("b", "KB2", "100.96.0.2")],
-                          node="a", own_key="KA")
+    preparing = PublishedKey("b", "10.0.0.9", "KB2", "100.96.0.2", 51821, preparing=True)
+    wanted = wanted_peers([_pub("b", "KB", "100.64.0.2"), preparing], node="a", own_key="KA")
     assert set(wanted.peers) == {"KB", "KB2"} and not wanted.problems
+    # The new key's peer starts handshakes (keepalive) until it is the one in use.
+    assert wanted.peers["KB2"].keepalive == PREPARE_KEEPALIVE
+    assert wanted.peers["KB"].keepalive == 0
 
 
 def test_rotation_switches_once_every_peer_shook_hands_or_gives_up() -> None:
@@ -152,8 +156,8 @@ def test_the_old_interface_drains_until_quiet_within_bounds() -> None:
 
 
 def test_the_meta_carries_both_keys_of_a_rotation_current_first() -> None:
-    keys = [PublishedKey("b", "10.0.0.2", "KB2", "100.96.0.2", 51821),
-            PublishedKey("b", "10.0.0.2", "KB", "100.64.0.2", 51820)]
+    keys = [PublishedKey("b", "10.0.0.2", "KB", "100.64.0.2", 51820),
+            PublishedKey("b", "10.0.0.2", "KB2", "100.96.0.2", 51821, preparing=True)]
     member = Member("b", ("10.0.0.2", 7946), encode_meta("10.0.0.2", keys), MemberState.ALIVE,
                     3)
     assert wireguard_keys_of(member) == keys
