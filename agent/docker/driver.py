@@ -11,9 +11,13 @@ Rules:
   with subnet S (Docker's CreateNetwork names only an id: the name is read from the Engine API
   once Docker has stored the network, at the latest when the first address is asked for).
   A subnet that overlaps another vxmesh network is refused naming it.
-- Gateway: the vxmesh network's (first address of the subnet); a different `--gateway` is
-  refused. Join answers no gateway, so Docker adds its `docker_gwbridge` for egress and
-  published ports (`-p`), as it does for its own overlay.
+- IPv6 (`docker network create --ipv6 --subnet S --subnet S6`, and every mirrored network
+  with a subnet6): the IPv6 pool is the vxmesh network's subnet6 (S6 must be it, or becomes it
+  when the network is created here); containers' IPv6 addresses come from its IPv6 pool, held
+  under the same handle as their IPv4 address (the attachment's), so the attach keeps both.
+- Gateway: the vxmesh network's (first address of the subnet, and of subnet6); a different
+  `--gateway` is refused. Join answers no gateway, so Docker adds its `docker_gwbridge` for
+  egress and published ports (`-p`), as it does for its own overlay.
 - Addresses come from the vxmesh address pools: a taken `--ip` is refused naming its holder.
   An address Docker's own IPAM handed out (`-d vxmesh` without `--ipam-driver vxmesh`) is
   reserved in the pool at CreateEndpoint, so two hosts never use it twice.
@@ -91,13 +95,14 @@ class Mesh(Protocol):
     def node(self) -> str: ...
     def networks(self) -> Mapping[str, Network]: ...
     async def create_network(self, name: str, subnet: str, *, vni: int | None,
-                             mtu: int | None) -> Network: ...
+                             mtu: int | None, subnet6: str | None = None) -> Network: ...
     async def delete_network(self, name: str) -> None: ...
     async def reserve_address(self, network: str, handle: str,
-                              address: p.IPAddress | None) -> p.IPAddress: ...
+                              address: p.IPAddress | None, version: int = 4) -> p.IPAddress: ...
     async def release_address(self, network: str, address: p.IPAddress) -> None: ...
     async def attach(self, name: str, network: str, address: p.IPInterface, mac: str,
-                     labels: tuple[tuple[str, str], ...]) -> Attachment: ...
+                     labels: tuple[tuple[str, str], ...],
+                     address6: p.IPInterface | None = None) -> Attachment: ...
     async def detach(self, name: str) -> bool: ...
     async def set_aliases(self, name: str, aliases: tuple[str, ...]) -> None: ...
 
@@ -115,6 +120,7 @@ class EndpointState:
     created_at: float
     sandbox: str = ""
     interface: str = ""
+    address6: str = ""  # CIDR, "" without IPv6
 
 
 @dataclass
@@ -134,6 +140,7 @@ class _Pending:
     name: str  # from `-o io.vxmesh.network=NAME`, else "" (Docker's name)
     vni: int | None
     mtu: int | None
+    subnet6: p.IPNetwork | None = None
     done: trio.Event = field(default_factory=trio.Event)
     error: str = ""
 
@@ -208,13 +215,16 @@ class VxmeshDockerDriver:
     # -- networks -----------------------------------------------------------------------------
 
     def _by_subnet(self, subnet: p.IPNetwork) -> Network | None:
+        """The vxmesh network whose subnet (or subnet6) is `subnet`; an overlap is refused."""
         for network in self.mesh.networks().values():
-            if network.subnet == subnet:
+            if subnet in (network.subnet, network.subnet6):
                 return network
         for network in self.mesh.networks().values():
-            if network.subnet.version == subnet.version and network.subnet.overlaps(subnet):
-                raise Conflict(f"Pool: {subnet} overlaps vxmesh network {network.name!r} "
-                               f"({network.subnet}); use its subnet to join it")
+            for held in (network.subnet, network.subnet6):
+                if held is not None and held.version == subnet.version \
+                        and held.overlaps(subnet):
+                    raise Conflict(f"Pool: {subnet} overlaps vxmesh network {network.name!r} "
+                                   f"({held}); use its subnet to join it")
         return None
 
     async def request_pool(self, request: p.PoolRequest) -> p.IPNetwork:
@@ -226,9 +236,16 @@ class VxmeshDockerDriver:
         return None  # pools are subnets: nothing is held per pool
 
     async def create_network(self, request: p.NetworkCreate) -> None:
-        if request.ipv6 or request.enable_ipv6:
-            raise InvalidRequest("IPv6Data: IPv6 Docker networks are not supported yet "
-                                 "(drop --ipv6)")
+        if len(request.ipv6) > 1 or (request.ipv6 and not request.enable_ipv6):
+            raise InvalidRequest(f"IPv6Data: {len(request.ipv6)} pools given; a vxmesh network "
+                                 "has at most one IPv6 subnet (with --ipv6)")
+        if request.enable_ipv6 and not request.ipv6:
+            raise InvalidRequest("IPv6Data: --ipv6 needs --subnet with an IPv6 subnet on a "
+                                 "vxmesh network")
+        data6 = request.ipv6[0] if request.ipv6 else None
+        if data6 is not None and data6.aux_addresses:
+            raise InvalidRequest(f"IPv6Data[0].AuxAddresses.{sorted(data6.aux_addresses)[0]}: "
+                                 "--aux-address is not supported on vxmesh networks")
         if len(request.ipv4) != 1:
             raise InvalidRequest(f"IPv4Data: {len(request.ipv4)} pools given; a vxmesh network "
                                  "has exactly one subnet")
@@ -249,10 +266,22 @@ class VxmeshDockerDriver:
                 raise Conflict(f"Pool: {data.pool} is vxmesh network {network.name!r}, "
                                f"not {wanted_name!r}")
             self._check_gateway(network, data.gateway)
+            if data6 is not None:
+                if data6.pool != network.subnet6:
+                    raise InvalidRequest(f"IPv6Data[0].Pool: {data6.pool} is not the IPv6 subnet "
+                                         f"of vxmesh network {network.name!r} "
+                                         f"({network.subnet6 or 'none'})")
+                if data6.gateway is not None and data6.gateway.ip != network.gateway6:
+                    raise InvalidRequest(f"IPv6Data[0].Gateway: {data6.gateway.ip} is not the "
+                                         f"IPv6 gateway of vxmesh network {network.name!r} "
+                                         f"({network.gateway6}); drop it")
             await self._bind(request.network_id, network.name)
             return
+        if data6 is not None:
+            self._by_subnet(data6.pool)  # an overlap is refused before anything is made
         self._pending[request.network_id] = _Pending(
-            data.pool, wanted_name or "", _int_option(options, "vni"), _int_option(options, "mtu"))
+            data.pool, wanted_name or "", _int_option(options, "vni"), _int_option(options, "mtu"),
+            None if data6 is None else data6.pool)
         if self._nursery is not None:
             self._nursery.start_soon(self._resolve_pending, request.network_id)
 
@@ -277,7 +306,8 @@ class VxmeshDockerDriver:
             network = self._by_subnet(pending.subnet)
             if network is None:
                 network = await self.mesh.create_network(
-                    pending.name or name, str(pending.subnet), vni=pending.vni, mtu=pending.mtu)
+                    pending.name or name, str(pending.subnet), vni=pending.vni, mtu=pending.mtu,
+                    subnet6=None if pending.subnet6 is None else str(pending.subnet6))
                 log.info("docker network %s (%s): created vxmesh network %s (VNI %d)", name,
                          network_id[:12], network.name, network.vni)
             await self._bind(network_id, network.name)
@@ -315,7 +345,7 @@ class VxmeshDockerDriver:
     async def _network_of_pool(self, pool: p.IPNetwork) -> Network:
         """The vxmesh network of a pool (waiting for a pending network of that subnet)."""
         for network_id, pending in list(self._pending.items()):
-            if pending.subnet == pool:
+            if pool in (pending.subnet, pending.subnet6):
                 await self._network_of(network_id)
         network = self._by_subnet(pool)
         if network is None:
@@ -357,7 +387,10 @@ class VxmeshDockerDriver:
     async def request_address(self, request: p.AddressRequest) -> p.IPAddress:
         if request.gateway:
             network = self._by_subnet(request.pool)
-            gateway = network.gateway if network is not None else request.pool.network_address + 1
+            gateway = request.pool.network_address + 1  # vxmesh's rule, for either family
+            if network is not None:
+                gateway = network.gateway if request.pool == network.subnet \
+                    else network.gateway6 or gateway
             if request.address is not None and request.address != gateway:
                 raise InvalidRequest(f"Address: --gateway {request.address} is not the gateway "
                                      f"of the vxmesh network ({gateway}); drop --gateway")
@@ -366,7 +399,8 @@ class VxmeshDockerDriver:
         # The attachment's name is chosen now (Docker names the endpoint only later), so that
         # the pool's handle of this address is the one the attach operation uses.
         handle = f"{self.mesh.node}/{ENDPOINT_PREFIX}{self.rng.getrandbits(48):012x}"
-        address = await self.mesh.reserve_address(network.name, handle, request.address)
+        address = await self.mesh.reserve_address(network.name, handle, request.address,
+                                                  request.pool.version)
         async with self._lock:
             self.state.reservations[f"{network.name}/{address}"] = handle
             self._save()
@@ -374,7 +408,7 @@ class VxmeshDockerDriver:
 
     async def release_address(self, request: p.AddressRelease) -> None:
         network = self._by_subnet(request.pool)
-        if network is None or request.address == network.gateway:
+        if network is None or request.address in (network.gateway, network.gateway6):
             return
         key = f"{network.name}/{request.address}"
         if key not in self.state.reservations:
@@ -394,9 +428,11 @@ class VxmeshDockerDriver:
 
     async def create_endpoint(self, request: p.EndpointCreate) -> str | None:
         name = await self._network_of(request.network_id)
-        if request.address_v6 is not None:
-            raise InvalidRequest(f"Interface.AddressIPv6: {request.address_v6}: IPv6 endpoints "
-                                 "are not supported yet")
+        address6 = request.address_v6
+        if address6 is not None and (network := self.mesh.networks().get(name)) is not None \
+                and network.subnet6 is None:
+            raise InvalidRequest(f"Interface.AddressIPv6: {address6}: vxmesh network {name!r} "
+                                 "has no IPv6 subnet")
         if request.address is None:
             raise InvalidRequest("Interface.Address: required (an IPv4 address from the IPAM "
                                  "driver)")
@@ -406,14 +442,29 @@ class VxmeshDockerDriver:
         if handle is None:  # Docker's own IPAM chose it: hold it in vxmesh's pool too
             handle = f"{self.mesh.node}/{endpoint_name(request.endpoint_id)}"
             await self.mesh.reserve_address(name, handle, address.ip)
+        if address6 is not None:
+            await self._hold_under(name, address6.ip, handle)
         mac = request.mac or mac_for_address(str(address))
         async with self._lock:
             self.state.reservations[key] = handle
+            if address6 is not None:
+                self.state.reservations[f"{name}/{address6.ip}"] = handle
             self.state.endpoints[request.endpoint_id] = EndpointState(
                 name=handle.split("/", 1)[1], network=name, network_id=request.network_id,
-                address=str(address), mac=mac, handle=handle, created_at=time.time())
+                address=str(address), mac=mac, handle=handle, created_at=time.time(),
+                address6="" if address6 is None else str(address6))
             self._save()
         return None if request.mac else mac
+
+    async def _hold_under(self, network: str, address6: p.IPAddress, handle: str) -> None:
+        """Hold IPv6 `address6` under `handle` (the IPv4 address's, which the attach uses):
+        Docker asked for it separately (another handle), or its own IPAM chose it."""
+        held = self.state.reservations.get(f"{network}/{address6}")
+        if held == handle:
+            return
+        if held is not None:  # our own block: free locally, taken again at once
+            await self.mesh.release_address(network, address6)
+        await self.mesh.reserve_address(network, handle, address6, 6)
 
     def endpoint_info(self, request: p.EndpointRef) -> dict[str, Any]:
         endpoint = self._endpoint(request.endpoint_id)
@@ -422,8 +473,11 @@ class VxmeshDockerDriver:
                 "vxmesh.interface": endpoint.interface}
 
     @staticmethod
-    def _key(endpoint: EndpointState) -> str:
-        return f"{endpoint.network}/{ipaddress.ip_interface(endpoint.address).ip}"
+    def _keys(endpoint: EndpointState) -> list[tuple[str, p.IPAddress]]:
+        """(reservation key, address) of each of the endpoint's addresses."""
+        return [(f"{endpoint.network}/{iface.ip}", iface.ip)
+                for iface in map(ipaddress.ip_interface,
+                                 filter(None, (endpoint.address, endpoint.address6)))]
 
     async def join(self, request: p.JoinRequest) -> p.JoinAnswer:
         endpoint = self._endpoint(request.endpoint_id)
@@ -437,10 +491,12 @@ class VxmeshDockerDriver:
         try:
             attached = await self.mesh.attach(
                 endpoint.name, endpoint.network, ipaddress.ip_interface(endpoint.address),
-                endpoint.mac, labels)
+                endpoint.mac, labels,
+                ipaddress.ip_interface(endpoint.address6) if endpoint.address6 else None)
         except BaseException:
-            async with self._lock:  # a failed attach gives its address back to the pool
-                self.state.reservations.pop(self._key(endpoint), None)
+            async with self._lock:  # a failed attach gives its addresses back to the pool
+                for key, _ in self._keys(endpoint):
+                    self.state.reservations.pop(key, None)
                 self._save()
             raise
         async with self._lock:
@@ -487,12 +543,13 @@ class VxmeshDockerDriver:
         """Detach (which releases the address) and forget the reservation; an attachment the
         agent no longer holds (removed at its start) has its address released here."""
         detached = await self.mesh.detach(endpoint.name)
-        key = self._key(endpoint)
-        if not detached and key in self.state.reservations:
-            await self.mesh.release_address(endpoint.network,
-                                            ipaddress.ip_interface(endpoint.address).ip)
+        keys = self._keys(endpoint)
+        for key, address in keys:
+            if not detached and key in self.state.reservations:
+                await self.mesh.release_address(endpoint.network, address)
         async with self._lock:
-            self.state.reservations.pop(key, None)
+            for key, _ in keys:
+                self.state.reservations.pop(key, None)
             endpoint.sandbox = ""
             endpoint.interface = ""
             self._save()
@@ -503,14 +560,16 @@ class VxmeshDockerDriver:
             return
         if endpoint.interface:  # deleted without a Leave
             await self._detach(endpoint)
-        key = self._key(endpoint)
-        if endpoint.name == endpoint_name(request.endpoint_id) and key in self.state.reservations:
-            # Reserved at CreateEndpoint (Docker's IPAM chose it): no ReleaseAddress will come.
-            await self.mesh.release_address(endpoint.network,
-                                            ipaddress.ip_interface(endpoint.address).ip)
+        keys = self._keys(endpoint)
+        own = endpoint.name == endpoint_name(request.endpoint_id)
+        for key, address in keys:
+            if own and key in self.state.reservations:
+                # Reserved at CreateEndpoint (Docker's IPAM chose it): no ReleaseAddress comes.
+                await self.mesh.release_address(endpoint.network, address)
         async with self._lock:
-            if endpoint.name == endpoint_name(request.endpoint_id):
-                self.state.reservations.pop(key, None)
+            if own:
+                for key, _ in keys:
+                    self.state.reservations.pop(key, None)
             self.state.endpoints.pop(request.endpoint_id, None)
             self._save()
 

@@ -139,10 +139,15 @@ class EngineClient:
             raise
 
     def create_network(self, name: str, *, driver: str, subnet: str, gateway: str,
-                       labels: dict[str, str], options: dict[str, str]) -> str:
+                       labels: dict[str, str], options: dict[str, str],
+                       ipv6: tuple[str, str] | None = None) -> str:
+        """Create a network; `ipv6` (subnet, gateway) makes it dual stack (`--ipv6`)."""
+        config = [{"Subnet": subnet, "Gateway": gateway}]
+        if ipv6 is not None:
+            config.append({"Subnet": ipv6[0], "Gateway": ipv6[1]})
         body = {"Name": name, "Driver": driver, "CheckDuplicate": True, "Labels": labels,
-                "Options": options,
-                "IPAM": {"Driver": driver, "Config": [{"Subnet": subnet, "Gateway": gateway}]}}
+                "Options": options, "EnableIPv6": ipv6 is not None,
+                "IPAM": {"Driver": driver, "Config": config}}
         return str(self.request("POST", "/networks/create", body)["Id"])
 
     def remove_network(self, ident: str) -> None:

@@ -11,7 +11,8 @@ Owns: `plan_mirror` (pure: which Docker networks to create and which to remove) 
 
 Rules:
 - A vxmesh overlay network is created in Docker under its own name, with driver and IPAM
-  driver `vxmesh`, its subnet and gateway, the driver option `io.vxmesh.network=NAME` and the
+  driver `vxmesh`, its subnet and gateway (and, with a subnet6, `--ipv6` with its IPv6 subnet
+  and gateway), the driver option `io.vxmesh.network=NAME` and the
   label `io.vxmesh.network=NAME`. A Docker network of another driver holding that name is left
   alone (logged once).
 - Only a Docker network the driver has bound to a vxmesh network that no longer exists is
@@ -109,7 +110,9 @@ class NetworkMirror:
                     self.engine.create_network, network.name, driver=DRIVER,
                     subnet=str(network.subnet), gateway=str(network.gateway),
                     labels={MANAGED_LABEL: network.name},
-                    options={"io.vxmesh.network": network.name}))
+                    options={"io.vxmesh.network": network.name},
+                    ipv6=None if network.subnet6 is None
+                    else (str(network.subnet6), str(network.gateway6))))
                 self._created += 1
                 log.info("docker: created network %s (%s) in the local dockerd", network.name,
                          network.subnet)

@@ -55,8 +55,9 @@ class DockerMesh:
         return dict(self.c.networks.items())
 
     async def create_network(self, name: str, subnet: str, *, vni: int | None,
-                             mtu: int | None) -> Network:
-        await self.control.create_network(NetworkCreateRequest(name, subnet, vni, mtu))
+                             mtu: int | None, subnet6: str | None = None) -> Network:
+        await self.control.create_network(NetworkCreateRequest(name, subnet, vni, mtu,
+                                                               subnet6=subnet6))
         created = self.c.networks.get(name)
         if created is None:
             raise NetworkNotFound(name)
@@ -65,15 +66,15 @@ class DockerMesh:
     async def delete_network(self, name: str) -> None:
         await self.control.delete_network(name)
 
-    async def _pool(self, network: str) -> AddressPool:
+    async def _pool(self, network: str, version: int = 4) -> AddressPool:
         known = self.c.networks.get(network)
         if known is None:
             raise NetworkNotFound(network)
-        return await self.c.pools.get(known)
+        return await self.c.pools.get(known, version)
 
     async def reserve_address(self, network: str, handle: str,
-                              address: p.IPAddress | None) -> p.IPAddress:
-        pool = await self._pool(network)
+                              address: p.IPAddress | None, version: int = 4) -> p.IPAddress:
+        pool = await self._pool(network, address.version if address is not None else version)
         if address is not None:
             return await pool.allocate_address(handle, address)
         chosen = await pool.allocate(handle)
@@ -83,13 +84,14 @@ class DockerMesh:
         return chosen
 
     async def release_address(self, network: str, address: p.IPAddress) -> None:
-        (await self._pool(network)).release(address)
+        (await self._pool(network, address.version)).release(address)
 
     async def attach(self, name: str, network: str, address: p.IPInterface, mac: str,
-                     labels: tuple[tuple[str, str], ...]) -> Attachment:
+                     labels: tuple[tuple[str, str], ...],
+                     address6: p.IPInterface | None = None) -> Attachment:
         attached = await self.control.attach(AttachRequest(
             name=name, network=network, sandbox=HandBackVeth(), ip=str(address.ip), mac=mac,
-            labels=labels))
+            labels=labels, ip6=None if address6 is None else str(address6.ip)))
         assert attached.handed_back is not None  # HandBackVeth always hands one back
         return Attachment(interface=attached.handed_back, mtu=attached.mtu or 0)
 

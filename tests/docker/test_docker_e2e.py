@@ -223,6 +223,46 @@ def test_containers_across_hosts(lab: tuple[Lab, LabState]) -> None:
                      "network green removed from h2's dockerd", 15.0)
 
 
+def test_dual_stack_network_gives_containers_their_ipv6_address(
+        lab: tuple[Lab, LabState]) -> None:
+    """A vxmesh network with an IPv6 subnet is mirrored into every dockerd with --ipv6; a
+    container gets its IPv6 address from the vxmesh IPv6 pool and is reached across hosts."""
+    the_lab, state = lab
+    h1, h2 = state.hosts
+    the_lab.client(h1).request("POST", "/v1/networks", {"name": "dual", "subnet": "10.12.0.0/24",
+                                                        "subnet6": "fd17:12::/64"})
+    try:
+        the_lab.wait_for(lambda: "dual" in docker(h2, "network", "ls", "--format",
+                                                  "{{.Name}}").stdout.split(),
+                         "network dual mirrored into h2's dockerd", 15.0)
+        inspect = json.loads(docker(h2, "network", "inspect", "dual").stdout)[0]
+        assert inspect["EnableIPv6"] is True
+        assert {c["Subnet"] for c in inspect["IPAM"]["Config"]} == {"10.12.0.0/24",
+                                                                    "fd17:12::/64"}
+        docker(h1, "run", "-d", "--name", "six", "--network", "dual", IMAGE, "sleep", "600")
+        six = docker(h1, "inspect", "-f", "{{(index .NetworkSettings.Networks \"dual\")"
+                     ".GlobalIPv6Address}}", "six").stdout.strip()
+        assert ipaddress.ip_address(six) in ipaddress.ip_network("fd17:12::/64"), six
+        assert six in docker(h1, "exec", "six", "ip", "-6", "addr", "show", "eth0").stdout
+        rows = {e["ip"]: e for e in the_lab.client(h2).request("GET", "/v1/endpoints")}
+        across = docker(h2, "run", "--rm", "--network", "dual", IMAGE, "ping", "-c1", "-W3",
+                        six, check=False)
+        assert across.returncode == 0, (across.stdout, across.stderr, sorted(rows))
+        # docker network create --ipv6 makes a dual-stack vxmesh network
+        docker(h2, "network", "create", "-d", "vxmesh", "--ipam-driver", "vxmesh", "--ipv6",
+               "--subnet", "10.13.0.0/24", "--subnet", "fd17:13::/64", "made6")
+        the_lab.wait_for(lambda: {n["name"]: n["subnet6"] for n in the_lab.client(h1).request(
+            "GET", "/v1/networks")}.get("made6") == "fd17:13::/64", "made6 in vxmesh", 15.0)
+        overlapping = docker(h1, "network", "create", "-d", "vxmesh", "--ipam-driver", "vxmesh",
+                             "--ipv6", "--subnet", "10.14.0.0/24", "--subnet", "fd17:13::/80",
+                             "clash6", check=False)
+        assert overlapping.returncode != 0 and "made6" in overlapping.stderr, overlapping.stderr
+    finally:
+        docker(h1, "rm", "-f", "six", check=False)
+        for name in ("dual", "made6"):
+            docker(h1, "network", "rm", name, check=False)
+
+
 def test_egress_and_published_ports(lab: tuple[Lab, LabState]) -> None:
     """Egress and -p go through Docker's docker_gwbridge (Join answers no gateway)."""
     the_lab, state = lab
