@@ -231,3 +231,39 @@ def test_member_change_touches_only_that_owners_endpoints() -> None:
     assert len(changes.fdb) == len(changes.neighbors) == 100
     assert changes.flood == {FloodKey("vxtun10", "10.0.0.5"): None}
     assert all(v is None for v in changes.fdb.values())
+
+
+def test_a_members_key_rotation_moves_only_its_encrypted_entries_to_its_new_tunnel() -> None:
+    """A rotation changes the member's tunnel address (its new slot): the FDB entries of its
+    endpoints on encrypted networks follow, the flood entry moves, its plain networks' entries
+    and every other member's stay untouched."""
+    live = IncrementalDesired[int](NODE, UNDERLAY)
+    live.set_networks([NetworkSpec("plain", 10), NetworkSpec("secret", 11, encrypted=True)])
+    live.set_tunnel("100.64.0.1")
+    live.set_member("h2", "10.0.0.2", "100.64.0.2")
+    live.set_member("h3", "10.0.0.3", "100.64.0.3")
+    entries = {i: EndpointEntry(network, owner, f"02:00:00:00:00:0{i}", (f"10.1.0.{i + 1}",))
+               for i, (network, owner) in enumerate([("plain", "h2"), ("secret", "h2"),
+                                                     ("secret", "h3")])}
+    for key, entry in entries.items():
+        live.put_endpoint(key, entry)
+    live.step(100)
+    live.take_changes()
+    live.set_member("h2", "10.0.0.2", "100.96.0.2")
+    assert live.dirty == 2  # h2's endpoints only
+    live.step(100)
+    changes = live.take_changes()
+    assert changes.fdb == {FdbKey("vxtun11", "02:00:00:00:00:01"): "100.96.0.2"}
+    assert changes.flood == {FloodKey("vxtun11", "100.96.0.2"): True,
+                             FloodKey("vxtun11", "100.64.0.2"): None}
+    # The neighbor entry is handed over again, unchanged (the claim is re-made on the new VTEP).
+    assert changes.networks is None
+    assert changes.neighbors == {NeighborKey("vxtun11", "10.1.0.2"): "02:00:00:00:00:01"}
+    model = Model([NetworkSpec("plain", 10), NetworkSpec("secret", 11, encrypted=True)], [],
+                  {"h2": ("10.0.0.2", "100.96.0.2"), "h3": ("10.0.0.3", "100.64.0.3")},
+                  entries, "100.64.0.1")
+    assert live.state() == model.full()
+    # Our own rotation moves the tunnel route, not the devices: nothing to hand over.
+    live.set_tunnel("100.96.0.1")
+    live.step(100)
+    assert len(live.take_changes()) == 0
