@@ -183,6 +183,11 @@ class DataplaneConfig:
     host_probe_interval: float = field(default=0.25, metadata=_doc(
         "pause between two ICMP echo probes of a suspected or failed member's VTEP",
         "seconds", minimum=0.05, maximum=10.0))
+    vxlan_udp_csum: bool = field(default=True, metadata=_doc(
+        "vxlan devices send outer UDP checksums (IPv6 underlay: no zero checksums); false"
+        " sends zero checksums, which can only pay where the NIC cannot offload the"
+        " checksum (bench/dataplane.py measured no difference on veth); changing it"
+        " re-creates the devices", "true or false"))
     host_timeout: float = field(default=4.0, metadata=_doc(
         "a probed host silent this long is down: its entries are withdrawn (must exceed"
         " host_probe_interval)", "seconds", minimum=0.2, maximum=60.0))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what vxmesh needs on a fresh Debian machine, as root, and builds the venv in .venv.
-#   deploy/setup.sh          runtime: iproute2, nftables, etcd, iperf3, podman with the reference
+#   deploy/setup.sh          runtime: iproute2, nftables, etcd, iperf3, ethtool, podman with the reference
 #                            CNI plugins, Docker (docker.io; its system service is left as
 #                            Debian starts it), busybox-static (the lab's image), the Python package,
 #                            and the `vxmesh` CNI plugin in /usr/lib/cni and /opt/cni/bin
@@ -22,7 +22,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 packages=(iproute2 nftables etcd-server etcd-client iperf3 procps psmisc curl iputils-ping python3-venv
-          podman containernetworking-plugins busybox-static docker.io wireguard-go wireguard-tools)
+          podman containernetworking-plugins busybox-static docker.io wireguard-go wireguard-tools
+          ethtool)
 if [ "$want_test" -eq 1 ]; then
     packages+=(prometheus shellcheck vagrant serf systemd dnsmasq-base dnsperf tcpdump)
 fi

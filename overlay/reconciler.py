@@ -184,9 +184,10 @@ def _entry_kinds(fdb: DeltaTracker[FdbKey, str], flood: DeltaTracker[FloodKey, b
     return (neighbor_kind, fdb_kind, flood_kind)
 
 
-def _spec(network: DesiredNetwork) -> VxlanSpec:
+def _spec(network: DesiredNetwork, udp_csum: bool) -> VxlanSpec:
     return VxlanSpec(name=network.vxlan, vni=network.vni, port=network.port,
-                     local=network.local, mtu=network.mtu, mac=network.vxlan_mac)
+                     local=network.local, mtu=network.mtu, mac=network.vxlan_mac,
+                     udp_csum=udp_csum)
 
 
 class Reconciler:
@@ -194,9 +195,12 @@ class Reconciler:
 
     def __init__(self, kernel: KernelPort, *,
                  clock: Callable[[], float] = time.perf_counter,
-                 on_applied: Callable[[AppliedPass], None] | None = None) -> None:
-        """`on_applied` is called (from trio, synchronously) after every pass."""
+                 on_applied: Callable[[AppliedPass], None] | None = None,
+                 udp_csum: bool = True) -> None:
+        """`on_applied` is called (from trio, synchronously) after every pass. `udp_csum`:
+        the vxlan devices send outer UDP checksums (`[dataplane] vxlan_udp_csum`)."""
         self.kernel = kernel
+        self._udp_csum = udp_csum
         self._clock = clock
         self._on_applied = on_applied
         self._last_pass = AppliedPass(0, 0.0, False)
@@ -431,7 +435,7 @@ class Reconciler:
             await self.kernel.delete_link(bridge.index)  # our name, wrong kind: an orphan
         await self.kernel.ensure_bridge(network.bridge, network.mtu, network.bridge_mac,
                                         *(a for a in (network.gateway, network.gateway6) if a))
-        spec = _spec(network)
+        spec = _spec(network, self._udp_csum)
         vxlan = by_name.get(network.vxlan)
         if vxlan is not None and not vxlan_matches(vxlan, spec):
             await self.kernel.delete_link(vxlan.index)

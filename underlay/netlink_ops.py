@@ -427,7 +427,17 @@ def _vxlan_attributes(data: Any) -> VxlanAttributes:
         local=str(local) if local else None,
         learning=bool(data.get_attr("IFLA_VXLAN_LEARNING")),
         proxy=bool(data.get_attr("IFLA_VXLAN_PROXY")),
+        udp_csum=_udp_csum(data, local),
     )
+
+
+def _udp_csum(data: Any, local: object) -> bool:
+    """Whether the device sends outer UDP checksums: IPv4 udpcsum, IPv6 no zero-checksum tx
+    (an attribute the kernel leaves out: its default, checksums on)."""
+    if local is not None and ":" in str(local):
+        return not data.get_attr("IFLA_VXLAN_UDP_ZERO_CSUM6_TX")
+    found = data.get_attr("IFLA_VXLAN_UDP_CSUM")
+    return True if found is None else bool(found)
 
 
 def dump_links(ipr: IPRoute) -> list[LinkRecord]:
@@ -461,7 +471,7 @@ def create_vxlan(ipr: IPRoute, spec: VxlanSpec) -> int:
         ipr.link("add", ifname=spec.name, kind="vxlan", vxlan_id=spec.vni,
                  vxlan_port=spec.port, vxlan_learning=int(spec.learning),
                  vxlan_proxy=int(spec.proxy), mtu=spec.mtu, address=spec.mac,
-                 **{local_key: spec.local})
+                 **{local_key: spec.local}, **_checksum_attributes(spec))
     except Exception as exc:
         raise KernelError(f"cannot create vxlan {spec.name} (VNI {spec.vni}): {exc}",
                           netlink_errno(exc)) from exc
@@ -469,6 +479,14 @@ def create_vxlan(ipr: IPRoute, spec: VxlanSpec) -> int:
     if not found:
         raise KernelError(f"vxlan {spec.name} vanished after creation", errno_codes.ENODEV)
     return int(found[0])
+
+
+def _checksum_attributes(spec: VxlanSpec) -> dict[str, int]:
+    """The outer UDP checksum request of `spec` for its underlay family."""
+    if ":" in spec.local:  # zero checksums over IPv6 need both ends to accept them
+        zero = int(not spec.udp_csum)
+        return {"vxlan_udp_zero_csum6_tx": zero, "vxlan_udp_zero_csum6_rx": zero}
+    return {"vxlan_udp_csum": int(spec.udp_csum)}
 
 
 def tune_vxlan(ipr: IPRoute, index: int, spec: VxlanSpec) -> None:

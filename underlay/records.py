@@ -105,6 +105,7 @@ class VxlanAttributes:
     local: str | None
     learning: bool
     proxy: bool
+    udp_csum: bool = True  # outer UDP checksum sent (IPv6 underlay: not zero-checksum)
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,10 @@ class VxlanSpec:
     mac: str
     learning: bool = False
     proxy: bool = True
+    #: Send the outer UDP checksum (IPv4: udpcsum; IPv6: no udp6zerocsumtx/rx). Off sends
+    #: zero checksums (RFC 7348 allows it for IPv4), which only pays where the NIC cannot
+    #: offload the checksum; `[dataplane] vxlan_udp_csum`.
+    udp_csum: bool = True
 
 
 class WriteAction(enum.Enum):
@@ -194,7 +199,8 @@ Write = FdbWrite | NeighborWrite
 def vxlan_matches(record: LinkRecord, spec: VxlanSpec) -> bool:
     """True when `record` can be adopted for `spec` without re-creating it.
 
-    VNI, dstport, local address and the proxy flag cannot be changed on a live vxlan device;
+    VNI, dstport, local address, the proxy flag and the UDP checksum setting cannot be changed
+    on a live vxlan device;
     MTU, MAC and learning can, and are fixed in place. A device without a local address
     (the kernel reports none) matches ANY_ADDRESS.
     """
@@ -202,5 +208,5 @@ def vxlan_matches(record: LinkRecord, spec: VxlanSpec) -> bool:
     return (
         record.kind == "vxlan" and found is not None and found.vni == spec.vni
         and found.port == spec.port and (found.local or ANY_ADDRESS) == spec.local
-        and found.proxy == spec.proxy
+        and found.proxy == spec.proxy and found.udp_csum == spec.udp_csum
     )

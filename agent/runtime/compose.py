@@ -52,6 +52,7 @@ from overlay.reconciler import Reconciler
 from overlay.table import NeighborTable, TableEvent
 from underlay.endpoints import Endpoints
 from underlay.endpoints_model import EndpointsConfig, Mode
+from underlay.errors import KernelError
 from underlay.facts import (
     UnderlayFacts,
     UnderlaySelectionError,
@@ -60,6 +61,7 @@ from underlay.facts import (
 )
 from underlay.kernel import NetlinkThread
 from underlay.netlink_ops import NetlinkKernel
+from underlay.offloads import read_features, tunnel_offload_advice
 
 log = logging.getLogger("vxmesh.agent")
 
@@ -121,6 +123,20 @@ async def read_configured_underlay(config: AgentConfig, netlink: NetlinkThread
         raise UnderlayNotFound(f"underlay: {exc}") from None
 
 
+async def warn_about_underlay_offloads(netlink: NetlinkThread, interface: str,
+                                       udp_csum: bool) -> None:
+    """Log once at start when the underlay cannot segment VXLAN packets (it is the host's
+    interface: reported, never changed); a device without ethtool features is left alone."""
+    try:
+        features = await netlink.call(lambda _ipr: read_features(interface))
+    except KernelError as exc:
+        log.debug("underlay offloads not read: %s", exc)
+        return
+    advice = tunnel_offload_advice(interface, features, udp_csum)
+    if advice is not None:
+        log.warning("%s", advice)
+
+
 async def build_components(config: AgentConfig, *, notifier: SystemdNotifier) -> Components:
     """Build every component in dependency order; nothing runs yet."""
     node = config.node_name
@@ -133,6 +149,8 @@ async def build_components(config: AgentConfig, *, notifier: SystemdNotifier) ->
     capabilities = await probe_capabilities(netlink)
     log.info("underlay: %s address %s mtu %d (chosen by %s); %s", facts.interface,
              facts.address, facts.mtu, facts.chosen_by, capabilities.describe())
+    await warn_about_underlay_offloads(netlink, facts.interface,
+                                       config.dataplane.vxlan_udp_csum)
     for needed in REQUIRED_KERNEL_FEATURES:
         if needed not in capabilities.available:
             raise MissingKernelFeature(f"kernel feature {needed}: "
@@ -155,7 +173,7 @@ async def build_components(config: AgentConfig, *, notifier: SystemdNotifier) ->
                           check_signature=None if identity is None else identity.check_record)
     # Every finished pass is timed (the reconciler calls back; nobody polls its statistics).
     reconciler = Reconciler(kernel, on_applied=lambda applied: metrics.apply_duration.observe(
-        applied.seconds))
+        applied.seconds), udp_csum=config.dataplane.vxlan_udp_csum)
     pipeline = Pipeline(reconciler, lambda: desired_inputs(components), node=node,
                         underlay=facts, endpoints=table.endpoints,
                         members=lambda: components.gossip.forwarding(),

@@ -158,7 +158,8 @@ class FakeKernel:
             if link.vxlan and link.vxlan.vni == spec.vni and link.vxlan.port == spec.port:
                 raise KernelError("A VXLAN device with the specified VNI already exists",
                                   errno.EEXIST)
-        attrs = VxlanAttributes(spec.vni, spec.port, spec.local, spec.learning, spec.proxy)
+        attrs = VxlanAttributes(spec.vni, spec.port, spec.local, spec.learning, spec.proxy,
+                                spec.udp_csum)
         return self.add_link(spec.name, "vxlan", vxlan=attrs, mtu=spec.mtu, mac=spec.mac)
 
     async def tune_vxlan(self, index: int, spec: VxlanSpec) -> None:
