@@ -14,24 +14,36 @@ queues broadcasts outside the core's calls. A delegate without it is gossiped fo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 
 class Delegate(Protocol):
-    """What the SWIM core asks of the layer that carries application state over gossip."""
+    """What the SWIM core asks of the layer that carries application state over gossip.
+
+    `to` is the name of the member a packet or push-pull state is for (None when the core does
+    not know the destination as a member), so a delegate can scope what it sends: the overlay
+    sends a network's records only to that network's members.
+    """
 
     def notify_user_msg(self, payload: bytes, now: float) -> None:
         """A user message (piggybacked broadcast or direct) arrived from a peer."""
         ...
 
-    def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
-        """User broadcasts to piggyback, each costing `overhead` bytes plus its length, within
-        `limit` bytes in total."""
+    def get_broadcasts(self, overhead: int, limit: int, to: str | None) -> list[bytes]:
+        """User broadcasts to piggyback on a packet to member `to`, each costing `overhead`
+        bytes plus its length, within `limit` bytes in total."""
         ...
 
-    def local_state(self, join: bool) -> Iterable[bytes]:
-        """Full state for push-pull, as a sequence of bounded chunks streamed over TCP."""
+    def gossip_targets(self, count: int) -> Sequence[str]:
+        """Members this gossip round should also reach (besides the core's `count` random
+        members): e.g. `count` members of each network with news pending. Names the core
+        does not know alive or suspect are skipped."""
+        ...
+
+    def local_state(self, join: bool, to: str | None) -> Iterable[bytes]:
+        """Full state for push-pull with member `to`, as a sequence of bounded chunks
+        streamed over TCP."""
         ...
 
     def merge_remote_state(self, chunk: bytes, join: bool, now: float) -> None:

@@ -246,8 +246,8 @@ class GossipNode:
             self._in_flight -= 1
             self._wake()
 
-    def _state(self, join: bool) -> list[bytes]:
-        return self._running().push_pull_state(join)
+    def _state(self, join: bool, peer: str | Addr | None) -> list[bytes]:
+        return self._running().push_pull_state(join, peer)
 
     def _merge(self, chunk: bytes, addr: Addr, join: bool) -> bool:
         merged = self._running().merge_push_pull_chunk(chunk, addr, join, trio.current_time())

@@ -114,6 +114,8 @@ class Simulation:
                                                7946)) for i in range(count)]
         self._by_addr = {node.addr: node for node in self.nodes}
         self.groups = [0] * count
+        #: Bytes each node sent (UDP payloads and its side of every push-pull), by index.
+        self.bytes_sent = [0] * count
         self.signers = {n.name: Signer.generate() for n in self.nodes} if signed else {}
         self.keys = KeyCache({name: s.public_key for name, s in self.signers.items()}) \
             if signed else None
@@ -267,9 +269,11 @@ class Simulation:
             return
         counters = self.counters
         rand = self._rng.random
+        sent = 0
         for data, addr in swim.datagrams_to_send():
             counters.datagrams_sent += 1
             counters.datagram_bytes += len(data)
+            sent += len(data)
             dst = self._by_addr.get(addr)
             if dst is None:
                 continue
@@ -280,9 +284,10 @@ class Simulation:
                 counters.datagrams_cut += 1
                 continue
             self._push(self.now + self._latency(), _DELIVER, (node, dst, data))
+        self.bytes_sent[node.index] += sent
         for start in swim.push_pulls_to_start():
             dst = self._by_addr.get(start.addr)
-            chunks = swim.push_pull_state(start.join)
+            chunks = swim.push_pull_state(start.join, start.addr)
             self._push(self.now + self._latency(), _PP_REQUEST,
                        (node, node.generation, dst, start.join, chunks))
         event = swim.next_event()
@@ -302,10 +307,14 @@ class Simulation:
         if dst is None or dst.swim is None or not self.reachable(src.index, dst.index):
             counters.push_pulls_failed += 1
             return
-        counters.push_pull_bytes += sum(len(c) for c in chunks)
-        reply = dst.swim.push_pull_state(join)
+        size = sum(len(c) for c in chunks)
+        counters.push_pull_bytes += size
+        self.bytes_sent[src.index] += size
         for chunk in chunks:
             dst.swim.merge_push_pull_chunk(chunk, src.addr, join, self.now)
+        # As the transport does: the reply is built once the request is merged, for the
+        # initiator by name (its signed hello names it).
+        reply = dst.swim.push_pull_state(join, src.name)
         self._flush(dst)
         self._push(self.now + self._latency(), _PP_REPLY, (src, generation, dst, join, reply))
 
@@ -316,7 +325,9 @@ class Simulation:
         if dst.swim is None or not self.reachable(src.index, dst.index):
             self.counters.push_pulls_failed += 1
             return
-        self.counters.push_pull_bytes += sum(len(c) for c in chunks)
+        size = sum(len(c) for c in chunks)
+        self.counters.push_pull_bytes += size
+        self.bytes_sent[dst.index] += size
         for chunk in chunks:
             src.swim.merge_push_pull_chunk(chunk, dst.addr, join, self.now)
         self._flush(src)

@@ -34,7 +34,10 @@ Protocol (memberlist's algorithms, our structure):
   delegate's: one with `has_broadcasts()` is asked; one without it is assumed to always have
   some). With nothing to send no gossip timer is armed: the caller reports the delegate's new
   news with `delegate_has_news(now)` (news arriving through a packet or push-pull is seen
-  here). Recently failed members still get gossip so they can refute.
+  here). Recently failed members still get gossip so they can refute. A delegate may name
+  further targets per round (`Delegate.gossip_targets`: the overlay's members of a network
+  with news), and every delegate call says which member a packet or push-pull state is for,
+  so the layer above keeps a network's news among its members.
 - push-pull: every `push_pull_interval_for(n)` with one random alive member, and on join with
   each seed. A remote claim that a member we see alive is suspect or dead makes us suspect it
   locally (not broadcast) and tell that member directly, so a wrongly failed side refutes fast.
@@ -618,8 +621,13 @@ class Swim:
         """The oldest undelivered membership event, or None."""
         return self._events.popleft() if self._events else None
 
-    def push_pull_state(self, join: bool) -> list[bytes]:
-        """Our full state as chunks: membership first, then the delegate's, each bounded."""
+    def push_pull_state(self, join: bool, to: str | Addr | None = None) -> list[bytes]:
+        """Our full state as chunks: membership first, then the delegate's, each bounded.
+
+        `to`: the peer, by member name or gossip address (None: not known), so the delegate
+        can scope its state to what the peer shares with us. Membership is always whole.
+        """
+        peer = self._addr_owner.get(to) if isinstance(to, tuple) else to
         limit = self.config.push_pull_chunk_limit - _CHUNK_SLACK
         chunks: list[bytes] = []
         packed: list[bytes] = []
@@ -633,7 +641,7 @@ class Swim:
             size += len(record)
         chunks.append(encode_members_chunk(packed))
         if self._delegate is not None:
-            for piece in self._delegate.local_state(join):
+            for piece in self._delegate.local_state(join, peer):
                 if len(piece) > limit:
                     raise GossipError(f"delegate state chunk of {len(piece)} bytes exceeds "
                                       f"push_pull_chunk_limit {self.config.push_pull_chunk_limit}")
@@ -715,12 +723,13 @@ class Swim:
                 del proven[next(iter(proven))]
 
     def _piggyback(self, room: int, to: Addr) -> list[bytes]:
-        parts = self._broadcasts.take(0, room, self.cluster_size(),
-                                      to=self._addr_owner.get(to))
+        member = self._addr_owner.get(to)
+        parts = self._broadcasts.take(0, room, self.cluster_size(), to=member)
         if self._delegate is not None:
             room -= sum(len(p) for p in parts)
             if room > USER_MESSAGE_OVERHEAD:
-                for payload in self._delegate.get_broadcasts(USER_MESSAGE_OVERHEAD, room):
+                for payload in self._delegate.get_broadcasts(USER_MESSAGE_OVERHEAD, room,
+                                                             member):
                     encoded = encode_message(UserMessage(payload))
                     if len(encoded) <= room:
                         parts.append(encoded)
@@ -963,7 +972,17 @@ class Swim:
             return node.state <= _SUSPECT or (node.state == _DEAD
                                               and node.state_change > horizon)
 
-        for target in self._random_members(self.config.gossip_nodes, eligible):
+        targets = self._random_members(self.config.gossip_nodes, eligible)
+        if self._delegate is not None:
+            # The delegate may want its news at members of its choosing (a network's own).
+            picked = {target.name for target in targets}
+            for name in self._delegate.gossip_targets(self.config.gossip_nodes):
+                node = self._nodes.get(name)
+                if node is not None and name not in picked and node is not self._self \
+                        and eligible(node):
+                    picked.add(name)
+                    targets.append(node)
+        for target in targets:
             parts = self._piggyback(self._budget(), target.addr)
             if parts:  # empty for this target may still leave news for the next
                 self._emit(target.addr, parts)

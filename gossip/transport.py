@@ -66,8 +66,9 @@ _HELLO_DOMAIN = b"vxmesh hello\x00"
 _RECEIVE_BYTES = 65_536
 _BIND_ATTEMPTS = 32
 
-#: Our push-pull chunks for a stream, given the join flag.
-State = Callable[[bool], list[bytes]]
+#: Our push-pull chunks for a stream, given the join flag and the peer: its gossip address
+#: (we opened the stream) or its node name (it proved it in its hello; None without identity).
+State = Callable[[bool, str | Addr | None], list[bytes]]
 #: Merge one chunk of the peer's state (chunk, peer address, join flag); False if garbage.
 Merge = Callable[[bytes, Addr, bool], bool]
 
@@ -305,9 +306,10 @@ class Transport:
         reader = _FrameReader(stream, limits.max_frame_bytes, limits.max_stream_bytes,
                               self.keyring, lambda size: self._count("in", "push_pull", size))
         deadline = trio.current_time() + limits.tcp_timeout_s
+        initiator: str | None = None
         try:
             if first is not None:
-                await self._send_state(stream, first, state(join))
+                await self._send_state(stream, first, state(join, peer))
                 kind, body = await reader.read()
             else:
                 hello: tuple[int, bytes] | None = None
@@ -324,7 +326,7 @@ class Transport:
                     raise FrameError("decode", "push-pull hello of the wrong length")
                 join = bool(body[0] & 1)
                 request_id = body[1:1 + _REQUEST_ID_BYTES]
-                self._check_hello(request_id, body[1 + _REQUEST_ID_BYTES:])
+                initiator = self._check_hello(request_id, body[1 + _REQUEST_ID_BYTES:])
             elif body != request_id:
                 raise FrameError("decode", "push-pull reply does not match our request")
             merged = 0
@@ -349,7 +351,7 @@ class Transport:
                     raise FrameError("decode", f"push-pull: unexpected frame kind {kind}")
             if first is None:
                 assert request_id is not None
-                await self._send_state(stream, (REPLY, request_id), state(join))
+                await self._send_state(stream, (REPLY, request_id), state(join, initiator))
         except FrameError as exc:
             self._dropped[exc.reason] += 1
             return "failed"
@@ -367,11 +369,12 @@ class Transport:
         name, signer, _ = self._identity
         return signer.sign(_HELLO_DOMAIN + request_id + name.encode()) + name.encode()
 
-    def _check_hello(self, request_id: bytes, proof: bytes) -> None:
+    def _check_hello(self, request_id: bytes, proof: bytes) -> str | None:
+        """The initiator's node name once its proof verified (None without an identity)."""
         if self._identity is None:
             if proof:
                 raise FrameError("decode", "push-pull hello of the wrong length")
-            return
+            return None
         signature, name_bytes = proof[:_SIGNATURE_BYTES], proof[_SIGNATURE_BYTES:]
         try:
             name = name_bytes.decode()
@@ -383,6 +386,7 @@ class Transport:
                                           _HELLO_DOMAIN + request_id + name_bytes)
         if verdict is not Verdict.VALID:
             raise FrameError("auth", f"push-pull hello: {verdict.value}")
+        return name
 
     async def _send_state(self, stream: trio.abc.Stream, header: tuple[int, bytes],
                           chunks: list[bytes]) -> None:

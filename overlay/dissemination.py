@@ -9,16 +9,24 @@ suspected member's host is probed, a failed one's entries stay while its host an
 Rules:
 - Local changes, refutations and newly accepted remote broadcasts go on the gossip core's
   transmit-limited `BroadcastQueue`, keyed by record key: each is sent at most
-  `retransmit_mult * ceil(log10(n + 1))` times (n = alive members, self included), least-sent
-  and newest first; a newer record for the same key replaces the queued older one (counted as
-  invalidated).
-- Scoping without targeted gossip: the core picks gossip targets among all members, so a node
-  forwards broadcasts of networks it has not joined without holding them (the table drops them
-  as out of scope); the delegate remembers only the newest record it forwarded per key, bounded
-  by `forward_memory`, so each is forwarded once per version, with the same retransmit limit.
+  `retransmit_mult * ceil(log10(n + 1))` times (n = alive members, self included; scoped,
+  the members of the record's network), least-sent and newest first; a newer record for the
+  same key replaces the queued older one (counted as invalidated).
+- Scoped to networks (`DisseminationConfig.scoped`, the default): an endpoint record goes on
+  its network's own queue, whose retransmit limit counts that network's members; it rides only
+  on packets to members of its network (the core names the destination of every packet), and
+  each gossip round the delegate names `gossip_nodes` random members of every network with
+  news pending as extra targets (`gossip_targets`). Membership records (which node is in which
+  network) stay cluster-wide: every node learns every network's members from them. A record of
+  a network we have not joined (a peer's stale view sent it) is forwarded once per version to
+  that network's members without being held (`forward_memory` keys remembered). Unscoped
+  (`scoped=False`, the baseline): one queue, every record to every member.
 - Push-pull state is everything the table holds, grouped by (network, owner) so names are not
-  repeated, cut into chunks of at most `chunk_limit` bytes. Records merged from push-pull are not
-  re-broadcast (anti-entropy must not start a storm); only refutations are.
+  repeated, cut into chunks of at most `chunk_limit` bytes; scoped, a periodic exchange with a
+  member whose networks we know carries every membership record but only the endpoint records
+  of networks that member takes part in (a join, or a peer we know no network of, gets
+  everything). Records merged from push-pull are not re-broadcast (anti-entropy must not start
+  a storm); only refutations are.
 - A tombstone's remaining lifetime is written in milliseconds at encoding time; the receiver's
   deadline is its own `now` plus that.
 - An endpoint record ends with its owner's wall-clock change time (`Entry.changed_at`, float
@@ -47,6 +55,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import random
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -107,6 +116,9 @@ class DisseminationConfig:
     chunk_limit: int = 32 * 1024  # bytes per push-pull chunk (TCP stream)
     queue_limit: int = 16_384  # queued broadcasts; beyond it the most-sent are dropped
     forward_memory: int = 65_536  # keys of out-of-scope records remembered for forwarding
+    #: Endpoint records go only to members of their network (module docstring); False: every
+    #: record to every member (the unscoped baseline `overlay.sim` measures against).
+    scoped: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,16 +403,21 @@ class TableDelegate:
         self, table: NeighborTable, config: DisseminationConfig | None = None, *, now: float,
         liveness: HostLiveness | None = None,
         vtep_of: Callable[[Member], str | None] = lambda member: None,
+        rng: random.Random | None = None,
     ) -> None:
         """`now` starts the table's clock for TTL encoding (see the module docstring).
         `liveness` decides about failed members whose VTEP `vtep_of` finds (in their meta);
-        without it (or without a VTEP) a failed member is withdrawn at once."""
+        without it (or without a VTEP) a failed member is withdrawn at once. `rng` picks a
+        network's gossip targets (default: seeded from the node's name)."""
         self.table = table
         self.liveness = liveness
         self.vtep_of = vtep_of
         self.config = config or DisseminationConfig()
-        self._queue = BroadcastQueue(self.config.retransmit_mult,
-                                     max_pending=self.config.queue_limit)
+        self._rng = rng if rng is not None else random.Random(f"gossip-targets:{table.node}")
+        # Membership records (and, unscoped, everything); scoped, each network's endpoint
+        # records have their own queue.
+        self._queue = self._new_queue()
+        self._network_queues: dict[str, BroadcastQueue] = {}
         table.handle_timeout(now)
         self._broadcasts_sent = 0
         self._invalidated = 0
@@ -426,18 +443,49 @@ class TableDelegate:
                 self._forward(record)
         self._drain_table()
 
-    def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
+    def get_broadcasts(self, overhead: int, limit: int, to: str | None = None) -> list[bytes]:
         self._drain_table()
-        payloads = self._queue.take(overhead, limit, len(self._alive) + 1)
+        payloads = self._queue.take(overhead, limit, len(self._alive) + 1, to=to)
+        if to is not None and self._network_queues:
+            room = limit - sum(overhead + len(p) for p in payloads)
+            table = self.table
+            for network in table.networks_of(to):
+                queue = self._network_queues.get(network)
+                if queue is None or not queue:
+                    continue
+                more = queue.take(overhead, room, table.peer_count(network), to=to)
+                payloads += more
+                room -= sum(overhead + len(p) for p in more)
         self._broadcasts_sent += len(payloads)
         return payloads
 
     def pending_broadcasts(self) -> bool:
         """Anything queued, or written to the table and not queued yet."""
-        return bool(self._queue) or self.table.has_outgoing()
+        return (bool(self._queue) or any(self._network_queues.values())
+                or self.table.has_outgoing())
 
-    def local_state(self, join: bool) -> Iterable[bytes]:
-        for chunk in encode_state(self.table.records(), self.table.now, self.config.chunk_limit):
+    def gossip_targets(self, count: int) -> list[str]:
+        """`count` random members of each network with records pending (ourselves never)."""
+        targets: list[str] = []
+        self._drain_table()
+        me = self.table.node
+        for network, queue in self._network_queues.items():
+            if not queue:
+                continue
+            peers = [p for p in self.table.peer_names(network) if p != me]
+            if not peers:
+                queue.clear()  # nobody to tell
+                continue
+            targets += self._rng.sample(peers, min(count, len(peers)))
+        return targets
+
+    def local_state(self, join: bool, to: str | None = None) -> Iterable[bytes]:
+        records: Iterable[Record] = self.table.records()
+        shared = self.table.networks_of(to) if (
+            self.config.scoped and not join and to is not None) else frozenset()
+        if shared:
+            records = (r for r in records if not isinstance(r, Entry) or r.network in shared)
+        for chunk in encode_state(records, self.table.now, self.config.chunk_limit):
             self._chunks_sent += 1
             yield chunk
 
@@ -529,11 +577,12 @@ class TableDelegate:
         return retransmit_limit(self.config.retransmit_mult, len(self._alive) + 1)
 
     def statistics(self) -> DisseminationStatistics:
+        queues = [self._queue, *self._network_queues.values()]
         return DisseminationStatistics(
-            queued=len(self._queue),
+            queued=sum(len(q) for q in queues),
             broadcasts_sent=self._broadcasts_sent,
             invalidated=self._invalidated,
-            dropped_queue_full=self._queue.dropped,
+            dropped_queue_full=sum(q.dropped for q in queues),
             user_msgs=self._user_msgs,
             chunks_sent=self._chunks_sent,
             chunks_merged=self._chunks_merged,
@@ -559,9 +608,17 @@ class TableDelegate:
             self._enqueue(_queue_key(record), record)
 
     def _enqueue(self, key: tuple[str, ...], record: Record) -> None:
-        if self._queue.pending_for(key) is not None:
+        queue = self._queue
+        if self.config.scoped and isinstance(record, Entry):
+            if record.network not in self._network_queues:
+                self._network_queues[record.network] = self._new_queue()
+            queue = self._network_queues[record.network]
+        if queue.pending_for(key) is not None:
             self._invalidated += 1
-        self._queue.queue(encode_record(record, self.table.now), key)
+        queue.queue(encode_record(record, self.table.now), key)
+
+    def _new_queue(self) -> BroadcastQueue:
+        return BroadcastQueue(self.config.retransmit_mult, max_pending=self.config.queue_limit)
 
 
 def _queue_key(record: Record) -> tuple[str, ...]:

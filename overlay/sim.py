@@ -20,7 +20,10 @@ every live node's SWIM declared the killed node failed; withdraw_all_s = until n
 view shows any entry of the killed node; stale_entries = visible entries whose owner is dead, or
 no longer has them at that version; missing_entries = live entries of live owners that a node of
 that network does not hold at the owner's version; bytes_per_node_s = UDP + push-pull bytes over
-the churn window per node. The same run without churn (same seed, same kill) is the baseline.
+the churn window per node, and per network (bytes sent by that network's nodes, per node).
+The same run without churn (same seed, same kill) is the baseline; with `--unscoped` the same
+churn run with the table's gossip unscoped (`DisseminationConfig(scoped=False)`: every record
+to every member, as before scoping) is a second baseline.
 
 Scenario `agent-crash` (`--scenario agent-crash`; no churn): every node also runs the real
 `overlay.liveness.HostLiveness` through its delegate, and its probes of a VTEP are answered
@@ -36,7 +39,7 @@ grace off (`agent_down_grace = 0`, withdrawal on failure) is the baseline.
 
 Usage:
     python -m overlay.sim --nodes N --endpoints-per-node E --churn R --loss P --seed S
-        [--duration SECONDS] [--network-size M] [--json]
+        [--duration SECONDS] [--network-size M] [--unscoped] [--json]
     python -m overlay.sim --scenario agent-crash --nodes N --loss P --duration SECONDS
         [--agents-killed F] [--hosts-killed F] [--endpoints-per-node E] [--json]
 
@@ -58,7 +61,7 @@ from dataclasses import dataclass, field
 from gossip.config import SwimConfig
 from gossip.sim import Simulation
 from gossip.swim import Member, MemberFailed, MembershipEvent
-from overlay.dissemination import TableDelegate
+from overlay.dissemination import DisseminationConfig, TableDelegate
 from overlay.liveness import HostLiveness, LivenessConfig
 from overlay.table import EndpointChanged, Entry, Merge, NeighborTable, Record
 
@@ -88,6 +91,9 @@ class TableSimResult:
     bytes_per_node_s: float = 0.0
     udp_bytes_per_node_s: float = 0.0
     push_pull_bytes_per_node_s: float = 0.0
+    #: network -> bytes its nodes sent over the churn window, per node and second
+    network_bytes_per_node_s: dict[str, float] = field(default_factory=dict)
+    scoped: bool = True
     decode_errors: int = 0
     wall_s: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -118,7 +124,9 @@ class _ObservedTable(NeighborTable):
 
 class _Run:
     def __init__(self, nodes: int, endpoints: int, churn: float, loss: float, seed: int,
-                 duration_s: float, network_size: int, warmup_s: float, settle_s: float) -> None:
+                 duration_s: float, network_size: int, warmup_s: float, settle_s: float,
+                 scoped: bool = True) -> None:
+        self.dissemination = DisseminationConfig(scoped=scoped)
         self.rng = random.Random(f"overlay-sim:{seed}")
         self.churn_rng = random.Random(f"overlay-sim:churn:{seed}")
         self.endpoints = endpoints
@@ -141,7 +149,7 @@ class _Run:
         self.target = -1
         self.detected: dict[int, float] = {}
         self.result = TableSimResult(nodes, endpoints, self.network_count, churn, loss, seed,
-                                     duration_s)
+                                     duration_s, scoped=scoped)
         self.sim = Simulation(nodes, seed=seed, config=SwimConfig.lan(), loss=loss,
                               delegate_factory=self._make_delegate)
         self.sim.add_observer(self._observe)
@@ -153,7 +161,8 @@ class _Run:
         table = _ObservedTable(name, str(_VTEP_BASE + index))
         table.run, table.index = self, index
         table.join_network(self.network_of[index], now)
-        delegate = TableDelegate(table, now=now)
+        delegate = TableDelegate(table, self.dissemination, now=now,
+                                 rng=random.Random(f"overlay-sim:targets:{index}"))
         if index < len(self.tables):
             self.tables[index], self.delegates[index] = table, delegate
         else:
@@ -290,9 +299,13 @@ class _Run:
         sim.at(start + self.duration_s / 3, self.kill)
         sim.run_until(start)
         before = (sim.counters.datagram_bytes, sim.counters.push_pull_bytes)
+        sent_before = list(sim.bytes_sent)
         sim.run_until(end)
         udp = sim.counters.datagram_bytes - before[0]
         push_pull = sim.counters.push_pull_bytes - before[1]
+        for network, members in self.members_of.items():
+            sent = sum(sim.bytes_sent[i] - sent_before[i] for i in members)
+            self.result.network_bytes_per_node_s[network] = sent / len(members) / self.duration_s
         sim.run_until(end + self.settle_s)
         self._finish(udp, push_pull)
         self.result.wall_s = time.perf_counter() - wall
@@ -552,7 +565,7 @@ def _percentile(ordered: list[float], q: float) -> float:
 
 def run_table_sim(nodes: int, endpoints: int, churn: float, loss: float, seed: int, *,
                   duration_s: float = 30.0, network_size: int = 0, warmup_s: float = 2.0,
-                  settle_s: float = 10.0) -> TableSimResult:
+                  settle_s: float = 10.0, scoped: bool = True) -> TableSimResult:
     """One run of the scenario in the module docstring."""
     if nodes < 4:
         raise ValueError(f"nodes: need at least 4, got {nodes}")
@@ -567,10 +580,11 @@ def run_table_sim(nodes: int, endpoints: int, churn: float, loss: float, seed: i
     if network_size < 0 or 0 < network_size < 2:
         raise ValueError(f"network-size: 0 (one network) or at least 2, got {network_size}")
     return _Run(nodes, endpoints, churn, loss, seed, duration_s, network_size, warmup_s,
-                settle_s).run()
+                settle_s, scoped).run()
 
 
-_COLUMNS = ("changes", "converged_p50_s", "converged_p99_s", "converged_max_s", "unconverged",
+_COLUMNS = ("scoped", "changes", "converged_p50_s", "converged_p99_s", "converged_max_s",
+            "unconverged",
             "detect_all_s", "withdraw_all_s", "stale_entries", "missing_entries",
             "bytes_per_node_s", "udp_bytes_per_node_s", "push_pull_bytes_per_node_s",
             "decode_errors", "wall_s")
@@ -589,13 +603,23 @@ _CRASH_COLUMNS = ("agents_killed", "hosts_killed", "detect_all_s", "withdraw_hos
                   "false_withdrawals", "false_failures", "probes_sent", "wall_s")
 
 
-def _print_pair(title: str, columns: tuple[str, ...], heads: tuple[str, str],
-                result: object, baseline: object) -> None:
+def _print_runs(title: str, columns: tuple[str, ...], heads: tuple[str, ...],
+                runs: tuple[object, ...]) -> None:
     print(title)
-    print(f"{'metric':<28}{heads[0]:>16}{heads[1]:>16}")
+    print(f"{'metric':<28}" + "".join(f"{head:>18}" for head in heads))
     for column in columns:
-        print(f"{column:<28}{_cell(getattr(result, column)):>16}"
-              f"{_cell(getattr(baseline, column)):>16}")
+        print(f"{column:<28}" + "".join(f"{_cell(getattr(r, column)):>18}" for r in runs))
+
+
+def _print_networks(heads: tuple[str, ...], runs: tuple[TableSimResult, ...],
+                    members_of: dict[str, int]) -> None:
+    """Bytes per node and second sent by each network's nodes, one column per run."""
+    print(f"{'network (nodes)':<28}" + "".join(f"{head:>18}" for head in heads))
+    for network in sorted(runs[0].network_bytes_per_node_s,
+                          key=lambda name: (len(name), name)):
+        label = f"{network} ({members_of[network]})"
+        print(f"{label:<28}" + "".join(
+            f"{_cell(r.network_bytes_per_node_s.get(network)):>18}" for r in runs))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -618,28 +642,39 @@ def main(argv: list[str] | None = None) -> int:
                         help="simulated seconds of churn")
     parser.add_argument("--network-size", type=int, default=0,
                         help="nodes per overlay network (0: all nodes in one network)")
+    parser.add_argument("--unscoped", action="store_true",
+                        help="also run the churn with unscoped table gossip (every record to "
+                             "every member): the baseline of network scoping")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object as the last line")
     args = parser.parse_args(argv)
     if args.scenario == "agent-crash":
         return _main_agent_crash(parser, args)
+    plan = [(args.churn, True), (0.0, True)] + ([(args.churn, False)] if args.unscoped else [])
     try:
-        runs = [run_table_sim(args.nodes, args.endpoints_per_node, churn, args.loss, args.seed,
-                              duration_s=args.duration, network_size=args.network_size)
-                for churn in (args.churn, 0.0)]
+        runs = tuple(run_table_sim(args.nodes, args.endpoints_per_node, churn, args.loss,
+                                   args.seed, duration_s=args.duration,
+                                   network_size=args.network_size, scoped=scoped)
+                     for churn, scoped in plan)
     except ValueError as exc:
         parser.error(str(exc))
-    result, baseline = runs
-    _print_pair(f"nodes={result.nodes} endpoints/node={result.endpoints} "
+    result = runs[0]
+    heads = (f"churn {result.churn:g}/s", "no churn", "churn, unscoped")[:len(runs)]
+    _print_runs(f"nodes={result.nodes} endpoints/node={result.endpoints} "
                 f"networks={result.networks} loss={result.loss} seed={result.seed} "
-                f"churn window={result.duration_s:g}s", _COLUMNS,
-                (f"churn {result.churn:g}/s", "no churn"), result, baseline)
+                f"churn window={result.duration_s:g}s", _COLUMNS, heads, runs)
+    members = {f"net{i}": len(range(i, args.nodes, result.networks))
+               for i in range(result.networks)}  # as `_Run` assigns them: node i in i % count
+    print("bytes per node and second, by network:")
+    _print_networks(heads, runs, members)
     for note in result.notes:
         print(f"note: {note}")
     if args.json:
         payload = result.as_dict()
-        payload["baseline"] = baseline.as_dict()
-        payload["wall_s"] = result.wall_s + baseline.wall_s
+        payload["baseline"] = runs[1].as_dict()
+        if args.unscoped:
+            payload["unscoped"] = runs[2].as_dict()
+        payload["wall_s"] = sum(r.wall_s for r in runs)
         print(json.dumps(payload, sort_keys=True))
     return 0
 
@@ -656,9 +691,9 @@ def _main_agent_crash(parser: argparse.ArgumentParser, args: argparse.Namespace)
     except ValueError as exc:
         parser.error(str(exc))
     result, baseline = runs
-    _print_pair(f"agent-crash: nodes={result.nodes} networks={result.networks} "
+    _print_runs(f"agent-crash: nodes={result.nodes} networks={result.networks} "
                 f"loss={result.loss} seed={result.seed} duration={result.duration_s:g}s",
-                _CRASH_COLUMNS, (f"grace {result.grace_s:g}s", "grace off"), result, baseline)
+                _CRASH_COLUMNS, (f"grace {result.grace_s:g}s", "grace off"), (result, baseline))
     if args.json:
         payload = result.as_dict()
         payload["baseline"] = baseline.as_dict()

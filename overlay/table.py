@@ -332,6 +332,10 @@ class NeighborTable:
         self._candidates: dict[tuple[str, str], set[str]] = {}  # live entries per (network, ip)
         self._view: dict[tuple[str, str], Entry] = {}
         self._peer_view: dict[tuple[str, str], Membership] = {}
+        # The peer view indexed both ways (network -> node -> record, node -> networks),
+        # for gossip scoped to a network's members.
+        self._peers: dict[str, dict[str, Membership]] = {}
+        self._peer_networks: dict[str, set[str]] = {}
         self._owners: dict[str, _Owner] = {}
         self._tombstones = 0
         self._reap_entries: list[tuple[float, tuple[str, str, str]]] = []
@@ -640,7 +644,19 @@ class NeighborTable:
 
     def network_peers(self, network: str) -> dict[str, str]:
         """Visible nodes taking part in `network` (ourselves included) -> their VTEP."""
-        return {node: m.vtep for (n, node), m in self._peer_view.items() if n == network}
+        return {node: m.vtep for node, m in self._peers.get(network, {}).items()}
+
+    def peer_names(self, network: str) -> list[str]:
+        """Visible nodes taking part in `network` (ourselves included), in a stable order."""
+        return list(self._peers.get(network, ()))
+
+    def peer_count(self, network: str) -> int:
+        """How many visible nodes take part in `network` (ourselves included)."""
+        return len(self._peers.get(network, ()))
+
+    def networks_of(self, node: str) -> frozenset[str]:
+        """The networks `node` visibly takes part in (empty if none, or unknown)."""
+        return frozenset(self._peer_networks.get(node, ()))
 
     def networks(self) -> frozenset[str]:
         return frozenset(self._networks)
@@ -825,8 +841,19 @@ class NeighborTable:
         previous = self._peer_view.get(key)
         if previous is record:
             return
+        network, node = key
         if record is None:
             del self._peer_view[key]
+            peers = self._peers[network]
+            del peers[node]
+            if not peers:
+                del self._peers[network]
+            networks = self._peer_networks[node]
+            networks.discard(network)
+            if not networks:
+                del self._peer_networks[node]
         else:
             self._peer_view[key] = record
+            self._peers.setdefault(network, {})[node] = record
+            self._peer_networks.setdefault(node, set()).add(network)
         self._events.append(NetworkPeerChanged(key[0], key[1], previous, record))

@@ -33,15 +33,17 @@ from overlay.table import Entry, Membership, NeighborTable, OwnerStatus
 NET = "blue"
 
 
-def make_delegate(name: str, vtep: str) -> TableDelegate:
+def make_delegate(name: str, vtep: str, *, scoped: bool = False) -> TableDelegate:
+    """Unscoped unless asked: the queue's mechanics show without peers to scope to."""
     table = NeighborTable(name, vtep)
     table.join_network(NET, 0.0)
-    return TableDelegate(table, now=0.0)
+    return TableDelegate(table, DisseminationConfig(scoped=scoped), now=0.0)
 
 
 def test_the_delegate_satisfies_the_gossip_protocol() -> None:
-    delegate: Delegate = make_delegate("a", "192.0.2.1")
-    (payload,) = delegate.get_broadcasts(3, 1400)
+    delegate: Delegate = make_delegate("a", "192.0.2.1", scoped=True)
+    (payload,) = delegate.get_broadcasts(3, 1400, None)
+    assert delegate.gossip_targets(3) == []
     (joined,) = decode_records(payload, 0.0)
     assert isinstance(joined, Membership)
     assert (joined.network, joined.node, joined.vtep, joined.deleted) == (
@@ -192,3 +194,57 @@ def test_out_of_scope_broadcasts_are_forwarded_once_per_version_but_not_held() -
     forwarded = [r for p in bystander.get_broadcasts(2, 1400) for r in decode_records(p, 1.0)]
     assert [(r.network, r.ip) for r in forwarded if isinstance(r, Entry)] == [("red", "10.2.0.1")]
     assert bystander.statistics().forwarded == 1
+
+
+def _introduce(delegates: list[TableDelegate]) -> None:
+    """Every delegate learns every other as a member, and every membership record."""
+    for d in delegates:
+        for other in delegates:
+            if other is not d:
+                d.member_alive(other.table.node, (other.table.vtep, 7946), 0.0)
+    for d in delegates:
+        for payload in d.get_broadcasts(2, 1400, None):
+            for other in delegates:
+                if other is not d:
+                    other.notify_user_msg(payload, 0.0)
+    for d in delegates:
+        d.get_broadcasts(2, 1400, None)  # relays of memberships
+
+
+def test_scoped_records_ride_only_to_members_of_their_network() -> None:
+    a = make_delegate("a", "192.0.2.1", scoped=True)
+    a.table.join_network("red", 0.0)
+    b = make_delegate("b", "192.0.2.2", scoped=True)  # blue only
+    c = TableDelegate(NeighborTable("c", "192.0.2.3"), now=0.0)
+    c.table.join_network("red", 0.0)
+    _introduce([a, b, c])
+    assert a.table.networks_of("b") == {NET} and a.table.networks_of("c") == {"red"}
+    a.table.put_endpoint("red", "10.2.0.1", "02:00:00:00:00:01", 1.0)
+    assert a.gossip_targets(3) == ["c"]  # only red has news; never ourselves
+    to_b = [r for p in a.get_broadcasts(2, 1400, "b") for r in decode_records(p, 1.0)]
+    assert not any(isinstance(r, Entry) for r in to_b)
+    to_c = [r for p in a.get_broadcasts(2, 1400, "c") for r in decode_records(p, 1.0)]
+    assert [(r.network, r.ip) for r in to_c if isinstance(r, Entry)] == [("red", "10.2.0.1")]
+    # c was the only other member of red: nobody is left to tell
+    assert a.get_broadcasts(2, 1400, "c") == [] and a.gossip_targets(3) == []
+
+
+def test_scoped_push_pull_carries_every_membership_and_shared_networks_only() -> None:
+    a = make_delegate("a", "192.0.2.1", scoped=True)
+    a.table.join_network("red", 0.0)
+    b = make_delegate("b", "192.0.2.2", scoped=True)
+    _introduce([a, b])
+    a.table.put_endpoint(NET, "10.1.0.1", "02:00:00:00:00:01", 1.0)
+    a.table.put_endpoint("red", "10.2.0.1", "02:00:00:00:00:02", 1.0)
+
+    def carried(join: bool, to: str | None) -> set[tuple[str, str]]:
+        records = [r for c in a.local_state(join, to) for r in decode_records(c, 1.0)]
+        assert {r.key for r in records if isinstance(r, Membership)} == {
+            (NET, "a"), ("red", "a"), (NET, "b")}
+        return {(r.network, r.ip) for r in records if isinstance(r, Entry)}
+
+    assert carried(False, "b") == {(NET, "10.1.0.1")}
+    everything = {(NET, "10.1.0.1"), ("red", "10.2.0.1")}
+    assert carried(True, "b") == everything  # a join gets everything
+    assert carried(False, None) == everything  # a peer we cannot name
+    assert carried(False, "stranger") == everything  # one we know no network of

@@ -82,10 +82,10 @@ class FakeLink:
                     peer = self.by_addr.get(start.addr)
                     if peer is None or not self.connected(swim.addr, start.addr):
                         continue
-                    mine = swim.push_pull_state(start.join)
-                    theirs = peer.push_pull_state(start.join)
+                    mine = swim.push_pull_state(start.join, start.addr)
                     for chunk in mine:
                         peer.merge_push_pull_chunk(chunk, swim.addr, start.join, self.now)
+                    theirs = peer.push_pull_state(start.join, swim.name)
                     for chunk in theirs:
                         swim.merge_push_pull_chunk(chunk, peer.addr, start.join, self.now)
                 event = swim.next_event()

@@ -120,10 +120,13 @@ class CountingDelegate:
     def notify_user_msg(self, payload: bytes, now: float) -> None:
         self.messages.append(payload)
 
-    def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
+    def get_broadcasts(self, overhead: int, limit: int, to: str | None) -> list[bytes]:
         return []
 
-    def local_state(self, join: bool) -> list[bytes]:
+    def gossip_targets(self, count: int) -> list[str]:
+        return []
+
+    def local_state(self, join: bool, to: str | None) -> list[bytes]:
         return [b"table"]
 
     def merge_remote_state(self, chunk: bytes, join: bool, now: float) -> None:

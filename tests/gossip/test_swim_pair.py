@@ -278,11 +278,14 @@ class RecordingDelegate:
     def notify_user_msg(self, payload: bytes, now: float) -> None:
         self.received.append(payload)
 
-    def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
+    def get_broadcasts(self, overhead: int, limit: int, to: str | None) -> list[bytes]:
         out, self.outgoing = self.outgoing, []
         return out
 
-    def local_state(self, join: bool) -> Iterable[bytes]:
+    def gossip_targets(self, count: int) -> list[str]:
+        return []
+
+    def local_state(self, join: bool, to: str | None) -> Iterable[bytes]:
         return [f"state-of-{self.name}".encode()]
 
     def merge_remote_state(self, chunk: bytes, join: bool, now: float) -> None:

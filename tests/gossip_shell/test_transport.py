@@ -42,7 +42,7 @@ class Peer:
         self.joins_asked: list[bool] = []
         self.refuse = refuse
 
-    def state(self, join: bool) -> list[bytes]:
+    def state(self, join: bool, peer: str | Addr | None) -> list[bytes]:
         self.joins_asked.append(join)
         return self.chunks
 
