@@ -172,24 +172,28 @@ class _Run:
         return delegate
 
     def warm_start(self) -> None:
-        """Every table gets its networks' endpoints and all memberships (shared objects)."""
+        """Every table gets its networks' endpoints and all memberships (shared objects): the
+        first member of each network merges them, the others adopt its records."""
         for index, table in enumerate(self.tables):
             for _ in range(self.endpoints):
                 self._add_endpoint(index, 0.0)
             table.records_to_send()
         memberships = [r for t in self.tables for r in t.records() if not isinstance(r, Entry)]
         own = [list(t.endpoints()) for t in self.tables]  # before any table learns its peers'
+        for members in self.members_of.values():
+            first = self.tables[members[0]]
+            for membership in memberships:
+                first.merge(membership, 0.0)
+            for peer in members[1:]:
+                for entry in own[peer]:
+                    first.merge(entry, 0.0)
+            for index in members[1:]:
+                self.tables[index].adopt(first)
         for index, table in enumerate(self.tables):
             delegate = self.delegates[index]
             for node in self.sim.nodes:
                 if node.index != index:
                     delegate.member_alive(node.name, node.addr, 0.0)
-            for membership in memberships:
-                table.merge(membership, 0.0)
-            for peer in self.members_of[self.network_of[index]]:
-                if peer != index:
-                    for entry in own[peer]:
-                        table.merge(entry, 0.0)
             table.records_to_send()
             while table.next_event() is not None:
                 pass

@@ -229,9 +229,10 @@ class OwnerStatus(Enum):
     GONE = "gone"
 
 
-_VISIBLE = frozenset({OwnerStatus.ALIVE, OwnerStatus.AGENT_DOWN})
-_HIDDEN = frozenset({OwnerStatus.FAILED, OwnerStatus.LEFT})
-_DROPPED = frozenset({OwnerStatus.SUPERSEDED, OwnerStatus.GONE})
+# Tuples, not sets: membership by identity, without Enum's Python-level __hash__ (hot path).
+_VISIBLE = (OwnerStatus.ALIVE, OwnerStatus.AGENT_DOWN)
+_HIDDEN = (OwnerStatus.FAILED, OwnerStatus.LEFT)
+_DROPPED = (OwnerStatus.SUPERSEDED, OwnerStatus.GONE)
 
 
 @dataclass(slots=True)
@@ -425,6 +426,33 @@ class NeighborTable:
         self._outbox.append(record)
         self.on_outgoing()
 
+    def adopt(self, other: NeighborTable) -> None:
+        """Hold every record `other` holds, as already merged: no events, no relays, no checks.
+
+        For a simulation or test that starts from a warm cluster: one table of a network
+        merges the network's records, every other member of that network adopts them (the
+        records are shared, immutable; the indexes are copied). Our own writes must be among
+        them, and `other` must have joined the networks we joined and no other.
+        """
+        if other._networks != self._networks:
+            raise InvalidEndpoint(f"adopt: networks {sorted(other._networks)} are not ours "
+                                  f"({sorted(self._networks)})")
+        self._entries = dict(other._entries)
+        self._memberships = dict(other._memberships)
+        self._memberships_by_owner = {owner: set(keys) for owner, keys
+                                      in other._memberships_by_owner.items()}
+        self._by_owner = {owner: set(keys) for owner, keys in other._by_owner.items()}
+        self._candidates = {key: set(owners) for key, owners in other._candidates.items()}
+        self._view = dict(other._view)
+        self._peer_view = dict(other._peer_view)
+        self._peers = {network: dict(peers) for network, peers in other._peers.items()}
+        self._peer_networks = {node: set(nets) for node, nets in other._peer_networks.items()}
+        self._tombstones = other._tombstones
+        self._reap_entries = list(other._reap_entries)
+        self._reap_memberships = list(other._reap_memberships)
+        self._clock = max(self._clock, other._clock)
+        self.now = max(self.now, other.now)
+
     def records_to_send(self) -> list[Record]:
         """Records to broadcast (our writes, refutations, relays), oldest first; drains them."""
         out, self._outbox = self._outbox, []
@@ -438,6 +466,15 @@ class NeighborTable:
         With `relay`, an accepted record is queued on `records_to_send` for further gossip.
         A tombstone's deadline is capped at `now + tombstone_ttl`.
         """
+        if type(record) is Entry and not record.deleted:
+            current = self._entries.get((record.network, record.owner, record.ip))
+            if (current is not None and current.version == record.version
+                    and not current.deleted and current.mac == record.mac
+                    and current.vtep == record.vtep and current.changed_at == record.changed_at):
+                # The same live write again (a push-pull repeats most of what we hold): what
+                # the full path below decides too, without its validation and lookups.
+                self._counts[Merge.STALE] += 1
+                return Merge.STALE
         if record.version > self._clock + VERSION_JUMP:
             self._counts[Merge.IMPLAUSIBLE] += 1
             return Merge.IMPLAUSIBLE
