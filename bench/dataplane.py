@@ -20,9 +20,10 @@ Paths between h1 and h2:
   (b+NAME) path (b) with one kernel setting switched away from its default (`settings_of`):
       GRO on the endpoint veths, on the vxlan device, fraglist GRO, GRO and UDP GRO
       forwarding on the underlay, UDP tunnel segmentation offload on the underlay, the outer
-      UDP checksum. The switch happens just before the row is measured; every other row
-      sees the defaults, and each b+NAME is measured back to back with a row of (b) at the
-      defaults (b@NAME), 1 stream and request/response only.
+      UDP checksum, the MTU (1500 instead of 1450, fragmenting outer packets). The switch
+      happens just before the row is measured; every other row sees the defaults, and each
+      b+NAME is measured back to back with a row of (b) at the defaults (b@NAME), 1 stream
+      and request/response only.
 For each: iperf3 TCP with 1 and 4 streams (`--seconds` each) and a 64-byte TCP
 request/response probe (bench/pathbench.py: Python on both ends, its own cost is in every path
 alike, so compare ratios, not absolute microseconds). Clients on CPU 0, servers on CPU 1
@@ -89,6 +90,7 @@ from underlay.wireguard import (
 )
 from underlay.wireguard_peers import DEFAULT_PORT, WireGuardPeer, tunnel_address, wireguard_mtu
 
+UNDERLAY_MTU = 1500
 OVERLAY_MTU = 1450
 ENCRYPTED_MTU = 1390
 HAND_VXLAN = "hvx200"
@@ -245,7 +247,31 @@ class ChecksumSetting:
             hand_vxlan_device(side, udp_csum=on)
 
 
-Setting = FeatureSetting | ChecksumSetting
+@dataclass(frozen=True)
+class MtuSetting:
+    """Path (b) at the underlay's own MTU instead of the overlay MTU the agent derives: the
+    endpoint veths, bridge and vxlan device at 1500 over a 1500 underlay, so full-size outer
+    packets are fragmented (what Docker's overlay does when the MTU is not given to it)."""
+
+    sides: tuple[HandSide, ...]
+    name: str = "mtu_1500"
+    what: str = ("MTU 1500 (not 1450) on endpoint, bridge and vxlan over the 1500 underlay: "
+                 "outer packets fragment")
+
+    def state(self) -> bool:
+        side = self.sides[0]
+        return f" mtu {UNDERLAY_MTU} " in run(["ip", "link", "show", HAND_VXLAN],
+                                              netns=side.ns).stdout
+
+    def switch(self, on: bool) -> None:
+        mtu = str(UNDERLAY_MTU if on else OVERLAY_MTU)
+        for side in self.sides:
+            for ifname in (HAND_VXLAN, HAND_BRIDGE, side.port_ifname):
+                run(["ip", "link", "set", ifname, "mtu", mtu], netns=side.ns)
+            run(["ip", "link", "set", "eth0", "mtu", mtu], netns=side.endpoint_ns)
+
+
+Setting = FeatureSetting | ChecksumSetting | MtuSetting
 
 
 def settings_of(sides: Sequence[HandSide]) -> list[Setting]:
@@ -272,6 +298,7 @@ def settings_of(sides: Sequence[HandSide]) -> list[Setting]:
                                                 "tx-udp_tnl-csum-segmentation"),
                        "tx-udp_tnl-segmentation", underlay),
         ChecksumSetting(tuple(sides)),
+        MtuSetting(tuple(sides)),
     ]
 
 
