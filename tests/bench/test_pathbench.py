@@ -3,25 +3,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-def _pathbench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_pathbench", BENCH / "pathbench.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_pathbench"] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.bench.loading import bench_module
 
 
 def test_every_round_measures_everything_once_in_a_rotated_order() -> None:
-    pb = _pathbench()
+    pb = bench_module("pathbench")
     orders = [pb.rotated(["a", "b", "c"], r) for r in range(4)]
     assert orders == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
     assert pb.rotated([], 3) == []
@@ -30,7 +16,7 @@ def test_every_round_measures_everything_once_in_a_rotated_order() -> None:
 
 
 def test_spread_is_median_min_max_and_ratios_are_taken_round_by_round() -> None:
-    pb = _pathbench()
+    pb = bench_module("pathbench")
     spread = pb.Spread.of([3.0, 1.0, 2.0, 10.0, 4.0])
     assert (spread.median, spread.low, spread.high) == (3.0, 1.0, 10.0)
     assert spread.text(1) == "3.0 (1.0-10.0)" and spread.json() == [1.0, 10.0]

@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_restart", BENCH / "restart.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_restart"] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.bench.loading import bench_module
 
 
 def test_summary_takes_the_worst_repeat_per_configuration_and_fault() -> None:
-    bench = _bench()
+    bench = bench_module("restart")
     m = bench.Measurement
     runs = [m("vxmesh", "sigterm_restart", 0, 0.0, 900, 1.2),
             m("vxmesh", "kill_30s", 2, 0.02, 7000, 33.0),
