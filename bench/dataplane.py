@@ -20,7 +20,8 @@ Paths between h1 and h2:
   (b+NAME) path (b) with one kernel setting switched away from its default (`settings_of`):
       GRO on the endpoint veths, on the vxlan device, fraglist GRO, GRO and UDP GRO
       forwarding on the underlay, UDP tunnel segmentation offload on the underlay, the outer
-      UDP checksum, the MTU (1500 instead of 1450, fragmenting outer packets). The switch
+      UDP checksum, the MTU (1500 instead of 1450, fragmenting outer packets), br_netfilter's
+      hooks on bridged frames (where the module is loaded). The switch
       happens just before the row is measured; every other row sees the defaults, and each
       b+NAME is measured back to back with a row of (b) at the defaults (b@NAME), 1 stream
       and request/response only.
@@ -271,7 +272,26 @@ class MtuSetting:
             run(["ip", "link", "set", "eth0", "mtu", mtu], netns=side.endpoint_ns)
 
 
-Setting = FeatureSetting | ChecksumSetting | MtuSetting
+@dataclass(frozen=True)
+class SysctlSetting:
+    """Boolean sysctls switched together in the host namespaces of path (b)."""
+
+    name: str
+    what: str
+    keys: tuple[str, ...]
+    namespaces: tuple[str, ...]
+
+    def state(self) -> bool:
+        found = run(["sysctl", "-n", self.keys[0]], netns=self.namespaces[0]).stdout
+        return found.strip() == "1"
+
+    def switch(self, on: bool) -> None:
+        for ns in self.namespaces:
+            for key in self.keys:
+                run(["sysctl", "-qw", f"{key}={int(on)}"], netns=ns)
+
+
+Setting = FeatureSetting | ChecksumSetting | MtuSetting | SysctlSetting
 
 
 def settings_of(sides: Sequence[HandSide]) -> list[Setting]:
@@ -299,6 +319,11 @@ def settings_of(sides: Sequence[HandSide]) -> list[Setting]:
                        "tx-udp_tnl-segmentation", underlay),
         ChecksumSetting(tuple(sides)),
         MtuSetting(tuple(sides)),
+        *([SysctlSetting(
+            "bridge_nf_call", "br_netfilter: bridged frames through the ip/ip6tables hooks "
+            "(net.bridge.bridge-nf-call-iptables/ip6tables in the host namespaces)",
+            ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables"),
+            tuple(side.ns for side in sides))] if Path("/proc/sys/net/bridge").is_dir() else []),
     ]
 
 
