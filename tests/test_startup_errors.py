@@ -174,6 +174,15 @@ def test_etcd_unreachable_on_a_first_start(host: Host) -> None:
     one_line(done, EXIT_ENVIRONMENT, "store.endpoints='http://127.0.0.1:2379'", "0.5 s")
 
 
+def test_an_underlay_that_cannot_segment_vxlan_is_named_at_start(host: Host) -> None:
+    run(["ethtool", "-K", "eth0", "tx-udp_tnl-csum-segmentation", "off"], netns=host.netns)
+    done = host.agent(host.config(node={"log_level": "warning"}))
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "underlay eth0: tx-udp_tnl-csum-segmentation is off" in done.stderr, done.stderr
+    assert "ethtool -K eth0 tx-udp_tnl-csum-segmentation on" in done.stderr
+    assert done.returncode == EXIT_ENVIRONMENT  # then stopped by the unreachable etcd
+
+
 def test_a_missing_kernel_feature_and_unknown_errors_at_the_process_edge() -> None:
     """The kernel's features cannot be removed from a test: the edge's mapping is checked on
     the error `build_components` raises, wrapped as trio's nurseries wrap it."""
