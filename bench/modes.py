@@ -15,6 +15,8 @@ For each mode a server endpoint on h1 and a client endpoint on h2:
 |               | per host `overlay.reconciler.Reconciler` makes bridge vxbr42 + vxlan      |
 |               | vxtun42 (MTU = eth0's 1500 - 50) and the FDB, neighbor and flood entries  |
 |               | of the remote endpoint from `overlay.desired.compute_desired`             |
+| overlay6      | the same overlay endpoints over their IPv6 addresses (fd42::/64): NDP    |
+|               | entries on the vxlan devices instead of ARP ones, the same FDB entries    |
 | overlay_egress| an overlay endpoint on h2 (default route via the network's gateway on   |
 |               | h2's bridge) to the host-mode server on h1: out of the overlay through    |
 |               | MASQUERADE on its own host (`Endpoints.set_overlay_egress`, our table)    |
@@ -93,7 +95,8 @@ from underlay.kernel import NetlinkThread
 from underlay.nat_table import OverlayEgress
 from underlay.netlink_ops import NetlinkKernel
 
-MODES = ("host", "bridge_routed", "bridge_nat", "overlay", "overlay_egress", "macvlan")
+MODES = ("host", "bridge_routed", "bridge_nat", "overlay", "overlay6", "overlay_egress",
+         "macvlan")
 OVERLAY_SUBNET = "10.42.0.0/24"
 OVERLAY_GATEWAY = "10.42.0.254"  # on every host's bridge (the agent's anycast gateway)
 # MTU None: derived from the underlay, as in the agent
@@ -215,9 +218,11 @@ async def build(lab: BenchLab, state_root: Path,
     await reconcile_overlay(nodes, {})  # the bridges the overlay endpoints plug into
     overlay_bridge = bridge_name(OVERLAY.vni)
     ovl_srv = await s1.create(EndpointSpec("ovl-srv", Mode.OVERLAY, network=OVERLAY.name,
-                                           bridge=overlay_bridge, addresses=("10.42.0.1/24",)))
+                                           bridge=overlay_bridge,
+                                           addresses=("10.42.0.1/24", "fd42::1/64")))
     ovl_cli = await s2.create(EndpointSpec("ovl-cli", Mode.OVERLAY, network=OVERLAY.name,
-                                           bridge=overlay_bridge, addresses=("10.42.0.2/24",)))
+                                           bridge=overlay_bridge,
+                                           addresses=("10.42.0.2/24", "fd42::2/64")))
     egress_cli = await s2.create(EndpointSpec(
         "ovl-egr", Mode.OVERLAY, network=OVERLAY.name, bridge=overlay_bridge,
         addresses=("10.42.0.3/24",), gateway=OVERLAY_GATEWAY))
@@ -232,6 +237,7 @@ async def build(lab: BenchLab, state_root: Path,
                    routed_srv.addresses[0].split("/")[0]),
         ModeTarget("bridge_nat", "nat-srv", "nat-cli", h1.addr, IPERF_PORT + 1, RR_PORT + 1),
         ModeTarget("overlay", "ovl-srv", "ovl-cli", ovl_srv.addresses[0].split("/")[0]),
+        ModeTarget("overlay6", "ovl-srv", "ovl-cli", ovl_srv.addresses[1].split("/")[0]),
         ModeTarget("overlay_egress", "host-srv", "ovl-egr", h1.addr),
         ModeTarget("macvlan", "mv-srv", "mv-cli", "10.77.1.1"),
     ]

@@ -121,10 +121,18 @@ def pinned(cpu: int, argv: Sequence[str]) -> list[str]:
 
 
 def rr_server(port: int) -> None:
-    """Echo RR_SIZE-byte messages on each accepted connection, one after another."""
-    with socket.socket() as listener:
+    """Echo RR_SIZE-byte messages on each accepted connection, one after another (IPv4 and
+    IPv6 on one dual-stack socket; IPv4 only where the namespace has no IPv6)."""
+    try:
+        listener = socket.socket(socket.AF_INET6)
+        listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("::", port))
+    except OSError:
+        listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("0.0.0.0", port))
+    with listener:
         listener.listen(4)
         print("ready", flush=True)
         while True:
