@@ -1,7 +1,8 @@
 """Gossip benchmark: HashiCorp serf against vxmesh on the same namespace lab, side by side.
 
 Usage: bench/gossip_vs_serf.py [--sizes 5,10,20,40] [--systems serf,vxmesh,vxmesh-gossip]
-                               [--loss-window 60] [--idle-window 10] [--repeats 5] [--json]
+                               [--loss-window 60] [--idle-window 60] [--idle-rounds 4]
+                               [--repeats 5] [--json]
 
 For each size N a lab of N namespace hosts on one bridge (bench/netns_bench.py) runs, in turn:
 - `serf`: N HashiCorp serf agents (Debian serf, `-profile=lan`, RPC on loopback per namespace);
@@ -17,7 +18,10 @@ Measured for each system:
   visible in every node's table);
 - false_positives: failure events about live nodes, summed over observers, during the loss
   window at 10% input packet loss (nftables, a table of our own in each namespace);
-- cpu_pct, rss_mb: idle CPU (percent of one core over the idle window) and RSS per agent;
+- cpu_pct, rss_mb: idle CPU (percent of one core, mean per agent) and RSS per agent. Every
+  system's cluster is up at once (each on its own gossip port) and the idle window is cut into
+  turns taken in alternation (A B A B), so the machine's background weighs on each alike;
+  the JSON has each turn's figure (`cpu_pct_turns`);
 - detect_first_s / detect_all_s: from a kill -9 of one node until the first / every other
   node declares it failed.
 Events are time-stamped as they arrive on each agent's output (serf's log lines, the agent's
@@ -67,7 +71,9 @@ from underlay.netns_exec import ip_netns_exec
 METRICS = ("join_s", "detect_first_s", "detect_all_s", "dissemination_s", "false_positives",
            "cpu_pct", "rss_mb")
 LOSS_PERCENT = 10
-GOSSIP_PORT = 7946
+GOSSIP_PORT = 7946  # the vxmesh agent's
+SERF_PORT = 7947  # each system has its own port: the clusters run side by side
+RUNNER_PORT = 7948
 BENCH_NETWORK = "bench"
 
 
@@ -85,6 +91,7 @@ class GossipSystem:
 
     name = ""
     dissemination_via = ""
+    agents: Sequence[AgentProcess] = ()  # this system's agents (`bring_up` sets them)
 
     def prepare(self, lab: BenchLab) -> None:
         """Shared services the agents need, before the first `start`."""
@@ -147,9 +154,9 @@ class SerfSystem(GossipSystem):
 
     def start(self, lab: BenchLab, host: LabHost, seed: LabHost | None) -> AgentProcess:
         argv = ["serf", "agent", "-profile=lan", "-node", host.name,
-                "-bind", f"{host.addr}:{GOSSIP_PORT}", "-rpc-addr", "127.0.0.1:7373"]
+                "-bind", f"{host.addr}:{SERF_PORT}", "-rpc-addr", "127.0.0.1:7373"]
         if seed is not None:
-            argv += ["-join", f"{seed.addr}:{GOSSIP_PORT}"]
+            argv += ["-join", f"{seed.addr}:{SERF_PORT}"]
         return lab.spawn(host, argv)
 
     def parse(self, text: str) -> Observed | None:
@@ -192,9 +199,9 @@ class GossipDriverSystem(GossipSystem):
         state_dir = self._work / host.name
         state_dir.mkdir()
         argv = [sys.executable, "-u", str(self._runner), "--name", host.name,
-                "--bind", f"{host.addr}:{GOSSIP_PORT}", "--state-dir", str(state_dir)]
+                "--bind", f"{host.addr}:{RUNNER_PORT}", "--state-dir", str(state_dir)]
         if seed is not None:
-            argv += ["--join", f"{seed.addr}:{GOSSIP_PORT}"]
+            argv += ["--join", f"{seed.addr}:{RUNNER_PORT}"]
         return lab.spawn(host, argv, cwd=ROOT)
 
     def parse(self, text: str) -> Observed | None:
@@ -211,7 +218,7 @@ class GossipDriverSystem(GossipSystem):
         count = len(self._key_of_ip) + 1
         ip = f"10.200.{count >> 8 & 255}.{count & 255}"
         self._key_of_ip[ip] = key
-        agent = next(a for a in lab.agents if a.host == host and a.alive())
+        agent = next(a for a in self.agents if a.host == host and a.alive())
         agent.send_line(f"update {ip}")
 
 
@@ -330,7 +337,7 @@ class AgentSystem(GossipSystem):
         known = {str(n["name"]) for n in self._client(seed).request("GET", "/v1/networks")}
         if BENCH_NETWORK not in known:
             raise RuntimeError(f"network {BENCH_NETWORK} not created")
-        alive = [a.host for a in lab.agents if a.alive()]
+        alive = [a.host for a in self.agents if a.alive()]
         for host in alive:
             deadline = time.monotonic() + 30
             while True:  # the network reaches each agent through its etcd watch
@@ -439,32 +446,47 @@ def _failures_between(system: GossipSystem, agents: Sequence[AgentProcess], star
     return count
 
 
-def measure(system: GossipSystem, lab: BenchLab, *, repeats: int, idle_window: float,
-            loss_window: float, timeout: float, log: Callable[[str], None]) -> Measured:
-    """Run every measurement of one system on `lab`; agents are stopped before returning."""
-    result = Measured()
+@dataclass
+class Run:
+    """One system's cluster on the lab: its agents (the processes it spawned) and results."""
+
+    system: GossipSystem
+    result: Measured = field(default_factory=Measured)
+    agents: list[AgentProcess] = field(default_factory=list)
+    spawned: list[AgentProcess] = field(default_factory=list)
+    ready: bool = False
+    cpu_rounds: list[float] = field(default_factory=list)
+
+
+def bring_up(run: Run, lab: BenchLab, *, repeats: int, timeout: float,
+             log: Callable[[str], None]) -> None:
+    """Start the cluster, time the last node's join and the dissemination; the agents stay up
+    (`run.ready` says whether everything worked; notes say what did not)."""
+    system, result = run.system, run.result
     hosts = lab.hosts
     seed = hosts[0]
+    before = list(lab.agents)
     try:
         system.prepare(lab)
         first = system.start(lab, seed, None)
         if not system.wait_started(first, time.monotonic() + timeout):
             result.notes.append(f"first agent did not start: {first.last_words()}")
-            return result
-        agents = [first] + [system.start(lab, host, seed) for host in hosts[1:-1]]
+            return
+        agents = run.agents = [first] + [system.start(lab, host, seed) for host in hosts[1:-1]]
+        system.agents = agents
         # Forming the cluster is not measured; N agents starting at once on a shared 2-core
         # machine need CPU time in proportion to N (a Python agent ~1-3 s each).
         forming = timeout + 3.0 * len(agents)
         if system.wait_converged(agents, time.monotonic() + forming) is None:
             result.notes.append(f"{len(agents)} agents did not converge in {forming:.0f} s")
-            return result
+            return
         # Join of the last node.
         joined_from = time.monotonic()
         agents.append(system.start(lab, hosts[-1], seed))
         converged = system.wait_converged(agents, joined_from + timeout)
         if converged is None:
             result.notes.append("last node's join did not converge")
-            return result
+            return
         result.join_s = converged - joined_from
         log(f"  {system.name} n={lab.n}: join {result.join_s:.3f} s")
 
@@ -484,53 +506,95 @@ def measure(system: GossipSystem, lab: BenchLab, *, repeats: int, idle_window: f
         if samples:
             result.dissemination_s = statistics.median(samples)
             log(f"  {system.name} n={lab.n}: dissemination {samples}")
-
-        idle = measure_idle(agents, idle_window)
-        result.cpu_pct, result.rss_mb = idle.cpu_pct, idle.rss_mb
-        log(f"  {system.name} n={lab.n}: idle {idle}")
-
-        # False positives at 10% input loss.
-        lab.set_input_loss(LOSS_PERCENT)
-        loss_from = time.monotonic()
-        time.sleep(loss_window)
-        lab.clear_input_loss()
-        result.false_positives = _failures_between(system, agents, loss_from,
-                                                   time.monotonic())
-        log(f"  {system.name} n={lab.n}: false positives {result.false_positives}")
-        if result.false_positives and system.wait_converged(
-                agents, time.monotonic() + timeout) is None:
-            result.notes.append("membership did not heal after the loss window")
-
-        # Detection of a kill -9.
-        victim = agents[len(agents) // 2]
-        killed_at = victim.kill9()
-        survivors = [a for a in agents if a is not victim]
-        detected = [system.first(a, "failed", victim.host.name, killed_at,
-                                 killed_at + timeout) for a in survivors]
-        seen = [d - killed_at for d in detected if d is not None]
-        if seen:
-            result.detect_first_s = min(seen)
-        if len(seen) == len(survivors):
-            result.detect_all_s = max(seen)
-        else:
-            result.notes.append(f"{len(survivors) - len(seen)} nodes never detected the kill")
-        log(f"  {system.name} n={lab.n}: detect first {result.detect_first_s} "
-            f"all {result.detect_all_s}")
-        return result
+        run.ready = True
     finally:
-        try:
-            system.cleanup(lab)
-        finally:
-            for agent in lab.agents:
-                agent.stop()
-            lab.agents.clear()
-            system.finish()
+        run.spawned = [a for a in lab.agents if all(a is not b for b in before)]
+
+
+def measure_idle_interleaved(runs: Sequence[Run], window: float, rounds: int,
+                             log: Callable[[str], None]) -> None:
+    """Idle CPU of every ready cluster, all of them running: `rounds` turns of window/rounds
+    seconds each, the systems taking turns (A B A B ...), so the machine's background falls on
+    each alike; cpu_pct is the mean over the turns, RSS is read at the end."""
+    ready = [run for run in runs if run.ready]
+    turn = window / rounds
+    for _ in range(rounds):
+        for run in ready:
+            run.cpu_rounds.append(measure_idle(run.agents, turn).cpu_pct)
+    for run in ready:
+        run.result.cpu_pct = statistics.mean(run.cpu_rounds)
+        run.result.rss_mb = statistics.mean(agent.rss_mb() for agent in run.agents)
+        log(f"  {run.system.name} n={len(run.agents)}: idle cpu % per turn "
+            f"{[round(c, 3) for c in run.cpu_rounds]}, rss {run.result.rss_mb:.1f} MB")
+
+
+def finish(run: Run, lab: BenchLab, *, loss_window: float, timeout: float,
+           log: Callable[[str], None]) -> None:
+    """False positives at 10% input loss, then detection of a kill -9."""
+    system, result, agents = run.system, run.result, run.agents
+    lab.set_input_loss(LOSS_PERCENT)
+    loss_from = time.monotonic()
+    time.sleep(loss_window)
+    lab.clear_input_loss()
+    result.false_positives = _failures_between(system, agents, loss_from, time.monotonic())
+    log(f"  {system.name} n={lab.n}: false positives {result.false_positives}")
+    if result.false_positives and system.wait_converged(
+            agents, time.monotonic() + timeout) is None:
+        result.notes.append("membership did not heal after the loss window")
+
+    victim = agents[len(agents) // 2]
+    killed_at = victim.kill9()
+    survivors = [a for a in agents if a is not victim]
+    detected = [system.first(a, "failed", victim.host.name, killed_at,
+                             killed_at + timeout) for a in survivors]
+    seen = [d - killed_at for d in detected if d is not None]
+    if seen:
+        result.detect_first_s = min(seen)
+    if len(seen) == len(survivors):
+        result.detect_all_s = max(seen)
+    else:
+        result.notes.append(f"{len(survivors) - len(seen)} nodes never detected the kill")
+    log(f"  {system.name} n={lab.n}: detect first {result.detect_first_s} "
+        f"all {result.detect_all_s}")
+
+
+def stop(run: Run, lab: BenchLab) -> None:
+    """Undo what the system made and stop every process it spawned."""
+    try:
+        run.system.cleanup(lab)
+    finally:
+        for agent in run.spawned:
+            agent.stop()
+        lab.agents[:] = [a for a in lab.agents if all(a is not b for b in run.spawned)]
+        run.system.finish()
+
+
+def measure_size(systems: Sequence[GossipSystem], lab: BenchLab, *, repeats: int,
+                 idle_window: float, idle_rounds: int, loss_window: float, timeout: float,
+                 log: Callable[[str], None]) -> list[Run]:
+    """Every system's cluster up side by side (own ports), idle CPU taken in turns, then each
+    system's loss window and kill in turn; everything stopped before returning."""
+    runs = [Run(system) for system in systems]
+    try:
+        for run in runs:
+            bring_up(run, lab, repeats=repeats, timeout=timeout, log=log)
+        measure_idle_interleaved(runs, idle_window, idle_rounds, log)
+        for run in runs:
+            if run.ready:
+                finish(run, lab, loss_window=loss_window, timeout=timeout, log=log)
+            stop(run, lab)
+            run.spawned = []
+    finally:
+        for run in runs:
+            if run.spawned:
+                stop(run, lab)
+    return runs
 
 
 # Target per metric: (limit as a multiple of serf's figure, "lower is better").
 TARGETS: dict[str, float] = {
     "detect_first_s": 1.0, "detect_all_s": 1.0, "dissemination_s": 1.0,
-    "false_positives": 1.0, "cpu_pct": 2.0, "rss_mb": 3.0,
+    "false_positives": 1.0, "cpu_pct": 1.5, "rss_mb": 2.5,
 }
 
 
@@ -632,8 +696,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"comma-separated, from {sorted(SYSTEMS)}")
     parser.add_argument("--loss-window", type=float, default=60.0,
                         help="seconds at 10%% input loss counting false positives (default 60)")
-    parser.add_argument("--idle-window", type=float, default=10.0,
-                        help="seconds over which idle CPU is measured (default 10)")
+    parser.add_argument("--idle-window", type=float, default=60.0,
+                        help="seconds over which each system's idle CPU is measured, in turns "
+                             "with the others' (default 60)")
+    parser.add_argument("--idle-rounds", type=int, default=4,
+                        help="turns the idle window is cut into, systems alternating A B A B "
+                             "(default 4)")
     parser.add_argument("--repeats", type=int, default=5,
                         help="updates published per size; the median is reported (default 5)")
     parser.add_argument("--timeout", type=float, default=60.0,
@@ -644,6 +712,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sizes = [int(s) for s in args.sizes.split(",")]
     except ValueError:
         parser.error(f"--sizes {args.sizes!r}: expected comma-separated integers")
+    if args.idle_rounds < 1 or args.idle_window <= 0:
+        parser.error("--idle-rounds must be >= 1 and --idle-window > 0")
     if any(n < 2 or n > 250 for n in sizes):
         parser.error(f"--sizes {args.sizes!r}: every size must be between 2 and 250")
     names = args.systems.split(",")
@@ -661,13 +731,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for n in sizes:
             row: dict[str, object] = {"n": n}
             with BenchLab(n, "gvs") as lab:
-                for name in names:
-                    system = SYSTEMS[name]()
-                    measured = measure(system, lab, repeats=args.repeats,
-                                       idle_window=args.idle_window,
-                                       loss_window=args.loss_window, timeout=args.timeout,
-                                       log=log)
-                    row[name] = measured.as_dict(system)
+                runs = measure_size([SYSTEMS[name]() for name in names], lab,
+                                    repeats=args.repeats, idle_window=args.idle_window,
+                                    idle_rounds=args.idle_rounds,
+                                    loss_window=args.loss_window, timeout=args.timeout, log=log)
+                for name, run in zip(names, runs, strict=True):
+                    measured = run.result.as_dict(run.system)
+                    measured["cpu_pct_turns"] = [round(c, 4) for c in run.cpu_rounds]
+                    row[name] = measured
             rows.append(row)
     print(render_table(rows))
     missed = missed_targets(rows)
@@ -681,7 +752,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for note in system_row["notes"]:
                 print(f"note: n={row['n']} {name}: {note}")
     print(f"\nloss window {args.loss_window:g} s at {LOSS_PERCENT}% input loss; idle window "
-          f"{args.idle_window:g} s; {args.repeats} updates per size; load before "
+          f"{args.idle_window:g} s per system in {args.idle_rounds} alternating turns; "
+          f"{args.repeats} updates per size; load before "
           f"{load_before}, after {machine_load()}; wall {time.monotonic() - started:.0f} s")
     if args.json:
         print(json.dumps({"rows": rows, "loss_window_s": args.loss_window,

@@ -2,10 +2,12 @@
 
 Owns: the `Swim` instance's clock and I/O. One loop runs `handle_timeout` at `next_deadline()`
 and flushes what the core produced (datagrams, push-pulls to start, membership events); a
-receiver task feeds datagrams to `receive_datagram`; a server task answers push-pull
-streams; every input wakes the loop. Membership events go to subscribers through bounded
-channels: a full subscriber loses events (counted per subscription and in total) and never
-slows gossip; it can re-read the whole view with `members()`.
+receiver task feeds datagrams to `receive_datagram` and flushes the answers itself, waking
+the loop only when a packet moved the next deadline earlier (an idle node wakes per probe,
+not per packet); a server task answers push-pull streams; every other input wakes the loop.
+Membership events go to subscribers through bounded channels: a full subscriber loses events
+(counted per subscription and in total) and never slows gossip; it can re-read the whole
+view with `members()`.
 
 Rules: `run` follows the run_x convention (`task_status.started(addr)`); `leave` works under
 a shielded, time-boxed cancel scope, then stops `run`; keys change at runtime through
@@ -17,6 +19,7 @@ May import: trio, the standard library, gossip.*.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -129,6 +132,7 @@ class GossipNode:
         self._nursery: trio.Nursery | None = None
         self._wakeup = trio.Event()
         self._ticked = trio.Event()
+        self._sleeping_until = -math.inf  # the deadline `_drive` waits for
         self._subscribers: list[Subscription] = []
         self._events_published = 0
         self._events_dropped = 0
@@ -197,7 +201,9 @@ class GossipNode:
             self._wake()
             while swim.statistics().broadcasts_pending > 0 and swim.cluster_size() > 1:
                 await self._ticked.wait()
-            # one more turn of the loop so the last packets are on the wire
+            # one more turn of the loop (woken now: no timer may be due soon) so the last
+            # packets are on the wire
+            self._wake()
             await self._ticked.wait()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
@@ -214,8 +220,10 @@ class GossipNode:
             await self._flush(swim)
             ticked, self._ticked = self._ticked, trio.Event()
             ticked.set()
-            with trio.move_on_at(swim.next_deadline()):
+            self._sleeping_until = swim.next_deadline()
+            with trio.move_on_at(self._sleeping_until):
                 await self._wakeup.wait()
+            self._sleeping_until = -math.inf
 
     async def _flush(self, swim: Swim) -> None:
         transport = self._transport
@@ -233,8 +241,11 @@ class GossipNode:
         while True:
             data, addr = await transport.receive_datagram()
             swim.receive_datagram(data, addr, trio.current_time())
-            self._publish_events()
-            self._wake()
+            # Answer from here (an ack, a relayed ping): the timer loop is woken only when
+            # the packet moved the next deadline earlier than what it waits for.
+            await self._flush(swim)
+            if swim.next_deadline() < self._sleeping_until:
+                self._wake()
 
     async def _push_pull(self, addr: Addr, join: bool) -> bool:
         transport = self._transport

@@ -828,13 +828,18 @@ class Swim:
         return bool(has_broadcasts())
 
     def _arm_gossip_for_delegate(self, now: float) -> None:
-        if self._delegate_pending():
-            self._arm_gossip(now)
+        """After a delegate call: a delegate that now has news (a record to relay) gets a
+        round at once when none is armed."""
+        if self._delegate_pending() and not self._gossip_armed:
+            self._gossip_armed = True
+            self._at(now, _GOSSIP, None)
 
     def delegate_has_news(self, now: float) -> None:
-        """The delegate queued broadcasts outside a call of ours: gossip them."""
+        """The delegate queued broadcasts outside a call of ours: gossip them, at once when
+        no round is armed (news from an idle node leaves now, not up to an interval later;
+        a burst rides the rounds that follow)."""
         if self._delegate is not None:
-            self._arm_gossip(now)
+            self._arm_gossip_for_delegate(now)
 
     def _reap_period(self) -> float:
         c = self.config

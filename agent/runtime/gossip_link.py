@@ -144,6 +144,9 @@ def read_keyring(config: AgentConfig) -> KeyringFile | None:
 
 #: s. How often pending public-key look-ups are sent to etcd (one range read each time).
 KEY_FETCH_PERIOD = 0.5
+#: s. The longest the table's timer loop sleeps without a change (its deadline is re-read
+#: after every change of the table).
+TABLE_TIMER_CAP = 60.0
 #: Rounds a name etcd has no key for is looked up before it is released.
 KEY_FETCH_ATTEMPTS = 20
 
@@ -182,6 +185,7 @@ class AgentTableDelegate(TableDelegate):
                  now: float, liveness: HostLiveness) -> None:
         super().__init__(table, now=now, liveness=liveness, vtep_of=vtep_of)
         self.on_change = on_change
+        self.moved = trio.Event()  # set after any change: the table's deadline may move
 
     def has_broadcasts(self) -> bool:
         """The optional half of the delegate protocol (`gossip.delegate`): the core's gossip
@@ -189,6 +193,7 @@ class AgentTableDelegate(TableDelegate):
         return self.pending_broadcasts()
 
     def drain_events(self) -> None:
+        self.moved.set()
         while (event := self.table.next_event()) is not None:
             self.on_change(event)
 
@@ -429,8 +434,10 @@ class GossipLink:
     async def _drive_table(self) -> None:
         """The table's own timers (tombstone reaping, failed owners' grace)."""
         while True:
-            with trio.move_on_at(min(self.delegate.next_deadline(), trio.current_time() + 1.0)):
-                await trio.sleep_forever()
+            self.delegate.moved = trio.Event()
+            with trio.move_on_at(min(self.delegate.next_deadline(),
+                                     trio.current_time() + TABLE_TIMER_CAP)):
+                await self.delegate.moved.wait()  # a change may bring the deadline closer
             if trio.current_time() >= self.delegate.next_deadline():
                 self.delegate.handle_timeout(trio.current_time())
 
