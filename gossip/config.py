@@ -80,6 +80,13 @@ class SwimConfig:
     push_pull_chunk_limit: int = 65_536
     #: peers. A graceful leave is sent directly to this many members, then gossiped.
     leave_fanout: int = 8
+    #: s. After a join, a push-pull with one random alive member this often (jittered by
+    #: 0.5-1.5x) while our view keeps growing: in a cold start the seed knew few of the nodes
+    #: joining with us, and full-state exchanges spread a whole view far faster than alive
+    #: messages piggybacked one by one.
+    join_sync_interval_s: float = 0.5
+    #: rounds. At most this many such push-pulls after a join (0: none).
+    join_sync_rounds: int = 8
 
     def validate(self) -> SwimConfig:
         """Return self, or raise SwimConfigError naming the first bad field and its value."""
@@ -95,7 +102,8 @@ class SwimConfig:
                 )
         positive = ("probe_interval_s", "probe_timeout_s", "gossip_interval_s",
                     "push_pull_interval_s", "retransmit_mult", "suspicion_mult",
-                    "awareness_max_multiplier", "gossip_nodes", "push_pull_scale_threshold")
+                    "awareness_max_multiplier", "gossip_nodes", "push_pull_scale_threshold",
+                    "join_sync_interval_s")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SwimConfigError(
@@ -138,7 +146,8 @@ class SwimConfig:
         2 * max(1, log10 n) * 1 s (6 s at n = 1,000), maximum 6x that, reaching the minimum
         after 3 independent confirmations; push-pull every 30 s scaled by cluster size;
         failed members re-joined every 30 s and remembered 24 h (serf's reconnect), so
-        partitions heal.
+        partitions heal; after a join, up to 8 push-pulls with random members every ~0.5 s
+        while the view grows (cold starts).
         """
         return cls()
 
@@ -148,12 +157,12 @@ class SwimConfig:
 
         probe 5 s / timeout 3 s, 3 indirect checks, gossip 500 ms to 4 members, gossip to
         the dead 60 s, suspicion_min = 6 * max(1, log10 n) * 5 s, push-pull every 60 s
-        scaled by size, re-join a failed member every 60 s.
+        scaled by size, re-join a failed member every 60 s, join push-pulls every 2 s.
         """
         return replace(cls(), indirect_checks=3, probe_interval_s=5.0, probe_timeout_s=3.0,
                        gossip_interval_s=0.5, gossip_nodes=4, gossip_to_dead_s=60.0,
                        suspicion_mult=6.0, push_pull_interval_s=60.0,
-                       reconnect_interval_s=60.0)
+                       reconnect_interval_s=60.0, join_sync_interval_s=2.0)
 
     @classmethod
     def local(cls) -> SwimConfig:
@@ -173,10 +182,11 @@ class SwimConfig:
         """Baseline: memberlist's DefaultLANConfig numbers, no re-join (bare memberlist).
 
         suspicion_min = 4 * max(1, log10 n) * 1 s (12 s at n = 1,000), maximum 6x, reached
-        after SuspicionMult - 2 = 2 confirmations; partitions never heal (memberlist#222).
+        after SuspicionMult - 2 = 2 confirmations; partitions never heal (memberlist#222);
+        a join is one push-pull per seed, nothing more.
         """
         return replace(cls(), indirect_checks=3, suspicion_mult=4.0, suspicion_confirmations=2,
-                       reconnect_interval_s=None)
+                       reconnect_interval_s=None, join_sync_rounds=0)
 
     # -- formulas of the cluster size -------------------------------------------------------
 

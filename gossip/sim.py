@@ -217,6 +217,10 @@ class Simulation:
         """Every up node sees every other up node alive or suspect (and, with `check_down`,
         no down node so)."""
         up = [(n.name, n.swim) for n in self.nodes if n.swim is not None]
+        # Cheap necessary condition first: everyone counts every up node (at 10,000 nodes the
+        # name-by-name check is 10^8 lookups).
+        if any(swim.cluster_size() != len(up) for _, swim in up):
+            return False
         down = [n.name for n in self.nodes if n.swim is None] if check_down else []
         names = [name for name, _ in up]
         for me, swim in up:

@@ -39,7 +39,10 @@ Protocol (memberlist's algorithms, our structure):
   with news), and every delegate call says which member a packet or push-pull state is for,
   so the layer above keeps a network's news among its members.
 - push-pull: every `push_pull_interval_for(n)` with one random alive member, and on join with
-  each seed. A remote claim that a member we see alive is suspect or dead makes us suspect it
+  each seed; after a join, up to `join_sync_rounds` more with random alive members every
+  ~`join_sync_interval_s` while the view keeps growing (in a cold start the seeds knew few of
+  the nodes joining at the same time; full-state exchanges then spread the whole view in
+  O(log n) rounds, where alive messages piggybacked one by one would take O(n)). A remote claim that a member we see alive is suspect or dead makes us suspect it
   locally (not broadcast) and tell that member directly, so a wrongly failed side refutes fast.
 - re-join: every `reconnect_interval_s` a push-pull with one random failed member we still
   remember; this is what heals partitions (serf's reconnect; bare memberlist has none).
@@ -319,7 +322,7 @@ class _Relay:
 
 # Timer kinds.
 (_PROBE, _PROBE_TIMEOUT, _GOSSIP, _PUSH_PULL, _RECONNECT, _REAP, _SUSPICION, _RELAY,
- _LAST_CHANCE) = range(9)
+ _LAST_CHANCE, _JOIN_SYNC) = range(10)
 #: Fractions of a suspicion's timeout at which a node that heard no refutation pings the
 #: suspect itself (see `_last_chance_probe`).
 _LAST_CHANCE_AT = (0.5, 0.7, 0.85)
@@ -395,6 +398,9 @@ class Swim:
         self._news_from: Addr | None = None
         self._at(now + rng.uniform(0, config.probe_interval_s), _PROBE, None)
         self._push_pull_token = 0
+        # After a join: [rounds left, members seen at the last round, rounds done].
+        self._join_sync_token = 0
+        self._join_sync = [0, 0, 0]
         self._at(now + rng.uniform(0, config.push_pull_interval_s), _PUSH_PULL, 0)
         if config.reconnect_interval_s is not None:
             self._at(now + rng.uniform(0, config.reconnect_interval_s), _RECONNECT, None)
@@ -411,6 +417,10 @@ class Swim:
                 self._push_pulls.append(StartPushPull(seed, True))
                 self._stats["push_pulls_started"] += 1
         self._announce_self(now)
+        self._join_sync_token += 1
+        self._join_sync = [self.config.join_sync_rounds, len(self._nodes), 0]
+        if self.config.join_sync_rounds:
+            self._at(now + self._join_sync_delay(), _JOIN_SYNC, self._join_sync_token)
 
     def leave(self, now: float) -> None:
         """Announce a graceful leave: sent directly to `leave_fanout` members, then gossiped.
@@ -539,6 +549,8 @@ class Swim:
                 self._last_chance_probe(arg)
             elif kind == _RECONNECT:
                 self._reconnect_tick(now)
+            elif kind == _JOIN_SYNC:
+                self._join_sync_tick(arg, now)
             else:
                 self._reap_tick(now)
 
@@ -1004,6 +1016,27 @@ class Swim:
                 self._stats["push_pulls_started"] += 1
         self._at(now + self.config.push_pull_interval_for(self.cluster_size()), _PUSH_PULL,
                  token)
+
+    def _join_sync_delay(self) -> float:
+        return self.config.join_sync_interval_s * self._rng.uniform(0.5, 1.5)
+
+    def _join_sync_tick(self, token: int, now: float) -> None:
+        """A push-pull with a random alive member while the view grew since the last round
+        (always the first two: the seed's reply may not have been merged by the first)."""
+        sync = self._join_sync
+        if token != self._join_sync_token or self._leaving or sync[0] <= 0:
+            return
+        grew = len(self._nodes) != sync[1]
+        sync[1] = len(self._nodes)
+        if not grew and sync[2] >= 2:
+            return
+        sync[0] -= 1
+        sync[2] += 1
+        for node in self._random_members(1, _is_alive):
+            self._push_pulls.append(StartPushPull(node.addr, False))
+            self._stats["push_pulls_started"] += 1
+        if sync[0] > 0:
+            self._at(now + self._join_sync_delay(), _JOIN_SYNC, token)
 
     def _reconnect_tick(self, now: float) -> None:
         interval = self.config.reconnect_interval_s

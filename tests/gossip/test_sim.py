@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -22,14 +23,26 @@ def test_join_converges_fast() -> None:
     assert result.false_positives == 0
 
 
+def test_a_cold_start_through_one_seed_converges_by_join_push_pulls() -> None:
+    """All but one node start at once through node 0 (simulated seconds, not wall time):
+    the push-pulls after a join spread whole views; without them (the memberlist profile)
+    every alive message crawls through piggybacks."""
+    ours = run_scenario("join", N, seed=4, duration=12.0, joiners=N - 1)
+    theirs = run_scenario("join", N, seed=4, duration=12.0, joiners=N - 1, profile="memberlist")
+    assert ours.converged_s is not None and ours.converged_s <= 3.0
+    assert theirs.converged_s is None or theirs.converged_s > ours.converged_s
+    assert ours.false_positives == 0
+
+
 def test_joins_through_one_seed_reach_everyone_by_gossip_alone() -> None:
     """What tests/gossip_shell does on loopback: four nodes join one seed, one after another,
     with the `local` preset (each broadcast sent 2 times at n = 5). Every join must reach
     every member by gossip, before any push-pull round (15 s) could repair a lost one: news is
     never spent on the member it is about, on the member that told us, or twice on one."""
     late = []
+    gossip_only = dataclasses.replace(SwimConfig.local(), join_sync_rounds=0)
     for seed in range(50):
-        sim = Simulation(5, seed=seed, config=SwimConfig.local(), formed=1)
+        sim = Simulation(5, seed=seed, config=gossip_only, formed=1)
         now = 0.5
         sim.run_until(now)
         for index in range(1, 5):
