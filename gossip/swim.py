@@ -42,8 +42,9 @@ Protocol (memberlist's algorithms, our structure):
   each seed; after a join, up to `join_sync_rounds` more with random alive members every
   ~`join_sync_interval_s` while the view keeps growing (in a cold start the seeds knew few of
   the nodes joining at the same time; full-state exchanges then spread the whole view in
-  O(log n) rounds, where alive messages piggybacked one by one would take O(n)). A remote claim that a member we see alive is suspect or dead makes us suspect it
-  locally (not broadcast) and tell that member directly, so a wrongly failed side refutes fast.
+  O(log n) rounds, where alive messages piggybacked one by one would take O(n)). A remote
+  claim that a member we see alive is suspect or dead makes us suspect it locally (not
+  broadcast) and tell that member directly, so a wrongly failed side refutes fast.
 - re-join: every `reconnect_interval_s` a push-pull with one random failed member we still
   remember; this is what heals partitions (serf's reconnect; bare memberlist has none).
 - graceful leave: a DEAD message about ourselves sent from ourselves; peers mark us LEFT at once.

@@ -442,7 +442,8 @@ class NeighborTable:
         self._memberships_by_owner = {owner: set(keys) for owner, keys
                                       in other._memberships_by_owner.items()}
         self._by_owner = {owner: set(keys) for owner, keys in other._by_owner.items()}
-        self._candidates = dict(zip(other._candidates, map(set, other._candidates.values())))
+        self._candidates = dict(zip(other._candidates, map(set, other._candidates.values()),
+                                    strict=True))
         self._view = dict(other._view)
         self._peer_view = dict(other._peer_view)
         self._peers = {network: dict(peers) for network, peers in other._peers.items()}
