@@ -16,7 +16,7 @@ probe intervals, 2 confirmations) and no re-join of failed members, as bare memb
 It is our code with their numbers, not memberlist itself.
 
 Usage (see `main`):
-    python -m gossip.sim --nodes N --scenario {join,fail,loss,partition,churn} --seed S
+    python -m gossip.sim --nodes N [--scenario {all,join,fail,loss,partition,churn}] --seed S
         [--loss P] [--duration SECONDS] [--joiners J]
         [--profile {lan,wan,local,memberlist,both}] [--json]
 
@@ -592,7 +592,8 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog=main.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nodes", type=int, default=200)
-    parser.add_argument("--scenario", choices=SCENARIOS, required=True)
+    parser.add_argument("--scenario", choices=("all", *SCENARIOS), default="all",
+                        help="one scenario, or all of them one after another (the default)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--loss", type=float, default=None,
                         help="datagram loss probability (default 0.1 for loss, else 0)")
@@ -620,24 +621,36 @@ def main(argv: list[str] | None = None) -> int:
     profiles = ["lan", "memberlist"] if args.profile == "both" else [args.profile]
     runs = ([(profiles[0], signed) for signed in (False, True, False, True)]
             if args.sign == "both" else [(p, args.sign == "on") for p in profiles])
-    results = [run_scenario(args.scenario, args.nodes, args.seed, profile=p, loss=args.loss,
-                            duration=args.duration, joiners=args.joiners, signed=signed)
-               for p, signed in runs]
-    print(f"scenario={args.scenario} nodes={args.nodes} seed={args.seed} "
-          f"loss={results[0].loss}")
-    print(format_table(results))
-    for r in results:
-        for note in r.notes:
-            print(f"note ({r.profile}): {note}")
+    scenarios = SCENARIOS if args.scenario == "all" else (args.scenario,)
+    payloads = {}
+    for scenario in scenarios:
+        results = [run_scenario(scenario, args.nodes, args.seed, profile=p, loss=args.loss,
+                                duration=args.duration, joiners=args.joiners, signed=signed)
+                   for p, signed in runs]
+        print(f"scenario={scenario} nodes={args.nodes} seed={args.seed} "
+              f"loss={results[0].loss}")
+        print(format_table(results))
+        for r in results:
+            for note in r.notes:
+                print(f"note ({r.profile}): {note}")
+        payloads[scenario] = _payload(results, args.sign == "both")
     if args.json:
-        payload = results[0].as_dict()
-        if args.sign == "both":
-            payload = {"unsigned": [r.as_dict() for r in results if not r.signed],
-                       "signed": [r.as_dict() for r in results if r.signed]}
-        elif len(results) > 1:
-            payload["baseline"] = results[1].as_dict()
+        payload = payloads[scenarios[0]] if len(scenarios) == 1 else {
+            "nodes": args.nodes, "seed": args.seed, "scenarios": payloads}
         print(json.dumps(payload, sort_keys=True))
     return 0
+
+
+def _payload(results: list[ScenarioResult], sign_pairs: bool) -> dict[str, object]:
+    """One scenario's JSON: the first run, the baseline under "baseline" (or, for the signing
+    comparison, the unsigned and signed runs as two lists)."""
+    if sign_pairs:
+        return {"unsigned": [r.as_dict() for r in results if not r.signed],
+                "signed": [r.as_dict() for r in results if r.signed]}
+    payload = results[0].as_dict()
+    if len(results) > 1:
+        payload["baseline"] = results[1].as_dict()
+    return payload
 
 
 if __name__ == "__main__":

@@ -170,3 +170,13 @@ def test_simulation_is_reusable_with_delegates_and_observers() -> None:
     reached = sum(b"hello table" in d.messages for i, d in delegates.items() if i != 0)
     assert 3 <= reached <= LAN.retransmit_limit(30)
     assert delegates[29].merged >= 1
+
+
+def test_cli_without_a_scenario_runs_every_scenario(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--nodes", "8", "--seed", "2", "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    payload = json.loads(lines[-1])
+    assert set(payload["scenarios"]) == {"join", "fail", "loss", "partition", "churn"}
+    assert payload["scenarios"]["fail"]["detect_all_s"] is not None
+    assert payload["scenarios"]["partition"]["converged_s"] is not None
+    assert sum(line.startswith("scenario=") for line in lines) == 5
