@@ -1,6 +1,7 @@
 """Gossip at scale: the simulator at growing N, vxmesh's LAN preset against memberlist's.
 
-Usage: bench/scale.py [--nodes 100,300,1000,3000] [--duration SECONDS] [--seed 1] [--json]
+Usage: bench/scale.py [--nodes 100,300,1000,3000] [--cold-start 1000:1,3000:3]
+                      [--duration SECONDS] [--seed 1] [--json]
 
 For each N, `gossip.sim.run_scenario` runs the real `Swim` state machines on a seeded fake
 network, once with vxmesh's `lan` preset and once with the `memberlist` preset (memberlist's
@@ -10,6 +11,9 @@ LAN defaults, the baseline serf and Docker use), and measures in simulated secon
 - bytes_per_node_s: traffic per node per second over the `fail` run, and its two parts:
   UDP gossip (SWIM: constant per member) and TCP push-pull (full state, grows with N);
 - wall_s: wall time of both scenarios for that profile (the 3,000-node point is slow).
+Cold starts (`--cold-start N:S,...`): N nodes, of which S seeds are up and know each other,
+the N - S others all started at t = 1 s through the S seeds; cold_converged_s = until every
+node sees every node (the `join` scenario with N - S joiners), for both profiles.
 Prints a table with the lan/memberlist ratio, writes a PNG plot of the three metrics against
 N (log x axis, with a c*log10(N) reference so logarithmic growth can be seen) to
 bench/out/scale.png; with --json the last line is one object {"rows": [...], "plot": path}.
@@ -52,6 +56,41 @@ def measure(nodes: int, profile: str, seed: int, duration: float | None) -> dict
         "wall_s": time.perf_counter() - started,
         "notes": join.notes + fail.notes,
     }
+
+
+def measure_cold_start(nodes: int, seeds: int, profile: str, seed: int) -> dict[str, object]:
+    """N - S nodes started at once through S seeds; until everyone sees everyone."""
+    started = time.perf_counter()
+    join = run_scenario("join", nodes, seed, profile=profile, duration=30.0,
+                        joiners=nodes - seeds)
+    return {"cold_converged_s": join.converged_s, "bytes_per_node_s": join.bytes_per_node_s,
+            "push_pull_bytes_per_node_s": join.push_pull_bytes_per_node_s,
+            "wall_s": time.perf_counter() - started, "notes": join.notes}
+
+
+def render_cold_table(rows: Sequence[dict[str, object]]) -> str:
+    lines = ["| N | seeds | metric | vxmesh lan | memberlist | lan/memberlist |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        lan, base = row["lan"], row["memberlist"]
+        assert isinstance(lan, dict) and isinstance(base, dict)
+        for metric in ("cold_converged_s", "bytes_per_node_s", "wall_s"):
+            ours, theirs = lan.get(metric), base.get(metric)
+            lines.append(f"| {row['n']} | {row['seeds']} | {metric} | {_fmt(ours)} | "
+                         f"{_fmt(theirs)} | {_ratio(ours, theirs)} |")
+    return "\n".join(lines)
+
+
+def _cold_starts(text: str) -> list[tuple[int, int]]:
+    """`N:S,...` -> [(N, S)]; raises ValueError naming the bad item."""
+    pairs = []
+    for item in filter(None, text.split(",")):
+        n, _, seeds = item.partition(":")
+        pair = (int(n), int(seeds or 1))
+        if not 1 <= pair[1] < pair[0] or pair[0] < 4:
+            raise ValueError(item)
+        pairs.append(pair)
+    return pairs
 
 
 def _fmt(value: object) -> str:
@@ -119,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", default="100,300,1000,3000",
                         help="comma-separated cluster sizes (each >= 4)")
+    parser.add_argument("--cold-start", default="1000:1,3000:3",
+                        help="comma-separated N:S cold starts (N nodes at once through S "
+                             "seeds); empty for none")
     parser.add_argument("--duration", type=float, default=None,
                         help="simulated seconds per scenario (default: the simulator's, "
                              "30 s for join and 60 s for fail)")
@@ -131,6 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sizes = [int(s) for s in args.nodes.split(",")]
     except ValueError:
         parser.error(f"--nodes {args.nodes!r}: expected comma-separated integers")
+    try:
+        cold = _cold_starts(args.cold_start)
+    except ValueError as exc:
+        parser.error(f"--cold-start {args.cold_start!r}: {exc} is not N:S with N >= 4 and "
+                     "1 <= S < N")
     if any(n < 4 for n in sizes):
         parser.error(f"--nodes {args.nodes!r}: every size must be at least 4")
     if args.duration is not None and args.duration < 20:
@@ -144,12 +191,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             row[profile] = measure(n, profile, args.seed, args.duration)
             print(f"scale: n={n} {profile}: {row[profile]}", file=sys.stderr, flush=True)
         rows.append(row)
+    cold_rows: list[dict[str, object]] = []
+    for n, seeds in cold:
+        cold_row: dict[str, object] = {"n": n, "seeds": seeds}
+        for profile in PROFILES:
+            cold_row[profile] = measure_cold_start(n, seeds, profile, args.seed)
+            print(f"scale: cold start n={n} seeds={seeds} {profile}: {cold_row[profile]}",
+                  file=sys.stderr, flush=True)
+        cold_rows.append(cold_row)
     plot(rows, args.plot)
     print(render_table(rows))
+    if cold_rows:
+        print("\ncold starts (simulated seconds from the start of every node):")
+        print(render_cold_table(cold_rows))
     print(f"\nsimulated seconds per scenario: {args.duration or 'simulator default'}; seed "
           f"{args.seed}; plot: {args.plot}; wall {time.perf_counter() - started:.0f} s")
     if args.json:
-        print(json.dumps({"rows": rows, "plot": str(args.plot), "seed": args.seed,
+        print(json.dumps({"rows": rows, "cold_starts": cold_rows, "plot": str(args.plot),
+                          "seed": args.seed,
                           "duration_s": args.duration,
                           "wall_s": round(time.perf_counter() - started, 1)}))
     return 0
