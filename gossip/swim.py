@@ -1299,6 +1299,12 @@ class Swim:
 
     def _merge_record(self, record: MemberRecord, now: float) -> None:
         state = record.state
+        node = self._nodes.get(record.name)
+        if (node is not None and node is not self._self and state != _SUSPECT
+                and record.incarnation == node.incarnation and state == node.state):
+            # What we hold already (most of every push-pull): the handlers below would drop
+            # it too, after building a message and checking its signature's claim.
+            return
         if state == _ALIVE:
             self._on_alive(Alive(record.incarnation, record.name, record.addr, record.meta,
                                  record.key, record.signature), now)
