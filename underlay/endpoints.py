@@ -45,7 +45,7 @@ from functools import partial
 from typing import Any
 
 import trio
-from pyroute2 import IPRoute
+from pyroute2.iproute import IPRoute
 
 from underlay import links, nft, ports
 from underlay.endpoints_model import (

@@ -31,8 +31,8 @@ from typing import Any, TypeVar
 
 import outcome
 import trio
-from pyroute2 import IPRoute
 from pyroute2 import config as pyroute2_config
+from pyroute2.iproute import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from underlay.errors import KernelError

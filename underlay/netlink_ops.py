@@ -32,7 +32,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
-from pyroute2 import IPRoute
+from pyroute2.iproute import IPRoute
 from pyroute2.netlink import (
     NLM_F_ACK,
     NLM_F_APPEND,

@@ -16,9 +16,8 @@ import os
 import socket
 from dataclasses import dataclass
 
-from pyroute2 import DiagSocket
 from pyroute2.netlink import NETLINK_SOCK_DIAG
-from pyroute2.netlink.diag import SS_ALL, MarshalDiag
+from pyroute2.netlink.diag import SS_ALL, DiagSocket, MarshalDiag
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.nlsocket import NetlinkSocket
 

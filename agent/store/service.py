@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 import random
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -306,10 +307,12 @@ class Store:
     ) -> None:
         """While degraded, probe etcd with backoff until it answers (then the store is healthy);
         every `member_interval` s, ask the members left by failover whether they are back (no
-        call while every member is in use)."""
+        call while every member is in use; with one member there is none to fail over to, so
+        only degradation wakes this loop)."""
         task_status.started()
+        interval = member_interval if len(self.client.endpoints) > 1 else math.inf
         while True:
-            with trio.move_on_after(member_interval):
+            with trio.move_on_after(interval):
                 await self._degraded_event.wait()
             if self.client.down_members() and not self._degraded:
                 await trio.to_thread.run_sync(self.client.probe_down_members,
