@@ -59,6 +59,15 @@ GRPC_OPTIONS = [
 ]
 
 
+#: s. grpc's blocking waits (a watch stream's next response, a unary call's reply) wake every
+#: `grpc._common.MAXIMUM_WAIT_TIMEOUT` (0.1 s) so that a main thread blocked in them still
+#: sees signals. Ours block in worker threads, where that is only a wake-up without work: ten
+#: a second per open watch, taking the GIL each time. A reply or a cancel still notifies the
+#: waiter at once; a main thread (a CLI call) sees a signal within this many seconds.
+GRPC_WAIT_SLICE = 10.0
+grpc._common.MAXIMUM_WAIT_TIMEOUT = GRPC_WAIT_SLICE
+
+
 class RevisionCompacted(StoreError):
     """A watch asked for history etcd has compacted away; the caller must re-list."""
 
