@@ -27,7 +27,8 @@ Rules:
   first transaction of the next run (at `start()`) renders the same overlay isolation: the
   rules are never absent while the agent restarts.
 - Kernel work is synchronous (netlink threads, nft); the async methods run it in a worker
-  thread, one mutation at a time.
+  thread, one mutation at a time: create and delete on the host's netlink thread itself (one
+  hop; the sandbox side through `underlay.plug`, one batch on a socket of the sandbox).
 
 May import: trio, the standard library, underlay.*.
 """
@@ -47,7 +48,7 @@ from typing import Any
 import trio
 from pyroute2.iproute import IPRoute
 
-from underlay import links, nft, ports
+from underlay import links, nft, plug, ports
 from underlay.endpoints_model import (
     HOST_VETH_PATTERN,
     INSIDE_IFNAME,
@@ -169,9 +170,13 @@ class Endpoints:
             return await trio.to_thread.run_sync(self._recover)
 
     async def create(self, spec: EndpointSpec) -> EndpointRecord:
-        """Create endpoint `spec.name` (or re-ensure the same spec) and return its record."""
+        """Create endpoint `spec.name` (or re-ensure the same spec) and return its record.
+        The whole create runs on the host's netlink thread (one hop, its netlink calls in
+        place) and is never abandoned half-way by a cancellation."""
         async with self._lock:
-            return await trio.to_thread.run_sync(self._create, spec)
+            with trio.CancelScope(shield=True):
+                record = await self.host_nl.call(lambda ipr: self._create(spec))
+            return record
 
     async def set_overlay_egress(self, overlays: tuple[OverlayEgress, ...]) -> None:
         """The overlay networks this host has endpoints in: their way out through NAT here
@@ -208,7 +213,9 @@ class Endpoints:
     async def delete(self, name: str) -> bool:
         """Delete endpoint `name` with all its kernel objects; False if it did not exist."""
         async with self._lock:
-            return await trio.to_thread.run_sync(self._delete, name)
+            with trio.CancelScope(shield=True):
+                deleted = await self.host_nl.call(lambda ipr: self._delete(name))
+            return deleted
 
     def records(self) -> list[EndpointRecord]:
         """Every endpoint, by name."""
@@ -403,11 +410,15 @@ class Endpoints:
         ifname = record.ifname or INSIDE_IFNAME
         if mode in (Mode.BRIDGE, Mode.OVERLAY):
             host_ifname, bridge = record.host_ifname or "", record.bridge
-            peer, peer_ns = (record.handed_back, None) if record.handed_back else \
-                (ifname, inside_ns)
-            self.host_nl.call_blocking(lambda ipr: links.ensure_veth(
-                ipr, host_ifname, peer, peer_netns=peer_ns, mtu=mtu, peer_mac=record.mac,
-                master=bridge))
+            if record.handed_back or inside_ns is None:
+                peer = record.handed_back or ifname
+                self.host_nl.call_blocking(lambda ipr: links.ensure_veth(
+                    ipr, host_ifname, peer, mtu=mtu, peer_mac=record.mac, master=bridge))
+            else:
+                sandbox_ns = inside_ns
+                self.host_nl.call_blocking(lambda ipr: plug.ensure_veth_into(
+                    ipr, host_ifname, ifname, sandbox_ns, mtu=mtu, peer_mac=record.mac,
+                    master=bridge))
             if mode is Mode.BRIDGE:
                 self.host_nl.call_blocking(
                     lambda ipr: links.set_bridge_port(ipr, host_ifname, hairpin=True))
@@ -432,35 +443,30 @@ class Endpoints:
 
     def _configure_inside(self, record: EndpointRecord, netns: str, ifname: str,
                           mtu: int | None) -> None:
-        """MTU, MAC, addresses and default route of the interface inside the sandbox."""
+        """MTU, MAC, addresses and default route of the interface inside the sandbox (one
+        batch on a netlink socket of the sandbox), then the wait until it carries traffic."""
         gateway6 = record.spec.gateway6
         if record.mode is Mode.BRIDGE:
             bridge6 = self.config.bridge_network(record.network,
                                                  record.spec.bridge_network).gateway6
             gateway6 = None if bridge6 is None else str(bridge6.ip)
-        inside = NetlinkThread(netns)
-        try:
-            def configure(ipr: IPRoute) -> None:
-                links.set_link(ipr, ifname, mtu=mtu, mac=record.mac, up=True)
-                for cidr in record.addresses:
-                    links.add_address(ipr, ifname, cidr)
-                if record.gateway:
-                    links.replace_route(ipr, "default", gateway=record.gateway)
-                if gateway6 is not None:
-                    links.replace_route(ipr, "::/0", gateway=gateway6)
-
-            inside.call_blocking(configure)
+        routes = []
+        if record.gateway:
+            routes.append(("::/0" if ":" in record.gateway else "0.0.0.0/0", record.gateway))
+        if gateway6 is not None:
+            routes.append(("::/0", gateway6))
+        with plug.Sandbox(netns, ifname) as inside:
+            inside.configure(mtu=mtu, mac=record.mac, addresses=record.addresses,
+                             routes=routes)
             # Hand back an endpoint that carries traffic: wait (bounded) for the link watcher.
-            ready = inside.call_blocking(lambda ipr: links.wait_operational(ipr, ifname))
-            if record.host_ifname is not None:
-                host_ifname = record.host_ifname
-                ready = ready and self.host_nl.call_blocking(
-                    lambda ipr: links.wait_operational(ipr, host_ifname))
-            if not ready:
-                log.warning("endpoint %r: link not operational after 10 s (busy kernel?)",
-                            record.name)
-        finally:
-            inside.close()
+            ready = inside.wait_operational()
+        if ready and record.host_ifname is not None:
+            host_ifname = record.host_ifname
+            ready = self.host_nl.call_blocking(
+                lambda ipr: links.wait_operational(ipr, host_ifname))
+        if not ready:
+            log.warning("endpoint %r: link not operational after 10 s (busy kernel?)",
+                        record.name)
 
     def _ensure_parent(self, parent: str) -> None:
         """`eth0.30`: the 802.1Q sub-interface of eth0 with id 30, made if missing (as Docker's

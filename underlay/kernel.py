@@ -14,6 +14,8 @@ Rules:
   stops them with SIGTERM; a helper inheriting a Python SIGTERM handler (the agent's graceful
   leave, a benchmark's clean-up) would run our handler instead of dying and stall each such
   operation by seconds. Importing this module makes those helpers reset the handlers.
+- Work running on the thread may call `call_blocking` of the same thread: it runs in place
+  (so a whole multi-step operation can be handed to the thread in one hop).
 - Cancellation: a cancelled `call` stops waiting, but a netlink request already handed to the
   thread still runs to completion (netlink requests are not interruptible).
 """
@@ -67,6 +69,7 @@ class NetlinkThread:
         self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._ready = threading.Event()
         self._open_error: BaseException | None = None
+        self._ipr: IPRoute | None = None
         self._thread = threading.Thread(
             target=self._serve, name=f"netlink[{netns or 'host'}]", daemon=True
         )
@@ -82,7 +85,7 @@ class NetlinkThread:
         try:
             if self.netns:
                 enter_netns(self.netns)  # this thread is the namespace's for its whole life
-            ipr = IPRoute()
+            ipr = self._ipr = IPRoute()
         except BaseException as exc:  # reported to the constructor
             self._open_error = exc
             self._ready.set()
@@ -118,7 +121,11 @@ class NetlinkThread:
         return box[0].unwrap()
 
     def call_blocking(self, fn: Callable[[IPRoute], T]) -> T:
-        """Run `fn(ipr)` on this namespace's thread from synchronous code (tools, benchmarks)."""
+        """Run `fn(ipr)` on this namespace's thread from synchronous code (tools, benchmarks,
+        and work already running on this thread: then `fn` runs at once, in place)."""
+        if threading.current_thread() is self._thread:
+            assert self._ipr is not None
+            return fn(self._ipr)
         done = threading.Event()
         box: list[outcome.Outcome[T]] = []
 

@@ -98,7 +98,8 @@ def _kernel(what: str, fn: Callable[[], T]) -> T:
         raise KernelError(f"{what}: {exc}", netlink_errno(exc)) from exc
 
 
-def _to_info(msg: Any) -> LinkInfo:
+def link_info(msg: Any) -> LinkInfo:
+    """A decoded pyroute2 `ifinfmsg` as a LinkInfo."""
     linkinfo = msg.get_attr("IFLA_LINKINFO")
     kind = linkinfo.get_attr("IFLA_INFO_KIND") if linkinfo is not None else None
     return LinkInfo(
@@ -122,12 +123,12 @@ def get_link(ipr: IPRoute, name: str) -> LinkInfo | None:
         if is_missing(exc):
             return None
         raise KernelError(f"look up link {name!r}: {exc}", netlink_errno(exc)) from exc
-    return _to_info(msgs[0])
+    return link_info(msgs[0])
 
 
 def list_links(ipr: IPRoute, *, prefix: str = "") -> list[LinkInfo]:
     """Every link in this namespace whose name starts with `prefix`."""
-    infos = [_to_info(msg) for msg in _kernel("dump links", lambda: list(ipr.get_links()))]
+    infos = [link_info(msg) for msg in _kernel("dump links", lambda: list(ipr.get_links()))]
     return [info for info in infos if info.name.startswith(prefix)]
 
 

@@ -83,7 +83,7 @@ _SEQ_SPAN = 0x7000_0000
 _sequence = itertools.count()
 
 
-def _next_seq() -> int:
+def next_seq() -> int:
     return _SEQ_BASE + next(_sequence) % _SEQ_SPAN
 
 
@@ -243,7 +243,7 @@ def encode_write(write: Write, seq: int) -> bytes:
 # --------------------------------------------------------------------------- batches
 
 
-def _raw_socket(ipr: IPRoute) -> socket.socket:
+def raw_socket(ipr: IPRoute) -> socket.socket:
     sock: socket.socket = ipr.asyncore.socket
     return sock
 
@@ -298,14 +298,14 @@ def send_writes(ipr: IPRoute, writes: Sequence[Write]) -> list[int]:
     ENOENT/ENODEV/ESRCH on delete count as done. A write that cannot be encoded (bad MAC or
     address) gets EINVAL without holding back the others. Runs on the namespace's thread.
     """
-    sock = _raw_socket(ipr)
+    sock = raw_socket(ipr)
     _ensure_receive_buffer(sock)
     results = [0] * len(writes)
     for start in range(0, len(writes), BATCH_MESSAGES):
         pending: dict[int, int] = {}
         payload: list[bytes] = []
         for position in range(start, min(start + BATCH_MESSAGES, len(writes))):
-            seq = _next_seq()
+            seq = next_seq()
             try:
                 payload.append(encode_write(writes[position], seq))
             except (ValueError, OSError, KernelError):
@@ -329,13 +329,13 @@ def send_writes(ipr: IPRoute, writes: Sequence[Write]) -> list[int]:
 
 def _dump(ipr: IPRoute, request: Any, msg_type: int) -> list[Any]:
     """Run one dump, retried while the kernel flags it interrupted; decoded by pyroute2."""
-    sock = _raw_socket(ipr)
+    sock = raw_socket(ipr)
     _ensure_receive_buffer(sock)
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
     buffer = bytearray(1 << 20)
     for _attempt in range(DUMP_ATTEMPTS):
-        seq = _next_seq()
+        seq = next_seq()
         request["header"]["type"] = msg_type
         request["header"]["flags"] = NLM_F_REQUEST | NLM_F_DUMP
         request["header"]["sequence_number"] = seq

@@ -6,9 +6,11 @@ the namespace `netns` (a name under /run/netns or a path such as Docker's or a C
 /proc/PID/ns/net or /var/run/netns/...), handed back to the caller. A socket belongs to the
 namespace it was created in for its whole life, whichever thread uses it later: this is how one
 agent serves 127.0.0.11 inside every endpoint namespace without a process per namespace.
+`run_in_netns(netns, work)` runs any short piece of work there (the resolver's two sockets
+in one visit; a netlink socket of a sandbox and its interface's index).
 
 Rules:
-- The namespace switch (setns(2)) happens on a fresh thread that exists only for the call, so
+- The namespace switch (setns(2)) happens on a fresh thread that exists only for the visit, so
   no thread of the agent (trio's worker cache, the netlink thread) is ever left in another
   namespace, whatever fails.
 - Errors are `KernelError` naming the namespace and the address.
@@ -23,12 +25,15 @@ import ctypes.util
 import os
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from underlay.errors import KernelError
 
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = Path("/run/netns")
+T = TypeVar("T")
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
@@ -41,30 +46,52 @@ def open_socket_in_netns(netns: str, family: int, kind: int, *,
                          bind: tuple[str, int] | None = None, listen: int = 0) -> socket.socket:
     """A socket of `family`/`kind` created in `netns`, bound to `bind` there if given, and
     listening with backlog `listen` if that is positive (stream sockets)."""
-    result: list[socket.socket] = []
+    try:
+        return run_in_netns(netns, lambda: _new_socket(family, kind, bind, listen))
+    except KernelError:
+        raise
+    except OSError as exc:
+        where = f" {bind[0]}:{bind[1]}" if bind else ""
+        raise KernelError(f"cannot open a socket{where} in namespace {netns}: {exc}",
+                          exc.errno) from exc
+
+
+def run_in_netns(netns: str, work: Callable[[], T]) -> T:
+    """`work()` run inside `netns` on a thread made for it (sockets it makes stay there);
+    its result, or its exception."""
+    result: list[T] = []
     failure: list[BaseException] = []
 
-    def work() -> None:
+    def visit() -> None:
         try:
-            result.append(_create_inside(netns_path(netns), family, kind, bind, listen))
+            result.append(_inside(netns_path(netns), work))
         except BaseException as exc:  # reported to the caller below
             failure.append(exc)
 
-    thread = threading.Thread(target=work, name=f"netns-socket {netns}", daemon=True)
+    thread = threading.Thread(target=visit, name=f"netns {netns}", daemon=True)
     thread.start()
     thread.join()
     if failure:
-        exc = failure[0]
-        if isinstance(exc, KernelError):
-            raise exc
-        where = f" {bind[0]}:{bind[1]}" if bind else ""
-        raise KernelError(f"cannot open a socket{where} in namespace {netns}: {exc}",
-                          getattr(exc, "errno", None)) from exc
+        raise failure[0]
     return result[0]
 
 
-def _create_inside(path: Path, family: int, kind: int, bind: tuple[str, int] | None,
-                   listen: int) -> socket.socket:
+def _new_socket(family: int, kind: int, bind: tuple[str, int] | None,
+                listen: int) -> socket.socket:
+    sock = socket.socket(family, kind)
+    try:
+        if bind is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(bind)
+        if listen > 0:
+            sock.listen(listen)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _inside(path: Path, work: Callable[[], T]) -> T:
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
@@ -75,23 +102,13 @@ def _create_inside(path: Path, family: int, kind: int, bind: tuple[str, int] | N
         try:
             _setns(target, path)
             try:
-                sock = socket.socket(family, kind)
-                try:
-                    if bind is not None:
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                        sock.bind(bind)
-                    if listen > 0:
-                        sock.listen(listen)
-                except BaseException:
-                    sock.close()
-                    raise
+                return work()
             finally:
                 _setns(own, Path("/proc/thread-self/ns/net"))
         finally:
             os.close(target)
     finally:
         os.close(own)
-    return sock
 
 
 def _setns(fd: int, path: Path) -> None:

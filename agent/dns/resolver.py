@@ -39,7 +39,7 @@ import dns.rcode
 import trio
 
 from agent.dns.zone import Answered, DnsZone, Dropped, Forward
-from underlay.netns_sockets import open_socket_in_netns
+from underlay.netns_sockets import run_in_netns
 
 log = logging.getLogger("vxmesh.dns")
 
@@ -150,15 +150,10 @@ class DnsResolver:
         if self._nursery is None:
             raise RuntimeError("DnsResolver.serve before run() started")
         address = (RESOLVER_ADDRESS, DNS_PORT)
-        udp = await trio.to_thread.run_sync(partial(
-            open_socket_in_netns, netns, socket.AF_INET, socket.SOCK_DGRAM, bind=address))
-        try:
-            tcp = await trio.to_thread.run_sync(partial(
-                open_socket_in_netns, netns, socket.AF_INET, socket.SOCK_STREAM, bind=address,
-                listen=64))
-        except BaseException:
-            udp.close()
-            raise
+        # One visit of the namespace for both; IP_FREEBIND: a runtime may bring the
+        # sandbox's loopback up only after the attach (CNI runtimes do)
+        udp, tcp = await trio.to_thread.run_sync(run_in_netns, netns,
+                                                 partial(_freebind_pair, address))
         served = _Served(networks, trio.CancelScope(), [udp, tcp])
         self._served[netns] = served
         self._nursery.start_soon(self._serve_namespace, netns, served)
@@ -334,6 +329,16 @@ class DnsResolver:
         response = dns.message.make_response(query, recursion_available=True)
         response.set_rcode(rcode)
         return Answered(response.to_wire(), qtype, result)
+
+
+def _freebind_pair(address: tuple[str, int]) -> tuple[socket.socket, socket.socket]:
+    """A UDP and a listening TCP socket on IPv4 `address` (IP_FREEBIND), or none."""
+    udp = _freebind_socket(socket.AF_INET, socket.SOCK_DGRAM, address)
+    try:
+        return udp, _freebind_socket(socket.AF_INET, socket.SOCK_STREAM, address)
+    except BaseException:
+        udp.close()
+        raise
 
 
 def _freebind_socket(family: int, kind: int, address: tuple[str, int]) -> socket.socket:

@@ -252,7 +252,7 @@ def test_conflist_chains_portmap_after_vxmesh(tmp_path: Path) -> None:
 
 
 def test_the_plugin_loads_only_the_standard_library() -> None:
-    """The launcher's `python -S` cannot even see site-packages; and the plugin keeps its
+    """The launcher's `python -I -S` cannot even see site-packages; and the plugin keeps its
     start cheap: none of the slow standard modules is imported on the way to its main."""
     probe = ("import sys; import agent.cni.plugin; "
              "print(','.join(sorted(m for m in sys.modules)))")
@@ -264,4 +264,5 @@ def test_the_plugin_loads_only_the_standard_library() -> None:
     slow = {"http", "http.client", "email", "ssl", "dataclasses", "typing", "ipaddress",
             "hashlib", "asyncio", "subprocess", "json", "re", "socket", "enum", "contextlib"}
     assert not loaded & slow, sorted(loaded & slow)
-    assert "-S" in launcher_text() and str(source_root()) in launcher_text()
+    first, _, body = launcher_text().partition("\n")
+    assert first.startswith("#!") and first.endswith(" -IS") and repr(str(source_root())) in body
