@@ -4,8 +4,8 @@ Owns what the data-plane benchmarks (dataplane.py, modes.py) share, so their fig
 measured the same way:
 - `Target`: one path (a server side and a client side, each an argv prefix that runs a command
   there, e.g. `ip netns exec NS`), the address and ports the client uses;
-- persistent servers per target (iperf3 and the request/response echo below), started once,
-  stopped by pid;
+- persistent servers per server side (iperf3 and the request/response echo below), started
+  once, their output in a temporary log file (never a pipe nobody reads), stopped by pid;
 - `measure_interleaved`: `repeats` rounds, every round measures every target once, in an order
   rotated by one each round (A B C, B C A, C A B, ...), so a burst of load from elsewhere on the
   shared machine lands on different paths in different rounds instead of on one path; targets
