@@ -4,8 +4,9 @@ Owns: `Attachments`, which turns an `agent.api.attach.AttachRequest` into an end
 host and the records that make it reachable: for an overlay network the address (chosen, or
 the next free one of this host's block, confirmed in etcd while it answers), joining the
 network in the neighbor table (and a bulk sync with peers in it), waiting for the network's
-bridge, the veth into the sandbox with the network's MTU and the Docker-style MAC, then the
-table entry and its gossip. For a macvlan/ipvlan network (the network's driver decides the
+bridge, the veth into the sandbox with the network's MTU and the Docker-style MAC, its NAT
+egress and its resolver, then (last, so the work it wakes runs after the reply) the table
+entry and its gossip. For a macvlan/ipvlan network (the network's driver decides the
 mode; a request's explicit mode must agree) the address from the same IPAM, the subnet's
 prefix, the network's gateway as default route, on the network's parent. `detach` undoes it
 in reverse. For a bridge network: its own Linux bridge on this host (NAT egress unless
@@ -190,8 +191,13 @@ class Attachments:
                 raise NotFound(f"no network {request.network!r} (known: "
                                f"{', '.join(self._networks.names()) or 'none'})")
             if mode is Mode.OVERLAY:
-                await self.apply_overlay_egress()
-            await self._names.refresh()
+                try:
+                    await self.apply_overlay_egress()
+                    await self._names.refresh()
+                finally:
+                    self._publish_overlay(record)
+            else:
+                await self._names.refresh()
             return self._names.with_dns(attachment_of(record, self.node))
 
     async def _attach_overlay(self, request: AttachRequest) -> EndpointRecord:
@@ -236,15 +242,19 @@ class Attachments:
             for held, held_pool in allocated:
                 held_pool.release(held)
             raise
-        assert record.mac is not None  # overlay records always carry one (model rule)
+        return record
+
+    def _publish_overlay(self, record: EndpointRecord) -> None:
+        """The endpoint's table entries, their gossip and the pipeline's wake-up: the attach's
+        last step, so the desired-state work it wakes runs after the reply, not before."""
+        assert record.mac is not None and record.network  # overlay records (model rule)
         # One table entry per address (same MAC, same names): peers program a neighbor entry
         # (ARP or NDP) for each and one FDB entry for the MAC.
         for entry_ip in record_ips(record):
-            self._table.put_endpoint(network.name, entry_ip, record.mac, trio.current_time(),
+            self._table.put_endpoint(record.network, entry_ip, record.mac, trio.current_time(),
                                      changed_at=time.time(), attributes=attributes_of(record))
         self._gossip.records_changed()
         self._pipeline.mark_dirty()
-        return record
 
     async def _attach_segment(self, network: Network, mode: Mode, request: AttachRequest
                               ) -> EndpointRecord:
@@ -349,8 +359,12 @@ class Attachments:
         the bridge of a network this host just left (its last endpoint deleted) may still be
         there, about to go, and must not be taken for the new one. A network joined before
         keeps its bridge while it has endpoints, so the next attach does not wait for the
-        reconciler (which is busy with the previous attach's entries, tens of ms)."""
+        reconciler (which is busy with the previous attach's entries, tens of ms), nor look
+        the bridge up here: the endpoint service refuses an endpoint whose bridge is missing."""
         reconciler = self._pipeline.reconciler
+        if not joining and self._bridge_wanted(name):
+            return  # held since that join; the endpoint service checks it exists (one hop
+            # less on the netlink thread the reconciler keeps busy)
         with trio.move_on_after(timeout):
             while True:
                 if self._bridge_wanted(name) \
