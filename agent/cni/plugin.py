@@ -31,7 +31,7 @@ May import: agent.cni.spec, agent.cni.netconf, agent.unix_http, the standard lib
 from __future__ import annotations
 
 import fcntl
-import os
+import posix  # not `os`: its import (posixpath, collections.abc) costs every start
 import sys
 
 from agent.cni import fastjson
@@ -127,7 +127,7 @@ def _ask(conf: NetConf, command: str, path: str, body: Mapping[str, Any]) -> Any
 def check_netns(path: str) -> None:
     """CNI_NETNS must be a network namespace, and not our own (the host's)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC)
     except OSError as exc:
         raise CniError(INVALID_ENVIRONMENT,
                        f"CNI_NETNS={path!r}: cannot open it ({exc.strerror})") from None
@@ -135,9 +135,9 @@ def check_netns(path: str) -> None:
         kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
     except OSError:
         kind = -1
-    own = os.stat("/proc/self/ns/net")
-    opened = os.fstat(fd)
-    os.close(fd)
+    own = posix.stat("/proc/self/ns/net")
+    opened = posix.fstat(fd)
+    posix.close(fd)
     if kind != CLONE_NEWNET:
         raise CniError(INVALID_ENVIRONMENT, f"CNI_NETNS={path!r}: not a network namespace")
     if (opened.st_dev, opened.st_ino) == (own.st_dev, own.st_ino):
@@ -183,6 +183,8 @@ def cmd_add(invocation: Invocation, conf: NetConf) -> dict[str, Any]:
 
 def spool_detach(conf: NetConf, body: Mapping[str, Any], name: str) -> str:
     """Leave a DEL for the agent to work off at its next start; returns the file written."""
+    import os  # only here: the agent is down (the path every start takes avoids it)
+
     os.makedirs(conf.spool_dir, mode=0o700, exist_ok=True)
     target = os.path.join(conf.spool_dir, f"{name}.json")
     temporary = f"{target}.{os.getpid()}.tmp"
@@ -304,10 +306,12 @@ def run(env: Mapping[str, str], stdin: BinaryIO, stdout: TextIO, log: TextIO) ->
 def main() -> None:
     """Run once and exit without the interpreter's teardown (milliseconds at every call:
     nothing is left to clean up once the answer is written and flushed)."""
-    status = run(os.environ, sys.stdin.buffer, sys.stdout, sys.stderr)
+    env = {key.decode(errors="surrogateescape"): value.decode(errors="surrogateescape")
+           for key, value in posix.environ.items()}
+    status = run(env, sys.stdin.buffer, sys.stdout, sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(status)
+    posix._exit(status)
 
 
 if __name__ == "__main__":
