@@ -335,16 +335,34 @@ def encode_state(records: Iterable[Record], now: float, chunk_limit: int) -> Ite
             m = memberships[0]
             membership = msgpack.packb([_pack_address(m.vtep), m.version, _ttl_ms(m, now),
                                         *_signature_field(m)])
-        packed = [
-            msgpack.packb([
-                _pack_address(e.ip), bytes.fromhex(e.mac.replace(":", "")),
-                _pack_address(e.vtep), e.version, _ttl_ms(e, now), e.changed_at,
-                _pack_attributes(e.attributes), *_signature_field(e),
-            ])
-            for e in entries
-        ]
+        packed = [_pack_state_entry(e, now) for e in entries]
         yield from chunk.add_group(head, membership, packed)
     yield from chunk.flush()
+
+
+def _pack_state_entry(entry: Entry, now: float) -> bytes:
+    """One endpoint of a state group. A live record packs the same every time: its bytes are
+    kept per key while that very record is held (push-pull re-sends most of a table), bounded
+    by `_STATE_CACHE_MAX` keys; a tombstone's remaining lifetime depends on `now`."""
+    key = (entry.network, entry.owner, entry.ip)
+    if not entry.deleted:
+        hit = _state_cache.get(key)
+        if hit is not None and hit[0] is entry:
+            return hit[1]
+    packed = msgpack.packb([
+        _pack_address(entry.ip), bytes.fromhex(entry.mac.replace(":", "")),
+        _pack_address(entry.vtep), entry.version, _ttl_ms(entry, now), entry.changed_at,
+        _pack_attributes(entry.attributes), *_signature_field(entry),
+    ])
+    if not entry.deleted:
+        if len(_state_cache) >= _STATE_CACHE_MAX:
+            _state_cache.clear()
+        _state_cache[key] = (entry, packed)
+    return packed
+
+
+_STATE_CACHE_MAX = 1 << 17
+_state_cache: dict[tuple[str, str, str], tuple[Entry, bytes]] = {}
 
 
 class _StateChunk:
