@@ -205,7 +205,7 @@ class Attachments:
         if network is None:
             raise NotFound(f"no network {request.network!r} (known: "
                            f"{', '.join(self._networks.names()) or 'none'})")
-        address, pool = await self._allocate(network, request)
+        address, pool = await self._allocate(network, request, confirm=False)
         ip = str(address)
         allocated = [(address, pool)]
         try:
@@ -214,7 +214,8 @@ class Attachments:
             # handed-back veth itself and asked for no IPv6 address (Docker's IPv4 networks).
             if network.subnet6 is not None and (
                     request.ip6 is not None or not isinstance(request.sandbox, HandBackVeth)):
-                address6, pool6 = await self._allocate(network, request, version=6)
+                address6, pool6 = await self._allocate(network, request, version=6,
+                                                       confirm=False)
                 allocated.append((address6, pool6))
                 addresses.append(f"{address6}/{network.subnet6.prefixlen}")
             joining = network.name not in self._table.networks()
@@ -236,13 +237,61 @@ class Attachments:
                 mtu=mtu, addresses=tuple(addresses), mac=request.mac,
                 gateway=str(network.gateway) if routed else None,
                 gateway6=None if gateway6 is None else str(gateway6)), request)
-            await self._wait_link(bridge, joining=joining)
-            record = await self._endpoints.create(spec)
+            record = await self._create_while_confirming(spec, request, allocated, bridge,
+                                                         joining=joining)
         except BaseException:
             for held, held_pool in allocated:
                 held_pool.release(held)
             raise
         return record
+
+    async def _create_while_confirming(self, spec: EndpointSpec, request: AttachRequest,
+                                       allocated: list[tuple[IPAddress, AddressPool]],
+                                       bridge: str, *, joining: bool) -> EndpointRecord:
+        """Wait for the bridge and make the endpoint while etcd confirms the addresses taken
+        from our blocks (the round trip overlaps the kernel work; the reply still waits for
+        both, so etcd holds every address handed out). An address another host recorded in
+        our block meanwhile (a chosen one we had not re-read) is replaced by the one etcd
+        confirmed, in `allocated` too: the endpoint is made again with it before anyone was
+        told the first. A chosen address (`request.ip`, `ip6`) was recorded by the pool."""
+        handle = f"{self.node}/{request.name}"
+        confirmed = [address for address, _ in allocated]
+        chosen = (request.ip, request.ip6)
+        failures: list[Exception] = []
+        made: list[EndpointRecord] = []
+
+        async def confirm(index: int, pool: AddressPool) -> None:
+            try:
+                confirmed[index] = await self._confirm(pool, handle, confirmed[index])
+            except Exception as exc:  # raised below, after the endpoint is undone
+                failures.append(exc)
+
+        async def create() -> None:
+            try:
+                await self._wait_link(bridge, joining=joining)
+                made.append(await self._endpoints.create(spec))
+            except Exception as exc:  # raised below (domain errors stay as they are)
+                failures.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for index, (_, pool) in enumerate(allocated):
+                if chosen[index] is None:
+                    nursery.start_soon(confirm, index, pool)
+            nursery.start_soon(create)
+        held = [address for address, _ in allocated]
+        allocated[:] = [(address, pool)
+                        for address, (_, pool) in zip(confirmed, allocated, strict=True)]
+        if made and (failures or confirmed != held):
+            await self._endpoints.delete(spec.name)
+        if failures:
+            raise failures[0]
+        if confirmed == held:
+            return made[0]
+        log.warning("endpoint %s: address %s was recorded by another host meanwhile; it got %s",
+                    request.name, ", ".join(map(str, held)), ", ".join(map(str, confirmed)))
+        addresses = tuple(f"{address}/{cidr.split('/')[1]}"
+                          for address, cidr in zip(confirmed, spec.addresses, strict=True))
+        return await self._endpoints.create(dataclasses.replace(spec, addresses=addresses))
 
     def _publish_overlay(self, record: EndpointRecord) -> None:
         """The endpoint's table entries, their gossip and the pipeline's wake-up: the attach's
@@ -336,21 +385,29 @@ class Attachments:
             mtu=network.mtu or self._facts.mtu, gateway_address=str(network.gateway),
             subnet6=None if network.subnet6 is None else str(network.subnet6))
 
-    async def _allocate(self, network: Network, request: AttachRequest, *, version: int = 4
-                        ) -> tuple[IPAddress, AddressPool]:
+    async def _allocate(self, network: Network, request: AttachRequest, *, version: int = 4,
+                        confirm: bool = True) -> tuple[IPAddress, AddressPool]:
         """`request.ip` (`version` 6: `request.ip6`) if given (checked and recorded in etcd by
-        the pool), else the next free one, confirmed in etcd while it answers (another host
-        may have recorded a chosen address in our block that we had not re-read yet)."""
+        the pool), else the next free one of our blocks, with `confirm` confirmed in etcd
+        (`_confirm`); without, the caller confirms it before it answers."""
         pool = await self._pools.get(network, version)
         handle = f"{self.node}/{request.name}"
         chosen = request.ip if version == 4 else request.ip6
         if chosen is not None:
             return await pool.allocate_address(handle, chosen), pool
         address = await pool.allocate(handle)
-        if not self._store.statistics().degraded:
-            with contextlib.suppress(StoreUnavailable):  # gone now: flushed later
-                address = await pool.confirm(handle)
+        if confirm:
+            address = await self._confirm(pool, handle, address)
         return address, pool
+
+    async def _confirm(self, pool: AddressPool, handle: str, address: IPAddress) -> IPAddress:
+        """`handle`'s address as etcd holds it after a flush (another host may have recorded a
+        chosen address in our block that we had not re-read yet); `address` while etcd is
+        away (flushed later)."""
+        if not self._store.statistics().degraded:
+            with contextlib.suppress(StoreUnavailable):
+                return await pool.confirm(handle)
+        return address
 
     async def _wait_link(self, name: str, *, joining: bool,
                          timeout: float = BRIDGE_TIMEOUT) -> None:

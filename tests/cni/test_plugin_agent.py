@@ -17,6 +17,7 @@ from typing import Any
 import dns.message
 import pytest
 
+from agent.api.client import CliError
 from agent.cni import spec
 from agent.cni.invoke import ALL_VERSIONS, Attachment, PluginRun, chain, run_plugin
 from agent.cni.netconf import attachment_name
@@ -325,3 +326,45 @@ def test_del_while_the_agent_is_down_is_done_when_it_starts(cni_lab: CniLab,
         cni_lab.lab.wait_converged(cni_lab.state, timeout=60)
     assert_nothing_left(cni_lab, veths)
     assert not list((cni_lab.h1.socket.parent / "cni-detach").glob("*.json"))
+
+
+def test_an_address_another_host_recorded_meanwhile_is_replaced_before_the_reply(
+        cni_lab: CniLab, netns_lab: NetnsLab) -> None:
+    """h1 takes an address from its block locally and has etcd confirm it while it makes the
+    veth (the round trip overlaps the kernel work). When h2 recorded that very address (a
+    chosen one) in h1's block first, h1 answers the address etcd confirmed instead, and the
+    container's interface carries what the answer says: never one address twice."""
+    version = "1.0.0"
+    first, second = container(netns_lab, "r1"), container(netns_lab, "r2")
+    added = plugin(cni_lab, "ADD", conf(cni_lab, version), first)
+    assert added.code == 0, added
+    base = ipaddress.ip_interface(added.value["ips"][0]["address"]).ip
+    h2 = cni_lab.lab.client(cni_lab.h2)
+    recorded = None
+    try:
+        for step in range(1, 6):  # the lowest free address after `base` is h1's next one
+            try:
+                h2.request("POST", "/v1/endpoints", {"name": "chosen", "network": NETWORK,
+                                                     "ip": str(base + step)})
+            except CliError as exc:
+                assert "HTTP 409" in str(exc), exc  # taken already: h1 skips it too
+                continue
+            recorded = base + step
+            break
+        assert recorded is not None
+        again = plugin(cni_lab, "ADD", conf(cni_lab, version), second)
+        assert again.code == 0, again
+        (ip,) = again.value["ips"]
+        got = ipaddress.ip_interface(ip["address"]).ip
+        assert got != recorded and got != base
+        assert f"address {recorded} was recorded by another host meanwhile; it got {got}" \
+            in cni_lab.h1.log_path.read_text(errors="replace")
+        shown = json.loads(inside(second, "ip", "-j", "addr", "show", "eth0"))[0]
+        assert {a["local"] for a in shown["addr_info"] if a["family"] == "inet"} == {str(got)}
+        assert shown["address"] == again.value["interfaces"][1]["mac"]
+        assert run(["ping", "-c", "1", "-W", "2", GATEWAY], netns=ns_name(second)).returncode == 0
+    finally:
+        for attachment in (first, second):
+            plugin(cni_lab, "DEL", conf(cni_lab, version), attachment)
+        if recorded is not None:
+            h2.request("DELETE", "/v1/endpoints/chosen")
