@@ -17,6 +17,8 @@ Formulas (n = estimated cluster size, members alive or suspect, self included):
     confirmations_needed(n) = suspicion_confirmations, or 0 when n - 2 < it      [peers]
     push_pull_interval_for(n) = push_pull_interval_s * (ceil(log2 n - log2 T) + 1) if n > T,
         else push_pull_interval_s, T = push_pull_scale_threshold                    [s]
+    push-pull period used = max(push_pull_interval_for(n),
+        2 * membership state bytes / push_pull_bytes_per_s) (0: no stretch)        [s]
     probe interval / probe timeout actually used = value * (awareness + 1), awareness in
         [0, awareness_max_multiplier - 1] (Lifeguard local health)
 """
@@ -65,6 +67,10 @@ class SwimConfig:
     push_pull_interval_s: float = 30.0
     #: members. Above this size the push-pull period grows with log2(n).
     push_pull_scale_threshold: int = 32
+    #: bytes/s. The periodic push-pull is stretched beyond push_pull_interval_for(n) so that
+    #: exchanging our membership state (its size both ways) averages at most this per node:
+    #: at 10,000 members a full state is ~750 KB, every 300 s that would be 5 KB/s. 0: no cap.
+    push_pull_bytes_per_s: float = 1500.0
     #: s. Period of re-joining (push-pull) one random failed member, so partitions heal;
     #: None disables it (bare memberlist behaviour: partitions never heal).
     reconnect_interval_s: float | None = 30.0
@@ -147,7 +153,9 @@ class SwimConfig:
         after 3 independent confirmations; push-pull every 30 s scaled by cluster size;
         failed members re-joined every 30 s and remembered 24 h (serf's reconnect), so
         partitions heal; after a join, up to 8 push-pulls with random members every ~0.5 s
-        while the view grows (cold starts).
+        while the view grows (cold starts); push-pull stretched to keep a node's share of
+        membership state exchanges at most 1,500 B/s (changes nothing below ~2,000 members
+        unsigned).
         """
         return cls()
 
@@ -183,10 +191,10 @@ class SwimConfig:
 
         suspicion_min = 4 * max(1, log10 n) * 1 s (12 s at n = 1,000), maximum 6x, reached
         after SuspicionMult - 2 = 2 confirmations; partitions never heal (memberlist#222);
-        a join is one push-pull per seed, nothing more.
+        a join is one push-pull per seed, nothing more; push-pull never stretched by bytes.
         """
         return replace(cls(), indirect_checks=3, suspicion_mult=4.0, suspicion_confirmations=2,
-                       reconnect_interval_s=None, join_sync_rounds=0)
+                       reconnect_interval_s=None, join_sync_rounds=0, push_pull_bytes_per_s=0.0)
 
     # -- formulas of the cluster size -------------------------------------------------------
 

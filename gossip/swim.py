@@ -399,6 +399,8 @@ class Swim:
         self._news_from: Addr | None = None
         self._at(now + rng.uniform(0, config.probe_interval_s), _PROBE, None)
         self._push_pull_token = 0
+        # Bytes of our membership state as last sent in a push-pull (0: none yet).
+        self._members_state_bytes = 0
         # After a join: [rounds left, members seen at the last round, rounds done].
         self._join_sync_token = 0
         self._join_sync = [0, 0, 0]
@@ -653,6 +655,7 @@ class Swim:
             packed.append(record)
             size += len(record)
         chunks.append(encode_members_chunk(packed))
+        self._members_state_bytes = sum(len(chunk) for chunk in chunks)
         if self._delegate is not None:
             for piece in self._delegate.local_state(join, peer):
                 if len(piece) > limit:
@@ -1015,8 +1018,16 @@ class Swim:
             for node in self._random_members(1, _is_alive):
                 self._push_pulls.append(StartPushPull(node.addr, False))
                 self._stats["push_pulls_started"] += 1
-        self._at(now + self.config.push_pull_interval_for(self.cluster_size()), _PUSH_PULL,
-                 token)
+        self._at(now + self._push_pull_period(), _PUSH_PULL, token)
+
+    def _push_pull_period(self) -> float:
+        """`push_pull_interval_for(n)`, stretched so that an exchange of our membership state
+        (its size both ways, as last built) averages at most `push_pull_bytes_per_s`."""
+        config = self.config
+        period = config.push_pull_interval_for(self.cluster_size())
+        if config.push_pull_bytes_per_s > 0:
+            period = max(period, 2 * self._members_state_bytes / config.push_pull_bytes_per_s)
+        return period
 
     def _join_sync_delay(self) -> float:
         return self.config.join_sync_interval_s * self._rng.uniform(0.5, 1.5)

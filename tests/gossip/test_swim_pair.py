@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 from collections.abc import Iterable
 
 import pytest
@@ -26,6 +27,7 @@ from gossip.wire import (
     Ack,
     Alive,
     Dead,
+    MemberRecord,
     Ping,
     Suspect,
     decode_packet,
@@ -450,3 +452,24 @@ def test_an_idle_node_with_a_quiet_delegate_arms_no_gossip_timer_until_news() ->
     quiet_link.swims[0].delegate_has_news(quiet_link.now)
     quiet_link.advance(1.0)
     assert b"endpoint 10.9.0.7 on a" in quiet[1].received
+
+
+def test_push_pull_is_stretched_to_its_byte_budget_in_a_large_cluster() -> None:
+    """10,000 members: their state is ~750 KB, so the 1,500 B/s budget stretches the period
+    from push_pull_interval_for(n) (300 s) to 2 * size / budget; a small cluster keeps it."""
+    config = SwimConfig.lan()
+    big = Swim(config, "n0", ("10.0.0.1", 7946), meta=b"m" * 48, rng=random.Random(1), now=0.0)
+    big.adopt_members([MemberRecord(f"n{i:05d}", (f"10.1.{i >> 8}.{i & 255}", 7946),
+                                    b"m" * 48, 0, MemberState.ALIVE) for i in range(1, 10_000)],
+                      0.0)
+    size = sum(len(chunk) for chunk in big.push_pull_state(join=False))
+    assert size > 500_000
+    first = config.push_pull_interval_for(10_000) + 1.0  # after the first periodic one
+    big.handle_timeout(first)
+    assert len(big.push_pulls_to_start()) == 1
+    stretched = 2 * size / config.push_pull_bytes_per_s
+    assert stretched > 2 * config.push_pull_interval_for(10_000)
+    big.handle_timeout(first + stretched - 1.0)
+    assert big.push_pulls_to_start() == []  # not at 300 s, nor 600 s
+    big.handle_timeout(first + stretched + 1.0)
+    assert len(big.push_pulls_to_start()) == 1
