@@ -5,14 +5,18 @@
 #                            Debian starts it), busybox-static (the lab's image), the Python package,
 #                            and the `vxmesh` CNI plugin in /usr/lib/cni and /opt/cni/bin
 #   deploy/setup.sh --test   also the test and CI tools (promtool, shellcheck, vagrant, serf)
+#   deploy/setup.sh --vm     also the VM tier's tools (qemu-system-x86, qemu-utils, mmdebstrap,
+#                            vagrant for its insecure key): `pytest -m vm`, bench/vagrant.py
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_test=0
+want_vm=0
 for arg in "$@"; do
     case "$arg" in
         --test) want_test=1 ;;
-        *) echo "setup.sh: unknown option '$arg' (known: --test)" >&2; exit 2 ;;
+        --vm) want_vm=1 ;;
+        *) echo "setup.sh: unknown option '$arg' (known: --test, --vm)" >&2; exit 2 ;;
     esac
 done
 
@@ -26,6 +30,9 @@ packages=(iproute2 nftables etcd-server etcd-client iperf3 procps psmisc curl ip
           ethtool)
 if [ "$want_test" -eq 1 ]; then
     packages+=(prometheus shellcheck vagrant serf systemd dnsmasq-base dnsperf tcpdump)
+fi
+if [ "$want_vm" -eq 1 ]; then
+    packages+=(qemu-system-x86 qemu-utils mmdebstrap vagrant openssh-client e2fsprogs)
 fi
 missing=()
 for p in "${packages[@]}"; do
@@ -44,7 +51,7 @@ if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
 extras="bench"
-[ "$want_test" -eq 1 ] && extras="test,bench"
+[ "$want_test" -eq 1 ] || [ "$want_vm" -eq 1 ] && extras="test,bench"
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e ".[${extras}]"
 # The CNI plugin type `vxmesh`: a launcher running agent/cni/plugin.py with this venv's python.

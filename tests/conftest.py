@@ -22,11 +22,13 @@ def _kernel_skip_reason() -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The VM tier (qemu, minutes) runs only when asked for: `pytest -m vm`.
+    vm_asked = "vm" in (config.getoption("markexpr", "") or "")
     reason = _kernel_skip_reason()
-    if reason is None:
-        return
     for item in items:
-        if "kernel" in item.keywords:
+        if "vm" in item.keywords and not vm_asked:
+            item.add_marker(pytest.mark.skip(reason="VM tier: run with `pytest -m vm`"))
+        elif reason is not None and "kernel" in item.keywords:
             item.add_marker(pytest.mark.skip(reason=reason))
 
 

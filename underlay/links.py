@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno as errno_codes
 import ipaddress
+import itertools
 import os
 import time
 from collections.abc import Callable
@@ -38,6 +39,8 @@ from underlay.errors import KernelError, UnderlayError
 from underlay.kernel import is_missing, netlink_errno
 from underlay.netns_exec import netns_path
 from underlay.records import IFNAME_MAX, ifname_ok
+
+_temporary = itertools.count()
 
 T = TypeVar("T")
 
@@ -253,29 +256,41 @@ def ensure_veth(ipr: IPRoute, name: str, peer: str, *, peer_netns: str | None = 
 
 def _ensure_sublink(ipr: IPRoute, kind: str, name: str, parent: str, mode: int,
                     netns: str | None, mtu: int | None, mac: str | None) -> None:
-    """Create a macvlan/ipvlan on `parent` here, placed in `netns` under `name`."""
+    """Create a macvlan/ipvlan on `parent` here, placed in `netns` under `name`.
+
+    With `netns`, the link is made here under a temporary name and then moved and renamed in
+    one step: the kernel checks a new macvlan/ipvlan's name in this namespace too, so `eth0`
+    inside an endpoint's namespace could not be made on a host whose own interface is eth0."""
     check_ifname(name)
     parent_index = _require(ipr, parent).index
     if netns is None and _adopt(ipr, name, kind) is not None:
         return
-    spec: dict[str, Any] = {"ifname": name, "kind": kind, "link": parent_index,
+    made = name if netns is None else f"vxt{os.getpid() % 100000}{next(_temporary) % 1000}"
+    spec: dict[str, Any] = {"ifname": made, "kind": kind, "link": parent_index,
                             f"{kind}_mode": mode}
     if mtu is not None:
         spec["mtu"] = mtu
     if mac is not None:
         spec["address"] = mac.lower()
-    if netns is not None:
-        spec["net_ns_fd"] = open_netns_path(netns)
     try:
         ipr.link("add", **spec)
     except NetlinkError as exc:
         code = netlink_errno(exc)
-        if code == errno_codes.EEXIST and netns is not None:
-            return  # the name is taken in the target namespace: the caller adopts it there
         if code == errno_codes.EOPNOTSUPP or (code == errno_codes.EINVAL and kind == "ipvlan"):
             raise KernelError(f"create {kind} {name!r}: this kernel has no {kind} support "
                               f"({exc})", code) from exc
         raise KernelError(f"create {kind} {name!r} on {parent!r}: {exc}", code) from exc
+    if netns is None:
+        return
+    index = _require(ipr, made).index
+    try:
+        ipr.link("set", index=index, net_ns_fd=open_netns_path(netns), ifname=name)
+    except NetlinkError as exc:
+        ipr.link("del", index=index)
+        if netlink_errno(exc) == errno_codes.EEXIST:
+            return  # the name is taken in the target namespace: the caller adopts it there
+        raise KernelError(f"move {kind} {name!r} to namespace {netns!r}: {exc}",
+                          netlink_errno(exc)) from exc
 
 
 def ensure_macvlan(ipr: IPRoute, name: str, parent: str, *, mode: str = "bridge",

@@ -2,21 +2,30 @@
 # Provisions one vxmesh lab machine (run by Vagrant as root). Environment, set by the
 # Vagrantfile: VXMESH_NODE, VXMESH_ADDRESS, VXMESH_ETCD_URL, VXMESH_SEEDS (comma-separated
 # host:port), VXMESH_GOSSIP_KEY (base64), VXMESH_RUN_ETCD (1 on the etcd machine).
+# Optional: VXMESH_WHEELHOUSE, a directory with vxmesh's wheel and its dependencies' (pip then
+# installs from it alone: the VM tier's machines have no route out). Debian packages already
+# installed (the local box has them all) are not fetched again.
 set -euo pipefail
 
 : "${VXMESH_NODE:?}" "${VXMESH_ADDRESS:?}" "${VXMESH_ETCD_URL:?}" "${VXMESH_SEEDS:?}"
-: "${VXMESH_GOSSIP_KEY:?}" "${VXMESH_RUN_ETCD:=0}"
+: "${VXMESH_GOSSIP_KEY:?}" "${VXMESH_RUN_ETCD:=0}" "${VXMESH_WHEELHOUSE:=}"
 
 src=/opt/vxmesh/src
 venv=/opt/vxmesh/venv
 
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-packages=(iproute2 nftables python3-venv curl iputils-ping)
+packages=(iproute2 nftables python3-venv iputils-ping)
 if [ "$VXMESH_RUN_ETCD" = "1" ]; then
     packages+=(etcd-server etcd-client)
 fi
-apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 
 if [ "$VXMESH_RUN_ETCD" = "1" ]; then
     # Debian's etcd listens on loopback only; the other machines reach it on the private network.
@@ -32,8 +41,18 @@ fi
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
-"$venv/bin/pip" install -q --upgrade pip >/dev/null
-"$venv/bin/pip" install -q "$src"
+if [ -n "$VXMESH_WHEELHOUSE" ]; then
+    wheel=$(ls "$VXMESH_WHEELHOUSE"/vxmesh-*.whl)
+    # The same version number: a second provisioning reinstalls the wheel (not its deps).
+    reinstall=()
+    "$venv/bin/pip" show -q vxmesh >/dev/null 2>&1 && reinstall=(--force-reinstall --no-deps)
+    "$venv/bin/pip" install -q --no-compile --no-index --find-links "$VXMESH_WHEELHOUSE" \
+        "${reinstall[@]}" \
+        "$wheel"
+else
+    "$venv/bin/pip" install -q --upgrade pip >/dev/null
+    "$venv/bin/pip" install -q "$src"
+fi
 ln -sf "$venv/bin/vxmesh" /usr/local/bin/vxmesh
 
 install -d -m 0755 /etc/vxmesh

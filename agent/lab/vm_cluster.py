@@ -1,0 +1,221 @@
+"""What the VM tier checks on provisioned machines, shared by tests/vm and bench/vagrant.py.
+
+Owns: bringing up a provisioned lab (`bring_up`: boot, wait for ssh, provision the etcd node
+first, then the others), reading the unit's state (`unit`), and the measured operations:
+convergence (every agent sees every member alive), the README walk-through, packets lost
+while one node's agent restarts, the watchdog restarting a SIGSTOPped agent, the ipvlan reach
+matrix, and how long until a halted node is marked failed.
+
+Rules: every wait has a deadline and raises VmError naming what never happened; nothing here
+asserts a duration (callers report figures). Commands run on the VMs over ssh as in the README.
+
+May import: the standard library, agent.lab.vm.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.lab import vm
+
+UNIT = "vxmesh-agent"
+_PING_SUMMARY = re.compile(r"(\d+) packets transmitted, (\d+) received")
+
+
+@dataclass(frozen=True)
+class UpTimes:
+    boot_s: float
+    provision_s: float
+
+
+@dataclass(frozen=True)
+class PingCount:
+    sent: int
+    received: int
+
+    @property
+    def lost(self) -> int:
+        return self.sent - self.received
+
+
+def node_specs(count: int) -> list[vm.VmSpec]:
+    return [vm.VmSpec(f"node{i}", f"{vm.LAB_SUBNET}.{10 + i}") for i in range(1, count + 1)]
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout: float,
+               interval: float = 1.0) -> float:
+    """Seconds until `check()` holds (VmError after `timeout`)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if check():
+            return time.monotonic() - started
+        time.sleep(interval)
+    raise vm.VmError(f"{what}: not within {timeout:.0f} s")
+
+
+def bring_up(lab: vm.VmLab, wheels: Path) -> UpTimes:
+    """Start every VM, wait for ssh, provision the etcd node then the others in parallel."""
+    started = time.monotonic()
+    lab.start()
+    names = lab.names()
+    with ThreadPoolExecutor(len(names)) as pool:
+        list(pool.map(lambda name: lab.wait_ssh(name), names))
+    booted = time.monotonic()
+    cluster = vm.cluster_for(lab)
+    vm.provision(lab, cluster.etcd_node, cluster, wheels)
+    others = [n for n in names if n != cluster.etcd_node]
+    if others:
+        with ThreadPoolExecutor(len(others)) as pool:
+            list(pool.map(lambda name: vm.provision(lab, name, cluster, wheels), others))
+    return UpTimes(boot_s=booted - started, provision_s=time.monotonic() - booted)
+
+
+def vxmesh(lab: vm.VmLab, name: str, args: str, *, timeout: float = 180) -> Any:
+    """`sudo vxmesh --json ARGS` on a VM, decoded."""
+    return json.loads(lab.ssh(name, f"sudo vxmesh --json {args}", timeout=timeout).stdout)
+
+
+def unit(lab: vm.VmLab, name: str, *properties: str) -> dict[str, str]:
+    """`systemctl show` properties of the agent's unit."""
+    flags = " ".join(f"-p {p}" for p in properties)
+    out = lab.ssh(name, f"sudo systemctl show {flags} {UNIT}").stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def member_states(lab: vm.VmLab, name: str) -> dict[str, str]:
+    members = vxmesh(lab, name, "members")
+    return {str(m["name"]): str(m["state"]) for m in members}
+
+
+def converge(lab: vm.VmLab, names: Sequence[str], *, timeout: float = 600) -> float:
+    """Seconds until every agent in `names` sees all of them alive."""
+    def everyone_alive() -> bool:
+        for name in names:
+            try:
+                states = member_states(lab, name)
+            except (vm.VmError, json.JSONDecodeError):
+                return False
+            if any(states.get(other) != "alive" for other in names):
+                return False
+        return True
+
+    return wait_until("every agent sees every member alive", everyone_alive, timeout, 2.0)
+
+
+def create_endpoint(lab: vm.VmLab, node: str, name: str, network: str) -> str:
+    made = vxmesh(lab, node, f"endpoint create {name} --network {network}")
+    return str(made["ip"]).split("/")[0]
+
+
+def ping(lab: vm.VmLab, node: str, endpoint: str, target: str, *, count: int = 3,
+         interval: float = 1.0, check: bool = False) -> PingCount:
+    """Ping from an endpoint (`vxmesh endpoint exec`) and count what came back."""
+    done = lab.ssh(node, f"sudo vxmesh endpoint exec {endpoint} -- ping -q -n -c {count} "
+                         f"-i {interval} -W 5 {target}", check=check,
+                   timeout=60 + count * (interval + 1))
+    return _ping_count(done.stdout)
+
+
+def _ping_count(output: str) -> PingCount:
+    found = _PING_SUMMARY.search(output)
+    if found is None:
+        raise vm.VmError(f"no ping summary in {output[-500:]!r}")
+    return PingCount(int(found.group(1)), int(found.group(2)))
+
+
+def pings_during(lab: vm.VmLab, streams: Sequence[tuple[str, str, str]],
+                 action: Callable[[], None] | None, *, count: int = 150,
+                 interval: float = 0.2) -> list[PingCount]:
+    """Pings (node, endpoint, target) running while `action` runs (None: the baseline)."""
+    argvs = [lab.ssh_argv(node, f"sudo vxmesh endpoint exec {ep} -- ping -q -n -c {count} "
+                                f"-i {interval} -W 5 {target}")
+             for node, ep, target in streams]
+    running = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+               for argv in argvs]
+    try:
+        time.sleep(min(5.0, count * interval / 4))  # the streams are flowing
+        if action is not None:
+            action()
+        outputs = [p.communicate(timeout=120 + count * interval)[0] for p in running]
+    finally:
+        for p in running:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=30)
+    return [_ping_count(out.decode(errors="replace")) for out in outputs]
+
+
+def restart_agent(lab: vm.VmLab, name: str) -> None:
+    lab.ssh(name, f"sudo systemctl restart {UNIT}")
+
+
+def watchdog_restart(lab: vm.VmLab, name: str, *, timeout: float = 300) -> float:
+    """SIGSTOP the agent; seconds until systemd runs a new one (VmError unless the journal
+    shows the watchdog did it)."""
+    before = unit(lab, name, "MainPID", "NRestarts")
+    lab.ssh(name, f"sudo kill -STOP {before['MainPID']}")
+    stopped = time.monotonic()
+
+    def restarted() -> bool:
+        now = unit(lab, name, "MainPID", "ActiveState", "NRestarts")
+        return (now["MainPID"] not in ("0", before["MainPID"]) and now["ActiveState"] == "active"
+                and int(now["NRestarts"]) > int(before["NRestarts"]))
+
+    wait_until("a new agent after SIGSTOP", restarted, timeout, 0.5)
+    took = time.monotonic() - stopped
+    journal = lab.ssh(name, f"sudo journalctl -u {UNIT} --no-pager -o cat").stdout
+    if "Watchdog timeout" not in journal:
+        raise vm.VmError(f"{name}: the agent was restarted, but not by the watchdog")
+    return took
+
+
+def security_exposure(lab: vm.VmLab, name: str) -> str:
+    """The last line of `systemd-analyze security` for the unit ("Overall exposure ...")."""
+    out = lab.ssh(name, f"sudo systemd-analyze security {UNIT} --no-pager").stdout
+    return out.strip().splitlines()[-1]
+
+
+def ipvlan_networks(lab: vm.VmLab, node: str) -> None:
+    """ipl2 (ipvlan l2 on eth0, addresses of the lab's segment) and ipl3 (l3 on eth0.33)."""
+    vxmesh(lab, node, f"network create ipl2 --driver ipvlan --ipvlan-mode l2 --parent eth0 "
+                      f"--subnet {vm.LAB_SUBNET}.0/24 --gateway {vm.BRIDGE_ADDRESS} "
+                      f"--ip-range {vm.LAB_SUBNET}.64/28")
+    vxmesh(lab, node, "network create ipl3 --driver ipvlan --ipvlan-mode l3 "
+                      "--parent eth0.33 --subnet 10.33.0.0/24")
+
+
+def ipvlan_matrix(lab: vm.VmLab, nodes: Sequence[str]) -> dict[str, bool]:
+    """Reachability between ipvlan endpoints: l2 and l3 on one host; l2 to the segment's
+    gateway (the run's bridge); with two nodes, l2 across hosts. Keys name each pair."""
+    first = nodes[0]
+    matrix: dict[str, bool] = {}
+    a2 = create_endpoint(lab, first, "a2", "ipl2")
+    b2 = create_endpoint(lab, first, "b2", "ipl2")
+    create_endpoint(lab, first, "a3", "ipl3")
+    b3 = create_endpoint(lab, first, "b3", "ipl3")
+    kinds = lab.ssh(first, "sudo ip -d -j link show").stdout
+    if '"ipvlan"' not in kinds:
+        raise vm.VmError(f"{first}: no ipvlan link after creating ipvlan endpoints")
+    matrix["l2 same host"] = ping(lab, first, "a2", b2).received > 0
+    matrix["l2 to segment gateway"] = ping(lab, first, "a2", vm.BRIDGE_ADDRESS).received > 0
+    matrix["l3 same host"] = ping(lab, first, "a3", b3).received > 0
+    if len(nodes) > 1:
+        c2 = create_endpoint(lab, nodes[1], "c2", "ipl2")
+        matrix["l2 across hosts"] = ping(lab, first, "a2", c2).received > 0
+        matrix["l2 across hosts (reverse)"] = ping(lab, nodes[1], "c2", a2).received > 0
+    return matrix
+
+
+def marked_failed(lab: vm.VmLab, observer: str, halted: str, *, timeout: float = 180) -> float:
+    """Seconds until `observer` shows `halted` as failed (or dead)."""
+    return wait_until(f"{observer} marks {halted} failed",
+                      lambda: member_states(lab, observer).get(halted) in ("failed", "dead"),
+                      timeout, 1.0)
