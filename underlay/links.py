@@ -286,7 +286,12 @@ def _ensure_sublink(ipr: IPRoute, kind: str, name: str, parent: str, mode: int,
     try:
         ipr.link("set", index=index, net_ns_fd=open_netns_path(netns), ifname=name)
     except NetlinkError as exc:
-        ipr.link("del", index=index)
+        # The kernel moves first and renames after: a taken name leaves it there, unrenamed.
+        if get_link(ipr, made) is not None:
+            delete_link(ipr, made)
+        else:
+            with IPRoute(netns=netns, flags=0) as inside:
+                delete_link(inside, made)
         if netlink_errno(exc) == errno_codes.EEXIST:
             return  # the name is taken in the target namespace: the caller adopts it there
         raise KernelError(f"move {kind} {name!r} to namespace {netns!r}: {exc}",

@@ -86,6 +86,25 @@ def test_macvlan_is_born_in_its_namespace(netns_lab: NetnsLab) -> None:
         nl.close()
 
 
+def test_sublink_named_like_the_hosts_own_interface_is_moved_in_under_that_name(
+        netns_lab: NetnsLab) -> None:
+    # Made under a temporary name here, then moved and renamed: a 6.1 kernel refuses an ipvlan
+    # created straight into another namespace under a name this namespace already has (eth0).
+    host = netns_lab.ns("h")
+    ep = netns_lab.ns("e")
+    run(["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"], netns=host)
+    nl = NetlinkThread(host)
+    try:
+        nl.call_blocking(lambda ipr: links.ensure_macvlan(ipr, "eth0", "eth0", netns=ep))
+        nl.call_blocking(lambda ipr: links.ensure_macvlan(ipr, "eth0", "eth0", netns=ep))
+        assert "macvlan mode bridge" in run(["ip", "-d", "link", "show", "eth0"], netns=ep).stdout
+        for netns in (host, ep):  # the second call's temporary link is gone from both
+            listed = run(["ip", "-br", "link"], netns=netns).stdout.split()
+            assert not [name for name in listed if name.startswith("vxt")], listed
+    finally:
+        nl.close()
+
+
 @pytest.mark.parametrize("kernel_has_ipvlan", [False, True],
                          ids=["kernel-without-ipvlan", "kernel-with-ipvlan"])
 def test_ipvlan_is_born_in_its_namespace_or_reports_missing_support(
