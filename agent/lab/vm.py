@@ -12,7 +12,7 @@ only network is the bridge inside the run's namespace (no user-mode networking).
 processes are stopped by their own pid; `VmLab.close()` kills what it started and deletes the
 namespace and the overlays even when the caller failed. Every command has a timeout.
 
-May import: the standard library, agent.lab.namespaces.
+May import: the standard library, agent.lab.namespaces, underlay.netns_exec.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.lab.namespaces import run
+from underlay.netns_exec import ip_netns_exec
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "deploy" / "vagrant" / "build-box.sh"
@@ -232,7 +233,7 @@ class VmLab:
         argv = _qemu_argv(self.image, self.accel, vm.overlay, vm.console, vm.spec.memory_mb,
                           _kernel_args(vm.spec), network)
         log = (self.directory / f"{vm.spec.name}.qemu.log").open("ab")
-        vm.process = subprocess.Popen(["ip", "netns", "exec", self.netns, *argv],
+        vm.process = subprocess.Popen(ip_netns_exec(self.netns, argv),
                                       stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         log.close()
 
@@ -250,11 +251,11 @@ class VmLab:
         return self._vms[name].spec.address
 
     def ssh_argv(self, name: str, command: str) -> list[str]:
-        return ["ip", "netns", "exec", self.netns, "ssh", "-i", str(self._key),
-                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
-                "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=6",
-                f"vagrant@{self.address(name)}", command]
+        return ip_netns_exec(self.netns, [
+            "ssh", "-i", str(self._key), "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
+            "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=10",
+            "-o", "ServerAliveCountMax=6", f"vagrant@{self.address(name)}", command])
 
     def ssh(self, name: str, command: str, *, timeout: float = 180, check: bool = True,
             stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:

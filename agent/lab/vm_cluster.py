@@ -157,24 +157,33 @@ def restart_agent(lab: vm.VmLab, name: str) -> None:
     lab.ssh(name, f"sudo systemctl restart {UNIT}")
 
 
-def watchdog_restart(lab: vm.VmLab, name: str, *, timeout: float = 300) -> float:
-    """SIGSTOP the agent; seconds until systemd runs a new one (VmError unless the journal
-    shows the watchdog did it)."""
+@dataclass(frozen=True)
+class WatchdogRestart:
+    new_process_s: float  # SIGSTOP until systemd started a new agent process
+    ready_s: float  # SIGSTOP until that agent sent READY=1 (the unit active again)
+
+
+def watchdog_restart(lab: vm.VmLab, name: str, *, timeout: float = 600) -> WatchdogRestart:
+    """SIGSTOP the agent; time until systemd runs a new one and until it is ready (VmError
+    unless the journal shows the watchdog did it). A stopped process cannot act on the
+    watchdog's SIGABRT: systemd kills it after TimeoutAbortSec (TimeoutStopSec here)."""
     before = unit(lab, name, "MainPID", "NRestarts")
     lab.ssh(name, f"sudo kill -STOP {before['MainPID']}")
     stopped = time.monotonic()
+    now: dict[str, str] = {}
 
-    def restarted() -> bool:
-        now = unit(lab, name, "MainPID", "ActiveState", "NRestarts")
-        return (now["MainPID"] not in ("0", before["MainPID"]) and now["ActiveState"] == "active"
-                and int(now["NRestarts"]) > int(before["NRestarts"]))
+    def new_process() -> bool:
+        now.update(unit(lab, name, "MainPID", "ActiveState", "NRestarts"))
+        return now["MainPID"] not in ("0", before["MainPID"])
 
-    wait_until("a new agent after SIGSTOP", restarted, timeout, 0.5)
-    took = time.monotonic() - stopped
+    new_process_s = wait_until("a new agent process after SIGSTOP", new_process, timeout, 0.2)
+    wait_until("the new agent ready", lambda: new_process() and now["ActiveState"] == "active"
+               and int(now["NRestarts"]) > int(before["NRestarts"]), timeout, 0.5)
+    ready_s = time.monotonic() - stopped
     journal = lab.ssh(name, f"sudo journalctl -u {UNIT} --no-pager -o cat").stdout
     if "Watchdog timeout" not in journal:
         raise vm.VmError(f"{name}: the agent was restarted, but not by the watchdog")
-    return took
+    return WatchdogRestart(new_process_s=new_process_s, ready_s=ready_s)
 
 
 def security_exposure(lab: vm.VmLab, name: str) -> str:
@@ -201,9 +210,10 @@ def ipvlan_matrix(lab: vm.VmLab, nodes: Sequence[str]) -> dict[str, bool]:
     b2 = create_endpoint(lab, first, "b2", "ipl2")
     create_endpoint(lab, first, "a3", "ipl3")
     b3 = create_endpoint(lab, first, "b3", "ipl3")
-    kinds = lab.ssh(first, "sudo ip -d -j link show").stdout
-    if '"ipvlan"' not in kinds:
-        raise vm.VmError(f"{first}: no ipvlan link after creating ipvlan endpoints")
+    for endpoint, mode in (("a2", "l2"), ("a3", "l3")):
+        shown = lab.ssh(first, f"sudo vxmesh endpoint exec {endpoint} -- ip -d link show").stdout
+        if f"ipvlan  mode {mode}" not in shown:
+            raise vm.VmError(f"{first}: endpoint {endpoint} has no ipvlan {mode} link: {shown}")
     matrix["l2 same host"] = ping(lab, first, "a2", b2).received > 0
     matrix["l2 to segment gateway"] = ping(lab, first, "a2", vm.BRIDGE_ADDRESS).received > 0
     matrix["l3 same host"] = ping(lab, first, "a3", b3).received > 0

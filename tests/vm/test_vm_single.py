@@ -61,9 +61,10 @@ def test_systemctl_start_returns_once_ready_and_status_answers_over_ssh(lab: vm.
 
 def test_watchdog_restarts_a_hung_agent(lab: vm.VmLab) -> None:
     took = cluster.watchdog_restart(lab, NODE)
-    limits = cluster.unit(lab, NODE, "WatchdogUSec", "RestartUSec")
-    print(f"watchdog restart {took:.1f} s after SIGSTOP (WatchdogSec {limits['WatchdogUSec']}, "
-          f"RestartSec {limits['RestartUSec']})")
+    limits = cluster.unit(lab, NODE, "WatchdogUSec", "RestartUSec", "TimeoutAbortUSec")
+    print(f"watchdog: new agent {took.new_process_s:.1f} s after SIGSTOP, ready "
+          f"{took.ready_s:.1f} s after (WatchdogSec {limits['WatchdogUSec']}, TimeoutAbortSec "
+          f"{limits['TimeoutAbortUSec']}, RestartSec {limits['RestartUSec']})")
     assert cluster.vxmesh(lab, NODE, "status")["ready"]
 
 
