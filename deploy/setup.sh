@@ -6,7 +6,8 @@
 #                            and the `vxmesh` CNI plugin in /usr/lib/cni and /opt/cni/bin
 #   deploy/setup.sh --test   also the test and CI tools (promtool, shellcheck, vagrant, serf)
 #   deploy/setup.sh --vm     also the VM tier's tools (qemu-system-x86, qemu-utils, mmdebstrap,
-#                            vagrant for its insecure key): `pytest -m vm`, bench/vagrant.py
+#                            vagrant for its insecure key, vagrant-libvirt and libvirtd, whose
+#                            system service is not started): `pytest -m vm`, bench/vagrant.py
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +33,8 @@ if [ "$want_test" -eq 1 ]; then
     packages+=(prometheus shellcheck vagrant serf systemd dnsmasq-base dnsperf tcpdump)
 fi
 if [ "$want_vm" -eq 1 ]; then
-    packages+=(qemu-system-x86 qemu-utils mmdebstrap vagrant openssh-client e2fsprogs)
+    packages+=(qemu-system-x86 qemu-utils mmdebstrap vagrant openssh-client e2fsprogs
+               vagrant-libvirt libvirt-daemon libvirt-daemon-driver-qemu dnsmasq-base)
 fi
 missing=()
 for p in "${packages[@]}"; do

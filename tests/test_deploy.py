@@ -70,7 +70,9 @@ def test_alerts_and_dashboard_use_only_exposed_metrics() -> None:
 def test_vagrantfile_validates_and_provisioning_passes_shellcheck(tmp_path: Path) -> None:
     vagrant = _tool("vagrant")
     shellcheck = _tool("shellcheck")
-    _run([shellcheck, str(DEPLOY / "vagrant" / "provision.sh"), str(DEPLOY / "setup.sh")])
+    _run([shellcheck, str(DEPLOY / "setup.sh"),
+          *(str(DEPLOY / "vagrant" / name)
+            for name in ("provision.sh", "build-box.sh", "libvirt-netns.sh"))])
     copy = tmp_path / "deploy" / "vagrant"
     copy.mkdir(parents=True)
     for name in ("Vagrantfile", "provision.sh"):
