@@ -401,9 +401,9 @@ class Swim:
         self._push_pull_token = 0
         # Bytes of our membership state as last sent in a push-pull (0: none yet).
         self._members_state_bytes = 0
-        # After a join: [rounds left, members seen at the last round, rounds done].
+        # After a join: [rounds left, members seen at the join or the last round].
         self._join_sync_token = 0
-        self._join_sync = [0, 0, 0]
+        self._join_sync = [0, 0]
         self._at(now + rng.uniform(0, config.push_pull_interval_s), _PUSH_PULL, 0)
         if config.reconnect_interval_s is not None:
             self._at(now + rng.uniform(0, config.reconnect_interval_s), _RECONNECT, None)
@@ -421,7 +421,7 @@ class Swim:
                 self._stats["push_pulls_started"] += 1
         self._announce_self(now)
         self._join_sync_token += 1
-        self._join_sync = [self.config.join_sync_rounds, len(self._nodes), 0]
+        self._join_sync = [self.config.join_sync_rounds, len(self._nodes)]
         if self.config.join_sync_rounds:
             self._at(now + self._join_sync_delay(), _JOIN_SYNC, self._join_sync_token)
 
@@ -1034,16 +1034,16 @@ class Swim:
 
     def _join_sync_tick(self, token: int, now: float) -> None:
         """A push-pull with a random alive member while the view grew since the last round
-        (always the first two: the seed's reply may not have been merged by the first)."""
+        (since the join, for the first): a join repeated in a cluster we already know (the
+        agent retries seeds that are down) costs nothing more."""
         sync = self._join_sync
         if token != self._join_sync_token or self._leaving or sync[0] <= 0:
             return
         grew = len(self._nodes) != sync[1]
         sync[1] = len(self._nodes)
-        if not grew and sync[2] >= 2:
+        if not grew:
             return
         sync[0] -= 1
-        sync[2] += 1
         for node in self._random_members(1, _is_alive):
             self._push_pulls.append(StartPushPull(node.addr, False))
             self._stats["push_pulls_started"] += 1

@@ -473,3 +473,18 @@ def test_push_pull_is_stretched_to_its_byte_budget_in_a_large_cluster() -> None:
     assert big.push_pulls_to_start() == []  # not at 300 s, nor 600 s
     big.handle_timeout(first + stretched + 1.0)
     assert len(big.push_pulls_to_start()) == 1
+
+
+def test_join_push_pulls_follow_a_growing_view_and_stop_in_a_known_cluster() -> None:
+    link = FakeLink(6)
+    for name in "bcdef":
+        link[name].join([link["a"].addr], link.now)
+        link.flush()
+    link.advance(10.0)
+    assert all(len(link[name].members()) == 6 for name in "abcdef")
+    joiner = link["f"]
+    before = joiner.statistics().push_pulls_started
+    joiner.join([link["a"].addr], link.now)  # again, as the agent retries its seeds
+    link.advance(5.0)
+    # the join itself, and at most one periodic push-pull: no join rounds, nothing grew
+    assert joiner.statistics().push_pulls_started - before <= 2
