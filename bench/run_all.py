@@ -1,7 +1,8 @@
 """Run every benchmark in bench/ and write bench/RESULTS.md.
 
 Usage: bench/run_all.py [--gossip-sizes 5,10,20] [--loss-window 20] [--scale-nodes ...]
-                        [--only gossip_vs_serf,scale] [--out bench/RESULTS.md]
+                        [--scale-cold-start N:S,...] [--only gossip_vs_serf,scale]
+                        [--out bench/RESULTS.md]
 
 Each benchmark runs as its own process with --json; its last output line is its JSON
 object and the lines before it are its table. RESULTS.md gets the date, the machine (nproc,
@@ -208,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scale-nodes", default="100,300,1000,3000")
     parser.add_argument("--scale-duration", type=float, default=None,
                         help="simulated seconds per scale point (scale.py's default if unset)")
+    parser.add_argument("--scale-cold-start", default=None,
+                        help="scale.py's --cold-start N:S,... (its default if unset)")
     parser.add_argument("--timeout", type=float, default=1800.0,
                         help="seconds allowed per benchmark process (default 1800)")
     parser.add_argument("--out", type=Path, default=BENCH / "RESULTS.md")
@@ -223,7 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            "--idle-window", str(args.idle_window),
                            "--repeats", str(args.repeats)],
         "scale": ["--nodes", args.scale_nodes] + (
-            [] if args.scale_duration is None else ["--duration", str(args.scale_duration)]),
+            [] if args.scale_duration is None else ["--duration", str(args.scale_duration)]) + (
+            [] if args.scale_cold_start is None else ["--cold-start", args.scale_cold_start]),
     }
     runs = []
     for name in chosen:

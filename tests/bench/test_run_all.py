@@ -14,7 +14,7 @@ def test_run_all_writes_results_for_scale(tmp_path: Path) -> None:
     out = tmp_path / "RESULTS.md"
     done = subprocess.run(
         [sys.executable, str(BENCH / "run_all.py"), "--only", "scale", "--scale-nodes", "8",
-         "--scale-duration", "20", "--out", str(out), "--json"],
+         "--scale-duration", "20", "--scale-cold-start", "8:1", "--out", str(out), "--json"],
         capture_output=True, text=True, timeout=60, check=True)
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["benches"]["scale"]["ok"] is True
