@@ -92,7 +92,7 @@ class SwimConfig:
     #: messages piggybacked one by one.
     join_sync_interval_s: float = 0.5
     #: rounds. At most this many such push-pulls after a join (0: none).
-    join_sync_rounds: int = 8
+    join_sync_rounds: int = 16
 
     def validate(self) -> SwimConfig:
         """Return self, or raise SwimConfigError naming the first bad field and its value."""
@@ -152,7 +152,7 @@ class SwimConfig:
         2 * max(1, log10 n) * 1 s (6 s at n = 1,000), maximum 6x that, reaching the minimum
         after 3 independent confirmations; push-pull every 30 s scaled by cluster size;
         failed members re-joined every 30 s and remembered 24 h (serf's reconnect), so
-        partitions heal; after a join, up to 8 push-pulls with random members every ~0.5 s
+        partitions heal; after a join, up to 16 push-pulls with random members every ~0.5 s
         while the view grows (cold starts); push-pull stretched to keep a node's share of
         membership state exchanges at most 1,500 B/s (changes nothing below ~2,000 members
         unsigned).

@@ -401,9 +401,10 @@ class Swim:
         self._push_pull_token = 0
         # Bytes of our membership state as last sent in a push-pull (0: none yet).
         self._members_state_bytes = 0
-        # After a join: [rounds left, members seen at the join or the last round].
+        # After a join: [rounds left, members seen at the join or the last round, rounds in a
+        # row that brought nothing].
         self._join_sync_token = 0
-        self._join_sync = [0, 0]
+        self._join_sync = [0, 0, 0]
         self._at(now + rng.uniform(0, config.push_pull_interval_s), _PUSH_PULL, 0)
         if config.reconnect_interval_s is not None:
             self._at(now + rng.uniform(0, config.reconnect_interval_s), _RECONNECT, None)
@@ -421,7 +422,7 @@ class Swim:
                 self._stats["push_pulls_started"] += 1
         self._announce_self(now)
         self._join_sync_token += 1
-        self._join_sync = [self.config.join_sync_rounds, len(self._nodes)]
+        self._join_sync = [self.config.join_sync_rounds, len(self._nodes), 0]
         if self.config.join_sync_rounds:
             self._at(now + self._join_sync_delay(), _JOIN_SYNC, self._join_sync_token)
 
@@ -1033,15 +1034,19 @@ class Swim:
         return self.config.join_sync_interval_s * self._rng.uniform(0.5, 1.5)
 
     def _join_sync_tick(self, token: int, now: float) -> None:
-        """A push-pull with a random alive member while the view grew since the last round
-        (since the join, for the first): a join repeated in a cluster we already know (the
-        agent retries seeds that are down) costs nothing more."""
+        """A push-pull with a random alive member until the view stayed the same for two
+        rounds (a view complete early keeps spreading a while: in a cold start the complete
+        views are the ones the others lack), or at once if it did not grow since the join: a
+        join repeated in a cluster we already know (the agent retries seeds that are down)
+        costs nothing more."""
         sync = self._join_sync
         if token != self._join_sync_token or self._leaving or sync[0] <= 0:
             return
         grew = len(self._nodes) != sync[1]
+        first = sync[0] == self.config.join_sync_rounds
         sync[1] = len(self._nodes)
-        if not grew:
+        sync[2] = 0 if grew else sync[2] + 1
+        if sync[2] >= 2 or (first and not grew):
             return
         sync[0] -= 1
         for node in self._random_members(1, _is_alive):
