@@ -166,10 +166,12 @@ async def test_a_hung_member_is_left_within_the_member_timeout_and_used_again(
     async with trio.open_nursery() as nursery:
         await nursery.start(lambda task_status: store.run_health_probe(
             member_interval=0.1, task_status=task_status))
-        await wait_until(lambda: store.client.current_member().port == first.client_port,
-                         "the client back on the first member")
+        # (on a loaded machine another member may have been left too, for being slow: the
+        # probe brings every member back once it answers)
+        await wait_until(lambda: store.client.current_member().port == first.client_port
+                         and store.statistics().members_down == 0,
+                         "the client back on the first member, none left down", 30.0)
         nursery.cancel_scope.cancel()
-    assert store.statistics().members_down == 0
     assert {n.name for n in await list_networks(store)} == {"a", "b"}
     store.close()
 
