@@ -268,8 +268,10 @@ def test_a_network_is_created_from_the_configured_subnet(cni_lab: CniLab,
     try:
         assert added.code == 0, added
         assert added.value["ips"][0]["address"].startswith("10.214.0.")
-        networks = cni_lab.lab.client(cni_lab.h2).request("GET", "/v1/networks")
-        assert {n["name"]: n["subnet"] for n in networks}["green"] == "10.214.0.0/24"
+        # h2 learns the network from etcd's watch: a moment after h1 made it
+        cni_lab.lab.wait_for(lambda: {n["name"]: n["subnet"] for n in cni_lab.lab.client(
+            cni_lab.h2).request("GET", "/v1/networks")}.get("green") == "10.214.0.0/24",
+            "network green with its subnet on h2", 15.0)
     finally:
         assert plugin(cni_lab, "DEL", config, attachment).code == 0
 
