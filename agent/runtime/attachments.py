@@ -477,12 +477,9 @@ class Attachments:
                 raise InvalidRequest(str(exc)) from None
             record = await self._endpoints.set_aliases(name, aliases)
             ip = first_ip(record)
-            if record.mode is Mode.OVERLAY and ip and record.mac and record.network \
+            if record.mode is Mode.OVERLAY and ip and record.network \
                     and self._table.get(record.network, self.node, ip) is not None:
-                self._table.put_endpoint(record.network, ip, record.mac, trio.current_time(),
-                                         changed_at=time.time(),
-                                         attributes=attributes_of(record))
-                self._gossip.records_changed()
+                self._publish_overlay(record)  # every address's entry carries the names
             await self._names.refresh()
             return self._names.with_dns(attachment_of(record, self.node))
 
