@@ -13,21 +13,14 @@ import pytest
 
 from agent.lab import vm
 from agent.lab import vm_cluster as cluster
-from tests.vm.test_vm_single import missing_tool
+from tests.vm.test_vm_single import provisioned_lab
 
 pytestmark = [pytest.mark.vm, pytest.mark.kernel, pytest.mark.timeout(5400)]
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[vm.VmLab]:
-    missing = missing_tool()
-    if missing is not None:
-        pytest.skip(f"needs {missing} (deploy/setup.sh --vm)")
-    image = vm.build_image()
-    directory = tmp_path_factory.mktemp("vms")
-    with vm.VmLab(directory, "x22c", image, cluster.node_specs(3),
-                  accel=vm.choose_accel(image, directory)) as machines:
-        cluster.bring_up(machines, vm.wheelhouse(directory))
+    with provisioned_lab(tmp_path_factory, "vms", "x22c", 3) as machines:
         cluster.converge(machines, machines.names())
         yield machines
 

@@ -7,6 +7,7 @@ Skipped unless asked for (`pytest -m vm`): booting and provisioning under TCG ta
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from collections.abc import Iterator
@@ -32,16 +33,25 @@ def missing_tool() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[vm.VmLab]:
+@contextlib.contextmanager
+def provisioned_lab(tmp_path_factory: pytest.TempPathFactory, folder: str, prefix: str,
+                    nodes: int) -> Iterator[vm.VmLab]:
+    """`nodes` VMs booted from the cached image and provisioned (skips without the tools);
+    stopped and removed when the block ends."""
     missing = missing_tool()
     if missing is not None:
         pytest.skip(f"needs {missing} (deploy/setup.sh --vm)")
     image = vm.build_image()
-    directory = tmp_path_factory.mktemp("vm")
-    with vm.VmLab(directory, "x22v", image, cluster.node_specs(1),
+    directory = tmp_path_factory.mktemp(folder)
+    with vm.VmLab(directory, prefix, image, cluster.node_specs(nodes),
                   accel=vm.choose_accel(image, directory)) as machines:
         cluster.bring_up(machines, vm.wheelhouse(directory))
+        yield machines
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[vm.VmLab]:
+    with provisioned_lab(tmp_path_factory, "vm", "x22v", 1) as machines:
         yield machines
 
 
