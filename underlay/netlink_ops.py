@@ -117,6 +117,12 @@ def encode_ndmsg(*, msg_type: int, nl_flags: int, seq: int, family: int, ifindex
     if dst is not None:
         attrs.append(("NDA_DST", dst))
     msg["attrs"] = attrs
+    return encode_with_header(msg, msg_type, nl_flags, seq)
+
+
+def encode_with_header(msg: Any, msg_type: int, nl_flags: int, seq: int) -> bytes:
+    """The bytes of pyroute2 message `msg` under a request header (`pid` 0: the kernel
+    fills in the socket's)."""
     msg["header"]["type"] = msg_type
     msg["header"]["flags"] = nl_flags
     msg["header"]["sequence_number"] = seq

@@ -54,7 +54,7 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from underlay import links
 from underlay.errors import KernelError
-from underlay.netlink_ops import next_seq, raw_socket
+from underlay.netlink_ops import encode_with_header, next_seq, raw_socket
 from underlay.netns_sockets import run_in_netns
 
 IFF_UP = 1
@@ -64,15 +64,6 @@ RTN_UNICAST = 1
 REPLY_TIMEOUT_S = 10.0
 OPERATIONAL_TIMEOUT_S = 10.0
 NETLINK_ROUTE = 0
-
-
-def _header(msg: Any, msg_type: int, flags: int, seq: int) -> bytes:
-    msg["header"]["type"] = msg_type
-    msg["header"]["flags"] = flags
-    msg["header"]["sequence_number"] = seq
-    msg["header"]["pid"] = 0
-    msg.encode()
-    return bytes(msg.data)
 
 
 def _exchange(sock: socket.socket, messages: Sequence[tuple[int, bytes]],
@@ -143,7 +134,7 @@ def create_veth_into(ipr: IPRoute, name: str, peer: str, netns: str, *, mtu: int
         msg["change"] = IFF_UP
         msg["attrs"] = attrs
         seq = next_seq()
-        data = _header(msg, RTM_NEWLINK,
+        data = encode_with_header(msg, RTM_NEWLINK,
                        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, seq)
         code, _ = _exchange(raw_socket(ipr), [(seq, data)])[seq]
     finally:
@@ -216,7 +207,7 @@ class Sandbox:
             link_attrs.append(("IFLA_ADDRESS", mac.lower()))
         link["attrs"] = link_attrs
         seq = next_seq()
-        messages.append((seq, _header(link, RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, seq),
+        messages.append((seq, encode_with_header(link, RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, seq),
                          f"set {self.ifname!r} up"))
         for cidr in addresses:
             iface = links.parse_interface(cidr)
@@ -233,7 +224,7 @@ class Sandbox:
                 attrs.append(("IFA_FLAGS", IFA_F_NODAD))
             address["attrs"] = attrs
             seq = next_seq()
-            messages.append((seq, _header(address, RTM_NEWADDR, NLM_F_REQUEST | NLM_F_ACK
+            messages.append((seq, encode_with_header(address, RTM_NEWADDR, NLM_F_REQUEST | NLM_F_ACK
                                           | NLM_F_CREATE | NLM_F_EXCL, seq),
                              f"add address {cidr} to {self.ifname!r}"))
         for destination, gateway in routes:
@@ -250,7 +241,7 @@ class Sandbox:
                 attrs.insert(0, ("RTA_DST", str(network.network_address)))
             route["attrs"] = attrs
             seq = next_seq()
-            messages.append((seq, _header(route, RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK
+            messages.append((seq, encode_with_header(route, RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK
                                           | NLM_F_CREATE | NLM_F_REPLACE, seq),
                              f"replace route {destination} via {gateway}"))
         answers = _exchange(self._sock, [(seq, data) for seq, data, _ in messages])
@@ -279,7 +270,8 @@ def link_operational(sock: socket.socket, index: int, what: str) -> bool:
     request = ifinfmsg()
     request["index"] = index
     seq = next_seq()
-    code, reply = _exchange(sock, [(seq, _header(request, RTM_GETLINK, NLM_F_REQUEST, seq))])[seq]
+    query = encode_with_header(request, RTM_GETLINK, NLM_F_REQUEST, seq)
+    code, reply = _exchange(sock, [(seq, query)])[seq]
     if code:
         raise KernelError(f"look up link {what}: {os.strerror(code)}", code)
     msg = ifinfmsg(reply)
