@@ -207,20 +207,10 @@ def parse_attach_request(body: Mapping[str, Any]) -> AttachRequest:
         raise InvalidRequest(f"mode: {mode!r} is not one of {', '.join(ENDPOINT_MODES)}")
     network_raw = _field(body, "network", required=mode == "overlay")
     network = validate_name(network_raw, "network") if network_raw is not None else ""
-    ip = _optional_str(body, "ip")
-    if ip is not None:
-        try:
-            ip = canonical_ip(ip)
-        except ValueError:
-            raise InvalidRequest(f"ip: {ip!r} is not an IP address") from None
-    ip6 = _optional_str(body, "ip6")
-    if ip6 is not None:
-        try:
-            ip6 = canonical_ip(ip6)
-        except ValueError:
-            raise InvalidRequest(f"ip6: {ip6!r} is not an IP address") from None
-        if ":" not in ip6:
-            raise InvalidRequest(f"ip6: {ip6!r} is not an IPv6 address")
+    ip = _optional_ip(body, "ip")
+    ip6 = _optional_ip(body, "ip6")
+    if ip6 is not None and ":" not in ip6:
+        raise InvalidRequest(f"ip6: {ip6!r} is not an IPv6 address")
     publish = _list(body, "publish")
     ports = _list(body, "ports")
     if publish and mode not in ("bridge", "overlay"):  # overlay: the network's driver decides
@@ -248,6 +238,17 @@ def _optional_str(body: Mapping[str, Any], name: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise InvalidRequest(f"{name}: {value!r} is not a string")
     return value
+
+
+def _optional_ip(body: Mapping[str, Any], name: str) -> str | None:
+    """Field `name` as a canonical IP address, if given."""
+    value = _optional_str(body, name)
+    if value is None:
+        return None
+    try:
+        return canonical_ip(value)
+    except ValueError:
+        raise InvalidRequest(f"{name}: {value!r} is not an IP address") from None
 
 
 def _sandbox(body: Mapping[str, Any]) -> Sandbox:
