@@ -1,23 +1,39 @@
-"""Network policy cost: throughput and latency with 0, 100 and 1,000 policies, and the time from
-an endpoint's creation to its enforcement.
+"""Network policy cost: throughput, CPU and latency with 1, 100 and 1,000 policies against the
+agent's own no-policy state, and the time from an endpoint's creation to its enforcement.
 
-Usage: flock /work/bench.lock bench/policy.py [--seconds 3] [--rounds 5] [--creates 20] [--json]
+Usage: flock /work/bench.lock bench/policy.py [--seconds 1] [--rounds 30] [--creates 30] [--json]
 
-Throughput and latency: a client and a server namespace, each on a veth into a bridge in a
-middle namespace with bridge netfilter on (as on an agent's host). In the middle, the table
-`underlay.policy_table` plans for N policies (N = 0: no table; N = 1 shows what any table
-costs, conntrack included, apart from the number of rules) and 10,000 selected endpoints
-spread over them, loaded with one `nft -f`; the server is selected by the last policy and the
-client allowed by it, so a new flow walks every allow rule before its accept. Measured:
-iperf3 TCP (1 stream, `--seconds`, the client pinned to CPU 0 and the server to CPU 1 with
-iperf3 -A when there are two CPUs), and the mean round trip of 200 pings at 10 ms. Rounds are
-interleaved and bracketed by baselines: 0, 1, 100, 1000, 0, 1, ..., 0 (`--rounds` of
-them, at least 5 to judge). Each round's loss is paired with its own baseline, the mean of the
-0 before and the 0 after it: loss_N(r) = 1 - gbps_N(r) / baseline(r). `loss_N` is the median
-over rounds, with the spread (min, max) beside it; `noise` is the median relative difference
-between consecutive baselines (what the machine alone moves). The 5% target at 1,000 policies
-is "met" when loss_1000 <= 0.05, and the verdict is judgeable only when noise is below 0.05
-and there are at least 5 rounds.
+The baseline is what an agent's host already runs with an overlay network and no policy, not
+an empty namespace: bridge netfilter is on (`net.bridge.bridge-nf-call-iptables` is 1 in every
+namespace once br_netfilter is loaded, and Docker loads it), and the agent's `ip vxmesh` table
+(egress MASQUERADE, the overlay's isolation in a forward chain; `underlay.nat_table` renders
+it here for the bench's bridge, as `underlay.endpoints` does for a real one) registers the NAT
+and filter hooks and conntrack, so bridged packets between the network's endpoints are already
+tracked. Policy adds the `inet vxmesh_policy` table on top of that.
+
+Variants, each in a namespace triple of its own (a client and a server namespace, each on a
+veth into a bridge in a middle one; the middle's rule set is loaded once, so switching variant
+costs nothing):
+- `agent`: the agent's no-policy rule set: THE BASELINE;
+- `control`: the same rule set in other namespaces (an A/A check: its "loss" is the method's
+  own noise, and its 95% interval is the `noise` the verdict is judged against);
+- `none`: no table at all (what the agent's own table costs, for reference);
+- `1`, `100`, `1000`: the agent's table plus the policy table `underlay.policy_table` plans for
+  N policies and 10,000 selected endpoints spread over them (the server is selected by the last
+  policy and the client allowed by it, so a new flow walks every allow rule before its accept;
+  N = 1 is what any policy table costs apart from the number of rules).
+
+Measured per run: iperf3 TCP (1 stream, `--seconds`, the client pinned to CPU 0 and the server
+to CPU 1 with iperf3 -A when there are two CPUs), iperf3's own CPU time of client and server
+(getrusage: softirq work done in their context is charged to them on this kernel's tick
+accounting) per GB received, which other jobs on the shared machine move far less than
+throughput, and the mean round trip of 50 pings at 5 ms. Order: the baseline between every two
+runs (agent X agent Y agent ...), the others rotated every round. Each run of a variant is
+paired with the mean of the two baseline runs around it: loss(run) = 1 - gbps / baseline, and
+the extra CPU per GB the same way. Per variant: the median over rounds, its 95% bootstrap
+interval (2,000 resamples, seeded) and the min - max. The 5% target at 1,000 policies is met
+when loss_1000 <= 0.05; the verdict is judgeable when the noise (half the width of the control's
+interval) is below 0.05 and loss_1000's interval lies wholly on one side of 0.05.
 
 Enforcement: a real two-host lab (`agent.lab.hosts.Lab`), one ingress policy selecting
 app=x; `--creates` endpoints labelled app=x are created one after the other on h2; for each,
@@ -25,11 +41,12 @@ the time from the create request to its address in h2's selected set (polled eve
 and the part of it after the create request answered (the endpoint's creation itself is the
 rest). `enforce_s_p99` is the largest of them when there are fewer than 100.
 
-JSON last line: `loss_1`, `loss_100`, `loss_1000` (fractions), their `_spread`, `noise`,
-`judgeable`, `target_met`, `enforce_s_p99`, and the per-N figures.
+JSON last line: `loss_100`, `loss_1000` (fractions), `enforce_s_p99`; also `loss_1`,
+`loss_none`, `loss_control`, each `_ci95` and `_spread`, `cpu_extra_*` (fractions of the
+baseline's CPU per GB), `noise`, `judgeable`, `target_met`, load averages, and per variant.
 Rules: everything runs in namespaces this script creates and deletes (even on failure);
 processes it starts are stopped by pid. Run under `flock /work/bench.lock`.
-May import: agent.lab, underlay, the standard library.
+May import: agent.lab, underlay, bench/pathbench.py, the standard library.
 """
 
 from __future__ import annotations
@@ -37,21 +54,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ipaddress
-import itertools
 import json
 import os
+import random
 import re
 import shutil
 import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from pathbench import loadavg, rotated
+
 from agent.lab.hosts import Lab
+from underlay.endpoints_model import EndpointsConfig
+from underlay.nat_table import OverlayEgress, replace_transaction
 from underlay.netns_exec import ip_netns_exec
 from underlay.policy_table import (
     FAMILY,
@@ -60,15 +81,18 @@ from underlay.policy_table import (
     PolicyRule,
     plan_policy,
     policy_transaction,
-    removal_transaction,
 )
 
-COUNTS = (0, 1, 100, 1000)
-"""1: the fixed cost of any policy (br_netfilter hooks and conntrack), apart from the rules'."""
+BASELINE = "agent"
+CONTROL = "control"
+POLICY_COUNTS = (1, 100, 1000)
+VARIANTS = (BASELINE, CONTROL, "none", *(str(n) for n in POLICY_COUNTS))
 SELECTED = 10_000
 NETWORK = "bench"
+SUBNET = "10.208.0.0/16"
 SERVER, CLIENT = "10.208.0.2", "10.208.0.3"
 TARGET_LOSS = 0.05
+RESAMPLES = 2000
 
 
 def _run(argv: list[str], *, input_text: str | None = None, timeout: float = 60) -> str:
@@ -80,33 +104,58 @@ def _in(ns: str, argv: list[str], **kwargs: object) -> str:
     return _run(ip_netns_exec(ns, argv), **kwargs)  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class Triple:
+    """One variant's namespaces: traffic goes client -> bridge in middle -> server."""
+
+    client: str
+    middle: str
+    server: str
+
+
+def _build(tag: str) -> Triple:
+    triple = Triple(*(f"{tag}{role}" for role in ("c", "m", "s")))
+    for ns in (triple.client, triple.middle, triple.server):
+        _run(["ip", "netns", "add", ns])
+    _in(triple.middle, ["ip", "link", "add", "br0", "type", "bridge"])
+    _in(triple.middle, ["ip", "link", "set", "br0", "up"])
+    for ns, ip in ((triple.client, CLIENT), (triple.server, SERVER)):
+        _in(triple.middle, ["ip", "link", "add", "p" + ns[-1], "type", "veth", "peer", "name",
+                            "eth0", "netns", ns])
+        _in(triple.middle, ["ip", "link", "set", "p" + ns[-1], "master", "br0", "up"])
+        _in(ns, ["ip", "addr", "add", f"{ip}/16", "dev", "eth0"])
+        _in(ns, ["ip", "link", "set", "eth0", "up"])
+        _in(ns, ["ip", "link", "set", "lo", "up"])
+    for name in ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables"):  # as on an agent host
+        _in(triple.middle, ["sysctl", "-qw", f"net.bridge.{name}=1"])
+    return triple
+
+
 @contextlib.contextmanager
-def namespaces(tag: str) -> Iterator[tuple[str, str, str]]:
-    """(client, middle, server) namespaces; deleted on exit."""
-    names = tuple(f"{tag}{role}" for role in ("c", "m", "s"))
-    client, middle, server = names
+def namespaces(tag: str, variants: Sequence[str]) -> Iterator[dict[str, Triple]]:
+    """A namespace triple per variant; all deleted on exit."""
+    made: list[str] = []
     try:
-        for ns in names:
-            _run(["ip", "netns", "add", ns])
-        _in(middle, ["ip", "link", "add", "br0", "type", "bridge"])
-        _in(middle, ["ip", "link", "set", "br0", "up"])
-        for ns, ip in ((client, CLIENT), (server, SERVER)):
-            _in(middle, ["ip", "link", "add", "p" + ns[-1], "type", "veth", "peer", "name",
-                         "eth0", "netns", ns])
-            _in(middle, ["ip", "link", "set", "p" + ns[-1], "master", "br0", "up"])
-            _in(ns, ["ip", "addr", "add", f"{ip}/16", "dev", "eth0"])
-            _in(ns, ["ip", "link", "set", "eth0", "up"])
-            _in(ns, ["ip", "link", "set", "lo", "up"])
-        for name in ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables"):
-            _in(middle, ["sysctl", "-qw", f"net.bridge.{name}=1"])
-        yield client, middle, server
+        triples = {}
+        for index, variant in enumerate(variants):
+            made += [f"{tag}{index}{role}" for role in ("c", "m", "s")]
+            triples[variant] = _build(f"{tag}{index}")
+        yield triples
     finally:
-        for ns in names:
+        for ns in made:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
+def agent_script() -> str:
+    """The agent's rule set for a host with one overlay network (the bench's bridge) and no
+    policy, rendered by the code the agent runs (`underlay.endpoints` applies the same)."""
+    config = EndpointsConfig(state_dir=Path("/nonexistent"))
+    return replace_transaction(config.nft_table, config.bridges, [],
+                               (OverlayEgress(NETWORK, "br0", SUBNET),))
+
+
 def policy_script(count: int) -> str:
-    """The table for `count` policies and SELECTED endpoints (server last-selected)."""
+    """The policy table for `count` policies and SELECTED endpoints (server last-selected)."""
     rules = [PolicyRule(f"p{i}", NETWORK, False, ("app", f"s{i}"), (("app", f"c{i}"),))
              for i in range(count)]
     endpoints = [PolicyEndpoint(NETWORK, str(ipaddress.ip_address("10.209.0.0") + i),
@@ -118,68 +167,160 @@ def policy_script(count: int) -> str:
     return script
 
 
+def variant_scripts(variant: str) -> list[str]:
+    """The nft scripts the middle namespace of `variant` is loaded with, in order."""
+    if variant == "none":
+        return []
+    if variant in (BASELINE, CONTROL):
+        return [agent_script()]
+    return [agent_script(), policy_script(int(variant))]
+
+
 def _pinning() -> list[str]:
     """iperf3's CPU affinity: client on CPU 0, server on CPU 1 (none on one CPU)."""
     return ["-A", "0,1"] if (os.cpu_count() or 1) >= 2 else []
 
 
-def measure(client: str, server: str, seconds: float) -> tuple[float, float]:
-    """(gbps, mean ping ms) from client to server."""
-    iperf = subprocess.Popen(ip_netns_exec(server, ["iperf3", "-s", "-1", "-p", "5201"]),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 5
-        while True:  # the server may not listen yet: retry a refused connection
-            answer = json.loads(subprocess.run(
-                ip_netns_exec(client, ["iperf3", "-c", SERVER, "-p", "5201", "-t",
-                                       str(seconds), *_pinning(), "-J"]),
-                capture_output=True, text=True, timeout=seconds + 30, check=False).stdout)
-            if "error" not in answer:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"iperf3: {answer['error']}")
-            time.sleep(0.1)
-        gbps = answer["end"]["sum_received"]["bits_per_second"] / 1e9
-    finally:
-        iperf.kill()
-        iperf.wait(timeout=10)
-    ping = _in(client, ["ping", "-n", "-q", "-c", "200", "-i", "0.01", SERVER], timeout=60)
+@dataclass(frozen=True)
+class Run:
+    """One measurement: Gbit/s received, iperf3's CPU seconds (client + server) per GB
+    received, mean ping ms."""
+
+    gbps: float
+    cpu_s_per_gb: float
+    ping_ms: float
+
+
+def measure(triple: Triple, seconds: int) -> Run:
+    deadline = time.monotonic() + 10
+    while True:  # the server may not listen yet: retry a refused connection
+        answer = json.loads(subprocess.run(
+            ip_netns_exec(triple.client, ["iperf3", "-c", SERVER, "-p", "5201", "-t",
+                                          str(seconds), *_pinning(), "-J"]),
+            capture_output=True, text=True, timeout=seconds + 30, check=False).stdout)
+        if "error" not in answer:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"iperf3: {answer['error']}")
+        time.sleep(0.1)
+    received = answer["end"]["sum_received"]
+    cpu = answer["end"]["cpu_utilization_percent"]
+    gigabytes = received["bytes"] / 1e9
+    cpu_seconds = (cpu["host_total"] + cpu["remote_total"]) / 100 * received["seconds"]
+    ping = _in(triple.client, ["ping", "-n", "-q", "-c", "50", "-i", "0.005", SERVER],
+               timeout=60)
     found = re.search(r"= [\d.]+/([\d.]+)/", ping)
-    return gbps, float(found.group(1)) if found else float("nan")
+    return Run(received["bits_per_second"] / 1e9, cpu_seconds / gigabytes,
+               float(found.group(1)) if found else float("nan"))
+
+
+def schedule(others: Sequence[str], rounds: int) -> list[str]:
+    """The measuring order: the baseline before every other run and once more at the end, the
+    others rotated by one every round (so a load burst does not always hit the same one)."""
+    order: list[str] = []
+    for round_number in range(rounds):
+        for variant in rotated(others, round_number):
+            order += [BASELINE, variant]
+    return [*order, BASELINE]
+
+
+def paired_changes(order: Sequence[str], values: Sequence[float]) -> dict[str, list[float]]:
+    """Per variant, each run's value relative to the mean of the baseline runs just before and
+    after it, minus 1 (values[i] was measured for order[i]; every other run has a baseline on
+    both sides)."""
+    changes: dict[str, list[float]] = {}
+    for i, variant in enumerate(order):
+        if variant == BASELINE:
+            continue
+        neighbours = order[i - 1:i + 2:2] if 0 < i < len(order) - 1 else []
+        if neighbours != [BASELINE, BASELINE]:
+            raise ValueError(f"run {i} ({variant}) is not between two baseline runs")
+        baseline = (values[i - 1] + values[i + 1]) / 2
+        changes.setdefault(variant, []).append(values[i] / baseline - 1)
+    return changes
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The median of some values with its 95% bootstrap interval and the min - max."""
+
+    median: float
+    low95: float
+    high95: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values: Sequence[float], rng: random.Random) -> Estimate:
+        medians = sorted(statistics.median(rng.choices(values, k=len(values)))
+                         for _ in range(RESAMPLES))
+        return cls(statistics.median(values), medians[int(0.025 * RESAMPLES)],
+                   medians[int(0.975 * RESAMPLES) - 1], min(values), max(values))
+
+    def negated(self) -> Estimate:
+        """The same figures for -values (a throughput change as a loss)."""
+        return Estimate(-self.median, -self.high95, -self.low95, -self.high, -self.low)
+
+    @property
+    def half_width(self) -> float:
+        return (self.high95 - self.low95) / 2
+
+    def json(self) -> dict[str, object]:
+        return {"median": round(self.median, 4),
+                "ci95": [round(self.low95, 4), round(self.high95, 4)],
+                "spread": [round(self.low, 4), round(self.high, 4)]}
+
+    def text(self) -> str:
+        return (f"{self.median:+.3f} [{self.low95:+.3f}, {self.high95:+.3f}] "
+                f"({self.low:+.3f} - {self.high:+.3f})")
+
+
+def verdict(loss_1000: Estimate, control: Estimate, rounds: int) -> tuple[bool, bool, float]:
+    """(target met, judgeable, noise): noise is half the width of the control's interval."""
+    noise = control.half_width
+    decided = loss_1000.high95 <= TARGET_LOSS or loss_1000.low95 > TARGET_LOSS
+    return loss_1000.median <= TARGET_LOSS, noise < TARGET_LOSS and decided and rounds >= 10, noise
 
 
 @dataclass(frozen=True)
 class Throughput:
-    """Every run of every N in measuring order, and the figures paired with the baselines."""
+    """Every run in measuring order, and the load averages around them."""
 
-    runs: dict[int, list[tuple[float, float]]]
-    """N -> [(gbps, ping ms)] per round; N = 0 has one more (the closing baseline)."""
+    order: list[str]
+    runs: list[Run]
+    load_before: str
+    load_after: str
 
-    def baseline(self, index: int) -> float:
-        zeros = self.runs[0]
-        return (zeros[index][0] + zeros[index + 1][0]) / 2
+    def of(self, variant: str) -> list[Run]:
+        return [run for name, run in zip(self.order, self.runs, strict=True) if name == variant]
 
-    def losses(self, count: int) -> list[float]:
-        return [1 - gbps / self.baseline(i) for i, (gbps, _) in enumerate(self.runs[count])]
-
-    def noise(self) -> float:
-        zeros = [g for g, _ in self.runs[0]]
-        return statistics.median(abs(b - a) / ((a + b) / 2) for a, b in itertools.pairwise(zeros))
+    def changes(self, field: str) -> dict[str, list[float]]:
+        return paired_changes(self.order, [getattr(run, field) for run in self.runs])
 
 
-def throughput(seconds: float, rounds: int) -> Throughput:
-    """Interleaved rounds (0, 100, 1000) x `rounds`, then a closing 0."""
-    runs: dict[int, list[tuple[float, float]]] = {n: [] for n in COUNTS}
-    scripts = {n: policy_script(n) for n in COUNTS if n}
-    order = [n for _ in range(rounds) for n in COUNTS] + [0]
-    with namespaces(f"bp21{os.getpid() % 1000}") as (client, middle, server):
-        for count in order:
-            _in(middle, ["nft", "-f", "-"], input_text=removal_transaction())
-            if count:
-                _in(middle, ["nft", "-f", "-"], input_text=scripts[count], timeout=120)
-            runs[count].append(measure(client, server, seconds))
-        _in(middle, ["nft", "-f", "-"], input_text=removal_transaction())
-    return Throughput(runs)
+def throughput(seconds: int, rounds: int) -> Throughput:
+    others = [v for v in VARIANTS if v != BASELINE]
+    order = schedule(others, rounds)
+    runs: list[Run] = []
+    servers: list[subprocess.Popen[bytes]] = []
+    with namespaces(f"bp21{os.getpid() % 1000}", VARIANTS) as triples:
+        try:
+            for variant, triple in triples.items():
+                for script in variant_scripts(variant):
+                    _in(triple.middle, ["nft", "-f", "-"], input_text=script, timeout=120)
+                servers.append(subprocess.Popen(
+                    ip_netns_exec(triple.server, ["iperf3", "-s", "-p", "5201"]),
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            for triple in triples.values():  # warm-up (neighbours, caches): not counted
+                measure(triple, 1)
+            before = loadavg()
+            runs = [measure(triples[variant], seconds) for variant in order]
+            after = loadavg()
+        finally:
+            for server in servers:
+                server.kill()
+                server.wait(timeout=10)
+    return Throughput(order, runs, before, after)
 
 
 def _table(ns: str) -> str:
@@ -231,59 +372,66 @@ def _p99(sorted_values: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--creates", type=int, default=20)
+    parser.add_argument("--seconds", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--creates", type=int, default=30)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    if not 1 <= args.rounds <= 50 or not 1 <= args.seconds <= 60 or not 1 <= args.creates <= 1000:
-        parser.error("--rounds 1-50, --seconds 1-60, --creates 1-1000")
+    if not 1 <= args.rounds <= 100 or not 1 <= args.seconds <= 60 or not 1 <= args.creates <= 1000:
+        parser.error("--rounds 1-100, --seconds 1-60, --creates 1-1000")
     measured = throughput(args.seconds, args.rounds)
     pairs = enforcement(args.creates)
     times = sorted(total for total, _ in pairs)
     after = sorted(total - create for total, create in pairs)  # from the create's answer
     p99 = _p99(times)
-    print("| policies | Gbit/s median | min - max | ping ms median | loss vs paired 0: median |"
-          " min - max |")
+    rng = random.Random(21)
+    gbps_changes, cpu_changes = measured.changes("gbps"), measured.changes("cpu_s_per_gb")
+    losses = {v: Estimate.of(c, rng).negated() for v, c in gbps_changes.items()}
+    cpu_extra = {v: Estimate.of(c, rng) for v, c in cpu_changes.items()}
+    print(f"{args.rounds} rounds of {args.seconds} s; load average before {measured.load_before}"
+          f", after {measured.load_after}")
+    print("| variant | Gbit/s median (min - max) | CPU s/GB | ping ms | loss vs paired baseline:"
+          " median [95%] (min - max) | extra CPU per GB: median [95%] (min - max) |")
     print("|---|---|---|---|---|---|")
     figures: dict[str, dict[str, object]] = {}
-    for count in COUNTS:
-        gbps = [g for g, _ in measured.runs[count]]
-        ping = statistics.median(p for _, p in measured.runs[count])
-        row: dict[str, object] = {"gbps": round(statistics.median(gbps), 3),
-                                  "gbps_runs": [round(g, 3) for g in gbps],
-                                  "ping_ms": round(ping, 4)}
-        loss = "-"
-        if count:
-            losses = measured.losses(count)
-            row |= {"loss": round(statistics.median(losses), 4),
-                    "loss_spread": [round(min(losses), 4), round(max(losses), 4)],
-                    "loss_runs": [round(x, 4) for x in losses]}
-            loss = f"{row['loss']:.3f} | {min(losses):.3f} - {max(losses):.3f}"
-        else:
-            loss = "(baseline) | -"
-        figures[str(count)] = row
-        print(f"| {count} | {row['gbps']:.3f} | {min(gbps):.3f} - {max(gbps):.3f} | "
-              f"{ping:.3f} | {loss} |")
-    noise = measured.noise()
-    loss_1000 = float(figures["1000"]["loss"])  # type: ignore[arg-type]
-    judgeable = noise < TARGET_LOSS and args.rounds >= 5
-    met = loss_1000 <= TARGET_LOSS
-    print(f"baseline noise (median change between consecutive 0-policy runs): {noise:.3f}")
+    for variant in VARIANTS:
+        runs = measured.of(variant)
+        gbps = [r.gbps for r in runs]
+        row: dict[str, object] = {
+            "gbps": round(statistics.median(gbps), 3),
+            "gbps_spread": [round(min(gbps), 3), round(max(gbps), 3)],
+            "cpu_s_per_gb": round(statistics.median(r.cpu_s_per_gb for r in runs), 4),
+            "ping_ms": round(statistics.median(r.ping_ms for r in runs), 4)}
+        paired = "(baseline) | -"
+        if variant != BASELINE:
+            row |= {"loss": losses[variant].json(), "cpu_extra": cpu_extra[variant].json()}
+            paired = f"{losses[variant].text()} | {cpu_extra[variant].text()}"
+        figures[variant] = row
+        print(f"| {variant} | {row['gbps']:.3f} ({min(gbps):.3f} - {max(gbps):.3f}) | "
+              f"{row['cpu_s_per_gb']:.3f} | {row['ping_ms']:.3f} | {paired} |")
+    loss_1000 = losses["1000"]
+    met, judgeable, noise = verdict(loss_1000, losses[CONTROL], args.rounds)
+    print(f"noise (half the 95% interval of the control, the baseline against itself): "
+          f"{noise:.3f}")
     print(f"target loss_1000 <= {TARGET_LOSS}: {'met' if met else 'missed'} "
-          f"({loss_1000:.3f}); {'judgeable' if judgeable else 'NOT judgeable (noise or rounds)'}")
+          f"({loss_1000.median:.3f}, 95% {loss_1000.low95:.3f} - {loss_1000.high95:.3f}); "
+          f"{'judgeable' if judgeable else 'NOT judgeable (noise, interval or rounds)'}")
     print(f"enforcement: {len(times)} creates, median {statistics.median(times):.3f} s, "
           f"p99 {p99:.3f} s (target <= 1 s); of which after the create request answered: "
           f"median {statistics.median(after):.3f} s, p99 {_p99(after):.3f} s")
-    report = {"loss_1": figures["1"]["loss"], "loss_100": figures["100"]["loss"],
-              "loss_1000": loss_1000,
-              "loss_100_spread": figures["100"]["loss_spread"],
-              "loss_1000_spread": figures["1000"]["loss_spread"],
-              "noise": round(noise, 4), "judgeable": judgeable, "target_met": met,
-              "rounds": args.rounds, "pinned": bool(_pinning()),
-              "enforce_s_p99": round(p99, 4), "enforce_s": [round(t, 4) for t in times],
-              "enforce_after_create_s_p99": round(_p99(after), 4),
-              "by_policies": figures, "selected_endpoints": SELECTED}
+    report: dict[str, object] = {}
+    for variant, estimate in losses.items():
+        report[f"loss_{variant}"] = round(estimate.median, 4)
+        report[f"loss_{variant}_ci95"] = [round(estimate.low95, 4), round(estimate.high95, 4)]
+        report[f"loss_{variant}_spread"] = [round(estimate.low, 4), round(estimate.high, 4)]
+        report[f"cpu_extra_{variant}"] = round(cpu_extra[variant].median, 4)
+    report |= {"noise": round(noise, 4), "judgeable": judgeable, "target_met": met,
+               "baseline": BASELINE, "rounds": args.rounds, "seconds": args.seconds,
+               "pinned": bool(_pinning()), "load_before": measured.load_before,
+               "load_after": measured.load_after,
+               "enforce_s_p99": round(p99, 4), "enforce_s": [round(t, 4) for t in times],
+               "enforce_after_create_s_p99": round(_p99(after), 4),
+               "by_variant": figures, "selected_endpoints": SELECTED}
     print(json.dumps(report))
 
 

@@ -1,0 +1,89 @@
+"""bench/policy.py: the measuring order, the pairing with the baselines around each run, the
+estimates and the verdict (pure), and the variants' rule sets in real namespaces: the agent's
+no-policy rule set already tracks bridged flows (which is why it is the baseline), none does
+not, and a policy variant lets the bench's client reach its server."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from types import ModuleType
+
+import pytest
+
+from tests.bench.loading import bench_module
+from underlay.netns_exec import ip_netns_exec
+
+
+def _policy_bench() -> ModuleType:
+    sys.modules.setdefault("pathbench", bench_module("pathbench"))  # its `from pathbench import`
+    return bench_module("policy")
+
+
+def test_the_baseline_brackets_every_run_and_the_others_rotate() -> None:
+    pb = _policy_bench()
+    order = pb.schedule(["x", "y", "z"], 2)
+    assert order == ["agent", "x", "agent", "y", "agent", "z",
+                     "agent", "y", "agent", "z", "agent", "x", "agent"]
+
+
+def test_each_run_is_paired_with_the_baselines_around_it_so_a_drift_cancels() -> None:
+    pb = _policy_bench()
+    order = pb.schedule(["x", "y"], 3)
+    # the machine slows down steadily; x costs 10 % at every moment, y nothing
+    moment = [10.0 - 0.5 * i for i in range(len(order))]
+    values = [m * (0.9 if v == "x" else 1.0) for m, v in zip(moment, order, strict=True)]
+    changes = pb.paired_changes(order, values)
+    assert set(changes) == {"x", "y"} and len(changes["x"]) == 3
+    assert all(abs(c + 0.1) < 1e-9 for c in changes["x"])
+    assert all(abs(c) < 1e-9 for c in changes["y"])
+    with pytest.raises(ValueError, match="between two baseline runs"):
+        pb.paired_changes(["agent", "x", "y", "agent"], [1.0, 1.0, 1.0, 1.0])
+
+
+def test_estimates_and_the_verdict() -> None:
+    pb = _policy_bench()
+    rng = random.Random(1)
+    estimate = pb.Estimate.of([-0.02, -0.01, 0.0, 0.01, 0.5], rng)
+    assert estimate.median == 0.0 and (estimate.low, estimate.high) == (-0.02, 0.5)
+    assert estimate.low <= estimate.low95 <= estimate.median <= estimate.high95 <= estimate.high
+    loss = estimate.negated()
+    assert (loss.median, loss.low, loss.high) == (0.0, -0.5, 0.02)
+    assert loss.low95 == -estimate.high95
+    narrow = pb.Estimate(0.01, 0.0, 0.02, -0.1, 0.1)
+    wide = pb.Estimate(0.01, -0.08, 0.09, -0.3, 0.3)
+    assert pb.verdict(narrow, narrow, 30) == (True, True, pytest.approx(0.01))
+    assert pb.verdict(wide, narrow, 30)[:2] == (True, False)  # the interval straddles 5 %
+    assert pb.verdict(narrow, wide, 30)[:2] == (True, False)  # the control is too noisy
+    assert pb.verdict(narrow, narrow, 5)[:2] == (True, False)  # too few rounds
+    high = pb.Estimate(0.2, 0.15, 0.25, 0.0, 0.4)
+    assert pb.verdict(high, narrow, 30)[:2] == (False, True)  # missed, and clearly so
+
+
+def _tracked(ns: str, address: str) -> bool:
+    """Whether conntrack in `ns` holds a flow from `address`."""
+    listing = subprocess.run(ip_netns_exec(ns, ["cat", "/proc/net/nf_conntrack"]),
+                             capture_output=True, text=True, timeout=10, check=False).stdout
+    return f"src={address} " in listing
+
+
+@pytest.mark.kernel
+def test_the_variants_rule_sets_in_real_namespaces() -> None:
+    pb = _policy_bench()
+    with pb.namespaces(f"tb21{os.getpid() % 1000}", ["agent", "none", "1"]) as triples:
+        for variant, triple in triples.items():
+            for script in pb.variant_scripts(variant):
+                pb._in(triple.middle, ["nft", "-f", "-"], input_text=script, timeout=120)
+            pb._in(triple.client, ["ping", "-n", "-q", "-c", "2", "-W", "2", pb.SERVER])
+        tables = {v: pb._in(t.middle, ["nft", "list", "tables"]) for v, t in triples.items()}
+        assert "table ip vxmesh" in tables["agent"] and "vxmesh_policy" not in tables["agent"]
+        assert tables["none"].strip() == ""
+        assert "table ip vxmesh" in tables["1"] and "table inet vxmesh_policy" in tables["1"]
+        # the agent's own table (no policy) already sends the bridged flow through conntrack
+        assert _tracked(triples["agent"].middle, pb.CLIENT)
+        assert not _tracked(triples["none"].middle, pb.CLIENT)
+        assert _tracked(triples["1"].middle, pb.CLIENT)
+    left = pb._run(["ip", "netns", "list"])
+    assert f"tb21{os.getpid() % 1000}" not in left
