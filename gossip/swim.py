@@ -34,10 +34,14 @@ Protocol (memberlist's algorithms, our structure):
   delegate's: one with `has_broadcasts()` is asked; one without it is assumed to always have
   some). With nothing to send no gossip timer is armed: the caller reports the delegate's new
   news with `delegate_has_news(now)` (news arriving through a packet or push-pull is seen
-  here). Recently failed members still get gossip so they can refute. A delegate may name
-  further targets per round (`Delegate.gossip_targets`: the overlay's members of a network
-  with news), and every delegate call says which member a packet or push-pull state is for,
-  so the layer above keeps a network's news among its members.
+  here). Fresh delegate news leaves at once even while a round is armed for later: at most
+  one round per `gossip_interval_s / EARLY_ROUNDS_PER_INTERVAL`, so a burst still rides
+  shared rounds and the bytes sent are the same (each record is still sent its retransmit
+  limit); only the wait for the next tick goes. Recently failed members still get gossip
+  so they can refute. A delegate may name further targets per round
+  (`Delegate.gossip_targets`: the overlay's members of a network with news), and every
+  delegate call says which member a packet or push-pull state is for, so the layer above
+  keeps a network's news among its members.
 - push-pull: every `push_pull_interval_for(n)` with one random alive member, and on join with
   each seed; after a join, up to `join_sync_rounds` more with random alive members every
   ~`join_sync_interval_s` while the view keeps growing (in a cold start the seeds knew few of
@@ -125,6 +129,9 @@ _CHUNK_SLACK = 16
 #: the victim could no longer refute above it. Reaching the type's limit takes at least
 #: 2**64 / 2**20 = 2**44 accepted claims in a row.
 INCARNATION_JUMP = 2**20
+#: Fresh delegate news (`Swim.delegate_has_news`) may bring the next gossip round forward, to
+#: at most this many rounds per `gossip_interval_s` (LAN: one per 50 ms) while news arrives.
+EARLY_ROUNDS_PER_INTERVAL = 4
 #: Addresses remembered as proven (see `Swim.receive_datagram`), oldest forgotten first.
 PROVEN_ADDRESSES = 4096
 #: Relayed pings waiting for their target's ack at once; further indirect pings are refused.
@@ -382,6 +389,8 @@ class Swim:
         self._awareness = 0
         self._leaving = False
         self._gossip_armed = False
+        self._gossip_due = math.inf  # when the armed round runs (an earlier one supersedes it)
+        self._last_gossip_round = -math.inf
         self._stats: dict[str, int] = dict.fromkeys(
             ("packets_sent", "bytes_sent", "packets_received", "bytes_received", "wire_errors",
              "auth_failures", "unknown_messages", "misdirected_pings", "probes_sent",
@@ -834,8 +843,14 @@ class Swim:
 
     def _arm_gossip(self, now: float) -> None:
         if not self._gossip_armed:
-            self._gossip_armed = True
-            self._at(now + self._rng.uniform(0, self.config.gossip_interval_s), _GOSSIP, None)
+            self._schedule_gossip(now + self._rng.uniform(0, self.config.gossip_interval_s))
+
+    def _schedule_gossip(self, when: float) -> None:
+        """Arm the gossip round at `when`; a timer armed for later is superseded (its tick
+        finds `_gossip_due` moved and does nothing)."""
+        self._gossip_armed = True
+        self._gossip_due = when
+        self._at(when, _GOSSIP, None)
 
     def _delegate_pending(self) -> bool:
         """The delegate may have broadcasts (True for one that cannot tell)."""
@@ -848,15 +863,20 @@ class Swim:
         """After a delegate call: a delegate that now has news (a record to relay) gets a
         round at once when none is armed."""
         if self._delegate_pending() and not self._gossip_armed:
-            self._gossip_armed = True
-            self._at(now, _GOSSIP, None)
+            self._schedule_gossip(now)
 
     def delegate_has_news(self, now: float) -> None:
-        """The delegate queued broadcasts outside a call of ours: gossip them, at once when
-        no round is armed (news from an idle node leaves now, not up to an interval later;
-        a burst rides the rounds that follow)."""
-        if self._delegate is not None:
-            self._arm_gossip_for_delegate(now)
+        """The delegate queued fresh broadcasts (a record of ours, or one it merged and
+        relays): gossip them now, also when a round is armed for later (older news being
+        retransmitted), unless a round ran less than gossip_interval_s /
+        EARLY_ROUNDS_PER_INTERVAL ago: then at that spacing. News never waits for the next
+        tick on a hop; a burst rides the rounds that follow."""
+        if self._delegate is None or not self._delegate_pending():
+            return
+        spacing = self.config.gossip_interval_s / EARLY_ROUNDS_PER_INTERVAL
+        soonest = max(now, self._last_gossip_round + spacing)
+        if not self._gossip_armed or soonest < self._gossip_due:
+            self._schedule_gossip(soonest)
 
     def _reap_period(self) -> float:
         c = self.config
@@ -985,7 +1005,11 @@ class Swim:
     # -- gossip, push-pull, re-join, reaping -----------------------------------------------------
 
     def _gossip_tick(self, now: float) -> None:
+        if not self._gossip_armed or now < self._gossip_due:
+            return  # superseded by an earlier round (`delegate_has_news`)
         self._gossip_armed = False
+        self._gossip_due = math.inf
+        self._last_gossip_round = now
         if not self._broadcasts and not self._delegate_pending():
             return
         horizon = now - self.config.gossip_to_dead_s
@@ -1009,8 +1033,7 @@ class Swim:
             if parts:  # empty for this target may still leave news for the next
                 self._emit(target.addr, parts)
         if self._broadcasts or self._delegate_pending():
-            self._gossip_armed = True
-            self._at(now + self.config.gossip_interval_s, _GOSSIP, None)
+            self._schedule_gossip(now + self.config.gossip_interval_s)
 
     def _push_pull_tick(self, token: int, now: float) -> None:
         if token != self._push_pull_token:

@@ -13,6 +13,7 @@ from gossip.config import SwimConfig
 from gossip.errors import GossipError
 from gossip.keyring import Keyring
 from gossip.swim import (
+    EARLY_ROUNDS_PER_INTERVAL,
     MemberFailed,
     MemberForgotten,
     MemberJoined,
@@ -30,6 +31,7 @@ from gossip.wire import (
     MemberRecord,
     Ping,
     Suspect,
+    UserMessage,
     decode_packet,
     encode_message,
     encode_packet,
@@ -454,6 +456,39 @@ def test_an_idle_node_with_a_quiet_delegate_arms_no_gossip_timer_until_news() ->
     quiet_link.swims[0].delegate_has_news(quiet_link.now)
     quiet_link.advance(1.0)
     assert b"endpoint 10.9.0.7 on a" in quiet[1].received
+
+
+def test_fresh_delegate_news_does_not_wait_for_the_armed_round() -> None:
+    """A delegate without `has_broadcasts` keeps a round armed every 200 ms (as older news
+    being retransmitted does); fresh news brings the round forward, at most one round per
+    gossip_interval_s / EARLY_ROUNDS_PER_INTERVAL however often news comes."""
+    delegates = [RecordingDelegate("a"), RecordingDelegate("b")]
+    link = FakeLink(2, delegates=delegates)  # type: ignore[arg-type]
+    link.form()
+    a, b = link.swims
+    spacing = LAN.gossip_interval_s / EARLY_ROUNDS_PER_INTERVAL
+    for step in range(8):  # news at several phases of the 200 ms round
+        link.advance(0.037)
+        news = f"endpoint 10.9.0.{step} on a".encode()
+        delegates[0].outgoing.append(news)
+        a.delegate_has_news(link.now)
+        assert a.next_deadline() <= link.now + spacing
+        link.advance(spacing)
+        assert news in delegates[1].received
+
+    def news_packets(since: int) -> int:
+        return sum(1 for src, dst, data in link.sent[since:] if src == a.addr and dst == b.addr
+                   and any(isinstance(m, UserMessage) for m in decode_packet(data)))
+
+    sent_before = len(link.sent)
+    for step in range(100):  # news every 10 ms for one second
+        delegates[0].outgoing.append(f"burst {step}".encode())
+        a.delegate_has_news(link.now)
+        link.advance(0.01)
+    link.advance(spacing)
+    probes = 2 * int(1.0 / LAN.probe_interval_s + 1)  # a's pings and its acks to b's
+    assert news_packets(sent_before) <= 1.0 / spacing + 1 + probes
+    assert all(f"burst {step}".encode() in delegates[1].received for step in range(100))
 
 
 def test_push_pull_is_stretched_to_its_byte_budget_in_a_large_cluster() -> None:
