@@ -2,8 +2,9 @@
 # Installs what vxmesh needs on a fresh Debian machine, as root, and builds the venv in .venv.
 #   deploy/setup.sh          runtime: iproute2, nftables, etcd, iperf3, ethtool, podman with the reference
 #                            CNI plugins, Docker (docker.io; its system service is left as
-#                            Debian starts it), busybox-static (the lab's image), the Python package,
-#                            and the `vxmesh` CNI plugin in /usr/lib/cni and /opt/cni/bin
+#                            Debian starts it), busybox-static (the lab's image), gcc (the CNI
+#                            plugin's front), the Python package, and the `vxmesh` CNI plugin in
+#                            /usr/lib/cni and /opt/cni/bin
 #   deploy/setup.sh --test   also the test and CI tools (promtool, shellcheck, vagrant, serf)
 #   deploy/setup.sh --vm     also the VM tier's tools (qemu-system-x86, qemu-utils, mmdebstrap,
 #                            vagrant for its insecure key, vagrant-libvirt and libvirtd, whose
@@ -28,7 +29,7 @@ fi
 
 packages=(iproute2 nftables etcd-server etcd-client iperf3 procps psmisc curl iputils-ping python3-venv
           podman containernetworking-plugins busybox-static docker.io wireguard-go wireguard-tools
-          ethtool)
+          ethtool gcc libc6-dev)
 if [ "$want_test" -eq 1 ]; then
     packages+=(prometheus shellcheck vagrant serf systemd dnsmasq-base dnsperf tcpdump)
 fi
@@ -56,6 +57,7 @@ extras="bench"
 [ "$want_test" -eq 1 ] || [ "$want_vm" -eq 1 ] && extras="test,bench"
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e ".[${extras}]"
-# The CNI plugin type `vxmesh`: a launcher running agent/cni/plugin.py with this venv's python.
+# The CNI plugin type `vxmesh`: agent/cni/front.c compiled (gcc), handing each run to the agent
+# and running agent/cni/plugin.py with the system's (or this venv's) python when it cannot.
 .venv/bin/python -m agent.cni.launcher /usr/lib/cni /opt/cni/bin >/dev/null
 echo "setup.sh: ready (.venv/bin/vxmesh)"

@@ -3,6 +3,9 @@
 Owns: one run of the plugin (read `CNI_*` and stdin, validate everything, ask the agent, print
 the result or the error object, exit 0 or 1). The kernel work (veth, addresses, MTU, routes,
 neighbor records) happens in the agent; this process only translates.
+`run` is also what the agent does with a run the compiled front (`agent/cni/front.c`) hands
+it (`agent.cni.service`, `POST /v1/cni/exec`), asking its routes in-process; this module's
+`main` runs where the front cannot reach the agent (and where no C compiler built it).
 
 Commands:
   ADD      POST /v1/cni/attach; the result in the configuration's version (merged after a
@@ -65,8 +68,11 @@ from agent.unix_http import ProtocolError, unix_request
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from typing import Any, BinaryIO, TextIO
+
+    #: How the plugin asks the agent: (socket, method, path, body) -> (HTTP status, JSON).
+    AgentCall = Callable[[str, str, str, Mapping[str, Any] | None], tuple[int, Any]]
 
 AGENT_TIMEOUT = 60.0
 NS_GET_NSTYPE = 0xB703  # ioctl: which kind of namespace a file descriptor refers to
@@ -111,9 +117,10 @@ def _agent_error(status: int, value: Any, command: str) -> CniError:
     return CniError(AGENT_FAILED, details)
 
 
-def _ask(conf: NetConf, command: str, path: str, body: Mapping[str, Any]) -> Any:
+def _ask(call: AgentCall, conf: NetConf, command: str, path: str,
+         body: Mapping[str, Any]) -> Any:
     try:
-        status, value = call_agent(conf.socket, "POST", path, body)
+        status, value = call(conf.socket, "POST", path, body)
     except AgentUnreachable as exc:
         raise CniError(TRY_AGAIN_LATER, f"{exc}; start it (systemctl start vxmesh-agent) or "
                                         "fix socket in the network configuration") from None
@@ -172,12 +179,12 @@ def result_from_attachment(attachment: Mapping[str, Any], invocation: Invocation
     return merge_results(conf.prev_result, mine) if conf.prev_result is not None else mine
 
 
-def cmd_add(invocation: Invocation, conf: NetConf) -> dict[str, Any]:
+def cmd_add(call: AgentCall, invocation: Invocation, conf: NetConf) -> dict[str, Any]:
     check_netns(invocation.netns)
     body = _attachment_body(invocation, conf)
     body.update(netns=invocation.netns, subnet=conf.subnet, vni=conf.vni, mtu=conf.mtu,
                 ip=conf.ip, mac=conf.mac)
-    attachment = _ask(conf, "ADD", "/v1/cni/attach", body)
+    attachment = _ask(call, conf, "ADD", "/v1/cni/attach", body)
     return result_from_attachment(attachment, invocation, conf).render(conf.version)
 
 
@@ -202,10 +209,10 @@ def spool_detach(conf: NetConf, body: Mapping[str, Any], name: str) -> str:
     return target
 
 
-def cmd_del(invocation: Invocation, conf: NetConf, log: TextIO) -> None:
+def cmd_del(call: AgentCall, invocation: Invocation, conf: NetConf, log: TextIO) -> None:
     body = _attachment_body(invocation, conf)
     try:
-        status, value = call_agent(conf.socket, "POST", "/v1/cni/detach", body)
+        status, value = call(conf.socket, "POST", "/v1/cni/detach", body)
     except AgentUnreachable as exc:
         where = spool_detach(conf, body,
                              attachment_name(invocation.container_id, invocation.ifname))
@@ -215,7 +222,7 @@ def cmd_del(invocation: Invocation, conf: NetConf, log: TextIO) -> None:
         raise _agent_error(status, value, "DEL")
 
 
-def cmd_check(invocation: Invocation, conf: NetConf) -> None:
+def cmd_check(call: AgentCall, invocation: Invocation, conf: NetConf) -> None:
     if conf.prev_result is None:
         raise CniError(INVALID_CONFIG, "prevResult: required for CHECK")
     interfaces = conf.prev_result.interfaces
@@ -229,15 +236,15 @@ def cmd_check(invocation: Invocation, conf: NetConf) -> None:
     check_netns(invocation.netns)
     body = _attachment_body(invocation, conf)
     body.update(netns=invocation.netns, mac=interfaces[index].mac or None, addresses=addresses)
-    answer = _ask(conf, "CHECK", "/v1/cni/check", body)
+    answer = _ask(call, conf, "CHECK", "/v1/cni/check", body)
     problems = answer.get("problems") or []
     if problems:
         raise CniError(DRIFT, "; ".join(str(p) for p in problems))
 
 
-def cmd_gc(conf: NetConf, config: Mapping[str, Any]) -> None:
+def cmd_gc(call: AgentCall, conf: NetConf, config: Mapping[str, Any]) -> None:
     valid = valid_attachments(config)
-    answer = _ask(conf, "GC", "/v1/cni/gc", {
+    answer = _ask(call, conf, "GC", "/v1/cni/gc", {
         "network": conf.network,
         "valid": [{"container_id": cid, "ifname": ifname} for cid, ifname in valid]})
     failed = answer.get("failed") or []
@@ -245,9 +252,9 @@ def cmd_gc(conf: NetConf, config: Mapping[str, Any]) -> None:
         raise CniError(AGENT_FAILED, "garbage collection left: " + "; ".join(map(str, failed)))
 
 
-def cmd_status(conf: NetConf) -> None:
+def cmd_status(call: AgentCall, conf: NetConf) -> None:
     try:
-        status, value = call_agent(conf.socket, "GET", "/v1/status")
+        status, value = call(conf.socket, "GET", "/v1/status", None)
     except AgentUnreachable as exc:
         raise CniError(NOT_AVAILABLE_LIMITED, f"{exc}: no new endpoint reaches running "
                                               "containers until it is back") from None
@@ -263,8 +270,11 @@ def cmd_status(conf: NetConf) -> None:
                                       "networks and address blocks cannot be made")
 
 
-def run(env: Mapping[str, str], stdin: BinaryIO, stdout: TextIO, log: TextIO) -> int:
-    """One plugin run; returns the exit status (0 success, 1 an error object was printed)."""
+def run(env: Mapping[str, str], stdin: BinaryIO, stdout: TextIO, log: TextIO,
+        call: AgentCall = call_agent) -> int:
+    """One plugin run; returns the exit status (0 success, 1 an error object was printed).
+    `call` asks the agent (over its socket; the agent itself runs the compiled front's
+    requests with a `call` of its own, `agent.cni.service`)."""
     version = LATEST
     try:
         try:
@@ -288,15 +298,15 @@ def run(env: Mapping[str, str], stdin: BinaryIO, stdout: TextIO, log: TextIO) ->
         version = config_version(config, invocation.command)
         conf = parse_netconf(config, version, invocation)
         if invocation.command == "ADD":
-            stdout.write(fastjson.dumps(cmd_add(invocation, conf)))
+            stdout.write(fastjson.dumps(cmd_add(call, invocation, conf)))
         elif invocation.command == "DEL":
-            cmd_del(invocation, conf, log)
+            cmd_del(call, invocation, conf, log)
         elif invocation.command == "CHECK":
-            cmd_check(invocation, conf)
+            cmd_check(call, invocation, conf)
         elif invocation.command == "GC":
-            cmd_gc(conf, config)
+            cmd_gc(call, conf, config)
         else:
-            cmd_status(conf)
+            cmd_status(call, conf)
         return 0
     except CniError as exc:
         stdout.write(fastjson.dumps(exc.to_json(version)))

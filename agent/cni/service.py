@@ -16,17 +16,26 @@ Routes:
                         "addresses"?}                                 -> {"problems": [...]}
   POST /v1/cni/gc      {"network", "valid": [{"container_id", "ifname"}]}
                                                           -> {"removed": [...], "failed": [...]}
+  POST /v1/cni/exec    one whole plugin run from the compiled front (`agent/cni/front.c`):
+                       the body every CNI_* variable as "NAME=VALUE\0", one more "\0", then
+                       the plugin's stdin -> 200, the plugin's stdout as the body, its exit
+                       status in X-Cni-Exit-Code. `agent.cni.plugin.run` does the run (in a
+                       worker thread: it blocks), asking the routes above in-process instead
+                       of over the socket, so a run answers here exactly as the Python plugin
+                       would; 400 when the body is not in that framing.
 
 Rules: no kernel work and no error translation of its own: everything goes through the
 attach operation (`agent.api.attach`), errors through `agent.api.errors`.
 
-May import: agent.api (attach, errors, http, routes), agent.cni.netconf, agent.errors,
+May import: agent.api (attach, errors, http, routes), agent.cni.netconf, agent.cni.plugin,
+agent.errors,
 underlay.endpoints (its inspection type), underlay.endpoints_model (modes), trio, the
 standard library.
 """
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import json
 import logging
@@ -40,15 +49,18 @@ import trio
 
 from agent.api.attach import Attachment, AttachRequest, ExistingNetns
 from agent.api.errors import Conflict, InvalidRequest, NotFound
-from agent.api.http import Request, Response
+from agent.api.http import Handler, Request, Response
 from agent.api.routes import (
+    Control,
     ExtraRoute,
     NetworkCreateRequest,
     attachment_json,
     json_body,
+    make_handler,
     refuse_unknown,
     validate_name,
 )
+from agent.cni import plugin
 from agent.cni.netconf import SPOOL_DIR_NAME, attachment_name
 from agent.errors import AgentError
 from underlay.endpoints import Inspection
@@ -321,9 +333,52 @@ async def _gc(control: CniControl, request: Request, arg: str) -> Response:
     return Response.json(200, {"removed": removed, "failed": failed})
 
 
+def parse_exec(body: bytes) -> tuple[dict[str, str], bytes]:
+    """The front's request body as (CNI_* environment, stdin); InvalidRequest if malformed."""
+    env: dict[str, str] = {}
+    at = 0
+    while at < len(body) and body[at] != 0:
+        end = body.find(b"\0", at)
+        if end < 0:
+            break
+        name, equals, value = body[at:end].decode(errors="surrogateescape").partition("=")
+        if not equals or not name.startswith("CNI_"):
+            raise InvalidRequest(f"environment: {name!r} is not a CNI_* variable")
+        env[name] = value
+        at = end + 1
+    if at >= len(body):
+        raise InvalidRequest("body: the environment block is not ended by an empty entry")
+    return env, body[at + 1:]
+
+
+def run_plugin(handler: Handler, env: Mapping[str, str], stdin: bytes) -> tuple[int, str]:
+    """One plugin run in a worker thread, asking `handler` (the API's own routes) through the
+    trio loop; (exit status, stdout)."""
+
+    def call(socket: str, method: str, path: str,
+             body: Mapping[str, Any] | None) -> tuple[int, Any]:
+        payload = b"" if body is None else json.dumps(body).encode()
+        response = trio.from_thread.run(handler, Request(method, path, {}, {}, payload))
+        return response.status, json.loads(response.body) if response.body else None
+
+    stdout, log_text = io.StringIO(), io.StringIO()
+    status = plugin.run(env, io.BytesIO(stdin), stdout, log_text, call)
+    if log_text.getvalue():
+        log.info("CNI %s: %s", env.get("CNI_COMMAND"), log_text.getvalue().strip())
+    return status, stdout.getvalue()
+
+
+async def _exec(control: Control, request: Request, arg: str) -> Response:
+    env, stdin = parse_exec(request.body)
+    status, stdout = await trio.to_thread.run_sync(run_plugin, make_handler(control, CNI_ROUTES),
+                                                   env, stdin)
+    return Response(200, stdout.encode(), headers=(("X-Cni-Exit-Code", str(status)),))
+
+
 CNI_ROUTES: dict[tuple[str, str], ExtraRoute] = {
     ("POST", "/v1/cni/attach"): _attach,
     ("POST", "/v1/cni/detach"): _detach,
     ("POST", "/v1/cni/check"): _check,
     ("POST", "/v1/cni/gc"): _gc,
+    ("POST", "/v1/cni/exec"): _exec,
 }

@@ -20,6 +20,7 @@ import pytest
 from agent.api.client import CliError
 from agent.cni import spec
 from agent.cni.invoke import ALL_VERSIONS, Attachment, PluginRun, chain, run_plugin
+from agent.cni.launcher import PLUGIN_NAME, build_front
 from agent.cni.netconf import attachment_name
 from agent.lab.namespaces import NetnsLab, run
 from tests.cni.conftest import NETWORK, SUBNET, CniLab
@@ -133,6 +134,40 @@ def test_del_after_the_namespace_is_gone(cni_lab: CniLab, netns_lab: NetnsLab) -
     deleted = plugin(cni_lab, "DEL", conf(cni_lab, "1.1.0"), attachment)
     assert deleted.code == 0, deleted
     assert_nothing_left(cni_lab, veths)
+
+
+def test_the_compiled_front_hands_every_run_to_the_agent(cni_lab: CniLab, netns_lab: NetnsLab,
+                                                         tmp_path: Path) -> None:
+    """With the agent up, the front (agent/cni/front.c) never starts Python: built with an
+    interpreter that does not exist, ADD, CHECK, STATUS, GC and DEL still answer as the Python
+    plugin does (the agent runs it); only what needs Python (VERSION) meets the missing one."""
+    if not build_front(tmp_path / PLUGIN_NAME, python="/nonexistent/python3"):
+        pytest.skip("no C compiler (cc)")
+    veths = host_veths(cni_lab)
+    attachment = container(netns_lab, "f")
+
+    def front(command: str, config: dict[str, Any], **env: str) -> PluginRun:
+        return run_plugin(tmp_path, PLUGIN_NAME, command, config, attachment=attachment,
+                          host_netns=cni_lab.h1.netns, env=env or None)
+
+    added = front("ADD", conf(cni_lab, "1.1.0"))
+    assert added.code == 0, added
+    result = added.value
+    assert result["cniVersion"] == "1.1.0" and result["interfaces"][1]["sandbox"] == \
+        attachment.netns
+    assert cni_attachments(cni_lab) == {attachment_name(attachment.container_id, "eth0")}
+    assert front("CHECK", conf(cni_lab, "1.1.0", prevResult=result)).code == 0
+    assert front("STATUS", conf(cni_lab, "1.1.0")).code == 0
+    # an error answers in the configuration's version, from the agent's plugin run
+    refused = front("ADD", conf(cni_lab, "1.0.0", network="no-such"))
+    assert refused.error()["code"] == spec.NETWORK_UNKNOWN and \
+        refused.value["cniVersion"] == "1.0.0"
+    assert front("GC", {**conf(cni_lab, "1.1.0"), "cni.dev/valid-attachments": [
+        {"containerID": attachment.container_id, "ifname": "eth0"}]}).code == 0
+    assert front("DEL", conf(cni_lab, "1.1.0")).code == 0
+    assert_nothing_left(cni_lab, veths)
+    version = front("VERSION", conf(cni_lab, "1.1.0"))
+    assert version.code == 1 and "/nonexistent/python3" in version.stdout
 
 
 def test_check_reports_drift(cni_lab: CniLab, netns_lab: NetnsLab) -> None:

@@ -7,6 +7,7 @@ the result shapes of each version; the launcher and the start-up budget (standar
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +15,13 @@ from typing import Any
 
 import pytest
 
+from agent.api.errors import InvalidRequest
 from agent.cni import spec
 from agent.cni.conflist import conflist, write_conflist
 from agent.cni.invoke import ALL_VERSIONS, Attachment, plugin_dir, run_plugin
-from agent.cni.launcher import launcher_text, source_root
+from agent.cni.launcher import install_launcher, launcher_text, source_root
 from agent.cni.netconf import attachment_name
+from agent.cni.service import parse_exec
 from agent.lab.namespaces import NetnsLab
 
 
@@ -249,6 +252,26 @@ def test_conflist_chains_portmap_after_vxmesh(tmp_path: Path) -> None:
                     {"type": "portmap", "capabilities": {"portMappings": True}}]}
     path = write_conflist(tmp_path / "net.d", "blue", document)
     assert path.name == "blue.conflist" and json.loads(path.read_text()) == document
+
+
+def test_the_fronts_request_body_is_the_environment_then_stdin() -> None:
+    env, stdin = parse_exec(b"CNI_COMMAND=ADD\0CNI_ARGS=A=1;B=2\0\0{\"x\": 1}")
+    assert env == {"CNI_COMMAND": "ADD", "CNI_ARGS": "A=1;B=2"} and stdin == b'{"x": 1}'
+    assert parse_exec(b"\0") == ({}, b"")
+
+
+@pytest.mark.parametrize("body", [b"", b"CNI_COMMAND=ADD\0", b"PATH=/bin\0\0{}",
+                                  b"CNI_COMMAND\0\0{}"])
+def test_a_malformed_front_request_is_refused(body: bytes) -> None:
+    with pytest.raises(InvalidRequest):
+        parse_exec(body)
+
+
+def test_the_installed_plugin_is_the_compiled_front_where_cc_exists(tmp_path: Path) -> None:
+    installed = install_launcher(tmp_path)
+    head = installed.read_bytes()[:4]
+    assert (head == b"\x7fELF") if shutil.which("cc") else head.startswith(b"#!")
+    assert installed.stat().st_mode & 0o777 == 0o755
 
 
 def test_the_plugin_loads_only_the_standard_library() -> None:
