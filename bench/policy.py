@@ -12,8 +12,9 @@ and filter hooks and conntrack, so bridged packets between the network's endpoin
 tracked. Policy adds the `inet vxmesh_policy` table on top of that.
 
 Variants, each in a namespace triple of its own (a client and a server namespace, each on a
-veth into a bridge in a middle one; the middle's rule set is loaded once, so switching variant
-costs nothing):
+veth into a bridge in a middle one; switching variant between runs costs nothing); the rounds
+are split into as many blocks as there are variants, and before each block every variant's
+rule set moves to the next triple (a triple's own speed is then shared by all variants):
 - `agent`: the agent's no-policy rule set: THE BASELINE;
 - `control`: the same rule set in other namespaces (an A/A check: its "loss" is the method's
   own noise, and its 95% interval is the `noise` the verdict is judged against);
@@ -54,6 +55,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ipaddress
+import itertools
 import json
 import os
 import random
@@ -81,6 +83,7 @@ from underlay.policy_table import (
     PolicyRule,
     plan_policy,
     policy_transaction,
+    removal_transaction,
 )
 
 BASELINE = "agent"
@@ -132,14 +135,14 @@ def _build(tag: str) -> Triple:
 
 
 @contextlib.contextmanager
-def namespaces(tag: str, variants: Sequence[str]) -> Iterator[dict[str, Triple]]:
-    """A namespace triple per variant; all deleted on exit."""
+def namespaces(tag: str, count: int) -> Iterator[list[Triple]]:
+    """`count` namespace triples; all deleted on exit."""
     made: list[str] = []
     try:
-        triples = {}
-        for index, variant in enumerate(variants):
+        triples = []
+        for index in range(count):
             made += [f"{tag}{index}{role}" for role in ("c", "m", "s")]
-            triples[variant] = _build(f"{tag}{index}")
+            triples.append(_build(f"{tag}{index}"))
         yield triples
     finally:
         for ns in made:
@@ -214,14 +217,29 @@ def measure(triple: Triple, seconds: int) -> Run:
                float(found.group(1)) if found else float("nan"))
 
 
-def schedule(others: Sequence[str], rounds: int) -> list[str]:
-    """The measuring order: the baseline before every other run and once more at the end, the
-    others rotated by one every round (so a load burst does not always hit the same one)."""
+def schedule(others: Sequence[str], rounds: range) -> list[str]:
+    """The measuring order of `rounds`: the baseline before every other run and once more at
+    the end, the others rotated by one every round (so a load burst does not always hit the
+    same one)."""
     order: list[str] = []
-    for round_number in range(rounds):
+    for round_number in rounds:
         for variant in rotated(others, round_number):
             order += [BASELINE, variant]
     return [*order, BASELINE]
+
+
+def blocks(rounds: int) -> list[range]:
+    """The rounds split into at most len(VARIANTS) blocks of (nearly) equal size."""
+    count = min(rounds, len(VARIANTS))
+    edges = [rounds * b // count for b in range(count + 1)]
+    return [range(start, end) for start, end in itertools.pairwise(edges)]
+
+
+def assignment(block: int) -> dict[str, int]:
+    """The namespace triple (by index) holding each variant during `block`: every variant moves
+    to the next triple each block, so what one triple is faster or slower at by itself (where
+    its devices' memory landed, say) is shared by all variants instead of biasing one."""
+    return {variant: (i + block) % len(VARIANTS) for i, variant in enumerate(VARIANTS)}
 
 
 def paired_changes(order: Sequence[str], values: Sequence[float]) -> dict[str, list[float]]:
@@ -298,23 +316,37 @@ class Throughput:
         return paired_changes(self.order, [getattr(run, field) for run in self.runs])
 
 
+def _load(middle: str, variant: str) -> None:
+    """Take `middle` from whatever it holds to `variant`'s rule set (clearing both tables
+    first, with the scripts the agent itself uses to remove them)."""
+    config = EndpointsConfig(state_dir=Path("/nonexistent"))
+    clear = replace_transaction(config.nft_table, config.bridges, [], ()) + removal_transaction()
+    for script in [clear, *variant_scripts(variant)]:
+        _in(middle, ["nft", "-f", "-"], input_text=script, timeout=120)
+
+
 def throughput(seconds: int, rounds: int) -> Throughput:
+    """`rounds` rounds in blocks; before each block the variants move to other triples."""
     others = [v for v in VARIANTS if v != BASELINE]
-    order = schedule(others, rounds)
+    order: list[str] = []
     runs: list[Run] = []
     servers: list[subprocess.Popen[bytes]] = []
-    with namespaces(f"bp21{os.getpid() % 1000}", VARIANTS) as triples:
+    with namespaces(f"bp21{os.getpid() % 1000}", len(VARIANTS)) as triples:
         try:
-            for variant, triple in triples.items():
-                for script in variant_scripts(variant):
-                    _in(triple.middle, ["nft", "-f", "-"], input_text=script, timeout=120)
+            for triple in triples:
                 servers.append(subprocess.Popen(
                     ip_netns_exec(triple.server, ["iperf3", "-s", "-p", "5201"]),
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            for triple in triples.values():  # warm-up (neighbours, caches): not counted
+            for triple in triples:  # warm-up (neighbours, caches): not counted
                 measure(triple, 1)
             before = loadavg()
-            runs = [measure(triples[variant], seconds) for variant in order]
+            for block, block_rounds in enumerate(blocks(rounds)):
+                where = assignment(block)
+                for variant, index in where.items():
+                    _load(triples[index].middle, variant)
+                block_order = schedule(others, block_rounds)
+                runs += [measure(triples[where[variant]], seconds) for variant in block_order]
+                order += block_order
             after = loadavg()
         finally:
             for server in servers:

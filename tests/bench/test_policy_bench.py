@@ -24,19 +24,33 @@ def _policy_bench() -> ModuleType:
 
 def test_the_baseline_brackets_every_run_and_the_others_rotate() -> None:
     pb = _policy_bench()
-    order = pb.schedule(["x", "y", "z"], 2)
+    order = pb.schedule(["x", "y", "z"], range(2))
     assert order == ["agent", "x", "agent", "y", "agent", "z",
                      "agent", "y", "agent", "z", "agent", "x", "agent"]
+    assert pb.schedule(["x", "y", "z"], range(2, 3)) == ["agent", "z", "agent", "x", "agent",
+                                                         "y", "agent"]
+
+
+def test_blocks_move_every_variant_through_every_triple() -> None:
+    pb = _policy_bench()
+    assert pb.blocks(14) == [range(0, 2), range(2, 4), range(4, 7), range(7, 9), range(9, 11),
+                             range(11, 14)]
+    assert pb.blocks(2) == [range(0, 1), range(1, 2)]
+    places = [pb.assignment(block) for block in range(len(pb.VARIANTS))]
+    for where in places:  # one variant per triple in every block
+        assert sorted(where.values()) == list(range(len(pb.VARIANTS)))
+    for variant in pb.VARIANTS:  # and every variant in every triple once
+        assert sorted(where[variant] for where in places) == list(range(len(pb.VARIANTS)))
 
 
 def test_each_run_is_paired_with_the_baselines_around_it_so_a_drift_cancels() -> None:
     pb = _policy_bench()
-    order = pb.schedule(["x", "y"], 3)
+    order = [*pb.schedule(["x", "y"], range(2)), *pb.schedule(["x", "y"], range(2, 3))]
     # the machine slows down steadily; x costs 10 % at every moment, y nothing
     moment = [10.0 - 0.5 * i for i in range(len(order))]
     values = [m * (0.9 if v == "x" else 1.0) for m, v in zip(moment, order, strict=True)]
     changes = pb.paired_changes(order, values)
-    assert set(changes) == {"x", "y"} and len(changes["x"]) == 3
+    assert set(changes) == {"x", "y"} and len(changes["x"]) == 3  # across a block's edge
     assert all(abs(c + 0.1) < 1e-9 for c in changes["x"])
     assert all(abs(c) < 1e-9 for c in changes["y"])
     with pytest.raises(ValueError, match="between two baseline runs"):
@@ -72,10 +86,13 @@ def _tracked(ns: str, address: str) -> bool:
 @pytest.mark.kernel
 def test_the_variants_rule_sets_in_real_namespaces() -> None:
     pb = _policy_bench()
-    with pb.namespaces(f"tb21{os.getpid() % 1000}", ["agent", "none", "1"]) as triples:
+    with pb.namespaces(f"tb21{os.getpid() % 1000}", 3) as listed:
+        triples = dict(zip(["1", "agent", "none"], listed, strict=True))
+        for variant, triple in triples.items():  # "1" first, so moving it away is tested too
+            pb._load(triple.middle, variant)
+        triples = dict(zip(["agent", "none", "1"], listed, strict=True))
         for variant, triple in triples.items():
-            for script in pb.variant_scripts(variant):
-                pb._in(triple.middle, ["nft", "-f", "-"], input_text=script, timeout=120)
+            pb._load(triple.middle, variant)
             pb._in(triple.client, ["ping", "-n", "-q", "-c", "2", "-W", "2", pb.SERVER])
         tables = {v: pb._in(t.middle, ["nft", "list", "tables"]) for v, t in triples.items()}
         assert "table ip vxmesh" in tables["agent"] and "vxmesh_policy" not in tables["agent"]
