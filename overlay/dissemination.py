@@ -38,6 +38,12 @@ Rules:
   overlay.attributes' rules; records without that field decode with no attributes.
 - A signed record (see overlay.table) ends with its owner's 64-byte Ed25519 signature, after
   every other field; unsigned records are encoded exactly as before.
+- A broadcast payload is delivered again and again (every node that accepts a record sends it
+  up to the retransmit limit): a payload whose records were all live and all merged ACCEPTED
+  or STALE is remembered by its bytes (`duplicate_memory` payloads, forgotten all at once when
+  full, and whenever the table lets go of any record: then a repeat may be news again), and a
+  repeat of it is counted in `statistics().duplicates` and not decoded or merged again (it
+  would be STALE). Tombstones are not remembered: a repeat may carry their later deadline.
 - Bytes from a peer that do not decode make `decode_records` raise `TableWireError` (a
   `gossip.errors.WireError`); the delegate catches it, counts it in
   `statistics().decode_errors` and drops the message: the SWIM core calls the delegate without
@@ -116,6 +122,7 @@ class DisseminationConfig:
     chunk_limit: int = 32 * 1024  # bytes per push-pull chunk (TCP stream)
     queue_limit: int = 16_384  # queued broadcasts; beyond it the most-sent are dropped
     forward_memory: int = 65_536  # keys of out-of-scope records remembered for forwarding
+    duplicate_memory: int = 16_384  # broadcast payloads remembered as merged (module docstring)
     #: Endpoint records go only to members of their network (module docstring); False: every
     #: record to every member (the unscoped baseline `overlay.sim` measures against).
     scoped: bool = True
@@ -133,6 +140,7 @@ class DisseminationStatistics:
     decode_errors: int
     alive_members: int
     forwarded: int  # out-of-scope broadcasts passed on without being held
+    duplicates: int  # broadcast payloads seen before and already merged: skipped
 
 
 # --------------------------------------------------------------------------- encoding
@@ -293,6 +301,8 @@ def _membership(network: str, node: str, raw: object, now: float) -> Membership:
 
 def decode_records(data: bytes, now: float) -> list[Record]:
     """Records in a broadcast payload or a push-pull chunk; raises only TableWireError."""
+    if data[:3] == _STATE_PREFIX:
+        return _decode_state(data, now)
     message = _unpack(data)
     kind = message[1]
     if kind == KIND_ENDPOINT:
@@ -316,6 +326,60 @@ def decode_records(data: bytes, now: float) -> list[Record]:
             records.extend(_endpoint(network, owner, raw, now) for raw in endpoints)
         return records
     raise TableWireError(f"unknown message kind {kind!r:.20}")
+
+
+_STATE_PREFIX = bytes([0x93, FORMAT, KIND_STATE])  # [FORMAT, KIND_STATE, groups] as packed
+_DECODED_MAX = 1 << 17
+#: (network, owner, packed endpoint) -> the live Entry those bytes decode to: push-pull
+#: re-sends most of a table every time, and a live record decodes the same whatever `now`.
+_decoded: dict[tuple[str, str, bytes], Entry] = {}
+_UNPACK_ERRORS = (ValueError, TypeError, msgpack.UnpackException, RecursionError)
+
+
+def _decode_state(data: bytes, now: float) -> list[Record]:
+    """A push-pull chunk read group by group; each endpoint's bytes are looked up in
+    `_decoded` before they are decoded (the same checks as `decode_records`' general path:
+    three fields, four per group, a list of endpoints, nothing after the chunk)."""
+    unpacker = msgpack.Unpacker(raw=False, use_list=True, strict_map_key=True,
+                                max_buffer_size=max(len(data), 1))
+    unpacker.feed(data)
+    records: list[Record] = []
+    try:
+        unpacker.read_array_header()  # 3, then format and kind: the prefix checked them
+        unpacker.skip()
+        unpacker.skip()
+        try:
+            groups = unpacker.read_array_header()
+        except ValueError:
+            raise TableWireError("state chunk groups must be a list") from None
+        for _ in range(groups):
+            if unpacker.read_array_header() != 4:
+                raise TableWireError("state group must be a list of 4 fields")
+            network, owner = _name(unpacker.unpack()), _name(unpacker.unpack())
+            membership = unpacker.unpack()
+            if membership is not None:
+                records.append(_membership(network, owner, membership, now))
+            try:
+                count = unpacker.read_array_header()
+            except ValueError:
+                raise TableWireError("state group endpoints must be a list") from None
+            for _ in range(count):
+                start = unpacker.tell()
+                unpacker.skip()
+                packed = data[start:unpacker.tell()]
+                entry = _decoded.get((network, owner, packed))
+                if entry is None:
+                    entry = _endpoint(network, owner, msgpack.unpackb(packed, raw=False), now)
+                    if not entry.deleted:
+                        if len(_decoded) >= _DECODED_MAX:
+                            _decoded.clear()
+                        _decoded[(network, owner, packed)] = entry
+                records.append(entry)
+    except _UNPACK_ERRORS as exc:
+        raise TableWireError(f"state chunk: {exc}") from None
+    if unpacker.tell() != len(data):
+        raise TableWireError("state chunk: bytes after its end")
+    return records
 
 
 def encode_state(records: Iterable[Record], now: float, chunk_limit: int) -> Iterator[bytes]:
@@ -446,19 +510,37 @@ class TableDelegate:
         self._chunks_sent = 0
         self._chunks_merged = 0
         self._decode_errors = 0
+        self._merged_payloads: set[bytes] = set()
+        self._merged_at_removals = table.removals
+        self._duplicates = 0
 
     # Delegate protocol -------------------------------------------------------------------
 
     def notify_user_msg(self, payload: bytes, now: float) -> None:
         self._user_msgs += 1
+        table = self.table
+        merged = self._merged_payloads
+        if self._merged_at_removals != table.removals:
+            merged.clear()
+            self._merged_at_removals = table.removals
+        if payload in merged:
+            self._duplicates += 1
+            return
         try:
             records = decode_records(payload, now)
         except TableWireError:
             self._decode_errors += 1
             return
+        held = True
         for record in records:
-            if self.table.merge(record, now, relay=True) is Merge.OUT_OF_SCOPE:
+            result = table.merge(record, now, relay=True)
+            if result is Merge.OUT_OF_SCOPE:
                 self._forward(record)
+            held = held and not record.deleted and result in _HELD
+        if held and self._merged_at_removals == table.removals:
+            if len(merged) >= self.config.duplicate_memory:
+                merged.clear()
+            merged.add(payload)
         self._drain_table()
 
     def get_broadcasts(self, overhead: int, limit: int, to: str | None = None) -> list[bytes]:
@@ -607,6 +689,7 @@ class TableDelegate:
             decode_errors=self._decode_errors,
             alive_members=len(self._alive),
             forwarded=self._forwards,
+            duplicates=self._duplicates,
         )
 
     def _forward(self, record: Record) -> None:
@@ -637,6 +720,9 @@ class TableDelegate:
 
     def _new_queue(self) -> BroadcastQueue:
         return BroadcastQueue(self.config.retransmit_mult, max_pending=self.config.queue_limit)
+
+
+_HELD = (Merge.ACCEPTED, Merge.STALE)
 
 
 def _queue_key(record: Record) -> tuple[str, ...]:

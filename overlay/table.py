@@ -59,7 +59,7 @@ import heapq
 import ipaddress
 import math
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, fields, replace
 from enum import Enum
 from typing import TypeVar
@@ -293,6 +293,28 @@ def _check_name(field_name: str, value: str) -> str:
     return value
 
 
+IndexKey = TypeVar("IndexKey", bound=Hashable)
+Item = TypeVar("Item", bound=Hashable)
+
+
+def _index_add(index: dict[IndexKey, tuple[Item, ...]], key: IndexKey, item: Item) -> None:
+    """`item` among `index[key]` (a small tuple: a few owners, networks or memberships)."""
+    items = index.get(key, ())
+    if item not in items:
+        index[key] = (*items, item)
+
+
+def _index_discard(index: dict[IndexKey, tuple[Item, ...]], key: IndexKey, item: Item) -> None:
+    """`item` no longer among `index[key]`; the key goes when nothing is left."""
+    items = index.get(key, ())
+    if item in items:
+        rest = tuple(i for i in items if i != item)
+        if rest:
+            index[key] = rest
+        else:
+            del index[key]
+
+
 class NeighborTable:
     """One node's copy of the neighbor table (see the module docstring for the rules)."""
 
@@ -329,19 +351,22 @@ class NeighborTable:
         self._entries: dict[tuple[str, str, str], Entry] = {}
         self._memberships: dict[tuple[str, str], Membership] = {}
         self._by_owner: dict[str, set[tuple[str, str, str]]] = {}
-        self._memberships_by_owner: dict[str, set[tuple[str, str]]] = {}
-        self._candidates: dict[tuple[str, str], set[str]] = {}  # live entries per (network, ip)
+        # Small indexes hold tuples (a few items each; shared, not copied, by `adopt`).
+        self._memberships_by_owner: dict[str, tuple[tuple[str, str], ...]] = {}
+        # owners of live entries per (network, ip)
+        self._candidates: dict[tuple[str, str], tuple[str, ...]] = {}
         self._view: dict[tuple[str, str], Entry] = {}
         self._peer_view: dict[tuple[str, str], Membership] = {}
         # The peer view indexed both ways (network -> node -> record, node -> networks),
         # for gossip scoped to a network's members.
         self._peers: dict[str, dict[str, Membership]] = {}
-        self._peer_networks: dict[str, set[str]] = {}
+        self._peer_networks: dict[str, tuple[str, ...]] = {}
         self._owners: dict[str, _Owner] = {}
         self._tombstones = 0
         self._reap_entries: list[tuple[float, tuple[str, str, str]]] = []
         self._reap_memberships: list[tuple[float, tuple[str, str]]] = []
         self._owner_at: dict[tuple[str, int], str] = {}
+        self._removals = 0
         self._owner_heap: list[tuple[float, str, int]] = []
         self._events: deque[TableEvent] = deque()
         self._outbox: list[Record] = []
@@ -439,20 +464,25 @@ class NeighborTable:
                                   f"({sorted(self._networks)})")
         self._entries = dict(other._entries)
         self._memberships = dict(other._memberships)
-        self._memberships_by_owner = {owner: set(keys) for owner, keys
-                                      in other._memberships_by_owner.items()}
+        self._memberships_by_owner = dict(other._memberships_by_owner)
         self._by_owner = {owner: set(keys) for owner, keys in other._by_owner.items()}
-        self._candidates = dict(zip(other._candidates, map(set, other._candidates.values()),
-                                    strict=True))
+        self._candidates = dict(other._candidates)
         self._view = dict(other._view)
         self._peer_view = dict(other._peer_view)
         self._peers = {network: dict(peers) for network, peers in other._peers.items()}
-        self._peer_networks = {node: set(nets) for node, nets in other._peer_networks.items()}
+        self._peer_networks = dict(other._peer_networks)
         self._tombstones = other._tombstones
         self._reap_entries = list(other._reap_entries)
         self._reap_memberships = list(other._reap_memberships)
         self._clock = max(self._clock, other._clock)
         self.now = max(self.now, other.now)
+        self._removals += 1  # whatever was held before is replaced
+
+    @property
+    def removals(self) -> int:
+        """How many records the table has let go of so far (reaped, purged, left). Until it
+        grows, a record `merge` once ACCEPTED or found STALE would be STALE again."""
+        return self._removals
 
     def records_to_send(self) -> list[Record]:
         """Records to broadcast (our writes, refutations, relays), oldest first; drains them."""
@@ -469,7 +499,8 @@ class NeighborTable:
         """
         if type(record) is Entry and not record.deleted:
             current = self._entries.get((record.network, record.owner, record.ip))
-            if (current is not None and current.version == record.version
+            if current is record or (
+                    current is not None and current.version == record.version
                     and not current.deleted and current.mac == record.mac
                     and current.vtep == record.vtep and current.changed_at == record.changed_at):
                 # The same live write again (a push-pull repeats most of what we hold): what
@@ -806,17 +837,16 @@ class NeighborTable:
             self._tombstones += 1
             heapq.heappush(self._reap_entries, (record.expires_at, key))
         view_key = (record.network, record.ip)
-        candidates = self._candidates.setdefault(view_key, set())
         if record.deleted:
-            candidates.discard(record.owner)
+            _index_discard(self._candidates, view_key, record.owner)
         else:
-            candidates.add(record.owner)
+            _index_add(self._candidates, view_key, record.owner)
         self._refresh_view(view_key)
 
     def _store_membership(self, record: Membership) -> None:
         old = self._memberships.get(record.key)
         self._memberships[record.key] = record
-        self._memberships_by_owner.setdefault(record.node, set()).add(record.key)
+        _index_add(self._memberships_by_owner, record.node, record.key)
         if record.deleted and (old is None or old.expires_at != record.expires_at):
             heapq.heappush(self._reap_memberships, (record.expires_at, record.key))
         self._refresh_peer(record.key)
@@ -825,6 +855,7 @@ class NeighborTable:
         entry = self._entries.pop(key, None)
         if entry is None:
             return
+        self._removals += 1
         if entry.deleted:
             self._tombstones -= 1
         keys = self._by_owner.get(entry.owner)
@@ -833,19 +864,13 @@ class NeighborTable:
             if not keys:
                 del self._by_owner[entry.owner]
         view_key = (entry.network, entry.ip)
-        candidates = self._candidates.get(view_key)
-        if candidates is not None:
-            candidates.discard(entry.owner)
-            if not candidates:
-                del self._candidates[view_key]
+        _index_discard(self._candidates, view_key, entry.owner)
         self._refresh_view(view_key)
 
     def _drop_membership(self, key: tuple[str, str]) -> None:
         if self._memberships.pop(key, None) is not None:
-            keys = self._memberships_by_owner[key[1]]
-            keys.discard(key)
-            if not keys:
-                del self._memberships_by_owner[key[1]]
+            self._removals += 1
+            _index_discard(self._memberships_by_owner, key[1], key)
             self._refresh_peer(key)
 
     def _refresh_owner(self, owner: str) -> None:
@@ -886,12 +911,9 @@ class NeighborTable:
             del peers[node]
             if not peers:
                 del self._peers[network]
-            networks = self._peer_networks[node]
-            networks.discard(network)
-            if not networks:
-                del self._peer_networks[node]
+            _index_discard(self._peer_networks, node, network)
         else:
             self._peer_view[key] = record
             self._peers.setdefault(network, {})[node] = record
-            self._peer_networks.setdefault(node, set()).add(network)
+            _index_add(self._peer_networks, node, network)
         self._events.append(NetworkPeerChanged(key[0], key[1], previous, record))

@@ -248,3 +248,61 @@ def test_scoped_push_pull_carries_every_membership_and_shared_networks_only() ->
     assert carried(True, "b") == everything  # a join gets everything
     assert carried(False, None) == everything  # a peer we cannot name
     assert carried(False, "stranger") == everything  # one we know no network of
+
+
+def test_a_state_chunk_decodes_the_same_twice_and_tombstones_from_each_now() -> None:
+    """Push-pull decoding remembers live endpoints by their bytes: a second decode of the
+    same chunk gives equal records (the live ones the very objects), and a tombstone's
+    deadline still comes from the `now` of each decode."""
+    table = NeighborTable("a", "192.0.2.1")
+    table.join_network(NET, 0.0)
+    for i in range(20):
+        table.put_endpoint(NET, f"10.7.0.{i + 1}", f"02:00:00:00:07:{i:02x}", 1.0)
+    table.delete_endpoint(NET, "10.7.0.1", 2.0)
+    (chunk,) = encode_state(table.records(), 2.0, 32 * 1024)
+    first, second = decode_records(chunk, 2.0), decode_records(chunk, 5.0)
+    assert [(r.key, r.version, r.deleted) for r in first] == \
+        [(r.key, r.version, r.deleted) for r in second]
+    live = [(a, b) for a, b in zip(first, second, strict=True)
+            if isinstance(a, Entry) and not a.deleted]
+    assert len(live) == 19 and all(a is b for a, b in live)
+    (gone_first,) = [r for r in first if isinstance(r, Entry) and r.deleted]
+    (gone_second,) = [r for r in second if isinstance(r, Entry) and r.deleted]
+    assert gone_second.expires_at - gone_first.expires_at == pytest.approx(3.0)
+    with pytest.raises(TableWireError):
+        decode_records(chunk + b"\x00", 2.0)  # nothing may follow the chunk
+    with pytest.raises(TableWireError):
+        decode_records(chunk[:-3], 2.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.none() | st.integers(0, 5) | st.text(max_size=3)
+                         | st.binary(max_size=6) | st.lists(st.binary(max_size=6)
+                                                            | st.integers(0, 3), max_size=9),
+                         max_size=5), max_size=4))
+def test_state_chunks_of_random_groups_raise_only_wire_errors(groups: list[object]) -> None:
+    with contextlib.suppress(TableWireError):
+        decode_records(msgpack.packb([1, 3, groups]), 0.0)
+
+
+def test_a_repeated_broadcast_is_merged_once_until_the_table_lets_a_record_go() -> None:
+    """The same payload again is counted as a duplicate and not merged (it would be STALE);
+    once the table dropped records (here: the owner left), a repeat is merged again."""
+    sender, receiver = make_delegate("a", "192.0.2.1"), make_delegate("b", "192.0.2.2")
+    for delegate, other in ((sender, receiver), (receiver, sender)):
+        delegate.member_alive(other.table.node, (other.table.vtep, 7946), 0.0)
+    sender.table.put_endpoint(NET, "10.1.0.1", "02:00:00:00:00:01", 1.0)
+    (payload,) = [p for p in sender.get_broadcasts(2, 1400)
+                  if isinstance(decode_records(p, 1.0)[0], Entry)]
+    for _ in range(3):
+        receiver.notify_user_msg(payload, 1.0)
+    stats = receiver.statistics()
+    assert (stats.user_msgs, stats.duplicates) == (3, 2)
+    assert receiver.table.statistics().accepted == 1
+    assert receiver.table.lookup(NET, "10.1.0.1") is not None
+    receiver.member_left("a", 2.0)
+    receiver.handle_timeout(2.0 + receiver.table.failed_grace + 1)
+    assert receiver.table.lookup(NET, "10.1.0.1") is None
+    receiver.notify_user_msg(payload, 3.0)
+    assert receiver.statistics().duplicates == 2  # merged again (the owner is gone: dropped)
+    assert receiver.table.statistics().owner_gone == 1
