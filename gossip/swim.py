@@ -629,8 +629,21 @@ class Swim:
     # -- the caller's side: output ---------------------------------------------------------
 
     def next_deadline(self) -> float:
-        """When `handle_timeout` must next be called (inf if never)."""
-        return self._timers[0][0] if self._timers else float("inf")
+        """When `handle_timeout` must next be called (inf if never). Timers that would find
+        nothing to do are dropped first, so an idle node is not woken for them: the timeout
+        of a probe that was acked (or replaced), a gossip round an earlier one superseded."""
+        timers = self._timers
+        while timers:
+            when, _, kind, arg = timers[0]
+            if kind == _PROBE_TIMEOUT:
+                probe: _Probe = arg
+                stale = probe is not self._probe or probe.acked
+            else:
+                stale = kind == _GOSSIP and (not self._gossip_armed or when < self._gossip_due)
+            if not stale:
+                return when
+            heapq.heappop(timers)
+        return math.inf
 
     def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
         """Sealed UDP payloads with their destinations, oldest first."""

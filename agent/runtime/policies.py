@@ -6,7 +6,8 @@ as etcd streams it, and an idle agent makes no etcd round trip for policies), re
 endpoints and their labels whenever the table changes (`table_changed`, never blocks), computes
 the plan and applies the one transaction from the kernel's last plan to it
 (`underlay.nft.apply_script`). The per-policy drop counters are read after every apply and,
-while our table is loaded, every `COUNTER_INTERVAL` (`statistics().drops`, a metric).
+while our table is loaded, every `COUNTER_INTERVAL` (`statistics().drops`, a metric); with no
+table loaded nothing wakes for them.
 
 Rules:
 - No policy, no table: a host without policies has nothing of ours in nftables. The first
@@ -86,6 +87,7 @@ class PolicyEnforcer:
         self._dirty = trio.Event()
         self._policies: list[Policy] = []
         self._plan: PolicyPlan | None = None
+        self._planned = trio.Event()  # set while `_plan` is not None
         self._installed = False  # our table is in the kernel (or may be: unknown plan)
         self._bridges_on = False
         self._applied = 0
@@ -127,15 +129,26 @@ class PolicyEnforcer:
 
     async def _follow_counters(self) -> None:
         while True:
+            await self._planned.wait()  # no table of ours: no counters to read
             await trio.sleep(COUNTER_INTERVAL)
             await self._read_counters()
+
+    def _set_plan(self, plan: PolicyPlan | None) -> None:
+        """The plan the kernel holds (None: no table, or its state unknown)."""
+        self._plan = plan
+        if plan is None:
+            if self._planned.is_set():
+                self._planned = trio.Event()
+        else:
+            self._planned.set()
 
     async def _enforce(self) -> None:
         try:
             if not self._policies:
                 if self._installed:
                     await trio.to_thread.run_sync(apply_script, None, removal_transaction())
-                    self._installed, self._plan = False, None
+                    self._installed = False
+                    self._set_plan(None)
                     self._applied += 1
                 return
             plan = plan_policy([policy_rule(p) for p in self._policies],
@@ -147,11 +160,12 @@ class PolicyEnforcer:
                 await trio.to_thread.run_sync(call_on_bridges)
                 self._bridges_on = True
             await trio.to_thread.run_sync(apply_script, None, script)
-            self._plan, self._installed = plan, True
+            self._set_plan(plan)
+            self._installed = True
             self._applied += 1
         except (KernelError, OSError, subprocess.SubprocessError) as exc:  # nft away or stuck
             self._failed += 1
-            self._plan = None  # the kernel's state is unknown: the next pass replaces it whole
+            self._set_plan(None)  # the kernel's state is unknown: the next pass replaces it whole
             log.error("network policy not applied: %s", exc)
             await trio.sleep(RETRY_INTERVAL)
             self._dirty.set()
