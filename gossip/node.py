@@ -2,9 +2,10 @@
 
 Owns: the `Swim` instance's clock and I/O. One loop runs `handle_timeout` at `next_deadline()`
 and flushes what the core produced (datagrams, push-pulls to start, membership events); a
-receiver task feeds datagrams to `receive_datagram` and flushes the answers itself, waking
-the loop only when a packet moved the next deadline earlier (an idle node wakes per probe,
-not per packet); a server task answers push-pull streams; every other input wakes the loop.
+receiver task feeds datagrams to `receive_datagram`, flushes the answers itself and moves
+the loop's wait to the core's next deadline without waking it (an idle node wakes per probe,
+not per packet, nor for the timeout of a probe that was acked); a server task answers
+push-pull streams; every other input wakes the loop.
 Membership events go to subscribers through bounded channels: a full subscriber loses events
 (counted per subscription and in total) and never slows gossip; it can re-read the whole
 view with `members()`.
@@ -19,7 +20,6 @@ May import: trio, the standard library, gossip.*.
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -132,7 +132,7 @@ class GossipNode:
         self._nursery: trio.Nursery | None = None
         self._wakeup = trio.Event()
         self._ticked = trio.Event()
-        self._sleeping_until = -math.inf  # the deadline `_drive` waits for
+        self._sleep: trio.CancelScope | None = None  # `_drive`'s wait for its next deadline
         self._subscribers: list[Subscription] = []
         self._events_published = 0
         self._events_dropped = 0
@@ -220,10 +220,9 @@ class GossipNode:
             await self._flush(swim)
             ticked, self._ticked = self._ticked, trio.Event()
             ticked.set()
-            self._sleeping_until = swim.next_deadline()
-            with trio.move_on_at(self._sleeping_until):
+            with trio.move_on_at(swim.next_deadline()) as self._sleep:
                 await self._wakeup.wait()
-            self._sleeping_until = -math.inf
+            self._sleep = None
 
     async def _flush(self, swim: Swim) -> None:
         transport = self._transport
@@ -241,11 +240,13 @@ class GossipNode:
         while True:
             data, addr = await transport.receive_datagram()
             swim.receive_datagram(data, addr, trio.current_time())
-            # Answer from here (an ack, a relayed ping): the timer loop is woken only when
-            # the packet moved the next deadline earlier than what it waits for.
+            # Answer from here (an ack, a relayed ping): the timer loop is not woken; its
+            # wait moves to the next deadline the packet left (earlier: a new timer; later:
+            # an acked probe's timeout no longer due).
             await self._flush(swim)
-            if swim.next_deadline() < self._sleeping_until:
-                self._wake()
+            sleep = self._sleep
+            if sleep is not None:
+                sleep.deadline = swim.next_deadline()
 
     async def _push_pull(self, addr: Addr, join: bool) -> bool:
         transport = self._transport
