@@ -21,7 +21,11 @@ path pays it alike. A one-CPU machine pins both to CPU 0.
 The request/response probe is this file run as a script: `--rr-server PORT` echoes 64-byte
 messages (TCP_NODELAY) on every connection it accepts; `--rr-client HOST PORT COUNT` times
 COUNT exchanges after 200 warm-up ones and prints the median in microseconds. Python on both
-ends in every path: compare ratios, not absolute microseconds.
+ends in every path: compare ratios, not absolute microseconds. The connection probe the same
+way: `--connect-server PORT` accepts and closes every connection; `--connect-client HOST PORT
+COUNT` times COUNT TCP handshakes, a new connection each (reset at once: no TIME_WAIT), after
+20 warm-up ones, and prints the median in microseconds (what a new flow's first packets cost,
+which throughput over one connection never shows).
 
 May import: the standard library.
 """
@@ -35,6 +39,7 @@ import os
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -51,6 +56,8 @@ RR_PORT = 7007
 RR_SIZE = 64
 RR_COUNT = 3000
 RR_WARMUP = 200
+CONNECT_BACKLOG = 512
+CONNECT_WARMUP = 20
 T = TypeVar("T")
 
 
@@ -120,9 +127,9 @@ def pinned(cpu: int, argv: Sequence[str]) -> list[str]:
 # --------------------------------------------------------------------------- probe
 
 
-def rr_server(port: int) -> None:
-    """Echo RR_SIZE-byte messages on each accepted connection, one after another (IPv4 and
-    IPv6 on one dual-stack socket; IPv4 only where the namespace has no IPv6)."""
+def _listener(port: int) -> socket.socket:
+    """A listening TCP socket on `port`: IPv4 and IPv6 on one dual-stack socket, IPv4 only
+    where the namespace has no IPv6."""
     try:
         listener = socket.socket(socket.AF_INET6)
         listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -132,7 +139,12 @@ def rr_server(port: int) -> None:
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("0.0.0.0", port))
-    with listener:
+    return listener
+
+
+def rr_server(port: int) -> None:
+    """Echo RR_SIZE-byte messages on each accepted connection, one after another."""
+    with _listener(port) as listener:
         listener.listen(4)
         print("ready", flush=True)
         while True:
@@ -141,6 +153,36 @@ def rr_server(port: int) -> None:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 while len(data := conn.recv(RR_SIZE, socket.MSG_WAITALL)) == RR_SIZE:
                     conn.sendall(data)
+
+
+def connect_server(port: int) -> None:
+    """Accept every connection and close it at once."""
+    with _listener(port) as listener:
+        listener.listen(CONNECT_BACKLOG)
+        print("ready", flush=True)
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # reset by the client before it was taken
+                continue
+            conn.close()
+
+
+def connect_client(host: str, port: int, count: int) -> None:
+    """Time `count` TCP handshakes (a new connection each: connect() until it returns) after
+    the warm-up ones; each is reset at once (SO_LINGER 0: no TIME_WAIT left behind). Prints
+    the median in microseconds."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    samples = []
+    for i in range(count + CONNECT_WARMUP):
+        with socket.socket(family) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.settimeout(10)
+            started = time.perf_counter_ns()
+            sock.connect((host, port))
+            if i >= CONNECT_WARMUP:
+                samples.append(time.perf_counter_ns() - started)
+    print(f"{statistics.median(samples) / 1000:.2f}")
 
 
 def rr_client(host: str, port: int, count: int) -> None:
@@ -312,13 +354,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="request/response probe")
     parser.add_argument("--rr-server", type=int)
     parser.add_argument("--rr-client", nargs=3)
+    parser.add_argument("--connect-server", type=int)
+    parser.add_argument("--connect-client", nargs=3)
     args = parser.parse_args(argv)
     if args.rr_server is not None:
         rr_server(args.rr_server)
     elif args.rr_client is not None:
         rr_client(args.rr_client[0], int(args.rr_client[1]), int(args.rr_client[2]))
+    elif args.connect_server is not None:
+        connect_server(args.connect_server)
+    elif args.connect_client is not None:
+        connect_client(args.connect_client[0], int(args.connect_client[1]),
+                       int(args.connect_client[2]))
     else:
-        parser.error("--rr-server PORT or --rr-client HOST PORT COUNT")
+        parser.error("--rr-server PORT, --rr-client HOST PORT COUNT, --connect-server PORT"
+                     " or --connect-client HOST PORT COUNT")
     return 0
 
 

@@ -28,13 +28,17 @@ Measured per run: iperf3 TCP (1 stream, `--seconds`, the client pinned to CPU 0 
 to CPU 1 with iperf3 -A when there are two CPUs), iperf3's own CPU time of client and server
 (getrusage: softirq work done in their context is charged to them on this kernel's tick
 accounting) per GB received, which other jobs on the shared machine move far less than
-throughput, and the mean round trip of 50 pings at 5 ms. Order: the baseline between every two
-runs (agent X agent Y agent ...), the others rotated every round. Each run of a variant is
-paired with the mean of the two baseline runs around it: loss(run) = 1 - gbps / baseline, and
-the extra CPU per GB the same way. Per variant: the median over rounds, its 95% bootstrap
-interval (2,000 resamples, seeded) and the min - max. The 5% target at 1,000 policies is met
-when loss_1000 <= 0.05; the verdict is judgeable when the noise (half the width of the control's
-interval) is below 0.05 and loss_1000's interval lies wholly on one side of 0.05.
+throughput, the mean round trip of 50 pings at 5 ms, and the median time of 200 TCP handshakes,
+a new connection each (`pathbench.py --connect-client`, pinned like iperf3: a new flow's first
+packet is the one that walks the policy rules; every later packet is accepted by the first
+rule, `ct state established,related accept`). Order: the baseline between every two runs
+(agent X agent Y agent ...), the others rotated every round. Each run of a variant is paired
+with the mean of the two baseline runs around it: loss(run) = 1 - gbps / baseline, and the
+extra CPU per GB and extra connect time the same way. Per variant: the median over rounds,
+its 95% bootstrap interval (2,000 resamples, seeded) and the min - max. The 5% target at 1,000
+policies is met when loss_1000 <= 0.05; the verdict is judgeable when the noise (half the width
+of the control's interval) is below 0.05 and loss_1000's interval lies wholly on one side of
+0.05.
 
 Enforcement: a real two-host lab (`agent.lab.hosts.Lab`), one ingress policy selecting
 app=x; `--creates` endpoints labelled app=x are created one after the other on h2; for each,
@@ -43,8 +47,9 @@ and the part of it after the create request answered (the endpoint's creation it
 rest). `enforce_s_p99` is the largest of them when there are fewer than 100.
 
 JSON last line: `loss_100`, `loss_1000` (fractions), `enforce_s_p99`; also `loss_1`,
-`loss_none`, `loss_control`, each `_ci95` and `_spread`, `cpu_extra_*` (fractions of the
-baseline's CPU per GB), `noise`, `judgeable`, `target_met`, load averages, and per variant.
+`loss_none`, `loss_control`, each `_ci95` and `_spread`, `cpu_extra_*` and `connect_extra_*`
+(fractions of the baseline's CPU per GB and connect time), `noise`, `judgeable`, `target_met`,
+load averages, and per variant.
 Rules: everything runs in namespaces this script creates and deletes (even on failure);
 processes it starts are stopped by pid. Run under `flock /work/bench.lock`.
 May import: agent.lab, underlay, bench/pathbench.py, the standard library.
@@ -63,6 +68,7 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -70,7 +76,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from pathbench import loadavg, rotated
+from pathbench import CLIENT_CPU, SERVER_CPU, Servers, loadavg, pinned, rotated
 
 from agent.lab.hosts import Lab
 from underlay.endpoints_model import EndpointsConfig
@@ -96,6 +102,10 @@ SUBNET = "10.208.0.0/16"
 SERVER, CLIENT = "10.208.0.2", "10.208.0.3"
 TARGET_LOSS = 0.05
 RESAMPLES = 2000
+CONNECT_PORT = 7021
+CONNECTS = 200
+PROBE = Path(__file__).resolve().with_name("pathbench.py")
+"""The connection probe (`--connect-server` / `--connect-client`)."""
 
 
 def _run(argv: list[str], *, input_text: str | None = None, timeout: float = 60) -> str:
@@ -187,11 +197,12 @@ def _pinning() -> list[str]:
 @dataclass(frozen=True)
 class Run:
     """One measurement: Gbit/s received, iperf3's CPU seconds (client + server) per GB
-    received, mean ping ms."""
+    received, mean ping ms, median microseconds of a new TCP connection's handshake."""
 
     gbps: float
     cpu_s_per_gb: float
     ping_ms: float
+    connect_us: float
 
 
 def measure(triple: Triple, seconds: int) -> Run:
@@ -213,8 +224,12 @@ def measure(triple: Triple, seconds: int) -> Run:
     ping = _in(triple.client, ["ping", "-n", "-q", "-c", "50", "-i", "0.005", SERVER],
                timeout=60)
     found = re.search(r"= [\d.]+/([\d.]+)/", ping)
+    connect = _in(triple.client, pinned(CLIENT_CPU, [
+        sys.executable, str(PROBE), "--connect-client", SERVER, str(CONNECT_PORT),
+        str(CONNECTS)]), timeout=60)
     return Run(received["bits_per_second"] / 1e9, cpu_seconds / gigabytes,
-               float(found.group(1)) if found else float("nan"))
+               float(found.group(1)) if found else float("nan"),
+               float(connect.strip().splitlines()[-1]))
 
 
 def schedule(others: Sequence[str], rounds: range) -> list[str]:
@@ -325,18 +340,25 @@ def _load(middle: str, variant: str) -> None:
         _in(middle, ["nft", "-f", "-"], input_text=script, timeout=120)
 
 
+def start_servers(servers: Servers, triple: Triple) -> None:
+    """The iperf3 server and the connection probe's server in `triple`'s server namespace."""
+    servers.start(ip_netns_exec(triple.server, ["iperf3", "-s", "-p", "5201", "--forceflush"]),
+                  "Server listening")
+    servers.start(ip_netns_exec(triple.server, pinned(SERVER_CPU, [
+        sys.executable, str(PROBE), "--connect-server", str(CONNECT_PORT)])), "ready")
+
+
 def throughput(seconds: int, rounds: int) -> Throughput:
     """`rounds` rounds in blocks; before each block the variants move to other triples."""
     others = [v for v in VARIANTS if v != BASELINE]
     order: list[str] = []
     runs: list[Run] = []
-    servers: list[subprocess.Popen[bytes]] = []
-    with namespaces(f"bp21{os.getpid() % 1000}", len(VARIANTS)) as triples:
+    with (namespaces(f"bp21{os.getpid() % 1000}", len(VARIANTS)) as triples,
+          tempfile.TemporaryDirectory(prefix="vxmesh-bench-policy-") as logs):
+        servers = Servers(Path(logs))
         try:
             for triple in triples:
-                servers.append(subprocess.Popen(
-                    ip_netns_exec(triple.server, ["iperf3", "-s", "-p", "5201"]),
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                start_servers(servers, triple)
             for triple in triples:  # warm-up (neighbours, caches): not counted
                 measure(triple, 1)
             before = loadavg()
@@ -349,9 +371,7 @@ def throughput(seconds: int, rounds: int) -> Throughput:
                 order += block_order
             after = loadavg()
         finally:
-            for server in servers:
-                server.kill()
-                server.wait(timeout=10)
+            servers.stop()
     return Throughput(order, runs, before, after)
 
 
@@ -417,14 +437,16 @@ def main() -> None:
     after = sorted(total - create for total, create in pairs)  # from the create's answer
     p99 = _p99(times)
     rng = random.Random(21)
-    gbps_changes, cpu_changes = measured.changes("gbps"), measured.changes("cpu_s_per_gb")
-    losses = {v: Estimate.of(c, rng).negated() for v, c in gbps_changes.items()}
-    cpu_extra = {v: Estimate.of(c, rng) for v, c in cpu_changes.items()}
+    losses = {v: Estimate.of(c, rng).negated() for v, c in measured.changes("gbps").items()}
+    cpu_extra = {v: Estimate.of(c, rng) for v, c in measured.changes("cpu_s_per_gb").items()}
+    connect_extra = {v: Estimate.of(c, rng)
+                     for v, c in measured.changes("connect_us").items()}
     print(f"{args.rounds} rounds of {args.seconds} s; load average before {measured.load_before}"
           f", after {measured.load_after}")
-    print("| variant | Gbit/s median (min - max) | CPU s/GB | ping ms | loss vs paired baseline:"
-          " median [95%] (min - max) | extra CPU per GB: median [95%] (min - max) |")
-    print("|---|---|---|---|---|---|")
+    print("| variant | Gbit/s median (min - max) | CPU s/GB | ping ms | connect us | loss vs paired"
+          " baseline: median [95%] (min - max) | extra CPU per GB: median [95%] (min - max) |"
+          " extra connect time: median [95%] (min - max) |")
+    print("|---|---|---|---|---|---|---|---|")
     figures: dict[str, dict[str, object]] = {}
     for variant in VARIANTS:
         runs = measured.of(variant)
@@ -433,14 +455,18 @@ def main() -> None:
             "gbps": round(statistics.median(gbps), 3),
             "gbps_spread": [round(min(gbps), 3), round(max(gbps), 3)],
             "cpu_s_per_gb": round(statistics.median(r.cpu_s_per_gb for r in runs), 4),
-            "ping_ms": round(statistics.median(r.ping_ms for r in runs), 4)}
-        paired = "(baseline) | -"
+            "ping_ms": round(statistics.median(r.ping_ms for r in runs), 4),
+            "connect_us": round(statistics.median(r.connect_us for r in runs), 1)}
+        paired = "(baseline) | - | -"
         if variant != BASELINE:
-            row |= {"loss": losses[variant].json(), "cpu_extra": cpu_extra[variant].json()}
-            paired = f"{losses[variant].text()} | {cpu_extra[variant].text()}"
+            row |= {"loss": losses[variant].json(), "cpu_extra": cpu_extra[variant].json(),
+                    "connect_extra": connect_extra[variant].json()}
+            paired = (f"{losses[variant].text()} | {cpu_extra[variant].text()} | "
+                      f"{connect_extra[variant].text()}")
         figures[variant] = row
         print(f"| {variant} | {row['gbps']:.3f} ({min(gbps):.3f} - {max(gbps):.3f}) | "
-              f"{row['cpu_s_per_gb']:.3f} | {row['ping_ms']:.3f} | {paired} |")
+              f"{row['cpu_s_per_gb']:.3f} | {row['ping_ms']:.3f} | {row['connect_us']:.1f} | "
+              f"{paired} |")
     loss_1000 = losses["1000"]
     met, judgeable, noise = verdict(loss_1000, losses[CONTROL], args.rounds)
     print(f"noise (half the 95% interval of the control, the baseline against itself): "
@@ -457,6 +483,7 @@ def main() -> None:
         report[f"loss_{variant}_ci95"] = [round(estimate.low95, 4), round(estimate.high95, 4)]
         report[f"loss_{variant}_spread"] = [round(estimate.low, 4), round(estimate.high, 4)]
         report[f"cpu_extra_{variant}"] = round(cpu_extra[variant].median, 4)
+        report[f"connect_extra_{variant}"] = round(connect_extra[variant].median, 4)
     report |= {"noise": round(noise, 4), "judgeable": judgeable, "target_met": met,
                "baseline": BASELINE, "rounds": args.rounds, "seconds": args.seconds,
                "pinned": bool(_pinning()), "load_before": measured.load_before,

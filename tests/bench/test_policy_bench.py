@@ -1,7 +1,7 @@
 """bench/policy.py: the measuring order, the pairing with the baselines around each run, the
 estimates and the verdict (pure), and the variants' rule sets in real namespaces: the agent's
 no-policy rule set already tracks bridged flows (which is why it is the baseline), none does
-not, and a policy variant lets the bench's client reach its server."""
+not, and a policy variant lets the bench's client reach its server (one run's figures)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -102,5 +104,14 @@ def test_the_variants_rule_sets_in_real_namespaces() -> None:
         assert _tracked(triples["agent"].middle, pb.CLIENT)
         assert not _tracked(triples["none"].middle, pb.CLIENT)
         assert _tracked(triples["1"].middle, pb.CLIENT)
+        # a run through the policy variant: throughput, CPU, ping and new connections
+        with tempfile.TemporaryDirectory(prefix="vxmesh-test-policy-bench-") as logs:
+            servers = pb.Servers(Path(logs))
+            try:
+                pb.start_servers(servers, triples["1"])
+                run = pb.measure(triples["1"], 1)
+            finally:
+                servers.stop()
+        assert run.gbps > 0 and run.cpu_s_per_gb > 0 and run.ping_ms > 0 and run.connect_us > 0
     left = pb._run(["ip", "netns", "list"])
     assert f"tb21{os.getpid() % 1000}" not in left
