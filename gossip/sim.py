@@ -39,6 +39,7 @@ from typing import Any
 from gossip.config import PRESETS, SwimConfig
 from gossip.delegate import Delegate
 from gossip.identity import KeyCache, Signer
+from gossip.members import FormedView, MemberDirectory
 from gossip.swim import (
     MemberFailed,
     MemberLeft,
@@ -119,13 +120,17 @@ class Simulation:
         self.signers = {n.name: Signer.generate() for n in self.nodes} if signed else {}
         self.keys = KeyCache({name: s.public_key for name, s in self.signers.items()}) \
             if signed else None
+        # One directory for every node: ids in node order, records shared between views.
+        self.directory = MemberDirectory(shared=True)
+        for node in self.nodes:
+            self.directory.id_for(node.name)
         first = self.nodes[: count if formed is None else formed]
         for node in first:
             self._boot(node)
-        records = [self._record(n) for n in first]
+        view = FormedView(self.directory, [self._record(n) for n in first], self.now)
         for node in first:
             assert node.swim is not None
-            node.swim.adopt_members(records, self.now)
+            node.swim.adopt_view(view, self.now)
             self._flush(node)
 
     # -- control -------------------------------------------------------------------------------
@@ -254,7 +259,7 @@ class Simulation:
         swim = Swim(self.config, node.name, node.addr, meta=self._meta(node),
                     rng=random.Random(f"node:{self.seed}:{node.index}:{node.generation}"),
                     now=self.now, delegate=node.delegate, signer=self.signers.get(node.name),
-                    keys=self.keys)
+                    keys=self.keys, directory=self.directory)
         node.swim = swim
         node.timer_at = math.inf
         return swim

@@ -12,6 +12,11 @@ come out. The caller (the trio driver `gossip.node`, or the simulator `gossip.si
 feeds each received chunk to `merge_push_pull_chunk`. Sealing/opening with the keyring
 happens here, so the caller moves opaque bytes only.
 
+Member table: arrays indexed by the ids of a `gossip.members.MemberDirectory` holding
+shared, interned records (a view copies a record only to change it: a suspicion, a failure,
+a leave), so a simulator's thousands of views cost about 20 bytes per member each; a node on
+its own has a private directory.
+
 Protocol (memberlist's algorithms, our structure):
 - probing: members in a shuffled round-robin order; a direct ping, then after the (awareness
   scaled) probe timeout `indirect_checks` ping-reqs with nack plus one direct retry (where
@@ -75,6 +80,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
+from array import array
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,6 +91,7 @@ from gossip.config import SwimConfig, suspicion_timeout
 from gossip.delegate import Delegate
 from gossip.errors import GossipError, WireError
 from gossip.identity import KeyCache, Signer, Verdict, verify
+from gossip.members import FormedView, MemberDirectory, MemberNode
 from gossip.wire import (
     ENCRYPTION_OVERHEAD,
     PACKET_OVERHEAD,
@@ -103,9 +110,7 @@ from gossip.wire import (
     UnknownMessage,
     UserMessage,
     alive_signed_bytes,
-    decode_chunk,
     decode_packet,
-    encode_member_record,
     encode_members_chunk,
     encode_message,
     encode_packet,
@@ -244,39 +249,8 @@ class SwimStatistics:
     unknown_keys: int
 
 
-class _Node:
-    __slots__ = ("addr", "incarnation", "key", "meta", "name", "packed", "packed_key",
-                 "signature", "state", "state_change", "suspicion")
-
-    def __init__(self, name: str, addr: Addr, meta: bytes, incarnation: int,
-                 state: MemberState, now: float) -> None:
-        self.name = name
-        self.addr = addr
-        self.meta = meta
-        self.incarnation = incarnation
-        self.state = state
-        self.state_change = now
-        self.suspicion: _Suspicion | None = None
-        self.packed = b""
-        self.packed_key: tuple[object, ...] = ()
-        # The proof of the last alive (its public key and signature) or of the leave (its
-        # signature); b"" when unsigned.
-        self.key = b""
-        self.signature = b""
-
-    def record(self) -> bytes:
-        """This member as a packed push-pull record (cached while unchanged)."""
-        proven = self.state == _ALIVE or self.state == _LEFT
-        key = (self.incarnation, self.state, self.addr, self.meta, self.signature)
-        if key != self.packed_key:
-            self.packed = encode_member_record(MemberRecord(
-                self.name, self.addr, self.meta, self.incarnation, self.state,
-                self.key if proven else b"", self.signature if proven else b""))
-            self.packed_key = key
-        return self.packed
-
-    def snapshot(self) -> Member:
-        return Member(self.name, self.addr, self.meta, self.state, self.incarnation)
+def _snapshot(node: MemberNode) -> Member:
+    return Member(node.name, node.addr, node.meta, node.state, node.incarnation)
 
 
 class _Suspicion:
@@ -345,9 +319,12 @@ class Swim:
     def __init__(self, config: SwimConfig, name: str, addr: Addr, *, meta: bytes,
                  rng: random.Random, now: float, delegate: Delegate | None = None,
                  keyring: PacketCipher | None = None, signer: Signer | None = None,
-                 keys: KeyCache | None = None) -> None:
+                 keys: KeyCache | None = None, directory: MemberDirectory | None = None
+                 ) -> None:
         """`signer` and `keys` together turn on origin authentication: our alive and leave
-        messages are signed, and every other node's are verified against `keys`."""
+        messages are signed, and every other node's are verified against `keys`.
+        `directory`: member ids and shared records (`gossip.members`); a simulator gives all
+        its nodes one shared directory, a node on its own gets a private one."""
         config.validate()
         if not name or len(name) > 128:
             raise GossipError(f"Swim name: expected 1..128 characters, got {name!r}")
@@ -366,13 +343,24 @@ class Swim:
         self._keys = keys
         # Newest alive/leave per node whose key is not known yet; replayed by `keys_learned`.
         self._held: dict[str, Alive | Dead] = {}
-        self._self = _Node(name, addr, meta, 0, _ALIVE, now)
+        # The member table (see gossip.members): by directory id, the node we hold (None:
+        # not known), the position in `_others` (-1: none); the other members' ids in any
+        # order; the ids of failed or left members; counts per state (self not counted).
+        self._dir = directory if directory is not None else MemberDirectory()
+        self._self = MemberNode(self._dir.id_for(name), name, addr, meta, 0, _ALIVE, now,
+                                self)
+        self._dir.bind(addr, self._self.id)
         self._sign_self()
-        self._nodes: dict[str, _Node] = {name: self._self}
-        self._others: list[str] = []
-        self._others_index: dict[str, int] = {}
+        self._recs: list[MemberNode | None] = []
+        self._positions = array("i")
+        self._grow()
+        self._recs[self._self.id] = self._self
+        self._others = array("i")
+        self._down: dict[int, None] = {}
         self._counts = [0, 0, 0, 0]
-        self._probe_order: list[str] = []
+        # Probe targets: ids before `_probe_pos` were probed this round; the next one is
+        # drawn uniformly from the rest (a shuffle done one step per probe).
+        self._probe_order = array("i")
         self._probe_pos = 0
         self._probe: _Probe | None = None
         # Round trips of acked probes (ping to ack, direct or through helpers), newest kept
@@ -401,8 +389,6 @@ class Swim:
         # Addresses that answered our probe directly; replies to any other address that is
         # not a member's stay within twice the request (no amplification).
         self._proven: dict[Addr, None] = {}
-        # Address -> the member we know there (replies to members are not capped).
-        self._addr_owner: dict[Addr, str] = {}
         self._reply_room = math.inf
         # Where the packet or push-pull being handled came from (None: none is).
         self._news_from: Addr | None = None
@@ -431,7 +417,7 @@ class Swim:
                 self._stats["push_pulls_started"] += 1
         self._announce_self(now)
         self._join_sync_token += 1
-        self._join_sync = [self.config.join_sync_rounds, len(self._nodes), 0]
+        self._join_sync = [self.config.join_sync_rounds, self._known(), 0]
         if self.config.join_sync_rounds:
             self._at(now + self._join_sync_delay(), _JOIN_SYNC, self._join_sync_token)
 
@@ -501,7 +487,7 @@ class Swim:
             except WireError:
                 stats["auth_failures"] += 1
                 return
-        if addr in self._proven or addr in self._addr_owner:
+        if addr in self._proven or self._owner(addr) is not None:
             self._reply_room = math.inf
         try:
             messages = decode_packet(data)
@@ -570,7 +556,7 @@ class Swim:
     def merge_push_pull_chunk(self, chunk: bytes, addr: Addr, join: bool, now: float) -> bool:
         """One chunk of a peer's push-pull state. False (and counted) if it is garbage."""
         try:
-            decoded = decode_chunk(chunk)
+            decoded = self._dir.decode_chunk(chunk)
         except WireError:
             self._stats["wire_errors"] += 1
             return False
@@ -605,22 +591,33 @@ class Swim:
         For a simulation or test that starts from a formed cluster; a live node learns
         members through `join` and `merge_push_pull_chunk`.
         """
-        fresh: list[str] = []
-        nodes, others, index = self._nodes, self._others, self._others_index
-        for record in records:
-            if record.name not in nodes:
-                node = _Node(record.name, record.addr, record.meta, record.incarnation,
-                             record.state, now)
-                node.key, node.signature = record.key, record.signature
-                nodes[record.name] = node
-                self._addr_owner[record.addr] = record.name
-                index[record.name] = len(others)
-                others.append(record.name)
-                self._counts[record.state] += 1
-                if record.state <= _SUSPECT:
-                    fresh.append(record.name)
-        self._rng.shuffle(fresh)
-        self._probe_order.extend(fresh)
+        self.adopt_view(FormedView(self._dir, records, now), now)
+
+    def adopt_view(self, view: FormedView, now: float) -> None:
+        """`adopt_members` from a view prepared once (with our directory) for many nodes: a
+        node that knows only itself copies its arrays, at C speed."""
+        if view.directory is not self._dir:
+            raise GossipError("adopt_view: the view was prepared with another directory")
+        me = self._self
+        if self._known() == 1:
+            self._recs = list(view.nodes)
+            self._positions = array("i", view.positions)
+            self._others = array("i", view.order)
+            self._counts = list(view.counts)
+            self._down = dict(view.down)
+            self._probe_order = array("i", view.probe)
+            self._probe_pos = 0
+            self._grow()
+            mine = self._recs[me.id]
+            if mine is not None:
+                self._counts[mine.state] -= 1
+                self._down.pop(me.id, None)
+                self._unlist(me.id)
+            self._recs[me.id] = me
+        else:
+            for node in view.nodes:
+                if node is not None and self._get(node.name) is None:
+                    self._add(node)
         # Re-draw the push-pull phase for the size of the cluster we now belong to.
         self._push_pull_token += 1
         period = self.config.push_pull_interval_for(self.cluster_size())
@@ -665,12 +662,15 @@ class Swim:
         `to`: the peer, by member name or gossip address (None: not known), so the delegate
         can scope its state to what the peer shares with us. Membership is always whole.
         """
-        peer = self._addr_owner.get(to) if isinstance(to, tuple) else to
+        owner = self._owner(to) if isinstance(to, tuple) else None
+        peer = owner.name if owner is not None else None if isinstance(to, tuple) else to
         limit = self.config.push_pull_chunk_limit - _CHUNK_SLACK
         chunks: list[bytes] = []
         packed: list[bytes] = []
         size = 0
-        for node in self._nodes.values():
+        for node in self._recs:
+            if node is None:
+                continue
             record = node.record()
             if size + len(record) > limit:
                 chunks.append(encode_members_chunk(packed))
@@ -689,15 +689,15 @@ class Swim:
 
     def members(self) -> list[Member]:
         """Every member we know (self included), in any state."""
-        return [node.snapshot() for node in self._nodes.values()]
+        return [_snapshot(node) for node in self._recs if node is not None]
 
     def member(self, name: str) -> Member | None:
-        node = self._nodes.get(name)
-        return None if node is None else node.snapshot()
+        node = self._get(name)
+        return None if node is None else _snapshot(node)
 
     def state_of(self, name: str) -> MemberState | None:
         """A member's state, cheaply (no snapshot)."""
-        node = self._nodes.get(name)
+        node = self._get(name)
         return None if node is None else node.state
 
     @property
@@ -762,7 +762,8 @@ class Swim:
                 del proven[next(iter(proven))]
 
     def _piggyback(self, room: int, to: Addr) -> list[bytes]:
-        member = self._addr_owner.get(to)
+        owner = self._owner(to)
+        member = None if owner is None else owner.name
         parts = self._broadcasts.take(0, room, self.cluster_size(), to=member)
         if self._delegate is not None:
             room -= sum(len(p) for p in parts)
@@ -794,9 +795,9 @@ class Swim:
             if alive:
                 not_to.add(name)
             # (looked up now: a push-pull may have introduced the sender a record ago)
-            teller = self._addr_owner.get(self._news_from) if self._news_from else None
+            teller = self._owner(self._news_from) if self._news_from else None
             if teller is not None:
-                not_to.add(teller)
+                not_to.add(teller.name)
         self._broadcasts.queue(encoded, name, not_to=frozenset(not_to))
         self._arm_gossip(now)
 
@@ -908,24 +909,30 @@ class Swim:
                 self._start_probe(target, now)
         self._at(now + self._scaled(self.config.probe_interval_s), _PROBE, None)
 
-    def _next_probe_target(self) -> _Node | None:
+    def _next_probe_target(self) -> MemberNode | None:
+        recs = self._recs
         for _ in range(2):
             order = self._probe_order
-            nodes = self._nodes
-            while self._probe_pos < len(order):
-                node = nodes.get(order[self._probe_pos])
-                self._probe_pos += 1
+            end = len(order)
+            randrange = self._rng.randrange
+            while self._probe_pos < end:
+                pos = self._probe_pos
+                pick = randrange(pos, end)
+                member_id = order[pick]
+                order[pick] = order[pos]
+                order[pos] = member_id
+                self._probe_pos = pos + 1
+                node = recs[member_id] if member_id < len(recs) else None
                 if node is not None and node.state <= _SUSPECT and node is not self._self:
                     return node
-            self._probe_order = [name for name in self._others
-                                 if nodes[name].state <= _SUSPECT]
-            self._rng.shuffle(self._probe_order)
+            self._probe_order = array("i", (i for i in self._others
+                                            if _is_probed(recs[i])))
             self._probe_pos = 0
             if not self._probe_order:
                 return None
         return None
 
-    def _start_probe(self, target: _Node, now: float) -> None:
+    def _start_probe(self, target: MemberNode, now: float) -> None:
         self._seq += 1
         probe = _Probe(self._seq, target.name, target.addr, now)
         self._probe = probe
@@ -960,7 +967,7 @@ class Swim:
             self._adjust_awareness(max(0, probe.nacks_expected - probe.nacks))
         else:
             self._adjust_awareness(1)
-        node = self._nodes.get(probe.target)
+        node = self._get(probe.target)
         if node is None or node.state > _SUSPECT or node.addr != probe.addr:
             return
         self._stats["probes_failed"] += 1
@@ -973,7 +980,7 @@ class Swim:
         self._respond(addr, [encode_message(Ack(msg.seq))])
 
     def _on_indirect_ping(self, msg: IndirectPing, addr: Addr, now: float) -> None:
-        target = self._nodes.get(msg.target)
+        target = self._get(msg.target)
         if (target is None or target is self._self or target.addr != msg.addr
                 or len(self._relays) >= MAX_RELAYS):
             # Only toward a member we know at that address: never a reflector for others.
@@ -1027,7 +1034,7 @@ class Swim:
             return
         horizon = now - self.config.gossip_to_dead_s
 
-        def eligible(node: _Node) -> bool:
+        def eligible(node: MemberNode) -> bool:
             return node.state <= _SUSPECT or (node.state == _DEAD
                                               and node.state_change > horizon)
 
@@ -1036,7 +1043,7 @@ class Swim:
             # The delegate may want its news at members of its choosing (a network's own).
             picked = {target.name for target in targets}
             for name in self._delegate.gossip_targets(self.config.gossip_nodes):
-                node = self._nodes.get(name)
+                node = self._get(name)
                 if node is not None and name not in picked and node is not self._self \
                         and eligible(node):
                     picked.add(name)
@@ -1078,9 +1085,9 @@ class Swim:
         sync = self._join_sync
         if token != self._join_sync_token or self._leaving or sync[0] <= 0:
             return
-        grew = len(self._nodes) != sync[1]
+        grew = self._known() != sync[1]
         first = sync[0] == self.config.join_sync_rounds
-        sync[1] = len(self._nodes)
+        sync[1] = self._known()
         sync[2] = 0 if grew else sync[2] + 1
         if sync[2] >= 2 or (first and not grew):
             return
@@ -1095,7 +1102,11 @@ class Swim:
         interval = self.config.reconnect_interval_s
         assert interval is not None
         if not self._leaving and self._counts[_DEAD]:
-            for node in self._random_members(1, lambda n: n.state == _DEAD):
+            recs = self._recs
+            failed = [node for i in self._down if (node := recs[i]) is not None
+                      and node.state == _DEAD]
+            if failed:
+                node = self._rng.choice(failed)
                 self._push_pulls.append(StartPushPull(node.addr, False))
                 self._stats["reconnects_started"] += 1
         self._at(now + interval, _RECONNECT, None)
@@ -1103,63 +1114,125 @@ class Swim:
     def _reap_tick(self, now: float) -> None:
         failed_before = now - self.config.remember_failed_s
         left_before = now - self.config.remember_left_s
-        for name in list(self._others):
-            node = self._nodes[name]
-            if ((node.state == _DEAD and node.state_change < failed_before)
+        recs = self._recs
+        for member_id in list(self._down):
+            node = recs[member_id]
+            if node is not None and (
+                    (node.state == _DEAD and node.state_change < failed_before)
                     or (node.state == _LEFT and node.state_change < left_before)):
                 self._forget(node)
         self._at(now + self._reap_period(), _REAP, None)
 
     # -- member table --------------------------------------------------------------------------
 
-    def _random_members(self, k: int, wanted: Callable[[_Node], bool]) -> list[_Node]:
+    def _known(self) -> int:
+        """Members we hold in any state, self included."""
+        return len(self._others) + 1
+
+    def _get(self, name: str) -> MemberNode | None:
+        member_id = self._dir.ids.get(name)
+        if member_id is None or member_id >= len(self._recs):
+            return None
+        return self._recs[member_id]
+
+    def _owner(self, addr: Addr) -> MemberNode | None:
+        """The other member we know at `addr`, if any."""
+        member_id = self._dir.at(addr)
+        if member_id is None or member_id >= len(self._recs):
+            return None
+        node = self._recs[member_id]
+        if node is None or node is self._self or node.addr != addr:
+            return None
+        return node
+
+    def _grow(self) -> None:
+        """Size the arrays indexed by id to the directory's capacity."""
+        missing = self._dir.capacity - len(self._recs)
+        if missing > 0:
+            self._recs.extend([None] * missing)
+            self._positions.extend(array("i", [-1]) * missing)
+
+    def _random_members(self, k: int, wanted: Callable[[MemberNode], bool]) -> list[MemberNode]:
         """Up to k distinct other members satisfying `wanted`, uniformly at random."""
         others = self._others
         count = len(others)
         if k <= 0 or count == 0:
             return []
-        nodes = self._nodes
+        recs = self._recs
         if count > 4 * k + 16:
-            chosen: dict[str, _Node] = {}
+            chosen: dict[int, MemberNode] = {}
             rand = self._rng.randrange
             for _ in range(4 * k + 16):
-                name = others[rand(count)]
-                if name not in chosen:
-                    node = nodes[name]
+                member_id = others[rand(count)]
+                if member_id not in chosen:
+                    node = recs[member_id]
+                    assert node is not None
                     if wanted(node):
-                        chosen[name] = node
+                        chosen[member_id] = node
                         if len(chosen) == k:
                             return list(chosen.values())
-            rest = [nodes[n] for n in others if n not in chosen and wanted(nodes[n])]
+            rest = [node for i in others if i not in chosen
+                    and (node := recs[i]) is not None and wanted(node)]
             picked = list(chosen.values())
             return picked + self._rng.sample(rest, min(k - len(picked), len(rest)))
-        candidates = [nodes[n] for n in others if wanted(nodes[n])]
+        candidates = [node for i in others if (node := recs[i]) is not None and wanted(node)]
         return self._rng.sample(candidates, min(k, len(candidates)))
 
-    def _add(self, node: _Node) -> None:
-        self._nodes[node.name] = node
-        self._addr_owner[node.addr] = node.name
-        self._others_index[node.name] = len(self._others)
-        self._others.append(node.name)
+    def _add(self, node: MemberNode) -> None:
+        self._grow()
+        member_id = node.id
+        self._recs[member_id] = node
+        self._dir.bind(node.addr, member_id)
+        self._positions[member_id] = len(self._others)
+        self._others.append(member_id)
         self._counts[node.state] += 1
-        if node.state <= _SUSPECT:
-            self._insert_probe_target(node.name)
+        if node.state >= _DEAD:
+            self._down[member_id] = None
+        else:
+            self._probe_order.append(member_id)
 
-    def _forget(self, node: _Node) -> None:
-        del self._nodes[node.name]
-        if self._addr_owner.get(node.addr) == node.name:
-            del self._addr_owner[node.addr]
-        index = self._others_index.pop(node.name)
+    def _unlist(self, member_id: int) -> None:
+        """Take `member_id` out of `_others` (the last one moves into its place)."""
+        position = self._positions[member_id]
+        self._positions[member_id] = -1
         last = self._others.pop()
-        if last != node.name:
-            self._others[index] = last
-            self._others_index[last] = index
-        self._counts[node.state] -= 1
-        self._events.append(MemberForgotten(node.snapshot()))
+        if last != member_id:
+            self._others[position] = last
+            self._positions[last] = position
 
-    def _set_state(self, node: _Node, state: MemberState, now: float) -> None:
+    def _forget(self, node: MemberNode) -> None:
+        member_id = node.id
+        self._recs[member_id] = None
+        self._unlist(member_id)
         self._counts[node.state] -= 1
-        self._counts[state] += 1
+        self._down.pop(member_id, None)
+        self._dir.release(member_id)
+        self._events.append(MemberForgotten(_snapshot(node)))
+
+    def _own(self, node: MemberNode) -> MemberNode:
+        """Our own copy of `node` (it is in our table), to change it (gossip.members)."""
+        if node.owner is self:
+            return node
+        mine = node.copy_for(self)
+        self._recs[node.id] = mine
+        return mine
+
+    def _replace(self, node: MemberNode, new: MemberNode) -> None:
+        """Hold `new` (the same member) instead of `node`."""
+        self._recs[node.id] = new
+        self._count_move(node.id, node.state, new.state)
+
+    def _count_move(self, member_id: int, old: MemberState, new: MemberState) -> None:
+        self._counts[old] -= 1
+        self._counts[new] += 1
+        if new >= _DEAD:
+            self._down[member_id] = None
+        elif old >= _DEAD:
+            del self._down[member_id]
+
+    def _set_state(self, node: MemberNode, state: MemberState, now: float) -> None:
+        """Change the state of a node we own."""
+        self._count_move(node.id, node.state, state)
         node.state = state
         node.state_change = now
         if state != _SUSPECT:
@@ -1172,7 +1245,7 @@ class Swim:
         self._stats["refutations"] += 1
         self._announce_self(now)
 
-    def _implausible(self, incarnation: int, node: _Node | None) -> bool:
+    def _implausible(self, incarnation: int, node: MemberNode | None) -> bool:
         """True (and counted) for a claim jumping more than INCARNATION_JUMP ahead."""
         known = 0 if node is None else node.incarnation
         if incarnation <= known + INCARNATION_JUMP:
@@ -1181,7 +1254,7 @@ class Swim:
         return True
 
     def _on_alive(self, msg: Alive, now: float) -> None:
-        if self._implausible(msg.incarnation, self._nodes.get(msg.node)):
+        if self._implausible(msg.incarnation, self._get(msg.node)):
             return
         if msg.node == self.name:
             me = self._self
@@ -1195,40 +1268,38 @@ class Swim:
         if len(msg.meta) > self.config.meta_limit:
             self._stats["wire_errors"] += 1
             return
-        node = self._nodes.get(msg.node)
+        node = self._get(msg.node)
         if node is None:
             if not self._signed_alive(msg):
                 return
-            node = _Node(msg.node, msg.addr, msg.meta, msg.incarnation, _ALIVE, now)
-            node.key, node.signature = msg.key, msg.signature
+            node = self._dir.alive(msg.node, msg.addr, msg.meta, msg.incarnation, msg.key,
+                                   msg.signature, now)
             self._add(node)
-            self._events.append(MemberJoined(node.snapshot()))
+            self._events.append(MemberJoined(_snapshot(node)))
             self._queue_broadcast(msg.node, encode_message(msg), now, alive=True)
             return
         if msg.incarnation <= node.incarnation or not self._signed_alive(msg):
             return
-        node.key, node.signature = msg.key, msg.signature
         previous = node.state
         changed = node.addr != msg.addr or node.meta != msg.meta
         moved_from = node.addr if node.addr != msg.addr else None
-        node.incarnation = msg.incarnation
+        # The claim as every view that accepts it holds it (shared, see gossip.members).
+        fresh = self._dir.alive(msg.node, msg.addr, msg.meta, msg.incarnation, msg.key,
+                                msg.signature, now)
+        self._replace(node, fresh)
+        node = fresh
         if moved_from is not None:
-            if self._addr_owner.get(moved_from) == node.name:
-                del self._addr_owner[moved_from]
-            self._addr_owner[msg.addr] = node.name
-        node.addr = msg.addr
-        node.meta = msg.meta
+            self._dir.bind(msg.addr, node.id)
         if previous != _ALIVE:
-            self._set_state(node, _ALIVE, now)
             if previous == _SUSPECT:
-                self._events.append(MemberRecovered(node.snapshot()))
+                self._events.append(MemberRecovered(_snapshot(node)))
                 if changed:
-                    self._events.append(MemberUpdated(node.snapshot()))
+                    self._events.append(MemberUpdated(_snapshot(node)))
             else:
-                self._insert_probe_target(node.name)
-                self._events.append(MemberJoined(node.snapshot()))
+                self._probe_order.append(node.id)
+                self._events.append(MemberJoined(_snapshot(node)))
         elif changed:
-            self._events.append(MemberUpdated(node.snapshot()))
+            self._events.append(MemberUpdated(_snapshot(node)))
         encoded = encode_message(msg)
         self._queue_broadcast(msg.node, encoded, now, alive=True)
         if moved_from is not None:
@@ -1245,12 +1316,8 @@ class Swim:
             self._hold(msg.node, msg)
         return False
 
-    def _insert_probe_target(self, name: str) -> None:
-        order = self._probe_order
-        order.insert(self._rng.randint(self._probe_pos, len(order)), name)
-
     def _on_suspect(self, msg: Suspect, now: float, *, spread: bool = True) -> None:
-        node = self._nodes.get(msg.node)
+        node = self._get(msg.node)
         if node is None or self._implausible(msg.incarnation, node):
             return
         if msg.incarnation < node.incarnation:
@@ -1268,6 +1335,7 @@ class Swim:
             if msg.incarnation > node.incarnation:
                 # It refuted (we missed that) and is suspected again: a new suspicion, not a
                 # confirmation of the old one.
+                node = self._own(node)
                 node.incarnation = msg.incarnation
                 self._start_suspicion(node, msg, now, spread)
             elif suspicion is not None and suspicion.confirm(msg.sender):
@@ -1279,13 +1347,14 @@ class Swim:
             return
         if node.state != _ALIVE:
             return
+        node = self._own(node)
         node.incarnation = msg.incarnation
         self._set_state(node, _SUSPECT, now)
         self._start_suspicion(node, msg, now, spread)
         self._stats["suspicions_started"] += 1
-        self._events.append(MemberSuspected(node.snapshot()))
+        self._events.append(MemberSuspected(_snapshot(node)))
 
-    def _start_suspicion(self, node: _Node, msg: Suspect, now: float, spread: bool) -> None:
+    def _start_suspicion(self, node: MemberNode, msg: Suspect, now: float, spread: bool) -> None:
         n = self.cluster_size()
         config = self.config
         suspicion = _Suspicion(node.name, msg.sender, now, config.suspicion_min_s(n),
@@ -1305,7 +1374,7 @@ class Swim:
         heard no refutation asks the member itself: an alive member answers a stale
         suspicion with its current alive message, piggybacked on the ack.
         """
-        node = self._nodes.get(suspicion.node)
+        node = self._get(suspicion.node)
         if node is None or node.suspicion is not suspicion or node.state != _SUSPECT:
             return
         self._seq += 1
@@ -1313,14 +1382,14 @@ class Swim:
                                encode_message(Ping(self._seq, node.name))])
 
     def _suspicion_expired(self, suspicion: _Suspicion, now: float) -> None:
-        node = self._nodes.get(suspicion.node)
+        node = self._get(suspicion.node)
         if (node is None or node.suspicion is not suspicion or node.state != _SUSPECT
                 or now < suspicion.deadline):
             return
         self._on_dead(Dead(node.incarnation, node.name, self.name), now)
 
     def _on_dead(self, msg: Dead, now: float) -> None:
-        node = self._nodes.get(msg.node)
+        node = self._get(msg.node)
         if (node is None or msg.incarnation < node.incarnation
                 or self._implausible(msg.incarnation, node)):
             return
@@ -1338,11 +1407,12 @@ class Swim:
                 if self._stats["unknown_keys"] != before:
                     self._hold(msg.node, msg)
                 return
+        node = self._own(node)
         node.incarnation = msg.incarnation
         if left:
             node.key, node.signature = b"", msg.signature
         self._set_state(node, _LEFT if left else _DEAD, now)
-        self._events.append((MemberLeft if left else MemberFailed)(node.snapshot()))
+        self._events.append((MemberLeft if left else MemberFailed)(_snapshot(node)))
         encoded = encode_message(msg)
         self._queue_broadcast(msg.node, encoded, now)
         # Tell the member itself (once, on the transition): if it is alive this was forged
@@ -1351,7 +1421,7 @@ class Swim:
 
     def _merge_record(self, record: MemberRecord, now: float) -> None:
         state = record.state
-        node = self._nodes.get(record.name)
+        node = self._get(record.name)
         if (node is not None and node is not self._self and state != _SUSPECT
                 and record.incarnation == node.incarnation and state == node.state):
             # What we hold already (most of every push-pull): the handlers below would drop
@@ -1366,7 +1436,7 @@ class Swim:
         elif record.name == self.name:
             self._on_suspect(Suspect(record.incarnation, record.name, self.name), now)
         else:
-            node = self._nodes.get(record.name)
+            node = self._get(record.name)
             if (node is None or node.state > _SUSPECT
                     or record.incarnation < node.incarnation):
                 return
@@ -1377,5 +1447,9 @@ class Swim:
             self._emit(node.addr, [encode_message(suspect)])
 
 
-def _is_alive(node: _Node) -> bool:
+def _is_alive(node: MemberNode) -> bool:
     return node.state == _ALIVE
+
+
+def _is_probed(node: MemberNode | None) -> bool:
+    return node is not None and node.state <= _SUSPECT

@@ -1,0 +1,207 @@
+"""Member ids, shared member records and formed views: what lets many `Swim`s share memory.
+
+Owns: `MemberDirectory` (member name <-> small integer id, address -> id, the newest alive
+record of each member, a memo of decoded push-pull chunks), `MemberNode` (one member as a
+view holds it), `FormedView` (a formed cluster's membership, prepared once, adopted by many
+views at the cost of a few array copies).
+
+Rules:
+- a `Swim` keeps its member table as arrays indexed by its directory's ids, not as dicts of
+  objects: a view costs about 20 bytes per member, the records themselves are shared.
+- a node whose `owner` is None is shared: any number of views may hold the same object and
+  nobody mutates it. A view that must change a member (a suspicion, a failure, a leave: the
+  state, when it changed, the suspicion timer) first takes its own copy (`owner` = that view).
+- an alive member is interned: a view that learns (incarnation, address, metadata, proof) the
+  directory already holds as that member's newest alive record gets that very object.
+- a private directory (the agent: one `Swim`) forgets a name when its view forgets the
+  member; a shared one (the simulator: thousands of `Swim`s in one process, a bounded set of
+  names) keeps every name it saw.
+- the chunk memo (shared directories only) keys on the chunk's bytes: `decode_chunk` is a pure
+  function of them, so views that exchange the same membership decode it once.
+Pure: standard library and gossip.wire only; no I/O.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterable
+from typing import Any
+
+from gossip.wire import Addr, MemberRecord, MemberState, decode_chunk, encode_member_record
+
+__all__ = ["FormedView", "MemberDirectory", "MemberNode"]
+
+_ALIVE, _SUSPECT, _DEAD, _LEFT = (MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD,
+                                  MemberState.LEFT)
+#: Decoded push-pull chunks a shared directory remembers (newest kept).
+CHUNK_MEMO = 512
+
+
+class MemberNode:
+    """One member as a view holds it (shared while `owner` is None, see the module rules)."""
+
+    __slots__ = ("addr", "id", "incarnation", "key", "meta", "name", "owner", "packed",
+                 "packed_key", "signature", "state", "state_change", "suspicion")
+
+    def __init__(self, member_id: int, name: str, addr: Addr, meta: bytes, incarnation: int,
+                 state: MemberState, now: float, owner: object = None) -> None:
+        self.id = member_id
+        self.name = name
+        self.addr = addr
+        self.meta = meta
+        self.incarnation = incarnation
+        self.state = state
+        self.state_change = now
+        self.suspicion: Any = None
+        self.packed = b""
+        self.packed_key: tuple[object, ...] = ()
+        # The proof of the last alive (its public key and signature) or of the leave (its
+        # signature); b"" when unsigned.
+        self.key = b""
+        self.signature = b""
+        self.owner = owner
+
+    def copy_for(self, owner: object) -> MemberNode:
+        """A private copy for the view `owner` (the packed record comes along)."""
+        node = MemberNode(self.id, self.name, self.addr, self.meta, self.incarnation,
+                          self.state, self.state_change, owner)
+        node.suspicion = self.suspicion
+        node.key, node.signature = self.key, self.signature
+        node.packed, node.packed_key = self.packed, self.packed_key
+        return node
+
+    def record(self) -> bytes:
+        """This member as a packed push-pull record (cached while unchanged)."""
+        proven = self.state == _ALIVE or self.state == _LEFT
+        key = (self.incarnation, self.state, self.addr, self.meta, self.signature)
+        if key != self.packed_key:
+            self.packed = encode_member_record(MemberRecord(
+                self.name, self.addr, self.meta, self.incarnation, self.state,
+                self.key if proven else b"", self.signature if proven else b""))
+            self.packed_key = key
+        return self.packed
+
+
+class MemberDirectory:
+    """Names to ids (and back), addresses to ids, interned alive records, decoded chunks."""
+
+    def __init__(self, *, shared: bool = False) -> None:
+        """`shared`: many views use this directory (names are never forgotten, decoded
+        chunks are memoized); otherwise it serves one view."""
+        self.shared = shared
+        self.ids: dict[str, int] = {}
+        self._names: list[str | None] = []
+        self._addr_of: list[Addr | None] = []
+        self._newest: list[MemberNode | None] = []
+        self._free: list[int] = []
+        self._by_addr: dict[Addr, int] = {}
+        self._memo: dict[bytes, list[MemberRecord] | bytes | None] = {}
+
+    @property
+    def capacity(self) -> int:
+        """One more than the largest id handed out: the length views size their arrays to."""
+        return len(self._names)
+
+    def id_for(self, name: str) -> int:
+        """The id of `name`, handed out now if it has none."""
+        found = self.ids.get(name)
+        if found is not None:
+            return found
+        if self._free:
+            member_id = self._free.pop()
+            self._names[member_id] = name
+        else:
+            member_id = len(self._names)
+            self._names.append(name)
+            self._addr_of.append(None)
+            self._newest.append(None)
+        self.ids[name] = member_id
+        return member_id
+
+    def release(self, member_id: int) -> None:
+        """A view forgot this member: a private directory forgets the name too."""
+        if self.shared:
+            return
+        name = self._names[member_id]
+        if name is None:
+            return
+        del self.ids[name]
+        addr = self._addr_of[member_id]
+        if addr is not None and self._by_addr.get(addr) == member_id:
+            del self._by_addr[addr]
+        self._names[member_id] = None
+        self._addr_of[member_id] = None
+        self._newest[member_id] = None
+        self._free.append(member_id)
+
+    def bind(self, addr: Addr, member_id: int) -> None:
+        """`member_id` was seen at `addr` (the newest claim of an address wins)."""
+        self._by_addr[addr] = member_id
+        self._addr_of[member_id] = addr
+
+    def at(self, addr: Addr) -> int | None:
+        """The id last bound to `addr`; a view checks it holds that member there."""
+        return self._by_addr.get(addr)
+
+    def alive(self, name: str, addr: Addr, meta: bytes, incarnation: int, key: bytes,
+              signature: bytes, now: float) -> MemberNode:
+        """The shared alive node for this claim: the newest one if it is the same claim."""
+        member_id = self.id_for(name)
+        node = self._newest[member_id]
+        if (node is not None and node.incarnation == incarnation and node.addr == addr
+                and node.meta == meta and node.signature == signature and node.key == key):
+            return node
+        node = MemberNode(member_id, name, addr, meta, incarnation, _ALIVE, now)
+        node.key, node.signature = key, signature
+        self._newest[member_id] = node
+        return node
+
+    def decode_chunk(self, chunk: bytes) -> list[MemberRecord] | bytes | None:
+        """`gossip.wire.decode_chunk`, memoized in a shared directory (raises WireError)."""
+        if not self.shared:
+            return decode_chunk(chunk)
+        memo = self._memo
+        if chunk in memo:
+            return memo[chunk]
+        decoded = decode_chunk(chunk)
+        if len(memo) >= CHUNK_MEMO:
+            del memo[next(iter(memo))]
+        memo[chunk] = decoded
+        return decoded
+
+
+class FormedView:
+    """Membership every view of a formed cluster starts from, prepared once.
+
+    Holds the shared node of every record (first one per name) at its id, the ids in record
+    order, each id's position in that order, the ids worth probing, the failed or left ids
+    and the count per state; `Swim.adopt_view` copies these arrays."""
+
+    def __init__(self, directory: MemberDirectory, records: Iterable[MemberRecord],
+                 now: float) -> None:
+        self.directory = directory
+        nodes: dict[int, MemberNode] = {}
+        for record in records:
+            member_id = directory.id_for(record.name)
+            if member_id in nodes:
+                continue
+            if record.state == _ALIVE:
+                node = directory.alive(record.name, record.addr, record.meta,
+                                       record.incarnation, record.key, record.signature, now)
+            else:
+                node = MemberNode(member_id, record.name, record.addr, record.meta,
+                                  record.incarnation, record.state, now)
+                node.key, node.signature = record.key, record.signature
+            directory.bind(record.addr, member_id)
+            nodes[member_id] = node
+        capacity = directory.capacity
+        self.nodes: list[MemberNode | None] = [None] * capacity
+        self.positions = array("i", [-1]) * capacity
+        self.order = array("i", nodes)
+        self.counts = [0, 0, 0, 0]
+        for position, (member_id, node) in enumerate(nodes.items()):
+            self.nodes[member_id] = node
+            self.positions[member_id] = position
+            self.counts[node.state] += 1
+        self.probe = array("i", (i for i, n in nodes.items() if n.state <= _SUSPECT))
+        self.down = {i: None for i, n in nodes.items() if n.state >= _DEAD}

@@ -1,0 +1,124 @@
+"""The member table behind `Swim` (gossip.members): ids, shared records, formed views."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+
+from gossip.config import SwimConfig
+from gossip.errors import GossipError
+from gossip.members import FormedView, MemberDirectory
+from gossip.sim import Simulation
+from gossip.swim import MemberForgotten, MemberState, Swim
+from gossip.wire import (
+    Ack,
+    Dead,
+    MemberRecord,
+    Ping,
+    Suspect,
+    decode_packet,
+    encode_message,
+    encode_packet,
+)
+
+LAN = SwimConfig.lan()
+
+
+def records(count: int) -> list[MemberRecord]:
+    return [MemberRecord(f"m{i:03d}", ("10.4.0.1", 7000 + i), b"meta", 0, MemberState.ALIVE)
+            for i in range(count)]
+
+
+def swim(name: str, port: int, directory: MemberDirectory | None = None,
+         config: SwimConfig = LAN) -> Swim:
+    return Swim(config, name, ("10.4.0.1", port), meta=b"meta", rng=random.Random(port),
+                now=0.0, directory=directory)
+
+
+def test_views_sharing_a_directory_share_records_and_keep_their_own_changes() -> None:
+    directory = MemberDirectory(shared=True)
+    view = FormedView(directory, records(50), 0.0)
+    a, b = swim("m000", 7000, directory), swim("m001", 7001, directory)
+    a.adopt_view(view, 0.0)
+    b.adopt_view(view, 0.0)
+    assert a.statistics().members_alive == b.statistics().members_alive == 49
+    assert a._get("m010") is b._get("m010")  # one object for both views
+    a.receive_datagram(encode_packet([encode_message(Suspect(0, "m010", "m002"))]),
+                       ("10.4.0.1", 7002), 1.0)
+    assert a.state_of("m010") is MemberState.SUSPECT
+    assert b.state_of("m010") is MemberState.ALIVE
+    assert view.nodes[directory.ids["m010"]].state is MemberState.ALIVE  # type: ignore[union-attr]
+
+
+def test_adopting_a_formed_view_equals_adopting_its_records_one_by_one() -> None:
+    shared = MemberDirectory(shared=True)
+    view = FormedView(shared, records(30), 0.0)
+    fast = swim("m005", 7005, shared)
+    fast.adopt_view(view, 0.0)
+    slow = swim("m005", 7005)
+    slow.adopt_members(records(30), 0.0)
+    assert sorted(fast.members(), key=lambda m: m.name) == \
+        sorted(slow.members(), key=lambda m: m.name)
+    assert fast.statistics() == slow.statistics()
+    with pytest.raises(GossipError, match="another directory"):
+        slow.adopt_view(view, 0.0)
+
+
+def test_every_member_is_probed_once_per_round() -> None:
+    a = swim("m000", 7000)
+    a.adopt_members(records(40), 0.0)
+    probes: dict[int, str] = {}  # seq -> target (a retry repeats the seq)
+    now = 0.0
+    for _ in range(39 * 2 + 1):
+        now += LAN.probe_interval_s
+        a.handle_timeout(now)
+        for data, addr in a.datagrams_to_send():
+            for message in decode_packet(data):
+                if isinstance(message, Ping):
+                    probes.setdefault(message.seq, message.target)
+                    a.receive_datagram(encode_packet([encode_message(Ack(message.seq))]),
+                                       addr, now)
+    probed = list(probes.values())
+    first, second = probed[:39], probed[39:78]
+    assert sorted(first) == sorted(second) == [f"m{i:03d}" for i in range(1, 40)]
+    assert first != second  # a fresh order each round
+
+
+def test_a_private_directory_forgets_a_reaped_member_and_reuses_its_id() -> None:
+    a = swim("m000", 7000, config=dataclasses.replace(LAN, remember_failed_s=4.0))
+    a.adopt_members(records(5), 0.0)
+    directory = a._dir
+    dead_id = directory.ids["m004"]
+    a.receive_datagram(encode_packet([encode_message(Dead(0, "m004", "m001"))]),
+                       ("10.4.0.1", 7001), 1.0)
+    assert a.state_of("m004") is MemberState.DEAD
+    a.handle_timeout(20.0)
+    forgotten = [e.member.name for e in iter(a.next_event, None)
+                 if isinstance(e, MemberForgotten)]
+    assert forgotten == ["m004"] and "m004" not in directory.ids
+    assert a.state_of("m004") is None and a.statistics().members_failed == 0
+    new = MemberRecord("m099", ("10.4.0.9", 7099), b"meta", 0, MemberState.ALIVE)
+    a.merge_push_pull_chunk(_chunk([new]), ("10.4.0.1", 7001), False, 21.0)
+    assert a.state_of("m099") is MemberState.ALIVE and directory.ids["m099"] == dead_id
+    assert a._owner(("10.4.0.9", 7099)) is a._get("m099")
+    assert a._owner(("10.4.0.1", 7004)) is None
+
+
+def _chunk(members: list[MemberRecord]) -> bytes:
+    from gossip.wire import encode_member_record, encode_members_chunk
+
+    return encode_members_chunk([encode_member_record(r) for r in members])
+
+
+def test_a_simulation_holds_one_record_per_member_for_all_its_nodes() -> None:
+    sim = Simulation(60, seed=3, config=LAN)
+    sim.run_until(10.0)
+    seen = {id(s._get("n00017")) for n in sim.nodes if (s := n.swim) is not None
+            and n.name != "n00017"}
+    assert len(seen) == 1
+    sim.kill(17)
+    sim.run_until(60.0)
+    assert all(n.swim.state_of("n00017") is MemberState.DEAD
+               for n in sim.nodes if n.swim is not None)
