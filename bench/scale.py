@@ -1,6 +1,6 @@
 """Gossip at scale: the simulator at growing N, vxmesh's LAN preset against memberlist's.
 
-Usage: bench/scale.py [--nodes 100,300,1000,3000] [--cold-start 1000:1,3000:3]
+Usage: bench/scale.py [--nodes 100,300,1000,3000,10000] [--cold-start 1000:1,10000:3]
                       [--duration SECONDS] [--seed 1] [--json]
 
 For each N, `gossip.sim.run_scenario` runs the real `Swim` state machines on a seeded fake
@@ -10,7 +10,9 @@ LAN defaults, the baseline serf and Docker use), and measures in simulated secon
 - detect_first_s / detect_all_s: `fail` scenario, one node crashes at t = 5 s;
 - bytes_per_node_s: traffic per node per second over the `fail` run, and its two parts:
   UDP gossip (SWIM: constant per member) and TCP push-pull (full state, grows with N);
-- wall_s: wall time of both scenarios for that profile (the 3,000-node point is slow).
+- wall_s: wall time of both scenarios for that profile (the 10,000-node point takes minutes);
+- rss_mb: the process's peak resident memory so far (the simulated nodes share one member
+  directory, see gossip.members; at 10,000 nodes 10^8 member views).
 Cold starts (`--cold-start N:S,...`): N nodes, of which S seeds are up and know each other,
 the N - S others all started at t = 1 s through the S seeds; cold_converged_s = until every
 node sees every node (the `join` scenario with N - S joiners), for both profiles.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import resource
 import sys
 import time
 from collections.abc import Sequence
@@ -36,7 +39,7 @@ from gossip.sim import run_scenario
 OUT = Path(__file__).resolve().parent / "out"
 PROFILES = ("lan", "memberlist")
 METRICS = ("converged_s", "detect_first_s", "detect_all_s", "bytes_per_node_s",
-           "udp_bytes_per_node_s", "push_pull_bytes_per_node_s", "wall_s")
+           "udp_bytes_per_node_s", "push_pull_bytes_per_node_s", "wall_s", "rss_mb")
 
 
 def measure(nodes: int, profile: str, seed: int, duration: float | None) -> dict[str, object]:
@@ -54,8 +57,13 @@ def measure(nodes: int, profile: str, seed: int, duration: float | None) -> dict
         "false_positives": fail.false_positives,
         "simulated_s": fail.duration_s,
         "wall_s": time.perf_counter() - started,
+        "rss_mb": _peak_rss_mb(),
         "notes": join.notes + fail.notes,
     }
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measure_cold_start(nodes: int, seeds: int, profile: str, seed: int) -> dict[str, object]:
@@ -65,7 +73,8 @@ def measure_cold_start(nodes: int, seeds: int, profile: str, seed: int) -> dict[
                         joiners=nodes - seeds)
     return {"cold_converged_s": join.converged_s, "bytes_per_node_s": join.bytes_per_node_s,
             "push_pull_bytes_per_node_s": join.push_pull_bytes_per_node_s,
-            "wall_s": time.perf_counter() - started, "notes": join.notes}
+            "wall_s": time.perf_counter() - started, "rss_mb": _peak_rss_mb(),
+            "notes": join.notes}
 
 
 def render_cold_table(rows: Sequence[dict[str, object]]) -> str:
@@ -74,7 +83,7 @@ def render_cold_table(rows: Sequence[dict[str, object]]) -> str:
     for row in rows:
         lan, base = row["lan"], row["memberlist"]
         assert isinstance(lan, dict) and isinstance(base, dict)
-        for metric in ("cold_converged_s", "bytes_per_node_s", "wall_s"):
+        for metric in ("cold_converged_s", "bytes_per_node_s", "wall_s", "rss_mb"):
             ours, theirs = lan.get(metric), base.get(metric)
             lines.append(f"| {row['n']} | {row['seeds']} | {metric} | {_fmt(ours)} | "
                          f"{_fmt(theirs)} | {_ratio(ours, theirs)} |")
@@ -156,9 +165,9 @@ def plot(rows: Sequence[dict[str, object]], path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nodes", default="100,300,1000,3000",
+    parser.add_argument("--nodes", default="100,300,1000,3000,10000",
                         help="comma-separated cluster sizes (each >= 4)")
-    parser.add_argument("--cold-start", default="1000:1,3000:3",
+    parser.add_argument("--cold-start", default="1000:1,10000:3",
                         help="comma-separated N:S cold starts (N nodes at once through S "
                              "seeds); empty for none")
     parser.add_argument("--duration", type=float, default=None,

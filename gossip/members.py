@@ -72,6 +72,8 @@ class MemberNode:
 
     def record(self) -> bytes:
         """This member as a packed push-pull record (cached while unchanged)."""
+        if self.owner is None and self.packed:
+            return self.packed  # shared nodes never change
         proven = self.state == _ALIVE or self.state == _LEFT
         key = (self.incarnation, self.state, self.addr, self.meta, self.signature)
         if key != self.packed_key:
@@ -94,7 +96,9 @@ class MemberDirectory:
         self._addr_of: list[Addr | None] = []
         self._newest: list[MemberNode | None] = []
         self._free: list[int] = []
-        self._by_addr: dict[Addr, int] = {}
+        #: Address -> the id last bound to it (`bind`); a view checks it holds that member
+        #: there.
+        self.by_addr: dict[Addr, int] = {}
         self._memo: dict[bytes, list[MemberRecord] | bytes | None] = {}
 
     @property
@@ -127,8 +131,8 @@ class MemberDirectory:
             return
         del self.ids[name]
         addr = self._addr_of[member_id]
-        if addr is not None and self._by_addr.get(addr) == member_id:
-            del self._by_addr[addr]
+        if addr is not None and self.by_addr.get(addr) == member_id:
+            del self.by_addr[addr]
         self._names[member_id] = None
         self._addr_of[member_id] = None
         self._newest[member_id] = None
@@ -136,12 +140,8 @@ class MemberDirectory:
 
     def bind(self, addr: Addr, member_id: int) -> None:
         """`member_id` was seen at `addr` (the newest claim of an address wins)."""
-        self._by_addr[addr] = member_id
+        self.by_addr[addr] = member_id
         self._addr_of[member_id] = addr
-
-    def at(self, addr: Addr) -> int | None:
-        """The id last bound to `addr`; a view checks it holds that member there."""
-        return self._by_addr.get(addr)
 
     def alive(self, name: str, addr: Addr, meta: bytes, incarnation: int, key: bytes,
               signature: bytes, now: float) -> MemberNode:
@@ -205,3 +205,5 @@ class FormedView:
             self.counts[node.state] += 1
         self.probe = array("i", (i for i, n in nodes.items() if n.state <= _SUSPECT))
         self.down = {i: None for i, n in nodes.items() if n.state >= _DEAD}
+        #: Bytes of these records as a push-pull sends them (chunk headers aside).
+        self.state_bytes = sum(len(node.record()) for node in nodes.values())

@@ -279,23 +279,39 @@ class Simulation:
         counters = self.counters
         rand = self._rng.random
         sent = 0
-        for data, addr in swim.datagrams_to_send():
-            counters.datagrams_sent += 1
-            counters.datagram_bytes += len(data)
-            sent += len(data)
-            dst = self._by_addr.get(addr)
-            if dst is None:
-                continue
-            if self.loss and rand() < self.loss:
-                counters.datagrams_lost += 1
-                continue
-            if self.groups[node.index] != self.groups[dst.index]:
-                counters.datagrams_cut += 1
-                continue
-            self._push(self.now + self._latency(), _DELIVER, (node, dst, data))
+        datagrams = swim.datagrams_to_send()
+        if datagrams:
+            # (the hot loop of every run: `_push` and `_latency` written out)
+            by_addr, groups, loss, queue = self._by_addr, self.groups, self.loss, self._queue
+            low, high = self.latency_s
+            spread = high - low
+            group = groups[node.index]
+            now = self.now
+            for data, addr in datagrams:
+                size = len(data)
+                sent += size
+                dst = by_addr.get(addr)
+                if dst is None:
+                    continue
+                if loss and rand() < loss:
+                    counters.datagrams_lost += 1
+                    continue
+                if group != groups[dst.index]:
+                    counters.datagrams_cut += 1
+                    continue
+                self._queue_seq += 1
+                heapq.heappush(queue, (now + low + spread * rand(), self._queue_seq, _DELIVER,
+                                       (node, dst, data)))
+            counters.datagrams_sent += len(datagrams)
+            counters.datagram_bytes += sent
         self.bytes_sent[node.index] += sent
         for start in swim.push_pulls_to_start():
             dst = self._by_addr.get(start.addr)
+            if dst is None or not self.reachable(node.index, dst.index):
+                # The connection fails: the transport connects before it sends any state.
+                counters.push_pulls += 1
+                counters.push_pulls_failed += 1
+                continue
             chunks = swim.push_pull_state(start.join, start.addr)
             self._push(self.now + self._latency(), _PP_REQUEST,
                        (node, node.generation, dst, start.join, chunks))

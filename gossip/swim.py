@@ -347,6 +347,7 @@ class Swim:
         # not known), the position in `_others` (-1: none); the other members' ids in any
         # order; the ids of failed or left members; counts per state (self not counted).
         self._dir = directory if directory is not None else MemberDirectory()
+        self._ids, self._by_addr = self._dir.ids, self._dir.by_addr
         self._self = MemberNode(self._dir.id_for(name), name, addr, meta, 0, _ALIVE, now,
                                 self)
         self._dir.bind(addr, self._self.id)
@@ -569,8 +570,20 @@ class Swim:
                 self._arm_gossip_for_delegate(now)
         else:
             self._news_from = addr
+            ids, recs, me = self._ids, self._recs, self._self
+            known = len(recs)
             try:
                 for record in decoded:
+                    # What we hold already (most of every push-pull) is skipped here: the
+                    # handlers would drop it too, after building a message and checking
+                    # its signature's claim.
+                    member_id = ids.get(record.name)
+                    if member_id is not None and member_id < known:
+                        node = recs[member_id]
+                        if (node is not None and node is not me
+                                and record.incarnation == node.incarnation
+                                and record.state == node.state and node.state != _SUSPECT):
+                            continue
                     self._merge_record(record, now)
             finally:
                 self._news_from = None
@@ -618,9 +631,11 @@ class Swim:
             for node in view.nodes:
                 if node is not None and self._get(node.name) is None:
                     self._add(node)
-        # Re-draw the push-pull phase for the size of the cluster we now belong to.
+        # Re-draw the push-pull phase for the cluster we now belong to: the period of a
+        # member that has been in it a while (stretched to the byte budget for its state).
+        self._members_state_bytes = max(self._members_state_bytes, view.state_bytes)
         self._push_pull_token += 1
-        period = self.config.push_pull_interval_for(self.cluster_size())
+        period = self._push_pull_period()
         self._at(now + self._rng.uniform(0, period), _PUSH_PULL, self._push_pull_token)
 
     # -- the caller's side: output ---------------------------------------------------------
@@ -1130,17 +1145,17 @@ class Swim:
         return len(self._others) + 1
 
     def _get(self, name: str) -> MemberNode | None:
-        member_id = self._dir.ids.get(name)
-        if member_id is None or member_id >= len(self._recs):
-            return None
-        return self._recs[member_id]
+        member_id = self._ids.get(name)
+        recs = self._recs
+        return None if member_id is None or member_id >= len(recs) else recs[member_id]
 
     def _owner(self, addr: Addr) -> MemberNode | None:
         """The other member we know at `addr`, if any."""
-        member_id = self._dir.at(addr)
-        if member_id is None or member_id >= len(self._recs):
+        member_id = self._by_addr.get(addr)
+        recs = self._recs
+        if member_id is None or member_id >= len(recs):
             return None
-        node = self._recs[member_id]
+        node = recs[member_id]
         if node is None or node is self._self or node.addr != addr:
             return None
         return node
@@ -1421,12 +1436,6 @@ class Swim:
 
     def _merge_record(self, record: MemberRecord, now: float) -> None:
         state = record.state
-        node = self._get(record.name)
-        if (node is not None and node is not self._self and state != _SUSPECT
-                and record.incarnation == node.incarnation and state == node.state):
-            # What we hold already (most of every push-pull): the handlers below would drop
-            # it too, after building a message and checking its signature's claim.
-            return
         if state == _ALIVE:
             self._on_alive(Alive(record.incarnation, record.name, record.addr, record.meta,
                                  record.key, record.signature), now)
