@@ -146,6 +146,15 @@ def test_cli_exit_codes_without_an_agent(tmp_path: Path, capsys: pytest.CaptureF
     assert exited.value.code == EXIT_USAGE
 
 
+def test_lab_vm_names_a_bad_size_before_it_builds_or_boots_anything(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lab", "vm", "--nodes", "4"]) == EXIT_USAGE
+    assert capsys.readouterr().err.strip() == (
+        "vxmesh: --nodes 4: must be 1, 2 or 3 (TCG VMs on this machine)")
+    assert main(["lab", "vm", "--count", "3"]) == EXIT_USAGE
+    assert "--count 3: must be at least 10" in capsys.readouterr().err
+
+
 def test_endpoint_spec_validation_names_fields() -> None:
     spec = parse_attach_request({"name": "web", "network": "blue", "mode": "bridge",
                                 "publish": ["8080:80/tcp"]})

@@ -20,6 +20,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -249,8 +250,6 @@ def cmd_ports(args: argparse.Namespace) -> int:
 def cmd_cni(args: argparse.Namespace) -> int:
     """`cni config NETWORK` prints the network's conflist; `cni install` writes it. The network
     is created in the agent first when it does not know it (with --subnet)."""
-    from pathlib import Path
-
     from agent.cni.conflist import DEFAULT_CONF_DIR, conflist, render, write_conflist
 
     client = _client(args)
@@ -281,8 +280,6 @@ def cmd_cni(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     # pyroute2 forks small helpers to enter namespaces; gRPC's fork handlers (etcd client
     # threads) can hang such a child, so they are turned off, and their log line with them.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
@@ -299,9 +296,37 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
+    if args.action == "vm":
+        return cmd_lab_vm(args)
     from agent.lab.hosts import run_lab_command
 
     return run_lab_command(args)
+
+
+def cmd_lab_vm(args: argparse.Namespace) -> int:
+    """The VM tier (agent.lab.vm_cluster.run_tier): its table, or its figures with --json;
+    exit 1 when a check failed (each named on stderr)."""
+    if not 1 <= args.nodes <= 3:
+        raise CliError(f"--nodes {args.nodes}: must be 1, 2 or 3 (TCG VMs on this machine)",
+                       EXIT_USAGE)
+    if args.count < 10:
+        raise CliError(f"--count {args.count}: must be at least 10", EXIT_USAGE)
+    if os.geteuid() != 0:
+        raise CliError("lab vm makes a network namespace, taps and VMs: run it as root",
+                       EXIT_USAGE)
+    from agent.lab import vm_cluster
+
+    result = vm_cluster.run_tier(args.nodes, args.count, args.prefix or "vxvm",
+                                 directory=Path(args.dir) if args.dir else None,
+                                 progress=Progress(quiet=args.json))
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(vm_cluster.tier_table(result))
+    failures = vm_cluster.tier_failures(result)
+    for failure in failures:
+        print(f"vxmesh lab vm: {failure}", file=sys.stderr)
+    return EXIT_FAILED if failures else EXIT_OK
 
 
 # -- parser -----------------------------------------------------------------------------------
@@ -484,6 +509,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--hosts", type=int, default=3, help="hosts if the lab is not up yet")
     demo.add_argument("--docker", action="store_true",
                       help="Docker containers on a vxmesh network: ping and HTTP across hosts")
+    vm_tier = lab_sub.add_parser(
+        "vm", parents=[common],
+        help="the VM tier: node1..nodeN as Debian VMs under qemu with the agent as its systemd "
+             "unit, walk-through, restart, watchdog, ipvlan, halt (3 VMs: about 25 minutes)")
+    vm_tier.add_argument("--nodes", type=int, default=3, help="VMs, 1-3 (default 3)")
+    vm_tier.add_argument("--count", type=int, default=150,
+                         help="pings per stream in each restart round (default 150, 0.2 s apart)")
     lab.set_defaults(func=cmd_lab)
     return parser
 

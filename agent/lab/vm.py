@@ -12,7 +12,7 @@ only network is the bridge inside the run's namespace (no user-mode networking).
 processes are stopped by their own pid; `VmLab.close()` kills what it started and deletes the
 namespace and the overlays even when the caller failed. Every command has a timeout.
 
-May import: the standard library, agent.lab.namespaces, underlay.netns_exec.
+May import: the standard library, agent.errors, agent.lab.namespaces, underlay.netns_exec.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.errors import AgentError
 from agent.lab.namespaces import run
 from underlay.netns_exec import ip_netns_exec
 
@@ -47,7 +48,7 @@ REMOTE_SOURCE = "/opt/vxmesh/src"
 REMOTE_WHEELS = "/opt/vxmesh/wheels"
 
 
-class VmError(Exception):
+class VmError(AgentError):
     """A VM could not be built, booted, reached or provisioned (the message says which)."""
 
 

@@ -4,12 +4,14 @@ Owns: bringing up a provisioned lab (`bring_up`: boot, wait for ssh, provision t
 first, then the others), reading the unit's state (`unit`), and the measured operations:
 convergence (every agent sees every member alive), the README walk-through, packets lost
 while one node's agent restarts, the watchdog restarting a SIGSTOPped agent, the ipvlan reach
-matrix, and how long until a halted node is marked failed.
+matrix, and how long until a halted node is marked failed; `run_tier`, the whole tier on
+node1..nodeN in that order with its figures (bench/vagrant.py and `vxmesh lab vm`), with
+`tier_table` and `tier_failures` to show it.
 
 Rules: every wait has a deadline and raises VmError naming what never happened; nothing here
 asserts a duration (callers report figures). Commands run on the VMs over ssh as in the README.
 
-May import: the standard library, agent.lab.vm.
+May import: the standard library, agent.lab.vm, agent.terminal.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.lab import vm
+from agent.terminal import Progress
 
 UNIT = "vxmesh-agent"
+RESTART_ROUNDS = 2
 _PING_SUMMARY = re.compile(r"(\d+) packets transmitted, (\d+) received")
 
 
@@ -229,3 +234,127 @@ def marked_failed(lab: vm.VmLab, observer: str, halted: str, *, timeout: float =
     return wait_until(f"{observer} marks {halted} failed",
                       lambda: member_states(lab, observer).get(halted) in ("failed", "dead"),
                       timeout, 1.0)
+
+
+def run_tier(nodes: int, count: int, prefix: str, *, directory: Path | None = None,
+             progress: Progress | None = None) -> dict[str, Any]:
+    """The VM tier on node1..node`nodes` (1-3) in a temporary directory (under `directory`
+    when given), its namespace `<prefix><pid>`, every VM stopped and
+    the run's namespace deleted at the end: image (cached), boot, provisioning, convergence,
+    the walk-through with restart rounds (A: ping streams alone, B: the same while node1's
+    agent restarts; `count` pings per stream and round), the unit's security exposure, the
+    watchdog restart of the last node's agent, the ipvlan matrix, the halt of node2. A step
+    after convergence that fails is recorded under "errors" and the next one still runs."""
+    steps = progress or Progress(quiet=True)
+    started = time.monotonic()
+    with steps.step("image (build-box.sh, cached)"):
+        image = vm.build_image()
+    result: dict[str, Any] = {"nodes": nodes, "build_s": round(time.monotonic() - started, 1),
+                              "image_build_s_when_made": image.build_seconds, "errors": {}}
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="vxmesh-vm-tier-", dir=directory) as tmp:
+        workdir = Path(tmp)
+        result["accel"] = accel = vm.choose_accel(image, workdir)
+        with steps.step("wheelhouse of this tree"):
+            wheels = vm.wheelhouse(workdir)
+        with vm.VmLab(workdir, prefix, image, node_specs(nodes), accel=accel) as lab:
+            with steps.step(f"boot and provision {nodes} VMs ({accel})"):
+                up = bring_up(lab, wheels)
+            result.update(boot_s=round(up.boot_s, 1), provision_s=round(up.provision_s, 1),
+                          up_s=round(up.boot_s + up.provision_s, 1))
+            names = lab.names()
+            with steps.step("every agent sees every member"):
+                result["converged_s"] = round(converge(lab, names), 1)
+            for title, step in _tier_steps(lab, names, count):
+                try:
+                    with steps.step(title):
+                        result.update(step())
+                except vm.VmError as exc:
+                    result["errors"][title] = str(exc)
+    result.setdefault("ipvlan_ok", False)
+    return result
+
+
+def _tier_steps(lab: vm.VmLab, names: list[str],
+                count: int) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
+    first = names[0]
+
+    def exposure() -> dict[str, Any]:
+        return {"exposure": security_exposure(lab, first)}
+
+    def watchdog() -> dict[str, Any]:
+        took = watchdog_restart(lab, names[-1])
+        return {"watchdog_restart_s": round(took.new_process_s, 1),
+                "watchdog_ready_s": round(took.ready_s, 1)}
+
+    def ipvlan() -> dict[str, Any]:
+        ipvlan_networks(lab, first)
+        matrix = ipvlan_matrix(lab, names[1:3] if len(names) >= 3 else names)
+        return {"ipvlan": matrix, "ipvlan_ok": all(matrix.values())}
+
+    def halt() -> dict[str, Any]:
+        lab.power_off(names[1])
+        return {"failed_after_halt_s": round(marked_failed(lab, first, names[1]), 1)}
+
+    steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+        ("walk-through and restart rounds", lambda: _walkthrough(lab, names, count)),
+        ("systemd-analyze security", exposure),
+        (f"watchdog restart of {names[-1]}'s agent", watchdog),
+        ("ipvlan reach matrix", ipvlan)]
+    if len(names) >= 2:
+        steps.append((f"halt {names[1]} until {first} marks it failed", halt))
+    return steps
+
+
+def _walkthrough(lab: vm.VmLab, names: list[str], count: int) -> dict[str, Any]:
+    """README's walk-through, then the restart rounds (A: baseline, B: node1's agent restarts)."""
+    first, web_node, cli_node = names[0], names[1 % len(names)], names[2 % len(names)]
+    vxmesh(lab, first, "network create blue --subnet 10.10.0.0/16")
+    web = create_endpoint(lab, web_node, "web", "blue")
+    create_endpoint(lab, cli_node, "cli", "blue")
+    db = create_endpoint(lab, first, "db", "blue")
+    pinged = ping(lab, cli_node, "cli", web, count=3)
+    streams = [(web_node, "web", db), (cli_node, "cli", db)]
+    rounds: list[dict[str, Any]] = []
+    for round_no in range(RESTART_ROUNDS):
+        for restart in (False, True):
+            action = (lambda: restart_agent(lab, first)) if restart else None
+            counts = pings_during(lab, streams, action, count=count)
+            rounds.append({"round": round_no, "restart": restart,
+                           "sent": sum(c.sent for c in counts),
+                           "lost": sum(c.lost for c in counts)})
+    return {"walkthrough_ping_received": pinged.received, "walkthrough_ping_sent": pinged.sent,
+            "restart_rounds": rounds,
+            "lost_on_restart": max(r["lost"] for r in rounds if r["restart"]),
+            "lost_baseline": max(r["lost"] for r in rounds if not r["restart"])}
+
+
+def tier_table(result: dict[str, Any]) -> str:
+    lines = [f"{'measure':<28} value"]
+    for key in ("nodes", "accel", "build_s", "boot_s", "provision_s", "up_s", "converged_s",
+                "walkthrough_ping_received", "watchdog_restart_s", "watchdog_ready_s",
+                "failed_after_halt_s", "lost_baseline", "lost_on_restart", "exposure"):
+        if key in result:
+            lines.append(f"{key:<28} {result[key]}")
+    for r in result.get("restart_rounds", []):
+        label = "restart node1's agent" if r["restart"] else "baseline (no restart)"
+        lines.append(f"  round {r['round']} {label:<24} lost {r['lost']} of {r['sent']}")
+    for pair, ok in result.get("ipvlan", {}).items():
+        lines.append(f"  ipvlan {pair:<26} {'reached' if ok else 'NOT reached'}")
+    for step, error in result.get("errors", {}).items():
+        lines.append(f"  FAILED {step}: {error}")
+    return "\n".join(lines)
+
+
+def tier_failures(result: dict[str, Any]) -> list[str]:
+    """What the tier found wrong, one line each (none: everything worked)."""
+    failures = [f"{step}: {error}" for step, error in result.get("errors", {}).items()]
+    if result.get("walkthrough_ping_received") == 0:
+        failures.append("walk-through: no answer to cli's pings to web")
+    if result.get("lost_on_restart", 0) > 0:
+        failures.append(f"{result['lost_on_restart']} pings lost while node1's agent restarted")
+    for pair, ok in result.get("ipvlan", {}).items():
+        if not ok:
+            failures.append(f"ipvlan {pair}: not reached")
+    return failures

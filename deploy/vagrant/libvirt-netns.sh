@@ -25,7 +25,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 box=$("$here/build-box.sh" --box | sed -n 's/^box=//p')
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
-netns="vxlv$$"
+netns="x22lv$$"
 ip netns add "$netns"
 trap 'ip netns del "$netns" 2>/dev/null || true' EXIT
 ip -n "$netns" link set lo up
