@@ -46,6 +46,9 @@ LAB_SUBNET = "192.168.56"
 BRIDGE_ADDRESS = f"{LAB_SUBNET}.1"
 REMOTE_SOURCE = "/opt/vxmesh/src"
 REMOTE_WHEELS = "/opt/vxmesh/wheels"
+# The unit's TimeoutStartSec under TCG: the agent's first start byte-compiles its modules under
+# emulation (more than the unit's 90 s on a busy machine); KVM keeps the unit's own.
+TCG_START_TIMEOUT = "600s"
 
 
 class VmError(AgentError):
@@ -345,7 +348,8 @@ def provision(lab: VmLab, name: str, cluster: Cluster, wheels: Path, *,
            "VXMESH_ETCD_URL": cluster.etcd_url, "VXMESH_SEEDS": cluster.seeds,
            "VXMESH_GOSSIP_KEY": cluster.gossip_key,
            "VXMESH_RUN_ETCD": "1" if name == cluster.etcd_node else "0",
-           "VXMESH_WHEELHOUSE": REMOTE_WHEELS}
+           "VXMESH_WHEELHOUSE": REMOTE_WHEELS,
+           "VXMESH_START_TIMEOUT": TCG_START_TIMEOUT if lab.accel == "tcg" else ""}
     assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
     return lab.ssh(name, f"sudo env {assignments} bash {REMOTE_SOURCE}/deploy/vagrant/"
                          f"{PROVISION_SCRIPT.name}", timeout=timeout)

@@ -3,12 +3,16 @@
 # Vagrantfile: VXMESH_NODE, VXMESH_ADDRESS, VXMESH_ETCD_URL, VXMESH_SEEDS (comma-separated
 # host:port), VXMESH_GOSSIP_KEY (base64), VXMESH_RUN_ETCD (1 on the etcd machine).
 # Optional: VXMESH_WHEELHOUSE, a directory with vxmesh's wheel and its dependencies' (pip then
-# installs from it alone: the VM tier's machines have no route out). Debian packages already
-# installed (the local box has them all) are not fetched again.
+# installs from it alone: the VM tier's machines have no route out). VXMESH_START_TIMEOUT, a
+# systemd time span: the unit's TimeoutStartSec for this machine (a drop-in; under qemu's TCG
+# emulation the agent's first start, which byte-compiles its modules, takes minutes, more than
+# the unit's 90 s). Debian packages already installed (the local box has them all) are not
+# fetched again.
 set -euo pipefail
 
 : "${VXMESH_NODE:?}" "${VXMESH_ADDRESS:?}" "${VXMESH_ETCD_URL:?}" "${VXMESH_SEEDS:?}"
 : "${VXMESH_GOSSIP_KEY:?}" "${VXMESH_RUN_ETCD:=0}" "${VXMESH_WHEELHOUSE:=}"
+: "${VXMESH_START_TIMEOUT:=}"
 
 src=/opt/vxmesh/src
 venv=/opt/vxmesh/venv
@@ -70,6 +74,13 @@ printf '{"primary": "%s", "keys": ["%s"]}\n' "$VXMESH_GOSSIP_KEY" "$VXMESH_GOSSI
     > /var/lib/vxmesh/keyring.json
 
 install -m 0644 "$src/deploy/systemd/vxmesh-agent.service" /etc/systemd/system/
+dropin=/etc/systemd/system/vxmesh-agent.service.d/start-timeout.conf
+if [ -n "$VXMESH_START_TIMEOUT" ]; then
+    install -d -m 0755 "$(dirname "$dropin")"
+    printf '[Service]\nTimeoutStartSec=%s\n' "$VXMESH_START_TIMEOUT" > "$dropin"
+else
+    rm -f "$dropin"
+fi
 systemctl daemon-reload
 systemctl enable vxmesh-agent >/dev/null 2>&1
 systemctl restart vxmesh-agent
