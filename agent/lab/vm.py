@@ -351,5 +351,11 @@ def provision(lab: VmLab, name: str, cluster: Cluster, wheels: Path, *,
            "VXMESH_WHEELHOUSE": REMOTE_WHEELS,
            "VXMESH_START_TIMEOUT": TCG_START_TIMEOUT if lab.accel == "tcg" else ""}
     assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-    return lab.ssh(name, f"sudo env {assignments} bash {REMOTE_SOURCE}/deploy/vagrant/"
-                         f"{PROVISION_SCRIPT.name}", timeout=timeout)
+    try:
+        return lab.ssh(name, f"sudo env {assignments} bash {REMOTE_SOURCE}/deploy/vagrant/"
+                             f"{PROVISION_SCRIPT.name}", timeout=timeout)
+    except VmError as exc:
+        journal = lab.ssh(name, "sudo journalctl -u vxmesh-agent -u etcd -n 25 --no-pager -o "
+                                "short-monotonic", check=False, timeout=120)
+        raise VmError(f"{exc}\n-- the journal of vxmesh-agent and etcd on {name}:\n"
+                      f"{journal.stdout.strip()}") from exc

@@ -73,6 +73,22 @@ umask 077
 printf '{"primary": "%s", "keys": ["%s"]}\n' "$VXMESH_GOSSIP_KEY" "$VXMESH_GOSSIP_KEY" \
     > /var/lib/vxmesh/keyring.json
 
+# An agent's first start needs etcd to answer (it has no copy of the networks yet): wait for
+# etcd's /health first (etcd was just restarted on node1; on a slow machine it takes a while).
+"$venv/bin/python" - "$VXMESH_ETCD_URL/health" <<'PY'
+import sys, time, urllib.request
+deadline = time.monotonic() + 300
+while True:
+    try:
+        with urllib.request.urlopen(sys.argv[1], timeout=10) as answer:
+            if b'"true"' in answer.read():
+                break
+    except OSError as exc:
+        if time.monotonic() > deadline:
+            sys.exit(f"provision: etcd at {sys.argv[1]} not healthy within 300 s: {exc}")
+    time.sleep(2)
+PY
+
 install -m 0644 "$src/deploy/systemd/vxmesh-agent.service" /etc/systemd/system/
 dropin=/etc/systemd/system/vxmesh-agent.service.d/start-timeout.conf
 if [ -n "$VXMESH_START_TIMEOUT" ]; then
