@@ -22,7 +22,9 @@ rule set moves to the next triple (a triple's own speed is then shared by all va
 - `1`, `100`, `1000`: the agent's table plus the policy table `underlay.policy_table` plans for
   N policies and 10,000 selected endpoints spread over them (the server is selected by the last
   policy and the client allowed by it, so a new flow walks every allow rule before its accept;
-  N = 1 is what any policy table costs apart from the number of rules).
+  N = 1 is what any policy table costs apart from the number of rules);
+- `1000u`: the same 1,000 policies, the server selected by none of them (a new flow of
+  traffic no policy is about leaves the policy chain after one set lookup).
 
 Measured per run: iperf3 TCP (1 stream, `--seconds`, the client pinned to CPU 0 and the server
 to CPU 1 with iperf3 -A when there are two CPUs), iperf3's own CPU time of client and server
@@ -95,7 +97,9 @@ from underlay.policy_table import (
 BASELINE = "agent"
 CONTROL = "control"
 POLICY_COUNTS = (1, 100, 1000)
-VARIANTS = (BASELINE, CONTROL, "none", *(str(n) for n in POLICY_COUNTS))
+UNSELECTED = "1000u"
+"""1,000 policies, the server selected by none of them (traffic no policy is about)."""
+VARIANTS = (BASELINE, CONTROL, "none", *(str(n) for n in POLICY_COUNTS), UNSELECTED)
 SELECTED = 10_000
 NETWORK = "bench"
 SUBNET = "10.208.0.0/16"
@@ -167,14 +171,16 @@ def agent_script() -> str:
                                (OverlayEgress(NETWORK, "br0", SUBNET),))
 
 
-def policy_script(count: int) -> str:
-    """The policy table for `count` policies and SELECTED endpoints (server last-selected)."""
+def policy_script(count: int, *, server_selected: bool = True) -> str:
+    """The policy table for `count` policies and SELECTED endpoints (the server selected by
+    the last policy and the client allowed by it, or, not `server_selected`, neither)."""
     rules = [PolicyRule(f"p{i}", NETWORK, False, ("app", f"s{i}"), (("app", f"c{i}"),))
              for i in range(count)]
     endpoints = [PolicyEndpoint(NETWORK, str(ipaddress.ip_address("10.209.0.0") + i),
                                 (("app", f"s{i % count}"),), True) for i in range(SELECTED)]
-    endpoints += [PolicyEndpoint(NETWORK, SERVER, (("app", f"s{count - 1}"),), True),
-                  PolicyEndpoint(NETWORK, CLIENT, (("app", f"c{count - 1}"),), False)]
+    last = count - 1 if server_selected else "none"
+    endpoints += [PolicyEndpoint(NETWORK, SERVER, (("app", f"s{last}"),), True),
+                  PolicyEndpoint(NETWORK, CLIENT, (("app", f"c{last}"),), False)]
     script = policy_transaction(None, plan_policy(rules, endpoints))
     assert script is not None
     return script
@@ -186,6 +192,8 @@ def variant_scripts(variant: str) -> list[str]:
         return []
     if variant in (BASELINE, CONTROL):
         return [agent_script()]
+    if variant == UNSELECTED:
+        return [agent_script(), policy_script(1000, server_selected=False)]
     return [agent_script(), policy_script(int(variant))]
 
 

@@ -93,7 +93,8 @@ ENDPOINTS = [PolicyEndpoint("blue", "10.0.0.2", (("app", "db"),), True),
 
 def test_sets_hold_local_selected_and_every_labelled_peer_of_the_network() -> None:
     plan = plan_policy([DB], ENDPOINTS)
-    filled = {name: addresses for name, addresses in plan.sets.items() if addresses}
+    filled = {name: addresses for name, addresses in plan.sets.items()
+              if addresses and "_selected_" not in name}
     assert sorted(filled.values(), key=sorted) == [frozenset({"10.0.0.2"}),
                                                    frozenset({"10.0.0.3"})]
     assert "meta l4proto tcp th dport { 5432 } accept" in plan.chains
@@ -145,12 +146,31 @@ def test_an_endpoint_change_only_changes_elements_and_a_policy_change_the_rules(
         "blue", "10.0.0.9", (("app", "db"),), True)])
     script = policy_transaction(before, arrived)
     assert script is not None and "chain" not in script
-    assert script.count("add element") == 2 and "10.0.0.9" in script  # selected and peer
+    # selected, peer, and the union of the direction's selected sets
+    assert script.count("add element") == 3 and "10.0.0.9" in script
     assert policy_transaction(arrived, arrived) is None
     back = policy_transaction(arrived, before)
-    assert back is not None and back.count("delete element") == 2
+    assert back is not None and back.count("delete element") == 3
     fewer = policy_transaction(before, plan_policy([DB], ENDPOINTS))
     assert fewer is not None and "flush chain" in fewer and "delete counter" in fewer
     assert "delete table" not in fewer  # kept policies keep their counters
     fresh = policy_transaction(None, before)
     assert fresh is not None and fresh.startswith("table inet vxmesh_policy { }\ndelete table")
+
+
+def test_unselected_traffic_leaves_each_chain_after_one_lookup() -> None:
+    also_db = PolicyRule("db-admin", "blue", False, ("tier", "data"), (("app", "admin"),))
+    endpoints = [*ENDPOINTS, PolicyEndpoint("blue", "10.0.0.4", (("tier", "data"),), True),
+                 PolicyEndpoint("blue", "fd00::5", (("app", "web"),), True)]
+    plan = plan_policy([DB, also_db, WEB_OUT], endpoints)
+    # the union of every ingress policy's selected endpoints, and of the egress ones
+    assert plan.sets["ingress_selected_4"] == {"10.0.0.2", "10.0.0.4"}
+    assert plan.sets["ingress_selected_6"] == frozenset()
+    assert plan.sets["egress_selected_4"] == frozenset()  # 10.0.0.3 is not ours
+    assert plan.sets["egress_selected_6"] == {"fd00::5"}
+    for chain, own in (("ingress", "daddr"), ("egress", "saddr")):
+        body = plan.chains[plan.chains.index(f"chain {chain}"):]
+        lines = [line.strip() for line in body.splitlines()[1:]]
+        assert lines[:2] == [f"ip {own} != @{chain}_selected_4 return",
+                             f"ip6 {own} != @{chain}_selected_6 return"]
+    assert "egress_selected" not in plan_policy([DB], ENDPOINTS).rules  # no egress policy
