@@ -122,3 +122,17 @@ def test_a_simulation_holds_one_record_per_member_for_all_its_nodes() -> None:
     sim.run_until(60.0)
     assert all(n.swim.state_of("n00017") is MemberState.DEAD
                for n in sim.nodes if n.swim is not None)
+
+
+def test_views_converged_counts_down_nodes_still_seen() -> None:
+    sim = Simulation(6, seed=2, config=LAN)
+    assert sim.views_converged(check_down=True)
+    sim.kill(5)  # every view still sees it alive
+    assert sim.views_converged() and not sim.views_converged(check_down=True)
+    view = sim.nodes[0].swim
+    assert view is not None
+    node = view._get("n00001")
+    assert node is not None
+    view._forget(node)  # misses an up node while its count still matches the up nodes
+    assert view.cluster_size() == 5
+    assert not sim.views_converged()
