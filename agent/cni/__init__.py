@@ -2,6 +2,8 @@
 
 `spec` is the protocol, `netconf` the plugin's own configuration and attachment names,
 `plugin` the executable's logic, `conflist` the network configurations `vxmesh cni` writes,
-`launcher` the tiny script installed into CNI bin dirs, `attach` the agent's side of the
-requests (request validation and the answers, no kernel work of its own).
+`front.c` the compiled executable that hands each run to the agent, `launcher` what builds it
+(or the Python script, without a compiler) into CNI bin dirs, `service` the agent's side of
+the requests (request validation, whole runs from the front, the answers; no kernel work of
+its own).
 """
