@@ -23,6 +23,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,7 +35,6 @@
 #include <unistd.h>
 
 #define DEFAULT_SOCKET "/run/vxmesh/agent.sock"
-#define MAX_STDIN (1 << 20)
 #define MAX_RESPONSE (16 << 20)
 #define AGENT_TIMEOUT_S 60
 
@@ -42,6 +42,12 @@ extern char **environ;
 
 static char *input;
 static size_t input_len;
+
+static void fail(const char *what) {
+    printf("{\"code\": 5, \"msg\": \"I/O failure\", \"details\": \"vxmesh: %s: %s\"}", what,
+           strerror(errno));
+    exit(1);
+}
 
 /* Run the Python plugin on the same stdin; never returns. */
 static void fall_back(void) {
@@ -59,9 +65,7 @@ static void fall_back(void) {
             execv(VXMESH_PYTHON, argv);
         }
     }
-    printf("{\"code\": 5, \"msg\": \"I/O failure\", \"details\": \"vxmesh: cannot run %s: %s\"}",
-           VXMESH_PYTHON, strerror(errno));
-    exit(1);
+    fail("cannot run " VXMESH_PYTHON);
 }
 
 static int read_all(int fd, char **out, size_t *len, size_t limit) {
@@ -173,7 +177,7 @@ static int send_all(int fd, const char *data, size_t len) {
 }
 
 int main(void) {
-    if (read_all(0, &input, &input_len, MAX_STDIN) != 0) fall_back();
+    if (read_all(0, &input, &input_len, SIZE_MAX) != 0) fail("cannot read stdin");
     const char *command = getenv("CNI_COMMAND");
     if (!command || strcmp(command, "VERSION") == 0) fall_back();
     struct sockaddr_un address = {.sun_family = AF_UNIX};
