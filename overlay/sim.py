@@ -334,25 +334,40 @@ class _Run:
             r.detect_all_s = max(self.detected[i] for i in live) - self.kill_at
         r.decode_errors = sum(d.statistics().decode_errors for d in self.delegates)
         alive = set(live)
+        # Each live owner's own visible entries by key, read once (most views hold these very
+        # objects); anything else is checked against the owner's table as it is.
+        own = {index: {e.key: e for e in self.tables[index].endpoints()
+                       if e.owner == self.tables[index].node} for index in live}
         for index in live:
-            table = self.tables[index]
-            for entry in table.endpoints():
+            for entry in self.tables[index].endpoints():
                 owner = self.index_of[entry.owner]
-                truth = self.tables[owner].get(entry.network, entry.owner, entry.ip) \
-                    if owner in alive else None
+                if owner not in alive:
+                    r.stale_entries += 1
+                    continue
+                if own[owner].get(entry.key) is entry:
+                    continue
+                truth = self.tables[owner].get(entry.network, entry.owner, entry.ip)
                 if truth is None or truth.deleted or truth.version != entry.version:
                     r.stale_entries += 1
-        for owner in live:
-            mine = [e for e in self.tables[owner].endpoints()
-                    if e.owner == self.tables[owner].node]
-            for peer in self.members_of[self.network_of[owner]]:
-                if peer == owner or peer not in alive:
-                    continue
-                table = self.tables[peer]
-                for entry in mine:
-                    held = table.lookup(entry.network, entry.ip)
-                    if held is None or held.version != entry.version:
-                        r.missing_entries += 1
+        # Missing: an owner's entry that a live peer of its network does not show at the
+        # owner's version. Each peer's view is read once: the entry it shows for an address
+        # matches every live owner's entry of that address at the same version.
+        for network, members in self.members_of.items():
+            owners = [i for i in members if i in alive]
+            by_ip: dict[str, list[Entry]] = {}
+            for owner in owners:
+                for entry in own[owner].values():
+                    by_ip.setdefault(entry.ip, []).append(entry)
+            total = sum(len(own[owner]) for owner in owners)
+            for peer in owners:
+                node = self.tables[peer].node
+                matched = 0
+                for held in self.tables[peer].endpoints(network):
+                    for entry in by_ip.get(held.ip, ()):
+                        if entry.owner != node and (entry is held
+                                                    or entry.version == held.version):
+                            matched += 1
+                r.missing_entries += total - len(own[peer]) - matched
         if r.unconverged:
             r.notes.append(f"{r.unconverged} changes not held by every interested node")
 
