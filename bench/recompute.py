@@ -28,6 +28,13 @@ never held more than 10 ms. Prints a table; with --json the last line is one JSO
 `loop_hold_ms_max` (the longest the loop went without a checkpoint in any of them) and
 `full_recompute_ms` (median), all wall time on the loop, and each also as this thread's CPU
 time (`..._cpu_ms...`: the same without preemption by other processes on a shared machine).
+A trio instrument (`StepTimes`) also times every task step, from one checkpoint to the next
+(exactly how long any other task, a gossip timer, waited behind it), and keeps the longest of
+each phase with its minor page faults (fresh memory touched: a table growing):
+`build_step_ms_max`, `change_step_ms_max`, `owner_fail_step_ms_max`, `join_step_ms_max`
+(`..._step_cpu_ms_max`: the longest by CPU time, `..._step_faults`: that step's faults),
+`step_ms_max` and `step_cpu_ms_max` over all four (target 10) and
+`full_recompute_step_ms` (the baseline's one step).
 
 May import: the standard library, trio, overlay.*, agent.runtime.pipeline.
 """
@@ -38,10 +45,12 @@ import argparse
 import gc
 import json
 import random
+import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +73,7 @@ from overlay.table import Entry, NeighborTable  # noqa: E402
 from underlay.records import FdbRecord, LinkRecord, NeighborRecord, VxlanSpec, Write  # noqa: E402
 
 OWNERS = 1000
+PHASES = ("build", "change", "owner_fail", "join")  # the incremental work, timed step by step
 NETWORKS = 10
 NODE = "bench-self"
 UNDERLAY = UnderlayView("10.0.0.1", 1500)
@@ -189,6 +199,45 @@ class Clocks:
         return ((time.perf_counter() - self.wall) * 1000, (time.thread_time() - self.cpu) * 1000)
 
 
+@dataclass(frozen=True)
+class Step:
+    """One task step of the trio loop: how long it held the loop (wall and this thread's CPU
+    ms) and the minor page faults taken in it (fresh memory touched, e.g. a table resized)."""
+
+    wall_ms: float = 0.0
+    cpu_ms: float = 0.0
+    faults: int = 0
+    task: str = ""
+
+
+class StepTimes(trio.abc.Instrument):
+    """A trio instrument timing every task step: the longest one of each phase (`phase` is
+    set by the bench as it goes). A task step runs from one checkpoint to the next, so its
+    duration is exactly how long every other task (a gossip timer) waited behind it."""
+
+    def __init__(self) -> None:
+        self.phase = "fill"
+        self.longest: dict[str, Step] = {}  # by wall time
+        self.longest_cpu: dict[str, Step] = {}  # by CPU time (without preemption)
+        self._start: tuple[float, float, int] | None = None
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._start = (time.perf_counter(), time.thread_time(),
+                       resource.getrusage(resource.RUSAGE_THREAD).ru_minflt)
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self._start is None:
+            return  # the step that installed us: its start was not seen
+        wall, cpu, faults = self._start
+        self._start = None
+        step = Step((time.perf_counter() - wall) * 1000, (time.thread_time() - cpu) * 1000,
+                    resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - faults, task.name)
+        if step.wall_ms > self.longest.get(self.phase, Step()).wall_ms:
+            self.longest[self.phase] = step
+        if step.cpu_ms > self.longest_cpu.get(self.phase, Step()).cpu_ms:
+            self.longest_cpu[self.phase] = step
+
+
 async def held_loop(work: Callable[[], Any]) -> tuple[float, float, float, float]:
     """Run `await work()` beside a task that only checkpoints (as a gossip timer would wait):
     (total wall ms, total CPU ms, longest hold of the loop in wall ms, in CPU ms)."""
@@ -228,16 +277,25 @@ async def measure(endpoints: int, changes: int, joins: int, seed: int,
     pipeline = Pipeline(reconciler, fixture.inputs, node=NODE, underlay=UNDERLAY,
                         endpoints=fixture.table.endpoints,
                         members=lambda: dict(fixture.members))
+    steps = StepTimes()
+    trio.lowlevel.add_instrument(steps)
     progress("start-up build ...")
+    await trio.sleep(0)
+    steps.phase = "build"
     build = await held_loop(pipeline.build)
+    await trio.sleep(0)
+    steps.phase = "untimed"  # the bench's own copy of the whole state
     fdb_entries = len(pipeline.desired.fdb)
     clocks = Clocks()
 
     progress(f"{changes} endpoint changes ...")
+    await trio.sleep(0)
+    steps.phase = "change"
     change_ms: list[tuple[float, float]] = []
     for _ in range(changes):
         i = rng.randrange(endpoints)
         fixture.generation[i] = fixture.generation.get(i, 0) + 1
+        await trio.sleep(0)  # a task step ends here: the instrument times each change alone
         clocks.start()
         fixture.write(i)
         fixture.drain(pipeline)
@@ -245,43 +303,60 @@ async def measure(endpoints: int, changes: int, joins: int, seed: int,
         change_ms.append(clocks.ms())
 
     progress(f"{changes} owner failures ...")
+    await trio.sleep(0)
+    steps.phase = "owner_fail"
     fail_ms: list[tuple[float, float]] = []
     for n in range(changes):
         o = n % OWNERS
         name = owner_name(o)
         fixture.now += 1.0
+        await trio.sleep(0)
         clocks.start()
         fixture.table.member_failed(name, fixture.now)
         fixture.drain(pipeline)
         pipeline.member_changed(name, None)
         await pipeline.settle()
         fail_ms.append(clocks.ms())
+        await trio.sleep(0)  # the owner's return below is untimed: its own task step
+        steps.phase = "untimed"
         fixture.table.member_alive(name, (owner_vtep(o), 7946), fixture.now)  # back: untimed
         fixture.drain(pipeline)
         pipeline.member_changed(name, owner_vtep(o))
         await pipeline.settle()
+        await trio.sleep(0)
+        steps.phase = "owner_fail"
 
     progress(f"{joins} network joins ...")
+    await trio.sleep(0)
     join_ms: list[tuple[float, float]] = []
     join_hold = (0.0, 0.0)
     for n in range(joins):
         name = f"net{n % NETWORKS}"
+        steps.phase = "untimed"
         fixture.joined.discard(name)  # leave it (untimed) ...
         pipeline.mark_dirty()
         await pipeline.settle()
+        await trio.sleep(0)
+        steps.phase = "join"
         fixture.joined.add(name)  # ... and join it again
         pipeline.mark_dirty()
         wall, cpu, hold_wall, hold_cpu = await held_loop(pipeline.settle)
         join_ms.append((wall, cpu))
         join_hold = (max(join_hold[0], hold_wall), max(join_hold[1], hold_cpu))
+    await trio.sleep(0)
+    steps.phase = "untimed"
     assert len(pipeline.desired.fdb) == fdb_entries, "the incremental state drifted"
 
     progress("full recomputes ...")
+    await trio.sleep(0)
+    steps.phase = "full_recompute"
     full_ms: list[tuple[float, float]] = []
     for _ in range(5):
+        await trio.sleep(0)
         clocks.start()
         full_fdb = fixture.full_recompute(reconciler)
         full_ms.append(clocks.ms())
+    await trio.sleep(0)
     assert full_fdb == fdb_entries, (full_fdb, fdb_entries)
 
     def p50(rows: list[tuple[float, float]], column: int = 0) -> float:
@@ -290,6 +365,11 @@ async def measure(endpoints: int, changes: int, joins: int, seed: int,
     def p99(rows: list[tuple[float, float]], column: int = 0) -> float:
         return percentile([row[column] for row in rows], 0.99)
 
+    trio.lowlevel.remove_instrument(steps)
+    incremental = [steps.longest.get(phase, Step()) for phase in PHASES]
+    incremental_cpu = [steps.longest_cpu.get(phase, Step()) for phase in PHASES]
+    worst = max(incremental, key=lambda step: step.wall_ms)
+    worst_cpu = max(incremental_cpu, key=lambda step: step.cpu_ms)
     return {
         "endpoints": endpoints,
         "owners": OWNERS,
@@ -321,6 +401,16 @@ async def measure(endpoints: int, changes: int, joins: int, seed: int,
                                 *(row[0] for row in fail_ms)),
         "loop_hold_cpu_ms_max": max(join_hold[1], build[3], *(row[1] for row in change_ms),
                                     *(row[1] for row in fail_ms)),
+        # The instrument's figures: the longest task step of each phase, and of them all.
+        **{f"{phase}_step_ms_max": round(step.wall_ms, 3)
+           for phase, step in zip(PHASES, incremental, strict=True)},
+        **{f"{phase}_step_cpu_ms_max": round(step.cpu_ms, 3)
+           for phase, step in zip(PHASES, incremental_cpu, strict=True)},
+        **{f"{phase}_step_faults": step.faults
+           for phase, step in zip(PHASES, incremental_cpu, strict=True)},
+        "step_ms_max": round(worst.wall_ms, 3),
+        "step_cpu_ms_max": round(worst_cpu.cpu_ms, 3),
+        "full_recompute_step_ms": round(steps.longest.get("full_recompute", Step()).wall_ms, 3),
         "full_recompute_ms": p50(full_ms),
         "full_recompute_cpu_ms": p50(full_ms, 1),
         "full_recompute_ms_min": min(row[0] for row in full_ms),
@@ -355,6 +445,14 @@ def table(result: dict[str, Any]) -> str:
         f"{'':8} {'<= 10':>7} {'':8} {result['build_hold_cpu_ms_max']:8.3f}",
         f"{'longest hold of the loop, any of the above':42} {result['loop_hold_ms_max']:8.3f} "
         f"{'':8} {'<= 10':>7} {'':8} {result['loop_hold_cpu_ms_max']:8.3f}",
+        "longest task step (trio instrument): by wall ms; by CPU ms, with the minor page "
+        "faults of that step",
+        *(f"  {phase:40} {result[phase + '_step_ms_max']:8.3f} {'':8} {'<= 10':>7} "
+          f"{'':8} {result[phase + '_step_cpu_ms_max']:8.3f}   "
+          f"{result[phase + '_step_faults']} faults" for phase in PHASES),
+        f"  {'any of them (step_ms_max)':40} {result['step_ms_max']:8.3f} {'':8} {'<= 10':>7} "
+        f"{'':8} {result['step_cpu_ms_max']:8.3f}",
+        f"  {'baseline: one full recompute':40} {result['full_recompute_step_ms']:8.3f}",
         f"{'baseline: full recompute + hand-over':42} {full:8.1f} {'':8} {'':7} "
         f"{result['full_recompute_cpu_ms']:8.1f}   (wall min "
         f"{result['full_recompute_ms_min']:.1f}, max {result['full_recompute_ms_max']:.1f};"

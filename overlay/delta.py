@@ -12,13 +12,15 @@ Rules:
 - `replace_kernel` (after a full dump) and `replace_desired` cost O(size); single-key
   operations cost O(1).
 
-Pure: no I/O, no clock, no trio. May import the standard library only.
+Pure: no I/O, no clock, no trio. May import the standard library and overlay.sharded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Generic, TypeVar
+
+from overlay.sharded import ShardedDict
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -30,9 +32,10 @@ class DeltaTracker(Generic[K, V]):
     """Desired and kernel views of one kind of kernel object, and the delta between them."""
 
     def __init__(self) -> None:
-        self._desired: dict[K, V] = {}
-        self._kernel: dict[K, V] = {}
-        self._updates: dict[K, V] = {}
+        # Sharded (overlay.sharded): one key more never resizes a whole 100,000-key table.
+        self._desired: ShardedDict[K, V] = ShardedDict()
+        self._kernel: ShardedDict[K, V] = ShardedDict()
+        self._updates: ShardedDict[K, V] = ShardedDict()
         self._deletions: set[K] = set()
 
     # -- bookkeeping --------------------------------------------------------------------
@@ -69,7 +72,7 @@ class DeltaTracker(Generic[K, V]):
 
     def replace_desired(self, values: Mapping[K, V]) -> None:
         """Make `values` the whole desired view; only changed keys are re-examined."""
-        old, self._desired = self._desired, dict(values)
+        old, self._desired = self._desired, ShardedDict(values)
         self._refresh_changed(old, self._desired)
 
     # -- kernel side --------------------------------------------------------------------
@@ -89,7 +92,7 @@ class DeltaTracker(Generic[K, V]):
 
     def replace_kernel(self, values: Mapping[K, V]) -> None:
         """Make `values` (a fresh dump of what we own) the whole kernel view."""
-        old, self._kernel = self._kernel, dict(values)
+        old, self._kernel = self._kernel, ShardedDict(values)
         self._refresh_changed(old, self._kernel)
 
     # -- queries ------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
+from overlay.sharded import ShardedDict
 from underlay.records import (
     ANY_ADDRESS,
     MTU_MAX,
@@ -493,7 +494,9 @@ class IncrementalDesired(Generic[K]):
         self._vteps: dict[str, str] = {}
         self._tunnels: dict[str, str] = {}  # members' WireGuard tunnel addresses
         self._member_problems: dict[str, str] = {}
-        self._inputs: dict[K, EndpointEntry] = {}
+        # Per-endpoint maps are sharded: no one insertion resizes a whole 100,000-key table
+        # (overlay.sharded).
+        self._inputs: ShardedDict[K, EndpointEntry] = ShardedDict()
         self._by_network: dict[str, set[K]] = {}
         self._by_owner: dict[str, set[K]] = {}
         self._dirty: set[K] = set()
@@ -501,21 +504,23 @@ class IncrementalDesired(Generic[K]):
         # `step` settles from: marking costs one list copy, never a set growing by thousands.
         self._dirty_batches: list[list[K]] = []
         self._batched = 0
-        self._claims: dict[K, _Claim] = {}
+        self._claims: ShardedDict[K, _Claim] = ShardedDict()
         self._invalid: dict[K, str] = {}
-        self._fdb_claimants: dict[FdbKey, dict[K, tuple[str, str, str, tuple[str, ...]]]] = {}
-        self._fdb: dict[FdbKey, str] = {}
+        self._fdb_claimants: ShardedDict[
+            FdbKey, dict[K, tuple[str, str, str, tuple[str, ...]]]] = ShardedDict()
+        self._fdb: ShardedDict[FdbKey, str] = ShardedDict()
         self._fdb_problems: dict[K, str] = {}
         self._flood_refs: dict[FloodKey, int] = {}
-        self._neighbor_claimants: dict[NeighborKey,
-                                       dict[K, tuple[str, str, str, tuple[str, ...]]]] = {}
-        self._neighbors: dict[NeighborKey, str] = {}
+        self._neighbor_claimants: ShardedDict[
+            NeighborKey, dict[K, tuple[str, str, str, tuple[str, ...]]]] = ShardedDict()
+        self._neighbors: ShardedDict[NeighborKey, str] = ShardedDict()
         self._neighbor_problems: dict[tuple[K, NeighborKey], str] = {}
         self._networks_changed = False
         self._fdb_log: dict[FdbKey, str | None] = {}
         self._flood_log: dict[FloodKey, bool | None] = {}
         self._neighbor_log: dict[NeighborKey, str | None] = {}
         self._resyncing = False
+        self._resync_dirty: list[K] = []  # stored during a resync, settled as one batch
         self._unseen_endpoints: set[K] = set()
         self._changed_endpoints: set[K] = set()
         self._unseen_members: set[str] = set()
@@ -591,6 +596,10 @@ class IncrementalDesired(Generic[K]):
         for name in self._unseen_members:
             self._apply_member(name, None, None)
         self._resyncing = False
+        if self._resync_dirty:
+            self._dirty_batches.append(self._resync_dirty)
+            self._batched += len(self._resync_dirty)
+            self._resync_dirty = []
         self._unseen_endpoints, self._changed_endpoints = set(), set()
         self._unseen_members, self._changed_members = set(), set()
 
@@ -599,7 +608,7 @@ class IncrementalDesired(Generic[K]):
     @property
     def dirty(self) -> int:
         """Endpoints waiting for `step` (one marked twice may count twice)."""
-        return len(self._dirty) + self._batched
+        return len(self._dirty) + self._batched + len(self._resync_dirty)
 
     def step(self, limit: int) -> int:
         """Settle up to `limit` dirty endpoints; returns how many stay dirty."""
@@ -633,8 +642,9 @@ class IncrementalDesired(Generic[K]):
 
     def state(self) -> DesiredState:
         """A copy of the whole current desired state (O(size): reports and tests)."""
-        return DesiredState(networks=self._device_map(), fdb=dict(self._fdb),
-                            flood=frozenset(self._flood_refs), neighbors=dict(self._neighbors),
+        return DesiredState(networks=self._device_map(), fdb=self._fdb.copy_to_dict(),
+                            flood=frozenset(self._flood_refs),
+                            neighbors=self._neighbors.copy_to_dict(),
                             problems=self.problems())
 
     def devices(self) -> dict[str, DesiredNetwork]:
@@ -720,7 +730,10 @@ class IncrementalDesired(Generic[K]):
             self._inputs[key] = entry
             self._by_network.setdefault(entry.network, set()).add(key)
             self._by_owner.setdefault(entry.node, set()).add(key)
-        self._dirty.add(key)
+        if self._resyncing:
+            self._resync_dirty.append(key)  # each key once: no set growing by the snapshot
+        else:
+            self._dirty.add(key)
 
     # -- internals: claims ------------------------------------------------------------------
 
