@@ -21,7 +21,9 @@ Paths between h1 and h2:
       GRO on the endpoint veths, on the vxlan device, fraglist GRO, GRO and UDP GRO
       forwarding on the underlay, UDP tunnel segmentation offload on the underlay, the outer
       UDP checksum, the MTU (1500 instead of 1450, fragmenting outer packets), br_netfilter's
-      hooks on bridged frames (where the module is loaded). The switch
+      hooks on bridged frames (where the module is loaded), GRO with threaded NAPI on the
+      endpoint veths and RPS on the vxlan device (both: receive work a kernel thread or
+      another CPU can take from the sender's CPU). The switch
       happens just before the row is measured; every other row sees the defaults, and each
       b+NAME is measured back to back with a row of (b) at the defaults (b@NAME), 1 stream
       and request/response only.
@@ -51,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import tempfile
@@ -291,7 +294,39 @@ class SysctlSetting:
                 run(["sysctl", "-qw", f"{key}={int(on)}"], netns=ns)
 
 
-Setting = FeatureSetting | ChecksumSetting | MtuSetting | SysctlSetting
+@dataclass(frozen=True)
+class SysfsSetting:
+    """A per-device sysfs attribute (`/sys/class/net/DEV/<attribute>`, read and written in
+    the device's namespace) switched between `off` and `on` values on some devices of path
+    (b), after the ethtool `features` it needs are on (they go back to off when it is off)."""
+
+    name: str
+    what: str
+    attribute: str
+    on: str
+    off: str
+    devices: tuple[Device, ...]
+    features: tuple[str, ...] = ()
+
+    def state(self) -> bool:
+        first = self.devices[0]
+        found = run(["cat", f"/sys/class/net/{first.ifname}/{self.attribute}"],
+                    netns=first.ns).stdout.strip()
+        return int(found, 16) == int(self.on, 16)
+
+    def switch(self, on: bool) -> None:
+        for device in self.devices:
+            if on:
+                for feature in self.features:
+                    run(["ethtool", "-K", device.ifname, feature, "on"], netns=device.ns)
+            run(["sh", "-c", f"echo {self.on if on else self.off} > "
+                 f"/sys/class/net/{device.ifname}/{self.attribute}"], netns=device.ns)
+            if not on:
+                for feature in reversed(self.features):
+                    run(["ethtool", "-K", device.ifname, feature, "off"], netns=device.ns)
+
+
+Setting = FeatureSetting | ChecksumSetting | MtuSetting | SysctlSetting | SysfsSetting
 
 
 def settings_of(sides: Sequence[HandSide]) -> list[Setting]:
@@ -317,6 +352,12 @@ def settings_of(sides: Sequence[HandSide]) -> list[Setting]:
                        "before the underlay)", ("tx-udp_tnl-segmentation",
                                                 "tx-udp_tnl-csum-segmentation"),
                        "tx-udp_tnl-segmentation", underlay),
+        SysfsSetting("threaded_gro_veth", "GRO with threaded NAPI on the endpoint veths: "
+                     "their receive work in a kernel thread the scheduler may run on the "
+                     "other CPU", "threaded", "1", "0", veths, ("gro",)),
+        SysfsSetting("rps_vxlan", "RPS on the vxlan device: decapsulated packets steered to "
+                     "a CPU by flow hash (every CPU in the mask)", "queues/rx-0/rps_cpus",
+                     f"{(1 << (os.cpu_count() or 1)) - 1:x}", "0", vxlans),
         ChecksumSetting(tuple(sides)),
         MtuSetting(tuple(sides)),
         *([SysctlSetting(
