@@ -45,6 +45,10 @@ T = TypeVar("T")
 _STOP = object()
 
 pyroute2_config.disable_mp_signal = True
+# pyroute2 forks a child to create a namespace or open a socket in one and gives up when the
+# child has not answered in 2 s; on a slow machine (a TCG VM at load 15) a fork of the agent
+# took longer and `endpoint create` failed. A child that answers late is not a failure.
+pyroute2_config.default_communicate_timeout = 30
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
