@@ -393,15 +393,32 @@ def encode_state(records: Iterable[Record], now: float, chunk_limit: int) -> Ite
             memberships.append(record)
     chunk = _StateChunk(chunk_limit)
     for (network, owner), (memberships, entries) in groups.items():
-        head = msgpack.packb(network) + msgpack.packb(owner)
-        membership = b"\xc0"  # nil
-        if memberships:
-            m = memberships[0]
-            membership = msgpack.packb([_pack_address(m.vtep), m.version, _ttl_ms(m, now),
-                                        *_signature_field(m)])
+        head, membership = _pack_group_head(network, owner,
+                                            memberships[0] if memberships else None, now)
         packed = [_pack_state_entry(e, now) for e in entries]
         yield from chunk.add_group(head, membership, packed)
     yield from chunk.flush()
+
+
+def _pack_group_head(network: str, owner: str, membership: Membership | None,
+                     now: float) -> tuple[bytes, bytes]:
+    """A state group's names and membership field (nil without one). Like an endpoint's, the
+    bytes of a live membership are kept while that very record is held."""
+    key = (network, owner)
+    hit = _group_cache.get(key)
+    if hit is not None and hit[0] is membership and (membership is None
+                                                     or not membership.deleted):
+        return hit[1], hit[2]
+    head = msgpack.packb(network) + msgpack.packb(owner)
+    packed = b"\xc0"  # nil
+    if membership is not None:
+        packed = msgpack.packb([_pack_address(membership.vtep), membership.version,
+                                _ttl_ms(membership, now), *_signature_field(membership)])
+    if membership is None or not membership.deleted:
+        if len(_group_cache) >= _STATE_CACHE_MAX:
+            _group_cache.clear()
+        _group_cache[key] = (membership, head, packed)
+    return head, packed
 
 
 def _pack_state_entry(entry: Entry, now: float) -> bytes:
@@ -426,6 +443,7 @@ def _pack_state_entry(entry: Entry, now: float) -> bytes:
 
 
 _STATE_CACHE_MAX = 1 << 17
+_group_cache: dict[tuple[str, str], tuple[Membership | None, bytes, bytes]] = {}
 _state_cache: dict[tuple[str, str, str], tuple[Entry, bytes]] = {}
 
 

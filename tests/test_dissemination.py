@@ -306,3 +306,20 @@ def test_a_repeated_broadcast_is_merged_once_until_the_table_lets_a_record_go() 
     receiver.notify_user_msg(payload, 3.0)
     assert receiver.statistics().duplicates == 2  # merged again (the owner is gone: dropped)
     assert receiver.table.statistics().owner_gone == 1
+
+
+def test_state_encodes_the_same_bytes_again_and_a_tombstone_from_each_now() -> None:
+    """Group heads and live memberships are packed once per record: a second encoding is
+    byte for byte the first; a left membership's remaining lifetime follows `now`."""
+    table = NeighborTable("a", "192.0.2.1")
+    table.join_network(NET, 0.0)
+    table.join_network("red", 0.0)
+    table.put_endpoint(NET, "10.8.0.1", "02:00:00:00:08:01", 1.0)
+    first = list(encode_state(table.records(), 1.0, 32 * 1024))
+    assert list(encode_state(table.records(), 1.0, 32 * 1024)) == first
+    table.leave_network("red", 2.0)
+    (gone,) = [r for c in encode_state(table.records(), 2.0, 32 * 1024)
+               for r in decode_records(c, 0.0) if isinstance(r, Membership) and r.deleted]
+    (later,) = [r for c in encode_state(table.records(), 5.0, 32 * 1024)
+                for r in decode_records(c, 0.0) if isinstance(r, Membership) and r.deleted]
+    assert gone.expires_at - later.expires_at == pytest.approx(3.0)
