@@ -108,7 +108,12 @@ class GossipSystem:
     def parse(self, text: str) -> Observed | None:
         raise NotImplementedError
 
-    def publish_update(self, lab: BenchLab, host: LabHost, key: str) -> None:
+    def prepare_updates(self, lab: BenchLab) -> None:
+        """What updates need, done before the first is timed (the cluster is up)."""
+
+    def publish_update(self, lab: BenchLab, host: LabHost, key: str) -> float | None:
+        """Publish update `key` on `host`; when it was complete on `host` itself if that is
+        part of what is timed (the agent: its endpoint created), else None."""
         raise NotImplementedError
 
     def first(self, agent: AgentProcess, kind: str, subject: str, since: float,
@@ -166,10 +171,11 @@ class SerfSystem(GossipSystem):
                 return Observed(kind, found.group(1))
         return None
 
-    def publish_update(self, lab: BenchLab, host: LabHost, key: str) -> None:
+    def publish_update(self, lab: BenchLab, host: LabHost, key: str) -> float | None:
         subprocess.run(ip_netns_exec(host.netns, ["serf", "event", "-rpc-addr=127.0.0.1:7373",
                                                   "-coalesce=false", key, "bench"]),
                        check=True, capture_output=True, timeout=10)
+        return None
 
 
 class GossipDriverSystem(GossipSystem):
@@ -213,13 +219,14 @@ class GossipDriverSystem(GossipSystem):
             subject = self._key_of_ip.get(subject, subject)
         return Observed(kind, subject)
 
-    def publish_update(self, lab: BenchLab, host: LabHost, key: str) -> None:
+    def publish_update(self, lab: BenchLab, host: LabHost, key: str) -> float | None:
         """Publish an endpoint with a fresh IP (10.200.0.0/16) standing for `key`."""
         count = len(self._key_of_ip) + 1
         ip = f"10.200.{count >> 8 & 255}.{count & 255}"
         self._key_of_ip[ip] = key
         agent = next(a for a in self.agents if a.host == host and a.alive())
         agent.send_line(f"update {ip}")
+        return None
 
 
 ETCD_ADDRESS = "10.77.255.254"
@@ -358,12 +365,14 @@ class AgentSystem(GossipSystem):
         for host in alive:
             self._monitors[host.name] = lab.spawn(host, ["bridge", "monitor", "fdb"])
 
-    def publish_update(self, lab: BenchLab, host: LabHost, key: str) -> None:
-        if not self._monitors:
-            self._setup_network(lab)
+    def prepare_updates(self, lab: BenchLab) -> None:
+        self._setup_network(lab)
+
+    def publish_update(self, lab: BenchLab, host: LabHost, key: str) -> float | None:
         record = self._create_endpoint(host, f"u{len(self._endpoints)}")
         self._keys[key] = str(record["mac"]).lower()
         self._created = (host.name, time.monotonic())
+        return self._created[1]
 
     def wait_update(self, lab: BenchLab, agents: Sequence[AgentProcess], key: str,
                     published: float, deadline: float) -> list[float | None]:
@@ -420,12 +429,16 @@ class Measured:
     cpu_pct: float | None = None
     rss_mb: float | None = None
     dissemination_samples: list[float] = field(default_factory=list)
+    #: per update, until it was complete on the publishing host (the agent: the API call
+    #: creating the endpoint returned); empty where that is not part of what is timed
+    local_samples: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self, system: GossipSystem) -> dict[str, object]:
         row: dict[str, object] = {m: _round(getattr(self, m)) for m in METRICS}
         row["dissemination_via"] = system.dissemination_via
         row["dissemination_samples_s"] = [round(x, 4) for x in self.dissemination_samples]
+        row["local_samples_s"] = [round(x, 4) for x in self.local_samples]
         row["notes"] = self.notes
         return row
 
@@ -491,11 +504,14 @@ def bring_up(run: Run, lab: BenchLab, *, repeats: int, timeout: float,
         log(f"  {system.name} n={lab.n}: join {result.join_s:.3f} s")
 
         # Dissemination of one update to every node, median over repeats.
-        samples = []
+        system.prepare_updates(lab)
+        samples, local_samples = [], []
         for repeat in range(repeats):
             key = f"bench{repeat}x{lab.n}"
             published = time.monotonic()
-            system.publish_update(lab, seed, key)
+            local = system.publish_update(lab, seed, key)
+            if local is not None:
+                local_samples.append(local - published)
             arrivals = system.wait_update(lab, agents, key, published, published + timeout)
             if None in arrivals:
                 result.notes.append(f"update {key} did not reach every node")
@@ -503,9 +519,11 @@ def bring_up(run: Run, lab: BenchLab, *, repeats: int, timeout: float,
             samples.append(max(a for a in arrivals if a is not None) - published)
             time.sleep(0.3)
         result.dissemination_samples = samples
+        result.local_samples = local_samples
         if samples:
             result.dissemination_s = statistics.median(samples)
-            log(f"  {system.name} n={lab.n}: dissemination {samples}")
+            log(f"  {system.name} n={lab.n}: dissemination {samples}, on the publishing "
+                f"host {local_samples}")
         run.ready = True
     finally:
         run.spawned = [a for a in lab.agents if all(a is not b for b in before)]
@@ -604,24 +622,30 @@ _WHY_DETECTION = ("suspicion timeouts scale with N and shrink with confirmations
                   "scheduling noise")
 # Why a target can be missed; printed under the tables for every target a run missed.
 WHY_MISSED: dict[str, str] = {
-    "rss_mb": "a Python process against one Go binary: the interpreter and trio alone are "
-              "about 25 MB, grpc (etcd's client) 14 MB of it a shared library, pyroute2's "
-              "IPRoute (asyncio-based) 6 MB, cryptography 8 MB (its own OpenSSL); "
-              "bench/RESULTS.md has the breakdown; the vxmesh-gossip rows give the gossip "
-              "stack alone",
-    "cpu_pct": "each wake-up of the Python agent costs 0.2 ms where serf's Go runtime costs "
-               "microseconds: an idle agent still wakes per probe and packet, for the etcd "
-               "lease keep-alive and its seed refresh, and grpc's own threads poll every "
-               "200 ms; the vxmesh-gossip rows give the gossip stack alone",
+    "rss_mb": "a CPython process with the libraries the agent must use against one Go "
+              "binary: RSS added by each import (bench/RESULTS.md) is the interpreter 10.7 "
+              "MiB, ssl 5.1 (trio and asyncio import it), trio 9.0, cryptography 6.7 (its own "
+              "OpenSSL), grpc 9.4 (BoringSSL) with etcd3 and protobuf 3.9, pyroute2's IPRoute "
+              "3.6, prometheus_client 1.5: 50 MiB before the agent's own code (about 19), "
+              "where 2.5x serf is about 36",
+    "cpu_pct": "grpc's own threads wake about 1,900 times a minute in an idle agent (its "
+               "channel spin thread polls every 200 ms, four event-engine threads, timer and "
+               "lifeguard; no GRPC_* setting changes it) and the trio loop wakes per probe and "
+               "packet, for the etcd lease keep-alive and the seed refresh; a step of the Python "
+               "loop costs about 0.2 ms of CPU (measured) where serf's Go runtime costs "
+               "microseconds; "
+               "bench/RESULTS.md has the per-thread figures",
     "detect_first_s": _WHY_DETECTION,
     "detect_all_s": _WHY_DETECTION,
     "dissemination_s": "an endpoint change includes creating the endpoint on h1 (namespace, "
-                       "veth, address) and programming every kernel, where serf's figure is "
-                       "gossip alone; both ride a 200 ms gossip tick, so medians fall on the "
-                       "same steps",
-    "vxmesh-gossip dissemination_s": "the record waits for the next 200 ms gossip tick on "
-                                     "every hop, as serf's user event does; where it took a "
-                                     "tick more than serf, this run does not establish why",
+                       "veth, address: `local_samples_s` in the JSON) and programming every "
+                       "kernel, where serf's figure is gossip alone; no hop waits for a gossip "
+                       "tick (fresh news brings the round forward), so the rest is the Python "
+                       "agents' loops on a loaded machine",
+    "vxmesh-gossip dissemination_s": "every hop relays fresh news at once (a gossip round "
+                                     "brought forward, at most one per 50 ms); the runner's "
+                                     "Python loop and the machine's load add to each hop; "
+                                     "not measured further",
     "false_positives": "failure events about live nodes, summed over observers; under the "
                        "machine's load a slow agent misses acks",
 }
