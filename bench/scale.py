@@ -1,6 +1,6 @@
 """Gossip at scale: the simulator at growing N, vxmesh's LAN preset against memberlist's.
 
-Usage: bench/scale.py [--nodes 100,300,1000,3000,10000] [--cold-start 1000:1,10000:3]
+Usage: bench/scale.py [--nodes 100,300,1000,3000,10000] [--cold-start 1000:1,3000:3]
                       [--duration SECONDS] [--seed 1] [--json]
 
 For each N, `gossip.sim.run_scenario` runs the real `Swim` state machines on a seeded fake
@@ -15,7 +15,9 @@ LAN defaults, the baseline serf and Docker use), and measures in simulated secon
   directory, see gossip.members; at 10,000 nodes 10^8 member views).
 Cold starts (`--cold-start N:S,...`): N nodes, of which S seeds are up and know each other,
 the N - S others all started at t = 1 s through the S seeds; cold_converged_s = until every
-node sees every node (the `join` scenario with N - S joiners), for both profiles.
+node sees every node (the `join` scenario with N - S joiners), for both profiles. A cold start
+is O(N^2) work and memory (each node learns, and queues a broadcast for, every member): 10,000
+nodes through 3 seeds would hold ~10^8 pending broadcasts (an estimate, not a run).
 Prints a table with the lan/memberlist ratio, writes a PNG plot of the three metrics against
 N (log x axis, with a c*log10(N) reference so logarithmic growth can be seen) to
 bench/out/scale.png; with --json the last line is one object {"rows": [...], "plot": path}.
@@ -167,9 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", default="100,300,1000,3000,10000",
                         help="comma-separated cluster sizes (each >= 4)")
-    parser.add_argument("--cold-start", default="1000:1,10000:3",
+    parser.add_argument("--cold-start", default="1000:1,3000:3",
                         help="comma-separated N:S cold starts (N nodes at once through S "
-                             "seeds); empty for none")
+                             "seeds); empty for none. 10000:3 is estimated above 8 GB: every node "
+                             "queues a broadcast for each of the N members it learns")
     parser.add_argument("--duration", type=float, default=None,
                         help="simulated seconds per scenario (default: the simulator's, "
                              "30 s for join and 60 s for fail)")
