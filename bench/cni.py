@@ -5,7 +5,7 @@ Usage: bench/cni.py [--runs N] [--json]        (root; run it under `flock /work/
 A lab of two namespace hosts (`agent.lab.hosts.Lab`: etcd, one real agent per host) in a
 directory and with a namespace prefix of its own. On host h1, as a runtime would (the plugin
 executed in the host's namespace with `CNI_*` variables and the configuration on stdin, see
-`tests/cni/plugin_run.py`), each run makes a fresh container namespace and times, from exec
+`agent.cni.invoke.run_plugin`), each run makes a fresh container namespace and times, from exec
 to exit of the plugin process:
 
 | system | configuration                                                                 |
