@@ -11,6 +11,9 @@ Rules:
 - `apply()`: (1) when a resync is flagged (at start, periodically, after a surprising
   failure) re-read links, FDB and neighbor entries from full kernel dumps and make that the
   kernel view; (2) bring devices to the desired shape (bridges, vxlan devices, bridge ports);
+  A change of a network's local ports alone (an endpoint made or removed here) is not a
+  device pass: only the new ports are attached (a port that went needs nothing), so an
+  endpoint costs its own port, not a dump of every link and a look at every port;
   (3) write pending updates, then pending deletions, all in one ordered batch (neighbor
   entries before FDB entries, as flannel does, so the kernel never needs to ARP across the
   tunnel). A key whose write failed stays pending and is retried by the next apply; a bad
@@ -43,7 +46,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -184,6 +187,23 @@ def _entry_kinds(fdb: DeltaTracker[FdbKey, str], flood: DeltaTracker[FloodKey, b
     return (neighbor_kind, fdb_kind, flood_kind)
 
 
+def _added_ports(before: Mapping[str, DesiredNetwork], after: Mapping[str, DesiredNetwork]
+                 ) -> list[tuple[DesiredNetwork, str]] | None:
+    """The ports to attach when `after` differs from `before` in networks' ports alone (each
+    with its network); None when anything else changed (a device pass is due)."""
+    if before.keys() != after.keys():
+        return None
+    added: list[tuple[DesiredNetwork, str]] = []
+    for name, network in after.items():
+        old = before[name]
+        if network == old:
+            continue
+        if replace(old, ports=network.ports) != network:
+            return None
+        added.extend((network, port) for port in sorted(network.ports - old.ports))
+    return added
+
+
 def _spec(network: DesiredNetwork, udp_csum: bool) -> VxlanSpec:
     return VxlanSpec(name=network.vxlan, vni=network.vni, port=network.port,
                      local=network.local, mtu=network.mtu, mac=network.vxlan_mac,
@@ -215,6 +235,7 @@ class Reconciler:
         self._links: list[LinkRecord] | None = None
         self._resync_needed = True
         self._devices_dirty = True
+        self._new_ports: list[tuple[DesiredNetwork, str]] = []
         self._ops: Counter[str] = Counter()
         self._applies = 0
         self._resyncs = 0
@@ -314,13 +335,20 @@ class Reconciler:
         total = 0
         networks, self._newest_networks = self._newest_networks, None
         if networks is not None and networks != self._networks:
-            self._devices_dirty = True
+            added = None if self._devices_dirty else _added_ports(self._networks, networks)
+            if added is None:
+                self._devices_dirty = True
+            else:
+                self._new_ports.extend(added)
             self._networks = dict(networks)
         try:
             if self._resync_needed:
                 await self._resync()
             if self._devices_dirty:
+                self._new_ports.clear()  # the device pass attaches every port
                 total += await self._apply_devices(failures)
+            elif self._new_ports:
+                total += await self._attach_new_ports(failures)
             total += await self._apply_entries(failures)
         except (KernelError, UnderlayError, OSError) as exc:
             # A dump or a whole batch failed: keep everything dirty, look again next time.
@@ -427,6 +455,21 @@ class Reconciler:
                 failures.append(f"network {network.network} ({network.vxlan}): {exc}")
         self._devices_dirty = len(failures) > failed_before
         return operations
+
+    async def _attach_new_ports(self, failures: list[str]) -> int:
+        """Only ports joined a network: attach those. Any failure (a port already gone, the
+        bridge missing) leaves it to a whole device pass, which looks at the kernel first."""
+        ports, self._new_ports = self._new_ports, []
+        for network, port in ports:
+            try:
+                await self.kernel.attach(port, network.bridge, network.mtu)
+                self._count(0)
+            except (KernelError, UnderlayError) as exc:
+                self._count(exc.errno if isinstance(exc, KernelError) and exc.errno else -1)
+                self._devices_dirty = True
+                if not (isinstance(exc, KernelError) and exc.errno == errno_codes.ENODEV):
+                    failures.append(f"attach {port} to {network.bridge}: {exc}")
+        return len(ports)
 
     async def _ensure_network(self, network: DesiredNetwork,
                               by_name: dict[str, LinkRecord]) -> None:

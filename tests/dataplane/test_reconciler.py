@@ -380,3 +380,30 @@ async def test_wait_applied_returns_a_pass_that_started_after_the_call() -> None
     assert [(p.number, p.in_sync) for p in results] == [(2, True)]
     assert [(p.number, p.in_sync) for p in seen] == [(1, False), (2, True)]
     assert seen[-1].seconds == reconciler.statistics().last_apply_seconds
+
+
+async def test_an_endpoint_joining_attaches_its_port_alone_and_a_vanished_one_is_repaired() -> None:
+    kernel = FakeKernel()
+    kernel.add_link("vxe1", "veth", mtu=1500)
+    reconciler = Reconciler(kernel)
+    reconciler.set_desired(desired(local=[LocalEndpoint("blue", "vxe1")]))
+    assert await reconciler.apply()
+    kernel.link_calls.clear()
+    kernel.add_link("vxe2", "veth", mtu=1500)
+    reconciler.set_desired(desired(local=[LocalEndpoint("blue", "vxe1"),
+                                          LocalEndpoint("blue", "vxe2")]))
+    assert await reconciler.apply()
+    assert kernel.link_calls == ["attach vxe2"]  # no device pass: no bridge ensured again
+    port = kernel.link("vxe2")
+    assert port is not None and port.mtu == 1450 and port.master == kernel.index("vxbr4097")
+    # A port gone before its attach, then the bridge deleted behind our back: the next pass
+    # is a whole device pass that repairs the bridge and skips the missing port.
+    reconciler.set_desired(desired(local=[LocalEndpoint("blue", "vxe1"),
+                                          LocalEndpoint("blue", "vxe2"),
+                                          LocalEndpoint("blue", "vxe-gone")]))
+    await kernel.delete_link(kernel.index("vxbr4097"))
+    kernel.link_calls.clear()
+    assert not await reconciler.apply()  # the attach found nothing: a device pass is due
+    assert await reconciler.apply()
+    assert kernel.link_calls[0] == "ensure_bridge vxbr4097"
+    assert {kernel.link(p).master for p in ("vxe1", "vxe2")} == {kernel.index("vxbr4097")}
