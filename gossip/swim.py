@@ -64,7 +64,10 @@ Protocol (memberlist's algorithms, our structure):
   counted (`implausible_claims`), about ourselves too (we do not refute up to it). So a
   forgery can move an incarnation by at most 2**20 per accepted claim, the victim's
   refutation (one above the claim) always fits in 64 bits, and it wins back its identity as
-  soon as it hears the forgery.
+  soon as it hears the forgery. Unsigned, a viewer can be moved more than 2**20 above the
+  victim by two forgeries it accepts before the victim hears either (a suspect, then an
+  alive): the victim then drops the claim as implausible and does not refute it
+  (tests/gossip/test_swim_attacks.py, an xfail); signed claims (the agent's default) close it.
 
 Events: `MemberJoined` (new, or back from failed/left), `MemberUpdated` (address or
 metadata changed while alive), `MemberSuspected`, `MemberRecovered` (a suspect refuted),
