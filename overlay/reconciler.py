@@ -204,6 +204,11 @@ def _added_ports(before: Mapping[str, DesiredNetwork], after: Mapping[str, Desir
     return added
 
 
+def _failure_code(exc: UnderlayError) -> int:
+    """The errno a failed device operation is counted under (-1: none known)."""
+    return exc.errno if isinstance(exc, KernelError) and exc.errno else -1
+
+
 def _spec(network: DesiredNetwork, udp_csum: bool) -> VxlanSpec:
     return VxlanSpec(name=network.vxlan, vni=network.vni, port=network.port,
                      local=network.local, mtu=network.mtu, mac=network.vxlan_mac,
@@ -441,7 +446,7 @@ class Reconciler:
                 self._forget_device(link.name)
                 del by_name[link.name]
             except (KernelError, UnderlayError) as exc:
-                self._count(exc.errno if isinstance(exc, KernelError) and exc.errno else -1)
+                self._count(_failure_code(exc))
                 failures.append(f"delete {link.name}: {exc}")
         for name in sorted(self._networks):
             network = self._networks[name]
@@ -450,8 +455,7 @@ class Reconciler:
                 await self._ensure_network(network, by_name)
                 self._count(0)
             except (KernelError, UnderlayError) as exc:
-                code = exc.errno if isinstance(exc, KernelError) and exc.errno else -1
-                self._count(code)
+                self._count(_failure_code(exc))
                 failures.append(f"network {network.network} ({network.vxlan}): {exc}")
         self._devices_dirty = len(failures) > failed_before
         return operations
@@ -465,9 +469,10 @@ class Reconciler:
                 await self.kernel.attach(port, network.bridge, network.mtu)
                 self._count(0)
             except (KernelError, UnderlayError) as exc:
-                self._count(exc.errno if isinstance(exc, KernelError) and exc.errno else -1)
+                code = _failure_code(exc)
+                self._count(code)
                 self._devices_dirty = True
-                if not (isinstance(exc, KernelError) and exc.errno == errno_codes.ENODEV):
+                if code != errno_codes.ENODEV:
                     failures.append(f"attach {port} to {network.bridge}: {exc}")
         return len(ports)
 
