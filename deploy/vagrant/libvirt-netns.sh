@@ -12,7 +12,8 @@
 #
 # The namespace (`${VXMESH_LV_PREFIX:-vxlv}` and a checksum of DIR) and libvirtd stay up
 # between commands (the VMs live in that namespace); `down` runs `vagrant destroy -f`, stops
-# libvirtd and virtlogd, kills any qemu libvirt left (by the pid files under DIR) and deletes
+# libvirtd and virtlogd, kills any qemu and network dnsmasq libvirt left (by the pid files
+# under DIR: stopping libvirtd does not stop its networks' dnsmasq) and deletes
 # the namespace. Needs Debian's vagrant-libvirt, libvirt-daemon, libvirt-daemon-driver-qemu,
 # dnsmasq-base (deploy/setup.sh --vm) and the local box: `build-box.sh --box` is added to DIR's
 # VAGRANT_HOME as vxmesh/debian12 and used (VXMESH_BOX=local). The machines have no route out:
@@ -35,7 +36,8 @@ if [ "${1:-}" = "down" ]; then
     if ip netns list | grep -q "^$netns\b"; then
         "$0" "$dir" destroy -f || true
     fi
-    for pidfile in "$pids"/libvirtd.pid "$pids"/virtlogd.pid "$pids"/qemu/*.pid; do
+    for pidfile in "$pids"/libvirtd.pid "$pids"/virtlogd.pid "$pids"/qemu/*.pid \
+                   "$pids"/network/*.pid; do
         [ -f "$pidfile" ] || continue
         pid=$(cat "$pidfile")
         kill "$pid" 2>/dev/null || true
