@@ -8,6 +8,13 @@ nftables table of our own per namespace, and idle CPU / RSS read from /proc.
 
 Rules: traffic only inside the lab's namespaces (10.77.0.0/16 on `eth0`, loopback inside each
 namespace for RPC); never touches a process, namespace or nftables table it did not create.
+Neighbours are pinned: every host gets a permanent ARP entry for every other host and for the
+switch's address, the switch one for every host. The kernel's ARP table is one for all
+namespaces, and its dynamic entries are capped machine-wide (net.ipv4.neigh.default.gc_thresh3,
+1,024 by default): N hosts in a full mesh need N*(N-1) of them, 1,560 at N=40, so without
+pinning a 40-host lab overflows it ("neighbor table overflow", sends fail with ENOBUFS and TCP
+connects time out). Permanent entries are exempt from that cap (kernel >= 4.19) and the
+host-wide setting stays as it is.
 May import: the standard library, `agent.lab.namespaces` and `underlay.netns_exec` (installed
 in the venv by deploy/setup.sh; the bench scripts run as plain files with its python).
 """
@@ -175,6 +182,7 @@ class BenchLab:
         self.hosts: list[LabHost] = []
         self.agents: list[AgentProcess] = []
         self._lossy: list[LabHost] = []
+        self._macs: dict[str, str] = {}
         self.switch = ""
         self.prefix = self._netns.prefix
 
@@ -187,6 +195,10 @@ class BenchLab:
                 addr = f"10.77.0.{index}"
                 self._netns.plug(switch, netns, "eth0", [f"{addr}/16"])
                 self.hosts.append(LabHost(name, netns, addr))
+            self._macs = {host.addr: _mac(host.netns, "eth0") for host in self.hosts}
+            for host in self.hosts:
+                _pin_neighbours(host.netns, "eth0", {a: m for a, m in self._macs.items()
+                                                     if a != host.addr})
         except BaseException:
             self.close()
             raise
@@ -198,6 +210,10 @@ class BenchLab:
     def add_switch_address(self, cidr: str) -> None:
         """Give the switch's bridge an address (for a service all hosts reach, e.g. etcd)."""
         run(["ip", "addr", "add", cidr, "dev", "br0"], netns=self.switch)
+        address, mac = cidr.split("/")[0], _mac(self.switch, "br0")
+        for host in self.hosts:
+            _pin_neighbours(host.netns, "eth0", {address: mac})
+        _pin_neighbours(self.switch, "br0", self._macs)
 
     def spawn(self, host: LabHost, argv: Sequence[str], env: dict[str, str] | None = None,
               cwd: Path | None = None) -> AgentProcess:
@@ -228,6 +244,18 @@ class BenchLab:
         self.agents.clear()
         self.clear_input_loss()
         self._netns.close()
+
+
+def _mac(netns: str, ifname: str) -> str:
+    return run(["cat", f"/sys/class/net/{ifname}/address"], netns=netns).stdout.strip()
+
+
+def _pin_neighbours(netns: str, ifname: str, macs: dict[str, str]) -> None:
+    """Permanent ARP entries on `ifname` in `netns`: address -> MAC (see the module doc)."""
+    script = "".join(f"neigh replace {address} lladdr {mac} dev {ifname} nud permanent\n"
+                     for address, mac in macs.items())
+    subprocess.run(ip_netns_exec(netns, ["ip", "-batch", "-"]), input=script, text=True,
+                   check=True, capture_output=True, timeout=30)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
