@@ -35,6 +35,14 @@ each phase with its minor page faults (fresh memory touched: a table growing):
 (`..._step_cpu_ms_max`: the longest by CPU time, `..._step_faults`: that step's faults),
 `step_ms_max` and `step_cpu_ms_max` over all four (target 10) and
 `full_recompute_step_ms` (the baseline's one step).
+A timer task runs beside all of it, due `TIMER_PERIOD_S` after each wake as a gossip timer
+re-arms: how late each wake ran, by phase (`<phase>_timer_wakes`, `_timer_late_ms_p99`,
+`_timer_late_ms_max`, `_timer_late_over_10ms`, `_timer_steps_behind_max`: the most other
+task steps that ran between its deadline and its wake, `_timer_behind_cpu_ms_max`: the most
+CPU such steps took before one wake: the delay without preemption) and over the incremental
+phases (`timer_late_ms_max`, `timer_late_ms_p99`, `timer_late_over_10ms`,
+`timer_steps_behind_max`, `timer_wakes`, `timer_behind_cpu_ms_max`; target: never later than
+10 ms).
 
 May import: the standard library, trio, overlay.*, agent.runtime.pipeline.
 """
@@ -73,6 +81,7 @@ from overlay.table import Entry, NeighborTable  # noqa: E402
 from underlay.records import FdbRecord, LinkRecord, NeighborRecord, VxlanSpec, Write  # noqa: E402
 
 OWNERS = 1000
+TIMER_PERIOD_S = 0.001  # the timer beside the work wakes this long after its last wake
 PHASES = ("build", "change", "owner_fail", "join")  # the incremental work, timed step by step
 NETWORKS = 10
 NODE = "bench-self"
@@ -220,6 +229,12 @@ class StepTimes(trio.abc.Instrument):
         self.longest: dict[str, Step] = {}  # by wall time
         self.longest_cpu: dict[str, Step] = {}  # by CPU time (without preemption)
         self._start: tuple[float, float, int] | None = None
+        # The timer beside the work (`timer`): its task, its deadline (perf_counter seconds,
+        # None while it runs) and the steps of other tasks that ran since that deadline.
+        self.timer_task: trio.lowlevel.Task | None = None
+        self.timer_due: float | None = None
+        self.behind = 0
+        self.behind_cpu_ms = 0.0
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         self._start = (time.perf_counter(), time.thread_time(),
@@ -236,6 +251,33 @@ class StepTimes(trio.abc.Instrument):
             self.longest[self.phase] = step
         if step.cpu_ms > self.longest_cpu.get(self.phase, Step()).cpu_ms:
             self.longest_cpu[self.phase] = step
+        if self.timer_due is not None and task is not self.timer_task \
+                and time.perf_counter() > self.timer_due:
+            self.behind += 1  # the timer is due and this step ran before it
+            self.behind_cpu_ms += step.cpu_ms
+
+
+@dataclass(frozen=True)
+class Late:
+    """One wake of the timer: how late it ran (wall ms), and the other task steps that ran
+    after its deadline before it did (how many, and their CPU ms: the step in progress at the
+    deadline counts whole)."""
+
+    wall_ms: float
+    steps: int
+    steps_cpu_ms: float
+
+
+async def timer(steps: StepTimes, late: dict[str, list[Late]], period: float) -> None:
+    """A periodic timer beside the work, as the gossip core's probe and gossip timers run
+    (a deadline `period` after its last wake): each wake's lateness, by phase."""
+    steps.timer_task = trio.lowlevel.current_task()
+    while True:
+        steps.timer_due, steps.behind, steps.behind_cpu_ms = time.perf_counter() + period, 0, 0.0
+        await trio.sleep(period)
+        woke = time.perf_counter()
+        late.setdefault(steps.phase, []).append(
+            Late((woke - steps.timer_due) * 1000, steps.behind, steps.behind_cpu_ms))
 
 
 async def held_loop(work: Callable[[], Any]) -> tuple[float, float, float, float]:
@@ -279,6 +321,51 @@ async def measure(endpoints: int, changes: int, joins: int, seed: int,
                         members=lambda: dict(fixture.members))
     steps = StepTimes()
     trio.lowlevel.add_instrument(steps)
+    late: dict[str, list[Late]] = {}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(timer, steps, late, TIMER_PERIOD_S)
+        result = await phases(fixture, pipeline, reconciler, steps, changes, joins, rng,
+                              progress)
+        nursery.cancel_scope.cancel()
+    trio.lowlevel.remove_instrument(steps)
+    return {**result, **timer_figures(late)}
+
+
+def timer_figures(late: dict[str, list[Late]]) -> dict[str, Any]:
+    """The timer's lateness by phase: wakes, p99 and max wall ms, wakes later than 10 ms,
+    the most other task steps it waited behind and the most CPU ms they took (what the loop's
+    other work delayed it by, without preemption by other processes)."""
+    figures: dict[str, Any] = {}
+    for phase in (*PHASES, "full_recompute"):
+        wakes = late.get(phase, [])
+        if not wakes:
+            continue
+        walls = [w.wall_ms for w in wakes]
+        figures |= {f"{phase}_timer_wakes": len(wakes),
+                    f"{phase}_timer_late_ms_p99": round(percentile(walls, 0.99), 3),
+                    f"{phase}_timer_late_ms_max": round(max(walls), 3),
+                    f"{phase}_timer_late_over_10ms": sum(1 for w in walls if w > 10.0),
+                    f"{phase}_timer_steps_behind_max": max(w.steps for w in wakes),
+                    f"{phase}_timer_behind_cpu_ms_max": round(max(w.steps_cpu_ms
+                                                                  for w in wakes), 3)}
+    incremental = [w for phase in PHASES for w in late.get(phase, [])]
+    walls = [w.wall_ms for w in incremental]
+    figures |= {"timer_period_ms": TIMER_PERIOD_S * 1000,
+                "timer_wakes": len(incremental),
+                "timer_late_ms_p99": round(percentile(walls, 0.99), 3) if walls else None,
+                "timer_late_ms_max": round(max(walls), 3) if walls else None,
+                "timer_late_over_10ms": sum(1 for w in walls if w > 10.0),
+                "timer_steps_behind_max": max((w.steps for w in incremental), default=0),
+                "timer_behind_cpu_ms_max": round(max((w.steps_cpu_ms for w in incremental),
+                                                         default=0.0), 3)}
+    return figures
+
+
+async def phases(fixture: Fixture, pipeline: Pipeline, reconciler: Reconciler,
+                 steps: StepTimes, changes: int, joins: int, rng: random.Random,
+                 progress: Callable[[str], None]) -> dict[str, Any]:
+    """The timed phases, one after the other (the timer runs beside them)."""
+    endpoints = fixture.endpoints
     progress("start-up build ...")
     await trio.sleep(0)
     steps.phase = "build"
@@ -365,7 +452,6 @@ async def measure(endpoints: int, changes: int, joins: int, seed: int,
     def p99(rows: list[tuple[float, float]], column: int = 0) -> float:
         return percentile([row[column] for row in rows], 0.99)
 
-    trio.lowlevel.remove_instrument(steps)
     incremental = [steps.longest.get(phase, Step()) for phase in PHASES]
     incremental_cpu = [steps.longest_cpu.get(phase, Step()) for phase in PHASES]
     worst = max(incremental, key=lambda step: step.wall_ms)
@@ -453,6 +539,22 @@ def table(result: dict[str, Any]) -> str:
         f"  {'any of them (step_ms_max)':40} {result['step_ms_max']:8.3f} {'':8} {'<= 10':>7} "
         f"{'':8} {result['step_cpu_ms_max']:8.3f}",
         f"  {'baseline: one full recompute':40} {result['full_recompute_step_ms']:8.3f}",
+        f"a timer beside the work, due {result['timer_period_ms']:g} ms after each wake: how "
+        "late it ran (wall ms), wakes later than 10 ms, most task steps it waited behind and "
+        "most CPU ms they took",
+        f"  {'phase':24} {'wakes':>7} {'p99 ms':>8} {'max ms':>8} {'>10 ms':>7} "
+        f"{'steps':>7} {'their cpu':>9}",
+        *(f"  {phase:24} {result[phase + '_timer_wakes']:7d} "
+          f"{result[phase + '_timer_late_ms_p99']:8.3f} "
+          f"{result[phase + '_timer_late_ms_max']:8.3f} "
+          f"{result[phase + '_timer_late_over_10ms']:7d} "
+          f"{result[phase + '_timer_steps_behind_max']:7d} "
+          f"{result[phase + '_timer_behind_cpu_ms_max']:9.3f}"
+          for phase in (*PHASES, "full_recompute") if phase + "_timer_wakes" in result),
+        f"  {'incremental, all phases':24} {result['timer_wakes']:7d} "
+        f"{result['timer_late_ms_p99'] or 0:8.3f} {result['timer_late_ms_max'] or 0:8.3f} "
+        f"{result['timer_late_over_10ms']:7d} {result['timer_steps_behind_max']:7d} "
+        f"{result['timer_behind_cpu_ms_max']:9.3f}",
         f"{'baseline: full recompute + hand-over':42} {full:8.1f} {'':8} {'':7} "
         f"{result['full_recompute_cpu_ms']:8.1f}   (wall min "
         f"{result['full_recompute_ms_min']:.1f}, max {result['full_recompute_ms_max']:.1f};"

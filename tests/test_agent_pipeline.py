@@ -12,7 +12,7 @@ import trio.testing
 
 from agent.runtime.metrics import AgentMetrics, MetricsSnapshot
 from agent.runtime.pipeline import STEP, DesiredInputs, Pipeline, moves_kernel_entry
-from overlay.desired import NetworkSpec, UnderlayView
+from overlay.desired import DesiredChanges, NetworkSpec, UnderlayView
 from overlay.reconciler import Reconciler, run_dataplane
 from overlay.table import EndpointChanged, Entry
 from tests.dataplane.fake_kernel import FakeKernel
@@ -103,6 +103,45 @@ async def test_settling_runs_in_slices_each_handed_over(
         await wait_settled(reconciler, pipeline)
         assert pipeline.statistics().handovers - before == -(-1000 // STEP)
         assert len(pipeline.desired.fdb) == 1000
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_task_woken_during_a_slice_runs_before_the_next_slice(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """A task made runnable during a slice (a gossip timer falling due, a packet's receiver)
+    runs before the next slice, whatever order trio runs its batch in: it waits for the slice
+    in progress only, never for two."""
+    log: list[str] = []
+    woken = trio.Event()
+
+    class Recording(Reconciler):
+        def update_desired(self, changes: DesiredChanges) -> None:
+            log.append("slice")
+            woken.set()
+            super().update_desired(changes)
+
+    async def timer() -> None:
+        nonlocal woken
+        while True:
+            await woken.wait()
+            woken = trio.Event()
+            log.append("timer")
+
+    reconciler = Recording(FakeKernel(), clock=trio.current_time)
+    inputs = Inputs()
+    pipeline = inputs.pipeline(reconciler, slice_seconds=0.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pipeline.run)
+        await nursery.start(run_dataplane, reconciler)
+        nursery.start_soon(timer)
+        await trio.sleep(1)
+        log.clear()
+        for i in range(2000):
+            inputs.put(pipeline, entry(i))
+        await wait_settled(reconciler, pipeline)
+        slices = log.count("slice")
+        assert slices == -(-2000 // STEP)  # 63 slices: each would lose a coin toss before
+        assert log == ["slice", "timer"] * slices
         nursery.cancel_scope.cancel()
 
 

@@ -26,9 +26,10 @@ Rules:
   burst of a thousand events on one endpoint costs one settle of it. Gossip never waits on the
   kernel.
 - Work on the trio loop is bounded: settling and the start-up feed run in slices of at most
-  `slice_seconds` (checked every `STEP` endpoints) with a checkpoint between slices, so
-  gossip timers are not held up by desired state; each slice's changes are handed over at
-  once. A settle round runs at most once per
+  `slice_seconds` (checked every `STEP` endpoints) with two checkpoints between slices
+  (`_between_slices`), so a gossip timer or packet that became due during a slice runs
+  before the next slice: it waits for at most the one slice that was running; each slice's
+  changes are handed over at once. A settle round runs at most once per
   `min_interval`; the reconciler throttles its own applies.
 
 May import: trio, overlay (desired, reconciler, table), the standard library.
@@ -210,13 +211,13 @@ class Pipeline:
         for count, (name, (vtep, tunnel)) in enumerate(self._members().items(), 1):
             state.resync_member(name, vtep, tunnel)
             if count % STEP == 0 and self._clock() - started >= self._slice:
-                await trio.sleep(0)
+                await _between_slices()
                 started = self._clock()
         for count, entry in enumerate(self._endpoints(), 1):
             state.resync_endpoint((entry.network, entry.ip), endpoint_entry(entry))
             if count % STEP == 0 and self._clock() - started >= self._slice:
                 self._freeze_after_growth()
-                await trio.sleep(0)
+                await _between_slices()
                 started = self._clock()
         state.end_resync()
         await self.settle()
@@ -249,7 +250,7 @@ class Pipeline:
             self._last_slice = self._clock() - started
             if not remaining:
                 return
-            await trio.sleep(0)
+            await _between_slices()
 
     def _freeze_after_growth(self) -> None:
         """Move long-lived objects out of the cyclic collector's reach (`gc.freeze`) once
@@ -290,6 +291,18 @@ class Pipeline:
                     self._observe(max(0.0, now - pending.arrived))
                 self._observed += 1
             self._pending.clear()
+
+
+async def _between_slices() -> None:
+    """Let every task that became runnable during a slice run before the next slice.
+
+    Trio runs the tasks made runnable in one pass of its loop as one batch, reversed half the
+    time: a timer whose deadline passed during our slice (or a task a packet woke) lands in
+    the same batch as our return from a single checkpoint and may come after it, waiting for
+    the slice in progress and then the whole next one. The second checkpoint puts the next
+    slice in the batch after: such a task waits for at most the slice that was running."""
+    await trio.sleep(0)
+    await trio.sleep(0)
 
 
 def moves_kernel_entry(event: EndpointChanged) -> bool:
