@@ -54,6 +54,16 @@ Protocol (memberlist's algorithms, our structure):
   O(log n) rounds, where alive messages piggybacked one by one would take O(n)). A remote
   claim that a member we see alive is suspect or dead makes us suspect it locally (not
   broadcast) and tell that member directly, so a wrongly failed side refutes fast.
+  What a push-pull teaches about third parties is anti-entropy: it is queued for piggyback
+  (as memberlist does) only while fewer than `PULLED_NEWS_ROOM` broadcasts are pending. The
+  peer had it, so it already rode, or rides, the gossip of whoever told the peer, and the
+  news's own source (the member announcing itself, refuting, leaving; the detector of a
+  failure) spreads it by gossip regardless; in a small cluster, with a retransmit limit of
+  two or four, the extra transmissions are what makes joins reach everyone before the next
+  push-pull, and they fit. Queued without a bound they made a cold start O(N^2)
+  broadcasts (each of N nodes queueing all N members it learns). News about the peer
+  itself is always queued (a joiner's push-pull with a seed is how the seed hears of it),
+  and so are our own refutations.
 - re-join: every `reconnect_interval_s` a push-pull with one random failed member we still
   remember; this is what heals partitions (serf's reconnect; bare memberlist has none).
 - graceful leave: a DEAD message about ourselves sent from ourselves; peers mark us LEFT at once.
@@ -146,6 +156,9 @@ PROVEN_ADDRESSES = 4096
 MAX_RELAYS = 1024
 #: Claims (newest per node) kept while the node's public key is being fetched.
 MAX_HELD_CLAIMS = 1024
+#: News a push-pull teaches about third parties is queued for piggyback only while fewer
+#: broadcasts than this are pending (a cold start would queue every member at every node).
+PULLED_NEWS_ROOM = 64
 
 #: How many probe round trips a `Swim` keeps until `take_probe_rtts` drains them.
 PROBE_RTT_SAMPLES = 1024
@@ -250,6 +263,9 @@ class SwimStatistics:
     relays_refused: int
     bad_signatures: int
     unknown_keys: int
+    #: News about third parties a push-pull taught us, not queued for piggyback (the queue
+    #: held `PULLED_NEWS_ROOM` broadcasts or more).
+    pulled_unqueued: int
 
 
 def _snapshot(node: MemberNode) -> Member:
@@ -389,13 +405,15 @@ class Swim:
              "probes_failed", "indirect_pings_sent", "suspicions_started", "refutations",
              "push_pulls_started", "reconnects_started", "push_pull_chunks_merged",
              "implausible_claims", "replies_capped", "relays_refused", "bad_signatures",
-             "unknown_keys"), 0)
+             "unknown_keys", "pulled_unqueued"), 0)
         # Addresses that answered our probe directly; replies to any other address that is
         # not a member's stay within twice the request (no amplification).
         self._proven: dict[Addr, None] = {}
         self._reply_room = math.inf
-        # Where the packet or push-pull being handled came from (None: none is).
+        # Where the packet or push-pull being handled came from (None: none is), and whether
+        # it is a push-pull's membership (what it teaches about others is not re-broadcast).
         self._news_from: Addr | None = None
+        self._pulling = False
         self._at(now + rng.uniform(0, config.probe_interval_s), _PROBE, None)
         self._push_pull_token = 0
         # Bytes of our membership state as last sent in a push-pull (0: none yet).
@@ -573,6 +591,7 @@ class Swim:
                 self._arm_gossip_for_delegate(now)
         else:
             self._news_from = addr
+            self._pulling = True
             ids, recs, me = self._ids, self._recs, self._self
             known = len(recs)
             try:
@@ -590,6 +609,7 @@ class Swim:
                     self._merge_record(record, now)
             finally:
                 self._news_from = None
+                self._pulling = False
         return True
 
     def keys_learned(self, now: float) -> None:
@@ -807,13 +827,20 @@ class Swim:
         """Queue news about member `name`. It is never sent back to the member whose packet or
         push-pull brought it, nor (news that `name` is `alive`) to `name` itself: they know,
         and a transmission spent there is one that another member misses. Our own news goes
-        to everyone (a refutation must reach the member that suspected us)."""
+        to everyone (a refutation must reach the member that suspected us). What a push-pull
+        teaches about a third party is queued only while fewer than `PULLED_NEWS_ROOM`
+        broadcasts are pending (anti-entropy, see the module docstring); news about the peer
+        itself always is (its join)."""
         not_to: set[str] = set()
         if name != self.name:
             if alive:
                 not_to.add(name)
             # (looked up now: a push-pull may have introduced the sender a record ago)
             teller = self._owner(self._news_from) if self._news_from else None
+            if (self._pulling and (teller is None or teller.name != name)
+                    and len(self._broadcasts) >= PULLED_NEWS_ROOM):
+                self._stats["pulled_unqueued"] += 1
+                return
             if teller is not None:
                 not_to.add(teller.name)
         self._broadcasts.queue(encoded, name, not_to=frozenset(not_to))

@@ -34,6 +34,39 @@ def test_a_cold_start_through_one_seed_converges_by_join_push_pulls() -> None:
     assert ours.false_positives == 0
 
 
+def test_news_during_a_cold_start_still_reaches_everyone_by_gossip() -> None:
+    """In a cold start the queues are full and what push-pulls teach about third parties is
+    no longer queued (PULLED_NEWS_ROOM): a genuinely new fact, a metadata change made
+    half a second in, still reaches every node within the second or two gossip takes, and
+    the views converge."""
+    sim = Simulation(N, seed=3, config=LAN, formed=1)
+    sim.run_until(1.0)
+    for index in range(1, N):
+        sim.start_node(index, [0])
+    sim.run_until(1.5)
+    mover = sim.nodes[7].swim
+    assert mover is not None
+    mover.set_meta(b"moved", sim.now)
+    sim.sync_node(7)
+
+    def everyone_saw_it() -> bool:
+        for node in sim.nodes:
+            assert node.swim is not None
+            seen = node.swim.member(mover.name)
+            if node.index != 7 and (seen is None or seen.meta != b"moved"):
+                return False
+        return True
+
+    t = sim.now
+    while t < 3.5 and not everyone_saw_it():
+        t += 0.1
+        sim.run_until(t)
+    assert everyone_saw_it()
+    sim.run_until(5.0)
+    assert sim.views_converged()
+    assert sum(n.swim.statistics().pulled_unqueued for n in sim.nodes if n.swim) > 0
+
+
 def test_joins_through_one_seed_reach_everyone_by_gossip_alone() -> None:
     """What tests/gossip_shell does on loopback: four nodes join one seed, one after another,
     with the `local` preset (each broadcast sent 2 times at n = 5). Every join must reach

@@ -14,6 +14,7 @@ from gossip.errors import GossipError
 from gossip.keyring import Keyring
 from gossip.swim import (
     EARLY_ROUNDS_PER_INTERVAL,
+    PULLED_NEWS_ROOM,
     MemberFailed,
     MemberForgotten,
     MemberJoined,
@@ -359,6 +360,38 @@ def test_push_pull_state_is_chunked_within_the_limit_and_merges_whole() -> None:
     while (event := fresh.next_event()) is not None:
         joined += isinstance(event, MemberJoined)
     assert joined == 601
+
+
+def test_a_push_pull_queues_news_of_the_peer_and_a_bounded_share_of_the_rest() -> None:
+    """Anti-entropy: a fresh node learning 600 members by one push-pull queues the peer's own
+    alive (a joiner's push-pull is how a seed hears of it) and third-party news only while
+    fewer than PULLED_NEWS_ROOM broadcasts are pending; a small state is queued whole, as
+    memberlist does (its few transmissions are what spreads a join before the next
+    push-pull)."""
+    records = [MemberRecord(f"m{i:05d}", ("10.2.0.1", 7946), b"x", 0, MemberState.ALIVE)
+               for i in range(600)]
+    big = Swim(LAN, "big", ("10.0.0.1", 7946), meta=b"", rng=random.Random(1), now=0.0)
+    big.adopt_members(records, 0.0)
+    fresh = Swim(LAN, "fresh", ("10.0.0.2", 7946), meta=b"", rng=random.Random(2), now=0.0)
+    for chunk in big.push_pull_state(join=False):
+        assert fresh.merge_push_pull_chunk(chunk, big.addr, False, 1.0)
+    stats = fresh.statistics()
+    assert stats.members_alive == 601
+    assert stats.broadcasts_pending == PULLED_NEWS_ROOM
+    assert stats.pulled_unqueued == 601 - PULLED_NEWS_ROOM
+    # the peer's news is among them: it rides our next gossip to anyone but the peer
+    fresh.handle_timeout(2.0)
+    told = [m for data, _ in fresh.datagrams_to_send() for m in decode_packet(data)
+            if isinstance(m, Alive)]
+    assert any(m.node == "big" for m in told)
+
+    small = Swim(LAN, "small", ("10.0.0.3", 7946), meta=b"", rng=random.Random(3), now=0.0)
+    small.adopt_members(records[:5], 0.0)
+    peer = Swim(LAN, "peer", ("10.0.0.4", 7946), meta=b"", rng=random.Random(4), now=0.0)
+    for chunk in small.push_pull_state(join=False):
+        assert peer.merge_push_pull_chunk(chunk, small.addr, False, 1.0)
+    assert peer.statistics().broadcasts_pending == 6
+    assert peer.statistics().pulled_unqueued == 0
 
 
 def test_a_node_that_missed_the_refutation_asks_the_suspect_itself() -> None:
