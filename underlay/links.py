@@ -12,11 +12,12 @@ Rules:
   requested MTU/MAC/state); an existing object of another kind raises `LinkConflict` and
   changes nothing. Deleting something already gone is success (`kernel.is_missing`).
 - Every other kernel failure raises `KernelError` with the errno and the object's name.
-- Named namespaces are created, opened and deleted through `pyroute2.netns`; opening never
-  creates (flags=0), so a typo fails instead of making an empty namespace.
+- Named namespaces are created in this process (`underlay.netns_sockets.create_netns_at`:
+  no fork), opened and deleted through `pyroute2.netns`; opening never creates (flags=0),
+  so a typo fails instead of making an empty namespace.
 - Interface names are at most 15 bytes (IFNAMSIZ - 1); longer names are refused up front.
 
-May import: pyroute2, underlay.errors, underlay.kernel.
+May import: pyroute2, underlay.errors, underlay.kernel, underlay.netns_sockets.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pyroute2 import netns as pyroute2_netns
@@ -38,6 +40,7 @@ from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 from underlay.errors import KernelError, UnderlayError
 from underlay.kernel import is_missing, netlink_errno
 from underlay.netns_exec import netns_path
+from underlay.netns_sockets import create_netns_at
 from underlay.records import IFNAME_MAX, ifname_ok
 
 _temporary = itertools.count()
@@ -480,13 +483,11 @@ def create_netns(name: str) -> bool:
     if netns_exists(name):
         return False
     try:
-        pyroute2_netns.create(name)
-    except OSError as exc:
-        if exc.errno != errno_codes.EEXIST:
-            raise KernelError(f"create network namespace {name!r}: {exc}", exc.errno) from exc
+        create_netns_at(Path(netns_path(name)))
+    except FileExistsError:
         return False
-    with IPRoute(netns=name, flags=0) as ipr:
-        set_link(ipr, "lo", up=True)
+    except OSError as exc:
+        raise KernelError(f"create network namespace {name!r}: {exc}", exc.errno) from exc
     return True
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 
 from agent.lab.namespaces import NetnsLab, run
@@ -69,6 +72,35 @@ def test_namespaces_are_never_created_by_accident(netns_lab: NetnsLab) -> None:
     assert name in links.list_netns(prefix=netns_lab.prefix)
     assert links.delete_netns(name) is True
     assert links.delete_netns(name) is False
+
+
+def test_a_namespace_is_made_in_this_process_and_no_thread_of_ours_moves(
+        netns_lab: NetnsLab) -> None:
+    """create_netns makes the namespace on a thread of its own (no fork of the agent, about
+    a millisecond): a namespace of its own with loopback up, seen by `ip netns`, while every
+    other thread of this process stays in the namespace it was in, and the maker ends."""
+    name = f"{netns_lab.prefix}m"
+    netns_lab.namespaces.append(name)
+    before = _thread_namespaces()
+    assert links.create_netns(name) is True
+    made = os.stat(f"/run/netns/{name}").st_ino
+    assert made not in before.values()
+    # The thread that made it is gone once the OS has reaped it (join() returns just before).
+    deadline = time.monotonic() + 10
+    while made in (after := _thread_namespaces()).values() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert made not in after.values()
+    assert {tid: after[tid] for tid in before if tid in after} == \
+        {tid: ino for tid, ino in before.items() if tid in after}
+    shown = run(["ip", "-o", "link", "show", "lo"], netns=name).stdout
+    assert "LOOPBACK,UP" in shown
+    assert run(["ping", "-c", "1", "-W", "2", "127.0.0.1"], netns=name).returncode == 0
+
+
+def _thread_namespaces() -> dict[str, int]:
+    """Thread id -> the inode of its network namespace (a NetlinkThread lives in its own)."""
+    return {tid: os.stat(f"/proc/self/task/{tid}/ns/net").st_ino
+            for tid in os.listdir("/proc/self/task")}
 
 
 def test_macvlan_is_born_in_its_namespace(netns_lab: NetnsLab) -> None:
