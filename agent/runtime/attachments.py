@@ -4,9 +4,9 @@ Owns: `Attachments`, which turns an `agent.api.attach.AttachRequest` into an end
 host and the records that make it reachable: for an overlay network the address (chosen, or
 the next free one of this host's block, confirmed in etcd while it answers), joining the
 network in the neighbor table (and a bulk sync with peers in it), waiting for the network's
-bridge, the veth into the sandbox with the network's MTU and the Docker-style MAC, its NAT
-egress and its resolver, then (last, so the work it wakes runs after the reply) the table
-entry and its gossip. For a macvlan/ipvlan network (the network's driver decides the
+bridge, the veth into the sandbox with the network's MTU and the Docker-style MAC, then at
+once the table entry and its gossip (peers program their kernels while the rest is done), its
+NAT egress and its resolver. For a macvlan/ipvlan network (the network's driver decides the
 mode; a request's explicit mode must agree) the address from the same IPAM, the subnet's
 prefix, the network's gateway as default route, on the network's parent. `detach` undoes it
 in reverse. For a bridge network: its own Linux bridge on this host (NAT egress unless
@@ -173,6 +173,8 @@ class Attachments:
             mode = _driver_mode(request, network)
             if mode is Mode.OVERLAY:
                 record = await self._attach_overlay(request)
+                # Peers learn it now; its NAT egress and resolver are made while it travels.
+                self._publish_overlay(record)
             elif network is not None and mode in SEGMENT_MODES:
                 record = await self._attach_segment(network, mode, request)
             elif network is not None:  # a bridge network: local to this host
@@ -191,13 +193,8 @@ class Attachments:
                 raise NotFound(f"no network {request.network!r} (known: "
                                f"{', '.join(self._networks.names()) or 'none'})")
             if mode is Mode.OVERLAY:
-                try:
-                    await self.apply_overlay_egress()
-                    await self._names.refresh()
-                finally:
-                    self._publish_overlay(record)
-            else:
-                await self._names.refresh()
+                await self.apply_overlay_egress()
+            await self._names.refresh()
             return self._names.with_dns(attachment_of(record, self.node))
 
     async def _attach_overlay(self, request: AttachRequest) -> EndpointRecord:
@@ -294,8 +291,8 @@ class Attachments:
         return await self._endpoints.create(dataclasses.replace(spec, addresses=addresses))
 
     def _publish_overlay(self, record: EndpointRecord) -> None:
-        """The endpoint's table entries, their gossip and the pipeline's wake-up: the attach's
-        last step, so the desired-state work it wakes runs after the reply, not before."""
+        """The endpoint's table entries, their gossip and the pipeline's wake-up, as soon as
+        the endpoint exists (an endpoint change is timed until every host's kernel has it)."""
         assert record.mac is not None and record.network  # overlay records (model rule)
         # One table entry per address (same MAC, same names): peers program a neighbor entry
         # (ARP or NDP) for each and one FDB entry for the MAC.
