@@ -333,13 +333,16 @@ _DECODED_MAX = 1 << 17
 #: (network, owner, packed endpoint) -> the live Entry those bytes decode to: push-pull
 #: re-sends most of a table every time, and a live record decodes the same whatever `now`.
 _decoded: dict[tuple[str, str, bytes], Entry] = {}
+#: The same for a group's live membership.
+_decoded_memberships: dict[tuple[str, str, bytes], Membership] = {}
 _UNPACK_ERRORS = (ValueError, TypeError, msgpack.UnpackException, RecursionError)
 
 
 def _decode_state(data: bytes, now: float) -> list[Record]:
-    """A push-pull chunk read group by group; each endpoint's bytes are looked up in
-    `_decoded` before they are decoded (the same checks as `decode_records`' general path:
-    three fields, four per group, a list of endpoints, nothing after the chunk)."""
+    """A push-pull chunk read group by group; each endpoint's (and membership's) bytes are
+    looked up in `_decoded` (`_decoded_memberships`) before they are decoded (the same checks
+    as `decode_records`' general path: three fields, four per group, a list of endpoints,
+    nothing after the chunk)."""
     unpacker = msgpack.Unpacker(raw=False, use_list=True, strict_map_key=True,
                                 max_buffer_size=max(len(data), 1))
     unpacker.feed(data)
@@ -356,9 +359,19 @@ def _decode_state(data: bytes, now: float) -> list[Record]:
             if unpacker.read_array_header() != 4:
                 raise TableWireError("state group must be a list of 4 fields")
             network, owner = _name(unpacker.unpack()), _name(unpacker.unpack())
-            membership = unpacker.unpack()
-            if membership is not None:
-                records.append(_membership(network, owner, membership, now))
+            start = unpacker.tell()
+            unpacker.skip()
+            packed = data[start:unpacker.tell()]
+            if packed != b"\xc0":  # nil: a group without a membership
+                membership = _decoded_memberships.get((network, owner, packed))
+                if membership is None:
+                    membership = _membership(network, owner, msgpack.unpackb(packed, raw=False),
+                                             now)
+                    if not membership.deleted:
+                        if len(_decoded_memberships) >= _DECODED_MAX:
+                            _decoded_memberships.clear()
+                        _decoded_memberships[(network, owner, packed)] = membership
+                records.append(membership)
             try:
                 count = unpacker.read_array_header()
             except ValueError:
@@ -489,8 +502,15 @@ class _StateChunk:
 
 
 def _array_header(length: int) -> bytes:
-    packer = msgpack.Packer()
-    return packer.pack_array_header(length)
+    """msgpack's array header: fixarray below 16 items, else array 16 or array 32."""
+    if length < 16:
+        return _FIXARRAYS[length]
+    if length < 1 << 16:
+        return b"\xdc" + length.to_bytes(2, "big")
+    return b"\xdd" + length.to_bytes(4, "big")
+
+
+_FIXARRAYS = [bytes((0x90 | n,)) for n in range(16)]
 
 
 # --------------------------------------------------------------------------- the delegate
@@ -598,11 +618,9 @@ class TableDelegate:
         return targets
 
     def local_state(self, join: bool, to: str | None = None) -> Iterable[bytes]:
-        records: Iterable[Record] = self.table.records()
         shared = self.table.networks_of(to) if (
             self.config.scoped and not join and to is not None) else frozenset()
-        if shared:
-            records = (r for r in records if not isinstance(r, Entry) or r.network in shared)
+        records = self.table.records(shared or None)
         for chunk in encode_state(records, self.table.now, self.config.chunk_limit):
             self._chunks_sent += 1
             yield chunk

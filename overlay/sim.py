@@ -334,35 +334,43 @@ class _Run:
             r.detect_all_s = max(self.detected[i] for i in live) - self.kill_at
         r.decode_errors = sum(d.statistics().decode_errors for d in self.delegates)
         alive = set(live)
-        # Each live owner's own visible entries by key, read once (most views hold these very
-        # objects); anything else is checked against the owner's table as it is.
-        own = {index: {e.key: e for e in self.tables[index].endpoints()
-                       if e.owner == self.tables[index].node} for index in live}
+        # Each live owner's own visible entries, read once; most views hold these very objects,
+        # so both counts first set aside, by identity (sets of ids: C loops), the entries that
+        # are a live owner's own, and look at the rest one by one.
+        own = {index: [e for e in self.tables[index].endpoints()
+                       if e.owner == self.tables[index].node] for index in live}
+        own_ids = {id(e) for entries in own.values() for e in entries}
         for index in live:
-            for entry in self.tables[index].endpoints():
+            view = self.tables[index].endpoints()
+            odd = set(map(id, view)).difference(own_ids)
+            for entry in [e for e in view if id(e) in odd] if odd else []:
                 owner = self.index_of[entry.owner]
                 if owner not in alive:
                     r.stale_entries += 1
-                    continue
-                if own[owner].get(entry.key) is entry:
                     continue
                 truth = self.tables[owner].get(entry.network, entry.owner, entry.ip)
                 if truth is None or truth.deleted or truth.version != entry.version:
                     r.stale_entries += 1
         # Missing: an owner's entry that a live peer of its network does not show at the
-        # owner's version. Each peer's view is read once: the entry it shows for an address
-        # matches every live owner's entry of that address at the same version.
+        # owner's version: a peer's entry matches every live owner's entry of its address at
+        # the same version. An entry that is the one live owner's entry of its address (by
+        # identity) matches exactly that one (when it is not the peer's own); others are
+        # matched one by one.
         for network, members in self.members_of.items():
             owners = [i for i in members if i in alive]
             by_ip: dict[str, list[Entry]] = {}
             for owner in owners:
-                for entry in own[owner].values():
+                for entry in own[owner]:
                     by_ip.setdefault(entry.ip, []).append(entry)
+            single = {id(entries[0]) for entries in by_ip.values() if len(entries) == 1}
             total = sum(len(own[owner]) for owner in owners)
             for peer in owners:
                 node = self.tables[peer].node
-                matched = 0
-                for held in self.tables[peer].endpoints(network):
+                held_entries = self.tables[peer].endpoints(network)
+                held_ids = set(map(id, held_entries))
+                matched = len(held_ids.intersection(single).difference(map(id, own[peer])))
+                rest = held_ids.difference(single)
+                for held in [h for h in held_entries if id(h) in rest] if rest else []:
                     for entry in by_ip.get(held.ip, ()):
                         if entry.owner != node and (entry is held
                                                     or entry.version == held.version):

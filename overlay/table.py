@@ -497,14 +497,21 @@ class NeighborTable:
         With `relay`, an accepted record is queued on `records_to_send` for further gossip.
         A tombstone's deadline is capped at `now + tombstone_ttl`.
         """
+        # The same live write again (a push-pull repeats most of what we hold): what the full
+        # path below decides too, without its validation and lookups.
         if type(record) is Entry and not record.deleted:
             current = self._entries.get((record.network, record.owner, record.ip))
             if current is record or (
                     current is not None and current.version == record.version
                     and not current.deleted and current.mac == record.mac
                     and current.vtep == record.vtep and current.changed_at == record.changed_at):
-                # The same live write again (a push-pull repeats most of what we hold): what
-                # the full path below decides too, without its validation and lookups.
+                self._counts[Merge.STALE] += 1
+                return Merge.STALE
+        elif type(record) is Membership and not record.deleted:
+            held = self._memberships.get((record.network, record.node))
+            if held is record or (
+                    held is not None and held.version == record.version
+                    and not held.deleted and held.vtep == record.vtep):
                 self._counts[Merge.STALE] += 1
                 return Merge.STALE
         if record.version > self._clock + VERSION_JUMP:
@@ -571,10 +578,18 @@ class NeighborTable:
         self._send(fresh)
         return Merge.REFUTED
 
-    def records(self) -> Iterator[Record]:
-        """Everything held (entries with tombstones, memberships), for a push-pull exchange."""
+    def records(self, networks: frozenset[str] | None = None) -> Iterator[Record]:
+        """Everything held (entries with tombstones, memberships), for a push-pull exchange;
+        with `networks`, every membership but only the entries of those networks (in the same
+        order). Entries are held only for networks we take part in, so when we take part in
+        none of them no entry is looked at."""
         yield from self._memberships.values()
-        yield from self._entries.values()
+        if networks is None or self._networks <= networks:
+            yield from self._entries.values()
+        elif not self._networks.isdisjoint(networks):
+            for (network, _, _), entry in self._entries.items():
+                if network in networks:
+                    yield entry
 
     def _current(self, record: Record) -> Record | None:
         if isinstance(record, Entry):
