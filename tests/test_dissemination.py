@@ -233,17 +233,20 @@ def test_scoped_push_pull_carries_every_membership_and_shared_networks_only() ->
     a = make_delegate("a", "192.0.2.1", scoped=True)
     a.table.join_network("red", 0.0)
     b = make_delegate("b", "192.0.2.2", scoped=True)
-    _introduce([a, b])
+    c = TableDelegate(NeighborTable("c", "192.0.2.3"), DisseminationConfig(scoped=True), now=0.0)
+    c.table.join_network("green", 0.0)  # no network of a's
+    _introduce([a, b, c])
     a.table.put_endpoint(NET, "10.1.0.1", "02:00:00:00:00:01", 1.0)
     a.table.put_endpoint("red", "10.2.0.1", "02:00:00:00:00:02", 1.0)
 
     def carried(join: bool, to: str | None) -> set[tuple[str, str]]:
         records = [r for c in a.local_state(join, to) for r in decode_records(c, 1.0)]
         assert {r.key for r in records if isinstance(r, Membership)} == {
-            (NET, "a"), ("red", "a"), (NET, "b")}
+            (NET, "a"), ("red", "a"), (NET, "b"), ("green", "c")}
         return {(r.network, r.ip) for r in records if isinstance(r, Entry)}
 
     assert carried(False, "b") == {(NET, "10.1.0.1")}
+    assert carried(False, "c") == set()  # memberships only
     everything = {(NET, "10.1.0.1"), ("red", "10.2.0.1")}
     assert carried(True, "b") == everything  # a join gets everything
     assert carried(False, None) == everything  # a peer we cannot name
@@ -251,9 +254,9 @@ def test_scoped_push_pull_carries_every_membership_and_shared_networks_only() ->
 
 
 def test_a_state_chunk_decodes_the_same_twice_and_tombstones_from_each_now() -> None:
-    """Push-pull decoding remembers live endpoints by their bytes: a second decode of the
-    same chunk gives equal records (the live ones the very objects), and a tombstone's
-    deadline still comes from the `now` of each decode."""
+    """Push-pull decoding remembers live endpoints and memberships by their bytes: a second
+    decode of the same chunk gives equal records (the live ones the very objects), and a
+    tombstone's deadline still comes from the `now` of each decode."""
     table = NeighborTable("a", "192.0.2.1")
     table.join_network(NET, 0.0)
     for i in range(20):
@@ -266,6 +269,9 @@ def test_a_state_chunk_decodes_the_same_twice_and_tombstones_from_each_now() -> 
     live = [(a, b) for a, b in zip(first, second, strict=True)
             if isinstance(a, Entry) and not a.deleted]
     assert len(live) == 19 and all(a is b for a, b in live)
+    (held_first,) = [r for r in first if isinstance(r, Membership)]
+    (held_second,) = [r for r in second if isinstance(r, Membership)]
+    assert held_first is held_second  # a live membership too
     (gone_first,) = [r for r in first if isinstance(r, Entry) and r.deleted]
     (gone_second,) = [r for r in second if isinstance(r, Entry) and r.deleted]
     assert gone_second.expires_at - gone_first.expires_at == pytest.approx(3.0)
