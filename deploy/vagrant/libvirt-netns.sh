@@ -12,9 +12,9 @@
 #
 # The namespace (`${VXMESH_LV_PREFIX:-vxlv}` and a checksum of DIR) and libvirtd stay up
 # between commands (the VMs live in that namespace); `down` runs `vagrant destroy -f`, stops
-# libvirtd and virtlogd, kills any qemu and network dnsmasq libvirt left (by the pid files
-# under DIR: stopping libvirtd does not stop its networks' dnsmasq) and deletes
-# the namespace. Needs Debian's vagrant-libvirt, libvirt-daemon, libvirt-daemon-driver-qemu,
+# libvirtd and virtlogd (by their pid files), then every process left in the namespace (its
+# networks' dnsmasq outlive libvirtd; a qemu destroy missed) and deletes the namespace; it
+# fails, keeping the namespace, if a process would not end. Needs Debian's vagrant-libvirt, libvirt-daemon, libvirt-daemon-driver-qemu,
 # dnsmasq-base (deploy/setup.sh --vm) and the local box: `build-box.sh --box` is added to DIR's
 # VAGRANT_HOME as vxmesh/debian12 and used (VXMESH_BOX=local). The machines have no route out:
 # set VXMESH_WHEELHOUSE to a directory of wheels (`pip wheel -w WHEELS .`) for provision.sh;
@@ -32,20 +32,37 @@ mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 netns="${VXMESH_LV_PREFIX:-vxlv}$(printf '%s' "$dir" | cksum | cut -c1-6)"
 pids=$dir/libvirt/run/libvirt
+# Ends one process of this run: only one inside the run's namespace (a stale pid file never
+# names another process), TERM, then KILL after 10 s.
+stop_pid() {
+    [ "$(ip netns identify "$1" 2>/dev/null)" = "$netns" ] || return 0
+    kill "$1" 2>/dev/null || true
+    for _ in $(seq 1 40); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.25; done
+    kill -9 "$1" 2>/dev/null || true
+    for _ in $(seq 1 20); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.25; done
+}
 if [ "${1:-}" = "down" ]; then
-    if ip netns list | grep -q "^$netns\b"; then
-        "$0" "$dir" destroy -f || true
+    if ! ip netns list | grep -q "^$netns\b"; then
+        echo "libvirt-netns.sh: no namespace $netns (already down)"
+        exit 0
     fi
-    for pidfile in "$pids"/libvirtd.pid "$pids"/virtlogd.pid "$pids"/qemu/*.pid \
-                   "$pids"/network/*.pid; do
-        [ -f "$pidfile" ] || continue
-        pid=$(cat "$pidfile")
-        kill "$pid" 2>/dev/null || true
-        for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-        kill -9 "$pid" 2>/dev/null || true
+    "$0" "$dir" destroy -f || true
+    for pidfile in "$pids"/libvirtd.pid "$pids"/virtlogd.pid; do
+        [ -f "$pidfile" ] && stop_pid "$(cat "$pidfile")"
         rm -f "$pidfile"
     done
-    ip netns del "$netns" 2>/dev/null || true
+    # What libvirt started and left (its networks' dnsmasq and their helpers outlive libvirtd,
+    # a qemu that destroy missed): every process still in the namespace is this run's.
+    for pid in $(ip netns pids "$netns"); do
+        stop_pid "$pid"
+    done
+    left=$(ip netns pids "$netns" | tr '\n' ' ')
+    if [ -n "$left" ]; then
+        echo "libvirt-netns.sh: processes still in $netns: $left (namespace kept)" >&2
+        exit 1
+    fi
+    ip netns del "$netns"
+    rm -f "$pids"/network/*.pid "$pids"/qemu/*.pid
     echo "libvirt-netns.sh: $netns and its libvirtd are gone"
     exit 0
 fi

@@ -99,5 +99,15 @@ else
 fi
 systemctl daemon-reload
 systemctl enable vxmesh-agent >/dev/null 2>&1
-systemctl restart vxmesh-agent
+# A first start exits 1 when etcd misses store.timeout (2 s). `vagrant up` provisions the
+# machines in parallel, so the others start their agents while the etcd machine is still busy
+# provisioning itself: under TCG etcd answered /health above and still missed the 2 s
+# (node2's first start, 2026-12-01). Up to three starts, each failure's reason shown.
+for attempt in 1 2 3; do
+    systemctl restart vxmesh-agent && break
+    reason=$(journalctl -u vxmesh-agent -o cat -n 50 --no-pager | grep 'cannot start' | tail -n 1)
+    echo "provision: start $attempt of 3 of the agent failed: ${reason:-see journalctl -u vxmesh-agent}" >&2
+    [ "$attempt" -lt 3 ] || exit 1
+    sleep 5
+done
 echo "provision: ${VXMESH_NODE} ready (vxmesh members, vxmesh status)"
