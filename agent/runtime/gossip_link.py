@@ -1,21 +1,22 @@
 """The agent's side of gossip: the SWIM node, the neighbor table riding on it, the keyring file.
 
-Owns: building the `Swim` core (preset from `gossip.profile`, node meta carrying our VTEP,
-the keyring from the keyring file), running the gossip shell (`gossip.node`), feeding
-membership events to the neighbor table's delegate, the host-liveness probes of doubted
-members (`overlay.liveness` run by `agent.runtime.host_probe`): a failed member whose host
-still answers keeps its entries ("agent down") for `dataplane.agent_down_grace`; handing every
-table event to the agent and telling it each member's forwarding VTEP when it changes (meta
-decoded once per membership event; the agent's pipeline only records changes: gossip never
-waits on the kernel), joining seeds
-(configured, then etcd's node registry) until a peer answers, the members view, the gossip
-part of the metrics snapshot, key rotation (validated, written to the keyring file, then
-used), and the node's identity (`gossip.sign`): the Ed25519 key from the state directory, the
-cache of other nodes' public keys, filled from etcd's node records: once at start, then
-whenever the core asks for a name it does not know (one range read per round, at most every
-`KEY_FETCH_PERIOD`; a name etcd lacks is asked `KEY_FETCH_ATTEMPTS` times, then released).
-While etcd is unreachable the keys already known keep working. The API sees key
-fingerprints only, never key material.
+Owns: building the `Swim` core (preset from `gossip.profile`, node meta carrying our VTEP, the
+keyring from the keyring file), running the gossip shell (`gossip.node`), feeding membership
+events to the neighbor table's delegate, the host-liveness probes of doubted members
+(`overlay.liveness` run by `agent.runtime.host_probe`): a failed member whose host still
+answers keeps its entries ("agent down") for `dataplane.agent_down_grace`; handing every table
+event to the agent and telling it each member's forwarding VTEP when it changes (meta decoded
+once per membership event; the agent's pipeline only records changes: gossip never waits on the
+kernel), joining seeds (configured, then etcd's node registry) until a peer answers, then
+re-reading the registry (`seed_refresh_after`: every 5 s, doubling to 30 s while every
+registered node is already an alive member, so an idle agent reads etcd twice a minute, not
+twelve times), the members view, the gossip part of the metrics snapshot, key rotation
+(validated, written to the keyring file, then used), and the node's identity (`gossip.sign`):
+the Ed25519 key from the state directory, the cache of other nodes' public keys, filled from
+etcd's node records: once at start, then whenever the core asks for a name it does not know
+(one range read per round, at most every `KEY_FETCH_PERIOD`; a name etcd lacks is asked
+`KEY_FETCH_ATTEMPTS` times, then released). While etcd is unreachable the keys already known
+keep working. The API sees key fingerprints only, never key material.
 
 May import: gossip, overlay, agent.*, trio, the standard library.
 """
@@ -67,6 +68,22 @@ META_VERSION = 1
 STATE_NAMES = {MemberState.ALIVE: "alive", MemberState.SUSPECT: "suspect",
                MemberState.DEAD: "dead", MemberState.LEFT: "left"}
 SEED_RETRY = 1.0
+#: s. Once joined, the registry is read again after SEED_REFRESH_MIN, the pause doubling up to
+#: SEED_REFRESH_MAX while it names nobody we do not see alive (each read is an etcd round trip
+#: and wakes grpc's threads: 12 reads a minute were a fifth of an idle agent's CPU).
+SEED_REFRESH_MIN = 5.0
+SEED_REFRESH_MAX = 30.0
+
+
+def seed_refresh_after(previous: float, *, synced: bool, joined_someone: bool) -> float:
+    """Seconds until the next look at the seeds: SEED_RETRY until a peer answered; then
+    SEED_REFRESH_MIN after a look that found a seed to join (two groups that started apart
+    merge within seconds), doubling from `previous` up to SEED_REFRESH_MAX otherwise."""
+    if not synced:
+        return SEED_RETRY
+    if joined_someone:
+        return SEED_REFRESH_MIN
+    return min(max(previous * 2, SEED_REFRESH_MIN), SEED_REFRESH_MAX)
 
 
 def encode_meta(vtep: str, wireguard: Sequence[PublishedKey] = ()) -> bytes:
@@ -444,9 +461,11 @@ class GossipLink:
     async def _join_until_answered(self) -> None:
         """Join seeds (configured, then etcd's registry) that are not alive members yet.
 
-        Until one answers we retry every second; afterwards every five, so two groups that
-        started apart (nobody up yet when each joined) still become one cluster.
+        Until one answers we retry every second; afterwards every 5 to 30 s
+        (`seed_refresh_after`), so two groups that started apart (nobody up yet when each
+        joined) still become one cluster.
         """
+        pause = SEED_RETRY
         while True:
             alive = {m.addr for m in self.gossip.members()
                      if m.name != self.node and m.state == MemberState.ALIVE}
@@ -466,7 +485,9 @@ class GossipLink:
                     self._synced.set()
                 elif not alive:
                     log.info("join: none of %s answered (%.2f s); retrying", seeds, took)
-            await trio.sleep(SEED_RETRY if not self._synced.is_set() else 5 * SEED_RETRY)
+            pause = seed_refresh_after(pause, synced=self._synced.is_set(),
+                                       joined_someone=bool(seeds))
+            await trio.sleep(pause)
 
     async def sync_network(self, network: str) -> int:
         """Bulk sync after joining `network` (Docker's NetworkDB does the same): push-pull with
