@@ -6,7 +6,8 @@ Usage: bench/gossip_vs_serf.py [--sizes 5,10,20,40] [--systems serf,vxmesh,vxmes
 
 For each size N a lab of N namespace hosts on one bridge (bench/netns_bench.py) runs, in turn:
 - `serf`: N HashiCorp serf agents (Debian serf, `-profile=lan`, RPC on loopback per namespace);
-- `vxmesh`: N real `vxmesh agent` processes (LAN preset) with one etcd in the switch namespace;
+- `vxmesh`: N real `vxmesh agent` processes (LAN preset, otherwise the agent's defaults: a
+  30 s registry lease refreshed every 10 s) with one etcd in the switch namespace;
 - `vxmesh-gossip` (optional): N copies of the agent's gossip stack alone (GossipLink: the
   gossip/node.py driver carrying the neighbor table), bench/gossip_node_runner.py.
 Neither side encrypts gossip (serf runs without -encrypt; vxmesh with gossip.encrypt = false).
@@ -59,6 +60,7 @@ from netns_bench import (
     cleanup_on_sigterm,
     machine_load,
     measure_idle,
+    stop_all,
     wait_until,
 )
 
@@ -281,8 +283,7 @@ class AgentSystem(GossipSystem):
             seeds=[f"{seed.addr}:{GOSSIP_PORT}"] if seed is not None else [],
             sections={"node": {"state_dir": str(directory), "log_level": "info"},
                       "gossip": {"profile": "lan", "port": GOSSIP_PORT, "encrypt": False},
-                      "api": {"socket": self._socket(host)},
-                      "store": {"lease_ttl": 10}})
+                      "api": {"socket": self._socket(host)}})
         path = directory / "agent.toml"
         path.write_text(render_toml(config))
         env = {k: v for k, v in os.environ.items() if not k.startswith("VXMESH_")}
@@ -581,8 +582,7 @@ def stop(run: Run, lab: BenchLab) -> None:
     try:
         run.system.cleanup(lab)
     finally:
-        for agent in run.spawned:
-            agent.stop()
+        stop_all(run.spawned)
         lab.agents[:] = [a for a in lab.agents if all(a is not b for b in run.spawned)]
         run.system.finish()
 

@@ -122,11 +122,16 @@ class AgentProcess:
         self.popen.wait(timeout=10)
         return at
 
-    def stop(self, grace: float = 3.0) -> None:
-        """SIGTERM, then SIGKILL after `grace` seconds; by pid, only this process."""
+    def terminate(self) -> None:
+        """SIGTERM by pid, if it still runs (`stop` waits for it)."""
         if self.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGTERM)
+
+    def stop(self, grace: float = 3.0) -> None:
+        """SIGTERM, then SIGKILL after `grace` seconds; by pid, only this process."""
+        if self.popen.poll() is None:
+            self.terminate()
             try:
                 self.popen.wait(timeout=grace)
             except subprocess.TimeoutExpired:
@@ -150,6 +155,15 @@ class AgentProcess:
             if row.startswith("VmRSS:"):
                 return int(row.split()[1]) * 1024 / 1e6
         return 0.0
+
+
+def stop_all(agents: Sequence[AgentProcess], grace: float = 3.0) -> None:
+    """Stop every agent, all told at once (SIGTERM), so their shutdowns overlap: 40 agents
+    leaving one after the other took minutes of a bench's time."""
+    for agent in agents:
+        agent.terminate()
+    for agent in agents:
+        agent.stop(grace)
 
 
 @dataclass(frozen=True)
@@ -239,8 +253,7 @@ class BenchLab:
         self._lossy.clear()
 
     def close(self) -> None:
-        for agent in self.agents:
-            agent.stop(grace=2.0)
+        stop_all(self.agents, grace=2.0)
         self.agents.clear()
         self.clear_input_loss()
         self._netns.close()
