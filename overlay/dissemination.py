@@ -551,6 +551,8 @@ class TableDelegate:
         self._merged_payloads: set[bytes] = set()
         self._merged_at_removals = table.removals
         self._duplicates = 0
+        # network -> (the table's peer names, those names without us): gossip_targets' draw
+        self._others: dict[str, tuple[tuple[str, ...], list[str]]] = {}
 
     # Delegate protocol -------------------------------------------------------------------
 
@@ -610,7 +612,11 @@ class TableDelegate:
         for network, queue in self._network_queues.items():
             if not queue:
                 continue
-            peers = [p for p in self.table.peer_names(network) if p != me]
+            names = self.table.peer_names(network)
+            others = self._others.get(network)
+            if others is None or others[0] is not names:
+                others = self._others[network] = (names, [p for p in names if p != me])
+            peers = others[1]
             if not peers:
                 queue.clear()  # nobody to tell
                 continue

@@ -361,6 +361,7 @@ class NeighborTable:
         # for gossip scoped to a network's members.
         self._peers: dict[str, dict[str, Membership]] = {}
         self._peer_networks: dict[str, tuple[str, ...]] = {}
+        self._peer_names: dict[str, tuple[str, ...]] = {}  # `peer_names`, built on demand
         self._owners: dict[str, _Owner] = {}
         self._tombstones = 0
         self._reap_entries: list[tuple[float, tuple[str, str, str]]] = []
@@ -470,6 +471,7 @@ class NeighborTable:
         self._view = dict(other._view)
         self._peer_view = dict(other._peer_view)
         self._peers = {network: dict(peers) for network, peers in other._peers.items()}
+        self._peer_names = {}
         self._peer_networks = dict(other._peer_networks)
         self._tombstones = other._tombstones
         self._reap_entries = list(other._reap_entries)
@@ -548,7 +550,7 @@ class NeighborTable:
             if merged.version == current.version and merged.rank == current.rank:
                 if not self._verified(record):
                     return Merge.UNVERIFIED
-                self._store(merged, now)  # same write, later tombstone deadline
+                self._store_copy(merged, now)  # same write, later tombstone deadline
                 return Merge.STALE
         if not self._verified(record):
             return Merge.UNVERIFIED
@@ -730,9 +732,13 @@ class NeighborTable:
         """Visible nodes taking part in `network` (ourselves included) -> their VTEP."""
         return {node: m.vtep for node, m in self._peers.get(network, {}).items()}
 
-    def peer_names(self, network: str) -> list[str]:
-        """Visible nodes taking part in `network` (ourselves included), in a stable order."""
-        return list(self._peers.get(network, ()))
+    def peer_names(self, network: str) -> tuple[str, ...]:
+        """Visible nodes taking part in `network` (ourselves included), in a stable order; the
+        same tuple until that network's peers change."""
+        names = self._peer_names.get(network)
+        if names is None:
+            names = self._peer_names[network] = tuple(self._peers.get(network, ()))
+        return names
 
     def peer_count(self, network: str) -> int:
         """How many visible nodes take part in `network` (ourselves included)."""
@@ -858,6 +864,18 @@ class NeighborTable:
             _index_add(self._candidates, view_key, record.owner)
         self._refresh_view(view_key)
 
+    def _store_copy(self, record: Record, now: float) -> None:
+        """Store another copy of the write held for `record`'s key (same version and rank: a
+        later tombstone deadline, or a larger `changed_at`). A tombstone entry is in no view
+        and no candidate set, so only the record and its reaping change (every gossiped
+        tombstone arrives this way again and again); anything else takes `_store`."""
+        if type(record) is Entry and record.deleted:
+            self.now = max(self.now, now)
+            self._entries[record.key] = record
+            heapq.heappush(self._reap_entries, (record.expires_at, record.key))
+        else:
+            self._store(record, now)
+
     def _store_membership(self, record: Membership) -> None:
         old = self._memberships.get(record.key)
         self._memberships[record.key] = record
@@ -920,6 +938,7 @@ class NeighborTable:
         if previous is record:
             return
         network, node = key
+        self._peer_names.pop(network, None)
         if record is None:
             del self._peer_view[key]
             peers = self._peers[network]
