@@ -1,7 +1,8 @@
 """Gossip at scale: the simulator at growing N, vxmesh's LAN preset against memberlist's.
 
 Usage: bench/scale.py [--nodes 100,300,1000,3000,10000] [--cold-start 1000:1,3000:3]
-                      [--duration SECONDS] [--seed 1] [--json]
+                      [--duration SECONDS] [--cold-duration SECONDS] [--seed 1] [--json]
+(`--nodes ""`: cold starts only.)
 
 For each N, `gossip.sim.run_scenario` runs the real `Swim` state machines on a seeded fake
 network, once with vxmesh's `lan` preset and once with the `memberlist` preset (memberlist's
@@ -15,9 +16,10 @@ LAN defaults, the baseline serf and Docker use), and measures in simulated secon
   directory, see gossip.members; at 10,000 nodes 10^8 member views).
 Cold starts (`--cold-start N:S,...`): N nodes, of which S seeds are up and know each other,
 the N - S others all started at t = 1 s through the S seeds; cold_converged_s = until every
-node sees every node (the `join` scenario with N - S joiners), for both profiles. A cold start
-is O(N^2) work and memory (each node learns, and queues a broadcast for, every member): 10,000
-nodes through 3 seeds would hold ~10^8 pending broadcasts (an estimate, not a run).
+node sees every node (the `join` scenario with N - S joiners), for both profiles, over
+`--cold-duration` simulated seconds (default 30). A cold start is O(N^2) work (each node learns
+every member: 10^8 at 10,000); what push-pulls teach about third parties is not re-broadcast
+beyond a bound (`gossip.swim.PULLED_NEWS_ROOM`), so its memory is the views' own.
 Prints a table with the lan/memberlist ratio, writes a PNG plot of the three metrics against
 N (log x axis, with a c*log10(N) reference so logarithmic growth can be seen) to
 bench/out/scale.png; with --json the last line is one object {"rows": [...], "plot": path}.
@@ -68,10 +70,11 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure_cold_start(nodes: int, seeds: int, profile: str, seed: int) -> dict[str, object]:
+def measure_cold_start(nodes: int, seeds: int, profile: str, seed: int,
+                       duration: float = 30.0) -> dict[str, object]:
     """N - S nodes started at once through S seeds; until everyone sees everyone."""
     started = time.perf_counter()
-    join = run_scenario("join", nodes, seed, profile=profile, duration=30.0,
+    join = run_scenario("join", nodes, seed, profile=profile, duration=duration,
                         joiners=nodes - seeds)
     return {"cold_converged_s": join.converged_s, "bytes_per_node_s": join.bytes_per_node_s,
             "push_pull_bytes_per_node_s": join.push_pull_bytes_per_node_s,
@@ -171,8 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="comma-separated cluster sizes (each >= 4)")
     parser.add_argument("--cold-start", default="1000:1,3000:3",
                         help="comma-separated N:S cold starts (N nodes at once through S "
-                             "seeds); empty for none. 10000:3 is estimated above 8 GB: every node "
-                             "queues a broadcast for each of the N members it learns")
+                             "seeds); empty for none")
+    parser.add_argument("--cold-duration", type=float, default=30.0,
+                        help="simulated seconds of each cold start (default 30)")
     parser.add_argument("--duration", type=float, default=None,
                         help="simulated seconds per scenario (default: the simulator's, "
                              "30 s for join and 60 s for fail)")
@@ -182,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     args = parser.parse_args(argv)
     try:
-        sizes = [int(s) for s in args.nodes.split(",")]
+        sizes = [int(s) for s in filter(None, args.nodes.split(","))]
     except ValueError:
         parser.error(f"--nodes {args.nodes!r}: expected comma-separated integers")
     try:
@@ -192,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "1 <= S < N")
     if any(n < 4 for n in sizes):
         parser.error(f"--nodes {args.nodes!r}: every size must be at least 4")
+    if args.cold_duration <= 0:
+        parser.error(f"--cold-duration {args.cold_duration}: must be > 0")
     if args.duration is not None and args.duration < 20:
         parser.error(f"--duration {args.duration}: at least 20 simulated seconds are needed "
                      "(the crash is at 5 s and detection takes several seconds)")
@@ -207,19 +213,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     for n, seeds in cold:
         cold_row: dict[str, object] = {"n": n, "seeds": seeds}
         for profile in PROFILES:
-            cold_row[profile] = measure_cold_start(n, seeds, profile, args.seed)
+            cold_row[profile] = measure_cold_start(n, seeds, profile, args.seed,
+                                                   args.cold_duration)
             print(f"scale: cold start n={n} seeds={seeds} {profile}: {cold_row[profile]}",
                   file=sys.stderr, flush=True)
         cold_rows.append(cold_row)
-    plot(rows, args.plot)
-    print(render_table(rows))
+    if rows:
+        plot(rows, args.plot)
+        print(render_table(rows))
     if cold_rows:
         print("\ncold starts (simulated seconds from the start of every node):")
         print(render_cold_table(cold_rows))
     print(f"\nsimulated seconds per scenario: {args.duration or 'simulator default'}; seed "
-          f"{args.seed}; plot: {args.plot}; wall {time.perf_counter() - started:.0f} s")
+          f"{args.seed}; plot: {args.plot if rows else 'none'}; wall {time.perf_counter() - started:.0f} s")
     if args.json:
-        print(json.dumps({"rows": rows, "cold_starts": cold_rows, "plot": str(args.plot),
+        print(json.dumps({"rows": rows, "cold_starts": cold_rows, "plot": str(args.plot) if rows else None,
                           "seed": args.seed,
                           "duration_s": args.duration,
                           "wall_s": round(time.perf_counter() - started, 1)}))

@@ -32,7 +32,9 @@ class _Pending:
     payload: bytes
     transmits: int
     order: int
-    not_to: set[Hashable]
+    #: A tuple, not a set: at most a few tens of names (the retransmit limit plus those
+    #: queued), and a simulator holds millions of pending broadcasts.
+    not_to: tuple[Hashable, ...]
 
 
 def retransmit_limit(mult: int, n: int) -> int:
@@ -66,7 +68,7 @@ class BroadcastQueue:
             if old is not None:
                 self._remove(old)
         self._order += 1
-        item = _Pending(key, payload, 0, self._order, set(not_to))
+        item = _Pending(key, payload, 0, self._order, tuple(not_to))
         self._levels.setdefault(0, {})[item.order] = item
         self._size += 1
         self._smallest = min(self._smallest, len(payload))
@@ -132,7 +134,7 @@ class BroadcastQueue:
                 del self._levels[item.transmits]
             item.transmits += 1
             if to is not None:
-                item.not_to.add(to)
+                item.not_to += (to,)
             if item.transmits >= cap or (to is not None and len(item.not_to) >= others):
                 self._forget(item)
             else:

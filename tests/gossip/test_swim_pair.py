@@ -431,6 +431,34 @@ def test_a_node_that_missed_the_refutation_asks_the_suspect_itself() -> None:
     assert a.state_of("m007") is MemberState.ALIVE
 
 
+def test_a_suspicion_confirmed_by_many_stays_bounded_and_fails_at_the_minimum() -> None:
+    """Twenty independent suspicions of one member: the confirmations needed bring the
+    timeout to its minimum, the rest are not counted; the last-chance probes are those of
+    the first timeout's 50 % point and one halfway through what each counted confirmation
+    left, never one per confirmer, and the member fails at the minimum (one timer at a
+    time, the suspicion's state O(1))."""
+    a = Swim(LAN, "a", ("10.0.0.1", 7946), meta=b"", rng=random.Random(4), now=0.0)
+    a.adopt_members([MemberRecord(f"m{i:03d}", ("10.3.0.1", 7000 + i), b"", 0,
+                                  MemberState.ALIVE) for i in range(100)], 0.0)
+    for sender in range(20):
+        a.receive_datagram(encode_packet([encode_message(Suspect(0, "m007", f"m{sender:03d}"))]),
+                           ("10.3.0.1", 7000 + sender), 0.01 * sender)
+    n = 101
+    asked_at, failed_at, now = [], None, 0.2
+    while now < LAN.suspicion_max_s(n) and failed_at is None:
+        now += 0.05
+        a.handle_timeout(now)
+        for data, addr in a.datagrams_to_send():
+            if addr == ("10.3.0.1", 7007) and Suspect(0, "m007", "a") in decode_packet(data):
+                asked_at.append(now)
+        if a.state_of("m007") is MemberState.DEAD:
+            failed_at = now
+    assert failed_at is not None
+    assert LAN.suspicion_min_s(n) <= failed_at <= LAN.suspicion_min_s(n) + 0.3
+    assert 1 <= len(asked_at) <= 1 + LAN.confirmations_needed(n)
+    assert a.statistics().members_failed == 1
+
+
 def test_an_acked_probe_reports_its_round_trip() -> None:
     link = FakeLink(2)
     link.form()
