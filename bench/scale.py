@@ -224,10 +224,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cold_rows:
         print("\ncold starts (simulated seconds from the start of every node):")
         print(render_cold_table(cold_rows))
+    plotted = str(args.plot) if rows else None
     print(f"\nsimulated seconds per scenario: {args.duration or 'simulator default'}; seed "
-          f"{args.seed}; plot: {args.plot if rows else 'none'}; wall {time.perf_counter() - started:.0f} s")
+          f"{args.seed}; plot: {plotted or 'none'}; wall {time.perf_counter() - started:.0f} s")
     if args.json:
-        print(json.dumps({"rows": rows, "cold_starts": cold_rows, "plot": str(args.plot) if rows else None,
+        print(json.dumps({"rows": rows, "cold_starts": cold_rows, "plot": plotted,
                           "seed": args.seed,
                           "duration_s": args.duration,
                           "wall_s": round(time.perf_counter() - started, 1)}))
