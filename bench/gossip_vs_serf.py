@@ -628,20 +628,21 @@ WHY_MISSED: dict[str, str] = {
               "OpenSSL), grpc 9.4 (BoringSSL) with etcd3 and protobuf 3.9, pyroute2's IPRoute "
               "3.6, prometheus_client 1.5: 50 MiB before the agent's own code (about 19), "
               "where 2.5x serf is about 36",
-    "cpu_pct": "grpc's own threads wake about 1,900 times a minute in an idle agent (its "
-               "channel spin thread polls every 200 ms, four event-engine threads, timer and "
-               "lifeguard; no GRPC_* setting changes it) and the trio loop wakes per probe and "
-               "packet, for the etcd lease keep-alive and the seed refresh; a step of the Python "
-               "loop costs about 0.2 ms of CPU (measured) where serf's Go runtime costs "
-               "microseconds; "
-               "bench/RESULTS.md has the per-thread figures",
+    "cpu_pct": "an idle agent's CPU is its trio loop (SWIM probes and their packets, the "
+               "registry lease refreshed every 10 s, the seed refresh every 30 s once joined) "
+               "and grpc's own threads (four event-engine threads, a channel spin thread "
+               "polling every 200 ms, timer and lifeguard: 35-45% of it whatever the agent "
+               "asks of etcd); a step of the Python loop costs about 0.2 ms of CPU where "
+               "serf's Go runtime costs microseconds; bench/RESULTS.md has the per-thread "
+               "figures",
     "detect_first_s": _WHY_DETECTION,
     "detect_all_s": _WHY_DETECTION,
     "dissemination_s": "an endpoint change includes creating the endpoint on h1 (namespace, "
-                       "veth, address: `local_samples_s` in the JSON) and programming every "
-                       "kernel, where serf's figure is gossip alone; no hop waits for a gossip "
-                       "tick (fresh news brings the round forward), so the rest is the Python "
-                       "agents' loops on a loaded machine",
+                       "veth, address, its record written and fsynced: `local_samples_s` in "
+                       "the JSON, the API's answer), where serf's figure is gossip alone; the "
+                       "record is gossiped as soon as the endpoint exists and no hop waits for "
+                       "a gossip tick, so the rest is the Python agents' loops on a loaded "
+                       "machine",
     "vxmesh-gossip dissemination_s": "every hop relays fresh news at once (a gossip round "
                                      "brought forward, at most one per 50 ms); the runner's "
                                      "Python loop and the machine's load add to each hop; "
