@@ -57,17 +57,19 @@ def test_writes_state_and_flags_explicitly() -> None:
     assert neigh["family"] == socket.AF_INET6 and neigh["state"] == records.NUD_PERMANENT
 
 
-def _fake_kernel(interrupted_answers: int) -> tuple[Any, socket.socket, threading.Thread]:
+def _fake_kernel(answers: int, interrupted: int) -> tuple[Any, socket.socket, threading.Thread]:
+    """A kernel that answers `answers` dump requests, the first `interrupted` of them marked
+    interrupted, then ends (so its thread never reads a socket the test has closed)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     ours.setblocking(False)
 
     def answer() -> None:
-        for attempt in range(interrupted_answers + 1):
+        for attempt in range(answers):
             request = theirs.recv(65536)
             if not request:
                 return
             (seq,) = struct.unpack_from("=I", request, 8)
-            flags = NLM_F_MULTI | (NLM_F_DUMP_INTR if attempt < interrupted_answers else 0)
+            flags = NLM_F_MULTI | (NLM_F_DUMP_INTR if attempt < interrupted else 0)
             entry = encode_ndmsg(msg_type=RTM_NEWNEIGH, nl_flags=flags, seq=seq, family=7,
                                  ifindex=4, state=0x80, flags=2,
                                  lladdr=f"02:00:00:00:00:{attempt:02x}", dst="10.0.0.2")
@@ -81,7 +83,7 @@ def _fake_kernel(interrupted_answers: int) -> tuple[Any, socket.socket, threadin
 
 
 def test_interrupted_dump_is_retried() -> None:
-    ipr, theirs, thread = _fake_kernel(interrupted_answers=2)
+    ipr, theirs, thread = _fake_kernel(answers=3, interrupted=2)
     try:
         records = netlink_ops.dump_fdb(ipr)
     finally:
@@ -92,13 +94,15 @@ def test_interrupted_dump_is_retried() -> None:
 
 
 def test_dump_that_keeps_being_interrupted_raises() -> None:
-    ipr, theirs, thread = _fake_kernel(interrupted_answers=netlink_ops.DUMP_ATTEMPTS)
+    ipr, theirs, thread = _fake_kernel(answers=netlink_ops.DUMP_ATTEMPTS,
+                                       interrupted=netlink_ops.DUMP_ATTEMPTS)
     try:
         with pytest.raises(KernelError) as caught:
             netlink_ops.dump_fdb(ipr)
     finally:
-        theirs.close()
         thread.join(5)
+        theirs.close()
+    assert not thread.is_alive()
     assert caught.value.errno == errno.EINTR
 
 
