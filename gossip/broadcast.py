@@ -19,6 +19,7 @@ Usable by the layer above for its own delegate broadcasts. Pure: standard librar
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -37,8 +38,10 @@ class _Pending:
     not_to: tuple[Hashable, ...]
 
 
+@functools.lru_cache(maxsize=4096)
 def retransmit_limit(mult: int, n: int) -> int:
-    """mult * ceil(log10(n + 1)): how many times a broadcast is sent in a cluster of n."""
+    """mult * ceil(log10(n + 1)): how many times a broadcast is sent in a cluster of n
+    (memoized: every packet sent asks)."""
     return int(mult * math.ceil(math.log10(max(n, 1) + 1)))
 
 
