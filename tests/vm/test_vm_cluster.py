@@ -2,7 +2,7 @@
 the agent as the systemd unit everywhere, provision.sh), an agent restart that loses no packet,
 ipvlan across hosts, and a halted node marked failed.
 
-Skipped unless asked for (`pytest -m vm`); about 20 minutes under TCG on two busy cores.
+Skipped unless asked for (`pytest -m vm`); about 23 minutes under TCG on two busy cores.
 """
 
 from __future__ import annotations
