@@ -72,16 +72,22 @@ def open_socket_in_netns(netns: str, family: int, kind: int, *,
 def run_in_netns(netns: str, work: Callable[[], T]) -> T:
     """`work()` run inside `netns` on a thread made for it (sockets it makes stay there);
     its result, or its exception."""
+    return _on_a_thread_of_its_own(f"netns {netns}", lambda: _inside(netns_path(netns), work))
+
+
+def _on_a_thread_of_its_own(name: str, work: Callable[[], T]) -> T:
+    """`work()` run on a fresh thread that ends with it (whatever namespace it moved into);
+    its result, or its exception, here."""
     result: list[T] = []
     failure: list[BaseException] = []
 
-    def visit() -> None:
+    def run() -> None:
         try:
-            result.append(_inside(netns_path(netns), work))
+            result.append(work())
         except BaseException as exc:  # reported to the caller below
             failure.append(exc)
 
-    thread = threading.Thread(target=visit, name=f"netns {netns}", daemon=True)
+    thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
     thread.join()
     if failure:
@@ -103,28 +109,22 @@ def create_netns_at(path: Path) -> None:
         err = ctypes.get_errno()
         raise OSError(err, f"cannot share {path.parent}: {os.strerror(err)}")
     os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
-    failure: list[BaseException] = []
 
     def make() -> None:  # on a thread of its own: unshare moves only it, and it ends here
-        try:
-            if _libc.unshare(CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"unshare a network namespace: {os.strerror(err)}")
-            if _libc.mount(b"/proc/thread-self/ns/net", bytes(path), b"none", MS_BIND,
-                           None) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"bind the namespace on {path}: {os.strerror(err)}")
-            _loopback_up()
-        except BaseException as exc:  # reported to the caller below
-            failure.append(exc)
+        if _libc.unshare(CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"unshare a network namespace: {os.strerror(err)}")
+        if _libc.mount(b"/proc/thread-self/ns/net", bytes(path), b"none", MS_BIND, None) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"bind the namespace on {path}: {os.strerror(err)}")
+        _loopback_up()
 
-    thread = threading.Thread(target=make, name=f"netns {path.name}", daemon=True)
-    thread.start()
-    thread.join()
-    if failure:
+    try:
+        _on_a_thread_of_its_own(f"netns {path.name}", make)
+    except BaseException:
         _libc.umount2(bytes(path), 2)  # MNT_DETACH; EINVAL when it was never mounted
         path.unlink(missing_ok=True)
-        raise failure[0]
+        raise
 
 
 def _loopback_up() -> None:
