@@ -65,6 +65,7 @@ import random
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import msgpack
 
@@ -335,6 +336,7 @@ _DECODED_MAX = 1 << 17
 _decoded: dict[tuple[str, str, bytes], Entry] = {}
 #: The same for a group's live membership.
 _decoded_memberships: dict[tuple[str, str, bytes], Membership] = {}
+_Decoded = TypeVar("_Decoded", Entry, Membership)
 _UNPACK_ERRORS = (ValueError, TypeError, msgpack.UnpackException, RecursionError)
 
 
@@ -363,15 +365,8 @@ def _decode_state(data: bytes, now: float) -> list[Record]:
             unpacker.skip()
             packed = data[start:unpacker.tell()]
             if packed != b"\xc0":  # nil: a group without a membership
-                membership = _decoded_memberships.get((network, owner, packed))
-                if membership is None:
-                    membership = _membership(network, owner, msgpack.unpackb(packed, raw=False),
-                                             now)
-                    if not membership.deleted:
-                        if len(_decoded_memberships) >= _DECODED_MAX:
-                            _decoded_memberships.clear()
-                        _decoded_memberships[(network, owner, packed)] = membership
-                records.append(membership)
+                records.append(_decoded_once(_decoded_memberships, _membership, network, owner,
+                                             packed, now))
             try:
                 count = unpacker.read_array_header()
             except ValueError:
@@ -380,19 +375,29 @@ def _decode_state(data: bytes, now: float) -> list[Record]:
                 start = unpacker.tell()
                 unpacker.skip()
                 packed = data[start:unpacker.tell()]
-                entry = _decoded.get((network, owner, packed))
-                if entry is None:
-                    entry = _endpoint(network, owner, msgpack.unpackb(packed, raw=False), now)
-                    if not entry.deleted:
-                        if len(_decoded) >= _DECODED_MAX:
-                            _decoded.clear()
-                        _decoded[(network, owner, packed)] = entry
-                records.append(entry)
+                records.append(_decoded_once(_decoded, _endpoint, network, owner, packed, now))
     except _UNPACK_ERRORS as exc:
         raise TableWireError(f"state chunk: {exc}") from None
     if unpacker.tell() != len(data):
         raise TableWireError("state chunk: bytes after its end")
     return records
+
+
+def _decoded_once(memo: dict[tuple[str, str, bytes], _Decoded],
+                  decode: Callable[[str, str, object, float], _Decoded], network: str,
+                  owner: str, packed: bytes, now: float) -> _Decoded:
+    """The record `packed` decodes to, from `memo` when those bytes were seen before; a live
+    record decoded here is kept there (a tombstone's expiry depends on `now`), and `memo` is
+    emptied when it holds `_DECODED_MAX`."""
+    key = (network, owner, packed)
+    record = memo.get(key)
+    if record is None:
+        record = decode(network, owner, msgpack.unpackb(packed, raw=False), now)
+        if not record.deleted:
+            if len(memo) >= _DECODED_MAX:
+                memo.clear()
+            memo[key] = record
+    return record
 
 
 def encode_state(records: Iterable[Record], now: float, chunk_limit: int) -> Iterator[bytes]:
