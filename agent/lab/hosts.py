@@ -60,6 +60,7 @@ from agent.lab.lab_etcd import (
     LabPki,
     NamespacedEtcd,
 )
+from agent.lab.polling import poll_until
 from agent.lab.provision import node_config
 from agent.state_files import write_atomically
 from agent.store.errors import EtcdStartError
@@ -541,15 +542,8 @@ class Lab:
     @staticmethod
     def wait_for(condition: Callable[[], bool], what: str, timeout: float,
                  interval: float = 0.05) -> float:
-        """Poll `condition` until true; returns seconds waited; LabError at the deadline."""
-        start = time.monotonic()
-        while True:
-            with contextlib.suppress(CliError):
-                if condition():
-                    return time.monotonic() - start
-            if time.monotonic() - start > timeout:
-                raise LabError(f"timed out after {timeout:.1f} s waiting for {what}")
-            time.sleep(interval)
+        """Poll `condition` until true (a CliError is "not yet"); LabError at the deadline."""
+        return poll_until(condition, what, timeout, interval, error=LabError, not_yet=(CliError,))
 
     def log_tail(self, host: LabHost, lines: int = 15) -> str:
         try:

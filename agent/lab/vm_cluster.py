@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.lab import vm
+from agent.lab.polling import poll_until
 from agent.terminal import Progress
 
 UNIT = "vxmesh-agent"
@@ -58,12 +59,7 @@ def node_specs(count: int) -> list[vm.VmSpec]:
 def wait_until(what: str, check: Callable[[], bool], timeout: float,
                interval: float = 1.0) -> float:
     """Seconds until `check()` holds (VmError after `timeout`)."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if check():
-            return time.monotonic() - started
-        time.sleep(interval)
-    raise vm.VmError(f"{what}: not within {timeout:.0f} s")
+    return poll_until(check, what, timeout, interval, error=vm.VmError)
 
 
 def bring_up(lab: vm.VmLab, wheels: Path) -> UpTimes:
