@@ -24,15 +24,19 @@ from agent.api.errors import (
     EXIT_CONFLICT,
     EXIT_NOT_FOUND,
     EXIT_OK,
+    EXIT_UNAVAILABLE,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     InvalidRequest,
     NotFound,
+    exit_code_for_status,
+    http_status,
 )
 from agent.api.routes import NetworkCreateRequest, parse_attach_request, serve_api
 from agent.cli.main import main
 from agent.store.errors import AddressTaken, InvalidAddress
 from agent.terminal import render_table
+from underlay.errors import KernelError, KernelTimedOut
 
 
 def attachment(request: AttachRequest) -> Attachment:
@@ -153,6 +157,16 @@ def test_lab_vm_names_a_bad_size_before_it_builds_or_boots_anything(
         "vxmesh: --nodes 4: must be 1, 2 or 3 (TCG VMs on this machine)")
     assert main(["lab", "vm", "--count", "3"]) == EXIT_USAGE
     assert "--count 3: must be at least 10" in capsys.readouterr().err
+
+
+def test_a_kernel_that_refuses_is_422_and_one_that_does_not_answer_is_503() -> None:
+    # A refusal (EEXIST, ENODEV, ...) will refuse again; a netlink request with no answer in
+    # time changed nothing known and is worth a retry, like etcd being away.
+    assert http_status(KernelError("add link: File exists", 17)) == 422
+    timed_out = KernelTimedOut("netlink: no answer within 5 s")
+    assert isinstance(timed_out, KernelError) and timed_out.errno == 110
+    assert http_status(timed_out) == 503
+    assert exit_code_for_status(http_status(timed_out)) == EXIT_UNAVAILABLE
 
 
 def test_endpoint_spec_validation_names_fields() -> None:

@@ -1,5 +1,7 @@
 """Errors of the underlay package: one base for all of them."""
 
+import errno
+
 
 class UnderlayError(Exception):
     """Base of every error raised by the underlay package."""
@@ -11,6 +13,14 @@ class KernelError(UnderlayError):
     def __init__(self, message: str, errno: int | None = None) -> None:
         super().__init__(message)
         self.errno = errno
+
+
+class KernelTimedOut(KernelError):
+    """The kernel did not answer a netlink request in time: nothing is known to have changed,
+    and the same request may succeed when retried (the API answers 503, not 422)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, errno.ETIMEDOUT)
 
 
 class RecordWriteError(UnderlayError):

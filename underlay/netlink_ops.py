@@ -49,7 +49,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 
 from underlay import links
-from underlay.errors import KernelError
+from underlay.errors import KernelError, KernelTimedOut
 from underlay.kernel import NetlinkThread, is_missing, netlink_errno
 from underlay.records import (
     AF_BRIDGE,
@@ -353,7 +353,7 @@ def _dump(ipr: IPRoute, request: Any, msg_type: int) -> list[Any]:
         done = False
         while not done:
             if not poller.poll(int(ACK_TIMEOUT_S * 1000)):
-                raise KernelError("netlink dump timed out", errno_codes.ETIMEDOUT)
+                raise KernelTimedOut("netlink dump timed out")
             try:
                 size = sock.recv_into(buffer)
             except BlockingIOError:

@@ -53,7 +53,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from underlay import links
-from underlay.errors import KernelError
+from underlay.errors import KernelError, KernelTimedOut
 from underlay.netlink_ops import encode_with_header, next_seq, raw_socket
 from underlay.netns_sockets import run_in_netns
 
@@ -79,8 +79,7 @@ def _exchange(sock: socket.socket, messages: Sequence[tuple[int, bytes]],
     while pending:
         left = deadline - time.monotonic()
         if left <= 0 or not poller.poll(int(left * 1000) + 1):
-            raise KernelError(f"netlink: no answer within {timeout:.0f} s",
-                              errno_codes.ETIMEDOUT)
+            raise KernelTimedOut(f"netlink: no answer within {timeout:.0f} s")
         try:
             data = sock.recv(1 << 16)
         except BlockingIOError:

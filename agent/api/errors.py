@@ -32,7 +32,7 @@ from agent.store.errors import (
     StoreUnavailable,
 )
 from underlay.endpoints_model import EndpointConflict, EndpointNotFound, EndpointSpecError
-from underlay.errors import UnderlayError
+from underlay.errors import KernelTimedOut, UnderlayError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_UNAVAILABLE = 4, 5, 6
@@ -81,8 +81,8 @@ _STATUS_TABLE: tuple[tuple[tuple[type[BaseException], ...], int], ...] = (
     ((NetworkNotFound, PolicyNotFound, EndpointNotFound), 404),
     ((NetworkConflict, PolicyExists, NetworkInUse, AddressExhausted, AddressTaken,
       EndpointConflict), 409),
+    ((StoreUnavailable, KernelTimedOut), 503),
     ((UnderlayError,), 422),
-    ((StoreUnavailable,), 503),
     ((StateWriteError,), 507),
 )
 
