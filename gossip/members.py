@@ -1,9 +1,9 @@
 """Member ids, shared member records and formed views: what lets many `Swim`s share memory.
 
 Owns: `MemberDirectory` (member name <-> small integer id, address -> id, the newest alive
-record of each member, a memo of decoded push-pull chunks), `MemberNode` (one member as a
-view holds it), `FormedView` (a formed cluster's membership, prepared once, adopted by many
-views at the cost of a few array copies).
+record of each member, memos of encoded and decoded push-pull chunks), `MemberNode` (one
+member as a view holds it), `FormedView` (a formed cluster's membership, prepared once,
+adopted by many views at the cost of a few array copies).
 
 Rules:
 - a `Swim` keeps its member table as arrays indexed by its directory's ids, not as dicts of
@@ -16,8 +16,10 @@ Rules:
 - a private directory (the agent: one `Swim`) forgets a name when its view forgets the
   member; a shared one (the simulator: thousands of `Swim`s in one process, a bounded set of
   names) keeps every name it saw.
-- the chunk memo (shared directories only) keys on the chunk's bytes: `decode_chunk` is a pure
-  function of them, so views that exchange the same membership decode it once.
+- the chunk memos (shared directories only): `decode_chunk` keys on the chunk's bytes (a pure
+  function of them), so views that exchange the same membership decode it once;
+  `members_chunk` keys on the packed records, so views (and one view's successive states)
+  holding the same records for an id range hold one chunk.
 Pure: standard library and gossip.wire only; no I/O.
 """
 
@@ -27,13 +29,20 @@ from array import array
 from collections.abc import Iterable
 from typing import Any
 
-from gossip.wire import Addr, MemberRecord, MemberState, decode_chunk, encode_member_record
+from gossip.wire import (
+    Addr,
+    MemberRecord,
+    MemberState,
+    decode_chunk,
+    encode_member_record,
+    encode_members_chunk,
+)
 
 __all__ = ["FormedView", "MemberDirectory", "MemberNode"]
 
 _ALIVE, _SUSPECT, _DEAD, _LEFT = (MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD,
                                   MemberState.LEFT)
-#: Decoded push-pull chunks a shared directory remembers (newest kept).
+#: Decoded push-pull chunks a shared directory remembers (newest kept), and encoded ones.
 CHUNK_MEMO = 512
 
 
@@ -100,6 +109,7 @@ class MemberDirectory:
         #: there.
         self.by_addr: dict[Addr, int] = {}
         self._memo: dict[bytes, list[MemberRecord] | bytes | None] = {}
+        self._chunks: dict[tuple[bytes, ...], bytes] = {}
 
     @property
     def capacity(self) -> int:
@@ -155,6 +165,22 @@ class MemberDirectory:
         node.key, node.signature = key, signature
         self._newest[member_id] = node
         return node
+
+    def members_chunk(self, packed: list[bytes]) -> bytes:
+        """`gossip.wire.encode_members_chunk`; a shared directory hands out one bytes object
+        for the same records (memoized, newest used kept), so the push-pull states that views
+        build of the same id range share it rather than each holding a copy."""
+        if not self.shared:
+            return encode_members_chunk(packed)
+        key = tuple(packed)
+        memo = self._chunks
+        chunk = memo.pop(key, None)
+        if chunk is None:
+            chunk = encode_members_chunk(packed)
+            if len(memo) >= CHUNK_MEMO:
+                del memo[next(iter(memo))]
+        memo[key] = chunk
+        return chunk
 
     def decode_chunk(self, chunk: bytes) -> list[MemberRecord] | bytes | None:
         """`gossip.wire.decode_chunk`, memoized in a shared directory (raises WireError)."""

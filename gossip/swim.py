@@ -125,7 +125,6 @@ from gossip.wire import (
     UserMessage,
     alive_signed_bytes,
     decode_packet,
-    encode_members_chunk,
     encode_message,
     encode_packet,
     encode_user_state_chunk,
@@ -160,6 +159,13 @@ MAX_HELD_CLAIMS = 1024
 #: News a push-pull teaches about third parties is queued for piggyback only while fewer
 #: broadcasts than this are pending (a cold start would queue every member at every node).
 PULLED_NEWS_ROOM = 64
+
+#: Member ids per push-pull membership chunk: chunks are cut at fixed id ranges (and within
+#: one only where its records exceed the chunk limit), so a range that did not change gives
+#: the same chunk, which a shared directory hands out as one bytes object
+#: (`MemberDirectory.members_chunk`): the replies a seed sends to thousands of joiners at
+#: once share every range but the few that changed between them.
+CHUNK_IDS = 256
 
 #: How many probe round trips a `Swim` keeps until `take_probe_rtts` drains them.
 PROBE_RTT_SAMPLES = 1024
@@ -733,18 +739,23 @@ class Swim:
         peer = owner.name if owner is not None else None if isinstance(to, tuple) else to
         limit = self.config.push_pull_chunk_limit - _CHUNK_SLACK
         chunks: list[bytes] = []
-        packed: list[bytes] = []
-        size = 0
-        for node in self._recs:
-            if node is None:
-                continue
-            record = node.record()
-            if size + len(record) > limit:
-                chunks.append(encode_members_chunk(packed))
-                packed, size = [], 0
-            packed.append(record)
-            size += len(record)
-        chunks.append(encode_members_chunk(packed))
+        recs = self._recs
+        members_chunk = self._dir.members_chunk
+        for start in range(0, len(recs), CHUNK_IDS):
+            # One id range: its records, cut further only where they exceed the limit.
+            packed: list[bytes] = []
+            size = 0
+            for node in recs[start:start + CHUNK_IDS]:
+                if node is None:
+                    continue
+                record = node.record()
+                if size + len(record) > limit:
+                    chunks.append(members_chunk(packed))
+                    packed, size = [], 0
+                packed.append(record)
+                size += len(record)
+            if packed:
+                chunks.append(members_chunk(packed))
         self._members_state_bytes = sum(len(chunk) for chunk in chunks)
         if self._delegate is not None:
             for piece in self._delegate.local_state(join, peer):

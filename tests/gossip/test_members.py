@@ -136,3 +136,32 @@ def test_views_converged_counts_down_nodes_still_seen() -> None:
     view._forget(node)  # misses an up node while its count still matches the up nodes
     assert view.cluster_size() == 5
     assert not sim.views_converged()
+
+
+def test_push_pull_states_share_the_chunks_of_unchanged_id_ranges() -> None:
+    """Chunks are cut at fixed id ranges: two views of a shared directory holding the same
+    members send the same chunk objects, and a view that learned one member since its last
+    state rebuilds only that member's range (a seed's replies to a cold start's joiners share
+    the rest); the chunks still merge into the whole membership."""
+    from gossip.swim import CHUNK_IDS
+
+    directory = MemberDirectory(shared=True)
+    members = [MemberRecord(f"m{i:04d}", ("10.4.1.1", 1000 + i), b"meta", 0, MemberState.ALIVE)
+               for i in range(3 * CHUNK_IDS)]
+    view = FormedView(directory, members, 0.0)
+    a, b = swim("a", 1, directory), swim("b", 2, directory)
+    a.adopt_view(view, 0.0)
+    b.adopt_view(view, 0.0)
+    first = a.push_pull_state(join=False)
+    assert len(first) == 4  # three full ranges, and the one holding a itself
+    assert [id(c) for c in first[:3]] == [id(c) for c in b.push_pull_state(join=False)[:3]]
+    newcomer = MemberRecord("m0001", ("10.4.1.9", 999), b"new", 1, MemberState.ALIVE)
+    a.merge_push_pull_chunk(_chunk([newcomer]), ("10.4.1.9", 999), False, 1.0)
+    second = a.push_pull_state(join=False)
+    assert second[0] is not first[0] and second[1:] == first[1:]
+    assert all(x is y for x, y in zip(second[1:], first[1:], strict=True))
+    fresh = swim("fresh", 3)
+    for chunk in second:
+        assert fresh.merge_push_pull_chunk(chunk, a.addr, False, 2.0)
+    assert fresh.statistics().members_alive == 3 * CHUNK_IDS + 1
+    assert fresh.member("m0001") == a.member("m0001")
