@@ -1,7 +1,7 @@
 """Member ids, shared member records and formed views: what lets many `Swim`s share memory.
 
-Owns: `MemberDirectory` (member name <-> small integer id, address -> id, the newest alive
-record of each member, memos of encoded and decoded push-pull chunks), `MemberNode` (one
+Owns: `MemberDirectory` (member name <-> small integer id, address -> id, the newest record
+of each member in each state, memos of encoded and decoded push-pull chunks), `MemberNode` (one
 member as a view holds it), `FormedView` (a formed cluster's membership, prepared once,
 adopted by many views at the cost of a few array copies).
 
@@ -9,10 +9,14 @@ Rules:
 - a `Swim` keeps its member table as arrays indexed by its directory's ids, not as dicts of
   objects: a view costs about 20 bytes per member, the records themselves are shared.
 - a node whose `owner` is None is shared: any number of views may hold the same object and
-  nobody mutates it. A view that must change a member (a suspicion, a failure, a leave: the
-  state, when it changed, the suspicion timer) first takes its own copy (`owner` = that view).
-- an alive member is interned: a view that learns (incarnation, address, metadata, proof) the
-  directory already holds as that member's newest alive record gets that very object.
+  nobody mutates it (only a view's node for itself, `owner` = that view, changes in place). A
+  view that changes a member (a suspicion, a failure, a leave) holds another shared node
+  instead; what is its own (when the member went down, the suspicion and its timer) it keeps
+  in its own tables, not in the node. So a 50/50 partition of 10,000 views costs a pointer
+  per (view, member across the cut) for the records, not a copy each.
+- every claim is interned: a view that takes (state, incarnation, address, metadata, proof)
+  that the directory holds as that member's newest record in that state gets that very
+  object (the same alive, suspect or failed record in every view that accepted it).
 - a private directory (the agent: one `Swim`) forgets a name when its view forgets the
   member; a shared one (the simulator: thousands of `Swim`s in one process, a bounded set of
   names) keeps every name it saw.
@@ -27,7 +31,6 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterable
-from typing import Any
 
 from gossip.wire import (
     Addr,
@@ -50,18 +53,16 @@ class MemberNode:
     """One member as a view holds it (shared while `owner` is None, see the module rules)."""
 
     __slots__ = ("addr", "id", "incarnation", "key", "meta", "name", "owner", "packed",
-                 "packed_key", "signature", "state", "state_change", "suspicion")
+                 "packed_key", "signature", "state")
 
     def __init__(self, member_id: int, name: str, addr: Addr, meta: bytes, incarnation: int,
-                 state: MemberState, now: float, owner: object = None) -> None:
+                 state: MemberState, owner: object = None) -> None:
         self.id = member_id
         self.name = name
         self.addr = addr
         self.meta = meta
         self.incarnation = incarnation
         self.state = state
-        self.state_change = now
-        self.suspicion: Any = None
         self.packed = b""
         self.packed_key: tuple[object, ...] = ()
         # The proof of the last alive (its public key and signature) or of the leave (its
@@ -69,15 +70,6 @@ class MemberNode:
         self.key = b""
         self.signature = b""
         self.owner = owner
-
-    def copy_for(self, owner: object) -> MemberNode:
-        """A private copy for the view `owner` (the packed record comes along)."""
-        node = MemberNode(self.id, self.name, self.addr, self.meta, self.incarnation,
-                          self.state, self.state_change, owner)
-        node.suspicion = self.suspicion
-        node.key, node.signature = self.key, self.signature
-        node.packed, node.packed_key = self.packed, self.packed_key
-        return node
 
     def record(self) -> bytes:
         """This member as a packed push-pull record (cached while unchanged)."""
@@ -94,7 +86,8 @@ class MemberNode:
 
 
 class MemberDirectory:
-    """Names to ids (and back), addresses to ids, interned alive records, decoded chunks."""
+    """Names to ids (and back), addresses to ids, interned records, encoded and decoded
+    chunks."""
 
     def __init__(self, *, shared: bool = False) -> None:
         """`shared`: many views use this directory (names are never forgotten, decoded
@@ -103,7 +96,8 @@ class MemberDirectory:
         self.ids: dict[str, int] = {}
         self._names: list[str | None] = []
         self._addr_of: list[Addr | None] = []
-        self._newest: list[MemberNode | None] = []
+        # Per state, by id: the newest record interned in that state.
+        self._newest: tuple[list[MemberNode | None], ...] = ([], [], [], [])
         self._free: list[int] = []
         #: Address -> the id last bound to it (`bind`); a view checks it holds that member
         #: there.
@@ -128,7 +122,8 @@ class MemberDirectory:
             member_id = len(self._names)
             self._names.append(name)
             self._addr_of.append(None)
-            self._newest.append(None)
+            for newest in self._newest:
+                newest.append(None)
         self.ids[name] = member_id
         return member_id
 
@@ -145,7 +140,8 @@ class MemberDirectory:
             del self.by_addr[addr]
         self._names[member_id] = None
         self._addr_of[member_id] = None
-        self._newest[member_id] = None
+        for newest in self._newest:
+            newest[member_id] = None
         self._free.append(member_id)
 
     def bind(self, addr: Addr, member_id: int) -> None:
@@ -154,16 +150,24 @@ class MemberDirectory:
         self._addr_of[member_id] = addr
 
     def alive(self, name: str, addr: Addr, meta: bytes, incarnation: int, key: bytes,
-              signature: bytes, now: float) -> MemberNode:
+              signature: bytes) -> MemberNode:
         """The shared alive node for this claim: the newest one if it is the same claim."""
-        member_id = self.id_for(name)
-        node = self._newest[member_id]
+        return self.claim(self.id_for(name), _ALIVE, incarnation, addr, meta, key, signature)
+
+    def claim(self, member_id: int, state: MemberState, incarnation: int, addr: Addr,
+              meta: bytes, key: bytes, signature: bytes) -> MemberNode:
+        """The shared node of member `member_id` in `state` with these fields: the newest one
+        interned in that state if it is the same claim, else a new one (then the newest)."""
+        newest = self._newest[state]
+        node = newest[member_id]
         if (node is not None and node.incarnation == incarnation and node.addr == addr
                 and node.meta == meta and node.signature == signature and node.key == key):
             return node
-        node = MemberNode(member_id, name, addr, meta, incarnation, _ALIVE, now)
+        name = self._names[member_id]
+        assert name is not None
+        node = MemberNode(member_id, name, addr, meta, incarnation, state)
         node.key, node.signature = key, signature
-        self._newest[member_id] = node
+        newest[member_id] = node
         return node
 
     def members_chunk(self, packed: list[bytes]) -> bytes:
@@ -201,7 +205,8 @@ class FormedView:
 
     Holds the shared node of every record (first one per name) at its id, the ids in record
     order, each id's position in that order, the ids worth probing, the failed or left ids
-    and the count per state; `Swim.adopt_view` copies these arrays."""
+    (with the time they count as down from) and the count per state; `Swim.adopt_view`
+    copies these arrays."""
 
     def __init__(self, directory: MemberDirectory, records: Iterable[MemberRecord],
                  now: float) -> None:
@@ -211,13 +216,8 @@ class FormedView:
             member_id = directory.id_for(record.name)
             if member_id in nodes:
                 continue
-            if record.state == _ALIVE:
-                node = directory.alive(record.name, record.addr, record.meta,
-                                       record.incarnation, record.key, record.signature, now)
-            else:
-                node = MemberNode(member_id, record.name, record.addr, record.meta,
-                                  record.incarnation, record.state, now)
-                node.key, node.signature = record.key, record.signature
+            node = directory.claim(member_id, record.state, record.incarnation, record.addr,
+                                   record.meta, record.key, record.signature)
             directory.bind(record.addr, member_id)
             nodes[member_id] = node
         capacity = directory.capacity
@@ -230,6 +230,7 @@ class FormedView:
             self.positions[member_id] = position
             self.counts[node.state] += 1
         self.probe = array("i", (i for i, n in nodes.items() if n.state <= _SUSPECT))
-        self.down = {i: None for i, n in nodes.items() if n.state >= _DEAD}
+        #: Failed or left ids -> since when (`now`: a view counts from its adoption).
+        self.down = {i: now for i, n in nodes.items() if n.state >= _DEAD}
         #: Bytes of these records as a push-pull sends them (chunk headers aside).
         self.state_bytes = sum(len(node.record()) for node in nodes.values())

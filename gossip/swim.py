@@ -13,9 +13,10 @@ feeds each received chunk to `merge_push_pull_chunk`. Sealing/opening with the k
 happens here, so the caller moves opaque bytes only.
 
 Member table: arrays indexed by the ids of a `gossip.members.MemberDirectory` holding
-shared, interned records (a view copies a record only to change it: a suspicion, a failure,
-a leave), so a simulator's thousands of views cost about 20 bytes per member each; a node on
-its own has a private directory.
+shared, interned records (alive, suspect, failed or left: a view that changes a member holds
+another shared record; when it went down and the suspicion are the view's own, in sparse
+dicts by id), so a simulator's thousands of views cost about 20 bytes per member each; a
+node on its own has a private directory.
 
 Protocol (memberlist's algorithms, our structure):
 - probing: members in a shuffled round-robin order; a direct ping, then after the (awareness
@@ -402,8 +403,7 @@ class Swim:
         # order; the ids of failed or left members; counts per state (self not counted).
         self._dir = directory if directory is not None else MemberDirectory()
         self._ids, self._by_addr = self._dir.ids, self._dir.by_addr
-        self._self = MemberNode(self._dir.id_for(name), name, addr, meta, 0, _ALIVE, now,
-                                self)
+        self._self = MemberNode(self._dir.id_for(name), name, addr, meta, 0, _ALIVE, self)
         self._dir.bind(addr, self._self.id)
         self._sign_self()
         self._recs: list[MemberNode | None] = []
@@ -411,7 +411,10 @@ class Swim:
         self._grow()
         self._recs[self._self.id] = self._self
         self._others = array("i")
-        self._down: dict[int, None] = {}
+        # Failed or left ids -> when they went down here; suspects' ids -> their suspicion
+        # (the shared records hold neither, see gossip.members).
+        self._down: dict[int, float] = {}
+        self._suspicions: dict[int, _Suspicion] = {}
         self._counts = [0, 0, 0, 0]
         # Probe targets: ids before `_probe_pos` were probed this round; the next one is
         # drawn uniformly from the rest (a shuffle done one step per probe).
@@ -491,7 +494,6 @@ class Swim:
         self._leaving = True
         me = self._self
         self._self.state = _LEFT
-        self._self.state_change = now
         signature = (b"" if self._signer is None
                      else self._signer.sign(leave_signed_bytes(me.incarnation, me.name)))
         me.signature, me.key = signature, b""
@@ -688,7 +690,7 @@ class Swim:
         else:
             for node in view.nodes:
                 if node is not None and self._get(node.name) is None:
-                    self._add(node)
+                    self._add(node, view.down.get(node.id, now))
         # Re-draw the push-pull phase for the cluster we now belong to: the period of a
         # member that has been in it a while (stretched to the byte budget for its state).
         self._members_state_bytes = max(self._members_state_bytes, view.state_bytes)
@@ -1119,10 +1121,10 @@ class Swim:
         if not self._broadcasts and not self._delegate_pending():
             return
         horizon = now - self.config.gossip_to_dead_s
+        down = self._down
 
         def eligible(node: MemberNode) -> bool:
-            return node.state <= _SUSPECT or (node.state == _DEAD
-                                              and node.state_change > horizon)
+            return node.state <= _SUSPECT or (node.state == _DEAD and down[node.id] > horizon)
 
         targets = self._random_members(self.config.gossip_nodes, eligible)
         if self._delegate is not None:
@@ -1201,11 +1203,11 @@ class Swim:
         failed_before = now - self.config.remember_failed_s
         left_before = now - self.config.remember_left_s
         recs = self._recs
-        for member_id in list(self._down):
+        for member_id, since in list(self._down.items()):
             node = recs[member_id]
             if node is not None and (
-                    (node.state == _DEAD and node.state_change < failed_before)
-                    or (node.state == _LEFT and node.state_change < left_before)):
+                    (node.state == _DEAD and since < failed_before)
+                    or (node.state == _LEFT and since < left_before)):
                 self._forget(node)
         self._at(now + self._reap_period(), _REAP, None)
 
@@ -1264,7 +1266,8 @@ class Swim:
         candidates = [node for i in others if (node := recs[i]) is not None and wanted(node)]
         return self._rng.sample(candidates, min(k, len(candidates)))
 
-    def _add(self, node: MemberNode) -> None:
+    def _add(self, node: MemberNode, now: float) -> None:
+        """Hold `node`, a member we did not hold (`now`: since when, if it is down)."""
         self._grow()
         member_id = node.id
         self._recs[member_id] = node
@@ -1273,7 +1276,7 @@ class Swim:
         self._others.append(member_id)
         self._counts[node.state] += 1
         if node.state >= _DEAD:
-            self._down[member_id] = None
+            self._down[member_id] = now
         else:
             self._probe_order.append(member_id)
 
@@ -1292,37 +1295,31 @@ class Swim:
         self._unlist(member_id)
         self._counts[node.state] -= 1
         self._down.pop(member_id, None)
+        self._suspicions.pop(member_id, None)
         self._dir.release(member_id)
         self._events.append(MemberForgotten(_snapshot(node)))
 
-    def _own(self, node: MemberNode) -> MemberNode:
-        """Our own copy of `node` (it is in our table), to change it (gossip.members)."""
-        if node.owner is self:
-            return node
-        mine = node.copy_for(self)
-        self._recs[node.id] = mine
-        return mine
-
-    def _replace(self, node: MemberNode, new: MemberNode) -> None:
-        """Hold `new` (the same member) instead of `node`."""
-        self._recs[node.id] = new
-        self._count_move(node.id, node.state, new.state)
-
-    def _count_move(self, member_id: int, old: MemberState, new: MemberState) -> None:
+    def _replace(self, node: MemberNode, new: MemberNode, now: float) -> None:
+        """Hold `new` (the same member, another shared record) instead of `node`; a suspicion
+        of `node` ends (a new one is the caller's), a member going down counts from `now`."""
+        member_id = node.id
+        old, state = node.state, new.state
+        self._recs[member_id] = new
         self._counts[old] -= 1
-        self._counts[new] += 1
-        if new >= _DEAD:
-            self._down[member_id] = None
+        self._counts[state] += 1
+        if old == _SUSPECT:
+            del self._suspicions[member_id]
+        if state >= _DEAD:
+            if old < _DEAD:
+                self._down[member_id] = now
         elif old >= _DEAD:
             del self._down[member_id]
 
-    def _set_state(self, node: MemberNode, state: MemberState, now: float) -> None:
-        """Change the state of a node we own."""
-        self._count_move(node.id, node.state, state)
-        node.state = state
-        node.state_change = now
-        if state != _SUSPECT:
-            node.suspicion = None
+    def _claim(self, node: MemberNode, state: MemberState, incarnation: int) -> MemberNode:
+        """The shared record of `node`'s member in `state` at `incarnation` (its address,
+        metadata and proof otherwise kept)."""
+        return self._dir.claim(node.id, state, incarnation, node.addr, node.meta, node.key,
+                               node.signature)
 
     def _refute(self, incarnation: int, now: float) -> None:
         me = self._self
@@ -1359,8 +1356,8 @@ class Swim:
             if not self._signed_alive(msg):
                 return
             node = self._dir.alive(msg.node, msg.addr, msg.meta, msg.incarnation, msg.key,
-                                   msg.signature, now)
-            self._add(node)
+                                   msg.signature)
+            self._add(node, now)
             self._events.append(MemberJoined(_snapshot(node)))
             self._queue_broadcast(msg.node, msg, now, alive=True)
             return
@@ -1371,8 +1368,8 @@ class Swim:
         moved_from = node.addr if node.addr != msg.addr else None
         # The claim as every view that accepts it holds it (shared, see gossip.members).
         fresh = self._dir.alive(msg.node, msg.addr, msg.meta, msg.incarnation, msg.key,
-                                msg.signature, now)
-        self._replace(node, fresh)
+                                msg.signature)
+        self._replace(node, fresh, now)
         node = fresh
         if moved_from is not None:
             self._dir.bind(msg.addr, node.id)
@@ -1419,23 +1416,23 @@ class Swim:
                 self._refute(msg.incarnation, now)
             return
         if node.state == _SUSPECT:
-            suspicion = node.suspicion
+            suspicion = self._suspicions[node.id]
             if msg.incarnation > node.incarnation:
                 # It refuted (we missed that) and is suspected again: a new suspicion, not a
                 # confirmation of the old one.
-                node = self._own(node)
-                node.incarnation = msg.incarnation
-                self._start_suspicion(node, msg, now, spread)
-            elif suspicion is not None and suspicion.confirm(msg.sender, now):
+                suspect = self._claim(node, _SUSPECT, msg.incarnation)
+                self._replace(node, suspect, now)
+                self._start_suspicion(suspect, msg, now, spread)
+            elif suspicion.confirm(msg.sender, now):
                 self._arm_suspicion(suspicion)
                 if spread:
                     self._queue_broadcast(msg.node, msg, now)
             return
         if node.state != _ALIVE:
             return
-        node = self._own(node)
-        node.incarnation = msg.incarnation
-        self._set_state(node, _SUSPECT, now)
+        suspect = self._claim(node, _SUSPECT, msg.incarnation)
+        self._replace(node, suspect, now)
+        node = suspect
         self._start_suspicion(node, msg, now, spread)
         self._stats["suspicions_started"] += 1
         self._events.append(MemberSuspected(_snapshot(node)))
@@ -1449,7 +1446,7 @@ class Swim:
                                       config.confirmations_needed(n))
         _, min_s, max_s, needed = self._suspicion_bounds
         suspicion = _Suspicion(node.name, sys.intern(msg.sender), now, min_s, max_s, needed)
-        node.suspicion = suspicion
+        self._suspicions[node.id] = suspicion
         self._arm_suspicion(suspicion)
         if spread:
             self._queue_broadcast(msg.node, msg, now)
@@ -1469,7 +1466,8 @@ class Swim:
             return  # superseded by an earlier one
         suspicion.due = math.inf
         node = self._get(suspicion.node)
-        if node is None or node.suspicion is not suspicion or node.state != _SUSPECT:
+        if (node is None or node.state != _SUSPECT
+                or self._suspicions.get(node.id) is not suspicion):
             return
         if now >= suspicion.deadline:
             self._on_dead(Dead(node.incarnation, node.name, self.name), now)
@@ -1509,11 +1507,11 @@ class Swim:
                 if self._stats["unknown_keys"] != before:
                     self._hold(msg.node, msg)
                 return
-        node = self._own(node)
-        node.incarnation = msg.incarnation
-        if left:
-            node.key, node.signature = b"", msg.signature
-        self._set_state(node, _LEFT if left else _DEAD, now)
+        down = (self._dir.claim(node.id, _LEFT, msg.incarnation, node.addr, node.meta, b"",
+                                msg.signature) if left
+                else self._claim(node, _DEAD, msg.incarnation))
+        self._replace(node, down, now)
+        node = down
         self._events.append((MemberLeft if left else MemberFailed)(_snapshot(node)))
         encoded = encode_message(msg)
         self._queue_broadcast(msg.node, encoded, now)

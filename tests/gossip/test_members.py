@@ -113,15 +113,34 @@ def _chunk(members: list[MemberRecord]) -> bytes:
 
 
 def test_a_simulation_holds_one_record_per_member_for_all_its_nodes() -> None:
+    """Alive, suspect and failed alike: every view that holds a member in the same state at
+    the same incarnation holds the same object (a partition's views cost a pointer per
+    member across the cut); when each view suspected or failed it, it keeps to itself."""
     sim = Simulation(60, seed=3, config=LAN)
     sim.run_until(10.0)
-    seen = {id(s._get("n00017")) for n in sim.nodes if (s := n.swim) is not None
-            and n.name != "n00017"}
-    assert len(seen) == 1
+
+    def held() -> list[object]:
+        return [s._get("n00017") for n in sim.nodes if (s := n.swim) is not None
+                and n.index != 17]
+
+    assert len({id(node) for node in held()}) == 1
     sim.kill(17)
+    suspected_at: dict[int, float] = {}
+    for step in range(200):
+        sim.run_until(10.0 + step * 0.25)
+        suspects = [n for n in held() if n is not None and n.state is MemberState.SUSPECT]
+        if len(suspects) > 1:
+            assert len({id(node) for node in suspects}) == 1
+            suspected_at = {n.index: s._suspicions[17].start for n in sim.nodes
+                            if (s := n.swim) is not None and 17 in s._suspicions}
+            break
+    assert len(suspected_at) > 1
     sim.run_until(60.0)
     assert all(n.swim.state_of("n00017") is MemberState.DEAD
                for n in sim.nodes if n.swim is not None)
+    assert len({id(node) for node in held()}) == 1
+    down_since = {s._down[17] for n in sim.nodes if (s := n.swim) is not None}
+    assert len(down_since) > 1  # each view's own time of the failure
 
 
 def test_views_converged_counts_down_nodes_still_seen() -> None:
