@@ -281,23 +281,20 @@ def _snapshot(node: MemberNode) -> Member:
 
 
 class _Suspicion:
-    """One suspicion, O(1) in size: at most `needed` + 1 confirmers (a tuple), and one timer
-    armed at a time (`due`: the next last-chance probe or the deadline, see
-    `Swim._suspicion_timer`). A simulator holds one per (view, suspect) pair: 5 * 10^7 in a
+    """One suspicion, O(1) in size: at most `needed` + 1 confirmers (a tuple), the bounds of
+    its cluster size (a tuple shared by every suspicion started at that size), and one due
+    time armed at a time (`due`: the next last-chance probe or the deadline, see
+    `Swim._arm_suspicion`). A simulator holds one per (view, suspect) pair: 5 * 10^7 in a
     50/50 partition of 10,000 nodes."""
 
-    __slots__ = ("confirmers", "deadline", "due", "extra", "max_s", "min_s", "needed", "node",
-                 "stage", "start")
+    __slots__ = ("bounds", "confirmers", "deadline", "due", "extra", "stage", "start")
 
-    def __init__(self, node: str, sender: str, now: float, min_s: float, max_s: float,
-                 needed: int) -> None:
-        self.node = node
+    def __init__(self, sender: str, now: float, bounds: tuple[int, float, float, int]) -> None:
+        """`bounds`: (cluster size, suspicion_min_s, suspicion_max_s, confirmations_needed)."""
         self.confirmers: tuple[str, ...] = (sender,)
         self.start = now
-        self.min_s = min_s
-        self.max_s = max_s
-        self.needed = needed
-        self.deadline = now + suspicion_timeout(min_s, max_s, needed, 0)
+        self.bounds = bounds
+        self.deadline = now + self.timeout(0)
         self.stage = 0  # the next of _LAST_CHANCE_AT (fractions of the first timeout)
         self.extra = math.inf  # the last chance a confirmation added
         self.due = math.inf  # when the armed timer fires
@@ -305,26 +302,28 @@ class _Suspicion:
     def confirm(self, sender: str, now: float) -> bool:
         """Count an independent suspicion; True if it was new (the deadline may move in, and
         a last chance is added halfway through what is left)."""
-        if sender in self.confirmers or len(self.confirmers) > self.needed:
+        if sender in self.confirmers or len(self.confirmers) > self.bounds[3]:
             return False
         self.confirmers += (sys.intern(sender),)
-        timeout = suspicion_timeout(self.min_s, self.max_s, self.needed,
-                                    len(self.confirmers) - 1)
-        self.deadline = self.start + timeout
+        self.deadline = self.start + self.timeout(len(self.confirmers) - 1)
         self.extra = min(self.extra, now + _LAST_CHANCE_AT[0] * (self.deadline - now))
         return True
+
+    def timeout(self, confirmations: int) -> float:
+        """The suspicion timeout after `confirmations` independent confirmations."""
+        _, min_s, max_s, needed = self.bounds
+        return suspicion_timeout(min_s, max_s, needed, confirmations)
 
     def next_due(self) -> float:
         """The next last-chance probe, or the deadline if none comes before it."""
         due = min(self.deadline, self.extra)
         if self.stage < len(_LAST_CHANCE_AT):
-            first = suspicion_timeout(self.min_s, self.max_s, self.needed, 0)
-            due = min(due, self.start + _LAST_CHANCE_AT[self.stage] * first)
+            due = min(due, self.start + _LAST_CHANCE_AT[self.stage] * self.timeout(0))
         return due
 
     def passed(self, now: float) -> None:
         """The last chances due by `now` are done."""
-        first = suspicion_timeout(self.min_s, self.max_s, self.needed, 0)
+        first = self.timeout(0)
         while (self.stage < len(_LAST_CHANCE_AT)
                and self.start + _LAST_CHANCE_AT[self.stage] * first <= now):
             self.stage += 1
@@ -415,6 +414,12 @@ class Swim:
         # (the shared records hold neither, see gossip.members).
         self._down: dict[int, float] = {}
         self._suspicions: dict[int, _Suspicion] = {}
+        # Suspicion timers (`_arm_suspicion`): due time -> the ids whose suspicion is due
+        # then, in arming order; those times in a heap; one _SUSPICION timer, for the
+        # earliest (`_sweep_at`), in `_timers`.
+        self._suspicions_due: dict[float, list[int]] = {}
+        self._due_times: list[float] = []
+        self._sweep_at = math.inf
         self._counts = [0, 0, 0, 0]
         # Probe targets: ids before `_probe_pos` were probed this round; the next one is
         # drawn uniformly from the rest (a shuffle done one step per probe).
@@ -600,7 +605,7 @@ class Swim:
             elif kind == _GOSSIP:
                 self._gossip_tick(now)
             elif kind == _SUSPICION:
-                self._suspicion_timer(arg, when, now)
+                self._suspicion_sweep(when, now)
             elif kind == _RELAY:
                 self._relay_timed_out(arg)
             elif kind == _PUSH_PULL:
@@ -710,6 +715,8 @@ class Swim:
             if kind == _PROBE_TIMEOUT:
                 probe: _Probe = arg
                 stale = probe is not self._probe or probe.acked
+            elif kind == _SUSPICION:
+                stale = when != self._sweep_at
             else:
                 stale = kind == _GOSSIP and (not self._gossip_armed or when < self._gossip_due)
             if not stale:
@@ -1424,7 +1431,7 @@ class Swim:
                 self._replace(node, suspect, now)
                 self._start_suspicion(suspect, msg, now, spread)
             elif suspicion.confirm(msg.sender, now):
-                self._arm_suspicion(suspicion)
+                self._arm_suspicion(node.id, suspicion)
                 if spread:
                     self._queue_broadcast(msg.node, msg, now)
             return
@@ -1444,37 +1451,65 @@ class Swim:
             config = self.config
             self._suspicion_bounds = (n, config.suspicion_min_s(n), config.suspicion_max_s(n),
                                       config.confirmations_needed(n))
-        _, min_s, max_s, needed = self._suspicion_bounds
-        suspicion = _Suspicion(node.name, sys.intern(msg.sender), now, min_s, max_s, needed)
+        suspicion = _Suspicion(sys.intern(msg.sender), now, self._suspicion_bounds)
         self._suspicions[node.id] = suspicion
-        self._arm_suspicion(suspicion)
+        self._arm_suspicion(node.id, suspicion)
         if spread:
             self._queue_broadcast(msg.node, msg, now)
 
-    def _arm_suspicion(self, suspicion: _Suspicion) -> None:
-        """Arm the suspicion's timer for its next due time, if that is earlier than the armed
-        one (a later entry left in the heap is stale: `_suspicion_timer` skips it)."""
-        due = suspicion.next_due()
-        if due < suspicion.due:
-            suspicion.due = due
-            self._at(due, _SUSPICION, suspicion)
+    def _arm_suspicion(self, member_id: int, suspicion: _Suspicion) -> None:
+        """Arm the suspicion of `member_id` for its next due time, if that is earlier than the
+        armed one (the id left under the later time is stale: `_suspicion_due` skips it).
 
-    def _suspicion_timer(self, suspicion: _Suspicion, when: float, now: float) -> None:
-        """The suspicion's timer: the member fails at the deadline; before it, this is a
-        last-chance probe, and the timer is armed again for the next."""
-        if when != suspicion.due:
-            return  # superseded by an earlier one
-        suspicion.due = math.inf
-        node = self._get(suspicion.node)
-        if (node is None or node.state != _SUSPECT
-                or self._suspicions.get(node.id) is not suspicion):
+        Not a timer each: the ids due at one time share a list (the suspicions a packet's
+        batch of suspects started share every due time), the times a heap, and one timer
+        in `_timers` stands for the earliest (`_suspicion_sweep`)."""
+        due = suspicion.next_due()
+        if due >= suspicion.due:
             return
+        suspicion.due = due
+        ids = self._suspicions_due.get(due)
+        if ids is not None:
+            ids.append(member_id)
+            return
+        self._suspicions_due[due] = [member_id]
+        heapq.heappush(self._due_times, due)
+        if due < self._sweep_at:
+            self._sweep_at = due
+            self._at(due, _SUSPICION, None)
+
+    def _suspicion_sweep(self, when: float, now: float) -> None:
+        """The suspicion timer: every suspicion due by `now`, in due time then arming order;
+        then the timer for the next due time (one armed for a time no longer the earliest
+        is stale)."""
+        if when != self._sweep_at:
+            return
+        self._sweep_at = math.inf
+        due_times, by_due = self._due_times, self._suspicions_due
+        while due_times and due_times[0] <= now:
+            due = heapq.heappop(due_times)
+            for member_id in by_due.pop(due):
+                self._suspicion_due(member_id, due, now)
+        if due_times and due_times[0] < self._sweep_at:
+            self._sweep_at = due_times[0]
+            self._at(self._sweep_at, _SUSPICION, None)
+
+    def _suspicion_due(self, member_id: int, when: float, now: float) -> None:
+        """A suspicion's due time: the member fails at the deadline; before it, this is a
+        last-chance probe, and the suspicion is armed again for the next."""
+        suspicion = self._suspicions.get(member_id)
+        if suspicion is None or when != suspicion.due:
+            return  # ended, or superseded by an earlier due time
+        suspicion.due = math.inf
+        node = self._recs[member_id]
+        if node is None or node.state != _SUSPECT:
+            return  # (a suspicion ends with its member's suspect state: not reached)
         if now >= suspicion.deadline:
             self._on_dead(Dead(node.incarnation, node.name, self.name), now)
             return
         suspicion.passed(now)
         self._last_chance_probe(node)
-        self._arm_suspicion(suspicion)
+        self._arm_suspicion(member_id, suspicion)
 
     def _last_chance_probe(self, node: MemberNode) -> None:
         """Ping a member we still suspect, carrying the suspicion.
