@@ -125,7 +125,6 @@ from gossip.wire import (
     UnknownMessage,
     UserMessage,
     alive_signed_bytes,
-    decode_packet,
     encode_message,
     encode_packet,
     encode_user_state_chunk,
@@ -556,7 +555,7 @@ class Swim:
         if addr in self._proven or self._owner(addr) is not None:
             self._reply_room = math.inf
         try:
-            messages = decode_packet(data)
+            messages = self._dir.decode_packet(data)
         except WireError:
             stats["wire_errors"] += 1
             return

@@ -184,3 +184,19 @@ def test_push_pull_states_share_the_chunks_of_unchanged_id_ranges() -> None:
         assert fresh.merge_push_pull_chunk(chunk, a.addr, False, 2.0)
     assert fresh.statistics().members_alive == 3 * CHUNK_IDS + 1
     assert fresh.member("m0001") == a.member("m0001")
+
+
+def test_a_shared_directory_decodes_each_distinct_packet_once_and_garbage_every_time() -> None:
+    directory = MemberDirectory(shared=True)
+    a, b = swim("a", 7001, directory), swim("b", 7002, directory)
+    packet = encode_packet([encode_message(Ping(5, "a")), encode_message(Ack(3))])
+    first = directory.decode_packet(packet)
+    assert first == decode_packet(packet)
+    assert directory.decode_packet(bytes(packet)) is first  # equal bytes, one decode
+    assert MemberDirectory().decode_packet(packet) is not first  # a private one keeps none
+    garbage = b"\x01\xc1"
+    for view in (a, b, a):
+        view.receive_datagram(garbage, ("10.4.0.1", 7003), 0.1)
+    assert a.statistics().wire_errors == 2 and b.statistics().wire_errors == 1
+    a.receive_datagram(packet, ("10.4.0.1", 7002), 0.2)  # the memoized ping still answered
+    assert any(Ack(5) in decode_packet(data) for data, _ in a.datagrams_to_send())
