@@ -23,6 +23,7 @@ import functools
 import math
 from collections.abc import Hashable
 from dataclasses import dataclass
+from operator import attrgetter
 
 _MAX_MISSES = 16
 
@@ -36,6 +37,9 @@ class _Pending:
     #: A tuple, not a set: at most a few tens of names (the retransmit limit plus those
     #: queued), and a simulator holds millions of pending broadcasts.
     not_to: tuple[Hashable, ...]
+
+
+_by_order = attrgetter("order")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -95,16 +99,20 @@ class BroadcastQueue:
         queued `not_to` it, are passed over and keep their transmissions for other packets;
         one that every other member of `cluster_size` has (by those names) leaves the queue.
         """
-        if self._size == 0 or limit < overhead + self._smallest:
+        # (called for every packet sent, mostly with a queue of one or two: written for that)
+        floor = overhead + self._smallest
+        if self._size == 0 or limit < floor:
             return []
+        levels = self._levels
         others = cluster_size - 1
+        if self._size == 1:
+            return self._take_the_one(overhead, limit, cluster_size, to)
         told: list[_Pending] = []  # every other member has it: nobody left to tell
         chosen: list[_Pending] = []
         remaining = limit
-        floor = overhead + self._smallest
         misses = 0
-        for level in sorted(self._levels):
-            for item in reversed(self._levels[level].values()):
+        for level in (levels if len(levels) == 1 else sorted(levels)):
+            for item in reversed(levels[level].values()):
                 if to is not None and to in item.not_to:
                     if len(item.not_to) >= others:
                         told.append(item)
@@ -131,18 +139,62 @@ class BroadcastQueue:
             return []
         cap = retransmit_limit(self._mult, cluster_size)
         # Oldest first, so that each level stays (nearly) in age order for the next take.
-        for item in sorted(chosen, key=lambda pending: pending.order):
-            del self._levels[item.transmits][item.order]
-            if not self._levels[item.transmits]:
-                del self._levels[item.transmits]
-            item.transmits += 1
+        for item in (chosen if len(chosen) == 1 else sorted(chosen, key=_by_order)):
+            transmits = item.transmits
+            level_items = levels[transmits]
+            del level_items[item.order]
+            if not level_items:
+                del levels[transmits]
+            transmits += 1
+            item.transmits = transmits
             if to is not None:
                 item.not_to += (to,)
-            if item.transmits >= cap or (to is not None and len(item.not_to) >= others):
+                if transmits >= cap or len(item.not_to) >= others:
+                    self._forget(item)
+                    continue
+            elif transmits >= cap:
                 self._forget(item)
-            else:
-                self._levels.setdefault(item.transmits, {})[item.order] = item
-        return [item.payload for item in chosen]
+                continue
+            self._lift(item)
+        payloads = []
+        for item in chosen:
+            payloads.append(item.payload)
+        return payloads
+
+    def _take_the_one(self, overhead: int, limit: int, cluster_size: int,
+                      to: Hashable | None) -> list[bytes]:
+        """`take` when one broadcast is pending (most calls): the same rules, fewer steps."""
+        ((transmits, level_items),) = self._levels.items()
+        ((order, item),) = level_items.items()
+        if to is not None and to in item.not_to:
+            if len(item.not_to) >= cluster_size - 1:
+                self._remove(item)
+                if item.key is not None and self._by_key.get(item.key) is item:
+                    del self._by_key[item.key]
+            return []
+        if overhead + len(item.payload) > limit:
+            return []
+        del self._levels[transmits]
+        transmits += 1
+        item.transmits = transmits
+        if to is not None:
+            item.not_to += (to,)
+            if len(item.not_to) >= cluster_size - 1:
+                self._forget(item)
+                return [item.payload]
+        if transmits >= retransmit_limit(self._mult, cluster_size):
+            self._forget(item)
+        else:
+            self._levels[transmits] = {order: item}
+        return [item.payload]
+
+    def _lift(self, item: _Pending) -> None:
+        """File `item` (out of its level) at its new transmission count."""
+        upper = self._levels.get(item.transmits)
+        if upper is None:
+            self._levels[item.transmits] = {item.order: item}
+        else:
+            upper[item.order] = item
 
     def clear(self) -> None:
         """Forget every pending broadcast."""
