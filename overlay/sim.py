@@ -354,8 +354,8 @@ class _Run:
         # Each live owner's own visible entries, read once; most views hold these very objects,
         # so both counts first set aside, by identity (sets of ids: C loops), the entries that
         # are a live owner's own, and look at the rest one by one.
-        own = {index: [e for e in self.tables[index].endpoints()
-                       if e.owner == self.tables[index].node] for index in live}
+        own = {index: self.tables[index].endpoints_of(self.tables[index].node)
+               for index in live}
         own_ids = {id(e) for entries in own.values() for e in entries}
         for index in live:
             view = self.tables[index].endpoints()
@@ -383,7 +383,7 @@ class _Run:
             total = sum(len(own[owner]) for owner in owners)
             for peer in owners:
                 node = self.tables[peer].node
-                held_entries = self.tables[peer].endpoints(network)
+                held_entries = self.tables[peer].endpoints()  # it joined `network` alone
                 held_ids = set(map(id, held_entries))
                 matched = len(held_ids.intersection(single).difference(map(id, own[peer])))
                 rest = held_ids.difference(single)

@@ -728,6 +728,13 @@ class NeighborTable:
             return list(self._view.values())
         return [e for (n, _), e in self._view.items() if n == network]
 
+    def endpoints_of(self, owner: str) -> list[Entry]:
+        """The visible entries `owner` wrote (in no particular order): found through the
+        owner's own keys, without a walk of the whole view."""
+        view = self._view
+        return [entry for network, _, ip in self._by_owner.get(owner, ())
+                if (entry := view.get((network, ip))) is not None and entry.owner == owner]
+
     def network_peers(self, network: str) -> dict[str, str]:
         """Visible nodes taking part in `network` (ourselves included) -> their VTEP."""
         return {node: m.vtep for node, m in self._peers.get(network, {}).items()}
