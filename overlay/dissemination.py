@@ -303,12 +303,29 @@ def _membership(network: str, node: str, raw: object, now: float) -> Membership:
 def decode_records(data: bytes, now: float) -> list[Record]:
     """Records in a broadcast payload or a push-pull chunk; raises only TableWireError."""
     if data[:3] == _STATE_PREFIX:
-        return _decode_state(data, now)
+        held = _decoded_chunks.get(data)
+        if held is not None:
+            return list(held)
+        state = _decode_state(data, now)
+        if not any(record.deleted for record in state):
+            if len(_decoded_chunks) >= _DECODED_CHUNKS_MAX:
+                _decoded_chunks.clear()
+            _decoded_chunks[data] = tuple(state)
+        return state
+    held_broadcast = _decoded_broadcasts.get(data)
+    if held_broadcast is not None:
+        entry, ttl = held_broadcast
+        return [entry if ttl is None else _tombstone_until(entry, now + ttl / 1000.0)]
     message = _unpack(data)
     kind = message[1]
     if kind == KIND_ENDPOINT:
         fields = _fields(message, 12, "endpoint message", optional=3)
-        return [_endpoint(_name(fields[2]), _name(fields[3]), fields[4:], now)]
+        entry = _endpoint(_name(fields[2]), _name(fields[3]), fields[4:], now)
+        if len(_decoded_broadcasts) >= _DECODED_MAX:
+            _decoded_broadcasts.clear()
+        ttl_ms = fields[8]  # checked by `_endpoint`: milliseconds, or nil
+        _decoded_broadcasts[data] = (entry, ttl_ms if isinstance(ttl_ms, int) else None)
+        return [entry]
     if kind == KIND_MEMBERSHIP:
         fields = _fields(message, 8, "membership message", optional=1)
         return [_membership(_name(fields[2]), _name(fields[3]), fields[4:], now)]
@@ -336,6 +353,14 @@ _DECODED_MAX = 1 << 17
 _decoded: dict[tuple[str, str, bytes], Entry] = {}
 #: The same for a group's live membership.
 _decoded_memberships: dict[tuple[str, str, bytes], Membership] = {}
+#: An endpoint broadcast's bytes -> the Entry they decode to and their tombstone ttl field
+#: (None: a live record, the same whatever `now`): every member of a network receives each
+#: broadcast, and a tombstone again and again (each time until a later deadline).
+_decoded_broadcasts: dict[bytes, tuple[Entry, int | None]] = {}
+#: A whole push-pull chunk of live records -> what it decodes to: many members of a network
+#: hold the same records in the same order, and their state chunks are the same bytes.
+_decoded_chunks: dict[bytes, tuple[Record, ...]] = {}
+_DECODED_CHUNKS_MAX = 256
 _Decoded = TypeVar("_Decoded", Entry, Membership)
 _UNPACK_ERRORS = (ValueError, TypeError, msgpack.UnpackException, RecursionError)
 
@@ -383,6 +408,12 @@ def _decode_state(data: bytes, now: float) -> list[Record]:
     return records
 
 
+def _tombstone_until(entry: Entry, expires_at: float) -> Entry:
+    """`entry` (a tombstone) with another local deadline."""
+    return Entry(entry.network, entry.ip, entry.mac, entry.owner, entry.vtep, entry.version,
+                 True, expires_at, entry.changed_at, entry.attributes, entry.signature)
+
+
 def _decoded_once(memo: dict[tuple[str, str, bytes], _Decoded],
                   decode: Callable[[str, str, object, float], _Decoded], network: str,
                   owner: str, packed: bytes, now: float) -> _Decoded:
@@ -401,42 +432,71 @@ def _decoded_once(memo: dict[tuple[str, str, bytes], _Decoded],
 
 
 def encode_state(records: Iterable[Record], now: float, chunk_limit: int) -> Iterator[bytes]:
-    """Push-pull chunks, each at most `chunk_limit` bytes, grouped by (network, owner)."""
+    """Push-pull chunks, each at most `chunk_limit` bytes, grouped by (network, owner) in the
+    order each group first appears (a (network, node) key has one membership at most)."""
     groups: dict[tuple[str, str], tuple[list[Membership], list[Entry]]] = {}
     for record in records:
-        memberships, entries = groups.setdefault((record.network, record.owner), ([], []))
+        key = (record.network, record.owner)
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = ([], [])
         if isinstance(record, Entry):
-            entries.append(record)
+            group[1].append(record)
         else:
-            memberships.append(record)
+            group[0].append(record)
     chunk = _StateChunk(chunk_limit)
     for (network, owner), (memberships, entries) in groups.items():
-        head, membership = _pack_group_head(network, owner,
-                                            memberships[0] if memberships else None, now)
+        head, membership, alone = _pack_group_head(network, owner,
+                                                   memberships[0] if memberships else None, now)
+        if not entries:
+            full = chunk.add_packed_group(alone)
+            if full is not None:
+                yield full
+            continue
         packed = [_pack_state_entry(e, now) for e in entries]
         yield from chunk.add_group(head, membership, packed)
     yield from chunk.flush()
 
 
+def encode_memberships(memberships: Iterable[Membership], now: float,
+                       chunk_limit: int) -> Iterator[bytes]:
+    """`encode_state` of membership records alone (each its own group: one record per
+    (network, node) key), without gathering them into groups first."""
+    chunk = _StateChunk(chunk_limit)
+    cached = _group_cache.get
+    for membership in memberships:
+        hit = cached((membership.network, membership.node))
+        if hit is not None and hit[0] is membership and not membership.deleted:
+            alone = hit[3]
+        else:
+            alone = _pack_group_head(membership.network, membership.node, membership, now)[2]
+        full = chunk.add_packed_group(alone)
+        if full is not None:
+            yield full
+    yield from chunk.flush()
+
+
 def _pack_group_head(network: str, owner: str, membership: Membership | None,
-                     now: float) -> tuple[bytes, bytes]:
-    """A state group's names and membership field (nil without one). Like an endpoint's, the
-    bytes of a live membership are kept while that very record is held."""
+                     now: float) -> tuple[bytes, bytes, bytes]:
+    """A state group's names, its membership field (nil without one) and the whole group
+    without endpoints. Like an endpoint's, the bytes of a live membership are kept while that
+    very record is held."""
     key = (network, owner)
     hit = _group_cache.get(key)
     if hit is not None and hit[0] is membership and (membership is None
                                                      or not membership.deleted):
-        return hit[1], hit[2]
+        return hit[1], hit[2], hit[3]
     head = msgpack.packb(network) + msgpack.packb(owner)
     packed = b"\xc0"  # nil
     if membership is not None:
         packed = msgpack.packb([_pack_address(membership.vtep), membership.version,
                                 _ttl_ms(membership, now), *_signature_field(membership)])
+    alone = _array_header(4) + head + packed + _array_header(0)
     if membership is None or not membership.deleted:
         if len(_group_cache) >= _STATE_CACHE_MAX:
             _group_cache.clear()
-        _group_cache[key] = (membership, head, packed)
-    return head, packed
+        _group_cache[key] = (membership, head, packed, alone)
+    return head, packed, alone
 
 
 def _pack_state_entry(entry: Entry, now: float) -> bytes:
@@ -461,7 +521,7 @@ def _pack_state_entry(entry: Entry, now: float) -> bytes:
 
 
 _STATE_CACHE_MAX = 1 << 17
-_group_cache: dict[tuple[str, str], tuple[Membership | None, bytes, bytes]] = {}
+_group_cache: dict[tuple[str, str], tuple[Membership | None, bytes, bytes, bytes]] = {}
 _state_cache: dict[tuple[str, str, str], tuple[Entry, bytes]] = {}
 
 
@@ -498,12 +558,30 @@ class _StateChunk:
             start = end
             first = False
 
+    def add_packed_group(self, group: bytes) -> bytes | None:
+        """A whole group without endpoints (its names and membership field), as `add_group`
+        would add it; returns the chunk it closed, if it did not fit."""
+        full = None
+        if self.size + len(group) + self._FRAME - 2 > self.limit:
+            full = self.take()
+        self.groups.append(group)
+        self.size += len(group)
+        return full
+
     def flush(self) -> Iterator[bytes]:
+        full = self.take()
+        if full is not None:
+            yield full
+
+    def take(self) -> bytes | None:
+        """The chunk of the groups added so far (None without any); starts a new one."""
+        full = None
         if self.groups:
-            yield (_array_header(3) + msgpack.packb(FORMAT) + msgpack.packb(KIND_STATE)
-                   + _array_header(len(self.groups)) + b"".join(self.groups))
+            full = (_array_header(3) + msgpack.packb(FORMAT) + msgpack.packb(KIND_STATE)
+                    + _array_header(len(self.groups)) + b"".join(self.groups))
         self.groups = []
         self.size = 8
+        return full
 
 
 def _array_header(length: int) -> bytes:
@@ -629,10 +707,16 @@ class TableDelegate:
         return targets
 
     def local_state(self, join: bool, to: str | None = None) -> Iterable[bytes]:
-        shared = self.table.networks_of(to) if (
+        table = self.table
+        shared = table.networks_of(to) if (
             self.config.scoped and not join and to is not None) else frozenset()
-        records = self.table.records(shared or None)
-        for chunk in encode_state(records, self.table.now, self.config.chunk_limit):
+        if shared and table.networks().isdisjoint(shared):
+            # (what `table.records(shared)` yields then: memberships alone)
+            chunks = encode_memberships(table.memberships(), table.now, self.config.chunk_limit)
+        else:
+            chunks = encode_state(table.records(shared or None), table.now,
+                                  self.config.chunk_limit)
+        for chunk in chunks:
             self._chunks_sent += 1
             yield chunk
 

@@ -373,7 +373,7 @@ class _Run:
         # the same version. An entry that is the one live owner's entry of its address (by
         # identity) matches exactly that one (when it is not the peer's own); others are
         # matched one by one.
-        for network, members in self.members_of.items():
+        for members in self.members_of.values():
             owners = [i for i in members if i in alive]
             by_ip: dict[str, list[Entry]] = {}
             for owner in owners:
@@ -383,7 +383,7 @@ class _Run:
             total = sum(len(own[owner]) for owner in owners)
             for peer in owners:
                 node = self.tables[peer].node
-                held_entries = self.tables[peer].endpoints()  # it joined `network` alone
+                held_entries = self.tables[peer].endpoints()  # it joined this network alone
                 held_ids = set(map(id, held_entries))
                 matched = len(held_ids.intersection(single).difference(map(id, own[peer])))
                 rest = held_ids.difference(single)

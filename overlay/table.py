@@ -593,6 +593,10 @@ class NeighborTable:
                 if network in networks:
                     yield entry
 
+    def memberships(self) -> Iterator[Membership]:
+        """Every membership record held (tombstones included), in `records`' order."""
+        return iter(self._memberships.values())
+
     def _current(self, record: Record) -> Record | None:
         if isinstance(record, Entry):
             return self._entries.get(record.key)

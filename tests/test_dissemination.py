@@ -25,6 +25,8 @@ from overlay.dissemination import (
     TableDelegate,
     TableWireError,
     decode_records,
+    encode_memberships,
+    encode_record,
     encode_state,
 )
 from overlay.errors import OverlayError
@@ -329,3 +331,54 @@ def test_state_encodes_the_same_bytes_again_and_a_tombstone_from_each_now() -> N
     (later,) = [r for c in encode_state(table.records(), 5.0, 32 * 1024)
                 for r in decode_records(c, 0.0) if isinstance(r, Membership) and r.deleted]
     assert gone.expires_at - later.expires_at == pytest.approx(3.0)
+
+
+def test_membership_state_alone_is_encoded_as_encode_state_encodes_it() -> None:
+    """A push-pull toward a member of none of our networks carries memberships alone: their
+    own encoder gives the very bytes (chunk cuts included) that encode_state gives."""
+    table = NeighborTable("a", "192.0.2.1")
+    table.join_network(NET, 0.0)
+    table.put_endpoint(NET, "10.1.0.1", "02:00:00:00:00:01", 1.0)
+    for i in range(300):
+        table.merge(Membership(f"net{i % 7}", f"node-{i}" + "x" * (i % 40),
+                               f"198.51.100.{i % 250 + 1}", i + 2, i % 11 == 0,
+                               100.0 if i % 11 == 0 else float("inf")), 1.0)
+    elsewhere = frozenset({"net-of-someone-else"})
+    for limit in (2048, 4096, 32 * 1024):
+        alone = list(encode_memberships(table.memberships(), 3.0, limit))
+        assert alone == list(encode_state(table.records(elsewhere), 3.0, limit))
+        assert len(alone) > 1 or limit == 32 * 1024
+    decoded = [r for c in encode_memberships(table.memberships(), 3.0, 2048)
+               for r in decode_records(c, 3.0)]
+    assert [(r.key, r.version, r.deleted) for r in decoded] == \
+        [(r.key, r.version, r.deleted) for r in table.memberships()]
+
+
+def test_a_broadcast_decodes_the_same_twice_and_a_tombstone_from_each_now() -> None:
+    """Broadcast decoding remembers payloads by their bytes: a live endpoint's second decode
+    is the very record of the first, a tombstone's deadline comes from each decode's `now`
+    (all else equal), and a chunk of live records decodes to the same records again."""
+    table = NeighborTable("a", "192.0.2.1")
+    table.join_network(NET, 0.0)
+    live = table.put_endpoint(NET, "10.9.0.1", "02:00:00:00:09:01", 1.0, changed_at=5.0)
+    table.put_endpoint(NET, "10.9.0.2", "02:00:00:00:09:02", 1.0)
+    gone = table.delete_endpoint(NET, "10.9.0.2", 2.0)
+    payload = encode_record(live, 2.0)
+    (first,) = decode_records(payload, 2.0)
+    (second,) = decode_records(payload, 9.0)
+    assert first is second and first == live
+    tombstone = encode_record(gone, 2.0)
+    (early,) = decode_records(tombstone, 2.0)
+    (late,) = decode_records(tombstone, 7.0)
+    assert isinstance(early, Entry) and isinstance(late, Entry)
+    assert late.expires_at - early.expires_at == pytest.approx(5.0)
+    assert early.expires_at == pytest.approx(gone.expires_at)
+    assert late == Entry(early.network, early.ip, early.mac, early.owner, early.vtep,
+                         early.version, True, late.expires_at, early.changed_at,
+                         early.attributes, early.signature)
+    table.handle_timeout(table.tombstone_ttl + 3.0)  # the tombstone is reaped: all is live
+    (chunk,) = encode_state(table.records(), 1000.0, 32 * 1024)
+    once, again = decode_records(chunk, 1000.0), decode_records(chunk, 2000.0)
+    assert len(once) == 2 and all(a is b for a, b in zip(once, again, strict=True))
+    with pytest.raises(TableWireError):
+        decode_records(payload[:-1], 2.0)

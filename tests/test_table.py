@@ -315,6 +315,33 @@ def test_endpoints_held_only_for_joined_networks_memberships_for_all() -> None:
     assert red_owner.network_peers("red") == {"a": "192.0.2.1"}
 
 
+def test_endpoints_of_an_owner_are_its_visible_entries() -> None:
+    """An owner's visible entries: not a tombstone, not an address another owner shows, not
+    a failed owner's."""
+    a, b = make_table("a", VTEPS[0]), make_table("b", VTEPS[1])
+    viewer = make_table("c", VTEPS[2])
+    for owner in (a, b):
+        viewer.member_alive(owner.node, (owner.vtep, 7946), 1.0)
+    a.put_endpoint(NET, IPS[0], MACS[0], 1.0)
+    a.put_endpoint(NET, IPS[1], MACS[0], 1.0)
+    a.put_endpoint(NET, IPS[2], MACS[0], 1.0)
+    a.delete_endpoint(NET, IPS[2], 2.0)
+    b.put_endpoint(NET, IPS[1], MACS[1], 3.0)  # b's clock is behind: version 2 < a's 3
+    b.put_endpoint(NET, IPS[1], MACS[2], 3.0)
+    b.put_endpoint(NET, IPS[1], MACS[1], 3.0)
+    b.put_endpoint(NET, IPS[1], MACS[2], 3.0)  # version 5: b's shows at IPS[1]
+    for record in [*a.records(), *b.records()]:
+        viewer.merge(record, 4.0)
+    assert viewer.lookup(NET, IPS[1]) == b.get(NET, "b", IPS[1])
+    assert {e.ip for e in viewer.endpoints_of("a")} == {IPS[0]}
+    assert viewer.endpoints_of("b") == [b.get(NET, "b", IPS[1])]
+    assert viewer.endpoints_of("stranger") == []
+    assert {e.ip for e in a.endpoints_of("a")} == {IPS[0], IPS[1]}
+    viewer.member_failed("b", 5.0)
+    assert viewer.endpoints_of("b") == []
+    assert {e.ip for e in viewer.endpoints_of("a")} == {IPS[0], IPS[1]}
+
+
 # --------------------------------------------------------------------------- owner failure
 
 
