@@ -3,6 +3,7 @@
 Owns:
 - reading the kernel: link, FDB (AF_BRIDGE) and neighbor (IPv4 ARP, IPv6 NDP) dumps, each
   retried when the kernel flags it interrupted (NLM_F_DUMP_INTR) by a concurrent change;
+  links decoded by pyroute2, FDB and neighbor messages (hundreds per resync) by struct here;
 - vxlan devices: create with VNI, dstport, local address (IPv4 or IPv6), learning off, ARP/NDP
   proxy on, MTU and MAC; compare a device found in the kernel against a wanted spec;
 - FDB and neighbor writes in batches: every message is encoded from a pyroute2 `ndmsg`
@@ -30,6 +31,7 @@ import select
 import socket
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pyroute2.iproute import IPRoute
@@ -330,11 +332,21 @@ def send_writes(ipr: IPRoute, writes: Sequence[Write]) -> list[int]:
     return results
 
 
+# Decoding neighbor dumps (linux/netlink.h, linux/neighbour.h).
+_NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
+_NDMSG = struct.Struct("=B3xiHBB")  # family, pad, ifindex, state, flags, type
+_RTATTR = struct.Struct("=HH")  # length, type
+_NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
+_NDA_DST = 1
+_NDA_LLADDR = 2
+_ADDRESS_FAMILY_BY_SIZE = {4: socket.AF_INET, 16: socket.AF_INET6}
+
 # --------------------------------------------------------------------------- dumps
 
 
-def _dump(ipr: IPRoute, request: Any, msg_type: int) -> list[Any]:
-    """Run one dump, retried while the kernel flags it interrupted; decoded by pyroute2."""
+def _dump_raw(ipr: IPRoute, request: Any, msg_type: int) -> tuple[int, list[bytes]]:
+    """Run one dump, retried while the kernel flags it interrupted: its sequence number and
+    the chunks received (each a run of whole netlink messages), not decoded."""
     sock = raw_socket(ipr)
     _ensure_receive_buffer(sock)
     poller = select.poll()
@@ -381,48 +393,94 @@ def _dump(ipr: IPRoute, request: Any, msg_type: int) -> list[Any]:
                 chunks.append(data)
         if interrupted:
             continue
-        messages: list[Any] = []
-        for data in chunks:
-            for msg in ipr.marshal.parse(data):
-                header = msg["header"]
-                if header.get("sequence_number") == seq and header.get("type") not in (
-                    NLMSG_DONE, NLMSG_ERROR
-                ):
-                    messages.append(msg)
-        return messages
+        return seq, chunks
     raise KernelError("netlink dump kept being interrupted", errno_codes.EINTR)
+
+
+def _dump(ipr: IPRoute, request: Any, msg_type: int) -> list[Any]:
+    """Run one dump (see `_dump_raw`), decoded by pyroute2."""
+    seq, chunks = _dump_raw(ipr, request, msg_type)
+    messages: list[Any] = []
+    for data in chunks:
+        for msg in ipr.marshal.parse(data):
+            header = msg["header"]
+            if header.get("sequence_number") == seq and header.get("type") not in (
+                NLMSG_DONE, NLMSG_ERROR
+            ):
+                messages.append(msg)
+    return messages
+
+
+@dataclass(frozen=True)
+class _NeighborMessage:
+    """What the dumps read of one RTM_NEWNEIGH message: its ndmsg header, NDA_DST (an IPv4
+    or IPv6 address as text) and NDA_LLADDR (lower-case hex, colon-separated), None if absent."""
+
+    family: int
+    ifindex: int
+    state: int
+    flags: int
+    dst: str | None
+    lladdr: str | None
+
+
+def _neighbor_messages(ipr: IPRoute, family: int) -> list[_NeighborMessage]:
+    """One RTM_GETNEIGH dump of `family`, decoded here with struct.
+
+    A neighbor message is its ndmsg header and two attributes we read; pyroute2's generic
+    decoder took ~0.1 ms a message (about 20 ms a resync at 40 hosts, every resync_interval,
+    on an idle agent), this ~0.005 ms.
+    """
+    request = ndmsg()
+    request["family"] = family
+    seq, chunks = _dump_raw(ipr, request, RTM_GETNEIGH)
+    messages = []
+    for data in chunks:
+        offset = 0
+        while offset + _NLMSG_HEADER.size <= len(data):
+            length, kind, _flags, msg_seq, _pid = _NLMSG_HEADER.unpack_from(data, offset)
+            if length < _NLMSG_HEADER.size:
+                break
+            end = min(offset + length, len(data))
+            body = offset + _NLMSG_HEADER.size
+            if (msg_seq == seq and kind == RTM_NEWNEIGH
+                    and body + _NDMSG.size <= end):
+                messages.append(_neighbor_message(data, body, end))
+            offset += (length + 3) & ~3
+    return messages
+
+
+def _neighbor_message(data: bytes, body: int, end: int) -> _NeighborMessage:
+    family, ifindex, state, flags, _kind = _NDMSG.unpack_from(data, body)
+    dst: str | None = None
+    lladdr: str | None = None
+    at = body + _NDMSG.size
+    while at + _RTATTR.size <= end:
+        size, kind = _RTATTR.unpack_from(data, at)
+        if size < _RTATTR.size or at + size > end:
+            break
+        value = data[at + _RTATTR.size:at + size]
+        kind &= _NLA_TYPE_MASK
+        if kind == _NDA_DST and len(value) in _ADDRESS_FAMILY_BY_SIZE:
+            dst = socket.inet_ntop(_ADDRESS_FAMILY_BY_SIZE[len(value)], value)
+        elif kind == _NDA_LLADDR:
+            lladdr = value.hex(":")
+        at += (size + 3) & ~3
+    return _NeighborMessage(family, ifindex, state, flags, dst, lladdr)
 
 
 def dump_fdb(ipr: IPRoute) -> list[FdbRecord]:
     """Every AF_BRIDGE FDB entry of the namespace (bridge and vxlan, master and self)."""
-    request = ndmsg()
-    request["family"] = AF_BRIDGE
-    records = []
-    for msg in _dump(ipr, request, RTM_GETNEIGH):
-        mac = msg.get_attr("NDA_LLADDR")
-        if mac is None:
-            continue
-        records.append(FdbRecord(int(msg["ifindex"]), str(mac).lower(),
-                                 msg.get_attr("NDA_DST"), int(msg["state"]),
-                                 int(msg["flags"])))
-    return records
+    return [FdbRecord(msg.ifindex, msg.lladdr, msg.dst, msg.state, msg.flags)
+            for msg in _neighbor_messages(ipr, AF_BRIDGE) if msg.lladdr is not None]
 
 
 def dump_neighbors(ipr: IPRoute) -> list[NeighborRecord]:
     """Every IPv4 and IPv6 neighbor entry of the namespace."""
-    records = []
-    for family in (socket.AF_INET, socket.AF_INET6):
-        request = ndmsg()
-        request["family"] = family
-        for msg in _dump(ipr, request, RTM_GETNEIGH):
-            ip = msg.get_attr("NDA_DST")
-            if ip is None or int(msg["family"]) != family:
-                continue
-            mac = msg.get_attr("NDA_LLADDR")
-            records.append(NeighborRecord(int(msg["ifindex"]), str(ip),
-                                          None if mac is None else str(mac).lower(),
-                                          int(msg["state"]), int(msg["flags"])))
-    return records
+    return [NeighborRecord(msg.ifindex, msg.dst, msg.lladdr, msg.state, msg.flags)
+            for family in (socket.AF_INET, socket.AF_INET6)
+            for msg in _neighbor_messages(ipr, family)
+            if msg.dst is not None and msg.family == family]
 
 
 def _vxlan_attributes(data: Any) -> VxlanAttributes:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import errno
+import socket
 
 import pytest
+from pyroute2.iproute import IPRoute
 
 from agent.lab.namespaces import NetnsLab, run
 from underlay.kernel import NetlinkThread
@@ -20,7 +22,9 @@ from underlay.records import (
     ANY_ADDRESS,
     NUD_PERMANENT,
     ZERO_MAC,
+    FdbRecord,
     FdbWrite,
+    NeighborRecord,
     NeighborWrite,
     VxlanSpec,
     WriteAction,
@@ -79,5 +83,63 @@ def test_batches_with_failures_in_the_middle(netns_lab: NetnsLab) -> None:
         assert "dst 10.0.0.3" not in shown and "02:00:00:01:00:00" not in shown
         # pyroute2's own requests still work on the same socket afterwards.
         assert nl.call_blocking(lambda ipr: ipr.link_lookup(ifname="vxtun42")) == [index]
+    finally:
+        nl.close()
+
+
+def _pyroute2_view(ipr: IPRoute) -> tuple[list[FdbRecord], list[NeighborRecord]]:
+    """The same dumps decoded by pyroute2's generic decoder (what dump_fdb and dump_neighbors
+    used before they decoded neighbor messages themselves): the reference to agree with."""
+    fdb = [FdbRecord(int(m["ifindex"]), str(m.get_attr("NDA_LLADDR")).lower(),
+                     m.get_attr("NDA_DST"), int(m["state"]), int(m["flags"]))
+           for m in ipr.fdb("dump") if m.get_attr("NDA_LLADDR") is not None]
+    neighbors = []
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for m in ipr.neigh("dump", family=family):
+            if m.get_attr("NDA_DST") is None or int(m["family"]) != family:
+                continue
+            mac = m.get_attr("NDA_LLADDR")
+            neighbors.append(NeighborRecord(int(m["ifindex"]), str(m.get_attr("NDA_DST")),
+                                            None if mac is None else str(mac).lower(),
+                                            int(m["state"]), int(m["flags"])))
+    return fdb, neighbors
+
+
+def test_dumps_decode_every_record_as_pyroute2_does(netns_lab: NetnsLab) -> None:
+    """FDB entries with IPv4 and IPv6 remotes, flood entries, bridge (master) entries, ARP and
+    NDP entries, permanent ones and one without a link-layer address (FAILED, as the kernel
+    leaves an unanswered resolution): the struct decoder gives what pyroute2 gives."""
+    ns = netns_lab.ns("d")
+    run("ip link add vxbr7 type bridge", netns=ns)
+    run("ip link add vxtun7 type vxlan id 7 dstport 4789 local 10.0.0.1 nolearning",
+        netns=ns)
+    run("ip link add vxtun8 type vxlan id 8 dstport 4789 local fd00::1 nolearning",
+        netns=ns)
+    run("ip link set vxtun7 master vxbr7", netns=ns)
+    for device in ("vxbr7", "vxtun7", "vxtun8"):
+        run(f"ip link set {device} up", netns=ns)
+    run("bridge fdb append 00:00:00:00:00:00 dev vxtun7 dst 10.0.0.2 self permanent",
+        netns=ns)
+    run("bridge fdb replace 02:00:00:00:07:01 dev vxtun7 dst 10.0.0.3 self permanent",
+        netns=ns)
+    run("bridge fdb replace 02:00:00:00:08:01 dev vxtun8 dst fd00::2 self permanent",
+        netns=ns)
+    run("bridge fdb add 02:00:00:00:07:02 dev vxtun7 master static", netns=ns)
+    run("ip neigh replace 10.7.0.5 lladdr 02:00:00:00:07:05 dev vxtun7 nud permanent",
+        netns=ns)
+    run("ip neigh replace fd07::5 lladdr 02:00:00:00:07:06 dev vxtun7 nud permanent",
+        netns=ns)
+    run("ip neigh replace 10.7.0.6 dev vxtun7 nud failed", netns=ns)
+    nl = NetlinkThread(ns)
+    try:
+        fdb = nl.call_blocking(dump_fdb)
+        neighbors = nl.call_blocking(dump_neighbors)
+        assert (fdb, neighbors) == nl.call_blocking(_pyroute2_view)
+        dsts = {r.mac: r.dst for r in fdb}
+        assert dsts["02:00:00:00:07:01"] == "10.0.0.3" and dsts["02:00:00:00:08:01"] == "fd00::2"
+        assert dsts["02:00:00:00:07:02"] is None
+        assert {(r.ip, r.mac) for r in neighbors} >= {
+            ("10.7.0.5", "02:00:00:00:07:05"), ("fd07::5", "02:00:00:00:07:06"),
+            ("10.7.0.6", None)}
     finally:
         nl.close()
