@@ -23,7 +23,8 @@ Rules:
 - the chunk memos (shared directories only): `decode_chunk` keys on the chunk's bytes (a pure
   function of them), so views that exchange the same membership decode it once;
   `members_chunk` keys on the packed records, so views (and one view's successive states)
-  holding the same records for an id range hold one chunk.
+  holding the same records for an id range hold one chunk; `message` keys on a message's
+  bytes, so the news every view queues is held once.
 - the packet memo (shared directories only) keys on the bytes too: `decode_packet` is a pure
   function of them and what it returns is immutable (frozen messages; nobody changes the
   list), so the same packet delivered to many views (an ack or a ping of the same sequence
@@ -59,6 +60,8 @@ _ALIVE, _SUSPECT, _DEAD, _LEFT = (MemberState.ALIVE, MemberState.SUSPECT, Member
 CHUNK_MEMO = 512
 #: Decoded UDP packets a shared directory remembers (newest kept).
 PACKET_MEMO = 16_384
+#: Encoded messages a shared directory hands out one copy of (`message`).
+MESSAGE_MEMO = 65_536
 
 _T = TypeVar("_T")
 
@@ -133,6 +136,7 @@ class MemberDirectory:
         self._memo: dict[bytes, list[MemberRecord] | bytes | None] = {}
         self._chunks: dict[tuple[bytes, ...], bytes] = {}
         self._packets: dict[bytes, list[Message | UnknownMessage]] = {}
+        self._messages: dict[bytes, bytes] = {}
 
     @property
     def capacity(self) -> int:
@@ -214,6 +218,14 @@ class MemberDirectory:
                 del memo[next(iter(memo))]
         memo[key] = chunk
         return chunk
+
+    def message(self, encoded: bytes) -> bytes:
+        """One bytes object for the same encoded message in a shared directory (memoized,
+        oldest forgotten first): the news that thousands of views queue for piggyback (a
+        partition's suspicions and failures) is held once, not once per view."""
+        if not self.shared:
+            return encoded
+        return _memoized(self._messages, MESSAGE_MEMO, bytes, encoded)
 
     def decode_chunk(self, chunk: bytes) -> list[MemberRecord] | bytes | None:
         """`gossip.wire.decode_chunk`, memoized in a shared directory (raises WireError)."""

@@ -892,7 +892,9 @@ class Swim:
             if teller is not None:
                 not_to.add(teller.name)
         encoded = message if isinstance(message, bytes) else encode_message(message)
-        self._broadcasts.queue(encoded, name, not_to=frozenset(not_to))
+        # (one copy of the name and of the news for all the views that queue it)
+        self._broadcasts.queue(self._dir.message(encoded), sys.intern(name),
+                               not_to=frozenset(not_to))
         self._arm_gossip(now)
 
     def _announce_self(self, now: float) -> None:
