@@ -305,7 +305,7 @@ class Simulation:
                                        (node, dst, data)))
             counters.datagrams_sent += len(datagrams)
             counters.datagram_bytes += sent
-        self.bytes_sent[node.index] += sent
+            self.bytes_sent[node.index] += sent
         for start in swim.push_pulls_to_start():
             dst = self._by_addr.get(start.addr)
             if dst is None or not self.reachable(node.index, dst.index):

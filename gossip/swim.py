@@ -821,7 +821,7 @@ class Swim:
 
     def _send(self, addr: Addr, parts: list[bytes]) -> None:
         """Send messages to one peer, filling the rest of the packet with broadcasts."""
-        room = self._budget() - sum(len(p) for p in parts)
+        room = self._budget() - sum(map(len, parts))
         self._emit(addr, parts + self._piggyback(room, addr))
 
     def _respond(self, addr: Addr, parts: list[bytes]) -> bool:
@@ -831,12 +831,12 @@ class Swim:
             self._send(addr, parts)
             return True
         overhead = PACKET_OVERHEAD + (ENCRYPTION_OVERHEAD if self.keyring is not None else 0)
-        size = overhead + sum(len(p) for p in parts)
+        size = overhead + sum(map(len, parts))
         if size > room:
             self._stats["replies_capped"] += 1
             return False
         extra = self._piggyback(min(self._budget() + overhead, int(room)) - size, addr)
-        self._reply_room = room - size - sum(len(p) for p in extra)
+        self._reply_room = room - size - sum(map(len, extra))
         self._emit(addr, parts + extra)
         return True
 
@@ -848,11 +848,13 @@ class Swim:
                 del proven[next(iter(proven))]
 
     def _piggyback(self, room: int, to: Addr) -> list[bytes]:
+        if self._delegate is None and not self._broadcasts:
+            return []  # (most packets: nothing to look up)
         owner = self._owner(to)
         member = None if owner is None else owner.name
         parts = self._broadcasts.take(0, room, self.cluster_size(), to=member)
         if self._delegate is not None:
-            room -= sum(len(p) for p in parts)
+            room -= sum(map(len, parts))
             if room > USER_MESSAGE_OVERHEAD:
                 for payload in self._delegate.get_broadcasts(USER_MESSAGE_OVERHEAD, room,
                                                              member):
