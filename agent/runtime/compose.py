@@ -32,8 +32,6 @@ import trio
 
 from agent.api.http import HttpServerStatistics
 from agent.config import AgentConfig, AgentConfigError
-from agent.docker.containers import ContainerNames
-from agent.docker.engine import EngineClient
 from agent.runtime.attachments import Attachments
 from agent.runtime.errors import MissingKernelFeature, UnderlayNotFound
 from agent.runtime.gossip_link import GossipLink, load_identity
@@ -207,6 +205,10 @@ def container_names(config: AgentConfig) -> Callable[[int], str | None]:
     """The Docker container a process runs in, by name (None without `[docker] enabled`)."""
     if not config.docker.enabled:
         return lambda pid: None
+    # Imported here: an agent without Docker never loads agent.docker (see process.run_docker).
+    from agent.docker.containers import ContainerNames
+    from agent.docker.engine import EngineClient
+
     return ContainerNames(EngineClient(str(config.docker.engine_socket), timeout=2.0)).name_of_pid
 
 

@@ -7,7 +7,8 @@ socket, runs the driver's background work, cleans up endpoints whose containers 
 the agent was away, and mirrors vxmesh networks into the local dockerd. Nothing here knows
 Docker's wire format (agent.docker does).
 
-Rules: with `[docker] enabled = false` the phase reports started and does nothing.
+Rules: with `[docker] enabled = false` this module is not even imported (the phase in
+agent.runtime.process reports started and does nothing).
 
 May import: agent.*, trio, the standard library.
 """
@@ -112,11 +113,9 @@ def _watched_networks(c: Components) -> Mapping[str, Network]:
 async def run_docker(c: Components, control: Control, *,
                      task_status: trio.TaskStatus[PluginHandler | None] =
                      trio.TASK_STATUS_IGNORED) -> None:
-    """Docker's plugin socket and the network mirror (if `[docker] enabled`)."""
+    """Docker's plugin socket and the network mirror (started only with `[docker] enabled`,
+    by agent.runtime.process.run_docker)."""
     config = c.config.docker
-    if not config.enabled:
-        task_status.started(None)
-        return
     engine = EngineClient(str(config.engine_socket))
     driver = VxmeshDockerDriver(DockerMesh(c, control), engine,
                                 c.config.node.state_dir / STATE_FILE, rng=random.Random())

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trio
-from cryptography import x509
 
 from agent.config import AgentConfigError, StoreConfig, parse_etcd_url
 from agent.store.errors import StoreError
@@ -71,6 +70,9 @@ def load_security(config: StoreConfig) -> EtcdSecurity:
     if ca is not None and b"-----BEGIN CERTIFICATE-----" not in ca:
         raise AgentConfigError(f"store.ca_file: {config.ca_file!r} holds no PEM certificate")
     if cert is not None:
+        # Imported here: cryptography.x509 (0.6 MiB resident) only for TLS client certificates.
+        from cryptography import x509
+
         try:
             leaf = x509.load_pem_x509_certificate(cert)
         except ValueError:
