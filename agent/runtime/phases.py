@@ -42,6 +42,10 @@ log = logging.getLogger("vxmesh.agent")
 
 INITIAL_SYNC_TIMEOUT = 5.0
 FIRST_CONTACT_MARGIN = 1.0
+#: Block reclaimer passes per `store.reclaim_grace` (every 300 s at the default hour). Each
+#: pass reads every node record and every address block (O(N) on every agent, so O(N^2)
+#: reads for etcd); a host is reclaimed after grace plus at most one interval either way.
+RECLAIM_PASSES_PER_GRACE = 12
 
 
 async def run_metrics(c: Components, *,
@@ -76,8 +80,9 @@ async def run_store(c: Components, *,
         nursery.start_soon(c.store.run_health_probe)
         await nursery.start(c.store.run_network_watch)
         nursery.start_soon(_follow_networks, c)
-        nursery.start_soon(partial(c.store.run_block_reclaimer,
-                                   grace=c.config.store.reclaim_grace,
+        grace = c.config.store.reclaim_grace
+        nursery.start_soon(partial(c.store.run_block_reclaimer, grace=grace,
+                                   interval=grace / RECLAIM_PASSES_PER_GRACE,
                                    alive=partial(_alive_nodes, c)))
         task_status.started()
 
