@@ -668,17 +668,18 @@ class TableDelegate:
 
     def get_broadcasts(self, overhead: int, limit: int, to: str | None = None) -> list[bytes]:
         self._drain_table()
+        table = self.table
         payloads = self._queue.take(overhead, limit, len(self._alive) + 1, to=to)
         if to is not None and self._network_queues:
-            room = limit - sum(overhead + len(p) for p in payloads)
-            table = self.table
+            room = limit - sum(overhead + len(p) for p in payloads) if payloads else limit
             for network in table.networks_of(to):
                 queue = self._network_queues.get(network)
                 if queue is None or not queue:
                     continue
                 more = queue.take(overhead, room, table.peer_count(network), to=to)
-                payloads += more
-                room -= sum(overhead + len(p) for p in more)
+                if more:
+                    payloads += more
+                    room -= sum(overhead + len(p) for p in more)
         self._broadcasts_sent += len(payloads)
         return payloads
 
@@ -708,7 +709,7 @@ class TableDelegate:
 
     def local_state(self, join: bool, to: str | None = None) -> Iterable[bytes]:
         table = self.table
-        shared = table.networks_of(to) if (
+        shared = frozenset(table.networks_of(to)) if (
             self.config.scoped and not join and to is not None) else frozenset()
         if shared and table.networks().isdisjoint(shared):
             # (what `table.records(shared)` yields then: memberships alone)
@@ -836,8 +837,10 @@ class TableDelegate:
         self._enqueue(key, record)
 
     def _drain_table(self) -> None:
-        for record in self.table.records_to_send():
-            self._enqueue(_queue_key(record), record)
+        table = self.table
+        if table.has_outgoing():  # (mostly not: then no list is made)
+            for record in table.records_to_send():
+                self._enqueue(_queue_key(record), record)
 
     def _enqueue(self, key: tuple[str, ...], record: Record) -> None:
         queue = self._queue

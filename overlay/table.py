@@ -210,6 +210,10 @@ TableEvent = EndpointChanged | NetworkPeerChanged
 class Merge(Enum):
     """What `merge` did with a remote record."""
 
+    # By identity (members are singletons): Enum's own hash is Python code, and every merge
+    # counts its result in a dict keyed by it.
+    __hash__ = object.__hash__
+
     ACCEPTED = "accepted"  # newer than what we held: stored (and queued for relay if asked)
     STALE = "stale"  # older than or equal to what we held
     OUT_OF_SCOPE = "out_of_scope"  # endpoint of a network we have not joined
@@ -501,14 +505,20 @@ class NeighborTable:
         """
         # The same live write again (a push-pull repeats most of what we hold): what the full
         # path below decides too, without its validation and lookups.
-        if type(record) is Entry and not record.deleted:
+        if type(record) is Entry:
             current = self._entries.get((record.network, record.owner, record.ip))
-            if current is record or (
-                    current is not None and current.version == record.version
-                    and not current.deleted and current.mac == record.mac
-                    and current.vtep == record.vtep and current.changed_at == record.changed_at):
-                self._counts[Merge.STALE] += 1
-                return Merge.STALE
+            if not record.deleted:
+                if current is record or (
+                        current is not None and current.version == record.version
+                        and not current.deleted and current.mac == record.mac
+                        and current.vtep == record.vtep
+                        and current.changed_at == record.changed_at):
+                    self._counts[Merge.STALE] += 1
+                    return Merge.STALE
+            elif (current is not None and current.deleted and current.version == record.version
+                  and current.mac == record.mac and current.vtep == record.vtep
+                  and record.owner != self.node and self._check_signature is None):
+                return self._same_deletion(current, record, now)
         elif type(record) is Membership and not record.deleted:
             held = self._memberships.get((record.network, record.node))
             if held is record or (
@@ -536,12 +546,35 @@ class NeighborTable:
         self._counts[result] += 1
         return result
 
-    def _merge_other(self, record: Record, now: float) -> Merge:
+    def _same_deletion(self, current: Entry, record: Entry, now: float) -> Merge:
+        """Another owner's deletion that we hold (same version and rank), signing off: what
+        the general path decides for it (every gossiped deletion arrives ~18 times at each
+        node), without its lookups: it may only carry a later deadline, to keep (capped)."""
+        if record.expires_at > now + self.tombstone_ttl:
+            record = replace(record, expires_at=now + self.tombstone_ttl)
+        result = Merge.INVALID if not self._valid_entry(record) else self._refused(record)
+        if result is None:
+            if record.expires_at > current.expires_at or (
+                    record.expires_at == current.expires_at
+                    and _copy_order(record) > _copy_order(current)):
+                self._store_copy(record, now)
+            result = Merge.STALE
+        self._counts[result] += 1
+        return result
+
+    def _refused(self, record: Record) -> Merge | None:
+        """Why a record of another owner is not held whatever it carries, if it is not."""
         status = self._owners.get(record.owner)
         if status is not None and status.status in _DROPPED:
             return Merge.OWNER_GONE
         if isinstance(record, Entry) and record.network not in self._networks:
             return Merge.OUT_OF_SCOPE
+        return None
+
+    def _merge_other(self, record: Record, now: float) -> Merge:
+        refused = self._refused(record)
+        if refused is not None:
+            return refused
         current = self._current(record)
         if current is not None:
             merged = merge_records(current, record)
@@ -755,9 +788,10 @@ class NeighborTable:
         """How many visible nodes take part in `network` (ourselves included)."""
         return len(self._peers.get(network, ()))
 
-    def networks_of(self, node: str) -> frozenset[str]:
-        """The networks `node` visibly takes part in (empty if none, or unknown)."""
-        return frozenset(self._peer_networks.get(node, ()))
+    def networks_of(self, node: str) -> tuple[str, ...]:
+        """The networks `node` visibly takes part in (empty if none, or unknown), in the order
+        we learned them: the table's own tuple, not a copy (every packet sent asks)."""
+        return self._peer_networks.get(node, ())
 
     def networks(self) -> frozenset[str]:
         return frozenset(self._networks)
@@ -881,9 +915,11 @@ class NeighborTable:
         and no candidate set, so only the record and its reaping change (every gossiped
         tombstone arrives this way again and again); anything else takes `_store`."""
         if type(record) is Entry and record.deleted:
-            self.now = max(self.now, now)
-            self._entries[record.key] = record
-            heapq.heappush(self._reap_entries, (record.expires_at, record.key))
+            if now > self.now:
+                self.now = now
+            key = (record.network, record.owner, record.ip)
+            self._entries[key] = record
+            heapq.heappush(self._reap_entries, (record.expires_at, key))
         else:
             self._store(record, now)
 

@@ -220,7 +220,7 @@ def test_scoped_records_ride_only_to_members_of_their_network() -> None:
     c = TableDelegate(NeighborTable("c", "192.0.2.3"), now=0.0)
     c.table.join_network("red", 0.0)
     _introduce([a, b, c])
-    assert a.table.networks_of("b") == {NET} and a.table.networks_of("c") == {"red"}
+    assert a.table.networks_of("b") == (NET,) and a.table.networks_of("c") == ("red",)
     a.table.put_endpoint("red", "10.2.0.1", "02:00:00:00:00:01", 1.0)
     assert a.gossip_targets(3) == ["c"]  # only red has news; never ourselves
     to_b = [r for p in a.get_broadcasts(2, 1400, "b") for r in decode_records(p, 1.0)]

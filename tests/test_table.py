@@ -495,6 +495,33 @@ def test_a_remote_tombstone_lifetime_is_capped_at_ours() -> None:
     assert a.get(NET, "b", IPS[0]) is None
 
 
+def test_repeats_of_a_held_deletion_keep_the_later_deadline_capped_at_ours() -> None:
+    """Every gossiped deletion arrives again and again: each repeat is STALE and may only move
+    the deadline later (never past our own lifetime from now); validity still holds."""
+    a = make_table("a", tombstone_ttl=600.0)
+    tomb = Entry(NET, IPS[0], MACS[0], "b", VTEPS[1], 5, True, 100.0, WALL)
+
+    def deadline() -> float:
+        held = a.get(NET, "b", IPS[0])
+        assert held is not None and held.deleted
+        return held.expires_at
+
+    assert a.merge(tomb, 10.0) is Merge.ACCEPTED
+    for expires_at, now, kept in ((300.0, 20.0, 300.0), (200.0, 30.0, 300.0),
+                                  (5000.0, 40.0, 640.0)):
+        copy = Entry(NET, IPS[0], MACS[0], "b", VTEPS[1], 5, True, expires_at, WALL)
+        assert a.merge(copy, now) is Merge.STALE
+        assert deadline() == kept
+    a.handle_timeout(301.0)
+    assert deadline() == 640.0
+    a.set_subnet(NET, "10.9.0.0/24", None)  # its address is outside the subnet now
+    late = Entry(NET, IPS[0], MACS[0], "b", VTEPS[1], 5, True, 700.0, WALL)
+    assert a.merge(late, 100.0) is Merge.INVALID and deadline() == 640.0
+    assert (a.statistics().stale, a.statistics().invalid) == (3, 1)
+    a.handle_timeout(640.5)
+    assert a.get(NET, "b", IPS[0]) is None
+
+
 def test_remote_records_with_a_bad_mac_or_address_are_invalid() -> None:
     a = make_table("a")
     a.set_subnet(NET, "10.1.0.0/24", "10.1.0.1")
