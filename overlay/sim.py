@@ -58,6 +58,8 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import attrgetter
 
 from gossip.config import SwimConfig
 from gossip.sim import Simulation
@@ -67,6 +69,7 @@ from overlay.liveness import HostLiveness, LivenessConfig
 from overlay.table import EndpointChanged, Entry, Merge, NeighborTable, Record
 
 _VTEP_BASE = ipaddress.ip_address("100.64.0.0")  # simulated VTEPs: never used as addresses
+_owner_of = attrgetter("owner")
 
 
 @dataclass
@@ -117,7 +120,7 @@ class _ObservedTable(NeighborTable):
     index: int
 
     def merge(self, record: Record, now: float, *, relay: bool = False) -> Merge:
-        result = super().merge(record, now, relay=relay)
+        result = NeighborTable.merge(self, record, now, relay=relay)  # (no super() per call)
         if result is Merge.ACCEPTED and isinstance(record, Entry):
             self.run.accepted(self.index, record, now)
         return result
@@ -190,11 +193,12 @@ class _Run:
                     first.merge(entry, 0.0)
             for index in members[1:]:
                 self.tables[index].adopt(first)
+        everyone = [(node.index, node.name, node.addr) for node in self.sim.nodes]
         for index, table in enumerate(self.tables):
-            delegate = self.delegates[index]
-            for node in self.sim.nodes:
-                if node.index != index:
-                    delegate.member_alive(node.name, node.addr, 0.0)
+            member_alive = self.delegates[index].member_alive
+            for other, name, addr in everyone:
+                if other != index:
+                    member_alive(name, addr, 0.0)
             table.records_to_send()
             while table.next_event() is not None:
                 pass
@@ -229,7 +233,8 @@ class _Run:
         index = self.churn_rng.choice(up)
         table = self.tables[index]
         network = self.network_of[index]
-        mine = [e for e in table.endpoints(network) if e.owner == table.node]
+        view = table.endpoints()  # (the node joined `network` alone) its own, in view order:
+        mine = list(compress(view, map(table.node.__eq__, map(_owner_of, view))))
         roll = self.churn_rng.random()
         if mine and roll < 0.5:
             old = self.churn_rng.choice(mine)
@@ -352,15 +357,15 @@ class _Run:
         r.decode_errors = sum(d.statistics().decode_errors for d in self.delegates)
         alive = set(live)
         # Each live owner's own visible entries, read once; most views hold these very objects,
-        # so both counts first set aside, by identity (sets of ids: C loops), the entries that
-        # are a live owner's own, and look at the rest one by one.
+        # so both counts first set aside, by identity (sets of ids, picked out by `compress`: C
+        # loops), the entries that are a live owner's own, and look at the rest one by one.
         own = {index: self.tables[index].endpoints_of(self.tables[index].node)
                for index in live}
         own_ids = {id(e) for entries in own.values() for e in entries}
         for index in live:
             view = self.tables[index].endpoints()
             odd = set(map(id, view)).difference(own_ids)
-            for entry in [e for e in view if id(e) in odd] if odd else []:
+            for entry in compress(view, map(odd.__contains__, map(id, view))) if odd else ():
                 owner = self.index_of[entry.owner]
                 if owner not in alive:
                     r.stale_entries += 1
@@ -387,7 +392,8 @@ class _Run:
                 held_ids = set(map(id, held_entries))
                 matched = len(held_ids.intersection(single).difference(map(id, own[peer])))
                 rest = held_ids.difference(single)
-                for held in [h for h in held_entries if id(h) in rest] if rest else []:
+                for held in compress(held_entries, map(rest.__contains__, map(id, held_entries))) \
+                        if rest else ():
                     for entry in by_ip.get(held.ip, ()):
                         if entry.owner != node and (entry is held
                                                     or entry.version == held.version):
