@@ -8,7 +8,8 @@ a run is reproducible bit for bit. The network model: a datagram is lost with pr
 `loss`, else delivered after a latency drawn uniformly from `latency_s`; nodes in different
 partition groups cannot reach each other (UDP or TCP); a push-pull succeeds when both ends are
 up and connected (TCP retransmits hide loss), its two halves each taking one latency.
-Only the CLI's wall-clock measurement uses `time`; the simulation never reads a clock.
+Only the CLI's wall-clock measurement (and `--progress`) uses `time` and `resource`; the
+simulation never reads a clock.
 
 Profiles: `lan`, `wan`, `local` are our presets; `memberlist` is the baseline: the same core
 run with memberlist's DefaultLANConfig numbers (3 indirect checks, suspicion 4 * log10 n
@@ -18,7 +19,7 @@ It is our code with their numbers, not memberlist itself.
 Usage (see `main`):
     python -m gossip.sim --nodes N [--scenario {all,join,fail,loss,partition,churn}] --seed S
         [--loss P] [--duration SECONDS] [--joiners J]
-        [--profile {lan,wan,local,memberlist,both}] [--json]
+        [--profile {lan,wan,local,memberlist,both}] [--progress SECONDS] [--json]
 
 Imports: gossip.* and the standard library.
 """
@@ -30,6 +31,7 @@ import heapq
 import json
 import math
 import random
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -456,8 +458,10 @@ class _Watch:
 def run_scenario(scenario: str, nodes: int, seed: int, *, profile: str = "lan",
                  loss: float | None = None, duration: float | None = None,
                  joiners: int | None = None, cut_s: float = 60.0,
-                 signed: bool = False) -> ScenarioResult:
-    """Run one scenario and measure it. See `main` for what each scenario does."""
+                 signed: bool = False, progress_s: float | None = None) -> ScenarioResult:
+    """Run one scenario and measure it. See `main` for what each scenario does.
+    `progress_s`: every that many simulated seconds, one line on stderr (how far, false
+    positives so far, CPU, wall, peak RSS), so a long run that is stopped still tells."""
     if scenario not in SCENARIOS:
         raise ValueError(f"scenario: expected one of {SCENARIOS}, got {scenario!r}")
     if profile not in PROFILES:
@@ -481,25 +485,42 @@ def run_scenario(scenario: str, nodes: int, seed: int, *, profile: str = "lan",
     result = ScenarioResult(nodes, scenario, seed, profile, loss, duration, signed=signed)
     step = 0.1
     start_at = 5.0
+    report_every = math.inf if progress_s is None else progress_s
+    next_report = report_every
+
+    def run_until(until: float) -> None:
+        # (in slices at the progress marks: the same events in the same order)
+        nonlocal next_report
+        while next_report <= until:
+            sim.run_until(next_report)
+            print(f"progress: {scenario} t={next_report:.0f} s simulated, "
+                  f"false_positives={len(watch.false_nodes)} "
+                  f"(events {watch.false_events}), "
+                  f"cpu={time.process_time() - cpu_start:.0f} s, "
+                  f"wall={time.perf_counter() - wall_start:.0f} s, "
+                  f"peak_rss={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB",
+                  file=sys.stderr, flush=True)
+            next_report += report_every
+        sim.run_until(until)
 
     def run_checking(until: float, check: Callable[[], bool], since: float) -> float | None:
         t = sim.now
         while t < until:
             t = min(until, t + step)
-            sim.run_until(t)
+            run_until(t)
             if check():
                 return t - since
         return None
 
     if scenario == "join":
         join_at = 1.0
-        sim.run_until(join_at)
+        run_until(join_at)
         for index in range(formed, nodes):
             sim.start_node(index, rng.sample(range(formed), min(3, formed)))
         result.converged_s = run_checking(duration, sim.views_converged, join_at)
-        sim.run_until(duration)
+        run_until(duration)
     elif scenario in ("fail", "loss"):
-        sim.run_until(start_at)
+        run_until(start_at)
         target = rng.randrange(nodes)
         watch.targets[target] = sim.now
         sim.kill(target)
@@ -509,9 +530,9 @@ def run_scenario(scenario: str, nodes: int, seed: int, *, profile: str = "lan",
 
         run_checking(duration, detected, start_at)
         result.detect_first_s, result.detect_all_s = watch.detection(target)
-        sim.run_until(duration)
+        run_until(duration)
     elif scenario == "partition":
-        sim.run_until(start_at)
+        run_until(start_at)
         order = list(range(nodes))
         rng.shuffle(order)
         groups = [0] * nodes
@@ -530,19 +551,19 @@ def run_scenario(scenario: str, nodes: int, seed: int, *, profile: str = "lan",
             result.detect_first_s = watch.cross_first - start_at
         if split_seen():
             result.detect_all_s = max(0.0, sim.now - start_at)
-        sim.run_until(start_at + cut_s)
+        run_until(start_at + cut_s)
         sim.heal()
         result.converged_s = run_checking(duration, sim.views_converged, start_at + cut_s)
         if result.converged_s is None:
             result.notes.append("views did not reconverge after the cut")
     else:  # churn
-        sim.run_until(start_at)
+        run_until(start_at)
         churn_end = max(start_at + 10.0, duration - 60.0)
         cap = max(1, nodes // 10)
         t = start_at
         while t < churn_end:
             t += 1.0
-            sim.run_until(t)
+            run_until(t)
             up = [n.index for n in sim.nodes if n.swim is not None]
             down = [n.index for n in sim.nodes if n.swim is None]
             if down and (len(down) >= cap or rng.random() < 0.5):
@@ -554,10 +575,10 @@ def run_scenario(scenario: str, nodes: int, seed: int, *, profile: str = "lan",
                     sim.leave(victim)
                 else:
                     sim.kill(victim)
-        sim.run_until(churn_end)
+        run_until(churn_end)
         result.converged_s = run_checking(
             duration, lambda: sim.views_converged(check_down=True), churn_end)
-        sim.run_until(duration)
+        run_until(duration)
         if watch.left_done:
             result.left_all_s = max(watch.left_done.values())
     result.duration_s = sim.now
@@ -629,6 +650,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sign", choices=("off", "on", "both"), default="off",
                         help="origin authentication (Ed25519 alive/leave signatures); "
                              "'both' runs off, on, off, on with the first profile")
+    parser.add_argument("--progress", type=float, default=None, metavar="SECONDS",
+                        help="a line on stderr every SECONDS simulated (false positives so "
+                             "far, CPU, wall, peak RSS)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object as the last line")
     args = parser.parse_args(argv)
@@ -640,6 +664,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--joiners: must be in [1, nodes), got {args.joiners}")
     if args.duration is not None and args.duration <= 0:
         parser.error(f"--duration: must be > 0, got {args.duration}")
+    if args.progress is not None and args.progress <= 0:
+        parser.error(f"--progress: must be > 0, got {args.progress}")
     profiles = ["lan", "memberlist"] if args.profile == "both" else [args.profile]
     runs = ([(profiles[0], signed) for signed in (False, True, False, True)]
             if args.sign == "both" else [(p, args.sign == "on") for p in profiles])
@@ -647,7 +673,8 @@ def main(argv: list[str] | None = None) -> int:
     payloads = {}
     for scenario in scenarios:
         results = [run_scenario(scenario, args.nodes, args.seed, profile=p, loss=args.loss,
-                                duration=args.duration, joiners=args.joiners, signed=signed)
+                                duration=args.duration, joiners=args.joiners, signed=signed,
+                                progress_s=args.progress)
                    for p, signed in runs]
         print(f"scenario={scenario} nodes={args.nodes} seed={args.seed} "
               f"loss={results[0].loss}")

@@ -153,6 +153,22 @@ def test_cli_prints_a_table_then_one_json_line(capsys: pytest.CaptureFixture[str
     assert any("detect_all_s" in line for line in lines[:-1])
 
 
+def test_progress_lines_report_a_long_run_without_changing_it(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--nodes", "20", "--scenario", "loss", "--seed", "3", "--duration", "25", "--json"]
+    assert main(args) == 0
+    plain = capsys.readouterr()
+    assert main([*args, "--progress", "10"]) == 0
+    reported = capsys.readouterr()
+    progress = [line for line in reported.err.splitlines() if line.startswith("progress:")]
+    assert [line.split()[2] for line in progress] == ["t=10", "t=20"]
+    assert all("false_positives=" in line and "peak_rss=" in line for line in progress)
+    timing = ("wall_s", "cpu_ms_per_node_s")
+    before, after = (json.loads(out.out.strip().splitlines()[-1]) for out in (plain, reported))
+    assert {k: v for k, v in before.items() if k not in timing} == \
+        {k: v for k, v in after.items() if k not in timing}
+
+
 def test_cli_refuses_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["--nodes", "10", "--scenario", "fail", "--loss", "1.5"])
