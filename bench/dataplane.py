@@ -17,6 +17,18 @@ Paths between h1 and h2:
       tunnel addresses, MTU 1390), programmed by the same reconciler, over the WireGuard
       interfaces `underlay.wireguard` brings up (kernel module if the probe finds it, else
       wireguard-go: the backend is printed and in the JSON);
+  (n) overlay_nonf: path (a) with br_netfilter's hooks off in the two host namespaces
+      (`net.bridge.bridge-nf-call-ip{,6}tables` are per network namespace), switched just
+      before the row is measured and back right after: what a host enforcing no network
+      policy could run without;
+  (g) overlay_tc: bridge-less L2: endpoints g1, g2 whose veth's host side and a vxlan
+      device are joined by tc (u32 + mirred redirect, both ways; the vxlan FDB picks the
+      remote VTEP);
+  (h) overlay_routed: routed L3 (Calico's/flannel's model): endpoints r1, r2 with a /32 and
+      a link-local gateway, IP forwarding on both hosts, /32 routes via the remote host's
+      vxlan address;
+  (m) overlay_macvlan: bridge-less L2 without veth: the endpoints' eth0 are macvlan (bridge
+      mode) children of a vxlan device;
   (b+NAME) path (b) with one kernel setting switched away from its default (`settings_of`):
       GRO on the endpoint veths, on the vxlan device, fraglist GRO, GRO and UDP GRO
       forwarding on the underlay, UDP tunnel segmentation offload on the underlay, the outer
@@ -40,6 +52,9 @@ and `gbps_p1_spread`, ... ([min, max]); `ratio_throughput` = gbps_p1(a)/gbps_p1(
 hand-made VXLAN; lower: slower), and `ratio_to_host_throughput` / `ratio_to_host_latency` for
 (a)/(c) (latency: rr_us(c)/rr_us(a)); `ratio_encrypted_to_overlay` = gbps_p1(d)/gbps_p1(a)
 (with `_p4` and `_latency` likewise) and `wireguard_backend`; each ratio with `_spread`;
+`to_host`: per overlay path (a, n, g, h, m) its `throughput`, `throughput_p4` and `latency`
+ratios to (c) taken the same way (latency: rr_us(c)/rr_us(path)), `to_reconciler` those of
+n, g, h, m to (a);
 `settings`: per setting its kernel default, the switched row's figures (`switched`, 1 stream
 and RR only), the default row measured next to it (`default_row`) and the ratios
 (`ratio_throughput` = switched/default, `ratio_latency` = default rr_us/switched rr_us, each
@@ -99,19 +114,26 @@ OVERLAY_MTU = 1450
 ENCRYPTED_MTU = 1390
 HAND_VXLAN = "hvx200"
 HAND_BRIDGE = "hbr200"
-PATHS = ("overlay_reconciler", "overlay_hand", "host", "overlay_encrypted")
+TC_VXLAN = "tvx400"
+ROUTED_VXLAN = "rvx500"
+MACVLAN_VXLAN = "mvx600"
+PATHS = ("overlay_reconciler", "overlay_hand", "host", "overlay_encrypted", "overlay_nonf",
+         "overlay_tc", "overlay_routed", "overlay_macvlan")
+TO_HOST = ("overlay_reconciler", "overlay_nonf", "overlay_tc", "overlay_routed",
+           "overlay_macvlan")
+"""The overlay paths whose ratio to the host path is printed (the targets' ratio)."""
 
 
 # --------------------------------------------------------------------------- topology
 
 
 def endpoint(lab: NetnsLab, host_ns: str, name: str, host_ifname: str, mac: str,
-             ip: str, mtu: int = OVERLAY_MTU) -> str:
+             ip: str, mtu: int = OVERLAY_MTU, prefix: int = 24) -> str:
     ns = lab.ns(name)
     run(["ip", "link", "add", host_ifname, "mtu", str(mtu), "type", "veth", "peer",
          "name", "eth0", "mtu", str(mtu), "netns", ns], netns=host_ns)
     run(["ip", "link", "set", "eth0", "address", mac, "up"], netns=ns)
-    run(["ip", "addr", "add", f"{ip}/24", "dev", "eth0"], netns=ns)
+    run(["ip", "addr", "add", f"{ip}/{prefix}", "dev", "eth0"], netns=ns)
     return ns
 
 
@@ -155,6 +177,133 @@ def hand_vxlan(side: HandSide) -> None:
     ):
         run(cmd, netns=side.ns)
     hand_vxlan_device(side)
+
+
+def tc_redirect(side: HandSide, local_mac: str) -> None:
+    """Path (g), bridge-less L2: the endpoint veth's host side and a vxlan device joined by
+    tc alone. Everything the endpoint sends is redirected (mirred) into the vxlan device,
+    whose own FDB picks the remote VTEP (ARP answered by its `proxy` from the neighbor
+    table); what the vxlan device receives for the endpoint's MAC is redirected to the veth.
+    No bridge, so no br_netfilter detour (cls_u32: this kernel has no flower)."""
+    for cmd in (
+        f"ip link add {TC_VXLAN} type vxlan id 400 dstport 4789 local {side.local} "
+        "nolearning proxy",
+        f"ip link set {TC_VXLAN} mtu {OVERLAY_MTU} up",
+        f"ip link set {side.port_ifname} up",
+        f"ip neigh add {side.remote_ip} lladdr {side.remote_mac} dev {TC_VXLAN} nud permanent",
+        f"bridge fdb add {side.remote_mac} dev {TC_VXLAN} dst {side.remote} self permanent",
+        f"bridge fdb append 00:00:00:00:00:00 dev {TC_VXLAN} dst {side.remote} self "
+        "permanent",
+        f"tc qdisc add dev {side.port_ifname} clsact",
+        f"tc filter add dev {side.port_ifname} ingress protocol all prio 1 u32 match u32 0 0 "
+        f"action mirred egress redirect dev {TC_VXLAN}",
+        f"tc qdisc add dev {TC_VXLAN} clsact",
+        f"tc filter add dev {TC_VXLAN} ingress protocol all prio 1 u32 match ether dst "
+        f"{local_mac} action mirred egress redirect dev {side.port_ifname}",
+    ):
+        run(cmd, netns=side.ns)
+
+
+@dataclass(frozen=True)
+class MacvlanSide:
+    """One host's half of path (m): its namespace, underlay addresses and the remote
+    endpoint; the local endpoint `name` (namespace and, in the host until it moves, the
+    macvlan's name) with its MAC and address."""
+
+    ns: str
+    local: str
+    remote: str
+    remote_mac: str
+    remote_ip: str
+    name: str
+    mac: str
+    ip: str
+
+
+def macvlan_endpoint(lab: NetnsLab, side: MacvlanSide) -> str:
+    """Path (m), bridge-less L2 without veth: the endpoint's eth0 is a macvlan (bridge mode)
+    whose lower device is a vxlan device (no bridge, no veth pair: macvlan hands a frame to
+    the vxlan device's xmit directly, and the vxlan device's received frames to the
+    endpoint by destination MAC in the same receive pass). The vxlan device's FDB picks the
+    remote VTEP; its `proxy` answers ARP from its neighbor table."""
+    ns = lab.ns(side.name)
+    for cmd in (
+        f"ip link add {MACVLAN_VXLAN} type vxlan id 600 dstport 4789 local {side.local} "
+        "nolearning proxy",
+        f"ip link set {MACVLAN_VXLAN} mtu {OVERLAY_MTU} up",
+        f"ip neigh add {side.remote_ip} lladdr {side.remote_mac} dev {MACVLAN_VXLAN} "
+        "nud permanent",
+        f"bridge fdb add {side.remote_mac} dev {MACVLAN_VXLAN} dst {side.remote} self "
+        "permanent",
+        f"bridge fdb append 00:00:00:00:00:00 dev {MACVLAN_VXLAN} dst {side.remote} self "
+        "permanent",
+        f"ip link add link {MACVLAN_VXLAN} name {side.name} address {side.mac} "
+        "type macvlan mode bridge",
+        f"ip link set {side.name} netns {ns}",
+    ):
+        run(cmd, netns=side.ns)
+    for cmd in (
+        f"ip link set {side.name} name eth0",
+        "ip link set eth0 up",
+        f"ip addr add {side.ip}/24 dev eth0",
+    ):
+        run(cmd, netns=ns)
+    return ns
+
+
+@dataclass(frozen=True)
+class RoutedSide:
+    """One host's half of path (h), routed (L3, as Calico's and flannel's vxlan backends):
+    the endpoint has a /32 and a default route to a link-local gateway; the host routes the
+    local endpoint's /32 to its veth and the remote endpoint's /32 via the remote host's
+    vxlan address (`vtep_ip`, a /32 on each vxlan device, with a permanent neighbor and FDB
+    entry for the remote device's MAC)."""
+
+    ns: str
+    local: str
+    remote: str
+    port_ifname: str
+    endpoint_ns: str
+    endpoint_ip: str
+    endpoint_mac: str
+    vtep_ip: str
+    vtep_mac: str
+    remote_endpoint_ip: str
+    remote_vtep_ip: str
+    remote_vtep_mac: str
+
+
+ROUTED_GATEWAY = "169.254.1.1"
+
+
+def routed_path(side: RoutedSide) -> None:
+    """Path (h): no bridge, IP forwarding on both hosts, vxlan between them."""
+    port_mac = run(["cat", f"/sys/class/net/{side.port_ifname}/address"],
+                   netns=side.ns).stdout.strip()
+    for cmd in (
+        "sysctl -qw net.ipv4.ip_forward=1",
+        f"ip link add {ROUTED_VXLAN} address {side.vtep_mac} type vxlan id 500 dstport 4789 "
+        f"local {side.local} nolearning",
+        f"ip link set {ROUTED_VXLAN} mtu {OVERLAY_MTU} up",
+        f"ip addr add {side.vtep_ip}/32 dev {ROUTED_VXLAN}",
+        f"ip link set {side.port_ifname} up",
+        f"ip route add {side.endpoint_ip}/32 dev {side.port_ifname}",
+        f"ip neigh add {side.endpoint_ip} lladdr {side.endpoint_mac} dev {side.port_ifname} "
+        "nud permanent",
+        f"ip neigh add {side.remote_vtep_ip} lladdr {side.remote_vtep_mac} dev {ROUTED_VXLAN} "
+        "nud permanent",
+        f"bridge fdb add {side.remote_vtep_mac} dev {ROUTED_VXLAN} dst {side.remote} self "
+        "permanent",
+        f"ip route add {side.remote_endpoint_ip}/32 via {side.remote_vtep_ip} "
+        f"dev {ROUTED_VXLAN} onlink",
+    ):
+        run(cmd, netns=side.ns)
+    for cmd in (
+        f"ip route add {ROUTED_GATEWAY} dev eth0 scope link",
+        f"ip route add default via {ROUTED_GATEWAY} dev eth0",
+        f"ip neigh add {ROUTED_GATEWAY} lladdr {port_mac} dev eth0 nud permanent",
+    ):
+        run(cmd, netns=side.endpoint_ns)
 
 
 async def wireguard_up(lab: NetnsLab, hosts: list[tuple[str, str]], key_dir: Path) -> str:
@@ -360,12 +509,20 @@ def settings_of(sides: Sequence[HandSide]) -> list[Setting]:
                      f"{(1 << (os.cpu_count() or 1)) - 1:x}", "0", vxlans),
         ChecksumSetting(tuple(sides)),
         MtuSetting(tuple(sides)),
-        *([SysctlSetting(
-            "bridge_nf_call", "br_netfilter: bridged frames through the ip/ip6tables hooks "
-            "(net.bridge.bridge-nf-call-iptables/ip6tables in the host namespaces)",
-            ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables"),
-            tuple(side.ns for side in sides))] if Path("/proc/sys/net/bridge").is_dir() else []),
+        *filter(None, [bridge_netfilter([side.ns for side in sides])]),
     ]
+
+
+def bridge_netfilter(namespaces: Sequence[str]) -> SysctlSetting | None:
+    """br_netfilter's hooks on bridged frames in `namespaces` (the sysctls are per network
+    namespace); None where the kernel has no br_netfilter."""
+    if not Path("/proc/sys/net/bridge").is_dir():
+        return None
+    return SysctlSetting(
+        "bridge_nf_call", "br_netfilter: bridged frames through the ip/ip6tables hooks "
+        "(net.bridge.bridge-nf-call-iptables/ip6tables in the host namespaces)",
+        ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables"),
+        tuple(namespaces))
 
 
 class Switchboard:
@@ -413,7 +570,7 @@ class Run:
 
 
 def bench(seconds: float, repeats: int, chosen: Sequence[str] | None, key_dir: Path) -> Run:
-    lab = NetnsLab("dpb")
+    lab = NetnsLab("d19")
     nls: list[NetlinkThread] = []
     hosts: list[tuple[str, str]] = []
     try:
@@ -437,6 +594,25 @@ def bench(seconds: float, repeats: int, chosen: Sequence[str] | None, key_dir: P
                  for i, (ns, vtep) in enumerate(hosts)]
         for side in sides:
             hand_vxlan(side)
+        g = [endpoint(lab, ns, f"g{i + 1}", f"tge{i + 1}", f"02:42:0a:04:00:{i + 1:02x}",
+                      f"10.4.0.{i + 1}") for i, (ns, _v) in enumerate(hosts)]
+        for i, (ns, vtep) in enumerate(hosts):
+            tc_redirect(HandSide(ns, vtep, hosts[1 - i][1], f"02:42:0a:04:00:{2 - i:02x}",
+                                 f"10.4.0.{2 - i}", f"tge{i + 1}", g[i]),
+                        f"02:42:0a:04:00:{i + 1:02x}")
+        r = [endpoint(lab, ns, f"r{i + 1}", f"rve{i + 1}", f"02:42:0a:05:00:{i + 1:02x}",
+                      f"10.5.0.{i + 1}", prefix=32) for i, (ns, _v) in enumerate(hosts)]
+        for i, (ns, vtep) in enumerate(hosts):
+            routed_path(RoutedSide(
+                ns, vtep, hosts[1 - i][1], f"rve{i + 1}", r[i], f"10.5.0.{i + 1}",
+                f"02:42:0a:05:00:{i + 1:02x}", f"10.5.255.{i + 1}",
+                f"02:42:0a:05:ff:{i + 1:02x}", f"10.5.0.{2 - i}", f"10.5.255.{2 - i}",
+                f"02:42:0a:05:ff:{2 - i:02x}"))
+        m = [macvlan_endpoint(lab, MacvlanSide(
+            ns, vtep, hosts[1 - i][1], f"02:42:0a:06:00:{2 - i:02x}", f"10.6.0.{2 - i}",
+            f"m{i + 1}", f"02:42:0a:06:00:{i + 1:02x}", f"10.6.0.{i + 1}"))
+            for i, (ns, vtep) in enumerate(hosts)]
+        netfilter = bridge_netfilter([ns for ns, _v in hosts])
 
         def target(name: str, client_ns: str, server_ns: str, address: str) -> Target:
             return Target(name, tuple(nsenter_net(server_ns, [])),
@@ -446,6 +622,10 @@ def bench(seconds: float, repeats: int, chosen: Sequence[str] | None, key_dir: P
             # (a) next to (c) and (b) in every rotation but one: the pairs compared most
             target("overlay_reconciler", a[0], a[1], "10.1.0.2"),
             target("host", hosts[0][0], hosts[1][0], "10.0.0.2"),
+            target("overlay_tc", g[0], g[1], "10.4.0.2"),
+            target("overlay_routed", r[0], r[1], "10.5.0.2"),
+            target("overlay_macvlan", m[0], m[1], "10.6.0.2"),
+            target("overlay_nonf", a[0], a[1], "10.1.0.2"),
             target("overlay_hand", b[0], b[1], "10.2.0.2"),
             target("overlay_encrypted", e[0], e[1], "10.3.0.2"),
         ]
@@ -460,7 +640,7 @@ def bench(seconds: float, repeats: int, chosen: Sequence[str] | None, key_dir: P
         if unknown:
             raise SystemExit(f"--settings: unknown {unknown}; known: {','.join(known)}")
         board = Switchboard([s for s in all_settings if s.name in wanted])
-        hand = targets[2]
+        hand = next(t for t in targets if t.name == "overlay_hand")
 
         def hand_row(name: str) -> Target:
             return Target(name, hand.server, hand.client, hand.address, hand.server_key,
@@ -468,10 +648,25 @@ def bench(seconds: float, repeats: int, chosen: Sequence[str] | None, key_dir: P
 
         groups = [targets] + [[hand_row(board.row(name)), hand_row(board.baseline(name))]
                               for name in board.settings]
+        def before(name: str) -> None:
+            # overlay_nonf: path (a) with br_netfilter off in the host namespaces, every
+            # other row with it as it was (the settings rows as their Switchboard wants).
+            if name == "overlay_nonf":
+                board.reset()
+                if netfilter is not None:
+                    netfilter.switch(False)
+            else:
+                if netfilter is not None:
+                    netfilter.switch(netfilter_default)
+                board.before(name)
+
+        netfilter_default = netfilter.state() if netfilter is not None else False
         try:
-            samples = measure_interleaved(groups, repeats, seconds, board.before)
+            samples = measure_interleaved(groups, repeats, seconds, before)
         finally:
             board.reset()
+            if netfilter is not None:
+                netfilter.switch(netfilter_default)
         return Run(samples, backend, board.defaults,
                    {name: setting.what for name, setting in board.settings.items()})
     finally:
@@ -524,9 +719,23 @@ def report(result: Run, seconds: float, repeats: int, load_before: str,
                            "ratio_encrypted_to_overlay_latency"), da))
     out["wireguard_backend"] = result.backend
     print(f"(a)/(b): throughput {ab[0].text(3)}, P4 {ab[1].text(3)}, latency {ab[2].text(3)}")
-    print(f"(a)/(c) overlay/host: throughput {ac[0].text(3)} (target >= 0.9), P4 "
-          f"{ac[1].text(3)}, latency host/overlay {ac[2].text(3)} (target >= 0.87: overlay "
-          "RR <= 1.15x host)")
+    print("overlay path / host (c), round by round (targets: throughput >= 0.9, latency "
+          "host/overlay >= 0.87, i.e. overlay RR <= 1.15x host)")
+    to_host: dict[str, object] = {}
+    for name in TO_HOST:
+        ratios = paired(samples[name], c)
+        to_host[name] = ratio_json(("throughput", "throughput_p4", "latency"), ratios)
+        print(f"  {name:<20} throughput {ratios[0].text(3)}, P4 {ratios[1].text(3)}, "
+              f"latency host/overlay {ratios[2].text(3)}")
+    out["to_host"] = to_host
+    print("bridge-less and netfilter-less paths / (a), round by round")
+    to_reconciler: dict[str, object] = {}
+    for name in TO_HOST[1:]:
+        ratios = paired(samples[name], a)
+        to_reconciler[name] = ratio_json(("throughput", "throughput_p4", "latency"), ratios)
+        print(f"  {name:<20} throughput {ratios[0].text(3)}, P4 {ratios[1].text(3)}, "
+              f"latency (a)/path {ratios[2].text(3)}")
+    out["to_reconciler"] = to_reconciler
     print(f"(d)/(a) over {result.backend}: throughput {da[0].text(3)}, P4 {da[1].text(3)}, "
           f"latency {da[2].text(3)}")
     if result.settings:

@@ -35,7 +35,8 @@ def test_netlink_rate_small() -> None:
 def test_dataplane_short() -> None:
     result = last_json(["bench/dataplane.py", "--seconds", "1", "--repeats", "1",
                         "--settings", "gro_veth,udp_csum", "--json"], 300)
-    for path in ("overlay_reconciler", "overlay_hand", "host"):
+    for path in ("overlay_reconciler", "overlay_hand", "host", "overlay_nonf", "overlay_tc",
+                 "overlay_routed", "overlay_macvlan"):
         figures = result[path]
         assert isinstance(figures, dict)
         assert figures["gbps_p1"] > 0 and figures["gbps_p4"] > 0 and figures["rr_us"] > 0
@@ -44,6 +45,11 @@ def test_dataplane_short() -> None:
     for key in ("ratio_throughput", "ratio_latency", "ratio_to_host_throughput"):
         assert isinstance(result[key], float) and result[key] > 0
         assert len(result[f"{key}_spread"]) == 2
+    assert set(result["to_host"]) == {"overlay_reconciler", "overlay_nonf", "overlay_tc",
+                                      "overlay_routed", "overlay_macvlan"}
+    for ratios in [*result["to_host"].values(), *result["to_reconciler"].values()]:
+        assert ratios["throughput"] > 0 and ratios["latency"] > 0
+        assert len(ratios["latency_spread"]) == 2
     assert set(result["settings"]) == {"gro_veth", "udp_csum"}
     for setting in result["settings"].values():
         assert isinstance(setting["default"], bool)
