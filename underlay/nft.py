@@ -4,7 +4,10 @@ Owns: the `nft` subprocess: atomic script application (`nft -f -`, one transacti
 listing tables, in the host namespace given by name (entered with `nsenter --net`).
 
 Also the named counters of a table (`list_counters`) and bridge netfilter (`call_on_bridges`:
-bridged IP traffic through the inet hooks, which network policy needs).
+bridged IP traffic through the inet hooks, which network policy needs; `skip_bridges`: off
+again, `bridges_called`: its state). The switches are `net.bridge.bridge-nf-call-ip{,6}tables`
+of the calling process's network namespace (per namespace on this kernel and every one since
+5.3), so they touch no other namespace.
 
 Rules: only whole transactions built by `underlay.nat_table` or `underlay.policy_table`;
 never `flush ruleset`; a failure raises KernelError with nft's message and leaves the
@@ -82,3 +85,20 @@ def call_on_bridges() -> None:
                 path.write_text("1\n")
     except OSError as exc:
         raise KernelError(f"br_netfilter: cannot enable {directory}: {exc}") from None
+
+
+def skip_bridges() -> None:
+    """Take bridged IPv4/IPv6 traffic of our namespace off the inet hooks (br_netfilter's
+    detour, which costs each bridged frame; bench/dataplane.py, overlay_nonf); nothing to do
+    where br_netfilter is not loaded. KernelError when the kernel refuses."""
+    directory = Path("/proc/sys/net/bridge")
+    if not directory.exists():
+        return
+    try:
+        for name in BRIDGE_SYSCTLS:
+            path = directory / name
+            if path.read_text().strip() != "0":
+                path.write_text("0\n")
+    except OSError as exc:
+        raise KernelError(f"br_netfilter: cannot disable {directory}: {exc}") from None
+

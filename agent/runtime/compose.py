@@ -180,7 +180,9 @@ async def build_components(config: AgentConfig, *, notifier: SystemdNotifier) ->
                           joined=lambda: [n for name, n in networks.items()
                                           if name in table.networks()],
                           observe_latency=metrics.dns_answer.observe)
-    policies = PolicyEnforcer(store, node, table.endpoints)
+    policies = PolicyEnforcer(
+        store, node, table.endpoints, state_dir=config.node.state_dir,
+        skip_bridges_without_policy=config.dataplane.bridge_netfilter == "policy")
     gossip = GossipLink(config, node, facts.address, table,
                         on_change=lambda event: route_table_event(pipeline, names, policies,
                                                                   event),

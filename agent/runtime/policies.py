@@ -12,6 +12,12 @@ table loaded nothing wakes for them.
 Rules:
 - No policy, no table: a host without policies has nothing of ours in nftables. The first
   policy turns bridge netfilter on (`underlay.nft.call_on_bridges`).
+- `[dataplane] bridge_netfilter = "policy"`: once the first listing shows this host enforces no
+  policy, bridge netfilter goes off (`underlay.nft.skip_bridges`: bridged frames skip the
+  ip/ip6tables hooks) and a marker file in the state directory says the agent did it; the
+  first policy turns it on before its table is applied, the last one's removal off again.
+  With "keep" a marker left by such a run turns it on at start (and goes). A restart changes
+  nothing before the first listing: traffic never runs unfiltered past a policy.
 - etcd away: the last listed policies stay enforced (nothing is flushed); at start nothing
   touches the kernel before the watch's first list succeeds, and start-up never waits for etcd.
 - A failed transaction changes nothing in the kernel (nft is all or nothing); it is logged and
@@ -27,14 +33,16 @@ import logging
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import trio
 
+from agent.state_files import StateWriteError, write_atomically
 from agent.store.schema import Policy
 from agent.store.service import Store
 from overlay.table import Entry
 from underlay.errors import KernelError
-from underlay.nft import apply_script, call_on_bridges, list_counters
+from underlay.nft import apply_script, call_on_bridges, list_counters, skip_bridges
 from underlay.policy_table import (
     FAMILY,
     TABLE,
@@ -50,6 +58,8 @@ log = logging.getLogger("vxmesh.policy")
 
 COUNTER_INTERVAL = 1.0
 RETRY_INTERVAL = 1.0
+BRIDGES_SKIPPED = "bridge-netfilter-off"
+"""The marker file (in the state directory) of bridge netfilter turned off by the agent."""
 
 
 @dataclass(frozen=True)
@@ -80,16 +90,20 @@ def policy_endpoints(entries: list[Entry], node: str) -> list[PolicyEndpoint]:
 class PolicyEnforcer:
     """Keeps `inet vxmesh_policy` equal to the policies and the table's endpoints."""
 
-    def __init__(self, store: Store, node: str, entries: Callable[[], list[Entry]]) -> None:
+    def __init__(self, store: Store, node: str, entries: Callable[[], list[Entry]], *,
+                 state_dir: Path, skip_bridges_without_policy: bool = False) -> None:
         self._store = store
         self._node = node
         self._entries = entries
+        self._skipped_marker = state_dir / BRIDGES_SKIPPED
+        self._skip_without_policy = skip_bridges_without_policy
         self._dirty = trio.Event()
         self._policies: list[Policy] = []
         self._plan: PolicyPlan | None = None
         self._planned = trio.Event()  # set while `_plan` is not None
         self._installed = False  # our table is in the kernel (or may be: unknown plan)
         self._bridges_on = False
+        self._bridges_skipped = False  # turned off by this run (bridge_netfilter = "policy")
         self._applied = 0
         self._failed = 0
         self._drops: dict[str, int] = {}
@@ -107,6 +121,11 @@ class PolicyEnforcer:
         """Enforce on every change once the policies are listed; started at once (etcd away
         at start: the table a previous run left stays as it is until the first list)."""
         self._installed = True  # a previous run may have left the table: replace or remove it
+        if not self._skip_without_policy and self._skipped_marker.exists():
+            try:  # "keep" again: on, as it was before a "policy" run turned it off
+                await self._call_on_bridges()
+            except (KernelError, OSError) as exc:
+                log.error("bridge netfilter not turned back on: %s", exc)
         async with trio.open_nursery() as nursery:
             view = await nursery.start(self._store.run_policy_watch)
             nursery.start_soon(self._follow_policies)
@@ -150,6 +169,8 @@ class PolicyEnforcer:
                     self._installed = False
                     self._set_plan(None)
                     self._applied += 1
+                if self._skip_without_policy and not self._bridges_skipped:
+                    await trio.to_thread.run_sync(self._skip_bridges)
                 return
             plan = plan_policy([policy_rule(p) for p in self._policies],
                                policy_endpoints(self._entries(), self._node))
@@ -157,13 +178,13 @@ class PolicyEnforcer:
             if script is None:
                 return
             if not self._bridges_on:
-                await trio.to_thread.run_sync(call_on_bridges)
-                self._bridges_on = True
+                await self._call_on_bridges()
             await trio.to_thread.run_sync(apply_script, None, script)
             self._set_plan(plan)
             self._installed = True
             self._applied += 1
-        except (KernelError, OSError, subprocess.SubprocessError) as exc:  # nft away or stuck
+        except (KernelError, StateWriteError, OSError,
+                subprocess.SubprocessError) as exc:  # nft away or stuck, state dir full
             self._failed += 1
             self._set_plan(None)  # the kernel's state is unknown: the next pass replaces it whole
             log.error("network policy not applied: %s", exc)
@@ -171,6 +192,21 @@ class PolicyEnforcer:
             self._dirty.set()
             return
         await self._read_counters()
+
+    def _skip_bridges(self) -> None:
+        """The marker first (a crash in between leaves it with bridge netfilter still on,
+        which "keep" turns on: harmless), then bridge netfilter off. Runs on a thread."""
+        write_atomically(self._skipped_marker, "bridge netfilter off: no policy\n")
+        skip_bridges()
+        self._bridges_on = False
+        self._bridges_skipped = True
+
+    async def _call_on_bridges(self) -> None:
+        """Bridge netfilter on, then the marker of its having been turned off gone."""
+        await trio.to_thread.run_sync(call_on_bridges)
+        self._skipped_marker.unlink(missing_ok=True)
+        self._bridges_on = True
+        self._bridges_skipped = False
 
     async def _read_counters(self) -> None:
         plan = self._plan  # the enforcing task may replace it while nft runs
