@@ -1,7 +1,8 @@
 """Data-plane throughput and latency: reconciler-programmed overlay vs hand-made VXLAN vs host,
 and every kernel setting of the VXLAN path switched on and off.
 
-Usage: bench/dataplane.py [--seconds S] [--repeats R] [--settings all|none|NAME,...] [--json]
+Usage: bench/dataplane.py [--seconds S] [--repeats R] [--settings all|none|NAME,...]
+                          [--paths all|NAME,...] [--json]
 
 Two namespace hosts h1, h2 on a veth underlay (MTU 1500) joined by a switch namespace, all
 created and deleted by this script (agent.lab.namespaces: unique prefix, clean-up even on failure).
@@ -45,6 +46,8 @@ alike, so compare ratios, not absolute microseconds). Clients on CPU 0, servers 
 (taskset). `--repeats` rounds, every path once per round in a rotated order; figures are the
 median with the min-max over rounds, ratios are taken round by round (two paths measured
 moments apart) and given as median and min-max. The load average before and after is printed.
+`--paths` measures only the paths named (with (a) and (c), to which every ratio is taken):
+more rounds in the same time; the figures of the others are absent from the JSON.
 
 With --json the last line is one JSON object: per path `gbps_p1`, `gbps_p4`, `rr_us` (medians)
 and `gbps_p1_spread`, ... ([min, max]); `ratio_throughput` = gbps_p1(a)/gbps_p1(b),
@@ -569,7 +572,8 @@ class Run:
     settings: dict[str, str]  # name -> what
 
 
-def bench(seconds: float, repeats: int, chosen: Sequence[str] | None, key_dir: Path) -> Run:
+def bench(seconds: float, repeats: int, chosen: Sequence[str] | None, key_dir: Path,
+          paths: Sequence[str] = PATHS) -> Run:
     lab = NetnsLab("d19")
     nls: list[NetlinkThread] = []
     hosts: list[tuple[str, str]] = []
@@ -629,6 +633,8 @@ def bench(seconds: float, repeats: int, chosen: Sequence[str] | None, key_dir: P
             target("overlay_hand", b[0], b[1], "10.2.0.2"),
             target("overlay_encrypted", e[0], e[1], "10.3.0.2"),
         ]
+        hand = next(t for t in targets if t.name == "overlay_hand")
+        targets = [t for t in targets if t.name in paths]
         for t in targets:
             if run(["ping", "-c", "1", "-W", "2", t.address], netns=t.client[3],
                    check=False).returncode != 0:
@@ -640,7 +646,6 @@ def bench(seconds: float, repeats: int, chosen: Sequence[str] | None, key_dir: P
         if unknown:
             raise SystemExit(f"--settings: unknown {unknown}; known: {','.join(known)}")
         board = Switchboard([s for s in all_settings if s.name in wanted])
-        hand = next(t for t in targets if t.name == "overlay_hand")
 
         def hand_row(name: str) -> Target:
             return Target(name, hand.server, hand.client, hand.address, hand.server_key,
@@ -699,30 +704,30 @@ def ratio_json(names: tuple[str, str, str],
 def report(result: Run, seconds: float, repeats: int, load_before: str,
            load_after: str) -> dict[str, object]:
     samples = result.samples
-    a, b, c = samples["overlay_reconciler"], samples["overlay_hand"], samples["host"]
-    d = samples["overlay_encrypted"]
+    a, c = samples["overlay_reconciler"], samples["host"]
+    measured = [name for name in PATHS if name in samples]
     print(f"load average before: {load_before}; after: {load_after}")
     print(f"{repeats} rounds x {seconds:g} s per iperf3 run, paths interleaved (rotated order); "
           "median (min-max) over rounds; clients on CPU 0, servers on CPU 1")
     print(f"wireguard backend {result.backend}")
     print(f"{'path':<28} {'Gbit/s P1':>20} {'Gbit/s P4':>20} {'RR us':>20}")
-    for name in PATHS:
+    for name in measured:
         s = samples[name]
         print(f"{name:<28} {s.spread('gbps_p1').text():>20} {s.spread('gbps_p4').text():>20} "
               f"{s.spread('rr_us').text(1):>20}")
-    out: dict[str, object] = {name: figures_json(samples[name]) for name in PATHS}
-    ab, ac, da = paired(a, b), paired(a, c), paired(d, a)
-    out.update(ratio_json(("ratio_throughput", "ratio_throughput_p4", "ratio_latency"), ab))
+    out: dict[str, object] = {name: figures_json(samples[name]) for name in measured}
     out.update(ratio_json(("ratio_to_host_throughput", "ratio_to_host_throughput_p4",
-                           "ratio_to_host_latency"), ac))
-    out.update(ratio_json(("ratio_encrypted_to_overlay", "ratio_encrypted_to_overlay_p4",
-                           "ratio_encrypted_to_overlay_latency"), da))
-    out["wireguard_backend"] = result.backend
-    print(f"(a)/(b): throughput {ab[0].text(3)}, P4 {ab[1].text(3)}, latency {ab[2].text(3)}")
+                           "ratio_to_host_latency"), paired(a, c)))
+    if "overlay_hand" in samples:
+        ab = paired(a, samples["overlay_hand"])
+        out.update(ratio_json(("ratio_throughput", "ratio_throughput_p4", "ratio_latency"),
+                              ab))
+        print(f"(a)/(b): throughput {ab[0].text(3)}, P4 {ab[1].text(3)}, latency "
+              f"{ab[2].text(3)}")
     print("overlay path / host (c), round by round (targets: throughput >= 0.9, latency "
           "host/overlay >= 0.87, i.e. overlay RR <= 1.15x host)")
     to_host: dict[str, object] = {}
-    for name in TO_HOST:
+    for name in (name for name in TO_HOST if name in samples):
         ratios = paired(samples[name], c)
         to_host[name] = ratio_json(("throughput", "throughput_p4", "latency"), ratios)
         print(f"  {name:<20} throughput {ratios[0].text(3)}, P4 {ratios[1].text(3)}, "
@@ -730,14 +735,19 @@ def report(result: Run, seconds: float, repeats: int, load_before: str,
     out["to_host"] = to_host
     print("bridge-less and netfilter-less paths / (a), round by round")
     to_reconciler: dict[str, object] = {}
-    for name in TO_HOST[1:]:
+    for name in (name for name in TO_HOST[1:] if name in samples):
         ratios = paired(samples[name], a)
         to_reconciler[name] = ratio_json(("throughput", "throughput_p4", "latency"), ratios)
         print(f"  {name:<20} throughput {ratios[0].text(3)}, P4 {ratios[1].text(3)}, "
               f"latency (a)/path {ratios[2].text(3)}")
     out["to_reconciler"] = to_reconciler
-    print(f"(d)/(a) over {result.backend}: throughput {da[0].text(3)}, P4 {da[1].text(3)}, "
-          f"latency {da[2].text(3)}")
+    if "overlay_encrypted" in samples:
+        da = paired(samples["overlay_encrypted"], a)
+        out.update(ratio_json(("ratio_encrypted_to_overlay", "ratio_encrypted_to_overlay_p4",
+                               "ratio_encrypted_to_overlay_latency"), da))
+        out["wireguard_backend"] = result.backend
+        print(f"(d)/(a) over {result.backend}: throughput {da[0].text(3)}, P4 "
+              f"{da[1].text(3)}, latency {da[2].text(3)}")
     if result.settings:
         print()
         print("each kernel setting switched on path (b) (row b+NAME) against (b) at the "
@@ -772,15 +782,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="rounds, every path once per round (5)")
     parser.add_argument("--settings", default="all",
                         help="kernel settings to switch on path (b): all, none or a list")
+    parser.add_argument("--paths", default="all",
+                        help="paths to measure: all or a list (host and overlay_reconciler "
+                        "always, every ratio is to them)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
     args = parser.parse_args(argv)
+    paths = PATHS if args.paths == "all" else (
+        "overlay_reconciler", "host", *args.paths.split(","))
+    if unknown := sorted(set(paths) - set(PATHS)):
+        parser.error(f"--paths: unknown {unknown}; known: {','.join(PATHS)}")
     if not 1 <= args.seconds <= 60 or not 1 <= args.repeats <= 20:
         parser.error(f"--seconds={args.seconds} (1..60), --repeats={args.repeats} (1..20)")
     chosen = None if args.settings == "all" else [] if args.settings == "none" else \
         args.settings.split(",")
     load_before = loadavg()
     with tempfile.TemporaryDirectory(prefix="vxmesh-bench-wg-") as key_dir:
-        result = bench(args.seconds, args.repeats, chosen, Path(key_dir))
+        result = bench(args.seconds, args.repeats, chosen, Path(key_dir), paths)
     out = report(result, args.seconds, args.repeats, load_before, loadavg())
     if args.json:
         print(json.dumps(out))
