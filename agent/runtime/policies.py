@@ -171,6 +171,8 @@ class PolicyEnforcer:
                     self._applied += 1
                 if self._skip_without_policy and not self._bridges_skipped:
                     await trio.to_thread.run_sync(self._skip_bridges)
+                    self._bridges_on = False
+                    self._bridges_skipped = True
                 return
             plan = plan_policy([policy_rule(p) for p in self._policies],
                                policy_endpoints(self._entries(), self._node))
@@ -198,8 +200,6 @@ class PolicyEnforcer:
         which "keep" turns on: harmless), then bridge netfilter off. Runs on a thread."""
         write_atomically(self._skipped_marker, "bridge netfilter off: no policy\n")
         skip_bridges()
-        self._bridges_on = False
-        self._bridges_skipped = True
 
     async def _call_on_bridges(self) -> None:
         """Bridge netfilter on, then the marker of its having been turned off gone."""
