@@ -25,6 +25,8 @@ Rules:
   `members_chunk` keys on the packed records, so views (and one view's successive states)
   holding the same records for an id range hold one chunk; `message` keys on a message's
   bytes, so the news every view queues is held once.
+- `range_chunks` keeps what views built of an id range until the range changes (a version
+  per range, in the view), within a bound, shared directory or not.
 - the packet memo (shared directories only) keys on the bytes too: `decode_packet` is a pure
   function of them and what it returns is immutable (frozen messages; nobody changes the
   list), so the same packet delivered to many views (an ack or a ping of the same sequence
@@ -62,6 +64,9 @@ CHUNK_MEMO = 512
 PACKET_MEMO = 16_384
 #: Encoded messages a shared directory hands out one copy of (`message`).
 MESSAGE_MEMO = 65_536
+#: Push-pull chunks of (view, id range, version) a directory keeps for views to send again
+#: (`range_chunks`; the most recently used kept).
+RANGE_MEMO = 1024
 
 _T = TypeVar("_T")
 
@@ -137,6 +142,8 @@ class MemberDirectory:
         self._chunks: dict[tuple[bytes, ...], bytes] = {}
         self._packets: dict[bytes, list[Message | UnknownMessage]] = {}
         self._messages: dict[bytes, bytes] = {}
+        self._ranges: dict[tuple[int, int, int], list[bytes]] = {}
+        self._views = 0
 
     @property
     def capacity(self) -> int:
@@ -218,6 +225,27 @@ class MemberDirectory:
                 del memo[next(iter(memo))]
         memo[key] = chunk
         return chunk
+
+    def new_view(self) -> int:
+        """A token no other view of this directory has (for `range_chunks` keys)."""
+        self._views += 1
+        return self._views
+
+    def range_chunks(self, key: tuple[int, int, int],
+                     build: Callable[[], list[bytes]]) -> list[bytes]:
+        """The chunks a view built for `key` = (its token, id range, the range's version),
+        built now if not kept. Bounded (`RANGE_MEMO`, least recently used dropped), so the
+        views that answer many push-pulls at once (a cold start's seeds) send their state
+        at the cost of the ranges that changed, while thousands of views that disagree (a
+        partition) do not each keep a copy of their whole state."""
+        memo = self._ranges
+        chunks = memo.pop(key, None)
+        if chunks is None:
+            chunks = build()
+            if len(memo) >= RANGE_MEMO:
+                del memo[next(iter(memo))]
+        memo[key] = chunks
+        return chunks
 
     def message(self, encoded: bytes) -> bytes:
         """One bytes object for the same encoded message in a shared directory (memoized,

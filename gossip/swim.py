@@ -91,6 +91,7 @@ injected `random.Random`. Network input raises nothing (garbage is counted).
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 import random
@@ -406,6 +407,10 @@ class Swim:
         self._sign_self()
         self._recs: list[MemberNode | None] = []
         self._positions = array("i")
+        # Per CHUNK_IDS id range: a version, moved on whenever the range's records change
+        # (`_changed`): push-pull chunks are kept by (view token, range, version).
+        self._view_token = self._dir.new_view()
+        self._range_versions = array("q")
         self._grow()
         self._recs[self._self.id] = self._self
         self._others = array("i")
@@ -413,10 +418,10 @@ class Swim:
         # (the shared records hold neither, see gossip.members).
         self._down: dict[int, float] = {}
         self._suspicions: dict[int, _Suspicion] = {}
-        # Suspicion timers (`_arm_suspicion`): due time -> the ids whose suspicion is due
-        # then, in arming order; those times in a heap; one _SUSPICION timer, for the
-        # earliest (`_sweep_at`), in `_timers`.
-        self._suspicions_due: dict[float, list[int]] = {}
+        # Suspicion timers (`_arm_suspicion`): due time -> the id whose suspicion is due
+        # then, or the ids in arming order; those times in a heap; one _SUSPICION timer,
+        # for the earliest (`_sweep_at`), in `_timers`.
+        self._suspicions_due: dict[float, int | list[int]] = {}
         self._due_times: list[float] = []
         self._sweep_at = math.inf
         self._counts = [0, 0, 0, 0]
@@ -691,6 +696,7 @@ class Swim:
                 self._down.pop(me.id, None)
                 self._unlist(me.id)
             self._recs[me.id] = me
+            self._range_versions = array("q", (v + 1 for v in self._range_versions))
         else:
             for node in view.nodes:
                 if node is not None and self._get(node.name) is None:
@@ -747,23 +753,14 @@ class Swim:
         peer = owner.name if owner is not None else None if isinstance(to, tuple) else to
         limit = self.config.push_pull_chunk_limit - _CHUNK_SLACK
         chunks: list[bytes] = []
-        recs = self._recs
-        members_chunk = self._dir.members_chunk
-        for start in range(0, len(recs), CHUNK_IDS):
-            # One id range: its records, cut further only where they exceed the limit.
-            packed: list[bytes] = []
-            size = 0
-            for node in recs[start:start + CHUNK_IDS]:
-                if node is None:
-                    continue
-                record = node.record()
-                if size + len(record) > limit:
-                    chunks.append(members_chunk(packed))
-                    packed, size = [], 0
-                packed.append(record)
-                size += len(record)
-            if packed:
-                chunks.append(members_chunk(packed))
+        versions, token, kept = self._range_versions, self._view_token, self._dir.range_chunks
+        mine = self._self.id // CHUNK_IDS  # (our own record changes in place: always built)
+        for index in range(len(versions)):
+            if index == mine:
+                chunks += self._build_range(index, limit)
+            else:
+                chunks += kept((token, index, versions[index]),
+                               functools.partial(self._build_range, index, limit))
         self._members_state_bytes = sum(len(chunk) for chunk in chunks)
         if self._delegate is not None:
             for piece in self._delegate.local_state(join, peer):
@@ -771,6 +768,26 @@ class Swim:
                     raise GossipError(f"delegate state chunk of {len(piece)} bytes exceeds "
                                       f"push_pull_chunk_limit {self.config.push_pull_chunk_limit}")
                 chunks.append(encode_user_state_chunk(piece))
+        return chunks
+
+    def _build_range(self, index: int, limit: int) -> list[bytes]:
+        """The membership chunks of id range `index`: its records, cut further only where
+        they exceed `limit` bytes."""
+        chunks: list[bytes] = []
+        members_chunk = self._dir.members_chunk
+        packed: list[bytes] = []
+        size = 0
+        for node in self._recs[index * CHUNK_IDS:(index + 1) * CHUNK_IDS]:
+            if node is None:
+                continue
+            record = node.record()
+            if size + len(record) > limit:
+                chunks.append(members_chunk(packed))
+                packed, size = [], 0
+            packed.append(record)
+            size += len(record)
+        if packed:
+            chunks.append(members_chunk(packed))
         return chunks
 
     def members(self) -> list[Member]:
@@ -1249,6 +1266,13 @@ class Swim:
         if missing > 0:
             self._recs.extend([None] * missing)
             self._positions.extend(array("i", [-1]) * missing)
+        ranges = -(-len(self._recs) // CHUNK_IDS)
+        if ranges > len(self._range_versions):
+            self._range_versions.extend(array("q", [0]) * (ranges - len(self._range_versions)))
+
+    def _changed(self, member_id: int) -> None:
+        """The record we hold for `member_id` is another one (or none) now."""
+        self._range_versions[member_id // CHUNK_IDS] += 1
 
     def _random_members(self, k: int, wanted: Callable[[MemberNode], bool]) -> list[MemberNode]:
         """Up to k distinct other members satisfying `wanted`, uniformly at random."""
@@ -1281,6 +1305,7 @@ class Swim:
         self._grow()
         member_id = node.id
         self._recs[member_id] = node
+        self._changed(member_id)
         self._dir.bind(node.addr, member_id)
         self._positions[member_id] = len(self._others)
         self._others.append(member_id)
@@ -1302,6 +1327,7 @@ class Swim:
     def _forget(self, node: MemberNode) -> None:
         member_id = node.id
         self._recs[member_id] = None
+        self._changed(member_id)
         self._unlist(member_id)
         self._counts[node.state] -= 1
         self._down.pop(member_id, None)
@@ -1315,6 +1341,7 @@ class Swim:
         member_id = node.id
         old, state = node.state, new.state
         self._recs[member_id] = new
+        self._changed(member_id)
         self._counts[old] -= 1
         self._counts[state] += 1
         if old == _SUSPECT:
@@ -1464,18 +1491,22 @@ class Swim:
         """Arm the suspicion of `member_id` for its next due time, if that is earlier than the
         armed one (the id left under the later time is stale: `_suspicion_due` skips it).
 
-        Not a timer each: the ids due at one time share a list (the suspicions a packet's
-        batch of suspects started share every due time), the times a heap, and one timer
-        in `_timers` stands for the earliest (`_suspicion_sweep`)."""
+        Not a timer each: an id under its due time (a list of them when several share it:
+        the suspicions a packet's batch of suspects started), the times in a heap, and one
+        timer in `_timers` for the earliest (`_suspicion_sweep`)."""
         due = suspicion.next_due()
         if due >= suspicion.due:
             return
         suspicion.due = due
-        ids = self._suspicions_due.get(due)
-        if ids is not None:
-            ids.append(member_id)
+        by_due = self._suspicions_due
+        held = by_due.get(due)
+        if held is not None:
+            if isinstance(held, int):
+                by_due[due] = [held, member_id]
+            else:
+                held.append(member_id)
             return
-        self._suspicions_due[due] = [member_id]
+        by_due[due] = member_id
         heapq.heappush(self._due_times, due)
         if due < self._sweep_at:
             self._sweep_at = due
@@ -1491,7 +1522,8 @@ class Swim:
         due_times, by_due = self._due_times, self._suspicions_due
         while due_times and due_times[0] <= now:
             due = heapq.heappop(due_times)
-            for member_id in by_due.pop(due):
+            held = by_due.pop(due)
+            for member_id in (held,) if isinstance(held, int) else held:
                 self._suspicion_due(member_id, due, now)
         if due_times and due_times[0] < self._sweep_at:
             self._sweep_at = due_times[0]

@@ -9,15 +9,17 @@ import pytest
 
 from gossip.config import SwimConfig
 from gossip.errors import GossipError
-from gossip.members import FormedView, MemberDirectory
+from gossip.members import FormedView, MemberDirectory, MemberNode
 from gossip.sim import Simulation
 from gossip.swim import MemberForgotten, MemberState, Swim
 from gossip.wire import (
     Ack,
+    Alive,
     Dead,
     MemberRecord,
     Ping,
     Suspect,
+    decode_chunk,
     decode_packet,
     encode_message,
     encode_packet,
@@ -119,7 +121,7 @@ def test_a_simulation_holds_one_record_per_member_for_all_its_nodes() -> None:
     sim = Simulation(60, seed=3, config=LAN)
     sim.run_until(10.0)
 
-    def held() -> list[object]:
+    def held() -> list[MemberNode | None]:
         return [s._get("n00017") for n in sim.nodes if (s := n.swim) is not None
                 and n.index != 17]
 
@@ -200,3 +202,27 @@ def test_a_shared_directory_decodes_each_distinct_packet_once_and_garbage_every_
     assert a.statistics().wire_errors == 2 and b.statistics().wire_errors == 1
     a.receive_datagram(packet, ("10.4.0.1", 7002), 0.2)  # the memoized ping still answered
     assert any(Ack(5) in decode_packet(data) for data, _ in a.datagrams_to_send())
+
+
+def test_kept_push_pull_chunks_follow_every_change_of_their_range() -> None:
+    """A view keeps the chunks of each id range until a record in it changes: after a
+    suspicion, a failure and a refutation its state says what it holds, each time."""
+    a, b = swim("a", 1), swim("b", 2)
+    a.adopt_members(records(300), 0.0)
+
+    def states() -> dict[str, tuple[MemberState, int]]:
+        sent = [r for chunk in a.push_pull_state(join=False)
+                if isinstance(decoded := decode_chunk(chunk), list) for r in decoded]
+        assert len(sent) == 301
+        return {r.name: (r.state, r.incarnation) for r in sent}
+
+    assert states()["m007"] == (MemberState.ALIVE, 0)
+    a.receive_datagram(encode_packet([encode_message(Suspect(0, "m007", "m001"))]),
+                       b.addr, 1.0)
+    assert states()["m007"] == (MemberState.SUSPECT, 0)
+    a.receive_datagram(encode_packet([encode_message(Dead(0, "m007", "m001"))]), b.addr, 2.0)
+    assert states()["m007"] == (MemberState.DEAD, 0)
+    assert states()["m250"] == (MemberState.ALIVE, 0)
+    a.receive_datagram(encode_packet([encode_message(Alive(1, "m250", ("10.4.0.1", 7250),
+                                                           b"new"))]), b.addr, 3.0)
+    assert states()["m250"] == (MemberState.ALIVE, 1)
