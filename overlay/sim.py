@@ -339,6 +339,43 @@ class _Run:
 
     # -- results ----------------------------------------------------------------------------
 
+    def _stale(self, index: int, alive: set[int], own_ids: set[int]) -> int:
+        """Entries of a live node's view whose owner is dead, or no longer has them at that
+        version. Most views hold a live owner's own records (`own_ids`): those are set aside
+        by identity (C loops), the rest looked at one by one."""
+        stale = 0
+        view = self.tables[index].endpoints()
+        odd = set(map(id, view)).difference(own_ids)
+        for entry in compress(view, map(odd.__contains__, map(id, view))) if odd else ():
+            owner = self.index_of[entry.owner]
+            if owner not in alive:
+                stale += 1
+                continue
+            truth = self.tables[owner].get(entry.network, entry.owner, entry.ip)
+            if truth is None or truth.deleted or truth.version != entry.version:
+                stale += 1
+        return stale
+
+    def _missing(self, peer: int, own: dict[int, list[Entry]], by_ip: dict[str, list[Entry]],
+                 total: int) -> int:
+        """Live owners' entries (`total` of them, `by_ip`) that a live peer of their network
+        does not show at the owner's version: a peer's entry matches every live owner's entry
+        of its address at the same version. An entry that is the one live owner's entry of
+        its address (by identity) matches exactly that one (when it is not the peer's own);
+        others are matched one by one."""
+        single = {id(entries[0]) for entries in by_ip.values() if len(entries) == 1}
+        node = self.tables[peer].node
+        held_entries = self.tables[peer].endpoints()  # it joined this network alone
+        held_ids = set(map(id, held_entries))
+        matched = len(held_ids.intersection(single).difference(map(id, own[peer])))
+        rest = held_ids.difference(single)
+        for held in compress(held_entries, map(rest.__contains__, map(id, held_entries))) \
+                if rest else ():
+            for entry in by_ip.get(held.ip, ()):
+                if entry.owner != node and (entry is held or entry.version == held.version):
+                    matched += 1
+        return total - len(own[peer]) - matched
+
     def _finish(self, udp: int, push_pull: int) -> None:
         r = self.result
         per = r.nodes * self.duration_s
@@ -356,49 +393,26 @@ class _Run:
             r.detect_all_s = max(self.detected[i] for i in live) - self.kill_at
         r.decode_errors = sum(d.statistics().decode_errors for d in self.delegates)
         alive = set(live)
-        # Each live owner's own visible entries, read once; most views hold these very objects,
-        # so both counts first set aside, by identity (sets of ids, picked out by `compress`: C
-        # loops), the entries that are a live owner's own, and look at the rest one by one.
         own = {index: self.tables[index].endpoints_of(self.tables[index].node)
                for index in live}
         own_ids = {id(e) for entries in own.values() for e in entries}
-        for index in live:
-            view = self.tables[index].endpoints()
-            odd = set(map(id, view)).difference(own_ids)
-            for entry in compress(view, map(odd.__contains__, map(id, view))) if odd else ():
-                owner = self.index_of[entry.owner]
-                if owner not in alive:
-                    r.stale_entries += 1
-                    continue
-                truth = self.tables[owner].get(entry.network, entry.owner, entry.ip)
-                if truth is None or truth.deleted or truth.version != entry.version:
-                    r.stale_entries += 1
-        # Missing: an owner's entry that a live peer of its network does not show at the
-        # owner's version: a peer's entry matches every live owner's entry of its address at
-        # the same version. An entry that is the one live owner's entry of its address (by
-        # identity) matches exactly that one (when it is not the peer's own); others are
-        # matched one by one.
-        for members in self.members_of.values():
+        for network, members in self.members_of.items():
             owners = [i for i in members if i in alive]
             by_ip: dict[str, list[Entry]] = {}
             for owner in owners:
                 for entry in own[owner]:
                     by_ip.setdefault(entry.ip, []).append(entry)
-            single = {id(entries[0]) for entries in by_ip.values() if len(entries) == 1}
             total = sum(len(own[owner]) for owner in owners)
+            # A view that is, record for record, the live owners' own visible entries (each
+            # address one owner's) has nothing stale or missing: a comparison of mappings (a C
+            # loop; identical records compare without Entry.__eq__). Any other is counted.
+            truth = {(network, ip): entries[0] for ip, entries in by_ip.items()} \
+                if len(by_ip) == total else None
             for peer in owners:
-                node = self.tables[peer].node
-                held_entries = self.tables[peer].endpoints()  # it joined this network alone
-                held_ids = set(map(id, held_entries))
-                matched = len(held_ids.intersection(single).difference(map(id, own[peer])))
-                rest = held_ids.difference(single)
-                for held in compress(held_entries, map(rest.__contains__, map(id, held_entries))) \
-                        if rest else ():
-                    for entry in by_ip.get(held.ip, ()):
-                        if entry.owner != node and (entry is held
-                                                    or entry.version == held.version):
-                            matched += 1
-                r.missing_entries += total - len(own[peer]) - matched
+                if truth is not None and self.tables[peer].view() == truth:
+                    continue
+                r.stale_entries += self._stale(peer, alive, own_ids)
+                r.missing_entries += self._missing(peer, own, by_ip, total)
         if r.unconverged:
             r.notes.append(f"{r.unconverged} changes not held by every interested node")
 

@@ -59,9 +59,10 @@ import heapq
 import ipaddress
 import math
 from collections import deque
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, fields, replace
 from enum import Enum
+from types import MappingProxyType
 from typing import TypeVar
 
 from overlay.attributes import NO_ATTRIBUTES, EndpointAttributes
@@ -764,6 +765,10 @@ class NeighborTable:
         if network is None:
             return list(self._view.values())
         return [e for (n, _), e in self._view.items() if n == network]
+
+    def view(self) -> Mapping[tuple[str, str], Entry]:
+        """The visible entries by (network, ip), read-only (the table's own mapping)."""
+        return MappingProxyType(self._view)
 
     def endpoints_of(self, owner: str) -> list[Entry]:
         """The visible entries `owner` wrote (in no particular order): found through the

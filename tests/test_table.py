@@ -336,6 +336,9 @@ def test_endpoints_of_an_owner_are_its_visible_entries() -> None:
     assert {e.ip for e in viewer.endpoints_of("a")} == {IPS[0]}
     assert viewer.endpoints_of("b") == [b.get(NET, "b", IPS[1])]
     assert viewer.endpoints_of("stranger") == []
+    assert viewer.view() == {(e.network, e.ip): e for e in viewer.endpoints()}
+    with pytest.raises(TypeError):
+        viewer.view()[(NET, IPS[3])] = b.get(NET, "b", IPS[1])  # type: ignore[index]
     assert {e.ip for e in a.endpoints_of("a")} == {IPS[0], IPS[1]}
     viewer.member_failed("b", 5.0)
     assert viewer.endpoints_of("b") == []
