@@ -626,10 +626,12 @@ WHY_MISSED: dict[str, str] = {
               "binary: RSS added by each import (bench/RESULTS.md) is the interpreter 10.7 "
               "MiB, ssl 5.1 (trio and asyncio import it), trio 9.0, cryptography 6.7 (its own "
               "OpenSSL), grpc 9.4 (BoringSSL) with etcd3 and protobuf 3.9, pyroute2's IPRoute "
-              "3.6, prometheus_client 1.5: 50 MiB before the agent's own code (about 19), "
-              "where 2.5x serf is about 36",
+              "3.6, prometheus_client 1.5: 50 MiB before the agent's own code (about 17, the "
+              "Docker front door and x509 not loaded without them), where 2.5x serf is "
+              "about 36",
     "cpu_pct": "an idle agent's CPU is its trio loop (SWIM probes and their packets, the "
-               "registry lease refreshed every 10 s, the seed refresh every 30 s once joined) "
+               "registry lease refreshed every 10 s, the seed refresh every 30 s once joined, "
+               "the kernel resync's dumps every 90 s) "
                "and grpc's own threads (four event-engine threads, a channel spin thread "
                "polling every 200 ms, timer and lifeguard: 35-45% of it whatever the agent "
                "asks of etcd); a step of the Python loop costs about 0.2 ms of CPU where "

@@ -110,26 +110,21 @@ def test_dumps_decode_every_record_as_pyroute2_does(netns_lab: NetnsLab) -> None
     NDP entries, permanent ones and one without a link-layer address (FAILED, as the kernel
     leaves an unanswered resolution): the struct decoder gives what pyroute2 gives."""
     ns = netns_lab.ns("d")
-    run("ip link add vxbr7 type bridge", netns=ns)
-    run("ip link add vxtun7 type vxlan id 7 dstport 4789 local 10.0.0.1 nolearning",
-        netns=ns)
-    run("ip link add vxtun8 type vxlan id 8 dstport 4789 local fd00::1 nolearning",
-        netns=ns)
-    run("ip link set vxtun7 master vxbr7", netns=ns)
-    for device in ("vxbr7", "vxtun7", "vxtun8"):
-        run(f"ip link set {device} up", netns=ns)
-    run("bridge fdb append 00:00:00:00:00:00 dev vxtun7 dst 10.0.0.2 self permanent",
-        netns=ns)
-    run("bridge fdb replace 02:00:00:00:07:01 dev vxtun7 dst 10.0.0.3 self permanent",
-        netns=ns)
-    run("bridge fdb replace 02:00:00:00:08:01 dev vxtun8 dst fd00::2 self permanent",
-        netns=ns)
-    run("bridge fdb add 02:00:00:00:07:02 dev vxtun7 master static", netns=ns)
-    run("ip neigh replace 10.7.0.5 lladdr 02:00:00:00:07:05 dev vxtun7 nud permanent",
-        netns=ns)
-    run("ip neigh replace fd07::5 lladdr 02:00:00:00:07:06 dev vxtun7 nud permanent",
-        netns=ns)
-    run("ip neigh replace 10.7.0.6 dev vxtun7 nud failed", netns=ns)
+    for command in (
+        "ip link add vxbr7 type bridge",
+        "ip link add vxtun7 type vxlan id 7 dstport 4789 local 10.0.0.1 nolearning",
+        "ip link add vxtun8 type vxlan id 8 dstport 4789 local fd00::1 nolearning",
+        "ip link set vxtun7 master vxbr7",
+        "ip link set vxbr7 up", "ip link set vxtun7 up", "ip link set vxtun8 up",
+        "bridge fdb append 00:00:00:00:00:00 dev vxtun7 dst 10.0.0.2 self permanent",
+        "bridge fdb replace 02:00:00:00:07:01 dev vxtun7 dst 10.0.0.3 self permanent",
+        "bridge fdb replace 02:00:00:00:08:01 dev vxtun8 dst fd00::2 self permanent",
+        "bridge fdb add 02:00:00:00:07:02 dev vxtun7 master static",
+        "ip neigh replace 10.7.0.5 lladdr 02:00:00:00:07:05 dev vxtun7 nud permanent",
+        "ip neigh replace fd07::5 lladdr 02:00:00:00:07:06 dev vxtun7 nud permanent",
+        "ip neigh replace 10.7.0.6 dev vxtun7 nud failed",
+    ):
+        run(command, netns=ns)
     nl = NetlinkThread(ns)
     try:
         fdb = nl.call_blocking(dump_fdb)
