@@ -38,6 +38,7 @@ Pure: standard library and gossip.wire only; no I/O.
 
 from __future__ import annotations
 
+import sys
 from array import array
 from collections.abc import Callable, Iterable
 from typing import TypeVar
@@ -144,6 +145,7 @@ class MemberDirectory:
         self._messages: dict[bytes, bytes] = {}
         self._ranges: dict[tuple[int, int, int], list[bytes]] = {}
         self._views = 0
+        self._alone: dict[str, tuple[str]] = {}
 
     @property
     def capacity(self) -> int:
@@ -246,6 +248,17 @@ class MemberDirectory:
                 del memo[next(iter(memo))]
         memo[key] = chunks
         return chunks
+
+    def alone(self, name: str) -> tuple[str]:
+        """`(name,)`, one tuple per name in a shared directory (its names are bounded; a
+        private one makes a new tuple: a sender's name is any string a packet brings): what
+        every suspicion it starts counts as its confirmers until a second one confirms."""
+        if not self.shared:
+            return (sys.intern(name),)
+        alone = self._alone.get(name)
+        if alone is None:
+            alone = self._alone[name] = (sys.intern(name),)
+        return alone
 
     def message(self, encoded: bytes) -> bytes:
         """One bytes object for the same encoded message in a shared directory (memoized,

@@ -289,9 +289,12 @@ class _Suspicion:
 
     __slots__ = ("bounds", "confirmers", "deadline", "due", "extra", "stage", "start")
 
-    def __init__(self, sender: str, now: float, bounds: tuple[int, float, float, int]) -> None:
-        """`bounds`: (cluster size, suspicion_min_s, suspicion_max_s, confirmations_needed)."""
-        self.confirmers: tuple[str, ...] = (sender,)
+    def __init__(self, first: tuple[str], now: float,
+                 bounds: tuple[int, float, float, int]) -> None:
+        """`first`: the sender of the suspicion, alone in a tuple (shared, see
+        `MemberDirectory.alone`); `bounds`: (cluster size, suspicion_min_s, suspicion_max_s,
+        confirmations_needed)."""
+        self.confirmers: tuple[str, ...] = first
         self.start = now
         self.bounds = bounds
         self.deadline = now + self.timeout(0)
@@ -1481,7 +1484,7 @@ class Swim:
             config = self.config
             self._suspicion_bounds = (n, config.suspicion_min_s(n), config.suspicion_max_s(n),
                                       config.confirmations_needed(n))
-        suspicion = _Suspicion(sys.intern(msg.sender), now, self._suspicion_bounds)
+        suspicion = _Suspicion(self._dir.alone(msg.sender), now, self._suspicion_bounds)
         self._suspicions[node.id] = suspicion
         self._arm_suspicion(node.id, suspicion)
         if spread:
