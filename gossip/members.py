@@ -268,6 +268,13 @@ class MemberDirectory:
             return encoded
         return _memoized(self._messages, MESSAGE_MEMO, bytes, encoded)
 
+    def forget_decoded(self) -> None:
+        """Empty the memos of decoded packets and chunks (they fill again as views decode):
+        their size is bounded whatever the cluster's, and a measurement of what the views
+        hold leaves them out."""
+        self._packets.clear()
+        self._memo.clear()
+
     def decode_chunk(self, chunk: bytes) -> list[MemberRecord] | bytes | None:
         """`gossip.wire.decode_chunk`, memoized in a shared directory (raises WireError)."""
         if not self.shared:
