@@ -235,11 +235,14 @@ async def test_policy_watch_resumes_on_another_member_and_streams_without_round_
     writer = store_of(cluster, 7, order=(2, 1, 0))
     await writer.create_network(validate_network(name="p", subnet="10.30.0.0/24"))
     view = watcher.policy_view
+    before = watcher.client.round_trips
     async with trio.open_nursery() as nursery:
         await nursery.start(watcher.run_policy_watch)
         nursery.start_soon(watcher.run_health_probe)
-        await wait_until(lambda: view.listed, "the first policy listing")
-        listed_at = watcher.client.round_trips  # the listing and the watch's opening
+        # The listing, then the watch's opening (on a thread, after `listed` is set).
+        await wait_until(lambda: view.listed and watcher.client.round_trips == before + 2,
+                         "the first policy listing and the watch's opening")
+        listed_at = watcher.client.round_trips
         for i in range(12):
             await writer.create_policy(validate_policy(
                 name=f"p{i}", network="p", direction="ingress", select=f"app=s{i}",
