@@ -321,7 +321,7 @@ def decode_records(data: bytes, now: float) -> list[Record]:
     if kind == KIND_ENDPOINT:
         fields = _fields(message, 12, "endpoint message", optional=3)
         entry = _endpoint(_name(fields[2]), _name(fields[3]), fields[4:], now)
-        if len(_decoded_broadcasts) >= _DECODED_MAX:
+        if len(_decoded_broadcasts) >= _DECODED_BROADCASTS_MAX:
             _decoded_broadcasts.clear()
         ttl_ms = fields[8]  # checked by `_endpoint`: milliseconds, or nil
         _decoded_broadcasts[data] = (entry, ttl_ms if isinstance(ttl_ms, int) else None)
@@ -360,7 +360,10 @@ _decoded_broadcasts: dict[bytes, tuple[Entry, int | None]] = {}
 #: A whole push-pull chunk of live records -> what it decodes to: many members of a network
 #: hold the same records in the same order, and their state chunks are the same bytes.
 _decoded_chunks: dict[bytes, tuple[Record, ...]] = {}
-_DECODED_CHUNKS_MAX = 256
+#: Small bounds (an agent keeps them for its whole life): a broadcast's receipts, and a
+#: chunk's across a network, come within seconds of each other.
+_DECODED_BROADCASTS_MAX = 4096
+_DECODED_CHUNKS_MAX = 64
 _Decoded = TypeVar("_Decoded", Entry, Membership)
 _UNPACK_ERRORS = (ValueError, TypeError, msgpack.UnpackException, RecursionError)
 
