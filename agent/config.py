@@ -194,8 +194,8 @@ class DataplaneConfig:
         " namespace has it (net.bridge.bridge-nf-call-ip{,6}tables; the first network"
         " policy turns them on); policy: the agent keeps them off while this host enforces"
         " no network policy, on while it does (bridged overlay frames skip the detour; in"
-        " bench/dataplane.py request/response 1.06-1.23x faster in five runs, 1.04 and"
-        " 0.98 in two); only for a namespace whose other bridges need no iptables"
+        " bench/dataplane.py request/response 1.06-1.23x faster in five runs, 0.98-1.04"
+        " in three); only for a namespace whose other bridges need no iptables"
         " (Docker's do); back to keep turns them on",
         f"one of {', '.join(BRIDGE_NETFILTER_MODES)}", choices=BRIDGE_NETFILTER_MODES))
     host_timeout: float = field(default=4.0, metadata=_doc(
