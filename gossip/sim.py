@@ -27,6 +27,7 @@ Imports: gossip.* and the standard library.
 from __future__ import annotations
 
 import argparse
+import gc
 import heapq
 import json
 import math
@@ -479,10 +480,34 @@ def run_scenario(scenario: str, nodes: int, seed: int, *, profile: str = "lan",
     rng = random.Random(f"scenario:{seed}")
     formed = max(1, nodes - (max(1, nodes // 100) if joiners is None else joiners)) \
         if scenario == "join" else nodes
-    sim = Simulation(nodes, seed=seed, config=config, loss=loss, formed=formed, signed=signed)
+    # The formed cluster lives for the whole run: built without the cyclic collector and
+    # frozen out of its reach, so that full collections do not walk its millions of records
+    # (at 5,000 nodes, 10 s of the fail scenario: 4 full collections and 18.1 s of CPU
+    # before, 1 and 16.5 s after), and let go again when the run ends.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        sim = Simulation(nodes, seed=seed, config=config, loss=loss, formed=formed,
+                         signed=signed)
+    finally:
+        gc.freeze()
+        if collecting:
+            gc.enable()
+    result = ScenarioResult(nodes, scenario, seed, profile, loss, duration, signed=signed)
+    try:
+        return _run(sim, result, cut_s, progress_s, rng, formed, wall_start, cpu_start)
+    finally:
+        gc.unfreeze()
+
+
+def _run(sim: Simulation, result: ScenarioResult, cut_s: float, progress_s: float | None,
+         rng: random.Random, formed: int, wall_start: float, cpu_start: float
+         ) -> ScenarioResult:
+    """The body of `run_scenario` once its simulation is built: fills in `result`."""
+    nodes, scenario, duration = result.nodes, result.scenario, result.duration_s
+    config = sim.config
     grace = config.suspicion_max_s(nodes) + 4 * config.probe_interval_s
     watch = _Watch(sim, grace)
-    result = ScenarioResult(nodes, scenario, seed, profile, loss, duration, signed=signed)
     step = 0.1
     start_at = 5.0
     report_every = math.inf if progress_s is None else progress_s
