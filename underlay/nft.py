@@ -78,13 +78,7 @@ def call_on_bridges() -> None:
     if not directory.exists():
         subprocess.run(["modprobe", "br_netfilter"], capture_output=True, timeout=20,
                        check=False)
-    try:
-        for name in BRIDGE_SYSCTLS:
-            path = directory / name
-            if path.read_text().strip() != "1":
-                path.write_text("1\n")
-    except OSError as exc:
-        raise KernelError(f"br_netfilter: cannot enable {directory}: {exc}") from None
+    _set_bridge_sysctls(directory, "1", "enable")
 
 
 def skip_bridges() -> None:
@@ -94,11 +88,17 @@ def skip_bridges() -> None:
     directory = Path("/proc/sys/net/bridge")
     if not directory.exists():
         return
+    _set_bridge_sysctls(directory, "0", "disable")
+
+
+def _set_bridge_sysctls(directory: Path, value: str, verb: str) -> None:
+    """Write `value` to each of BRIDGE_SYSCTLS under `directory` that differs; KernelError
+    naming what could not be done (`verb`) when the kernel refuses."""
     try:
         for name in BRIDGE_SYSCTLS:
             path = directory / name
-            if path.read_text().strip() != "0":
-                path.write_text("0\n")
+            if path.read_text().strip() != value:
+                path.write_text(f"{value}\n")
     except OSError as exc:
-        raise KernelError(f"br_netfilter: cannot disable {directory}: {exc}") from None
+        raise KernelError(f"br_netfilter: cannot {verb} {directory}: {exc}") from None
 
