@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from agent.api.errors import EXIT_OK
 from agent.cli.main import main
 from agent.lab.hosts import Lab, LabHost, LabState
 from agent.runtime.policies import BRIDGES_SKIPPED
+from tests.e2e.two_host_lab import two_host_lab
 from underlay.netns_exec import ip_netns_exec
 
 pytestmark = [pytest.mark.kernel, pytest.mark.etcd, pytest.mark.slow]
@@ -40,17 +40,9 @@ def lab() -> Iterator[tuple[Lab, LabState]]:
         pytest.skip("needs the etcd server binary (Debian package etcd-server)")
     if not Path("/proc/sys/net/bridge").is_dir():
         pytest.skip("needs br_netfilter")
-    directory = Path(tempfile.mkdtemp(prefix="vxmesh-bnf-lab-"))
-    the_lab = Lab(directory, prefix=f"b19{os.getpid() % 1000}",
-                  config={"dataplane": {"bridge_netfilter": "policy"}})
-    try:
-        state = the_lab.up(2)
-        the_lab.client(state.hosts[0]).request("POST", "/v1/networks",
-                                               {"name": NETWORK, "subnet": SUBNET})
-        yield the_lab, state
-    finally:
-        the_lab.down()
-        shutil.rmtree(directory, ignore_errors=True)
+    with two_host_lab("vxmesh-bnf-lab-", f"b19{os.getpid() % 1000}", NETWORK, SUBNET,
+                      config={"dataplane": {"bridge_netfilter": "policy"}}) as lab_and_state:
+        yield lab_and_state
 
 
 def _cli(host: LabHost, *args: str) -> int:

@@ -17,7 +17,6 @@ import re
 import shutil
 import struct
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from agent.api.client import CliError
 from agent.api.errors import EXIT_CONFLICT, EXIT_NOT_FOUND, EXIT_OK
 from agent.cli.main import main
 from agent.lab.hosts import Lab, LabHost, LabState
+from tests.e2e.two_host_lab import two_host_lab
 from underlay.netns_exec import ip_netns_exec
 from underlay.policy_table import FAMILY, LOG_GROUP, LOG_PREFIX, TABLE
 
@@ -41,17 +41,9 @@ SUBNET = "10.207.0.0/16"
 def lab() -> Iterator[tuple[Lab, LabState]]:
     if shutil.which("etcd") is None:
         pytest.skip("needs the etcd server binary (Debian package etcd-server)")
-    # Not under pytest's basetemp: a concurrent pytest run prunes old ones (and our sockets).
-    directory = Path(tempfile.mkdtemp(prefix="vxmesh-policy-lab-"))
-    the_lab = Lab(directory, prefix=f"p21{os.getpid() % 1000}")
-    try:
-        state = the_lab.up(2)
-        the_lab.client(state.hosts[0]).request("POST", "/v1/networks",
-                                               {"name": NETWORK, "subnet": SUBNET})
-        yield the_lab, state
-    finally:
-        the_lab.down()
-        shutil.rmtree(directory, ignore_errors=True)
+    with two_host_lab("vxmesh-policy-lab-", f"p21{os.getpid() % 1000}", NETWORK,
+                      SUBNET) as lab_and_state:
+        yield lab_and_state
 
 
 def _endpoint(lab: Lab, host: LabHost, name: str, app: str) -> dict[str, Any]:
